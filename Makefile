@@ -1,0 +1,48 @@
+# The few commands people type. Everything installs what it needs itself.
+PYTHON ?= python3
+BIN := .venv/bin
+PERSONS ?= 50000
+
+.PHONY: demo test test-fast test-slurm test-gpu install install-test system-deps lint bench clean
+
+.venv/.installed: pyproject.toml scripts/bootstrap-venv.sh
+	PYTHON=$(PYTHON) bash scripts/bootstrap-venv.sh
+	touch $@
+
+.venv/.installed-test: .venv/.installed
+	PYTHON=$(PYTHON) bash scripts/bootstrap-venv.sh test
+	touch $@
+
+install: .venv/.installed
+install-test: .venv/.installed-test
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+## demo: synthetic registers for $(PERSONS) persons, then the main job on the local backend
+demo: install
+	$(BIN)/hpcstudy synth --persons $(PERSONS) --seed 1 --partitions 4 --out demo-data --overwrite
+	$(BIN)/hpcstudy data verify demo-data
+
+## test: the whole suite, a real single-node Slurm and MPI included
+test: system-deps install-test
+	$(BIN)/python -m pytest
+
+test-fast: install-test
+	$(BIN)/python -m pytest -m "not slurm and not mpi and not slow"
+
+test-slurm: system-deps install-test
+	$(BIN)/python -m pytest -m slurm
+
+## test-gpu: kernel tests on CuPy (needs only numpy, cupy, pytest on the GPU machine)
+test-gpu:
+	$(PYTHON) -m pytest -m gpu tests/kernels -p no:cacheprovider
+
+lint: install-test
+	$(BIN)/ruff check hpcstudy kernels tests benchmarks
+
+bench: install-test
+	$(BIN)/python benchmarks/synth_scale.py --persons 1000000 --partitions 16 --out /tmp/hpcstudy-bench-1m
+
+clean:
+	rm -rf .venv demo-data demo-out .pytest_cache .hypothesis

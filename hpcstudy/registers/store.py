@@ -1,0 +1,220 @@
+"""Register datasets on disk: Parquet files hash-partitioned by ``pnr``, and their manifest.
+
+Layout of a dataset directory::
+
+    manifest.json              schema version, P, row counts, SHA-256 per file, dictionaries
+    bef/part-00000.parquet     one file per register and partition, sorted by pnr then date
+    ...
+    lpr_diag/part-00000.parquet  (stored with the partition of its contact's pnr)
+
+Every register uses the same hash and the same P, so linking registers on ``pnr`` (and
+``lpr_diag`` on ``recnum``) never crosses partitions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import UserError
+from .schema import HIDDEN_SORT_COLUMNS, REGISTERS, SCHEMA_VERSION
+
+MANIFEST = "manifest.json"
+FORMAT = "hpcstudy-registers"
+HASH_NAME = "splitmix64(pnr) mod P"
+
+
+def partition_of(pnr: np.ndarray, partitions: int) -> np.ndarray:
+    """Partition of each person: the splitmix64 finaliser of the pnr, modulo P."""
+    x = pnr.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x % np.uint64(partitions)).astype(np.int32)
+
+
+def part_name(p: int) -> str:
+    return f"part-{p:05d}.parquet"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def to_table(register: str, cols: dict[str, np.ndarray]) -> pa.Table:
+    """Arrow table in the register's schema (hidden sort columns dropped)."""
+    reg = REGISTERS[register]
+    arrays = []
+    for c in reg.columns:
+        a = cols[c.name]
+        if pa.types.is_date32(c.type):
+            arrays.append(pa.array(a.astype(np.int32), pa.int32()).cast(pa.date32()))
+        else:
+            arrays.append(pa.array(a, c.type))
+    return pa.Table.from_arrays(arrays, schema=reg.arrow_schema())
+
+
+def sort_columns(register: str, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows in the register's order inside a partition (stable: ties keep their order)."""
+    keys = REGISTERS[register].sort_by
+    first = cols[keys[0]]
+    if first.size == 0:
+        return cols
+    order = np.lexsort([cols[k] for k in reversed(keys)])
+    return {k: v[order] for k, v in cols.items()}
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    # Fixed options, no pandas metadata: the same table gives the same bytes.
+    pq.write_table(table, path, compression="zstd", compression_level=3,
+                   row_group_size=1 << 20, use_dictionary=True, write_statistics=True)
+
+
+def manifest_json(manifest: dict) -> str:
+    return json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def empty_manifest(partitions: int, dictionaries: dict[str, Sequence[str]],
+                   source: dict, period: dict) -> dict:
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "partitions": partitions,
+        "partitioning": {"key": "pnr", "hash": HASH_NAME,
+                         "lpr_diag": "stored in the partition of its contact's pnr"},
+        "period": period,
+        "source": source,
+        "dictionaries": {k: list(v) for k, v in dictionaries.items()},
+        "registers": {
+            name: {
+                "title": reg.title,
+                "columns": [{"name": c.name, "type": str(c.type),
+                             **({"code_system": c.code_system} if c.code_system else {}),
+                             **({"doc": c.doc} if c.doc else {})} for c in reg.columns],
+                "sort_by": [k for k in reg.sort_by if k not in HIDDEN_SORT_COLUMNS]
+                or ["pnr"],
+                "rows": 0,
+                "files": [],
+            } for name, reg in REGISTERS.items()
+        },
+    }
+
+
+# -- safe output directories -----------------------------------------------------------------
+def prepare_output(out: Path, overwrite: bool) -> Path:
+    """Check ``out`` can be written; return a fresh staging directory beside it.
+
+    Data is written to the staging directory and moved into place only when complete, so an
+    interrupted run never leaves a dataset that looks whole.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory", fix="choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} is not empty",
+                        fix="pass --overwrite to replace it, or choose another --out")
+    parent = out.resolve().parent
+    if not parent.exists():
+        raise UserError(f"parent directory {parent} does not exist", fix="create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write in {parent}", fix="choose a writable --out")
+    staging = parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+    except OSError as e:
+        raise UserError(f"cannot create a directory in {parent} ({e.strerror})",
+                        fix="choose a writable --out") from e
+    return staging
+
+
+def commit_output(staging: Path, out: Path) -> None:
+    """Move a finished staging directory into place (replacing an old ``out``)."""
+    out = Path(out)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- reading ---------------------------------------------------------------------------------
+@dataclass
+class Dataset:
+    """A register dataset on disk, described by its manifest."""
+
+    root: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> Dataset:
+        root = Path(root)
+        path = root / MANIFEST
+        if not root.is_dir():
+            raise UserError(f"data directory {root} does not exist",
+                            fix="give the directory that `hpcstudy synth` or ingest wrote")
+        if not path.is_file():
+            raise UserError(f"{root} has no {MANIFEST}",
+                            fix="give the directory that `hpcstudy synth` or ingest wrote")
+        try:
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: not valid JSON ({e})", fix="restore the manifest") from e
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise UserError(f"{path}: not an hpcstudy register manifest",
+                            fix="give the directory that `hpcstudy synth` or ingest wrote")
+        return cls(root, manifest)
+
+    @property
+    def partitions(self) -> int:
+        return int(self.manifest["partitions"])
+
+    @property
+    def registers(self) -> list[str]:
+        return list(self.manifest["registers"])
+
+    def dictionary(self, system: str) -> list[str]:
+        return self.manifest["dictionaries"][system]
+
+    def files(self, register: str) -> list[dict]:
+        return self.manifest["registers"][register]["files"]
+
+    def path(self, register: str, partition: int) -> Path:
+        return self.root / register / part_name(partition)
+
+    def read(self, register: str, columns: Iterable[str] | None = None,
+             partitions: Iterable[int] | None = None, decode: bool = False) -> pa.Table:
+        """Rows of a register (some partitions, some columns); ``decode`` turns codes to text."""
+        parts = range(self.partitions) if partitions is None else partitions
+        cols = list(columns) if columns is not None else None
+        tables = [pq.read_table(self.path(register, p), columns=cols) for p in parts]
+        table = pa.concat_tables(tables) if tables else \
+            REGISTERS[register].arrow_schema().empty_table()
+        return self.decode(register, table) if decode else table
+
+    def decode(self, register: str, table: pa.Table) -> pa.Table:
+        """Replace int32 code columns by their text (for people, not for kernels)."""
+        reg = REGISTERS[register]
+        for i, name in enumerate(table.column_names):
+            system = reg.column(name).code_system
+            if system:
+                words = pa.array(self.dictionary(system))
+                table = table.set_column(i, name, words.take(table.column(i)))
+        return table

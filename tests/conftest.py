@@ -1,0 +1,44 @@
+"""Shared fixtures: small synthetic datasets and the real loopback Slurm cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def run_cli(*args, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``hpcstudy ARGS`` in a fresh interpreter, as a user would."""
+    return subprocess.run([sys.executable, "-m", "hpcstudy.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """3 000 persons, seed 11, three partitions: shared by read-only tests."""
+    from hpcstudy.registers.generate import generate
+
+    out = tmp_path_factory.mktemp("data") / "small"
+    generate(out, persons=3000, seed=11, partitions=3, jobs=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node Slurm on loopback with 4 fake GPUs, for tests marked ``slurm``."""
+    from hpcstudy.cluster.loopback_slurm import LoopbackSlurm, why_unavailable
+
+    why = why_unavailable()
+    if why:
+        if IN_CI:
+            pytest.fail(f"CI must run the Slurm tests, but: {why}")
+        pytest.skip(f"Slurm cannot run here: {why}")
+    cluster = LoopbackSlurm(tmp_path_factory.mktemp("slurm"), gpus=4)
+    cluster.start()
+    yield cluster
+    cluster.stop()
