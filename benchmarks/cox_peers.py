@@ -1,0 +1,89 @@
+"""Benchmark: Cox fit (Efron ties) — hpcstudy vs lifelines vs statsmodels, in one run.
+
+    python benchmarks/cox_peers.py --n 100000 1000000 --p 10 50
+
+Data: N persons, p standard-normal covariates, times in whole days (about 10 000 distinct
+days, so many ties), about a third censored. Each library fits the same data once (after one
+warm-up fit of hpcstudy); the coefficients are compared. Appends JSON records to
+benchmarks/results/cox_peers.jsonl. Peers slower than --peer-limit seconds at a smaller N are
+skipped at larger N (recorded as skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results" / "cox_peers.jsonl"
+
+
+def data(n: int, p: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, p))
+    beta = np.linspace(0.3, -0.3, p) / np.sqrt(p)
+    t = np.floor(rng.exponential(1, n) / np.exp(X @ beta) * 3000) + 1
+    c = rng.uniform(100, 11000, n)
+    return X, np.minimum(t, c), (t <= c).astype(float)
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--p", type=int, nargs="+", default=[10, 50])
+    ap.add_argument("--peer-limit", type=float, default=300.0)
+    a = ap.parse_args()
+    import pandas as pd
+    import statsmodels.api as sm
+    from lifelines import CoxPHFitter
+
+    from hpcstudy.models import CoxPH
+
+    slow: set[str] = set()
+    for p in a.p:
+        for n in sorted(a.n):
+            X, t, e = data(n, p)
+            CoxPH().fit(X[:1000], t[:1000], e[:1000])
+            ours_s, ours = timed(lambda: CoxPH().fit(X, t, e))
+            rec = {"benchmark": "cox_peers", "n": n, "p": p, "ties": "efron",
+                   "events": int(e.sum()), "distinct_days": int(np.unique(t[e > 0]).size),
+                   "hpcstudy_s": round(ours_s, 3), "hpcstudy_newton_steps": ours.n_iter_}
+            df = pd.DataFrame(X, columns=[f"x{i}" for i in range(p)])
+            df["t"], df["e"] = t, e
+            for name, fit in (
+                ("lifelines", lambda: CoxPHFitter().fit(df, "t", "e").params_.to_numpy()),
+                ("statsmodels", lambda: np.asarray(
+                    sm.PHReg(t, X, status=e, ties="efron").fit().params)),
+            ):
+                if (name, p) in slow:
+                    rec[f"{name}_s"] = None
+                    rec[f"{name}_note"] = "skipped: too slow at a smaller N"
+                    continue
+                secs, coef = timed(fit)
+                rec[f"{name}_s"] = round(secs, 3)
+                rec[f"speedup_vs_{name}"] = round(secs / ours_s, 1)
+                rec[f"max_rel_coef_diff_vs_{name}"] = float(
+                    np.max(np.abs(ours.coef_ - coef) / np.abs(coef)))
+                if secs > a.peer_limit:
+                    slow.add((name, p))
+            rec |= {"machine": f"{platform.node()} {os.cpu_count()} cores",
+                    "numpy": np.__version__, "date": time.strftime("%Y-%m-%d")}
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            with open(RESULTS, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(json.dumps(rec), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""What every fitted model shares: the summary table, Newton's method, checks of the design."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from hpcstudy_kernels._namespace import to_numpy
+
+
+class ModelError(ValueError):
+    """A model that cannot be fitted as asked (collinear columns, separation, bad input)."""
+
+
+class ConvergenceWarning(UserWarning):
+    pass
+
+
+Z95 = 1.959963984540054
+
+
+def normal_sf(z: np.ndarray) -> np.ndarray:
+    return np.array([0.5 * math.erfc(v / math.sqrt(2)) for v in np.ravel(z)]).reshape(
+        np.shape(z))
+
+
+@dataclass
+class SummaryRow:
+    name: str
+    coef: float
+    se: float
+    ratio: float
+    lower: float
+    upper: float
+    z: float
+    p: float
+
+
+def summary_table(names, coef, se, ratio_name: str) -> list[dict]:
+    """Rows: coef, se, exp(coef) as HR/OR/RR with 95 % CI, z, two-sided p."""
+    coef, se = np.asarray(coef, float), np.asarray(se, float)
+    z = coef / se
+    p = 2 * normal_sf(np.abs(z))
+    return [{"term": n, "coef": float(c), "se": float(s), ratio_name: math.exp(c),
+             "lower_95": math.exp(c - Z95 * s), "upper_95": math.exp(c + Z95 * s),
+             "z": float(zz), "p": float(pp)}
+            for n, c, s, zz, pp in zip(names, coef, se, z, p, strict=True)]
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no terms)"
+    keys = list(rows[0])
+    width = max(len(str(r["term"])) for r in rows)
+    head = f"{'term':<{width}}  " + "  ".join(f"{k:>10}" for k in keys[1:])
+    lines = [head]
+    for r in rows:
+        cells = []
+        for k in keys[1:]:
+            v = r[k]
+            cells.append(f"{v:>10.3g}" if k == "p" else f"{v:>10.4f}")
+        lines.append(f"{r['term']:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def check_collinearity(gram: np.ndarray, names: list[str], where: str) -> None:
+    """Refuse a design whose columns are (nearly) linearly dependent, naming them."""
+    g = to_numpy(gram)
+    p = g.shape[0]
+    if p == 0:
+        return
+    d = np.sqrt(np.clip(np.diag(g), 0, None))
+    zero = np.flatnonzero(d <= 1e-12 * max(1.0, d.max()))
+    if zero.size:
+        raise ModelError(f"{where}: column(s) {[names[i] for i in zero]} are constant "
+                         "(no variation after centring) — drop them from the model")
+    corr = g / np.outer(d, d)
+    vals, vecs = np.linalg.eigh(corr)
+    if vals[0] < 1e-10 * vals[-1]:
+        v = np.abs(vecs[:, 0])
+        involved = [names[i] for i in np.flatnonzero(v > 0.1 * v.max())]
+        raise ModelError(f"{where}: columns {involved} are collinear (one is a linear "
+                         "combination of the others) — drop one of them")
+
+
+def newton(evaluate, p: int, *, max_iter: int = 50, tol: float = 1e-10, names=None,
+           where: str = "model", beta0=None, start=None):
+    """Maximise a concave log-likelihood by Newton–Raphson with step halving.
+
+    ``evaluate(beta, need_information)`` returns ``(loglik, score, information)`` with the
+    information matrix only when asked; ``start`` is that triple at ``beta0`` if already known. Returns (beta, loglik, information, iterations).
+    Diverging coefficients (monotone likelihood: separation) raise ModelError.
+    """
+    names = names or [f"x{i}" for i in range(p)]
+    beta = np.zeros(p) if beta0 is None else np.asarray(beta0, float)
+    ll, score, info = evaluate(beta, True) if start is None else start
+    for it in range(1, max_iter + 1):
+        try:
+            step = np.linalg.solve(info, score)
+        except np.linalg.LinAlgError as e:
+            raise ModelError(f"{where}: the information matrix is singular — the model is "
+                             "not identifiable (collinear columns or an empty group)") from e
+        halvings = 0
+        while True:
+            new = beta + step
+            ll_new, score_new, info_new = evaluate(new, True)
+            if np.isfinite(ll_new) and ll_new >= ll - 1e-12 * max(1.0, abs(ll)):
+                break
+            step = step / 2
+            halvings += 1
+            if halvings > 30:
+                raise ModelError(f"{where}: Newton steps do not improve the likelihood")
+        change = abs(ll_new - ll)
+        beta, ll, score, info = new, ll_new, score_new, info_new
+        big = np.abs(beta) > 25
+        if big.any() and it > 5:
+            bad = [names[i] for i in np.flatnonzero(big)]
+            raise ModelError(f"{where}: coefficient(s) of {bad} grow without bound "
+                             "(monotone likelihood / separation: a group with no events or "
+                             "only events) — remove or merge that covariate or level")
+        if np.max(np.abs(step)) < 1e-9 and change < tol * max(1.0, abs(ll)):
+            return beta, ll, info, it
+    warnings.warn(f"{where}: did not converge in {max_iter} Newton steps", ConvergenceWarning,
+                  stacklevel=3)
+    return beta, ll, info, max_iter

@@ -1,0 +1,162 @@
+"""Logistic and Poisson regression by Newton–Raphson (IRLS), single-array or partitioned.
+
+    Logistic().fit(X, y, weights=None)            # odds ratios
+    Poisson().fit(X, events, exposure)            # rate ratios; log(exposure) is the offset
+
+An intercept is added unless ``intercept=False``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hpcstudy_kernels import glm as K
+from hpcstudy_kernels._namespace import array_namespace, to_numpy
+
+from .base import ModelError, check_collinearity, format_table, newton, summary_table
+from .partitions import LocalPartitions, Partitions
+from .validate import as_design, as_vector
+
+
+def _gram(part):
+    X, w = part["X"], part["weights"]
+    xp = array_namespace(X)
+    exposure = float(to_numpy((w * xp.exp(part["offset"])).sum())) if "offset" in part else 0.0
+    return ((X * w[:, None]).T @ X, int(X.shape[0]), float(to_numpy(w).sum()),
+            float(to_numpy(w * part["y"]).sum()), exposure)
+
+
+def _logistic(part, beta):
+    return K.logistic_step(part["X"], part["y"], part["weights"], beta)
+
+
+def _poisson(part, beta):
+    return K.poisson_step(part["X"], part["y"], part["weights"], part["offset"], beta)
+
+
+def _log_factorial(part):
+    return K.log_factorial_sum(part["y"], part["weights"])
+
+
+class _GLM:
+    ratio = "ratio"
+    kind = "GLM"
+
+    def __init__(self, intercept: bool = True, max_iter: int = 50, tol: float = 1e-10):
+        self.intercept, self.max_iter, self.tol = intercept, max_iter, tol
+
+    def _design(self, X, names):
+        X, names = as_design(X, names)
+        if self.intercept:
+            xp = array_namespace(X)
+            X = xp.concatenate([xp.ones((X.shape[0], 1)), X], axis=1)
+            names = ["intercept", *names]
+        return X, names
+
+    def _fit(self, parts: Partitions, names: list[str], step):
+        p = len(names)
+        g, n, wsum, wysum, exposure = parts.map_reduce(_gram)
+        check_collinearity(to_numpy(g), names, f"{self.kind} model")
+        self._check_outcome(wsum, wysum)
+
+        def evaluate(beta, need_information):
+            ll, score, info = parts.map_reduce(step, beta)
+            return float(to_numpy(ll)), to_numpy(score), to_numpy(info)
+
+        beta, ll, info, it = newton(evaluate, p, max_iter=self.max_iter, tol=self.tol,
+                                    names=names, where=f"{self.kind} model",
+                                    beta0=self._start(names, wsum, wysum, exposure))
+        self.names = list(names)
+        self.coef_ = beta
+        self.information_ = info
+        self.cov_ = np.linalg.inv(info)
+        self.se_ = np.sqrt(np.diag(self.cov_))
+        self.loglik_ = ll
+        self.n_iter_ = it
+        self.n_obs_ = n
+        return self
+
+    def _start(self, names, wsum, wysum, exposure):
+        """Start at the intercept-only fit: fewer Newton steps, no overflow on the way."""
+        if names and names[0] == "intercept":
+            b = np.zeros(len(names))
+            b[0] = self._intercept(wsum, wysum, exposure)
+            return b
+        return None
+
+    def _check_outcome(self, wsum, wysum):
+        pass
+
+    @property
+    def summary(self) -> list[dict]:
+        return summary_table(self.names, self.coef_, self.se_, self.ratio)
+
+    def __str__(self) -> str:
+        return (f"{self.kind} model: {self.n_obs_} rows, log-likelihood {self.loglik_:.4f}, "
+                f"{self.n_iter_} Newton steps\n" + format_table(self.summary))
+
+
+class Logistic(_GLM):
+    """Logistic regression (no penalty): coefficients are log odds ratios."""
+
+    ratio = "OR"
+    kind = "logistic"
+
+    def fit(self, X, y, weights=None, names=None):
+        X, names = self._design(X, names)
+        xp = array_namespace(X)
+        n = X.shape[0]
+        yv = as_vector(y, n, "y", xp)
+        if not bool(xp.all((yv == 0) | (yv == 1))):
+            raise ModelError("logistic model: y must be 0 or 1")
+        w = xp.ones(n) if weights is None else as_vector(weights, n, "weights", xp)
+        return self.fit_partitions(LocalPartitions([{"X": X, "y": yv, "weights": w}]), names)
+
+    def fit_partitions(self, parts: Partitions, names: list[str]):
+        """Partitions of dicts with X (intercept column included), y, weights."""
+        return self._fit(parts, names, _logistic)
+
+    def _check_outcome(self, wsum, wysum):
+        if wysum <= 0 or wysum >= wsum:
+            raise ModelError("logistic model: the outcome is " +
+                             ("never 1" if wysum <= 0 else "always 1") +
+                             " — there is nothing to model")
+
+    @staticmethod
+    def _intercept(wsum, wysum, exposure):
+        return float(np.log(wysum / (wsum - wysum)))
+
+
+class Poisson(_GLM):
+    """Log-linear Poisson regression with log(exposure) as offset: coefficients are log rate
+    ratios. ``loglik_`` includes the −log(y!) constant, as statsmodels reports it."""
+
+    ratio = "RR"
+    kind = "Poisson"
+
+    def fit(self, X, events, exposure, weights=None, names=None):
+        X, names = self._design(X, names)
+        xp = array_namespace(X)
+        n = X.shape[0]
+        y = as_vector(events, n, "events", xp)
+        if bool(xp.any(y < 0)):
+            raise ModelError("Poisson model: events must be non-negative counts")
+        t = as_vector(exposure, n, "exposure", xp)
+        if bool(xp.any(t <= 0)):
+            raise ModelError("Poisson model: exposure (person-time) must be positive")
+        w = xp.ones(n) if weights is None else as_vector(weights, n, "weights", xp)
+        part = {"X": X, "y": y, "weights": w, "offset": xp.log(t)}
+        return self.fit_partitions(LocalPartitions([part]), names)
+
+    def fit_partitions(self, parts: Partitions, names: list[str]):
+        """Partitions of dicts with X (intercept column included), y, weights, offset."""
+        self._fit(parts, names, _poisson)
+        self.loglik_ -= parts.map_reduce(_log_factorial)
+        return self
+
+    def _check_outcome(self, wsum, wysum):
+        if wysum <= 0:
+            raise ModelError("Poisson model: there are no events")
+
+    @staticmethod
+    def _intercept(wsum, wysum, exposure):
+        return float(np.log(wysum / exposure))
