@@ -292,12 +292,7 @@ def weighted_sums(X, w):
     return w.sum(), (X * w[:, None]).sum(axis=0)
 
 
-def gram(X, w):
-    """Σ w·x·xᵀ: for the collinearity check across partitions."""
-    return (X * w[:, None]).T @ X
-
-
 __all__ = ["CoxGrid", "CoxPart", "event_pairs", "make_grid", "prepare", "fixed_sums", "pass1",
-           "pass2", "grid_terms", "weighted_sums", "gram"]
+           "pass2", "grid_terms", "weighted_sums"]
 
 _ = np  # NumPy is the default namespace

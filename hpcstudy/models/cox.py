@@ -10,6 +10,7 @@ Newton step is two sums of small arrays (see ``hpcstudy_kernels.cox``).
 from __future__ import annotations
 
 import numpy as np
+
 from hpcstudy_kernels import cox as K
 from hpcstudy_kernels._namespace import array_namespace, to_numpy
 
@@ -22,7 +23,7 @@ from .validate import as_design, as_vector
 def _sums(part):
     X, w = part["X"], part["weights"]
     total, wx = K.weighted_sums(X, w)
-    return total, wx, K.gram(X, w), float(part["event"].sum()), int(part["time"].shape[0])
+    return total, wx, float(part["event"].sum()), int(part["time"].shape[0])
 
 
 def _pairs(part):
@@ -88,12 +89,11 @@ class CoxPH:
         """Fit over partitions of dicts with X, time, event, weights, strata (int codes ≥ 0,
         the same coding in every partition) and optionally entry."""
         p = len(names)
-        total, wx, g, events, n = parts.map_reduce(_sums)
-        total, wx, g = float(to_numpy(total)), to_numpy(wx), to_numpy(g)
+        total, wx, events, n = parts.map_reduce(_sums)
+        total, wx = float(to_numpy(total)), to_numpy(wx)
         if events == 0:
             raise ModelError("Cox model: there are no events")
         mean = wx / total
-        check_collinearity(g - total * np.outer(mean, mean), names, "Cox model")
         s_list, t_list = parts.map_reduce(_pairs, combine=_concat)
         grid = K.make_grid(s_list, t_list)
         prepared = parts.map(_prepare, grid, mean)
@@ -113,6 +113,9 @@ class CoxPH:
 
         start = evaluate(np.zeros(p), True)
         self.loglik0_ = start[0]
+        # At β = 0 the information is the covariance of x within risk sets: singular exactly
+        # when columns are constant or collinear among the people at risk.
+        check_collinearity(start[2], names, "Cox model")
         beta, ll, info, it = newton(evaluate, p, max_iter=self.max_iter, tol=self.tol,
                                     names=names, where="Cox model", start=start)
         self.names = list(names)

@@ -9,6 +9,7 @@ An intercept is added unless ``intercept=False``.
 from __future__ import annotations
 
 import numpy as np
+
 from hpcstudy_kernels import glm as K
 from hpcstudy_kernels._namespace import array_namespace, to_numpy
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from hpcstudy_kernels import survival as K
 from hpcstudy_kernels._namespace import array_namespace, to_numpy
 

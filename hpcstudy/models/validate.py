@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from hpcstudy_kernels._namespace import array_namespace, is_cupy
 
 from .base import ModelError
