@@ -123,6 +123,88 @@ def data_summary(directory: Path) -> None:
     click.echo(summary(Dataset.open(directory).manifest, directory))
 
 
+# -- studies ----------------------------------------------------------------------------------
+def _load_checked(study: Path, data: Path | None):
+    """Study (and plan, dataset when data is given), raising StudyErrors with every problem."""
+    from .study import load_study
+
+    s = load_study(study)
+    if data is None:
+        return s, None, None
+    from .engines.run import prepare
+
+    return prepare(s, data)
+
+
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="Check against this dataset's "
+              "catalog too (registers, code dictionaries, period).")
+def check(study: Path, data: Path | None) -> None:
+    """Check a study: the language, and with --data the data's catalog. All errors at once."""
+    s, plan, _ = _load_checked(study, data)
+    what = f"against {data}" if data else "(language only; add --data DIR for the catalog)"
+    click.echo(f"{study}: study {s.name!r} is valid {what}")
+
+
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Dataset whose code dictionaries resolve the codelists.")
+def plan(study: Path, data: Path) -> None:
+    """Print the compiled plan: groups, criteria, covariates, outcome, what is read."""
+    from .plan import render
+
+    _, p, _ = _load_checked(study, data)
+    click.echo(render(p))
+
+
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Register dataset.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--engine", type=click.Choice(["dask", "reference"]), default="dask",
+              show_default=True)
+@click.option("--overwrite/--no-overwrite", default=True, show_default=True,
+              help="Replace an existing --out.")
+@click.option("--quiet", is_flag=True)
+def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet: bool) -> None:
+    """Run a study: results.json, tables/*.csv and the private per-person table in OUT."""
+    from .engines import run as R
+
+    s, p, ds = _load_checked(study, data)
+    progress = _progress_bar(not quiet and sys.stderr.isatty())
+    res = R.run(s, data, out, engine=engine, progress=progress, overwrite=overwrite)
+    if not quiet:
+        click.echo(report(res, out))
+
+
+def report(res: dict, out: Path) -> str:
+    """A short text report of a run's results."""
+    import math
+
+    lines = [f"study {res['study']!r} ({res['run']['engine']} engine) -> {out}"]
+    for c in res["cohort"]:
+        n = c["persons"] if c["persons"] is not None else f"<{res['run']['min_cell']}"
+        ev = c["events"] if c["events"] is not None else f"<{res['run']['min_cell']}"
+        rate = "" if c.get("rate_per_1000py") is None else (
+            f", {c['rate_per_1000py']:.2f} per 1000 person-years "
+            f"({c['lower_95']:.2f}-{c['upper_95']:.2f})")
+        lines.append(f"  {c['label']}: {n} persons, {ev} events{rate}")
+    for name, m in res.get("models", {}).items():
+        t = m["terms"][0]
+        ratio = next(k for k in ("HR", "OR", "RR") if k in t)
+        if name != "cox":
+            t = m["terms"][1] if len(m["terms"]) > 1 else t
+        lines.append(f"  {name}: {ratio} {t['term']} {t[ratio]:.3f} "
+                     f"(95% CI {t['lower_95']:.3f}-{t['upper_95']:.3f})")
+    truth = res.get("planted_truth")
+    if truth and "cox" in res.get("models", {}):
+        hr = math.exp(truth["mi_log_hr"]["statin"])
+        lines.append(f"  planted truth in the synthetic data: HR statin -> MI {hr:.3f}")
+    return "\n".join(lines)
+
+
 def _interrupt_on_sigterm() -> None:
     """Turn SIGTERM (scancel, a killed job) into KeyboardInterrupt so clean-up code runs."""
     import signal
@@ -152,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"hpcstudy: error: {e.format_message()}", err=True)
         return 2
     except UserError as e:
-        click.echo(f"hpcstudy: error: {e}", err=True)
+        lines = e.lines() if hasattr(e, "lines") else [str(e)]
+        for line in lines:
+            click.echo(f"hpcstudy: error: {line}", err=True)
         return e.exit_code
     except DataProblem as e:
         click.echo(f"hpcstudy: {e}", err=True)

@@ -29,6 +29,16 @@ def small_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def medium_data(tmp_path_factory) -> Path:
+    """20 000 persons, seed 5, four partitions: enough events for the example studies."""
+    from hpcstudy.registers.generate import generate
+
+    out = tmp_path_factory.mktemp("data") / "medium"
+    generate(out, persons=20_000, seed=5, partitions=4, jobs=2)
+    return out
+
+
+@pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A real single-node Slurm on loopback with 4 fake GPUs, for tests marked ``slurm``."""
     from hpcstudy.cluster.loopback_slurm import LoopbackSlurm, why_unavailable

@@ -1,0 +1,277 @@
+"""Analyses of the per-person table, as reductions over its partitions.
+
+The reference engine passes one partition (the whole table); the dask engine passes one per
+register partition. Every figure is a sum over partitions (counts, person-time, risk-set sums
+of the model fits), so both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..models import AalenJohansen, CoxPH, KaplanMeier, Logistic, Poisson
+from ..models.partitions import Partitions
+from ..models.rates import poisson_ci, wilson_ci
+from ..plan.nodes import Plan
+from .common import year_of
+
+YEAR = 365.25
+
+
+def _key_columns(part: dict, by: tuple[str, ...]) -> list[np.ndarray]:
+    cols = []
+    for b in by:
+        if b == "index_year":
+            cols.append(year_of(part["index_date"].astype(np.int64)))
+        else:
+            cols.append(np.asarray(part[b]))
+    return cols
+
+
+def _group_sums(part: dict, by: tuple[str, ...], values: dict[str, np.ndarray]) -> dict:
+    """{key tuple: {name: sum}} for this partition."""
+    keys = _key_columns(part, by)
+    if not keys:
+        return {(): {k: float(v.sum()) for k, v in values.items()}}
+    stacked = np.stack(keys, axis=1) if part["pnr"].shape[0] else np.zeros((0, len(keys)))
+    uniq, inv = np.unique(stacked, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    out = {}
+    for i, u in enumerate(uniq):
+        key = tuple(int(x) if float(x).is_integer() else float(x) for x in u)
+        out[key] = {k: float(np.bincount(inv, weights=v, minlength=len(uniq))[i])
+                    for k, v in values.items()}
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = {k: dict(v) for k, v in a.items()}
+    for k, v in b.items():
+        if k in out:
+            for name, x in v.items():
+                out[k][name] += x
+        else:
+            out[k] = dict(v)
+    return out
+
+
+def _rate_sums(part, by):
+    # whole days add exactly in any order: every engine gets the same bits
+    return _group_sums(part, by, {"persons": np.ones(part["pnr"].shape[0]),
+                                  "events": part["event"].astype(float),
+                                  "days": part["time"].astype(float)})
+
+
+def rates(parts: Partitions, by: tuple[str, ...]) -> list[dict]:
+    sums = parts.map_reduce(_rate_sums, by, combine=_merge)
+    rows = []
+    for key in sorted(sums):
+        s = sums[key]
+        s["person_years"] = s.pop("days") / YEAR
+        lo, hi = poisson_ci(s["events"], s["person_years"]) if s["person_years"] > 0 else \
+            (math.nan, math.nan)
+        rows.append({**dict(zip(by, key, strict=True)), "persons": int(s["persons"]),
+                     "events": int(s["events"]), "person_years": s["person_years"],
+                     "rate_per_1000py": 1000 * s["events"] / s["person_years"]
+                     if s["person_years"] else math.nan,
+                     "lower_95": 1000 * lo, "upper_95": 1000 * hi})
+    return rows
+
+
+def _measure_sums(part, by):
+    return _group_sums(part, by, {"persons": np.ones(part["pnr"].shape[0]),
+                                  "events": part["event"].astype(float)})
+
+
+def measure(parts: Partitions, by: tuple[str, ...]) -> list[dict]:
+    """Proportion of persons with the outcome (in its window), by groups and intervals."""
+    sums = parts.map_reduce(_measure_sums, by, combine=_merge)
+    rows = []
+    for key in sorted(sums):
+        n, k = sums[key]["persons"], sums[key]["events"]
+        lo, hi = wilson_ci(k, n)
+        rows.append({**dict(zip(by, key, strict=True)), "persons": int(n), "events": int(k),
+                     "proportion": k / n, "lower_95": lo, "upper_95": hi})
+    return rows
+
+
+# -- models -----------------------------------------------------------------------------------
+def design_columns(plan: Plan, parts: Partitions, adjust: tuple[str, ...]):
+    """Names of the design's terms: group (with a comparator), then covariates; a region is
+    expanded into indicators against its lowest level."""
+    names, spec = [], []
+    if plan.has_comparator:
+        names.append(plan.study.exposure_name)
+        spec.append(("group", None))
+    for a in adjust:
+        kind = next(c.kind for c in plan.columns if c.name == a)
+        if kind == "region":
+            levels = sorted(parts.map_reduce(_levels, a, combine=_union))
+            for lv in levels[1:]:
+                names.append(f"{a}={lv}")
+                spec.append((a, lv))
+        else:
+            names.append(a)
+            spec.append((a, None))
+    return names, spec
+
+
+def _levels(part, col):
+    return set(np.unique(part[col]).tolist())
+
+
+def _union(a, b):
+    return a | b
+
+
+def _matrix(part, spec):
+    cols = []
+    for name, level in spec:
+        v = np.asarray(part[name], dtype=float)
+        cols.append((v == level).astype(float) if level is not None else v)
+    n = part["pnr"].shape[0]
+    return np.stack(cols, axis=1) if cols else np.zeros((n, 0))
+
+
+def _cox_part(part, spec, strata):
+    s = np.zeros(part["pnr"].shape[0], np.int64)
+    for name in strata:
+        s = s * 100_000 + np.asarray(part[name], np.int64)
+    return {"X": _matrix(part, spec), "time": part["time"].astype(float),
+            "event": part["event"].astype(float), "weights": np.ones(part["pnr"].shape[0]),
+            "strata": s}
+
+
+def _recode(part, mapping):
+    keys = np.array(sorted(mapping))
+    part = dict(part)
+    part["strata"] = np.searchsorted(keys, part["strata"]).astype(np.int64)
+    return part
+
+
+def cox(plan: Plan, parts: Partitions, adjust, strata) -> CoxPH:
+    names, spec = design_columns(plan, parts, adjust)
+    p = parts.map(_cox_part, spec, strata)
+    if strata:
+        codes = p.map_reduce(_codes_of, combine=_union)
+        p = p.map(_recode, codes)
+    return CoxPH("efron").fit_partitions(p, names)
+
+
+def _codes_of(part):
+    return set(np.unique(part["strata"]).tolist())
+
+
+def _glm_part(part, spec, poisson):
+    X = _matrix(part, spec)
+    X = np.concatenate([np.ones((X.shape[0], 1)), X], axis=1)
+    out = {"X": X, "y": part["event"].astype(float), "weights": np.ones(X.shape[0])}
+    if poisson:
+        out["offset"] = np.log(part["time"] / YEAR)
+    return out
+
+
+def glm(plan: Plan, parts: Partitions, adjust, poisson: bool):
+    names, spec = design_columns(plan, parts, adjust)
+    p = parts.map(_glm_part, spec, poisson)
+    model = Poisson() if poisson else Logistic()
+    return model.fit_partitions(p, ["intercept", *names])
+
+
+# -- curves -----------------------------------------------------------------------------------
+def _curve_part(part, group, competing):
+    sel = part["group"] == group
+    status = part["status"][sel]
+    cause = np.where(status == 1, 1, np.where((status == 2) & competing, 2, 0))
+    return {"time": part["time"][sel].astype(float), "event": cause.astype(float),
+            "weights": np.ones(int(sel.sum()))}
+
+
+def _km_part(part):
+    out = dict(part)
+    out["event"] = (part["event"] == 1).astype(float)
+    return out
+
+
+def curves(plan: Plan, parts: Partitions) -> list[dict]:
+    """Kaplan–Meier of the outcome and its cumulative incidence with death competing."""
+    rows = []
+    for g in plan.groups:
+        p = parts.map(_curve_part, g.code, not plan.outcome.death)
+        if sum(parts.map_reduce(_n_in_group, g.code)) == 0:
+            continue
+        km = KaplanMeier().fit_partitions(p.map(_km_part))
+        aj = AalenJohansen().fit_partitions(p, 1, 2)
+        for i, t in enumerate(km.timeline_):
+            rows.append({"group": g.code, "day": int(t), "at_risk": int(km.at_risk_[i]),
+                         "events": int(km.events_[i]), "survival": float(km.survival_[i]),
+                         "lower_95": float(km.lower_95_[i]), "upper_95": float(km.upper_95_[i]),
+                         "cumulative_incidence": float(aj.predict([t])[0])})
+    return rows
+
+
+def _n_in_group(part, code):
+    return [int((part["group"] == code).sum())]
+
+
+# -- Lexis ------------------------------------------------------------------------------------
+def _lexis_part(part, ages, periods, birth_col="age"):
+    """Person-years and events per (group, age band, period) cell of this partition."""
+    out: dict = {}
+    start = part["index_date"].astype(np.int64)
+    stop = part["exit_date"].astype(np.int64) + 1  # exclusive
+    age0 = np.asarray(part[birth_col], float)
+    birth = start - age0 * YEAR
+    pbounds = [int(np.datetime64(f"{y}-01-01", "D").astype(np.int64)) for y in periods]
+    for ai in range(len(ages) - 1):
+        a_lo = birth + ages[ai] * YEAR
+        a_hi = birth + ages[ai + 1] * YEAR
+        for pi in range(len(periods) - 1):
+            lo = np.maximum(np.maximum(start, a_lo), pbounds[pi])
+            hi = np.minimum(np.minimum(stop, a_hi), pbounds[pi + 1])
+            py = np.clip(hi - lo, 0, None) / YEAR
+            ev_day = part["exit_date"].astype(np.int64)
+            ev = (part["event"] == 1) & (ev_day >= lo) & (ev_day < hi)
+            for g in np.unique(part["group"]):
+                sel = part["group"] == g
+                key = (int(g), ages[ai], periods[pi])
+                out[key] = {"person_years": float(py[sel].sum()),
+                            "events": float(ev[sel].sum())}
+    return out
+
+
+def lexis(plan: Plan, parts: Partitions) -> list[dict]:
+    lx = plan.study.analyses.lexis
+    age_col = next((c.name for c in plan.columns if c.kind == "age"), None)
+    if age_col is None:
+        raise ValueError("lexis needs the age covariate")
+    sums = parts.map_reduce(_lexis_part, lx.age_bands, lx.periods, age_col, combine=_merge)
+    rows = []
+    for (g, a, p) in sorted(sums):
+        s = sums[(g, a, p)]
+        if s["person_years"] <= 0:
+            continue
+        lo, hi = poisson_ci(s["events"], s["person_years"])
+        i = lx.age_bands.index(a)
+        j = lx.periods.index(p)
+        rows.append({"group": g, "age_band": f"{a:g}-{lx.age_bands[i + 1]:g}",
+                     "period": f"{p}-{lx.periods[j + 1] - 1}", "events": int(s["events"]),
+                     "person_years": s["person_years"],
+                     "rate_per_1000py": 1000 * s["events"] / s["person_years"],
+                     "lower_95": 1000 * lo, "upper_95": 1000 * hi})
+    return rows
+
+
+def lexis_poisson(rows: list[dict]):
+    """Poisson regression of the Lexis cells: rate ratios by age band and period."""
+    cells = [r for r in rows if r["person_years"] > 0]
+    ages = sorted({r["age_band"] for r in cells}, key=lambda s: float(s.split("-")[0]))
+    periods = sorted({r["period"] for r in cells})
+    names = [f"age {a}" for a in ages[1:]] + [f"period {p}" for p in periods[1:]]
+    X = np.array([[float(r["age_band"] == a) for a in ages[1:]] +
+                  [float(r["period"] == p) for p in periods[1:]] for r in cells])
+    y = np.array([r["events"] for r in cells], float)
+    t = np.array([r["person_years"] for r in cells])
+    return Poisson().fit(X, y, t, names=names)

@@ -1,0 +1,216 @@
+"""Running a study: check, compile, build the per-person table, analyse, write the outputs.
+
+    OUT/results.json       attrition, cohort, rates, model estimates (no person-level data)
+    OUT/tables/*.csv       the same, as tables; small cells suppressed
+    OUT/plan.txt           the plan that ran
+    OUT/private/           the per-person analysis table: never exported
+
+Outputs are written to a staging folder next to OUT and moved into place at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import UserError
+from ..models.base import ModelError
+from ..models.partitions import LocalPartitions
+from ..outputs.disclosure import suppress
+from ..plan import compile_study, render
+from ..plan.nodes import Plan
+from ..registers.store import Dataset, commit_output, prepare_output
+from ..study import Study, StudyErrors, load_study
+from . import analyses as A
+from .common import STATUS, table_columns
+from .dask_engine import DaskEngine
+from .reference import ReferenceEngine
+
+ENGINES = ("reference", "dask")
+
+
+def prepare(study: Study | str | Path, data: str | Path) -> tuple[Study, Plan, Dataset]:
+    """Load and check a study against the data's catalog; raise StudyErrors with all problems."""
+    if not isinstance(study, Study):
+        study = load_study(study)
+    ds = Dataset.open(data)
+    plan, problems = compile_study(study, ds)
+    if problems:
+        raise StudyErrors(problems)
+    return study, plan, ds
+
+
+def person_table(plan: Plan, ds: Dataset, engine: str = "dask", client=None, progress=None):
+    """(list of per-partition tables as dicts of arrays, attrition, partitions object)."""
+    if engine == "reference":
+        df, attrition = ReferenceEngine().person_table(ds, plan)
+        tables = [{c: df[c].to_numpy() for c in df.columns}]
+        return tables, attrition, LocalPartitions(tables)
+    if engine == "dask":
+        eng = DaskEngine(client=client, progress=progress)
+        tables, attrition = eng.person_tables(ds, plan)
+        return tables, attrition, eng.partitions(tables)
+    raise UserError(f"unknown engine {engine!r}", fix=f"use one of {', '.join(ENGINES)}")
+
+
+def combined(plan: Plan, tables: list[dict]) -> dict:
+    cols = table_columns(plan)
+    t = {c: np.concatenate([x[c] for x in tables]) for c in cols}
+    order = np.lexsort((t["pnr"], -t["group"].astype(np.int64)))
+    return {c: v[order] for c, v in t.items()}
+
+
+def analyse(plan: Plan, parts, attrition) -> dict:
+    s = plan.study
+    an = s.analyses
+    res: dict = {"study": s.name, "attrition": {g: [{"step": k, "persons": n} for k, n in st]
+                                                for g, st in attrition.items()}}
+    res["cohort"] = [{"group": g.code, "label": g.label, **r} for g in plan.groups
+                     for r in A.rates(parts, ("group",)) if r["group"] == g.code]
+    for r in res["cohort"]:
+        r.pop("group", None)
+    if an.rates_by is not None and an.rates_by != ("group",):
+        res["rates"] = A.rates(parts, an.rates_by)
+    models = {}
+    try:
+        if an.cox is not None:
+            m = A.cox(plan, parts, an.cox.adjust, an.cox.strata)
+            models["cox"] = _model_result(m, "HR")
+        if an.logistic is not None:
+            models["logistic"] = _model_result(A.glm(plan, parts, an.logistic.adjust, False), "OR")
+        if an.poisson is not None:
+            models["poisson"] = _model_result(A.glm(plan, parts, an.poisson.adjust, True), "RR")
+    except ModelError as e:
+        raise UserError(f"model cannot be fitted: {e}", where=s.source,
+                        fix="simplify the model or widen the cohort") from e
+    if models:
+        res["models"] = models
+    if an.curves:
+        res["curves"] = A.curves(plan, parts)
+    if an.lexis is not None:
+        rows = A.lexis(plan, parts)
+        res["lexis"] = rows
+        if sum(r["events"] for r in rows) > 0 and len(rows) > 1:
+            try:
+                res["lexis_model"] = _model_result(A.lexis_poisson(rows), "RR")
+            except ModelError as e:
+                res["lexis_model"] = {"error": str(e)}
+    if an.measures:
+        res["measures"] = {m.name: A.measure(parts, m.by) for m in an.measures}
+    return res
+
+
+def _model_result(m, ratio: str) -> dict:
+    return {"n": m.n_obs_, "events": getattr(m, "n_events_", None), "loglik": m.loglik_,
+            "newton_steps": m.n_iter_, "terms": m.summary}
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _fmt(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(round(v, 10))
+    return str(v)
+
+
+def _csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(keys)
+    for r in rows:
+        w.writerow([_fmt(r.get(k)) for k in keys])
+    return buf.getvalue()
+
+
+def exported(results: dict, min_cell: int) -> dict:
+    """The results with small cells withheld (what leaves OUT/private)."""
+    r = json.loads(json.dumps(results, default=_jsonable))
+    rate_derived = ("person_years", "rate_per_1000py", "lower_95", "upper_95")
+    for g in r["attrition"]:
+        r["attrition"][g] = suppress(r["attrition"][g], min_cell)
+    r["cohort"] = suppress(r["cohort"], min_cell, rate_derived)
+    if "rates" in r:
+        r["rates"] = suppress(r["rates"], min_cell, rate_derived)
+    if "lexis" in r:
+        r["lexis"] = suppress(r["lexis"], min_cell, rate_derived)
+    if "measures" in r:
+        for k in r["measures"]:
+            r["measures"][k] = suppress(r["measures"][k], min_cell,
+                                        ("proportion", "lower_95", "upper_95"))
+    if "curves" in r:
+        # a curve is shown only while its risk set holds enough persons
+        r["curves"] = [c for c in r["curves"] if c["at_risk"] >= min_cell]
+        for c in r["curves"]:
+            if 0 < c["events"] < min_cell:
+                c["events"] = None
+    return r
+
+
+def _jsonable(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    raise TypeError(type(o))
+
+
+def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: str,
+                  ds: Dataset, overwrite: bool = True) -> dict:
+    staging = prepare_output(out, overwrite)
+    try:
+        res = exported(results, plan.study.min_cell)
+        manifest_sha = hashlib.sha256((ds.root / "manifest.json").read_bytes()).hexdigest()
+        res["run"] = {"engine": engine, "data": str(ds.root), "data_manifest_sha256": manifest_sha,
+                      "min_cell": plan.study.min_cell,
+                      "status_codes": {str(k): v for k, v in STATUS.items()}}
+        truth = ds.manifest.get("truth")
+        if truth:
+            res["planted_truth"] = {"mi_log_hr": truth["mi"]["log_hr"],
+                                    "mi_per_year_of_age": truth["mi"]["per_year"]}
+        (staging / "results.json").write_text(json.dumps(res, indent=1, ensure_ascii=False,
+                                                         default=_jsonable) + "\n")
+        tables = staging / "tables"
+        tables.mkdir()
+        for name in ("cohort", "rates", "curves", "lexis"):
+            if name in res:
+                (tables / f"{name}.csv").write_text(_csv(res[name]))
+        for g, rows in res["attrition"].items():
+            (tables / f"attrition_{g}.csv").write_text(_csv(rows))
+        for k, m in res.get("models", {}).items():
+            (tables / f"model_{k}.csv").write_text(_csv(m["terms"]))
+        if "lexis_model" in res and "terms" in res["lexis_model"]:
+            (tables / "model_lexis_poisson.csv").write_text(_csv(res["lexis_model"]["terms"]))
+        for k, rows in res.get("measures", {}).items():
+            (tables / f"measure_{k}.csv").write_text(_csv(rows))
+        (staging / "plan.txt").write_text(render(plan) + "\n")
+        private = staging / "private"
+        private.mkdir(mode=0o700)
+        pq.write_table(pa.table({k: pa.array(v) for k, v in table.items()}),
+                       private / "person_table.parquet", compression="zstd")
+        commit_output(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return res
+
+
+def run(study, data, out, engine: str = "dask", client=None, progress=None,
+        overwrite: bool = True) -> dict:
+    study, plan, ds = prepare(study, data)
+    tables, attrition, parts = person_table(plan, ds, engine, client, progress)
+    results = analyse(plan, parts, attrition)
+    return write_outputs(Path(out), plan, results, combined(plan, tables), engine=engine, ds=ds,
+                         overwrite=overwrite)

@@ -1,0 +1,141 @@
+"""Study → Plan: resolve codelists against the data's dictionaries, dates to days, and list
+what will be read. Problems that need the data (a codelist that matches nothing, an index
+window outside the data) are reported here, with the study's file and field."""
+
+from __future__ import annotations
+
+from ..registers import codes as C
+from ..registers.schema import DATA_END, day
+from ..registers.store import Dataset
+from ..study import charlson
+from ..study.language import PATIENT_TYPES, Codelist, Events, IndexRule, Problem, Study, Window
+from .nodes import (
+    CodeSet,
+    ColumnPlan,
+    CriterionPlan,
+    EventStream,
+    GroupPlan,
+    IndexPlan,
+    OutcomePlan,
+    Plan,
+)
+
+# Columns each register contributes when it is read at all.
+BASE_READS = {
+    "bef": ("pnr", "koen", "foed_dag", "region"),
+    "dod": ("pnr", "doddato"),
+    "vnds": ("pnr", "indud_kode", "haend_dato"),
+}
+STREAM_READS = {
+    "lpr": {"lpr_adm": ("pnr", "recnum", "d_inddto", "c_pattype"),
+            "lpr_diag": ("recnum", "c_diag", "c_diagtype")},
+    "lmdb": {"lmdb": ("pnr", "eksd", "atc")},
+    "death": {"dodsaarsag": ("pnr", "doddato", "c_dodtilgrundl")},
+}
+
+
+class _Compiler:
+    def __init__(self, study: Study, dictionaries: dict[str, list[str]]):
+        self.study = study
+        self.dicts = dictionaries
+        self.problems: list[Problem] = []
+        self.reads: dict[str, set[str]] = {k: set(v) for k, v in BASE_READS.items()}
+
+    def codeset(self, system: str, prefixes: tuple[str, ...]) -> CodeSet:
+        d = self.dicts[system]
+        ranges = tuple(C.prefix_range(d, p) for p in prefixes)
+        return CodeSet(system, prefixes, ranges)
+
+    def stream(self, ev: Events, where: str) -> EventStream:
+        for reg, cols in STREAM_READS[ev.register].items():
+            self.reads.setdefault(reg, set()).update(cols)
+        for col, _ in ev.filters:
+            target = "lpr_adm" if ev.register == "lpr" else ev.register
+            self.reads.setdefault(target, set()).add(col)
+        codes = None
+        if ev.codelist is not None:
+            cl: Codelist = self.study.codelist(ev.codelist)
+            codes = self.codeset(cl.system, cl.prefixes())
+        return EventStream(ev.register, codes,
+                           tuple({"A": 0, "B": 1}[t] for t in ev.diagnosis_types),
+                           tuple(PATIENT_TYPES[p] for p in ev.patient_types), ev.filters)
+
+    def index(self, rule: IndexRule, where: str) -> IndexPlan:
+        if rule.kind == "date":
+            d = day(rule.date)
+            if d > DATA_END:
+                self.problem(where, "date", f"{rule.date} is after the data end",
+                             "choose a date within the data's period")
+            return IndexPlan("date", None, d, d)
+        s = self.stream(rule.events, where)
+        start = day(rule.between[0]) if rule.between else None
+        end = day(rule.between[1]) if rule.between else None
+        if s.codes is not None and s.codes.empty:
+            self.problem(where, "first_event.codelist",
+                         f"codelist {rule.events.codelist!r} matches no code in the data, so "
+                         "the index rule can never match",
+                         "check the codes against the data's code dictionary")
+        if start is not None and start > DATA_END:
+            self.problem(where, "between", "the index window starts after the data end",
+                         "move it into the data's period")
+        return IndexPlan("first_event", s, start, end, rule.nth, rule.washout_days)
+
+    def problem(self, where, fld, message, fix=""):
+        self.problems.append(Problem(self.study.source, f"{where}.{fld}", message, fix))
+
+
+def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Problem]]:
+    """A Plan for ``study`` on the data's dictionaries, and the problems that need the data."""
+    dictionaries = data.manifest["dictionaries"] if isinstance(data, Dataset) else data
+    c = _Compiler(study, dictionaries)
+    exposed = c.index(study.index, "exposure" if study.comparator else "index")
+    groups = [GroupPlan(1, study.exposure_name if study.comparator else "cohort", exposed)]
+    comp = study.comparator
+    if comp is not None:
+        if comp.kind == "active":
+            other = c.index(comp.index, "comparator.active")
+            groups.append(GroupPlan(0, "comparator", other))
+        else:
+            window = IndexPlan("random_date", None, exposed.start, exposed.end)
+            if exposed.start is None:
+                c.problem("exposure", "between", "a non-user comparator needs the exposure's "
+                          "between: window (its index dates are drawn from it)",
+                          "add between: [first, last] to exposure:")
+            groups.append(GroupPlan(0, "non_users", window, never_before=exposed.stream,
+                                    censor_at=exposed.stream if comp.censor_on_exposure
+                                    else None))
+    criteria = tuple(CriterionPlan(cr.action, c.stream(cr.events, f"criteria[{i}]"), cr.window,
+                                   cr.min_count, cr.label or _label(cr, i))
+                     for i, cr in enumerate(study.criteria))
+    cols = []
+    for cov in study.covariates:
+        if cov.kind == "charlson":
+            lpr = Events(None, "lpr")
+            c.stream(lpr, "covariates")
+            cats = tuple((name, w, EventStream("lpr", c.codeset("icd10", prefixes), (0, 1), ()))
+                         for name, w, prefixes in charlson.CATEGORIES)
+            cols.append(ColumnPlan(cov.name, "charlson", window=cov.window or Window(-3650, 0),
+                                   charlson=cats))
+        elif cov.kind in ("flag", "count"):
+            cols.append(ColumnPlan(cov.name, cov.kind, c.stream(cov.events, "covariates"),
+                                   cov.window))
+        else:
+            cols.append(ColumnPlan(cov.name, cov.kind))
+    o = study.outcome
+    stream = c.stream(o.events, "outcome") if o.events else None
+    if stream is not None and stream.codes is not None and stream.codes.empty:
+        c.problem("outcome", "codelist", f"codelist {o.events.codelist!r} matches no code in "
+                  "the data: no outcome can ever occur", "check the codes")
+    outcome = OutcomePlan(o.name, stream, o.death, o.window)
+    reads = {k: tuple(sorted(v)) for k, v in sorted(c.reads.items())}
+    plan = Plan(study, tuple(groups), criteria, tuple(cols), outcome, study.follow_up_days,
+                DATA_END, reads)
+    return plan, c.problems
+
+
+def _label(cr, i) -> str:
+    what = cr.events.codelist or cr.events.register
+    lo = "start" if cr.window.lo is None else cr.window.lo
+    hi = "end" if cr.window.hi is None else cr.window.hi
+    n = f"≥{cr.min_count} " if cr.min_count > 1 else ""
+    return f"{cr.action} {n}{what} in [{lo}, {hi}]"

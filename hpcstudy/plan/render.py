@@ -1,0 +1,107 @@
+"""A plan, printed for people: what each group's index is, what is checked, what is read."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .nodes import EventStream, IndexPlan, Plan
+
+
+def _d(days) -> str:
+    return "open" if days is None else str(np.datetime64(int(days), "D"))
+
+
+def _stream(s: EventStream | None) -> str:
+    if s is None:
+        return "-"
+    what = ", ".join(s.codes.prefixes) + "*" if s.codes else "any code"
+    extra = []
+    if s.register == "lpr":
+        if tuple(s.diagnosis_types) != (0, 1):
+            extra.append("diagnosis " + "/".join("AB"[t] for t in s.diagnosis_types))
+        if s.patient_types:
+            extra.append("patient type " + "/".join(map(str, s.patient_types)))
+    for col, vals in s.filters:
+        extra.append(f"{col} in {list(vals)}")
+    tail = f" ({'; '.join(extra)})" if extra else ""
+    return f"{s.register}[{what}]{tail}"
+
+
+def _index(ix: IndexPlan) -> str:
+    if ix.kind == "date":
+        return f"fixed date {_d(ix.start)}"
+    if ix.kind == "random_date":
+        return f"a random date in [{_d(ix.start)}, {_d(ix.end)}] (from seed and pnr)"
+    nth = {1: "first"}.get(ix.nth, f"event no. {ix.nth}")
+    s = f"{nth} {_stream(ix.stream)} in [{_d(ix.start)}, {_d(ix.end)}]"
+    if ix.washout_days:
+        s += f", none in the {ix.washout_days} days before"
+    return s
+
+
+def _w(w) -> str:
+    return f"[{'…' if w.lo is None else w.lo}, {'…' if w.hi is None else w.hi}]"
+
+
+def render(plan: Plan) -> str:
+    s = plan.study
+    out = [f"plan for study {s.name!r} ({s.source})", "", "groups (dimension: person):"]
+    for g in plan.groups:
+        out.append(f"  group={g.code} {g.label}: index = {_index(g.index)}")
+        if g.never_before is not None:
+            out.append(f"      with no {_stream(g.never_before)} on or before index")
+        if g.censor_at is not None:
+            out.append(f"      censored at their first {_stream(g.censor_at)}")
+    p = s.population
+    out += ["", "eligibility at index (dimension: person):",
+            "  alive and resident in Denmark"]
+    if p.age:
+        out.append(f"  age in [{p.age[0]}, {p.age[1]}) years")
+    if p.sex != "any":
+        out.append(f"  sex {p.sex}")
+    if p.regions:
+        out.append(f"  region in {list(p.regions)}")
+    if p.residence_years:
+        out.append(f"  resident for at least {p.residence_years} years before index")
+    for c in plan.criteria:
+        out.append(f"  {c.action}: {'≥' + str(c.min_count) + ' ' if c.min_count > 1 else ''}"
+                   f"{_stream(c.stream)} in days {_w(c.window)} of index")
+    out += ["", "covariates at index (dimension: person):"]
+    for c in plan.columns:
+        desc = {"age": "age in years", "sex": "female (0/1)", "region": "region code",
+                "calendar_year": "calendar year of index",
+                "charlson": "Charlson index (Danish ICD-10), 19 categories"}.get(c.kind, "")
+        if c.kind in ("flag", "count"):
+            desc = f"{'any' if c.kind == 'flag' else 'number of'} {_stream(c.stream)}"
+        w = f" in days {_w(c.window)}" if c.window else ""
+        out.append(f"  {c.name}: {desc}{w}")
+    o = plan.outcome
+    what = "death" + (f" with cause {_stream(o.stream)}" if o.stream else "") if o.death \
+        else f"first {_stream(o.stream)}"
+    out += ["", f"outcome {o.name!r}: {what} in days {_w(o.window)} after index"]
+    ends = ["outcome", "death" + (" (competing)" if not o.death else ""), "emigration",
+            f"end of data {_d(plan.data_end)}"]
+    if plan.follow_up_days:
+        ends.append(f"{plan.follow_up_days} days")
+    out.append("follow-up ends at the first of: " + ", ".join(ends))
+    out += ["", "analyses:"]
+    a = s.analyses
+    if a.rates_by is not None:
+        out.append(f"  rates by {', '.join(a.rates_by)}")
+    if a.curves:
+        out.append("  Kaplan–Meier and cumulative incidence by group")
+    for key in ("cox", "logistic", "poisson"):
+        m = getattr(a, key)
+        if m is not None:
+            out.append(f"  {key}: group + {', '.join(m.adjust) or 'nothing'}"
+                       + (f", strata {', '.join(m.strata)}" if m.strata else ""))
+    if a.lexis:
+        out.append(f"  Lexis rates by age band {list(a.lexis.age_bands)} and period "
+                   f"{list(a.lexis.periods)}")
+    for m in a.measures:
+        out.append(f"  measure {m.name} by {', '.join(m.by)}")
+    out += ["", f"disclosure: cells below {s.min_cell} persons are suppressed", "",
+            "registers and columns read:"]
+    for reg, cols in plan.reads.items():
+        out.append(f"  {reg}: {', '.join(cols)}")
+    return "\n".join(out)
