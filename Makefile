@@ -1,7 +1,7 @@
 # The few commands people type. Everything installs what it needs itself.
 PYTHON ?= python3
 BIN := .venv/bin
-PERSONS ?= 50000
+PERSONS ?= 200000
 
 .PHONY: demo test test-fast test-slurm test-gpu install install-test system-deps lint bench clean
 
@@ -19,10 +19,11 @@ install-test: .venv/.installed-test
 system-deps:
 	bash scripts/install-system-deps.sh
 
-## demo: synthetic registers for $(PERSONS) persons, then the main job on the local backend
+## demo: synthetic registers for $(PERSONS) persons, then example 1 on the local dask engine
 demo: install
-	$(BIN)/hpcstudy synth --persons $(PERSONS) --seed 1 --partitions 4 --out demo-data --overwrite
+	$(BIN)/hpcstudy synth --persons $(PERSONS) --seed 1 --partitions 8 --out demo-data --overwrite
 	$(BIN)/hpcstudy data verify demo-data
+	$(BIN)/hpcstudy run examples/statins_mi.yaml --data demo-data --out demo-out/statins_mi
 
 ## test: the whole suite, a real single-node Slurm and MPI included
 test: system-deps install-test

@@ -80,13 +80,15 @@ class Truth:
             "time_scale": "hazards are per person-year, ages in years (days / 365.25); "
                           "log_rate_age0 + per_year * age is the log hazard of a male "
                           "reference person without the listed conditions",
-            "mi": "first myocardial infarction (DI21 as action diagnosis of an inpatient "
-                  "contact). statin: from the first C10AA dispensing on, for life "
-                  "(intention to treat). diabetes: from type 2 diabetes onset on. Age acts "
+            "mi": "first myocardial infarction since the person could be observed (in Denmark, "
+                  "from 1977), recorded as DI21 action diagnosis of an inpatient contact. "
+                  "statin: from the first C10AA dispensing on, for life (intention to treat). "
+                  "diabetes: from type 2 diabetes onset on. Age acts "
                   "through per_year, so a Cox model in time since index adjusted for age at "
                   "index estimates per_year as the age coefficient",
-            "statin_start": "initiation of a statin (first C10AA dispensing), from 1995 on; "
-                            "depends on age, sex and diabetes: confounding by indication",
+            "statin_start": "initiation of a statin (first C10AA dispensing), from 1995 on and "
+                            "only while living in Denmark; depends on age, sex and diabetes: "
+                            "confounding by indication",
             "death": "all-cause death; mi and cancer act from their onset on. On top, death "
                      "within 30 days of an MI with the logistic mi_death_30d_* model",
         }
@@ -269,12 +271,18 @@ def simulate_people(rng: np.random.Generator, n: int, first_idx: int) -> People:
            "heart_failure": onset(t.heart_failure), "copd": onset(t.copd),
            "cancer": onset(t.cancer)}
     d_age = _to_age(ons["diabetes"], birth_day)
-    lmdb_age = np.maximum(_to_age(np.full(n, LMDB_START), birth_day), 0.0)
+    # Statins are started in Denmark, from 1995 (or arrival): a start abroad would leave
+    # someone exposed whom no Danish register could ever see as a user.
+    lmdb_age = np.maximum(_to_age(np.maximum(entry, LMDB_START), birth_day), 0.0)
     s = t.statin_start
     statin = _age_days(gompertz_onset(rng, lmdb_age, s, s.log_hr["female"] * female,
                                       [d_age], [s.log_hr["diabetes"]]), birth_day)
     m = t.mi
-    mi = _age_days(gompertz_onset(rng, zero, m, m.log_hr["female"] * female,
+    # The first MI is simulated from when a person can be observed (in Denmark, LPR open):
+    # an earlier, unrecorded first MI would leave someone who looks MI-free but can never
+    # have one, which no register study could see.
+    observable = np.maximum(_to_age(np.maximum(entry, LPR_START), birth_day), 0.0)
+    mi = _age_days(gompertz_onset(rng, observable, m, m.log_hr["female"] * female,
                                   [d_age, _to_age(statin, birth_day)],
                                   [m.log_hr["diabetes"], m.log_hr["statin"]]), birth_day)
     ons["mi"] = mi
@@ -320,7 +328,10 @@ def block_people(seed: int, block: int) -> tuple[np.random.Generator, People]:
     first = block * BLOCK_SIZE
     while have < BLOCK_SIZE:
         cand = simulate_people(rng, BLOCK_SIZE + BLOCK_SIZE // 8, 0)
-        resident_since_cpr = (cand.last_day() > CPR_START) & (cand.entry <= DATA_END)
+        # lived in Denmark at some point since the CPR opened (an immigrant whose death came
+        # before the arrival day never arrived)
+        resident_since_cpr = (cand.last_day() > np.maximum(cand.entry, CPR_START)) & \
+            (cand.entry <= DATA_END)
         sel = np.flatnonzero(resident_since_cpr)[: BLOCK_SIZE - have]
         kept.append(cand.take(sel))
         have += sel.size
@@ -468,8 +479,10 @@ def _hospital(rng, P: People, dic: Dictionaries):
         diag_l.append(diag.astype(np.int32))
         stay_l.append(stay)
 
-    # One contact at each condition's onset. A condition that began before the LPR opened
-    # is registered at a first contact in the two years after.
+    # One contact at each condition's onset. A condition that began before the person could
+    # be seen (LPR not yet open, or living abroad) is registered at a first contact in the
+    # two years after.
+    observable = np.maximum(P.entry, LPR_START)
     first_cat = {"mi": "I21", "stroke": "I63", "heart_failure": "I50", "diabetes": "E11",
                  "copd": "J44"}
     onset_pattype = {"mi": 0, "stroke": 0, "heart_failure": 0, "diabetes": 2, "copd": 2,
@@ -478,8 +491,8 @@ def _hospital(rng, P: People, dic: Dictionaries):
                    "copd": 0.6, "cancer": 1.5}
     for cond, t0 in P.onset.items():
         finite = np.isfinite(t0)
-        late = finite & (t0 < LPR_START) & (cond != "mi")
-        when = np.where(late, LPR_START + np.floor(rng.random(n) * 730), t0)
+        late = finite & (t0 < observable) & (cond != "mi")
+        when = np.where(late, observable + np.floor(rng.random(n) * 730), t0)
         rows = np.flatnonzero(finite & P.observed(allp, np.where(finite, when, 0), LPR_START))
         days = when[rows]
         if cond == "cancer":

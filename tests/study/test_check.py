@@ -71,7 +71,7 @@ def test_each_error_names_line_field_and_fix(change, line, field, words):
 
 
 def test_all_errors_at_once():
-    text = GOOD.replace("codes: [I21*]", "codes: [I2]").replace("system: atc", "system: x") \
+    text = GOOD.replace("codes: [I21*]", "codes: ['I2X!']").replace("system: atc", "system: x") \
         .replace("adjust: [age, sex]", "adjust: [bmi]")
     errs = errors_of(text)
     assert len(errs) == 3, errs
