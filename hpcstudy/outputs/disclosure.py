@@ -1,7 +1,7 @@
 """Primary cell suppression for exported tables (the full disclosure layer builds on this).
 
-A row whose count of persons (or events) is below the threshold has its small counts and
-everything derived from them withheld, and says so in ``suppressed``.
+A row in which any count (persons, events, at risk) is above zero but below the threshold has
+all its counts and everything derived from them withheld, and says so in ``suppressed``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ def suppress(rows: list[dict], min_cell: int, derived: tuple[str, ...] = ()) -> 
         r = dict(r)
         small = [f for f in COUNT_FIELDS if f in r and r[f] is not None and 0 < r[f] < min_cell]
         if small:
-            for f in (*small, *derived):
+            # every count of the row goes: a zero next to a withheld total still tells
+            for f in (*COUNT_FIELDS, *derived):
                 if f in r:
                     r[f] = None
             r["suppressed"] = True
