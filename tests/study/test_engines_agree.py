@@ -145,3 +145,24 @@ def compare(x, y, path="results"):
         assert x == pytest.approx(y, rel=1e-8, abs=1e-12, nan_ok=True), path
     else:
         assert x == y, path
+
+
+def test_dask_engine_on_a_distributed_client(small_data):
+    """The same results when the partitions run on a distributed.Client's worker processes."""
+    from pathlib import Path
+
+    from distributed import Client, LocalCluster
+
+    from hpcstudy.engines.dask_engine import DaskEngine
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "diabetes_incidence.yaml"
+    _, plan, ds = R.prepare(path, small_data)
+    ref, att, p_ref = R.person_table(plan, ds, "reference")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        eng = DaskEngine(client=client)
+        tables, att2 = eng.person_tables(ds, plan)
+        res = R.analyse(plan, eng.partitions(tables), att2)
+    a, b = R.combined(plan, ref), R.combined(plan, tables)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    compare(R.analyse(plan, p_ref, att), res)
