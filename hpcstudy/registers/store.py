@@ -128,8 +128,11 @@ def prepare_output(out: Path, overwrite: bool) -> Path:
         raise UserError(f"{out} is not empty",
                         fix="pass --overwrite to replace it, or choose another --out")
     parent = out.resolve().parent
-    if not parent.exists():
-        raise UserError(f"parent directory {parent} does not exist", fix="create it first")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the directory {parent} ({e.strerror})",
+                        fix="choose a writable --out") from e
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write in {parent}", fix="choose a writable --out")
     staging = parent / f".{out.name}.partial-{os.getpid()}"
