@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from ..models.partitions import LocalPartitions
 from ..outputs.disclosure import suppress
 from ..plan import compile_study, render
 from ..plan.nodes import Plan
-from ..registers.store import Dataset, commit_output, prepare_output
+from ..registers.store import Dataset, staged_output
 from ..study import Study, StudyErrors, load_study
 from . import analyses as A
 from .common import STATUS, table_columns
@@ -169,8 +168,7 @@ def _jsonable(o):
 
 def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: str,
                   ds: Dataset, overwrite: bool = True) -> dict:
-    staging = prepare_output(out, overwrite)
-    try:
+    with staged_output(out, overwrite) as staging:
         res = exported(results, plan.study.min_cell)
         manifest_sha = hashlib.sha256((ds.root / "manifest.json").read_bytes()).hexdigest()
         res["run"] = {"engine": engine, "data": str(ds.root), "data_manifest_sha256": manifest_sha,
@@ -200,10 +198,6 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
         private.mkdir(mode=0o700)
         pq.write_table(pa.table({k: pa.array(v) for k, v in table.items()}),
                        private / "person_table.parquet", compression="zstd")
-        commit_output(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return res
 
 

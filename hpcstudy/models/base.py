@@ -86,6 +86,20 @@ def check_collinearity(gram: np.ndarray, names: list[str], where: str) -> None:
                          "combination of the others) — drop one of them")
 
 
+class Fitted:
+    """What a fitted model exposes: coef_, se_, cov_, loglik_, n_iter_, n_obs_, names."""
+
+    def _set_fit(self, names, beta, loglik, info, steps, n_obs) -> None:
+        self.names = list(names)
+        self.coef_ = beta
+        self.information_ = info
+        self.cov_ = np.linalg.inv(info)
+        self.se_ = np.sqrt(np.diag(self.cov_))
+        self.loglik_ = loglik
+        self.n_iter_ = steps
+        self.n_obs_ = int(n_obs)
+
+
 def newton(evaluate, p: int, *, max_iter: int = 50, tol: float = 1e-9, names=None,
            where: str = "model", beta0=None, start=None):
     """Maximise a concave log-likelihood by Newton–Raphson with step halving.

@@ -14,7 +14,7 @@ import numpy as np
 from hpcstudy_kernels import cox as K
 from hpcstudy_kernels._namespace import array_namespace, to_numpy
 
-from .base import ModelError, check_collinearity, format_table, newton, summary_table
+from .base import Fitted, ModelError, check_collinearity, format_table, newton, summary_table
 from .partitions import LocalPartitions, Partitions, add
 from .validate import as_design, as_vector
 
@@ -50,7 +50,7 @@ def _pass2(cp, beta, c, e):
     return K.pass2(cp, xp.asarray(beta), c, e)
 
 
-class CoxPH:
+class CoxPH(Fitted):
     """Cox regression by Newton–Raphson on the partial likelihood."""
 
     def __init__(self, ties: str = "efron", max_iter: int = 50, tol: float = 1e-10):
@@ -118,14 +118,7 @@ class CoxPH:
         check_collinearity(start[2], names, "Cox model")
         beta, ll, info, it = newton(evaluate, p, max_iter=self.max_iter, tol=self.tol,
                                     names=names, where="Cox model", start=start)
-        self.names = list(names)
-        self.coef_ = beta
-        self.information_ = info
-        self.cov_ = np.linalg.inv(info)
-        self.se_ = np.sqrt(np.diag(self.cov_))
-        self.loglik_ = ll
-        self.n_iter_ = it
-        self.n_obs_ = int(n)
+        self._set_fit(names, beta, ll, info, it, n)
         self.n_events_ = int(events)
         self.grid_size_ = grid.size
         return self

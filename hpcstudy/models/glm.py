@@ -13,7 +13,7 @@ import numpy as np
 from hpcstudy_kernels import glm as K
 from hpcstudy_kernels._namespace import array_namespace, to_numpy
 
-from .base import ModelError, check_collinearity, format_table, newton, summary_table
+from .base import Fitted, ModelError, check_collinearity, format_table, newton, summary_table
 from .partitions import LocalPartitions, Partitions
 from .validate import as_design, as_vector
 
@@ -38,7 +38,7 @@ def _log_factorial(part):
     return K.log_factorial_sum(part["y"], part["weights"])
 
 
-class _GLM:
+class _GLM(Fitted):
     ratio = "ratio"
     kind = "GLM"
 
@@ -66,14 +66,7 @@ class _GLM:
         beta, ll, info, it = newton(evaluate, p, max_iter=self.max_iter, tol=self.tol,
                                     names=names, where=f"{self.kind} model",
                                     beta0=self._start(names, wsum, wysum, exposure))
-        self.names = list(names)
-        self.coef_ = beta
-        self.information_ = info
-        self.cov_ = np.linalg.inv(info)
-        self.se_ = np.sqrt(np.diag(self.cov_))
-        self.loglik_ = ll
-        self.n_iter_ = it
-        self.n_obs_ = n
+        self._set_fit(names, beta, ll, info, it, n)
         return self
 
     def _start(self, names, wsum, wysum, exposure):

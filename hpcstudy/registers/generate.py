@@ -48,7 +48,6 @@ def _finish(args: tuple[str, str, str, int]) -> tuple[str, int, dict]:
     """Sort one spill file and write its Parquet partition; return its manifest entry."""
     staging, spill, register, p = args
     path = Path(spill) / f"{register}-{p:05d}.arrow"
-    out = Path(staging) / register / store.part_name(p)
     if path.exists():
         with pa.memory_map(str(path)) as src:
             table = pa.ipc.open_stream(src).read_all()
@@ -60,25 +59,15 @@ def _finish(args: tuple[str, str, str, int]) -> tuple[str, int, dict]:
                                  else np.int32) for c in REGISTERS[register].columns}
         if register == "lpr_diag":
             cols |= {"_pnr": np.empty(0, np.int64), "_d_inddto": np.empty(0, np.int32)}
-    cols = store.sort_columns(register, cols)
-    table = store.to_table(register, cols)
-    store.write_parquet(table, out)
-    entry = {"path": f"{register}/{store.part_name(p)}", "rows": table.num_rows,
-             "bytes": out.stat().st_size, "sha256": store.sha256_file(out)}
-    return register, p, entry
+    return register, p, store.write_partition(Path(staging), register, p, cols)
 
 
 def generate(out: Path, persons: int, seed: int, partitions: int, *, overwrite: bool = False,
              jobs: int = 1, progress: ProgressFn | None = None) -> dict:
     """Write a synthetic dataset to ``out``; return its manifest."""
-    staging = store.prepare_output(out, overwrite)
-    try:
+    with store.staged_output(out, overwrite) as staging:
         manifest = _generate_into(staging, persons, seed, partitions, jobs, progress)
         (staging / store.MANIFEST).write_text(store.manifest_json(manifest))
-        store.commit_output(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -120,9 +109,7 @@ def _generate_into(staging: Path, persons: int, seed: int, partitions: int, jobs
                   for p in range(partitions)]
         done = pool.imap(_finish, finish) if pool else map(_finish, finish)
         for i, (reg, _, entry) in enumerate(done):
-            m = manifest["registers"][reg]
-            m["files"].append(entry)
-            m["rows"] += entry["rows"]
+            store.add_file(manifest, reg, entry)
             if progress:
                 progress("sort and write", i + 1, len(finish))
     finally:

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,35 @@ def prepare_output(out: Path, overwrite: bool) -> Path:
         raise UserError(f"cannot create a directory in {parent} ({e.strerror})",
                         fix="choose a writable --out") from e
     return staging
+
+
+@contextmanager
+def staged_output(out: Path, overwrite: bool):
+    """``with staged_output(out, overwrite) as staging:`` write into ``staging``; on success it
+    replaces ``out``, on any failure (an interrupt too) it is removed and ``out`` is untouched."""
+    staging = prepare_output(out, overwrite)
+    try:
+        yield staging
+        commit_output(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_partition(root: Path, register: str, partition: int,
+                    cols: dict[str, np.ndarray]) -> dict:
+    """Sort one partition's columns, write its Parquet file; return its manifest entry."""
+    path = Path(root) / register / part_name(partition)
+    table = to_table(register, sort_columns(register, cols))
+    write_parquet(table, path)
+    return {"path": f"{register}/{part_name(partition)}", "rows": table.num_rows,
+            "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def add_file(manifest: dict, register: str, entry: dict) -> None:
+    m = manifest["registers"][register]
+    m["files"].append(entry)
+    m["rows"] += entry["rows"]
 
 
 def commit_output(staging: Path, out: Path) -> None:

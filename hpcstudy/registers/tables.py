@@ -8,7 +8,6 @@ the generator's code dictionaries extended by any other codes the tables use.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +53,7 @@ def write_tables(out: str | Path, tables: dict[str, dict[str, list]], partitions
     order = np.argsort(adm["recnum"])
     d["_pnr"] = adm["pnr"][order][pos] if d["recnum"].size else np.zeros(0, np.int64)
     d["_d_inddto"] = adm["d_inddto"][order][pos] if d["recnum"].size else np.zeros(0, np.int64)
-    staging = store.prepare_output(out, overwrite)
-    try:
+    with store.staged_output(out, overwrite) as staging:
         manifest = store.empty_manifest(
             partitions, dicts_sorted, source={"kind": "tables"},
             period={"start": str(np.datetime64(CPR_START, "D")),
@@ -67,17 +65,8 @@ def write_tables(out: str | Path, tables: dict[str, dict[str, list]], partitions
             part = store.partition_of(key, partitions)
             for p in range(partitions):
                 sel = part == p
-                chunk = store.sort_columns(name, {k: v[sel] for k, v in cols.items()})
-                path = staging / name / store.part_name(p)
-                table = store.to_table(name, chunk)
-                store.write_parquet(table, path)
-                entry = {"path": f"{name}/{store.part_name(p)}", "rows": table.num_rows,
-                         "bytes": path.stat().st_size, "sha256": store.sha256_file(path)}
-                manifest["registers"][name]["files"].append(entry)
-                manifest["registers"][name]["rows"] += table.num_rows
+                entry = store.write_partition(staging, name, p,
+                                              {k: v[sel] for k, v in cols.items()})
+                store.add_file(manifest, name, entry)
         (staging / store.MANIFEST).write_text(store.manifest_json(manifest))
-        store.commit_output(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
