@@ -124,25 +124,44 @@ def data_summary(directory: Path) -> None:
 
 
 # -- studies ----------------------------------------------------------------------------------
-def _load_checked(study: Path, data: Path | None):
+def _approval(project: Path | None):
+    if project is None:
+        return None
+    from .secure.approval import load_approval
+
+    return load_approval(project)
+
+
+def _load_checked(study: Path, data: Path | None, project: Path | None = None):
     """Study (and plan, dataset when data is given), raising StudyErrors with every problem."""
     from .study import load_study
 
+    approval = _approval(project)
     s = load_study(study)
     if data is None:
+        if approval is not None:
+            raise UserError("checking against a project's approval needs the data's catalog",
+                            fix="add --data DIR")
         return s, None, None
     from .engines.run import prepare
 
-    return prepare(s, data)
+    return prepare(s, data, approval)
+
+
+PROJECT = click.option("--project", type=click.Path(path_type=Path),
+                       envvar="HPCSTUDY_PROJECT",
+                       help="Project approval file (registers, columns, period); refuses a "
+                            "study that reaches outside it. Default: $HPCSTUDY_PROJECT.")
 
 
 @cli.command()
 @click.argument("study", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="Check against this dataset's "
               "catalog too (registers, code dictionaries, period).")
-def check(study: Path, data: Path | None) -> None:
+@PROJECT
+def check(study: Path, data: Path | None, project: Path | None) -> None:
     """Check a study: the language, and with --data the data's catalog. All errors at once."""
-    s, plan, _ = _load_checked(study, data)
+    s, plan, _ = _load_checked(study, data, project)
     what = f"against {data}" if data else "(language only; add --data DIR for the catalog)"
     click.echo(f"{study}: study {s.name!r} is valid {what}")
 
@@ -151,11 +170,12 @@ def check(study: Path, data: Path | None) -> None:
 @click.argument("study", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Dataset whose code dictionaries resolve the codelists.")
-def plan(study: Path, data: Path) -> None:
+@PROJECT
+def plan(study: Path, data: Path, project: Path | None) -> None:
     """Print the compiled plan: groups, criteria, covariates, outcome, what is read."""
     from .plan import render
 
-    _, p, _ = _load_checked(study, data)
+    _, p, _ = _load_checked(study, data, project)
     click.echo(render(p))
 
 
@@ -168,13 +188,17 @@ def plan(study: Path, data: Path) -> None:
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True,
               help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True)
-def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet: bool) -> None:
+@PROJECT
+def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet: bool,
+        project: Path | None) -> None:
     """Run a study: results.json, tables/*.csv and the private per-person table in OUT."""
     from .engines import run as R
 
-    s, p, ds = _load_checked(study, data)
+    approval = _approval(project)
+    s, p, ds = _load_checked(study, data, project)
     progress = _progress_bar(not quiet and sys.stderr.isatty())
-    res = R.run(s, data, out, engine=engine, progress=progress, overwrite=overwrite)
+    res = R.run(s, data, out, engine=engine, progress=progress, overwrite=overwrite,
+                approval=approval)
     if not quiet:
         click.echo(report(res, out))
 

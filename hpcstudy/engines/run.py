@@ -37,14 +37,26 @@ from .reference import ReferenceEngine
 ENGINES = ("reference", "dask")
 
 
-def prepare(study: Study | str | Path, data: str | Path) -> tuple[Study, Plan, Dataset]:
-    """Load and check a study against the data's catalog; raise StudyErrors with all problems."""
+def prepare(study: Study | str | Path, data: str | Path,
+            approval=None) -> tuple[Study, Plan, Dataset]:
+    """Load and check a study against the data's catalog (and the project's approval, when
+    given); raise StudyErrors with every problem. Only the manifest is read."""
     if not isinstance(study, Study):
         study = load_study(study)
     ds = Dataset.open(data)
     plan, problems = compile_study(study, ds)
+    if approval is not None:
+        from ..secure.approval import check as check_approval
+
+        problems += check_approval(plan, approval)
     if problems:
         raise StudyErrors(problems)
+    if approval is not None and approval.min_cell > study.min_cell:
+        # the project's threshold is a floor a study cannot lower
+        from dataclasses import replace
+
+        study = replace(study, min_cell=approval.min_cell)
+        plan = replace(plan, study=study)
     return study, plan, ds
 
 
@@ -167,13 +179,15 @@ def _jsonable(o):
 
 
 def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: str,
-                  ds: Dataset, overwrite: bool = True) -> dict:
+                  ds: Dataset, overwrite: bool = True, approval=None) -> dict:
     with staged_output(out, overwrite) as staging:
         res = exported(results, plan.study.min_cell)
         manifest_sha = hashlib.sha256((ds.root / "manifest.json").read_bytes()).hexdigest()
         res["run"] = {"engine": engine, "data": str(ds.root), "data_manifest_sha256": manifest_sha,
                       "min_cell": plan.study.min_cell,
                       "status_codes": {str(k): v for k, v in STATUS.items()}}
+        if approval is not None:
+            res["run"]["approval"] = approval.as_dict()
         truth = ds.manifest.get("truth")
         if truth:
             res["planted_truth"] = {"mi_log_hr": truth["mi"]["log_hr"],
@@ -202,9 +216,9 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
 
 
 def run(study, data, out, engine: str = "dask", client=None, progress=None,
-        overwrite: bool = True) -> dict:
-    study, plan, ds = prepare(study, data)
+        overwrite: bool = True, approval=None) -> dict:
+    study, plan, ds = prepare(study, data, approval)
     tables, attrition, parts = person_table(plan, ds, engine, client, progress)
     results = analyse(plan, parts, attrition)
     return write_outputs(Path(out), plan, results, combined(plan, tables), engine=engine, ds=ds,
-                         overwrite=overwrite)
+                         overwrite=overwrite, approval=approval)

@@ -1,0 +1,188 @@
+"""Project approvals: the registers, columns and calendar span a project may use.
+
+A project file (YAML) is what the data authority approved::
+
+    project: FSEID-00001234
+    title: Statins and cardiovascular outcomes
+    registers:
+      bef: "*"                      # every column
+      lmdb: [pnr, eksd, atc]
+      lpr_adm: [pnr, recnum, d_inddto, c_pattype]
+      lpr_diag: "*"
+    period: [2005-01-01, 2023-12-31]
+    disclosure: {min_cell: 5}
+
+``check``, ``plan`` and ``run`` compare a compiled plan with it before any data is read and
+refuse a study that reaches outside, naming each register, column or date outside. The
+calendar span applies to the dated events a study uses (hospital contacts, dispensings, causes
+of death); the population registers (bef, dod, vnds) are needed whole to establish who lived
+in Denmark, so only their columns are checked.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..plan.nodes import Plan
+from ..registers.schema import CPR_START, REGISTERS, day
+from ..study.language import Problem
+from ..study.yamlio import Node, load
+
+EVENT_REGISTERS = {"lpr": ("lpr_adm", "lpr_diag"), "lmdb": ("lmdb",), "death": ("dodsaarsag",)}
+
+
+@dataclass(frozen=True)
+class Approval:
+    project: str
+    registers: dict[str, frozenset[str]]     # register -> approved columns
+    period: tuple[int, int]                  # days since 1970, inclusive
+    min_cell: int
+    source: str
+
+    def as_dict(self) -> dict:
+        return {"project": self.project, "period": [_iso(self.period[0]), _iso(self.period[1])],
+                "registers": {k: sorted(v) for k, v in sorted(self.registers.items())},
+                "min_cell": self.min_cell}
+
+
+def _iso(d: int) -> str:
+    return str(np.datetime64(int(d), "D"))
+
+
+def load_approval(path: str | Path) -> Approval:
+    """Read a project file; every problem at once, each with file:line."""
+    doc = load(path)
+    f = str(path)
+    problems: list[Problem] = []
+
+    def err(node, key, field, message, fix=""):
+        line = node.line_of(key) if isinstance(node, Node) else 0
+        problems.append(Problem(f"{f}:{line}", field, message, fix))
+
+    for k in doc:
+        if k not in ("project", "title", "registers", "period", "disclosure"):
+            err(doc, k, str(k), "unknown field", "allowed: project, title, registers, period, "
+                "disclosure")
+    project = doc.get("project")
+    if not isinstance(project, str) or not project.strip():
+        err(doc, "project", "project", "missing", "give the approval's id, e.g. FSEID-00001234")
+    registers: dict[str, frozenset[str]] = {}
+    regs = doc.get("registers")
+    if not isinstance(regs, Node) or not regs:
+        err(doc, "registers", "registers", "missing or empty",
+            "list the approved registers and their columns")
+    else:
+        for name, cols in regs.items():
+            if name not in REGISTERS:
+                err(regs, name, f"registers.{name}", "unknown register",
+                    f"registers are {', '.join(REGISTERS)}")
+                continue
+            known = set(REGISTERS[name].column_names)
+            if cols == "*":
+                registers[name] = frozenset(known)
+            elif isinstance(cols, list):
+                bad = [c for c in cols if c not in known]
+                if bad:
+                    err(regs, name, f"registers.{name}", f"unknown column(s) {bad}",
+                        f"{name} has {', '.join(sorted(known))}")
+                registers[name] = frozenset(c for c in cols if c in known)
+            else:
+                err(regs, name, f"registers.{name}", "must be \"*\" or a list of columns")
+    period = (0, 0)
+    p = doc.get("period")
+    ok = isinstance(p, list) and len(p) == 2 and all(
+        isinstance(x, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", x) for x in p)
+    if not ok:
+        err(doc, "period", "period", "must be [first day, last day]",
+            "e.g. period: [2005-01-01, 2023-12-31]")
+    else:
+        try:
+            period = (day(p[0]), day(p[1]))
+        except ValueError:
+            err(doc, "period", "period", f"{p} holds an impossible date")
+        if period[0] > period[1]:
+            err(doc, "period", "period", f"reversed: {p[0]} is after {p[1]}")
+    min_cell = 5
+    disc = doc.get("disclosure")
+    if isinstance(disc, Node):
+        min_cell = disc.get("min_cell", 5)
+        if not isinstance(min_cell, int) or min_cell < 1:
+            err(disc, "min_cell", "disclosure.min_cell", "must be a positive integer")
+            min_cell = 5
+    if problems:
+        from ..study import StudyErrors
+
+        raise StudyErrors(problems)
+    return Approval(project.strip(), registers, period, min_cell, f)
+
+
+def reach(plan: Plan) -> tuple[float, float]:
+    """The first and last calendar day of register events the plan may look at (an open
+    window reaches the start or the end of the registers)."""
+    idx_lo, idx_hi, lo, hi = math.inf, -math.inf, math.inf, -math.inf
+    for g in plan.groups:
+        ix = g.index
+        start = -math.inf if ix.start is None else ix.start
+        end = plan.data_end if ix.end is None else ix.end
+        idx_lo, idx_hi = min(idx_lo, start), max(idx_hi, end)
+        if ix.kind == "first_event":
+            lo = min(lo, start - ix.washout_days)
+            hi = max(hi, end)
+        if g.never_before is not None:
+            lo = -math.inf  # "no exposure ever before index"
+        if g.censor_at is not None:
+            hi = max(hi, plan.data_end)
+
+    def relative(window):
+        nonlocal lo, hi
+        lo = min(lo, idx_lo + (window.lo if window.lo is not None else -math.inf))
+        hi = max(hi, idx_hi + (window.hi if window.hi is not None else math.inf))
+
+    for c in plan.criteria:
+        relative(c.window)
+    for c in plan.columns:
+        if c.window is not None and (c.stream is not None or c.charlson):
+            relative(c.window)
+    o = plan.outcome
+    if o.stream is not None:
+        follow = plan.follow_up_days if plan.follow_up_days else math.inf
+        end = idx_hi + (o.window.hi if o.window.hi is not None else follow)
+        lo = min(lo, idx_lo + (o.window.lo or 0))
+        hi = max(hi, min(end, plan.data_end))
+    # an open window reaches back to the start of the registers, not further
+    return max(lo, CPR_START), min(hi, plan.data_end)
+
+
+def check(plan: Plan, approval: Approval) -> list[Problem]:
+    """What the plan would use that the project is not approved for, one problem each."""
+    where = f"{plan.study.source}"
+    out: list[Problem] = []
+    for reg, cols in plan.reads.items():
+        if reg not in approval.registers:
+            out.append(Problem(where, f"registers.{reg}",
+                               f"reads register {reg}, which project {approval.project} is not "
+                               "approved for",
+                               f"ask for {reg} in the approval ({approval.source})"))
+            continue
+        extra = sorted(set(cols) - approval.registers[reg])
+        if extra:
+            out.append(Problem(where, f"registers.{reg}",
+                               f"reads column(s) {extra} of {reg}, outside project "
+                               f"{approval.project}'s approval",
+                               f"ask for them in {approval.source} or leave them out"))
+    lo, hi = reach(plan)
+    uses_events = any(r in plan.reads for regs in EVENT_REGISTERS.values() for r in regs)
+    if uses_events and (lo < approval.period[0] or hi > approval.period[1]):
+        first, last = _iso(lo), _iso(hi)
+        out.append(Problem(where, "period",
+                           f"looks at events from {first} to {last}, outside project "
+                           f"{approval.project}'s period {_iso(approval.period[0])} to "
+                           f"{_iso(approval.period[1])}",
+                           "close open windows (e.g. [-3650, 0] instead of [null, 0]) or move "
+                           "the index window"))
+    return out
