@@ -6,6 +6,7 @@ a data check that finds problems exits 1; success exits 0.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,54 @@ def _progress_bar(enabled: bool):
     return update
 
 
+def audited(fn):
+    """Append an audit record for every use of the command, whatever its outcome."""
+
+    @functools.wraps(fn)
+    def wrapper(**kw):
+        status = "error"
+        try:
+            result = fn(**kw)
+            status = "ok"
+            return result
+        except UserError as e:
+            status = "refused: " + str(e).splitlines()[0][:300]
+            raise
+        except DataProblem:
+            status = "problems found"
+            raise
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            _audit(fn.__name__.replace("_", " "), kw, status)
+
+    return wrapper
+
+
+def _audit(command: str, kw: dict, status: str) -> None:
+    from .secure import audit
+
+    entry: dict = {"command": command, "args": sys.argv[1:], "status": status}
+    if kw.get("study"):
+        entry["study_sha256"] = audit.file_sha256(kw["study"])
+    data = kw.get("data") or kw.get("directory")
+    if data:
+        entry["data_manifest_sha256"] = audit.file_sha256(Path(data) / "manifest.json")
+    if kw.get("project"):
+        entry["approval_sha256"] = audit.file_sha256(kw["project"])
+    out = kw.get("out") or kw.get("dest")
+    if out and status == "ok":
+        manifest = Path(out) / "manifest.json"
+        entry["outputs"] = {"manifest.json": audit.file_sha256(manifest)} if manifest.is_file() \
+            else audit.tree_sha256(out)
+    try:
+        audit.append(entry)
+    except OSError as e:
+        raise UserError(f"cannot write the audit log {audit.default_path()} ({e.strerror})",
+                        fix="set HPCSTUDY_AUDIT_LOG to a writable file") from e
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hpcstudy")
 def cli() -> None:
@@ -53,6 +102,7 @@ def cli() -> None:
               help="Worker processes (default: number of CPUs, at most 4).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
+@audited
 def synth(persons: int, seed: int, out: Path, partitions: int, jobs: int | None,
           overwrite: bool, quiet: bool) -> None:
     """Generate deterministic synthetic registers (bef, dod, dodsaarsag, vnds, lpr_adm,
@@ -102,6 +152,7 @@ def data() -> None:
 
 @data.command("verify")
 @click.argument("directory", type=click.Path(path_type=Path))
+@audited
 def data_verify(directory: Path) -> None:
     """Check every file against the manifest: presence, SHA-256, schema, row counts."""
     from .registers.verify import verify
@@ -159,6 +210,7 @@ PROJECT = click.option("--project", type=click.Path(path_type=Path),
 @click.option("--data", type=click.Path(path_type=Path), help="Check against this dataset's "
               "catalog too (registers, code dictionaries, period).")
 @PROJECT
+@audited
 def check(study: Path, data: Path | None, project: Path | None) -> None:
     """Check a study: the language, and with --data the data's catalog. All errors at once."""
     s, plan, _ = _load_checked(study, data, project)
@@ -171,6 +223,7 @@ def check(study: Path, data: Path | None, project: Path | None) -> None:
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Dataset whose code dictionaries resolve the codelists.")
 @PROJECT
+@audited
 def plan(study: Path, data: Path, project: Path | None) -> None:
     """Print the compiled plan: groups, criteria, covariates, outcome, what is read."""
     from .plan import render
@@ -189,6 +242,7 @@ def plan(study: Path, data: Path, project: Path | None) -> None:
               help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True)
 @PROJECT
+@audited
 def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet: bool,
         project: Path | None) -> None:
     """Run a study: results.json, tables/*.csv and the private per-person table in OUT."""
@@ -227,6 +281,39 @@ def report(res: dict, out: Path) -> str:
         hr = math.exp(truth["mi_log_hr"]["statin"])
         lines.append(f"  planted truth in the synthetic data: HR statin -> MI {hr:.3f}")
     return "\n".join(lines)
+
+
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit log of every check, plan, run, synth, ingest and export."""
+
+
+@audit.command("verify")
+@click.option("--log", "log", type=click.Path(path_type=Path), default=None,
+              help="Log file (default: $HPCSTUDY_AUDIT_LOG or ~/.local/share/hpcstudy).")
+def audit_verify(log: Path | None) -> None:
+    """Check the chain: name every edited, removed, inserted or reordered record."""
+    from .secure import audit as A
+
+    n, problems = A.verify(log)
+    where = log or A.default_path()
+    if problems:
+        for p in problems:
+            click.echo(f"{where}: {p}", err=True)
+        raise DataProblem(f"{len(problems)} problem(s) in the audit log {where}")
+    head = A.head(log)
+    click.echo(f"{where}: {n} records, chain intact"
+               + (f"; head {head['hash']}" if head else ""))
+
+
+@audit.command("head")
+@click.option("--log", "log", type=click.Path(path_type=Path), default=None)
+def audit_head(log: Path | None) -> None:
+    """Print the last record's hash: keep it elsewhere to detect records cut off the end."""
+    from .secure import audit as A
+
+    head = A.head(log)
+    click.echo("empty log" if head is None else f"{head['seq']} {head['hash']}")
 
 
 def _interrupt_on_sigterm() -> None:

@@ -12,10 +12,20 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def run_cli(*args, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="session", autouse=True)
+def audit_log(tmp_path_factory):
+    """Every command the tests run audits into a log of the test session, not the home dir."""
+    path = tmp_path_factory.mktemp("audit") / "audit.jsonl"
+    os.environ["HPCSTUDY_AUDIT_LOG"] = str(path)
+    return path
+
+
+def run_cli(*args, cwd: Path | None = None, timeout: float = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``hpcstudy ARGS`` in a fresh interpreter, as a user would."""
     return subprocess.run([sys.executable, "-m", "hpcstudy.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=timeout)
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 @pytest.fixture(scope="session")
