@@ -283,6 +283,56 @@ def report(res: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+@cli.command("check-outputs")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--min-cell", type=int, default=None,
+              help="Threshold (default: the run's, from results.json, else 5).")
+@audited
+def check_outputs(out: Path, min_cell: int | None) -> None:
+    """Re-check every exported file of a run (all but private/) against the disclosure rules;
+    list each violation with file, row and column."""
+    from .outputs.disclosure import check_outputs as check
+
+    if not Path(out).is_dir():
+        raise UserError(f"{out} is not a directory", fix="give the --out of a run")
+    report = check(out, min_cell)
+    bad = {f: v for f, v in report.items() if v}
+    for violations in bad.values():
+        for v in violations:
+            click.echo(v, err=True)
+    if bad:
+        raise DataProblem(f"{sum(map(len, bad.values()))} violation(s) in {len(bad)} file(s)")
+    click.echo(f"{out}: {len(report)} exported file(s), no violation")
+
+
+@cli.command("export")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--min-cell", type=int, default=None)
+@audited
+def export(out: Path, dest: Path, min_cell: int | None) -> None:
+    """Copy the files of a run that pass the disclosure check (never private/) to DEST."""
+    import shutil as _shutil
+
+    from .outputs.disclosure import check_outputs as check
+    from .registers.store import staged_output
+
+    if not Path(out).is_dir():
+        raise UserError(f"{out} is not a directory", fix="give the --out of a run")
+    report = check(out, min_cell)
+    with staged_output(dest, overwrite=False) as staging:
+        for f, violations in report.items():
+            if not violations:
+                (staging / f).parent.mkdir(parents=True, exist_ok=True)
+                _shutil.copy2(Path(out) / f, staging / f)
+    held = {f: v for f, v in report.items() if v}
+    for f, violations in held.items():
+        click.echo(f"withheld {f}: {violations[0]}", err=True)
+    click.echo(f"exported {len(report) - len(held)} file(s) to {dest}")
+    if held:
+        raise DataProblem(f"{len(held)} file(s) withheld")
+
+
 @cli.group()
 def audit() -> None:
     """The hash-chained audit log of every check, plan, run, synth, ingest and export."""

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from ..errors import UserError
 from ..models.base import ModelError
 from ..models.partitions import LocalPartitions
-from ..outputs.disclosure import suppress
+from ..outputs import disclosure as D
 from ..plan import compile_study, render
 from ..plan.nodes import Plan
 from ..registers.store import Dataset, staged_output
@@ -147,26 +147,25 @@ def _csv(rows: list[dict]) -> str:
 
 
 def exported(results: dict, min_cell: int) -> dict:
-    """The results with small cells withheld (what leaves OUT/private)."""
+    """The results with every disclosure rule applied (what may leave OUT/private)."""
     r = json.loads(json.dumps(results, default=_jsonable))
-    rate_derived = ("person_years", "rate_per_1000py", "lower_95", "upper_95")
+    rate = ("person_years", "rate_per_1000py", "lower_95", "upper_95")
     for g in r["attrition"]:
-        r["attrition"][g] = suppress(r["attrition"][g], min_cell)
-    r["cohort"] = suppress(r["cohort"], min_cell, rate_derived)
+        r["attrition"][g] = D.attrition(r["attrition"][g], min_cell)
+    r["cohort"] = D.suppress(r["cohort"], min_cell, rate, keys=("label",))
     if "rates" in r:
-        r["rates"] = suppress(r["rates"], min_cell, rate_derived)
+        r["rates"] = D.suppress(r["rates"], min_cell, rate)
     if "lexis" in r:
-        r["lexis"] = suppress(r["lexis"], min_cell, rate_derived)
-    if "measures" in r:
-        for k in r["measures"]:
-            r["measures"][k] = suppress(r["measures"][k], min_cell,
-                                        ("proportion", "lower_95", "upper_95"))
+        r["lexis"] = D.suppress(r["lexis"], min_cell, rate, keys=("group", "age_band", "period"))
+    for k in r.get("measures", {}):
+        r["measures"][k] = D.suppress(r["measures"][k], min_cell,
+                                      ("proportion", "lower_95", "upper_95"))
     if "curves" in r:
-        # a curve is shown only while its risk set holds enough persons
-        r["curves"] = [c for c in r["curves"] if c["at_risk"] >= min_cell]
-        for c in r["curves"]:
-            if 0 < c["events"] < min_cell:
-                c["events"] = None
+        r["curves"] = D.curve(r["curves"], min_cell)
+    for k, m in list(r.get("models", {}).items()):
+        small = [f for f in ("n", "events") if m.get(f) is not None and 0 < m[f] < min_cell]
+        if small:
+            r["models"][k] = {"withheld": f"fewer than {min_cell} {small[0]}"}
     return r
 
 
@@ -202,7 +201,8 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
         for g, rows in res["attrition"].items():
             (tables / f"attrition_{g}.csv").write_text(_csv(rows))
         for k, m in res.get("models", {}).items():
-            (tables / f"model_{k}.csv").write_text(_csv(m["terms"]))
+            if "terms" in m:
+                (tables / f"model_{k}.csv").write_text(_csv(m["terms"]))
         if "lexis_model" in res and "terms" in res["lexis_model"]:
             (tables / "model_lexis_poisson.csv").write_text(_csv(res["lexis_model"]["terms"]))
         for k, rows in res.get("measures", {}).items():
