@@ -73,6 +73,8 @@ def _audit(command: str, kw: dict, status: str) -> None:
         entry["data_manifest_sha256"] = audit.file_sha256(Path(data) / "manifest.json")
     if kw.get("project"):
         entry["approval_sha256"] = audit.file_sha256(kw["project"])
+    if kw.get("input_"):
+        entry["input_sha256"] = audit.file_sha256(kw["input_"])
     out = kw.get("out") or kw.get("dest")
     if out and status == "ok":
         manifest = Path(out) / "manifest.json"
@@ -281,6 +283,33 @@ def report(res: dict, out: Path) -> str:
         hr = math.exp(truth["mi_log_hr"]["statin"])
         lines.append(f"  planted truth in the synthetic data: HR statin -> MI {hr:.3f}")
     return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--register", required=True, help="Register of the extract (bef, lpr_adm, …).")
+@click.option("--input", "input_", type=click.Path(path_type=Path), required=True,
+              help="Extract: .csv, .parquet, .sas7bdat or .xpt, keyed by cpr.")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Dataset to add to (created if absent).")
+@click.option("--key-file", type=click.Path(path_type=Path), required=True,
+              help="The project's pseudonymisation key (≥ 32 bytes); never printed.")
+@click.option("--quarantine", type=click.Path(path_type=Path), default=None,
+              help="Where rejected rows go (default: next to the input).")
+@click.option("--partitions", type=int, default=8, show_default=True,
+              help="P for a new dataset.")
+@audited
+def ingest(register: str, input_: Path, data: Path, key_file: Path, quarantine: Path | None,
+           partitions: int) -> None:
+    """Validate CPR numbers, pseudonymise them with the project key, check every row, and add
+    the extract to the partitioned dataset; rejected rows go to quarantine with a reason."""
+    from .secure.ingest import ingest as do
+
+    s = do(register, input_, data, key_file, quarantine, partitions)
+    if s["skipped"]:
+        click.echo(f"{input_}: {s['reason']}")
+        return
+    q = f", {s['quarantined']} quarantined in {s['quarantine']}" if s["quarantined"] else ""
+    click.echo(f"{input_}: {s['rows']} rows added to {register} in {data}{q}")
 
 
 @cli.command("check-outputs")
