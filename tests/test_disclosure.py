@@ -147,3 +147,20 @@ def test_no_generated_study_exports_a_violation(spec, min_cell, small_data, tmp_
     run(study_from_text(yaml.safe_dump(spec)), small_data, out)
     report = D.check_outputs(out)
     assert all(v == [] for v in report.values()), report
+
+
+def test_optional_rounding_rounds_counts_and_what_is_derived(small_data, tmp_path):
+    study = tmp_path / "s.yaml"
+    study.write_text((EXAMPLES / "diabetes_incidence.yaml").read_text() +
+                     "disclosure: {min_cell: 5, round_to: 5}\n")
+    out = tmp_path / "out"
+    assert run_cli("run", study, "--data", small_data, "--out", out, "--quiet").returncode == 0
+    res = json.loads((out / "results.json").read_text())
+    rows = res["cohort"] + res["rates"] + [r for r in res["lexis"] if not r.get("suppressed")]
+    for r in rows:
+        if r.get("events") is not None:
+            assert r["events"] % 5 == 0
+            assert r["rate_per_1000py"] == pytest.approx(1000 * r["events"] / r["person_years"])
+    for r in res["attrition"]["cohort"]:
+        assert r["persons"] is None or r["persons"] % 5 == 0
+    assert run_cli("check-outputs", out).returncode == 0

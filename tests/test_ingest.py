@@ -179,3 +179,24 @@ def test_parquet_extracts_ingest_like_csv(tmp_path, key):
     assert r.returncode == 0 and "2 rows added" in r.stdout, r.stderr
     born = sorted(str(d) for d in Dataset.open(data).read("bef").column("foed_dag").to_pylist())
     assert born == ["1950-01-01", "1960-02-02"]
+
+
+def test_sas_xport_extracts_with_sas_dates_and_datetimes(tmp_path, key):
+    import datetime as dt
+
+    import pandas as pd
+    import pyreadstat
+
+    for name, dates in (("dates", [dt.date(1950, 1, 1), dt.date(1960, 2, 2)]),
+                        ("datetimes", pd.to_datetime(["1950-01-01", "1960-02-02"]))):
+        df = pd.DataFrame({"CPR": ["010150-1234", "0202601111"], "KOEN": [1.0, 2.0],
+                           "FOED_DAG": dates, "REGION": [1084.0, 1081.0]})
+        src = tmp_path / f"bef_{name}.xpt"
+        pyreadstat.write_xport(df, str(src), table_name="BEF", file_format_version=5)
+        data = tmp_path / f"data_{name}"
+        r = run_cli("ingest", "--register", "bef", "--input", src, "--data", data, "--key-file",
+                    key)
+        assert r.returncode == 0 and "2 rows added" in r.stdout, r.stderr
+        born = sorted(str(d) for d in Dataset.open(data).read("bef").column("foed_dag")
+                      .to_pylist())
+        assert born == ["1950-01-01", "1960-02-02"], name

@@ -146,8 +146,45 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def exported(results: dict, min_cell: int) -> dict:
+def _rate_again(row: dict) -> None:
+    from ..models.rates import poisson_ci
+
+    py = row.get("person_years")
+    if py:
+        lo, hi = poisson_ci(row["events"], py)
+        row.update(rate_per_1000py=1000 * row["events"] / py, lower_95=1000 * lo,
+                   upper_95=1000 * hi)
+
+
+def _proportion_again(row: dict) -> None:
+    from ..models.rates import wilson_ci
+
+    if row.get("persons"):
+        lo, hi = wilson_ci(row["events"], row["persons"])
+        row.update(proportion=row["events"] / row["persons"], lower_95=lo, upper_95=hi)
+
+
+def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
     """The results with every disclosure rule applied (what may leave OUT/private)."""
+    r = _disclosed(results, min_cell)
+    if round_to:
+        for g in r["attrition"]:
+            r["attrition"][g] = D.rounded(r["attrition"][g], round_to)
+        for key in ("cohort", "rates", "lexis"):
+            if key in r:
+                r[key] = D.rounded(r[key], round_to, _rate_again)
+        for k in r.get("measures", {}):
+            r["measures"][k] = D.rounded(r["measures"][k], round_to, _proportion_again)
+        if "curves" in r:
+            r["curves"] = D.rounded(r["curves"], round_to)
+        for m in r.get("models", {}).values():
+            for f in ("n", "events"):
+                if isinstance(m.get(f), int):
+                    m[f] = int(round_to * round(m[f] / round_to))
+    return r
+
+
+def _disclosed(results: dict, min_cell: int) -> dict:
     r = json.loads(json.dumps(results, default=_jsonable))
     rate = ("person_years", "rate_per_1000py", "lower_95", "upper_95")
     for g in r["attrition"]:
@@ -180,10 +217,10 @@ def _jsonable(o):
 def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: str,
                   ds: Dataset, overwrite: bool = True, approval=None) -> dict:
     with staged_output(out, overwrite) as staging:
-        res = exported(results, plan.study.min_cell)
+        res = exported(results, plan.study.min_cell, plan.study.round_to)
         manifest_sha = hashlib.sha256((ds.root / "manifest.json").read_bytes()).hexdigest()
         res["run"] = {"engine": engine, "data": str(ds.root), "data_manifest_sha256": manifest_sha,
-                      "min_cell": plan.study.min_cell,
+                      "min_cell": plan.study.min_cell, "round_to": plan.study.round_to,
                       "status_codes": {str(k): v for k, v in STATUS.items()}}
         if approval is not None:
             res["run"]["approval"] = approval.as_dict()

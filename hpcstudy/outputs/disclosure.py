@@ -72,6 +72,24 @@ def suppress(rows: list[dict], min_cell: int, derived: tuple[str, ...] = (),
     return rows
 
 
+def rounded(rows: list[dict], base: int, recompute=None) -> list[dict]:
+    """Shown counts rounded to the nearest multiple of ``base``; ``recompute(row)`` then
+    redoes what was derived from them (a rate from exact counts would give them back)."""
+    if not base:
+        return rows
+    out = []
+    for r in rows:
+        r = dict(r)
+        if not r.get("suppressed"):
+            for f in COUNT_FIELDS:
+                if isinstance(r.get(f), int | float):
+                    r[f] = int(base * round(r[f] / base))
+            if recompute is not None:
+                recompute(r)
+        out.append(r)
+    return out
+
+
 def attrition(rows: list[dict], min_cell: int) -> list[dict]:
     """Steps with persons left: shown counts and differences between shown steps are 0 or
     ≥ min_cell."""

@@ -55,11 +55,27 @@ def read_extract(path: Path) -> pd.DataFrame:
             df = pd.read_sas(path, format="sas7bdat" if suffix == ".sas7bdat" else "xport",
                              encoding="latin-1")
             df.columns = [c.lower() for c in df.columns]
+            for c in DATE_COLUMNS & set(df.columns):
+                if pd.api.types.is_numeric_dtype(df[c]):
+                    df[c] = _sas_dates(df[c].to_numpy(dtype=float))
             return df
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot be read as {suffix[1:]} ({e})") from e
     raise UserError(f"{path}: unknown format {suffix!r}",
                     fix="give a .csv, .parquet, .sas7bdat or .xpt extract")
+
+
+def _sas_dates(v: np.ndarray) -> list[str]:
+    """SAS dates (days since 1960-01-01) or datetimes (seconds since then) as ISO dates.
+    Any date from 1850 to 2200 is within ±100 000 days; a datetime is beyond ±10⁶ seconds."""
+    out = []
+    for x in v:
+        if np.isnan(x):
+            out.append("")
+            continue
+        days = int(np.floor(x / 86400)) if abs(x) > 1e6 else int(x)
+        out.append(str(np.datetime64("1960-01-01", "D") + days))
+    return out
 
 
 def _as_text(v) -> str:

@@ -177,6 +177,7 @@ class Study:
     follow_up_days: int | None = None
     analyses: Analyses = Analyses()
     min_cell: int = 5
+    round_to: int = 0                        # round shown counts to this multiple (0: off)
     source: str = "<python>"
 
     def codelist(self, name: str) -> Codelist:
@@ -272,15 +273,20 @@ def parse(doc: Node, file: str = "<study>", base_dir: str | Path = ".") -> tuple
                "e.g. follow_up: {max_days: 3650}")
     defined = {"group"} | {c.name for c in covariates}
     analyses = _analyses(cx, doc.get("analyses", Node()), defined, comparator is not None)
-    min_cell = 5
+    min_cell, round_to = 5, 0
     disc = doc.get("disclosure", Node())
     if isinstance(disc, Node):
-        _unknown(cx, disc, {"min_cell"}, "disclosure")
+        _unknown(cx, disc, {"min_cell", "round_to"}, "disclosure")
         min_cell = disc.get("min_cell", 5)
         if not isinstance(min_cell, int) or min_cell < 1:
             cx.err(disc, "min_cell", "disclosure.min_cell", f"must be a positive integer, not "
                    f"{min_cell!r}")
             min_cell = 5
+        round_to = disc.get("round_to", 0)
+        if not isinstance(round_to, int) or round_to < 0:
+            cx.err(disc, "round_to", "disclosure.round_to", "must be 0 (off) or a positive "
+                   "integer", "e.g. round_to: 5")
+            round_to = 0
     if cx.problems or index is None or outcome is None:
         return None, cx.problems
     study = Study(name=name, index=index, outcome=outcome,
@@ -288,7 +294,7 @@ def parse(doc: Node, file: str = "<study>", base_dir: str | Path = ".") -> tuple
                   exposure_name=exposure_name, codelists=tuple(codelists),
                   population=population, comparator=comparator, criteria=criteria,
                   covariates=covariates, follow_up_days=max_days, analyses=analyses,
-                  min_cell=min_cell, source=file)
+                  min_cell=min_cell, round_to=round_to, source=file)
     return study, []
 
 
@@ -820,8 +826,10 @@ def _study_to_dict(s: Study) -> dict:
         a["measures"] = [{"name": m.name, "by": list(m.by)} for m in an.measures]
     if a:
         d["analyses"] = a
-    if s.min_cell != 5:
-        d["disclosure"] = {"min_cell": s.min_cell}
+    disclosure = {**({"min_cell": s.min_cell} if s.min_cell != 5 else {}),
+                  **({"round_to": s.round_to} if s.round_to else {})}
+    if disclosure:
+        d["disclosure"] = disclosure
     return d
 
 
