@@ -362,6 +362,85 @@ def export(out: Path, dest: Path, min_cell: int | None) -> None:
         raise DataProblem(f"{len(held)} file(s) withheld")
 
 
+# -- Slurm -------------------------------------------------------------------------------------
+@cli.command()
+def profiles() -> None:
+    """List the site profiles (from $HPCSTUDY_PROFILE_PATH and jobs/slurm/profiles)."""
+    from .cluster.slurm import list_profiles
+
+    for p in list_profiles():
+        mem = f"{p.mem_per_gpu}/GPU" if p.mem_per_gpu else (p.mem or "-")
+        click.echo(f"{p.name:<10} partition {p.partition:<8} {p.nodes} node(s) x "
+                   f"{p.gpus_per_node} GPU, mem {mem}, walltime {p.walltime}  "
+                   f"{p.description}  ({p.source})")
+
+
+@cli.command()
+@click.argument("study", type=click.Path(path_type=Path))
+@click.option("--profile", "profile_name", required=True, help="Site profile (hpcstudy profiles).")
+@click.option("--data", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None,
+              help="Slurm account (default: the profile's; $HPCSTUDY_ACCOUNT).")
+@click.option("--dry-run", is_flag=True, help="Print the batch script; submit nothing.")
+@PROJECT
+@audited
+def submit(study: Path, profile_name: str, data: Path, out: Path, account: str | None,
+           dry_run: bool, project: Path | None) -> None:
+    """Check the study, render an sbatch script from the profile and submit it; the job id
+    is recorded next to OUT (OUT.job.json)."""
+    from .cluster import slurm
+
+    s, _, _ = _load_checked(study, data, project)  # refuse before anything is queued
+    prof = slurm.load_profile(profile_name)
+    script = slurm.render_sbatch(prof, study=Path(study).resolve(), data=Path(data).resolve(),
+                                 out=Path(out).resolve(), study_name=s.name, account=account,
+                                 project=Path(project).resolve() if project else None)
+    if dry_run:
+        click.echo(script, nl=False)
+        return
+    job = slurm.submit(script, Path(out).resolve())
+    click.echo(f"submitted job {job['job_id']} ({prof.name}); log {job['log']}")
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1)
+def status(job_ids: tuple[str, ...]) -> None:
+    """State, elapsed time and GPU-hours of jobs (all of yours if none given)."""
+    from .cluster.slurm import status as st
+
+    for j in st(list(job_ids)):
+        if "elapsed_s" in j:
+            click.echo(f"{j['job_id']:>8}  {j['state']:<12} {j['elapsed_s']:>7d} s  "
+                       f"{j['gpus']} GPU  {j['gpu_hours']:.4f} GPU-h  {j['name']}")
+        else:
+            click.echo(f"{j['job_id']:>8}  {j['state']}")
+
+
+@cli.command()
+@click.argument("job_id")
+def logs(job_id: str) -> None:
+    """Print a job's output file."""
+    from .cluster.slurm import status as st
+
+    log = st([job_id])[0].get("log")
+    if not log or not Path(log).is_file():
+        raise UserError(f"no log found for job {job_id}",
+                        fix="the job may not have started, or finished long ago")
+    click.echo(Path(log).read_text(errors="replace"), nl=False)
+
+
+@cli.command()
+@click.argument("job_id")
+@audited
+def cancel(job_id: str) -> None:
+    """Cancel a job."""
+    from .cluster.slurm import cancel as c
+
+    c(job_id)
+    click.echo(f"cancelled {job_id}")
+
+
 @cli.group()
 def audit() -> None:
     """The hash-chained audit log of every check, plan, run, synth, ingest and export."""
