@@ -243,18 +243,36 @@ def plan(study: Path, data: Path, project: Path | None) -> None:
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True,
               help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True)
+@click.option("--launcher", type=click.Choice(["local", "processes", "slurm"]), default="local",
+              show_default=True, help="Where the dask engine's tasks run.")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="Workers for the processes and slurm launchers.")
+@click.option("--gpus", type=int, default=0, help="processes launcher: one worker per GPU.")
+@click.option("--profile", "profile_name", default=None,
+              help="Site profile for the slurm launcher (hpcstudy profiles).")
 @PROJECT
 @audited
 def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet: bool,
+        launcher: str, workers: int, gpus: int, profile_name: str | None,
         project: Path | None) -> None:
     """Run a study: results.json, tables/*.csv and the private per-person table in OUT."""
+    from .cluster.launchers import client_for
     from .engines import run as R
 
     approval = _approval(project)
     s, p, ds = _load_checked(study, data, project)
+    if launcher != "local" and engine != "dask":
+        raise UserError(f"the {launcher} launcher runs the dask engine",
+                        fix="drop --engine reference, or use --launcher local")
+    prof = None
+    if launcher == "slurm":
+        from .cluster.slurm import load_profile
+
+        prof = load_profile(profile_name or "ci")
     progress = _progress_bar(not quiet and sys.stderr.isatty())
-    res = R.run(s, data, out, engine=engine, progress=progress, overwrite=overwrite,
-                approval=approval)
+    with client_for(launcher, workers, gpus, prof) as client:
+        res = R.run(s, data, out, engine=engine, client=client, progress=progress,
+                    overwrite=overwrite, approval=approval)
     if not quiet:
         click.echo(report(res, out))
 

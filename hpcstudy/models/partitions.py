@@ -72,17 +72,10 @@ class DaskPartitions:
 
     def map_reduce(self, fn: Callable, *args: Any, combine: Callable = add) -> Any:
         if self.client is not None:
-            from distributed import as_completed  # noqa: F401 - makes sure distributed is there
-
             futures = [self.client.submit(fn, p, *args, pure=False) for p in self.parts]
-            # A pairwise tree keeps the reduction on the workers and the sums in order.
-            while len(futures) > 1:
-                nxt = [self.client.submit(combine, futures[i], futures[i + 1], pure=False)
-                       for i in range(0, len(futures) - 1, 2)]
-                if len(futures) % 2:
-                    nxt.append(futures[-1])
-                futures = nxt
-            return futures[0].result()
+            # The partial sums are small: add them here, in partition order, so every launcher
+            # adds in the same order and gives the same bits.
+            return reduce(combine, self.client.gather(futures))
         import dask
 
         results = dask.compute(*[dask.delayed(fn, pure=True)(p, *args) for p in self.parts],

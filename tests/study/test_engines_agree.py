@@ -132,17 +132,17 @@ def test_examples_agree_including_estimates(example, medium_data):
     compare(ra, rb)
 
 
-def compare(x, y, path="results"):
+def compare(x, y, path="results", rel=1e-8):
     if isinstance(x, dict):
         assert x.keys() == y.keys(), path
         for k in x:
-            compare(x[k], y[k], f"{path}.{k}")
+            compare(x[k], y[k], f"{path}.{k}", rel)
     elif isinstance(x, list | tuple):
         assert len(x) == len(y), path
         for i, (u, v) in enumerate(zip(x, y, strict=True)):
-            compare(u, v, f"{path}[{i}]")
+            compare(u, v, f"{path}[{i}]", rel)
     elif isinstance(x, float):
-        assert x == pytest.approx(y, rel=1e-8, abs=1e-12, nan_ok=True), path
+        assert x == pytest.approx(y, rel=rel, abs=1e-12, nan_ok=True), path
     else:
         assert x == y, path
 

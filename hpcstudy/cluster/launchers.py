@@ -1,0 +1,71 @@
+"""Where the dask engine's tasks run: a ``distributed.Client`` for a launcher, or None.
+
+* ``local``     — the threaded scheduler in this process (no client);
+* ``processes`` — worker processes on this machine; with ``gpus`` one worker per GPU, each
+  seeing only its own device through ``CUDA_VISIBLE_DEVICES``;
+* ``slurm``     — dask-jobqueue: every worker is a Slurm job with one GPU, shaped by a site
+  profile (partition, account, CPUs and memory per GPU, walltime).
+
+    with client_for("processes", workers=2) as client:
+        run(study, data, out, client=client)
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+from ..errors import UserError
+
+LAUNCHERS = ("local", "processes", "slurm")
+
+
+@contextmanager
+def client_for(launcher: str, workers: int = 1, gpus: int = 0, profile=None,
+               account: str | None = None, timeout: float = 180):
+    if launcher == "local":
+        yield None
+        return
+    if workers < 1 and not gpus:
+        raise UserError(f"--workers must be ≥ 1, not {workers}")
+    from distributed import Client
+
+    if launcher == "processes":
+        from distributed import Nanny, Scheduler, SpecCluster
+
+        n = gpus or workers
+        spec = {f"worker-{i}": {"cls": Nanny, "options": {
+            "nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(i)} if gpus else {}}}
+            for i in range(n)}
+        cluster = SpecCluster(workers=spec, scheduler={
+            "cls": Scheduler, "options": {"dashboard_address": None}}, silence_logs=40)
+        with cluster, Client(cluster) as client:
+            client.wait_for_workers(n, timeout=timeout)
+            yield client
+        return
+    if launcher == "slurm":
+        if profile is None:
+            raise UserError("the slurm launcher needs a site profile", fix="add --profile NAME")
+        from dask_jobqueue import SLURMCluster
+
+        extra = ["--gpus-per-node=1"] if profile.gpus_per_node else []
+        skip = []
+        memory = profile.mem
+        if profile.mem_per_gpu:
+            # the site wants memory per GPU: never also write --mem (sbatch refuses both)
+            extra.append(f"--mem-per-gpu={profile.mem_per_gpu}")
+            skip.append("--mem")
+            memory = profile.mem_per_gpu
+        cluster = SLURMCluster(
+            queue=profile.partition, account=account or profile.account,
+            cores=profile.cpus_per_gpu or 1, processes=1, memory=memory or "2GB",
+            walltime=profile.walltime, job_extra_directives=extra,
+            job_directives_skip=skip, python=sys.executable,
+            job_script_prologue=list(profile.setup), silence_logs="error")
+        with cluster:
+            cluster.scale(workers)
+            with Client(cluster) as client:
+                client.wait_for_workers(workers, timeout=timeout)
+                yield client
+        return
+    raise UserError(f"unknown launcher {launcher!r}", fix=f"use one of {', '.join(LAUNCHERS)}")

@@ -1,0 +1,72 @@
+"""Launchers for the dask engine: worker processes (one per GPU) and Slurm jobs through
+dask-jobqueue give the same outputs as the local run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from hpcstudy.cluster.launchers import client_for
+from hpcstudy.cluster.slurm import load_profile
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def local_run(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "out"
+    assert run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", small_data, "--out",
+                   out, "--quiet").returncode == 0
+    return out
+
+
+def same_outputs(a: Path, b: Path):
+    """The per-person table byte for byte; every estimate to 1e-12 relative (sums computed in
+    worker processes can differ in the last bit: numpy's summation depends on alignment)."""
+    import json
+
+    from study.test_engines_agree import compare
+
+    private = Path("private") / "person_table.parquet"
+    assert (a / private).read_bytes() == (b / private).read_bytes()
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    compare(ra, rb, rel=1e-12)
+
+
+def test_processes_launcher_gives_the_local_results(local_run, small_data, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", small_data, "--out", out,
+                "--quiet", "--launcher", "processes", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    same_outputs(local_run, out)
+
+
+def test_one_worker_per_gpu_sees_only_its_device():
+    import os
+
+    with client_for("processes", gpus=3) as client:
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    assert sorted(seen.values()) == ["0", "1", "2"]
+
+
+@pytest.mark.slurm
+def test_slurm_workers_give_the_local_results(slurm_cluster, local_run, small_data, tmp_path,
+                                              monkeypatch):
+    import os
+
+    for k, v in slurm_cluster.env().items():
+        if k == "SLURM_CONF":
+            monkeypatch.setenv(k, v)
+    with client_for("slurm", workers=2, profile=load_profile("ci")) as client:
+        seen = client.run(lambda: (os.environ.get("SLURM_JOB_ID"),
+                                   os.environ.get("CUDA_VISIBLE_DEVICES")))
+        from hpcstudy.engines.run import run
+
+        run(EXAMPLES / "diabetes_incidence.yaml", small_data, tmp_path / "out", client=client)
+    jobs = {j for j, _ in seen.values()}
+    gpus = [g for _, g in seen.values()]
+    assert len(jobs) == 2 and None not in jobs          # two workers, each its own Slurm job
+    assert len(set(gpus)) == 2 and None not in gpus     # each with its own GPU
+    same_outputs(local_run, tmp_path / "out")
