@@ -250,10 +250,12 @@ def plan(study: Path, data: Path, project: Path | None) -> None:
 @click.option("--gpus", type=int, default=0, help="processes launcher: one worker per GPU.")
 @click.option("--profile", "profile_name", default=None,
               help="Site profile for the slurm launcher (hpcstudy profiles).")
+@click.option("--resume", is_flag=True,
+              help="Reuse the partitions an interrupted run finished (OUT.checkpoints/).")
 @PROJECT
 @audited
 def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet: bool,
-        launcher: str, workers: int, gpus: int, profile_name: str | None,
+        launcher: str, workers: int, gpus: int, profile_name: str | None, resume: bool,
         project: Path | None) -> None:
     """Run a study: results.json, tables/*.csv and the private per-person table in OUT."""
     from .cluster.launchers import client_for
@@ -271,8 +273,12 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet:
         prof = load_profile(profile_name or "ci")
     progress = _progress_bar(not quiet and sys.stderr.isatty())
     with client_for(launcher, workers, gpus, prof) as client:
+        done: dict = {}
         res = R.run(s, data, out, engine=engine, client=client, progress=progress,
-                    overwrite=overwrite, approval=approval)
+                    overwrite=overwrite, approval=approval, resume=resume, report=done)
+    if resume:
+        click.echo(f"resumed {done.get('resumed', 0)} of {ds.partitions} partitions from "
+                   "checkpoints")
     if not quiet:
         click.echo(report(res, out))
 

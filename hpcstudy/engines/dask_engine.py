@@ -9,12 +9,15 @@ keeps the tables there between the model's Newton steps.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import dask
 
 from ..models.partitions import DaskPartitions
 from ..plan.nodes import Plan
 from ..registers.store import Dataset
-from . import partition
+from . import checkpoint, partition
 
 
 def run_partition(root: str, p: int, plan: Plan):
@@ -30,28 +33,46 @@ class DaskEngine:
         self.scheduler = scheduler
         self.progress = progress
 
-    def person_tables(self, ds: Dataset, plan: Plan):
-        """Per-partition tables (in partition order) and the summed attrition."""
+    def person_tables(self, ds: Dataset, plan: Plan, checkpoints: Path | None = None,
+                      resume: bool = False):
+        """Per-partition tables (in partition order) and the summed attrition. With
+        ``checkpoints``, each finished partition is saved there; with ``resume``, verified
+        checkpoints are loaded instead of recomputed (``self.resumed`` counts them)."""
         root = str(ds.root)
         n = ds.partitions
+        fp = checkpoint.fingerprint(plan, hashlib.sha256(
+            (ds.root / "manifest.json").read_bytes()).hexdigest())
+        results: dict[int, tuple] = {}
+        if checkpoints is not None and resume:
+            for p in range(n):
+                got = checkpoint.load(checkpoints, p, fp)
+                if got is not None:
+                    results[p] = got
+        self.resumed = len(results)
+        todo = [p for p in range(n) if p not in results]
+
+        def finished(p, result):
+            results[p] = result
+            if checkpoints is not None:
+                checkpoint.save(checkpoints, p, result[0], result[1], fp)
+            if self.progress:
+                self.progress("partitions", len(results), n)
+
         if self.client is not None:
-            futures = [self.client.submit(run_partition, root, p, plan, pure=False)
-                       for p in range(n)]
-            done = []
-            for i, f in enumerate(futures):
-                done.append(f.result())
-                if self.progress:
-                    self.progress("partitions", i + 1, n)
-            results = done
+            futures = {p: self.client.submit(run_partition, root, p, plan, pure=False)
+                       for p in todo}
+            for p, f in futures.items():
+                finished(p, f.result())
         else:
-            tasks = [dask.delayed(run_partition)(root, p, plan) for p in range(n)]
-            results = []
-            # in chunks, so a progress bar moves on long runs
-            step = max(1, n // 20)
-            for i in range(0, n, step):
-                results += dask.compute(*tasks[i:i + step], scheduler=self.scheduler)
-                if self.progress:
-                    self.progress("partitions", min(n, i + step), n)
+            # in chunks, so checkpoints and a progress bar advance on long runs
+            step = max(1, min(len(todo), max(1, n // 20)))
+            for i in range(0, len(todo), step):
+                chunk = todo[i:i + step]
+                out = dask.compute(*[dask.delayed(run_partition)(root, p, plan)
+                                     for p in chunk], scheduler=self.scheduler)
+                for p, r in zip(chunk, out, strict=True):
+                    finished(p, r)
+        results = [results[p] for p in range(n)]
         tables = [r[0] for r in results]
         attrition = {}
         for _, att in results:

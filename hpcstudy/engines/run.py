@@ -60,15 +60,19 @@ def prepare(study: Study | str | Path, data: str | Path,
     return study, plan, ds
 
 
-def person_table(plan: Plan, ds: Dataset, engine: str = "dask", client=None, progress=None):
-    """(list of per-partition tables as dicts of arrays, attrition, partitions object)."""
+def person_table(plan: Plan, ds: Dataset, engine: str = "dask", client=None, progress=None,
+                 checkpoints: Path | None = None, resume: bool = False, report=None):
+    """(list of per-partition tables as dicts of arrays, attrition, partitions object);
+    ``report["resumed"]`` says how many partitions came from checkpoints."""
     if engine == "reference":
         df, attrition = ReferenceEngine().person_table(ds, plan)
         tables = [{c: df[c].to_numpy() for c in df.columns}]
         return tables, attrition, LocalPartitions(tables)
     if engine == "dask":
         eng = DaskEngine(client=client, progress=progress)
-        tables, attrition = eng.person_tables(ds, plan)
+        tables, attrition = eng.person_tables(ds, plan, checkpoints, resume)
+        if report is not None:
+            report["resumed"] = eng.resumed
         return tables, attrition, eng.partitions(tables)
     raise UserError(f"unknown engine {engine!r}", fix=f"use one of {', '.join(ENGINES)}")
 
@@ -253,9 +257,18 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
 
 
 def run(study, data, out, engine: str = "dask", client=None, progress=None,
-        overwrite: bool = True, approval=None) -> dict:
+        overwrite: bool = True, approval=None, resume: bool = False, report=None) -> dict:
+    """Run a study. The dask engine checkpoints every finished partition next to OUT
+    (OUT.checkpoints/); ``resume`` reuses them; a finished run removes them."""
+    from . import checkpoint
+
     study, plan, ds = prepare(study, data, approval)
-    tables, attrition, parts = person_table(plan, ds, engine, client, progress)
+    ckpt = checkpoint.directory(Path(out)) if engine == "dask" else None
+    tables, attrition, parts = person_table(plan, ds, engine, client, progress, ckpt, resume,
+                                            report)
     results = analyse(plan, parts, attrition)
-    return write_outputs(Path(out), plan, results, combined(plan, tables), engine=engine, ds=ds,
-                         overwrite=overwrite, approval=approval)
+    res = write_outputs(Path(out), plan, results, combined(plan, tables), engine=engine, ds=ds,
+                        overwrite=overwrite, approval=approval)
+    if ckpt is not None:
+        checkpoint.clear(ckpt)
+    return res

@@ -1,0 +1,94 @@
+"""Faults: an interrupted run keeps its finished partitions; --resume computes only the rest
+and gives outputs identical to an uninterrupted run; a damaged checkpoint is recomputed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def many_parts(tmp_path_factory):
+    from hpcstudy.registers.generate import generate
+
+    out = tmp_path_factory.mktemp("resume") / "data"
+    generate(out, persons=40_000, seed=9, partitions=16, jobs=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(many_parts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "out"
+    assert run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", many_parts, "--out", out,
+                   "--quiet").returncode == 0
+    return out
+
+
+def same(a: Path, b: Path):
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+def interrupted_run(data: Path, out: Path, at_least: int) -> Path:
+    ckpt = out.parent / f"{out.name}.checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "hpcstudy.cli", "run",
+                             str(EXAMPLES / "statins_mi.yaml"), "--data", str(data), "--out",
+                             str(out), "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(ckpt.glob("*.json"))) < at_least:
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not out.exists()
+    return ckpt
+
+
+def test_resume_redoes_only_unfinished_partitions(many_parts, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    ckpt = interrupted_run(many_parts, out, at_least=3)
+    finished = len(list(ckpt.glob("*.json")))
+    assert 3 <= finished < 16
+    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", many_parts, "--out", out,
+                "--resume")
+    assert r.returncode == 0, r.stderr
+    assert f"resumed {finished} of 16 partitions" in r.stdout
+    same(uninterrupted, out)
+    assert not ckpt.exists()   # a finished run clears its checkpoints
+
+
+def test_a_damaged_checkpoint_is_recomputed(many_parts, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    ckpt = interrupted_run(many_parts, out, at_least=2)
+    finished = len(list(ckpt.glob("*.json")))
+    victim = sorted(ckpt.glob("*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", many_parts, "--out", out,
+                "--resume")
+    assert r.returncode == 0, r.stderr
+    assert f"resumed {finished - 1} of 16 partitions" in r.stdout
+    same(uninterrupted, out)
+
+
+def test_checkpoints_of_another_study_are_not_used(many_parts, tmp_path):
+    out = tmp_path / "out"
+    ckpt = interrupted_run(many_parts, out, at_least=2)
+    rec = json.loads(sorted(ckpt.glob("*.json"))[0].read_text())
+    assert len(rec["fingerprint"]) == 64
+    r = run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", many_parts, "--out", out,
+                "--resume")
+    assert r.returncode == 0 and "resumed 0 of 16 partitions" in r.stdout, r.stderr
