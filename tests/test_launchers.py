@@ -70,3 +70,39 @@ def test_slurm_workers_give_the_local_results(slurm_cluster, local_run, small_da
     assert len(jobs) == 2 and None not in jobs          # two workers, each its own Slurm job
     assert len(set(gpus)) == 2 and None not in gpus     # each with its own GPU
     same_outputs(local_run, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_costs_no_results(tmp_path):
+    """SIGKILL one worker process while partitions are being computed: its tasks run again
+    elsewhere, and the outputs equal those of an undisturbed run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from hpcstudy.engines.run import run
+    from hpcstudy.registers.generate import generate
+
+    data = tmp_path / "data"
+    generate(data, persons=40_000, seed=9, partitions=16, jobs=2)
+    calm = tmp_path / "calm"
+    run(EXAMPLES / "statins_mi.yaml", data, calm)
+    out = tmp_path / "out"
+    with client_for("processes", workers=2) as client:
+        pids = client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        result = {}
+        t = threading.Thread(target=lambda: result.update(
+            r=run(EXAMPLES / "statins_mi.yaml", data, out, client=client)))
+        t.start()
+        ckpt = tmp_path / "out.checkpoints"
+        deadline = time.monotonic() + 120
+        while len(list(ckpt.glob("*.json"))) < 2:
+            assert time.monotonic() < deadline and t.is_alive()
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
+        t.join(timeout=300)
+        assert not t.is_alive() and "r" in result
+        assert victim not in client.run(os.getpid).values()  # it really died
+    same_outputs(calm, out)

@@ -126,3 +126,41 @@ def test_cancel_and_logs(slurm_cluster, tmp_path):
     assert wait_done(job, env)["state"] == "cancelled"
     r = run_cli("logs", job, env=env)
     assert r.returncode == 0 and "started" in r.stdout
+
+
+@pytest.mark.slurm
+def test_a_cancelled_job_resubmitted_resumes(slurm_cluster, tmp_path):
+    """scancel mid-run, submit again: finished partitions are not recomputed (the job says how
+    many it reused) and the results equal an uninterrupted run."""
+    from hpcstudy.registers.generate import generate
+
+    env = slurm_cluster.env()
+    data = tmp_path / "data"
+    generate(data, persons=40_000, seed=9, partitions=16, jobs=2)
+    whole = tmp_path / "whole"
+    assert run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", data, "--out", whole,
+                   "--quiet").returncode == 0
+    out = tmp_path / "out"
+    ckpt = tmp_path / "out.checkpoints"
+    r = run_cli("submit", EXAMPLES / "statins_mi.yaml", "--profile", "ci", "--data", data,
+                "--out", out, env=env)
+    assert r.returncode == 0, r.stderr
+    job = json.loads((tmp_path / "out.job.json").read_text())["job_id"]
+    deadline = time.monotonic() + 120
+    while len(list(ckpt.glob("*.json"))) < 3:
+        assert time.monotonic() < deadline, slurm.status([job], env)
+        time.sleep(0.1)
+    assert run_cli("cancel", job, env=env).returncode == 0
+    assert wait_done(job, env)["state"] == "cancelled"
+    finished = len(list(ckpt.glob("*.json")))
+    assert 3 <= finished < 16 and not out.exists()
+    r = run_cli("submit", EXAMPLES / "statins_mi.yaml", "--profile", "ci", "--data", data,
+                "--out", out, env=env)
+    job2 = json.loads((tmp_path / "out.job.json").read_text())["job_id"]
+    assert wait_done(job2, env)["state"] == "done"
+    log = Path(f"{out}.slurm-{job2}.out").read_text()
+    resumed = int(log.split("resumed ")[1].split(" of 16")[0])
+    assert resumed >= finished  # the checkpoints of the cancelled job were used
+    for f in whole.rglob("*"):
+        if f.is_file():
+            assert f.read_bytes() == (out / f.relative_to(whole)).read_bytes(), f
