@@ -185,12 +185,13 @@ def _approval(project: Path | None):
     return load_approval(project)
 
 
-def _load_checked(study: Path, data: Path | None, project: Path | None = None):
+def _load_checked(study: Path, data: Path | None, project: Path | None = None,
+                  variant: str | None = None):
     """Study (and plan, dataset when data is given), raising StudyErrors with every problem."""
     from .study import load_study
 
     approval = _approval(project)
-    s = load_study(study)
+    s = load_study(study, variant)
     if data is None:
         if approval is not None:
             raise UserError("checking against a project's approval needs the data's catalog",
@@ -252,17 +253,18 @@ def plan(study: Path, data: Path, project: Path | None) -> None:
               help="Site profile for the slurm launcher (hpcstudy profiles).")
 @click.option("--resume", is_flag=True,
               help="Reuse the partitions an interrupted run finished (OUT.checkpoints/).")
+@click.option("--variant", default=None, help="Run this variant of the study (its variants:).")
 @PROJECT
 @audited
 def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet: bool,
         launcher: str, workers: int, gpus: int, profile_name: str | None, resume: bool,
-        project: Path | None) -> None:
+        variant: str | None, project: Path | None) -> None:
     """Run a study: results.json, tables/*.csv and the private per-person table in OUT."""
     from .cluster.launchers import client_for
     from .engines import run as R
 
     approval = _approval(project)
-    s, p, ds = _load_checked(study, data, project)
+    s, p, ds = _load_checked(study, data, project, variant)
     if launcher != "local" and engine != "dask":
         raise UserError(f"the {launcher} launcher runs the dask engine",
                         fix="drop --engine reference, or use --launcher local")
@@ -416,15 +418,19 @@ def submit(study: Path, profile_name: str, data: Path, out: Path, account: str |
     from .cluster import slurm
 
     s, _, _ = _load_checked(study, data, project)  # refuse before anything is queued
+    for v in s.variants:
+        _load_checked(study, data, project, v)      # every variant too
     prof = slurm.load_profile(profile_name)
     script = slurm.render_sbatch(prof, study=Path(study).resolve(), data=Path(data).resolve(),
                                  out=Path(out).resolve(), study_name=s.name, account=account,
-                                 project=Path(project).resolve() if project else None)
+                                 project=Path(project).resolve() if project else None,
+                                 variants=s.variants)
     if dry_run:
         click.echo(script, nl=False)
         return
-    job = slurm.submit(script, Path(out).resolve())
-    click.echo(f"submitted job {job['job_id']} ({prof.name}); log {job['log']}")
+    job = slurm.submit(script, Path(out).resolve(), array=bool(s.variants))
+    what = f"job array of {len(s.variants)} variants" if s.variants else "job"
+    click.echo(f"submitted {what} {job['job_id']} ({prof.name}); log {job['log']}")
 
 
 @cli.command()

@@ -130,20 +130,28 @@ def sbatch_lines(profile: Profile, job_name: str, output: str,
 
 def render_sbatch(profile: Profile, *, study: Path, data: Path, out: Path,
                   study_name: str, python: str | None = None, account: str | None = None,
-                  project: Path | None = None) -> str:
-    """The batch script for one study run: a pure function of its inputs."""
+                  project: Path | None = None, variants: tuple[str, ...] = ()) -> str:
+    """The batch script for one study run — or, for a study with variants, a job array with
+    one task per variant writing to OUT/VARIANT: a pure function of its inputs."""
     template = Template((JOBS_DIR / "study.sbatch").read_text())
     q = shlex.quote
+    log = f"{out}.slurm-%A_%a.out" if variants else f"{out}.slurm-%j.out"
+    header = sbatch_lines(profile, f"hpcstudy-{study_name}", log, account)
+    pick, out_arg, variant_arg = "", q(str(out)), ""
+    if variants:
+        header.append(f"#SBATCH --array=0-{len(variants) - 1}")
+        pick = (f"VARIANTS=({' '.join(q(v) for v in variants)})\n"
+                'VARIANT="${VARIANTS[$SLURM_ARRAY_TASK_ID]}"\n')
+        out_arg = f'{q(str(out))}/"$VARIANT"'
+        variant_arg = ' --variant "$VARIANT"'
     return template.substitute(
-        study_name=study_name, profile=profile.name,
-        sbatch_lines="\n".join(sbatch_lines(profile, f"hpcstudy-{study_name}",
-                                            f"{out}.slurm-%j.out", account)),
-        setup_lines="\n".join(profile.setup),
+        study_name=study_name, profile=profile.name, sbatch_lines="\n".join(header),
+        setup_lines="\n".join(profile.setup) + ("\n" + pick if pick else ""),
         python=q(python or sys.executable), study=q(str(study)), data=q(str(data)),
-        out=q(str(out)), project_arg=f" --project {q(str(project))}" if project else "")
+        out=out_arg, extra_args=variant_arg + (f" --project {q(str(project))}" if project else ""))
 
 
-def submit(script: str, out: Path, env: dict | None = None) -> dict:
+def submit(script: str, out: Path, env: dict | None = None, array: bool = False) -> dict:
     """sbatch the script (saved next to OUT), and record the job next to OUT."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +164,7 @@ def submit(script: str, out: Path, env: dict | None = None) -> dict:
                         where=str(path), fix="check the profile against the site's limits")
     job_id = r.stdout.strip().split(";")[0]
     record = {"job_id": job_id, "script": str(path), "out": str(out),
-              "log": f"{out}.slurm-{job_id}.out"}
+              "log": f"{out}.slurm-{job_id}_*.out" if array else f"{out}.slurm-{job_id}.out"}
     (out.parent / f"{out.name}.job.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 

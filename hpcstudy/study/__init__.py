@@ -41,8 +41,13 @@ class StudyErrors(UserError):
         return [str(p) for p in self.problems]
 
 
-def load_study(path: str | Path) -> Study:
+def load_study(path: str | Path, variant: str | None = None) -> Study:
+    """Read and check a study; with ``variant``, that variant of it."""
     doc = load(path)
+    if variant is not None:
+        from .language import apply_variant
+
+        doc = apply_variant(doc, variant, str(path))
     study, problems = parse(doc, str(path), Path(path).parent)
     if problems:
         raise StudyErrors(problems)

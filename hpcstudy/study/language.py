@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .yamlio import Node, Seq
+from .yamlio import Node, Seq  # noqa: F401 - Seq used in isinstance checks
 
 # a chapter (C), a part of a block (C5), a category (C50) or a subcode (C509), Danish or WHO
 ICD10 = re.compile(r"^D?[A-Z]([0-9]{1,2}[0-9A-Z]{0,4})?\*?$")
@@ -178,6 +178,7 @@ class Study:
     analyses: Analyses = Analyses()
     min_cell: int = 5
     round_to: int = 0                        # round shown counts to this multiple (0: off)
+    variants: tuple[str, ...] = ()           # names of the study's variants (see apply_variant)
     source: str = "<python>"
 
     def codelist(self, name: str) -> Codelist:
@@ -217,7 +218,58 @@ class _Ctx:
 
 TOP_KEYS = {"name", "description", "seed", "codelists", "population", "exposure", "index",
             "comparator", "criteria", "covariates", "outcome", "follow_up", "analyses",
-            "disclosure"}
+            "disclosure", "variants"}
+
+
+def variant_names(doc: Node, file: str) -> tuple[list[str], list[Problem]]:
+    """Names of a study's variants, and problems with their shape."""
+    problems: list[Problem] = []
+    vs = doc.get("variants")
+    if vs is None:
+        return [], problems
+    names: list[str] = []
+    if not isinstance(vs, list):
+        return [], [Problem(f"{file}:{doc.line_of('variants')}", "variants",
+                            "must be a list of {name, set}",
+                            "e.g. - {name: washout_2y, set: {exposure.washout_days: 730}}")]
+    for i, v in enumerate(vs):
+        line = vs.lines[i] if isinstance(vs, Seq) else doc.line_of("variants")
+        ok = isinstance(v, Node) and isinstance(v.get("name"), str) and \
+            re.fullmatch(r"[A-Za-z0-9_-]+", v["name"]) and isinstance(v.get("set"), Node)
+        if not ok:
+            problems.append(Problem(f"{file}:{line}", f"variants[{i}]",
+                                    "needs name: (letters, digits, _ -) and set: {field: value}",
+                                    "e.g. {name: washout_2y, set: {exposure.washout_days: 730}}"))
+            continue
+        if v["name"] in names:
+            problems.append(Problem(f"{file}:{line}", f"variants[{i}]",
+                                    f"variant {v['name']!r} named twice"))
+        names.append(v["name"])
+    return names, problems
+
+
+def apply_variant(doc: Node, name: str, file: str) -> Node:
+    """The study document with one variant's ``set`` applied (dotted paths into the study)."""
+    from ..errors import UserError
+
+    names, problems = variant_names(doc, file)
+    if name not in names:
+        raise UserError(f"study has no variant {name!r}", where=file,
+                        fix=f"variants: {', '.join(names) or 'none'}")
+    v = next(x for x in doc["variants"] if isinstance(x, Node) and x.get("name") == name)
+    for path, value in v["set"].items():
+        keys = str(path).split(".")
+        node = doc
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), Node):
+                child = Node()
+                child.line = v["set"].line_of(path)
+                node[k] = child
+            node = node[k]
+        node[keys[-1]] = value
+        node.lines[keys[-1]] = v["set"].line_of(path)
+    doc["name"] = f"{doc.get('name')}.{name}"
+    return doc
 
 
 def parse(doc: Node, file: str = "<study>", base_dir: str | Path = ".") -> tuple[Study | None,
@@ -225,6 +277,8 @@ def parse(doc: Node, file: str = "<study>", base_dir: str | Path = ".") -> tuple
     """A Study from YAML data, or None and the list of every problem found."""
     cx = _Ctx(file, base_dir=Path(base_dir))
     _unknown(cx, doc, TOP_KEYS, "")
+    variants, vproblems = variant_names(doc, file)
+    cx.problems += vproblems
     name = doc.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
         cx.err(doc, "name", "name", "missing or not a plain name",
@@ -294,7 +348,8 @@ def parse(doc: Node, file: str = "<study>", base_dir: str | Path = ".") -> tuple
                   exposure_name=exposure_name, codelists=tuple(codelists),
                   population=population, comparator=comparator, criteria=criteria,
                   covariates=covariates, follow_up_days=max_days, analyses=analyses,
-                  min_cell=min_cell, round_to=round_to, source=file)
+                  min_cell=min_cell, round_to=round_to, variants=tuple(variants),
+                  source=file)
     return study, []
 
 
