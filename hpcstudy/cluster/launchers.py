@@ -35,10 +35,12 @@ def client_for(launcher: str, workers: int = 1, gpus: int = 0, profile=None,
 
         n = gpus or workers
         spec = {f"worker-{i}": {"cls": Nanny, "options": {
-            "nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(i)} if gpus else {}}}
+            "nthreads": 1, "silence_logs": 40,  # errors only: a run's output stays readable
+            "env": {"CUDA_VISIBLE_DEVICES": str(i)} if gpus else {}}}
             for i in range(n)}
+        # ":0": a free port for the dashboard, so several runs on one machine never collide
         cluster = SpecCluster(workers=spec, scheduler={
-            "cls": Scheduler, "options": {"dashboard_address": None}}, silence_logs=40)
+            "cls": Scheduler, "options": {"dashboard_address": ":0"}}, silence_logs=40)
         with cluster, Client(cluster) as client:
             client.wait_for_workers(n, timeout=timeout)
             yield client
@@ -61,7 +63,8 @@ def client_for(launcher: str, workers: int = 1, gpus: int = 0, profile=None,
             cores=profile.cpus_per_gpu or 1, processes=1, memory=memory or "2GB",
             walltime=profile.walltime, job_extra_directives=extra,
             job_directives_skip=skip, python=sys.executable,
-            job_script_prologue=list(profile.setup), silence_logs="error")
+            job_script_prologue=list(profile.setup), silence_logs="error",
+            scheduler_options={"dashboard_address": ":0"})
         with cluster:
             cluster.scale(workers)
             with Client(cluster) as client:

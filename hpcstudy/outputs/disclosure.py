@@ -33,6 +33,18 @@ CPR = re.compile(r"(?<![\d.])(0[1-9]|[12]\d|3[01])(0[1-9]|1[0-2])\d{2}-?\d{4}(?!
 LONG_INTEGER = re.compile(r"(?<![\d.])\d{12,}(?![\d.])")
 
 
+def _margins(rows: list[dict], keys):
+    """(key subset, row indices) of every set of rows that sums to a total: rows sharing the
+    values of a subset of the key columns (the empty subset: all rows)."""
+    for size in range(len(keys)):
+        for subset in itertools.combinations(keys, size):
+            groups: dict[tuple, list[int]] = {}
+            for i, r in enumerate(rows):
+                groups.setdefault(tuple(r.get(k) for k in subset), []).append(i)
+            for members in groups.values():
+                yield subset, members
+
+
 def _small(v, min_cell) -> bool:
     return v is not None and 0 < v < min_cell
 
@@ -50,19 +62,12 @@ def suppress(rows: list[dict], min_cell: int, derived: tuple[str, ...] = (),
     changed = True
     while changed:
         changed = False
-        for size in range(len(keys)):
-            for subset in itertools.combinations(keys, size):
-                groups: dict[tuple, list[int]] = {}
-                for i, r in enumerate(rows):
-                    groups.setdefault(tuple(r.get(k) for k in subset), []).append(i)
-                for members in groups.values():
-                    n_hidden = sum(hidden[i] for i in members)
-                    if n_hidden == 1 and len(members) > 1:
-                        rest = [i for i in members if not hidden[i]]
-                        smallest = min(rest, key=lambda i: tuple(
-                            rows[i].get(f) or 0 for f in counts))
-                        hidden[smallest] = True
-                        changed = True
+        for _, members in _margins(rows, keys):
+            if len(members) > 1 and sum(hidden[i] for i in members) == 1:
+                rest = [i for i in members if not hidden[i]]
+                smallest = min(rest, key=lambda i: tuple(rows[i].get(f) or 0 for f in counts))
+                hidden[smallest] = True
+                changed = True
     for r, h in zip(rows, hidden, strict=True):
         if h:
             for f in (*counts, *derived):
@@ -145,17 +150,12 @@ def _table_violations(rows: list[dict], min_cell: int, where: str) -> list[str]:
         keys = [c for c in cols if c not in COUNT_FIELDS and c != "suppressed" and
                 all(not isinstance(r.get(c), float) for r in rows)]
         hidden = [any(r.get(c) is None for c in counts) for r in rows]
-        for size in range(len(keys)):
-            for subset in itertools.combinations(keys, size):
-                groups: dict[tuple, list[int]] = {}
-                for i, r in enumerate(rows):
-                    groups.setdefault(tuple(r.get(k) for k in subset), []).append(i)
-                for members in groups.values():
-                    if len(members) > 1 and sum(hidden[i] for i in members) == 1:
-                        i = next(i for i in members if hidden[i])
-                        by = ", ".join(f"{k}={rows[i].get(k)}" for k in subset) or "all rows"
-                        out.append(f"{where}: row {i + 1}: the only withheld cell among rows "
-                                   f"with {by}: recoverable from their total")
+        for subset, members in _margins(rows, keys):
+            if len(members) > 1 and sum(hidden[i] for i in members) == 1:
+                i = next(i for i in members if hidden[i])
+                by = ", ".join(f"{k}={rows[i].get(k)}" for k in subset) or "all rows"
+                out.append(f"{where}: row {i + 1}: the only withheld cell among rows "
+                           f"with {by}: recoverable from their total")
     return out
 
 

@@ -139,7 +139,7 @@ def test_partitioned_fit_through_dask_threads_and_distributed():
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         m2 = CoxPH().fit_partitions(DaskPartitions(parts, client), cols)
     assert rel(m2.coef_, one.coef_) < 1e-8 and rel(m2.se_, one.se_) < 1e-8
 

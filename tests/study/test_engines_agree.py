@@ -159,7 +159,7 @@ def test_dask_engine_on_a_distributed_client(small_data):
     _, plan, ds = R.prepare(path, small_data)
     ref, att, p_ref = R.person_table(plan, ds, "reference")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         eng = DaskEngine(client=client)
         tables, att2 = eng.person_tables(ds, plan)
         res = R.analyse(plan, eng.partitions(tables), att2)
