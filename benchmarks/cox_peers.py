@@ -13,15 +13,10 @@ skipped at larger N (recorded as skipped).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
-
-RESULTS = Path(__file__).parent / "results" / "cox_peers.jsonl"
+import records
 
 
 def data(n: int, p: int, seed: int = 0):
@@ -80,12 +75,7 @@ def main() -> None:
                     np.max(np.abs(ours.coef_ - coef) / np.abs(coef)))
                 if secs > a.peer_limit:
                     slow.add((name, p))
-            rec |= {"machine": f"{platform.node()} {os.cpu_count()} cores",
-                    "numpy": np.__version__, "date": time.strftime("%Y-%m-%d")}
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            with open(RESULTS, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            print(json.dumps(rec), flush=True)
+            records.append("cox_peers", rec)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,13 @@ projection to Gefion nodes built on these figures is in benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results" / "workers_scale.jsonl"
+import records
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "statins_mi.yaml"
 
 
@@ -42,14 +40,9 @@ def main() -> None:
             wall = time.perf_counter() - t0
         rec = {"benchmark": "workers_scale", "launcher": launcher, "workers": workers,
                "persons": persons, "partitions": ds.partitions, "wall_s": round(wall, 1),
-               "hr_statin": res["models"]["cox"]["terms"][0]["HR"],
-               "machine": f"{platform.node()} {os.cpu_count()} cores",
-               "date": time.strftime("%Y-%m-%d")}
+               "hr_statin": res["models"]["cox"]["terms"][0]["HR"]}
         shutil.rmtree(out.parent, ignore_errors=True)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with open(RESULTS, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        print(json.dumps(rec), flush=True)
+        records.append("workers_scale", rec)
 
 
 if __name__ == "__main__":

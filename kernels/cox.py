@@ -330,5 +330,3 @@ def weighted_sums(X, w):
 
 __all__ = ["CoxGrid", "CoxPart", "event_pairs", "make_grid", "prepare", "fixed_sums", "pass1",
            "pass2", "grid_terms", "weighted_sums"]
-
-_ = np  # NumPy is the default namespace

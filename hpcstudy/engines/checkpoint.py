@@ -15,7 +15,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -66,7 +65,6 @@ def load(d: Path, p: int, fp: str):
         return None
     t = pq.read_table(data)
     table = {c: t.column(c).to_numpy() for c in t.column_names}
-    table = {c: np.asarray(v) for c, v in table.items()}
     attrition = {g: [tuple(s) for s in steps] for g, steps in record["attrition"].items()}
     return table, attrition
 

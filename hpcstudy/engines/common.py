@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-NO_DATE = 2**31 - 1
+from hpcstudy_kernels.windows import NO_DATE  # noqa: F401 - one "no such date" everywhere
+
 STATUS = {0: "end of follow-up", 1: "outcome", 2: "death (competing)", 3: "emigration",
           4: "started the exposure"}
 

@@ -18,8 +18,6 @@ from ..plan.nodes import EventStream, GroupPlan, IndexPlan, Plan
 from ..registers.store import Dataset
 from . import common
 
-REG_FOR_STREAM = {"lpr": ("lpr_adm", "lpr_diag"), "lmdb": ("lmdb",), "death": ("dodsaarsag",)}
-
 
 def load(ds_root: str, partition: int, reads: dict[str, tuple[str, ...]]) -> dict:
     """The columns a plan reads from one partition, as NumPy arrays (dates as int days)."""

@@ -99,11 +99,11 @@ def analyse(plan: Plan, parts, attrition) -> dict:
     try:
         if an.cox is not None:
             m = A.cox(plan, parts, an.cox.adjust, an.cox.strata)
-            models["cox"] = _model_result(m, "HR")
+            models["cox"] = _model_result(m)
         if an.logistic is not None:
-            models["logistic"] = _model_result(A.glm(plan, parts, an.logistic.adjust, False), "OR")
+            models["logistic"] = _model_result(A.glm(plan, parts, an.logistic.adjust, False))
         if an.poisson is not None:
-            models["poisson"] = _model_result(A.glm(plan, parts, an.poisson.adjust, True), "RR")
+            models["poisson"] = _model_result(A.glm(plan, parts, an.poisson.adjust, True))
     except ModelError as e:
         raise UserError(f"model cannot be fitted: {e}", where=s.source,
                         fix="simplify the model or widen the cohort") from e
@@ -116,7 +116,7 @@ def analyse(plan: Plan, parts, attrition) -> dict:
         res["lexis"] = rows
         if sum(r["events"] for r in rows) > 0 and len(rows) > 1:
             try:
-                res["lexis_model"] = _model_result(A.lexis_poisson(rows), "RR")
+                res["lexis_model"] = _model_result(A.lexis_poisson(rows))
             except ModelError as e:
                 res["lexis_model"] = {"error": str(e)}
     if an.measures:
@@ -124,7 +124,7 @@ def analyse(plan: Plan, parts, attrition) -> dict:
     return res
 
 
-def _model_result(m, ratio: str) -> dict:
+def _model_result(m) -> dict:
     return {"n": m.n_obs_, "events": getattr(m, "n_events_", None), "loglik": m.loglik_,
             "newton_steps": m.n_iter_, "terms": m.summary}
 

@@ -15,7 +15,7 @@ from hpcstudy_kernels import cox as K
 from hpcstudy_kernels._namespace import array_namespace, to_numpy
 
 from .base import Fitted, ModelError, check_collinearity, format_table, newton, summary_table
-from .partitions import LocalPartitions, Partitions, add
+from .partitions import LocalPartitions, Partitions
 from .validate import as_design, as_vector
 
 
@@ -137,4 +137,4 @@ class CoxPH(Fitted):
                 + format_table(self.summary))
 
 
-__all__ = ["CoxPH", "add"]
+__all__ = ["CoxPH"]

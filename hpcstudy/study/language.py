@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -887,6 +887,3 @@ def _study_to_dict(s: Study) -> dict:
         d["disclosure"] = disclosure
     return d
 
-
-def field_names(cls) -> list[str]:
-    return [f.name for f in fields(cls)]
