@@ -65,6 +65,9 @@ def audited(fn):
 def _audit(command: str, kw: dict, status: str) -> None:
     from .secure import audit
 
+    if not _speaks():
+        return   # an mpi scheduler or worker rank: the client rank audits the run
+
     entry: dict = {"command": command, "args": sys.argv[1:], "status": status}
     if kw.get("study"):
         entry["study_sha256"] = audit.file_sha256(kw["study"])
@@ -244,37 +247,56 @@ def plan(study: Path, data: Path, project: Path | None) -> None:
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True,
               help="Replace an existing --out.")
 @click.option("--quiet", is_flag=True)
-@click.option("--launcher", type=click.Choice(["local", "processes", "slurm"]), default="local",
-              show_default=True, help="Where the dask engine's tasks run.")
+@click.option("--launcher", type=click.Choice(["local", "processes", "slurm", "mpi"]),
+              default="local", show_default=True,
+              help="Where the dask engine's tasks run (mpi: start under mpirun/srun, 3+ ranks).")
 @click.option("--workers", type=int, default=2, show_default=True,
               help="Workers for the processes and slurm launchers.")
 @click.option("--gpus", type=int, default=0, help="processes launcher: one worker per GPU.")
 @click.option("--profile", "profile_name", default=None,
               help="Site profile for the slurm launcher (hpcstudy profiles).")
+@click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None,
+              help="slurm launcher: Slurm account of the worker jobs.")
+@click.option("--interface", default=None,
+              help="mpi and slurm launchers: network interface of scheduler and workers (ib0).")
 @click.option("--resume", is_flag=True,
               help="Reuse the partitions an interrupted run finished (OUT.checkpoints/).")
 @click.option("--variant", default=None, help="Run this variant of the study (its variants:).")
 @PROJECT
 @audited
 def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet: bool,
-        launcher: str, workers: int, gpus: int, profile_name: str | None, resume: bool,
+        launcher: str, workers: int, gpus: int, profile_name: str | None,
+        account: str | None, interface: str | None, resume: bool,
         variant: str | None, project: Path | None) -> None:
     """Run a study: results.json, tables/*.csv and the private per-person table in OUT."""
     from .cluster.launchers import client_for
     from .engines import run as R
 
+    if launcher == "mpi":
+        from .cluster import mpi
+
+        mpi.start()   # from here on only the client rank prints, writes and audits
+    # every rank checks the study: a bad one fails everywhere at once, nothing waits for it
     approval = _approval(project)
     s, p, ds = _load_checked(study, data, project, variant)
     if launcher != "local" and engine != "dask":
         raise UserError(f"the {launcher} launcher runs the dask engine",
                         fix="drop --engine reference, or use --launcher local")
-    prof = None
+    prof, part = None, None
     if launcher == "slurm":
         from .cluster.slurm import load_profile
 
         prof = load_profile(profile_name or "ci")
+    if launcher == "mpi":
+        part = mpi.join(interface)
+        if part.role != "client":
+            mpi.serve(part, interface)
+            return
     progress = _progress_bar(not quiet and sys.stderr.isatty())
-    with client_for(launcher, workers, gpus, prof) as client:
+    # worker jobs' Slurm logs go next to OUT, not into whatever directory the run started in
+    logs = Path(out).parent / f"{Path(out).name}.worker-logs" if launcher == "slurm" else None
+    with client_for(launcher, workers, gpus, prof, account=account, interface=interface,
+                    part=part, log_directory=logs) as client:
         done: dict = {}
         res = R.run(s, data, out, engine=engine, client=client, progress=progress,
                     overwrite=overwrite, approval=approval, resume=resume, report=done)
@@ -396,9 +418,10 @@ def profiles() -> None:
 
     for p in list_profiles():
         mem = f"{p.mem_per_gpu}/GPU" if p.mem_per_gpu else (p.mem or "-")
+        net = f", interface {p.interface}" if p.interface else ""
         click.echo(f"{p.name:<10} partition {p.partition:<8} {p.nodes} node(s) x "
-                   f"{p.gpus_per_node} GPU, mem {mem}, walltime {p.walltime}  "
-                   f"{p.description}  ({p.source})")
+                   f"{p.gpus_per_node} GPU, mem {mem}, walltime {p.walltime}, {p.launcher} "
+                   f"launcher, {p.workers} worker(s){net}  {p.description}  ({p.source})")
 
 
 @cli.command()
@@ -408,11 +431,14 @@ def profiles() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None,
               help="Slurm account (default: the profile's; $HPCSTUDY_ACCOUNT).")
+@click.option("--launcher", type=click.Choice(["local", "mpi", "slurm"]), default=None,
+              help="How the job runs the dask engine: local (one process), mpi (ranks in the "
+              "allocation, a worker per GPU), slurm (worker jobs); default: the profile's.")
 @click.option("--dry-run", is_flag=True, help="Print the batch script; submit nothing.")
 @PROJECT
 @audited
 def submit(study: Path, profile_name: str, data: Path, out: Path, account: str | None,
-           dry_run: bool, project: Path | None) -> None:
+           launcher: str | None, dry_run: bool, project: Path | None) -> None:
     """Check the study, render an sbatch script from the profile and submit it; the job id
     is recorded next to OUT (OUT.job.json)."""
     from .cluster import slurm
@@ -424,13 +450,14 @@ def submit(study: Path, profile_name: str, data: Path, out: Path, account: str |
     script = slurm.render_sbatch(prof, study=Path(study).resolve(), data=Path(data).resolve(),
                                  out=Path(out).resolve(), study_name=s.name, account=account,
                                  project=Path(project).resolve() if project else None,
-                                 variants=s.variants)
+                                 variants=s.variants, launcher=launcher)
     if dry_run:
         click.echo(script, nl=False)
         return
     job = slurm.submit(script, Path(out).resolve(), array=bool(s.variants))
     what = f"job array of {len(s.variants)} variants" if s.variants else "job"
-    click.echo(f"submitted {what} {job['job_id']} ({prof.name}); log {job['log']}")
+    click.echo(f"submitted {what} {job['job_id']} ({prof.name}, {launcher or prof.launcher} "
+               f"launcher); log {job['log']}")
 
 
 @cli.command()
@@ -441,8 +468,9 @@ def status(job_ids: tuple[str, ...]) -> None:
 
     for j in st(list(job_ids)):
         if "elapsed_s" in j:
+            again = f"  (requeued {j['restarts']}x)" if j.get("restarts") else ""
             click.echo(f"{j['job_id']:>8}  {j['state']:<12} {j['elapsed_s']:>7d} s  "
-                       f"{j['gpus']} GPU  {j['gpu_hours']:.4f} GPU-h  {j['name']}")
+                       f"{j['gpus']} GPU  {j['gpu_hours']:.4f} GPU-h  {j['name']}{again}")
         else:
             click.echo(f"{j['job_id']:>8}  {j['state']}")
 
@@ -451,9 +479,9 @@ def status(job_ids: tuple[str, ...]) -> None:
 @click.argument("job_id")
 def logs(job_id: str) -> None:
     """Print a job's output file."""
-    from .cluster.slurm import status as st
+    from .cluster.slurm import log_of
 
-    log = st([job_id])[0].get("log")
+    log = log_of(job_id)
     if not log or not Path(log).is_file():
         raise UserError(f"no log found for job {job_id}",
                         fix="the job may not have started, or finished long ago")
@@ -514,6 +542,12 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _speaks() -> bool:
+    """False on the scheduler and worker ranks of an mpi run (see cluster/mpi.py)."""
+    m = sys.modules.get("hpcstudy.cluster.mpi")
+    return m is None or m.speaks()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
     _interrupt_on_sigterm()
@@ -534,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except UserError as e:
         lines = e.lines() if hasattr(e, "lines") else [str(e)]
-        for line in lines:
+        for line in lines if _speaks() else []:   # an mpi run's error, said once
             click.echo(f"hpcstudy: error: {line}", err=True)
         return e.exit_code
     except DataProblem as e:

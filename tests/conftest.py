@@ -58,7 +58,8 @@ def slurm_cluster(tmp_path_factory):
         if IN_CI:
             pytest.fail(f"CI must run the Slurm tests, but: {why}")
         pytest.skip(f"Slurm cannot run here: {why}")
-    cluster = LoopbackSlurm(tmp_path_factory.mktemp("slurm"), gpus=4)
+    # 8 CPUs declared on a 2-core box (config_overrides): room for the 4 ranks of an mpi job
+    cluster = LoopbackSlurm(tmp_path_factory.mktemp("slurm"), gpus=4, cpus=8)
     cluster.start()
     yield cluster
     cluster.stop()

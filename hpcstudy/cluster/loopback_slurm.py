@@ -225,6 +225,9 @@ class LoopbackSlurm:
             "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/none",
             "MpiDefault=none",
+            # the node may be declared with more CPUs than the machine has (tests of MPI
+            # layouts on a 2-core box): trust the configuration instead of draining the node
+            "SlurmdParameters=config_overrides",
             "ReturnToService=2",
             "SchedulerType=sched/backfill",
             "SchedulerParameters=sched_interval=2",

@@ -3,7 +3,7 @@
     profile = load_profile("gefion")
     script = render_sbatch(profile, study=..., data=..., out=...)   # a pure function
     job = submit(script, out)                                        # sbatch, job id saved
-    status([job])                                                    # one squeue/scontrol call
+    status([job])                                      # one sacct (or scontrol) call for all
 
 Profiles are YAML files in ``$HPCSTUDY_PROFILE_PATH`` (colon-separated) and in
 ``jobs/slurm/profiles/``; the script template is ``jobs/slurm/study.sbatch``.
@@ -26,7 +26,11 @@ from ..study.yamlio import Node, load
 
 JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs" / "slurm"
 PROFILE_KEYS = {"name", "description", "partition", "account", "nodes", "gpus_per_node",
-                "cpus_per_gpu", "mem_per_gpu", "mem", "walltime", "setup"}
+                "cpus_per_gpu", "mem_per_gpu", "mem", "walltime", "setup", "launcher",
+                "workers_per_node", "interface", "mpi_start", "signal_before_end",
+                "max_requeues"}
+SUBMIT_LAUNCHERS = ("local", "mpi", "slurm")
+INTERFACE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 WALLTIME = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
 MEMORY = re.compile(r"^\d+[KMGT]?$")
 
@@ -44,7 +48,19 @@ class Profile:
     mem_per_gpu: str | None = None
     mem: str | None = None
     setup: tuple[str, ...] = field(default=())
+    launcher: str = "local"          # how a submitted job runs the dask engine
+    workers_per_node: int | None = None   # default: one per GPU, or 1 without GPUs
+    interface: str | None = None     # network interface of scheduler and workers (ib0)
+    mpi_start: str = "mpirun"        # what starts the ranks inside the allocation
+    signal_before_end: int = 300     # seconds: USR1 this long before the walltime, then requeue
+    max_requeues: int = 3
     source: str = ""
+
+    @property
+    def workers(self) -> int:
+        """Dask workers in one submitted job (mpi and slurm launchers)."""
+        per_node = self.workers_per_node or self.gpus_per_node or 1
+        return self.nodes * per_node
 
 
 def profile_dirs() -> list[Path]:
@@ -92,31 +108,72 @@ def read_profile(path: Path) -> Profile:
             bad(k, f"{doc[k]!r} is not a Slurm memory size like 240G")
     if doc.get("mem") and doc.get("mem_per_gpu"):
         bad("mem", "give mem or mem_per_gpu, not both (sbatch refuses --mem with --mem-per-gpu)")
-    for k in ("nodes", "gpus_per_node", "cpus_per_gpu"):
+    for k in ("nodes", "gpus_per_node", "cpus_per_gpu", "workers_per_node",
+              "signal_before_end", "max_requeues"):
         v = doc.get(k)
-        if v is not None and (not isinstance(v, int) or v < 0):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             bad(k, f"must be a whole number ≥ 0, not {v!r}")
     setup = doc.get("setup") or []
     if not isinstance(setup, list) or not all(isinstance(s, str) for s in setup):
         bad("setup", "must be a list of shell lines")
+    launcher = doc.get("launcher") or "local"
+    if launcher not in SUBMIT_LAUNCHERS:
+        bad("launcher", f"{launcher!r} is not a launcher for submitted jobs",
+            f"use one of {', '.join(SUBMIT_LAUNCHERS)}")
+    interface = doc.get("interface")
+    if interface is not None and not (isinstance(interface, str) and INTERFACE.match(interface)):
+        bad("interface", f"{interface!r} is not a network interface name like ib0")
+    mpi_start = doc.get("mpi_start") or "mpirun"
+    if not isinstance(mpi_start, str) or "\n" in mpi_start:
+        bad("mpi_start", "must be one command line, like mpirun or srun --mpi=pmix")
+    wall = seconds(doc["walltime"])
+    signal_s = doc.get("signal_before_end")
+    signal_s = 300 if signal_s is None else signal_s
+    if signal_s and signal_s >= wall:
+        bad("signal_before_end", f"{signal_s} s is not before the end of a {wall} s walltime",
+            "give fewer seconds than the walltime, or 0 for no signal and no requeue")
+    max_requeues = doc.get("max_requeues")
     return Profile(name=doc["name"], partition=doc["partition"], walltime=doc["walltime"],
                    description=str(doc.get("description") or ""), account=doc.get("account"),
                    nodes=doc.get("nodes") or 1, gpus_per_node=doc.get("gpus_per_node") or 0,
                    cpus_per_gpu=doc.get("cpus_per_gpu"), mem_per_gpu=doc.get("mem_per_gpu"),
-                   mem=doc.get("mem"), setup=tuple(setup),
+                   mem=doc.get("mem"), setup=tuple(setup), launcher=launcher,
+                   workers_per_node=doc.get("workers_per_node"), interface=interface,
+                   mpi_start=mpi_start, signal_before_end=signal_s,
+                   max_requeues=3 if max_requeues is None else max_requeues,
                    source=str(path))
 
 
-def sbatch_lines(profile: Profile, job_name: str, output: str,
-                 account: str | None = None) -> list[str]:
-    """The #SBATCH header for a profile (one place where sbatch options are written)."""
+def sbatch_lines(profile: Profile, job_name: str, output: str, account: str | None = None,
+                 launcher: str = "local") -> list[str]:
+    """The #SBATCH header for a profile and launcher (one place where sbatch options are
+    written).
+
+    * ``local``: one process on the profile's nodes and GPUs;
+    * ``mpi``: the same allocation, one task per worker plus two (scheduler, client);
+    * ``slurm``: a small driving job, no GPU (the workers are jobs of their own, which
+      dask-jobqueue submits with the profile's GPU shape).
+    """
     # Slurm reads a double-quoted value in an #SBATCH line whole (paths with spaces)
     out_arg = f'"{output}"' if re.search(r"\s", output) else output
+    driver = launcher == "slurm"
     lines = [f"--job-name={job_name}", f"--partition={profile.partition}",
-             f"--nodes={profile.nodes}", f"--time={profile.walltime}", f"--output={out_arg}"]
+             f"--nodes={1 if driver else profile.nodes}", f"--time={profile.walltime}",
+             f"--output={out_arg}", "--open-mode=append"]   # a requeued run adds to the log
     acct = account or profile.account
     if acct:
         lines.append(f"--account={acct}")
+    if profile.signal_before_end:
+        lines += [f"--signal=B:USR1@{profile.signal_before_end}", "--requeue"]
+    if launcher == "mpi":
+        lines.append(f"--ntasks={profile.workers + 2}")
+    if driver:
+        # the driver holds the client and scheduler: one worker's CPUs and memory
+        lines += ["--ntasks=1", f"--cpus-per-task={profile.cpus_per_gpu or 1}"]
+        memory = profile.mem or profile.mem_per_gpu
+        if memory:
+            lines.append(f"--mem={memory}")
+        return [f"#SBATCH {x}" for x in lines]
     if profile.gpus_per_node:
         lines.append(f"--gpus-per-node={profile.gpus_per_node}")
         if profile.cpus_per_gpu:
@@ -130,25 +187,44 @@ def sbatch_lines(profile: Profile, job_name: str, output: str,
 
 def render_sbatch(profile: Profile, *, study: Path, data: Path, out: Path,
                   study_name: str, python: str | None = None, account: str | None = None,
-                  project: Path | None = None, variants: tuple[str, ...] = ()) -> str:
+                  project: Path | None = None, variants: tuple[str, ...] = (),
+                  launcher: str | None = None) -> str:
     """The batch script for one study run — or, for a study with variants, a job array with
     one task per variant writing to OUT/VARIANT: a pure function of its inputs."""
+    launcher = launcher or profile.launcher
+    if launcher not in SUBMIT_LAUNCHERS:
+        raise UserError(f"unknown launcher {launcher!r} for a submitted job",
+                        fix=f"use one of {', '.join(SUBMIT_LAUNCHERS)}")
     template = Template((JOBS_DIR / "study.sbatch").read_text())
     q = shlex.quote
     log = f"{out}.slurm-%A_%a.out" if variants else f"{out}.slurm-%j.out"
-    header = sbatch_lines(profile, f"hpcstudy-{study_name}", log, account)
-    pick, out_arg, variant_arg = "", q(str(out)), ""
+    header = sbatch_lines(profile, f"hpcstudy-{study_name}", log, account, launcher)
+    pick, out_arg, args = "", q(str(out)), ""
     if variants:
         header.append(f"#SBATCH --array=0-{len(variants) - 1}")
         pick = (f"VARIANTS=({' '.join(q(v) for v in variants)})\n"
                 'VARIANT="${VARIANTS[$SLURM_ARRAY_TASK_ID]}"\n')
         out_arg = f'{q(str(out))}/"$VARIANT"'
-        variant_arg = ' --variant "$VARIANT"'
+        args = ' --variant "$VARIANT"'
+    if project:
+        args += f" --project {q(str(project))}"
+    start = ""
+    if launcher == "mpi":
+        start = profile.mpi_start + " "
+        args += " --launcher mpi"
+    elif launcher == "slurm":
+        args += f" --launcher slurm --profile {q(profile.name)} --workers {profile.workers}"
+        if account or profile.account:
+            args += f" --account {q(account or profile.account)}"
+    if launcher != "local" and profile.interface:
+        args += f" --interface {q(profile.interface)}"
     return template.substitute(
-        study_name=study_name, profile=profile.name, sbatch_lines="\n".join(header),
+        study_name=study_name, profile=profile.name, launcher=launcher,
+        sbatch_lines="\n".join(header),
         setup_lines="\n".join(profile.setup) + ("\n" + pick if pick else ""),
-        python=q(python or sys.executable), study=q(str(study)), data=q(str(data)),
-        out=out_arg, extra_args=variant_arg + (f" --project {q(str(project))}" if project else ""))
+        start=start, python=q(python or sys.executable), study=q(str(study)),
+        data=q(str(data)), out=out_arg, extra_args=args,
+        max_requeues=profile.max_requeues)
 
 
 def submit(script: str, out: Path, env: dict | None = None, array: bool = False) -> dict:
@@ -175,7 +251,7 @@ STATES = {"PENDING": "waiting", "CONFIGURING": "starting", "RUNNING": "running",
           "PREEMPTED": "preempted", "OUT_OF_MEMORY": "out of memory", "REQUEUED": "requeued"}
 
 
-def _seconds(t: str) -> int:
+def seconds(t: str) -> int:
     days = 0
     if "-" in t:
         d, t = t.split("-", 1)
@@ -201,26 +277,90 @@ def _gpus(f: dict) -> int:
 
 
 def status(job_ids: list[str], env: dict | None = None) -> list[dict]:
-    """State, elapsed time and GPU-hours of jobs: one ``scontrol show job`` call (it knows
-    running and recently finished jobs, and works where accounting is off)."""
+    """State, elapsed time and GPU-hours of jobs, in one call for all of them: ``sacct``, which
+    keeps finished jobs for good; where the site runs no accounting, ``scontrol show job``,
+    which knows running jobs and those finished in the last MinJobAge seconds.
+    An array job's id stands for all its tasks, a row each (``JOBID_TASK``)."""
+    rows = _sacct(job_ids, env)
+    if rows is None:
+        rows = _scontrol(job_ids, env)
+    if not job_ids:
+        return rows
+    out = []
+    for j in job_ids:
+        mine = [r for r in rows if j in (r["job_id"], r["array_job"])]
+        out += mine or [{"job_id": j, "state": "unknown (finished long ago or never existed)",
+                         "slurm_state": "UNKNOWN"}]
+    return out
+
+
+def _row(job_id: str, name: str, state: str, elapsed: int, gpus: int, log: str = "") -> dict:
+    array_job = job_id.split("_")[0] if "_" in job_id else None
+    return {"job_id": job_id, "array_job": array_job, "name": name,
+            "state": STATES.get(state, state.lower()),
+            "slurm_state": state, "elapsed_s": elapsed, "gpus": gpus,
+            "gpu_hours": round(gpus * elapsed / 3600, 4), "log": log}
+
+
+SACCT_FORMAT = "JobID,JobName,State,ElapsedRaw,AllocTRES,NNodes"
+
+
+def _sacct(job_ids: list[str], env: dict | None) -> list[dict] | None:
+    """None where accounting is off (or sacct is missing): the caller asks scontrol."""
+    cmd = ["sacct", "-X", "-n", "-P", f"--format={SACCT_FORMAT}"]
+    if job_ids:
+        cmd += ["-j", ",".join(job_ids)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    except FileNotFoundError:
+        return None
+    if r.returncode != 0 or "accounting storage is disabled" in r.stdout + r.stderr:
+        return None
+    return parse_sacct(r.stdout)
+
+
+def parse_sacct(text: str) -> list[dict]:
+    """Rows of ``sacct -X -n -P --format=SACCT_FORMAT`` output."""
+    rows = []
+    for line in text.splitlines():
+        f = line.split("|")
+        if len(f) < 6:
+            continue
+        job, name, state, elapsed, tres, _nodes = f[:6]
+        state = state.split()[0] if state else "UNKNOWN"   # "CANCELLED by 1000"
+        rows.append(_row(job, name, state, int(elapsed) if elapsed.isdigit() else 0,
+                         _gpus({"AllocTRES": tres})))
+    return rows
+
+
+def _scontrol(job_ids: list[str], env: dict | None) -> list[dict]:
     r = subprocess.run(["scontrol", "show", "job", "-o", *([",".join(job_ids)] if job_ids
                                                           else [])],
                        capture_output=True, text=True, env=env)
-    found = {}
-    for line in r.stdout.splitlines():
+    return parse_scontrol(r.stdout)
+
+
+def parse_scontrol(text: str) -> list[dict]:
+    """Rows of ``scontrol show job -o`` output (one job a line)."""
+    rows = []
+    for line in text.splitlines():
         f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
         if "JobId" not in f:
             continue
-        gpus = _gpus(f)
-        elapsed = _seconds(f.get("RunTime", "0:00:00"))
-        state = f.get("JobState", "UNKNOWN")
-        found[f["JobId"]] = {"job_id": f["JobId"], "name": f.get("JobName", ""),
-                             "state": STATES.get(state, state.lower()), "slurm_state": state,
-                             "elapsed_s": elapsed, "gpus": gpus,
-                             "gpu_hours": round(gpus * elapsed / 3600, 4),
-                             "log": f.get("StdOut", "")}
-    return [found.get(j, {"job_id": j, "state": "unknown (finished long ago or never "
-                          "existed)", "slurm_state": "UNKNOWN"}) for j in (job_ids or found)]
+        job = f["JobId"]
+        if f.get("ArrayJobId") and f.get("ArrayTaskId"):
+            job = f"{f['ArrayJobId']}_{f['ArrayTaskId']}"   # as sacct and squeue name it
+        row = _row(job, f.get("JobName", ""), f.get("JobState", "UNKNOWN"),
+                   seconds(f.get("RunTime", "0:00:00")), _gpus(f), f.get("StdOut", ""))
+        row["restarts"] = int(f.get("Restarts", "0") or 0)   # requeued this many times
+        rows.append(row)
+    return rows
+
+
+def log_of(job_id: str, env: dict | None = None) -> str:
+    """The output file Slurm writes for a job (scontrol knows it; sacct does not in 22.05)."""
+    rows = _scontrol([job_id], env)
+    return rows[0]["log"] if rows else ""
 
 
 def cancel(job_id: str, env: dict | None = None) -> None:
