@@ -555,8 +555,10 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="hpcstudy", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
-        click.echo("hpcstudy: aborted", err=True)
+    except click.exceptions.Abort:   # click's form of Ctrl-C / SIGTERM inside a command
+        if _speaks():
+            click.echo("hpcstudy: interrupted; nothing half-written was left in place (a run "
+                       "keeps its finished partitions: --resume goes on from them)", err=True)
         return 130
     except click.UsageError as e:
         where = f" (in `hpcstudy {e.ctx.command_path.split(' ', 1)[1]}`)" \

@@ -54,6 +54,7 @@ def interrupted_run(data: Path, out: Path, at_least: int) -> Path:
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
+    assert "interrupted; nothing half-written" in err and "Traceback" not in err
     assert not out.exists()
     return ckpt
 
