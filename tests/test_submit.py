@@ -282,18 +282,28 @@ def test_slurm_signals_the_batch_script_before_the_walltime(slurm_cluster, tmp_p
 
 
 @pytest.mark.slurm
+@pytest.mark.parametrize("start", ["mpirun", "srun --mpi=pmix"])
 def test_an_mpi_job_in_one_allocation_gives_the_local_results(slurm_cluster, small_data,
-                                                              tmp_path):
+                                                              tmp_path, start):
+    """Ranks started by Open MPI's mpirun (the ci profile) or by Slurm's srun over PMIx (as on
+    Gefion; here from an operator's profile in $HPCSTUDY_PROFILE_PATH)."""
     from test_launchers import same_outputs
 
     env = slurm_cluster.env()
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    ci = (slurm.JOBS_DIR / "profiles" / "ci.yaml").read_text()
+    (profiles / "ci2.yaml").write_text(ci.replace("name: ci", "name: ci2").replace(
+        "mpi_start: mpirun", f"mpi_start: {start}"))
+    env["HPCSTUDY_PROFILE_PATH"] = str(profiles)
     local = tmp_path / "local"
     assert run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", small_data, "--out",
                    local, "--quiet").returncode == 0
     out = tmp_path / "mpi"
-    r = run_cli("submit", EXAMPLES / "diabetes_incidence.yaml", "--profile", "ci", "--data",
+    r = run_cli("submit", EXAMPLES / "diabetes_incidence.yaml", "--profile", "ci2", "--data",
                 small_data, "--out", out, "--launcher", "mpi", env=env)
     assert r.returncode == 0 and "mpi launcher" in r.stdout, r.stderr
+    assert f"\n{start} " in Path(f"{out}.sbatch").read_text()
     job = json.loads((tmp_path / "mpi.job.json").read_text())["job_id"]
     st = wait_done(job, env)
     log = Path(f"{out}.slurm-{job}.out").read_text()
