@@ -461,12 +461,14 @@ def submit(study: Path, profile_name: str, data: Path, out: Path, account: str |
 
 
 @cli.command()
-@click.argument("job_ids", nargs=-1)
-def status(job_ids: tuple[str, ...]) -> None:
-    """State, elapsed time and GPU-hours of jobs (all of yours if none given)."""
+@click.argument("jobs", nargs=-1)
+def status(jobs: tuple[str, ...]) -> None:
+    """State, elapsed time and GPU-hours of jobs (all of yours if none given). A job is its id,
+    or the OUT it was submitted with."""
+    from .cluster.slurm import job_of
     from .cluster.slurm import status as st
 
-    for j in st(list(job_ids)):
+    for j in st([job_of(ref)[0] for ref in jobs]):
         if "elapsed_s" in j:
             again = f"  (requeued {j['restarts']}x)" if j.get("restarts") else ""
             click.echo(f"{j['job_id']:>8}  {j['state']:<12} {j['elapsed_s']:>7d} s  "
@@ -476,25 +478,31 @@ def status(job_ids: tuple[str, ...]) -> None:
 
 
 @cli.command()
-@click.argument("job_id")
-def logs(job_id: str) -> None:
-    """Print a job's output file."""
-    from .cluster.slurm import log_of
+@click.argument("job")
+def logs(job: str) -> None:
+    """Print a job's output (every task's, for an array). JOB: its id, or the OUT it was
+    submitted with."""
+    from .cluster.slurm import logs_of
 
-    log = log_of(job_id)
-    if not log or not Path(log).is_file():
-        raise UserError(f"no log found for job {job_id}",
-                        fix="the job may not have started, or finished long ago")
-    click.echo(Path(log).read_text(errors="replace"), nl=False)
+    files = logs_of(job)
+    if not files:
+        raise UserError(f"no log found for job {job}",
+                        fix="the job may not have started yet; hpcstudy status tells")
+    for f in files:
+        if len(files) > 1:
+            click.echo(f"==> {f} <==")
+        click.echo(f.read_text(errors="replace"), nl=False)
 
 
 @cli.command()
-@click.argument("job_id")
+@click.argument("job")
 @audited
-def cancel(job_id: str) -> None:
-    """Cancel a job."""
+def cancel(job: str) -> None:
+    """Cancel a job (all tasks of an array). JOB: its id, or the OUT it was submitted with."""
     from .cluster.slurm import cancel as c
+    from .cluster.slurm import job_of
 
+    job_id, _ = job_of(job)
     c(job_id)
     click.echo(f"cancelled {job_id}")
 

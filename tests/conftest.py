@@ -49,6 +49,26 @@ def medium_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def many_parts(tmp_path_factory) -> Path:
+    """40 000 persons, seed 9, 16 partitions: runs long enough to be interrupted mid-way."""
+    from hpcstudy.registers.generate import generate
+
+    out = tmp_path_factory.mktemp("data") / "many"
+    generate(out, persons=40_000, seed=9, partitions=16, jobs=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(many_parts, tmp_path_factory) -> Path:
+    """Example 1 on ``many_parts``, run locally without interruption: what resumed runs,
+    requeued jobs and runs that lost a worker must reproduce."""
+    out = tmp_path_factory.mktemp("whole") / "out"
+    study = Path(__file__).resolve().parents[1] / "examples" / "statins_mi.yaml"
+    assert run_cli("run", study, "--data", many_parts, "--out", out, "--quiet").returncode == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A real single-node Slurm on loopback with 4 fake GPUs, for tests marked ``slurm``."""
     from hpcstudy.cluster.loopback_slurm import LoopbackSlurm, why_unavailable

@@ -72,37 +72,70 @@ def test_slurm_workers_give_the_local_results(slurm_cluster, local_run, small_da
     same_outputs(local_run, tmp_path / "out")
 
 
-@pytest.mark.slow
-def test_a_worker_killed_mid_run_costs_no_results(tmp_path):
-    """SIGKILL one worker process while partitions are being computed: its tasks run again
-    elsewhere, and the outputs equal those of an undisturbed run."""
-    import os
-    import signal
+def run_and_kill_a_worker(client, data, out, kill) -> None:
+    """Run example 1 on the client in a thread; once two partitions are checkpointed,
+    kill(client) takes a worker away; the run must still finish."""
     import threading
     import time
 
     from hpcstudy.engines.run import run
-    from hpcstudy.registers.generate import generate
 
-    data = tmp_path / "data"
-    generate(data, persons=40_000, seed=9, partitions=16, jobs=2)
-    calm = tmp_path / "calm"
-    run(EXAMPLES / "statins_mi.yaml", data, calm)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        r=run(EXAMPLES / "statins_mi.yaml", data, out, client=client)))
+    t.start()
+    ckpt = out.parent / f"{out.name}.checkpoints"
+    deadline = time.monotonic() + 120
+    while len(list(ckpt.glob("*.json"))) < 2:
+        assert time.monotonic() < deadline and t.is_alive()
+        time.sleep(0.05)
+    kill(client)
+    t.join(timeout=300)
+    assert not t.is_alive() and "r" in result
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_costs_no_results(many_parts, uninterrupted, tmp_path):
+    """SIGKILL one worker process while partitions are being computed: its tasks run again
+    elsewhere, and the outputs equal those of an undisturbed run."""
+    import os
+    import signal
+
     out = tmp_path / "out"
     with client_for("processes", workers=2) as client:
-        pids = client.run(os.getpid)
-        victim = sorted(pids.values())[0]
-        result = {}
-        t = threading.Thread(target=lambda: result.update(
-            r=run(EXAMPLES / "statins_mi.yaml", data, out, client=client)))
-        t.start()
-        ckpt = tmp_path / "out.checkpoints"
-        deadline = time.monotonic() + 120
-        while len(list(ckpt.glob("*.json"))) < 2:
-            assert time.monotonic() < deadline and t.is_alive()
-            time.sleep(0.05)
-        os.kill(victim, signal.SIGKILL)
-        t.join(timeout=300)
-        assert not t.is_alive() and "r" in result
+        victim = sorted(client.run(os.getpid).values())[0]
+        run_and_kill_a_worker(client, many_parts, out,
+                              lambda c: os.kill(victim, signal.SIGKILL))
         assert victim not in client.run(os.getpid).values()  # it really died
-    same_outputs(calm, out)
+    same_outputs(uninterrupted, out)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_worker_job_cancelled_mid_run_costs_no_results(slurm_cluster, many_parts,
+                                                         uninterrupted, tmp_path, monkeypatch):
+    """A lost node, as the slurm launcher sees it: one worker job is scancelled mid-run. The
+    other worker takes over its tasks, a replacement job is submitted, and the outputs equal
+    an undisturbed run."""
+    import os
+    import subprocess
+
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster.env()["SLURM_CONF"])
+    out = tmp_path / "out"
+    lost = []
+
+    def cancel_one(client):
+        jobs = client.run(lambda: os.environ["SLURM_JOB_ID"])
+        lost.append(sorted(jobs.values())[0])
+        subprocess.run(["scancel", lost[0]], check=True)
+
+    with client_for("slurm", workers=2, profile=load_profile("ci"),
+                    log_directory=tmp_path / "logs") as client:
+        run_and_kill_a_worker(client, many_parts, out, cancel_one)
+        client.wait_for_workers(2, timeout=120)     # adapt replaced the lost worker job
+        jobs = set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values())
+        assert len(jobs) == 2 and lost[0] not in jobs
+    same_outputs(uninterrupted, out)
+    from hpcstudy.cluster.slurm import status
+
+    assert status(lost)[0]["state"] == "cancelled"

@@ -17,23 +17,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def many_parts(tmp_path_factory):
-    from hpcstudy.registers.generate import generate
-
-    out = tmp_path_factory.mktemp("resume") / "data"
-    generate(out, persons=40_000, seed=9, partitions=16, jobs=2)
-    return out
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(many_parts, tmp_path_factory):
-    out = tmp_path_factory.mktemp("whole") / "out"
-    assert run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", many_parts, "--out", out,
-                   "--quiet").returncode == 0
-    return out
-
-
 def same(a: Path, b: Path):
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())

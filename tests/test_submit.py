@@ -150,6 +150,17 @@ def test_a_submitted_study_gives_the_local_results(slurm_cluster, small_data, tm
             assert f.read_bytes() == (out / f.relative_to(local)).read_bytes(), f
     r = run_cli("status", job, env=env)
     assert job in r.stdout and "done" in r.stdout and "GPU-h" in r.stdout
+    # a researcher may name the job by the OUT they submitted it with
+    assert run_cli("status", out, env=env).stdout == r.stdout
+    assert run_cli("logs", out, env=env).stdout == Path(f"{out}.slurm-{job}.out").read_text()
+
+
+def test_a_job_is_named_by_its_id_or_its_out(tmp_path):
+    assert slurm.job_of("1234") == ("1234", None) and slurm.job_of("77_3")[0] == "77_3"
+    (tmp_path / "o.job.json").write_text('{"job_id": "55", "log": "x"}')
+    assert slurm.job_of(str(tmp_path / "o"))[0] == "55"
+    r = run_cli("status", tmp_path / "nothing")
+    assert r.returncode == 2 and "neither a job id nor an OUT" in r.stderr
 
 
 @pytest.mark.slurm
@@ -172,18 +183,6 @@ def test_cancel_and_logs(slurm_cluster, tmp_path):
     assert r.returncode == 0 and "started" in r.stdout
 
 
-@pytest.fixture(scope="module")
-def many_parts(tmp_path_factory):
-    """40 000 persons in 16 partitions, and the uninterrupted local run on them."""
-    from hpcstudy.registers.generate import generate
-
-    root = tmp_path_factory.mktemp("many")
-    generate(root / "data", persons=40_000, seed=9, partitions=16, jobs=2)
-    assert run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", root / "data", "--out",
-                   root / "whole", "--quiet").returncode == 0
-    return root / "data", root / "whole"
-
-
 def submit_and_wait_for_checkpoints(data, out, env, at_least=3, launcher="local"):
     r = run_cli("submit", EXAMPLES / "statins_mi.yaml", "--profile", "ci", "--data", data,
                 "--out", out, "--launcher", launcher, env=env)
@@ -204,10 +203,11 @@ def same_files(a: Path, b: Path):
 
 
 @pytest.mark.slurm
-def test_a_cancelled_job_resubmitted_resumes(slurm_cluster, many_parts, tmp_path):
+def test_a_cancelled_job_resubmitted_resumes(slurm_cluster, many_parts, uninterrupted,
+                                            tmp_path):
     """scancel mid-run, submit again: finished partitions are not recomputed (the job says how
     many it reused) and the results equal an uninterrupted run."""
-    data, whole = many_parts
+    data, whole = many_parts, uninterrupted
     env = slurm_cluster.env()
     out = tmp_path / "out"
     job, ckpt = submit_and_wait_for_checkpoints(data, out, env)
@@ -229,7 +229,8 @@ def test_a_cancelled_job_resubmitted_resumes(slurm_cluster, many_parts, tmp_path
 @pytest.mark.slurm
 @pytest.mark.parametrize("launcher", ["local", "mpi"])
 def test_a_job_signalled_before_its_end_requeues_itself_and_resumes(slurm_cluster, many_parts,
-                                                                     tmp_path, launcher):
+                                                                     uninterrupted, tmp_path,
+                                                                     launcher):
     """USR1 to the batch shell — what Slurm sends signal_before_end seconds before the
     walltime (--signal=B:USR1@N) — makes the job stop, requeue itself and, run again, compute
     only the partitions it had not finished; the outputs equal an uninterrupted run."""
@@ -237,7 +238,7 @@ def test_a_job_signalled_before_its_end_requeues_itself_and_resumes(slurm_cluste
 
     from test_launchers import same_outputs
 
-    data, whole = many_parts
+    data, whole = many_parts, uninterrupted
     env = slurm_cluster.env()
     out = tmp_path / "out"
     job, ckpt = submit_and_wait_for_checkpoints(data, out, env, launcher=launcher)

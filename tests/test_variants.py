@@ -73,6 +73,16 @@ def test_a_study_with_variants_runs_as_a_job_array(slurm_cluster, study, small_d
         assert "error" not in logs, logs
         assert time.monotonic() < deadline, slurm.status([job], env)
         time.sleep(1)
+    deadline = time.monotonic() + 60
+    rows = slurm.status([job], env)
+    while not all(r["state"] == "done" for r in rows):
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.5)
+        rows = slurm.status([job], env)
+    # the array's id stands for its tasks, a row each
+    assert sorted(r["job_id"] for r in rows) == [f"{job}_0", f"{job}_1"]
+    r = run_cli("logs", out, env=env)               # every task's log, named
+    assert r.returncode == 0 and r.stdout.count("==> ") == 2, r.stderr
     for v in ("washout_2y", "age_50_80"):
         local = tmp_path / f"local_{v}"
         assert run_cli("run", study, "--variant", v, "--data", small_data, "--out", local,

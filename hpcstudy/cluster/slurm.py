@@ -357,10 +357,31 @@ def parse_scontrol(text: str) -> list[dict]:
     return rows
 
 
-def log_of(job_id: str, env: dict | None = None) -> str:
-    """The output file Slurm writes for a job (scontrol knows it; sacct does not in 22.05)."""
-    rows = _scontrol([job_id], env)
-    return rows[0]["log"] if rows else ""
+JOB_ID = re.compile(r"^\d+(_\d+)?$")
+
+
+def job_of(ref: str) -> tuple[str, dict | None]:
+    """A job id as given, or the job that ``submit`` recorded next to OUT (OUT.job.json)."""
+    if JOB_ID.match(ref):
+        return ref, None
+    record = Path(f"{ref.rstrip('/')}.job.json")
+    if record.is_file():
+        rec = json.loads(record.read_text())
+        return rec["job_id"], rec
+    raise UserError(f"{ref!r} is neither a job id nor an OUT that hpcstudy submit wrote to",
+                    fix="give the number sbatch printed, or the --out given to submit "
+                    "(its OUT.job.json names the job)")
+
+
+def logs_of(ref: str, env: dict | None = None) -> list[Path]:
+    """The output files of a job (every task of an array): from scontrol while Slurm knows the
+    job, else from the record ``submit`` left next to OUT."""
+    job, rec = job_of(ref)
+    found = [Path(r["log"]) for r in _scontrol([job], env)
+             if r["log"] and job in (r["job_id"], r["array_job"])]
+    if not found and rec:
+        found = sorted(Path(rec["log"]).parent.glob(Path(rec["log"]).name))
+    return [p for p in dict.fromkeys(found) if p.is_file()]
 
 
 def cancel(job_id: str, env: dict | None = None) -> None:
