@@ -447,6 +447,7 @@ def submit(study: Path, profile_name: str, data: Path, out: Path, account: str |
     for v in s.variants:
         _load_checked(study, data, project, v)      # every variant too
     prof = slurm.load_profile(profile_name)
+    slurm.check_launcher_installed(launcher or prof.launcher)
     script = slurm.render_sbatch(prof, study=Path(study).resolve(), data=Path(data).resolve(),
                                  out=Path(out).resolve(), study_name=s.name, account=account,
                                  project=Path(project).resolve() if project else None,

@@ -28,6 +28,14 @@ def run_cli(*args, cwd: Path | None = None, timeout: float = 600,
                           env=None if env is None else {**os.environ, **env})
 
 
+def same_files(a: Path, b: Path) -> None:
+    """The same files under both folders, byte for byte."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory) -> Path:
     """3 000 persons, seed 11, three partitions: shared by read-only tests."""
@@ -45,6 +53,16 @@ def medium_data(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("data") / "medium"
     generate(out, persons=20_000, seed=5, partitions=4, jobs=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def local_run(small_data, tmp_path_factory) -> Path:
+    """Example 3 (diabetes incidence) on ``small_data`` with the local launcher: what every
+    other launcher and every submitted job must reproduce."""
+    out = tmp_path_factory.mktemp("local") / "out"
+    study = Path(__file__).resolve().parents[1] / "examples" / "diabetes_incidence.yaml"
+    assert run_cli("run", study, "--data", small_data, "--out", out, "--quiet").returncode == 0
     return out
 
 

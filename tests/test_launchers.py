@@ -14,14 +14,6 @@ from hpcstudy.cluster.slurm import load_profile
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.fixture(scope="module")
-def local_run(small_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("local") / "out"
-    assert run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", small_data, "--out",
-                   out, "--quiet").returncode == 0
-    return out
-
-
 def same_outputs(a: Path, b: Path):
     """The per-person table byte for byte; every estimate to 1e-12 relative (sums computed in
     worker processes can differ in the last bit: numpy's summation depends on alignment)."""

@@ -39,13 +39,6 @@ def mpirun():
     return run
 
 
-@pytest.fixture(scope="module")
-def local_run(small_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("local") / "out"
-    assert run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet").returncode == 0
-    return out
-
-
 def audit_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 

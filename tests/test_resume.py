@@ -11,17 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, same_files
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.slow
-
-
-def same(a: Path, b: Path):
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    for f in files:
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
 
 
 def interrupted_run(data: Path, out: Path, at_least: int) -> Path:
@@ -51,7 +44,7 @@ def test_resume_redoes_only_unfinished_partitions(many_parts, uninterrupted, tmp
                 "--resume")
     assert r.returncode == 0, r.stderr
     assert f"resumed {finished} of 16 partitions" in r.stdout
-    same(uninterrupted, out)
+    same_files(uninterrupted, out)
     assert not ckpt.exists()   # a finished run clears its checkpoints
 
 
@@ -65,7 +58,7 @@ def test_a_damaged_checkpoint_is_recomputed(many_parts, uninterrupted, tmp_path)
                 "--resume")
     assert r.returncode == 0, r.stderr
     assert f"resumed {finished - 1} of 16 partitions" in r.stdout
-    same(uninterrupted, out)
+    same_files(uninterrupted, out)
 
 
 def test_checkpoints_of_another_study_are_not_used(many_parts, tmp_path):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, same_files
 
 from hpcstudy.cluster import slurm
 from hpcstudy.errors import UserError
@@ -131,28 +131,30 @@ def wait_done(job, env, timeout=180):
     raise AssertionError(f"job {job} not done after {timeout}s: {st}")
 
 
-@pytest.mark.slurm
-def test_a_submitted_study_gives_the_local_results(slurm_cluster, small_data, tmp_path):
-    env = slurm_cluster.env()
-    local = tmp_path / "local"
-    assert run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", small_data, "--out",
-                   local, "--quiet").returncode == 0
-    out = tmp_path / "remote"
-    r = run_cli("submit", EXAMPLES / "diabetes_incidence.yaml", "--profile", "ci", "--data",
-                small_data, "--out", out, env=env)
+def submit_and_wait(data, out, env, *options, profile="ci"):
+    """Submit example 3 and wait for the job to end: (job id, its status, its log text)."""
+    r = run_cli("submit", EXAMPLES / "diabetes_incidence.yaml", "--profile", profile, "--data",
+                data, "--out", out, *options, env=env)
     assert r.returncode == 0, r.stderr
-    job = json.loads((tmp_path / "remote.job.json").read_text())["job_id"]
+    job = json.loads(Path(f"{out}.job.json").read_text())["job_id"]
     st = wait_done(job, env)
-    assert st["state"] == "done", (st, Path(f"{out}.slurm-{job}.out").read_text())
+    return job, st, Path(f"{out}.slurm-{job}.out").read_text()
+
+
+@pytest.mark.slurm
+def test_a_submitted_study_gives_the_local_results(slurm_cluster, small_data, local_run,
+                                                   tmp_path):
+    env = slurm_cluster.env()
+    out = tmp_path / "remote"
+    job, st, log = submit_and_wait(small_data, out, env)
+    assert st["state"] == "done", (st, log)
     assert st["gpus"] == 2 and st["gpu_hours"] >= 0
-    for f in local.rglob("*"):
-        if f.is_file():
-            assert f.read_bytes() == (out / f.relative_to(local)).read_bytes(), f
+    same_files(local_run, out)
     r = run_cli("status", job, env=env)
     assert job in r.stdout and "done" in r.stdout and "GPU-h" in r.stdout
     # a researcher may name the job by the OUT they submitted it with
     assert run_cli("status", out, env=env).stdout == r.stdout
-    assert run_cli("logs", out, env=env).stdout == Path(f"{out}.slurm-{job}.out").read_text()
+    assert run_cli("logs", out, env=env).stdout == log
 
 
 def test_a_job_is_named_by_its_id_or_its_out(tmp_path):
@@ -194,12 +196,6 @@ def submit_and_wait_for_checkpoints(data, out, env, at_least=3, launcher="local"
         assert time.monotonic() < deadline, slurm.status([job], env)
         time.sleep(0.1)
     return job, ckpt
-
-
-def same_files(a: Path, b: Path):
-    for f in a.rglob("*"):
-        if f.is_file():
-            assert f.read_bytes() == (b / f.relative_to(a)).read_bytes(), f
 
 
 @pytest.mark.slurm
@@ -291,7 +287,7 @@ def test_slurm_signals_the_batch_script_before_the_walltime(slurm_cluster, tmp_p
 @pytest.mark.slurm
 @pytest.mark.parametrize("start", ["mpirun", "srun --mpi=pmix"])
 def test_an_mpi_job_in_one_allocation_gives_the_local_results(slurm_cluster, small_data,
-                                                              tmp_path, start):
+                                                              local_run, tmp_path, start):
     """Ranks started by Open MPI's mpirun (the ci profile) or by Slurm's srun over PMIx (as on
     Gefion; here from an operator's profile in $HPCSTUDY_PROFILE_PATH)."""
     from test_launchers import same_outputs
@@ -303,41 +299,27 @@ def test_an_mpi_job_in_one_allocation_gives_the_local_results(slurm_cluster, sma
     (profiles / "ci2.yaml").write_text(ci.replace("name: ci", "name: ci2").replace(
         "mpi_start: mpirun", f"mpi_start: {start}"))
     env["HPCSTUDY_PROFILE_PATH"] = str(profiles)
-    local = tmp_path / "local"
-    assert run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", small_data, "--out",
-                   local, "--quiet").returncode == 0
     out = tmp_path / "mpi"
-    r = run_cli("submit", EXAMPLES / "diabetes_incidence.yaml", "--profile", "ci2", "--data",
-                small_data, "--out", out, "--launcher", "mpi", env=env)
-    assert r.returncode == 0 and "mpi launcher" in r.stdout, r.stderr
+    job, st, log = submit_and_wait(small_data, out, env, "--launcher", "mpi", profile="ci2")
     assert f"\n{start} " in Path(f"{out}.sbatch").read_text()
-    job = json.loads((tmp_path / "mpi.job.json").read_text())["job_id"]
-    st = wait_done(job, env)
-    log = Path(f"{out}.slurm-{job}.out").read_text()
     assert st["state"] == "done", log
     # 4 ranks: scheduler, client, 2 workers, each worker on one of the job's 2 GPUs
     line = next(x for x in log.splitlines() if "mpi cluster" in x)
     assert "scheduler tcp://127.0.0.1:" in line and "2 workers on 1 node(s)" in line
     assert len(set(line.split("GPUs ")[1].split())) == 2 and st["gpus"] == 2, line
-    same_outputs(local, out)
+    same_outputs(local_run, out)
 
 
 @pytest.mark.slurm
-def test_a_slurm_launcher_job_drives_worker_jobs(slurm_cluster, small_data, tmp_path):
+def test_a_slurm_launcher_job_drives_worker_jobs(slurm_cluster, small_data, local_run,
+                                                 tmp_path):
     from test_launchers import same_outputs
 
     env = slurm_cluster.env()
-    local = tmp_path / "local"
-    assert run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", small_data, "--out",
-                   local, "--quiet").returncode == 0
     out = tmp_path / "drv"
-    r = run_cli("submit", EXAMPLES / "diabetes_incidence.yaml", "--profile", "ci", "--data",
-                small_data, "--out", out, "--launcher", "slurm", env=env)
-    assert r.returncode == 0, r.stderr
-    job = json.loads((tmp_path / "drv.job.json").read_text())["job_id"]
-    st = wait_done(job, env)
-    assert st["state"] == "done" and st["gpus"] == 0, Path(f"{out}.slurm-{job}.out").read_text()
-    same_outputs(local, out)
+    job, st, log = submit_and_wait(small_data, out, env, "--launcher", "slurm")
+    assert st["state"] == "done" and st["gpus"] == 0, log
+    same_outputs(local_run, out)
     # the two worker jobs wrote their logs next to OUT, each with its own job id
     logs = sorted((tmp_path / "drv.worker-logs").glob("*.out"))
     assert len(logs) == 2 and len({p.name for p in logs}) == 2
@@ -363,3 +345,14 @@ def test_scontrol_rows_name_array_tasks_as_sacct_does():
     (row,) = slurm.parse_scontrol(line)
     assert row["job_id"] == "30_1" and row["array_job"] == "30" and row["restarts"] == 1
     assert row["gpus"] == 2 and row["gpu_hours"] == 1.0 and row["log"] == "/o.slurm-30_1.out"
+
+
+def test_a_launcher_whose_package_is_missing_is_refused_at_submit(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "dask_jobqueue" else real(name, *a))
+    with pytest.raises(UserError, match=r"pip install 'hpcstudy\[slurm\]'"):
+        slurm.check_launcher_installed("slurm")
+    slurm.check_launcher_installed("mpi")      # mpi4py is installed here

@@ -227,6 +227,17 @@ def render_sbatch(profile: Profile, *, study: Path, data: Path, out: Path,
         max_requeues=profile.max_requeues)
 
 
+def check_launcher_installed(launcher: str) -> None:
+    """Refuse at submit time, not hours later in the queue, a launcher whose Python package
+    this environment (which the job's set-up lines are expected to reproduce) lacks."""
+    import importlib.util
+
+    need = {"slurm": ("dask_jobqueue", "slurm"), "mpi": ("mpi4py", "mpi")}.get(launcher)
+    if need and importlib.util.find_spec(need[0]) is None:
+        raise UserError(f"the {launcher} launcher needs {need[0]}, which is not installed",
+                        fix=f"pip install 'hpcstudy[{need[1]}]', or submit --launcher local")
+
+
 def submit(script: str, out: Path, env: dict | None = None, array: bool = False) -> dict:
     """sbatch the script (saved next to OUT), and record the job next to OUT."""
     out = Path(out)
