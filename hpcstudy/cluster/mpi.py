@@ -64,10 +64,10 @@ def join(interface: str | None = None) -> Part:
     """Collective over all ranks: check the layout, give each worker its GPU."""
     from mpi4py import MPI
 
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
     from .launchers import check_interface
 
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
     check_interface(interface)
     # Ranks on the same node share its GPUs: worker k of a node takes that node's k-th device.
     node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
