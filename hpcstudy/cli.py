@@ -542,13 +542,16 @@ def audit_head(log: Path | None) -> None:
 
 
 def _interrupt_on_sigterm() -> None:
-    """Turn SIGTERM (scancel, a killed job) into KeyboardInterrupt so clean-up code runs."""
+    """Turn SIGTERM (scancel, a killed job) and SIGUSR1 (what a submitted job's script passes
+    on before the walltime: mpirun and srun forward it to every rank) into KeyboardInterrupt,
+    so clean-up code runs."""
     import signal
 
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGUSR1, handler)
 
 
 def _speaks() -> bool:

@@ -125,7 +125,7 @@ def wait_done(job, env, timeout=180):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = slurm.status([job], env)[0]
-        if st["slurm_state"] not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+        if st["slurm_state"] in slurm.FINAL_STATES:
             return st
         time.sleep(1)
     raise AssertionError(f"job {job} not done after {timeout}s: {st}")
@@ -243,8 +243,9 @@ def test_a_job_signalled_before_its_end_requeues_itself_and_resumes(slurm_cluste
     while (st := slurm.status([job], env)[0])["slurm_state"] != "PENDING" or st["restarts"] < 1:
         assert time.monotonic() < deadline, st
         time.sleep(0.2)
+    assert st["state"].startswith("waiting")        # requeued, held by Slurm for a while
     finished = len(list(ckpt.glob("*.json")))
-    assert 3 <= finished < 16 and not out.exists()
+    assert 3 <= finished < 16 and not out.exists()    # stopped mid-way, promptly
     # Slurm holds a requeued job for about two minutes; the test need not wait that long, but
     # a start within the second of the requeue would meet the old run's revoked credential
     subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now+3"], env=env,
@@ -253,6 +254,8 @@ def test_a_job_signalled_before_its_end_requeues_itself_and_resumes(slurm_cluste
     log = Path(f"{out}.slurm-{job}.out").read_text()
     assert st["state"] == "done" and st["restarts"] == 1, log
     assert "signalled before its end; stopping to requeue" in log
+    assert "hpcstudy: interrupted; nothing half-written" in log   # the run stopped cleanly
+    assert "Traceback" not in log
     resumed = int(log.split("resumed ")[1].split(" of 16")[0])
     assert resumed >= finished   # the partitions finished before the signal were not redone
     if launcher == "local":
@@ -345,6 +348,8 @@ def test_scontrol_rows_name_array_tasks_as_sacct_does():
     (row,) = slurm.parse_scontrol(line)
     assert row["job_id"] == "30_1" and row["array_job"] == "30" and row["restarts"] == 1
     assert row["gpus"] == 2 and row["gpu_hours"] == 1.0 and row["log"] == "/o.slurm-30_1.out"
+    (held,) = slurm.parse_scontrol("JobId=32 JobState=PENDING Reason=BeginTime Restarts=1")
+    assert held["state"] == "waiting (BeginTime)" and held["slurm_state"] == "PENDING"
 
 
 def test_a_launcher_whose_package_is_missing_is_refused_at_submit(monkeypatch):

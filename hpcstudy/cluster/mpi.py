@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,6 +93,11 @@ def serve(part: Part, interface: str | None = None, death_timeout: float = 120) 
 
     # errors only, as the processes launcher: the job log stays readable
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    # Stopped (USR1 before the walltime, TERM): the client rank gets the signal too and shuts
+    # the cluster down, which ends this rank through its normal path (and MPI_Finalize, which
+    # mpirun insists on: a rank leaving without it makes mpirun kill the client mid-clean-up).
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     comm = MPI.COMM_WORLD
     if part.role == "scheduler":
         asyncio.run(_scheduler(comm, interface))

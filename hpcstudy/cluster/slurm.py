@@ -259,7 +259,12 @@ def submit(script: str, out: Path, env: dict | None = None, array: bool = False)
 STATES = {"PENDING": "waiting", "CONFIGURING": "starting", "RUNNING": "running",
           "COMPLETING": "finishing", "COMPLETED": "done", "FAILED": "failed",
           "CANCELLED": "cancelled", "TIMEOUT": "out of time", "NODE_FAIL": "node failed",
-          "PREEMPTED": "preempted", "OUT_OF_MEMORY": "out of memory", "REQUEUED": "requeued"}
+          "PREEMPTED": "preempted", "OUT_OF_MEMORY": "out of memory", "REQUEUED": "requeued",
+          "SIGNALING": "signalled", "SUSPENDED": "suspended", "DEADLINE": "past its deadline",
+          "BOOT_FAIL": "node failed to boot"}
+# States a job does not leave again (REQUEUED, SIGNALING, COMPLETING … are on the way)
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
+                "OUT_OF_MEMORY", "DEADLINE", "BOOT_FAIL"}
 
 
 def seconds(t: str) -> int:
@@ -364,6 +369,8 @@ def parse_scontrol(text: str) -> list[dict]:
         row = _row(job, f.get("JobName", ""), f.get("JobState", "UNKNOWN"),
                    seconds(f.get("RunTime", "0:00:00")), _gpus(f), f.get("StdOut", ""))
         row["restarts"] = int(f.get("Restarts", "0") or 0)   # requeued this many times
+        if f.get("JobState") == "PENDING" and f.get("Reason") not in (None, "None"):
+            row["state"] = f"waiting ({f['Reason']})"   # Resources, Priority, BeginTime ...
         rows.append(row)
     return rows
 
