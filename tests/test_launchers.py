@@ -51,7 +51,8 @@ def test_slurm_workers_give_the_local_results(slurm_cluster, local_run, small_da
     for k, v in slurm_cluster.env().items():
         if k == "SLURM_CONF":
             monkeypatch.setenv(k, v)
-    with client_for("slurm", workers=2, profile=load_profile("ci")) as client:
+    with client_for("slurm", workers=2, profile=load_profile("ci"),
+                    log_directory=tmp_path / "logs") as client:   # not into the checkout
         seen = client.run(lambda: (os.environ.get("SLURM_JOB_ID"),
                                    os.environ.get("CUDA_VISIBLE_DEVICES")))
         from hpcstudy.engines.run import run
