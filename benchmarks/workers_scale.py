@@ -38,7 +38,14 @@ def main() -> None:
     from hpcstudy.registers.store import Dataset
 
     ds = Dataset.open(a.data)
-    persons = ds.manifest["source"].get("persons")
+
+    def record(launcher: str, workers: int, wall: float, res: dict, out: Path, **extra):
+        shutil.rmtree(out.parent, ignore_errors=True)
+        records.append("workers_scale", {
+            "benchmark": "workers_scale", "launcher": launcher, "workers": workers, **extra,
+            "persons": ds.manifest["source"].get("persons"), "partitions": ds.partitions,
+            "wall_s": round(wall, 1), "hr_statin": res["models"]["cox"]["terms"][0]["HR"]})
+
     configs = [("local", 0)] * (not a.skip_local) + [("processes", w) for w in a.workers]
     for launcher, workers in configs:
         out = Path(tempfile.mkdtemp()) / "out"
@@ -46,11 +53,7 @@ def main() -> None:
             t0 = time.perf_counter()
             res = run(EXAMPLE, a.data, out, client=client)
             wall = time.perf_counter() - t0
-        rec = {"benchmark": "workers_scale", "launcher": launcher, "workers": workers,
-               "persons": persons, "partitions": ds.partitions, "wall_s": round(wall, 1),
-               "hr_statin": res["models"]["cox"]["terms"][0]["HR"]}
-        shutil.rmtree(out.parent, ignore_errors=True)
-        records.append("workers_scale", rec)
+        record(launcher, workers, wall, res, out)
     for workers in a.mpi_workers:
         out = Path(tempfile.mkdtemp()) / "out"
         env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
@@ -60,12 +63,7 @@ def main() -> None:
                         str(out), "--launcher", "mpi", "--quiet"], check=True, env=env)
         wall = time.perf_counter() - t0
         res = json.loads((out / "results.json").read_text())
-        rec = {"benchmark": "workers_scale", "launcher": "mpi", "workers": workers,
-               "ranks": workers + 2, "persons": persons, "partitions": ds.partitions,
-               "wall_s": round(wall, 1), "hr_statin": res["models"]["cox"]["terms"][0]["HR"]}
-        shutil.rmtree(out.parent, ignore_errors=True)
-        records.append("workers_scale", rec)
-
+        record("mpi", workers, wall, res, out, ranks=workers + 2)
 
 if __name__ == "__main__":
     main()

@@ -36,54 +36,54 @@ def same_files(a: Path, b: Path) -> None:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _dataset(factory, name: str, **spec) -> Path:
+    from hpcstudy.registers.generate import generate
+
+    out = factory.mktemp("data") / name
+    generate(out, **spec)
+    return out
+
+
+def _local_run(factory, example: str, data: Path) -> Path:
+    out = factory.mktemp("run") / "out"
+    assert run_cli("run", EXAMPLES / example, "--data", data, "--out", out,
+                   "--quiet").returncode == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory) -> Path:
     """3 000 persons, seed 11, three partitions: shared by read-only tests."""
-    from hpcstudy.registers.generate import generate
-
-    out = tmp_path_factory.mktemp("data") / "small"
-    generate(out, persons=3000, seed=11, partitions=3, jobs=1)
-    return out
+    return _dataset(tmp_path_factory, "small", persons=3000, seed=11, partitions=3, jobs=1)
 
 
 @pytest.fixture(scope="session")
 def medium_data(tmp_path_factory) -> Path:
     """20 000 persons, seed 5, four partitions: enough events for the example studies."""
-    from hpcstudy.registers.generate import generate
+    return _dataset(tmp_path_factory, "medium", persons=20_000, seed=5, partitions=4, jobs=2)
 
-    out = tmp_path_factory.mktemp("data") / "medium"
-    generate(out, persons=20_000, seed=5, partitions=4, jobs=2)
-    return out
+
+@pytest.fixture(scope="session")
+def many_parts(tmp_path_factory) -> Path:
+    """40 000 persons, seed 9, 16 partitions: runs long enough to be interrupted mid-way."""
+    return _dataset(tmp_path_factory, "many", persons=40_000, seed=9, partitions=16, jobs=2)
 
 
 @pytest.fixture(scope="session")
 def local_run(small_data, tmp_path_factory) -> Path:
     """Example 3 (diabetes incidence) on ``small_data`` with the local launcher: what every
     other launcher and every submitted job must reproduce."""
-    out = tmp_path_factory.mktemp("local") / "out"
-    study = Path(__file__).resolve().parents[1] / "examples" / "diabetes_incidence.yaml"
-    assert run_cli("run", study, "--data", small_data, "--out", out, "--quiet").returncode == 0
-    return out
-
-
-@pytest.fixture(scope="session")
-def many_parts(tmp_path_factory) -> Path:
-    """40 000 persons, seed 9, 16 partitions: runs long enough to be interrupted mid-way."""
-    from hpcstudy.registers.generate import generate
-
-    out = tmp_path_factory.mktemp("data") / "many"
-    generate(out, persons=40_000, seed=9, partitions=16, jobs=2)
-    return out
+    return _local_run(tmp_path_factory, "diabetes_incidence.yaml", small_data)
 
 
 @pytest.fixture(scope="session")
 def uninterrupted(many_parts, tmp_path_factory) -> Path:
     """Example 1 on ``many_parts``, run locally without interruption: what resumed runs,
     requeued jobs and runs that lost a worker must reproduce."""
-    out = tmp_path_factory.mktemp("whole") / "out"
-    study = Path(__file__).resolve().parents[1] / "examples" / "statins_mi.yaml"
-    assert run_cli("run", study, "--data", many_parts, "--out", out, "--quiet").returncode == 0
-    return out
+    return _local_run(tmp_path_factory, "statins_mi.yaml", many_parts)
 
 
 @pytest.fixture(scope="session")

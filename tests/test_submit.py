@@ -331,9 +331,9 @@ def test_a_slurm_launcher_job_drives_worker_jobs(slurm_cluster, small_data, loca
 def test_sacct_rows_give_state_elapsed_and_gpu_hours():
     """The accounting path (the loopback cluster runs none, so its text is given here)."""
     text = ("4242|hpcstudy-statins|COMPLETED|3600|billing=112,cpu=112,gres/gpu=8,mem=1920G,"
-            "node=1|1\n"
-            "4243_0|hpcstudy-statins|RUNNING|1800|cpu=14,gres/gpu:h100=1,gres/gpu=1,node=1|1\n"
-            "4244|hpcstudy-statins|CANCELLED by 1000|0||1\n")
+            "node=1\n"
+            "4243_0|hpcstudy-statins|RUNNING|1800|cpu=14,gres/gpu:h100=1,gres/gpu=1,node=1\n"
+            "4244|hpcstudy-statins|CANCELLED by 1000|0|\n")
     a, b, c = slurm.parse_sacct(text)
     assert (a["state"], a["gpus"], a["gpu_hours"]) == ("done", 8, 8.0)
     assert (b["job_id"], b["array_job"], b["state"], b["gpu_hours"]) == ("4243_0", "4243",

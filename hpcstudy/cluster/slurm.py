@@ -126,13 +126,14 @@ def read_profile(path: Path) -> Profile:
     mpi_start = doc.get("mpi_start") or "mpirun"
     if not isinstance(mpi_start, str) or "\n" in mpi_start:
         bad("mpi_start", "must be one command line, like mpirun or srun --mpi=pmix")
+    def given(key):   # the profile's value, or the default Profile declares
+        return getattr(Profile, key) if doc.get(key) is None else doc[key]
+
     wall = seconds(doc["walltime"])
-    signal_s = doc.get("signal_before_end")
-    signal_s = 300 if signal_s is None else signal_s
+    signal_s = given("signal_before_end")
     if signal_s and signal_s >= wall:
         bad("signal_before_end", f"{signal_s} s is not before the end of a {wall} s walltime",
             "give fewer seconds than the walltime, or 0 for no signal and no requeue")
-    max_requeues = doc.get("max_requeues")
     return Profile(name=doc["name"], partition=doc["partition"], walltime=doc["walltime"],
                    description=str(doc.get("description") or ""), account=doc.get("account"),
                    nodes=doc.get("nodes") or 1, gpus_per_node=doc.get("gpus_per_node") or 0,
@@ -140,7 +141,7 @@ def read_profile(path: Path) -> Profile:
                    mem=doc.get("mem"), setup=tuple(setup), launcher=launcher,
                    workers_per_node=doc.get("workers_per_node"), interface=interface,
                    mpi_start=mpi_start, signal_before_end=signal_s,
-                   max_requeues=3 if max_requeues is None else max_requeues,
+                   max_requeues=given("max_requeues"),
                    source=str(path))
 
 
@@ -318,7 +319,7 @@ def _row(job_id: str, name: str, state: str, elapsed: int, gpus: int, log: str =
             "gpu_hours": round(gpus * elapsed / 3600, 4), "log": log}
 
 
-SACCT_FORMAT = "JobID,JobName,State,ElapsedRaw,AllocTRES,NNodes"
+SACCT_FORMAT = "JobID,JobName,State,ElapsedRaw,AllocTRES"
 
 
 def _sacct(job_ids: list[str], env: dict | None) -> list[dict] | None:
@@ -340,9 +341,9 @@ def parse_sacct(text: str) -> list[dict]:
     rows = []
     for line in text.splitlines():
         f = line.split("|")
-        if len(f) < 6:
+        if len(f) < 5:
             continue
-        job, name, state, elapsed, tres, _nodes = f[:6]
+        job, name, state, elapsed, tres = f[:5]
         state = state.split()[0] if state else "UNKNOWN"   # "CANCELLED by 1000"
         rows.append(_row(job, name, state, int(elapsed) if elapsed.isdigit() else 0,
                          _gpus({"AllocTRES": tres})))
