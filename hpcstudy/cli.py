@@ -38,10 +38,18 @@ def _progress_bar(enabled: bool):
 
 
 def audited(fn):
-    """Append an audit record for every use of the command, whatever its outcome."""
+    """Audit every use of the command: a started record before it touches any data (it stops,
+    writing nothing, if that cannot be written) and a finished record after, whatever the
+    outcome."""
 
     @functools.wraps(fn)
     def wrapper(**kw):
+        command = fn.__name__.replace("_", " ")
+        if kw.get("launcher") == "mpi":
+            from .cluster import mpi
+
+            mpi.start()   # which rank this is decides who audits
+        started = _audit(command, kw)
         status = "error"
         try:
             result = fn(**kw)
@@ -57,37 +65,49 @@ def audited(fn):
             status = "interrupted"
             raise
         finally:
-            _audit(fn.__name__.replace("_", " "), kw, status)
+            if started is not None:
+                _audit(command, kw, status, started, failing=status != "ok")
 
     return wrapper
 
 
-def _audit(command: str, kw: dict, status: str) -> None:
+# the folder each command writes (its outputs are hashed into its finished record)
+_WRITES = {"synth": "out", "run": "out", "ingest": "data", "export": "dest"}
+
+
+def _audit(command: str, kw: dict, status: str | None = None, started: dict | None = None,
+           failing: bool = False) -> dict | None:
+    """Write the started record (``status`` None) or the finished one; return the record."""
     from .secure import audit
 
     if not _speaks():
-        return   # an mpi scheduler or worker rank: the client rank audits the run
-
-    entry: dict = {"command": command, "args": sys.argv[1:], "status": status}
-    if kw.get("study"):
-        entry["study_sha256"] = audit.file_sha256(kw["study"])
-    data = kw.get("data") or kw.get("directory")
-    if data:
-        entry["data_manifest_sha256"] = audit.file_sha256(Path(data) / "manifest.json")
-    if kw.get("project"):
-        entry["approval_sha256"] = audit.file_sha256(kw["project"])
-    if kw.get("input_"):
-        entry["input_sha256"] = audit.file_sha256(kw["input_"])
-    out = kw.get("out") or kw.get("dest")
+        return None   # an mpi scheduler or worker rank: the client rank audits the run
+    entry: dict = {"command": command, "args": sys.argv[1:]}
+    if started is None:
+        if kw.get("study"):
+            entry["study_sha256"] = audit.file_sha256(kw["study"])
+        data = kw.get("data") or kw.get("directory")
+        if data:
+            entry["data_manifest_sha256"] = audit.file_sha256(Path(data) / "manifest.json")
+        if kw.get("project"):
+            entry["approval_sha256"] = audit.file_sha256(kw["project"])
+        if kw.get("input_"):
+            entry["input_sha256"] = audit.file_sha256(kw["input_"])
+        if command == "export":
+            entry["run_audit"] = audit.read_head(kw["out"])[0]
+        return audit.begin(entry)
+    entry["status"] = status
+    out = kw.get(_WRITES.get(command, ""))
     if out and status == "ok":
         manifest = Path(out) / "manifest.json"
         entry["outputs"] = {"manifest.json": audit.file_sha256(manifest)} if manifest.is_file() \
             else audit.tree_sha256(out)
     try:
-        audit.append(entry)
-    except OSError as e:
-        raise UserError(f"cannot write the audit log {audit.default_path()} ({e.strerror})",
-                        fix="set HPCSTUDY_AUDIT_LOG to a writable file") from e
+        return audit.finish(started, entry)
+    except UserError:
+        if failing:
+            return None   # the command's own error is the one to tell; the record shows it
+        raise
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -193,7 +213,15 @@ def _load_checked(study: Path, data: Path | None, project: Path | None = None,
     """Study (and plan, dataset when data is given), raising StudyErrors with every problem."""
     from .study import load_study
 
+    if data is not None and project is None:
+        from .secure.approval import require_project
+
+        require_project()
     approval = _approval(project)
+    if approval is not None and data is not None:
+        from .secure.approval import check_dataset
+
+        check_dataset(approval, data)   # the manifest only: before any data file is read
     s = load_study(study, variant)
     if data is None:
         if approval is not None:
@@ -396,6 +424,11 @@ def export(out: Path, dest: Path, min_cell: int | None) -> None:
 
     if not Path(out).is_dir():
         raise UserError(f"{out} is not a directory", fix="give the --out of a run")
+    from .secure.audit import run_recorded
+
+    if why := run_recorded(out):
+        raise UserError(f"{out} is not exported: {why}", fix="export only what an audited "
+                        "hpcstudy run wrote; hpcstudy audit verify tells more")
     report = check(out, min_cell)
     with staged_output(dest, overwrite=False) as staging:
         for f, violations in report.items():
@@ -515,26 +548,59 @@ def audit() -> None:
 
 @audit.command("verify")
 @click.option("--log", "log", type=click.Path(path_type=Path), default=None,
-              help="Log file (default: $HPCSTUDY_AUDIT_LOG or ~/.local/share/hpcstudy).")
-def audit_verify(log: Path | None) -> None:
-    """Check the chain: name every edited, removed, inserted or reordered record."""
+              help="Log file (default: the site's, $HPCSTUDY_AUDIT_LOG or "
+                   "~/.local/share/hpcstudy).")
+@click.option("--outputs", "outputs", type=click.Path(path_type=Path), multiple=True,
+              help="A run's OUT or an export (or its audit.json) whose recorded chain head must "
+                   "still be in the log; repeat for more.")
+def audit_verify(log: Path | None, outputs: tuple[Path, ...]) -> None:
+    """Check the chain: name every edited, removed, inserted or reordered record, torn lines,
+    and commands that started but never finished; with --outputs, detect a log that was cut,
+    replaced, emptied or deleted."""
     from .secure import audit as A
 
-    n, problems = A.verify(log)
-    where = log or A.default_path()
+    rep = A.check(log)
+    where = rep.path
+    problems = list(rep.problems)
+    heads = []
+    for o in outputs:
+        h, why = A.read_head(o)
+        if h is None:
+            problems.append(why)
+        else:
+            heads.append((str(o), h))
+    problems += A.verify_heads(rep, heads)
+    for n in rep.notes:
+        click.echo(f"{where}: note: {n}")
+    for r in rep.unfinished():
+        click.echo(f"{where}: unfinished: record {r['seq']} `hpcstudy {' '.join(r.get('args', []))}`"
+                   f" by {r.get('user')} at {r.get('time')} never finished (failed, killed, or "
+                   "still running)")
     if problems:
         for p in problems:
             click.echo(f"{where}: {p}", err=True)
         raise DataProblem(f"{len(problems)} problem(s) in the audit log {where}")
-    head = A.head(log)
-    click.echo(f"{where}: {n} records, chain intact"
-               + (f"; head {head['hash']}" if head else ""))
+    if rep.keyed:
+        kind = "keyed (HMAC-SHA256 with the site's key)" if rep.key_checked else \
+            "keyed, but the key could not be read: links checked, MACs not"
+    else:
+        kind = ("UNKEYED: anyone who can write the log can rewrite it and recompute the chain; "
+                "only chain heads kept elsewhere (--outputs) expose that")
+    if not rep.exists or not rep.records:
+        click.echo(f"{where}: {'does not exist' if not rep.exists else 'no records'} — a new, "
+                   "emptied or deleted log look the same; give --outputs to check against "
+                   f"recorded heads; {kind}")
+        return
+    h = rep.head
+    click.echo(f"{where}: {rep.records} records, chain intact; head {h['seq']} {h['hash']}; "
+               f"{kind}" + (f"; {len(heads)} recorded head(s) found" if heads else ""))
 
 
 @audit.command("head")
 @click.option("--log", "log", type=click.Path(path_type=Path), default=None)
 def audit_head(log: Path | None) -> None:
-    """Print the last record's hash: keep it elsewhere to detect records cut off the end."""
+    """Print the last record's seq and hash: keep them elsewhere to detect records cut off the
+    end."""
     from .secure import audit as A
 
     head = A.head(log)

@@ -234,6 +234,9 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
                                     "mi_per_year_of_age": truth["mi"]["per_year"]}
         (staging / "results.json").write_text(json.dumps(res, indent=1, ensure_ascii=False,
                                                          default=_jsonable) + "\n")
+        from ..secure.audit import write_head
+
+        write_head(staging)   # audit.json: the chain head of this run's started record
         tables = staging / "tables"
         tables.mkdir()
         for name in ("cohort", "rates", "curves", "lexis"):

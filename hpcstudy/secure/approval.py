@@ -11,16 +11,21 @@ A project file (YAML) is what the data authority approved::
       lpr_diag: "*"
     period: [2005-01-01, 2023-12-31]
     disclosure: {min_cell: 5}
+    datasets: [9f2c…]               # optional: SHA-256s of the approved datasets' manifest.json
 
 ``check``, ``plan`` and ``run`` compare a compiled plan with it before any data is read and
 refuse a study that reaches outside, naming each register, column or date outside. The
 calendar span applies to the dated events a study uses (hospital contacts, dispensings, causes
 of death); the population registers (bef, dod, vnds) are needed whole to establish who lived
-in Denmark, so only their columns are checked.
+in Denmark, so only their columns are checked. With ``datasets:``, a study may run only on a
+dataset whose ``manifest.json`` has one of the listed SHA-256s (a dataset changed by a later
+ingest is another dataset). A site with ``require_project: true`` (see ``site.py``) refuses
+``check --data``, ``plan``, ``run`` and ``submit`` without ``--project``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -43,11 +48,15 @@ class Approval:
     period: tuple[int, int]                  # days since 1970, inclusive
     min_cell: int
     source: str
+    datasets: frozenset[str] = frozenset()   # manifest SHA-256s; empty: any dataset
 
     def as_dict(self) -> dict:
-        return {"project": self.project, "period": [_iso(self.period[0]), _iso(self.period[1])],
-                "registers": {k: sorted(v) for k, v in sorted(self.registers.items())},
-                "min_cell": self.min_cell}
+        d = {"project": self.project, "period": [_iso(self.period[0]), _iso(self.period[1])],
+             "registers": {k: sorted(v) for k, v in sorted(self.registers.items())},
+             "min_cell": self.min_cell}
+        if self.datasets:
+            d["datasets"] = sorted(self.datasets)
+        return d
 
 
 def _iso(d: int) -> str:
@@ -65,9 +74,9 @@ def load_approval(path: str | Path) -> Approval:
         problems.append(Problem(f"{f}:{line}", field, message, fix))
 
     for k in doc:
-        if k not in ("project", "title", "registers", "period", "disclosure"):
+        if k not in ("project", "title", "registers", "period", "disclosure", "datasets"):
             err(doc, k, str(k), "unknown field", "allowed: project, title, registers, period, "
-                "disclosure")
+                "disclosure, datasets")
     project = doc.get("project")
     if not isinstance(project, str) or not project.strip():
         err(doc, "project", "project", "missing", "give the approval's id, e.g. FSEID-00001234")
@@ -114,11 +123,64 @@ def load_approval(path: str | Path) -> Approval:
         if not isinstance(min_cell, int) or min_cell < 1:
             err(disc, "min_cell", "disclosure.min_cell", "must be a positive integer")
             min_cell = 5
+    datasets: set[str] = set()
+    ds = doc.get("datasets")
+    if ds is not None:
+        if not isinstance(ds, list) or not ds:
+            err(doc, "datasets", "datasets", "must be a list of manifest SHA-256s",
+                "e.g. datasets: [<sha256sum DATA/manifest.json>], or leave the field out")
+        else:
+            for i, h in enumerate(ds):
+                if not isinstance(h, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", h):
+                    line = ds.lines[i] if getattr(ds, "lines", None) else 0
+                    problems.append(Problem(f"{f}:{line}", f"datasets[{i}]",
+                                            f"{h!r} is not a SHA-256 (64 hex digits)",
+                                            "sha256sum DATA/manifest.json gives it"))
+                else:
+                    datasets.add(h.lower())
     if problems:
         from ..study import StudyErrors
 
         raise StudyErrors(problems)
-    return Approval(project.strip(), registers, period, min_cell, f)
+    return Approval(project.strip(), registers, period, min_cell, f, frozenset(datasets))
+
+
+def manifest_sha256(data: str | Path) -> str | None:
+    p = Path(data) / "manifest.json"
+    try:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def check_dataset(approval: Approval, data: str | Path) -> None:
+    """Refuse a dataset the approval does not name (when it names any); only the manifest
+    is read."""
+    if not approval.datasets:
+        return
+    sha = manifest_sha256(data)
+    if sha is None:
+        return   # no manifest: opening the dataset says so, with its own fix
+    if sha not in approval.datasets:
+        from ..study import StudyErrors
+
+        raise StudyErrors([Problem(str(data), "datasets",
+                                   f"dataset {data} (manifest SHA-256 {sha}) is not one project "
+                                   f"{approval.project} is approved for",
+                                   f"use an approved dataset, or ask for this one in "
+                                   f"{approval.source}'s datasets:")])
+
+
+def require_project() -> None:
+    """Refuse to go on without a project approval where the site requires one."""
+    from .site import load_site
+
+    site = load_site()
+    if site.require_project:
+        from ..errors import UserError
+
+        raise UserError("this site requires a project approval for studies that read data",
+                        where=site.source, fix="give --project FILE (or set $HPCSTUDY_PROJECT)")
 
 
 def reach(plan: Plan) -> tuple[float, float]:
