@@ -573,9 +573,9 @@ def audit_verify(log: Path | None, outputs: tuple[Path, ...]) -> None:
     for n in rep.notes:
         click.echo(f"{where}: note: {n}")
     for r in rep.unfinished():
-        click.echo(f"{where}: unfinished: record {r['seq']} `hpcstudy {' '.join(r.get('args', []))}`"
-                   f" by {r.get('user')} at {r.get('time')} never finished (failed, killed, or "
-                   "still running)")
+        cmd = " ".join(map(str, r.get("args", [])))
+        click.echo(f"{where}: unfinished: record {r['seq']} `hpcstudy {cmd}` by {r.get('user')} "
+                   f"at {r.get('time')} never finished (failed, killed, or still running)")
     if problems:
         for p in problems:
             click.echo(f"{where}: {p}", err=True)

@@ -374,8 +374,9 @@ def check(path: str | Path | None = None) -> Report:
         where = f"record {seq} (byte {off})"
         if junk is not None:
             t = rec.get("torn") or {}
-            if (t.get("offset"), t.get("bytes"), t.get("sha256")) == (
+            if b"\n" not in junk[1] and (t.get("offset"), t.get("bytes"), t.get("sha256")) == (
                     junk[0], len(junk[1]), hashlib.sha256(junk[1]).hexdigest()):
+                # one line only: a write torn by a crash, not a stretch of records replaced
                 rep.notes.append(f"bytes {junk[0]}-{junk[0] + len(junk[1])}: a torn record (a "
                                  f"writer stopped mid-write), noted by record {seq}")
             else:
@@ -470,6 +471,10 @@ def verify_heads(rep: Report, heads: list[tuple[str, dict]]) -> list[str]:
             problems.append(f"{where}: audit record {seq} is not the one it refers to (hash "
                             f"{hsh[:16]}… vs {rec['hash'][:16]}…) — the log was replaced or "
                             "rewritten")
+        elif rec.get("event") == "started" and seq not in rep.finished:
+            problems.append(f"{where}: its command (audit record {seq}) has no finished record "
+                            "— the record was cut from the log, or the command was killed "
+                            "after writing")
     return problems
 
 
@@ -484,10 +489,11 @@ def run_recorded(out: str | Path) -> str | None:
     problems = verify_heads(rep, [(str(out), h)])
     if problems:
         return problems[0]
+    if rep.problems:   # a log in doubt vouches for nothing
+        return (f"the audit log {rep.path} fails its checks ({rep.problems[0]}; hpcstudy audit "
+                "verify names every problem)")
     seq = h["seq"]
     rec = rep.by_seq[seq]
-    if seq in rep.bad:
-        return f"its audit record {seq} fails the log's checks (hpcstudy audit verify tells more)"
     if rec.get("event") != "started" or rec.get("command") != "run":
         return f"audit record {seq} is not the start of a run"
     done = rep.finished.get(seq)
