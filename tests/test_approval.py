@@ -100,3 +100,87 @@ def test_project_file_errors_name_line_and_field(tmp_path):
     assert any(":2: registers.bef: unknown column(s) ['shoe']" in x for x in lines), lines
     assert any(":3: period: reversed" in x for x in lines), lines
     assert any(":4: colour: unknown field" in x for x in lines), lines
+
+
+# -- approvals that name datasets; a site that requires an approval; the docs' example ----------
+def _manifest_sha(data: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
+
+
+def test_an_approval_naming_the_dataset_lets_it_run(tmp_path, small_data):
+    p = project(tmp_path, WHOLE + f"datasets: ['{'0' * 64}', {_manifest_sha(small_data)}]\n")
+    out = tmp_path / "out"
+    r = run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", small_data, "--project",
+                p, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert _manifest_sha(small_data) in res["run"]["approval"]["datasets"]
+
+
+def test_another_dataset_is_refused_before_any_data_file_is_read(tmp_path, small_data):
+    # a dataset holding only a (changed) manifest: reading any Parquet file would fail otherwise
+    other = tmp_path / "other"
+    other.mkdir()
+    m = json.loads((small_data / "manifest.json").read_text())
+    m["source"]["seed"] = 12
+    (other / "manifest.json").write_text(json.dumps(m))
+    p = project(tmp_path, WHOLE + f"datasets: [{_manifest_sha(small_data)}]\n")
+    sha = _manifest_sha(other)
+    for cmd in (["check"], ["plan"], ["run", "--out", str(tmp_path / "out")],
+                ["submit", "--profile", "ci", "--out", str(tmp_path / "out"), "--dry-run"]):
+        r = run_cli(cmd[0], EXAMPLES / "statins_mi.yaml", "--data", other, "--project", p,
+                    *cmd[1:])
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert f"datasets: dataset {other} (manifest SHA-256 {sha}) is not one project " \
+               "FSEID-00000001 is approved for" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_entries_must_be_sha256s(tmp_path):
+    p = project(tmp_path, WHOLE + "datasets:\n  - abc\n  - 7\n")
+    with pytest.raises(StudyErrors) as e:
+        load_approval(p)
+    lines = e.value.lines()
+    assert any(":7: datasets[0]: 'abc' is not a SHA-256" in x for x in lines), lines
+    assert any(":8: datasets[1]: 7 is not a SHA-256" in x for x in lines), lines
+
+
+def test_a_site_can_require_an_approval(tmp_path, small_data):
+    site = tmp_path / "site.yaml"
+    site.write_text("require_project: true\n")
+    env = {"HPCSTUDY_SITE_CONFIG": str(site), "HPCSTUDY_PROJECT": ""}
+    study = EXAMPLES / "diabetes_incidence.yaml"
+    for cmd in (["check"], ["plan"], ["run", "--out", str(tmp_path / "out")],
+                ["submit", "--profile", "ci", "--out", str(tmp_path / "out"), "--dry-run"]):
+        r = run_cli(cmd[0], study, "--data", small_data, *cmd[1:], env=env)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert r.stderr == (f"hpcstudy: error: {site}: this site requires a project approval for "
+                            "studies that read data — give --project FILE (or set "
+                            "$HPCSTUDY_PROJECT)\n")
+    assert not (tmp_path / "out").exists()
+    assert run_cli("check", study, env=env).returncode == 0     # the language alone: no data
+    p = project(tmp_path, WHOLE)
+    r = run_cli("check", study, "--data", small_data, "--project", p, env=env)
+    assert r.returncode == 0, r.stderr
+    site.write_text("require_project: yes please\n")
+    r = run_cli("check", study, "--data", small_data, env=env)
+    assert r.returncode == 2 and f"{site}:1: require_project: must be true or false" in r.stderr
+
+
+def _docs_approval() -> str:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "secure.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    (block,) = [b for b in blocks if b.startswith("project:")]
+    return block
+
+
+def test_the_docs_example_approval_runs_every_example(tmp_path, medium_data):
+    p = project(tmp_path, _docs_approval())
+    for study in sorted(EXAMPLES.glob("*.yaml")):
+        r = run_cli("run", study, "--data", medium_data, "--project", p, "--out",
+                    tmp_path / study.stem, "--quiet")
+        assert r.returncode == 0, (study.name, r.stderr)
+    assert len(list(EXAMPLES.glob("*.yaml"))) == 3
