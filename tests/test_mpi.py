@@ -56,8 +56,10 @@ def test_four_ranks_give_the_local_results_and_one_audit_record(mpirun, small_da
     assert "2 workers on 1 node(s), GPUs" in r.stderr and ":0 " in r.stderr
     assert r.stderr.rstrip().endswith(":1")
     assert r.stdout.count("study 'diabetes_incidence'") == 1      # the client's report, once
-    (rec,) = audit_records(log)                                      # one rank audits
-    assert rec["command"] == "run" and rec["status"] == "ok"
+    started, done = audit_records(log)                               # one rank audits
+    assert started["command"] == "run" and started["event"] == "started"
+    assert done["status"] == "ok" and done["started"]["seq"] == started["seq"]
+    assert json.loads((out / "audit.json").read_text())["seq"] == started["seq"]
 
 
 def test_a_bad_study_ends_every_rank_with_one_error(mpirun, small_data, tmp_path):
@@ -71,8 +73,8 @@ def test_a_bad_study_ends_every_rank_with_one_error(mpirun, small_data, tmp_path
     said = [line for line in r.stderr.splitlines() if line.startswith("hpcstudy: error:")]
     assert said == alone.splitlines() and "exposure: or index:" in alone   # said once, not 3x
     assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
-    (rec,) = audit_records(log)
-    assert rec["status"].startswith("refused")
+    _, done = audit_records(log)
+    assert done["status"].startswith("refused")
 
 
 def test_a_client_failing_mid_run_shuts_the_cluster_down(mpirun, small_data, local_run,

@@ -65,7 +65,7 @@ def test_same_inputs_give_the_same_bytes(run_out, medium_data, tmp_path):
     assert run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", medium_data, "--out", again,
                    "--quiet").returncode == 0
     for f in out.rglob("*"):
-        if f.is_file():
+        if f.is_file() and f.name != "audit.json":   # each run's own audit chain head
             assert f.read_bytes() == (again / f.relative_to(out)).read_bytes(), f
 
 
