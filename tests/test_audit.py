@@ -114,6 +114,22 @@ def test_the_caller_cannot_set_the_chain_fields(tmp_path):
     assert rec["time"] != "1999" and audit.check(path).problems == []
 
 
+def test_long_records_and_a_long_log_chain_on_from_the_true_last_record(tmp_path):
+    """The writer reads the log backwards from its end: records longer than its first read,
+    and a torn tail longer than that, still chain on from the last whole record."""
+    path = tmp_path / "a.jsonl"
+    for i in range(6):
+        audit.append({"command": "x", "args": ["y" * (30_000 * i)]}, path)
+    torn = b'{"seq": 7, "args": ["' + b"z" * 150_000
+    with open(path, "ab") as f:
+        f.write(torn)
+    rec = audit.append({"command": "after"}, path)
+    assert rec["seq"] == 7 and rec["prev"] == records_tolerant(path)[5]["hash"]
+    assert rec["torn"]["bytes"] == len(torn)
+    rep = audit.check(path)
+    assert rep.problems == [] and rep.records == 7 and len(rep.notes) == 1
+
+
 def test_concurrent_writers_keep_one_chain(tmp_path):
     """8 processes append 25 records each at once: 200 records, one unbroken chain."""
     path = tmp_path / "a.jsonl"
@@ -358,6 +374,7 @@ def keyed_site(tmp_path):
     lambda r: rechain([dict(x, args=["x"]) for x in r], key=b"k" * 32, renumber=False),
 ], ids=["edit-recompute", "delete-recompute", "insert-recompute", "edit-all-with-a-guessed-key"])
 def test_a_keyed_chain_cannot_be_recomputed_without_the_key(keyed_site, monkeypatch, forge):
+    """(tampering 12) Edited, deleted or inserted records re-hashed without the site's key."""
     for k, v in keyed_site.items():
         monkeypatch.setenv(k, v)
     log = Path(keyed_site["HPCSTUDY_AUDIT_LOG"])

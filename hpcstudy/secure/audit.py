@@ -185,7 +185,10 @@ def _who(trust_sudo: bool = False) -> str:
     try:
         return pwd.getpwuid(os.getuid()).pw_name   # the real user, not $USER
     except KeyError:
-        return getpass.getuser()
+        try:
+            return getpass.getuser()
+        except (KeyError, OSError):
+            return f"uid {os.getuid()}"
 
 
 def append(entry: dict, path: str | Path | None = None) -> dict:
