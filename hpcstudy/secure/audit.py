@@ -292,10 +292,20 @@ def current() -> dict | None:
     return head
 
 
+def _grouped(hexdigits: str) -> str:
+    # groups of 8: no run of digits in a hash looks like a CPR number or a long integer to
+    # the disclosure check that every exported file passes
+    return " ".join(hexdigits[i:i + 8] for i in range(0, len(hexdigits), 8))
+
+
 def write_head(folder: str | Path) -> None:
-    """Write ``folder/audit.json``: the chain head of the command writing ``folder``."""
+    """Write ``folder/audit.json``: the chain head of the command writing ``folder`` (its
+    hashes in groups of 8 hex digits)."""
     head = current()
     if head is not None:
+        head = {**head, "hash": _grouped(head["hash"])}
+        if "key_id" in head:
+            head["key_id"] = _grouped(head["key_id"])
         (Path(folder) / HEAD_FILE).write_text(json.dumps(head, indent=1, sort_keys=True) + "\n")
 
 
@@ -311,7 +321,7 @@ def read_head(folder: str | Path) -> tuple[dict | None, str | None]:
     if not isinstance(head, dict) or not isinstance(head.get("seq"), int) \
             or not isinstance(head.get("hash"), str):
         return None, f"{f} is not a chain head (needs seq and hash)"
-    return head, None
+    return {**head, "hash": head["hash"].replace(" ", "")}, None
 
 
 # -- checking ----------------------------------------------------------------------------------
