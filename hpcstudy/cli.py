@@ -46,10 +46,9 @@ def audited(fn):
     def wrapper(**kw):
         command = fn.__name__.replace("_", " ")
         if kw.get("launcher") == "mpi":
-            from .cluster import mpi
-
-            mpi.start()   # which rank this is decides who audits
-        started = _audit(command, kw)
+            started = _audit_mpi(command, kw)
+        else:
+            started = _audit(command, kw)
         status = "error"
         try:
             result = fn(**kw)
@@ -69,6 +68,24 @@ def audited(fn):
                 _audit(command, kw, status, started, failing=status != "ok")
 
     return wrapper
+
+
+def _audit_mpi(command: str, kw: dict) -> dict | None:
+    """The started record of an mpi run: the client rank writes it, and every rank stops if
+    it could not (else the others would wait for the client forever)."""
+    from .cluster import mpi
+
+    mpi.start()   # which rank this is decides who audits (and says if mpi4py is missing)
+    from mpi4py import MPI
+    try:
+        started, failed = _audit(command, kw), None
+    except UserError as e:
+        started, failed = None, e
+    if not MPI.COMM_WORLD.allreduce(failed is None, op=MPI.LAND):
+        from .secure.audit import AuditUnavailable
+
+        raise failed or AuditUnavailable("the client rank could not write the audit log")
+    return started
 
 
 # the folder each command writes (its outputs are hashed into its finished record)

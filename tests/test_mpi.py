@@ -77,6 +77,18 @@ def test_a_bad_study_ends_every_rank_with_one_error(mpirun, small_data, tmp_path
     assert done["status"].startswith("refused")
 
 
+def test_an_unwritable_audit_log_stops_every_rank_before_it_starts(mpirun, small_data,
+                                                                   tmp_path):
+    log = tmp_path / "log"
+    log.mkdir()                                  # a directory: the client cannot append
+    r = mpirun(3, STUDY, "--data", small_data, "--out", tmp_path / "o",
+               env_extra={"HPCSTUDY_AUDIT_LOG": str(log)}, timeout=120)
+    assert r.returncode == 1, r.stderr
+    said = [line for line in r.stderr.splitlines() if line.startswith("hpcstudy: error:")]
+    assert len(said) == 1 and "cannot write the audit log" in said[0]
+    assert not (tmp_path / "o").exists() and "Traceback" not in r.stderr
+
+
 def test_a_client_failing_mid_run_shuts_the_cluster_down(mpirun, small_data, local_run,
                                                          tmp_path):
     """The error comes after scheduler and workers are up (OUT exists and may not be
