@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hpcstudy.secure import audit
 
@@ -306,6 +308,10 @@ def test_export_takes_a_recorded_run_and_refuses_one_without_a_head(audited_run,
         (out / "audit.json").read_text())             # the export carries the run's head
     exp = records(tmp_path / "copy.jsonl")[-2]
     assert exp["command"] == "export" and exp["run_audit"]["seq"] == 5
+    # the export's copy of the head exposes a log cut back before the run, as OUT's does
+    write(tmp_path / "cut.jsonl", records(log)[:4])
+    r = verify(tmp_path / "cut.jsonl", tmp_path / "dest")
+    assert r.returncode == 1 and "which the log no longer holds" in r.stderr
     bare = tmp_path / "bare"
     shutil.copytree(out, bare)
     (bare / "audit.json").unlink()
@@ -390,6 +396,29 @@ def test_a_keyed_chain_cannot_be_recomputed_without_the_key(keyed_site, monkeypa
     problems = audit.check().problems
     assert problems and all("not signed with the site's key" in p or "signed with another key"
                             in p or "MAC does not match" in p for p in problems[:1]), problems
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.floats(0, 1, exclude_max=True), byte=st.integers(0, 255))
+def test_any_changed_byte_of_a_keyed_log_is_caught(keyed_site, monkeypatch, where, byte):
+    """Whatever byte a forger changes, verify finds a problem — unless the change leaves every
+    record as it was (say, a space for a tab between fields)."""
+    for k, v in keyed_site.items():
+        monkeypatch.setenv(k, v)
+    log = Path(keyed_site["HPCSTUDY_AUDIT_LOG"])
+    if not log.exists():
+        for i in range(4):
+            audit.append({"command": "check", "args": [f"s{i}.yaml"], "status": "ok"})
+    data = log.read_bytes()
+    i = int(where * len(data))
+    bad = log.with_suffix(".bad")
+    bad.write_bytes(data[:i] + bytes([byte]) + data[i + 1:])
+    try:
+        same = records(bad) == records(log)
+    except (ValueError, UnicodeDecodeError):
+        same = False
+    assert same or audit.check(bad).problems
 
 
 def test_a_keyed_log_verifies_as_keyed_and_names_an_edited_record(keyed_site):
