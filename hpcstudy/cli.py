@@ -593,6 +593,8 @@ def audit_verify(log: Path | None, outputs: tuple[Path, ...]) -> None:
         cmd = " ".join(map(str, r.get("args", [])))
         click.echo(f"{where}: unfinished: record {r['seq']} `hpcstudy {cmd}` by {r.get('user')} "
                    f"at {r.get('time')} never finished (failed, killed, or still running)")
+    if len(problems) == 1:
+        raise DataProblem(f"{where}: {problems[0]}")    # one line
     if problems:
         for p in problems:
             click.echo(f"{where}: {p}", err=True)

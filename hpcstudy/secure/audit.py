@@ -368,7 +368,7 @@ def check(path: str | Path | None = None) -> Report:
     except FileNotFoundError:
         return rep
     except IsADirectoryError:
-        rep.problems.append(f"{path} is a directory, not an audit log")
+        rep.problems.append("is a directory, not an audit log")
         return rep
     except OSError as e:
         rep.problems.append(f"cannot read {path} ({e.strerror})")
@@ -436,8 +436,8 @@ def check(path: str | Path | None = None) -> Report:
         prev_hash, prev_seq = rec["hash"], max(seq, prev_seq)
     if junk is not None:
         if rep.records == 0:
-            rep.problems.append(f"{path} holds no audit records (bytes 0-{len(data)} are not "
-                                "JSON records: a binary or foreign file?)")
+            rep.problems.append(f"holds no audit records (bytes 0-{len(data)} are not JSON "
+                                "records: a binary or foreign file?)")
         else:
             rep.problems.append(f"bytes {junk[0]}-{junk[0] + len(junk[1])}: the last record is "
                                 "torn (half-written, or the file was cut); the next command "
