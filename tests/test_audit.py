@@ -320,6 +320,28 @@ def test_export_takes_a_recorded_run_and_refuses_one_without_a_head(audited_run,
     assert not (tmp_path / "dest2").exists()
 
 
+def test_a_head_copied_into_other_outputs_does_not_vouch_for_them(tmp_path, monkeypatch):
+    """A run's finished record names its output manifest; outputs with another manifest are
+    refused even with the run's audit.json."""
+    monkeypatch.setenv("HPCSTUDY_AUDIT_LOG", str(tmp_path / "a.jsonl"))
+    monkeypatch.setattr(audit, "_current", None)   # this process's command: reset afterwards
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"files": ["results.json"]}\n')
+    started = audit.begin({"command": "run", "args": ["run"]})
+    audit.write_head(out)
+    audit.finish(started, {"command": "run", "status": "ok", "outputs": {
+        "manifest.json": hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()}})
+    assert audit.run_recorded(out) is None
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(out / "audit.json", other / "audit.json")
+    (other / "manifest.json").write_text('{"files": ["results.json", "leak.csv"]}\n')
+    assert "manifest.json is not the one its run wrote" in audit.run_recorded(other)
+    (other / "manifest.json").unlink()
+    assert "manifest.json is not the one its run wrote" in audit.run_recorded(other)
+
+
 def test_a_torn_last_line_is_reported_and_later_commands_go_on(audited_run, tmp_path):
     """(tampering 15) Half a record at the end: verify says so; the next command notes it and
     chains on; verify then shows the note and an intact chain."""

@@ -514,6 +514,12 @@ def run_recorded(out: str | Path) -> str | None:
         return f"its run (audit record {seq}) has no finished record: it failed or was killed"
     if done.get("status") != "ok" or done["seq"] in rep.bad:
         return f"its run (audit record {seq}) did not finish ok ({done.get('status')})"
+    # the output manifest (which names every file's hash) must be the one the run wrote, so a
+    # head copied into other outputs vouches for nothing
+    want = (done.get("outputs") or {}).get("manifest.json")
+    if want is not None and file_sha256(Path(out) / "manifest.json") != want:
+        return (f"its manifest.json is not the one its run wrote (audit record {done['seq']}): "
+                "the outputs were changed or put together from elsewhere")
     return None
 
 
