@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..models.base import ModelError
 from ..models.partitions import LocalPartitions
 from ..outputs import disclosure as D
-from ..outputs.gate import MIN_CELL_FLOOR, min_cell_floor
+from ..outputs.gate import min_cell_floor, min_cell_problems
 from ..plan import compile_study, render
 from ..plan.nodes import Plan
 from ..registers.store import Dataset, staged_output
@@ -51,14 +51,8 @@ def prepare(study: Study | str | Path, data: str | Path,
         from ..secure.approval import check as check_approval
 
         problems += check_approval(plan, approval)
+    problems += min_cell_problems(study, approval)
     floor = min_cell_floor(approval)
-    if study.min_cell < MIN_CELL_FLOOR:
-        from ..study.language import Problem
-
-        problems.append(Problem(study.source, "disclosure.min_cell",
-                                f"{study.min_cell} is below the floor of {MIN_CELL_FLOOR} "
-                                "persons per cell that hpcstudy never goes under",
-                                f"remove it or set min_cell: {floor} or more"))
     if problems:
         raise StudyErrors(problems)
     if floor > study.min_cell:

@@ -43,6 +43,18 @@ def min_cell_floor(approval=None) -> int:
     return max(MIN_CELL_FLOOR, approval.min_cell if approval is not None else 0)
 
 
+def min_cell_problems(study, approval=None) -> list:
+    """A study (or variant) whose ``disclosure.min_cell`` is below hpcstudy's floor of 5."""
+    from ..study.language import Problem
+
+    if study.min_cell >= MIN_CELL_FLOOR:
+        return []
+    return [Problem(study.source, "disclosure.min_cell",
+                    f"{study.min_cell} is below the floor of {MIN_CELL_FLOOR} persons per cell "
+                    "that hpcstudy never goes under",
+                    f"remove it or set min_cell: {min_cell_floor(approval)} or more")]
+
+
 def threshold(option: int | None = None, approval=None, declared: int | None = None) -> int:
     """The threshold the gate checks with: the floor, raised by the run's declared threshold
     and by ``--min-cell``; an option below the floor is refused."""
@@ -66,7 +78,8 @@ def _cell_rules(kind: str, data, min_cell: int, where: str) -> list[str]:
         if any(k in data for k in M.MODEL_NOTES):
             return []
         scalars = {k: v for k, v in data.items() if k != "terms"}
-        return D._scalar_violations(scalars, min_cell, where) + \
+        file, _, path = where.partition(":")     # results.json:models.cox -> …models.cox.n
+        return D._scalar_violations(scalars, min_cell, file, path) + \
             D._table_violations(data.get("terms", []), min_cell, where)
     if kind == "plan":
         return D._text_violations(data, where)
@@ -425,6 +438,27 @@ def _check_csv(verdict: Verdict, entry: dict, text: str, res: dict | None) -> li
     return out
 
 
+def _what_it_shows(path: Path, where: str, min_cell: int) -> list[str]:
+    """For an undeclared file, already refused: what in it would have been disclosive, so the
+    researcher sees why such files are not let through on their word."""
+    if path.is_symlink() or not path.is_file():
+        return [f"{where}: not a plain file"]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return [f"{where}: not a text file"]
+    out = D._text_violations(text, where)
+    if path.suffix == ".csv":
+        try:
+            header, rows = _parse_csv(text)
+        except (ValueError, csv.Error):
+            return out
+        out += D._table_violations(rows, min_cell, where)
+        out += [f"{where}: row {i}, column {c!r}: a date" for i, r in enumerate(rows, 1)
+                for c, v in r.items() if isinstance(v, str) and DATE.search(v)][:5]
+    return out
+
+
 def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdict:
     """Decide file by file what may leave OUT (see the module docstring)."""
     out = Path(out)
@@ -457,6 +491,8 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
         if p != M.NAME and p not in entries:
             verdict.hold(p, f"{p}: not declared in {M.NAME}: files a run did not write are "
                             "never exported")
+            for x in _what_it_shows(out / p, p, verdict.min_cell):
+                verdict.hold(p, x)
     # results.json first: the tables repeat its sections and are compared with them
     res = None
     order = sorted(entries, key=lambda p: (entries[p]["kind"] != "results", p))
@@ -467,17 +503,17 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
             verdict.hold(p, f"{p}: declared in {M.NAME} but missing or not a plain file")
             continue
         data = path.read_bytes()
-        if M.sha256(data) != e["sha256"]:
+        edited = M.sha256(data) != e["sha256"]
+        if edited:   # held whatever it holds; its content is still checked, to say what changed
             verdict.hold(p, f"{p}: edited after the run (its SHA-256 differs from {M.NAME})")
-            continue
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             verdict.hold(p, f"{p}: not UTF-8 text: cannot be checked, so not exported")
             continue
         if e["kind"] == "results":
-            problems, res = _check_results(verdict, e, text)
-            content = res
+            problems, content = _check_results(verdict, e, text)
+            res = None if edited else content
         elif e["kind"] == "plan":
             problems = _cell_rules("plan", text, verdict.min_cell, p)
             if not text.startswith("plan for study "):
@@ -486,7 +522,7 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
         else:
             problems = _check_csv(verdict, e, text, res)
             content = _parse_csv(text)[1] if not problems else None
-        if problems:
+        if problems or edited:
             for x in problems:
                 verdict.hold(p, x)
         else:
