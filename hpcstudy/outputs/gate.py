@@ -34,6 +34,10 @@ DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./]\d{1,2}[./]\d{2,4}|\d{2}[a-z]{3
                   re.IGNORECASE)
 SHA = re.compile(r"[0-9a-f]{64}")
 SECTION = re.compile(r"(cohort|rates|curves|lexis|lexis_model|(attrition|models|measures)\.[^.]+)")
+# the counts a table of each kind cannot be without (an aggregate states how many it holds)
+REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
+            "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
+            "measure": ("persons", "events")}
 RUN_FIELDS = {"engine", "data", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
               "approval"}
 
@@ -152,6 +156,9 @@ def _schema_problems(kind: str, cols: list[tuple[str, str]], where: str) -> list
     """Declared columns the catalogue does not allow for this kind, or roles that lie."""
     out = []
     names = [n for n, _ in cols]
+    missing = [c for c in REQUIRED.get(kind, ()) if c not in names]
+    if missing and names:
+        out.append(f"{where}: a {kind} table without {missing} is not one")
     if len(set(names)) != len(names):
         out.append(f"{where}: a column is declared twice")
     keys = tuple(n for n, r in cols if r == "key")
