@@ -427,12 +427,10 @@ def export(out: Path, dest: Path, min_cell: int | None, project: Path | None) ->
     """Copy the files of a run that pass the gate (never private/) to DEST, all at once, and
     record the export in the project's export register. An export whose counts differ from an
     earlier one's by a few persons is held whole for an output checker."""
-    import shutil as _shutil
-
     from .registers.store import staged_output
 
     verdict, exports = _gate(out, min_cell, project)
-    files = [p for p in verdict.passed]
+    files = list(verdict.passed)
     if verdict.manifest is None or files == [] or files == ["outputs.json"]:
         _say_held(verdict)
         raise DataProblem(f"nothing exported from {out}: no file passed the gate")
@@ -447,9 +445,9 @@ def export(out: Path, dest: Path, min_cell: int | None, project: Path | None) ->
             raise DataProblem(f"export of {out} held for review: {len(found)} count(s) differ "
                               "by fewer persons than the threshold; nothing was copied")
         with staged_output(dest, overwrite=False) as staging:
-            for f in files:
+            for f in files:   # the bytes the gate checked, not whatever is there by now
                 (staging / f).parent.mkdir(parents=True, exist_ok=True)
-                _shutil.copyfile(Path(out) / f, staging / f)
+                (staging / f).write_bytes(verdict.blobs[f])
         register.append(exports.export_record(verdict, dest, files))
     _say_held(verdict)
     click.echo(f"exported {len(files)} file(s) to {dest}")

@@ -99,6 +99,7 @@ class Verdict:
     passed: list[str] = field(default_factory=list)          # relative paths that may leave
     held: dict[str, list[str]] = field(default_factory=dict)  # path -> reasons
     contents: dict[str, tuple[str, object]] = field(default_factory=dict)  # passed: (kind, data)
+    blobs: dict[str, bytes] = field(default_factory=dict)   # passed: the bytes that were checked
 
     def hold(self, path: str, reason: str) -> None:
         self.held.setdefault(path, []).append(reason)
@@ -477,8 +478,9 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
     if not mpath.is_file() or mpath.is_symlink():
         why = f"{M.NAME} is missing: nothing a run did not declare can leave"
     else:
+        manifest_bytes = mpath.read_bytes()
         try:
-            doc = json.loads(mpath.read_text(encoding="utf-8"))
+            doc = json.loads(manifest_bytes.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
             why = f"{M.NAME} is not JSON ({e})"
         else:
@@ -535,5 +537,7 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
         else:
             verdict.passed.append(p)
             verdict.contents[p] = (e["kind"], content)
+            verdict.blobs[p] = data
     verdict.passed.append(M.NAME)
+    verdict.blobs[M.NAME] = manifest_bytes
     return verdict
