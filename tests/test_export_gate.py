@@ -351,3 +351,43 @@ def test_min_cell_option_is_checked_in_process_too():
     with pytest.raises(Exception, match="below 5"):
         gate.threshold(1)
     assert gate.threshold(None, None, 3) == 5 and gate.threshold(8, None, 3) == 8
+
+
+def test_a_withheld_count_with_its_rate_shown_is_refused(out):
+    """events = rate × person-years / 1000: a row whose count is withheld shows nothing
+    derived from it."""
+    res = json.loads((out / "results.json").read_text())
+    row = next(r for r in res["lexis"] if r.get("suppressed"))
+    row.update(person_years=100.0, rate_per_1000py=30.0)       # 3 events, given back
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    redeclare(out)
+    v = gate.check(out)
+    assert any("a count is withheld but what is derived from it is shown" in x
+               for x in v.held["results.json"]), v.held
+
+
+def test_a_manifest_path_in_another_spelling_is_refused(out):
+    redeclare(out, lambda doc: entry(doc, "plan.txt").update(path="./plan.txt"))
+    v = gate.check(out)
+    assert v.manifest is None and "outputs.json" in v.held and v.passed == []
+
+
+def test_a_covariate_named_like_a_count_is_refused_before_the_run(small_data, tmp_path):
+    """The issue's attack: a covariate `events` in rates: {by: …} collapsed the key column."""
+    study = tmp_path / "s.yaml"
+    study.write_text((EXAMPLES / "diabetes_incidence.yaml").read_text()
+                     .replace("  - sex\n", "  - sex\n  - {name: events, codelist: diabetes, "
+                                            "window: [null, 0]}\n", 1)
+                     .replace("rates: {by: [sex]}", "rates: {by: [sex, events]}"))
+    r = run_cli("run", study, "--data", small_data, "--out", tmp_path / "o")
+    assert r.returncode == 2 and "analyses.rates.by: 'events' is the name of an output " \
+        "column" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_job_array_folder_is_not_exported_whole(out, tmp_path):
+    array = tmp_path / "array"
+    array.mkdir()
+    shutil.move(out, array / "v1")
+    r = run_cli("check-outputs", array)
+    assert r.returncode == 1 and "export each one's folder" in r.stderr

@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..models.base import ModelError
 from ..models.partitions import LocalPartitions
 from ..outputs import disclosure as D
-from ..outputs.gate import min_cell_floor, min_cell_problems
+from ..outputs.gate import key_name_problems, min_cell_floor, min_cell_problems
 from ..plan import compile_study, render
 from ..plan.nodes import Plan
 from ..registers.store import Dataset, staged_output
@@ -51,7 +51,7 @@ def prepare(study: Study | str | Path, data: str | Path,
         from ..secure.approval import check as check_approval
 
         problems += check_approval(plan, approval)
-    problems += min_cell_problems(study, approval)
+    problems += min_cell_problems(study, approval) + key_name_problems(study)
     floor = min_cell_floor(approval)
     if problems:
         raise StudyErrors(problems)
@@ -247,8 +247,8 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
             sections = M.results_sections(res, free_keys)
         except M.ManifestError as e:
             raise UserError(f"the outputs cannot be declared: {e}", where=plan.study.source,
-                            fix="rename the covariate so it does not clash with a count, "
-                                "estimate or flag column") from e
+                            fix="a covariate in rates: {by: …} or a measure's by: may not be "
+                                "named like a count, estimate or flag column: rename it") from e
         (staging / "results.json").write_text(json.dumps(res, indent=1, ensure_ascii=False,
                                                          default=_jsonable) + "\n")
         entries = [{"path": "results.json", "kind": "results", "sections": sections,

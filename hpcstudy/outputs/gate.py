@@ -59,6 +59,19 @@ def min_cell_problems(study, approval=None) -> list:
                     f"remove it or set min_cell: {min_cell_floor(approval)} or more")]
 
 
+def key_name_problems(study) -> list:
+    """Covariates in ``rates: {by: …}`` or a measure's ``by:`` named like a count, estimate or
+    flag column: their key column would collapse into it (and the table lose its keys)."""
+    from ..study.language import Problem
+
+    an = study.analyses
+    uses = [("analyses.rates.by", an.rates_by or ())] + \
+        [(f"analyses.measures.{m.name}.by", m.by) for m in an.measures]
+    return [Problem(study.source, f, f"{k!r} is the name of an output column, so it cannot "
+                    "name a table's rows", f"rename the covariate (e.g. {k}_at_index)")
+            for f, by in uses for k in by if k in M.RESERVED]
+
+
 def threshold(option: int | None = None, approval=None, declared: int | None = None) -> int:
     """The threshold the gate checks with: the floor, raised by the run's declared threshold
     and by ``--min-cell``; an option below the floor is refused."""
@@ -136,7 +149,7 @@ def _manifest_problem(doc) -> str | None:
         p = e["path"]
         parts = Path(p).parts
         if Path(p).is_absolute() or ".." in parts or not parts or parts[0] == "private" \
-                or p == M.NAME or p in seen:
+                or p == M.NAME or p in seen or str(Path(p)) != p:
             return f"lists {p!r}, which no run exports"
         seen.add(p)
         if e.get("kind") not in M.FILE_KINDS or not SHA.fullmatch(str(e.get("sha256"))):
@@ -199,6 +212,13 @@ def _value_problems(kind: str, rows: list[dict], cols: list[tuple[str, str]], wh
             if len(out) > 20:
                 return [*out, f"{where}: … and more"]
     counts = [c for c, role in cols if role == "count"]
+    derived = [c for c, role in cols if role == "derived"]
+    if kind != "model":   # a withheld row's rate, interval or proportion gives its count back
+        for i, r in enumerate(rows, 1):
+            if any(r.get(c) is None for c in counts) and \
+                    any(r.get(c) is not None for c in derived):
+                out.append(f"{where}: row {i}: a count is withheld but what is derived from "
+                           "it is shown (it gives the count back)")
     shown = [r for r in rows if any(isinstance(r.get(c), int) and r[c] > 0 for c in counts)]
     if population and kind != "attrition" and len(shown) * min_cell > population:
         out.append(f"{where}: {len(shown)} rows with counts for {population} persons: a table "
@@ -477,6 +497,8 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
     doc, why = None, None
     if not mpath.is_file() or mpath.is_symlink():
         why = f"{M.NAME} is missing: nothing a run did not declare can leave"
+        if any((d / M.NAME).is_file() for d in out.iterdir() if d.is_dir()):
+            why += " (this folder holds runs, a job array's variants: export each one's folder)"
     else:
         manifest_bytes = mpath.read_bytes()
         try:

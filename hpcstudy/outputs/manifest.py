@@ -126,6 +126,10 @@ def results_sections(res: dict, free_keys: dict[str, tuple[str, ...]]) -> dict[s
     """Every table or model inside a results document, by its path, with its schema.
     ``free_keys`` names the key columns of rates and of each measure ("measures.NAME")."""
     out: dict[str, dict] = {}
+    for where, keys in free_keys.items():
+        clash = [k for k in keys if k in RESERVED]
+        if clash:
+            raise ManifestError(f"{where} is by {clash}, the name of an output column")
     for g, rows in res.get("attrition", {}).items():
         out[f"attrition.{g}"] = {"kind": "attrition", "columns": table_schema("attrition", rows)}
     for name in ("cohort", "rates", "curves", "lexis"):
