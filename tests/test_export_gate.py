@@ -391,3 +391,22 @@ def test_a_job_array_folder_is_not_exported_whole(out, tmp_path):
     shutil.move(out, array / "v1")
     r = run_cli("check-outputs", array)
     assert r.returncode == 1 and "export each one's folder" in r.stderr
+
+
+def test_a_model_term_resting_on_a_small_cell_is_refused(out):
+    """Model results carry the counts behind each term (issue 10, point 1): each is a cell."""
+    res = json.loads((out / "results.json").read_text())
+    res["models"]["poisson"]["terms"][1].update(persons=40, events=2)
+    for t in res["models"]["poisson"]["terms"][:1] + res["models"]["poisson"]["terms"][2:]:
+        t.update(persons=40, events=20)
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+
+    def declare(doc):
+        sec = entry(doc, "results.json")["sections"]["models.poisson"]
+        sec["columns"] += [{"name": "persons", "role": "count"},
+                           {"name": "events", "role": "count"}]
+    redeclare(out, declare)
+    v = gate.check(out)
+    held = v.held.get("results.json", [])
+    assert any("column 'events': 2 is below 5" in x for x in held), v.held
+    assert not any("recoverable" in x for x in held), held

@@ -96,8 +96,16 @@ def _cell_rules(kind: str, data, min_cell: int, where: str) -> list[str]:
             return []
         scalars = {k: v for k, v in data.items() if k != "terms"}
         file, _, path = where.partition(":")     # results.json:models.cox -> …models.cox.n
-        return D._scalar_violations(scalars, min_cell, file, path) + \
-            D._table_violations(data.get("terms", []), min_cell, where)
+        out = D._scalar_violations(scalars, min_cell, file, path)
+        # a term's cells (persons and events in its level and in the others) are each a
+        # count; terms do not add up to a total, so there are no margins to audit
+        for i, r in enumerate(data.get("terms") or [], 1):
+            for c in M.KINDS["model"].counts:
+                v = r.get(c)
+                if isinstance(v, int | float) and 0 < v < min_cell:
+                    out.append(f"{where}: term row {i} ({r.get('term')}), column {c!r}: "
+                               f"{v:g} is below {min_cell}")
+        return out
     if kind == "plan":
         return D._text_violations(data, where)
     return [f"{where}: no disclosure rule for kind {kind!r}"]
