@@ -116,8 +116,9 @@ def _audit(command: str, kw: dict, status: str | None = None, started: dict | No
     entry["status"] = status
     out = kw.get(_WRITES.get(command, ""))
     if out and status == "ok":
-        manifest = Path(out) / "manifest.json"
-        entry["outputs"] = {"manifest.json": audit.file_sha256(manifest)} if manifest.is_file() \
+        # a run's output manifest (outputs.json) or a dataset's manifest names every file's hash
+        names = [n for n in ("outputs.json", "manifest.json") if (Path(out) / n).is_file()]
+        entry["outputs"] = {names[0]: audit.file_sha256(Path(out) / names[0])} if names \
             else audit.tree_sha256(out)
     try:
         return audit.finish(started, entry)
@@ -241,6 +242,11 @@ def _load_checked(study: Path, data: Path | None, project: Path | None = None,
         check_dataset(approval, data)   # the manifest only: before any data file is read
     s = load_study(study, variant)
     if data is None:
+        from .outputs.gate import min_cell_problems
+        from .study import StudyErrors
+
+        if min_cell_problems(s, approval):
+            raise StudyErrors(min_cell_problems(s, approval))
         if approval is not None:
             raise UserError("checking against a project's approval needs the data's catalog",
                             fix="add --data DIR")
@@ -405,38 +411,68 @@ def ingest(register: str, input_: Path, data: Path, key_file: Path, quarantine: 
     click.echo(f"{input_}: {s['rows']} rows added to {register} in {data}{q}")
 
 
+def _gate(out: Path, min_cell: int | None, project: Path | None):
+    """The gate's verdict on OUT, and why its passed files would be held for review."""
+    from .outputs import gate
+    from .secure import exports
+
+    if min_cell is not None and min_cell < 1:
+        raise UserError(f"--min-cell {min_cell} is not a threshold",
+                        fix=f"leave it out or give {gate.MIN_CELL_FLOOR} or more")
+    verdict = gate.check(out, min_cell, _approval(project))
+    return verdict, exports
+
+
+def _say_held(verdict) -> None:
+    for path in sorted(verdict.held):
+        for reason in verdict.held[path]:
+            click.echo(f"withheld {path}: {reason}" if not reason.startswith(path) else
+                       f"withheld {reason}", err=True)
+
+
+def _say_review(found, out: Path) -> None:
+    for d in found:
+        click.echo(f"held for review: {out}: {d}", err=True)
+    click.echo(f"hpcstudy: an output checker who has judged the difference harmless releases "
+               f"it with `hpcstudy exports release {out} --reason TEXT`", err=True)
+
+
+MIN_CELL = click.option("--min-cell", type=int, default=None,
+                        help="Raise the threshold (never below 5 or the project's min_cell).")
+
+
 @cli.command("check-outputs")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--min-cell", type=int, default=None,
-              help="Threshold (default: the run's, from results.json, else 5).")
+@MIN_CELL
+@PROJECT
 @audited
-def check_outputs(out: Path, min_cell: int | None) -> None:
-    """Re-check every exported file of a run (all but private/) against the disclosure rules;
-    list each violation with file, row and column."""
-    from .outputs.disclosure import check_outputs as check
-
-    if not Path(out).is_dir():
-        raise UserError(f"{out} is not a directory", fix="give the --out of a run")
-    report = check(out, min_cell)
-    bad = {f: v for f, v in report.items() if v}
-    for violations in bad.values():
-        for v in violations:
-            click.echo(v, err=True)
-    if bad:
-        raise DataProblem(f"{sum(map(len, bad.values()))} violation(s) in {len(bad)} file(s)")
-    click.echo(f"{out}: {len(report)} exported file(s), no violation")
+def check_outputs(out: Path, min_cell: int | None, project: Path | None) -> None:
+    """Check a run's outputs as export would: only files listed in OUT/outputs.json, unchanged,
+    of their declared kind and columns, with every cell passing the disclosure rules, and no
+    count a few persons away from an earlier export or a sibling variant. Exit 1 on anything."""
+    verdict, exports = _gate(out, min_cell, project)
+    _say_held(verdict)
+    found = exports.held_by(verdict, exports.read())
+    if found:
+        _say_review(found, out)
+    if verdict.held or found:
+        n = sum(map(len, verdict.held.values()))
+        raise DataProblem(f"{n} violation(s) in {len(verdict.held)} file(s)" +
+                          (f"; {len(found)} difference(s) to review" if found else ""))
+    click.echo(f"{out}: {len(verdict.passed)} exported file(s), no violation "
+               f"(threshold {verdict.min_cell})")
 
 
 @cli.command("export")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--min-cell", type=int, default=None)
+@MIN_CELL
+@PROJECT
 @audited
-def export(out: Path, dest: Path, min_cell: int | None) -> None:
-    """Copy the files of a run that pass the disclosure check (never private/) to DEST."""
-    import shutil as _shutil
-
-    from .outputs.disclosure import check_outputs as check
+def export(out: Path, dest: Path, min_cell: int | None, project: Path | None) -> None:
+    """Copy the files of a run that pass the gate (never private/) to DEST, all at once, and
+    record the export in the project's export register. An export whose counts differ from an
+    earlier one's by a few persons is held whole for an output checker."""
     from .registers.store import staged_output
 
     if not Path(out).is_dir():
@@ -446,18 +482,75 @@ def export(out: Path, dest: Path, min_cell: int | None) -> None:
     if why := run_recorded(out):
         raise UserError(f"{out} is not exported: {why}", fix="export only what an audited "
                         "hpcstudy run wrote; hpcstudy audit verify tells more")
-    report = check(out, min_cell)
-    with staged_output(dest, overwrite=False) as staging:
-        for f, violations in report.items():
-            if not violations:
+    verdict, exports = _gate(out, min_cell, project)
+    files = list(verdict.passed)
+    if verdict.manifest is None or files == [] or files == ["outputs.json"]:
+        _say_held(verdict)
+        raise DataProblem(f"nothing exported from {out}: no file passed the gate")
+    with exports.locked() as register:
+        found = exports.held_by(verdict, register)
+        if found:
+            register.append({"event": "held", "out": str(Path(out).resolve()),
+                             "manifest_sha256": verdict.manifest["manifest_sha256"],
+                             "differences": [str(d) for d in found]})
+            _say_held(verdict)
+            _say_review(found, out)
+            raise DataProblem(f"export of {out} held for review: {len(found)} count(s) differ "
+                              "by fewer persons than the threshold; nothing was copied")
+        with staged_output(dest, overwrite=False) as staging:
+            for f in files:   # the bytes the gate checked, not whatever is there by now
                 (staging / f).parent.mkdir(parents=True, exist_ok=True)
-                _shutil.copy2(Path(out) / f, staging / f)
-    held = {f: v for f, v in report.items() if v}
-    for f, violations in held.items():
-        click.echo(f"withheld {f}: {violations[0]}", err=True)
-    click.echo(f"exported {len(report) - len(held)} file(s) to {dest}")
-    if held:
-        raise DataProblem(f"{len(held)} file(s) withheld")
+                (staging / f).write_bytes(verdict.blobs[f])
+        register.append(exports.export_record(verdict, dest, files))
+    _say_held(verdict)
+    click.echo(f"exported {len(files)} file(s) to {dest}")
+    if verdict.held:
+        raise DataProblem(f"{len(verdict.held)} file(s) withheld")
+
+
+@cli.group()
+def exports() -> None:
+    """The project's export register (what has left; exports held for review)."""
+
+
+@exports.command("list")
+def exports_list() -> None:
+    """One line per record: exports, held exports and releases."""
+    from .secure import exports as X
+
+    reg = X.read()
+    for r in reg.records:
+        what = {"export": lambda r: f"{r['study']['name']!r} {r['out']} -> {r['dest']}",
+                "held": lambda r: f"{r['out']}: {len(r.get('differences', []))} difference(s)",
+                "release": lambda r: f"{r['out']}: {r.get('reason', '')}"}.get(
+                    r.get("event"), lambda r: "")(r)
+        click.echo(f"#{r.get('seq')} {r.get('time')} {r.get('user')} {r.get('event')} {what}")
+    if not reg.records:
+        click.echo(f"{reg.path}: no exports yet")
+
+
+@exports.command("release")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--reason", required=True, help="The output checker's judgement, recorded.")
+@MIN_CELL
+@PROJECT
+@audited
+def exports_release(out: Path, reason: str, min_cell: int | None,
+                    project: Path | None) -> None:
+    """Release a run's outputs held for review: the next export of OUT (unchanged) is not held
+    for differences. Recorded in the register and the audit log, with the reason."""
+    verdict, X = _gate(out, min_cell, project)
+    if verdict.manifest is None:
+        _say_held(verdict)
+        raise DataProblem(f"{out}: no valid output manifest: nothing to release")
+    if not reason.strip():
+        raise UserError("--reason is empty", fix="say why the difference is harmless")
+    with X.locked() as register:
+        found = X.held_by(verdict, register)
+        register.append({"event": "release", "out": str(Path(out).resolve()),
+                         "manifest_sha256": verdict.manifest["manifest_sha256"],
+                         "reason": reason.strip(), "differences": [str(d) for d in found]})
+    click.echo(f"released {out} ({len(found)} difference(s) judged harmless)")
 
 
 # -- Slurm -------------------------------------------------------------------------------------

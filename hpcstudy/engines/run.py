@@ -3,6 +3,7 @@
     OUT/results.json       attrition, cohort, rates, model estimates (no person-level data)
     OUT/tables/*.csv       the same, as tables; small cells suppressed
     OUT/plan.txt           the plan that ran
+    OUT/outputs.json       the output manifest: each exported file's kind, schema and SHA-256
     OUT/private/           the per-person analysis table: never exported
 
 Outputs are written to a staging folder next to OUT and moved into place at the end.
@@ -25,6 +26,7 @@ from ..errors import UserError
 from ..models.base import ModelError
 from ..models.partitions import LocalPartitions
 from ..outputs import disclosure as D
+from ..outputs.gate import key_name_problems, min_cell_floor, min_cell_problems
 from ..plan import compile_study, render
 from ..plan.nodes import Plan
 from ..registers.store import Dataset, staged_output
@@ -49,13 +51,15 @@ def prepare(study: Study | str | Path, data: str | Path,
         from ..secure.approval import check as check_approval
 
         problems += check_approval(plan, approval)
+    problems += min_cell_problems(study, approval) + key_name_problems(study)
+    floor = min_cell_floor(approval)
     if problems:
         raise StudyErrors(problems)
-    if approval is not None and approval.min_cell > study.min_cell:
-        # the project's threshold is a floor a study cannot lower
+    if floor > study.min_cell:
+        # the project's threshold is a floor a study can only raise
         from dataclasses import replace
 
-        study = replace(study, min_cell=approval.min_cell)
+        study = replace(study, min_cell=floor)
         plan = replace(plan, study=study)
     return study, plan, ds
 
@@ -220,6 +224,10 @@ def _jsonable(o):
 
 def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: str,
                   ds: Dataset, overwrite: bool = True, approval=None) -> dict:
+    """Write the exported files, the private per-person table and the output manifest
+    (``OUT/outputs.json``: every exported file with its kind, schema and SHA-256)."""
+    from ..outputs import manifest as M
+
     with staged_output(out, overwrite) as staging:
         res = exported(results, plan.study.min_cell, plan.study.round_to)
         manifest_sha = hashlib.sha256((ds.root / "manifest.json").read_bytes()).hexdigest()
@@ -232,26 +240,49 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
         if truth:
             res["planted_truth"] = {"mi_log_hr": truth["mi"]["log_hr"],
                                     "mi_per_year_of_age": truth["mi"]["per_year"]}
+        an = plan.study.analyses
+        free_keys = {"rates": tuple(an.rates_by or ()),
+                     **{f"measures.{m.name}": tuple(m.by) for m in an.measures}}
+        try:
+            sections = M.results_sections(res, free_keys)
+        except M.ManifestError as e:
+            raise UserError(f"the outputs cannot be declared: {e}", where=plan.study.source,
+                            fix="a covariate in rates: {by: …} or a measure's by: may not be "
+                                "named like a count, estimate or flag column: rename it") from e
         (staging / "results.json").write_text(json.dumps(res, indent=1, ensure_ascii=False,
                                                          default=_jsonable) + "\n")
-        from ..secure.audit import write_head
+        entries = [{"path": "results.json", "kind": "results", "sections": sections,
+                    "meta": sorted(k for k in M.META if k in res)}]
+        from ..secure.audit import HEAD_FILE, write_head
 
-        write_head(staging)   # audit.json: the chain head of this run's started record
+        if write_head(staging):   # audit.json: the chain head of this run's started record
+            entries.append({"path": HEAD_FILE, "kind": "audit"})
         tables = staging / "tables"
         tables.mkdir()
+
+        def declared_table(name: str, section: str, rows: list[dict]) -> None:
+            (tables / name).write_text(_csv(rows))
+            entries.append({"path": f"tables/{name}", "kind": sections[section]["kind"],
+                            "section": section, "columns": sections[section]["columns"]})
+
         for name in ("cohort", "rates", "curves", "lexis"):
             if name in res:
-                (tables / f"{name}.csv").write_text(_csv(res[name]))
+                declared_table(f"{name}.csv", name, res[name])
         for g, rows in res["attrition"].items():
-            (tables / f"attrition_{g}.csv").write_text(_csv(rows))
+            declared_table(f"attrition_{g}.csv", f"attrition.{g}", rows)
         for k, m in res.get("models", {}).items():
             if "terms" in m:
-                (tables / f"model_{k}.csv").write_text(_csv(m["terms"]))
+                declared_table(f"model_{k}.csv", f"models.{k}", m["terms"])
         if "lexis_model" in res and "terms" in res["lexis_model"]:
-            (tables / "model_lexis_poisson.csv").write_text(_csv(res["lexis_model"]["terms"]))
+            declared_table("model_lexis_poisson.csv", "lexis_model", res["lexis_model"]["terms"])
         for k, rows in res.get("measures", {}).items():
-            (tables / f"measure_{k}.csv").write_text(_csv(rows))
+            declared_table(f"measure_{k}.csv", f"measures.{k}", rows)
         (staging / "plan.txt").write_text(render(plan) + "\n")
+        entries.append({"path": "plan.txt", "kind": "plan"})
+        M.write(staging, M.build(staging, entries, study=plan.study,
+                                 data_manifest_sha256=manifest_sha,
+                                 min_cell=plan.study.min_cell, round_to=plan.study.round_to,
+                                 project=approval.project if approval is not None else None))
         private = staging / "private"
         private.mkdir(mode=0o700)
         pq.write_table(pa.table({k: pa.array(v) for k, v in table.items()}),

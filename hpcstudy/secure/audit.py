@@ -298,15 +298,17 @@ def _grouped(hexdigits: str) -> str:
     return " ".join(hexdigits[i:i + 8] for i in range(0, len(hexdigits), 8))
 
 
-def write_head(folder: str | Path) -> None:
+def write_head(folder: str | Path) -> bool:
     """Write ``folder/audit.json``: the chain head of the command writing ``folder`` (its
-    hashes in groups of 8 hex digits)."""
+    hashes in groups of 8 hex digits); False outside an audited command (nothing written)."""
     head = current()
-    if head is not None:
-        head = {**head, "hash": _grouped(head["hash"])}
-        if "key_id" in head:
-            head["key_id"] = _grouped(head["key_id"])
-        (Path(folder) / HEAD_FILE).write_text(json.dumps(head, indent=1, sort_keys=True) + "\n")
+    if head is None:
+        return False
+    head = {**head, "hash": _grouped(head["hash"])}
+    if "key_id" in head:
+        head["key_id"] = _grouped(head["key_id"])
+    (Path(folder) / HEAD_FILE).write_text(json.dumps(head, indent=1, sort_keys=True) + "\n")
+    return True
 
 
 def read_head(folder: str | Path) -> tuple[dict | None, str | None]:
@@ -516,10 +518,12 @@ def run_recorded(out: str | Path) -> str | None:
         return f"its run (audit record {seq}) did not finish ok ({done.get('status')})"
     # the output manifest (which names every file's hash) must be the one the run wrote, so a
     # head copied into other outputs vouches for nothing
-    want = (done.get("outputs") or {}).get("manifest.json")
-    if want is not None and file_sha256(Path(out) / "manifest.json") != want:
-        return (f"its manifest.json is not the one its run wrote (audit record {done['seq']}): "
-                "the outputs were changed or put together from elsewhere")
+    recorded = done.get("outputs") or {}
+    for name in ("outputs.json", "manifest.json"):
+        want = recorded.get(name)
+        if want is not None and file_sha256(Path(out) / name) != want:
+            return (f"its {name} is not the one its run wrote (audit record {done['seq']}): "
+                    "the outputs were changed or put together from elsewhere")
     return None
 
 

@@ -1,0 +1,594 @@
+"""The export gate: a run's files leave only when they are what the run declared, unchanged,
+and every cell passes the disclosure rules.
+
+``check(out)`` accepts a file under OUT (never ``private/``) only when
+
+* ``OUT/outputs.json`` (see ``manifest.py``) is present, well formed and its own hash holds;
+* the file is listed there and its SHA-256 matches (an edited file is refused);
+* its content parses as its declared kind with exactly its declared columns, each column of a
+  role the kind allows (a ``count`` column, an extra or renamed column, an undeclared JSON field
+  are refused), its values of their role's type, no dates, no per-person shape;
+* every cell passes the disclosure rules (``_cell_rules``) at the threshold, which is never
+  below the floor (5, or the project approval's ``min_cell`` when higher).
+
+Anything else under OUT — a ``.txt``, a ``.md``, ``tables/people.csv`` — is refused as unknown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from . import disclosure as D
+from . import manifest as M
+
+MIN_CELL_FLOOR = 5     # the Danish rule: hpcstudy never exports a cell of fewer persons
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./]\d{1,2}[./]\d{2,4}|\d{2}[a-z]{3}\d{4}",
+                  re.IGNORECASE)
+SHA = re.compile(r"[0-9a-f]{64}")
+SECTION = re.compile(r"(cohort|rates|curves|lexis|lexis_model|(attrition|models|measures)\.[^.]+)")
+# the counts a table of each kind cannot be without (an aggregate states how many it holds)
+REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
+            "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
+            "measure": ("persons", "events")}
+RUN_FIELDS = {"engine", "data", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
+              "approval"}
+
+
+def min_cell_floor(approval=None) -> int:
+    """The lowest threshold allowed: 5, or the project's ``min_cell`` when that is higher."""
+    return max(MIN_CELL_FLOOR, approval.min_cell if approval is not None else 0)
+
+
+def min_cell_problems(study, approval=None) -> list:
+    """A study (or variant) whose ``disclosure.min_cell`` is below hpcstudy's floor of 5."""
+    from ..study.language import Problem
+
+    if study.min_cell >= MIN_CELL_FLOOR:
+        return []
+    return [Problem(study.source, "disclosure.min_cell",
+                    f"{study.min_cell} is below the floor of {MIN_CELL_FLOOR} persons per cell "
+                    "that hpcstudy never goes under",
+                    f"remove it or set min_cell: {min_cell_floor(approval)} or more")]
+
+
+def key_name_problems(study) -> list:
+    """Covariates in ``rates: {by: …}`` or a measure's ``by:`` named like a count, estimate or
+    flag column: their key column would collapse into it (and the table lose its keys)."""
+    from ..study.language import Problem
+
+    an = study.analyses
+    uses = [("analyses.rates.by", an.rates_by or ())] + \
+        [(f"analyses.measures.{m.name}.by", m.by) for m in an.measures]
+    return [Problem(study.source, f, f"{k!r} is the name of an output column, so it cannot "
+                    "name a table's rows", f"rename the covariate (e.g. {k}_at_index)")
+            for f, by in uses for k in by if k in M.RESERVED]
+
+
+def threshold(option: int | None = None, approval=None, declared: int | None = None) -> int:
+    """The threshold the gate checks with: the floor, raised by the run's declared threshold
+    and by ``--min-cell``; an option below the floor is refused."""
+    floor = min_cell_floor(approval)
+    if option is not None and option < floor:
+        why = f"project {approval.project}'s floor" if approval is not None and \
+            approval.min_cell > MIN_CELL_FLOOR else "the floor hpcstudy never goes under"
+        raise UserError(f"--min-cell {option} is below {floor}, {why}",
+                        fix=f"leave --min-cell out or give {floor} or more")
+    return max(floor, declared if isinstance(declared, int) else 0, option or 0)
+
+
+def _cell_rules(kind: str, data, min_cell: int, where: str) -> list[str]:
+    """The disclosure rules for one declared piece of output: a table's rows, a model result
+    (dict with ``terms``) or a text. The one place the gate asks the rules."""
+    if kind == "attrition":
+        return D._attrition_violations(data, min_cell, where)
+    if kind in M.KINDS and kind != "model":
+        return D._table_violations(data, min_cell, where)
+    if kind == "model":
+        if any(k in data for k in M.MODEL_NOTES):
+            return []
+        scalars = {k: v for k, v in data.items() if k != "terms"}
+        file, _, path = where.partition(":")     # results.json:models.cox -> …models.cox.n
+        out = D._scalar_violations(scalars, min_cell, file, path)
+        # a term's cells (persons and events in its level and in the others) are each a
+        # count; terms do not add up to a total, so there are no margins to audit
+        for i, r in enumerate(data.get("terms") or [], 1):
+            for c in M.KINDS["model"].counts:
+                v = r.get(c)
+                if isinstance(v, int | float) and 0 < v < min_cell:
+                    out.append(f"{where}: term row {i} ({r.get('term')}), column {c!r}: "
+                               f"{v:g} is below {min_cell}")
+        return out
+    if kind == "plan":
+        return D._text_violations(data, where)
+    return [f"{where}: no disclosure rule for kind {kind!r}"]
+
+
+@dataclass
+class Verdict:
+    """What the gate decided for one run folder."""
+    out: Path
+    min_cell: int
+    manifest: dict | None
+    passed: list[str] = field(default_factory=list)          # relative paths that may leave
+    held: dict[str, list[str]] = field(default_factory=dict)  # path -> reasons
+    contents: dict[str, tuple[str, object]] = field(default_factory=dict)  # passed: (kind, data)
+    blobs: dict[str, bytes] = field(default_factory=dict)   # passed: the bytes that were checked
+
+    def hold(self, path: str, reason: str) -> None:
+        self.held.setdefault(path, []).append(reason)
+
+
+def _files(out: Path) -> list[str]:
+    """Every entry under OUT but private/ (plain files, links, odd entries), relative."""
+    found = []
+    for root, dirs, files in os.walk(out):
+        rel = Path(root).relative_to(out)
+        if rel == Path("."):
+            dirs[:] = [d for d in dirs if d != "private"]
+            files = [f for f in files if f != "private"]
+        for d in list(dirs):
+            if (Path(root) / d).is_symlink():
+                found.append(str(rel / d))
+                dirs.remove(d)
+        found += [str(rel / f) for f in files]
+    return sorted(p.removeprefix("./") for p in found)
+
+
+def _manifest_problem(doc) -> str | None:
+    """Why a manifest document cannot be trusted, or None."""
+    if not isinstance(doc, dict) or doc.get("format") != M.FORMAT:
+        return f"not an hpcstudy output manifest (format {M.FORMAT})"
+    if doc.get("manifest_sha256") != M.sha256(M.canonical(doc)):
+        return "edited: its own SHA-256 does not match its content"
+    if not isinstance(doc.get("min_cell"), int) or not isinstance(doc.get("files"), list):
+        return "malformed: min_cell or files missing"
+    seen = set()
+    for e in doc["files"]:
+        if not isinstance(e, dict) or not isinstance(e.get("path"), str):
+            return "malformed file entry"
+        p = e["path"]
+        parts = Path(p).parts
+        if Path(p).is_absolute() or ".." in parts or not parts or parts[0] == "private" \
+                or p == M.NAME or p in seen or str(Path(p)) != p:
+            return f"lists {p!r}, which no run exports"
+        seen.add(p)
+        if e.get("kind") not in M.FILE_KINDS or not SHA.fullmatch(str(e.get("sha256"))):
+            return f"{p}: unknown kind or bad SHA-256"
+    return None
+
+
+def _declared(cols) -> list[tuple[str, str]] | str:
+    """[(name, role)] of a declared column list, or why it is not one."""
+    if not isinstance(cols, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("name"), str) and
+            isinstance(c.get("role"), str) for c in cols):
+        return "malformed column list"
+    return [(c["name"], c["role"]) for c in cols]
+
+
+def _schema_problems(kind: str, cols: list[tuple[str, str]], where: str) -> list[str]:
+    """Declared columns the catalogue does not allow for this kind, or roles that lie."""
+    out = []
+    names = [n for n, _ in cols]
+    missing = [c for c in REQUIRED.get(kind, ()) if c not in names]
+    if missing and names:
+        out.append(f"{where}: a {kind} table without {missing} is not one")
+    if len(set(names)) != len(names):
+        out.append(f"{where}: a column is declared twice")
+    keys = tuple(n for n, r in cols if r == "key")
+    for name, r in cols:
+        try:
+            actual = M.role(kind, name, keys)
+        except M.ManifestError as e:
+            out.append(f"{where}: {e}")
+            continue
+        if actual != r:
+            out.append(f"{where}: column {name!r} declared as {r}, but it is a {actual} column")
+    return out
+
+
+def _value_problems(kind: str, rows: list[dict], cols: list[tuple[str, str]], where: str,
+                    min_cell: int, population: int | None) -> list[str]:
+    """Values of the wrong type for their role, dates, and per-person shape."""
+    out = []
+    roles = dict(cols)
+    for i, r in enumerate(rows, 1):
+        for c, v in r.items():
+            role = roles.get(c)
+            if v is None:
+                continue
+            if isinstance(v, str) and DATE.search(v):
+                out.append(f"{where}: row {i}, column {c!r}: a date ({v!r}); dates are "
+                           "per-person detail and never exported")
+            elif role == "count" and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                out.append(f"{where}: row {i}, column {c!r}: {v!r} is not a count")
+            elif role == "derived" and (isinstance(v, bool) or not isinstance(v, int | float)):
+                out.append(f"{where}: row {i}, column {c!r}: {v!r} is not a number")
+            elif role == "key" and (isinstance(v, float) or isinstance(v, bool)):
+                out.append(f"{where}: row {i}, column {c!r}: {v!r}: a key of non-integer "
+                           "numbers looks like per-person values")
+            elif role == "flag" and c == "suppressed" and v not in (True, "True"):
+                out.append(f"{where}: row {i}, column {c!r}: {v!r} is not a flag")
+            if len(out) > 20:
+                return [*out, f"{where}: … and more"]
+    counts = [c for c, role in cols if role == "count"]
+    derived = [c for c, role in cols if role == "derived"]
+    if kind != "model":   # a withheld row's rate, interval or proportion gives its count back
+        for i, r in enumerate(rows, 1):
+            if any(r.get(c) is None for c in counts) and \
+                    any(r.get(c) is not None for c in derived):
+                out.append(f"{where}: row {i}: a count is withheld but what is derived from "
+                           "it is shown (it gives the count back)")
+    shown = [r for r in rows if any(isinstance(r.get(c), int) and r[c] > 0 for c in counts)]
+    if population and kind != "attrition" and len(shown) * min_cell > population:
+        out.append(f"{where}: {len(shown)} rows with counts for {population} persons: a table "
+                   f"of cells of at least {min_cell} cannot have that many (per-person shaped)")
+    if population and kind in ("rates", "measure") and all(
+            isinstance(r.get("persons"), int) for r in rows) and \
+            sum(r.get("persons") or 0 for r in rows) > population:
+        out.append(f"{where}: its persons add up to more than the {population} persons of the "
+                   "cohort: not a table of this run's cohort")
+    return out
+
+
+def _parse_csv(text: str) -> tuple[list[str], list[dict]]:
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return [], []
+    header, parsed = rows[0], []
+    for r in rows[1:]:
+        if len(r) != len(header):
+            raise ValueError(f"a row has {len(r)} fields, the header {len(header)}")
+        parsed.append({k: _cell(v) for k, v in zip(header, r, strict=True)})
+    return header, parsed
+
+
+def _cell(v: str):
+    if v == "":
+        return None
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _same_rows(csv_rows: list[dict], json_rows: list[dict]) -> bool:
+    """The CSV's rows are the results.json section's (numbers to the CSV's 10 digits)."""
+    if len(csv_rows) != len(json_rows):
+        return False
+    for a, b in zip(csv_rows, json_rows, strict=True):
+        for k in set(a) | set(b):
+            x, y = a.get(k), b.get(k)
+            if isinstance(y, float) and math.isnan(y):
+                y = None
+            if isinstance(x, int | float) and isinstance(y, int | float) and \
+                    not isinstance(x, bool):
+                if not math.isclose(x, y, rel_tol=1e-8, abs_tol=1e-9):
+                    return False
+            elif x != y and str(x) != str(y):
+                return False
+    return True
+
+
+def _numbers(obj) -> bool:
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and _numbers(v) for k, v in obj.items())
+    return isinstance(obj, int | float) and not isinstance(obj, bool)
+
+
+def _meta_problems(res: dict, manifest: dict, where: str) -> list[str]:
+    out = []
+    if not isinstance(res.get("study"), str):
+        out.append(f"{where}:study: not a study name")
+    run = res.get("run")
+    if not isinstance(run, dict) or set(run) - RUN_FIELDS:
+        extra = sorted(set(run) - RUN_FIELDS) if isinstance(run, dict) else []
+        out.append(f"{where}:run: undeclared field(s) {extra}" if extra else
+                   f"{where}:run: missing")
+    else:
+        if run.get("min_cell") != manifest["min_cell"]:
+            out.append(f"{where}:run.min_cell: {run.get('min_cell')!r} differs from the run's "
+                       f"declared threshold {manifest['min_cell']} (edited)")
+        if run.get("data_manifest_sha256") != manifest.get("data_manifest_sha256"):
+            out.append(f"{where}:run.data_manifest_sha256: differs from outputs.json (edited)")
+        codes = run.get("status_codes", {})
+        if not isinstance(codes, dict) or not all(isinstance(v, str) for v in codes.values()):
+            out.append(f"{where}:run.status_codes: not a list of names")
+    if "planted_truth" in res and not _numbers(res["planted_truth"]):
+        out.append(f"{where}:planted_truth: holds something other than numbers")
+    return out
+
+
+def _sections(res: dict) -> dict[str, object]:
+    """Every table or model of a results document by path; None for anything unknown."""
+    found: dict[str, object] = {}
+    for k, v in res.items():
+        if k in M.META:
+            continue
+        if k in ("attrition", "models", "measures") and isinstance(v, dict):
+            for name, x in v.items():
+                found[f"{k}.{name}"] = x
+        else:
+            found[k] = v
+    return found
+
+
+def _check_table(verdict: Verdict, where: str, kind: str, rows, cols, population,
+                 rules: bool = True) -> list[str]:
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return [f"{where}: not a table of rows"]
+    actual = M.columns_of(rows)
+    names = [n for n, _ in cols]
+    if actual != names:
+        extra = [c for c in actual if c not in names]
+        gone = [c for c in names if c not in actual]
+        what = f"undeclared column(s) {extra}" if extra else \
+            f"declared column(s) {gone} missing" if gone else "columns in another order"
+        return [f"{where}: {what}: the table is not the one the run declared"]
+    return _value_problems(kind, rows, cols, where, verdict.min_cell, population) + \
+        (_cell_rules(kind, rows, verdict.min_cell, where) if rules else [])
+
+
+def _check_model(verdict: Verdict, where: str, m, spec: dict, population) -> list[str]:
+    if not isinstance(m, dict):
+        return [f"{where}: not a model result"]
+    scalars = spec.get("scalars") if isinstance(spec.get("scalars"), dict) else {}
+    notes = [k for k in m if k in M.MODEL_NOTES]
+    if notes:
+        if set(m) != set(notes) or set(scalars) != set(notes) or \
+                not all(isinstance(m[k], str) for k in notes):
+            return [f"{where}: a withheld model carries nothing but its reason"]
+        return D._text_violations(" ".join(m[k] for k in notes), where)
+    actual = {k for k in m if k != "terms"}
+    if actual != set(scalars):
+        return [f"{where}: field(s) {sorted(actual ^ set(scalars))} differ from the declared"]
+    out = []
+    for k, r in scalars.items():
+        if M.MODEL_SCALARS.get(k) != r:
+            out.append(f"{where}.{k}: not a {r} a model may carry")
+        v = m[k]
+        if r == "count" and v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            out.append(f"{where}.{k}: {v!r} is not a count")
+    cols = _declared(spec.get("columns", []))
+    if isinstance(cols, str):
+        return [*out, f"{where}: {cols}"]
+    out += _schema_problems("model", cols, where)
+    if "terms" in m or cols:
+        out += _check_table(verdict, f"{where}.terms", "model", m.get("terms", []), cols,
+                            population, rules=False)
+    return out + _cell_rules("model", m, verdict.min_cell, where)
+
+
+def _population(res: dict | None) -> int | None:
+    """The largest count the run publishes (the population or the cohort): bounds how many
+    rows of cells of at least min_cell any table can have."""
+    if not isinstance(res, dict):
+        return None
+    best = 0
+
+    def walk(o):
+        nonlocal best
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if k in ("persons", "n", "at_risk") and isinstance(v, int) and \
+                        not isinstance(v, bool):
+                    best = max(best, v)
+                else:
+                    walk(v)
+        elif isinstance(o, list):
+            for x in o:
+                walk(x)
+
+    walk({k: v for k, v in res.items() if k not in M.META})
+    return best or None
+
+
+def _check_results(verdict: Verdict, entry: dict, text: str) -> tuple[list[str], dict | None]:
+    where = entry["path"]
+    try:
+        res = json.loads(text)
+    except ValueError as e:
+        return [f"{where}: not JSON ({e})"], None
+    if not isinstance(res, dict):
+        return [f"{where}: not a results document"], None
+    declared = entry.get("sections")
+    meta = entry.get("meta")
+    if not isinstance(declared, dict) or not isinstance(meta, list):
+        return [f"{where}: its sections are not declared in outputs.json"], None
+    out = _meta_problems(res, verdict.manifest, where)
+    bad_meta = sorted(set(meta) - set(M.META)) + sorted(set(meta) ^ {k for k in res
+                                                                        if k in M.META})
+    if bad_meta:
+        out.append(f"{where}: fields {sorted(set(bad_meta))} differ from the declared")
+    found = _sections(res)
+    for path in sorted(set(found) - set(declared)):
+        out.append(f"{where}:{path}: an undeclared field: only declared tables and models leave")
+    for path in sorted(set(declared) - set(found)):
+        out.append(f"{where}:{path}: declared but missing")
+    population = _population(res)
+    for path in sorted(set(found) & set(declared)):
+        spec = declared[path]
+        here = f"{where}:{path}"
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if not SECTION.fullmatch(path) or kind not in M.KINDS or \
+                _kind_of_section(path) not in (kind, None):
+            out.append(f"{here}: declared as {kind!r}, which this field cannot be")
+            continue
+        if kind == "model":
+            out += _check_model(verdict, here, found[path], spec, population)
+            continue
+        cols = _declared(spec.get("columns"))
+        if isinstance(cols, str):
+            out.append(f"{here}: {cols}")
+            continue
+        out += _schema_problems(kind, cols, here)
+        out += _check_table(verdict, here, kind, found[path], cols, population)
+    # strings inside the tables (labels, steps, terms) are text a person could be named in
+    tables = json.dumps({k: v for k, v in res.items() if k not in M.META})
+    out += D._text_violations(tables.replace("}, {", "},\n{"), where)
+    return out, res
+
+
+def _kind_of_section(path: str) -> str | None:
+    head = path.split(".")[0]
+    return {"cohort": "cohort", "rates": "rates", "curves": "curves", "lexis": "lexis",
+            "lexis_model": "model", "attrition": "attrition", "models": "model",
+            "measures": "measure"}.get(head)
+
+
+def _check_csv(verdict: Verdict, entry: dict, text: str, res: dict | None) -> list[str]:
+    where, kind = entry["path"], entry["kind"]
+    cols = _declared(entry.get("columns"))
+    if isinstance(cols, str):
+        return [f"{where}: {cols}"]
+    out = _schema_problems(kind, cols, where)
+    try:
+        header, rows = _parse_csv(text)
+    except (ValueError, csv.Error) as e:
+        return [*out, f"{where}: not a CSV table ({e})"]
+    if header != [n for n, _ in cols]:
+        extra = [c for c in header if c not in dict(cols)]
+        return [*out, f"{where}: header {header} is not the declared "
+                      f"{[n for n, _ in cols]}" + (f" (undeclared {extra})" if extra else "")]
+    out += D._text_violations(text, where)
+    out += _value_problems(kind, rows, cols, where, verdict.min_cell, _population(res))
+    out += _cell_rules(kind, {"terms": rows} if kind == "model" else rows, verdict.min_cell,
+                       where)
+    section = entry.get("section")
+    if res is not None and isinstance(section, str):
+        src = _sections(res).get(section)
+        if isinstance(src, dict):
+            src = src.get("terms")
+        if not isinstance(src, list) or not _same_rows(rows, src):
+            out.append(f"{where}: differs from results.json:{section}, which it repeats")
+    return out
+
+
+def _check_audit_head(text: str, where: str) -> list[str]:
+    """audit.json holds the run's chain head and nothing else (no place to smuggle numbers)."""
+    try:
+        head = json.loads(text)
+    except ValueError:
+        return [f"{where}: not JSON"]
+    if not isinstance(head, dict):
+        return [f"{where}: not a chain head"]
+    out = [f"{where}: field {k!r} is not one a chain head holds" for k in head
+           if k not in M.AUDIT_FIELDS]
+    out += [f"{where}: field {k!r} is not a {t.__name__}" for k, t in M.AUDIT_FIELDS.items()
+            if k in head and (not isinstance(head[k], t) or isinstance(head[k], bool))]
+    for k in ("hash", "key_id"):
+        if isinstance(head.get(k), str) and not re.fullmatch(r"[0-9a-f]{8}( [0-9a-f]{8})*",
+                                                                head[k]):
+            out.append(f"{where}: field {k!r} is not a grouped hex digest")
+    return out + D._text_violations(text, where)
+
+
+def _what_it_shows(path: Path, where: str, min_cell: int) -> list[str]:
+    """For an undeclared file, already refused: what in it would have been disclosive, so the
+    researcher sees why such files are not let through on their word."""
+    if path.is_symlink() or not path.is_file():
+        return [f"{where}: not a plain file"]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return [f"{where}: not a text file"]
+    out = D._text_violations(text, where)
+    if path.suffix == ".csv":
+        try:
+            header, rows = _parse_csv(text)
+        except (ValueError, csv.Error):
+            return out
+        out += D._table_violations(rows, min_cell, where)
+        out += [f"{where}: row {i}, column {c!r}: a date" for i, r in enumerate(rows, 1)
+                for c, v in r.items() if isinstance(v, str) and DATE.search(v)][:5]
+    return out
+
+
+def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdict:
+    """Decide file by file what may leave OUT (see the module docstring)."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"{out} is not a directory", fix="give the --out of a run")
+    present = _files(out)
+    mpath = out / M.NAME
+    doc, why = None, None
+    if not mpath.is_file() or mpath.is_symlink():
+        why = f"{M.NAME} is missing: nothing a run did not declare can leave"
+        if any((d / M.NAME).is_file() for d in out.iterdir() if d.is_dir()):
+            why += " (this folder holds runs, a job array's variants: export each one's folder)"
+    else:
+        manifest_bytes = mpath.read_bytes()
+        try:
+            doc = json.loads(manifest_bytes.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            why = f"{M.NAME} is not JSON ({e})"
+        else:
+            problem = _manifest_problem(doc)
+            if problem:
+                why, doc = f"{M.NAME}: {problem}", None
+    if doc is None:
+        verdict = Verdict(out, threshold(min_cell, approval), None)
+        for p in present:
+            verdict.hold(p, why if p == M.NAME else f"{p}: not vouched for: {why}")
+        if M.NAME not in present:
+            verdict.hold(M.NAME, why)
+        return verdict
+    verdict = Verdict(out, threshold(min_cell, approval, doc["min_cell"]), doc)
+    entries = {e["path"]: e for e in doc["files"]}
+    for p in present:
+        if p != M.NAME and p not in entries:
+            verdict.hold(p, f"{p}: not declared in {M.NAME}: files a run did not write are "
+                            "never exported")
+            for x in _what_it_shows(out / p, p, verdict.min_cell):
+                verdict.hold(p, x)
+    # results.json first: the tables repeat its sections and are compared with them
+    res = None
+    order = sorted(entries, key=lambda p: (entries[p]["kind"] != "results", p))
+    for p in order:
+        e = entries[p]
+        path = out / p
+        if path.is_symlink() or not path.is_file():
+            verdict.hold(p, f"{p}: declared in {M.NAME} but missing or not a plain file")
+            continue
+        data = path.read_bytes()
+        edited = M.sha256(data) != e["sha256"]
+        if edited:   # held whatever it holds; its content is still checked, to say what changed
+            verdict.hold(p, f"{p}: edited after the run (its SHA-256 differs from {M.NAME})")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            verdict.hold(p, f"{p}: not UTF-8 text: cannot be checked, so not exported")
+            continue
+        if e["kind"] == "results":
+            problems, content = _check_results(verdict, e, text)
+            res = None if edited else content
+        elif e["kind"] == "audit":
+            problems, content = _check_audit_head(text, p), text
+        elif e["kind"] == "plan":
+            problems = _cell_rules("plan", text, verdict.min_cell, p)
+            if not text.startswith("plan for study "):
+                problems.append(f"{p}: not a rendered plan")
+            content = text
+        else:
+            problems = _check_csv(verdict, e, text, res)
+            content = _parse_csv(text)[1] if not problems else None
+        if problems or edited:
+            for x in problems:
+                verdict.hold(p, x)
+        else:
+            verdict.passed.append(p)
+            verdict.contents[p] = (e["kind"], content)
+            verdict.blobs[p] = data
+    verdict.passed.append(M.NAME)
+    verdict.blobs[M.NAME] = manifest_bytes
+    return verdict

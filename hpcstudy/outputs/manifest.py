@@ -1,0 +1,188 @@
+"""The output manifest: what a run declares it exported, so the gate can allow only that.
+
+A run writes ``OUT/outputs.json``::
+
+    {"format": "hpcstudy-outputs/1",
+     "study": {"name": "statins_mi.washout_2y", "sha256": "…", "variants": ["washout_2y", …]},
+     "data_manifest_sha256": "…", "min_cell": 5, "round_to": 0, "project": "FSEID-…" | null,
+     "files": [
+       {"path": "results.json", "kind": "results", "sha256": "…",
+        "sections": {"cohort": {"kind": "cohort", "columns": [{"name": "label", "role": "key"},
+                                                               {"name": "persons", "role": "count"},
+                                                               …]},
+                     "attrition.statin": {"kind": "attrition", "columns": […]},
+                     "models.cox": {"kind": "model", "columns": […terms…],
+                                    "scalars": {"persons": "count", "loglik": "derived", …}},
+                     …},
+        "meta": ["planted_truth", "run", "study"]},
+       {"path": "tables/cohort.csv", "kind": "cohort", "section": "cohort", "sha256": "…",
+        "columns": [{"name": "label", "role": "key"}, …]},
+       {"path": "plan.txt", "kind": "plan", "sha256": "…"}],
+     "manifest_sha256": "…"}
+
+``manifest_sha256`` is the SHA-256 of the canonical JSON of everything else: a hand edit that
+does not recompute it is caught. ``private/`` is never listed. The kinds and the columns each
+may hold are fixed here (``KINDS``): a run can only declare what this catalogue allows, and the
+gate (``gate.py``) accepts nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT = "hpcstudy-outputs/1"
+NAME = "outputs.json"
+
+RATE = ("person_years", "rate_per_1000py", "lower_95", "upper_95")
+ESTIMATES = ("coef", "se", "HR", "OR", "RR", "lower_95", "upper_95", "z", "p")
+FLAGS = ("suppressed", "withheld")
+# names a free key column (a covariate in rates: {by: …} or a measure's by:) may not take:
+# they would collapse into, or pass for, a count, an estimate or a flag
+RESERVED = {"persons", "events", "at_risk", "n", "persons_other", "events_other", "day",
+            "count", "deaths", *RATE, *ESTIMATES, *FLAGS, "proportion", "survival",
+            "cumulative_incidence", "pnr", "cpr", "cpr_nr", "date"}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A table kind: its key columns (None: keys are named by the study), count columns and
+    derived columns (estimates, rates, intervals). Every column has exactly one role."""
+    keys: tuple[str, ...] | None
+    counts: tuple[str, ...]
+    derived: tuple[str, ...]
+    ordered_key: str | None = None      # a key that may take a distinct value on every row
+
+
+KINDS: dict[str, Kind] = {
+    "cohort": Kind(("label",), ("persons", "events"), RATE),
+    "rates": Kind(None, ("persons", "events"), RATE),
+    "lexis": Kind(("group", "age_band", "period"), ("persons", "events"), RATE),
+    "curves": Kind(("group", "day"), ("at_risk", "events"),
+                   ("survival", "lower_95", "upper_95", "cumulative_incidence"),
+                   ordered_key="day"),
+    "attrition": Kind(("step",), ("persons",), ()),
+    "model": Kind(("term",), ("persons", "events", "persons_other", "events_other"),
+                  ESTIMATES),
+    "measure": Kind(None, ("persons", "events"), ("proportion", "lower_95", "upper_95")),
+}
+# a model's single values, by role
+MODEL_SCALARS = {"n": "count", "persons": "count", "events": "count", "loglik": "derived",
+                 "newton_steps": "meta"}
+MODEL_NOTES = ("withheld", "error")        # a withheld or failed model: one reason, no numbers
+TEXT_KINDS = ("plan",)
+# audit.json: the audit chain head of the run (log path, seq, hash), no counts
+AUDIT_FIELDS = {"log": str, "seq": int, "hash": str, "chain": str, "command": str, "key_id": str}
+FILE_KINDS = ("results", "audit", *TEXT_KINDS, *KINDS)
+META = ("study", "run", "planted_truth")   # results.json's fields that hold no counts
+
+
+class ManifestError(Exception):
+    """A declaration the catalogue does not allow (a bug in the writer, or an edit)."""
+
+
+def role(kind: str, column: str, keys: tuple[str, ...] = ()) -> str:
+    """The role of ``column`` in a table of ``kind``: key, count, derived or flag."""
+    k = KINDS[kind]
+    if column in k.counts:
+        return "count"
+    if column in k.derived:
+        return "derived"
+    if column in FLAGS:
+        return "flag"
+    if k.keys is not None and column in k.keys:
+        return "key"
+    if k.keys is None and column in keys and column not in RESERVED:
+        return "key"
+    raise ManifestError(f"column {column!r} is not one a {kind} table may hold")
+
+
+def columns_of(rows: list[dict]) -> list[str]:
+    """Column names in the order the CSV writer uses (first appearance)."""
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
+def table_schema(kind: str, rows: list[dict], keys: tuple[str, ...] = ()) -> list[dict]:
+    return [{"name": c, "role": role(kind, c, keys)} for c in columns_of(rows)]
+
+
+def model_schema(m: dict) -> dict:
+    """A model section: its terms' columns and its single values (or a note only)."""
+    notes = [k for k in MODEL_NOTES if k in m]
+    if notes:
+        return {"kind": "model", "columns": [], "scalars": {k: "note" for k in m}}
+    scalars = {}
+    for k in m:
+        if k == "terms":
+            continue
+        if k not in MODEL_SCALARS:
+            raise ManifestError(f"model field {k!r} is not one a model result may hold")
+        scalars[k] = MODEL_SCALARS[k]
+    return {"kind": "model", "columns": table_schema("model", m.get("terms", [])),
+            "scalars": scalars}
+
+
+def results_sections(res: dict, free_keys: dict[str, tuple[str, ...]]) -> dict[str, dict]:
+    """Every table or model inside a results document, by its path, with its schema.
+    ``free_keys`` names the key columns of rates and of each measure ("measures.NAME")."""
+    out: dict[str, dict] = {}
+    for where, keys in free_keys.items():
+        clash = [k for k in keys if k in RESERVED]
+        if clash:
+            raise ManifestError(f"{where} is by {clash}, the name of an output column")
+    for g, rows in res.get("attrition", {}).items():
+        out[f"attrition.{g}"] = {"kind": "attrition", "columns": table_schema("attrition", rows)}
+    for name in ("cohort", "rates", "curves", "lexis"):
+        if name in res:
+            out[name] = {"kind": name, "columns": table_schema(name, res[name],
+                                                              free_keys.get(name, ()))}
+    for k, m in res.get("models", {}).items():
+        out[f"models.{k}"] = model_schema(m)
+    if "lexis_model" in res:
+        out["lexis_model"] = model_schema(res["lexis_model"])
+    for k, rows in res.get("measures", {}).items():
+        out[f"measures.{k}"] = {"kind": "measure", "columns": table_schema(
+            "measure", rows, free_keys.get(f"measures.{k}", ()))}
+    return out
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical(doc: dict) -> bytes:
+    body = {k: v for k, v in doc.items() if k != "manifest_sha256"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def study_sha256(study) -> str:
+    """The study file's SHA-256 (the same for all its variants), else its canonical text's."""
+    src = Path(study.source)
+    if study.source != "<python>" and src.is_file():
+        return sha256(src.read_bytes())
+    return sha256(json.dumps(study.to_dict(), sort_keys=True, default=str).encode())
+
+
+def build(out: Path, entries: list[dict], *, study, data_manifest_sha256: str, min_cell: int,
+          round_to: int, project: str | None) -> dict:
+    """The manifest of the files ``entries`` (each path, kind and schema) under ``out``: each
+    file's SHA-256 is taken from the bytes written."""
+    files = []
+    for e in sorted(entries, key=lambda e: e["path"]):
+        if e["kind"] not in FILE_KINDS:
+            raise ManifestError(f"{e['path']}: unknown kind {e['kind']!r}")
+        path = Path(out) / e["path"]
+        files.append({**e, "sha256": sha256(path.read_bytes())})
+    doc = {"format": FORMAT,
+           "study": {"name": study.name, "sha256": study_sha256(study),
+                     "variants": list(study.variants)},
+           "data_manifest_sha256": data_manifest_sha256, "min_cell": min_cell,
+           "round_to": round_to, "project": project, "files": files}
+    doc["manifest_sha256"] = sha256(canonical(doc))
+    return doc
+
+
+def write(out: Path, doc: dict) -> None:
+    (Path(out) / NAME).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
