@@ -82,7 +82,7 @@ def test_a_client_failing_mid_run_shuts_the_cluster_down(mpirun, small_data, loc
     out = tmp_path / "out"
     shutil.copytree(local_run, out)
     before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
-    r = mpirun(4, STUDY, "--data", small_data, "--out", out, "--no-overwrite", timeout=120)
+    r = mpirun(4, STUDY, "--data", small_data, "--out", out, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("hpcstudy: error:") == 1 and "2 workers" in r.stderr
     assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
