@@ -411,7 +411,8 @@ def export(out: Path, dest: Path, min_cell: int | None) -> None:
     if not Path(out).is_dir():
         raise UserError(f"{out} is not a directory", fix="give the --out of a run")
     report = check(out, min_cell)
-    with staged_output(dest, overwrite=False, kind="export", reads=(out,)) as staging:
+    with staged_output(dest, overwrite=False, kind="export",
+                       reads=[("the run", out)]) as staging:
         for f, violations in report.items():
             if not violations:
                 (staging / f).parent.mkdir(parents=True, exist_ok=True)

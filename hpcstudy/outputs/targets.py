@@ -73,8 +73,8 @@ def check_target(out: str | os.PathLike, *, kind: str, overwrite: bool = False,
                  ) -> Path:
     """Refuse (UserError) a folder that this command may not write; return it as given.
 
-    ``reads`` are the files and folders the command reads: the target may not be, contain or
-    lie inside any of them. Leftovers of interrupted commits on the target are tidied first.
+    ``reads`` are the files and folders the command reads (a path, or a pair of what it is and
+    its path): the target may not be or contain any of them, nor lie inside a folder of them. Leftovers of interrupted commits on the target are tidied first.
     """
     if kind not in KINDS:
         raise ValueError(kind)
@@ -89,13 +89,13 @@ def check_target(out: str | os.PathLike, *, kind: str, overwrite: bool = False,
     if out.is_symlink():
         raise UserError(f"{opt} {out} is a symbolic link",
                         fix=f"give the folder it points to ({real}) or a new folder")
-    for what, place in _protected(reads):
+    for what, place, folder in _protected(reads):
         if real == place or real in place.parents:
             rel = "is" if real == place else "contains"
             raise UserError(f"{opt} {out} {rel} {what} {place}; replacing it would delete it",
                             fix=f"choose a new folder for {opt}"
                                 + ("" if real == place else f" that does not hold {place}"))
-        if what in ("the data", "the package") and place in real.parents:
+        if folder and place in real.parents:
             raise UserError(f"{opt} {out} lies inside {what} {place}",
                             fix=f"choose a folder for {opt} outside {place}")
     tidy(out)
@@ -116,20 +116,23 @@ def check_target(out: str | os.PathLike, *, kind: str, overwrite: bool = False,
     return out
 
 
-def _protected(reads: Iterable[str | os.PathLike | None]) -> list[tuple[str, Path]]:
-    found: list[tuple[str, Path]] = []
+def _protected(reads) -> list[tuple[str, Path, bool]]:
+    """(what, real path, whether a target inside it is refused too)."""
+    found: list[tuple[str, Path, bool]] = []
     for r in reads:
+        label, r = r if isinstance(r, tuple) else (None, r)
         if r is None or not str(r).strip():
             continue
         p = _real(r)
-        found.append(("the data" if p.is_dir() else "the input", p))
-    found.append(("the current folder", _real(os.getcwd())))
+        folder = p.is_dir()
+        found.append((label or ("the data" if folder else "the input"), p, folder))
+    found.append(("the current folder", _real(os.getcwd()), False))
     home = os.environ.get("HOME")
     if home and home != "/":
-        found.append(("the home folder", _real(home)))
+        found.append(("the home folder", _real(home), False))
     for p in _installation():
-        found.append(("the package" if (p / "__init__.py").is_file() else
-                      "hpcstudy's repository", p))
+        pkg = (p / "__init__.py").is_file()
+        found.append(("the package" if pkg else "hpcstudy's repository", p, pkg))
     return found
 
 

@@ -200,6 +200,10 @@ class Dataset:
     def open(cls, root: str | os.PathLike) -> Dataset:
         root = Path(root)
         path = root / MANIFEST
+        if not root.exists():   # a commit killed between its two renames: put the old back
+            from ..outputs.targets import tidy
+
+            tidy(root)
         if not root.is_dir():
             raise UserError(f"data directory {root} does not exist",
                             fix="give the directory that `hpcstudy synth` or ingest wrote")
