@@ -104,8 +104,8 @@ def test_out_holding_the_data_or_the_project_is_refused(data, tmp_path):
     refused(run(tmp_path / "proj" / "data", proj / "..", "--overwrite"))
     assert state(proj)["data/manifest.json"] == before["data/manifest.json"]
     # the project file itself is read: an out that holds it is refused before it is parsed
-    from hpcstudy.outputs.targets import check_target
     from hpcstudy.errors import UserError
+    from hpcstudy.outputs.targets import check_target
 
     with pytest.raises(UserError, match="contains the input"):
         check_target(proj, kind="run", overwrite=True, reads=[approval])

@@ -74,7 +74,8 @@ def check_target(out: str | os.PathLike, *, kind: str, overwrite: bool = False,
     """Refuse (UserError) a folder that this command may not write; return it as given.
 
     ``reads`` are the files and folders the command reads (a path, or a pair of what it is and
-    its path): the target may not be or contain any of them, nor lie inside a folder of them. Leftovers of interrupted commits on the target are tidied first.
+    its path): the target may not be or contain any of them, nor lie inside a folder of them.
+    Leftovers of interrupted commits on the target are tidied first.
     """
     if kind not in KINDS:
         raise ValueError(kind)
