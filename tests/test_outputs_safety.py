@@ -218,7 +218,7 @@ def test_a_commit_killed_at_each_step_leaves_old_or_new(command, tiny, first_run
         study = tmp_path / "study.yaml"   # another threshold: other bytes in the new state
         study.write_text(STUDY.read_text() + "\ndisclosure: {min_cell: 6}\n")
         new_args = lambda t: ("run", study, "--data", tiny, "--out", t, "--quiet",  # noqa: E731
-                              "--overwrite")
+                              "--overwrite", "--engine", "reference")
     elif command == "synth":
         from hpcstudy.registers.generate import generate
 
@@ -338,3 +338,19 @@ def test_missing_truncated_extra_or_corrupt_partition_files_are_refused(data, tm
     victim.write_bytes(keep)
     assert run(data, tmp_path / "o", "--verify").returncode == 0
     assert not any(p.name.startswith(".o.") for p in tmp_path.iterdir())
+
+
+def test_workers_spill_into_a_private_folder():
+    """Worker processes spill partitions (with pnr) to disk under memory pressure: into a
+    folder only this user can read (distributed makes each worker's folder 0700), removed when
+    the workers stop. A guard: hpcstudy relies on it."""
+    from hpcstudy.cluster.launchers import client_for
+
+    with client_for("processes", workers=1) as client:
+        where = [Path(d) for d in
+                 client.run(lambda dask_worker: dask_worker.local_directory).values()]
+        assert where and all(any(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0
+                                 for p in [d, *d.parents] if p != Path("/")) for d in where)
+        private = [next(p for p in [d, *d.parents] if stat.S_IMODE(p.stat().st_mode) & 0o077
+                        == 0) for d in where]
+    assert not any(p.exists() for p in private)
