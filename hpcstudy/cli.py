@@ -286,6 +286,7 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
     # every rank checks the study: a bad one fails everywhere at once, nothing waits for it
     approval = _approval(project)
     s, p, ds = _load_checked(study, data, project, variant)
+    # every rank refuses a bad --out or broken data at once: none waits for another
     R.check_run(out, ds, overwrite=overwrite, study=s, approval=approval, verify=verify)
     if launcher != "local" and engine != "dask":
         raise UserError(f"the {launcher} launcher runs the dask engine",

@@ -228,7 +228,10 @@ def tidy(out: str | os.PathLike) -> None:
     if not os.path.lexists(out):
         olds = [e for what, e in mine if what == "old"]
         if olds:   # killed between the two renames of a commit without exchange
-            os.rename(olds[0], out)
+            try:
+                os.rename(olds[0], out)
+            except OSError:
+                pass   # another process (an MPI rank) put it back first
             mine = [(w, e) for w, e in mine if e != olds[0]]
     for _, e in mine:
         _remove(e)
