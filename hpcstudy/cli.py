@@ -365,8 +365,9 @@ def ingest(register: str, input_: Path, data: Path, key_file: Path, quarantine: 
     from .secure.ingest import ingest as do
 
     # a new folder or an hpcstudy dataset holding nothing else: never a folder of other files
-    check_target(data, kind="dataset", overwrite=True, reads=(input_, key_file, quarantine),
-                 option="--data")
+    check_target(data, kind="dataset", overwrite=True, option="--data",
+                 reads=[("the extract", input_), ("the key file", key_file),
+                        ("the quarantine file", quarantine)])
     s = do(register, input_, data, key_file, quarantine, partitions)
     if s["skipped"]:
         click.echo(f"{input_}: {s['reason']}")

@@ -171,7 +171,9 @@ def test_ingest_refuses_a_folder_that_is_not_only_a_dataset(data, tmp_path):
     (data / "bef" / "notes.txt").write_text("mine")
     refused(run_cli("ingest", *args, "--data", data), "bef/notes.txt")
     assert (data / "bef" / "notes.txt").read_text() == "mine"
-    refused(run_cli("ingest", *args, "--data", tmp_path), "contains the input")
+    refused(run_cli("ingest", *args, "--data", tmp_path), "contains the extract")
+    refused(run_cli("ingest", *args, "--data", data, "--quarantine", data / "q.csv"),
+            "contains the quarantine file")
     assert src.is_file() and key.is_file()
 
 

@@ -41,6 +41,7 @@ RUN_MARKER = Path("private") / "hpcstudy-run.json"
 RUN_FORMAT = "hpcstudy-run"
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>partial|old)-(?P<pid>\d+)(?:@(?P<host>.+))?$")
 _NAME_MAX = 255
+_SUFFIX_MAX = 56
 
 
 # -- where a target may be ----------------------------------------------------------------------
@@ -83,9 +84,9 @@ def check_target(out: str | os.PathLike, *, kind: str, overwrite: bool = False,
     out = Path(out)
     if not str(out).strip():
         raise UserError(f"{opt} is empty", fix=f"give a new folder, e.g. {opt} results")
-    if len(out.name.encode()) + 40 > _NAME_MAX:
+    if len(out.name.encode()) + _SUFFIX_MAX > _NAME_MAX:   # room for .NAME.partial-PID@HOST
         raise UserError(f"{opt} {str(out)[:60]}…: the folder name is longer than "
-                        f"{_NAME_MAX - 40} bytes", fix="choose a shorter name")
+                        f"{_NAME_MAX - _SUFFIX_MAX} bytes", fix="choose a shorter name")
     real = _real(out)
     if out.is_symlink():
         raise UserError(f"{opt} {out} is a symbolic link",
@@ -146,7 +147,7 @@ def _not_written_by_us(out: Path, kind: str) -> str | None:
         try:
             doc = json.loads(marker.read_text())
             if doc.get("format") == RUN_FORMAT:
-                listed = set(doc["files"])
+                listed = {f for f in doc["files"] if isinstance(f, str)}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return f"has no run marker ({RUN_MARKER}): an earlier run did not write it"
         if not listed:
@@ -159,7 +160,8 @@ def _not_written_by_us(out: Path, kind: str) -> str | None:
             doc = json.loads((out / MANIFEST).read_text())
             if doc.get("format") != FORMAT:
                 return f"has a {MANIFEST} that is not an hpcstudy dataset's"
-            listed = {f["path"] for r in doc["registers"].values() for f in r["files"]}
+            listed = {f["path"] for r in doc["registers"].values() for f in r["files"]
+                      if isinstance(f.get("path"), str)}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return f"has no dataset manifest ({MANIFEST}): it is not an hpcstudy dataset"
         listed.add(MANIFEST)
