@@ -266,6 +266,20 @@ def test_a_commit_killed_at_each_step_leaves_old_or_new(command, tiny, first_run
         assert leftovers(target) == [], (step, leftovers(target))
 
 
+def test_the_leftovers_an_older_hpcstudy_left_are_put_back(data, tmp_path):
+    """What issue 11 found after killing ingest between its two renames: no dataset, only
+    .data.old-PID and .data.partial-PID. The next command puts the old dataset back."""
+    from hpcstudy.registers.store import Dataset
+
+    before = state(data)
+    dead = 4_194_304 + 7   # above the kernel's largest pid: no process has it
+    data.rename(tmp_path / f".data.old-{dead}")
+    (tmp_path / f".data.partial-{dead}").mkdir()
+    (tmp_path / f".data.partial-{dead}" / "manifest.json").write_text("{}")
+    assert Dataset.open(data).partitions == 2
+    assert state(data) == before and leftovers(data) == []
+
+
 def test_leftovers_of_a_live_process_are_named_not_removed(data, tmp_path):
     out = tmp_path / "out"
     other = tmp_path / f".out.partial-{os.getpid()}@elsewhere"
