@@ -461,6 +461,9 @@ def submit(study: Path, profile_name: str, data: Path, out: Path, account: str |
     from .cluster import slurm
 
     s, _, _ = _load_checked(study, data, project)  # refuse before anything is queued
+    from .outputs.targets import check_target
+
+    check_target(out, kind="run", reads=[data, study, project])   # a job writes a new OUT
     for v in s.variants:
         _load_checked(study, data, project, v)      # every variant too
     prof = slurm.load_profile(profile_name)

@@ -303,10 +303,21 @@ def _sync_dir(d: Path) -> None:
 
 def commit(staging: Path, out: Path) -> None:
     """Put the finished ``staging`` folder at ``out`` in one step, then remove the old state.
+    A rename the system refuses is one line and exit 1; ``out`` keeps its old state.
 
     Test hooks: ``HPCSTUDY_TEST_KILL_AT`` in staged, exchanged, moved-old, removing;
     ``HPCSTUDY_TEST_NO_EXCHANGE`` takes the path of a file system without exchange."""
-    out = Path(out)
+    try:
+        _commit(staging, Path(out))
+    except OSError as e:
+        err = UserError(f"cannot put {out} in place ({e.strerror or e}); it keeps its old state",
+                        fix="check the file system (space, permissions, a mount point) and "
+                            "run again")
+        err.exit_code = 1   # an I/O failure, not bad input
+        raise err from e
+
+
+def _commit(staging: Path, out: Path) -> None:
     _fault("staged")
     if not os.path.lexists(out):
         if not _renameat2(staging, out, _RENAME_NOREPLACE):
@@ -324,7 +335,11 @@ def commit(staging: Path, out: Path) -> None:
         old = leftover(out, "old")
         os.rename(out, old)
         _fault("moved-old")
-        os.rename(staging, out)
+        try:
+            os.rename(staging, out)
+        except OSError:
+            os.rename(old, out)
+            raise
         _sync_dir(out.parent)
     _remove_slowly(old)
 
