@@ -157,6 +157,37 @@ def test_overwrite_needs_the_run_marker_and_nothing_else(tiny, first_run, tmp_pa
     assert "results.json" in marker["files"] and "private/person_table.parquet" in marker["files"]
 
 
+def test_other_places_a_target_may_not_be(first_run, tmp_path, monkeypatch):
+    from hpcstudy.errors import UserError
+    from hpcstudy.outputs.targets import check_target
+
+    def refuses(out, *words, kind="run"):
+        with pytest.raises(UserError) as e:
+            check_target(out, kind=kind, overwrite=True)
+        for w in words:
+            assert w in str(e.value), (w, str(e.value))
+
+    home = tmp_path / "home"
+    (home / "me").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home / "me"))
+    refuses(home / "me", "is the home folder")
+    refuses(home, "contains the home folder")
+    repo = tmp_path / "repo"
+    shutil.copytree(first_run, repo)       # even with hpcstudy's marker
+    (repo / ".git").mkdir()
+    refuses(repo, "git work tree")
+    (tmp_path / "file").write_text("x")
+    refuses(tmp_path / "file", "not a folder")
+    (tmp_path / "link").symlink_to(first_run)
+    refuses(tmp_path / "link", "symbolic link")
+    run_copy = tmp_path / "run"
+    shutil.copytree(first_run, run_copy)
+    refuses(run_copy, "no dataset manifest", kind="dataset")   # synth over a run's folder
+    with pytest.raises(UserError, match="already exists"):
+        check_target(run_copy, kind="export")
+    assert check_target(run_copy, kind="run", overwrite=True) == run_copy
+
+
 def test_ingest_refuses_a_folder_that_is_not_only_a_dataset(data, tmp_path):
     key = tmp_path / "key"
     key.write_bytes(os.urandom(32))
