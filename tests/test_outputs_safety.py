@@ -297,6 +297,35 @@ def test_a_commit_killed_at_each_step_leaves_old_or_new(command, tiny, first_run
         assert leftovers(target) == [], (step, leftovers(target))
 
 
+def test_without_rename_flags_a_target_is_a_link_switched_in_one_step(tmp_path):
+    """On a file system without renameat2's flags (NFS), a new dataset is a link to a hidden
+    version folder; each later commit switches the link in one rename. Killed at each step,
+    the target is the old or the new dataset, and the next command leaves one version."""
+    env = {"HPCSTUDY_TEST_NO_EXCHANGE": "1"}
+    out = tmp_path / "data"
+
+    def synth(persons, **extra):
+        return run_cli("synth", "--persons", persons, "--partitions", "2", "--out", out,
+                       "--quiet", "--overwrite", "--jobs", "1", env={**env, **extra})
+
+    assert synth(40).returncode == 0
+    assert out.is_symlink() and out.is_dir()
+    old = state(out)
+    for step in ("staged", "linked", "removing"):
+        r = synth(50, HPCSTUDY_TEST_KILL_AT=step)
+        assert r.returncode == -9, (step, r.stderr)
+        after = state(out)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert after == old if step == "staged" else manifest["source"]["persons"] == 50, step
+        if step != "staged":
+            assert run_cli("data", "verify", out).returncode == 0
+        r = synth(40)   # the next command: back to the old bytes, one version folder left
+        assert r.returncode == 0, r.stderr
+        assert state(out) == old and out.is_symlink()
+        assert len(leftovers(out)) == 1, leftovers(out)   # the one the link points to
+    refused(run_cli("run", STUDY, "--data", out, "--out", out, "--overwrite"), "is the data")
+
+
 def test_the_leftovers_an_older_hpcstudy_left_are_put_back(data, tmp_path):
     """What issue 11 found after killing ingest between its two renames: no dataset, only
     .data.old-PID and .data.partial-PID. The next command puts the old dataset back."""

@@ -13,8 +13,10 @@ Every command that writes a folder (``run --out``, ``synth --out``, ``ingest --d
   current directory, the home directory, a git work tree or hpcstudy's own installation.
 - The finished folder is written beside the target under ``.NAME.partial-PID@HOST`` and swapped
   in with one ``renameat2(RENAME_EXCHANGE)``: at every moment the target holds the old or the
-  new state, never neither. The old state is then removed. Where the file system cannot
-  exchange, the old folder is renamed away first (``.NAME.old-PID@HOST``) and the next command
+  new state, never neither. The old state is then removed. On a file system without rename
+  flags (NFS and some parallel file systems) a new target is a stable link to a hidden version
+  folder (``.NAME.v-PID@HOST.TOKEN``), switched to the next version in one ``rename``; a folder
+  that is not such a link is renamed away first (``.NAME.old-PID@HOST``) and the next command
   that touches the target puts it back if the process was killed in between.
 - Leftovers of a process that is gone are removed by the next command on the same target;
   those of a process still running (or on another host) are named in a one-line note.
@@ -39,7 +41,8 @@ from ..errors import UserError
 KINDS = ("run", "dataset", "export")
 RUN_MARKER = Path("private") / "hpcstudy-run.json"
 RUN_FORMAT = "hpcstudy-run"
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>partial|old)-(?P<pid>\d+)(?:@(?P<host>.+))?$")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>partial|old|v|link)-(?P<pid>\d+)"
+                       r"(?:@(?P<host>[A-Za-z0-9_-]+))?(?:\.(?P<token>[0-9a-f]+))?$")
 _NAME_MAX = 255
 _SUFFIX_MAX = 56
 
@@ -88,7 +91,7 @@ def check_target(out: str | os.PathLike, *, kind: str, overwrite: bool = False,
         raise UserError(f"{opt} {str(out)[:60]}…: the folder name is longer than "
                         f"{_NAME_MAX - _SUFFIX_MAX} bytes", fix="choose a shorter name")
     real = _real(out)
-    if out.is_symlink():
+    if out.is_symlink() and _version_of(out) is None:
         raise UserError(f"{opt} {out} is a symbolic link",
                         fix=f"give the folder it points to ({real}) or a new folder")
     for what, place, folder in _protected(reads):
@@ -200,6 +203,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _version_of(out: Path) -> Path | None:
+    """The version folder ``out`` links to, when it is one of hpcstudy's stable links."""
+    try:
+        target = os.readlink(out)
+    except OSError:
+        return None
+    m = _LEFTOVER.match(target)
+    if "/" in target or not m or m["what"] != "v" or m["name"] != out.name:
+        return None
+    return out.parent / target
+
+
 def leftover(out: Path, what: str) -> Path:
     """This process's name for a staging (``partial``) or old (``old``) folder beside ``out``."""
     return out.parent / f".{out.name}.{what}-{os.getpid()}@{_host()}"
@@ -215,9 +230,10 @@ def tidy(out: str | os.PathLike) -> None:
     except OSError:
         return
     mine, others = [], []
+    current = _version_of(out)
     for e in entries:
         m = _LEFTOVER.match(e.name)
-        if not m or m["name"] != out.name:
+        if not m or m["name"] != out.name or e == current:
             continue
         pid, host = int(m["pid"]), m["host"]
         here = host is None or host == _host()
@@ -305,7 +321,7 @@ def commit(staging: Path, out: Path) -> None:
     """Put the finished ``staging`` folder at ``out`` in one step, then remove the old state.
     A rename the system refuses is one line and exit 1; ``out`` keeps its old state.
 
-    Test hooks: ``HPCSTUDY_TEST_KILL_AT`` in staged, exchanged, moved-old, removing;
+    Test hooks: ``HPCSTUDY_TEST_KILL_AT`` in staged, exchanged, moved-old, linked, removing;
     ``HPCSTUDY_TEST_NO_EXCHANGE`` takes the path of a file system without exchange."""
     try:
         _commit(staging, Path(out))
@@ -321,13 +337,14 @@ def _commit(staging: Path, out: Path) -> None:
     _fault("staged")
     if not os.path.lexists(out):
         if not _renameat2(staging, out, _RENAME_NOREPLACE):
-            if os.path.lexists(out):
-                raise UserError(f"{out} appeared while this command ran",
-                                fix="another command writes the same place; choose another")
-            os.rename(staging, out)
+            _link(staging, out)   # no rename flags here: a link the next commit can switch
         _sync_dir(out.parent)
         return
-    if _renameat2(staging, out, _RENAME_EXCHANGE):
+    if _version_of(out) is not None:
+        old = _version_of(out)
+        _link(staging, out)
+        _fault("linked")
+    elif _renameat2(staging, out, _RENAME_EXCHANGE):
         old = staging          # the exchange left the old state under the staging name
         _sync_dir(out.parent)
         _fault("exchanged")
@@ -342,6 +359,20 @@ def _commit(staging: Path, out: Path) -> None:
             raise
         _sync_dir(out.parent)
     _remove_slowly(old)
+
+
+def _link(staging: Path, out: Path) -> None:
+    """Make ``out`` a link to ``staging`` (renamed to a version folder) in one ``rename``."""
+    version = out.parent / f".{out.name}.v-{os.getpid()}@{_host()}.{os.urandom(4).hex()}"
+    os.rename(staging, version)
+    tmp = leftover(out, "link")
+    if os.path.lexists(tmp):
+        tmp.unlink()
+    os.symlink(version.name, tmp)
+    if os.path.isdir(out) and not os.path.islink(out):
+        tmp.unlink()
+        raise FileExistsError(errno.EEXIST, "appeared while this command ran", str(out))
+    os.replace(tmp, out)
 
 
 def _remove_slowly(old: Path) -> None:
