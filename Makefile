@@ -23,7 +23,7 @@ system-deps:
 demo: install
 	$(BIN)/hpcstudy synth --persons $(PERSONS) --seed 1 --partitions 8 --out demo-data --overwrite
 	$(BIN)/hpcstudy data verify demo-data
-	$(BIN)/hpcstudy run examples/statins_mi.yaml --data demo-data --out demo-out/statins_mi
+	$(BIN)/hpcstudy run examples/statins_mi.yaml --data demo-data --out demo-out/statins_mi --overwrite
 
 ## test: the whole suite, a real single-node Slurm and MPI included
 test: system-deps install-test

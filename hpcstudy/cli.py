@@ -138,12 +138,14 @@ def cli() -> None:
 @click.option("--persons", type=int, required=True, help="Number of persons (N > 0).")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed (≥ 0).")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True,
-              help="Directory to create.")
+              help="New folder to create (never the current folder or one holding other files).")
 @click.option("--partitions", type=int, default=8, show_default=True,
               help="Number of hash partitions by pnr (P > 0).")
 @click.option("--jobs", type=int, default=None,
               help="Worker processes (default: number of CPUs, at most 4).")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out, if it is a dataset hpcstudy wrote and holds "
+                   "nothing else.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 @audited
 def synth(persons: int, seed: int, out: Path, partitions: int, jobs: int | None,
@@ -292,11 +294,15 @@ def plan(study: Path, data: Path, project: Path | None) -> None:
 @cli.command()
 @click.argument("study", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Register dataset.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="New output folder (outside the data, the study and the project).")
 @click.option("--engine", type=click.Choice(["dask", "reference"]), default="dask",
               show_default=True)
-@click.option("--overwrite/--no-overwrite", default=True, show_default=True,
-              help="Replace an existing --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out, if an earlier run wrote it and it holds nothing "
+                   "else (its private/hpcstudy-run.json lists what the run wrote).")
+@click.option("--verify", is_flag=True,
+              help="Check every data file's SHA-256 against the manifest before reading.")
 @click.option("--quiet", is_flag=True)
 @click.option("--launcher", type=click.Choice(["local", "processes", "slurm", "mpi"]),
               default="local", show_default=True,
@@ -311,12 +317,13 @@ def plan(study: Path, data: Path, project: Path | None) -> None:
 @click.option("--interface", default=None,
               help="mpi and slurm launchers: network interface of scheduler and workers (ib0).")
 @click.option("--resume", is_flag=True,
-              help="Reuse the partitions an interrupted run finished (OUT.checkpoints/).")
+              help="Reuse the partitions an interrupted run finished (in the private folder "
+                   "OUT.checkpoints/).")
 @click.option("--variant", default=None, help="Run this variant of the study (its variants:).")
 @PROJECT
 @audited
-def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet: bool,
-        launcher: str, workers: int, gpus: int, profile_name: str | None,
+def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify: bool,
+        quiet: bool, launcher: str, workers: int, gpus: int, profile_name: str | None,
         account: str | None, interface: str | None, resume: bool,
         variant: str | None, project: Path | None) -> None:
     """Run a study: results.json, tables/*.csv and the private per-person table in OUT."""
@@ -330,6 +337,8 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet:
     # every rank checks the study: a bad one fails everywhere at once, nothing waits for it
     approval = _approval(project)
     s, p, ds = _load_checked(study, data, project, variant)
+    # every rank refuses a bad --out or broken data at once: none waits for another
+    R.check_run(out, ds, overwrite=overwrite, study=s, approval=approval, verify=verify)
     if launcher != "local" and engine != "dask":
         raise UserError(f"the {launcher} launcher runs the dask engine",
                         fix="drop --engine reference, or use --launcher local")
@@ -350,7 +359,8 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet:
                     part=part, log_directory=logs) as client:
         done: dict = {}
         res = R.run(s, data, out, engine=engine, client=client, progress=progress,
-                    overwrite=overwrite, approval=approval, resume=resume, report=done)
+                    overwrite=overwrite, approval=approval, resume=resume, report=done,
+                    checked=True)
     if resume:
         click.echo(f"resumed {done.get('resumed', 0)} of {ds.partitions} partitions from "
                    "checkpoints")
@@ -389,7 +399,8 @@ def report(res: dict, out: Path) -> str:
 @click.option("--input", "input_", type=click.Path(path_type=Path), required=True,
               help="Extract: .csv, .parquet, .sas7bdat or .xpt, keyed by cpr.")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="Dataset to add to (created if absent).")
+              help="Dataset to add to (created if absent; an existing folder must be an "
+                   "hpcstudy dataset holding nothing else).")
 @click.option("--key-file", type=click.Path(path_type=Path), required=True,
               help="The project's pseudonymisation key (≥ 32 bytes); never printed.")
 @click.option("--quarantine", type=click.Path(path_type=Path), default=None,
@@ -401,8 +412,13 @@ def ingest(register: str, input_: Path, data: Path, key_file: Path, quarantine: 
            partitions: int) -> None:
     """Validate CPR numbers, pseudonymise them with the project key, check every row, and add
     the extract to the partitioned dataset; rejected rows go to quarantine with a reason."""
+    from .outputs.targets import check_target
     from .secure.ingest import ingest as do
 
+    # a new folder or an hpcstudy dataset holding nothing else: never a folder of other files
+    check_target(data, kind="dataset", overwrite=True, option="--data",
+                 reads=[("the extract", input_), ("the key file", key_file),
+                        ("the quarantine file", quarantine)])
     s = do(register, input_, data, key_file, quarantine, partitions)
     if s["skipped"]:
         click.echo(f"{input_}: {s['reason']}")
@@ -497,7 +513,8 @@ def export(out: Path, dest: Path, min_cell: int | None, project: Path | None) ->
             _say_review(found, out)
             raise DataProblem(f"export of {out} held for review: {len(found)} count(s) differ "
                               "by fewer persons than the threshold; nothing was copied")
-        with staged_output(dest, overwrite=False) as staging:
+        with staged_output(dest, overwrite=False, kind="export",
+                           reads=[("the run", out)]) as staging:
             for f in files:   # the bytes the gate checked, not whatever is there by now
                 (staging / f).parent.mkdir(parents=True, exist_ok=True)
                 (staging / f).write_bytes(verdict.blobs[f])
@@ -587,6 +604,9 @@ def submit(study: Path, profile_name: str, data: Path, out: Path, account: str |
     from .cluster import slurm
 
     s, _, _ = _load_checked(study, data, project)  # refuse before anything is queued
+    from .outputs.targets import check_target
+
+    check_target(out, kind="run", reads=[data, study, project])   # a job writes a new OUT
     for v in s.variants:
         _load_checked(study, data, project, v)      # every variant too
     prof = slurm.load_profile(profile_name)

@@ -175,8 +175,9 @@ def test_a_command_writes_started_then_finished(tmp_path, small_data):
         (small_data / "manifest.json").read_bytes()).hexdigest()
     assert finished["started"] == {"seq": started["seq"], "hash": started["hash"]}
     assert finished["status"] == "ok"
-    assert finished["outputs"]["results.json"] == hashlib.sha256(
-        (out / "results.json").read_bytes()).hexdigest()
+    # the output manifest, which names every exported file's hash
+    assert finished["outputs"] == {"outputs.json": hashlib.sha256(
+        (out / "outputs.json").read_bytes()).hexdigest()}
     head = json.loads((out / "audit.json").read_text())
     assert (head["seq"], head["hash"].replace(" ", ""), head["log"]) == (
         1, started["hash"], str(path))

@@ -42,15 +42,22 @@ def test_missing_required_option(tmp_path):
     one_line_error(run_cli("synth", "--out", tmp_path / "x"), "--persons")
 
 
-def test_nonempty_output_needs_overwrite(tmp_path):
+def test_an_existing_output_needs_overwrite_and_only_ours_is_replaced(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    one_line_error(run_cli("synth", "--persons", "50", "--out", out), "not empty", "--overwrite")
+    one_line_error(run_cli("synth", "--persons", "50", "--out", out), "already exists",
+                   "--overwrite")
+    one_line_error(run_cli("synth", "--persons", "50", "--out", out, "--overwrite"),
+                   "no dataset manifest")
     assert (out / "precious.txt").read_text() == "keep me"
+    (out / "precious.txt").unlink()
+    assert run_cli("synth", "--persons", "50", "--out", out, "--quiet").returncode == 2
     r = run_cli("synth", "--persons", "50", "--out", out, "--overwrite", "--quiet")
-    assert r.returncode == 0, r.stderr
-    assert not (out / "precious.txt").exists() and (out / "manifest.json").exists()
+    assert r.returncode == 0, r.stderr   # an empty folder: nothing to lose
+    r = run_cli("synth", "--persons", "60", "--out", out, "--overwrite", "--quiet")
+    assert r.returncode == 0, r.stderr   # a dataset hpcstudy wrote
+    assert json.loads((out / "manifest.json").read_text())["source"]["persons"] == 60
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging left behind
 
 

@@ -89,16 +89,28 @@ def test_an_unwritable_audit_log_stops_every_rank_before_it_starts(mpirun, small
     assert not (tmp_path / "o").exists() and "Traceback" not in r.stderr
 
 
-def test_a_client_failing_mid_run_shuts_the_cluster_down(mpirun, small_data, local_run,
-                                                         tmp_path):
-    """The error comes after scheduler and workers are up (OUT exists and may not be
-    replaced): the client shuts the cluster down, every rank exits, OUT is untouched."""
+def test_a_client_failing_mid_run_shuts_the_cluster_down(mpirun, small_data, tmp_path):
+    """The error comes after scheduler and workers are up (the Cox model has no events to fit
+    in a one-day follow-up): the client shuts the cluster down, every rank exits, no OUT."""
+    study = tmp_path / "no_events.yaml"
+    text = STUDY.read_text().replace("date: 2000-01-01", "date: 2023-12-30")
+    study.write_text(text.split("analyses:")[0] + "analyses:\n  cox: true\n")
+    out = tmp_path / "out"
+    r = mpirun(4, study, "--data", small_data, "--out", out, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("hpcstudy: error:") == 1 and "2 workers" in r.stderr
+    assert "there are no events" in r.stderr and not out.exists()
+
+
+def test_an_existing_out_is_refused_by_every_rank_at_once(mpirun, small_data, local_run,
+                                                           tmp_path):
+    """An OUT that may not be replaced is refused before the cluster starts, said once."""
     out = tmp_path / "out"
     shutil.copytree(local_run, out)
     before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
-    r = mpirun(4, STUDY, "--data", small_data, "--out", out, "--no-overwrite", timeout=120)
+    r = mpirun(4, STUDY, "--data", small_data, "--out", out, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert r.stderr.count("hpcstudy: error:") == 1 and "2 workers" in r.stderr
+    assert r.stderr.count("hpcstudy: error:") == 1 and "already exists" in r.stderr
     assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
 
 

@@ -1,6 +1,7 @@
 """Per-partition checkpoints of the dask engine, so an interrupted run loses no finished work.
 
 Each finished partition's per-person table is written to ``OUT.checkpoints/part-NNNNN.parquet``
+(the folder is private, mode 0700: the tables hold ``pnr``)
 with a JSON record: its SHA-256, its attrition, and the run's fingerprint (the study, the data
 manifest and the plan). ``run --resume`` reuses every checkpoint whose fingerprint and checksum
 still match and computes only the others; a checkpoint that does not verify is recomputed. A
@@ -36,8 +37,15 @@ def _paths(d: Path, p: int) -> tuple[Path, Path]:
     return d / f"part-{p:05d}.parquet", d / f"part-{p:05d}.json"
 
 
+def private_folder(d: Path) -> None:
+    """Create ``d`` readable by its owner only (mode 0700), or narrow an existing one."""
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if d.stat().st_mode & 0o077:
+        os.chmod(d, 0o700)
+
+
 def save(d: Path, p: int, table: dict, attrition: dict, fp: str) -> None:
-    d.mkdir(parents=True, exist_ok=True)
+    private_folder(d)
     data, meta = _paths(d, p)
     tmp = data.with_suffix(".tmp")
     pq.write_table(pa.table({k: pa.array(v) for k, v in table.items()}), tmp,

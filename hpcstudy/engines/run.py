@@ -228,7 +228,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
     (``OUT/outputs.json``: every exported file with its kind, schema and SHA-256)."""
     from ..outputs import manifest as M
 
-    with staged_output(out, overwrite) as staging:
+    with staged_output(out, overwrite, kind="run") as staging:
         res = exported(results, plan.study.min_cell, plan.study.round_to)
         manifest_sha = hashlib.sha256((ds.root / "manifest.json").read_bytes()).hexdigest()
         res["run"] = {"engine": engine, "data": str(ds.root), "data_manifest_sha256": manifest_sha,
@@ -290,14 +290,33 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
     return res
 
 
+def check_run(out, ds: Dataset, *, overwrite: bool = False, study: Study | None = None,
+              approval=None, verify: bool = False) -> None:
+    """Refuse a run before it reads anything: an ``out`` it may not write (it is, holds or lies
+    in what the run reads; it exists without --overwrite or without a run marker; see
+    :mod:`hpcstudy.outputs.targets`) or data whose files disagree with the manifest."""
+    from ..outputs import targets
+
+    reads = [ds.root, study.source if study is not None and study.source != "<python>" else None,
+             approval.source if approval is not None else None]
+    targets.check_target(out, kind="run", overwrite=overwrite, reads=reads)
+    ds.check_files(checksums=verify)
+
+
 def run(study, data, out, engine: str = "dask", client=None, progress=None,
-        overwrite: bool = True, approval=None, resume: bool = False, report=None) -> dict:
-    """Run a study. The dask engine checkpoints every finished partition next to OUT
-    (OUT.checkpoints/); ``resume`` reuses them; a finished run removes them."""
+        overwrite: bool = False, approval=None, resume: bool = False, report=None,
+        verify: bool = False, checked: bool = False) -> dict:
+    """Run a study. The dask engine checkpoints every finished partition next to OUT, in the
+    private folder OUT.checkpoints/ (mode 0700); ``resume`` reuses them; a finished run removes
+    them. ``checked``: the caller has done :func:`check_run` already."""
     from . import checkpoint
 
     study, plan, ds = prepare(study, data, approval)
+    if not checked:
+        check_run(out, ds, overwrite=overwrite, study=study, approval=approval, verify=verify)
     ckpt = checkpoint.directory(Path(out)) if engine == "dask" else None
+    if ckpt is not None and ckpt.is_dir():
+        checkpoint.private_folder(ckpt)   # one an older hpcstudy left readable by others
     tables, attrition, parts = person_table(plan, ds, engine, client, progress, ckpt, resume,
                                             report)
     results = analyse(plan, parts, attrition)

@@ -65,7 +65,7 @@ def _finish(args: tuple[str, str, str, int]) -> tuple[str, int, dict]:
 def generate(out: Path, persons: int, seed: int, partitions: int, *, overwrite: bool = False,
              jobs: int = 1, progress: ProgressFn | None = None) -> dict:
     """Write a synthetic dataset to ``out``; return its manifest."""
-    with store.staged_output(out, overwrite) as staging:
+    with store.staged_output(out, overwrite, kind="dataset") as staging:
         manifest = _generate_into(staging, persons, seed, partitions, jobs, progress)
         (staging / store.MANIFEST).write_text(store.manifest_json(manifest))
     return manifest

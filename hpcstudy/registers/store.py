@@ -116,44 +116,49 @@ def empty_manifest(partitions: int, dictionaries: dict[str, Sequence[str]],
 
 
 # -- safe output directories -----------------------------------------------------------------
-def prepare_output(out: Path, overwrite: bool) -> Path:
-    """Check ``out`` can be written; return a fresh staging directory beside it.
+def prepare_output(out: Path, overwrite: bool, *, kind: str, reads=()) -> Path:
+    """Check ``out`` may be written (see :mod:`hpcstudy.outputs.targets`); return a fresh
+    staging folder beside it.
 
-    Data is written to the staging directory and moved into place only when complete, so an
-    interrupted run never leaves a dataset that looks whole.
+    Data is written to the staging folder and swapped into place only when complete, so an
+    interrupted command never leaves an output that looks whole, nor a missing one.
     """
+    from ..outputs import targets
+
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory", fix="choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} is not empty",
-                        fix="pass --overwrite to replace it, or choose another --out")
-    parent = out.resolve().parent
+    targets.check_target(out, kind=kind, overwrite=overwrite, reads=reads)
+    parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the directory {parent} ({e.strerror})",
+        raise UserError(f"cannot create the folder {parent} ({e.strerror})",
                         fix="choose a writable --out") from e
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write in {parent}", fix="choose a writable --out")
-    staging = parent / f".{out.name}.partial-{os.getpid()}"
+    staging = targets.leftover(out, "partial")
     try:
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir()
     except OSError as e:
-        raise UserError(f"cannot create a directory in {parent} ({e.strerror})",
+        raise UserError(f"cannot create a folder in {parent} ({e.strerror})",
                         fix="choose a writable --out") from e
     return staging
 
 
 @contextmanager
-def staged_output(out: Path, overwrite: bool):
-    """``with staged_output(out, overwrite) as staging:`` write into ``staging``; on success it
-    replaces ``out``, on any failure (an interrupt too) it is removed and ``out`` is untouched."""
-    staging = prepare_output(out, overwrite)
+def staged_output(out: Path, overwrite: bool, *, kind: str, reads=()):
+    """``with staged_output(out, overwrite, kind="run") as staging:`` write into ``staging``;
+    on success it replaces ``out`` in one step, on any failure (an interrupt too) it is removed
+    and ``out`` is untouched. ``kind`` is run, dataset or export: what ``out`` may replace
+    (:func:`hpcstudy.outputs.targets.check_target`); a run's staging gets the run marker."""
+    from ..outputs import targets
+
+    staging = prepare_output(out, overwrite, kind=kind, reads=reads)
     try:
         yield staging
+        if kind == "run":
+            targets.run_marker(staging)
         commit_output(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -177,15 +182,10 @@ def add_file(manifest: dict, register: str, entry: dict) -> None:
 
 
 def commit_output(staging: Path, out: Path) -> None:
-    """Move a finished staging directory into place (replacing an old ``out``)."""
-    out = Path(out)
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Swap a finished staging folder into place (no moment without ``out``), drop the old."""
+    from ..outputs import targets
+
+    targets.commit(staging, Path(out))
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -200,6 +200,10 @@ class Dataset:
     def open(cls, root: str | os.PathLike) -> Dataset:
         root = Path(root)
         path = root / MANIFEST
+        if not root.exists():   # a commit killed between its two renames: put the old back
+            from ..outputs.targets import tidy
+
+            tidy(root)
         if not root.is_dir():
             raise UserError(f"data directory {root} does not exist",
                             fix="give the directory that `hpcstudy synth` or ingest wrote")
@@ -222,6 +226,59 @@ class Dataset:
     @property
     def registers(self) -> list[str]:
         return list(self.manifest["registers"])
+
+    def check_files(self, checksums: bool = False) -> None:
+        """Refuse (UserError) a dataset whose files disagree with its manifest: a partition
+        file missing, extra or of another size, a count other than ``partitions``; with
+        ``checksums`` every file's SHA-256, schema and row count too. Reads no data unless
+        ``checksums``."""
+        problems = self.file_problems()
+        if not problems and checksums:
+            from .verify import verify
+
+            problems = verify(self.root)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise UserError(f"{self.root}: {problems[0]}{more}",
+                            fix=f"`hpcstudy data verify {self.root}` lists every problem; "
+                                "restore the dataset or write it again")
+
+    def file_problems(self) -> list[str]:
+        """What the manifest promises about files that the folder does not keep (cheap: sizes
+        and names, no checksums)."""
+        problems: list[str] = []
+        try:
+            P = self.partitions
+            regs = self.manifest["registers"]
+            if P <= 0 or not isinstance(regs, dict):
+                raise ValueError
+            entries = {name: list(reg["files"]) for name, reg in regs.items()}
+            for files in entries.values():
+                for f in files:
+                    f["path"], f.get("bytes")
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return [f"{MANIFEST}: partitions, registers or their files are malformed"]
+        for name, files in entries.items():
+            want = {f"{name}/{part_name(p)}" for p in range(P)}
+            listed = [f["path"] for f in files]
+            if sorted(listed) != sorted(want):
+                problems.append(f"{MANIFEST}: register {name} lists {len(listed)} file(s) for "
+                                f"partitions: {P} (want {name}/part-00000.parquet … "
+                                f"{name}/{part_name(P - 1)})")
+            for f in files:
+                path = self.root / f["path"]
+                if not path.is_file():
+                    problems.append(f"{f['path']}: missing")
+                elif isinstance(f.get("bytes"), int) and path.stat().st_size != f["bytes"]:
+                    problems.append(f"{f['path']}: {path.stat().st_size} bytes, the manifest "
+                                    f"says {f['bytes']}")
+            folder = self.root / name
+            if folder.is_dir():
+                for extra in sorted(folder.glob("part-*.parquet")):
+                    rel = f"{name}/{extra.name}"
+                    if rel not in listed:
+                        problems.append(f"{rel}: not in the manifest")
+        return problems
 
     def dictionary(self, system: str) -> list[str]:
         return self.manifest["dictionaries"][system]

@@ -53,7 +53,7 @@ def write_tables(out: str | Path, tables: dict[str, dict[str, list]], partitions
     order = np.argsort(adm["recnum"])
     d["_pnr"] = adm["pnr"][order][pos] if d["recnum"].size else np.zeros(0, np.int64)
     d["_d_inddto"] = adm["d_inddto"][order][pos] if d["recnum"].size else np.zeros(0, np.int64)
-    with store.staged_output(out, overwrite) as staging:
+    with store.staged_output(out, overwrite, kind="dataset") as staging:
         manifest = store.empty_manifest(
             partitions, dicts_sorted, source={"kind": "tables"},
             period={"start": str(np.datetime64(CPR_START, "D")),

@@ -229,7 +229,8 @@ def ingest(register: str, input_path: Path, data: Path, key_file: Path,
                     "reason": "this file was ingested before: nothing changed"}
     quarantine = Path(quarantine) if quarantine else \
         input_path.with_name(input_path.name + ".quarantine.csv")
-    with store.staged_output(data, overwrite=True) as staging:
+    with store.staged_output(data, overwrite=True, kind="dataset",
+                              reads=(input_path, key_file)) as staging:
         if existing:
             for src in data.rglob("*"):
                 dst = staging / src.relative_to(data)
