@@ -10,7 +10,7 @@ import yaml
 from conftest import run_cli
 
 from hpcstudy.study import StudyErrors, load_study, study_from_text
-from hpcstudy.study.language import parse
+from hpcstudy.study import parse
 from hpcstudy.study.yamlio import loads
 
 GOOD = """\
