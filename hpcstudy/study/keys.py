@@ -86,8 +86,8 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
         "residence_years": ("number 0–150", "continuous residence in Denmark before index"),
     },
     "index": dict(_INDEX),
-    "exposure": {**_INDEX, "name": ("plain name", "the exposure's model term (default "
-                                    "exposed)")},
+    "exposure": {**{k: v for k, v in _INDEX.items() if k != "date"},
+                 "name": ("plain name", "the exposure's model term (default exposed)")},
     "events": dict(_EVENTS),
     "comparator": {
         "non_users": ("true", "persons without the exposure, at a random date"),
@@ -162,6 +162,8 @@ FILTER_RANGES = {"c_pattype": (0, 3), "c_sgh": (0, 2**31 - 1), "apk": (0, 32_767
 
 # Fixes for keys users put in the wrong place (context, key) → fix.
 MISPLACED = {
+    **{("criterion", k): f"{k}: goes inside include:/exclude: (- exclude: {{codelist: mi, "
+                         "window: [null, 0]})" for k in (*_EVENTS, "window", "min_count")},
     ("criterion_events", "label"): "label: goes beside include:/exclude:, not inside it",
     ("criterion_events", "nth"): "nth belongs to an index rule; a criterion counts events in "
                                  "its window (min_count: 2 for at least two)",
@@ -170,6 +172,8 @@ MISPLACED = {
     ("criterion_events", "between"): "between belongs to an index rule; a criterion says its "
                                      "days with window: [from, to]",
     ("index", "name"): "name: belongs to exposure: (a study with a comparator)",
+    ("exposure", "date"): "an exposure starts at an event per person (first_event:); one date "
+                          "for everyone is a single cohort: index: {date: ...}",
     ("lexis", "by"): "Lexis cells are by group, age band and period; for rates by a covariate "
                      "use rates: {by: [...]}",
     ("rates", "per"): "rates are always per 1000 person-years",

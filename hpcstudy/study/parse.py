@@ -449,6 +449,8 @@ def _index(cx: _Ctx, node, path: str, context: str, names, parent, key) -> Index
     node = cx.mapping(node, context, path, parent, key, "{first_event: {codelist: x}}")
     if node is None:
         return None
+    if "date" not in KEYS[context] and "date" in node:
+        return None     # said by cx.mapping
     nth = cx.integer(node, "nth", f"{path}.nth", 1, 1000, 1)
     washout = cx.integer(node, "washout_days", f"{path}.washout_days", 0, DAYS, 0)
     if "date" in node and "first_event" in node:
@@ -982,7 +984,7 @@ def apply_variant(doc: Node, variant: Node, file: str) -> tuple[Node, list[Probl
             here = ".".join(keys[:depth + 1])
             if isinstance(node, list):
                 if not k.isdigit() or int(k) >= len(node):
-                    problems.append(Problem(where, f"variants.{variant['name']}.set.{path}",
+                    problems.append(Problem(where, f"set.{path}",
                                             f"{'.'.join(keys[:depth]) or 'it'} is a list of "
                                             f"{len(node)}: no item {k}",
                                             f"items count from 0 to {len(node) - 1}"))
@@ -993,7 +995,7 @@ def apply_variant(doc: Node, variant: Node, file: str) -> tuple[Node, list[Probl
                 node = node[int(k)]
             elif isinstance(node, dict):
                 if k.isdigit():
-                    problems.append(Problem(where, f"variants.{variant['name']}.set.{path}",
+                    problems.append(Problem(where, f"set.{path}",
                                             f"{'.'.join(keys[:depth])} is a mapping, not a "
                                             "list", "name its field, not a number"))
                     break
@@ -1011,7 +1013,7 @@ def apply_variant(doc: Node, variant: Node, file: str) -> tuple[Node, list[Probl
                     node.lines[k] = child.line
                 node = node[k]
             else:
-                problems.append(Problem(where, f"variants.{variant['name']}.set.{path}",
+                problems.append(Problem(where, f"set.{path}",
                                         f"{'.'.join(keys[:depth])} is {show(node)}, which has "
                                         f"no field {k}", f"set {here.rsplit('.', 1)[0]} whole"))
                 break
@@ -1035,11 +1037,21 @@ def find_variant(doc: Node, name: str, file: str) -> Node:
 
 # -- the study ----------------------------------------------------------------------------------
 def parse(doc: Node, file: str = "<study>", base_dir: str | Path = ".", *,
-          check_variants: bool = True, _cx: _Ctx | None = None
+          check_variants: bool = True, keys_seen: set | None = None
           ) -> tuple[Study | None, list[Problem]]:
     """A Study from YAML data (with its warnings on ``study.warnings``), or None and every
-    problem found. Each variant is applied and checked too (``check_variants``)."""
-    cx = _cx or _Ctx(file, base_dir=Path(base_dir))
+    problem found. Each variant is applied and checked too (``check_variants``).
+    ``keys_seen`` receives the (context, key) pairs the study uses (for coverage tests)."""
+    cx = _Ctx(file, base_dir=Path(base_dir))
+    try:
+        return _parse(cx, doc, check_variants)
+    finally:
+        if keys_seen is not None:
+            keys_seen |= cx.seen
+
+
+def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, list[Problem]]:
+    file = cx.file
     cx.mapping(doc, "study", "", example="name: my_study")
     if "name" not in doc:
         cx.err(doc, None, "name", "missing", "give name: letters, digits, _ . - (it names the "
@@ -1128,9 +1140,8 @@ def parse(doc: Node, file: str = "<study>", base_dir: str | Path = ".", *,
 def _check_variant(cx: _Ctx, doc: Node, i: int, v: Node, base: Study) -> Study | None:
     """Apply variant ``v`` and check the result; its problems join the study's."""
     applied, problems = apply_variant(doc, v, cx.file)
-    sub = _Ctx(cx.file, base_dir=cx.base_dir)
-    study, more = parse(applied, cx.file, cx.base_dir, check_variants=False, _cx=sub)
-    cx.seen |= sub.seen
+    study, more = parse(applied, cx.file, cx.base_dir, check_variants=False,
+                        keys_seen=cx.seen)
     for p in problems + more:
         cx.problems.append(Problem(p.where, f"variants[{i}] {v['name']}: {p.field}", p.message,
                                    p.fix))

@@ -48,6 +48,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> Node:
     own = sum(1 for k, _ in node.value if k.tag != MERGE)
     loader.flatten_mapping(node)           # `<<: *defaults` merges, as YAML 1.1 says
     merged = len(node.value) - own
+    mine = set()
     for i, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         try:
@@ -56,9 +57,11 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> Node:
             raise yaml.constructor.ConstructorError(
                 None, None, "a key must be a plain word, not a list or mapping",
                 key_node.start_mark) from None
-        if key in out and i >= merged:     # a merged key may be overridden, not repeated
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        if i >= merged:                    # a merged key may be overridden, not repeated
+            if key in mine:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            mine.add(key)
         out[key] = loader.construct_object(value_node, deep=True)
         out.lines[key] = key_node.start_mark.line + 1
     return out

@@ -9,8 +9,7 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from hpcstudy.study import StudyErrors, load_study, study_from_text
-from hpcstudy.study import parse
+from hpcstudy.study import StudyErrors, load_study, parse, study_from_text
 from hpcstudy.study.yamlio import loads
 
 GOOD = """\
