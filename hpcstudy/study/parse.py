@@ -161,7 +161,9 @@ class _Ctx:
             return default
         v = node[key]
         if not is_int(v) or not lo <= v <= hi:
-            self.err(node, key, path, f"must be a whole number from {lo} to {hi}, not {show(v)}")
+            example = default if is_int(default) and lo <= default <= hi else lo
+            self.err(node, key, path, f"must be a whole number from {lo} to {hi}, not {show(v)}",
+                     f"e.g. {key}: {example}")
             return default
         return v
 
@@ -170,7 +172,8 @@ class _Ctx:
             return default
         v = node[key]
         if not isinstance(v, bool):
-            self.err(node, key, path, f"must be true or false, not {show(v)}")
+            self.err(node, key, path, f"must be true or false, not {show(v)}",
+                     f"write {key}: true or {key}: false")
             return default
         return v
 
@@ -195,7 +198,8 @@ def _names_list(cx: _Ctx, node, key, path, allowed: set[str], what: str,
     out: list[str] = []
     for i, x in enumerate(v):
         if not isinstance(x, str):
-            cx.err(v, i, path, f"{show(x)} is not a name of {what}")
+            cx.err(v, i, path, f"{show(x)} is not a name of {what}",
+                   "write the names, e.g. [age, sex]")
         elif refuse and x in refuse:
             cx.err(v, i, path, f"{x!r} cannot be used here", refuse[x])
         elif x not in allowed:
@@ -204,7 +208,7 @@ def _names_list(cx: _Ctx, node, key, path, allowed: set[str], what: str,
                    f"did you mean {near!r}?" if near else
                    f"define it under covariates:, or use one of {', '.join(sorted(allowed))}")
         elif x in out:
-            cx.err(v, i, path, f"{x!r} given twice")
+            cx.err(v, i, path, f"{x!r} given twice", "give it once")
         else:
             out.append(x)
     return tuple(out) if len(out) == len(v) else None
@@ -237,7 +241,8 @@ def _date(cx: _Ctx, node, key, path, value) -> str | None:
     try:
         d = datetime.date.fromisoformat(value)
     except ValueError:
-        cx.err(node, key, path, f"{value} is not a calendar date")
+        cx.err(node, key, path, f"{value} is not a calendar date",
+               "check the month (01–12) and the day")
         return None
     if not 1850 <= d.year <= 2200:
         cx.err(node, key, path, f"{value} is outside 1850–2200", "check the year")
@@ -276,7 +281,8 @@ def _codelists(cx: _Ctx, doc) -> list[Codelist]:
         if "file" in spec:
             file = spec["file"]
             if not isinstance(file, str) or not file:
-                cx.err(spec, "file", f"{path}.file", f"must be a path, not {show(file)}")
+                cx.err(spec, "file", f"{path}.file", f"must be a path, not {show(file)}",
+                       "e.g. file: mi_codes.csv")
                 file = None
             else:
                 codes = _codes_from_csv(cx, spec, path, file)
@@ -292,7 +298,7 @@ def _codelists(cx: _Ctx, doc) -> list[Codelist]:
                     cx.err(v, i, f"{path}.codes", f"code {show(c)} is not text",
                            "quote it, e.g. 'I21'")
                 elif c.strip() in inline:
-                    cx.warn(v, i, f"{path}.codes", f"code {c!r} given twice")
+                    cx.warn(v, i, f"{path}.codes", f"code {c!r} given twice", "give it once")
                 else:
                     inline.append(c.strip())
         # the file's codes first; a code written in both places is one code (so a study
@@ -334,7 +340,8 @@ def _codes_from_csv(cx: _Ctx, spec: Node, path: str, file: str) -> list[str]:
         cx.err(spec, "file", f"{path}.file", f"{f} is not UTF-8 text", "save it as UTF-8 CSV")
         return []
     except (OSError, csv.Error) as e:
-        cx.err(spec, "file", f"{path}.file", f"{f} cannot be read as CSV ({e})")
+        cx.err(spec, "file", f"{path}.file", f"{f} cannot be read as CSV ({e})",
+               "give a CSV file with a header row and a code column")
         return []
     if not rows or "code" not in rows[0]:
         cx.err(spec, "file", f"{path}.file", f"{f} has no 'code' column",
@@ -403,7 +410,7 @@ def _choice_list(cx: _Ctx, node, key, path, choices: tuple[str, ...], default):
     vals = [v] if isinstance(v, str) else v
     if not isinstance(vals, list) or not vals:
         cx.err(node, key, path, f"must be one of {', '.join(choices)} or a list of them, not "
-               f"{show(v)}")
+               f"{show(v)}", f"e.g. {key}: [{choices[0]}]")
         return None
     bad = [x for x in vals if x not in choices]
     if bad:
@@ -466,7 +473,7 @@ def _index(cx: _Ctx, node, path: str, context: str, names, parent, key) -> Index
         return IndexRule("date", date=d) if d and not any(k in node for k in (
             "between", "nth", "washout_days")) else None
     if "first_event" not in node:
-        cx.err(node, None, path, "needs first_event: or date:",
+        cx.err(parent, key, path, "needs first_event: or date:",
                "e.g. first_event: {codelist: statins} with between: [2010-01-01, 2020-12-31]")
         return None
     ev_node = cx.mapping(node["first_event"], "events", f"{path}.first_event", node,
@@ -881,7 +888,8 @@ def _population(cx: _Ctx, doc) -> Population:
             age = None
     sex = node.get("sex", "any")
     if sex not in ("any", "male", "female"):
-        cx.err(node, "sex", "population.sex", f"{show(sex)} is not any, male or female")
+        cx.err(node, "sex", "population.sex", f"{show(sex)} is not any, male or female",
+               "use any, male or female")
         sex = "any"
     from ..registers.schema import REGIONS
 
@@ -895,11 +903,13 @@ def _population(cx: _Ctx, doc) -> Population:
         cx.err(node, "regions", "population.regions", f"unknown region code {show(bad[0])}",
                f"regions are {', '.join(map(str, REGIONS))}")
     elif len(set(regions)) < len(regions):
-        cx.err(node, "regions", "population.regions", "a region is given twice")
+        cx.err(node, "regions", "population.regions", "a region is given twice",
+               "give each region once")
     years = node.get("residence_years", 0)
     if not is_number(years) or not 0 <= years <= 150:
         cx.err(node, "residence_years", "population.residence_years",
-               f"must be a number of years from 0 to 150, not {show(years)}")
+               f"must be a number of years from 0 to 150, not {show(years)}",
+               "e.g. residence_years: 2")
         years = 0
     return Population(tuple(age) if age else None, sex,
                       tuple(sorted(r for r in regions if is_int(r) and r in REGIONS)),

@@ -172,5 +172,7 @@ def loads(text: str, name: str = "<study>", what: str = "study") -> Node:
     finally:
         loader.dispose()
     if not isinstance(data, Node):
-        raise UserError(f"a {what} must be a YAML mapping (name: …, …)", where=f"{name}:1")
+        line = root.start_mark.line + 1 if root is not None else 1
+        raise UserError(f"a {what} must be a YAML mapping (name: …, …)", where=f"{name}:{line}",
+                        fix="write key: value lines, e.g. name: my_study")
     return data
