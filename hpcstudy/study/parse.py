@@ -268,6 +268,7 @@ def _codelists(cx: _Ctx, doc) -> list[Codelist]:
             continue
         spec = cx.mapping(spec, "codelist", path, node, name, "{system: icd10, codes: [I21*]}")
         if spec is None:
+            cx.broken.add(name)
             continue
         system = spec.get("system")
         if system not in ("icd10", "atc"):
@@ -712,6 +713,8 @@ def _outcome(cx: _Ctx, doc, names) -> Outcome | None:
         return None
     name = cx.name(node, "name", "outcome.name", "outcome name", "outcome")
     death = cx.boolean(node, "death", "outcome.death", False)
+    if "death" in node and not isinstance(node["death"], bool):
+        return None
     win = _window(cx, node, "window", "outcome.window", Window(1, None))
     if win is not None and (win.lo is None or win.lo < 0):
         cx.err(node, "window", "outcome.window", "an outcome counts from the index day on: "
