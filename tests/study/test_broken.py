@@ -68,8 +68,7 @@ def test_check_refuses_each_broken_study_in_one_line_each(path, capsys):
 
 
 @pytest.mark.parametrize("name", ["typo_criterion_label", "filter_text_value",
-                                  "population_regions_scalar", "yaml_alias_bomb",
-                                  "encoding_latin1", "exposure_name_slash"])
+                                  "yaml_alias_bomb", "encoding_latin1"])
 def test_the_same_through_a_real_process(name):
     path = BROKEN / f"{name}.yaml"
     r = run_cli("check", path)

@@ -95,7 +95,7 @@ def test_the_generator_draws_every_key_and_every_field():
     seen_keys: set = set()
     seen_fields: set = set()
 
-    @settings(max_examples=250, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(spec=full_studies())
     def draw(spec):
