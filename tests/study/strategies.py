@@ -80,7 +80,7 @@ def events(draw, names=ALL, death=True):
             e["diagnosis_type"] = _one_or_list(draw, ["A", "B"])
         if draw(st.booleans()):
             e["patient_type"] = _one_or_list(draw, PATIENT[::-1])
-    if register != "death" and draw(st.integers(0, 3)) == 0:
+    if register != "death" and draw(st.booleans()):
         e["filter"] = draw(filters(register))
     return e
 
@@ -132,26 +132,27 @@ def studies(draw):
         s["population"]["regions"] = draw(st.lists(st.sampled_from([1081, 1082, 1083, 1084,
                                                                      1085]),
                                                     min_size=1, max_size=3, unique=True))
-    kind = draw(st.sampled_from(["date", "event", "non_users", "active"]))
+    kind = draw(st.sampled_from(["date", "event", "non_users", "active", "event", "non_users"]))
     index_codelist = None
     if kind == "date":
         s["index"] = {"date": f"{draw(years)}-07-01"}
     elif kind == "event":
         s["index"] = draw(index_rule())
     else:
-        rule = draw(index_rule(need_between=kind == "non_users", names=ATC))
+        rule = draw(index_rule(need_between=kind == "non_users"))
         s["exposure"] = {**({"name": draw(st.sampled_from(["exposed", "statin", "drug_a"]))}
                             if draw(st.booleans()) else {}), **rule}
         if kind == "active":
-            other = draw(index_rule(names=[n for n in ATC if n != rule["first_event"]
+            other = draw(index_rule(names=[n for n in ALL if n != rule["first_event"]
                                            ["codelist"]]))
             s["comparator"] = {"active": other}
         elif draw(st.integers(0, 3)) == 0:
             s["comparator"] = "non_users"
         else:
             s["comparator"] = {"non_users": True}
-            if draw(st.booleans()):
-                s["comparator"]["censor_on_exposure"] = draw(st.booleans())
+            censor = draw(st.sampled_from([False, None, True]))
+            if censor is not None:
+                s["comparator"]["censor_on_exposure"] = censor
     if kind != "date":
         index_codelist = (s.get("index") or s["exposure"])["first_event"]["codelist"]
     others = [n for n in ALL if n != index_codelist]
@@ -271,7 +272,8 @@ def full_studies(draw):
                                                             "file": "angina.csv"}}
         if draw(st.booleans()):
             s["codelists"]["angina_file"]["codes"] = draw(st.sampled_from([["I24"], ["I20"]]))
-        s["outcome"] = {"name": "angina", "codelist": "angina_file"}
+        if "filter" not in s["outcome"]:
+            s["outcome"] = {"name": "angina", "codelist": "angina_file"}
     s["analyses"] = draw(analyses(s))
     if draw(st.booleans()):
         s["disclosure"] = {"min_cell": draw(st.integers(1, 50))}

@@ -95,7 +95,7 @@ def test_the_generator_draws_every_key_and_every_field():
     seen_keys: set = set()
     seen_fields: set = set()
 
-    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(spec=full_studies())
     def draw(spec):
@@ -210,7 +210,7 @@ def test_many_problems_stay_one_line_each_and_short():
     with pytest.raises(StudyErrors) as e:
         study_from_text(text, "s.yaml")
     assert e.value.lines() == ["s.yaml:4: seed: must be a whole number from 0 to "
-                               "9223372036854775807, not a list"]
+                               "9223372036854775807, not a list — e.g. seed: 1"]
 
 
 # -- semantics the docs state ------------------------------------------------------------------
@@ -250,7 +250,8 @@ def test_variants_round_trip_and_are_checked_without_being_run(tmp_path):
         "'washout_days'?",
         f"s.yaml:{n + 3}: variants[1] w3: set.criteria.4.exclude.window: criteria is a "
         "list of 1: no item 4 — items count from 0 to 0",
-        f"s.yaml:{n + 4}: variants[2] w4: population.sex: 'both' is not any, male or female"]
+        f"s.yaml:{n + 4}: variants[2] w4: population.sex: 'both' is not any, male or female "
+        "— use any, male or female"]
 
 
 def test_a_variant_that_changes_nothing_is_a_warning():
@@ -274,7 +275,7 @@ covariates:
 outcome: {name: d, death: true}
 """, "s.yaml")
     assert [str(w) for w in s.warnings] == [
-        "s.yaml:4: codelists.mi.codes: code 'I21' given twice",
+        "s.yaml:4: codelists.mi.codes: code 'I21' given twice — give it once",
         "s.yaml:8: criteria[0].include.window: eligibility looks after the index day (window "
         "[-365, 30]): who is in the cohort then depends on the future — end the window at 0 "
         "or before",
