@@ -143,10 +143,12 @@ def test_an_alias_bomb_is_one_line_fast_and_small(tmp_path):
     assert len(BOMB.encode()) < 600
     f = tmp_path / "bomb.yaml"
     f.write_text(BOMB)
-    code = ("import resource, sys\n"
+    # VmHWM: this process's peak memory (ru_maxrss would count the parent's, kept over exec)
+    code = ("import re, sys\n"
             "from hpcstudy.cli import main\n"
             "rc = main(['check', sys.argv[1]])\n"
-            "print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+            "print(rc, hwm, file=sys.stderr)\n")
     r = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, text=True,
                        timeout=120, env={**os.environ})
     lines = r.stderr.strip().splitlines()
