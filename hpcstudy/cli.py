@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -258,6 +259,16 @@ def _load_checked(study: Path, data: Path | None, project: Path | None = None,
     return prepare(s, data, approval)
 
 
+def _warn(s) -> None:
+    """The study's warnings (harmless oddities), one line each on stderr."""
+    for w in s.warnings if _speaks() else ():
+        click.echo(f"hpcstudy: warning: {w}", err=True)
+
+
+VARIANT = click.option("--variant", default=None,
+                       help="This variant of the study (its variants:).")
+
+
 PROJECT = click.option("--project", type=click.Path(path_type=Path),
                        envvar="HPCSTUDY_PROJECT",
                        help="Project approval file (registers, columns, period); refuses a "
@@ -268,26 +279,42 @@ PROJECT = click.option("--project", type=click.Path(path_type=Path),
 @click.argument("study", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="Check against this dataset's "
               "catalog too (registers, code dictionaries, period).")
+@VARIANT
 @PROJECT
 @audited
-def check(study: Path, data: Path | None, project: Path | None) -> None:
-    """Check a study: the language, and with --data the data's catalog. All errors at once."""
-    s, plan, _ = _load_checked(study, data, project)
+def check(study: Path, data: Path | None, project: Path | None, variant: str | None) -> None:
+    """Check a study and each of its variants (or the one --variant names): the language, and
+    with --data the data's catalog. All errors at once; warnings too."""
+    from .study import StudyErrors
+
+    s, plan, _ = _load_checked(study, data, project, variant)
+    problems = []
+    for v in s.variant_names if data is not None and variant is None else ():
+        try:
+            _load_checked(study, data, project, v)
+        except StudyErrors as e:
+            problems += [replace(p, field=f"variant {v}: {p.field}") for p in e.problems]
+    if problems:
+        raise StudyErrors(problems)
+    _warn(s)
     what = f"against {data}" if data else "(language only; add --data DIR for the catalog)"
-    click.echo(f"{study}: study {s.name!r} is valid {what}")
+    more = f" with its {len(s.variants)} variant(s)" if s.variants and variant is None else ""
+    click.echo(f"{study}: study {s.name!r}{more} is valid {what}")
 
 
 @cli.command()
 @click.argument("study", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Dataset whose code dictionaries resolve the codelists.")
+@VARIANT
 @PROJECT
 @audited
-def plan(study: Path, data: Path, project: Path | None) -> None:
+def plan(study: Path, data: Path, project: Path | None, variant: str | None) -> None:
     """Print the compiled plan: groups, criteria, covariates, outcome, what is read."""
     from .plan import render
 
-    _, p, _ = _load_checked(study, data, project)
+    s, p, _ = _load_checked(study, data, project, variant)
+    _warn(s)
     click.echo(render(p))
 
 
@@ -319,7 +346,7 @@ def plan(study: Path, data: Path, project: Path | None) -> None:
 @click.option("--resume", is_flag=True,
               help="Reuse the partitions an interrupted run finished (in the private folder "
                    "OUT.checkpoints/).")
-@click.option("--variant", default=None, help="Run this variant of the study (its variants:).")
+@VARIANT
 @PROJECT
 @audited
 def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify: bool,
@@ -337,6 +364,7 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
     # every rank checks the study: a bad one fails everywhere at once, nothing waits for it
     approval = _approval(project)
     s, p, ds = _load_checked(study, data, project, variant)
+    _warn(s)
     # every rank refuses a bad --out or broken data at once: none waits for another
     R.check_run(out, ds, overwrite=overwrite, study=s, approval=approval, verify=verify)
     if launcher != "local" and engine != "dask":
@@ -607,14 +635,14 @@ def submit(study: Path, profile_name: str, data: Path, out: Path, account: str |
     from .outputs.targets import check_target
 
     check_target(out, kind="run", reads=[data, study, project])   # a job writes a new OUT
-    for v in s.variants:
+    for v in s.variant_names:
         _load_checked(study, data, project, v)      # every variant too
     prof = slurm.load_profile(profile_name)
     slurm.check_launcher_installed(launcher or prof.launcher)
     script = slurm.render_sbatch(prof, study=Path(study).resolve(), data=Path(data).resolve(),
                                  out=Path(out).resolve(), study_name=s.name, account=account,
                                  project=Path(project).resolve() if project else None,
-                                 variants=s.variants, launcher=launcher)
+                                 variants=s.variant_names, launcher=launcher)
     if dry_run:
         click.echo(script, nl=False)
         return

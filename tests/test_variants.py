@@ -30,7 +30,7 @@ def study(tmp_path):
 
 def test_variants_change_what_they_say(study):
     base = load_study(study)
-    assert base.variants == ("washout_2y", "age_50_80")
+    assert base.variant_names == ("washout_2y", "age_50_80")
     w = load_study(study, "washout_2y")
     assert w.index.washout_days == 730 and base.index.washout_days == 365
     assert w.name == "statins_mi.washout_2y"
@@ -54,7 +54,7 @@ def test_array_script(study):
     s = load_study(study)
     text = slurm.render_sbatch(slurm.load_profile("ci"), study=study, data=Path("/d"),
                                out=Path("/o"), study_name=s.name, python="py",
-                               variants=s.variants)
+                               variants=s.variant_names)
     assert "#SBATCH --array=0-1" in text and "VARIANTS=(washout_2y age_50_80)" in text
     assert '--out /o/"$VARIANT"' in text and '--variant "$VARIANT"' in text
     assert "--output=/o.slurm-%A_%a.out" in text

@@ -234,6 +234,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
         res["run"] = {"engine": engine, "data": str(ds.root), "data_manifest_sha256": manifest_sha,
                       "min_cell": plan.study.min_cell, "round_to": plan.study.round_to,
                       "status_codes": {str(k): v for k, v in STATUS.items()}}
+        res["run"]["study_warnings"] = [str(w) for w in plan.study.warnings]
         if approval is not None:
             res["run"]["approval"] = approval.as_dict()
         truth = ds.manifest.get("truth")

@@ -39,7 +39,7 @@ REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
             "measure": ("persons", "events")}
 RUN_FIELDS = {"engine", "data", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
-              "approval"}
+              "approval", "study_warnings"}
 
 
 def min_cell_floor(approval=None) -> int:
@@ -301,6 +301,9 @@ def _meta_problems(res: dict, manifest: dict, where: str) -> list[str]:
                        f"declared threshold {manifest['min_cell']} (edited)")
         if run.get("data_manifest_sha256") != manifest.get("data_manifest_sha256"):
             out.append(f"{where}:run.data_manifest_sha256: differs from outputs.json (edited)")
+        warnings = run.get("study_warnings", [])
+        if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+            out.append(f"{where}:run.study_warnings: not a list of messages")
         codes = run.get("status_codes", {})
         if not isinstance(codes, dict) or not all(isinstance(v, str) for v in codes.values()):
             out.append(f"{where}:run.status_codes: not a list of names")

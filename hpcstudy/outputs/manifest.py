@@ -177,7 +177,7 @@ def build(out: Path, entries: list[dict], *, study, data_manifest_sha256: str, m
         files.append({**e, "sha256": sha256(path.read_bytes())})
     doc = {"format": FORMAT,
            "study": {"name": study.name, "sha256": study_sha256(study),
-                     "variants": list(study.variants)},
+                     "variants": list(study.variant_names)},
            "data_manifest_sha256": data_manifest_sha256, "min_cell": min_cell,
            "round_to": round_to, "project": project, "files": files}
     doc["manifest_sha256"] = sha256(canonical(doc))

@@ -2,13 +2,16 @@
 
     from hpcstudy.study import load_study
     study = load_study("examples/statins_mi.yaml")
+    study.warnings        # harmless oddities `hpcstudy check` prints (file:line: field: …)
+    study.to_dict()       # back to YAML-shaped data; parsing it gives an equal Study
+
+keys.py is the table of every key allowed where; parse.py checks a study against it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
 from .language import (
     Analyses,
     Codelist,
@@ -24,43 +27,33 @@ from .language import (
     Population,
     Problem,
     Study,
+    Variant,
     Window,
-    parse,
 )
+from .parse import StudyErrors, apply_variant, find_variant, parse
 from .yamlio import load, loads
 
 
-class StudyErrors(UserError):
-    """Every problem found in a study, one line each (exit code 2)."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-    def lines(self) -> list[str]:
-        return [str(p) for p in self.problems]
+def _checked(doc, name: str, base_dir, variant: str | None) -> Study:
+    problems = []
+    if variant is not None:
+        doc, problems = apply_variant(doc, find_variant(doc, variant, name), name)
+    study, more = parse(doc, name, base_dir, check_variants=variant is None)
+    if problems or more:
+        raise StudyErrors(problems + more)
+    return study
 
 
 def load_study(path: str | Path, variant: str | None = None) -> Study:
-    """Read and check a study; with ``variant``, that variant of it."""
-    doc = load(path)
-    if variant is not None:
-        from .language import apply_variant
-
-        doc = apply_variant(doc, variant, str(path))
-    study, problems = parse(doc, str(path), Path(path).parent)
-    if problems:
-        raise StudyErrors(problems)
-    return study
+    """Read and check a study (and each of its variants); with ``variant``, that variant."""
+    return _checked(load(path), str(path), Path(path).parent, variant)
 
 
-def study_from_text(text: str, name: str = "<study>", base_dir: str | Path = ".") -> Study:
-    study, problems = parse(loads(text, name), name, base_dir)
-    if problems:
-        raise StudyErrors(problems)
-    return study
+def study_from_text(text: str, name: str = "<study>", base_dir: str | Path = ".",
+                    variant: str | None = None) -> Study:
+    return _checked(loads(text, name), name, base_dir, variant)
 
 
 __all__ = ["Study", "Codelist", "Events", "Window", "Population", "IndexRule", "Comparator",
            "Criterion", "Covariate", "Outcome", "ModelSpec", "Lexis", "Measure", "Analyses",
-           "load_study", "study_from_text", "StudyErrors", "Problem"]
+           "Variant", "load_study", "study_from_text", "StudyErrors", "Problem", "parse"]

@@ -9,8 +9,7 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from hpcstudy.study import StudyErrors, load_study, study_from_text
-from hpcstudy.study.language import parse
+from hpcstudy.study import StudyErrors, load_study, parse, study_from_text
 from hpcstudy.study.yamlio import loads
 
 GOOD = """\
@@ -140,3 +139,53 @@ def test_yaml_and_model_round_trip(example):
 def test_who_and_danish_codes_are_the_same():
     s = study_from_text(GOOD.replace("[I21*]", "[I21*, DI22, I23.1, D12]"))
     assert s.codelist("mi").prefixes() == ("DI21", "DI22", "DI231", "DD12")
+
+
+VARIANTS = GOOD + """\
+variants:
+  - {name: later, set: {index.between: [2015-01-01, 2020-12-31]}}
+  - {name: no_match, set: {codelists.mi.codes: [Q99]}}
+"""
+
+
+def test_check_and_plan_take_a_variant(tmp_path, small_data):
+    f = tmp_path / "v.yaml"
+    f.write_text(VARIANTS)
+    r = run_cli("check", f, "--variant", "later")
+    assert r.returncode == 0 and "study 'ok.later' is valid" in r.stdout, r.stderr
+    r = run_cli("plan", f, "--data", small_data, "--variant", "later")
+    assert r.returncode == 0 and "in [2015-01-01, 2020-12-31]" in r.stdout, r.stderr
+    r = run_cli("plan", f, "--data", small_data)
+    assert r.returncode == 0 and "in [2010-01-01, 2020-12-31]" in r.stdout, r.stderr
+    r = run_cli("check", f, "--variant", "earlier")
+    assert r.returncode == 2 and "no variant 'earlier'" in r.stderr and "later, no_match" in \
+        r.stderr
+
+
+def test_check_with_data_checks_every_variant(tmp_path, small_data):
+    f = tmp_path / "v.yaml"
+    f.write_text(VARIANTS)
+    assert run_cli("check", f).returncode == 0          # the language alone cannot know
+    r = run_cli("check", f, "--data", small_data)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"hpcstudy: error: {f}: variant no_match: index.first_event.codelist: codelist 'mi' "
+        "matches no code in the data, so the index rule can never match — check the codes "
+        "against the data's code dictionary"]
+
+
+def test_warnings_are_printed_and_recorded_in_results(tmp_path, small_data):
+    from hpcstudy.engines.run import run
+
+    text = GOOD.replace("  statins: {system: atc, codes: [C10AA]}\n", "  statins: {system: atc, "
+                        "codes: [C10AA]}\n  spare: {system: atc, codes: [C09]}\n")
+    f = tmp_path / "w.yaml"
+    f.write_text(text)
+    r = run_cli("check", f)
+    assert r.returncode == 0
+    assert r.stderr.splitlines() == [
+        f"hpcstudy: warning: {f}:4: codelists.statins: is never used — drop it, or use it",
+        f"hpcstudy: warning: {f}:5: codelists.spare: is never used — drop it, or use it"]
+    res = run(load_study(f), small_data, tmp_path / "out", engine="reference")
+    assert res["run"]["study_warnings"] == [x.removeprefix("hpcstudy: warning: ")
+                                            for x in r.stderr.splitlines()]

@@ -7,99 +7,11 @@ import numpy as np
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from hpcstudy.engines import run as R
 from hpcstudy.study import study_from_text
 
-CODELISTS = {
-    "mi": {"system": "icd10", "codes": ["I21*"]},
-    "diabetes": {"system": "icd10", "codes": ["E11*"]},
-    "copd": {"system": "icd10", "codes": ["J44"]},
-    "cancer": {"system": "icd10", "codes": ["C"]},
-    "angina": {"system": "icd10", "codes": ["I20", "I25"]},
-    "statins": {"system": "atc", "codes": ["C10AA*"]},
-    "metformin": {"system": "atc", "codes": ["A10BA02"]},
-    "ras": {"system": "atc", "codes": ["C09"]},
-}
-ICD = [k for k, v in CODELISTS.items() if v["system"] == "icd10"]
-ALL = list(CODELISTS)
-
-years = st.integers(1998, 2020)
-
-
-@st.composite
-def window(draw, before=True):
-    if before:
-        lo = draw(st.one_of(st.none(), st.integers(-5000, -1)))
-        hi = draw(st.integers(lo if lo is not None else -5000, 0))
-    else:
-        lo = draw(st.integers(0, 30))
-        hi = draw(st.one_of(st.none(), st.integers(lo, 4000)))
-    return [lo, hi]
-
-
-@st.composite
-def events(draw, names=ALL):
-    cl = draw(st.sampled_from(names))
-    e = {"codelist": cl}
-    if CODELISTS[cl]["system"] == "icd10":
-        if draw(st.booleans()):
-            e["diagnosis_type"] = draw(st.sampled_from([["A"], ["B"], ["A", "B"]]))
-        if draw(st.booleans()):
-            e["patient_type"] = draw(st.lists(st.sampled_from(
-                ["inpatient", "outpatient", "emergency"]), min_size=1, max_size=2, unique=True))
-    return e
-
-
-@st.composite
-def studies(draw):
-    s = {"name": "generated", "seed": draw(st.integers(0, 5)), "codelists": CODELISTS}
-    lo_age = draw(st.integers(0, 70))
-    s["population"] = {"age": [lo_age, draw(st.integers(lo_age + 5, 110))]}
-    if draw(st.booleans()):
-        s["population"]["residence_years"] = draw(st.sampled_from([1, 2, 5]))
-    if draw(st.booleans()):
-        s["population"]["sex"] = draw(st.sampled_from(["male", "female"]))
-    kind = draw(st.sampled_from(["date", "event", "exposure"]))
-    y0 = draw(years)
-    y1 = draw(st.integers(y0, 2021))
-    between = [f"{y0}-01-01", f"{y1}-12-31"]
-    if kind == "date":
-        s["index"] = {"date": f"{y0}-07-01"}
-    else:
-        rule = {"first_event": draw(events()), "between": between}
-        if draw(st.booleans()):
-            rule["washout_days"] = draw(st.sampled_from([30, 365]))
-        if draw(st.booleans()):
-            rule["nth"] = 2
-        if kind == "exposure":
-            s["exposure"] = {"name": "exposed", **rule}
-            s["comparator"] = {"non_users": True,
-                               "censor_on_exposure": draw(st.booleans())}
-        else:
-            s["index"] = rule
-    s["criteria"] = [{draw(st.sampled_from(["include", "exclude"])): {
-        **draw(events()), "window": draw(window()),
-        **({"min_count": 2} if draw(st.booleans()) else {})}}
-        for _ in range(draw(st.integers(0, 2)))]
-    covs = ["age", "sex", "region", "calendar_year"]
-    for i in range(draw(st.integers(0, 3))):
-        if draw(st.booleans()):
-            covs.append({"name": f"c{i}", **draw(events()), "window": draw(window())})
-        else:
-            covs.append({"name": f"c{i}", "count": draw(st.sampled_from(ALL +
-                                                                      ["hospital_contacts"])),
-                         "window": draw(window())})
-    s["covariates"] = covs
-    if draw(st.booleans()):
-        s["outcome"] = {"name": "death", "death": True, "window": draw(window(before=False))}
-    else:
-        s["outcome"] = {"name": "o", **draw(events(ICD)), "window": draw(window(before=False))}
-    if draw(st.booleans()):
-        s["follow_up"] = {"max_days": draw(st.integers(1, 5000))}
-    s["analyses"] = {"rates": {"by": ["group", "sex"]}}
-    return s
+from .strategies import studies  # the study generator, shared with test_disclosure
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
