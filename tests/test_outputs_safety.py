@@ -23,11 +23,13 @@ STUDY = ROOT / "examples" / "diabetes_incidence.yaml"
 
 
 def state(path: Path) -> dict[str, bytes] | None:
-    """Every file under ``path`` with its bytes; None when the path is missing."""
+    """Every file under ``path`` with its bytes (but a run's own audit.json, the chain head
+    that differs from run to run); None when the path is missing."""
     if not path.exists():
         return None
     return {p.relative_to(path).as_posix(): p.read_bytes()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+            for p in sorted(path.rglob("*")) if p.is_file() and
+            p.relative_to(path).as_posix() != "audit.json"}
 
 
 def refused(r, *words: str, code: int = 2) -> None:

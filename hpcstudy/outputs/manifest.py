@@ -73,9 +73,11 @@ MODEL_SCALARS = {"n": "count", "persons": "count", "events": "count", "loglik": 
                  "newton_steps": "meta"}
 MODEL_NOTES = ("withheld", "error")        # a withheld or failed model: one reason, no numbers
 TEXT_KINDS = ("plan",)
-# audit.json: the audit chain head of the run (log path, seq, hash), no counts
+FILE_KINDS = ("results", *TEXT_KINDS, *KINDS)
+# audit.json, beside the manifest rather than in it (it differs from run to run): the run's
+# audit chain head and nothing else
+AUDIT_HEAD = "audit.json"
 AUDIT_FIELDS = {"log": str, "seq": int, "hash": str, "chain": str, "command": str, "key_id": str}
-FILE_KINDS = ("results", "audit", *TEXT_KINDS, *KINDS)
 META = ("study", "run", "planted_truth")   # results.json's fields that hold no counts
 
 
