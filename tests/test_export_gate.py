@@ -72,7 +72,9 @@ def test_a_clean_run_declares_every_exported_file_and_passes(out, tmp_path):
     doc = json.loads((out / M.NAME).read_text())
     on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*")
                      if p.is_file() and "private" not in p.parts and p.name != M.NAME)
-    assert sorted(e["path"] for e in doc["files"]) == on_disk
+    # every file but the run's audit chain head, which sits beside the manifest
+    assert sorted(e["path"] for e in doc["files"]) == [p for p in on_disk if p != M.AUDIT_HEAD]
+    assert M.AUDIT_HEAD in on_disk
     for e in doc["files"]:
         assert e["sha256"] == M.sha256((out / e["path"]).read_bytes())
     cohort = entry(doc, "tables/cohort.csv")
