@@ -6,6 +6,7 @@ a data check that finds problems exits 1; success exits 0.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -90,6 +91,58 @@ def _audit(command: str, kw: dict, status: str) -> None:
                         fix="set HPCSTUDY_AUDIT_LOG to a writable file") from e
 
 
+class _PathOption(click.Path):
+    """A path the file system can take: no NUL byte, no name over 255 bytes (checked when the
+    command line is parsed, so no command starts on a path it cannot create)."""
+
+    def convert(self, value, param, ctx):
+        text = os.fsdecode(value) if isinstance(value, bytes) else str(value)
+        if not text:
+            self.fail("an empty path", param, ctx)
+        if "\0" in text:
+            self.fail("a path cannot contain a NUL byte", param, ctx)
+        long = [n for n in text.split("/") if len(os.fsencode(n)) > 255]
+        if long:
+            self.fail(f"the name {long[0][:40]}… is too long ({len(os.fsencode(long[0]))} "
+                      "bytes; a file system takes at most 255 a name) — choose a shorter path",
+                      param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = _PathOption(path_type=Path)
+
+
+def _writable_target(out: Path, option: str, *, keep: tuple[Path, ...] = (),
+                     marker: str | None = None) -> None:
+    """Refuse an output folder that would take something else with it when replaced: the
+    working directory or a folder above it, one of ``keep`` (what the command reads) or a
+    folder holding or inside one, a file, or a folder without ``marker`` (a file that only
+    hpcstudy writes there) that is not empty."""
+    out = Path(out)
+    where = out.resolve()
+    here = Path.cwd().resolve()
+    if where == here or where in here.parents:
+        raise UserError(f"{option} {out} is the working directory or holds it",
+                        fix=f"give {option} a new folder, e.g. {option} results/run1")
+    for k in keep:
+        k = Path(k).resolve()
+        if where == k or where in k.parents or k in where.parents:
+            raise UserError(f"{option} {out} is, holds or lies inside {k}, which this "
+                            "command reads", fix=f"give {option} a folder of its own")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} exists and is not a directory",
+                        fix=f"choose another {option}")
+    if marker and out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
+        raise UserError(f"{option} {out} is a folder hpcstudy did not write (no {marker})",
+                        fix=f"choose another {option}; hpcstudy never replaces such a folder")
+
+
+def _between(lo: int, hi: int) -> click.IntRange:
+    """A whole-number option bounded on both sides: a huge value is refused when parsed, never
+    passed on to allocate memory or start processes."""
+    return click.IntRange(lo, hi)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hpcstudy")
 def cli() -> None:
@@ -97,13 +150,15 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--persons", type=int, required=True, help="Number of persons (N > 0).")
-@click.option("--seed", type=int, default=1, show_default=True, help="Random seed (≥ 0).")
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+@click.option("--persons", type=_between(1, 10**9), required=True,
+              help="Number of persons (N > 0).")
+@click.option("--seed", type=_between(0, 2**63 - 1), default=1, show_default=True,
+              help="Random seed (≥ 0).")
+@click.option("--out", "out", type=PATH, required=True,
               help="Directory to create.")
-@click.option("--partitions", type=int, default=8, show_default=True,
+@click.option("--partitions", type=_between(1, 4096), default=8, show_default=True,
               help="Number of hash partitions by pnr (P > 0).")
-@click.option("--jobs", type=int, default=None,
+@click.option("--jobs", type=_between(1, 256), default=None,
               help="Worker processes (default: number of CPUs, at most 4).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
@@ -112,17 +167,9 @@ def synth(persons: int, seed: int, out: Path, partitions: int, jobs: int | None,
           overwrite: bool, quiet: bool) -> None:
     """Generate deterministic synthetic registers (bef, dod, dodsaarsag, vnds, lpr_adm,
     lpr_diag, lmdb) with planted effects, as a partitioned Parquet dataset."""
-    if persons <= 0:
-        raise UserError(f"--persons must be positive, got {persons}", fix="e.g. --persons 10000")
-    if partitions <= 0 or partitions > 4096:
-        raise UserError(f"--partitions must be in 1..4096, got {partitions}",
-                        fix="e.g. --partitions 8")
-    if seed < 0:
-        raise UserError(f"--seed must be ≥ 0, got {seed}")
-    if jobs is not None and jobs <= 0:
-        raise UserError(f"--jobs must be positive, got {jobs}")
     from .registers.generate import generate
 
+    _writable_target(out, "--out")
     jobs = jobs or min(4, os.cpu_count() or 1)
     manifest = generate(out, persons, seed, partitions, overwrite=overwrite, jobs=jobs,
                         progress=_progress_bar(not quiet and sys.stderr.isatty()))
@@ -156,7 +203,7 @@ def data() -> None:
 
 
 @data.command("verify")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=PATH)
 @audited
 def data_verify(directory: Path) -> None:
     """Check every file against the manifest: presence, SHA-256, schema, row counts."""
@@ -171,7 +218,7 @@ def data_verify(directory: Path) -> None:
 
 
 @data.command("summary")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=PATH)
 def data_summary(directory: Path) -> None:
     """Print what a dataset holds."""
     from .registers.store import Dataset
@@ -205,15 +252,15 @@ def _load_checked(study: Path, data: Path | None, project: Path | None = None,
     return prepare(s, data, approval)
 
 
-PROJECT = click.option("--project", type=click.Path(path_type=Path),
+PROJECT = click.option("--project", type=PATH,
                        envvar="HPCSTUDY_PROJECT",
                        help="Project approval file (registers, columns, period); refuses a "
                             "study that reaches outside it. Default: $HPCSTUDY_PROJECT.")
 
 
 @cli.command()
-@click.argument("study", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), help="Check against this dataset's "
+@click.argument("study", type=PATH)
+@click.option("--data", type=PATH, help="Check against this dataset's "
               "catalog too (registers, code dictionaries, period).")
 @PROJECT
 @audited
@@ -225,8 +272,8 @@ def check(study: Path, data: Path | None, project: Path | None) -> None:
 
 
 @cli.command()
-@click.argument("study", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.argument("study", type=PATH)
+@click.option("--data", type=PATH, required=True,
               help="Dataset whose code dictionaries resolve the codelists.")
 @PROJECT
 @audited
@@ -239,9 +286,9 @@ def plan(study: Path, data: Path, project: Path | None) -> None:
 
 
 @cli.command()
-@click.argument("study", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Register dataset.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.argument("study", type=PATH)
+@click.option("--data", type=PATH, required=True, help="Register dataset.")
+@click.option("--out", type=PATH, required=True, help="Output directory.")
 @click.option("--engine", type=click.Choice(["dask", "reference"]), default="dask",
               show_default=True)
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True,
@@ -250,9 +297,10 @@ def plan(study: Path, data: Path, project: Path | None) -> None:
 @click.option("--launcher", type=click.Choice(["local", "processes", "slurm", "mpi"]),
               default="local", show_default=True,
               help="Where the dask engine's tasks run (mpi: start under mpirun/srun, 3+ ranks).")
-@click.option("--workers", type=int, default=2, show_default=True,
+@click.option("--workers", type=_between(1, 1024), default=2, show_default=True,
               help="Workers for the processes and slurm launchers.")
-@click.option("--gpus", type=int, default=0, help="processes launcher: one worker per GPU.")
+@click.option("--gpus", type=_between(0, 1024), default=0,
+              help="processes launcher: one worker per GPU.")
 @click.option("--profile", "profile_name", default=None,
               help="Site profile for the slurm launcher (hpcstudy profiles).")
 @click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None,
@@ -279,6 +327,10 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, quiet:
     # every rank checks the study: a bad one fails everywhere at once, nothing waits for it
     approval = _approval(project)
     s, p, ds = _load_checked(study, data, project, variant)
+    _writable_target(out, "--out", keep=(data, study, *([project] if project else [])),
+                     marker="results.json")
+    _writable_target(Path(out).parent / f"{Path(out).name}.checkpoints", "--out (checkpoints)")
+    ds.check_files(p.reads)
     if launcher != "local" and engine != "dask":
         raise UserError(f"the {launcher} launcher runs the dask engine",
                         fix="drop --engine reference, or use --launcher local")
@@ -335,15 +387,15 @@ def report(res: dict, out: Path) -> str:
 
 @cli.command()
 @click.option("--register", required=True, help="Register of the extract (bef, lpr_adm, …).")
-@click.option("--input", "input_", type=click.Path(path_type=Path), required=True,
+@click.option("--input", "input_", type=PATH, required=True,
               help="Extract: .csv, .parquet, .sas7bdat or .xpt, keyed by cpr.")
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.option("--data", type=PATH, required=True,
               help="Dataset to add to (created if absent).")
-@click.option("--key-file", type=click.Path(path_type=Path), required=True,
+@click.option("--key-file", type=PATH, required=True,
               help="The project's pseudonymisation key (≥ 32 bytes); never printed.")
-@click.option("--quarantine", type=click.Path(path_type=Path), default=None,
+@click.option("--quarantine", type=PATH, default=None,
               help="Where rejected rows go (default: next to the input).")
-@click.option("--partitions", type=int, default=8, show_default=True,
+@click.option("--partitions", type=_between(1, 4096), default=8, show_default=True,
               help="P for a new dataset.")
 @audited
 def ingest(register: str, input_: Path, data: Path, key_file: Path, quarantine: Path | None,
@@ -352,6 +404,10 @@ def ingest(register: str, input_: Path, data: Path, key_file: Path, quarantine: 
     the extract to the partitioned dataset; rejected rows go to quarantine with a reason."""
     from .secure.ingest import ingest as do
 
+    _writable_target(data, "--data", keep=(input_, key_file), marker="manifest.json")
+    if quarantine is not None and (quarantine.is_dir() or not quarantine.parent.is_dir()):
+        raise UserError(f"--quarantine {quarantine} must name a file in an existing folder",
+                        fix="e.g. --quarantine rejected.csv")
     s = do(register, input_, data, key_file, quarantine, partitions)
     if s["skipped"]:
         click.echo(f"{input_}: {s['reason']}")
@@ -361,8 +417,8 @@ def ingest(register: str, input_: Path, data: Path, key_file: Path, quarantine: 
 
 
 @cli.command("check-outputs")
-@click.argument("out", type=click.Path(path_type=Path))
-@click.option("--min-cell", type=int, default=None,
+@click.argument("out", type=PATH)
+@click.option("--min-cell", type=_between(1, 10**9), default=None,
               help="Threshold (default: the run's, from results.json, else 5).")
 @audited
 def check_outputs(out: Path, min_cell: int | None) -> None:
@@ -383,9 +439,9 @@ def check_outputs(out: Path, min_cell: int | None) -> None:
 
 
 @cli.command("export")
-@click.argument("out", type=click.Path(path_type=Path))
-@click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--min-cell", type=int, default=None)
+@click.argument("out", type=PATH)
+@click.argument("dest", type=PATH)
+@click.option("--min-cell", type=_between(1, 10**9), default=None)
 @audited
 def export(out: Path, dest: Path, min_cell: int | None) -> None:
     """Copy the files of a run that pass the disclosure check (never private/) to DEST."""
@@ -396,6 +452,7 @@ def export(out: Path, dest: Path, min_cell: int | None) -> None:
 
     if not Path(out).is_dir():
         raise UserError(f"{out} is not a directory", fix="give the --out of a run")
+    _writable_target(dest, "DEST", keep=(out,))
     report = check(out, min_cell)
     with staged_output(dest, overwrite=False) as staging:
         for f, violations in report.items():
@@ -425,10 +482,10 @@ def profiles() -> None:
 
 
 @cli.command()
-@click.argument("study", type=click.Path(path_type=Path))
+@click.argument("study", type=PATH)
 @click.option("--profile", "profile_name", required=True, help="Site profile (hpcstudy profiles).")
-@click.option("--data", type=click.Path(path_type=Path), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--data", type=PATH, required=True)
+@click.option("--out", type=PATH, required=True)
 @click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None,
               help="Slurm account (default: the profile's; $HPCSTUDY_ACCOUNT).")
 @click.option("--launcher", type=click.Choice(["local", "mpi", "slurm"]), default=None,
@@ -513,15 +570,25 @@ def audit() -> None:
     """The hash-chained audit log of every check, plan, run, synth, ingest and export."""
 
 
+def _audit_log(log: Path | None) -> Path:
+    from .secure import audit as A
+
+    where = Path(log) if log else A.default_path()
+    if where.exists() and not where.is_file():
+        raise UserError(f"the audit log {where} is a directory, not a file",
+                        fix="give --log (or $HPCSTUDY_AUDIT_LOG) the log file itself")
+    return where
+
+
 @audit.command("verify")
-@click.option("--log", "log", type=click.Path(path_type=Path), default=None,
+@click.option("--log", "log", type=PATH, default=None,
               help="Log file (default: $HPCSTUDY_AUDIT_LOG or ~/.local/share/hpcstudy).")
 def audit_verify(log: Path | None) -> None:
     """Check the chain: name every edited, removed, inserted or reordered record."""
     from .secure import audit as A
 
+    where = _audit_log(log)
     n, problems = A.verify(log)
-    where = log or A.default_path()
     if problems:
         for p in problems:
             click.echo(f"{where}: {p}", err=True)
@@ -532,11 +599,12 @@ def audit_verify(log: Path | None) -> None:
 
 
 @audit.command("head")
-@click.option("--log", "log", type=click.Path(path_type=Path), default=None)
+@click.option("--log", "log", type=PATH, default=None)
 def audit_head(log: Path | None) -> None:
     """Print the last record's hash: keep it elsewhere to detect records cut off the end."""
     from .secure import audit as A
 
+    _audit_log(log)
     head = A.head(log)
     click.echo("empty log" if head is None else f"{head['seq']} {head['hash']}")
 
@@ -588,14 +656,75 @@ def main(argv: list[str] | None = None) -> int:
     except DataProblem as e:
         click.echo(f"hpcstudy: {e}", err=True)
         return e.exit_code
-    except PermissionError as e:
-        click.echo(f"hpcstudy: error: permission denied: {e.filename} — choose a writable "
-                   "location", err=True)
-        return 2
+    except OSError as e:
+        code, line = _os_error(e)
+        click.echo(line, err=True)
+        return code
     except KeyboardInterrupt:
         click.echo("hpcstudy: interrupted; nothing half-written was left in place", err=True)
         return 130
+    except Exception as e:  # noqa: BLE001 - the last resort: a bug, said in one line
+        click.echo(_bug(e), err=True)
+        return BUG_EXIT
     return 0
+
+
+BUG_EXIT = 70   # EX_SOFTWARE (sysexits.h): an internal error, not the user's input
+_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+         errno.EFBIG: "a file would exceed the size limit"}
+
+
+def _os_error(e: OSError) -> tuple[int, str]:
+    """(exit code, one line) for a failed file operation: a path the user gave that cannot be
+    used is bad input (2); a full disk, a refused permission or a failing device is an I/O
+    failure (1)."""
+    where = e.filename if e.filename is not None else ""
+    text = str(e)
+    number = e.errno
+    if number is None:   # pyarrow's errors carry the errno only in their text
+        number = next((n for n, why in ((errno.ENOSPC, "No space left"),
+                                        (errno.EDQUOT, "Disk quota"),
+                                        (errno.EFBIG, "File too large")) if why in text), None)
+    if number in _FULL:
+        return 1, (f"hpcstudy: cannot write{' ' + str(where) if where else ''}: "
+                   f"{_FULL[number]}; nothing half-written was kept — free some space or "
+                   "choose another location")
+    if number in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return 1, (f"hpcstudy: permission denied: {where} ({e.strerror}) — choose a location "
+                   "you can read and write")
+    if number == errno.ENAMETOOLONG:
+        return 2, (f"hpcstudy: error: {where}: file name too long (at most 255 bytes a name) "
+                   "— choose a shorter path")
+    if number == errno.ENOTDIR:
+        return 2, (f"hpcstudy: error: {where}: a part of this path is a file, not a directory "
+                   "— choose another path")
+    if number == errno.EEXIST:
+        return 2, (f"hpcstudy: error: {where} already exists, where hpcstudy needs to make a "
+                   "directory — choose another path")
+    if number == errno.EISDIR:
+        return 2, f"hpcstudy: error: {where} is a directory, where a file is expected"
+    if number == errno.ENOENT:
+        return 2, f"hpcstudy: error: {where}: no such file or directory"
+    first = text.splitlines()[0] if text else type(e).__name__
+    return 1, f"hpcstudy: cannot read or write {where or 'a file'}: {first[:300]}"
+
+
+def _bug(e: BaseException) -> str:
+    """Write the traceback to a file (never the terminal); return the one line to print."""
+    import tempfile
+    import time
+    import traceback
+
+    folder = Path(os.environ.get("HPCSTUDY_CRASH_DIR") or tempfile.gettempdir())
+    path = folder / f"hpcstudy-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        path.write_text(f"hpcstudy {' '.join(sys.argv[1:])}\n" + traceback.format_exc())
+        saved = f"the traceback is in {path}"
+    except OSError:
+        saved = "the traceback could not be saved"
+    what = (str(e).splitlines() or [""])[0][:200]
+    return (f"hpcstudy: internal error ({type(e).__name__}: {what}) — this is a bug in "
+            f"hpcstudy, not in your input; {saved}; please report it")
 
 
 if __name__ == "__main__":

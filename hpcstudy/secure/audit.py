@@ -96,13 +96,17 @@ def verify(path: str | Path | None = None) -> tuple[int, list[str]]:
         return 0, []
     problems: list[str] = []
     prev_hash, prev_seq, n = GENESIS, 0, 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # undecodable bytes become U+FFFD: such a line is reported, never fatal
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         n += 1
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+            if not isinstance(rec, dict):
+                raise ValueError("not a record")
+        except ValueError:
             problems.append(f"line {lineno}: not a JSON record (edited or corrupted)")
             prev_hash, prev_seq = None, prev_seq + 1
             continue
@@ -131,5 +135,18 @@ def head(path: str | Path | None = None) -> dict | None:
     path = Path(path) if path else default_path()
     if not path.is_file():
         return None
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return json.loads(lines[-1]) if lines else None
+    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()
+             if ln.strip()]
+    if not lines:
+        return None
+    try:
+        rec = json.loads(lines[-1])
+    except ValueError:
+        rec = None
+    if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int) \
+            or not isinstance(rec.get("hash"), str):
+        from ..errors import DataProblem
+
+        raise DataProblem(f"{path}: its last line is not an audit record — hpcstudy audit "
+                          "verify tells where the log was damaged")
+    return rec

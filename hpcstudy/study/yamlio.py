@@ -65,7 +65,12 @@ def load(path: str | Path) -> Node:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such study file", fix="give the path of a .yaml study")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x})",
+                        fix="save the file as UTF-8") from e
     return loads(text, str(path))
 
 
