@@ -5,14 +5,16 @@ Most cases run in this process through ``hpcstudy.cli.main`` (an uncaught except
 test outright); those marked ``real`` run in a fresh interpreter as a user would.
 
 A full disk is a tmpfs of 32 KiB mounted on the case's folder (this needs root and
-``mount -t tmpfs``, as in CI and the development containers). Where mounting is refused the
-case falls back to ``RLIMIT_FSIZE`` in the child (Python ignores SIGXFSZ, so a write beyond the
-limit fails with EFBIG, "File too large", the way a full disk fails with ENOSPC).
+``mount -t tmpfs``; both work in the development containers). Where mounting is refused (or
+with ``HPCSTUDY_TEST_FULL_DISK=rlimit``) the case falls back to ``RLIMIT_FSIZE`` of 4 KiB in the
+child: Python ignores SIGXFSZ, so a write beyond the limit fails with EFBIG ("File too large")
+the way a full disk fails with ENOSPC, and hpcstudy reports both as one line, exit 1.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import os
 import resource
@@ -22,6 +24,7 @@ import sys
 from pathlib import Path
 
 import click
+import pyarrow.parquet as pq
 import pytest
 from bad_inputs.cases import CASES, Case, Ctx
 from conftest import EXAMPLES
@@ -30,7 +33,8 @@ from hpcstudy import cli
 
 STUDY = EXAMPLES / "diabetes_incidence.yaml"
 BUG = "this is a bug in hpcstudy"
-DISK_BYTES = 32 * 1024
+DISK_BYTES = 32 * 1024   # the tmpfs
+FILE_BYTES = 4096        # the RLIMIT_FSIZE fallback: above one audit record, below a manifest
 
 
 def _tree(root: Path, content: bool = True) -> dict[str, object]:
@@ -57,15 +61,19 @@ def _full_disk(where: Path):
     where.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs",
                         str(where)], capture_output=True)
-    if r.returncode != 0:
+    if r.returncode != 0 or os.environ.get("HPCSTUDY_TEST_FULL_DISK") == "rlimit":
+        if r.returncode == 0:
+            subprocess.run(["umount", str(where)], check=True)
+
         def limit():
-            resource.setrlimit(resource.RLIMIT_FSIZE, (DISK_BYTES, DISK_BYTES))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_BYTES, FILE_BYTES))
         yield limit
         return
     try:
         yield None
     finally:
-        subprocess.run(["umount", str(where)], check=True)
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=True)   # busy a moment longer
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +118,11 @@ def test_bad_input(case: Case, world, tmp_path, monkeypatch, capsys):
             code = _in_process(argv)
             err = capsys.readouterr().err
         after = _tree(tmp_path)
+        after.pop("audit.jsonl", None)   # the fallback's own audit log, not the command's output
+        for k in after:   # what a case may leave must be whole (read before the unmount)
+            if k.endswith(".parquet") and any(fnmatch.fnmatch(k, f"case/{g}")
+                                              for g in case.may_leave):
+                pq.read_table(tmp_path / k)
 
     assert "Traceback" not in err, err
     assert BUG not in err, f"reached the last-resort handler: {err}"
@@ -125,7 +138,9 @@ def test_bad_input(case: Case, world, tmp_path, monkeypatch, capsys):
         assert lines[0].startswith("hpcstudy: error: " if case.code == 2 else "hpcstudy: "), err
     assert case.says.lower() in err.lower(), f"{case.says!r} not in {err!r}"
     if not case.writes:
-        assert after == before, "the command wrote or removed files"
+        left = {k: v for k, v in after.items()
+                if not any(fnmatch.fnmatch(k, f"case/{g}") for g in case.may_leave)}
+        assert left == before, "the command wrote or removed files"
     assert {k: _tree(v, content=False) for k, v in world.items()} == shared
     assert {k: sorted(os.listdir(v.parent)) for k, v in world.items()} == shared_parents
 

@@ -82,6 +82,7 @@ class Case:
     report: bool = False           # a check's report: one line per problem, then the summary
     full_disk: bool = False        # the case's writes land on a full file system
     writes: bool = False           # may leave files in {tmp} (a report, a log): not checked
+    may_leave: tuple[str, ...] = ()   # globs (under {tmp}) of whole files it may leave
 
     @property
     def command(self) -> str:
@@ -335,7 +336,9 @@ case("run-resume-from-a-file", *RUN, "--resume",
      setup=lambda c: c.file("out.checkpoints", "x"), says="checkpoints")
 case("run-variant-unknown", *RUN, "--variant", "nope", says="nope")
 case("run-full-disk", "run", "{study}", "--data", "{data}", "--quiet", "--out",
-     "{tmp}/disk/out", full_disk=True, code=1, says="cannot write")
+     "{tmp}/disk/out", full_disk=True, code=1, says="cannot write",
+     # finished partitions stay for --resume; each is whole (written, then renamed)
+     may_leave=("disk/out.checkpoints", "disk/out.checkpoints/part-*"))
 
 # -- ingest -----------------------------------------------------------------------------------
 case("ingest-unknown-register", "ingest", "--register", "nope", "--input", "{bef}", "--data",
