@@ -1,7 +1,8 @@
 """The ``hpcstudy`` command line.
 
 Every command reports bad input as one line on stderr (``hpcstudy: error: …``) and exits 2;
-a data check that finds problems exits 1; success exits 0.
+a data check that finds problems, or an I/O failure (full disk, permission), exits 1; success
+exits 0; an unexpected exception is a bug: one line, the traceback in a file, exit 70.
 """
 
 from __future__ import annotations
@@ -137,10 +138,20 @@ def _writable_target(out: Path, option: str, *, keep: tuple[Path, ...] = (),
                         fix=f"choose another {option}; hpcstudy never replaces such a folder")
 
 
+class _Between(click.IntRange):
+    """A whole number bounded on both sides: a huge value is refused when parsed, never passed
+    on to allocate memory or start processes."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            what = "a positive whole number" if self.min == 1 else "a whole number"
+            self.fail(f"{value!r} is not {what} from {self.min} to {self.max}", param, ctx)
+
+
 def _between(lo: int, hi: int) -> click.IntRange:
-    """A whole-number option bounded on both sides: a huge value is refused when parsed, never
-    passed on to allocate memory or start processes."""
-    return click.IntRange(lo, hi)
+    return _Between(lo, hi)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
