@@ -100,8 +100,9 @@ class _PathOption(click.Path):
         text = os.fsdecode(value) if isinstance(value, bytes) else str(value)
         if not text:
             self.fail("an empty path", param, ctx)
-        if "\0" in text:
-            self.fail("a path cannot contain a NUL byte", param, ctx)
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+            self.fail(f"{text!r}: a path cannot hold a control character (a NUL, a newline, "
+                      "a tab…)", param, ctx)
         long = [n for n in text.split("/") if len(os.fsencode(n)) > 255]
         if long:
             self.fail(f"the name {long[0][:40]}… is too long ({len(os.fsencode(long[0]))} "
@@ -148,6 +149,16 @@ class _Between(click.IntRange):
         except click.BadParameter:
             what = "a positive whole number" if self.min == 1 else "a whole number"
             self.fail(f"{value!r} is not {what} from {self.min} to {self.max}", param, ctx)
+
+
+def _slurm_name(ctx, param, value: str | None) -> str | None:
+    """A Slurm account name: it is written into a batch script, so nothing else may ride in."""
+    from .cluster.slurm import SLURM_NAME
+
+    if value is not None and not SLURM_NAME.match(value):
+        raise click.BadParameter(f"{value!r} is not a Slurm account name (letters, digits, "
+                                 "_ . + -)", ctx, param)
+    return value
 
 
 def _between(lo: int, hi: int) -> click.IntRange:
@@ -314,7 +325,7 @@ def plan(study: Path, data: Path, project: Path | None) -> None:
               help="processes launcher: one worker per GPU.")
 @click.option("--profile", "profile_name", default=None,
               help="Site profile for the slurm launcher (hpcstudy profiles).")
-@click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None,
+@click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None, callback=_slurm_name,
               help="slurm launcher: Slurm account of the worker jobs.")
 @click.option("--interface", default=None,
               help="mpi and slurm launchers: network interface of scheduler and workers (ib0).")
@@ -497,7 +508,7 @@ def profiles() -> None:
 @click.option("--profile", "profile_name", required=True, help="Site profile (hpcstudy profiles).")
 @click.option("--data", type=PATH, required=True)
 @click.option("--out", type=PATH, required=True)
-@click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None,
+@click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None, callback=_slurm_name,
               help="Slurm account (default: the profile's; $HPCSTUDY_ACCOUNT).")
 @click.option("--launcher", type=click.Choice(["local", "mpi", "slurm"]), default=None,
               help="How the job runs the dask engine: local (one process), mpi (ranks in the "

@@ -155,7 +155,7 @@ def _leaves(group: click.Group, prefix: str = "") -> list[str]:
     return out
 
 
-AT_LEAST = 5
+AT_LEAST = 10
 
 
 def test_every_command_is_in_the_corpus_often():

@@ -33,6 +33,7 @@ SUBMIT_LAUNCHERS = ("local", "mpi", "slurm")
 INTERFACE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 WALLTIME = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
 MEMORY = re.compile(r"^\d+[KMGT]?$")
+SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+,-]{1,200}$")   # partitions (a,b) and accounts
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,9 @@ def read_profile(path: Path) -> Profile:
     if not WALLTIME.match(doc["walltime"]) or any(  # [D-]HH:MM:SS
             int(x) > 59 for x in doc["walltime"].split(":")[1:]):
         bad("walltime", f"{doc['walltime']!r} is not [D-]HH:MM:SS")
+    for k in ("partition", "account"):   # written into the batch script's header
+        if doc.get(k) is not None and not SLURM_NAME.match(str(doc[k])):
+            bad(k, f"{doc[k]!r} is not a Slurm {k} name (letters, digits, _ . + -)")
     for k in ("mem", "mem_per_gpu"):
         if doc.get(k) is not None and not MEMORY.match(str(doc[k])):
             bad(k, f"{doc[k]!r} is not a Slurm memory size like 240G")

@@ -459,6 +459,10 @@ PROFILES = {
     "nodes-huge": "name: bad\npartition: gpu\nwalltime: '01:00:00'\nnodes: 100000000000000000\n",
     "name-a-list": "name: [a]\npartition: gpu\nwalltime: '01:00:00'\n",
     "hours-over-59": "name: bad\npartition: gpu\nwalltime: '01:99:00'\n",
+    "partition-smuggles-a-line": "name: bad\npartition: \"gpu\\nrm -rf ~\"\n"
+                                 "walltime: '01:00:00'\n",
+    "account-smuggles-a-line": "name: bad\npartition: gpu\naccount: \"a\\n#SBATCH --x\"\n"
+                               "walltime: '01:00:00'\n",
 }
 for label, content in PROFILES.items():
     case(f"profiles-{label}", "profiles", env={"HPCSTUDY_PROFILE_PATH": "{tmp}/profiles"},
@@ -472,6 +476,15 @@ case("profiles-path-is-a-file", "profiles", env={"HPCSTUDY_PROFILE_PATH": "{tmp}
 case("profiles-a-directory-named-yaml", "profiles",
      env={"HPCSTUDY_PROFILE_PATH": "{tmp}/profiles"}, setup=lambda c: c.dir("profiles/x.yaml"),
      says="x.yaml")
+SUBMIT = ("submit", "{study}", "--profile", "ci", "--data", "{data}", "--dry-run")
+case("submit-account-smuggles-a-line", *SUBMIT, "--out", "{tmp}/o", "--account",
+     "acc\nrm -rf ~", says="account")
+case("submit-account-env-smuggles-a-line", *SUBMIT, "--out", "{tmp}/o",
+     env={"HPCSTUDY_ACCOUNT": "acc; rm -rf ~"}, says="account")
+case("submit-out-smuggles-a-line", *SUBMIT, "--out", "{tmp}/o\n#SBATCH --x", says="control")
+case("run-account-smuggles-a-line", *RUN, "--launcher", "slurm", "--account", "a\nb",
+     says="account")
+case("run-out-with-a-tab", *RUN[:-1], "{tmp}/a\tb", says="control")
 case("submit-unknown-profile", "submit", "{study}", "--profile", "nowhere", "--data", "{data}",
      "--out", "{tmp}/o", "--dry-run", says="nowhere")
 case("submit-profile-name-a-path", "submit", "{study}", "--profile", "../../etc/passwd",
