@@ -207,9 +207,11 @@ def summary(manifest: dict, where: Path | str) -> str:
              f"{manifest['period']['end']}"]
     total = 0
     for name, reg in manifest["registers"].items():
-        size = sum(f.get("bytes", 0) for f in reg["files"])
+        size = sum(f.get("bytes", 0) if isinstance(f.get("bytes"), int) else 0
+                   for f in reg["files"])
         total += reg["rows"]
-        lines.append(f"  {name:<11} {reg['rows']:>13,} rows  {size / 1e6:9.1f} MB  {reg['title']}")
+        lines.append(f"  {name:<11} {reg['rows']:>13,} rows  {size / 1e6:9.1f} MB  "
+                     f"{reg.get('title', '')}")
     lines.append(f"  {'all':<11} {total:>13,} rows")
     truth = manifest.get("truth", {}).get("mi", {}).get("log_hr")
     if truth:

@@ -238,6 +238,12 @@ def _manifest_shape(m: dict) -> str | None:
                 and isinstance(f.get("rows"), int) and isinstance(f.get("sha256"), str)
                 for f in files):
             return f"field registers.{name}: needs rows and a list of files (path, rows, sha256)"
+    truth = m.get("truth")
+    mi = truth.get("mi") if isinstance(truth, dict) else None
+    if truth is not None and not (
+            isinstance(mi, dict) and isinstance(mi.get("log_hr"), dict)
+            and all(isinstance(v, int | float) for v in mi["log_hr"].values())):
+        return "field truth: not the planted effects synth writes (truth.mi.log_hr)"
     return None
 
 
@@ -301,6 +307,12 @@ class Dataset:
                                 "manifest", fix="restore the manifest that synth or ingest "
                                 "wrote, or ingest the register")
             listed = {f["path"]: f for f in reg["files"]}
+            on_disk = sorted((self.root / name).glob("part-*.parquet"))
+            if len(listed) != self.partitions or len(on_disk) > self.partitions:
+                raise UserError(f"{self.root}/{MANIFEST}: register {name} has "
+                                f"{len(listed)} files listed and {len(on_disk)} on disk for "
+                                f"{self.partitions} partitions", fix="restore the manifest "
+                                "that synth or ingest wrote (a run would miss data)")
             for p in range(self.partitions):
                 rel = f"{name}/{part_name(p)}"
                 path = self.root / rel

@@ -214,6 +214,9 @@ for cmd in ("verify", "summary"):
          setup=lambda c: c.edit_manifest(
              c.copy_data(), lambda m: m["registers"]["bef"].update(files={"a": 1})),
          says="bef")
+    case(f"data-{cmd}-manifest-truth-a-list", "data", cmd, "{tmp}/data",
+         setup=lambda c: c.edit_manifest(c.copy_data(), lambda m: m.update(truth=[1])),
+         says="truth")
     case(f"data-{cmd}-manifest-period-missing", "data", cmd, "{tmp}/data",
          setup=lambda c: c.edit_manifest(c.copy_data(), lambda m: m.pop("period")),
          says="period")
@@ -323,6 +326,18 @@ for how in ("missing", "truncated", "garbage", "directory"):
     case(f"run-reference-partition-{how}", "run", "{study}", "--data", "{tmp}/data",
          "--out", "{tmp}/out", "--engine", "reference", setup=lambda c, h=how: _damage(c, h),
          says="part-00000")
+case("run-manifest-partitions-edited-to-1", "run", "{study}", "--data", "{tmp}/data", "--out",
+     "{tmp}/out", setup=lambda c: c.edit_manifest(c.copy_data(), lambda m: m.update(
+         partitions=1)), says="partitions")
+case("run-manifest-file-size-edited", "run", "{study}", "--data", "{tmp}/data", "--out",
+     "{tmp}/out", setup=lambda c: c.edit_manifest(c.copy_data(), lambda m: m["registers"][
+         "vnds"]["files"][1].update(bytes=1)), says="vnds/part-00001")
+case("run-manifest-truth-mangled", "run", "{study}", "--data", "{tmp}/data", "--out",
+     "{tmp}/out", setup=lambda c: c.edit_manifest(c.copy_data(), lambda m: m["truth"].update(
+         mi="strong")), says="truth")
+case("data-summary-register-without-title", "data", "summary", "{tmp}/data",
+     setup=lambda c: c.edit_manifest(c.copy_data(), lambda m: m["registers"]["bef"].pop(
+         "title")), code=0)
 case("run-reference-with-processes", *RUN, "--engine", "reference", "--launcher", "processes",
      says="dask engine")
 case("run-slurm-unknown-profile", *RUN, "--launcher", "slurm", "--profile", "nowhere",
@@ -437,6 +452,10 @@ for cmd, extra in (("check-outputs", ()), ("export", ("{tmp}/dest",))):
     case(f"{cmd}-out-300-chars", cmd, "{long}", *extra, says="too long")
 case("export-dest-exists", "export", "{run}", "{tmp}/dest",
      setup=lambda c: c.file("dest/mine.txt", "x"), says="not empty")
+case("export-dest-is-out", "export", "{tmp}/out", "{tmp}/out", setup=lambda c: c.copy_run(),
+     says="DEST")
+case("check-outputs-of-a-dataset", "check-outputs", "{data}", code=1, report=True,
+     says="not a text file")
 case("export-dest-a-file", "export", "{run}", "{tmp}/dest", setup=lambda c: c.file("dest", "x"),
      says="not a directory")
 case("export-dest-inside-out", "export", "{tmp}/out", "{tmp}/out/tables/dest",
