@@ -191,7 +191,7 @@ def synth(persons: int, seed: int, out: Path, partitions: int, jobs: int | None,
     lpr_diag, lmdb) with planted effects, as a partitioned Parquet dataset."""
     from .registers.generate import generate
 
-    _writable_target(out, "--out")
+    _writable_target(out, "--out")   # (which folders --overwrite may replace: h3's commit)
     jobs = jobs or min(4, os.cpu_count() or 1)
     manifest = generate(out, persons, seed, partitions, overwrite=overwrite, jobs=jobs,
                         progress=_progress_bar(not quiet and sys.stderr.isatty()))

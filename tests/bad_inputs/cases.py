@@ -170,6 +170,8 @@ case("synth-out-is-a-file", *SYNTH_P, "--persons", "10", "--out", "{tmp}/f",
      setup=lambda c: c.file("f", "x"), says="not a directory")
 case("synth-out-not-empty", *SYNTH_P, "--persons", "10", "--out", "{tmp}/full",
      setup=lambda c: c.file("full/thesis.tex", "x"), says="not empty", real=True)
+case("synth-out-a-folder-above-here", *SYNTH_P, "--persons", "10", "--overwrite", "--out",
+     "{tmp}", says="working directory")
 case("synth-out-under-a-file", *SYNTH_P, "--persons", "10", "--out", "{tmp}/f/sub",
      setup=lambda c: c.file("f", "x"), says="f")
 case("synth-out-300-chars", *SYNTH_P, "--persons", "10", "--out", "{long}", says="too long")
