@@ -263,6 +263,10 @@ def submit(script: str, out: Path, env: dict | None = None, array: bool = False)
         raise UserError(f"sbatch refused the job: {_one_line(r.stderr or r.stdout)}",
                         fix="check the profile against the site's limits")
     job_id = r.stdout.strip().split(";")[0]
+    if not JOB_ID.match(job_id):
+        raise UserError(f"sbatch printed no job id ({_one_line(r.stdout)[:100]}); the job may "
+                        f"still be queued, its script is {path}",
+                        fix="look with squeue --me; cancel it with scancel if it is there")
     record = {"job_id": job_id, "script": str(path), "out": str(out),
               "log": f"{out}.slurm-{job_id}_*.out" if array else f"{out}.slurm-{job_id}.out"}
     (out.parent / f"{out.name}.job.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -378,7 +382,16 @@ def _scontrol(job_ids: list[str], env: dict | None) -> list[dict]:
     except FileNotFoundError:
         raise UserError("scontrol is not installed here (not on PATH)",
                         fix="ask from a login node of the Slurm cluster") from None
+    if r.returncode != 0 and "Invalid job id" not in r.stderr:   # unknown jobs are no failure
+        raise SlurmUnreachable(f"scontrol failed: {_one_line(r.stderr or r.stdout)}",
+                               fix="is the Slurm controller up? try again, or ask the operators")
     return parse_scontrol(r.stdout)
+
+
+class SlurmUnreachable(UserError):
+    """Slurm itself failed (its controller down, a timeout): not the user's input."""
+
+    exit_code = 1
 
 
 def parse_scontrol(text: str) -> list[dict]:
@@ -428,8 +441,13 @@ def logs_of(ref: str, env: dict | None = None) -> list[Path]:
     """The output files of a job (every task of an array): from scontrol while Slurm knows the
     job, else from the record ``submit`` left next to OUT."""
     job, rec = job_of(ref)
-    found = [Path(r["log"]) for r in _scontrol([job], env)
-             if r["log"] and job in (r["job_id"], r["array_job"])]
+    try:
+        rows = _scontrol([job], env)
+    except SlurmUnreachable:
+        if rec is None:
+            raise
+        rows = []   # the record submit left names the log
+    found = [Path(r["log"]) for r in rows if r["log"] and job in (r["job_id"], r["array_job"])]
     if not found and rec:
         found = sorted(Path(rec["log"]).parent.glob(Path(rec["log"]).name))
     return [p for p in dict.fromkeys(found) if p.is_file()]

@@ -544,6 +544,7 @@ JOB_RECORDS = {
     "a-list": "[1]",
     "without-job-id": '{"out": "o"}',
     "job-id-nonsense": '{"job_id": "1; rm -rf /", "log": "x"}',
+    "empty": "",
 }
 for label, content in JOB_RECORDS.items():
     for cmd in ("status", "logs", "cancel"):
@@ -572,6 +573,20 @@ case("status-scontrol-garbage", "status", "12345", env={"PATH": "{tmp}/bin:/usr/
 case("status-sacct-garbage", "status", "12345", env={"PATH": "{tmp}/bin:/usr/bin:/bin"},
      setup=lambda c: c.fake("sacct", stdout="12345|x|RUNNING|soon|gres/gpu=many", code=0),
      code=0)
+DOWN = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
+case("status-slurm-controller-down", "status", "12345", env={"PATH": "{tmp}/bin:/usr/bin:/bin"},
+     setup=lambda c: [c.fake("sacct", code=1), c.fake("scontrol", stderr=DOWN)], code=1,
+     says="controller")
+case("logs-slurm-controller-down", "logs", "12345", env={"PATH": "{tmp}/bin:/usr/bin:/bin"},
+     setup=lambda c: c.fake("scontrol", stderr=DOWN), code=1, says="controller")
+case("status-job-unknown-to-slurm", "status", "12345", env={"PATH": "{tmp}/bin:/usr/bin:/bin"},
+     setup=lambda c: [c.fake("sacct", code=1),
+                      c.fake("scontrol", stderr="slurm_load_jobs error: Invalid job id "
+                             "specified\n")], code=0)
+case("submit-sbatch-prints-no-job-id", "submit", "{study}", "--profile", "ci", "--data",
+     "{data}", "--out", "{tmp}/o", env={"PATH": "{tmp}/bin:/usr/bin:/bin"},
+     setup=lambda c: c.fake("sbatch", stdout="Submitted nothing", code=0), says="job id",
+     may_leave=("o.sbatch",))   # the job may be queued: its script stays, named in the error
 case("status-scontrol-missing", "status", "12345", env={"PATH": "{tmp}/bin"},
      setup=lambda c: c.dir("bin"), says="scontrol")
 case("logs-scontrol-missing", "logs", "12345", env={"PATH": "{tmp}/bin"},
