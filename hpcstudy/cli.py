@@ -93,8 +93,9 @@ def _audit(command: str, kw: dict, status: str) -> None:
 
 
 class _PathOption(click.Path):
-    """A path the file system can take: no NUL byte, no name over 255 bytes (checked when the
-    command line is parsed, so no command starts on a path it cannot create)."""
+    """A path the file system can take and a batch script can carry: not empty, no control
+    character (NUL, newline…), no name over 255 bytes. Checked when the command line is parsed,
+    so no command starts on a path it cannot create."""
 
     def convert(self, value, param, ctx):
         text = os.fsdecode(value) if isinstance(value, bytes) else str(value)
@@ -741,8 +742,10 @@ def _bug(e: BaseException) -> str:
 
     folder = Path(os.environ.get("HPCSTUDY_CRASH_DIR") or tempfile.gettempdir())
     path = folder / f"hpcstudy-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-    try:
-        path.write_text(f"hpcstudy {' '.join(sys.argv[1:])}\n" + traceback.format_exc())
+    try:   # private to the user: a traceback can quote values from the data
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"hpcstudy {' '.join(sys.argv[1:])}\n" + traceback.format_exc())
         saved = f"the traceback is in {path}"
     except OSError:
         saved = "the traceback could not be saved"

@@ -188,3 +188,4 @@ def test_the_last_resort_handler_writes_the_traceback_to_a_file(tmp_path, monkey
     assert len(reports) == 1 and str(reports[0]) in err
     text = reports[0].read_text()
     assert "Traceback" in text and "ZeroDivisionError: planted" in text
+    assert reports[0].stat().st_mode & 0o077 == 0   # only its owner reads it
