@@ -56,6 +56,20 @@ def _tree(root: Path, content: bool = True) -> dict[str, object]:
 
 
 @contextlib.contextmanager
+def _read_only(where: Path):
+    """An empty read-only file system at ``where`` (root writes through chmod 000, not this)."""
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(where)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mount -t tmpfs is refused here: no read-only file system to try")
+    try:
+        yield None
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+@contextlib.contextmanager
 def _full_disk(where: Path):
     """A tiny file system at ``where``; yields the child's preexec_fn (None with tmpfs)."""
     where.mkdir()
@@ -103,7 +117,9 @@ def test_bad_input(case: Case, world, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp)
     shared = {k: _tree(v, content=False) for k, v in world.items()}
     shared_parents = {k: sorted(os.listdir(v.parent)) for k, v in world.items()}
-    with _full_disk(tmp / "disk") if case.full_disk else contextlib.nullcontext() as limit:
+    disk = _full_disk(tmp / "disk") if case.full_disk else \
+        _read_only(tmp / "disk") if case.read_only else contextlib.nullcontext()
+    with disk as limit:
         before = _tree(tmp_path)
         if case.real or case.full_disk:
             if limit is not None:   # a fresh audit log: the session's would exceed the limit

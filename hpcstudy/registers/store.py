@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import UserError
+from ..errors import CannotWrite, UserError
 from .schema import HIDDEN_SORT_COLUMNS, REGISTERS, SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
@@ -132,19 +132,26 @@ def prepare_output(out: Path, overwrite: bool) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the directory {parent} ({e.strerror})",
-                        fix="choose a writable --out") from e
+        raise _refusal(e)(f"cannot create the directory {parent} ({e.strerror})",
+                          fix="choose a writable --out") from e
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write in {parent}", fix="choose a writable --out")
+        raise CannotWrite(f"cannot write in {parent}", fix="choose a writable --out")
     staging = parent / f".{out.name}.partial-{os.getpid()}"
     try:
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir()
     except OSError as e:
-        raise UserError(f"cannot create a directory in {parent} ({e.strerror})",
-                        fix="choose a writable --out") from e
+        raise _refusal(e)(f"cannot create a directory in {parent} ({e.strerror})",
+                          fix="choose a writable --out") from e
     return staging
+
+
+def _refusal(e: OSError) -> type[UserError]:
+    """The machine refused (permissions, read-only: exit 1), or the path is wrong (exit 2)."""
+    import errno
+
+    return CannotWrite if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else UserError
 
 
 @contextmanager

@@ -81,6 +81,7 @@ class Case:
     real: bool = False             # also run through a fresh interpreter
     report: bool = False           # a check's report: one line per problem, then the summary
     full_disk: bool = False        # the case's writes land on a full file system
+    read_only: bool = False        # {tmp}/disk is a read-only file system (root ignores chmod)
     writes: bool = False           # may leave files in {tmp} (a report, a log): not checked
     may_leave: tuple[str, ...] = ()   # globs (under {tmp}) of whole files it may leave
 
@@ -184,6 +185,21 @@ case("synth-out-root", *SYNTH_P, "--persons", "10", "--out", "/", says="/")
 case("synth-out-nul", *SYNTH_P, "--persons", "10", "--out", "a\0b", says="--out")
 case("synth-full-disk", "synth", "--persons", "3000", "--partitions", "3", "--jobs", "1",
      "--quiet", "--out", "{tmp}/disk/syn", full_disk=True, code=1, says="cannot write")
+
+READ_ONLY = {
+    "synth": ("synth", "--persons", "50", "--quiet", "--out", "{tmp}/disk/syn"),
+    "run": ("run", "{study}", "--data", "{data}", "--quiet", "--out", "{tmp}/disk/out"),
+    "ingest": (*INGEST[:6], "{tmp}/disk/new", *INGEST[7:]),
+    "export": ("export", "{run}", "{tmp}/disk/dest"),
+    "submit": ("submit", "{study}", "--profile", "ci", "--data", "{data}", "--out",
+               "{tmp}/disk/o"),
+}
+for cmd, argv in READ_ONLY.items():
+    case(f"{cmd}-on-a-read-only-disk", *argv, read_only=True, says="write", code=1,
+         env={"PATH": "{tmp}/bin:/usr/bin:/bin"},
+         setup=lambda c: c.fake("sbatch", stdout="1", code=0))
+case("check-audit-log-on-a-read-only-disk", "check", "{study}", read_only=True,
+     env={"HPCSTUDY_AUDIT_LOG": "{tmp}/disk/audit.jsonl"}, says="audit log")
 
 # -- data verify / data summary: broken dataset folders ---------------------------------------
 for cmd in ("verify", "summary"):
