@@ -303,6 +303,24 @@ for cmd in ("check", "plan"):
          "{tmp}/p.yaml", setup=lambda c: c.file("p.yaml", "project: [a\n"), says="p.yaml")
     case(f"{cmd}-project-from-env-missing", cmd, "{study}", "--data", "{data}",
          env={"HPCSTUDY_PROJECT": "{tmp}/gone.yaml"}, says="gone.yaml")
+ALL = "{bef: '*', dod: '*', vnds: '*', lpr_adm: '*', lpr_diag: '*'}"
+PROJECT_SHAPES = {
+    "a-number": "42\n",
+    "a-string": "FSEID-00001234\n",
+    "null": "~\n",
+    "registers-a-string": "project: X\nregisters: bef\nperiod: [2000-01-01, 2020-12-31]\n",
+    "registers-a-list-of-lists": "project: X\nregisters: [[bef]]\n"
+                                 "period: [2000-01-01, 2020-12-31]\n",
+    "period-a-mapping": "project: X\nregisters: {bef: '*'}\nperiod: {from: 2000}\n",
+    "disclosure-a-list": f"project: X\nregisters: {ALL}\nperiod: [1968-01-01, 2023-12-31]\n"
+                         "disclosure: [5]\n",
+    "min-cell-huge": f"project: X\nregisters: {ALL}\nperiod: [1968-01-01, 2023-12-31]\n"
+                     "disclosure: {min_cell: 100000000000000000000000}\n",
+    "byte-order-mark-and-tabs": "\ufeffproject: X\n\tregisters: {bef: '*'}\n",
+}
+for label, content in PROJECT_SHAPES.items():
+    case(f"plan-project-{label}", "plan", "{study}", "--data", "{data}", "--project",
+         "{tmp}/p.yaml", setup=lambda c, x=content: c.file("p.yaml", x), says="p.yaml")
 case("check-project-without-data", "check", "{study}", "--project", "{tmp}/p.yaml",
      setup=lambda c: c.file("p.yaml", "project: X\nregisters: {bef: '*'}\n"
                             "period: [2000-01-01, 2020-12-31]\n"), says="--data")
