@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .errors import DataProblem, UserError
+from .errors import CannotWrite, DataProblem, UserError
 
 
 def _progress_bar(enabled: bool):
@@ -88,8 +88,10 @@ def _audit(command: str, kw: dict, status: str) -> None:
     try:
         audit.append(entry)
     except OSError as e:
-        raise UserError(f"cannot write the audit log {audit.default_path()} ({e.strerror})",
-                        fix="set HPCSTUDY_AUDIT_LOG to a writable file") from e
+        refused = e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)   # the machine's, exit 1
+        raise (CannotWrite if refused else UserError)(
+            f"cannot write the audit log {audit.default_path()} ({e.strerror})",
+            fix="set HPCSTUDY_AUDIT_LOG to a writable file") from e
 
 
 class _PathOption(click.Path):
@@ -689,7 +691,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("hpcstudy: interrupted; nothing half-written was left in place", err=True)
         return 130
     except Exception as e:  # noqa: BLE001 - the last resort: a bug, said in one line
-        click.echo(_bug(e), err=True)
+        line = _bug(e)
+        if _speaks():
+            click.echo(line, err=True)
         return BUG_EXIT
     return 0
 

@@ -198,7 +198,7 @@ for cmd, argv in READ_ONLY.items():
     case(f"{cmd}-on-a-read-only-disk", *argv, read_only=True, says="write", code=1,
          env={"PATH": "{tmp}/bin:/usr/bin:/bin"},
          setup=lambda c: c.fake("sbatch", stdout="1", code=0))
-case("check-audit-log-on-a-read-only-disk", "check", "{study}", read_only=True,
+case("check-audit-log-on-a-read-only-disk", "check", "{study}", read_only=True, code=1,
      env={"HPCSTUDY_AUDIT_LOG": "{tmp}/disk/audit.jsonl"}, says="audit log")
 
 # -- data verify / data summary: broken dataset folders ---------------------------------------
