@@ -1,11 +1,13 @@
 """The ``hpcstudy`` command line.
 
 Every command reports bad input as one line on stderr (``hpcstudy: error: …``) and exits 2;
-a data check that finds problems exits 1; success exits 0.
+a data check that finds problems, or an I/O failure (full disk, permission), exits 1; success
+exits 0; an unexpected exception is a bug: one line, the traceback in a file, exit 70.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -129,6 +131,55 @@ def _audit(command: str, kw: dict, status: str | None = None, started: dict | No
         raise
 
 
+class _PathOption(click.Path):
+    """A path the file system can take and a batch script can carry: not empty, no control
+    character (NUL, newline…), no name over 255 bytes. Checked when the command line is parsed,
+    so no command starts on a path it cannot create."""
+
+    def convert(self, value, param, ctx):
+        text = os.fsdecode(value) if isinstance(value, bytes) else str(value)
+        if not text:
+            self.fail("an empty path", param, ctx)
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+            self.fail(f"{text!r}: a path cannot hold a control character (a NUL, a newline, "
+                      "a tab…)", param, ctx)
+        long = [n for n in text.split("/") if len(os.fsencode(n)) > 255]
+        if long:
+            self.fail(f"the name {long[0][:40]}… is too long ({len(os.fsencode(long[0]))} "
+                      "bytes; a file system takes at most 255 a name) — choose a shorter path",
+                      param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = _PathOption(path_type=Path)
+
+
+class _Between(click.IntRange):
+    """A whole number bounded on both sides: a huge value is refused when parsed, never passed
+    on to allocate memory or start processes."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            what = "a positive whole number" if self.min == 1 else "a whole number"
+            self.fail(f"{value!r} is not {what} from {self.min} to {self.max}", param, ctx)
+
+
+def _slurm_name(ctx, param, value: str | None) -> str | None:
+    """A Slurm account name: it is written into a batch script, so nothing else may ride in."""
+    from .cluster.slurm import SLURM_NAME
+
+    if value is not None and not SLURM_NAME.match(value):
+        raise click.BadParameter(f"{value!r} is not a Slurm account name (letters, digits, "
+                                 "_ . + -)", ctx, param)
+    return value
+
+
+def _between(lo: int, hi: int) -> click.IntRange:
+    return _Between(lo, hi)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hpcstudy")
 def cli() -> None:
@@ -136,13 +187,15 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--persons", type=int, required=True, help="Number of persons (N > 0).")
-@click.option("--seed", type=int, default=1, show_default=True, help="Random seed (≥ 0).")
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+@click.option("--persons", type=_between(1, 10**9), required=True,
+              help="Number of persons (N > 0).")
+@click.option("--seed", type=_between(0, 2**63 - 1), default=1, show_default=True,
+              help="Random seed (≥ 0).")
+@click.option("--out", "out", type=PATH, required=True,
               help="New folder to create (never the current folder or one holding other files).")
-@click.option("--partitions", type=int, default=8, show_default=True,
+@click.option("--partitions", type=_between(1, 4096), default=8, show_default=True,
               help="Number of hash partitions by pnr (P > 0).")
-@click.option("--jobs", type=int, default=None,
+@click.option("--jobs", type=_between(1, 256), default=None,
               help="Worker processes (default: number of CPUs, at most 4).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing --out, if it is a dataset hpcstudy wrote and holds "
@@ -153,15 +206,6 @@ def synth(persons: int, seed: int, out: Path, partitions: int, jobs: int | None,
           overwrite: bool, quiet: bool) -> None:
     """Generate deterministic synthetic registers (bef, dod, dodsaarsag, vnds, lpr_adm,
     lpr_diag, lmdb) with planted effects, as a partitioned Parquet dataset."""
-    if persons <= 0:
-        raise UserError(f"--persons must be positive, got {persons}", fix="e.g. --persons 10000")
-    if partitions <= 0 or partitions > 4096:
-        raise UserError(f"--partitions must be in 1..4096, got {partitions}",
-                        fix="e.g. --partitions 8")
-    if seed < 0:
-        raise UserError(f"--seed must be ≥ 0, got {seed}")
-    if jobs is not None and jobs <= 0:
-        raise UserError(f"--jobs must be positive, got {jobs}")
     from .registers.generate import generate
 
     jobs = jobs or min(4, os.cpu_count() or 1)
@@ -179,9 +223,11 @@ def summary(manifest: dict, where: Path | str) -> str:
              f"{manifest['period']['end']}"]
     total = 0
     for name, reg in manifest["registers"].items():
-        size = sum(f.get("bytes", 0) for f in reg["files"])
+        size = sum(f.get("bytes", 0) if isinstance(f.get("bytes"), int) else 0
+                   for f in reg["files"])
         total += reg["rows"]
-        lines.append(f"  {name:<11} {reg['rows']:>13,} rows  {size / 1e6:9.1f} MB  {reg['title']}")
+        lines.append(f"  {name:<11} {reg['rows']:>13,} rows  {size / 1e6:9.1f} MB  "
+                     f"{reg.get('title', '')}")
     lines.append(f"  {'all':<11} {total:>13,} rows")
     truth = manifest.get("truth", {}).get("mi", {}).get("log_hr")
     if truth:
@@ -197,7 +243,7 @@ def data() -> None:
 
 
 @data.command("verify")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=PATH)
 @audited
 def data_verify(directory: Path) -> None:
     """Check every file against the manifest: presence, SHA-256, schema, row counts."""
@@ -212,7 +258,7 @@ def data_verify(directory: Path) -> None:
 
 
 @data.command("summary")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=PATH)
 def data_summary(directory: Path) -> None:
     """Print what a dataset holds."""
     from .registers.store import Dataset
@@ -269,15 +315,15 @@ VARIANT = click.option("--variant", default=None,
                        help="This variant of the study (its variants:).")
 
 
-PROJECT = click.option("--project", type=click.Path(path_type=Path),
+PROJECT = click.option("--project", type=PATH,
                        envvar="HPCSTUDY_PROJECT",
                        help="Project approval file (registers, columns, period); refuses a "
                             "study that reaches outside it. Default: $HPCSTUDY_PROJECT.")
 
 
 @cli.command()
-@click.argument("study", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), help="Check against this dataset's "
+@click.argument("study", type=PATH)
+@click.option("--data", type=PATH, help="Check against this dataset's "
               "catalog too (registers, code dictionaries, period).")
 @VARIANT
 @PROJECT
@@ -303,8 +349,8 @@ def check(study: Path, data: Path | None, project: Path | None, variant: str | N
 
 
 @cli.command()
-@click.argument("study", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.argument("study", type=PATH)
+@click.option("--data", type=PATH, required=True,
               help="Dataset whose code dictionaries resolve the codelists.")
 @VARIANT
 @PROJECT
@@ -319,9 +365,9 @@ def plan(study: Path, data: Path, project: Path | None, variant: str | None) -> 
 
 
 @cli.command()
-@click.argument("study", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Register dataset.")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
+@click.argument("study", type=PATH)
+@click.option("--data", type=PATH, required=True, help="Register dataset.")
+@click.option("--out", type=PATH, required=True,
               help="New output folder (outside the data, the study and the project).")
 @click.option("--engine", type=click.Choice(["dask", "reference"]), default="dask",
               show_default=True)
@@ -334,12 +380,13 @@ def plan(study: Path, data: Path, project: Path | None, variant: str | None) -> 
 @click.option("--launcher", type=click.Choice(["local", "processes", "slurm", "mpi"]),
               default="local", show_default=True,
               help="Where the dask engine's tasks run (mpi: start under mpirun/srun, 3+ ranks).")
-@click.option("--workers", type=int, default=2, show_default=True,
+@click.option("--workers", type=_between(1, 1024), default=2, show_default=True,
               help="Workers for the processes and slurm launchers.")
-@click.option("--gpus", type=int, default=0, help="processes launcher: one worker per GPU.")
+@click.option("--gpus", type=_between(0, 1024), default=0,
+              help="processes launcher: one worker per GPU.")
 @click.option("--profile", "profile_name", default=None,
               help="Site profile for the slurm launcher (hpcstudy profiles).")
-@click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None,
+@click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None, callback=_slurm_name,
               help="slurm launcher: Slurm account of the worker jobs.")
 @click.option("--interface", default=None,
               help="mpi and slurm launchers: network interface of scheduler and workers (ib0).")
@@ -424,16 +471,16 @@ def report(res: dict, out: Path) -> str:
 
 @cli.command()
 @click.option("--register", required=True, help="Register of the extract (bef, lpr_adm, …).")
-@click.option("--input", "input_", type=click.Path(path_type=Path), required=True,
+@click.option("--input", "input_", type=PATH, required=True,
               help="Extract: .csv, .parquet, .sas7bdat or .xpt, keyed by cpr.")
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.option("--data", type=PATH, required=True,
               help="Dataset to add to (created if absent; an existing folder must be an "
                    "hpcstudy dataset holding nothing else).")
-@click.option("--key-file", type=click.Path(path_type=Path), required=True,
+@click.option("--key-file", type=PATH, required=True,
               help="The project's pseudonymisation key (≥ 32 bytes); never printed.")
-@click.option("--quarantine", type=click.Path(path_type=Path), default=None,
+@click.option("--quarantine", type=PATH, default=None,
               help="Where rejected rows go (default: next to the input).")
-@click.option("--partitions", type=int, default=8, show_default=True,
+@click.option("--partitions", type=_between(1, 4096), default=8, show_default=True,
               help="P for a new dataset.")
 @audited
 def ingest(register: str, input_: Path, data: Path, key_file: Path, quarantine: Path | None,
@@ -447,6 +494,9 @@ def ingest(register: str, input_: Path, data: Path, key_file: Path, quarantine: 
     check_target(data, kind="dataset", overwrite=True, option="--data",
                  reads=[("the extract", input_), ("the key file", key_file),
                         ("the quarantine file", quarantine)])
+    if quarantine is not None and (quarantine.is_dir() or not quarantine.parent.is_dir()):
+        raise UserError(f"--quarantine {quarantine} must name a file in an existing folder",
+                        fix="e.g. --quarantine rejected.csv")
     s = do(register, input_, data, key_file, quarantine, partitions)
     if s["skipped"]:
         click.echo(f"{input_}: {s['reason']}")
@@ -486,7 +536,7 @@ MIN_CELL = click.option("--min-cell", type=int, default=None,
 
 
 @cli.command("check-outputs")
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=PATH)
 @MIN_CELL
 @PROJECT
 @audited
@@ -508,8 +558,8 @@ def check_outputs(out: Path, min_cell: int | None, project: Path | None) -> None
 
 
 @cli.command("export")
-@click.argument("out", type=click.Path(path_type=Path))
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("out", type=PATH)
+@click.argument("dest", type=PATH)
 @MIN_CELL
 @PROJECT
 @audited
@@ -613,11 +663,11 @@ def profiles() -> None:
 
 
 @cli.command()
-@click.argument("study", type=click.Path(path_type=Path))
+@click.argument("study", type=PATH)
 @click.option("--profile", "profile_name", required=True, help="Site profile (hpcstudy profiles).")
-@click.option("--data", type=click.Path(path_type=Path), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None,
+@click.option("--data", type=PATH, required=True)
+@click.option("--out", type=PATH, required=True)
+@click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None, callback=_slurm_name,
               help="Slurm account (default: the profile's; $HPCSTUDY_ACCOUNT).")
 @click.option("--launcher", type=click.Choice(["local", "mpi", "slurm"]), default=None,
               help="How the job runs the dask engine: local (one process), mpi (ranks in the "
@@ -704,11 +754,21 @@ def audit() -> None:
     """The hash-chained audit log of every check, plan, run, synth, ingest and export."""
 
 
+def _audit_log(log: Path | None) -> Path:
+    from .secure import audit as A
+
+    where = Path(log) if log else A.default_path()
+    if where.exists() and not where.is_file():
+        raise UserError(f"the audit log {where} is a directory, not a file",
+                        fix="give --log (or $HPCSTUDY_AUDIT_LOG) the log file itself")
+    return where
+
+
 @audit.command("verify")
-@click.option("--log", "log", type=click.Path(path_type=Path), default=None,
+@click.option("--log", "log", type=PATH, default=None,
               help="Log file (default: the site's, $HPCSTUDY_AUDIT_LOG or "
                    "~/.local/share/hpcstudy).")
-@click.option("--outputs", "outputs", type=click.Path(path_type=Path), multiple=True,
+@click.option("--outputs", "outputs", type=PATH, multiple=True,
               help="A run's OUT or an export (or its audit.json) whose recorded chain head must "
                    "still be in the log; repeat for more.")
 def audit_verify(log: Path | None, outputs: tuple[Path, ...]) -> None:
@@ -757,12 +817,13 @@ def audit_verify(log: Path | None, outputs: tuple[Path, ...]) -> None:
 
 
 @audit.command("head")
-@click.option("--log", "log", type=click.Path(path_type=Path), default=None)
+@click.option("--log", "log", type=PATH, default=None)
 def audit_head(log: Path | None) -> None:
     """Print the last record's seq and hash: keep them elsewhere to detect records cut off the
     end."""
     from .secure import audit as A
 
+    _audit_log(log)
     head = A.head(log)
     click.echo("empty log" if head is None else f"{head['seq']} {head['hash']}")
 
@@ -814,14 +875,79 @@ def main(argv: list[str] | None = None) -> int:
     except DataProblem as e:
         click.echo(f"hpcstudy: {e}", err=True)
         return e.exit_code
-    except PermissionError as e:
-        click.echo(f"hpcstudy: error: permission denied: {e.filename} — choose a writable "
-                   "location", err=True)
-        return 2
+    except OSError as e:
+        code, line = _os_error(e)
+        click.echo(line, err=True)
+        return code
     except KeyboardInterrupt:
         click.echo("hpcstudy: interrupted; nothing half-written was left in place", err=True)
         return 130
+    except Exception as e:  # noqa: BLE001 - the last resort: a bug, said in one line
+        line = _bug(e)
+        if _speaks():
+            click.echo(line, err=True)
+        return BUG_EXIT
     return 0
+
+
+BUG_EXIT = 70   # EX_SOFTWARE (sysexits.h): an internal error, not the user's input
+_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+         errno.EFBIG: "a file would exceed the size limit"}
+
+
+def _os_error(e: OSError) -> tuple[int, str]:
+    """(exit code, one line) for a failed file operation: a path the user gave that cannot be
+    used is bad input (2); a full disk, a refused permission or a failing device is an I/O
+    failure (1)."""
+    where = e.filename if e.filename is not None else ""
+    text = str(e)
+    number = e.errno
+    if number is None:   # pyarrow's errors carry the errno only in their text
+        number = next((n for n, why in ((errno.ENOSPC, "No space left"),
+                                        (errno.EDQUOT, "Disk quota"),
+                                        (errno.EFBIG, "File too large")) if why in text), None)
+    if number in _FULL:
+        return 1, (f"hpcstudy: cannot write{' ' + str(where) if where else ''}: "
+                   f"{_FULL[number]}; nothing half-written was kept — free some space or "
+                   "choose another location")
+    if number in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return 1, (f"hpcstudy: permission denied: {where} ({e.strerror}) — choose a location "
+                   "you can read and write")
+    if number == errno.ENAMETOOLONG:
+        return 2, (f"hpcstudy: error: {where}: file name too long (at most 255 bytes a name) "
+                   "— choose a shorter path")
+    if number == errno.ENOTDIR:
+        return 2, (f"hpcstudy: error: {where}: a part of this path is a file, not a directory "
+                   "— choose another path")
+    if number == errno.EEXIST:
+        return 2, (f"hpcstudy: error: {where} already exists, where hpcstudy needs to make a "
+                   "directory — choose another path")
+    if number == errno.EISDIR:
+        return 2, f"hpcstudy: error: {where} is a directory, where a file is expected"
+    if number == errno.ENOENT:
+        return 2, f"hpcstudy: error: {where}: no such file or directory"
+    first = text.splitlines()[0] if text else type(e).__name__
+    return 1, f"hpcstudy: cannot read or write {where or 'a file'}: {first[:300]}"
+
+
+def _bug(e: BaseException) -> str:
+    """Write the traceback to a file (never the terminal); return the one line to print."""
+    import tempfile
+    import time
+    import traceback
+
+    folder = Path(os.environ.get("HPCSTUDY_CRASH_DIR") or tempfile.gettempdir())
+    path = folder / f"hpcstudy-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:   # private to the user: a traceback can quote values from the data
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"hpcstudy {' '.join(sys.argv[1:])}\n" + traceback.format_exc())
+        saved = f"the traceback is in {path}"
+    except OSError:
+        saved = "the traceback could not be saved"
+    what = (str(e).splitlines() or [""])[0][:200]
+    return (f"hpcstudy: internal error ({type(e).__name__}: {what}) — this is a bug in "
+            f"hpcstudy, not in your input; {saved}; please report it")
 
 
 if __name__ == "__main__":

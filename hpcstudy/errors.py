@@ -24,3 +24,10 @@ class DataProblem(Exception):
     """Data that fails a check (checksums, schema): reported, exit code 1."""
 
     exit_code = 1
+
+
+class CannotWrite(UserError):
+    """A place the machine will not let hpcstudy write (permissions, a read-only file system):
+    an I/O failure, printed as one line, exit code 1."""
+
+    exit_code = 1

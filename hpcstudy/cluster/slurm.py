@@ -33,6 +33,7 @@ SUBMIT_LAUNCHERS = ("local", "mpi", "slurm")
 INTERFACE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 WALLTIME = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
 MEMORY = re.compile(r"^\d+[KMGT]?$")
+SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+,-]{1,200}$")   # partitions (a,b) and accounts
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,12 @@ def read_profile(path: Path) -> Profile:
     for k in ("name", "partition", "walltime"):
         if not isinstance(doc.get(k), str) or not doc[k]:
             bad(k, "missing")
-    if not WALLTIME.match(doc["walltime"]):  # [D-]HH:MM:SS
+    if not WALLTIME.match(doc["walltime"]) or any(  # [D-]HH:MM:SS
+            int(x) > 59 for x in doc["walltime"].split(":")[1:]):
         bad("walltime", f"{doc['walltime']!r} is not [D-]HH:MM:SS")
+    for k in ("partition", "account"):   # written into the batch script's header
+        if doc.get(k) is not None and not SLURM_NAME.match(str(doc[k])):
+            bad(k, f"{doc[k]!r} is not a Slurm {k} name (letters, digits, _ . + -)")
     for k in ("mem", "mem_per_gpu"):
         if doc.get(k) is not None and not MEMORY.match(str(doc[k])):
             bad(k, f"{doc[k]!r} is not a Slurm memory size like 240G")
@@ -111,8 +116,9 @@ def read_profile(path: Path) -> Profile:
     for k in ("nodes", "gpus_per_node", "cpus_per_gpu", "workers_per_node",
               "signal_before_end", "max_requeues"):
         v = doc.get(k)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-            bad(k, f"must be a whole number ≥ 0, not {v!r}")
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)
+                              or not 0 <= v <= 1_000_000):
+            bad(k, f"must be a whole number from 0 to 1000000, not {v!r}")
     setup = doc.get("setup") or []
     if not isinstance(setup, list) or not all(isinstance(s, str) for s in setup):
         bad("setup", "must be a list of shell lines")
@@ -245,12 +251,22 @@ def submit(script: str, out: Path, env: dict | None = None, array: bool = False)
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f"{out.name}.sbatch"
     path.write_text(script)
-    r = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True,
-                       env=env)
+    try:
+        r = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True,
+                           env=env)
+    except FileNotFoundError:
+        path.unlink()
+        raise UserError("sbatch is not installed here (not on PATH)",
+                        fix="submit from a login node of the Slurm cluster") from None
     if r.returncode != 0:
-        raise UserError(f"sbatch refused the job: {r.stderr.strip() or r.stdout.strip()}",
-                        where=str(path), fix="check the profile against the site's limits")
+        path.unlink()   # nothing was queued: leave nothing behind
+        raise UserError(f"sbatch refused the job: {_one_line(r.stderr or r.stdout)}",
+                        fix="check the profile against the site's limits")
     job_id = r.stdout.strip().split(";")[0]
+    if not JOB_ID.match(job_id):
+        raise UserError(f"sbatch printed no job id ({_one_line(r.stdout)[:100]}); the job may "
+                        f"still be queued, its script is {path}",
+                        fix="look with squeue --me; cancel it with scancel if it is there")
     record = {"job_id": job_id, "script": str(path), "out": str(out),
               "log": f"{out}.slurm-{job_id}_*.out" if array else f"{out}.slurm-{job_id}.out"}
     (out.parent / f"{out.name}.job.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -278,6 +294,14 @@ def seconds(t: str) -> int:
         parts.insert(0, 0)
     h, m, s = parts
     return days * 86400 + h * 3600 + m * 60 + s
+
+
+def _seconds_or_0(t: str) -> int:
+    """Elapsed time from Slurm's output; 0 where it is not [D-]HH:MM:SS (UNLIMITED, garbage)."""
+    try:
+        return seconds(t)
+    except ValueError:
+        return 0
 
 
 def _gpus(f: dict) -> int:
@@ -351,10 +375,23 @@ def parse_sacct(text: str) -> list[dict]:
 
 
 def _scontrol(job_ids: list[str], env: dict | None) -> list[dict]:
-    r = subprocess.run(["scontrol", "show", "job", "-o", *([",".join(job_ids)] if job_ids
-                                                          else [])],
-                       capture_output=True, text=True, env=env)
+    try:
+        r = subprocess.run(["scontrol", "show", "job", "-o", *([",".join(job_ids)] if job_ids
+                                                              else [])],
+                           capture_output=True, text=True, env=env)
+    except FileNotFoundError:
+        raise UserError("scontrol is not installed here (not on PATH)",
+                        fix="ask from a login node of the Slurm cluster") from None
+    if r.returncode != 0 and "Invalid job id" not in r.stderr:   # unknown jobs are no failure
+        raise SlurmUnreachable(f"scontrol failed: {_one_line(r.stderr or r.stdout)}",
+                               fix="is the Slurm controller up? try again, or ask the operators")
     return parse_scontrol(r.stdout)
+
+
+class SlurmUnreachable(UserError):
+    """Slurm itself failed (its controller down, a timeout): not the user's input."""
+
+    exit_code = 1
 
 
 def parse_scontrol(text: str) -> list[dict]:
@@ -368,8 +405,9 @@ def parse_scontrol(text: str) -> list[dict]:
         if f.get("ArrayJobId") and f.get("ArrayTaskId"):
             job = f"{f['ArrayJobId']}_{f['ArrayTaskId']}"   # as sacct and squeue name it
         row = _row(job, f.get("JobName", ""), f.get("JobState", "UNKNOWN"),
-                   seconds(f.get("RunTime", "0:00:00")), _gpus(f), f.get("StdOut", ""))
-        row["restarts"] = int(f.get("Restarts", "0") or 0)   # requeued this many times
+                   _seconds_or_0(f.get("RunTime", "0:00:00")), _gpus(f), f.get("StdOut", ""))
+        restarts = f.get("Restarts", "0")
+        row["restarts"] = int(restarts) if restarts.isdigit() else 0   # requeued this many times
         if f.get("JobState") == "PENDING" and f.get("Reason") not in (None, "None"):
             row["state"] = f"waiting ({f['Reason']})"   # Resources, Priority, BeginTime ...
         rows.append(row)
@@ -385,8 +423,15 @@ def job_of(ref: str) -> tuple[str, dict | None]:
         return ref, None
     record = Path(f"{ref.rstrip('/')}.job.json")
     if record.is_file():
-        rec = json.loads(record.read_text())
-        return rec["job_id"], rec
+        try:
+            rec = json.loads(record.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise UserError(f"{record}: not a job record ({e})",
+                            fix="give the job id that sbatch printed instead") from e
+        if not isinstance(rec, dict) or not JOB_ID.match(str(rec.get("job_id", ""))):
+            raise UserError(f"{record}: not a job record of hpcstudy submit (no job_id)",
+                            fix="give the job id that sbatch printed instead")
+        return str(rec["job_id"]), rec
     raise UserError(f"{ref!r} is neither a job id nor an OUT that hpcstudy submit wrote to",
                     fix="give the number sbatch printed, or the --out given to submit "
                     "(its OUT.job.json names the job)")
@@ -396,14 +441,29 @@ def logs_of(ref: str, env: dict | None = None) -> list[Path]:
     """The output files of a job (every task of an array): from scontrol while Slurm knows the
     job, else from the record ``submit`` left next to OUT."""
     job, rec = job_of(ref)
-    found = [Path(r["log"]) for r in _scontrol([job], env)
-             if r["log"] and job in (r["job_id"], r["array_job"])]
+    try:
+        rows = _scontrol([job], env)
+    except SlurmUnreachable:
+        if rec is None:
+            raise
+        rows = []   # the record submit left names the log
+    found = [Path(r["log"]) for r in rows if r["log"] and job in (r["job_id"], r["array_job"])]
     if not found and rec:
         found = sorted(Path(rec["log"]).parent.glob(Path(rec["log"]).name))
     return [p for p in dict.fromkeys(found) if p.is_file()]
 
 
+def _one_line(text: str) -> str:
+    """A command's (often multi-line) complaint as one line."""
+    return "; ".join(ln.strip() for ln in text.splitlines() if ln.strip()) or "no message"
+
+
 def cancel(job_id: str, env: dict | None = None) -> None:
-    r = subprocess.run(["scancel", job_id], capture_output=True, text=True, env=env)
+    try:
+        r = subprocess.run(["scancel", job_id], capture_output=True, text=True, env=env)
+    except FileNotFoundError:
+        raise UserError("scancel is not installed here (not on PATH)",
+                        fix="cancel from a login node of the Slurm cluster") from None
     if r.returncode != 0:
-        raise UserError(f"scancel {job_id} failed: {r.stderr.strip()}")
+        raise UserError(f"scancel {job_id} failed: {_one_line(r.stderr or r.stdout)}",
+                        fix="hpcstudy status tells whether the job still exists")

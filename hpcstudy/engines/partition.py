@@ -8,14 +8,13 @@ partitions. Arrays are integer codes and integer days throughout.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from hpcstudy_kernels import followup, linkage
 from hpcstudy_kernels import windows as W
 from hpcstudy_kernels.windows import NO_DATE
 
 from ..plan.nodes import EventStream, GroupPlan, IndexPlan, Plan
-from ..registers.store import Dataset
+from ..registers.store import Dataset, read_partition
 from . import common
 
 
@@ -24,7 +23,7 @@ def load(ds_root: str, partition: int, reads: dict[str, tuple[str, ...]]) -> dic
     ds = Dataset.open(ds_root)
     out = {}
     for reg, cols in reads.items():
-        t = pq.read_table(ds.path(reg, partition), columns=list(cols))
+        t = read_partition(ds.path(reg, partition), cols)
         out[reg] = {c: common.as_days_or_values(t.column(c)) for c in cols}
     return out
 

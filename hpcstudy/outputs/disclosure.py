@@ -173,7 +173,9 @@ def _csv_rows(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     out = []
-    for r in rows:
+    for n, r in enumerate(rows, 2):
+        if None in r or None in r.values():
+            raise ValueError(f"line {n} has another number of fields than the header")
         d = {}
         for k, v in r.items():
             if v == "":
@@ -221,14 +223,19 @@ def check_outputs(out: str | Path, min_cell: int | None = None) -> dict[str, lis
             report[str(rel)] = [f"{rel}: not a text file: cannot be checked, so not exported"]
             continue
         problems += _text_violations(text, str(rel))
+        try:
+            rows = _csv_rows(path) if path.suffix == ".csv" else None
+            doc = json.loads(text) if path.suffix == ".json" else None
+        except (ValueError, csv.Error) as e:   # a file that cannot be read cannot be checked
+            report[str(rel)] = problems + [f"{rel}: not readable as {path.suffix[1:]} ({e}): "
+                                           "cannot be checked, so not exported"]
+            continue
         if path.suffix == ".csv":
-            rows = _csv_rows(path)
             if path.name.startswith("attrition"):
                 problems += _attrition_violations(rows, min_cell, str(rel))
             else:
                 problems += _table_violations(rows, min_cell, str(rel))
         elif path.suffix == ".json":
-            doc = json.loads(text)
             problems += _scalar_violations(doc, min_cell, str(rel))
             for where, rows in _json_tables(doc):
                 if where == "run.status_codes":

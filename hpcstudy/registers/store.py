@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import UserError
+from ..errors import CannotWrite, UserError
 from .schema import HIDDEN_SORT_COLUMNS, REGISTERS, SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
@@ -131,19 +131,26 @@ def prepare_output(out: Path, overwrite: bool, *, kind: str, reads=()) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the folder {parent} ({e.strerror})",
-                        fix="choose a writable --out") from e
+        raise _refusal(e)(f"cannot create the directory {parent} ({e.strerror})",
+                          fix="choose a writable --out") from e
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write in {parent}", fix="choose a writable --out")
+        raise CannotWrite(f"cannot write in {parent}", fix="choose a writable --out")
     staging = targets.leftover(out, "partial")
     try:
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir()
     except OSError as e:
-        raise UserError(f"cannot create a folder in {parent} ({e.strerror})",
-                        fix="choose a writable --out") from e
+        raise _refusal(e)(f"cannot create a directory in {parent} ({e.strerror})",
+                          fix="choose a writable --out") from e
     return staging
+
+
+def _refusal(e: OSError) -> type[UserError]:
+    """The machine refused (permissions, read-only: exit 1), or the path is wrong (exit 2)."""
+    import errno
+
+    return CannotWrite if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else UserError
 
 
 @contextmanager
@@ -189,6 +196,64 @@ def commit_output(staging: Path, out: Path) -> None:
 
 
 # -- reading ---------------------------------------------------------------------------------
+def read_partition(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """One partition file; a missing or damaged file is the user's to restore, said in one
+    line (pyarrow's own errors are ValueErrors and OSErrors of many shapes)."""
+    try:
+        if not Path(path).is_file():
+            raise FileNotFoundError(path)
+        return pq.read_table(path, columns=None if columns is None else list(columns))
+    except (OSError, ValueError, pa.ArrowException) as e:
+        if isinstance(e, OSError) and _disk_failure(e):
+            raise
+        why = "missing" if isinstance(e, FileNotFoundError) else \
+            f"damaged ({(str(e).splitlines() or [''])[0][:120]})"
+        raise UserError(f"{path}: partition file {why}",
+                        fix="restore it; hpcstudy data verify lists every damaged file") from e
+
+
+def _disk_failure(e: OSError) -> bool:
+    """An I/O failure of the machine (not of the file's content): reported as such."""
+    import errno
+
+    return e.errno in (errno.EIO, errno.ENOSPC, errno.EACCES, errno.EPERM) or \
+        "Input/output error" in str(e)
+
+
+def _manifest_shape(m: dict) -> str | None:
+    """What is missing or mistyped in a manifest (the fields every reader relies on)."""
+    p = m.get("partitions")
+    if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 4096:
+        return f"field partitions: {p!r} is not a whole number in 1..4096"
+    period = m.get("period")
+    if not isinstance(period, dict) or not all(isinstance(period.get(k), str)
+                                               for k in ("start", "end")):
+        return "field period: missing, or without start and end dates"
+    words = m.get("dictionaries")
+    if not isinstance(words, dict):
+        return "field dictionaries (the code dictionaries) is missing"
+    for system, codes in words.items():
+        if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
+            return f"field dictionaries.{system}: not a list of codes"
+    regs = m.get("registers")
+    if not isinstance(regs, dict) or not regs:
+        return "field registers is missing or empty"
+    for name, reg in regs.items():
+        files = reg.get("files") if isinstance(reg, dict) else None
+        if not isinstance(files, list) or not isinstance(reg.get("rows"), int) or not all(
+                isinstance(f, dict) and isinstance(f.get("path"), str)
+                and isinstance(f.get("rows"), int) and isinstance(f.get("sha256"), str)
+                for f in files):
+            return f"field registers.{name}: needs rows and a list of files (path, rows, sha256)"
+    truth = m.get("truth")
+    mi = truth.get("mi") if isinstance(truth, dict) else None
+    if truth is not None and not (
+            isinstance(mi, dict) and isinstance(mi.get("log_hr"), dict)
+            and all(isinstance(v, int | float) for v in mi["log_hr"].values())):
+        return "field truth: not the planted effects synth writes (truth.mi.log_hr)"
+    return None
+
+
 @dataclass
 class Dataset:
     """A register dataset on disk, described by its manifest."""
@@ -204,6 +269,9 @@ class Dataset:
             from ..outputs.targets import tidy
 
             tidy(root)
+        if root.exists() and not root.is_dir():
+            raise UserError(f"data directory {root} is not a directory",
+                            fix="give the directory that `hpcstudy synth` or ingest wrote")
         if not root.is_dir():
             raise UserError(f"data directory {root} does not exist",
                             fix="give the directory that `hpcstudy synth` or ingest wrote")
@@ -217,6 +285,10 @@ class Dataset:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise UserError(f"{path}: not an hpcstudy register manifest",
                             fix="give the directory that `hpcstudy synth` or ingest wrote")
+        broken = _manifest_shape(manifest)
+        if broken:
+            raise UserError(f"{path}: {broken}", fix="restore the manifest that synth or "
+                            "ingest wrote (hpcstudy data verify checks the rest)")
         return cls(root, manifest)
 
     @property
@@ -294,7 +366,7 @@ class Dataset:
         """Rows of a register (some partitions, some columns); ``decode`` turns codes to text."""
         parts = range(self.partitions) if partitions is None else partitions
         cols = list(columns) if columns is not None else None
-        tables = [pq.read_table(self.path(register, p), columns=cols) for p in parts]
+        tables = [read_partition(self.path(register, p), cols) for p in parts]
         table = pa.concat_tables(tables) if tables else \
             REGISTERS[register].arrow_schema().empty_table()
         return self.decode(register, table) if decode else table

@@ -118,10 +118,14 @@ def load_approval(path: str | Path) -> Approval:
             err(doc, "period", "period", f"reversed: {p[0]} is after {p[1]}")
     min_cell = 5
     disc = doc.get("disclosure")
+    if disc is not None and not isinstance(disc, Node):
+        err(doc, "disclosure", "disclosure", "must be a mapping", "e.g. disclosure: {min_cell: 5}")
     if isinstance(disc, Node):
         min_cell = disc.get("min_cell", 5)
-        if not isinstance(min_cell, int) or min_cell < 1:
-            err(disc, "min_cell", "disclosure.min_cell", "must be a positive integer")
+        if not isinstance(min_cell, int) or isinstance(min_cell, bool) \
+                or not 1 <= min_cell <= 1_000_000:
+            err(disc, "min_cell", "disclosure.min_cell", "must be a whole number from 1 to "
+                "1000000")
             min_cell = 5
     datasets: set[str] = set()
     ds = doc.get("datasets")

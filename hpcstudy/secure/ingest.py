@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,9 @@ def read_extract(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
+            with warnings.catch_warnings():   # a row longer than the header is an error
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                return pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
         if suffix == ".parquet":
             return pq.read_table(path).to_pandas()
         if suffix in (".sas7bdat", ".xpt"):
@@ -59,7 +62,7 @@ def read_extract(path: Path) -> pd.DataFrame:
                 if pd.api.types.is_numeric_dtype(df[c]):
                     df[c] = _sas_dates(df[c].to_numpy(dtype=float))
             return df
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserWarning) as e:
         raise UserError(f"{path}: cannot be read as {suffix[1:]} ({e})") from e
     raise UserError(f"{path}: unknown format {suffix!r}",
                     fix="give a .csv, .parquet, .sas7bdat or .xpt extract")
@@ -170,7 +173,7 @@ def _new_dataset(staging: Path, partitions: int) -> dict:
 
 
 def _read_partition(root: Path, register: str, p: int) -> dict[str, np.ndarray]:
-    t = pq.read_table(root / register / store.part_name(p))
+    t = store.read_partition(root / register / store.part_name(p))
     out = {}
     for c in t.column_names:
         col = t.column(c)
