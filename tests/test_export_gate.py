@@ -183,8 +183,9 @@ def test_a_missing_manifest_lets_nothing_out(out, tmp_path):
     (out / M.NAME).unlink()
     r = run_cli("check-outputs", out)
     assert r.returncode == 1 and "outputs.json is missing" in r.stderr
+    # export refuses before the gate: the run's audit record names another outputs.json
     r = run_cli("export", out, tmp_path / "dest")
-    assert r.returncode == 1 and "nothing exported" in r.stderr
+    assert r.returncode == 2 and "outputs.json is not the one its run wrote" in r.stderr
     assert not (tmp_path / "dest").exists()
 
 
@@ -195,8 +196,10 @@ def test_a_hand_edited_manifest_lets_nothing_out(out, tmp_path):
                          "sha256": M.sha256((out / "tables" / "people.csv").read_bytes()),
                          "section": "rates", "columns": []})
     (out / M.NAME).write_text(json.dumps(doc))
-    r = run_cli("export", out, tmp_path / "dest")
+    r = run_cli("check-outputs", out)
     assert r.returncode == 1 and "its own SHA-256 does not match" in r.stderr
+    r = run_cli("export", out, tmp_path / "dest")
+    assert r.returncode == 2 and "outputs.json is not the one its run wrote" in r.stderr
     assert not (tmp_path / "dest").exists()
 
 
@@ -382,8 +385,8 @@ def test_a_covariate_named_like_a_count_is_refused_before_the_run(small_data, tm
                                             "window: [null, 0]}\n", 1)
                      .replace("rates: {by: [sex]}", "rates: {by: [sex, events]}"))
     r = run_cli("run", study, "--data", small_data, "--out", tmp_path / "o")
-    assert r.returncode == 2 and "analyses.rates.by: 'events' is the name of an output " \
-        "column" in r.stderr, r.stderr
+    assert r.returncode == 2 and "covariates[2].name: 'events' is a column of the outputs" \
+        in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
 
 
