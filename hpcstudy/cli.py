@@ -357,7 +357,8 @@ def ingest(register: str, input_: Path, data: Path, key_file: Path, quarantine: 
         click.echo(f"{input_}: {s['reason']}")
         return
     q = f", {s['quarantined']} quarantined in {s['quarantine']}" if s["quarantined"] else ""
-    click.echo(f"{input_}: {s['rows']} rows added to {register} in {data}{q}")
+    there = f", {s['already_present']} already present" if s["already_present"] else ""
+    click.echo(f"{input_}: {s['rows']} rows added to {register} in {data}{there}{q}")
 
 
 @cli.command("check-outputs")
