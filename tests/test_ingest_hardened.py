@@ -365,17 +365,20 @@ def test_the_extract_is_read_in_batches_and_the_result_does_not_depend_on_them(
     people = [f"{1 + i % 28:02d}{1 + i % 12:02d}{50 + i % 40:02d}-{i:04d}" for i in range(3000)]
     lines = [f"{c},{1 + i % 2},19{c[4:6]}-{c[2:4]}-{c[0:2]},1084" for i, c in enumerate(people)]
     lines[1234] = "12345,1,1950-01-01,1084"
+    lines[2000] = "ragged,line"
     src = write(tmp_path / "bef.csv", BEF_HEAD, *lines)
     small = I.Extract(src, "bef")
     monkeypatch.setattr(I, "CSV_BLOCK_BYTES", 4096)
     batches = list(small.batches())
     assert len(batches) > 10 and max(b.lines.size for b in batches) < 200
-    assert [int(x) for b in batches for x in b.lines] == list(range(2, 3002))
+    assert [int(x) for b in batches for x in b.lines] == [x for x in range(2, 3002) if x != 2002]
+    assert [b.broken[0][0] for b in batches if b.broken] == [2002]
     a = I.ingest("bef", src, tmp_path / "small", key, tmp_path / "qa.csv", partitions=3)
     monkeypatch.setattr(I, "CSV_BLOCK_BYTES", 1 << 24)
     assert len(list(I.Extract(src, "bef").batches())) == 1
     b = I.ingest("bef", src, tmp_path / "large", key, tmp_path / "qb.csv", partitions=3)
-    assert a["rows"] == b["rows"] == 2999 and a["quarantined"] == b["quarantined"] == 1
+    assert a["rows"] == b["rows"] == 2998 and a["quarantined"] == b["quarantined"] == 2
+    assert sorted(row["line"] for row in quarantined(tmp_path / "qa.csv")) == ["1236", "2002"]
     same_files(tmp_path / "small", tmp_path / "large")
     assert (tmp_path / "qa.csv").read_bytes() == (tmp_path / "qb.csv").read_bytes()
 

@@ -61,7 +61,7 @@ CODE_PATTERNS = {"icd10": r"^D[A-Z][0-9]{2}[0-9A-Z]{0,4}$",
                  "indud": r"^[IU]$", "diagtype": r"^[AB]$"}
 ALLOWED = {"koen": {1, 2}, "region": set(REGIONS), "c_pattype": {0, 1, 2, 3}}
 # Smallest sensible value of a count or an id (a pack count of 0 is no dispensing).
-MINIMUM = {"recnum": 1, "c_sgh": 0, "apk": 1, "packsize": 1, "volume": 0}
+MINIMUM = {"recnum": 0, "c_sgh": 0, "apk": 1, "packsize": 1, "volume": 0}
 FIXED_DICTIONARIES = {"indud": ("I", "U"), "diagtype": ("A", "B")}
 EARLIEST = day("1850-01-01")
 # Where a register's dates begin: LPR from 1977, LMDB from 1995, the rest with the data period.
@@ -340,6 +340,16 @@ class _Reasons:
         self.ok[idx] = False
 
 
+class _Lazy:
+    """``values[i]`` of an Arrow array, made a Python string only for the rows that fail."""
+
+    def __init__(self, a: pa.Array):
+        self.a = a
+
+    def __getitem__(self, i: int) -> str:
+        return self.a[i].as_py()
+
+
 def _np(a: pa.Array) -> np.ndarray:
     return a.to_numpy(zero_copy_only=False)
 
@@ -358,7 +368,7 @@ def check_batch(batch: Batch, register: str, key: bytes, rules: Rules):
     for c, a in raw.items():
         where = _match(a, CONTROL)
         if where.any():
-            vals = a.to_pylist()
+            vals = _Lazy(a)
 
             def say(i, c=c, vals=vals):
                 ch = next(x for x in vals[i] if unicodedata.category(x) in ("Cc", "Cf")
@@ -373,7 +383,7 @@ def check_batch(batch: Batch, register: str, key: bytes, rules: Rules):
     born = None
     if "pnr" in raw:
         valid, digits, born = C.parse_many(trimmed["pnr"])
-        vals = raw["pnr"].to_pylist()
+        vals = _Lazy(raw["pnr"])
         r.fail(~valid, lambda i: f"cpr: {C.parse(vals[i])[2]}")
         r.fail(born > rules.end, lambda i: f"cpr: the birth date in the CPR number "
                f"({_iso(born[i])}) is after {_iso(rules.end)}, the end of the data "
@@ -391,7 +401,7 @@ def check_batch(batch: Batch, register: str, key: bytes, rules: Rules):
             def part(x, y, safe=safe):
                 return pc.cast(pc.utf8_slice_codeunits(safe, x, y), pa.int64()).to_numpy()
             days, real = C.civil_days(part(0, 4), part(5, 7), part(8, 10))
-            vals = a.to_pylist()
+            vals = _Lazy(a)
             r.fail(~(shape & real), lambda i, name=name, vals=vals: (
                 f"{name}: {_show(vals[i])} is not a date (YYYY-MM-DD){_odd_digit(vals[i])}"))
             lo = EARLIEST if name == "foed_dag" else max(rules.start,
@@ -408,7 +418,7 @@ def check_batch(batch: Batch, register: str, key: bytes, rules: Rules):
                 code = pc.if_else(pc.or_(pc.starts_with(code, "D"), pc.equal(code, "")), code,
                                   pc.binary_join_element_wise("D", code, ""))
             good = _match(code, CODE_PATTERNS[col.code_system])
-            vals = a.to_pylist()
+            vals = _Lazy(a)
             r.fail(~good, lambda i, name=name, vals=vals, s=col.code_system: (
                 f"{name}: {_show(vals[i])} is not a valid {s} code"))
             typed[name] = code
@@ -419,7 +429,7 @@ def check_batch(batch: Batch, register: str, key: bytes, rules: Rules):
             shape = _match(a, pattern)
             safe = pc.if_else(pa.array(shape), a, "0")
             v = pc.cast(safe, pa.float64() if is_float else pa.int64()).to_numpy()
-            vals = a.to_pylist()
+            vals = _Lazy(a)
             r.fail(~shape, lambda i, name=name, vals=vals: (
                 f"{name}: {_show(vals[i])} is not a number{_odd_digit(vals[i])}"))
             if is_float:
@@ -647,6 +657,9 @@ class Spill:
         for w in self.writers.values():
             w.close()
 
+    def columns(self, p: int) -> list[str]:
+        return pq.read_schema(self.folder / f"p{p}.parquet").names
+
     def read(self, p: int, columns: list[str] | None = None) -> pa.Table | None:
         path = self.folder / f"p{p}.parquet"
         return pq.read_table(path, columns=columns) if path.is_file() else None
@@ -790,8 +803,8 @@ def ingest(register: str, input_path: Path, data: Path, key_file: Path,
         clashes = _recnum_clashes(recnums) if register == "lpr_adm" else {}
         accepted = _second_pass(register, data if existing else None, manifest, P, spill, q,
                                 summary, clashes, keys)
-        if not summary.added:
-            q.finish()
+        if existing and not summary.added:
+            q.finish()                  # nothing new: the dataset stays as it is, byte for byte
         else:
             _commit(register, data, existing, manifest, P, spill, accepted, keys, summary,
                     q, {"register": register, "file": input_path.name, "sha256": sha})
@@ -811,18 +824,19 @@ def _first_pass(extract: Extract, register: str, key: bytes, rules: Rules, keys,
     """Check every row; quarantine the failing ones; spill the good ones by partition."""
     order = [extract.column_of[c] for c in raw_columns(register)]
     for batch in extract.batches():
-        for line, text, reason in batch.broken:
-            q.add([text] + [""] * (len(order) - 1), line, reason)
-            summary.quarantined += 1
-        if not batch.lines.size:
-            continue
-        batch.text = {c: batch.text[extract.column_of[c]] for c in raw_columns(register)}
-        typed, keep, why = check_batch(batch, register, key, rules)
-        if why:
-            cells = {c: a.to_pylist() for c, a in batch.text.items()}
-            for i in sorted(why):
-                q.add([cells[c][i] for c in raw_columns(register)], int(batch.lines[i]), why[i])
-            summary.quarantined += len(why)
+        rejected = [(line, [text] + [""] * (len(order) - 1), reason)
+                    for line, text, reason in batch.broken]
+        typed, keep = {}, np.zeros(0, np.int64)
+        if batch.lines.size:
+            batch.text = {c: batch.text[extract.column_of[c]] for c in raw_columns(register)}
+            typed, keep, why = check_batch(batch, register, key, rules)
+            rejected += [(int(batch.lines[i]), [batch.text[c][i].as_py()
+                                                for c in raw_columns(register)], why[i])
+                         for i in why]
+        # in line order, whatever the batches: the same extract gives the same quarantine file
+        for line, cells, reason in sorted(rejected, key=lambda x: (x[0] is None, x[0] or 0)):
+            q.add(cells, line, reason)
+        summary.quarantined += len(rejected)
         if not keep.size:
             continue
         lines = batch.lines[keep]
@@ -889,7 +903,8 @@ def _second_pass(register: str, data: Path | None, manifest: dict | None, P: int
             if register == "lpr_diag":
                 old["_pnr"] = np.zeros(old["recnum"].size, np.int64)
             old_h = _hash_stored(register, old, manifest)
-            open_ = np.array([i not in why for i in range(line.size)], bool)
+            open_ = np.ones(line.size, bool)
+            open_[list(why)] = False
             present = np.zeros(line.size, bool)
             present[open_] = already_present((h1[open_], h2[open_]), old_h)
             summary.present += int(present.sum())
@@ -902,7 +917,8 @@ def _second_pass(register: str, data: Path | None, manifest: dict | None, P: int
             present = np.zeros(line.size, bool)
         if register == "lpr_adm" and keys is not None and keys[0].size:
             rec = new.column("recnum").to_numpy()
-            open_ = np.array([i not in why for i in range(line.size)], bool) & ~present
+            open_ = ~present
+            open_[list(why)] = False
             pos = np.clip(np.searchsorted(keys[0], rec), 0, keys[0].size - 1)
             for i in np.flatnonzero(open_ & (keys[0][pos] == rec)):
                 why[int(i)] = (f"recnum {rec[i]}: the dataset already has this contact with "
@@ -946,7 +962,8 @@ def _commit(register: str, data: Path, existing: bool, manifest: dict | None, P:
         for p, rows in sorted(accepted.items()):
             if not rows.size:
                 continue
-            t = spill.read(p).take(pa.array(rows))
+            t = spill.read(p, [c for c in spill.columns(p) if not c.startswith("raw:")]).take(
+                pa.array(rows))
             new = _encode(manifest, register, t)
             old = _read_partition(staging, register, p)
             if register == "lpr_diag":
