@@ -245,7 +245,7 @@ def test_unicode_digits_and_control_characters_quarantine_one_row(tmp_path, key)
         [cpr.pseudonym("0101501234", k), cpr.pseudonym("0202601111", k)])
 
 
-def test_broken_lines_bad_bytes_and_blank_lines_keep_their_line_numbers(tmp_path, key):
+def test_broken_lines_bad_bytes_and_empty_lines_are_quarantined_with_their_line(tmp_path, key):
     src = tmp_path / "bef.csv"
     src.write_bytes(b"cpr,koen,foed_dag,region\n010150-1234,2,1950-01-01,1084\n\n"
                     b"0202601111,1,1960-02-02\n030370-2222,2,1970-03-03,10\xff84\n"
@@ -253,9 +253,10 @@ def test_broken_lines_bad_bytes_and_blank_lines_keep_their_line_numbers(tmp_path
                     b"060660-5555,x,1960-06-06,1084\n")
     data = tmp_path / "data"
     s = here(key, "bef", src, data)
-    assert (s["rows"], s["quarantined"]) == (2, 4)
+    assert (s["rows"], s["quarantined"]) == (2, 5)
     q = {row["line"]: row["reason"] for row in quarantined(tmp_path / "bef.csv.quarantine.csv")}
-    assert set(q) == {"4", "5", "6", "8"}, q
+    assert set(q) == {"3", "4", "5", "6", "8"}, q
+    assert "empty line" in q["3"]
     assert "3 fields" in q["4"] and "5 fields" in q["6"]
     assert "not UTF-8" in q["5"] and "not a number" in q["8"]
 
@@ -415,3 +416,23 @@ def test_the_batch_cpr_check_agrees_with_parse(values):
         if why is None:
             assert digits[i].as_py() == d
             assert born[i] == (b - datetime.date(1970, 1, 1)).days
+
+
+# -- whatever a field holds, the file is never refused and a good row is never lost -------------
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.text(max_size=12), min_size=4, max_size=4), min_size=1, max_size=6))
+def test_any_field_content_quarantines_rows_but_never_aborts(tmp_path_factory, cells):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    key = tmp / "k"
+    key.write_bytes(bytes(range(48)))
+    src = tmp / "bef.csv"
+    with open(src, "w", newline="", encoding="utf-8", errors="surrogatepass") as f:
+        w = csv.writer(f)
+        w.writerow(BEF_HEAD.split(","))
+        w.writerow(ANNA.split(","))
+        w.writerows(cells)
+    s = I.ingest("bef", src, tmp / "data", key, partitions=2)
+    pnr = Dataset.open(tmp / "data").read("bef").column("pnr").to_pylist()
+    assert cpr.pseudonym("0101501234", key.read_bytes()) in pnr
+    assert s["rows"] == len(pnr) and s["rows"] + s["quarantined"] >= 1 + len(cells) - sum(
+        "\n" in c or "\r" in c for row in cells for c in row)

@@ -212,7 +212,9 @@ class Extract:
             blank = np.ones(n, bool)
             for a in text.values():
                 blank &= (pc.utf8_length(a).to_numpy(zero_copy_only=False) == 0)
-            if blank.any():             # an empty line: not a row
+            if blank.any():             # an empty line, or one of empty fields: no data
+                out.broken += [(int(x), "", "an empty line (no values)")
+                               for x in out.lines[blank]]
                 keep = pa.array(~blank)
                 out.text = {k: v.filter(keep) for k, v in text.items()}
                 out.lines = out.lines[~blank]
@@ -791,8 +793,9 @@ def ingest(register: str, input_path: Path, data: Path, key_file: Path,
     except OSError as e:
         raise UserError(f"cannot create a scratch folder in {parent} ({e.strerror})",
                         fix="choose a writable --data") from e
-    q = Quarantine(quarantine, raw_columns(register))
+    q = None
     try:
+        q = Quarantine(quarantine, raw_columns(register))
         summary = Summary()
         spill = Spill(scratch, register)
         recnums: list[tuple[np.ndarray, np.ndarray]] = []
@@ -809,7 +812,8 @@ def ingest(register: str, input_path: Path, data: Path, key_file: Path,
             _commit(register, data, existing, manifest, P, spill, accepted, keys, summary,
                     q, {"register": register, "file": input_path.name, "sha256": sha})
     except BaseException:
-        q.abort()
+        if q is not None:
+            q.abort()
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
