@@ -24,6 +24,8 @@ to be right):
 from __future__ import annotations
 
 import csv
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import re
@@ -74,6 +76,24 @@ CONTROL = r"[\x00-\x1f\x7f-\x9f\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}-\x{206
 CSV_BLOCK_BYTES = 4 << 20
 BATCH_ROWS = 131_072
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def give_back_memory() -> None:
+    """Return freed memory to the system between batches and partitions: Arrow's allocator
+    and glibc's heap otherwise keep it, and the peak would grow with the extract."""
+    pa.default_memory_pool().release_unused()
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
 
 
 def raw_columns(register: str) -> list[str]:
@@ -859,6 +879,8 @@ def _first_pass(extract: Extract, register: str, key: bytes, rules: Rules, keys,
         part = store.partition_of(route, P)
         for p in np.unique(part):
             spill.add(int(p), table.filter(pa.array(part == p)))
+        del batch, typed, table, raw, hashes
+        give_back_memory()
 
 
 def _recnum_clashes(recnums: list) -> dict[int, str]:
@@ -937,6 +959,7 @@ def _second_pass(register: str, data: Path | None, manifest: dict | None, P: int
             summary.quarantined += len(why)
         accepted[p] = np.flatnonzero(ok)
         summary.added += int(ok.sum())
+        give_back_memory()
         if codes and ok.any():
             t = spill.read(p, codes)
             for c in codes:
@@ -966,8 +989,10 @@ def _commit(register: str, data: Path, existing: bool, manifest: dict | None, P:
         for p, rows in sorted(accepted.items()):
             if not rows.size:
                 continue
-            t = spill.read(p, [c for c in spill.columns(p) if not c.startswith("raw:")]).take(
-                pa.array(rows))
+            t = spill.read(p, [c for c in spill.columns(p) if c in REGISTERS[register]
+                               .column_names or c in ("_pnr", "_d_inddto")])
+            if rows.size < t.num_rows:
+                t = t.take(pa.array(rows))
             new = _encode(manifest, register, t)
             old = _read_partition(staging, register, p)
             if register == "lpr_diag":
@@ -976,7 +1001,10 @@ def _commit(register: str, data: Path, existing: bool, manifest: dict | None, P:
                     else np.zeros(0, np.int64)
                 old["_pnr"], old["_d_inddto"] = pnr_of[pos], day_of[pos]
             cols = {k: np.concatenate([old[k], new[k]]) for k in new}
+            del t, new, old
             _rewrite(staging, manifest, register, p, cols)
+            del cols
+            give_back_memory()
         manifest["source"] = {"kind": "ingest"}
         manifest.setdefault("ingested", []).append(
             {**record, "rows": summary.added, "already_present": summary.present,
