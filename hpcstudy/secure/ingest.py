@@ -692,8 +692,12 @@ def _spill_table(register: str, typed: dict, lines: np.ndarray, hashes, raw: dic
             "_h2": pa.array(hashes[1], pa.uint64())}
     for col in REGISTERS[register].columns:
         v = typed[col.name]
-        cols[col.name] = pa.array(v.astype(str) if col.code_system else v,
-                                  pa.string() if col.code_system else None)
+        if col.code_system:
+            cols[col.name] = pa.array(v.astype(str), pa.string())
+        elif pa.types.is_date32(col.type):
+            cols[col.name] = pa.array(v.astype(np.int32), pa.int32())
+        else:                           # checked to fit: store in the column's own width
+            cols[col.name] = pa.array(v.astype(col.type.to_pandas_dtype()), col.type)
     for extra in ("_pnr", "_d_inddto"):
         if extra in typed:
             cols[extra] = pa.array(typed[extra])
@@ -994,14 +998,18 @@ def _commit(register: str, data: Path, existing: bool, manifest: dict | None, P:
             if rows.size < t.num_rows:
                 t = t.take(pa.array(rows))
             new = _encode(manifest, register, t)
+            del t
             old = _read_partition(staging, register, p)
             if register == "lpr_diag":
                 rec, pnr_of, day_of = keys
                 pos = np.searchsorted(rec, old["recnum"]) if old["recnum"].size \
                     else np.zeros(0, np.int64)
                 old["_pnr"], old["_d_inddto"] = pnr_of[pos], day_of[pos]
-            cols = {k: np.concatenate([old[k], new[k]]) for k in new}
-            del t, new, old
+            if old["recnum" if register == "lpr_diag" else "pnr"].size:
+                cols = {k: np.concatenate([old[k], new[k]]) for k in new}
+            else:
+                cols = new                  # a partition's first rows: no copy
+            del new, old
             _rewrite(staging, manifest, register, p, cols)
             del cols
             give_back_memory()
@@ -1049,8 +1057,7 @@ def _encode(manifest: dict, register: str, t: pa.Table) -> dict[str, np.ndarray]
             words = pa.array(manifest["dictionaries"][col.code_system], pa.string())
             out[col.name] = pc.index_in(v, value_set=words).to_numpy().astype(np.int32)
         else:
-            out[col.name] = v.to_numpy().astype(np.int64 if col.name in DATE_COLUMNS
-                                                 else col.type.to_pandas_dtype())
+            out[col.name] = v.to_numpy()
     for extra in ("_pnr", "_d_inddto"):
         if extra in t.column_names:
             out[extra] = t.column(extra).to_numpy()
