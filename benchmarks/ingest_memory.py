@@ -56,9 +56,10 @@ def write_extract(path: Path, register: str, rows: int, chunk: int = 1_000_000) 
                               "region": 1081 + i % 5})
             else:                                          # lmdb: one dispensing per person
                 day = np.datetime64("2015-01-01") + (i % 3000)
-                t = pa.table({"cpr": cpr, "eksd": day.astype(str), "atc": np.where(
-                    i % 3 == 0, "C10AA01", "A10BA02"), "apk": 1 + i % 2, "packsize": 100,
-                    "volume": np.where(i % 3 == 0, 100.0, 90.0)})
+                t = pa.table({"cpr": cpr, "eksd": day.astype(str),
+                              "atc": np.where(i % 3 == 0, "C10AA01", "A10BA02"),
+                              "apk": 1 + i % 2, "packsize": np.full(i.size, 100),
+                              "volume": np.where(i % 3 == 0, 100.0, 90.0)})
             if k == 0:
                 t = t.set_column(0, "cpr", pa.array(["12345"] + cpr[1:].tolist()))
             opts = pcsv.WriteOptions(include_header=(k == 0), quoting_style="none")

@@ -300,17 +300,21 @@ def test_a_quarantine_that_is_a_directory_is_refused_before_anything(tmp_path, k
     assert (s["rows"], s["quarantined"]) == (1, 1)
 
 
-@pytest.mark.parametrize("where", ["missing/q.csv", "the input", "inside the data"])
+@pytest.mark.parametrize("where", ["missing/q.csv", "the input", "inside the data",
+                                   "unwritable"])
 def test_other_quarantine_paths_that_cannot_work_are_refused(tmp_path, key, where):
+    if where == "unwritable" and not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc, where nobody (root included) can create a file")
     data = tmp_path / "data"
     here(key, "bef", write(tmp_path / "a.csv", BEF_HEAD, ANNA), data)
     src = write(tmp_path / "b.csv", BEF_HEAD, BO, "12345,1,1950-01-01,1084")
     q = {"missing/q.csv": tmp_path / "missing" / "q.csv", "the input": src,
-         "inside the data": data / "q.csv"}[where]
-    before, text = snapshot(data), src.read_bytes()
+         "inside the data": data / "q.csv", "unwritable": Path("/proc/hpcstudy-q.csv")}[where]
+    before, text, listing = snapshot(data), src.read_bytes(), sorted(tmp_path.iterdir())
     with pytest.raises(UserError, match="--quarantine"):
         here(key, "bef", src, data, q)
     assert snapshot(data) == before and src.read_bytes() == text
+    assert sorted(tmp_path.iterdir()) == listing          # no scratch or partial file left
 
 
 def test_the_quarantine_is_in_place_before_the_dataset_commits(tmp_path, key, monkeypatch):
@@ -319,8 +323,8 @@ def test_the_quarantine_is_in_place_before_the_dataset_commits(tmp_path, key, mo
     real = store.staged_output
 
     @contextmanager
-    def watched(out, overwrite):
-        with real(out, overwrite) as staging:
+    def watched(*args, **kwargs):
+        with real(*args, **kwargs) as staging:
             yield staging
             q = tmp_path / "bef.csv.quarantine.csv"
             seen.append(q.is_file() and "10 digits" in q.read_text())
