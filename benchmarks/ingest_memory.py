@@ -66,14 +66,14 @@ def write_extract(path: Path, register: str, rows: int, chunk: int = 1_000_000) 
             pcsv.write_csv(t, f, opts)
 
 
-def peak_of(cmd: list[str], env: dict) -> tuple[int, float, str]:
+def peak_of(cmd: list[str], env: dict, cwd: Path) -> tuple[int, float, str]:
     """(peak RSS in bytes, wall seconds, stdout) of a command, measured by GNU time, which
     starts it from its own small process (a child forked from this Python, which holds the
     extract generator's arrays, could be charged for them)."""
     t0 = time.perf_counter()
     with tempfile.NamedTemporaryFile("r") as f:
         p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", f.name, *cmd],
-                           capture_output=True, text=True, env=env)
+                           capture_output=True, text=True, env=env, cwd=cwd)
         wall = time.perf_counter() - t0
         if p.returncode != 0:
             raise SystemExit(f"ingest failed: {p.stdout}{p.stderr}")
@@ -91,6 +91,7 @@ def main() -> None:
                     help="run the hpcstudy found in this folder instead (PYTHONPATH)")
     ap.add_argument("--label", default="streamed")
     a = ap.parse_args()
+    a.work = a.work.resolve()
     a.work.mkdir(parents=True, exist_ok=True)
     key = a.work / "key"
     if not key.exists():
@@ -108,7 +109,8 @@ def main() -> None:
         cmd = [sys.executable, "-m", "hpcstudy.cli", "ingest", "--register", a.register,
                "--input", str(src), "--data", str(data), "--key-file", str(key),
                "--partitions", str(a.partitions), "--quarantine", str(a.work / "q.csv")]
-        peak, wall, out = peak_of(cmd, env)
+        # run where `python -m hpcstudy` finds the code wanted first (it looks in the cwd)
+        peak, wall, out = peak_of(cmd, env, a.code.resolve() if a.code else a.work)
         append("ingest_memory", {
             "benchmark": "ingest_memory", "code": a.label, "register": a.register, "rows": n,
             "extract_bytes": src.stat().st_size, "partitions": a.partitions,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
-import ctypes.util
+import functools
 import hashlib
 import os
 import re
@@ -78,22 +78,21 @@ BATCH_ROWS = 131_072
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _libc():
+@functools.cache
+def _malloc_trim():
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
+        return ctypes.CDLL("libc.so.6").malloc_trim     # glibc only; elsewhere a no-op
+    except (OSError, AttributeError):
         return None
-
-
-_LIBC = _libc()
 
 
 def give_back_memory() -> None:
     """Return freed memory to the system between batches and partitions: Arrow's allocator
     and glibc's heap otherwise keep it, and the peak would grow with the extract."""
     pa.default_memory_pool().release_unused()
-    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def raw_columns(register: str) -> list[str]:
@@ -660,24 +659,40 @@ class Quarantine:
 
 
 # -- the spill: good rows by partition, between the two passes ------------------------------------
+# What pass 2 needs of each good row, stored as plain fixed-width records: read back with no
+# Parquet decoding overhead (which, for one partition of a 10 M-row extract, was most of the
+# peak memory). ``key`` is the pnr, or the recnum in lpr_adm and lpr_diag.
+KEYS = np.dtype([("line", "<i8"), ("h1", "<u8"), ("h2", "<u8"), ("key", "<i8")])
+
+
 class Spill:
-    """Good rows of pass 1, one Parquet file per partition in a scratch folder."""
+    """Good rows of pass 1 by partition, in a scratch folder: ``pP.keys`` (:data:`KEYS`
+    records) and ``pP.parquet`` (the typed columns and the row as written), in the same order."""
 
     def __init__(self, folder: Path, register: str):
         self.folder = folder
         self.register = register
         self.writers: dict[int, pq.ParquetWriter] = {}
+        self.key_files: dict[int, object] = {}
 
-    def add(self, p: int, table: pa.Table) -> None:
+    def add(self, p: int, table: pa.Table, keys: np.ndarray) -> None:
         w = self.writers.get(p)
         if w is None:
             w = self.writers[p] = pq.ParquetWriter(self.folder / f"p{p}.parquet", table.schema,
                                                    compression="lz4")
+            self.key_files[p] = open(self.folder / f"p{p}.keys", "wb")
         w.write_table(table)
+        self.key_files[p].write(keys.tobytes())
 
     def close(self) -> None:
         for w in self.writers.values():
             w.close()
+        for f in self.key_files.values():
+            f.close()
+
+    def keys(self, p: int) -> np.ndarray | None:
+        path = self.folder / f"p{p}.keys"
+        return np.fromfile(path, KEYS) if path.is_file() else None
 
     def columns(self, p: int) -> list[str]:
         return pq.read_schema(self.folder / f"p{p}.parquet").names
@@ -687,9 +702,8 @@ class Spill:
         return pq.read_table(path, columns=columns) if path.is_file() else None
 
 
-def _spill_table(register: str, typed: dict, lines: np.ndarray, hashes, raw: dict) -> pa.Table:
-    cols = {"_line": pa.array(lines, pa.int64()), "_h1": pa.array(hashes[0], pa.uint64()),
-            "_h2": pa.array(hashes[1], pa.uint64())}
+def _spill_table(register: str, typed: dict, raw: dict) -> pa.Table:
+    cols = {}
     for col in REGISTERS[register].columns:
         v = typed[col.name]
         if col.code_system:
@@ -877,13 +891,17 @@ def _first_pass(extract: Extract, register: str, key: bytes, rules: Rules, keys,
         if register == "lpr_adm":
             recnums.append((typed["recnum"], lines))
         hashes = _hash_new(register, typed)
+        keys_of = np.empty(lines.size, KEYS)
+        keys_of["line"], keys_of["h1"], keys_of["h2"] = lines, hashes[0], hashes[1]
+        keys_of["key"] = typed["recnum" if register in ("lpr_adm", "lpr_diag") else "pnr"]
         take = pa.array(keep)
         raw = {c: batch.text[c].take(take) for c in raw_columns(register)}
-        table = _spill_table(register, typed, lines, hashes, raw)
+        table = _spill_table(register, typed, raw)
         part = store.partition_of(route, P)
         for p in np.unique(part):
-            spill.add(int(p), table.filter(pa.array(part == p)))
-        del batch, typed, table, raw, hashes
+            mine = part == p
+            spill.add(int(p), table.filter(pa.array(mine)), keys_of[mine])
+        del batch, typed, table, raw, hashes, keys_of
         give_back_memory()
 
 
@@ -910,17 +928,17 @@ def _second_pass(register: str, data: Path | None, manifest: dict | None, P: int
              and c.code_system not in FIXED_DICTIONARIES]
     raw_names = ["raw:" + c for c in raw_columns(register)]
     for p in range(P):
-        new = spill.read(p, ["_line", "_h1", "_h2", "pnr" if register != "lpr_diag"
-                             else "recnum", *(["recnum"] if register == "lpr_adm" else [])])
+        new = spill.keys(p)
         if new is None:
             continue
-        line, h1, h2 = (new.column(c).to_numpy() for c in ("_line", "_h1", "_h2"))
+        line, h1, h2, key = (np.ascontiguousarray(new[c]) for c in ("line", "h1", "h2", "key"))
+        del new
         why: dict[int, str] = {}
         if register == "lpr_adm":
             for i in np.flatnonzero(np.isin(line, list(clashes))):
                 why[int(i)] = clashes[int(line[i])]
         if register in ONE_PER_PERSON:
-            pnr = new.column("pnr").to_numpy()
+            pnr = key
             order = np.lexsort((line, pnr))
             ps = pnr[order]
             later = np.r_[False, ps[1:] == ps[:-1]]
@@ -946,7 +964,7 @@ def _second_pass(register: str, data: Path | None, manifest: dict | None, P: int
         else:
             present = np.zeros(line.size, bool)
         if register == "lpr_adm" and keys is not None and keys[0].size:
-            rec = new.column("recnum").to_numpy()
+            rec = key
             open_ = ~present
             open_[list(why)] = False
             pos = np.clip(np.searchsorted(keys[0], rec), 0, keys[0].size - 1)
