@@ -250,12 +250,15 @@ def test_broken_lines_bad_bytes_and_empty_lines_are_quarantined_with_their_line(
     src.write_bytes(b"cpr,koen,foed_dag,region\n010150-1234,2,1950-01-01,1084\n\n"
                     b"0202601111,1,1960-02-02\n030370-2222,2,1970-03-03,10\xff84\n"
                     b"040480-3333,2,1980-04-04,1084,7\n050590-4444,2,1990-05-05,1084\n"
-                    b"060660-5555,x,1960-06-06,1084\n")
+                    b"060660-5555,x,1960-06-06,1084\n"
+                    b'"070770-6666",2,"1970-07-07","10\r\n84"\n'      # a quoted line break
+                    b"080880-7777,x,1980-08-08,1084\n")
     data = tmp_path / "data"
     s = here(key, "bef", src, data)
-    assert (s["rows"], s["quarantined"]) == (2, 5)
+    assert (s["rows"], s["quarantined"]) == (2, 7)
     q = {row["line"]: row["reason"] for row in quarantined(tmp_path / "bef.csv.quarantine.csv")}
-    assert set(q) == {"3", "4", "5", "6", "8"}, q
+    assert set(q) == {"3", "4", "5", "6", "8", "9", "11"}, q
+    assert "U+000D" in q["9"] and "koen" in q["11"]
     assert "empty line" in q["3"]
     assert "3 fields" in q["4"] and "5 fields" in q["6"]
     assert "not UTF-8" in q["5"] and "not a number" in q["8"]

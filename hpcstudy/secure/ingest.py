@@ -216,13 +216,25 @@ class Extract:
         next_line, skipped = 2, set()
         for rb in reader:
             n = rb.num_rows
-            # Lines of the rows in this batch: the next lines not taken by a broken row.
+            # Lines of the rows in this batch: the next lines not taken by a broken row, and a
+            # row whose quoted value holds line breaks takes that many more lines.
+            skipped = {x for x in skipped if x >= next_line}
             skipped.update(b[0] for b in broken if b[0] is not None)
-            lines = []
-            while len(lines) < n:
-                if next_line not in skipped:
+            extra = np.zeros(n, np.int64)
+            for i in range(width):
+                c = rb.column(i)
+                extra += _np(pc.count_substring(c, "\n")) + _np(pc.count_substring(c, "\r")) \
+                    - _np(pc.count_substring(c, "\r\n"))
+            if not extra.any() and not any(next_line <= x < next_line + n for x in skipped):
+                lines = np.arange(next_line, next_line + n, dtype=np.int64)
+                next_line += n
+            else:
+                lines = []
+                for k in range(n):
+                    while next_line in skipped:
+                        next_line += 1
                     lines.append(next_line)
-                next_line += 1
+                    next_line += 1 + int(extra[k])
             text = {}
             for i, name in enumerate(self.names):
                 text[name] = _decode(rb.column(i))
