@@ -374,6 +374,7 @@ def test_the_extract_is_read_in_batches_and_the_result_does_not_depend_on_them(
     lines = [f"{c},{1 + i % 2},19{c[4:6]}-{c[2:4]}-{c[0:2]},1084" for i, c in enumerate(people)]
     lines[1234] = "12345,1,1950-01-01,1084"
     lines[2000] = "ragged,line"
+    lines[2500] = lines[10].replace("-", "", 1)    # one person again, many batches later
     src = write(tmp_path / "bef.csv", BEF_HEAD, *lines)
     small = I.Extract(src, "bef")
     monkeypatch.setattr(I, "CSV_BLOCK_BYTES", 4096)
@@ -385,8 +386,9 @@ def test_the_extract_is_read_in_batches_and_the_result_does_not_depend_on_them(
     monkeypatch.setattr(I, "CSV_BLOCK_BYTES", 1 << 24)
     assert len(list(I.Extract(src, "bef").batches())) == 1
     b = I.ingest("bef", src, tmp_path / "large", key, tmp_path / "qb.csv", partitions=3)
-    assert a["rows"] == b["rows"] == 2998 and a["quarantined"] == b["quarantined"] == 2
-    assert sorted(row["line"] for row in quarantined(tmp_path / "qa.csv")) == ["1236", "2002"]
+    assert a["rows"] == b["rows"] == 2997 and a["quarantined"] == b["quarantined"] == 3
+    q = {row["line"]: row["reason"] for row in quarantined(tmp_path / "qa.csv")}
+    assert sorted(q) == ["1236", "2002", "2502"] and "same person as line 12" in q["2502"]
     same_files(tmp_path / "small", tmp_path / "large")
     assert (tmp_path / "qa.csv").read_bytes() == (tmp_path / "qb.csv").read_bytes()
 

@@ -73,7 +73,7 @@ ONE_PER_PERSON = {"bef", "dod", "dodsaarsag"}
 MAX_PARTITIONS = 4096
 # C0, DEL, C1 and the invisible format characters (zero-width, bidi overrides, BOM).
 CONTROL = r"[\x00-\x1f\x7f-\x9f\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}-\x{2064}\x{feff}]"
-CSV_BLOCK_BYTES = 4 << 20
+CSV_BLOCK_BYTES = 1 << 20   # pyarrow reads a few blocks ahead: 4 MB blocks held ~150 MB
 BATCH_ROWS = 131_072
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -934,8 +934,9 @@ def _recnum_clashes(recnums: list) -> dict[int, str]:
 def _second_pass(register: str, data: Path | None, manifest: dict | None, P: int, spill: Spill,
                  q: Quarantine, summary: Summary, clashes: dict[int, str], keys) -> dict:
     """Per partition: drop rows the dataset already holds, quarantine a second row for one
-    person or contact; return the accepted row positions per partition."""
-    accepted: dict[int, np.ndarray] = {}
+    person or contact; return, per partition with rows, None when every row is accepted, else
+    the accepted rows as a bit mask (``np.packbits``, and its length): 1 bit a row."""
+    accepted: dict[int, tuple[np.ndarray, int] | None] = {}
     codes = [c.name for c in REGISTERS[register].columns if c.code_system
              and c.code_system not in FIXED_DICTIONARIES]
     raw_names = ["raw:" + c for c in raw_columns(register)]
@@ -951,7 +952,7 @@ def _second_pass(register: str, data: Path | None, manifest: dict | None, P: int
                 why[int(i)] = clashes[int(line[i])]
         if register in ONE_PER_PERSON:
             pnr = key
-            order = np.lexsort((line, pnr))
+            order = np.argsort(pnr, kind="stable")     # lines ascend within a partition
             ps = pnr[order]
             later = np.r_[False, ps[1:] == ps[:-1]]
             first = np.maximum.accumulate(np.where(~later, np.arange(ps.size), 0))
@@ -991,7 +992,7 @@ def _second_pass(register: str, data: Path | None, manifest: dict | None, P: int
             for k, i in enumerate(sorted(why)):
                 q.add([col[k] for col in cells], int(line[i]), why[i])
             summary.quarantined += len(why)
-        accepted[p] = np.flatnonzero(ok)
+        accepted[p] = None if ok.all() else (np.packbits(ok), ok.size)
         summary.added += int(ok.sum())
         give_back_memory()
         if codes and ok.any():
@@ -999,12 +1000,12 @@ def _second_pass(register: str, data: Path | None, manifest: dict | None, P: int
             for c in codes:
                 system = REGISTERS[register].column(c).code_system
                 summary.codes.setdefault(system, set()).update(
-                    pc.unique(t.column(c).take(pa.array(accepted[p]))).to_pylist())
+                    pc.unique(t.column(c).filter(pa.array(ok))).to_pylist())
     return accepted
 
 
 def _commit(register: str, data: Path, existing: bool, manifest: dict | None, P: int,
-            spill: Spill, accepted: dict[int, np.ndarray], keys, summary: Summary,
+            spill: Spill, accepted: dict, keys, summary: Summary,
             q: Quarantine, record: dict) -> None:
     """Write the accepted rows into a staging copy of the dataset and commit it; the
     quarantine file is synced and in place before the commit."""
@@ -1020,13 +1021,14 @@ def _commit(register: str, data: Path, existing: bool, manifest: dict | None, P:
         else:
             manifest = _new_dataset(staging, P)
         _grow_dictionaries(staging, manifest, summary.codes)
-        for p, rows in sorted(accepted.items()):
-            if not rows.size:
+        for p, mask in sorted(accepted.items()):
+            ok = None if mask is None else np.unpackbits(mask[0], count=mask[1]).astype(bool)
+            if ok is not None and not ok.any():
                 continue
             t = spill.read(p, [c for c in spill.columns(p) if c in REGISTERS[register]
                                .column_names or c in ("_pnr", "_d_inddto")])
-            if rows.size < t.num_rows:
-                t = t.take(pa.array(rows))
+            if ok is not None:
+                t = t.filter(pa.array(ok))
             new = _encode(manifest, register, t)
             del t
             old = _read_partition(staging, register, p)
