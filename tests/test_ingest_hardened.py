@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -445,3 +446,16 @@ def test_any_field_content_quarantines_rows_but_never_aborts(tmp_path_factory, c
     assert cpr.pseudonym("0101501234", key.read_bytes()) in pnr
     assert s["rows"] == len(pnr) and s["rows"] + s["quarantined"] >= 1 + len(cells) - sum(
         "\n" in c or "\r" in c for row in cells for c in row)
+
+
+def test_leftovers_of_a_killed_ingest_are_cleaned_by_the_next(tmp_path, key):
+    gone = 2**22 + 12345                       # above Linux's largest pid: no such process
+    scratch = tmp_path / f".data.ingest-{gone}-abc"
+    scratch.mkdir()
+    (scratch / "p0.keys").write_bytes(b"x")
+    partial = tmp_path / f".bef.csv.quarantine.csv.partial-{gone}"
+    partial.write_text("cpr\n")
+    running = tmp_path / f".data.ingest-{os.getpid()}-xyz"   # a live ingest's: kept
+    running.mkdir()
+    here(key, "bef", write(tmp_path / "bef.csv", BEF_HEAD, ANNA), tmp_path / "data")
+    assert not scratch.exists() and not partial.exists() and running.is_dir()

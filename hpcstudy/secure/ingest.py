@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import ctypes
 import functools
+import glob
 import hashlib
 import os
 import re
@@ -628,6 +629,31 @@ def check_quarantine_path(q: Path, input_path: Path, data: Path) -> None:
         raise UserError(f"--quarantine {q} lies inside the dataset {data}", fix=fix)
 
 
+def clean_leftovers(folder: Path, prefix: str) -> None:
+    """Remove what an ingest killed before it could clean up left in ``folder`` (its scratch
+    folder or half-written quarantine, named ``PREFIX<pid>…``), once that process is gone."""
+    if not folder.is_dir():
+        return
+    for path in folder.glob(glob.escape(prefix) + "*"):
+        pid = re.match(r"(\d+)", path.name[len(prefix):])
+        if pid is None or _alive(int(pid.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 class Quarantine:
     """Rejected rows, streamed to a hidden file beside ``path``; :meth:`finish` syncs it and
     moves it into place (only if it holds rows)."""
@@ -836,9 +862,12 @@ def ingest(register: str, input_path: Path, data: Path, key_file: Path,
         keys = _lpr_keys(data if existing else None, P)
         rules.contacts = keys[0]
     parent = data.resolve().parent
+    clean_leftovers(parent, f".{data.name}.ingest-")
+    clean_leftovers(quarantine.parent, f".{quarantine.name}.partial-")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{data.name}.ingest-", dir=parent))
+        scratch = Path(tempfile.mkdtemp(prefix=f".{data.name}.ingest-{os.getpid()}-",
+                                        dir=parent))
     except OSError as e:
         raise UserError(f"cannot create a scratch folder in {parent} ({e.strerror})",
                         fix="choose a writable --data") from e
