@@ -139,16 +139,16 @@ class Extract:
         self.names = names                       # as written in the file
         normal = [str(c).strip(" \ufeff").lower() for c in names]
         want = raw_columns(register)
+        where = f"{path}:1" if self.suffix == ".csv" else str(path)
         twice = sorted({c for c in normal if normal.count(c) > 1})
         if twice:
-            raise UserError(f"{path}: the column {twice[0]!r} appears twice",
-                            where=f"{path}:1" if self.suffix == ".csv" else None,
+            raise UserError(f"the column {twice[0]!r} appears twice", where=where,
                             fix=f"{register} extracts have the columns {', '.join(want)}")
         missing, extra = sorted(set(want) - set(normal)), sorted(set(normal) - set(want))
         if missing or extra:
-            raise UserError(f"{path}: columns do not match register {register}"
+            raise UserError(f"columns do not match register {register}"
                             + (f"; missing {missing}" if missing else "")
-                            + (f"; unexpected {extra}" if extra else ""),
+                            + (f"; unexpected {extra}" if extra else ""), where=where,
                             fix=f"{register} extracts have the columns {', '.join(want)}")
         self.column_of = dict(zip(normal, names, strict=True))
 
@@ -158,7 +158,7 @@ class Extract:
         with open(self.path, "rb") as f:
             head = f.readline(1 << 20)
         if not head.strip():
-            raise UserError(f"{self.path}: the file is empty or its first line is blank",
+            raise UserError("the file is empty or its first line is blank",
                             where=f"{self.path}:1", fix="the first line names the columns")
         try:
             text = head.decode("utf-8-sig").rstrip("\r\n")
