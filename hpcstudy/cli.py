@@ -494,15 +494,13 @@ def ingest(register: str, input_: Path, data: Path, key_file: Path, quarantine: 
     check_target(data, kind="dataset", overwrite=True, option="--data",
                  reads=[("the extract", input_), ("the key file", key_file),
                         ("the quarantine file", quarantine)])
-    if quarantine is not None and (quarantine.is_dir() or not quarantine.parent.is_dir()):
-        raise UserError(f"--quarantine {quarantine} must name a file in an existing folder",
-                        fix="e.g. --quarantine rejected.csv")
     s = do(register, input_, data, key_file, quarantine, partitions)
     if s["skipped"]:
         click.echo(f"{input_}: {s['reason']}")
         return
     q = f", {s['quarantined']} quarantined in {s['quarantine']}" if s["quarantined"] else ""
-    click.echo(f"{input_}: {s['rows']} rows added to {register} in {data}{q}")
+    there = f", {s['already_present']} already present" if s["already_present"] else ""
+    click.echo(f"{input_}: {s['rows']} rows added to {register} in {data}{there}{q}")
 
 
 def _gate(out: Path, min_cell: int | None, project: Path | None):

@@ -14,11 +14,19 @@ import datetime
 import hashlib
 import hmac
 import re
+import unicodedata
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import UserError
 
-_SHAPE = re.compile(r"^(\d{6})-?(\d{4})$")
+# ASCII digits only: Python's \d also takes full-width and Arabic-Indic digits, which would give
+# a second pseudonym for one person (or crash the HMAC's ASCII encoding).
+SHAPE = r"^([0-9]{6})-?([0-9]{4})$"
+_SHAPE = re.compile(SHAPE)
 MIN_KEY_BYTES = 32
 
 
@@ -32,14 +40,25 @@ def century(yy: int, seventh: int) -> int:
 
 def parse(cpr: str) -> tuple[str | None, datetime.date | None, str | None]:
     """(ten digits, birth date, None) for a valid number, or (None, None, reason)."""
-    s = str(cpr).strip()
+    s = str(cpr).strip(" ")
     m = _SHAPE.match(s)
     if not m:
         if not s:
             return None, None, "empty CPR number"
-        if re.search(r"[^\d-]", s):
+        odd = next((ch for ch in s if unicodedata.category(ch) in ("Cc", "Cf")), None)
+        if odd is not None:
+            return None, None, f"CPR number holds the control character U+{ord(odd):04X}"
+        wide = next((ch for ch in s if ch.isdigit() and not "0" <= ch <= "9"), None)
+        if wide is not None:
+            return None, None, (f"CPR number holds the non-ASCII digit {wide!r} "
+                                f"(U+{ord(wide):04X}, {unicodedata.name(wide, 'digit')}); "
+                                "only 0-9 are CPR digits")
+        if re.search(r"[^0-9-]", s):
             return None, None, "CPR number holds characters other than digits and a dash"
-        return None, None, f"CPR number must have 10 digits, this has {len(re.sub(r'-', '', s))}"
+        n = sum(ch in "0123456789" for ch in s)
+        if n == 10:
+            return None, None, "CPR number has a dash in the wrong place (DDMMYY-SSSS)"
+        return None, None, f"CPR number must have 10 digits, this has {n}"
     digits = m.group(1) + m.group(2)
     dd, mm, yy = int(digits[0:2]), int(digits[2:4]), int(digits[4:6])
     year = century(yy, int(digits[6])) + yy
@@ -48,6 +67,39 @@ def parse(cpr: str) -> tuple[str | None, datetime.date | None, str | None]:
     except ValueError:
         return None, None, f"CPR number has an impossible birth date ({dd:02d}-{mm:02d}-{year})"
     return digits, born, None
+
+
+def civil_days(year: np.ndarray, month: np.ndarray, day: np.ndarray):
+    """(days since 1970-01-01, valid) of calendar dates given as integer arrays."""
+    y = np.clip(year, 1, 9999)
+    m = np.clip(month, 1, 12)
+    first = ((y - 1970) * 12 + (m - 1)).astype("datetime64[M]")
+    length = ((first + 1).astype("datetime64[D]") - first.astype("datetime64[D]")).astype(np.int64)
+    valid = (year == y) & (month == m) & (day >= 1) & (day <= length)
+    days = first.astype("datetime64[D]").astype(np.int64) + np.where(valid, day, 1) - 1
+    return days, valid
+
+
+def parse_many(values: pa.Array) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+    """Vectorised :func:`parse` of space-trimmed strings: (valid, ten digits, birth day).
+
+    ``valid[i]`` is exactly ``parse(values[i])[2] is None``; the birth day (days since
+    1970-01-01) and the digits are meaningful only where valid.
+    """
+    shape = pc.fill_null(pc.match_substring_regex(values, SHAPE), False).to_numpy(
+        zero_copy_only=False)
+    digits = pc.replace_substring(values, "-", "")
+    safe = pc.if_else(pa.array(shape), digits, "0101700000")
+
+    def field(a: int, b: int) -> np.ndarray:
+        return pc.cast(pc.utf8_slice_codeunits(safe, a, b), pa.int64()).to_numpy()
+
+    dd, mm, yy, seventh = field(0, 2), field(2, 4), field(4, 6), field(6, 7)
+    cent = np.where(seventh <= 3, 1900, np.where(
+        (seventh == 4) | (seventh == 9), np.where(yy <= 36, 2000, 1900),
+        np.where(yy <= 57, 2000, 1800)))
+    born, real = civil_days(cent + yy, mm, dd)
+    return shape & real, digits, born
 
 
 def load_key(path: str | Path) -> bytes:
@@ -65,3 +117,10 @@ def load_key(path: str | Path) -> bytes:
 def pseudonym(digits: str, key: bytes) -> int:
     mac = hmac.new(key, digits.encode("ascii"), hashlib.sha256).digest()
     return int.from_bytes(mac[:8], "big") & ((1 << 62) - 1)
+
+
+def pseudonyms(digits: list[str], key: bytes) -> np.ndarray:
+    """:func:`pseudonym` of many ten-digit strings, as an int64 array."""
+    macs = b"".join(hmac.digest(key, d.encode("ascii"), "sha256")[:8] for d in digits)
+    return (np.frombuffer(macs, ">u8").astype(np.uint64) & np.uint64((1 << 62) - 1)).astype(
+        np.int64)
