@@ -413,7 +413,8 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
     s, p, ds = _load_checked(study, data, project, variant)
     _warn(s)
     # every rank refuses a bad --out or broken data at once: none waits for another
-    R.check_run(out, ds, overwrite=overwrite, study=s, approval=approval, verify=verify)
+    R.check_run(out, ds, overwrite=overwrite, study=s, approval=approval, verify=verify,
+                plan=p)
     if launcher != "local" and engine != "dask":
         raise UserError(f"the {launcher} launcher runs the dask engine",
                         fix="drop --engine reference, or use --launcher local")
@@ -529,7 +530,7 @@ def _say_review(found, out: Path) -> None:
                f"it with `hpcstudy exports release {out} --reason TEXT`", err=True)
 
 
-MIN_CELL = click.option("--min-cell", type=int, default=None,
+MIN_CELL = click.option("--min-cell", type=_between(1, 10**9), default=None,
                         help="Raise the threshold (never below 5 or the project's min_cell).")
 
 
@@ -775,6 +776,7 @@ def audit_verify(log: Path | None, outputs: tuple[Path, ...]) -> None:
     replaced, emptied or deleted."""
     from .secure import audit as A
 
+    _audit_log(log)
     rep = A.check(log)
     where = rep.path
     problems = list(rep.problems)
@@ -821,7 +823,12 @@ def audit_head(log: Path | None) -> None:
     end."""
     from .secure import audit as A
 
-    _audit_log(log)
+    where = _audit_log(log)
+    rep = A.check(log)
+    if rep.problems:   # a head read off a damaged log would vouch for what it cannot
+        more = f" (and {len(rep.problems) - 1} more)" if len(rep.problems) > 1 else ""
+        raise DataProblem(f"{where}: {rep.problems[0]}{more} — hpcstudy audit verify names "
+                          "every problem")
     head = A.head(log)
     click.echo("empty log" if head is None else f"{head['seq']} {head['hash']}")
 

@@ -293,7 +293,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
 
 
 def check_run(out, ds: Dataset, *, overwrite: bool = False, study: Study | None = None,
-              approval=None, verify: bool = False) -> None:
+              approval=None, verify: bool = False, plan: Plan | None = None) -> None:
     """Refuse a run before it reads anything: an ``out`` it may not write (it is, holds or lies
     in what the run reads; it exists without --overwrite or without a run marker; see
     :mod:`hpcstudy.outputs.targets`) or data whose files disagree with the manifest."""
@@ -302,6 +302,11 @@ def check_run(out, ds: Dataset, *, overwrite: bool = False, study: Study | None 
     reads = [ds.root, study.source if study is not None and study.source != "<python>" else None,
              approval.source if approval is not None else None]
     targets.check_target(out, kind="run", overwrite=overwrite, reads=reads)
+    missing = [r for r in (plan.reads if plan is not None else ()) if r not in ds.registers]
+    if missing:   # never run on silently fewer registers than the study reads
+        raise UserError(f"{ds.root}/manifest.json: register {missing[0]}, which the study "
+                        "reads, is not in the manifest", fix="restore the manifest that synth "
+                        "or ingest wrote, or ingest the register")
     ds.check_files(checksums=verify)
 
 
@@ -315,7 +320,8 @@ def run(study, data, out, engine: str = "dask", client=None, progress=None,
 
     study, plan, ds = prepare(study, data, approval)
     if not checked:
-        check_run(out, ds, overwrite=overwrite, study=study, approval=approval, verify=verify)
+        check_run(out, ds, overwrite=overwrite, study=study, approval=approval, verify=verify,
+                  plan=plan)
     ckpt = checkpoint.directory(Path(out)) if engine == "dask" else None
     if ckpt is not None and ckpt.is_dir():
         checkpoint.private_folder(ckpt)   # one an older hpcstudy left readable by others

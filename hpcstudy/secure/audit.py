@@ -29,6 +29,7 @@ The log is the site's ``audit_log``, else ``$HPCSTUDY_AUDIT_LOG``, else
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import getpass
 import hashlib
@@ -209,9 +210,11 @@ def append_local(entry: dict, path: Path, key: bytes | None, user: str | None = 
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
     except OSError as e:
-        raise AuditUnavailable(f"cannot write the audit log {path} ({e.strerror})",
-                               fix="make it writable, or set HPCSTUDY_AUDIT_LOG to a writable "
-                                   "file") from e
+        # a path that cannot be a log (a folder, under a file) is bad input; the rest is I/O
+        bad_path = e.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG)
+        raise (UserError if bad_path else AuditUnavailable)(
+            f"cannot write the audit log {path} ({e.strerror})",
+            fix="make it writable, or set HPCSTUDY_AUDIT_LOG to a writable file") from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         prev, torn, no_newline = _tail(fd)

@@ -168,18 +168,18 @@ case("run-resume-without-value-abuse", *RUN, "--quiet=yes", says="--quiet")
 
 # -- synth: OUT folders ----------------------------------------------------------------------
 case("synth-out-is-a-file", *SYNTH_P, "--persons", "10", "--out", "{tmp}/f",
-     setup=lambda c: c.file("f", "x"), says="not a directory")
+     setup=lambda c: c.file("f", "x"), says="not a folder")
 case("synth-out-not-empty", *SYNTH_P, "--persons", "10", "--out", "{tmp}/full",
-     setup=lambda c: c.file("full/thesis.tex", "x"), says="not empty", real=True)
+     setup=lambda c: c.file("full/thesis.tex", "x"), says="already exists", real=True)
 case("synth-out-a-folder-above-here", *SYNTH_P, "--persons", "10", "--overwrite", "--out",
-     "{tmp}", says="working directory")
+     "{tmp}", says="current folder")
 case("synth-out-under-a-file", *SYNTH_P, "--persons", "10", "--out", "{tmp}/f/sub",
      setup=lambda c: c.file("f", "x"), says="f")
 case("synth-out-300-chars", *SYNTH_P, "--persons", "10", "--out", "{long}", says="too long")
 case("synth-out-name-over-255-bytes", *SYNTH_P, "--persons", "10", "--out", "{longname}",
      says="too long", real=True)
 case("synth-out-dot", *SYNTH_P, "--persons", "10", "--out", ".",
-     setup=lambda c: c.file("notes.txt", "mine"), says="working directory")
+     setup=lambda c: c.file("notes.txt", "mine"), says="current folder")
 case("synth-out-empty-string", *SYNTH_P, "--persons", "10", "--out", "", says="--out")
 case("synth-out-root", *SYNTH_P, "--persons", "10", "--out", "/", says="/")
 case("synth-out-nul", *SYNTH_P, "--persons", "10", "--out", "a\0b", says="--out")
@@ -336,7 +336,7 @@ case("run-out-is-the-data", "run", "{study}", "--data", "{tmp}/data", "--out", "
 case("run-out-inside-the-data", "run", "{study}", "--data", "{tmp}/data", "--out",
      "{tmp}/data/out", setup=lambda c: c.copy_data(), says="data")
 case("run-out-is-a-file", *RUN[:-1], "{tmp}/f", setup=lambda c: c.file("f", "x"),
-     says="not a directory")
+     says="not a folder")
 case("run-out-under-a-file", *RUN[:-1], "{tmp}/f/out", setup=lambda c: c.file("f", "x"),
      says="f")
 case("run-out-300-chars", *RUN[:-1], "{long}", says="too long", real=True)
@@ -435,7 +435,7 @@ case("ingest-key-short", "ingest", "--register", "bef", "--input", "{bef}", "--d
      "{tmp}/new", "--key-file", "{tmp}/s.key", setup=lambda c: c.file("s.key", b"k" * 5),
      says="bytes")
 case("ingest-data-is-a-file", *INGEST[:6], "{tmp}/f", *INGEST[7:],
-     setup=lambda c: c.file("f", "x"), says="not a directory")
+     setup=lambda c: c.file("f", "x"), says="not a folder")
 case("ingest-data-foreign-folder", *INGEST[:6], "{tmp}/thesis", *INGEST[7:],
      setup=lambda c: c.file("thesis/chapter1.tex", "mine"), says="thesis", real=True)
 case("ingest-data-manifest-broken", *INGEST[:6], "{tmp}/d", *INGEST[7:],
@@ -487,13 +487,13 @@ for cmd, extra in (("check-outputs", ()), ("export", ("{tmp}/dest",))):
          says="not a directory")
     case(f"{cmd}-out-300-chars", cmd, "{long}", *extra, says="too long")
 case("export-dest-exists", "export", "{run}", "{tmp}/dest",
-     setup=lambda c: c.file("dest/mine.txt", "x"), says="not empty")
+     setup=lambda c: c.file("dest/mine.txt", "x"), says="already exists")
 case("export-dest-is-out", "export", "{tmp}/out", "{tmp}/out", setup=lambda c: c.copy_run(),
      says="DEST")
 case("check-outputs-of-a-dataset", "check-outputs", "{data}", code=1, report=True,
-     says="not a text file")
+     says="outputs.json is missing")
 case("export-dest-a-file", "export", "{run}", "{tmp}/dest", setup=lambda c: c.file("dest", "x"),
-     says="not a directory")
+     says="not a folder")
 case("export-dest-inside-out", "export", "{tmp}/out", "{tmp}/out/tables/dest",
      setup=lambda c: c.copy_run(), says="dest")
 case("export-dest-under-a-file", "export", "{run}", "{tmp}/f/dest",
@@ -655,3 +655,43 @@ case("check-audit-log-a-directory", "check", "{study}", env={"HPCSTUDY_AUDIT_LOG
 case("check-audit-log-under-a-file", "check", "{study}",
      env={"HPCSTUDY_AUDIT_LOG": "{tmp}/f/audit.jsonl"}, setup=lambda c: c.file("f", "x"),
      says="audit log")
+
+# -- exports list / exports release: the export register and a held run -----------------------
+REG = {"HPCSTUDY_EXPORT_REGISTER": "{tmp}/exports.jsonl"}
+REGISTERS = {
+    "binary": BINARY,
+    "latin-1": '{"seq": 1, "event": "Århus"}\n'.encode("latin-1"),
+    "a-json-list": "[1, 2]\n",
+    "not-json": "exported everything\n",
+}
+for label, content in REGISTERS.items():
+    case(f"exports-list-register-{label}", "exports", "list", env=REG,
+         setup=lambda c, x=content: c.file("exports.jsonl", x), code=1, says="exports.jsonl")
+    case(f"exports-release-register-{label}", "exports", "release", "{tmp}/out", "--reason",
+         "checked by hand", env=REG, setup=lambda c, x=content: [c.copy_run(),
+                                                                 c.file("exports.jsonl", x)],
+         code=1, says="exports.jsonl")
+case("exports-list-register-a-directory", "exports", "list",
+     env={"HPCSTUDY_EXPORT_REGISTER": "{tmp}"}, says="directory")
+case("exports-list-register-under-a-file", "exports", "list",
+     env={"HPCSTUDY_EXPORT_REGISTER": "{tmp}/f/exports.jsonl"}, setup=lambda c: c.file("f", "x"),
+     says="exports.jsonl")
+case("exports-list-extra-argument", "exports", "list", "more", says="more")
+case("exports-list-unknown-option", "exports", "list", "--all", says="--all")
+case("exports-list-register-300-chars", "exports", "list",
+     env={"HPCSTUDY_EXPORT_REGISTER": "{long}"}, says="too long")
+case("exports-release-no-reason", "exports", "release", "{run}", says="--reason")
+case("exports-release-empty-reason", "exports", "release", "{tmp}/out", "--reason", "  ",
+     env=REG, setup=lambda c: c.copy_run(), says="--reason")
+case("exports-release-out-missing", "exports", "release", "{tmp}/none", "--reason", "ok",
+     env=REG, says="none")
+case("exports-release-out-a-file", "exports", "release", "{tmp}/f", "--reason", "ok", env=REG,
+     setup=lambda c: c.file("f", "x"), says="not a directory")
+case("exports-release-of-a-dataset", "exports", "release", "{data}", "--reason", "ok", env=REG,
+     code=1, report=True, says="outputs.json")
+case("exports-release-min-cell-zero", "exports", "release", "{run}", "--reason", "ok",
+     "--min-cell", "0", env=REG, says="--min-cell")
+case("exports-release-min-cell-huge", "exports", "release", "{run}", "--reason", "ok",
+     "--min-cell", "1" + "0" * 30, env=REG, says="--min-cell")
+case("exports-release-project-missing", "exports", "release", "{run}", "--reason", "ok",
+     "--project", "{tmp}/gone.yaml", env=REG, says="gone.yaml")
