@@ -30,7 +30,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import DataProblem, UserError
 from ..outputs import manifest as M
 
 SIZE_FIELDS = ("persons", "n")
@@ -167,20 +167,39 @@ class Register:
 def _records(f, path: Path) -> list[dict]:
     f.seek(0)
     out = []
-    for i, line in enumerate(f, 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError as e:
-                raise UserError(f"{path}:{i}: the export register is damaged ({e})",
-                                fix="restore it from the project's backup") from e
+    try:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except ValueError as e:
+                    raise DataProblem(f"{path}:{i}: the export register is damaged ({e}) — "
+                                      "restore it from the project's backup") from e
+                if not isinstance(rec, dict):
+                    raise DataProblem(f"{path}:{i}: the export register is damaged (not a "
+                                      "record) — restore it from the project's backup")
+                out.append(rec)
+    except UnicodeDecodeError as e:
+        raise DataProblem(f"{path}: the export register is damaged (not UTF-8 text) — restore "
+                          "it from the project's backup") from e
     return out
+
+
+def _usable(path: Path) -> Path:
+    """``path``, or a one-line error when no register can be kept there."""
+    if path.exists() and not path.is_file():
+        raise UserError(f"the export register {path} is a directory, not a file",
+                        fix="set HPCSTUDY_EXPORT_REGISTER to the register file itself")
+    if any(p.exists() and not p.is_dir() for p in path.parents):
+        raise UserError(f"the export register {path} lies under a file",
+                        fix="set HPCSTUDY_EXPORT_REGISTER to a file in a folder")
+    return path
 
 
 @contextlib.contextmanager
 def locked(path: str | Path | None = None):
     """``with locked() as register:`` read and append, no other export in between."""
-    path = Path(path) if path else default_path()
+    path = _usable(Path(path) if path else default_path())
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -192,7 +211,7 @@ def locked(path: str | Path | None = None):
 
 def read(path: str | Path | None = None) -> Register:
     """The register as it stands (empty when none was written yet), read-only."""
-    path = Path(path) if path else default_path()
+    path = _usable(Path(path) if path else default_path())
     if not path.is_file():
         return Register(path, [])
     with open(path, encoding="utf-8") as f:
