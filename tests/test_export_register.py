@@ -161,5 +161,5 @@ def test_where_the_register_lives(monkeypatch, tmp_path):
 def test_a_damaged_register_is_a_one_line_error(two_runs, register, tmp_path):
     register.write_text("{not json\n")
     r = run_cli("export", two_runs[0], tmp_path / "d")
-    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
     assert "export register is damaged" in r.stderr and not (tmp_path / "d").exists()

@@ -88,7 +88,7 @@ class Case:
     @property
     def command(self) -> str:
         words = [a for a in self.argv[:2] if not a.startswith("-") and "{" not in a]
-        return " ".join(words[:2] if words[:1] in (["data"], ["audit"]) else words[:1])
+        return " ".join(words[:2] if words[:1] in (["data"], ["audit"], ["exports"]) else words[:1])
 
 
 CASES: list[Case] = []
