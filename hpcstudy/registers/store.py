@@ -131,7 +131,7 @@ def prepare_output(out: Path, overwrite: bool, *, kind: str, reads=()) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise _refusal(e)(f"cannot create the directory {parent} ({e.strerror})",
+        raise write_refusal(e)(f"cannot create the directory {parent} ({e.strerror})",
                           fix="choose a writable --out") from e
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CannotWrite(f"cannot write in {parent}", fix="choose a writable --out")
@@ -141,12 +141,12 @@ def prepare_output(out: Path, overwrite: bool, *, kind: str, reads=()) -> Path:
             shutil.rmtree(staging)
         staging.mkdir()
     except OSError as e:
-        raise _refusal(e)(f"cannot create a directory in {parent} ({e.strerror})",
+        raise write_refusal(e)(f"cannot create a directory in {parent} ({e.strerror})",
                           fix="choose a writable --out") from e
     return staging
 
 
-def _refusal(e: OSError) -> type[UserError]:
+def write_refusal(e: OSError) -> type[UserError]:
     """The machine refused (permissions, read-only: exit 1), or the path is wrong (exit 2)."""
     import errno
 
