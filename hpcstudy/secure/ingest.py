@@ -869,7 +869,7 @@ def ingest(register: str, input_path: Path, data: Path, key_file: Path,
         scratch = Path(tempfile.mkdtemp(prefix=f".{data.name}.ingest-{os.getpid()}-",
                                         dir=parent))
     except OSError as e:
-        raise store.write_refusal(e)(f"cannot create a scratch folder in {parent} "
+        raise store.write_refusal(e)(f"cannot write a scratch folder in {parent} "
                                      f"({e.strerror})", fix="choose a writable --data") from e
     q = None
     try:
