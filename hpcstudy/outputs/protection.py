@@ -21,7 +21,9 @@ Protection levels (the rule the audit enforces; ``m`` is the threshold):
 ``protect`` suppresses more cells until every withheld cell is protected: for the first exposed
 cell (in row order) it tries the published rows that share the most totals with it, smallest
 first, and keeps the first that improves its protection (always the same choice for the same
-table). The LP bounds are those of the relaxation; for two-way tables (and one-way ones) they
+table); when none does alone, it takes the first of them and goes on. A table whose total is
+itself below the threshold cannot protect its cells: it is withheld whole. The LP bounds are
+those of the relaxation; for two-way tables (and one-way ones) they
 are the integer bounds, since the margin matrix is totally unimodular; for three or more keys
 the integer interval can be narrower, which this audit does not see.
 """
@@ -219,27 +221,35 @@ def protect(rows: Sequence[dict], hidden: Sequence[bool], keys: Sequence[str],
     def size(i):
         return tuple(float(rows[i].get(f) or 0) for f in fields if f != COMPLEMENT)
 
-    while True:
-        prob = _Problem(values, hidden, groups)
-        det = set(determined(hidden, groups))
-        bad = next(((i, s) for i in prob.h
-                    if (s := _shortfall(prob, rows, i, fields, min_cell, det)) > 1e-9), None)
-        if bad is None:
-            return hidden
-        i, short = bad
-        candidates = [j for j in range(len(rows)) if not hidden[j] and member_of.get(j, set())
-                      & member_of.get(i, set())]
-        if not candidates:  # nothing can protect it: withhold the whole table
-            return [True] * len(rows)
-        candidates.sort(key=lambda j: (-len(member_of[j] & member_of[i]), size(j), j))
-        chosen = None
-        for j in candidates[:24]:  # beyond the nearest few, trying each costs more than it saves
-            trial = list(hidden)
-            trial[j] = True
-            p2 = _Problem(values, trial, groups)
-            d2 = set(determined(trial, groups))
-            if _shortfall(p2, rows, i, fields, min_cell, d2) < short - 1e-9:
-                chosen = j
+    # hiding a cell only widens every other cell's interval (its fixed value becomes one more
+    # unknown), so a cell once protected stays protected: each needs looking at until it is
+    queue = [i for i, h in enumerate(hidden) if h]
+    k = 0
+    while k < len(queue):
+        i = queue[k]
+        while True:
+            prob = _Problem(values, hidden, groups)
+            det = set(determined(hidden, groups))
+            short = _shortfall(prob, rows, i, fields, min_cell, det)
+            if short <= 1e-9:
                 break
-        # no single cell helps (it takes a cycle of them): take the nearest smallest and go on
-        hidden[chosen if chosen is not None else candidates[0]] = True
+            candidates = [j for j in range(len(rows)) if not hidden[j] and
+                          member_of.get(j, set()) & member_of.get(i, set())]
+            if not candidates:  # nothing can protect it: withhold the whole table
+                return [True] * len(rows)
+            candidates.sort(key=lambda j: (-len(member_of[j] & member_of[i]), size(j), j))
+            chosen = None
+            for j in candidates[:12]:  # beyond the nearest few, trying costs more than it saves
+                trial = list(hidden)
+                trial[j] = True
+                p2 = _Problem(values, trial, groups)
+                d2 = set(determined(trial, groups))
+                if _shortfall(p2, rows, i, fields, min_cell, d2) < short - 1e-9:
+                    chosen = j
+                    break
+            # no single cell helps (it takes a cycle of them): take the nearest smallest
+            j = chosen if chosen is not None else candidates[0]
+            hidden[j] = True
+            queue.append(j)
+        k += 1
+    return hidden
