@@ -43,7 +43,10 @@ COMPLEMENT = "persons-events"
 
 def margin_groups(rows: Sequence[dict], keys: Sequence[str]) -> list[list[int]]:
     """Row indices of every set of rows that sums to a total (rows sharing the values of a
-    proper subset of the key columns; the empty subset is all rows), without repeats."""
+    proper subset of the key columns; the empty subset is all rows), without repeats. A "total"
+    of one row is that row itself, which its own suppression covers wherever it appears."""
+    # a key with one value in the table is no key: with it, every total would be a single row
+    keys = [k for k in keys if len({r.get(k) for r in rows}) > 1]
     seen, out = set(), []
     for size in range(len(keys)):
         for subset in itertools.combinations(keys, size):
