@@ -1,17 +1,27 @@
 """Disclosure control: the one layer every exported figure passes through.
 
-Rules (the threshold ``min_cell`` is 5 unless a study or project says more):
+Rules (the threshold ``min_cell`` is 5 unless a study or project says more; docs/secure.md
+gives each with the attack it closes):
 
 * a count of persons or events (persons, events, at_risk, n) from 1 to min_cell − 1 is a small
   cell: its row's counts and everything derived from them are withheld (primary suppression);
+  where a row has persons and events, persons − events is a count too, withheld from 1 to
+  min_cell − 1 and when it is 0 with persons > 0 (everyone had the event: a 100 % proportion
+  tells the outcome of every member of the group); 0 events is shown, as 0 is everywhere;
 * no withheld cell may be recoverable from totals: in every set of rows that sums to a total —
   rows sharing the values of any subset of the key columns — either no row or at least two
-  rows are withheld (secondary suppression, smallest rows first);
-* attrition: every shown count, and every difference between two shown steps, is 0 or at least
-  the threshold;
+  rows are withheld (secondary suppression, smallest rows first), and then the linear
+  programming audit of ``protection`` withholds more until every withheld small count can lie
+  anywhere in [0, min_cell] given all those totals;
+* attrition: every shown count, and every difference between consecutive shown steps (across
+  withheld ones), is 0 or at least the threshold; the last step, which the cohort table also
+  publishes, is pinned (or withheld) with it;
 * curves: a point is shown only where the risk set is at least the threshold and at least that
   many events have happened since the last shown point (else n·(1 − S(t)/S(t−)) would reveal a
   small count); the number at risk is rounded to a multiple of the threshold;
+* models (``model``): totals, the 2 × 2 table behind each indicator term, the intercept and
+  saturated designs — see its docstring: what a coefficient and its standard error reveal is
+  the cells they are computed from (1/se² of a Poisson intercept is the reference events);
 * no minimum, maximum or percentile columns; no person identifiers anywhere.
 
 ``check_outputs`` re-checks the files independently of how they were made.
