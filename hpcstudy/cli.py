@@ -457,12 +457,18 @@ def report(res: dict, out: Path) -> str:
             f"({c['lower_95']:.2f}-{c['upper_95']:.2f})")
         lines.append(f"  {c['label']}: {n} persons, {ev} events{rate}")
     for name, m in res.get("models", {}).items():
-        t = m["terms"][0]
+        if "terms" not in m:
+            lines.append(f"  {name}: withheld ({m.get('withheld') or m.get('error')})")
+            continue
+        terms = [t for t in m["terms"] if t["term"] != "intercept"] or m["terms"]
+        t = terms[0]
         ratio = next(k for k in ("HR", "OR", "RR") if k in t)
-        if name != "cox":
-            t = m["terms"][1] if len(m["terms"]) > 1 else t
+        if t.get("withheld"):
+            lines.append(f"  {name}: {t['term']} withheld ({t['withheld']})")
+            continue
         lines.append(f"  {name}: {ratio} {t['term']} {t[ratio]:.3f} "
-                     f"(95% CI {t['lower_95']:.3f}-{t['upper_95']:.3f})")
+                     f"(95% CI {t['lower_95']:.3f}-{t['upper_95']:.3f}), "
+                     f"{m['persons']} persons, {m['events']} events")
     truth = res.get("planted_truth")
     if truth and "cox" in res.get("models", {}):
         hr = math.exp(truth["mi_log_hr"]["statin"])

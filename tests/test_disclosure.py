@@ -46,8 +46,10 @@ def test_suppressed_tables_hold_no_small_or_recoverable_cell(min_cell, cells):
     assert margins_ok(out, ("a", "b"))
     assert D._table_violations(out, min_cell, "t") == []
     # nothing was hidden without need: a table without small cells is left alone
+    # (nor one whose complements, persons without the event, are 0 persons or ≥ min_cell)
     if all(r["persons"] in (0,) or r["persons"] >= min_cell for r in rows) and \
-            all(r["events"] == 0 or r["events"] >= min_cell for r in rows):
+            all(r["events"] == 0 or r["events"] >= min_cell for r in rows) and \
+            all(r["persons"] - r["events"] >= min_cell or r["persons"] == 0 for r in rows):
         assert out == rows
 
 

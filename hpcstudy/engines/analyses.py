@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from hpcstudy_kernels._namespace import to_numpy
+
 from ..models import AalenJohansen, CoxPH, KaplanMeier, Logistic, Poisson
 from ..models.partitions import Partitions
 from ..models.rates import poisson_ci, wilson_ci
@@ -18,6 +20,24 @@ from ..plan.nodes import Plan
 from .common import year_of
 
 YEAR = 365.25
+
+# columns each kind of table writes besides its keys; a key never takes one of these names
+RATE_COLUMNS = ("persons", "events", "person_years", "rate_per_1000py", "lower_95", "upper_95",
+                "suppressed")
+MEASURE_COLUMNS = ("persons", "events", "proportion", "lower_95", "upper_95", "suppressed")
+LEXIS_KEYS = ("group", "age_band", "period")
+
+
+def key_names(by: tuple[str, ...], reserved: tuple[str, ...]) -> list[str]:
+    """Column names for the key values ``by``: a covariate called like one of the table's own
+    columns (``events``) becomes ``by_events``, so keys and counts never share a column."""
+    out: list[str] = []
+    for b in by:
+        name = b
+        while name in reserved or name in out:
+            name = f"by_{name}"
+        out.append(name)
+    return out
 
 
 def _key_columns(part: dict, by: tuple[str, ...]) -> list[np.ndarray]:
@@ -72,7 +92,8 @@ def rates(parts: Partitions, by: tuple[str, ...]) -> list[dict]:
         s["person_years"] = s.pop("days") / YEAR
         lo, hi = poisson_ci(s["events"], s["person_years"]) if s["person_years"] > 0 else \
             (math.nan, math.nan)
-        rows.append({**dict(zip(by, key, strict=True)), "persons": int(s["persons"]),
+        rows.append({**dict(zip(key_names(by, RATE_COLUMNS), key, strict=True)),
+                     "persons": int(s["persons"]),
                      "events": int(s["events"]), "person_years": s["person_years"],
                      "rate_per_1000py": 1000 * s["events"] / s["person_years"]
                      if s["person_years"] else math.nan,
@@ -92,7 +113,8 @@ def measure(parts: Partitions, by: tuple[str, ...]) -> list[dict]:
     for key in sorted(sums):
         n, k = sums[key]["persons"], sums[key]["events"]
         lo, hi = wilson_ci(k, n)
-        rows.append({**dict(zip(by, key, strict=True)), "persons": int(n), "events": int(k),
+        rows.append({**dict(zip(key_names(by, MEASURE_COLUMNS), key, strict=True)),
+                     "persons": int(n), "events": int(k),
                      "proportion": k / n, "lower_95": lo, "upper_95": hi})
     return rows
 
@@ -157,7 +179,75 @@ def cox(plan: Plan, parts: Partitions, adjust, strata) -> CoxPH:
     if strata:
         codes = p.map_reduce(_codes_of, combine=_union)
         p = p.map(_recode, codes)
-    return CoxPH("efron").fit_partitions(p, names)
+    m = CoxPH("efron").fit_partitions(p, names)
+    m.cells_ = term_cells(p, names, "event", _variables(spec))
+    return m
+
+
+# -- the counts behind a model's terms -----------------------------------------------------------
+PATTERN_CAP = 4096  # beyond this many covariate patterns a design is not a table of few cells
+
+
+def _variables(spec) -> list[str | None]:
+    """The covariate each design column comes from (a region's indicators share one)."""
+    return [name for name, _ in spec]
+
+
+def _cells_part(part, ycol):
+    X = np.asarray(to_numpy(part["X"]), float)
+    y = np.asarray(to_numpy(part[ycol]), float)
+    indicator = np.all((X == 0) | (X == 1), axis=0)
+    patterns = None
+    if X.shape[0] == 0:
+        patterns = {}
+    elif indicator.all():
+        uniq, inv = np.unique(X, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        persons = np.bincount(inv, minlength=len(uniq))
+        events = np.bincount(inv, weights=y, minlength=len(uniq))
+        patterns = {tuple(u.tolist()): [int(a), int(b)]
+                    for u, a, b in zip(uniq, persons, events, strict=True)}
+    return {"n": int(X.shape[0]), "events": int(y.sum()), "ones": X.sum(axis=0),
+            "ones_events": X.T @ y, "indicator": indicator, "patterns": patterns}
+
+
+def _cells_merge(a, b):
+    pat = None
+    if a["patterns"] is not None and b["patterns"] is not None:
+        pat = {k: list(v) for k, v in a["patterns"].items()}
+        for k, v in b["patterns"].items():
+            old = pat.setdefault(k, [0, 0])
+            old[0] += v[0]
+            old[1] += v[1]
+        if len(pat) > PATTERN_CAP:
+            pat = None
+    return {"n": a["n"] + b["n"], "events": a["events"] + b["events"],
+            "ones": a["ones"] + b["ones"], "ones_events": a["ones_events"] + b["ones_events"],
+            "indicator": a["indicator"] & b["indicator"], "patterns": pat}
+
+
+def term_cells(parts: Partitions, names: list[str], ycol: str, variables=None) -> dict:
+    """The counts behind each term of a fitted model: for an indicator column (values 0 and 1
+    only: a binary covariate, the exposure, a level of a categorical) the persons and events
+    where it is 1 and in the rest; ``None`` for a continuous term or the intercept. With
+    ``patterns`` (persons and events per distinct row of the design) when every column is an
+    indicator and there are at most PATTERN_CAP of them."""
+    c = parts.map_reduce(_cells_part, ycol, combine=_cells_merge)
+    n, e = c["n"], c["events"]
+    variables = list(variables) if variables is not None else list(names)
+    if len(variables) < len(names):  # the intercept column comes first
+        variables = [None] * (len(names) - len(variables)) + variables
+    terms = []
+    for j, name in enumerate(names):
+        if name == "intercept" or not c["indicator"][j]:
+            terms.append({"term": name, "variable": variables[j], "persons": None,
+                          "events": None, "persons_other": None, "events_other": None})
+            continue
+        p1, e1 = int(round(c["ones"][j])), int(round(c["ones_events"][j]))
+        terms.append({"term": name, "variable": variables[j], "persons": p1, "events": e1,
+                      "persons_other": n - p1, "events_other": e - e1})
+    patterns = None if c["patterns"] is None else sorted(c["patterns"].values())
+    return {"persons": n, "events": e, "terms": terms, "patterns": patterns}
 
 
 def _codes_of(part):
@@ -177,7 +267,9 @@ def glm(plan: Plan, parts: Partitions, adjust, poisson: bool):
     names, spec = design_columns(plan, parts, adjust)
     p = parts.map(_glm_part, spec, poisson)
     model = Poisson() if poisson else Logistic()
-    return model.fit_partitions(p, ["intercept", *names])
+    m = model.fit_partitions(p, ["intercept", *names])
+    m.cells_ = term_cells(p, ["intercept", *names], "y", _variables(spec))
+    return m
 
 
 # -- curves -----------------------------------------------------------------------------------
@@ -218,36 +310,68 @@ def _n_in_group(part, code):
 
 # -- Lexis ------------------------------------------------------------------------------------
 def _lexis_part(part, ages, periods, birth_col="age"):
-    """Person-years and events per (group, age band, period) cell of this partition."""
-    out: dict = {}
+    """Person-years, events and persons per (group, age band, period) cell of this partition,
+    and per age band and per period over all groups (what the Lexis model's terms rest on):
+    persons with time in the band, persons with time outside it, events in and outside it."""
+    cells: dict = {}
     start = part["index_date"].astype(np.int64)
     stop = part["exit_date"].astype(np.int64) + 1  # exclusive
     age0 = np.asarray(part[birth_col], float)
     birth = start - age0 * YEAR
     pbounds = [int(np.datetime64(f"{y}-01-01", "D").astype(np.int64)) for y in periods]
-    for ai in range(len(ages) - 1):
+    n = start.shape[0]
+    na, npd = len(ages) - 1, len(periods) - 1
+    time_a, ev_a = np.zeros((n, na)), np.zeros((n, na))
+    time_p, ev_p = np.zeros((n, npd)), np.zeros((n, npd))
+    ev_day = part["exit_date"].astype(np.int64)
+    for ai in range(na):
         a_lo = birth + ages[ai] * YEAR
         a_hi = birth + ages[ai + 1] * YEAR
-        for pi in range(len(periods) - 1):
+        for pi in range(npd):
             lo = np.maximum(np.maximum(start, a_lo), pbounds[pi])
             hi = np.minimum(np.minimum(stop, a_hi), pbounds[pi + 1])
             py = np.clip(hi - lo, 0, None) / YEAR
-            ev_day = part["exit_date"].astype(np.int64)
             ev = (part["event"] == 1) & (ev_day >= lo) & (ev_day < hi)
+            time_a[:, ai] += py
+            time_p[:, pi] += py
+            ev_a[:, ai] += ev
+            ev_p[:, pi] += ev
             for g in np.unique(part["group"]):
                 sel = part["group"] == g
                 key = (int(g), ages[ai], periods[pi])
-                out[key] = {"person_years": float(py[sel].sum()),
-                            "events": float(ev[sel].sum())}
-    return out
+                cells[key] = {"person_years": float(py[sel].sum()),
+                              "events": float(ev[sel].sum()),
+                              "persons": float((py[sel] > 0).sum())}
+    margins = {}
+    for name, t, e in (("age", time_a, ev_a), ("period", time_p, ev_p)):
+        inside = t > 0
+        for j in range(t.shape[1]):
+            rest = np.delete(inside, j, axis=1).any(axis=1)
+            margins[(name, j)] = {"persons": float(inside[:, j].sum()),
+                                  "events": float(e[:, j].sum()),
+                                  "persons_other": float(rest.sum()),
+                                  "events_other": float(np.delete(e, j, axis=1).sum())}
+    anywhere = (time_a > 0).any(axis=1)
+    margins[("all", 0)] = {"persons": float(anywhere.sum()), "events": float(ev_a.sum()),
+                           "persons_other": 0.0, "events_other": 0.0}
+    return {"cells": cells, "margins": margins}
 
 
-def lexis(plan: Plan, parts: Partitions) -> list[dict]:
+def _lexis_merge(a, b):
+    return {"cells": _merge(a["cells"], b["cells"]), "margins": _merge(a["margins"], b["margins"])}
+
+
+def lexis_sums(plan: Plan, parts: Partitions) -> dict:
     lx = plan.study.analyses.lexis
     age_col = next((c.name for c in plan.columns if c.kind == "age"), None)
     if age_col is None:
         raise ValueError("lexis needs the age covariate")
-    sums = parts.map_reduce(_lexis_part, lx.age_bands, lx.periods, age_col, combine=_merge)
+    return parts.map_reduce(_lexis_part, lx.age_bands, lx.periods, age_col, combine=_lexis_merge)
+
+
+def lexis(plan: Plan, parts: Partitions, sums: dict | None = None) -> list[dict]:
+    lx = plan.study.analyses.lexis
+    sums = (sums or lexis_sums(plan, parts))["cells"]
     rows = []
     for (g, a, p) in sorted(sums):
         s = sums[(g, a, p)]
@@ -257,15 +381,16 @@ def lexis(plan: Plan, parts: Partitions) -> list[dict]:
         i = lx.age_bands.index(a)
         j = lx.periods.index(p)
         rows.append({"group": g, "age_band": f"{a:g}-{lx.age_bands[i + 1]:g}",
-                     "period": f"{p}-{lx.periods[j + 1] - 1}", "events": int(s["events"]),
-                     "person_years": s["person_years"],
+                     "period": f"{p}-{lx.periods[j + 1] - 1}", "persons": int(s["persons"]),
+                     "events": int(s["events"]), "person_years": s["person_years"],
                      "rate_per_1000py": 1000 * s["events"] / s["person_years"],
                      "lower_95": 1000 * lo, "upper_95": 1000 * hi})
     return rows
 
 
-def lexis_poisson(rows: list[dict]):
-    """Poisson regression of the Lexis cells: rate ratios by age band and period."""
+def lexis_poisson(rows: list[dict], plan: Plan | None = None, sums: dict | None = None):
+    """Poisson regression of the Lexis cells: rate ratios by age band and period. With the
+    study's Lexis sums, ``cells_`` holds the counts behind each term."""
     cells = [r for r in rows if r["person_years"] > 0]
     ages = sorted({r["age_band"] for r in cells}, key=lambda s: float(s.split("-")[0]))
     periods = sorted({r["period"] for r in cells})
@@ -274,4 +399,30 @@ def lexis_poisson(rows: list[dict]):
                   [float(r["period"] == p) for p in periods[1:]] for r in cells])
     y = np.array([r["events"] for r in cells], float)
     t = np.array([r["person_years"] for r in cells])
-    return Poisson().fit(X, y, t, names=names)
+    m = Poisson().fit(X, y, t, names=names)
+    if plan is not None and sums is not None:
+        m.cells_ = _lexis_cells(plan, sums["margins"], ages, periods, cells)
+    return m
+
+
+def _lexis_cells(plan, margins, ages, periods, cells) -> dict:
+    lx = plan.study.analyses.lexis
+    label_a = {f"{a:g}-{lx.age_bands[i + 1]:g}": i for i, a in enumerate(lx.age_bands[:-1])}
+    label_p = {f"{p}-{lx.periods[j + 1] - 1}": j for j, p in enumerate(lx.periods[:-1])}
+    total = margins[("all", 0)]
+    terms = [{"term": "intercept", "variable": None, "persons": None, "events": None,
+              "persons_other": None, "events_other": None}]
+    for var, levels, index in (("age", ages, label_a), ("period", periods, label_p)):
+        for lv in levels[1:]:
+            m = margins[(var, index[lv])]
+            terms.append({"term": f"{var} {lv}", "variable": var, "persons": int(m["persons"]),
+                          "events": int(m["events"]),
+                          "persons_other": int(m["persons_other"]),
+                          "events_other": int(m["events_other"])})
+    patterns: dict = {}
+    for r in cells:  # a covariate pattern of this model is an (age band, period) cell
+        p = patterns.setdefault((r["age_band"], r["period"]), [0, 0])
+        p[0] += r["persons"]
+        p[1] += r["events"]
+    return {"persons": int(total["persons"]), "events": int(total["events"]), "terms": terms,
+            "patterns": sorted(patterns.values())}

@@ -116,11 +116,12 @@ def analyse(plan: Plan, parts, attrition) -> dict:
     if an.curves:
         res["curves"] = A.curves(plan, parts)
     if an.lexis is not None:
-        rows = A.lexis(plan, parts)
+        sums = A.lexis_sums(plan, parts)
+        rows = A.lexis(plan, parts, sums)
         res["lexis"] = rows
         if sum(r["events"] for r in rows) > 0 and len(rows) > 1:
             try:
-                res["lexis_model"] = _model_result(A.lexis_poisson(rows))
+                res["lexis_model"] = _model_result(A.lexis_poisson(rows, plan, sums))
             except ModelError as e:
                 res["lexis_model"] = {"error": str(e)}
     if an.measures:
@@ -129,8 +130,20 @@ def analyse(plan: Plan, parts, attrition) -> dict:
 
 
 def _model_result(m) -> dict:
-    return {"n": m.n_obs_, "events": getattr(m, "n_events_", None), "loglik": m.loglik_,
-            "newton_steps": m.n_iter_, "terms": m.summary}
+    """A fitted model as results: totals, estimates and the counts behind each term; the
+    private ``_variables`` and ``_patterns`` feed the disclosure rules and never leave."""
+    cells = getattr(m, "cells_", None)
+    res = {"persons": m.n_obs_, "events": getattr(m, "n_events_", None), "loglik": m.loglik_,
+           "newton_steps": m.n_iter_, "terms": m.summary}
+    if cells is None:
+        return res
+    res["persons"], res["events"] = cells["persons"], cells["events"]
+    by_name = {c["term"]: c for c in cells["terms"]}
+    res["terms"] = [{**t, **{k: by_name[t["term"]][k] for k in D.TERM_COUNTS}}
+                    for t in res["terms"]]
+    res["_variables"] = {c["term"]: c["variable"] for c in cells["terms"] if c["variable"]}
+    res["_patterns"] = cells["patterns"]
+    return res
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -185,33 +198,43 @@ def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
             r["measures"][k] = D.rounded(r["measures"][k], round_to, _proportion_again)
         if "curves" in r:
             r["curves"] = D.rounded(r["curves"], round_to)
-        for m in r.get("models", {}).values():
-            for f in ("n", "events"):
-                if isinstance(m.get(f), int):
-                    m[f] = int(round_to * round(m[f] / round_to))
+        for m in [*r.get("models", {}).values(), r.get("lexis_model", {})]:
+            for row in [m, *m.get("terms", [])]:
+                for f in D.TERM_COUNTS:
+                    if isinstance(row.get(f), int):
+                        row[f] = int(round_to * round(row[f] / round_to))
     return r
 
 
 def _disclosed(results: dict, min_cell: int) -> dict:
     r = json.loads(json.dumps(results, default=_jsonable))
     rate = ("person_years", "rate_per_1000py", "lower_95", "upper_95")
-    for g in r["attrition"]:
-        r["attrition"][g] = D.attrition(r["attrition"][g], min_cell)
     r["cohort"] = D.suppress(r["cohort"], min_cell, rate, keys=("label",))
+    shown = {c["label"]: c["persons"] is not None for c in r["cohort"]}
+    for g in r["attrition"]:
+        # the last step is the cohort table's persons of the group: one number, one verdict
+        last = shown.get(g, next(iter(shown.values())) if len(shown) == 1 else None)
+        r["attrition"][g] = D.attrition(r["attrition"][g], min_cell, last)
     if "rates" in r:
-        r["rates"] = D.suppress(r["rates"], min_cell, rate)
+        r["rates"] = D.suppress(r["rates"], min_cell, rate, keys=_keys(r["rates"],
+                                                                       A.RATE_COLUMNS))
     if "lexis" in r:
-        r["lexis"] = D.suppress(r["lexis"], min_cell, rate, keys=("group", "age_band", "period"))
+        r["lexis"] = D.suppress(r["lexis"], min_cell, rate, keys=A.LEXIS_KEYS)
     for k in r.get("measures", {}):
         r["measures"][k] = D.suppress(r["measures"][k], min_cell,
-                                      ("proportion", "lower_95", "upper_95"))
+                                      ("proportion", "lower_95", "upper_95"),
+                                      keys=_keys(r["measures"][k], A.MEASURE_COLUMNS))
     if "curves" in r:
         r["curves"] = D.curve(r["curves"], min_cell)
     for k, m in list(r.get("models", {}).items()):
-        small = [f for f in ("n", "events") if m.get(f) is not None and 0 < m[f] < min_cell]
-        if small:
-            r["models"][k] = {"withheld": f"fewer than {min_cell} {small[0]}"}
+        r["models"][k] = D.model(m, min_cell)
+    if "lexis_model" in r:
+        r["lexis_model"] = D.model(r["lexis_model"], min_cell)
     return r
+
+
+def _keys(rows: list[dict], columns: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(k for k in (rows[0] if rows else {}) if k not in columns)
 
 
 def _jsonable(o):

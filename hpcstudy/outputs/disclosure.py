@@ -1,17 +1,27 @@
 """Disclosure control: the one layer every exported figure passes through.
 
-Rules (the threshold ``min_cell`` is 5 unless a study or project says more):
+Rules (the threshold ``min_cell`` is 5 unless a study or project says more; docs/secure.md
+gives each with the attack it closes):
 
 * a count of persons or events (persons, events, at_risk, n) from 1 to min_cell − 1 is a small
   cell: its row's counts and everything derived from them are withheld (primary suppression);
+  where a row has persons and events, persons − events is a count too, withheld from 1 to
+  min_cell − 1 and when it is 0 with persons > 0 (everyone had the event: a 100 % proportion
+  tells the outcome of every member of the group); 0 events is shown, as 0 is everywhere;
 * no withheld cell may be recoverable from totals: in every set of rows that sums to a total —
   rows sharing the values of any subset of the key columns — either no row or at least two
-  rows are withheld (secondary suppression, smallest rows first);
-* attrition: every shown count, and every difference between two shown steps, is 0 or at least
-  the threshold;
+  rows are withheld (secondary suppression, smallest rows first), and then the linear
+  programming audit of ``protection`` withholds more until every withheld small count can lie
+  anywhere in [0, min_cell] given all those totals;
+* attrition: every shown count, and every difference between consecutive shown steps (across
+  withheld ones), is 0 or at least the threshold; the last step, which the cohort table also
+  publishes, is pinned (or withheld) with it;
 * curves: a point is shown only where the risk set is at least the threshold and at least that
   many events have happened since the last shown point (else n·(1 − S(t)/S(t−)) would reveal a
   small count); the number at risk is rounded to a multiple of the threshold;
+* models (``model``): totals, the 2 × 2 table behind each indicator term, the intercept and
+  saturated designs — see its docstring: what a coefficient and its standard error reveal is
+  the cells they are computed from (1/se² of a Poisson intercept is the reference events);
 * no minimum, maximum or percentile columns; no person identifiers anywhere.
 
 ``check_outputs`` re-checks the files independently of how they were made.
@@ -51,13 +61,19 @@ def _small(v, min_cell) -> bool:
 
 def suppress(rows: list[dict], min_cell: int, derived: tuple[str, ...] = (),
              keys: tuple[str, ...] | None = None) -> list[dict]:
-    """Primary and secondary suppression of a table of rows (dicts)."""
+    """Primary and secondary suppression of a table of rows (dicts), audited by linear
+    programming (``protection.protect``) so that no withheld cell can be narrowed down from
+    the totals. ``keys`` are the columns that identify a row; pass them whenever a table has
+    any, so that a key that happens to share a count's name never goes unseen."""
+    from .protection import COMPLEMENT, protect, sensitive
+
     rows = [dict(r) for r in rows]
-    counts = [f for f in COUNT_FIELDS if any(f in r for r in rows)]
-    hidden = [any(_small(r.get(f), min_cell) for f in counts) for r in rows]
     if keys is None:
-        keys = tuple(k for k in (rows[0] if rows else {}) if k not in counts
+        keys = tuple(k for k in (rows[0] if rows else {}) if k not in COUNT_FIELDS
                      and k not in derived and k not in ("suppressed",))
+    counts = [f for f in COUNT_FIELDS if f not in keys and any(f in r for r in rows)]
+    checked = [*counts, COMPLEMENT] if {"persons", "events"} <= set(counts) else counts
+    hidden = [any(sensitive(r, f, min_cell) for f in checked) for r in rows]
     # secondary: every margin (rows sharing a subset of key values) hides 0 or ≥ 2 rows
     changed = True
     while changed:
@@ -68,6 +84,8 @@ def suppress(rows: list[dict], min_cell: int, derived: tuple[str, ...] = (),
                 smallest = min(rest, key=lambda i: tuple(rows[i].get(f) or 0 for f in counts))
                 hidden[smallest] = True
                 changed = True
+    if any(hidden):
+        hidden = protect(rows, hidden, keys, min_cell)
     for r, h in zip(rows, hidden, strict=True):
         if h:
             for f in (*counts, *derived):
@@ -95,23 +113,37 @@ def rounded(rows: list[dict], base: int, recompute=None) -> list[dict]:
     return out
 
 
-def attrition(rows: list[dict], min_cell: int) -> list[dict]:
-    """Steps with persons left: shown counts and differences between shown steps are 0 or
-    ≥ min_cell."""
-    out = []
-    last_shown = None
-    for r in rows:
-        r = dict(r)
+def attrition(rows: list[dict], min_cell: int, last_elsewhere: bool | None = None) -> list[dict]:
+    """Steps with persons left: shown counts, and differences between consecutive shown steps
+    (across withheld ones: 707, –, –, 703 gives 4), are 0 or ≥ min_cell.
+
+    ``last_elsewhere`` says whether another table publishes the last step's count (the cohort
+    table's persons of the group): True pins it as shown and withholds earlier steps that sit
+    1 to min_cell − 1 above it; False withholds it here too; None: no other table has it."""
+    out = [dict(r) for r in rows]
+
+    def ok(a, b):
+        return a - b == 0 or a - b >= min_cell
+
+    shown: list[int] = []
+    for i, r in enumerate(out):
         n = r["persons"]
-        ok = (n == 0 or n >= min_cell) and (last_shown is None or last_shown - n == 0 or
-                                             last_shown - n >= min_cell)
-        if ok:
-            last_shown = n
+        last = i == len(out) - 1
+        if last and last_elsewhere is True:
+            while shown and not ok(out[shown[-1]]["persons"], n):
+                _withhold(out[shown.pop()])
+            continue
+        if (last and last_elsewhere is False) or not (n == 0 or n >= min_cell) or \
+                (shown and not ok(out[shown[-1]]["persons"], n)):
+            _withhold(r)
         else:
-            r["persons"] = None
-            r["suppressed"] = True
-        out.append(r)
+            shown.append(i)
     return out
+
+
+def _withhold(row: dict) -> None:
+    row["persons"] = None
+    row["suppressed"] = True
 
 
 def curve(rows: list[dict], min_cell: int) -> list[dict]:
@@ -130,6 +162,92 @@ def curve(rows: list[dict], min_cell: int) -> list[dict]:
     return out
 
 
+# -- models -------------------------------------------------------------------------------------
+TERM_COUNTS = ("persons", "events", "persons_other", "events_other")
+MIN_RESIDUAL_DF = 10  # ACRO's minimum residual degrees of freedom for a regression
+
+
+def count_problem(persons, events, min_cell: int, what: str = "") -> str | None:
+    """Why a (persons, events) cell may not be published, or None: persons, events and
+    persons − events are each 0 or ≥ min_cell, and not everyone had the event."""
+    at = f" {what}" if what else ""
+    if persons is not None and 0 < persons < min_cell:
+        return f"fewer than {min_cell} persons{at}"
+    if events is not None and 0 < events < min_cell:
+        return f"fewer than {min_cell} events{at}"
+    if persons is not None and events is not None:
+        d = persons - events
+        if 0 < d < min_cell:
+            return f"fewer than {min_cell} persons without the event{at}"
+        if d == 0 and persons > 0:
+            return f"every person{at} had the event"
+    return None
+
+
+def model(m: dict, min_cell: int) -> dict:
+    """A model result with the disclosure rules applied (see docs/secure.md):
+
+    1. the model's persons, events and persons without the event pass ``count_problem``, else
+       the model is withheld whole;
+    2. an indicator term (exposure, binary covariate, a level of a categorical) passes on the
+       persons and events in its level and in the rest, else it is withheld: estimates and
+       counts null, ``withheld`` says why; the other levels of the same categorical go with it
+       (the levels and the total would give it back);
+    3. when a term is withheld the intercept goes too (with the totals its estimate and SE give
+       the reference level's counts back), and when no continuous term remains published the
+       whole model is withheld (with indicators only, estimates and SEs are functions of the
+       cross-classified counts: 1/se² of a Poisson intercept is the reference events);
+    4. a model of indicators only with fewer than MIN_RESIDUAL_DF residual degrees of freedom
+       (covariate patterns − parameters: saturated or nearly) is withheld whole unless every
+       covariate pattern passes ``count_problem``.
+    """
+    if "error" in m or "withheld" in m:
+        return m
+    why = count_problem(m.get("persons"), m.get("events"), min_cell)
+    if why:
+        return {"withheld": f"the model has {why}"}
+    variables = m.get("_variables", {})
+    terms = [dict(t) for t in m["terms"]]
+    withheld: dict[str, str] = {}
+    for t in terms:
+        if t.get("persons") is None:
+            continue
+        why = (count_problem(t["persons"], t["events"], min_cell, f"with {t['term']}") or
+               count_problem(t["persons_other"], t["events_other"], min_cell,
+                             f"without {t['term']}"))
+        if why:
+            withheld[t["term"]] = why
+    for t in terms:
+        var = variables.get(t["term"])
+        if var and t["term"] not in withheld and any(variables.get(w) == var for w in withheld):
+            withheld[t["term"]] = f"another level of {var} is withheld"
+    names = [t["term"] for t in terms]
+    if withheld and "intercept" in names:
+        withheld["intercept"] = "a term is withheld: with the totals it would give the " \
+                                "reference level's counts back"
+    continuous = [t for t in terms if t.get("persons") is None and t["term"] != "intercept"
+                  and t["term"] not in withheld]
+    if withheld and not continuous:
+        first = next(iter(withheld.items()))
+        return {"withheld": f"term {first[0]!r} is withheld ({first[1]}) and the model has no "
+                            "continuous term: its other estimates would give it back"}
+    patterns = m.get("_patterns")
+    if patterns is not None and not continuous and len(patterns) - len(terms) < MIN_RESIDUAL_DF:
+        for p, e in patterns:
+            why = count_problem(p, e, min_cell, "in a covariate pattern")
+            if why:
+                return {"withheld": f"{len(patterns)} covariate patterns for {len(terms)} "
+                                    f"parameters (fewer than {MIN_RESIDUAL_DF} residual degrees "
+                                    f"of freedom) and {why}: the estimates would give it back"}
+    for t in terms:
+        if t["term"] in withheld:
+            for k in t:
+                if k != "term":
+                    t[k] = None
+            t["withheld"] = withheld[t["term"]]
+    return {k: v for k, v in m.items() if not k.startswith("_")} | {"terms": terms}
+
+
 # -- independent re-check of exported files ---------------------------------------------------
 def _table_violations(rows: list[dict], min_cell: int, where: str) -> list[str]:
     out = []
@@ -146,7 +264,8 @@ def _table_violations(rows: list[dict], min_cell: int, where: str) -> list[str]:
             v = r.get(c)
             if isinstance(v, int | float) and 0 < v < min_cell:
                 out.append(f"{where}: row {i}, column {c!r}: {v:g} is below {min_cell}")
-    if counts and "day" not in cols:
+    # a model's terms do not add up to a total: their rules are in checks.py
+    if counts and "day" not in cols and "term" not in cols:
         keys = [c for c in cols if c not in COUNT_FIELDS and c != "suppressed" and
                 all(not isinstance(r.get(c), float) for r in rows)]
         hidden = [any(r.get(c) is None for c in counts) for r in rows]

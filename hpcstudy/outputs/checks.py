@@ -1,0 +1,295 @@
+"""An independent re-check of a run's exported files, by kind, for the export gate.
+
+    check_kind(kind, data, min_cell, where) -> list of violations (one line each)
+    check_run({name: (kind, data)}, min_cell) -> violations of every file and across files
+
+``kind`` is one of KINDS; ``data`` is a list of row dicts for a table kind, the parsed
+``results.json`` for ``results`` and the text for ``plan``. Each violation names the file, the
+row (1-based, as in the CSV after its header) and the column, and says why.
+
+The rules are those of ``disclosure`` and ``protection`` (docs/secure.md), written again here
+from the published numbers only: nothing here calls the writer's suppression. The checker sees
+no withheld value, so of the LP audit it checks what needs none: no withheld cell may be a fixed
+linear function of the totals (``protection.determined``), and where a run publishes a total
+(a model's persons and events) the withheld cells under it must add up to the threshold.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from .protection import determined, margin_groups
+
+KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure", "plan")
+RATE_COLUMNS = ("persons", "events", "person_years", "rate_per_1000py", "lower_95", "upper_95",
+                "suppressed")
+OWN_COLUMNS = {
+    "cohort": RATE_COLUMNS, "rates": RATE_COLUMNS, "lexis": RATE_COLUMNS,
+    "measure": ("persons", "events", "proportion", "lower_95", "upper_95", "suppressed"),
+}
+DERIVED = {"cohort": RATE_COLUMNS[2:6], "rates": RATE_COLUMNS[2:6], "lexis": RATE_COLUMNS[2:6],
+           "measure": ("proportion", "lower_95", "upper_95")}
+COUNTS = ("persons", "events", "at_risk", "persons_other", "events_other", "n")
+TERM_COUNTS = ("persons", "events", "persons_other", "events_other")
+CPR = re.compile(r"(?<![\d.])(0[1-9]|[12]\d|3[01])(0[1-9]|1[0-2])\d{2}-?\d{4}(?![\d.])")
+LONG_INTEGER = re.compile(r"(?<![\d.])\d{12,}(?![\d.])")
+
+
+def _num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _small(v, m) -> bool:
+    return _num(v) and 0 < v < m
+
+
+def _pair(p, e, m) -> str | None:
+    """Why persons p with events e may not be shown (complement included), or None."""
+    if _num(p) and _num(e):
+        d = p - e
+        if 0 < d < m:
+            return f"{p:g} persons and {e:g} events leave {d:g} without the event (below {m})"
+        if d == 0 and p > 0:
+            return f"all {p:g} persons had the event"
+    return None
+
+
+def _counts(rows, m, where, columns=COUNTS) -> list[str]:
+    out = []
+    for i, r in enumerate(rows, 1):
+        for c in columns:
+            if _small(r.get(c), m):
+                out.append(f"{where}: row {i}, column {c!r}: {r[c]:g} is below {m}")
+        why = _pair(r.get("persons"), r.get("events"), m)
+        if why:
+            out.append(f"{where}: row {i}, columns 'persons'/'events': {why}")
+        why = _pair(r.get("persons_other"), r.get("events_other"), m)
+        if why:
+            out.append(f"{where}: row {i}, columns 'persons_other'/'events_other': {why}")
+    return out
+
+
+def _table(kind: str, rows: list[dict], m: int, where: str) -> list[str]:
+    out = _counts(rows, m, where)
+    own = OWN_COLUMNS[kind]
+    keys = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in own]
+    if kind == "lexis" and "persons" not in {k for r in rows for k in r}:
+        out.append(f"{where}: column 'persons' missing: a Lexis cell must say how many persons "
+                   "it describes")
+    hidden = [r.get("persons") is None or r.get("events") is None for r in rows]
+    for i, (r, h) in enumerate(zip(rows, hidden, strict=True), 1):
+        if h:
+            shown = [c for c in DERIVED[kind] if r.get(c) is not None]
+            if shown:
+                out.append(f"{where}: row {i}, column {shown[0]!r}: shown for a withheld row "
+                           "(it gives the withheld counts back)")
+    # a table withheld whole publishes no count: its totals are other tables' cells, checked there
+    for i in [] if all(hidden) else determined(hidden, margin_groups(rows, keys)):
+        out.append(f"{where}: row {i + 1}: withheld, but recoverable exactly from the totals "
+                   f"over {', '.join(keys) or 'all rows'}")
+    return out
+
+
+def _attrition(rows: list[dict], m: int, where: str, last=None) -> list[str]:
+    """Shown counts and the differences between consecutive shown steps; ``last`` is the
+    last step's count as another file shows it."""
+    out = []
+    seq = [(i, r.get("persons")) for i, r in enumerate(rows, 1)]
+    if last is not None and seq:
+        seq[-1] = (seq[-1][0], last)
+    shown = [(i, n) for i, n in seq if _num(n)]
+    for i, n in shown:
+        if 0 < n < m:
+            out.append(f"{where}: row {i}, column 'persons': {n:g} is below {m}")
+    for (i, a), (j, b) in itertools.pairwise(shown):
+        if 0 < a - b < m:
+            out.append(f"{where}: row {j}, column 'persons': {a - b:g} persons left between "
+                       f"rows {i} and {j} (below {m})")
+    return out
+
+
+def _curves(rows: list[dict], m: int, where: str) -> list[str]:
+    out = []
+    for i, r in enumerate(rows, 1):
+        for c in ("events", "at_risk"):
+            v = r.get(c)
+            if _num(v) and v < m:
+                out.append(f"{where}: row {i}, column {c!r}: {v:g} is below {m}")
+        if _num(r.get("at_risk")) and r["at_risk"] % m:
+            out.append(f"{where}: row {i}, column 'at_risk': {r['at_risk']:g} is not a "
+                       f"multiple of {m}")
+    return out
+
+
+def _model_terms(rows: list[dict], m: int, where: str) -> list[str]:
+    out = _counts(rows, m, where, TERM_COUNTS)
+    withheld = [r for r in rows if r.get("withheld")]
+    for i, r in enumerate(rows, 1):
+        if r.get("withheld"):
+            shown = [k for k, v in r.items() if k not in ("term", "withheld") and v is not None]
+            if shown:
+                out.append(f"{where}: row {i}, column {shown[0]!r}: shown for a withheld term")
+        elif any(r.get(c) is None for c in TERM_COUNTS) and \
+                any(r.get(c) is not None for c in TERM_COUNTS):
+            out.append(f"{where}: row {i}: some of the term's counts are missing")
+    if withheld:
+        for i, r in enumerate(rows, 1):
+            if r.get("term") == "intercept" and not r.get("withheld"):
+                out.append(f"{where}: row {i}, column 'coef': the intercept is shown while a "
+                           "term is withheld (with the totals it gives the reference counts)")
+        if not any(not r.get("withheld") and r.get("term") != "intercept" and
+                   r.get("persons") is None for r in rows):
+            out.append(f"{where}: a term is withheld and no continuous term remains: the "
+                       "other estimates give it back; withhold the model")
+    return out
+
+
+def _model(doc: dict, m: int, where: str) -> list[str]:
+    if not isinstance(doc, dict) or "terms" not in doc:
+        return []
+    out = []
+    for c in ("persons", "events"):
+        if _small(doc.get(c), m):
+            out.append(f"{where}: column {c!r}: {doc[c]:g} is below {m}")
+        if c not in doc or doc.get(c) is None:
+            out.append(f"{where}: column {c!r}: a model must say its {c}")
+    why = _pair(doc.get("persons"), doc.get("events"), m)
+    if why:
+        out.append(f"{where}: columns 'persons'/'events': {why}")
+    return out + _model_terms(doc["terms"], m, f"{where}.terms")
+
+
+def _text(text: str, where: str) -> list[str]:
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if CPR.search(line):
+            out.append(f"{where}: line {n}: something shaped like a CPR number")
+        if LONG_INTEGER.search(line):
+            out.append(f"{where}: line {n}: a long integer that may identify a person")
+    return out
+
+
+def check_kind(kind: str, data, min_cell: int, where: str) -> list[str]:
+    """Violations of one file (or section) of the given kind."""
+    m = min_cell
+    if kind == "plan":
+        return _text(data, where)
+    if kind == "results":
+        return _results(data, m, where)
+    if kind in OWN_COLUMNS:
+        return _table(kind, data, m, where)
+    if kind == "attrition":
+        return _attrition(data, m, where)
+    if kind == "curves":
+        return _curves(data, m, where)
+    if kind == "model":
+        return _model(data, m, where) if isinstance(data, dict) else \
+            _model_terms(data, m, where)
+    raise ValueError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+
+
+def _sections(doc: dict) -> list[tuple[str, str, object]]:
+    """(kind, path, data) of every section of results.json."""
+    out = []
+    for g, rows in (doc.get("attrition") or {}).items():
+        out.append(("attrition", f"attrition.{g}", rows))
+    for k in ("cohort", "rates", "lexis", "curves"):
+        if k in doc:
+            out.append((k, k, doc[k]))
+    for k, rows in (doc.get("measures") or {}).items():
+        out.append(("measure", f"measures.{k}", rows))
+    for k, mod in (doc.get("models") or {}).items():
+        out.append(("model", f"models.{k}", mod))
+    if "lexis_model" in doc:
+        out.append(("model", "lexis_model", doc["lexis_model"]))
+    return out
+
+
+def _results(doc: dict, m: int, where: str) -> list[str]:
+    out = []
+    for kind, path, data in _sections(doc):
+        out += check_kind(kind, data, m, f"{where}:{path}")
+    out += _across({f"{where}:{p}": (k, d) for k, p, d in _sections(doc)}, m)
+    return out
+
+
+def _across(sections: dict[str, tuple[str, object]], m: int) -> list[str]:
+    """Rules between tables: attrition against the cohort table, the model totals against it."""
+    out = []
+    cohort = next(((w, d) for w, (k, d) in sections.items() if k == "cohort"), None)
+    if cohort is None:
+        return out
+    cw, rows = cohort
+    by_label = {r.get("label"): r for r in rows}
+    for w, (k, d) in sections.items():
+        if k != "attrition" or not d:
+            continue
+        group = w.rsplit("attrition", 1)[-1].strip("._").removesuffix(".csv")
+        row = by_label.get(group) or (rows[0] if len(rows) == 1 else None)
+        if row is None:
+            continue
+        last = d[-1].get("persons")
+        if row.get("persons") is None and _num(last):
+            out.append(f"{w}: row {len(d)}, column 'persons': shows {last:g}, the persons of "
+                       f"{group!r} that {cw} withholds")
+        elif _num(row.get("persons")):
+            out += [v + f" (the last step as {cw} shows it)"
+                    for v in _attrition(d, m, w, last=row["persons"])]
+    for w, (k, d) in sections.items():
+        if k != "model" or not isinstance(d, dict) or "terms" not in d:
+            continue
+        if "lexis" in w:
+            continue
+        for c in ("persons", "events"):
+            total = d.get(c)
+            if not _num(total):
+                continue
+            hid = [i for i, r in enumerate(rows, 1) if r.get(c) is None]
+            rest = total - sum(r[c] for r in rows if _num(r.get(c)))
+            if len(hid) == 1:
+                out.append(f"{cw}: row {hid[0]}, column {c!r}: withheld, but {w} gives "
+                           f"{rest:g} by subtraction from its total")
+            elif hid and 0 < rest < m:
+                out.append(f"{cw}: rows {hid}, column {c!r}: withheld, but {w}'s total leaves "
+                           f"{rest:g} for them together (below {m})")
+    return out
+
+
+def _cells(kind: str, data) -> dict[tuple, object]:
+    """(kind, key values, column) -> value of every count in a table kind."""
+    out = {}
+    if kind not in OWN_COLUMNS or not isinstance(data, list):
+        return out
+    own = OWN_COLUMNS[kind]
+    for r in data:
+        key = tuple(sorted((k, str(v)) for k, v in r.items() if k not in own))
+        for c in ("persons", "events"):
+            if c in r:
+                out[(kind, key, c)] = r[c]
+    return out
+
+
+def check_run(files: dict[str, tuple[str, object]], min_cell: int) -> list[str]:
+    """Violations of every file of one run, and between files: attrition against the cohort
+    table, model totals against it, and one count shown in one file but withheld in another."""
+    out = []
+    sections: dict[str, tuple[str, object]] = {}
+    seen: dict[tuple, tuple[str, object]] = {}
+    for name in sorted(files):
+        kind, data = files[name]
+        out += check_kind(kind, data, min_cell, name)
+        parts = [(k, f"{name}:{p}", d) for k, p, d in _sections(data)] if kind == "results" \
+            else [(kind, name, data)]
+        for k, w, d in parts:
+            if kind != "results":
+                sections[w] = (k, d)
+            for cell, v in _cells(k, d).items():
+                if cell in seen and (seen[cell][1] is None) != (v is None):
+                    other = seen[cell][0]
+                    shown, hidden = (w, other) if v is not None else (other, w)
+                    out.append(f"{shown}: column {cell[2]!r} at {dict(cell[1])}: shows what "
+                               f"{hidden} withholds")
+                seen.setdefault(cell, (w, v))
+    out += _across(sections, min_cell)
+    return out
