@@ -191,8 +191,9 @@ def test_a_command_writes_started_then_finished(tmp_path, small_data):
 @pytest.mark.parametrize("make_unwritable", ["a directory", "inside a file"])
 def test_an_unwritable_log_stops_the_command_before_it_starts(tmp_path, small_data,
                                                               make_unwritable):
-    """(tampering 13) The log cannot be written: one line, exit 1, no OUT (root may write any
-    file, so the log is made impossible rather than read-only)."""
+    """(tampering 13) The log cannot be written: one line, no OUT (root may write any file, so
+    the log is made impossible rather than read-only: a log path that cannot be a file is bad
+    input, exit 2; a full or read-only disk is exit 1, tests/bad_inputs)."""
     if make_unwritable == "a directory":
         log = tmp_path / "log"
         log.mkdir()
@@ -203,7 +204,7 @@ def test_an_unwritable_log_stops_the_command_before_it_starts(tmp_path, small_da
     for cmd in (["run", STUDY, "--data", small_data, "--out", tmp_path / "out"],
                 ["synth", "--persons", "50", "--out", tmp_path / "syn"]):
         r = run_cli(*cmd, env=env)
-        assert r.returncode == 1, r.stderr
+        assert r.returncode == 2, r.stderr
         assert r.stderr.startswith("hpcstudy: error: cannot write the audit log")
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "syn").exists()
