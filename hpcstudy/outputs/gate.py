@@ -86,29 +86,29 @@ def threshold(option: int | None = None, approval=None, declared: int | None = N
 
 def _cell_rules(kind: str, data, min_cell: int, where: str) -> list[str]:
     """The disclosure rules for one declared piece of output: a table's rows, a model result
-    (dict with ``terms``) or a text. The one place the gate asks the rules."""
-    if kind == "attrition":
-        return D._attrition_violations(data, min_cell, where)
-    if kind in M.KINDS and kind != "model":
-        return D._table_violations(data, min_cell, where)
-    if kind == "model":
-        if any(k in data for k in M.MODEL_NOTES):
-            return []
-        scalars = {k: v for k, v in data.items() if k != "terms"}
-        file, _, path = where.partition(":")     # results.json:models.cox -> …models.cox.n
-        out = D._scalar_violations(scalars, min_cell, file, path)
-        # a term's cells (persons and events in its level and in the others) are each a
-        # count; terms do not add up to a total, so there are no margins to audit
-        for i, r in enumerate(data.get("terms") or [], 1):
-            for c in M.KINDS["model"].counts:
-                v = r.get(c)
-                if isinstance(v, int | float) and 0 < v < min_cell:
-                    out.append(f"{where}: term row {i} ({r.get('term')}), column {c!r}: "
-                               f"{v:g} is below {min_cell}")
-        return out
-    if kind == "plan":
-        return D._text_violations(data, where)
-    return [f"{where}: no disclosure rule for kind {kind!r}"]
+    (dict with ``terms``) or a text. The one place the gate asks the rules, through the
+    re-checker (:mod:`hpcstudy.outputs.checks`), which shares no code with the writer's
+    suppression."""
+    from .checks import check_kind
+
+    if kind not in M.FILE_KINDS:
+        return [f"{where}: no disclosure rule for kind {kind!r}"]
+    return check_kind(kind, data, min_cell, where)
+
+
+def _across_files(verdict: Verdict) -> None:
+    """Rules between the files that passed one by one (attrition against the cohort, a count
+    shown in one file and withheld in another): a file named in a problem is held."""
+    from .checks import check_run
+
+    for problem in check_run(dict(verdict.contents), verdict.min_cell):
+        p = problem.split(": ", 1)[0].split(":", 1)[0]
+        if p not in verdict.contents or problem in verdict.held.get(p, []):
+            continue
+        verdict.hold(p, problem)
+        verdict.passed.remove(p)
+        del verdict.contents[p]
+        verdict.blobs.pop(p, None)
 
 
 @dataclass
@@ -599,6 +599,7 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
             verdict.passed.append(p)
             verdict.contents[p] = (e["kind"], content)
             verdict.blobs[p] = data
+    _across_files(verdict)
     verdict.passed.append(M.NAME)
     verdict.blobs[M.NAME] = manifest_bytes
     return verdict
