@@ -465,7 +465,7 @@ def _check_csv(verdict: Verdict, entry: dict, text: str, res: dict | None) -> li
                       f"{[n for n, _ in cols]}" + (f" (undeclared {extra})" if extra else "")]
     out += D._text_violations(text, where)
     out += _value_problems(kind, rows, cols, where, verdict.min_cell, _population(res))
-    out += _cell_rules(kind, {"terms": rows} if kind == "model" else rows, verdict.min_cell,
+    out += _cell_rules(kind, rows, verdict.min_cell,
                        where)
     section = entry.get("section")
     if res is not None and isinstance(section, str):
