@@ -90,7 +90,7 @@ def test_a_real_run_passes_check_outputs(run_dir):
     (lambda d: _edit_csv(d / "tables" / "cohort.csv", 1, "events", "3"),
      ["tables/cohort.csv: row 1, column 'events': 3 is below 5"]),
     (lambda d: _edit_csv(d / "tables" / "cohort.csv", 1, "events", ""),
-     ["tables/cohort.csv: row 1: the only withheld cell"]),
+     ["tables/cohort.csv: row 1: withheld, but recoverable exactly from the totals"]),
     (lambda d: (d / "tables" / "extra.csv").write_text("age,max\n40,99\n"),
      ["tables/extra.csv: column 'max'"]),
     (lambda d: (d / "tables" / "leak.csv").write_text("who\n1234567890123456789\n"),
@@ -129,7 +129,8 @@ def test_json_counts_are_checked_too(run_dir, tmp_path):
     res["models"]["cox"]["events"] = 2
     (bad / "results.json").write_text(json.dumps(res))
     r = run_cli("check-outputs", bad)
-    assert r.returncode == 1 and "results.json:models.cox.events: 2 is below 5" in r.stderr
+    assert r.returncode == 1 and "results.json:models.cox: column 'events': 2 is below 5" \
+        in r.stderr
 
 
 from study.test_engines_agree import studies  # noqa: E402  (reuse the study generator)
