@@ -27,7 +27,6 @@ from ..errors import UserError
 from ..study.yamlio import Node, load
 
 
-
 def _jobs_dir() -> Path:
     """The template and shipped profiles: packaged in a wheel install, ``jobs/slurm`` of the
     source tree in an editable one (where the package folder has no copy)."""
