@@ -107,6 +107,11 @@ def test_synth_run_and_submit_from_an_installed_wheel(installed, tmp_path):
     assert any(x.startswith(f"{venv / 'bin' / 'python'} -m hpcstudy.cli run") for x in lines)
     assert not (work / "out2").exists()                  # a dry run submits and writes nothing
 
+    listed = _sh(hpc, "profiles", cwd=work, env=env).stdout.splitlines()
+    for name in ("ci", "gefion"):
+        assert any(x.startswith(f"{name} ") and f"slurm_jobs/profiles/{name}.yaml" in x
+                   for x in listed), listed
+
     # an operator's profile of the same name wins over the shipped one
     ops = tmp_path / "site-profiles"
     ops.mkdir()
