@@ -6,11 +6,13 @@
     status([job])                                      # one sacct (or scontrol) call for all
 
 Profiles are YAML files in ``$HPCSTUDY_PROFILE_PATH`` (colon-separated) and in
-``jobs/slurm/profiles/``; the script template is ``jobs/slurm/study.sbatch``.
+``jobs/slurm/profiles/``; the script template is ``jobs/slurm/study.sbatch``. An installed
+package carries that folder as ``hpcstudy/slurm_jobs/`` (package data, see pyproject.toml).
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import re
@@ -24,7 +26,17 @@ from string import Template
 from ..errors import UserError
 from ..study.yamlio import Node, load
 
-JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs" / "slurm"
+
+def _jobs_dir() -> Path:
+    """The template and shipped profiles: packaged in a wheel install, ``jobs/slurm`` of the
+    source tree in an editable one (where the package folder has no copy)."""
+    packaged = Path(str(importlib.resources.files("hpcstudy") / "slurm_jobs"))
+    if (packaged / "study.sbatch").is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "jobs" / "slurm"
+
+
+JOBS_DIR = _jobs_dir()
 PROFILE_KEYS = {"name", "description", "partition", "account", "nodes", "gpus_per_node",
                 "cpus_per_gpu", "mem_per_gpu", "mem", "walltime", "setup", "launcher",
                 "workers_per_node", "interface", "mpi_start", "signal_before_end",
