@@ -173,7 +173,7 @@ class StudyResult:
     lexis         DataFrame[group, age_band, period, events, person_years, rate_per_1000py,
                   lower_95, upper_95], or None
     models        {"cox" | "logistic" | "poisson" | "lexis_poisson": FittedModel}
-    person_table  DataFrame: one row per person (pnr, group, index_date, covariates,
+    person_table  DataFrame: one row per person and arm (pnr, group, index_date, covariates,
                   exit_date, status, time, event); never exported
     results       the raw results dict; exported, out, study, plan
     """
@@ -337,8 +337,8 @@ class FittedModel:
     @property
     def baseline_hazard(self) -> pd.DataFrame:
         if self.kind != "cox":
-            raise AttributeError(f"model {self.name} is {self.kind}: only a Cox model has a "
-                                 "baseline hazard")
+            raise UserError(f"model {self.name} is {self.kind}: only a Cox model has a "
+                            "baseline hazard", fix="use predict()")
         if self._baseline is None:
             self._baseline = self._breslow()
         return self._baseline
