@@ -130,8 +130,13 @@ def _run(study, data, out, engine, project, client, overwrite, verify) -> StudyR
         ckpt = checkpoint.directory(Path(out)) if engine == "dask" else None
         if ckpt is not None and ckpt.is_dir():
             checkpoint.private_folder(ckpt)
-    elif verify:
-        ds.check_files(checksums=True)
+    else:   # what check_run checks of the data, without a folder to write
+        missing = [r for r in plan.reads if r not in ds.registers]
+        if missing:
+            raise UserError(f"{ds.root}/manifest.json: register {missing[0]}, which the study "
+                            "reads, is not in the manifest", fix="restore the manifest that "
+                            "synth or ingest wrote, or ingest the register")
+        ds.check_files(checksums=verify)
     tables, attrition, parts = R.person_table(plan, ds, engine, client, None, ckpt)
     fitted: dict = {}
     results = R.analyse(plan, parts, attrition, fitted)

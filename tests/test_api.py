@@ -289,3 +289,15 @@ def test_the_documented_example_runs(small_data, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "results" / "results.json").is_file()
     assert "HR" in r.stdout
+
+
+def test_damaged_data_is_refused_without_out(small_data, tmp_path):
+    """No out folder does not mean no checks: a data file that disagrees with the manifest."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    victim = next(p for p in sorted(data.rglob("*.parquet")))
+    victim.write_bytes(victim.read_bytes()[:-100])
+    with pytest.raises(hpcstudy.UserError, match=victim.name):
+        hpcstudy.run(EXAMPLES / "statins_mi.yaml", data, engine="reference")
