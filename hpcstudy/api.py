@@ -175,8 +175,8 @@ class StudyResult:
                   cumulative_incidence], or None
     measures      {measure name: DataFrame[<by columns>, persons, events, proportion,
                   lower_95, upper_95]} (empty when none)
-    lexis         DataFrame[group, age_band, period, events, person_years, rate_per_1000py,
-                  lower_95, upper_95], or None
+    lexis         DataFrame[group, age_band, period, (persons,) events, person_years,
+                  rate_per_1000py, lower_95, upper_95], or None
     models        {"cox" | "logistic" | "poisson" | "lexis_poisson": FittedModel}
     person_table  DataFrame: one row per person and arm (pnr, group, index_date, covariates,
                   exit_date, status, time, event); never exported
