@@ -68,6 +68,7 @@ def run(study: Study | str | Path, data: str | Path, out: str | Path | None = No
     entry["data_manifest_sha256"] = audit.file_sha256(Path(data) / "manifest.json")
     if project is not None:
         entry["approval_sha256"] = audit.file_sha256(project)
+    outer = audit._current      # the head of the command around this call, if any
     started = audit.begin(entry)
     status = "error"
     try:
@@ -92,6 +93,9 @@ def run(study: Study | str | Path, data: str | Path, out: str | Path | None = No
         except UserError:
             if status == "ok":
                 raise
+        finally:
+            # this run's head must not mark folders written after it (write_head)
+            audit._current = outer
 
 
 def _study(study, variant: str | None) -> Study:

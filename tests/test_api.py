@@ -302,3 +302,14 @@ def test_damaged_data_is_refused_without_out(small_data, tmp_path):
     victim.write_bytes(victim.read_bytes()[:-100])
     with pytest.raises(hpcstudy.UserError, match=victim.name):
         hpcstudy.run(EXAMPLES / "statins_mi.yaml", data, engine="reference")
+
+
+def test_the_api_runs_audit_head_ends_with_it(small_data, tmp_path):
+    """A folder written after an API run, outside any audited command, carries no head."""
+    from hpcstudy.engines.run import run as engine_run
+    from hpcstudy.secure import audit
+
+    hpcstudy.run(EXAMPLES / "statins_mi.yaml", small_data, engine="reference")
+    assert audit.current() is None
+    engine_run(EXAMPLES / "statins_mi.yaml", small_data, tmp_path / "out", engine="reference")
+    assert not (tmp_path / "out" / "audit.json").exists()
