@@ -313,3 +313,36 @@ def test_the_api_runs_audit_head_ends_with_it(small_data, tmp_path):
     assert audit.current() is None
     engine_run(EXAMPLES / "statins_mi.yaml", small_data, tmp_path / "out", engine="reference")
     assert not (tmp_path / "out" / "audit.json").exists()
+
+
+def test_stratified_cox_baseline_hazard_per_stratum_by_hand(small_data, tmp_path):
+    study = tmp_path / "strata.yaml"
+    study.write_text((EXAMPLES / "statins_mi.yaml").read_text().replace(
+        "cox: {adjust: [age, sex, diabetes, charlson]}", "cox: {adjust: [age], strata: [sex]}"))
+    result = hpcstudy.run(study, small_data, engine="reference")
+    cox = result.models["cox"]
+    assert cox.terms == ["statin", "age"]
+    pt = result.person_table
+    b = cox.model.coef_
+    risk = np.exp(b[0] * pt["group"] + b[1] * pt["age"]).to_numpy()
+    time, event, sex = pt["time"].to_numpy(float), pt["event"].to_numpy(), pt["sex"].to_numpy()
+    bh = cox.baseline_hazard
+    assert sorted(set(bh["stratum"])) == sorted(set(sex[event == 1]))
+    for s in set(bh["stratum"]):
+        mine = bh[bh["stratum"] == s]
+        days = sorted(set(time[(event == 1) & (sex == s)]))
+        cum, want = 0.0, []
+        for d in days:
+            cum += event[(time == d) & (sex == s)].sum() / risk[(time >= d) & (sex == s)].sum()
+            want.append(cum)
+        assert list(mine["day"]) == days
+        np.testing.assert_allclose(mine["cumulative_hazard"], want, rtol=1e-10)
+    with pytest.raises(hpcstudy.UserError, match="unstratified"):
+        cox.predict_survival(pt.head(), 365)
+
+
+def test_no_audit_log_no_run(small_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCSTUDY_AUDIT_LOG", str(tmp_path))   # a folder: cannot be appended to
+    with pytest.raises(hpcstudy.UserError):
+        hpcstudy.run(EXAMPLES / "statins_mi.yaml", small_data, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
