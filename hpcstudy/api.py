@@ -283,11 +283,11 @@ class FittedModel:
     def conf_int(self, level: float = 0.95) -> pd.DataFrame:
         """Wald confidence intervals of the coefficients (log scale): DataFrame[lower, upper]
         by term; exp() of them is the ratio's interval."""
-        from scipy.stats import norm
+        from statistics import NormalDist
 
-        if not 0 < level < 1:
+        if not isinstance(level, (int, float)) or not 0 < level < 1:
             raise UserError(f"level must be between 0 and 1, not {level!r}", fix="e.g. 0.95")
-        z = float(norm.ppf(0.5 + level / 2))
+        z = NormalDist().inv_cdf(0.5 + level / 2)
         b, s = self.coef_, self.se_
         return pd.DataFrame({"lower": b - z * s, "upper": b + z * s})
 
