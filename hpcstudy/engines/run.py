@@ -88,7 +88,10 @@ def combined(plan: Plan, tables: list[dict]) -> dict:
     return {c: v[order] for c, v in t.items()}
 
 
-def analyse(plan: Plan, parts, attrition) -> dict:
+def analyse(plan: Plan, parts, attrition, fitted: dict | None = None) -> dict:
+    """The results dict; ``fitted``, when given, receives the fitted model objects by the
+    results' model names (and ``lexis_poisson``): what the Python API hands a notebook."""
+    kept = _keeper(fitted)
     s = plan.study
     an = s.analyses
     res: dict = {"study": s.name, "attrition": {g: [{"step": k, "persons": n} for k, n in st]
@@ -103,11 +106,13 @@ def analyse(plan: Plan, parts, attrition) -> dict:
     try:
         if an.cox is not None:
             m = A.cox(plan, parts, an.cox.adjust, an.cox.strata)
-            models["cox"] = _model_result(m)
+            models["cox"] = _model_result(kept("cox", m))
         if an.logistic is not None:
-            models["logistic"] = _model_result(A.glm(plan, parts, an.logistic.adjust, False))
+            models["logistic"] = _model_result(kept("logistic", A.glm(plan, parts,
+                                                                      an.logistic.adjust, False)))
         if an.poisson is not None:
-            models["poisson"] = _model_result(A.glm(plan, parts, an.poisson.adjust, True))
+            models["poisson"] = _model_result(kept("poisson", A.glm(plan, parts,
+                                                                    an.poisson.adjust, True)))
     except ModelError as e:
         raise UserError(f"model cannot be fitted: {e}", where=s.source,
                         fix="simplify the model or widen the cohort") from e
@@ -121,12 +126,21 @@ def analyse(plan: Plan, parts, attrition) -> dict:
         res["lexis"] = rows
         if sum(r["events"] for r in rows) > 0 and len(rows) > 1:
             try:
-                res["lexis_model"] = _model_result(A.lexis_poisson(rows, plan, sums))
+                res["lexis_model"] = _model_result(kept("lexis_poisson", A.lexis_poisson(
+                    rows, plan, sums)))
             except ModelError as e:
                 res["lexis_model"] = {"error": str(e)}
     if an.measures:
         res["measures"] = {m.name: A.measure(parts, m.by) for m in an.measures}
     return res
+
+
+def _keeper(fitted: dict | None):
+    def kept(name: str, model):
+        if fitted is not None:
+            fitted[name] = model
+        return model
+    return kept
 
 
 def _model_result(m) -> dict:
