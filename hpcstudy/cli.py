@@ -48,7 +48,7 @@ def audited(fn):
     @functools.wraps(fn)
     def wrapper(**kw):
         command = fn.__name__.replace("_", " ")
-        if kw.get("launcher") == "mpi":
+        if command == "run" and kw.get("launcher") == "mpi":   # (submit --launcher mpi: no)
             started = _audit_mpi(command, kw)
         else:
             started = _audit(command, kw)

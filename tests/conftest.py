@@ -20,6 +20,15 @@ def audit_log(tmp_path_factory):
     return path
 
 
+@pytest.fixture(autouse=True)
+def export_register(tmp_path, monkeypatch):
+    """Each test its own export register: exports of one test on the shared datasets must not
+    hold another's for differencing (tests/test_export_register.py sets its own)."""
+    path = tmp_path / "exports.jsonl"
+    monkeypatch.setenv("HPCSTUDY_EXPORT_REGISTER", str(path))
+    return path
+
+
 def run_cli(*args, cwd: Path | None = None, timeout: float = 600,
             env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``hpcstudy ARGS`` in a fresh interpreter, as a user would."""

@@ -365,7 +365,8 @@ def test_a_bad_header_is_one_line_with_the_place(tmp_path, key, content, words):
 def test_partitions_out_of_range_are_refused(tmp_path, key):
     r = run_cli("ingest", "--register", "bef", "--input", write(tmp_path / "b.csv", BEF_HEAD),
                 "--data", tmp_path / "d", "--key-file", key, "--partitions", "0")
-    assert r.returncode == 2 and "--partitions 0" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "'--partitions': '0'" in r.stderr and "Traceback" not in \
+        r.stderr
 
 
 # -- reading in batches -------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def test_a_client_failing_mid_run_shuts_the_cluster_down(mpirun, small_data, tmp
     in a one-day follow-up): the client shuts the cluster down, every rank exits, no OUT."""
     study = tmp_path / "no_events.yaml"
     text = STUDY.read_text().replace("date: 2000-01-01", "date: 2023-12-30")
-    study.write_text(text.split("analyses:")[0] + "analyses:\n  cox: true\n")
+    study.write_text(text.split("analyses:")[0] + "analyses:\n  cox: {adjust: [age]}\n")
     out = tmp_path / "out"
     r = mpirun(4, study, "--data", small_data, "--out", out, timeout=120)
     assert r.returncode == 2, r.stderr

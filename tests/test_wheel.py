@@ -97,7 +97,7 @@ def test_synth_run_and_submit_from_an_installed_wheel(installed, tmp_path):
         cwd=work, env=env)
     results = json.loads((work / "out" / "results.json").read_text())
     cox = results["models"]["cox"]
-    assert cox["n"] > 0 and {t["term"] for t in cox["terms"]} >= {"statin", "age", "sex"}
+    assert cox["persons"] > 0 and {t["term"] for t in cox["terms"]} >= {"statin", "age", "sex"}
 
     r = _sh(hpc, "submit", "statins_mi.yaml", "--profile", "ci", "--data", "data",
             "--out", "out2", "--dry-run", cwd=work, env=env)

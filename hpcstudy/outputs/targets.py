@@ -41,7 +41,7 @@ from ..errors import UserError
 KINDS = ("run", "dataset", "export")
 RUN_MARKER = Path("private") / "hpcstudy-run.json"
 RUN_FORMAT = "hpcstudy-run"
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>partial|old|v|link)-(?P<pid>\d+)"
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>partial|old|v|link|scratch)-(?P<pid>\d+)"
                        r"(?:@(?P<host>[A-Za-z0-9_-]+))?(?:\.(?P<token>[0-9a-f]+))?$")
 _NAME_MAX = 255
 _SUFFIX_MAX = 56

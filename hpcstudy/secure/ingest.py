@@ -30,8 +30,8 @@ import glob
 import hashlib
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +45,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from ..errors import UserError
+from ..outputs import targets
 from ..registers import store
 from ..registers.schema import (
     CPR_START,
@@ -862,12 +863,14 @@ def ingest(register: str, input_path: Path, data: Path, key_file: Path,
         keys = _lpr_keys(data if existing else None, P)
         rules.contacts = keys[0]
     parent = data.resolve().parent
-    clean_leftovers(parent, f".{data.name}.ingest-")
+    clean_leftovers(parent, f".{data.name}.ingest-")   # an older hpcstudy's scratch names
     clean_leftovers(quarantine.parent, f".{quarantine.name}.partial-")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{data.name}.ingest-{os.getpid()}-",
-                                        dir=parent))
+        # named as the commit's leftovers are, so the next command on --data tidies it
+        scratch = targets.leftover(data.resolve(), "scratch")
+        scratch = scratch.with_name(f"{scratch.name}.{secrets.token_hex(4)}")
+        scratch.mkdir()
     except OSError as e:
         raise store.write_refusal(e)(f"cannot write a scratch folder in {parent} "
                                      f"({e.strerror})", fix="choose a writable --data") from e
