@@ -21,10 +21,11 @@ def audit_log(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def export_register(tmp_path, monkeypatch):
-    """Each test its own export register: exports of one test on the shared datasets must not
-    hold another's for differencing (tests/test_export_register.py sets its own)."""
-    path = tmp_path / "exports.jsonl"
+def export_register(tmp_path_factory, monkeypatch):
+    """Each test its own export register (outside its tmp_path, which some tests compare
+    before and after): exports of one test on the shared datasets must not hold another's for
+    differencing (tests/test_export_register.py sets its own)."""
+    path = tmp_path_factory.mktemp("register") / "exports.jsonl"
     monkeypatch.setenv("HPCSTUDY_EXPORT_REGISTER", str(path))
     return path
 

@@ -277,9 +277,15 @@ def begin(entry: dict) -> dict:
 
 
 def finish(started: dict, entry: dict) -> dict:
-    """Write the finished record linked to ``started``."""
-    return append({**entry, "event": "finished",
-                   "started": {"seq": started["seq"], "hash": started["hash"]}})
+    """Write the finished record linked to ``started``; the command's head ends with it (a
+    later command in the same process, e.g. a notebook's, must not carry it)."""
+    global _current
+    try:
+        return append({**entry, "event": "finished",
+                       "started": {"seq": started["seq"], "hash": started["hash"]}})
+    finally:
+        if _current is not None and _current.get("seq") == started.get("seq"):
+            _current = None
 
 
 def current() -> dict | None:
