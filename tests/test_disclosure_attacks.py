@@ -339,3 +339,42 @@ def test_random_runs_leak_no_withheld_cell(spec, min_cell, small_data, tmp_path)
                 if hidden[i] and 0 < r[f] < min_cell:
                     lo, hi = own_interval(truth, hidden, keys, i, f)
                     assert lo <= 1e-9 and hi >= min_cell - 1e-9, (kind, i, f, lo, hi)
+
+
+# -- a covariate of two values that are not 0 and 1 (found by an outside attacker) ---------------
+TWO_VALUES = {
+    "name": "pop_s",
+    "codelists": {"cv": {"system": "icd10", "codes": ["I*", "E*", "C*", "J*"]}},
+    "population": {"age": [40, 100]},
+    "index": {"date": "2005-01-01"},
+    "criteria": [{"include": {"codelist": "cv", "window": [-365, 0]}},
+                 {"exclude": {"codelist": "cv", "window": [-365, 0], "min_count": 3}}],
+    "covariates": ["age", {"name": "x", "count": "cv", "window": [-365, 0]}],
+    "outcome": {"name": "death", "death": True},
+    "follow_up": {"max_days": 365},
+    "analyses": {"poisson": {"adjust": ["x"]}, "logistic": {"adjust": ["x"]}},
+}
+
+
+def test_a_count_covariate_of_two_values_is_a_table_too(tmp_path):
+    """x takes only the values 1 and 2: not an indicator, yet the model is the 2 × 2 table
+    behind it. The attack (3 000 persons, seed 5): se(x)² = 1/E1 + 1/E2 and
+    se(b0)² = 4/E1 + 1/E2 gave E1 = 4 and E2 = 3 exactly, and the logistic fit both arms'
+    persons. Every published Poisson estimate must now leave E1 and E2 unknown."""
+    from hpcstudy.registers.generate import generate
+
+    data = tmp_path / "d"
+    generate(data, 3000, 5, 2, jobs=1)
+    res = run_study(TWO_VALUES, data, tmp_path / "out")
+    t = private(tmp_path / "out")
+    xs = sorted(set(t["x"].tolist()))
+    events = [int(t["event"][t["x"] == v].sum()) for v in xs]
+    assert xs == [1, 2] and any(0 < e < M for e in events), (xs, events)   # the premise
+    for name in ("poisson", "logistic"):
+        m = res["models"][name]
+        published = [r for r in m.get("terms", []) if r.get("se") is not None]
+        if name == "poisson" and len(published) == 2:   # the attack, by hand
+            v0, v1 = published[0]["se"] ** 2, published[1]["se"] ** 2
+            e1 = 3 / (v0 - v1)                 # v0 − v1 = 3/E1
+            assert round(e1) != events[0], ("E1 recovered", e1)
+        assert "withheld" in m or len(published) < 2, (name, m)

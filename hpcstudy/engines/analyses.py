@@ -186,6 +186,7 @@ def cox(plan: Plan, parts: Partitions, adjust, strata) -> CoxPH:
 
 # -- the counts behind a model's terms -----------------------------------------------------------
 PATTERN_CAP = 4096  # beyond this many covariate patterns a design is not a table of few cells
+FEW_VALUES = 16     # a column of at most this many values is a table's margin, not a measurement
 
 
 def _variables(spec) -> list[str | None]:
@@ -197,10 +198,13 @@ def _cells_part(part, ycol):
     X = np.asarray(to_numpy(part["X"]), float)
     y = np.asarray(to_numpy(part[ycol]), float)
     indicator = np.all((X == 0) | (X == 1), axis=0)
+    # a count covariate of values {1, 2} is no indicator, yet a model of such columns is a
+    # table of few cells all the same: its estimates and SEs give the cells back
+    few = np.array([np.unique(X[:, j]).size <= FEW_VALUES for j in range(X.shape[1])], bool)
     patterns = None
     if X.shape[0] == 0:
         patterns = {}
-    elif indicator.all():
+    elif few.all():
         uniq, inv = np.unique(X, axis=0, return_inverse=True)
         inv = inv.reshape(-1)
         persons = np.bincount(inv, minlength=len(uniq))
@@ -209,6 +213,7 @@ def _cells_part(part, ycol):
                     for u, a, b in zip(uniq, persons, events, strict=True)}
     return {"n": int(X.shape[0]), "events": int(y.sum()), "ones": X.sum(axis=0),
             "ones_events": X.T @ y, "indicator": indicator, "patterns": patterns}
+
 
 
 def _cells_merge(a, b):

@@ -197,9 +197,10 @@ def model(m: dict, min_cell: int) -> dict:
        the reference level's counts back), and when no continuous term remains published the
        whole model is withheld (with indicators only, estimates and SEs are functions of the
        cross-classified counts: 1/se² of a Poisson intercept is the reference events);
-    4. a model of indicators only with fewer than MIN_RESIDUAL_DF residual degrees of freedom
-       (covariate patterns − parameters: saturated or nearly) is withheld whole unless every
-       covariate pattern passes ``count_problem``.
+    4. a model whose columns all take few values (indicators, or counts such as {1, 2}) with
+       fewer than MIN_RESIDUAL_DF residual degrees of freedom (covariate patterns − parameters:
+       saturated or nearly) is withheld whole unless every covariate pattern passes
+       ``count_problem``.
     """
     if "error" in m or "withheld" in m:
         return m
@@ -232,7 +233,9 @@ def model(m: dict, min_cell: int) -> dict:
         return {"withheld": f"term {first[0]!r} is withheld ({first[1]}) and the model has no "
                             "continuous term: its other estimates would give it back"}
     patterns = m.get("_patterns")
-    if patterns is not None and not continuous and len(patterns) - len(terms) < MIN_RESIDUAL_DF:
+    # patterns are counted only where every column takes few values (indicators, or counts
+    # such as {1, 2}): then the model is a table of those cells, whatever the terms are called
+    if patterns is not None and len(patterns) - len(terms) < MIN_RESIDUAL_DF:
         for p, e in patterns:
             why = count_problem(p, e, min_cell, "in a covariate pattern")
             if why:
