@@ -163,3 +163,26 @@ def test_a_damaged_register_is_a_one_line_error(two_runs, register, tmp_path):
     r = run_cli("export", two_runs[0], tmp_path / "d")
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
     assert "export register is damaged" in r.stderr and not (tmp_path / "d").exists()
+
+
+def test_the_same_persons_repartitioned_are_the_same_data(two_runs, small_data, register,
+                                                          tmp_path):
+    """An outside tester's attack: the same extract written with another number of partitions
+    has another manifest, and was other data to the register — 4 persons recovered again."""
+    from hpcstudy.registers.generate import generate
+
+    src = json.loads((small_data / "manifest.json").read_text())["source"]
+    again = tmp_path / "p2"
+    generate(again, src["persons"], src["seed"], 2, jobs=1)   # small_data has 3 partitions
+    wider, _ = two_runs
+    narrower = tmp_path / "narrower"
+    study = _study(tmp_path, True)
+    r = run_cli("run", study, "--data", again, "--out", narrower, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert _cohort(wider) - _cohort(narrower) == 4
+    a, b = (json.loads((o / "outputs.json").read_text()) for o in (wider, narrower))
+    assert a["data_manifest_sha256"] != b["data_manifest_sha256"]
+    assert run_cli("export", wider, tmp_path / "first").returncode == 0
+    r = run_cli("export", narrower, tmp_path / "second")
+    assert r.returncode == 1 and "a difference of 4 persons" in r.stderr, r.stdout + r.stderr
+    assert not (tmp_path / "second").exists()

@@ -320,6 +320,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
         entries.append({"path": "plan.txt", "kind": "plan"})
         M.write(staging, M.build(staging, entries, study=plan.study,
                                  data_manifest_sha256=manifest_sha,
+                                 data_persons_sha256=ds.persons_sha256(),
                                  min_cell=plan.study.min_cell, round_to=plan.study.round_to,
                                  project=approval.project if approval is not None else None))
         private = staging / "private"

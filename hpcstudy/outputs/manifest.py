@@ -168,7 +168,7 @@ def study_sha256(study) -> str:
 
 
 def build(out: Path, entries: list[dict], *, study, data_manifest_sha256: str, min_cell: int,
-          round_to: int, project: str | None) -> dict:
+          round_to: int, project: str | None, data_persons_sha256: str | None = None) -> dict:
     """The manifest of the files ``entries`` (each path, kind and schema) under ``out``: each
     file's SHA-256 is taken from the bytes written."""
     files = []
@@ -180,7 +180,8 @@ def build(out: Path, entries: list[dict], *, study, data_manifest_sha256: str, m
     doc = {"format": FORMAT,
            "study": {"name": study.name, "sha256": study_sha256(study),
                      "variants": list(study.variant_names)},
-           "data_manifest_sha256": data_manifest_sha256, "min_cell": min_cell,
+           "data_manifest_sha256": data_manifest_sha256,
+           "data_persons_sha256": data_persons_sha256, "min_cell": min_cell,
            "round_to": round_to, "project": project, "files": files}
     doc["manifest_sha256"] = sha256(canonical(doc))
     return doc

@@ -315,6 +315,21 @@ class Dataset:
                             fix=f"`hpcstudy data verify {self.root}` lists every problem; "
                                 "restore the dataset or write it again")
 
+    def persons_sha256(self) -> str:
+        """Who the data is about, whatever its partitioning: SHA-256 of the number of ``bef``
+        persons and an order-free sum of a 64-bit mix of each pnr. The same persons
+        re-partitioned (another manifest) are still the same data to the export register."""
+        n, total = 0, np.uint64(0)
+        with np.errstate(over="ignore"):
+            for p in range(self.partitions):
+                x = read_partition(self.path("bef", p), ["pnr"]).column("pnr").to_numpy()
+                z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)   # splitmix64
+                z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                total = total + np.sum(z ^ (z >> np.uint64(31)), dtype=np.uint64)
+                n += len(x)
+        return hashlib.sha256(f"{n}:{int(total)}".encode()).hexdigest()
+
     def file_problems(self) -> list[str]:
         """What the manifest promises about files that the folder does not keep (cheap: sizes
         and names, no checksums)."""

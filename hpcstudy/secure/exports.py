@@ -125,15 +125,25 @@ def differences(mine: dict, theirs: dict, min_cell: int, other: str) -> list[Dif
     return out
 
 
+def same_data(a: dict, b: dict) -> bool:
+    """Two outputs (or an export record and outputs) are of the same data: one manifest, or
+    the same persons."""
+    if a.get("data_manifest_sha256") == b.get("data_manifest_sha256"):
+        return True
+    persons = a.get("data_persons_sha256")
+    return persons is not None and persons == b.get("data_persons_sha256")
+
+
 class Register:
     """The records of an export register, read under its lock."""
 
     def __init__(self, path: Path, records: list[dict], handle=None):
         self.path, self.records, self._f = path, records, handle
 
-    def exports_of(self, data_sha: str) -> list[dict]:
-        return [r for r in self.records if r.get("event") == "export" and
-                r.get("data_manifest_sha256") == data_sha]
+    def exports_of(self, manifest: dict) -> list[dict]:
+        """Earlier exports of the same data: the same data manifest, or the same persons
+        (another partitioning of one extract writes another manifest)."""
+        return [r for r in self.records if r.get("event") == "export" and same_data(r, manifest)]
 
     def released(self, manifest_sha: str) -> dict | None:
         return next((r for r in self.records if r.get("event") == "release" and
@@ -142,7 +152,7 @@ class Register:
     def compare(self, manifest: dict, mine: dict, min_cell: int) -> list[Difference]:
         """Differences from every earlier export of the same data (other outputs only)."""
         out = []
-        for r in self.exports_of(manifest["data_manifest_sha256"]):
+        for r in self.exports_of(manifest):
             if r.get("manifest_sha256") == manifest["manifest_sha256"]:
                 continue   # the same outputs exported again
             other = (f"export #{r['seq']} of study {r['study']['name']!r} from {r['out']} "
@@ -237,7 +247,7 @@ def siblings(out: Path, manifest: dict) -> list[tuple[Path, dict]]:
             continue
         if isinstance(doc, dict) and isinstance(doc.get("study"), dict) and \
                 doc["study"].get("sha256") == manifest["study"]["sha256"] and \
-                doc.get("data_manifest_sha256") == manifest["data_manifest_sha256"]:
+                same_data(doc, manifest):
             found.append((d, doc))
     return found
 
@@ -273,7 +283,8 @@ def export_record(verdict, dest: Path, files: list[str]) -> dict:
     return {"event": "export", "out": str(Path(verdict.out).resolve()),
             "dest": str(Path(dest).resolve()), "manifest_sha256": m["manifest_sha256"],
             "study": {"name": m["study"]["name"], "sha256": m["study"]["sha256"]},
-            "data_manifest_sha256": m["data_manifest_sha256"], "min_cell": verdict.min_cell,
+            "data_manifest_sha256": m["data_manifest_sha256"],
+            "data_persons_sha256": m.get("data_persons_sha256"), "min_cell": verdict.min_cell,
             "project": m.get("project"), "files": files,
             "published": published({p: c for p, c in verdict.contents.items() if p in files},
                                    m)}
