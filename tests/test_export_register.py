@@ -186,3 +186,27 @@ def test_the_same_persons_repartitioned_are_the_same_data(two_runs, small_data, 
     r = run_cli("export", narrower, tmp_path / "second")
     assert r.returncode == 1 and "a difference of 4 persons" in r.stderr, r.stdout + r.stderr
     assert not (tmp_path / "second").exists()
+
+
+def test_a_population_shown_under_another_table_is_still_paired():
+    """An outside tester's attack: 226 women in a rates row of one export, 223 in the cohort of
+    another study (the same women less an exclusion) — 3 persons, unpaired because the names
+    differed. Every count of persons is now compared with every other."""
+    from hpcstudy.secure import exports as X
+
+    def pub(path, section, kind, rows):
+        return X.published({path: (kind, rows)},
+                           {"files": [{"path": path, "section": section}]})
+
+    rates = pub("tables/rates.csv", "rates", "rates",
+                [{"sex": 1, "persons": 241, "events": 18}, {"sex": 2, "persons": 226,
+                                                             "events": 18}])
+    cohort = pub("tables/cohort.csv", "cohort", "cohort",
+                 [{"label": "women", "persons": 223, "events": 18}])
+    found = X.differences(cohort, rates, 5, "export #1")
+    assert [(d.here, d.there) for d in found] == [(223, 226)], found
+    assert "a difference of 3 persons" in str(found[0])
+    # 5 or more apart, or the same: nothing to hold
+    far = pub("tables/cohort.csv", "cohort", "cohort",
+              [{"label": "women", "persons": 221, "events": 18}])
+    assert X.differences(far, rates, 5, "export #1") == []

@@ -78,8 +78,11 @@ def published(contents: dict[str, tuple[str, object]], manifest: dict) -> dict:
             _model_counts(sections[path], {"terms": data}, counts)
         elif kind in M.KINDS and isinstance(data, list):
             _table_counts(sections[path], kind, data, counts)
+    # every count of persons, whatever table, key or label publishes it: a population shown as
+    # a rates row in one export and as a cohort in another is one population (an outside
+    # tester recovered 3 women with a prior MI from 226 and 223)
     sizes = sorted({v for k, v in counts.items()
-                    if (k.startswith("cohort[") and k.endswith(".persons")) or
+                    if k.endswith((".persons", ".persons_other")) or
                     (k.startswith(("models.", "lexis_model")) and "[" not in k and
                      k.rsplit(".", 1)[1] in SIZE_FIELDS)})
     return {"counts": counts, "sizes": sizes}
@@ -120,7 +123,7 @@ def differences(mine: dict, theirs: dict, min_cell: int, other: str) -> list[Dif
     for x in mine["sizes"]:
         for y in theirs["sizes"]:
             if 0 < abs(x - y) < min_cell and (x, y) not in named:
-                out.append(Difference("a cohort or model size", x, y, other))
+                out.append(Difference("a count of persons", x, y, other))
                 named.add((x, y))
     return out
 
