@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataProblem, UserError
+from .errors import UserError
 from .study import Study, StudyErrors
 from .study import load_study as _load_study
 
@@ -73,16 +73,10 @@ def run(study: Study | str | Path, data: str | Path, out: str | Path | None = No
     status = "error"
     try:
         result = _run(study, data, out, engine, project, client, overwrite, verify)
-        status = "ok"
+        status = audit.outcome(None)
         return result
-    except UserError as e:
-        status = "refused: " + str(e).splitlines()[0][:300]
-        raise
-    except DataProblem:
-        status = "problems found"
-        raise
-    except KeyboardInterrupt:
-        status = "interrupted"
+    except BaseException as e:
+        status = audit.outcome(e)
         raise
     finally:
         done = {**entry, "status": status}

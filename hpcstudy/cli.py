@@ -52,19 +52,15 @@ def audited(fn):
             started = _audit_mpi(command, kw)
         else:
             started = _audit(command, kw)
+        from .secure.audit import outcome
+
         status = "error"
         try:
             result = fn(**kw)
-            status = "ok"
+            status = outcome(None)
             return result
-        except UserError as e:
-            status = "refused: " + str(e).splitlines()[0][:300]
-            raise
-        except DataProblem:
-            status = "problems found"
-            raise
-        except KeyboardInterrupt:
-            status = "interrupted"
+        except BaseException as e:
+            status = outcome(e)
             raise
         finally:
             if started is not None:

@@ -276,6 +276,21 @@ def begin(entry: dict) -> dict:
     return _current
 
 
+def outcome(error: BaseException | None) -> str:
+    """The status a finished record gives a command that ended with ``error`` (None: ok)."""
+    from ..errors import DataProblem
+
+    if error is None:
+        return "ok"
+    if isinstance(error, UserError):
+        return "refused: " + str(error).splitlines()[0][:300]
+    if isinstance(error, DataProblem):
+        return "problems found"
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return "error"
+
+
 def finish(started: dict, entry: dict) -> dict:
     """Write the finished record linked to ``started``; the command's head ends with it (a
     later command in the same process, e.g. a notebook's, must not carry it)."""
