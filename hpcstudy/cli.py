@@ -80,10 +80,15 @@ def _audit_mpi(command: str, kw: dict) -> dict | None:
         started, failed = _audit(command, kw), None
     except UserError as e:
         started, failed = None, e
-    if not MPI.COMM_WORLD.allreduce(failed is None, op=MPI.LAND):
+    # every rank exits with the client's code, whichever rank mpirun hears from first
+    code = MPI.COMM_WORLD.allreduce(failed.exit_code if failed else 0, op=MPI.MAX)
+    if code:
         from .secure.audit import AuditUnavailable
 
-        raise failed or AuditUnavailable("the client rank could not write the audit log")
+        if failed is None:
+            failed = AuditUnavailable("the client rank could not write the audit log")
+            failed.exit_code = code
+        raise failed
     return started
 
 

@@ -80,10 +80,10 @@ def test_a_bad_study_ends_every_rank_with_one_error(mpirun, small_data, tmp_path
 def test_an_unwritable_audit_log_stops_every_rank_before_it_starts(mpirun, small_data,
                                                                    tmp_path):
     log = tmp_path / "log"
-    log.mkdir()                                  # a directory: the client cannot append
+    log.mkdir()                # a directory: the client cannot append (bad input, exit 2)
     r = mpirun(3, STUDY, "--data", small_data, "--out", tmp_path / "o",
                env_extra={"HPCSTUDY_AUDIT_LOG": str(log)}, timeout=120)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr
     said = [line for line in r.stderr.splitlines() if line.startswith("hpcstudy: error:")]
     assert len(said) == 1 and "cannot write the audit log" in said[0]
     assert not (tmp_path / "o").exists() and "Traceback" not in r.stderr
