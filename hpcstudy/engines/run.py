@@ -268,7 +268,9 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
     with staged_output(out, overwrite, kind="run") as staging:
         res = exported(results, plan.study.min_cell, plan.study.round_to)
         manifest_sha = hashlib.sha256((ds.root / "manifest.json").read_bytes()).hexdigest()
-        res["run"] = {"engine": engine, "data": str(ds.root), "data_manifest_sha256": manifest_sha,
+        # no data path: a folder name is free text the gate cannot vouch for (the manifest's
+        # SHA-256 says which data)
+        res["run"] = {"engine": engine, "data_manifest_sha256": manifest_sha,
                       "min_cell": plan.study.min_cell, "round_to": plan.study.round_to,
                       "status_codes": {str(k): v for k, v in STATUS.items()}}
         res["run"]["study_warnings"] = [str(w) for w in plan.study.warnings]
@@ -316,7 +318,10 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
             declared_table("model_lexis_poisson.csv", "lexis_model", res["lexis_model"]["terms"])
         for k, rows in res.get("measures", {}).items():
             declared_table(f"measure_{k}.csv", f"measures.{k}", rows)
-        (staging / "plan.txt").write_text(render(plan) + "\n")
+        # without the study file's path (free text the gate cannot vouch for)
+        rendered = render(plan).split("\n", 1)
+        (staging / "plan.txt").write_text(f"plan for study {plan.study.name!r}\n"
+                                          f"{rendered[1] if len(rendered) > 1 else ''}\n")
         entries.append({"path": "plan.txt", "kind": "plan"})
         M.write(staging, M.build(staging, entries, study=plan.study,
                                  data_manifest_sha256=manifest_sha,
@@ -325,6 +330,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
                                  project=approval.project if approval is not None else None))
         private = staging / "private"
         private.mkdir(mode=0o700)
+        M.keep_study(staging, plan.study)
         pq.write_table(pa.table({k: pa.array(v) for k, v in table.items()}),
                        private / "person_table.parquet", compression="zstd")
     return res

@@ -28,6 +28,7 @@ from pathlib import Path
 from ..errors import UserError
 from . import disclosure as D
 from . import manifest as M
+from . import text as T
 
 MIN_CELL_FLOOR = 5     # the Danish rule: hpcstudy never exports a cell of fewer persons
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./]\d{1,2}[./]\d{2,4}|\d{2}[a-z]{3}\d{4}",
@@ -38,7 +39,7 @@ SECTION = re.compile(r"(cohort|rates|curves|lexis|lexis_model|(attrition|models|
 REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
             "measure": ("persons", "events")}
-RUN_FIELDS = {"engine", "data", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
+RUN_FIELDS = {"engine", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
               "approval", "study_warnings"}
 
 
@@ -121,6 +122,9 @@ class Verdict:
     held: dict[str, list[str]] = field(default_factory=dict)  # path -> reasons
     contents: dict[str, tuple[str, object]] = field(default_factory=dict)  # passed: (kind, data)
     blobs: dict[str, bytes] = field(default_factory=dict)   # passed: the bytes that were checked
+    # the numbers and codes the study kept with the run declares (text.py), else why not
+    vocab: T.Vocabulary | None = None
+    no_vocab: str | None = None
 
     def hold(self, path: str, reason: str) -> None:
         self.held.setdefault(path, []).append(reason)
@@ -442,6 +446,161 @@ def _check_results(verdict: Verdict, entry: dict, text: str) -> tuple[list[str],
     return out, res
 
 
+def _vocabulary(verdict: Verdict, doc: dict) -> None:
+    """What the text of the outputs may repeat: re-derived from the study kept with the run
+    (and equal to what outputs.json records), or — in an exported copy, which has no private
+    folder — what outputs.json records, when the export register shows these very outputs
+    passed a gate with their study."""
+    recorded = T.from_record((doc.get("study") or {}).get("vocabulary"))
+    study_doc, why = T.kept_study(verdict.out, doc)
+    if study_doc is not None:
+        derived = T.vocabulary(study_doc, doc["min_cell"])
+        if recorded != derived:
+            verdict.no_vocab = (f"the study vocabulary in {M.NAME} is not the one of "
+                                f"{T.KEPT} (edited)")
+            return
+        verdict.vocab = derived
+        return
+    if recorded is not None:
+        if _exported(doc.get("manifest_sha256")):
+            verdict.vocab = recorded
+            return
+    verdict.no_vocab = why
+
+
+def _exported(manifest_sha) -> bool:
+    """Does the export register record an export of these outputs? Read without its lock (an
+    export holds it while the gate checks sibling runs); a damaged line counts as no record."""
+    from ..secure.exports import default_path
+
+    try:
+        lines = default_path().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict) and r.get("event") == "export" and \
+                r.get("manifest_sha256") == manifest_sha:
+            return True
+    return False
+
+
+def _fixed_columns(kind) -> set[str]:
+    """The catalogue's own column names of a kind (hpcstudy's words, not the study's)."""
+    k = M.KINDS.get(kind) if isinstance(kind, str) else None
+    if k is None:
+        return set(M.FLAGS)
+    return set(k.keys or ()) | set(k.counts) | set(k.derived) | set(M.FLAGS)
+
+
+def _column_names(verdict: Verdict, kind, cols, where: str) -> list[str]:
+    fixed = _fixed_columns(kind)
+    return [x for c in (cols if isinstance(cols, list) else [])
+            if isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"] not in fixed
+            for x in _text(verdict, c["name"], f"{where}: column name")]
+
+
+def _manifest_text(verdict: Verdict, doc: dict) -> list[str]:
+    """outputs.json's own free text: the study's and its variants' names, the files' paths,
+    section and column names."""
+    out = []
+    study = doc.get("study") or {}
+    for n in [study.get("name"), *(study.get("variants") or [])]:
+        if isinstance(n, str):
+            out += _text(verdict, n, f"{M.NAME}: study name")
+    for e in doc.get("files", []):
+        out += _text(verdict, e["path"], f"{M.NAME}: path")
+        for sec, spec in (e.get("sections") or {}).items():
+            if "." in sec:
+                out += _text(verdict, sec.split(".", 1)[1], f"{M.NAME}: section {sec!r}")
+            if isinstance(spec, dict):
+                out += _column_names(verdict, spec.get("kind"), spec.get("columns"),
+                                     f"{M.NAME}: {sec}")
+        out += _column_names(verdict, e.get("kind"), e.get("columns"), f"{M.NAME}: {e['path']}")
+    if isinstance(doc.get("project"), str):
+        out += T.problems(doc["project"], None, f"{M.NAME}: project")
+    return list(dict.fromkeys(out))
+
+
+def _text(verdict: Verdict, value: str, where: str, limit: int = T.MAX_VALUE) -> list[str]:
+    """The free-text rules of text.py for one string (held when the study kept with the run
+    cannot vouch for any text)."""
+    if verdict.vocab is None:
+        return [f"{where}: {verdict.no_vocab}"]
+    return T.problems(value, verdict.vocab, where, limit)
+
+
+def _rows_text(verdict: Verdict, kind: str, header: list[str], rows: list[dict],
+               where: str) -> list[str]:
+    """Free text of a table: the names of its study-named columns and its string cells
+    (band keys may only be numbers or bands)."""
+    if kind not in M.KINDS:
+        return []
+    k = M.KINDS[kind]
+    fixed = _fixed_columns(kind)
+    out = []
+    for c in header:
+        if c not in fixed:
+            out += _text(verdict, c, f"{where}: column name")
+    for i, r in enumerate(rows, 1):
+        for c, v in r.items():
+            here = f"{where}: row {i}, column {c!r}"
+            if c in k.bands:
+                out += T.interval_problems(v, here)
+            elif isinstance(v, str) and not (c in M.FLAGS and v == "True"):
+                out += _text(verdict, v, here)
+        if len(out) > 20:
+            return [*out[:20], f"{where}: … and more"]
+    return out
+
+
+def _results_text(verdict: Verdict, res: dict, entry: dict, where: str) -> list[str]:
+    """Free text of results.json: the study name, section names, the tables' text, model
+    notes, the run's messages; the status codes are hpcstudy's own, exactly."""
+    from ..engines.common import STATUS
+
+    out = []
+    if isinstance(res.get("study"), str):
+        out += _text(verdict, res["study"], f"{where}:study")
+    run = res.get("run") if isinstance(res.get("run"), dict) else {}
+    for n, w in enumerate(run.get("study_warnings") or [], 1):
+        if isinstance(w, str):
+            out += _text(verdict, w, f"{where}:run.study_warnings[{n}]", T.MAX_LINE)
+    if isinstance(run.get("engine"), str):
+        out += _text(verdict, run["engine"], f"{where}:run.engine")
+    if "status_codes" in run and run["status_codes"] != {str(k): v for k, v in STATUS.items()}:
+        out.append(f"{where}:run.status_codes: not hpcstudy's status codes")
+    # the approval is the data authority's text: no digit rule, but nothing odd either
+    for w, v in T.strings(run.get("approval") or {}, f"{where}:run.approval"):
+        out += T.problems(v, None, w, T.MAX_LINE)
+    declared = entry.get("sections") if isinstance(entry.get("sections"), dict) else {}
+    for path, data in _sections(res).items():
+        here = f"{where}:{path}"
+        if "." in path:
+            out += _text(verdict, path.split(".", 1)[1], f"{here} (its name)")
+        kind = (declared.get(path) or {}).get("kind") if isinstance(declared.get(path),
+                                                                    dict) else None
+        if kind == "model" and isinstance(data, dict):
+            for k in M.MODEL_NOTES:
+                if isinstance(data.get(k), str):
+                    out += _text(verdict, data[k], f"{here}.{k}", T.MAX_LINE)
+            terms = data.get("terms") if isinstance(data.get("terms"), list) else []
+            for i, t in enumerate(terms, 1):
+                if isinstance(t, dict) and isinstance(t.get("withheld"), str):
+                    out += _text(verdict, t["withheld"], f"{here}: row {i}, column 'withheld'",
+                                 T.MAX_LINE)
+            rows = [{c: v for c, v in t.items() if c != "withheld"} for t in terms
+                    if isinstance(t, dict)]
+            out += _rows_text(verdict, "model", M.columns_of(rows), rows, here)
+        elif kind in M.KINDS and isinstance(data, list) and \
+                all(isinstance(r, dict) for r in data):
+            out += _rows_text(verdict, kind, M.columns_of(data), data, here)
+    return out
+
+
 def _kind_of_section(path: str) -> str | None:
     head = path.split(".")[0]
     return {"cohort": "cohort", "rates": "rates", "curves": "curves", "lexis": "lexis",
@@ -547,6 +706,7 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
             verdict.hold(M.NAME, why)
         return verdict
     verdict = Verdict(out, threshold(min_cell, approval, doc["min_cell"]), doc)
+    _vocabulary(verdict, doc)
     entries = {e["path"]: e for e in doc["files"]}
     for p in present:
         if p == M.AUDIT_HEAD and p not in entries and not (out / p).is_symlink():
@@ -584,13 +744,21 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
         if e["kind"] == "results":
             problems, content = _check_results(verdict, e, text)
             res = None if edited else content
+            if content is not None:
+                problems += _results_text(verdict, content, e, p)
         elif e["kind"] == "plan":
             problems = _cell_rules("plan", text, verdict.min_cell, p)
             if not text.startswith("plan for study "):
                 problems.append(f"{p}: not a rendered plan")
+            problems += [x for n, line in enumerate(text.splitlines(), 1)
+                         for x in _text(verdict, line, f"{p}: line {n}", T.MAX_LINE)]
             content = text
         else:
             problems = _check_csv(verdict, e, text, res)
+            try:
+                problems += _rows_text(verdict, e["kind"], *_parse_csv(text), p)
+            except (ValueError, csv.Error):
+                pass   # already refused as not a CSV table
             content = _parse_csv(text)[1] if not problems else None
         if problems or edited:
             for x in problems:
@@ -600,6 +768,16 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
             verdict.contents[p] = (e["kind"], content)
             verdict.blobs[p] = data
     _across_files(verdict)
+    text_problems = _manifest_text(verdict, doc)
+    if text_problems:   # the manifest names what it lists: text that cannot leave holds them all
+        for x in text_problems:
+            verdict.hold(M.NAME, x)
+        for p in list(verdict.passed):
+            verdict.hold(p, f"{p}: {M.NAME}, which must leave with it, cannot")
+        verdict.passed.clear()
+        verdict.contents.clear()
+        verdict.blobs.clear()
+        return verdict
     verdict.passed.append(M.NAME)
     verdict.blobs[M.NAME] = manifest_bytes
     return verdict

@@ -54,12 +54,14 @@ class Kind:
     counts: tuple[str, ...]
     derived: tuple[str, ...]
     ordered_key: str | None = None      # a key that may take a distinct value on every row
+    bands: tuple[str, ...] = ()         # keys whose values are numbers or bands (40-49, 80+)
 
 
 KINDS: dict[str, Kind] = {
     "cohort": Kind(("label",), ("persons", "events"), RATE),
     "rates": Kind(None, ("persons", "events"), RATE),
-    "lexis": Kind(("group", "age_band", "period"), ("persons", "events"), RATE),
+    "lexis": Kind(("group", "age_band", "period"), ("persons", "events"), RATE,
+                  bands=("age_band", "period")),
     "curves": Kind(("group", "day"), ("at_risk", "events"),
                    ("survival", "lower_95", "upper_95", "cumulative_incidence"),
                    ordered_key="day"),
@@ -159,12 +161,25 @@ def canonical(doc: dict) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def study_sha256(study) -> str:
-    """The study file's SHA-256 (the same for all its variants), else its canonical text's."""
+def study_bytes(study) -> bytes:
+    """The study file (the same for all its variants), else its canonical text: what a run
+    keeps in ``OUT/private/study`` so the gate can vouch for the text of its outputs."""
     src = Path(study.source)
     if study.source != "<python>" and src.is_file():
-        return sha256(src.read_bytes())
-    return sha256(json.dumps(study.to_dict(), sort_keys=True, default=str).encode())
+        return src.read_bytes()
+    return json.dumps(study.to_dict(), sort_keys=True, default=str).encode()
+
+
+def study_sha256(study) -> str:
+    return sha256(study_bytes(study))
+
+
+def keep_study(out: Path, study) -> None:
+    """Keep the study the run ran in ``OUT/private/study`` (never exported): the export gate
+    re-derives from it, and only from it, the numbers and codes its outputs' text may hold."""
+    from .text import KEPT
+
+    (Path(out) / KEPT).write_bytes(study_bytes(study))
 
 
 def build(out: Path, entries: list[dict], *, study, data_manifest_sha256: str, min_cell: int,
@@ -177,9 +192,15 @@ def build(out: Path, entries: list[dict], *, study, data_manifest_sha256: str, m
             raise ManifestError(f"{e['path']}: unknown kind {e['kind']!r}")
         path = Path(out) / e["path"]
         files.append({**e, "sha256": sha256(path.read_bytes())})
+    from . import text
+
+    data = study_bytes(study)
+    # the numbers, codes and names the study declares: the text of the outputs may hold these
+    # (text.py); the gate re-derives them from the study kept in OUT/private/study
+    vocab = text.as_record(text.vocabulary(text.parse(data), min_cell))
     doc = {"format": FORMAT,
-           "study": {"name": study.name, "sha256": study_sha256(study),
-                     "variants": list(study.variant_names)},
+           "study": {"name": study.name, "sha256": sha256(data),
+                     "variants": list(study.variant_names), "vocabulary": vocab},
            "data_manifest_sha256": data_manifest_sha256,
            "data_persons_sha256": data_persons_sha256, "min_cell": min_cell,
            "round_to": round_to, "project": project, "files": files}
