@@ -23,7 +23,7 @@ from hpcstudy.engines import run as R
 from hpcstudy.models.partitions import LocalPartitions
 from hpcstudy.outputs import checks as C
 from hpcstudy.outputs import disclosure as D
-from hpcstudy.outputs.disclosure import _csv_rows
+from hpcstudy.outputs.gate import _parse_csv
 from hpcstudy.study import study_from_text
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -55,7 +55,7 @@ def files_of(out: Path) -> dict:
         n = p.stem
         kind = ("attrition" if n.startswith("attrition") else "model" if n.startswith("model_")
                 else "measure" if n.startswith("measure_") else n)
-        files[f"tables/{p.name}"] = (kind, _csv_rows(p))
+        files[f"tables/{p.name}"] = (kind, _parse_csv(p.read_text())[1])
     return files
 
 

@@ -19,6 +19,9 @@ from __future__ import annotations
 import itertools
 import re
 
+# margin_groups is the one definition of "a total a reader knows", shared with the writer on
+# purpose (two definitions disagreed before); the independence lies elsewhere: these rules are
+# written again here and see only the published numbers, never the writer's suppression
 from .protection import determined, margin_groups
 
 KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure", "plan")
@@ -32,6 +35,9 @@ DERIVED = {"cohort": RATE_COLUMNS[2:6], "rates": RATE_COLUMNS[2:6], "lexis": RAT
            "measure": ("proportion", "lower_95", "upper_95")}
 COUNTS = ("persons", "events", "at_risk", "persons_other", "events_other", "n")
 TERM_COUNTS = ("persons", "events", "persons_other", "events_other")
+FORBIDDEN_COLUMNS = {"pnr", "cpr", "cpr_nr", "min", "max", "minimum", "maximum", "median"}
+PERCENTILE = re.compile(r"^(p|q|percentile_?)\d{1,2}$")
+# not inside a longer number or a decimal fraction
 CPR = re.compile(r"(?<![\d.])(0[1-9]|[12]\d|3[01])(0[1-9]|1[0-2])\d{2}-?\d{4}(?![\d.])")
 LONG_INTEGER = re.compile(r"(?<![\d.])\d{12,}(?![\d.])")
 
@@ -158,6 +164,21 @@ def _model(doc: dict, m: int, where: str) -> list[str]:
     if why:
         out.append(f"{where}: columns 'persons'/'events': {why}")
     return out + _model_terms(doc["terms"], m, f"{where}.terms")
+
+
+def undeclared_table(rows: list[dict], m: int, where: str) -> list[str]:
+    """For a table no run declared (refused whatever it holds): the columns no table may
+    have and its small counts, so the researcher sees why such files are not let through."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    out = [f"{where}: column {c!r}: minima, maxima, percentiles and identifiers may not be "
+           "exported" for c in cols
+           if c.lower() in FORBIDDEN_COLUMNS or PERCENTILE.match(c.lower())]
+    return out + _counts(rows, m, where)
+
+
+def text_problems(text: str, where: str) -> list[str]:
+    """CPR-shaped numbers and long integers in a text, line by line."""
+    return _text(text, where)
 
 
 def _text(text: str, where: str) -> list[str]:
@@ -292,4 +313,38 @@ def check_run(files: dict[str, tuple[str, object]], min_cell: int) -> list[str]:
                                f"{hidden} withholds")
                 seen.setdefault(cell, (w, v))
     out += _across(sections, min_cell)
+    out += _curve_tails(sections, files, min_cell)
+    return out
+
+
+PLAN_GROUP = re.compile(r"^\s*group=(-?\d+) (\S+?):", re.MULTILINE)
+
+
+def _curve_tails(sections: dict[str, tuple[str, object]], files: dict, m: int) -> list[str]:
+    """A group's events in the cohort table minus those its curve shows are the events after
+    the curve's last point: 0 or at least the threshold. Groups are paired with cohort rows
+    through plan.txt's ``group=CODE LABEL`` lines (or one group with one row)."""
+    cohort = next((d for k, d in sections.values() if k == "cohort" and isinstance(d, list)),
+                  None)
+    plan = next((d for k, d in files.values() if k == "plan" and isinstance(d, str)), "")
+    labels = dict(PLAN_GROUP.findall(plan))
+    out = []
+    for w, (k, d) in sections.items():
+        if k != "curves" or not isinstance(d, list) or cohort is None:
+            continue
+        shown: dict = {}
+        for r in d:
+            if _num(r.get("events")):
+                shown[str(r.get("group"))] = shown.get(str(r.get("group")), 0) + r["events"]
+        for g, n in shown.items():
+            label = labels.get(g)
+            row = next((r for r in cohort if r.get("label") == label), None) if label else \
+                (cohort[0] if len(cohort) == 1 and len(shown) == 1 else None)
+            if row is None or not _num(row.get("events")):
+                continue
+            rest = row["events"] - n
+            if 0 < rest < m:
+                out.append(f"{w}: group {g}: its curve shows {n:g} of the {row['events']:g} "
+                           f"events the cohort table gives {row.get('label')!r}: {rest:g} after "
+                           f"its last point (below {m})")
     return out

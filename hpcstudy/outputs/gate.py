@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from . import disclosure as D
+from . import checks as C
 from . import manifest as M
 from . import text as T
 
@@ -355,7 +355,7 @@ def _check_model(verdict: Verdict, where: str, m, spec: dict, population) -> lis
         if set(m) != set(notes) or set(scalars) != set(notes) or \
                 not all(isinstance(m[k], str) for k in notes):
             return [f"{where}: a withheld model carries nothing but its reason"]
-        return D._text_violations(" ".join(m[k] for k in notes), where)
+        return C.text_problems(" ".join(m[k] for k in notes), where)
     actual = {k for k in m if k != "terms"}
     if actual != set(scalars):
         return [f"{where}: field(s) {sorted(actual ^ set(scalars))} differ from the declared"]
@@ -442,7 +442,7 @@ def _check_results(verdict: Verdict, entry: dict, text: str) -> tuple[list[str],
         out += _check_table(verdict, here, kind, found[path], cols, population)
     # strings inside the tables (labels, steps, terms) are text a person could be named in
     tables = json.dumps({k: v for k, v in res.items() if k not in M.META})
-    out += D._text_violations(tables.replace("}, {", "},\n{"), where)
+    out += C.text_problems(tables.replace("}, {", "},\n{"), where)
     return out, res
 
 
@@ -622,7 +622,7 @@ def _check_csv(verdict: Verdict, entry: dict, text: str, res: dict | None) -> li
         extra = [c for c in header if c not in dict(cols)]
         return [*out, f"{where}: header {header} is not the declared "
                       f"{[n for n, _ in cols]}" + (f" (undeclared {extra})" if extra else "")]
-    out += D._text_violations(text, where)
+    out += C.text_problems(text, where)
     out += _value_problems(kind, rows, cols, where, verdict.min_cell, _population(res))
     out += _cell_rules(kind, rows, verdict.min_cell,
                        where)
@@ -652,7 +652,7 @@ def _check_audit_head(text: str, where: str) -> list[str]:
         if isinstance(head.get(k), str) and not re.fullmatch(r"[0-9a-f]{8}( [0-9a-f]{8})*",
                                                                 head[k]):
             out.append(f"{where}: field {k!r} is not a grouped hex digest")
-    return out + D._text_violations(text, where)
+    return out + C.text_problems(text, where)
 
 
 def _what_it_shows(path: Path, where: str, min_cell: int) -> list[str]:
@@ -664,13 +664,13 @@ def _what_it_shows(path: Path, where: str, min_cell: int) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError):
         return [f"{where}: not a text file"]
-    out = D._text_violations(text, where)
+    out = C.text_problems(text, where)
     if path.suffix == ".csv":
         try:
             header, rows = _parse_csv(text)
         except (ValueError, csv.Error):
             return out
-        out += D._table_violations(rows, min_cell, where)
+        out += C.undeclared_table(rows, min_cell, where)
         out += [f"{where}: row {i}, column {c!r}: a date" for i, r in enumerate(rows, 1)
                 for c, v in r.items() if isinstance(v, str) and DATE.search(v)][:5]
     return out

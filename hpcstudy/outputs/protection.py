@@ -1,12 +1,12 @@
 """Suppression that totals cannot undo: an audit of a suppressed table by linear programming.
 
 A table is a list of rows with key columns and counts. Everyone who reads it is assumed to know
-every total over rows sharing the values of a subset of the key columns (the margins of
-``disclosure._margins``), whether or not the run publishes that total: other files, other
-tables and other runs often do. Given those totals, the published cells and that counts are
-non-negative (and, where a row has both, that ``events ≤ persons``), each withheld cell can
-only lie in an interval ``[lo, hi]``; linear programming finds it, as tau-ARGUS and R's sdcTable
-do (``scipy.optimize.linprog``, HiGHS).
+every total over rows sharing the values of a subset of the key columns (``margin_groups``,
+the one definition the writer's suppression and the checker share), whether or not the run
+publishes that total: other files, other tables and other runs often do. Given those totals,
+the published cells and that counts are non-negative (and, where a row has both, that
+``events ≤ persons``), each withheld cell can only lie in an interval ``[lo, hi]``; linear
+programming finds it, as tau-ARGUS and R's sdcTable do (``scipy.optimize.linprog``, HiGHS).
 
 Protection levels (the rule the audit enforces; ``m`` is the threshold):
 
