@@ -61,9 +61,12 @@ def test_the_vocabulary_comes_from_the_study_values_not_its_labels():
     v = T.vocabulary(doc, 5)
     assert {"0", "40", "90", "5"} <= v.numbers
     assert "3" not in v.numbers and "4" not in v.numbers
-    assert {"I21", "DI21", "TYPE2"} <= v.codes
-    assert "DIED4" not in v.codes
+    assert {"I21", "DI21"} <= v.codes and "type2_study" in v.names
+    assert "died4" not in v.names
+    assert T.problems("type2_study", v, "f") == []
     assert T.problems("died4", v, "f") and T.problems("3 deaths expected", v, "f")
+    # a declared name vouches for itself, not for its digits elsewhere
+    assert T.problems("2 died", v, "f")
 
 
 # -- through the real CLI -------------------------------------------------------------------

@@ -273,7 +273,8 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
         res["run"] = {"engine": engine, "data_manifest_sha256": manifest_sha,
                       "min_cell": plan.study.min_cell, "round_to": plan.study.round_to,
                       "status_codes": {str(k): v for k, v in STATUS.items()}}
-        res["run"]["study_warnings"] = [str(w) for w in plan.study.warnings]
+        # without file:line: a path and a line number are free text the gate cannot vouch for
+        res["run"]["study_warnings"] = [str(w).split(": ", 1)[1] for w in plan.study.warnings]
         if approval is not None:
             res["run"]["approval"] = approval.as_dict()
         truth = ds.manifest.get("truth")

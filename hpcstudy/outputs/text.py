@@ -100,7 +100,6 @@ def vocabulary(doc, min_cell: int | None = None) -> Vocabulary:
         # a name, not a number; a label or a description is free text and vouches for nothing
         if NAME.fullmatch(v) and not set(path) & FREE_FIELDS:
             names.add(v.lower())
-            codes.update(t.upper() for t in _CODE.findall(v))
 
     def walk(o, path=()):
         if isinstance(o, dict):
@@ -205,6 +204,8 @@ def problems(value: str, vocab: Vocabulary | None, where: str,
     # a level of a declared covariate (a model term "region=1084"): a category, not a count
     rest = re.sub(r"\b([A-Za-z_][A-Za-z0-9_]*)=-?\d+\b",
                   lambda m: " " if m.group(1).lower() in vocab.names else m.group(0), rest)
+    # a name the study declares, whole (type2_diabetes, washout_2y): its digits name, not count
+    rest = NAME.sub(lambda m: " " if m.group(0).lower() in vocab.names else m.group(0), rest)
     bad = []
     for tok in _CODE.findall(rest):
         if tok.upper() in vocab.codes:
