@@ -22,6 +22,7 @@ import re
 # margin_groups is the one definition of "a total a reader knows", shared with the writer on
 # purpose (two definitions disagreed before); the independence lies elsewhere: these rules are
 # written again here and see only the published numbers, never the writer's suppression
+from . import manifest as M
 from .protection import determined, margin_groups
 
 KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure", "plan")
@@ -207,7 +208,31 @@ def check_kind(kind: str, data, min_cell: int, where: str) -> list[str]:
     if kind == "model":
         return _model(data, m, where) if isinstance(data, dict) else \
             _model_terms(data, m, where)
+    if kind in M.KINDS and isinstance(data, list):
+        return _generic(kind, data, m, where)
     raise ValueError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+
+
+def _generic(kind: str, rows: list[dict], m: int, where: str) -> list[str]:
+    """A kind with no rules of its own here yet (a new table in the catalogue): the small-cell
+    and complement rules on its count columns, nothing derived shown for a withheld row, and
+    no withheld cell recoverable from the totals over its keys. A kind needing more (a
+    proportion's complement, an ordered key) gets its own branch in ``check_kind``."""
+    k = M.KINDS[kind]
+    out = _counts(rows, m, where, k.counts)
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    keys = [c for c in cols if c not in k.counts and c not in k.derived and c not in M.FLAGS]
+    hidden = [any(r.get(c) is None for c in k.counts if c in r) for r in rows]
+    for i, (r, h) in enumerate(zip(rows, hidden, strict=True), 1):
+        shown = [c for c in k.derived if r.get(c) is not None]
+        if h and shown:
+            out.append(f"{where}: row {i}, column {shown[0]!r}: shown for a withheld row "
+                       "(it gives the withheld counts back)")
+    if any(hidden) and not all(hidden) and k.counts:
+        for i in determined(hidden, margin_groups(rows, keys)):
+            out.append(f"{where}: row {i + 1}: withheld, but recoverable exactly from the "
+                       f"totals over {', '.join(keys) or 'all rows'}")
+    return out
 
 
 def _sections(doc: dict) -> list[tuple[str, str, object]]:
@@ -215,7 +240,7 @@ def _sections(doc: dict) -> list[tuple[str, str, object]]:
     out = []
     for g, rows in (doc.get("attrition") or {}).items():
         out.append(("attrition", f"attrition.{g}", rows))
-    for k in ("cohort", "rates", "lexis", "curves"):
+    for k in M.table_sections():
         if k in doc:
             out.append((k, k, doc[k]))
     for k, rows in (doc.get("measures") or {}).items():

@@ -34,7 +34,6 @@ MIN_CELL_FLOOR = 5     # the Danish rule: hpcstudy never exports a cell of fewer
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./]\d{1,2}[./]\d{2,4}|\d{2}[a-z]{3}\d{4}",
                   re.IGNORECASE)
 SHA = re.compile(r"[0-9a-f]{64}")
-SECTION = re.compile(r"(cohort|rates|curves|lexis|lexis_model|(attrition|models|measures)\.[^.]+)")
 # the counts a table of each kind cannot be without (an aggregate states how many it holds)
 REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
@@ -427,8 +426,7 @@ def _check_results(verdict: Verdict, entry: dict, text: str) -> tuple[list[str],
         spec = declared[path]
         here = f"{where}:{path}"
         kind = spec.get("kind") if isinstance(spec, dict) else None
-        if not SECTION.fullmatch(path) or kind not in M.KINDS or \
-                _kind_of_section(path) not in (kind, None):
+        if kind not in M.KINDS or M.kind_of_section(path) != kind:
             out.append(f"{here}: declared as {kind!r}, which this field cannot be")
             continue
         if kind == "model":
@@ -599,13 +597,6 @@ def _results_text(verdict: Verdict, res: dict, entry: dict, where: str) -> list[
                 all(isinstance(r, dict) for r in data):
             out += _rows_text(verdict, kind, M.columns_of(data), data, here)
     return out
-
-
-def _kind_of_section(path: str) -> str | None:
-    head = path.split(".")[0]
-    return {"cohort": "cohort", "rates": "rates", "curves": "curves", "lexis": "lexis",
-            "lexis_model": "model", "attrition": "attrition", "models": "model",
-            "measures": "measure"}.get(head)
 
 
 def _check_csv(verdict: Verdict, entry: dict, text: str, res: dict | None) -> list[str]:

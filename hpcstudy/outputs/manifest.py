@@ -70,6 +70,25 @@ KINDS: dict[str, Kind] = {
                   ESTIMATES),
     "measure": Kind(None, ("persons", "events"), ("proportion", "lower_95", "upper_95")),
 }
+# results.json's sections: a table of kind K is the top-level list K (cohort, rates, table1 …),
+# but for these, which hold several tables or models by name
+NESTED = {"attrition": "attrition", "models": "model", "measures": "measure"}
+SINGLE = {"lexis_model": "model"}
+
+
+def table_sections() -> list[str]:
+    """The kinds written as one top-level results.json list named like the kind."""
+    return [k for k in KINDS if k not in ("model", "attrition", "measure")]
+
+
+def kind_of_section(path: str) -> str | None:
+    """The kind a results.json section of this path must be, None when no section is there."""
+    head, dot, name = path.partition(".")
+    if dot:
+        return NESTED.get(head) if name and "." not in name else None
+    return SINGLE.get(head) or (head if head in table_sections() else None)
+
+
 # a model's single values, by role
 MODEL_SCALARS = {"n": "count", "persons": "count", "events": "count", "loglik": "derived",
                  "newton_steps": "meta"}
@@ -138,7 +157,7 @@ def results_sections(res: dict, free_keys: dict[str, tuple[str, ...]]) -> dict[s
             raise ManifestError(f"{where} is by {clash}, the name of an output column")
     for g, rows in res.get("attrition", {}).items():
         out[f"attrition.{g}"] = {"kind": "attrition", "columns": table_schema("attrition", rows)}
-    for name in ("cohort", "rates", "curves", "lexis"):
+    for name in table_sections():
         if name in res:
             out[name] = {"kind": name, "columns": table_schema(name, res[name],
                                                               free_keys.get(name, ()))}

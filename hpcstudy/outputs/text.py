@@ -57,6 +57,8 @@ NUMBER_WORDS = frozenset(_EN.split()) | frozenset(_DA.split())
 FRAGMENTS = (re.compile(r"\(Danish ICD-10\), 19 categories"), re.compile(r"\(0/1\)"),
              re.compile(r"\bgroup=[01]\b"), re.compile(r"\bICD-?(10|8)\b"),
              re.compile(r"\b(icd10|icd8)\b"),
+             # the outcome window's default start (render's "in days [1, …] after index")
+             re.compile(r"in days \[1, (?=(…|\d+)\] after index)"),
              # the data's last day (render's "end of data …"): the data's, not the study's
              re.compile(r"end of data \d{4}-\d{2}-\d{2}"))
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -78,7 +80,10 @@ class Vocabulary:
 def vocabulary(doc, min_cell: int | None = None) -> Vocabulary:
     """The numbers and codes a parsed study document declares (every numeric value, every
     date's parts, every code of its codelists with the LPR's ``D`` prefix), and ``min_cell``."""
-    numbers = {"0"}
+    from ..study.language import CHARLSON_WINDOW
+
+    # 0, and hpcstudy's own defaults that the plan states (the Charlson look-back)
+    numbers = {"0", *(str(abs(x)) for x in CHARLSON_WINDOW)}
     codes: set[str] = set()
     names: set[str] = set()
     if min_cell is not None:
