@@ -225,9 +225,10 @@ def model(m: dict, min_cell: int) -> dict:
         for p, e in patterns:
             why = count_problem(p, e, min_cell, "in a covariate pattern")
             if why:
-                return {"withheld": f"{len(patterns)} covariate patterns for {len(terms)} "
-                                    f"parameters (fewer than {MIN_RESIDUAL_DF} residual degrees "
-                                    f"of freedom) and {why}: the estimates would give it back"}
+                # no pattern or parameter count in the text: only the study's numbers leave
+                return {"withheld": "not enough covariate patterns for its parameters (under the "
+                                    "minimum residual degrees of freedom) and "
+                                    f"{why}: the estimates would give it back"}
     for t in terms:
         if t["term"] in withheld:
             for k in t:

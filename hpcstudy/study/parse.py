@@ -299,7 +299,7 @@ def _codelists(cx: _Ctx, doc) -> list[Codelist]:
                     cx.err(v, i, f"{path}.codes", f"code {show(c)} is not text",
                            "quote it, e.g. 'I21'")
                 elif c.strip() in inline:
-                    cx.warn(v, i, f"{path}.codes", f"code {c!r} given twice", "give it once")
+                    cx.warn(v, i, f"{path}.codes", f"code {c!r} repeated", "drop the repeat")
                 else:
                     inline.append(c.strip())
         # the file's codes first; a code written in both places is one code (so a study

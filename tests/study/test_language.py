@@ -277,7 +277,7 @@ covariates:
 outcome: {name: d, death: true}
 """, "s.yaml")
     assert [str(w) for w in s.warnings] == [
-        "s.yaml:4: codelists.mi.codes: code 'I21' given twice — give it once",
+        "s.yaml:4: codelists.mi.codes: code 'I21' repeated — drop the repeat",
         "s.yaml:8: criteria[0].include.window: eligibility looks after the index day (window "
         "[-365, 30]): who is in the cohort then depends on the future — end the window at 0 "
         "or before",
