@@ -57,6 +57,8 @@ NUMBER_WORDS = frozenset(_EN.split()) | frozenset(_DA.split())
 FRAGMENTS = (re.compile(r"\(Danish ICD-10\), 19 categories"), re.compile(r"\(0/1\)"),
              re.compile(r"\bgroup=[01]\b"), re.compile(r"\bICD-?(10|8)\b"),
              re.compile(r"\b(icd10|icd8)\b"),
+             # the LPR patient types the study names in words, as render writes their codes
+             re.compile(r"patient type [0-3](/[0-3])*\b"),
              # the outcome window's default start (render's "in days [1, …] after index")
              re.compile(r"in days \[1, (?=(…|\d+)\] after index)"),
              # the data's last day (render's "end of data …"): the data's, not the study's
