@@ -57,9 +57,10 @@ CODE_COLUMN = {"lpr": ("lpr_diag", "c_diag"), "lmdb": ("lmdb", "atc"),
 DAY_COLUMN = {"lpr": ("lpr_adm", "d_inddto"), "lmdb": ("lmdb", "eksd"),
               "death": ("dodsaarsag", "doddato")}
 
-# transfers per partition task: one per column read, one code table per event register, one
-# flag array, one attrition array, one per output column (tests hold the engine to this)
-EXTRA_TRANSFERS = 4
+# Transfers per partition task (tests hold the engine to this): to the device, one per column
+# read, one code table per event register (lpr, lmdb, death) whose streams select codes and
+# one type table for lpr streams of any code, plus one per filter of more than 16 values; to the host, one array of stored-order flags,
+# one of attrition counts, and one per column of the per-person table.
 
 
 def _device(device) -> Device:
@@ -121,7 +122,7 @@ class Persons:
         self.dev, self.plan = dev, plan
         data = {reg: dict(cols) for reg, cols in data.items()}
         # integer days everywhere from here (stored as int32 days)
-        for reg, cols in data.items():
+        for cols in data.values():
             for c in ("foed_dag", "doddato", "haend_dato", "d_inddto", "eksd"):
                 if c in cols:
                     cols[c] = cols[c].astype(xp.int64)
@@ -166,13 +167,19 @@ class Persons:
         self.streams: dict[EventStream, tuple] = {}
 
     def rows_of(self, ev_pnr):
-        """(person row of each event row, whether the person is in this partition's bef)."""
+        """(person row of each event row, whether the person is in this partition's bef).
+        ``ev_pnr`` is sorted (checked on load): each distinct pnr is looked up once and its
+        row spread over its run of events."""
         xp = self.xp
-        if self.n == 0:
-            return xp.zeros(ev_pnr.shape[0], dtype=xp.int64), \
-                xp.zeros(ev_pnr.shape[0], dtype=bool)
-        pos = xp.minimum(xp.searchsorted(self.pnr, ev_pnr), self.n - 1)
-        return pos, self.pnr[pos] == ev_pnr
+        m = ev_pnr.shape[0]
+        if self.n == 0 or m == 0:
+            return xp.zeros(m, dtype=xp.int64), xp.zeros(m, dtype=bool)
+        change = xp.ones(m, dtype=bool)
+        change[1:] = ev_pnr[1:] != ev_pnr[:-1]
+        u = ev_pnr[change]
+        pos = xp.minimum(xp.searchsorted(self.pnr, u), self.n - 1)
+        run = xp.cumsum(change) - 1
+        return pos[run], (self.pnr[pos] == u)[run]
 
     def register_rows(self, reg: str):
         if reg not in self._rows:
@@ -240,23 +247,62 @@ def _plan_streams(plan: Plan) -> list[EventStream]:
     return list(found)
 
 
-def _code_bits(streams: list[EventStream]):
-    """Host table: code -> bit set of the streams selecting it (uint64 words, one bit per
-    stream), and the bits of streams that take every code. Out-of-table codes map to the last,
-    empty entry."""
+def _code_table(streams: list[EventStream], types: int):
+    """Host table: (code, diagnosis type) -> bit set of the streams selecting that row (uint64
+    words, one bit per stream), at index code * types + type. The last entry, for codes or
+    types outside the table, is empty."""
     words = (len(streams) + 63) // 64
-    size = max([hi for s in streams if s.codes is not None for _, hi in s.codes.ranges] + [0])
-    table = np.zeros((words, size + 1), dtype=np.uint64)
-    always = np.zeros(words, dtype=np.uint64)
+    size = max([hi for s in streams if s.codes is not None for _, hi in s.codes.ranges] + [1])
+    table = np.zeros((words, size, types), dtype=np.uint64)
     for k, s in enumerate(streams):
         w, bit = divmod(k, 64)
-        if s.codes is None:
-            always[w] |= np.uint64(1) << np.uint64(bit)
-        else:
+        one = np.uint64(1) << np.uint64(bit)
+        tt = list(s.diagnosis_types) if types > 1 else [0]
+        if s.codes is not None:  # (streams of any code: _type_table)
             for lo, hi in s.codes.ranges:
                 if hi > lo:
-                    table[w, lo:hi] |= np.uint64(1) << np.uint64(bit)
-    return table, always
+                    table[w][lo:hi, tt] |= one
+    flat = np.zeros((words, size * types + 1), dtype=np.uint64)
+    flat[:, :-1] = table.reshape(words, -1)
+    return flat, size
+
+
+def _type_table(streams: list[EventStream], types: int):
+    """Host table: diagnosis type -> bit set of the streams that take any code of that type
+    (the last entry, for other types, is empty)."""
+    words = (len(streams) + 63) // 64
+    table = np.zeros((words, types + 1), dtype=np.uint64)
+    for k, s in enumerate(streams):
+        if s.codes is None:
+            w, bit = divmod(k, 64)
+            table[w][list(s.diagnosis_types)] |= np.uint64(1) << np.uint64(bit)
+    return table
+
+
+def _row_bits(pp: Persons, register: str, group: list[EventStream]) -> list:
+    """Per row of the register's code table (lpr: per diagnosis): the bit set of the streams
+    whose codes (and diagnosis types) it matches; one gather per 64 streams."""
+    xp = pp.xp
+    creg, ccol = CODE_COLUMN[register]
+    code = pp.data[creg][ccol]
+    types = 1
+    if register == "lpr":
+        types = max(t for s in group for t in (*s.diagnosis_types, 0, 1)) + 1
+    flat, size = _code_table(group, types)
+    t = pp.dev.to_device(flat)
+    valid = (code >= 0) & (code < size)
+    if types > 1:
+        dt = pp.data["lpr_diag"]["c_diagtype"]
+        valid &= (dt >= 0) & (dt < types)
+        at = xp.where(valid, code.astype(xp.int64) * types + dt, size * types)
+    else:
+        at = xp.where(valid, code, size)
+    bits = [t[w][at] for w in range(flat.shape[0])]
+    if types > 1 and any(s.codes is None for s in group):
+        tt = pp.dev.to_device(_type_table(group, types))
+        at = xp.where((dt >= 0) & (dt < types), dt, types)
+        bits = [b | tt[w][at] for w, b in enumerate(bits)]
+    return bits
 
 
 def _has_bit(words, k: int):
@@ -272,6 +318,11 @@ def _isin_small(xp, col, values):
     return m
 
 
+def _selects(s: EventStream) -> bool:
+    """Whether a stream selects rows by code (lpr: or needs a diagnosis of certain types)."""
+    return s.codes is not None or (s.register == "lpr" and tuple(s.diagnosis_types) != (0, 1))
+
+
 def event_streams(pp: Persons, streams: list[EventStream]) -> None:
     """Build the given streams into ``pp.streams``: for each, the (person row, day) of its
     events in (person, day, stored) order; all streams of one register in one pass over it."""
@@ -281,19 +332,11 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
         if s not in pp.streams:
             by_reg.setdefault(s.register, []).append(s)
     for register, group in by_reg.items():
-        creg, ccol = CODE_COLUMN[register]
         # one pass: the bit set of every row's code (lpr: per diagnosis, then per contact)
-        need_codes = any(s.codes is not None or (register == "lpr" and
-                                                 tuple(s.diagnosis_types) != (0, 1))
-                         for s in group)
+        need_codes = any(_selects(s) for s in group)
         bits = None
         if need_codes:
-            table, always = _code_bits(group)
-            t = dev.to_device(table)
-            code = pp.data[creg][ccol]
-            size = table.shape[1] - 1
-            code = xp.where((code >= 0) & (code < size), code, size)
-            bits = [t[w][code] | always[w] for w in range(table.shape[0])]
+            bits = _row_bits(pp, register, group)
             if register == "lpr":
                 bits = _contact_bits(pp, group, bits)
         dreg, dcol = DAY_COLUMN[register]
@@ -301,8 +344,7 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
         day = pp.data[dreg][dcol]
         for k, s in enumerate(group):
             keep = known
-            if bits is not None and (s.codes is not None or register == "lpr" and
-                                     tuple(s.diagnosis_types) != (0, 1)):
+            if _selects(s):
                 keep = keep & _has_bit(bits, k)
             if register == "lpr" and s.patient_types:
                 keep = keep & _isin_small(xp, pp.data["lpr_adm"]["c_pattype"], s.patient_types)
@@ -318,21 +360,7 @@ def _contact_bits(pp: Persons, group: list[EventStream], diag_bits: list):
     """Per lpr_adm contact: the OR of its diagnoses' bit sets (diagnosis types applied)."""
     xp = pp.xp
     diag = pp.data["lpr_diag"]
-    # a diagnosis counts for a stream only with one of the stream's diagnosis types
-    types = sorted({t for s in group for t in s.diagnosis_types} | {0, 1})
     words = len(diag_bits)
-    dtype = diag["c_diagtype"]
-    ok_bits = [xp.zeros(dtype.shape[0], dtype=xp.uint64) for _ in range(words)]
-    for t in types:
-        mask = np.zeros(words, dtype=np.uint64)
-        for k, s in enumerate(group):
-            if t in s.diagnosis_types:
-                w, bit = divmod(k, 64)
-                mask[w] |= np.uint64(1) << np.uint64(bit)
-        is_t = dtype == t
-        for w in range(words):
-            ok_bits[w] = xp.where(is_t, ok_bits[w] | mask[w], ok_bits[w])
-    diag_bits = [b & o for b, o in zip(diag_bits, ok_bits, strict=True)]
     n_adm = pp.data["lpr_adm"]["recnum"].shape[0]
     if pp.diag_aligned:
         starts = pp.diag_starts
