@@ -13,9 +13,9 @@ from hpcstudy.devices import get_device
 from hpcstudy.engines import partition
 from hpcstudy.engines import run as R
 from hpcstudy.study import study_from_text
-
-from .conftest import EXAMPLES, same_files
-from .study.strategies import studies
+from hpcstudy_kernels import windows
+from tests.conftest import EXAMPLES, same_files
+from tests.study.strategies import studies
 
 
 def _tables(plan, root, parts, device):
@@ -104,7 +104,7 @@ def test_the_whole_study_path_on_the_standin_writes_the_cpu_bytes(small_data, tm
 def _wrong_criterion(pp, cr, ref):
     """A careless criterion: counts events with NumPy (host code on device arrays)."""
     er, ed = pp.streams[cr.stream]
-    ok = (ed >= ref[er] + (cr.window.lo or -10**6)) & (ed <= ref[er] + (cr.window.hi or 10**6))
+    ok = windows.events_in_window(er, ed, ref, cr.window.lo, cr.window.hi)
     k = np.bincount(er[ok], minlength=pp.n)
     has = k >= cr.min_count
     return has if cr.action == "include" else ~has
@@ -169,7 +169,7 @@ outcome: {name: death, death: true}
 def test_contacts_without_diagnoses(tmp_path, engine, monkeypatch):
     """A contact with no row in lpr_diag (possible in real extracts): diagnoses can no longer
     be linked by position, the fallback links by recnum, and every engine agrees."""
-    from .study.builder import Registers
+    from tests.study.builder import Registers
 
     r = Registers()
     for p in (1, 2, 3, 4):
@@ -183,6 +183,9 @@ def test_contacts_without_diagnoses(tmp_path, engine, monkeypatch):
     data = r.write(tmp_path / "data", partitions=1)
     monkeypatch.setattr(partition, "DEFAULT_DEVICE", "standin")
     _, plan, ds = R.prepare(study_from_text(CONTACTS), data)
+    cpu = get_device("cpu")
+    assert not partition.Persons(partition.load(str(data), 0, plan.reads, cpu), plan,
+                                 cpu).diag_aligned
     tables, _, _ = R.person_table(plan, ds, engine)
     t = R.combined(plan, tables)
     got = {int(p): (int(v), int(m)) for p, v, m in zip(t["pnr"], t["visits"], t["mi_before"],
