@@ -171,6 +171,10 @@ class _Standin(Device):
     def __init__(self):
         super().__init__("standin", None)
         self.xp = StandinNamespace(self)
+        self.memory_limit: int | None = None  # set it to test how a full device is handled
+
+    def memory_free(self) -> int | None:
+        return self.memory_limit
 
     def _put(self, a):
         return StandinArray(np.array(a, copy=True), self.xp)

@@ -223,3 +223,20 @@ def test_examples_on_a_gpu_equal_the_cpu(small_data):
             assert ac == ag
             assert t.to_device_calls <= to_dev and t.to_host_calls <= to_host
 
+
+
+def test_a_partition_too_big_for_the_device_is_one_line_naming_it(small_data):
+    from hpcstudy.errors import UserError
+
+    _, plan, ds = R.prepare(EXAMPLES / "statins_mi.yaml", small_data)
+    dev = get_device("standin")
+    dev.memory_limit = 10_000
+    with pytest.raises(UserError) as e:
+        partition.run_partition(str(small_data), 2, plan, dev)
+    msg = str(e.value)
+    assert "\n" not in msg and "partition 2 of" in msg and "--partitions" in msg
+    assert dev.transfers.to_device_calls == 0  # refused before anything moved
+    need = int(msg.split("--partitions ")[1].split()[0])
+    assert need > ds.partitions
+    dev.memory_limit = 10**12
+    assert partition.run_partition(str(small_data), 2, plan, dev)[0]["pnr"].size > 0

@@ -59,8 +59,9 @@ DAY_COLUMN = {"lpr": ("lpr_adm", "d_inddto"), "lmdb": ("lmdb", "eksd"),
 
 # Transfers per partition task (tests hold the engine to this): to the device, one per column
 # read, one code table per event register (lpr, lmdb, death) whose streams select codes and
-# one type table for lpr streams of any code, plus one per filter of more than 16 values; to the host, one array of stored-order flags,
-# one of attrition counts, and one per column of the per-person table.
+# one type table for lpr streams of any code, plus one per filter of more than 16 values; to
+# the host, one array of stored-order flags, one of attrition counts, and one per column of
+# the per-person table.
 
 
 def _device(device) -> Device:
@@ -81,16 +82,54 @@ def read_host(ds_root: str, partition: int, reads: dict[str, tuple[str, ...]]) -
 
 def load(ds_root: str, partition: int, reads: dict[str, tuple[str, ...]],
          device: Device | str | None = None) -> dict:
-    """The columns a plan reads from one partition, each moved to ``device`` once."""
+    """The columns a plan reads from one partition, each moved to ``device`` once (after
+    checking that the partition's work fits in the device's free memory)."""
     dev = _device(device)
     host = read_host(ds_root, partition, reads)
+    fits(ds_root, partition, sum(a.nbytes for cols in host.values() for a in cols.values()),
+         dev)
     return {reg: {c: dev.to_device(a) for c, a in cols.items()} for reg, cols in host.items()}
+
+
+# Device memory a partition task needs, as a multiple of the bytes it reads: the columns, the
+# dates widened to int64, and the streams and masks alive at once (measured: about 2.5).
+MEMORY_PER_BYTE_READ = 3
+
+
+def fits(ds_root: str, partition: int, read_bytes: int, dev: Device) -> None:
+    """Refuse, in one line, a partition whose work would not fit in the device's memory."""
+    free = dev.memory_free() if dev.name != "cpu" else None
+    need = MEMORY_PER_BYTE_READ * read_bytes
+    if free is None or need <= free:
+        return
+    raise _too_big(ds_root, partition, need, free)
+
+
+def _too_big(ds_root: str, partition: int, need: int, free: int):
+    from ..errors import UserError
+
+    parts = Dataset.open(ds_root).partitions
+    suggest = parts * -(-need // max(free, 1))
+    gib = 2**30
+    return UserError(f"partition {partition} of {ds_root} needs about {need / gib:.2f} GiB of "
+                     f"device memory and {free / gib:.2f} GiB are free",
+                     fix=f"re-create the dataset with --partitions {suggest} or more (now "
+                     f"{parts}), or run with --device cpu")
 
 
 def run_partition(ds_root: str, partition: int, plan: Plan, device: Device | str | None = None):
     """Read, build and bring back one partition's per-person table and attrition."""
     dev = _device(device)
-    return person_table(load(ds_root, partition, plan.reads, dev), plan, dev)
+    data = load(ds_root, partition, plan.reads, dev)
+    try:
+        return person_table(data, plan, dev)
+    except MemoryError as e:  # CuPy's OutOfMemoryError: one line, not a CUDA traceback
+        if dev.name == "cpu":
+            raise
+        read = sum(a.nbytes for cols in data.values() for a in cols.values())
+        free = dev.memory_free() or 0
+        raise _too_big(ds_root, partition, max(MEMORY_PER_BYTE_READ * read, free + 1),
+                       free) from e
 
 
 # -- the partition's persons and registers, checked once --------------------------------------
