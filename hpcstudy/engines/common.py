@@ -43,8 +43,8 @@ def year_of(days):
 
 def as_days_or_values(col: pa.ChunkedArray) -> np.ndarray:
     """A column as NumPy: dates as int32 days since 1970 (widened where they are compared)."""
-    if pa.types.is_date32(col.type):
-        col = col.cast(pa.int32())
+    if pa.types.is_date32(col.type):  # the same 32-bit storage: a view, not a cast
+        col = pa.chunked_array([c.view(pa.int32()) for c in col.chunks], pa.int32())
     return col.to_numpy()
 
 

@@ -217,7 +217,7 @@ class Persons:
         change[1:] = ev_pnr[1:] != ev_pnr[:-1]
         u = ev_pnr[change]
         pos = xp.minimum(xp.searchsorted(self.pnr, u), self.n - 1)
-        run = xp.cumsum(change) - 1
+        run = xp.cumsum(change, dtype=xp.int32 if m < 2**31 else xp.int64) - 1
         return pos[run], (self.pnr[pos] == u)[run]
 
     def register_rows(self, reg: str):
@@ -286,22 +286,36 @@ def _plan_streams(plan: Plan) -> list[EventStream]:
     return list(found)
 
 
+def _word(n_streams: int):
+    """The narrowest unsigned integer holding one bit per stream (at most 64 per word)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if n_streams <= 8 * np.dtype(dtype).itemsize:
+            return dtype
+    return np.uint64
+
+
+def _bit(k: int, dtype):
+    """(word, bit mask) of stream ``k`` in words of ``dtype``."""
+    w, bit = divmod(k, 8 * np.dtype(dtype).itemsize)
+    return w, dtype(1 << bit)
+
+
 def _code_table(streams: list[EventStream], types: int):
-    """Host table: (code, diagnosis type) -> bit set of the streams selecting that row (uint64
-    words, one bit per stream), at index code * types + type. The last entry, for codes or
-    types outside the table, is empty."""
-    words = (len(streams) + 63) // 64
+    """Host table: (code, diagnosis type) -> bit set of the streams selecting that row (words
+    of one bit per stream), at index code * types + type. The last entry, for codes or types
+    outside the table, is empty."""
+    dtype = _word(len(streams))
+    words = _bit(len(streams) - 1, dtype)[0] + 1
     size = max([hi for s in streams if s.codes is not None for _, hi in s.codes.ranges] + [1])
-    table = np.zeros((words, size, types), dtype=np.uint64)
+    table = np.zeros((words, size, types), dtype=dtype)
     for k, s in enumerate(streams):
-        w, bit = divmod(k, 64)
-        one = np.uint64(1) << np.uint64(bit)
+        w, one = _bit(k, dtype)
         tt = list(s.diagnosis_types) if types > 1 else [0]
         if s.codes is not None:  # (streams of any code: _type_table)
             for lo, hi in s.codes.ranges:
                 if hi > lo:
                     table[w][lo:hi, tt] |= one
-    flat = np.zeros((words, size * types + 1), dtype=np.uint64)
+    flat = np.zeros((words, size * types + 1), dtype=dtype)
     flat[:, :-1] = table.reshape(words, -1)
     return flat, size
 
@@ -309,18 +323,20 @@ def _code_table(streams: list[EventStream], types: int):
 def _type_table(streams: list[EventStream], types: int):
     """Host table: diagnosis type -> bit set of the streams that take any code of that type
     (the last entry, for other types, is empty)."""
-    words = (len(streams) + 63) // 64
-    table = np.zeros((words, types + 1), dtype=np.uint64)
+    dtype = _word(len(streams))
+    words = _bit(len(streams) - 1, dtype)[0] + 1
+    table = np.zeros((words, types + 1), dtype=dtype)
     for k, s in enumerate(streams):
         if s.codes is None:
-            w, bit = divmod(k, 64)
-            table[w][list(s.diagnosis_types)] |= np.uint64(1) << np.uint64(bit)
+            w, one = _bit(k, dtype)
+            table[w][list(s.diagnosis_types)] |= one
     return table
 
 
 def _row_bits(pp: Persons, register: str, group: list[EventStream]) -> list:
     """Per row of the register's code table (lpr: per diagnosis): the bit set of the streams
-    whose codes (and diagnosis types) it matches; one gather per 64 streams."""
+    whose codes (and diagnosis types) it matches; one gather per word of
+    up to 64 streams."""
     xp = pp.xp
     creg, ccol = CODE_COLUMN[register]
     code = pp.data[creg][ccol]
@@ -345,8 +361,8 @@ def _row_bits(pp: Persons, register: str, group: list[EventStream]) -> list:
 
 
 def _has_bit(words, k: int):
-    w, bit = divmod(k, 64)
-    return (words[w] & np.uint64(1 << bit)) != np.uint64(0)
+    w, one = _bit(k, words[0].dtype.type)
+    return (words[w] & one) != 0
 
 
 def _isin_small(xp, col, values):
@@ -423,10 +439,10 @@ def _contact_bits(pp: Persons, group: list[EventStream], diag_bits: list):
     # not stored in contact order: a contact has the bit where any diagnosis with its recnum
     # has it (membership by value, sorting; data hpcstudy wrote never comes here)
     adm_rec, rec = pp.data["lpr_adm"]["recnum"], diag["recnum"]
-    out = [xp.zeros(n_adm, dtype=xp.uint64) for _ in range(words)]
+    dtype = diag_bits[0].dtype.type
+    out = [xp.zeros(n_adm, dtype=dtype) for _ in range(words)]
     for k in range(len(group)):
-        w, bit = divmod(k, 64)
-        one = np.uint64(1) << np.uint64(bit)
+        w, one = _bit(k, dtype)
         hit = xp.isin(adm_rec, rec[_has_bit(diag_bits, k)])
         out[w] = xp.where(hit, out[w] | one, out[w])
     return out
