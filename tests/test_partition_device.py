@@ -240,3 +240,19 @@ def test_a_partition_too_big_for_the_device_is_one_line_naming_it(small_data):
     assert need > ds.partitions
     dev.memory_limit = 10**12
     assert partition.run_partition(str(small_data), 2, plan, dev)[0]["pnr"].size > 0
+
+
+@pytest.mark.gpu
+def test_the_whole_study_path_on_a_gpu_writes_the_cpu_bytes(small_data, tmp_path, monkeypatch):
+    pytest.importorskip("cupy")
+    from hpcstudy.devices import DeviceUnavailable
+
+    try:
+        get_device("gpu")
+    except DeviceUnavailable as e:
+        pytest.skip(str(e))
+    example = EXAMPLES / "statins_mi.yaml"
+    R.run(example, small_data, tmp_path / "cpu")
+    monkeypatch.setattr(partition, "DEFAULT_DEVICE", "gpu")
+    R.run(example, small_data, tmp_path / "gpu")
+    same_files(tmp_path / "cpu", tmp_path / "gpu")
