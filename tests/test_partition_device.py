@@ -256,3 +256,19 @@ def test_the_whole_study_path_on_a_gpu_writes_the_cpu_bytes(small_data, tmp_path
     monkeypatch.setattr(partition, "DEFAULT_DEVICE", "gpu")
     R.run(example, small_data, tmp_path / "gpu")
     same_files(tmp_path / "cpu", tmp_path / "gpu")
+
+
+def test_empty_partitions_on_the_standin_equal_the_reference(tmp_path, monkeypatch):
+    """Nine persons over sixteen partitions: most partitions hold nobody."""
+    from tests.study.test_spec import STUDY, spec_registers
+
+    data = spec_registers().write(tmp_path / "data", partitions=16)
+    _, plan, ds = R.prepare(study_from_text(STUDY), data)
+    empty = [p for p in range(16) if not partition.read_host(str(data), p,
+                                                             {"bef": ("pnr",)})["bef"]["pnr"].size]
+    assert len(empty) >= 4
+    ref, att_ref, _ = R.person_table(plan, ds, "reference")
+    monkeypatch.setattr(partition, "DEFAULT_DEVICE", "standin")
+    got, att, _ = R.person_table(plan, ds, "dask")
+    assert_same_table(R.combined(plan, ref), R.combined(plan, got))
+    assert att == att_ref
