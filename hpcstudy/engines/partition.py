@@ -176,8 +176,8 @@ class Persons:
         for reg, keys in SORTED_BY.items():
             if reg in data and not ok[reg]:
                 data[reg] = _sort_rows(xp, data[reg], keys)
-        self.diag_aligned = ok.get("diag aligned", False) and all(
-            ok.get(r, True) for r in ("lpr_adm",))
+        # positions found before a sort of lpr_adm would no longer match its contacts
+        self.diag_aligned = ok.get("diag aligned", False) and ok.get("lpr_adm", True)
         self.data = data
         bef = data["bef"]
         self.pnr = bef["pnr"]
