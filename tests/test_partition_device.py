@@ -59,7 +59,7 @@ def test_examples_on_the_standin_equal_the_cpu_within_the_transfer_bound(example
         assert t.to_host_calls == to_host, t  # exactly: table columns, flags, attrition
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.data_too_large])
 @given(spec=studies())
 def test_generated_studies_on_the_standin_equal_the_reference(spec, small_data):
