@@ -34,8 +34,12 @@ def join(left, right):
     lo = xp.searchsorted(sr, left, side="left")
     hi = xp.searchsorted(sr, left, side="right")
     counts = hi - lo
-    li = xp.repeat(xp.arange(left.shape[0]), counts)
-    offset = xp.arange(li.shape[0]) - xp.repeat(xp.cumsum(counts) - counts, counts)
+    ends = xp.cumsum(counts)
+    # the pairs' count sizes the output: one scalar to the host (CuPy's repeat takes no array
+    # of counts, so the left index of each pair is found by a search instead)
+    total = int(ends[-1]) if left.shape[0] else 0
+    li = xp.searchsorted(ends, xp.arange(total), side="right")
+    offset = xp.arange(total) - (ends - counts)[li]
     ri = order[lo[li] + offset]
     return li, ri
 

@@ -10,6 +10,7 @@ keeps the tables there between the model's Newton steps.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import dask
@@ -64,8 +65,10 @@ class DaskEngine:
             for p, f in futures.items():
                 finished(p, f.result())
         else:
-            # in chunks, so checkpoints and a progress bar advance on long runs
-            step = max(1, min(len(todo), max(1, n // 20)))
+            # in chunks, so checkpoints and a progress bar advance on long runs; a chunk holds
+            # at least one partition per core, so every core has a partition to work on
+            cores = os.cpu_count() or 1
+            step = max(1, min(len(todo), max(cores, n // 20)))
             for i in range(0, len(todo), step):
                 chunk = todo[i:i + step]
                 out = dask.compute(*[dask.delayed(run_partition)(root, p, plan)

@@ -1,25 +1,77 @@
-"""The per-person analysis table of one partition, computed with the array kernels.
+"""The per-person analysis table of one partition, computed on a device with the array kernels.
 
 This is the dask engine's unit of work: every register partition holds whole persons (all
 registers share the pnr hash), so a partition's persons are complete here and nothing crosses
-partitions. Arrays are integer codes and integer days throughout.
+partitions. A task reads only the columns the plan needs (pyarrow), moves each to the device
+once (:func:`load`), and does everything else there with the device's array namespace ``xp``:
+date decoding, linkage of diagnoses to contacts, the event streams, windows, follow-up and the
+per-person table. The host receives the attrition counts (one small array) and the finished
+table (one transfer per column).
+
+Why it is linear in the rows. Every register partition is stored sorted (``bef`` by pnr, the
+event registers by pnr then date, ``lpr_adm`` by pnr, date, recnum, ``lpr_diag`` in the order of
+its contacts). :class:`Persons` checks that once per partition (one device-to-host transfer of
+a few flags) and then relies on it: each event's person is a dense row number found once per
+register, ``lpr_diag``'s rows map to their contact by position rather than by a sort on
+``recnum``, every event stream is a mask over its register's stored rows (already in (person,
+day, tie) order, so never sorted), and all of a study's streams of one register are decided in
+one pass (each code looked up once in a table of bit sets, one bit per stream). Where a check
+fails (data written by another tool), the partition is sorted once on load, or diagnoses are
+linked by ``recnum`` values, and the results are the same.
+
+One function per plan node kind: :func:`event_streams` (EventStream), :func:`index_rule`
+(IndexPlan), :func:`criterion` (CriterionPlan), :func:`column` (ColumnPlan),
+:func:`outcome_day` (OutcomePlan), :func:`follow_up` (follow-up and censoring of a group).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from hpcstudy_kernels import followup, linkage
+from hpcstudy_kernels import followup
 from hpcstudy_kernels import windows as W
 from hpcstudy_kernels.windows import NO_DATE
 
-from ..plan.nodes import EventStream, GroupPlan, IndexPlan, Plan
+from ..devices import Device, get_device
+from ..plan.nodes import (
+    ColumnPlan,
+    CriterionPlan,
+    EventStream,
+    GroupPlan,
+    IndexPlan,
+    OutcomePlan,
+    Plan,
+)
 from ..registers.store import Dataset, read_partition
 from . import common
 
+DEFAULT_DEVICE = "cpu"
 
-def load(ds_root: str, partition: int, reads: dict[str, tuple[str, ...]]) -> dict:
-    """The columns a plan reads from one partition, as NumPy arrays (dates as int days)."""
+# the sort order of each register inside a partition (registers/schema.py), by read columns
+SORTED_BY = {"bef": ("pnr",), "dod": ("pnr", "doddato"), "vnds": ("pnr", "haend_dato"),
+             "lpr_adm": ("pnr", "d_inddto", "recnum"), "lmdb": ("pnr", "eksd"),
+             "dodsaarsag": ("pnr", "doddato")}
+# the code column each event register's streams select on
+CODE_COLUMN = {"lpr": ("lpr_diag", "c_diag"), "lmdb": ("lmdb", "atc"),
+               "death": ("dodsaarsag", "c_dodtilgrundl")}
+DAY_COLUMN = {"lpr": ("lpr_adm", "d_inddto"), "lmdb": ("lmdb", "eksd"),
+              "death": ("dodsaarsag", "doddato")}
+
+# Transfers per partition task (tests hold the engine to this): to the device, one per column
+# read, one code table per event register (lpr, lmdb, death) whose streams select codes and
+# one type table for lpr streams of any code, plus one per filter of more than 16 values; to
+# the host, one array of stored-order flags, one of attrition counts, and one per column of
+# the per-person table.
+
+
+def _device(device) -> Device:
+    if device is None:
+        return get_device(DEFAULT_DEVICE)
+    return get_device(device) if isinstance(device, str) else device
+
+
+def read_host(ds_root: str, partition: int, reads: dict[str, tuple[str, ...]]) -> dict:
+    """The columns a plan reads from one partition, as NumPy arrays (dates as int32 days)."""
     ds = Dataset.open(ds_root)
     out = {}
     for reg, cols in reads.items():
@@ -28,247 +80,565 @@ def load(ds_root: str, partition: int, reads: dict[str, tuple[str, ...]]) -> dic
     return out
 
 
-def _in_ranges(values, ranges):
-    m = np.zeros(values.shape[0], dtype=bool)
-    for lo, hi in ranges:
-        m |= (values >= lo) & (values < hi)
+def load(ds_root: str, partition: int, reads: dict[str, tuple[str, ...]],
+         device: Device | str | None = None) -> dict:
+    """The columns a plan reads from one partition, each moved to ``device`` once (after
+    checking that the partition's work fits in the device's free memory)."""
+    dev = _device(device)
+    host = read_host(ds_root, partition, reads)
+    fits(ds_root, partition, sum(a.nbytes for cols in host.values() for a in cols.values()),
+         dev)
+    return {reg: {c: dev.to_device(a) for c, a in cols.items()} for reg, cols in host.items()}
+
+
+# Device memory a partition task needs, as a multiple of the bytes it reads: the columns, the
+# dates widened to int64, and the streams and masks alive at once (measured: about 2.5).
+MEMORY_PER_BYTE_READ = 3
+
+
+def fits(ds_root: str, partition: int, read_bytes: int, dev: Device) -> None:
+    """Refuse, in one line, a partition whose work would not fit in the device's memory."""
+    free = dev.memory_free() if dev.name != "cpu" else None
+    need = MEMORY_PER_BYTE_READ * read_bytes
+    if free is None or need <= free:
+        return
+    raise _too_big(ds_root, partition, need, free)
+
+
+def _too_big(ds_root: str, partition: int, need: int, free: int):
+    from ..errors import UserError
+
+    parts = Dataset.open(ds_root).partitions
+    suggest = parts * -(-need // max(free, 1))
+    gib = 2**30
+    return UserError(f"partition {partition} of {ds_root} needs about {need / gib:.2f} GiB of "
+                     f"device memory and {free / gib:.2f} GiB are free",
+                     fix=f"re-create the dataset with --partitions {suggest} or more (now "
+                     f"{parts}), or run with --device cpu")
+
+
+def run_partition(ds_root: str, partition: int, plan: Plan, device: Device | str | None = None):
+    """Read, build and bring back one partition's per-person table and attrition."""
+    dev = _device(device)
+    data = load(ds_root, partition, plan.reads, dev)
+    try:
+        return person_table(data, plan, dev)
+    except MemoryError as e:  # CuPy's OutOfMemoryError: one line, not a CUDA traceback
+        if dev.name == "cpu":
+            raise
+        read = sum(a.nbytes for cols in data.values() for a in cols.values())
+        free = dev.memory_free() or 0
+        raise _too_big(ds_root, partition, max(MEMORY_PER_BYTE_READ * read, free + 1),
+                       free) from e
+
+
+# -- the partition's persons and registers, checked once --------------------------------------
+def _sorted_check(xp, cols: dict, keys: tuple[str, ...]):
+    """Device bool: rows are in nondecreasing lexicographic order of ``keys``."""
+    n = cols[keys[0]].shape[0]
+    if n < 2:
+        return xp.ones((), dtype=bool)
+    ok = xp.zeros(n - 1, dtype=bool)   # strictly before on some key so far
+    tied = xp.ones(n - 1, dtype=bool)  # equal on every key so far
+    for k in keys:
+        a = cols[k]
+        ok |= tied & (a[1:] > a[:-1])
+        tied &= a[1:] == a[:-1]
+    return xp.all(ok | tied)
+
+
+def _sort_rows(xp, cols: dict, keys: tuple[str, ...]) -> dict:
+    order = xp.lexsort(xp.stack([cols[k].astype(xp.int64) for k in reversed(keys)]))
+    return {c: a[order] for c, a in cols.items()}
+
+
+class Persons:
+    """A partition on a device: its persons (dense rows 0..n-1 in pnr order), their fixed
+    attributes, the migrations, and the row of every event's person."""
+
+    def __init__(self, data: dict, plan: Plan, dev: Device):
+        xp = self.xp = dev.xp
+        self.dev, self.plan = dev, plan
+        data = {reg: dict(cols) for reg, cols in data.items()}
+        # integer days everywhere from here (stored as int32 days)
+        for cols in data.values():
+            for c in ("foed_dag", "doddato", "haend_dato", "d_inddto", "eksd"):
+                if c in cols:
+                    cols[c] = cols[c].astype(xp.int64)
+        # The stored order, checked once: the flags come to the host in one transfer.
+        checks = [(reg, _sorted_check(xp, data[reg], keys)) for reg, keys in SORTED_BY.items()
+                  if reg in data]
+        if "lpr_diag" in data:
+            self._diag_runs(data)
+            checks.append(("diag aligned", self._aligned))
+        flags = dev.to_host(xp.stack([f for _, f in checks]))
+        ok = {name: bool(f) for (name, _), f in zip(checks, flags, strict=True)}
+        for reg, keys in SORTED_BY.items():
+            if reg in data and not ok[reg]:
+                data[reg] = _sort_rows(xp, data[reg], keys)
+        # positions found before a sort of lpr_adm would no longer match its contacts
+        self.diag_aligned = ok.get("diag aligned", False) and ok.get("lpr_adm", True)
+        self.data = data
+        bef = data["bef"]
+        self.pnr = bef["pnr"]
+        self.n = n = self.pnr.shape[0]
+        self.birth = bef["foed_dag"]
+        self.female = (bef["koen"] == 2).astype(xp.int8)
+        self.region = bef["region"].astype(xp.int16)
+        # death: the earliest of a person's rows in dod
+        dod = data["dod"]
+        self.death = xp.full(n, NO_DATE, dtype=xp.int64)
+        drow, known = self.rows_of(dod["pnr"])
+        first = known.copy()
+        first[1:] &= dod["pnr"][1:] != dod["pnr"][:-1]
+        self.death[drow[first]] = dod["doddato"][first]
+        v = data["vnds"]
+        self.v_row, vk = self.rows_of(v["pnr"])
+        self.v_day = v["haend_dato"]
+        self.v_out = (v["indud_kode"] == 1) & vk
+        self.v_known = vk
+        # before any move, a person lives in Denmark unless the first move is an arrival
+        first_move = W.nth_per_row(self.v_row, vk, n, 1)
+        has = first_move >= 0
+        self.native = xp.where(has, self.v_out[xp.where(has, first_move, 0)], True) \
+            if self.v_out.shape[0] else xp.ones(n, dtype=bool)
+        self._rows: dict[str, tuple] = {}
+        self.streams: dict[EventStream, tuple] = {}
+
+    def rows_of(self, ev_pnr):
+        """(person row of each event row, whether the person is in this partition's bef).
+        ``ev_pnr`` is sorted (checked on load): each distinct pnr is looked up once and its
+        row spread over its run of events."""
+        xp = self.xp
+        m = ev_pnr.shape[0]
+        if self.n == 0 or m == 0:
+            return xp.zeros(m, dtype=xp.int64), xp.zeros(m, dtype=bool)
+        change = xp.ones(m, dtype=bool)
+        change[1:] = ev_pnr[1:] != ev_pnr[:-1]
+        u = ev_pnr[change]
+        pos = xp.minimum(xp.searchsorted(self.pnr, u), self.n - 1)
+        run = xp.cumsum(change, dtype=xp.int32 if m < 2**31 else xp.int64) - 1
+        return pos[run], (self.pnr[pos] == u)[run]
+
+    def register_rows(self, reg: str):
+        if reg not in self._rows:
+            self._rows[reg] = self.rows_of(self.data[reg]["pnr"])
+        return self._rows[reg]
+
+    def _diag_runs(self, data):
+        """Contact of each lpr_diag row by position: diagnoses are stored in their contacts'
+        order, so run k of equal recnums is contact k of lpr_adm (checked, not assumed)."""
+        xp = self.xp
+        rec, adm_rec = data["lpr_diag"]["recnum"], data["lpr_adm"]["recnum"]
+        m = rec.shape[0]
+        change = xp.ones(m, dtype=bool)
+        change[1:] = rec[1:] != rec[:-1]
+        self.diag_starts = xp.nonzero(change)[0]
+        if self.diag_starts.shape[0] == adm_rec.shape[0]:
+            self._aligned = xp.all(rec[self.diag_starts] == adm_rec)
+        else:
+            self._aligned = xp.zeros((), dtype=bool)
+
+    # -- residence ---------------------------------------------------------------------------
+    def resident_since(self, day):
+        """Per person row: the day their current stay in Denmark began, or NO_DATE if abroad."""
+        xp = self.xp
+        ok = W.events_in_window(self.v_row, self.v_day, day, None, 0, self.v_known)
+        last = W.nth_per_row(self.v_row, ok, self.n, -1)
+        has = last >= 0
+        li = xp.where(has, last, 0)
+        if self.v_out.shape[0]:
+            out_ = self.v_out[li]
+            arrived = xp.where(has & ~out_, self.v_day[li], NO_DATE)
+            abroad = has & out_
+        else:
+            arrived = xp.full(self.n, NO_DATE, dtype=xp.int64)
+            abroad = xp.zeros(self.n, dtype=bool)
+        never_moved = ~has
+        out = xp.where(never_moved & self.native, self.birth, arrived)
+        return xp.where(abroad | (never_moved & ~self.native), NO_DATE, out)
+
+    def emigration_after(self, day):
+        """Per person row: the first emigration after ``day``, or NO_DATE."""
+        return W.first_day_per_row(self.v_row, self.v_day, day, self.n, 1, None, self.v_out)
+
+
+# -- EventStream -----------------------------------------------------------------------------
+def _plan_streams(plan: Plan) -> list[EventStream]:
+    """Every event stream a plan uses, each once, in a fixed order."""
+    found: dict[EventStream, None] = {}
+
+    def add(s):
+        if s is not None:
+            found.setdefault(s, None)
+
+    for g in plan.groups:
+        add(g.index.stream)
+        add(g.never_before)
+        add(g.censor_at)
+    for cr in plan.criteria:
+        add(cr.stream)
+    for c in plan.columns:
+        add(c.stream)
+        for _, _, s in c.charlson:
+            add(s)
+    add(plan.outcome.stream)
+    return list(found)
+
+
+def _word(n_streams: int):
+    """The narrowest unsigned integer holding one bit per stream (at most 64 per word)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if n_streams <= 8 * np.dtype(dtype).itemsize:
+            return dtype
+    return np.uint64
+
+
+def _bit(k: int, dtype):
+    """(word, bit mask) of stream ``k`` in words of ``dtype``."""
+    w, bit = divmod(k, 8 * np.dtype(dtype).itemsize)
+    return w, dtype(1 << bit)
+
+
+def _code_table(streams: list[EventStream], types: int):
+    """Host table: (code, diagnosis type) -> bit set of the streams selecting that row (words
+    of one bit per stream), at index code * types + type. The last entry, for codes or types
+    outside the table, is empty."""
+    dtype = _word(len(streams))
+    words = _bit(len(streams) - 1, dtype)[0] + 1
+    size = max([hi for s in streams if s.codes is not None for _, hi in s.codes.ranges] + [1])
+    table = np.zeros((words, size, types), dtype=dtype)
+    for k, s in enumerate(streams):
+        w, one = _bit(k, dtype)
+        tt = list(s.diagnosis_types) if types > 1 else [0]
+        if s.codes is not None:  # (streams of any code: _type_table)
+            for lo, hi in s.codes.ranges:
+                if hi > lo:
+                    table[w][lo:hi, tt] |= one
+    flat = np.zeros((words, size * types + 1), dtype=dtype)
+    flat[:, :-1] = table.reshape(words, -1)
+    return flat, size
+
+
+def _type_table(streams: list[EventStream], types: int):
+    """Host table: diagnosis type -> bit set of the streams that take any code of that type
+    (the last entry, for other types, is empty)."""
+    dtype = _word(len(streams))
+    words = _bit(len(streams) - 1, dtype)[0] + 1
+    table = np.zeros((words, types + 1), dtype=dtype)
+    for k, s in enumerate(streams):
+        if s.codes is None:
+            w, one = _bit(k, dtype)
+            table[w][list(s.diagnosis_types)] |= one
+    return table
+
+
+def _row_bits(pp: Persons, register: str, group: list[EventStream]) -> list:
+    """Per row of the register's code table (lpr: per diagnosis): the bit set of the streams
+    whose codes (and diagnosis types) it matches; one gather per word of
+    up to 64 streams."""
+    xp = pp.xp
+    creg, ccol = CODE_COLUMN[register]
+    code = pp.data[creg][ccol]
+    types = 1
+    if register == "lpr":
+        types = max(t for s in group for t in (*s.diagnosis_types, 0, 1)) + 1
+    flat, size = _code_table(group, types)
+    t = pp.dev.to_device(flat)
+    valid = (code >= 0) & (code < size)
+    if types > 1:
+        dt = pp.data["lpr_diag"]["c_diagtype"]
+        valid &= (dt >= 0) & (dt < types)
+        at = xp.where(valid, code.astype(xp.int64) * types + dt, size * types)
+    else:
+        at = xp.where(valid, code, size)
+    bits = [t[w][at] for w in range(flat.shape[0])]
+    if types > 1 and any(s.codes is None for s in group):
+        tt = pp.dev.to_device(_type_table(group, types))
+        at = xp.where((dt >= 0) & (dt < types), dt, types)
+        bits = [b | tt[w][at] for w, b in enumerate(bits)]
+    return bits
+
+
+def _has_bit(words, k: int):
+    w, one = _bit(k, words[0].dtype.type)
+    return (words[w] & one) != 0
+
+
+def _isin_small(xp, col, values):
+    """``col`` is one of a few ``values`` (host ints), without moving them to the device."""
+    m = xp.zeros(col.shape[0], dtype=bool)
+    for v in values:
+        m |= col == v
     return m
 
 
-def stream_events(data: dict, s: EventStream) -> tuple[np.ndarray, np.ndarray]:
-    """(pnr, day) of a stream's events, sorted by pnr then day (contacts counted once)."""
-    if s.register == "lpr":
-        adm, diag = data["lpr_adm"], data["lpr_diag"]
-        keep = np.ones(adm["recnum"].shape[0], dtype=bool)
-        if s.patient_types:
-            keep &= np.isin(adm["c_pattype"], s.patient_types)
-        for col, vals in s.filters:
-            keep &= np.isin(adm[col], vals)
-        if s.codes is not None or tuple(s.diagnosis_types) != (0, 1):
-            d_ok = np.isin(diag["c_diagtype"], s.diagnosis_types)
-            if s.codes is not None:
-                d_ok &= _in_ranges(diag["c_diag"], s.codes.ranges)
-            hit = np.unique(diag["recnum"][d_ok])
-            keep &= np.isin(adm["recnum"], hit)
-        pnr, when, tie = adm["pnr"][keep], adm["d_inddto"][keep], adm["recnum"][keep]
-    elif s.register == "lmdb":
-        t = data["lmdb"]
-        keep = np.ones(t["pnr"].shape[0], dtype=bool) if s.codes is None else \
-            _in_ranges(t["atc"], s.codes.ranges)
-        for col, vals in s.filters:
-            keep &= np.isin(t[col], vals)
-        pnr, when = t["pnr"][keep], t["eksd"][keep]
-        tie = np.flatnonzero(keep)
-    else:
-        t = data["dodsaarsag"]
-        keep = np.ones(t["pnr"].shape[0], dtype=bool) if s.codes is None else \
-            _in_ranges(t["c_dodtilgrundl"], s.codes.ranges)
-        pnr, when = t["pnr"][keep], t["doddato"][keep]
-        tie = np.flatnonzero(keep)
-    order = np.lexsort((tie, when, pnr))
-    return pnr[order], when[order].astype(np.int64)
+def _selects(s: EventStream) -> bool:
+    """Whether a stream selects rows by code (lpr: or needs a diagnosis of certain types)."""
+    return s.codes is not None or (s.register == "lpr" and tuple(s.diagnosis_types) != (0, 1))
 
 
-class PartitionState:
-    """Persons of a partition and the event streams of a plan, loaded once."""
+def event_streams(pp: Persons, streams: list[EventStream]) -> None:
+    """Build the given streams into ``pp.streams``: for each, the (person row, day) of its
+    events in (person, day, stored) order; all streams of one register in one pass over it."""
+    xp, dev = pp.xp, pp.dev
+    by_reg: dict[str, list[EventStream]] = {}
+    for s in streams:
+        if s not in pp.streams:
+            by_reg.setdefault(s.register, []).append(s)
+    for register, group in by_reg.items():
+        # one pass: the bit set of every row's code (lpr: per diagnosis, then per contact)
+        need_codes = any(_selects(s) for s in group)
+        bits = None
+        if need_codes:
+            bits = _row_bits(pp, register, group)
+            if register == "lpr":
+                bits = _contact_bits(pp, group, bits)
+        dreg, dcol = DAY_COLUMN[register]
+        rows, known = pp.register_rows(dreg)
+        day = pp.data[dreg][dcol]
+        for k, s in enumerate(group):
+            keep = known
+            if _selects(s):
+                keep = keep & _has_bit(bits, k)
+            if register == "lpr" and s.patient_types:
+                keep = keep & _isin_small(xp, pp.data["lpr_adm"]["c_pattype"], s.patient_types)
+            for col, vals in s.filters:
+                target = pp.data["lpr_adm" if register == "lpr" else register][col]
+                keep = keep & (_isin_small(xp, target, vals) if len(vals) <= 16 else
+                               xp.isin(target, dev.to_device(np.asarray(vals))))
+            idx = xp.nonzero(keep)[0]
+            pp.streams[s] = (rows[idx], day[idx])
 
-    def __init__(self, data: dict, plan: Plan):
-        self.data = data
-        self.plan = plan
-        bef = data["bef"]
-        self.pnr = bef["pnr"]
-        self.birth = bef["foed_dag"].astype(np.int64)
-        self.female = (bef["koen"] == 2).astype(np.int8)
-        self.region = bef["region"].astype(np.int16)
-        dod = data["dod"]
-        pos = linkage.lookup(self.pnr, dod["pnr"])
-        self.death = np.full(self.pnr.shape[0], NO_DATE, np.int64)
-        self.death[pos[pos >= 0]] = dod["doddato"][pos >= 0]
-        v = data["vnds"]
-        order = np.lexsort((v["haend_dato"], v["pnr"]))
-        self.v_pnr = v["pnr"][order]
-        self.v_day = v["haend_dato"][order].astype(np.int64)
-        self.v_out = v["indud_kode"][order] == 1
-        first = W.nth_in_window(self.v_pnr, self.v_day, self.pnr, np.zeros_like(self.pnr), 1)
-        # before any move, a person lives in Denmark unless the first move is an arrival
-        self.native = np.ones(self.pnr.shape[0], dtype=bool)
-        has = first >= 0
-        self.native[has] = self.v_out[first[has]]
-        self._streams: dict[EventStream, tuple] = {}
 
-    def stream(self, s: EventStream):
-        if s not in self._streams:
-            self._streams[s] = stream_events(self.data, s)
-        return self._streams[s]
-
-    # -- residence -------------------------------------------------------------------------
-    def resident_since(self, rows, day):
-        """Per person: the day their current stay in Denmark began, or NO_DATE if abroad."""
-        pnr = self.pnr[rows]
-        last = W.nth_in_window(self.v_pnr, self.v_day, pnr, day, -1, hi=0)
-        has = last >= 0
-        arrived = np.full(rows.shape[0], NO_DATE, np.int64)
-        abroad = np.zeros(rows.shape[0], dtype=bool)
-        li = last[has]
-        arrived[has] = np.where(self.v_out[li], NO_DATE, self.v_day[li])
-        abroad[has] = self.v_out[li]
-        never_moved = ~has
-        out = np.where(never_moved & self.native[rows], self.birth[rows], arrived)
-        out = np.where(abroad | (never_moved & ~self.native[rows]), NO_DATE, out)
+def _contact_bits(pp: Persons, group: list[EventStream], diag_bits: list):
+    """Per lpr_adm contact: the OR of its diagnoses' bit sets (diagnosis types applied)."""
+    xp = pp.xp
+    diag = pp.data["lpr_diag"]
+    words = len(diag_bits)
+    n_adm = pp.data["lpr_adm"]["recnum"].shape[0]
+    if pp.diag_aligned:
+        starts = pp.diag_starts
+        m = diag_bits[0].shape[0]
+        ends = xp.empty_like(starts)
+        ends[:-1] = starts[1:]
+        ends[-1:] = m
+        lens = ends - starts
+        out = [b[starts] for b in diag_bits]
+        live = xp.arange(starts.shape[0])
+        j = 1
+        while True:  # OR in each contact's j-th diagnosis; contacts have a handful
+            live = live[lens[live] > j]
+            if live.shape[0] == 0:
+                break
+            at = starts[live] + j
+            for w in range(words):
+                out[w][live] = out[w][live] | diag_bits[w][at]
+            j += 1
         return out
+    # not stored in contact order: a contact has the bit where any diagnosis with its recnum
+    # has it (membership by value, sorting; data hpcstudy wrote never comes here)
+    adm_rec, rec = pp.data["lpr_adm"]["recnum"], diag["recnum"]
+    dtype = diag_bits[0].dtype.type
+    out = [xp.zeros(n_adm, dtype=dtype) for _ in range(words)]
+    for k in range(len(group)):
+        w, one = _bit(k, dtype)
+        hit = xp.isin(adm_rec, rec[_has_bit(diag_bits, k)])
+        out[w] = xp.where(hit, out[w] | one, out[w])
+    return out
 
-    def emigration_after(self, rows, day):
-        pnr = self.pnr[rows]
-        return W.first_in_window(self.v_pnr, self.v_day, pnr, day, lo=1, mask=self.v_out)
 
-
-def index_dates(st: PartitionState, g: GroupPlan, seed: int) -> tuple[np.ndarray, list]:
-    """Index day per person (NO_DATE: none) and the attrition steps that found it."""
+# -- IndexPlan --------------------------------------------------------------------------------
+def index_rule(pp: Persons, g: GroupPlan, seed: int) -> tuple:
+    """Index day per person row (NO_DATE: none) and the attrition steps [(name, mask)]."""
+    xp, n = pp.xp, pp.n
     ix: IndexPlan = g.index
-    n = st.pnr.shape[0]
     steps = []
     if ix.kind == "date":
-        idx = np.full(n, ix.start, np.int64)
+        idx = xp.full(n, ix.start, dtype=xp.int64)
         steps.append(("index date", idx != NO_DATE))
     elif ix.kind == "random_date":
-        idx = common.random_index_days(st.pnr, seed, ix.start, ix.end)
+        idx = common.random_index_days(pp.pnr, seed, ix.start, ix.end)
         steps.append(("random index date", idx != NO_DATE))
     else:
-        ep, ed = st.stream(ix.stream)
-        ref = np.full(n, 0 if ix.start is None else ix.start, np.int64)
+        er, ed = pp.streams[ix.stream]
+        ref = xp.full(n, 0 if ix.start is None else ix.start, dtype=xp.int64)
         hi = None if ix.end is None else ix.end - (ix.start or 0)
         lo = None if ix.start is None else 0
-        pos = W.nth_in_window(ep, ed, st.pnr, ref, ix.nth, lo=lo, hi=hi)
-        idx = np.full(n, NO_DATE, np.int64)
-        idx[pos >= 0] = ed[pos[pos >= 0]]
+        ok = W.events_in_window(er, ed, ref, lo, hi)
+        idx = W.day_at(W.nth_per_row(er, ok, n, ix.nth), ed)
         steps.append(("index event in window", idx != NO_DATE))
         if ix.washout_days:
-            prior = W.exists_in_window(ep, ed, st.pnr, idx, -ix.washout_days, -1)
-            idx = np.where(prior, NO_DATE, idx)
+            prior = W.count_per_row(er, W.events_in_window(er, ed, idx, -ix.washout_days, -1),
+                                    n) > 0
+            idx = xp.where(prior, NO_DATE, idx)
             steps.append((f"no event in the {ix.washout_days} days before", idx != NO_DATE))
     if g.never_before is not None:
-        ep, ed = st.stream(g.never_before)
-        before = W.exists_in_window(ep, ed, st.pnr, idx, None, 0)
-        idx = np.where(before, NO_DATE, idx)
+        er, ed = pp.streams[g.never_before]
+        before = W.count_per_row(er, W.events_in_window(er, ed, idx, None, 0), n) > 0
+        idx = xp.where(before, NO_DATE, idx)
         steps.append(("no exposure on or before index", idx != NO_DATE))
     return idx, steps
 
 
-def group_table(st: PartitionState, g: GroupPlan, seed: int) -> tuple[dict, list]:
-    """Per-person rows of one group, and attrition [(step, persons left)]."""
-    plan = st.plan
-    study = plan.study
-    pop = study.population
-    idx, steps = index_dates(st, g, seed)
+# -- CriterionPlan ----------------------------------------------------------------------------
+def criterion(pp: Persons, cr: CriterionPlan, ref):
+    """Per person row: whether the criterion keeps the person (``ref`` their index day)."""
+    er, ed = pp.streams[cr.stream]
+    k = W.count_per_row(er, W.events_in_window(er, ed, ref, cr.window.lo, cr.window.hi), pp.n)
+    has = k >= cr.min_count
+    return has if cr.action == "include" else ~has
+
+
+# -- ColumnPlan -------------------------------------------------------------------------------
+def column(pp: Persons, c: ColumnPlan, ref, rows):
+    """One covariate for the cohort's rows; ``ref`` is the index day per person row (NO_DATE
+    outside the cohort)."""
+    xp = pp.xp
+    index = ref[rows]
+    if c.kind == "age":
+        return ((index - pp.birth[rows]) / 365.25).astype(xp.float64)
+    if c.kind == "sex":
+        return pp.female[rows]
+    if c.kind == "region":
+        return pp.region[rows]
+    if c.kind == "calendar_year":
+        return common.year_of(index).astype(xp.int16)
+    if c.kind in ("flag", "count"):
+        er, ed = pp.streams[c.stream]
+        k = W.count_per_row(er, W.events_in_window(er, ed, ref, c.window.lo, c.window.hi),
+                            pp.n)[rows]
+        return (k > 0).astype(xp.int8) if c.kind == "flag" else k.astype(xp.int32)
+    if c.kind == "charlson":
+        from ..study.charlson import score
+
+        flags = {}
+        for name, _, s in c.charlson:
+            er, ed = pp.streams[s]
+            ok = W.events_in_window(er, ed, ref, c.window.lo, c.window.hi)
+            flags[name] = (W.count_per_row(er, ok, pp.n)[rows] > 0).astype(xp.int16)
+        return score(flags).astype(xp.int16)
+    raise ValueError(f"unknown column kind {c.kind!r}")
+
+
+# -- OutcomePlan and follow-up ------------------------------------------------------------------
+def outcome_day(pp: Persons, o: OutcomePlan, ref, rows):
+    """(outcome day, competing death day) for the cohort's rows."""
+    xp = pp.xp
+    index = ref[rows]
+    lo = o.window.lo if o.window.lo is not None else 0
+    death = pp.death[rows]
+    none = xp.full(index.shape[0], NO_DATE, dtype=xp.int64)
+    if o.death:
+        if o.stream is not None:
+            er, ed = pp.streams[o.stream]
+            dd = W.first_day_per_row(er, ed, ref, pp.n, lo, None)[rows]
+        else:
+            dd = death
+        outcome = xp.where((dd >= index + lo) & (dd != NO_DATE), dd, NO_DATE)
+        other = xp.where(outcome == NO_DATE, death, NO_DATE) if o.stream is not None else none
+        return outcome, other
+    er, ed = pp.streams[o.stream]
+    return W.first_day_per_row(er, ed, ref, pp.n, lo, None)[rows], death
+
+
+def follow_up(pp: Persons, plan: Plan, g: GroupPlan, ref, rows) -> dict:
+    """Exit day, status and days at risk of the cohort's rows (the index day is day 1)."""
+    xp = pp.xp
+    o = plan.outcome
+    index = ref[rows]
+    cap = xp.full(index.shape[0], plan.data_end, dtype=xp.int64)
+    if plan.follow_up_days:
+        cap = xp.minimum(cap, index + (plan.follow_up_days - 1))
+    if o.window.hi is not None:
+        cap = xp.minimum(cap, index + o.window.hi)
+    outcome, other_death = outcome_day(pp, o, ref, rows)
+    emig = pp.emigration_after(ref)[rows]
+    # emigration day: the person left, so the last day at risk is the day before
+    emig = xp.where(emig != NO_DATE, emig - 1, NO_DATE)
+    switch = xp.full(index.shape[0], NO_DATE, dtype=xp.int64)
+    if g.censor_at is not None:
+        er, ed = pp.streams[g.censor_at]
+        switch = W.first_day_per_row(er, ed, ref, pp.n, 1, None)[rows]
+        switch = xp.where(switch != NO_DATE, switch - 1, NO_DATE)
+    exit_, cause, _ = followup.follow_up(index, [outcome, other_death, emig, switch, cap])
+    status = xp.where(cause == 5, 0, cause).astype(xp.int8)
+    return {"exit_date": exit_.astype(xp.int32), "status": status,
+            "time": (exit_ - index + 1).astype(xp.int32),
+            "event": (status == 1).astype(xp.int8)}
+
+
+# -- a group and the partition's table --------------------------------------------------------
+def group_table(pp: Persons, g: GroupPlan, seed: int) -> tuple[dict, list]:
+    """Per-person rows of one group (device arrays) and attrition [(step, device count)]."""
+    xp, plan = pp.xp, pp.plan
+    pop = plan.study.population
+    idx, steps = index_rule(pp, g, seed)
     ok = idx != NO_DATE
-    attrition = [(name, int(mask.sum())) for name, mask in steps]
+    attrition = [(name, xp.count_nonzero(mask)) for name, mask in steps]
 
     def step(name, mask):
         nonlocal ok
-        ok &= mask
-        attrition.append((name, int(ok.sum())))
+        ok = ok & mask
+        attrition.append((name, xp.count_nonzero(ok)))
 
-    safe = np.where(ok, idx, 0)
+    safe = xp.where(ok, idx, 0)
     step("index within the data", safe <= plan.data_end)
-    step("alive on the index day", (st.death >= safe) & (st.birth <= safe))
-    rows = np.arange(st.pnr.shape[0])
-    since = st.resident_since(rows, safe)
+    step("alive on the index day", (pp.death >= safe) & (pp.birth <= safe))
+    since = pp.resident_since(safe)
     step("resident in Denmark at index", since != NO_DATE)
-    age = (safe - st.birth) / 365.25
+    age = (safe - pp.birth) / 365.25
     if pop.age:
         step(f"age in [{pop.age[0]}, {pop.age[1]})", (age >= pop.age[0]) & (age < pop.age[1]))
     if pop.sex != "any":
-        step(f"sex {pop.sex}", st.female == (1 if pop.sex == "female" else 0))
+        step(f"sex {pop.sex}", pp.female == (1 if pop.sex == "female" else 0))
     if pop.regions:
-        step(f"region in {list(pop.regions)}", np.isin(st.region, pop.regions))
+        step(f"region in {list(pop.regions)}", _isin_small(xp, pp.region, pop.regions))
     if pop.residence_years:
-        need = np.floor(pop.residence_years * 365.25)
+        need = float(np.floor(pop.residence_years * 365.25))
         step(f"resident ≥ {pop.residence_years:g} years", (since != NO_DATE) &
              (safe - since >= need))
     for cr in plan.criteria:
-        ep, ed = st.stream(cr.stream)
-        k = W.count_in_window(ep, ed, st.pnr, safe, cr.window.lo, cr.window.hi)
-        has = k >= cr.min_count
-        step(cr.label, has if cr.action == "include" else ~has)
-    rows = np.flatnonzero(ok)
-    out = {"pnr": st.pnr[rows], "group": np.full(rows.size, g.code, np.int8),
-           "index_date": idx[rows].astype(np.int32)}
-    index = idx[rows]
-    pnr = st.pnr[rows]
+        step(cr.label, criterion(pp, cr, safe))
+    rows = xp.nonzero(ok)[0]
+    ref = xp.where(ok, idx, NO_DATE)
+    out = {"pnr": pp.pnr[rows], "group": xp.full(rows.shape[0], g.code, dtype=xp.int8),
+           "index_date": idx[rows].astype(xp.int32)}
     for c in plan.columns:
-        if c.kind == "age":
-            out[c.name] = ((index - st.birth[rows]) / 365.25).astype(np.float64)
-        elif c.kind == "sex":
-            out[c.name] = st.female[rows]
-        elif c.kind == "region":
-            out[c.name] = st.region[rows]
-        elif c.kind == "calendar_year":
-            out[c.name] = common.year_of(index).astype(np.int16)
-        elif c.kind in ("flag", "count"):
-            ep, ed = st.stream(c.stream)
-            k = W.count_in_window(ep, ed, pnr, index, c.window.lo, c.window.hi)
-            out[c.name] = (k > 0).astype(np.int8) if c.kind == "flag" else k.astype(np.int32)
-        elif c.kind == "charlson":
-            flags = {}
-            for name, _, s in c.charlson:
-                ep, ed = st.stream(s)
-                flags[name] = W.exists_in_window(ep, ed, pnr, index, c.window.lo,
-                                                 c.window.hi).astype(np.int16)
-            from ..study.charlson import score
-
-            out[c.name] = score(flags).astype(np.int16)
-    out.update(follow(st, rows, index, g))
+        out[c.name] = column(pp, c, ref, rows)
+    out.update(follow_up(pp, plan, g, ref, rows))
     return out, attrition
 
 
-def follow(st: PartitionState, rows, index, g: GroupPlan) -> dict:
-    """Exit day, status and days at risk (the index day counts as day 1)."""
-    plan = st.plan
-    o = plan.outcome
-    pnr = st.pnr[rows]
-    lo = o.window.lo if o.window.lo is not None else 0
-    cap = np.full(index.shape[0], plan.data_end, np.int64)
-    if plan.follow_up_days:
-        cap = np.minimum(cap, index + plan.follow_up_days - 1)
-    if o.window.hi is not None:
-        cap = np.minimum(cap, index + o.window.hi)
-    death = st.death[rows]
-    if o.death:
-        if o.stream is not None:
-            ep, ed = st.stream(o.stream)
-            dd = W.first_in_window(ep, ed, pnr, index, lo, None)
-        else:
-            dd = death
-        outcome = np.where((dd >= index + lo) & (dd != NO_DATE), dd, NO_DATE)
-        other_death = np.where(outcome == NO_DATE, death, NO_DATE) if o.stream is not None \
-            else np.full(index.shape[0], NO_DATE, np.int64)
-    else:
-        ep, ed = st.stream(o.stream)
-        outcome = W.first_in_window(ep, ed, pnr, index, lo, None)
-        other_death = death
-    emig = st.emigration_after(rows, index)
-    # emigration day: the person left, so the last day at risk is the day before
-    emig = np.where(emig != NO_DATE, emig - 1, NO_DATE)
-    switch = np.full(index.shape[0], NO_DATE, np.int64)
-    if g.censor_at is not None:
-        ep, ed = st.stream(g.censor_at)
-        switch = W.first_in_window(ep, ed, pnr, index, 1, None)
-        switch = np.where(switch != NO_DATE, switch - 1, NO_DATE)
-    exit_, cause, _ = followup.follow_up(index, [outcome, other_death, emig, switch, cap])
-    status = np.where(cause == 5, 0, cause).astype(np.int8)
-    return {"exit_date": exit_.astype(np.int32), "status": status,
-            "time": (exit_ - index + 1).astype(np.int32),
-            "event": (status == 1).astype(np.int8)}
-
-
-def person_table(data: dict, plan: Plan) -> tuple[dict, dict]:
-    """The partition's per-person table (all groups, sorted by group then pnr) and attrition."""
-    st = PartitionState(data, plan)
-    tables, attrition = [], {}
+def device_table(data: dict, plan: Plan, device: Device | str | None = None):
+    """The partition's per-person table as device arrays (groups by descending code, then
+    pnr) and its attrition as host ints."""
+    dev = _device(device)
+    xp = dev.xp
+    pp = Persons(data, plan, dev)
+    event_streams(pp, _plan_streams(plan))
+    tables, counts = {}, []
     for g in plan.groups:
-        t, a = group_table(st, g, plan.study.seed)
-        tables.append(t)
-        attrition[g.label] = a
-    table = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
-    order = np.lexsort((table["pnr"], -table["group"]))
-    return {k: v[order] for k, v in table.items()}, attrition
+        t, a = group_table(pp, g, plan.study.seed)
+        tables[g.label] = t
+        counts.append(a)
+    flat = [c for a in counts for _, c in a]
+    got = dev.to_host(xp.stack(flat)) if flat else np.zeros(0, np.int64)
+    attrition, i = {}, 0
+    for g, a in zip(plan.groups, counts, strict=True):
+        attrition[g.label] = [(name, int(got[i + j])) for j, (name, _) in enumerate(a)]
+        i += len(a)
+    # groups by descending code; each group's rows are already in pnr order
+    order = sorted(plan.groups, key=lambda g: -g.code)
+    parts = [tables[g.label] for g in order]
+    table = {k: xp.concatenate([t[k] for t in parts]) for k in parts[0]}
+    return table, attrition
+
+
+def person_table(data: dict, plan: Plan, device: Device | str | None = None) -> tuple[dict,
+                                                                                      dict]:
+    """The partition's per-person table (NumPy; all groups, sorted by group descending then
+    pnr) and attrition. ``data`` comes from :func:`load` on the same device."""
+    dev = _device(device)
+    table, attrition = device_table(data, plan, dev)
+    return {k: dev.to_host(v) for k, v in table.items()}, attrition
