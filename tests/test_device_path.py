@@ -1,0 +1,318 @@
+"""The distributed side of the device path: ``--device``, rows left on the workers, device
+memory, and a lost worker after the cohort step."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from hpcstudy.errors import UserError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+STUDY = EXAMPLES / "diabetes_incidence.yaml"
+
+
+def one_error_line(r) -> str:
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: "), r.stderr
+    return lines[0]
+
+
+# -- choosing the device ----------------------------------------------------------------------
+def test_device_gpu_without_cupy_is_one_line_and_writes_nothing(small_data, tmp_path):
+    pytest.importorskip("hpcstudy.devices")
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    out = tmp_path / "out"
+    line = one_error_line(run_cli("run", STUDY, "--data", small_data, "--out", out,
+                                  "--quiet", "--device", "gpu"))
+    assert "CuPy" in line and "--device cpu" in line
+    assert not out.exists() and not (tmp_path / "out.checkpoints").exists()
+
+
+FAKE_CUPY = {   # a test double for absent hardware: CuPy imports, its runtime sees no device
+    "cupy/__init__.py": "from . import cuda\n",
+    "cupy/cuda/__init__.py": "from . import runtime\n",
+    "cupy/cuda/runtime.py": "def getDeviceCount():\n    return 0\n",
+}
+
+
+@pytest.fixture()
+def cupy_without_a_gpu(tmp_path):
+    """A ``cupy`` package whose device count is 0: what CuPy says on a node without a GPU.
+    It stands in for missing hardware only; nothing of hpcstudy is replaced."""
+    root = tmp_path / "fake-cupy"
+    for rel, text in FAKE_CUPY.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_device_gpu_with_cupy_but_no_gpu_is_one_line(small_data, tmp_path, cupy_without_a_gpu):
+    pytest.importorskip("hpcstudy.devices")
+    out = tmp_path / "out"
+    line = one_error_line(run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet",
+                                  "--device", "gpu", env=cupy_without_a_gpu))
+    assert "no GPU" in line and "--device cpu" in line and "not usable here" not in line
+    assert not out.exists()
+
+
+def test_device_auto_without_a_gpu_runs_on_the_cpu_and_says_so(small_data, local_run,
+                                                               tmp_path, cupy_without_a_gpu):
+    pytest.importorskip("hpcstudy.devices")
+    out = tmp_path / "out"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--device", "auto",
+                env=cupy_without_a_gpu)
+    assert r.returncode == 0, r.stderr
+    run = json.loads((out / "results.json").read_text())["run"]
+    assert run["device"] == {"name": "cpu", "peak_memory_mib": None}
+    for f in ("results.json", "outputs.json", "private/person_table.parquet"):
+        assert (out / f).read_bytes() == (local_run / f).read_bytes(), f
+
+
+def test_the_profile_gives_the_default_device(small_data, tmp_path):
+    """gefion's profile says gpu: without --device a run there asks for the GPU (and here,
+    without one, is refused); --device cpu overrides it."""
+    pytest.importorskip("hpcstudy.devices")
+    out = tmp_path / "out"
+    line = one_error_line(run_cli("run", STUDY, "--data", small_data, "--out", out,
+                                  "--quiet", "--profile", "gefion"))
+    assert "--device gpu" in line
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--profile",
+                "gefion", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "results.json").read_text())["run"]["device"]["name"] == "cpu"
+
+
+def test_the_reference_engine_refuses_the_gpu(small_data, tmp_path):
+    line = one_error_line(run_cli("run", STUDY, "--data", small_data, "--out", tmp_path / "o",
+                                  "--engine", "reference", "--device", "gpu"))
+    assert "reference engine runs on the CPU" in line
+
+
+@pytest.mark.parametrize("profile,flag,want", [("gefion", None, "gpu"), ("ci", None, "cpu"),
+                                               ("gefion", "auto", "auto"),
+                                               ("ci", "gpu", "gpu")])
+def test_submitted_jobs_run_on_the_profiles_device(small_data, tmp_path, profile, flag, want):
+    r = run_cli("submit", STUDY, "--profile", profile, "--data", small_data, "--out",
+                tmp_path / "out", "--dry-run", *(["--device", flag] if flag else []))
+    assert r.returncode == 0, r.stderr
+    run_line = next(x for x in r.stdout.splitlines() if "hpcstudy.cli run" in x)
+    assert run_line.count("--device") == 1 and f"--device {want}" in run_line
+
+
+@pytest.mark.parametrize("text,message", [
+    ("device: tpu\n", "'tpu' is not a device"),
+    ("device: gpu\ngpus_per_node: 0\n", "gpu on nodes without GPUs"),
+])
+def test_a_profiles_bad_device_is_one_line(tmp_path, text, message):
+    (tmp_path / "site.yaml").write_text("name: site\npartition: p\nwalltime: '01:00:00'\n"
+                                        + text)
+    line = one_error_line(run_cli("profiles", env={"HPCSTUDY_PROFILE_PATH": str(tmp_path)}))
+    assert message in line and "site.yaml:" in line
+
+
+# -- device memory ----------------------------------------------------------------------------
+def test_a_partition_too_large_for_the_device_names_it_and_what_fits(small_data, tmp_path,
+                                                                    monkeypatch):
+    """A device with 64 KiB free (the stand-in told so): one line naming the partition and
+    a --partitions whose partitions would fit; nothing written."""
+    devices = pytest.importorskip("hpcstudy.devices")
+    from hpcstudy.engines.run import run
+    from hpcstudy.registers.store import Dataset
+
+    free = 64 * 1024
+    monkeypatch.setattr(type(devices.get_device("standin")), "memory_free", lambda self: free)
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as e:
+        run(STUDY, small_data, out, device="standin")
+    msg = str(e.value)
+    assert "partition 0 needs about" in msg and "GiB" in msg and "Traceback" not in msg
+    k = int(msg.split("--partitions ")[1].split()[0])
+    # the estimate, from the manifest's rows and the columns the study reads, at k partitions
+    from hpcstudy.plan import compile_study
+    from hpcstudy.study import load_study
+
+    ds = Dataset.open(small_data)
+    plan, _ = compile_study(load_study(STUDY), ds)
+    read = sum(f["rows"] * len(cols) for reg, cols in plan.reads.items()
+               for f in ds.files(reg))
+    assert read * 8 * 6 / k < free < read * 8 * 6 / ds.partitions
+    assert not out.exists() and not (tmp_path / "out.checkpoints").exists()
+
+
+# -- rows stay on the workers -----------------------------------------------------------------
+_comm = contextvars.ContextVar("comm", default=None)
+
+
+@contextmanager
+def bytes_received(workers):
+    """Count the bytes this process reads on connections it opened to the ``workers``
+    (addresses): every byte of a partition's results reaches the client that way, directly or
+    through the scheduler (which a LocalCluster runs in the client's process; counting only
+    what comes from workers counts such a relay once)."""
+    from distributed.comm import tcp
+
+    got = {"bytes": 0}
+    read, from_frames = tcp.TCP.read, tcp.from_frames
+
+    async def counted_read(self, deserializers=None):
+        _comm.set(self)
+        return await read(self, deserializers)
+
+    async def counted_from_frames(frames, *a, **kw):
+        comm = _comm.get()
+        if comm is not None and comm.peer_address in workers:
+            got["bytes"] += sum(memoryview(f).nbytes for f in frames)
+        return await from_frames(frames, *a, **kw)
+
+    tcp.TCP.read, tcp.from_frames = counted_read, counted_from_frames
+    try:
+        yield got
+    finally:
+        tcp.TCP.read, tcp.from_frames = read, from_frames
+
+
+def table_bytes(t: dict) -> int:
+    return sum(v.nbytes for v in t.values())
+
+
+@pytest.fixture(scope="module")
+def two_big_parts(tmp_path_factory) -> Path:
+    """40 000 persons in two partitions: per-person tables of ~200 kB each."""
+    from hpcstudy.registers.generate import generate
+
+    out = tmp_path_factory.mktemp("data") / "two"
+    generate(out, persons=40_000, seed=3, partitions=2, jobs=2)
+    return out
+
+
+def test_a_distributed_run_moves_no_person_rows_through_the_client(two_big_parts, tmp_path):
+    """A whole run of example 3 (cohort, rates, Lexis, a Poisson model's Newton steps) on a
+    LocalCluster of worker processes: the client receives far less than one partition's
+    per-person table, and the counter does see tables when they are fetched. (A Cox fit's
+    per-step sums are per event time, the grid, whose size grows with distinct event days,
+    not with persons.)"""
+    from distributed import Client, LocalCluster
+
+    from hpcstudy.engines import run as R
+
+    study = STUDY
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        with bytes_received(set(cluster.scheduler_info["workers"])) as got:
+            R.run(study, two_big_parts, out, client=client)
+        during_run = got["bytes"]
+        _, plan, ds = R.prepare(study, two_big_parts)
+        tables, _, _ = R.person_table(plan, ds, "dask", client)
+        with bytes_received(set(cluster.scheduler_info["workers"])) as got:
+            host = list(tables)          # rows asked for: this must show in the count
+        fetched = got["bytes"]
+    smallest = min(table_bytes(t) for t in host)
+    assert fetched >= sum(table_bytes(t) for t in host)
+    assert smallest > 200_000            # partitions big enough for the bound to mean something
+    assert during_run < smallest / 10, (during_run, smallest)
+    whole = R.combined(plan, host)
+    import pyarrow.parquet as pq
+
+    private = pq.read_table(out / "private" / "person_table.parquet").to_pydict()
+    assert all(np.array_equal(whole[k], np.asarray(private[k])) for k in whole)
+
+
+def test_a_worker_lost_after_the_cohort_step_costs_no_results(small_data, local_run,
+                                                              tmp_path):
+    """The per-person tables live on the workers; SIGKILL one after the cohort step. Its
+    tables are computed again elsewhere, and the models and the private table come out the
+    same as on the local launcher."""
+    from distributed import wait
+    from test_launchers import same_outputs
+
+    from hpcstudy.cluster.launchers import client_for
+    from hpcstudy.engines import run as R
+
+    out = tmp_path / "out"
+    with client_for("processes", workers=2) as client:
+        study, plan, ds = R.prepare(STUDY, small_data)
+        report: dict = {}
+        tables, attrition, parts = R.person_table(plan, ds, "dask", client, report=report)
+        wait(tables.parts)
+        holders = client.who_has(tables.parts)
+        victim_addr = sorted({w for ws in holders.values() for w in ws})[0]
+        victim = client.run(os.getpid, workers=[victim_addr])[victim_addr]
+        os.kill(victim, signal.SIGKILL)
+        results = R.analyse(plan, parts, attrition)
+        R.write_outputs(out, plan, results, tables, engine="dask", ds=ds,
+                        device=report["device"])
+        assert victim not in client.run(os.getpid).values()   # it really died
+    same_outputs(local_run, out)
+
+
+# -- the stand-in device under a client ------------------------------------------------------
+def _standin_part(seed: int, n: int):
+    from hpcstudy.devices import get_device
+
+    rng = np.random.default_rng(seed)
+    dev = get_device("standin")
+    x = rng.normal(size=(n, 3))
+    y = x @ np.array([0.5, -1.0, 2.0]) + rng.normal(size=n)
+    return {"X": dev.to_device(x), "y": dev.to_device(y)}
+
+
+def _center(part, mean):   # mean: a host array sent out, used against device arrays
+    return {"X": part["X"] - mean, "y": part["y"]}
+
+
+def _gram(part):
+    X, y = part["X"], part["y"]
+    return X.T @ X, X.T @ y, X.sum(axis=0), X.shape[0]
+
+
+def _rss(part, beta):      # beta: the coefficients sent out at each step
+    r = part["y"] - part["X"] @ beta
+    return (r * r).sum()
+
+
+def test_device_partitions_under_a_client_get_coefficients_and_give_sums():
+    """Partitions built on the workers on the stand-in device, whose arrays refuse NumPy and
+    any implicit trip to the host: host arguments (a mean, coefficients) reach them as device
+    arrays, sums come back as host arrays, and the fit equals least squares on the host."""
+    pytest.importorskip("hpcstudy.devices")
+    from distributed import Client, LocalCluster
+
+    from hpcstudy.models.partitions import DaskPartitions
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        futures = [client.submit(_standin_part, s, 300, pure=False) for s in range(3)]
+        parts = DaskPartitions(futures, client, device="standin")
+        _, _, xsum, n = parts.map_reduce(_gram)
+        assert isinstance(xsum, np.ndarray) and n == 900
+        centred = parts.map(_center, xsum / n)
+        xtx, xty, _, _ = centred.map_reduce(_gram)
+        beta = np.linalg.solve(xtx, xty)
+        rss = centred.map_reduce(_rss, beta)
+    X, y = [], []
+    for rng in (np.random.default_rng(s) for s in range(3)):
+        x = rng.normal(size=(300, 3))
+        X.append(x)
+        y.append(x @ np.array([0.5, -1.0, 2.0]) + rng.normal(size=300))
+    X, y = np.concatenate(X), np.concatenate(y)
+    Xc = X - X.mean(axis=0)
+    want = np.linalg.lstsq(Xc, y, rcond=None)[0]
+    assert np.allclose(beta, want, rtol=1e-10, atol=0)
+    assert isinstance(rss, np.ndarray | np.generic) and float(rss) == pytest.approx(
+        float(((y - Xc @ want) ** 2).sum()), rel=1e-10)
