@@ -316,3 +316,40 @@ def test_device_partitions_under_a_client_get_coefficients_and_give_sums():
     assert np.allclose(beta, want, rtol=1e-10, atol=0)
     assert isinstance(rss, np.ndarray | np.generic) and float(rss) == pytest.approx(
         float(((y - Xc @ want) ** 2).sum()), rel=1e-10)
+
+
+# -- the GPU benchmark runs anywhere, tiny ----------------------------------------------------
+def test_the_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
+    """benchmarks/gpu_study.py at toy sizes on the CPU: one record per run, each naming the
+    device it measured, with the study's and the Cox fit's own figures."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.py"
+    r = subprocess.run([sys.executable, str(script), "--persons", "1500", "--cox-n", "3000",
+                        "--cox-p", "3", "--cox-chunk", "1000", "--devices", "cpu", "--jobs",
+                        "1", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    study = [json.loads(x) for x in (tmp_path / "r" / "gpu_study.jsonl").read_text().splitlines()]
+    cox = [json.loads(x) for x in (tmp_path / "r" / "gpu_cox.jsonl").read_text().splitlines()]
+    assert [(s["persons"], s["device"]) for s in study] == [(1500, "cpu")]
+    assert study[0]["wall_s"] > 0 and "cores" in study[0]["device_name"]
+    assert study[0]["peak_device_memory_mib"] is None            # none on the CPU
+    assert [(c["n"], c["p"], c["device"]) for c in cox] == [(3000, 3, "cpu")]
+    assert 0 < cox[0]["events"] < 3000 and abs(cox[0]["coef_0"] - 0.1) < 0.15
+    assert not list((tmp_path / "w").glob("out-*"))              # run outputs cleaned up
+
+
+def test_the_gpu_benchmark_refuses_without_a_gpu(tmp_path, cupy_without_a_gpu):
+    import subprocess
+    import sys
+
+    pytest.importorskip("hpcstudy.devices")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.py"
+    r = subprocess.run([sys.executable, str(script), "--devices", "gpu", "--work",
+                        str(tmp_path / "w"), "--results", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, **cupy_without_a_gpu})
+    assert r.returncode == 1 and "no GPU" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
+import threading
 from pathlib import Path
 
 import dask
@@ -38,6 +39,12 @@ def device_of(name: str):
     return get_device(name)
 
 
+# One partition at a time on a process's device: a worker's threads (or the local scheduler's)
+# read Parquet side by side, but each partition's working memory is checked against what is
+# free and then used alone.
+_DEVICE_BUSY = threading.Lock()
+
+
 def run_partition(root: str, p: int, plan: Plan, device: str = "cpu", need: int = 0,
                   ckpt: str | None = None, fp: str | None = None, resume: bool = False):
     """One partition, where it runs: (table, attrition, info). The table stays on the device;
@@ -50,29 +57,34 @@ def run_partition(root: str, p: int, plan: Plan, device: str = "cpu", need: int 
             if dev is not None:
                 table = {k: dev.to_device(v) for k, v in table.items()}
             return table, attrition, {"resumed": True, "peak_memory_mib": None}
-    if dev is not None:
-        gpus.check_fits(dev, p, need)
-        reset = getattr(dev, "reset_peak", None)
-        if reset is not None:
-            reset()
     data = partition.load(root, p, plan.reads)
+    if dev is None:
+        table, attrition = partition.person_table(data, plan)
+        peak = None
+    else:
+        with _DEVICE_BUSY:
+            table, attrition, peak = _on_device(dev, p, need, data, plan)
+    del data
+    if ckpt is not None:
+        checkpoint.save(Path(ckpt), p, host_table(table, dev), attrition, fp)
+    return table, attrition, {"resumed": False, "peak_memory_mib": peak}
+
+
+def _on_device(dev, p: int, need: int, data: dict, plan: Plan):
+    pool = getattr(dev.xp, "get_default_memory_pool", None)
+    if pool is not None:   # CuPy: cached blocks of earlier partitions back to the device
+        pool().free_all_blocks()
+    gpus.check_fits(dev, p, need)
     try:
-        if dev is not None:
-            data = {reg: {c: dev.to_device(v) for c, v in cols.items()}
-                    for reg, cols in data.items()}
+        data = {reg: {c: dev.to_device(v) for c, v in cols.items()}
+                for reg, cols in data.items()}
         table, attrition = partition.person_table(data, plan)
     except Exception as e:
         if type(e).__name__ == "OutOfMemoryError":   # CuPy's: a line, not a CUDA traceback
             raise gpus.PartitionTooLarge(p, need, int(dev.memory_free() or 0)) from None
         raise
-    del data
-    peak = None
-    if dev is not None:
-        got = dev.peak_memory()
-        peak = None if got is None else int(math.ceil(got / 2 ** 20))
-    if ckpt is not None:
-        checkpoint.save(Path(ckpt), p, host_table(table, dev), attrition, fp)
-    return table, attrition, {"resumed": False, "peak_memory_mib": peak}
+    got = dev.peak_memory()
+    return table, attrition, None if got is None else int(math.ceil(got / 2 ** 20))
 
 
 def host_table(table: dict, dev=None) -> dict:
