@@ -17,15 +17,23 @@ def is_cupy(x: object) -> bool:
     return type(x).__module__.split(".", 1)[0] == "cupy"
 
 
-def array_namespace(*arrays: object) -> ModuleType:
-    """``numpy`` or ``cupy``, from the arrays given (None and scalars are ignored)."""
-    found = {is_cupy(a) for a in arrays if a is not None and hasattr(a, "shape")}
-    if found == {True}:
+def _kind(a: object):
+    if isinstance(a, np.ndarray):
+        return np
+    if is_cupy(a):
         return sys.modules["cupy"]
-    if found == {True, False}:
-        raise TypeError("mixed NumPy and CuPy arrays: move them to one device first "
-                        "(cupy.asarray or .get())")
-    return np
+    ns = getattr(type(a), "__array_namespace__", None)  # e.g. hpcstudy's device stand-in
+    return a.__array_namespace__() if ns is not None else np
+
+
+def array_namespace(*arrays: object) -> ModuleType:
+    """``numpy`` or ``cupy`` (or another namespace that announces itself through
+    ``__array_namespace__``), from the arrays given (None and scalars are ignored)."""
+    found = {_kind(a) for a in arrays if a is not None and hasattr(a, "shape")}
+    if len(found) > 1:
+        raise TypeError("arrays of different devices mixed (NumPy and CuPy or the stand-in): "
+                        "move them to one device first (device.to_device or device.to_host)")
+    return found.pop() if found else np
 
 
 def to_numpy(x):
