@@ -1,5 +1,5 @@
-"""The distributed side of the device path: ``--device``, rows left on the workers, device
-memory, and a lost worker after the cohort step."""
+"""The distributed side of the device path: ``--device``, rows left on the workers, a lost
+worker after the cohort step, and the GPU benchmark at toy sizes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
-
-from hpcstudy.errors import UserError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 STUDY = EXAMPLES / "diabetes_incidence.yaml"
@@ -123,35 +121,6 @@ def test_a_profiles_bad_device_is_one_line(tmp_path, text, message):
                                         + text)
     line = one_error_line(run_cli("profiles", env={"HPCSTUDY_PROFILE_PATH": str(tmp_path)}))
     assert message in line and "site.yaml:" in line
-
-
-# -- device memory ----------------------------------------------------------------------------
-def test_a_partition_too_large_for_the_device_names_it_and_what_fits(small_data, tmp_path,
-                                                                    monkeypatch):
-    """A device with 64 KiB free (the stand-in told so): one line naming the partition and
-    a --partitions whose partitions would fit; nothing written."""
-    devices = pytest.importorskip("hpcstudy.devices")
-    from hpcstudy.engines.run import run
-    from hpcstudy.registers.store import Dataset
-
-    free = 64 * 1024
-    monkeypatch.setattr(type(devices.get_device("standin")), "memory_free", lambda self: free)
-    out = tmp_path / "out"
-    with pytest.raises(UserError) as e:
-        run(STUDY, small_data, out, device="standin")
-    msg = str(e.value)
-    assert "partition 0 needs about" in msg and "GiB" in msg and "Traceback" not in msg
-    k = int(msg.split("--partitions ")[1].split()[0])
-    # the estimate, from the manifest's rows and the columns the study reads, at k partitions
-    from hpcstudy.plan import compile_study
-    from hpcstudy.study import load_study
-
-    ds = Dataset.open(small_data)
-    plan, _ = compile_study(load_study(STUDY), ds)
-    read = sum(f["rows"] * len(cols) for reg, cols in plan.reads.items()
-               for f in ds.files(reg))
-    assert read * 8 * 6 / k < free < read * 8 * 6 / ds.partitions
-    assert not out.exists() and not (tmp_path / "out.checkpoints").exists()
 
 
 # -- rows stay on the workers -----------------------------------------------------------------

@@ -1,12 +1,13 @@
 """The dask engine: one task per register partition, person rows never leave it.
 
 Each task reads only the columns the plan needs from its partition's files, moves them to the
-run's device once and builds that partition's per-person table with the array kernels (linkage
-is partition-local: every register shares the pnr hash). Analyses are reductions over the
+run's device once and builds that partition's per-person table there with the array kernels
+(:mod:`.partition`; linkage is partition-local: every register shares the pnr hash); the table
+comes back to the memory of the process that computed it. Analyses are reductions over the
 partition tables. The local threaded scheduler is the default; under a ``distributed.Client``
-the tables stay in the workers' (and their devices') memory from the cohort step through every
-Newton step of every model: the client sends coefficients and receives per-partition sums, the
-workers write the checkpoints and the private per-person table themselves.
+the tables stay in the workers' memory from the cohort step through every Newton step of every
+model: the client sends coefficients and receives per-partition sums, and the workers write the
+checkpoints and the private per-person table themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
+import os
 import threading
 from pathlib import Path
 
@@ -22,8 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..cluster import gpus
-from ..models.partitions import DaskPartitions, to_host
+from ..models.partitions import DaskPartitions
 from ..plan.nodes import Plan
 from ..registers.store import Dataset
 from . import checkpoint, partition
@@ -40,59 +41,36 @@ def device_of(name: str):
 
 
 # One partition at a time on a process's device: a worker's threads (or the local scheduler's)
-# read Parquet side by side, but each partition's working memory is checked against what is
-# free and then used alone.
+# share its GPU, and each partition's working memory is checked against what is free (by
+# partition.load) and then used alone.
 _DEVICE_BUSY = threading.Lock()
 
 
-def run_partition(root: str, p: int, plan: Plan, device: str = "cpu", need: int = 0,
+def run_partition(root: str, p: int, plan: Plan, device: str = "cpu",
                   ckpt: str | None = None, fp: str | None = None, resume: bool = False):
-    """One partition, where it runs: (table, attrition, info). The table stays on the device;
-    ``info`` says whether a checkpoint was reused and the partition's peak device memory."""
-    dev = device_of(device)
+    """One partition, where it runs: (table, attrition, info). ``info`` says whether a
+    checkpoint was reused and the partition's peak device memory (MiB; None on the CPU). The
+    checkpoint is written here, by the worker."""
     if resume and ckpt is not None:
         got = checkpoint.load(Path(ckpt), p, fp)
         if got is not None:
-            table, attrition = got
-            if dev is not None:
-                table = {k: dev.to_device(v) for k, v in table.items()}
-            return table, attrition, {"resumed": True, "peak_memory_mib": None}
-    data = partition.load(root, p, plan.reads)
+            return got[0], got[1], {"resumed": True, "peak_memory_mib": None}
+    dev = device_of(device)
     if dev is None:
-        table, attrition = partition.person_table(data, plan)
+        table, attrition = partition.person_table(partition.load(root, p, plan.reads), plan)
         peak = None
     else:
         with _DEVICE_BUSY:
-            table, attrition, peak = _on_device(dev, p, need, data, plan)
-    del data
+            pool = getattr(dev.xp, "get_default_memory_pool", None)
+            if pool is not None:   # CuPy: blocks cached for earlier partitions go back first
+                pool().free_all_blocks()
+            # read, check the fit, move each column once, compute, bring the table back
+            table, attrition = partition.run_partition(root, p, plan, dev)
+            got = dev.peak_memory()
+            peak = None if got is None else int(math.ceil(got / 2 ** 20))
     if ckpt is not None:
-        checkpoint.save(Path(ckpt), p, host_table(table, dev), attrition, fp)
+        checkpoint.save(Path(ckpt), p, table, attrition, fp)
     return table, attrition, {"resumed": False, "peak_memory_mib": peak}
-
-
-def _on_device(dev, p: int, need: int, data: dict, plan: Plan):
-    pool = getattr(dev.xp, "get_default_memory_pool", None)
-    if pool is not None:   # CuPy: cached blocks of earlier partitions back to the device
-        pool().free_all_blocks()
-    gpus.check_fits(dev, p, need)
-    try:
-        data = {reg: {c: dev.to_device(v) for c, v in cols.items()}
-                for reg, cols in data.items()}
-        table, attrition = partition.person_table(data, plan)
-    except Exception as e:
-        if type(e).__name__ == "OutOfMemoryError":   # CuPy's: a line, not a CUDA traceback
-            raise gpus.PartitionTooLarge(p, need, int(dev.memory_free() or 0)) from None
-        raise
-    got = dev.peak_memory()
-    return table, attrition, None if got is None else int(math.ceil(got / 2 ** 20))
-
-
-def host_table(table: dict, dev=None) -> dict:
-    return table if dev is None else {k: dev.to_host(v) for k, v in table.items()}
-
-
-def _table_on_host(table: dict, device: str) -> dict:
-    return host_table(table, device_of(device))
 
 
 def _meta(result):
@@ -121,42 +99,36 @@ def _combine_and_write(plan: Plan, path: str, *tables) -> int:
 
 
 class PartitionTables:
-    """The per-partition tables of a run, left where they were computed: NumPy or device
-    arrays in this process, or futures held by a client's workers.
+    """The per-partition tables of a run, left where they were computed: in this process, or
+    as futures whose tables stay in the memory of the client's workers.
 
     ``write(plan, path)`` writes the private per-person table where the rows are (a worker task
-    under a client). Iterating or indexing gives host tables and, under a client, moves rows
-    through it: only for a caller that asked for them (the Python API's ``person_table``).
+    under a client). Iterating or indexing gives the tables here and, under a client, moves
+    rows through it: only for a caller that asked for them (the Python API's ``person_table``).
     """
 
-    def __init__(self, parts: list, client=None, device: str = "cpu"):
-        self.parts, self.client, self.device = parts, client, device
+    def __init__(self, parts: list, client=None):
+        self.parts, self.client = parts, client
 
     def __len__(self) -> int:
         return len(self.parts)
 
-    def _host(self) -> list[dict]:
-        if self.client is None:
-            dev = device_of(self.device)
-            return [host_table(t, dev) for t in self.parts]
-        return self.client.gather([self.client.submit(_table_on_host, t, self.device,
-                                                      pure=False) for t in self.parts])
+    def _here(self) -> list[dict]:
+        return self.parts if self.client is None else self.client.gather(self.parts)
 
     def __iter__(self):
-        return iter(self._host())
+        return iter(self._here())
 
     def __getitem__(self, i):
-        return self._host()[i]
+        return self.parts[i] if self.client is None else self.client.gather(self.parts[i])
 
     def write(self, plan: Plan, path) -> None:
-        path = str(path)
         if self.client is None:
-            _combine_and_write(plan, path, *self._host())
+            _combine_and_write(plan, str(path), *self.parts)
             return
-        on_host = [self.client.submit(_table_on_host, t, self.device, pure=False)
-                   for t in self.parts]
-        # one worker gathers the host tables from the others and writes: no row passes here
-        self.client.submit(_combine_and_write, plan, path, *on_host, pure=False).result()
+        # one worker gathers the tables from the others and writes: no row passes here
+        self.client.submit(_combine_and_write, plan, str(path), *self.parts,
+                           pure=False).result()
 
 
 class DaskEngine:
@@ -176,12 +148,11 @@ class DaskEngine:
         summed attrition. With ``checkpoints``, each finished partition is saved there (by the
         worker that computed it); with ``resume``, verified checkpoints are loaded instead of
         recomputed (``self.resumed`` counts them)."""
-        root = str(ds.root)
         n = ds.partitions
         fp = checkpoint.fingerprint(plan, hashlib.sha256(
             (ds.root / "manifest.json").read_bytes()).hexdigest())
-        need = gpus.partition_bytes(ds, plan.reads) if self.device != "cpu" else [0] * n
-        ckpt = str(checkpoints) if checkpoints is not None else None
+        args = (str(ds.root), plan, self.device,
+                str(checkpoints) if checkpoints is not None else None, fp, resume)
         tables: dict[int, object] = {}
         meta: dict[int, tuple] = {}
 
@@ -190,13 +161,10 @@ class DaskEngine:
             if self.progress:
                 self.progress("partitions", len(meta), n)
 
-        try:
-            if self.client is not None:
-                self._on_client(root, n, plan, need, ckpt, fp, resume, tables, finished)
-            else:
-                self._local(root, n, plan, need, ckpt, fp, resume, tables, finished)
-        except gpus.PartitionTooLarge as e:
-            raise gpus.too_large(e, need) from None
+        if self.client is not None:
+            self._on_client(n, args, tables, finished)
+        else:
+            self._local(n, args, tables, finished)
         self.resumed = sum(1 for _, info in meta.values() if info["resumed"])
         self.peak_memory_mib = {p: meta[p][1]["peak_memory_mib"] for p in range(n)}
         attrition: dict = {}
@@ -206,38 +174,40 @@ class DaskEngine:
                     attrition[group] = [[name, 0] for name, _ in steps]
                 for row, (_, k) in zip(attrition[group], steps, strict=True):
                     row[1] += k
-        parts = PartitionTables([tables[p] for p in range(n)], self.client, self.device)
+        parts = PartitionTables([tables[p] for p in range(n)], self.client)
         return parts, {g: [tuple(r) for r in rows] for g, rows in attrition.items()}
 
-    def _on_client(self, root, n, plan, need, ckpt, fp, resume, tables, finished):
+    def _on_client(self, n, args, tables, finished):
         from distributed import as_completed
 
         c = self.client
+        root, plan, *rest = args
         small = {}
         for p in range(n):
-            whole = c.submit(run_partition, root, p, plan, self.device, need[p], ckpt, fp,
-                             resume, pure=False)
+            whole = c.submit(run_partition, root, p, plan, *rest, pure=False)
             tables[p] = c.submit(operator.getitem, whole, 0, pure=False)
             small[c.submit(_meta, whole, pure=False)] = p
-        # only attrition and a few numbers come back; the table futures stay on the workers
+        # only attrition and a few numbers come back; the tables stay on the workers
         for f, m in as_completed(list(small), with_results=True):
             finished(small[f], m)
 
-    def _local(self, root, n, plan, need, ckpt, fp, resume, tables, finished):
-        # in chunks, so checkpoints and a progress bar advance on long runs
-        step = max(1, min(n, max(1, n // 20)))
+    def _local(self, n, args, tables, finished):
+        root, plan, *rest = args
+        # in chunks, so checkpoints and a progress bar advance on long runs; a chunk holds at
+        # least one partition per core, so every core has a partition to work on
+        step = max(1, min(n, max(os.cpu_count() or 1, n // 20)))
         for i in range(0, n, step):
             chunk = list(range(i, min(n, i + step)))
-            out = dask.compute(*[dask.delayed(run_partition)(root, p, plan, self.device,
-                                                             need[p], ckpt, fp, resume)
+            out = dask.compute(*[dask.delayed(run_partition)(root, p, plan, *rest)
                                  for p in chunk], scheduler=self.scheduler)
             for p, (table, attrition, info) in zip(chunk, out, strict=True):
                 tables[p] = table
                 finished(p, (attrition, info))
 
     def partitions(self, tables):
+        """The tables as partitions for the analyses: NumPy tables, where they are."""
         parts = tables.parts if isinstance(tables, PartitionTables) else list(tables)
-        return DaskPartitions(parts, self.client, self.scheduler, self.device)
+        return DaskPartitions(parts, self.client, self.scheduler)
 
     def device_record(self) -> dict:
         """What results.json's run section says about the device."""
@@ -247,4 +217,4 @@ class DaskEngine:
                 {str(p): v for p, v in sorted(peaks.items())}}
 
 
-__all__ = ["DaskEngine", "PartitionTables", "combined", "to_host", "write_person_table"]
+__all__ = ["DaskEngine", "PartitionTables", "combined", "write_person_table"]
