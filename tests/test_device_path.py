@@ -230,6 +230,33 @@ def test_a_worker_lost_after_the_cohort_step_costs_no_results(small_data, local_
     same_outputs(local_run, out)
 
 
+def test_a_run_on_the_stand_in_device_under_a_client_gives_the_cpu_bytes(small_data,
+                                                                         local_run, tmp_path):
+    """Every partition built on the workers' stand-in device (arrays that refuse NumPy), under
+    a LocalCluster of processes: the same per-person table and results as the local CPU run,
+    and the device recorded."""
+    from hpcstudy.engines import partition
+
+    if not hasattr(partition, "run_partition"):
+        pytest.skip("the partition engine here has no device path yet")
+    from distributed import Client, LocalCluster
+    from study.test_engines_agree import compare
+
+    from hpcstudy.engines.run import run
+
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        res = run(STUDY, small_data, out, client=client, device="standin")
+    assert res["run"]["device"]["name"] == "standin"
+    private = Path("private") / "person_table.parquet"
+    assert (out / private).read_bytes() == (local_run / private).read_bytes()
+    want = json.loads((local_run / "results.json").read_text())
+    got = json.loads((out / "results.json").read_text())
+    want["run"].pop("device"), got["run"].pop("device")
+    compare(want, got, rel=1e-12)   # sums in other processes: the last bit may differ
+
+
 # -- the stand-in device under a client ------------------------------------------------------
 def _standin_part(seed: int, n: int):
     from hpcstudy.devices import get_device

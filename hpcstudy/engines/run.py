@@ -30,7 +30,7 @@ from ..plan.nodes import Plan
 from ..registers.store import Dataset, staged_output
 from ..study import Study, StudyErrors, load_study
 from . import analyses as A
-from .common import STATUS
+from .common import STATUS, table_columns  # noqa: F401 - R.table_columns, for tests
 from .dask_engine import DaskEngine, write_person_table
 from .reference import ReferenceEngine
 
