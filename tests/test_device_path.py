@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+from hpcstudy.errors import UserError
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 STUDY = EXAMPLES / "diabetes_incidence.yaml"
 
@@ -83,16 +85,12 @@ def test_device_auto_without_a_gpu_runs_on_the_cpu_and_says_so(small_data, local
 
 def test_the_profile_gives_the_default_device(small_data, tmp_path):
     """gefion's profile says gpu: without --device a run there asks for the GPU (and here,
-    without one, is refused); --device cpu overrides it."""
+    without one, is refused before it reads anything)."""
     pytest.importorskip("hpcstudy.devices")
     out = tmp_path / "out"
     line = one_error_line(run_cli("run", STUDY, "--data", small_data, "--out", out,
                                   "--quiet", "--profile", "gefion"))
-    assert "--device gpu" in line
-    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--profile",
-                "gefion", "--device", "cpu")
-    assert r.returncode == 0, r.stderr
-    assert json.loads((out / "results.json").read_text())["run"]["device"]["name"] == "cpu"
+    assert "--device gpu" in line and not out.exists()
 
 
 def test_the_reference_engine_refuses_the_gpu(small_data, tmp_path):
@@ -101,26 +99,37 @@ def test_the_reference_engine_refuses_the_gpu(small_data, tmp_path):
     assert "reference engine runs on the CPU" in line
 
 
-@pytest.mark.parametrize("profile,flag,want", [("gefion", None, "gpu"), ("ci", None, "cpu"),
-                                               ("gefion", "auto", "auto"),
-                                               ("ci", "gpu", "gpu")])
-def test_submitted_jobs_run_on_the_profiles_device(small_data, tmp_path, profile, flag, want):
-    r = run_cli("submit", STUDY, "--profile", profile, "--data", small_data, "--out",
-                tmp_path / "out", "--dry-run", *(["--device", flag] if flag else []))
+def test_a_submitted_job_runs_on_the_profiles_device(small_data, tmp_path):
+    r = run_cli("submit", STUDY, "--profile", "gefion", "--data", small_data, "--out",
+                tmp_path / "out", "--dry-run")
     assert r.returncode == 0, r.stderr
     run_line = next(x for x in r.stdout.splitlines() if "hpcstudy.cli run" in x)
-    assert run_line.count("--device") == 1 and f"--device {want}" in run_line
+    assert run_line.count("--device") == 1 and "--device gpu" in run_line
+
+
+@pytest.mark.parametrize("profile,flag,want", [("ci", None, "cpu"), ("gefion", "auto", "auto"),
+                                               ("gefion", "cpu", "cpu"), ("ci", "gpu", "gpu")])
+def test_submit_device_overrides_the_profiles(profile, flag, want):
+    from hpcstudy.cluster import slurm
+
+    text = slurm.render_sbatch(slurm.load_profile(profile), study=Path("/s.yaml"),
+                               data=Path("/d"), out=Path("/o"), study_name="s", device=flag)
+    run_line = next(x for x in text.splitlines() if "hpcstudy.cli run" in x)
+    assert run_line.count("--device") == 1 and f"--device {want} " in run_line + " "
 
 
 @pytest.mark.parametrize("text,message", [
     ("device: tpu\n", "'tpu' is not a device"),
     ("device: gpu\ngpus_per_node: 0\n", "gpu on nodes without GPUs"),
 ])
-def test_a_profiles_bad_device_is_one_line(tmp_path, text, message):
-    (tmp_path / "site.yaml").write_text("name: site\npartition: p\nwalltime: '01:00:00'\n"
-                                        + text)
-    line = one_error_line(run_cli("profiles", env={"HPCSTUDY_PROFILE_PATH": str(tmp_path)}))
-    assert message in line and "site.yaml:" in line
+def test_a_profiles_bad_device_is_refused_with_its_line(tmp_path, text, message):
+    from hpcstudy.cluster.slurm import read_profile
+
+    f = tmp_path / "site.yaml"
+    f.write_text("name: site\npartition: p\nwalltime: '01:00:00'\n" + text)
+    with pytest.raises(UserError) as e:
+        read_profile(f)
+    assert message in str(e.value) and f"{f}:4" in str(e.value)
 
 
 # -- rows stay on the workers -----------------------------------------------------------------
