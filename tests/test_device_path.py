@@ -266,6 +266,33 @@ def test_a_run_on_the_stand_in_device_under_a_client_gives_the_cpu_bytes(small_d
     compare(want, got, rel=1e-12)   # sums in other processes: the last bit may differ
 
 
+def _slow_in_reverse(part, n):
+    import time
+
+    time.sleep(0.3 * (n - 1 - part))   # the last partition finishes first
+    return [part]
+
+
+def test_partial_sums_are_added_in_partition_order_whatever_order_they_finish_in():
+    """Partials finishing in reverse order are still combined 0, 1, 2, 3 (a combine that is
+    not commutative shows the order), so every launcher adds the same numbers the same way."""
+    from distributed import Client, LocalCluster
+
+    from hpcstudy.models.partitions import DaskPartitions
+
+    seen = []
+
+    def combine(a, b):
+        seen.append((list(a), list(b)))
+        return a + b
+
+    with LocalCluster(n_workers=4, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        parts = DaskPartitions(client.scatter([0, 1, 2, 3]), client)
+        assert parts.map_reduce(_slow_in_reverse, 4, combine=combine) == [0, 1, 2, 3]
+    assert seen == [([0], [1]), ([0, 1], [2]), ([0, 1, 2], [3])]
+
+
 # -- the stand-in device under a client ------------------------------------------------------
 def _standin_part(seed: int, n: int):
     from hpcstudy.devices import get_device
