@@ -70,6 +70,19 @@ def test_device_gpu_with_cupy_but_no_gpu_is_one_line(small_data, tmp_path, cupy_
     assert not out.exists()
 
 
+def test_device_gpu_asks_the_workers_and_names_one_without_a_gpu(small_data, tmp_path,
+                                                                  cupy_without_a_gpu):
+    """Under the processes launcher the workers, not the client, must have the GPU: the line
+    names a worker and how many others lack one."""
+    pytest.importorskip("hpcstudy.devices")
+    out = tmp_path / "out"
+    line = one_error_line(run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet",
+                                  "--launcher", "processes", "--workers", "2", "--device", "gpu",
+                                  env=cupy_without_a_gpu))
+    assert "error: worker tcp://" in line and "and 1 other worker(s)" in line
+    assert "no GPU" in line and not out.exists()
+
+
 def test_device_auto_without_a_gpu_runs_on_the_cpu_and_says_so(small_data, local_run,
                                                                tmp_path, cupy_without_a_gpu):
     pytest.importorskip("hpcstudy.devices")
