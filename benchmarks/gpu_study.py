@@ -6,7 +6,8 @@
 
 For each size in ``--persons`` it generates the synthetic registers on this machine (all its
 cores), then runs example 1 (statins and MI: cohort, Cox, logistic, curves) from Parquet to
-results on each device in ``--devices``; then it fits a Cox model alone on ``--cox-n`` rows and
+results on each device in ``--devices`` (the CPU with a worker process per core, the GPU from
+one process); then it fits a Cox model alone on ``--cox-n`` rows and
 ``--cox-p`` covariates generated on each device. Every figure is one JSON line appended to
 ``RESULTS/gpu_study.jsonl`` or ``RESULTS/gpu_cox.jsonl``, with the device's name (the GPU's
 model, or the CPU's model and cores). ``--devices``: cpu, gpu, standin (the CPU stand-in for a
@@ -66,6 +67,7 @@ def partitions_for(persons: int) -> int:
 
 
 def study_runs(a, results: Path) -> None:
+    from hpcstudy.cluster.launchers import client_for
     from hpcstudy.engines.run import run
     from hpcstudy.registers.generate import generate
 
@@ -80,9 +82,11 @@ def study_runs(a, results: Path) -> None:
             out = a.work / f"out-{persons}-{device}"
             shutil.rmtree(out, ignore_errors=True)
             report: dict = {}
-            t0 = time.perf_counter()
-            res = run(EXAMPLE_1, data, out, device=device, report=report)
-            wall = time.perf_counter() - t0
+            workers = a.cpu_workers if device == "cpu" else 0
+            with client_for("processes" if workers else "local", workers=max(workers, 1)) as c:
+                t0 = time.perf_counter()
+                res = run(EXAMPLE_1, data, out, device=device, report=report, client=c)
+                wall = time.perf_counter() - t0
             cox = res.get("models", {}).get("cox", {})
             hr = next((t.get("HR") for t in cox.get("terms", []) if t["term"] == "statin"),
                       None)
@@ -91,6 +95,7 @@ def study_runs(a, results: Path) -> None:
                 "benchmark": "example1", "persons": persons, "partitions": parts,
                 "device": report.get("device", {}).get("name", device),
                 "device_name": device_name(device), "wall_s": round(wall, 2),
+                "launcher": f"processes x {workers}" if workers else "local",
                 "synth_s": round(synth_s, 2), "hr_statin": hr,
                 "peak_device_memory_mib": max(peaks.values(), default=None)})
             shutil.rmtree(out, ignore_errors=True)
@@ -159,6 +164,9 @@ def main(argv=None) -> None:
     ap.add_argument("--skip", choices=["study", "cox"], action="append", default=[])
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                     help="processes generating the data")
+    ap.add_argument("--cpu-workers", type=int, default=os.cpu_count() or 1,
+                    help="worker processes for the CPU runs of the study (0: threads in one "
+                         "process); the GPU runs use one process and its GPU")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hpcstudy-gpu-bench"))
     ap.add_argument("--results", type=Path, default=HERE / "results")
     a = ap.parse_args(argv)

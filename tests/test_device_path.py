@@ -373,7 +373,7 @@ def test_the_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.py"
     r = subprocess.run([sys.executable, str(script), "--persons", "1500", "--cox-n", "3000",
                         "--cox-p", "3", "--cox-chunk", "1000", "--devices", "cpu", "--jobs",
-                        "1", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")],
+                        "1", "--cpu-workers", "0", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     study = [json.loads(x) for x in (tmp_path / "r" / "gpu_study.jsonl").read_text().splitlines()]
