@@ -51,9 +51,11 @@ class DaskPartitions:
     """Partitions as Dask futures (with a ``distributed.Client``) or delayed values.
 
     Under a client the partitions stay on the workers between calls: ``map`` leaves its results
-    there as new futures, ``map_reduce`` brings back only each partition's (small) result. On a
-    device other than the CPU, host arrays among the arguments (coefficients, grids) are moved
-    to the partition's device there, and ``map_reduce`` results come back as host arrays.
+    there as new futures, ``map_reduce`` brings back only each partition's (small) result.
+    ``device`` says where the partitions' arrays live (the dask engine's per-person tables are
+    host arrays: ``cpu``). On another device, host arrays among the arguments (coefficients,
+    grids) are moved to the partition's device where it runs, and ``map_reduce`` results come
+    back as host arrays.
     Results are taken as tasks finish and added in partition order, so every launcher adds the
     same numbers in the same order and gives the same bits.
     """
