@@ -7,6 +7,7 @@ import contextvars
 import json
 import os
 import signal
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -306,6 +307,92 @@ def test_partial_sums_are_added_in_partition_order_whatever_order_they_finish_in
     assert seen == [([0], [1]), ([0, 1], [2]), ([0, 1, 2], [3])]
 
 
+FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "GPU 1" breaks
+    "cupy/__init__.py": textwrap.dedent("""\
+        import os
+        import numpy as _np
+        from . import cuda
+
+        class _Pool:
+            def total_bytes(self): return 0
+            def free_bytes(self): return 0
+            def free_all_blocks(self): pass
+
+        _POOL = _Pool()
+
+        def get_default_memory_pool(): return _POOL
+
+        def asnumpy(a): return _np.asarray(a)
+
+        def asarray(a, dtype=None):
+            if os.environ.get("CUDA_VISIBLE_DEVICES") == "1":
+                raise cuda.runtime.CUDARuntimeError("cudaErrorECCUncorrectable: "
+                                                    "uncorrectable ECC error encountered")
+            return _np.asarray(a, dtype=dtype)
+
+        def __getattr__(name): return getattr(_np, name)
+        """),
+    "cupy/cuda/__init__.py": "from . import runtime\n",
+    "cupy/cuda/runtime.py": textwrap.dedent("""\
+        class CUDARuntimeError(RuntimeError):
+            pass
+
+        def getDeviceCount(): return 1
+
+        def memGetInfo(): return (1 << 40, 1 << 40)
+        """),
+}
+
+
+def test_a_worker_whose_gpu_fails_leaves_and_the_others_finish_the_run(small_data, local_run,
+                                                                       tmp_path):
+    """Two workers, one GPU each; the second GPU raises a CUDA error on its first transfer
+    (a CuPy double: NumPy behind CuPy's names, the hardware being absent here). That worker
+    leaves, its partitions go to the other, and the outputs equal the local CPU run's."""
+    from hpcstudy.engines import partition
+
+    if not hasattr(partition, "run_partition"):
+        pytest.skip("the partition engine here has no device path yet")
+    root = tmp_path / "fake-cupy"
+    for rel, text in FAILING_GPU.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    out = tmp_path / "out"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--launcher",
+                "processes", "--gpus", "2", "--device", "gpu",
+                env={"PYTHONPATH": os.pathsep.join([str(root),
+                                                    os.environ.get("PYTHONPATH", "")])})
+    assert r.returncode == 0, r.stderr
+    private = Path("private") / "person_table.parquet"
+    assert (out / private).read_bytes() == (local_run / private).read_bytes()
+    want = json.loads((local_run / "results.json").read_text())
+    got = json.loads((out / "results.json").read_text())
+    assert got["run"].pop("device")["name"] == "gpu"
+    want["run"].pop("device")
+    from study.test_engines_agree import compare
+
+    compare(want, got, rel=1e-12)
+
+
+def test_a_gpu_failing_with_no_other_worker_is_one_line_exit_1(small_data, tmp_path):
+    from hpcstudy.engines import partition
+
+    if not hasattr(partition, "run_partition"):
+        pytest.skip("the partition engine here has no device path yet")
+    root = tmp_path / "fake-cupy"
+    for rel, text in FAILING_GPU.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    out = tmp_path / "out"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--device", "gpu",
+                env={"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+                     "CUDA_VISIBLE_DEVICES": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "the GPU failed while computing partition" in lines[0]
+    assert "--resume" in lines[0] and not out.exists()
+
+
 # -- the stand-in device under a client ------------------------------------------------------
 def _standin_part(seed: int, n: int):
     from hpcstudy.devices import get_device
@@ -373,7 +460,8 @@ def test_the_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.py"
     r = subprocess.run([sys.executable, str(script), "--persons", "1500", "--cox-n", "3000",
                         "--cox-p", "3", "--cox-chunk", "1000", "--devices", "cpu", "--jobs",
-                        "1", "--cpu-workers", "0", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")],
+                        "1", "--cpu-workers", "0", "--work", str(tmp_path / "w"),
+                        "--results", str(tmp_path / "r")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     study = [json.loads(x) for x in (tmp_path / "r" / "gpu_study.jsonl").read_text().splitlines()]

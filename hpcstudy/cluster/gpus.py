@@ -9,12 +9,19 @@ worker for the others (a client on a login node may have no GPU while its worker
 * ``auto`` — ``gpu`` where CuPy finds a device on every worker (or here), else ``cpu``.
 
 Whether a partition fits in the device's memory is checked where it is loaded
-(:func:`hpcstudy.engines.partition.load`).
+(:func:`hpcstudy.engines.partition.load`). A worker whose GPU fails (a CUDA error other than
+running out of memory) leaves the cluster, and its partitions are computed by the others.
 """
 
 from __future__ import annotations
 
 from ..errors import UserError
+
+
+class DeviceFailed(UserError):
+    """The GPU failed mid-run where no other worker can take over: one line, exit 1."""
+
+    exit_code = 1
 
 DEVICES = ("cpu", "gpu", "auto")
 
@@ -54,3 +61,28 @@ def choose(requested: str, client=None) -> str:
 def default_device(profile=None) -> str:
     """A run's device when --device is not given: the site profile's, else cpu."""
     return getattr(profile, "device", None) or "cpu"
+
+
+def device_failed(e: BaseException) -> bool:
+    """A CUDA error raised through CuPy, but running out of memory (a partition too large is
+    its own one-line error)."""
+    return type(e).__module__.split(".")[0] in ("cupy", "cupy_backends") and \
+        not isinstance(e, MemoryError)
+
+
+def leave_the_cluster(p: int, e: BaseException):
+    """On a worker whose GPU failed computing partition ``p``: close this worker (and its
+    nanny, so it is not restarted on the same GPU) and hand the task back to the scheduler,
+    which gives it, and the tables this worker held, to the others. Outside a worker: one line,
+    exit 1."""
+    why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+    try:
+        from distributed import Reschedule, get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        raise DeviceFailed(f"the GPU failed while computing partition {p} ({why})",
+                           fix="run again with --resume (finished partitions are kept), or "
+                               "with --device cpu") from e
+    worker.loop.add_callback(worker.close, nanny=True, reason=f"its GPU failed ({why})")
+    raise Reschedule()

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..cluster import gpus
 from ..models.partitions import DaskPartitions
 from ..plan.nodes import Plan
 from ..registers.store import Dataset
@@ -65,7 +66,12 @@ def run_partition(root: str, p: int, plan: Plan, device: str = "cpu",
             if pool is not None:   # CuPy: blocks cached for earlier partitions go back first
                 pool().free_all_blocks()
             # read, check the fit, move each column once, compute, bring the table back
-            table, attrition = partition.run_partition(root, p, plan, dev)
+            try:
+                table, attrition = partition.run_partition(root, p, plan, dev)
+            except Exception as e:
+                if gpus.device_failed(e):
+                    gpus.leave_the_cluster(p, e)   # the partition goes to another worker
+                raise
             got = dev.peak_memory()
             peak = None if got is None else int(math.ceil(got / 2 ** 20))
     if ckpt is not None:
