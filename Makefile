@@ -3,7 +3,7 @@ PYTHON ?= python3
 BIN := .venv/bin
 PERSONS ?= 200000
 
-.PHONY: demo test test-fast test-slurm test-gpu install install-test system-deps lint bench clean
+.PHONY: demo test test-fast test-slurm test-gpu gpu-wheels install install-test system-deps lint bench clean
 
 .venv/.installed: pyproject.toml scripts/bootstrap-venv.sh
 	PYTHON=$(PYTHON) bash scripts/bootstrap-venv.sh
@@ -35,9 +35,15 @@ test-fast: install-test
 test-slurm: system-deps install-test
 	$(BIN)/python -m pytest -m slurm
 
-## test-gpu: kernel tests on CuPy (needs only numpy, cupy, pytest on the GPU machine)
+## test-gpu: the gpu-marked tests (kernels and the whole study path) on CuPy, from this checkout:
+## needs numpy, cupy, pyarrow, pytest, pandas, pyyaml, click and dask/distributed (pure Python;
+## `make gpu-wheels` fetches them to carry to a GPU machine that cannot reach a registry)
 test-gpu:
-	$(PYTHON) -m pytest -m gpu tests/kernels -p no:cacheprovider
+	PYTHONPATH=$(CURDIR):$$PYTHONPATH $(PYTHON) -m pytest -m gpu tests/kernels tests/test_gpu_study.py -p no:cacheprovider
+
+## gpu-wheels: the pure-Python wheels test-gpu needs beyond a CUDA image's usual stack, in .whl/
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: -d .whl dask distributed locket partd tblib zict tornado
 
 lint: install-test
 	$(BIN)/ruff check hpcstudy kernels tests benchmarks

@@ -43,14 +43,16 @@ def load_study(path: str | Path, variant: str | None = None) -> Study:
 
 def run(study: Study | str | Path, data: str | Path, out: str | Path | None = None,
         variant: str | None = None, engine: str = "dask", *, project: str | Path | None = None,
-        client=None, overwrite: bool = False, verify: bool = False) -> StudyResult:
+        client=None, overwrite: bool = False, verify: bool = False,
+        device: str = "cpu") -> StudyResult:
     """Run ``study`` (a :class:`Study` or a YAML path) on the registers in ``data``.
 
     ``variant`` picks one of the study's variants. ``engine`` is "dask" or "reference".
     ``project`` is the project's approval file (a site may require one). ``client`` is a
     dask client (default: a local one). With ``out``, the outputs are also written there,
     exactly as ``hpcstudy run --out`` writes them (``overwrite`` to replace an earlier run;
-    ``verify`` checks every data file's checksum first).
+    ``verify`` checks every data file's checksum first). ``device`` is "cpu", "gpu" or "auto"
+    (gpu where CuPy finds a device), as ``hpcstudy run --device``.
 
     Returns a :class:`StudyResult`: its DataFrames and models are private (see the module
     docstring); ``exported`` is the disclosure-controlled export. Bad input raises
@@ -62,7 +64,8 @@ def run(study: Study | str | Path, data: str | Path, out: str | Path | None = No
     entry = {"command": "run", "args": ["(python api)", str(study.source), "--data", str(data),
                                         *(["--out", str(out)] if out is not None else []),
                                         *(["--variant", variant] if variant else []),
-                                        "--engine", engine]}
+                                        "--engine", engine,
+                                        *(["--device", device] if device != "cpu" else [])]}
     if study.source != "<python>":
         entry["study_sha256"] = audit.file_sha256(study.source)
     entry["data_manifest_sha256"] = audit.file_sha256(Path(data) / "manifest.json")
@@ -72,7 +75,7 @@ def run(study: Study | str | Path, data: str | Path, out: str | Path | None = No
     started = audit.begin(entry)
     status = "error"
     try:
-        result = _run(study, data, out, engine, project, client, overwrite, verify)
+        result = _run(study, data, out, engine, project, client, overwrite, verify, device)
         status = audit.outcome(None)
         return result
     except BaseException as e:
@@ -106,7 +109,8 @@ def _study(study, variant: str | None) -> Study:
     return study
 
 
-def _run(study, data, out, engine, project, client, overwrite, verify) -> StudyResult:
+def _run(study, data, out, engine, project, client, overwrite, verify,
+         device="cpu") -> StudyResult:
     from .engines import checkpoint
     from .engines import run as R
     from .models.partitions import LocalPartitions
@@ -135,13 +139,24 @@ def _run(study, data, out, engine, project, client, overwrite, verify) -> StudyR
                             "reads, is not in the manifest", fix="restore the manifest that "
                             "synth or ingest wrote, or ingest the register")
         ds.check_files(checksums=verify)
-    tables, attrition, parts = R.person_table(plan, ds, engine, client, None, ckpt)
+    if engine != "dask" and device == "gpu":
+        raise UserError(f"the {engine} engine runs on the CPU only",
+                        fix="use engine='dask' for device='gpu', or leave device out")
+    if engine == "dask":
+        from .cluster.gpus import choose
+
+        device = choose(device, client)
+    report: dict = {}
+    tables, attrition, parts = R.person_table(plan, ds, engine, client, None, ckpt,
+                                              report=report, device=device)
     fitted: dict = {}
     results = R.analyse(plan, parts, attrition, fitted)
+    # the notebook asked for the per-person table: here (only) its rows come to this process
     table = R.combined(plan, tables)
     if out is not None:
         exported = R.write_outputs(Path(out), plan, results, table, engine=engine, ds=ds,
-                                   overwrite=overwrite, approval=approval)
+                                   overwrite=overwrite, approval=approval,
+                                   device=report.get("device"))
         if ckpt is not None:
             checkpoint.clear(ckpt)
     else:

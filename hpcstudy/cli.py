@@ -365,6 +365,12 @@ def plan(study: Path, data: Path, project: Path | None, variant: str | None) -> 
     click.echo(render(p))
 
 
+DEVICE = click.option(
+    "--device", type=click.Choice(["cpu", "gpu", "auto"]), default=None,
+    help="Where partitions are computed: cpu (NumPy), gpu (CuPy, one GPU per worker) or auto "
+         "(gpu where CuPy finds one). Default: the site profile's device, else cpu.")
+
+
 @cli.command()
 @click.argument("study", type=PATH)
 @click.option("--data", type=PATH, required=True, help="Register dataset.")
@@ -386,7 +392,8 @@ def plan(study: Path, data: Path, project: Path | None, variant: str | None) -> 
 @click.option("--gpus", type=_between(0, 1024), default=0,
               help="processes launcher: one worker per GPU.")
 @click.option("--profile", "profile_name", default=None,
-              help="Site profile for the slurm launcher (hpcstudy profiles).")
+              help="Site profile (hpcstudy profiles): the slurm launcher's workers, and the "
+                   "default --device.")
 @click.option("--account", envvar="HPCSTUDY_ACCOUNT", default=None, callback=_slurm_name,
               help="slurm launcher: Slurm account of the worker jobs.")
 @click.option("--interface", default=None,
@@ -394,12 +401,13 @@ def plan(study: Path, data: Path, project: Path | None, variant: str | None) -> 
 @click.option("--resume", is_flag=True,
               help="Reuse the partitions an interrupted run finished (in the private folder "
                    "OUT.checkpoints/).")
+@DEVICE
 @VARIANT
 @PROJECT
 @audited
 def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify: bool,
         quiet: bool, launcher: str, workers: int, gpus: int, profile_name: str | None,
-        account: str | None, interface: str | None, resume: bool,
+        account: str | None, interface: str | None, resume: bool, device: str | None,
         variant: str | None, project: Path | None) -> None:
     """Run a study: results.json, tables/*.csv and the private per-person table in OUT."""
     from .cluster.launchers import client_for
@@ -420,10 +428,16 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
         raise UserError(f"the {launcher} launcher runs the dask engine",
                         fix="drop --engine reference, or use --launcher local")
     prof, part = None, None
-    if launcher == "slurm":
+    if launcher == "slurm" or profile_name:
         from .cluster.slurm import load_profile
 
         prof = load_profile(profile_name or "ci")
+    from .cluster.gpus import default_device
+
+    device = device or default_device(prof)
+    if engine != "dask" and device == "gpu":
+        raise UserError("the reference engine runs on the CPU only",
+                        fix="use --engine dask with --device gpu, or drop --device")
     if launcher == "mpi":
         part = mpi.join(interface)
         if part.role != "client":
@@ -437,7 +451,7 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
         done: dict = {}
         res = R.run(s, data, out, engine=engine, client=client, progress=progress,
                     overwrite=overwrite, approval=approval, resume=resume, report=done,
-                    checked=True)
+                    checked=True, device=device if engine == "dask" else "cpu")
     if resume:
         click.echo(f"resumed {done.get('resumed', 0)} of {ds.partitions} partitions from "
                    "checkpoints")
@@ -665,7 +679,8 @@ def profiles() -> None:
         net = f", interface {p.interface}" if p.interface else ""
         click.echo(f"{p.name:<10} partition {p.partition:<8} {p.nodes} node(s) x "
                    f"{p.gpus_per_node} GPU, mem {mem}, walltime {p.walltime}, {p.launcher} "
-                   f"launcher, {p.workers} worker(s){net}  {p.description}  ({p.source})")
+                   f"launcher, {p.workers} worker(s){net}, device {p.device}  {p.description}"
+                   f"  ({p.source})")
 
 
 @cli.command()
@@ -679,10 +694,12 @@ def profiles() -> None:
               help="How the job runs the dask engine: local (one process), mpi (ranks in the "
               "allocation, a worker per GPU), slurm (worker jobs); default: the profile's.")
 @click.option("--dry-run", is_flag=True, help="Print the batch script; submit nothing.")
+@DEVICE
 @PROJECT
 @audited
 def submit(study: Path, profile_name: str, data: Path, out: Path, account: str | None,
-           launcher: str | None, dry_run: bool, project: Path | None) -> None:
+           launcher: str | None, dry_run: bool, device: str | None,
+           project: Path | None) -> None:
     """Check the study, render an sbatch script from the profile and submit it; the job id
     is recorded next to OUT (OUT.job.json)."""
     from .cluster import slurm
@@ -698,7 +715,7 @@ def submit(study: Path, profile_name: str, data: Path, out: Path, account: str |
     script = slurm.render_sbatch(prof, study=Path(study).resolve(), data=Path(data).resolve(),
                                  out=Path(out).resolve(), study_name=s.name, account=account,
                                  project=Path(project).resolve() if project else None,
-                                 variants=s.variant_names, launcher=launcher)
+                                 variants=s.variant_names, launcher=launcher, device=device)
     if dry_run:
         click.echo(script, nl=False)
         return

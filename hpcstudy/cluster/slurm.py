@@ -40,8 +40,9 @@ JOBS_DIR = _jobs_dir()
 PROFILE_KEYS = {"name", "description", "partition", "account", "nodes", "gpus_per_node",
                 "cpus_per_gpu", "mem_per_gpu", "mem", "walltime", "setup", "launcher",
                 "workers_per_node", "interface", "mpi_start", "signal_before_end",
-                "max_requeues"}
+                "max_requeues", "device"}
 SUBMIT_LAUNCHERS = ("local", "mpi", "slurm")
+DEVICES = ("cpu", "gpu", "auto")   # a profile's default for run --device
 INTERFACE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 WALLTIME = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
 MEMORY = re.compile(r"^\d+[KMGT]?$")
@@ -67,6 +68,7 @@ class Profile:
     mpi_start: str = "mpirun"        # what starts the ranks inside the allocation
     signal_before_end: int = 300     # seconds: USR1 this long before the walltime, then requeue
     max_requeues: int = 3
+    device: str = "cpu"              # run --device of its jobs: gpu on GPU nodes
     source: str = ""
 
     @property
@@ -144,6 +146,13 @@ def read_profile(path: Path) -> Profile:
     mpi_start = doc.get("mpi_start") or "mpirun"
     if not isinstance(mpi_start, str) or "\n" in mpi_start:
         bad("mpi_start", "must be one command line, like mpirun or srun --mpi=pmix")
+    device = doc.get("device") or "cpu"
+    if device not in DEVICES:
+        bad("device", f"{device!r} is not a device", f"use one of {', '.join(DEVICES)}")
+    if device == "gpu" and not doc.get("gpus_per_node"):
+        bad("device", "gpu on nodes without GPUs (gpus_per_node is 0)",
+            "give gpus_per_node, or device: cpu")
+
     def given(key):   # the profile's value, or the default Profile declares
         return getattr(Profile, key) if doc.get(key) is None else doc[key]
 
@@ -159,7 +168,7 @@ def read_profile(path: Path) -> Profile:
                    mem=doc.get("mem"), setup=tuple(setup), launcher=launcher,
                    workers_per_node=doc.get("workers_per_node"), interface=interface,
                    mpi_start=mpi_start, signal_before_end=signal_s,
-                   max_requeues=given("max_requeues"),
+                   max_requeues=given("max_requeues"), device=device,
                    source=str(path))
 
 
@@ -207,7 +216,7 @@ def sbatch_lines(profile: Profile, job_name: str, output: str, account: str | No
 def render_sbatch(profile: Profile, *, study: Path, data: Path, out: Path,
                   study_name: str, python: str | None = None, account: str | None = None,
                   project: Path | None = None, variants: tuple[str, ...] = (),
-                  launcher: str | None = None) -> str:
+                  launcher: str | None = None, device: str | None = None) -> str:
     """The batch script for one study run — or, for a study with variants, a job array with
     one task per variant writing to OUT/VARIANT: a pure function of its inputs."""
     launcher = launcher or profile.launcher
@@ -237,6 +246,10 @@ def render_sbatch(profile: Profile, *, study: Path, data: Path, out: Path,
             args += f" --account {q(account or profile.account)}"
     if launcher != "local" and profile.interface:
         args += f" --interface {q(profile.interface)}"
+    device = device or profile.device
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r}", fix=f"use one of {', '.join(DEVICES)}")
+    args += f" --device {device}"
     return template.substitute(
         study_name=study_name, profile=profile.name, launcher=launcher,
         sbatch_lines="\n".join(header),

@@ -1,90 +1,226 @@
 """The dask engine: one task per register partition, person rows never leave it.
 
-Each task reads only the columns the plan needs from its partition's files and builds that
-partition's per-person table with the array kernels (linkage is partition-local: every
-register shares the pnr hash). Analyses are reductions over the partition tables. The local
-threaded scheduler is the default; a ``distributed.Client`` runs the tasks on its workers and
-keeps the tables there between the model's Newton steps.
+Each task reads only the columns the plan needs from its partition's files, moves them to the
+run's device once and builds that partition's per-person table there with the array kernels
+(:mod:`.partition`; linkage is partition-local: every register shares the pnr hash); the table
+comes back to the memory of the process that computed it. Analyses are reductions over the
+partition tables. The local threaded scheduler is the default; under a ``distributed.Client``
+the tables stay in the workers' memory from the cohort step through every Newton step of every
+model: the client sends coefficients and receives per-partition sums, and the workers write the
+checkpoints and the private per-person table themselves.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import operator
 import os
+import threading
 from pathlib import Path
 
 import dask
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from ..cluster import gpus
 from ..models.partitions import DaskPartitions
 from ..plan.nodes import Plan
 from ..registers.store import Dataset
 from . import checkpoint, partition
+from .common import table_columns
 
 
-def run_partition(root: str, p: int, plan: Plan):
-    data = partition.load(root, p, plan.reads)
-    return partition.person_table(data, plan)
+def device_of(name: str):
+    """The Device for a run's device name (``None`` for the plain CPU path: NumPy as always)."""
+    if name == "cpu":
+        return None
+    from ..devices import get_device
+
+    return get_device(name)
+
+
+# One partition at a time on a process's device: a worker's threads (or the local scheduler's)
+# share its GPU, and each partition's working memory is checked against what is free (by
+# partition.load) and then used alone.
+_DEVICE_BUSY = threading.Lock()
+
+
+def run_partition(root: str, p: int, plan: Plan, device: str = "cpu",
+                  ckpt: str | None = None, fp: str | None = None, resume: bool = False):
+    """One partition, where it runs: (table, attrition, info). ``info`` says whether a
+    checkpoint was reused and the partition's peak device memory (MiB; None on the CPU). The
+    checkpoint is written here, by the worker."""
+    if resume and ckpt is not None:
+        got = checkpoint.load(Path(ckpt), p, fp)
+        if got is not None:
+            return got[0], got[1], {"resumed": True, "peak_memory_mib": None}
+    dev = device_of(device)
+    if dev is None:
+        table, attrition = partition.person_table(partition.load(root, p, plan.reads), plan)
+        peak = None
+    else:
+        with _DEVICE_BUSY:
+            pool = getattr(dev.xp, "get_default_memory_pool", None)
+            if pool is not None:   # CuPy: blocks cached for earlier partitions go back first
+                pool().free_all_blocks()
+            # read, check the fit, move each column once, compute, bring the table back
+            try:
+                table, attrition = partition.run_partition(root, p, plan, dev)
+            except Exception as e:
+                if gpus.device_failed(e):
+                    gpus.leave_the_cluster(p, e)   # the partition goes to another worker
+                raise
+            got = dev.peak_memory()
+            peak = None if got is None else int(math.ceil(got / 2 ** 20))
+    if ckpt is not None:
+        checkpoint.save(Path(ckpt), p, table, attrition, fp)
+    return table, attrition, {"resumed": False, "peak_memory_mib": peak}
+
+
+def _meta(result):
+    return result[1], result[2]
+
+
+def combined(plan: Plan, tables) -> dict:
+    """One per-person table from host partition tables: sorted by group (descending) then pnr,
+    the same order the reference engine writes."""
+    cols = table_columns(plan)
+    t = {c: np.concatenate([x[c] for x in tables]) for c in cols}
+    order = np.lexsort((t["pnr"], -t["group"].astype(np.int64)))
+    return {c: v[order] for c, v in t.items()}
+
+
+def write_person_table(table: dict, path) -> None:
+    """The private per-person table as Parquet (one function, so every launcher writes the same
+    bytes)."""
+    pq.write_table(pa.table({k: pa.array(v) for k, v in table.items()}), path,
+                   compression="zstd")
+
+
+def _combine_and_write(plan: Plan, path: str, *tables) -> int:
+    write_person_table(combined(plan, tables), path)
+    return sum(int(t["pnr"].shape[0]) for t in tables)
+
+
+class PartitionTables:
+    """The per-partition tables of a run, left where they were computed: in this process, or
+    as futures whose tables stay in the memory of the client's workers.
+
+    ``write(plan, path)`` writes the private per-person table where the rows are (a worker task
+    under a client). Iterating or indexing gives the tables here and, under a client, moves
+    rows through it: only for a caller that asked for them (the Python API's ``person_table``).
+    """
+
+    def __init__(self, parts: list, client=None):
+        self.parts, self.client = parts, client
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def _here(self) -> list[dict]:
+        return self.parts if self.client is None else self.client.gather(self.parts)
+
+    def __iter__(self):
+        return iter(self._here())
+
+    def __getitem__(self, i):
+        return self.parts[i] if self.client is None else self.client.gather(self.parts[i])
+
+    def write(self, plan: Plan, path) -> None:
+        if self.client is None:
+            _combine_and_write(plan, str(path), *self.parts)
+            return
+        # one worker gathers the tables from the others and writes: no row passes here
+        self.client.submit(_combine_and_write, plan, str(path), *self.parts,
+                           pure=False).result()
 
 
 class DaskEngine:
     name = "dask"
 
-    def __init__(self, client=None, scheduler: str = "threads", progress=None):
+    def __init__(self, client=None, scheduler: str = "threads", progress=None,
+                 device: str = "cpu"):
         self.client = client
         self.scheduler = scheduler
         self.progress = progress
+        self.device = device
+        self.peak_memory_mib: dict[int, int | None] = {}
 
     def person_tables(self, ds: Dataset, plan: Plan, checkpoints: Path | None = None,
                       resume: bool = False):
-        """Per-partition tables (in partition order) and the summed attrition. With
-        ``checkpoints``, each finished partition is saved there; with ``resume``, verified
-        checkpoints are loaded instead of recomputed (``self.resumed`` counts them)."""
-        root = str(ds.root)
+        """Per-partition tables (a :class:`PartitionTables`, in partition order) and the
+        summed attrition. With ``checkpoints``, each finished partition is saved there (by the
+        worker that computed it); with ``resume``, verified checkpoints are loaded instead of
+        recomputed (``self.resumed`` counts them)."""
         n = ds.partitions
         fp = checkpoint.fingerprint(plan, hashlib.sha256(
             (ds.root / "manifest.json").read_bytes()).hexdigest())
-        results: dict[int, tuple] = {}
-        if checkpoints is not None and resume:
-            for p in range(n):
-                got = checkpoint.load(checkpoints, p, fp)
-                if got is not None:
-                    results[p] = got
-        self.resumed = len(results)
-        todo = [p for p in range(n) if p not in results]
+        args = (str(ds.root), plan, self.device,
+                str(checkpoints) if checkpoints is not None else None, fp, resume)
+        tables: dict[int, object] = {}
+        meta: dict[int, tuple] = {}
 
-        def finished(p, result):
-            results[p] = result
-            if checkpoints is not None:
-                checkpoint.save(checkpoints, p, result[0], result[1], fp)
+        def finished(p, m):
+            meta[p] = m
             if self.progress:
-                self.progress("partitions", len(results), n)
+                self.progress("partitions", len(meta), n)
 
         if self.client is not None:
-            futures = {p: self.client.submit(run_partition, root, p, plan, pure=False)
-                       for p in todo}
-            for p, f in futures.items():
-                finished(p, f.result())
+            self._on_client(n, args, tables, finished)
         else:
-            # in chunks, so checkpoints and a progress bar advance on long runs; a chunk holds
-            # at least one partition per core, so every core has a partition to work on
-            cores = os.cpu_count() or 1
-            step = max(1, min(len(todo), max(cores, n // 20)))
-            for i in range(0, len(todo), step):
-                chunk = todo[i:i + step]
-                out = dask.compute(*[dask.delayed(run_partition)(root, p, plan)
-                                     for p in chunk], scheduler=self.scheduler)
-                for p, r in zip(chunk, out, strict=True):
-                    finished(p, r)
-        results = [results[p] for p in range(n)]
-        tables = [r[0] for r in results]
-        attrition = {}
-        for _, att in results:
-            for group, steps in att.items():
+            self._local(n, args, tables, finished)
+        self.resumed = sum(1 for _, info in meta.values() if info["resumed"])
+        self.peak_memory_mib = {p: meta[p][1]["peak_memory_mib"] for p in range(n)}
+        attrition: dict = {}
+        for p in range(n):   # in partition order, whatever order they finished in
+            for group, steps in meta[p][0].items():
                 if group not in attrition:
                     attrition[group] = [[name, 0] for name, _ in steps]
                 for row, (_, k) in zip(attrition[group], steps, strict=True):
                     row[1] += k
-        return tables, {g: [tuple(r) for r in rows] for g, rows in attrition.items()}
+        parts = PartitionTables([tables[p] for p in range(n)], self.client)
+        return parts, {g: [tuple(r) for r in rows] for g, rows in attrition.items()}
+
+    def _on_client(self, n, args, tables, finished):
+        from distributed import as_completed
+
+        c = self.client
+        root, plan, *rest = args
+        small = {}
+        for p in range(n):
+            whole = c.submit(run_partition, root, p, plan, *rest, pure=False)
+            tables[p] = c.submit(operator.getitem, whole, 0, pure=False)
+            small[c.submit(_meta, whole, pure=False)] = p
+        # only attrition and a few numbers come back; the tables stay on the workers
+        for f, m in as_completed(list(small), with_results=True):
+            finished(small[f], m)
+
+    def _local(self, n, args, tables, finished):
+        root, plan, *rest = args
+        # in chunks, so checkpoints and a progress bar advance on long runs; a chunk holds at
+        # least one partition per core, so every core has a partition to work on
+        step = max(1, min(n, max(os.cpu_count() or 1, n // 20)))
+        for i in range(0, n, step):
+            chunk = list(range(i, min(n, i + step)))
+            out = dask.compute(*[dask.delayed(run_partition)(root, p, plan, *rest)
+                                 for p in chunk], scheduler=self.scheduler)
+            for p, (table, attrition, info) in zip(chunk, out, strict=True):
+                tables[p] = table
+                finished(p, (attrition, info))
 
     def partitions(self, tables):
-        return DaskPartitions(tables, self.client, self.scheduler)
+        """The tables as partitions for the analyses: NumPy tables, where they are."""
+        parts = tables.parts if isinstance(tables, PartitionTables) else list(tables)
+        return DaskPartitions(parts, self.client, self.scheduler)
+
+    def device_record(self) -> dict:
+        """What results.json's run section says about the device."""
+        peaks = self.peak_memory_mib
+        return {"name": self.device,
+                "peak_memory_mib": None if self.device == "cpu" else
+                {str(p): v for p, v in sorted(peaks.items())}}
+
+
+__all__ = ["DaskEngine", "PartitionTables", "combined", "write_person_table"]

@@ -19,8 +19,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..errors import UserError
 from ..models.base import ModelError
@@ -32,8 +30,8 @@ from ..plan.nodes import Plan
 from ..registers.store import Dataset, staged_output
 from ..study import Study, StudyErrors, load_study
 from . import analyses as A
-from .common import STATUS, table_columns
-from .dask_engine import DaskEngine
+from .common import STATUS, table_columns  # noqa: F401 - R.table_columns, for tests
+from .dask_engine import DaskEngine, write_person_table
 from .reference import ReferenceEngine
 
 ENGINES = ("reference", "dask")
@@ -65,27 +63,28 @@ def prepare(study: Study | str | Path, data: str | Path,
 
 
 def person_table(plan: Plan, ds: Dataset, engine: str = "dask", client=None, progress=None,
-                 checkpoints: Path | None = None, resume: bool = False, report=None):
-    """(list of per-partition tables as dicts of arrays, attrition, partitions object);
-    ``report["resumed"]`` says how many partitions came from checkpoints."""
+                 checkpoints: Path | None = None, resume: bool = False, report=None,
+                 device: str = "cpu"):
+    """(per-partition tables, attrition, partitions object); ``report["resumed"]`` says how
+    many partitions came from checkpoints, ``report["device"]`` what the run computed on."""
     if engine == "reference":
         df, attrition = ReferenceEngine().person_table(ds, plan)
         tables = [{c: df[c].to_numpy() for c in df.columns}]
         return tables, attrition, LocalPartitions(tables)
     if engine == "dask":
-        eng = DaskEngine(client=client, progress=progress)
+        eng = DaskEngine(client=client, progress=progress, device=device)
         tables, attrition = eng.person_tables(ds, plan, checkpoints, resume)
         if report is not None:
             report["resumed"] = eng.resumed
+            report["device"] = eng.device_record()
         return tables, attrition, eng.partitions(tables)
     raise UserError(f"unknown engine {engine!r}", fix=f"use one of {', '.join(ENGINES)}")
 
 
-def combined(plan: Plan, tables: list[dict]) -> dict:
-    cols = table_columns(plan)
-    t = {c: np.concatenate([x[c] for x in tables]) for c in cols}
-    order = np.lexsort((t["pnr"], -t["group"].astype(np.int64)))
-    return {c: v[order] for c, v in t.items()}
+def combined(plan: Plan, tables) -> dict:
+    from .dask_engine import combined as combine
+
+    return combine(plan, tables)
 
 
 def analyse(plan: Plan, parts, attrition, fitted: dict | None = None) -> dict:
@@ -259,10 +258,12 @@ def _jsonable(o):
     raise TypeError(type(o))
 
 
-def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: str,
-                  ds: Dataset, overwrite: bool = True, approval=None) -> dict:
+def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
+                  ds: Dataset, overwrite: bool = True, approval=None,
+                  device: dict | None = None) -> dict:
     """Write the exported files, the private per-person table and the output manifest
-    (``OUT/outputs.json``: every exported file with its kind, schema and SHA-256)."""
+    (``OUT/outputs.json``: every exported file with its kind, schema and SHA-256). ``table``
+    is a dict of arrays, or the dask engine's PartitionTables (written where its rows are)."""
     from ..outputs import manifest as M
 
     with staged_output(out, overwrite, kind="run") as staging:
@@ -275,6 +276,8 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
                       "status_codes": {str(k): v for k, v in STATUS.items()}}
         # without file:line: a path and a line number are free text the gate cannot vouch for
         res["run"]["study_warnings"] = [str(w).split(": ", 1)[1] for w in plan.study.warnings]
+        if device is not None:
+            res["run"]["device"] = device
         if approval is not None:
             res["run"]["approval"] = approval.as_dict()
         truth = ds.manifest.get("truth")
@@ -332,8 +335,10 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
         private = staging / "private"
         private.mkdir(mode=0o700)
         M.keep_study(staging, plan.study)
-        pq.write_table(pa.table({k: pa.array(v) for k, v in table.items()}),
-                       private / "person_table.parquet", compression="zstd")
+        if hasattr(table, "write"):
+            table.write(plan, private / "person_table.parquet")
+        else:
+            write_person_table(table, private / "person_table.parquet")
     return res
 
 
@@ -357,10 +362,11 @@ def check_run(out, ds: Dataset, *, overwrite: bool = False, study: Study | None 
 
 def run(study, data, out, engine: str = "dask", client=None, progress=None,
         overwrite: bool = False, approval=None, resume: bool = False, report=None,
-        verify: bool = False, checked: bool = False) -> dict:
+        verify: bool = False, checked: bool = False, device: str = "cpu") -> dict:
     """Run a study. The dask engine checkpoints every finished partition next to OUT, in the
     private folder OUT.checkpoints/ (mode 0700); ``resume`` reuses them; a finished run removes
-    them. ``checked``: the caller has done :func:`check_run` already."""
+    them. ``checked``: the caller has done :func:`check_run` already. ``device``: ``cpu``,
+    ``gpu`` or ``auto`` (see :mod:`hpcstudy.cluster.gpus`; the dask engine only)."""
     from . import checkpoint
 
     study, plan, ds = prepare(study, data, approval)
@@ -370,11 +376,21 @@ def run(study, data, out, engine: str = "dask", client=None, progress=None,
     ckpt = checkpoint.directory(Path(out)) if engine == "dask" else None
     if ckpt is not None and ckpt.is_dir():
         checkpoint.private_folder(ckpt)   # one an older hpcstudy left readable by others
+    report = {} if report is None else report
+    if engine != "dask" and device == "gpu":
+        raise UserError(f"the {engine} engine runs on the CPU only",
+                        fix="use --engine dask for --device gpu, or drop --device")
+    if engine == "dask":
+        from ..cluster.gpus import choose
+
+        device = choose(device, client)
     tables, attrition, parts = person_table(plan, ds, engine, client, progress, ckpt, resume,
-                                            report)
+                                            report, device)
     results = analyse(plan, parts, attrition)
-    res = write_outputs(Path(out), plan, results, combined(plan, tables), engine=engine, ds=ds,
-                        overwrite=overwrite, approval=approval)
+    # the dask engine's tables are written where they were computed (by a worker)
+    table = tables if engine == "dask" else combined(plan, tables)
+    res = write_outputs(Path(out), plan, results, table, engine=engine, ds=ds,
+                        overwrite=overwrite, approval=approval, device=report.get("device"))
     if ckpt is not None:
         checkpoint.clear(ckpt)
     return res

@@ -23,7 +23,8 @@ from .validate import as_design, as_vector
 def _sums(part):
     X, w = part["X"], part["weights"]
     total, wx = K.weighted_sums(X, w)
-    return total, wx, float(part["event"].sum()), int(part["time"].shape[0])
+    # the event count stays an array: on a device, it comes to the host with the other sums
+    return total, wx, part["event"].sum(), int(part["time"].shape[0])
 
 
 def _pairs(part):
@@ -90,7 +91,7 @@ class CoxPH(Fitted):
         the same coding in every partition) and optionally entry."""
         p = len(names)
         total, wx, events, n = parts.map_reduce(_sums)
-        total, wx = float(to_numpy(total)), to_numpy(wx)
+        total, wx, events = float(to_numpy(total)), to_numpy(wx), float(to_numpy(events))
         if events == 0:
             raise ModelError("Cox model: there are no events")
         mean = wx / total

@@ -48,11 +48,23 @@ class LocalPartitions:
 
 
 class DaskPartitions:
-    """Partitions as Dask futures (with a ``distributed.Client``) or delayed values."""
+    """Partitions as Dask futures (with a ``distributed.Client``) or delayed values.
 
-    def __init__(self, parts: Sequence[Any], client=None, scheduler: str = "threads"):
+    Under a client the partitions stay on the workers between calls: ``map`` leaves its results
+    there as new futures, ``map_reduce`` brings back only each partition's (small) result.
+    ``device`` says where the partitions' arrays live (the dask engine's per-person tables are
+    host arrays: ``cpu``). On another device, host arrays among the arguments (coefficients,
+    grids) are moved to the partition's device where it runs, and ``map_reduce`` results come
+    back as host arrays.
+    Results are taken as tasks finish and added in partition order, so every launcher adds the
+    same numbers in the same order and gives the same bits.
+    """
+
+    def __init__(self, parts: Sequence[Any], client=None, scheduler: str = "threads",
+                 device: str = "cpu"):
         self.client = client
         self.scheduler = scheduler
+        self.device = device
         if client is not None and parts and not _is_future(parts[0]):
             parts = client.scatter(list(parts))
         self.parts = list(parts)
@@ -60,27 +72,82 @@ class DaskPartitions:
     def __len__(self) -> int:
         return len(self.parts)
 
+    def _task(self, fn: Callable, reduce_: bool):
+        return fn if self.device == "cpu" else _OnDevice(fn, self.device, reduce_)
+
     def map(self, fn: Callable, *args: Any) -> DaskPartitions:
+        task = self._task(fn, False)
         if self.client is not None:
-            futures = [self.client.submit(fn, p, *args, pure=False) for p in self.parts]
-            return DaskPartitions(futures, self.client)
+            futures = [self.client.submit(task, p, *args, pure=False) for p in self.parts]
+            return DaskPartitions(futures, self.client, device=self.device)
         import dask
 
-        computed = dask.compute(*[dask.delayed(fn, pure=True)(p, *args) for p in self.parts],
+        computed = dask.compute(*[dask.delayed(task, pure=True)(p, *args) for p in self.parts],
                                 scheduler=self.scheduler)
-        return DaskPartitions(list(computed), None, self.scheduler)
+        return DaskPartitions(list(computed), None, self.scheduler, self.device)
 
     def map_reduce(self, fn: Callable, *args: Any, combine: Callable = add) -> Any:
+        task = self._task(fn, True)
         if self.client is not None:
-            futures = [self.client.submit(fn, p, *args, pure=False) for p in self.parts]
-            # The partial sums are small: add them here, in partition order, so every launcher
-            # adds in the same order and gives the same bits.
-            return reduce(combine, self.client.gather(futures))
+            from distributed import as_completed
+
+            futures = [self.client.submit(task, p, *args, pure=False) for p in self.parts]
+            where = {f.key: i for i, f in enumerate(futures)}
+            got: dict[int, Any] = {}
+            total, k = None, 0
+            for f, r in as_completed(futures, with_results=True):
+                got[where[f.key]] = r
+                while k in got:   # add in partition order, as soon as the prefix is in
+                    r_k = got.pop(k)
+                    total = r_k if k == 0 else combine(total, r_k)
+                    k += 1
+            return total
         import dask
 
-        results = dask.compute(*[dask.delayed(fn, pure=True)(p, *args) for p in self.parts],
+        results = dask.compute(*[dask.delayed(task, pure=True)(p, *args) for p in self.parts],
                                scheduler=self.scheduler)
         return reduce(combine, results)
+
+
+class _OnDevice:
+    """A per-partition function run on the partition's device: host array arguments go to the
+    device there; a reduction's result comes back to the host."""
+
+    def __init__(self, fn: Callable, device: str, reduce_: bool):
+        self.fn, self.device, self.reduce_ = fn, device, reduce_
+        self.__name__ = getattr(fn, "__name__", "task")   # dask names the task after it
+
+    def __call__(self, part, *args):
+        from ..devices import get_device
+
+        dev = get_device(self.device)
+        out = self.fn(part, *(_to_device(dev, a) for a in args))
+        return to_host(out, dev) if self.reduce_ else out
+
+
+def _to_device(dev, x):
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        return dev.to_device(x)
+    if isinstance(x, tuple | list):
+        return type(x)(_to_device(dev, v) for v in x)
+    return x
+
+
+def to_host(x, dev):
+    """``x`` with every device array in it (in tuples, lists, dicts) copied to the host."""
+    import numpy as np
+
+    if isinstance(x, np.ndarray | np.generic) or x is None or isinstance(x, int | float | str):
+        return x
+    if isinstance(x, tuple | list):
+        return type(x)(to_host(v, dev) for v in x)
+    if isinstance(x, dict):
+        return {k: to_host(v, dev) for k, v in x.items()}
+    if hasattr(x, "shape"):
+        return dev.to_host(x)
+    return x
 
 
 def _is_future(x: Any) -> bool:

@@ -39,7 +39,7 @@ REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
             "measure": ("persons", "events")}
 RUN_FIELDS = {"engine", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
-              "approval", "study_warnings"}
+              "approval", "study_warnings", "device"}
 
 
 def min_cell_floor(approval=None) -> int:

@@ -1,0 +1,488 @@
+"""The distributed side of the device path: ``--device``, rows left on the workers, a lost
+worker after the cohort step, and the GPU benchmark at toy sizes."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import signal
+import textwrap
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from hpcstudy.errors import UserError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+STUDY = EXAMPLES / "diabetes_incidence.yaml"
+
+
+def one_error_line(r) -> str:
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: "), r.stderr
+    return lines[0]
+
+
+# -- choosing the device ----------------------------------------------------------------------
+def test_device_gpu_without_cupy_is_one_line_and_writes_nothing(small_data, tmp_path):
+    pytest.importorskip("hpcstudy.devices")
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    out = tmp_path / "out"
+    line = one_error_line(run_cli("run", STUDY, "--data", small_data, "--out", out,
+                                  "--quiet", "--device", "gpu"))
+    assert "CuPy" in line and "--device cpu" in line
+    assert not out.exists() and not (tmp_path / "out.checkpoints").exists()
+
+
+FAKE_CUPY = {   # a test double for absent hardware: CuPy imports, its runtime sees no device
+    "cupy/__init__.py": "from . import cuda\n",
+    "cupy/cuda/__init__.py": "from . import runtime\n",
+    "cupy/cuda/runtime.py": "def getDeviceCount():\n    return 0\n",
+}
+
+
+@pytest.fixture()
+def cupy_without_a_gpu(tmp_path):
+    """A ``cupy`` package whose device count is 0: what CuPy says on a node without a GPU.
+    It stands in for missing hardware only; nothing of hpcstudy is replaced."""
+    root = tmp_path / "fake-cupy"
+    for rel, text in FAKE_CUPY.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_device_gpu_with_cupy_but_no_gpu_is_one_line(small_data, tmp_path, cupy_without_a_gpu):
+    pytest.importorskip("hpcstudy.devices")
+    out = tmp_path / "out"
+    line = one_error_line(run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet",
+                                  "--device", "gpu", env=cupy_without_a_gpu))
+    assert "no GPU" in line and "--device cpu" in line and "not usable here" not in line
+    assert not out.exists()
+
+
+def test_device_gpu_asks_the_workers_and_names_one_without_a_gpu(small_data, tmp_path,
+                                                                  cupy_without_a_gpu):
+    """Under the processes launcher the workers, not the client, must have the GPU: the line
+    names a worker and how many others lack one."""
+    pytest.importorskip("hpcstudy.devices")
+    out = tmp_path / "out"
+    line = one_error_line(run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet",
+                                  "--launcher", "processes", "--workers", "2", "--device", "gpu",
+                                  env=cupy_without_a_gpu))
+    assert "error: worker tcp://" in line and "and 1 other worker(s)" in line
+    assert "no GPU" in line and not out.exists()
+
+
+def test_device_auto_without_a_gpu_runs_on_the_cpu_and_says_so(small_data, local_run,
+                                                               tmp_path, cupy_without_a_gpu):
+    pytest.importorskip("hpcstudy.devices")
+    out = tmp_path / "out"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--device", "auto",
+                env=cupy_without_a_gpu)
+    assert r.returncode == 0, r.stderr
+    run = json.loads((out / "results.json").read_text())["run"]
+    assert run["device"] == {"name": "cpu", "peak_memory_mib": None}
+    for f in ("results.json", "outputs.json", "private/person_table.parquet"):
+        assert (out / f).read_bytes() == (local_run / f).read_bytes(), f
+
+
+def test_the_profile_gives_the_default_device(small_data, tmp_path):
+    """gefion's profile says gpu: without --device a run there asks for the GPU (and here,
+    without one, is refused before it reads anything)."""
+    pytest.importorskip("hpcstudy.devices")
+    out = tmp_path / "out"
+    line = one_error_line(run_cli("run", STUDY, "--data", small_data, "--out", out,
+                                  "--quiet", "--profile", "gefion"))
+    assert "--device gpu" in line and not out.exists()
+
+
+def test_the_reference_engine_refuses_the_gpu(small_data, tmp_path):
+    line = one_error_line(run_cli("run", STUDY, "--data", small_data, "--out", tmp_path / "o",
+                                  "--engine", "reference", "--device", "gpu"))
+    assert "reference engine runs on the CPU" in line
+
+
+def test_a_submitted_job_runs_on_the_profiles_device(small_data, tmp_path):
+    r = run_cli("submit", STUDY, "--profile", "gefion", "--data", small_data, "--out",
+                tmp_path / "out", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    run_line = next(x for x in r.stdout.splitlines() if "hpcstudy.cli run" in x)
+    assert run_line.count("--device") == 1 and "--device gpu" in run_line
+
+
+@pytest.mark.parametrize("profile,flag,want", [("ci", None, "cpu"), ("gefion", "auto", "auto"),
+                                               ("gefion", "cpu", "cpu"), ("ci", "gpu", "gpu")])
+def test_submit_device_overrides_the_profiles(profile, flag, want):
+    from hpcstudy.cluster import slurm
+
+    text = slurm.render_sbatch(slurm.load_profile(profile), study=Path("/s.yaml"),
+                               data=Path("/d"), out=Path("/o"), study_name="s", device=flag)
+    run_line = next(x for x in text.splitlines() if "hpcstudy.cli run" in x)
+    assert run_line.count("--device") == 1 and f"--device {want} " in run_line + " "
+
+
+@pytest.mark.parametrize("text,message", [
+    ("device: tpu\n", "'tpu' is not a device"),
+    ("device: gpu\ngpus_per_node: 0\n", "gpu on nodes without GPUs"),
+])
+def test_a_profiles_bad_device_is_refused_with_its_line(tmp_path, text, message):
+    from hpcstudy.cluster.slurm import read_profile
+
+    f = tmp_path / "site.yaml"
+    f.write_text("name: site\npartition: p\nwalltime: '01:00:00'\n" + text)
+    with pytest.raises(UserError) as e:
+        read_profile(f)
+    assert message in str(e.value) and f"{f}:4" in str(e.value)
+
+
+# -- rows stay on the workers -----------------------------------------------------------------
+_comm = contextvars.ContextVar("comm", default=None)
+
+
+@contextmanager
+def bytes_received(workers):
+    """Count the bytes this process reads on connections it opened to the ``workers``
+    (addresses): every byte of a partition's results reaches the client that way, directly or
+    through the scheduler (which a LocalCluster runs in the client's process; counting only
+    what comes from workers counts such a relay once)."""
+    from distributed.comm import tcp
+
+    got = {"bytes": 0}
+    read, from_frames = tcp.TCP.read, tcp.from_frames
+
+    async def counted_read(self, deserializers=None):
+        _comm.set(self)
+        return await read(self, deserializers)
+
+    async def counted_from_frames(frames, *a, **kw):
+        comm = _comm.get()
+        if comm is not None and comm.peer_address in workers:
+            got["bytes"] += sum(memoryview(f).nbytes for f in frames)
+        return await from_frames(frames, *a, **kw)
+
+    tcp.TCP.read, tcp.from_frames = counted_read, counted_from_frames
+    try:
+        yield got
+    finally:
+        tcp.TCP.read, tcp.from_frames = read, from_frames
+
+
+def table_bytes(t: dict) -> int:
+    return sum(v.nbytes for v in t.values())
+
+
+@pytest.fixture(scope="module")
+def two_big_parts(tmp_path_factory) -> Path:
+    """40 000 persons in two partitions: per-person tables of ~200 kB each."""
+    from hpcstudy.registers.generate import generate
+
+    out = tmp_path_factory.mktemp("data") / "two"
+    generate(out, persons=40_000, seed=3, partitions=2, jobs=2)
+    return out
+
+
+def test_a_distributed_run_moves_no_person_rows_through_the_client(two_big_parts, tmp_path):
+    """A whole run of example 3 (cohort, rates, Lexis, a Poisson model's Newton steps) on a
+    LocalCluster of worker processes: the client receives far less than one partition's
+    per-person table, and the counter does see tables when they are fetched. (A Cox fit's
+    per-step sums are per event time, the grid, whose size grows with distinct event days,
+    not with persons.)"""
+    from distributed import Client, LocalCluster
+
+    from hpcstudy.engines import run as R
+
+    study = STUDY
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        with bytes_received(set(cluster.scheduler_info["workers"])) as got:
+            R.run(study, two_big_parts, out, client=client)
+        during_run = got["bytes"]
+        _, plan, ds = R.prepare(study, two_big_parts)
+        tables, _, _ = R.person_table(plan, ds, "dask", client)
+        with bytes_received(set(cluster.scheduler_info["workers"])) as got:
+            host = list(tables)          # rows asked for: this must show in the count
+        fetched = got["bytes"]
+    smallest = min(table_bytes(t) for t in host)
+    assert fetched >= sum(table_bytes(t) for t in host)
+    assert smallest > 200_000            # partitions big enough for the bound to mean something
+    assert during_run < smallest / 10, (during_run, smallest)
+    whole = R.combined(plan, host)
+    import pyarrow.parquet as pq
+
+    private = pq.read_table(out / "private" / "person_table.parquet").to_pydict()
+    assert all(np.array_equal(whole[k], np.asarray(private[k])) for k in whole)
+
+
+def test_a_worker_lost_after_the_cohort_step_costs_no_results(small_data, local_run,
+                                                              tmp_path):
+    """The per-person tables live on the workers; SIGKILL one after the cohort step. Its
+    tables are computed again elsewhere, and the models and the private table come out the
+    same as on the local launcher."""
+    from distributed import wait
+    from test_launchers import same_outputs
+
+    from hpcstudy.cluster.launchers import client_for
+    from hpcstudy.engines import run as R
+
+    out = tmp_path / "out"
+    with client_for("processes", workers=2) as client:
+        study, plan, ds = R.prepare(STUDY, small_data)
+        report: dict = {}
+        tables, attrition, parts = R.person_table(plan, ds, "dask", client, report=report)
+        wait(tables.parts)
+        holders = client.who_has(tables.parts)
+        victim_addr = sorted({w for ws in holders.values() for w in ws})[0]
+        victim = client.run(os.getpid, workers=[victim_addr])[victim_addr]
+        os.kill(victim, signal.SIGKILL)
+        results = R.analyse(plan, parts, attrition)
+        R.write_outputs(out, plan, results, tables, engine="dask", ds=ds,
+                        device=report["device"])
+        assert victim not in client.run(os.getpid).values()   # it really died
+    same_outputs(local_run, out)
+
+
+def test_a_run_on_the_stand_in_device_under_a_client_gives_the_cpu_bytes(small_data,
+                                                                         local_run, tmp_path):
+    """Every partition built on the workers' stand-in device (arrays that refuse NumPy), under
+    a LocalCluster of processes: the same per-person table and results as the local CPU run,
+    and the device recorded."""
+    from hpcstudy.engines import partition
+
+    if not hasattr(partition, "run_partition"):
+        pytest.skip("the partition engine here has no device path yet")
+    from distributed import Client, LocalCluster
+    from study.test_engines_agree import compare
+
+    from hpcstudy.engines.run import run
+
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        res = run(STUDY, small_data, out, client=client, device="standin")
+    assert res["run"]["device"]["name"] == "standin"
+    private = Path("private") / "person_table.parquet"
+    assert (out / private).read_bytes() == (local_run / private).read_bytes()
+    want = json.loads((local_run / "results.json").read_text())
+    got = json.loads((out / "results.json").read_text())
+    want["run"].pop("device"), got["run"].pop("device")
+    compare(want, got, rel=1e-12)   # sums in other processes: the last bit may differ
+
+
+def _slow_in_reverse(part, n):
+    import time
+
+    time.sleep(0.3 * (n - 1 - part))   # the last partition finishes first
+    return [part]
+
+
+def test_partial_sums_are_added_in_partition_order_whatever_order_they_finish_in():
+    """Partials finishing in reverse order are still combined 0, 1, 2, 3 (a combine that is
+    not commutative shows the order), so every launcher adds the same numbers the same way."""
+    from distributed import Client, LocalCluster
+
+    from hpcstudy.models.partitions import DaskPartitions
+
+    seen = []
+
+    def combine(a, b):
+        seen.append((list(a), list(b)))
+        return a + b
+
+    with LocalCluster(n_workers=4, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        parts = DaskPartitions(client.scatter([0, 1, 2, 3]), client)
+        assert parts.map_reduce(_slow_in_reverse, 4, combine=combine) == [0, 1, 2, 3]
+    assert seen == [([0], [1]), ([0, 1], [2]), ([0, 1, 2], [3])]
+
+
+FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "GPU 1" breaks
+    "cupy/__init__.py": textwrap.dedent("""\
+        import os
+        import numpy as _np
+        from . import cuda
+
+        class _Pool:
+            def total_bytes(self): return 0
+            def free_bytes(self): return 0
+            def free_all_blocks(self): pass
+
+        _POOL = _Pool()
+
+        def get_default_memory_pool(): return _POOL
+
+        def asnumpy(a): return _np.asarray(a)
+
+        def asarray(a, dtype=None):
+            if os.environ.get("CUDA_VISIBLE_DEVICES") == "1":
+                raise cuda.runtime.CUDARuntimeError("cudaErrorECCUncorrectable: "
+                                                    "uncorrectable ECC error encountered")
+            return _np.asarray(a, dtype=dtype)
+
+        def __getattr__(name): return getattr(_np, name)
+        """),
+    "cupy/cuda/__init__.py": "from . import runtime\n",
+    "cupy/cuda/runtime.py": textwrap.dedent("""\
+        class CUDARuntimeError(RuntimeError):
+            pass
+
+        def getDeviceCount(): return 1
+
+        def memGetInfo(): return (1 << 40, 1 << 40)
+        """),
+}
+
+
+def test_a_worker_whose_gpu_fails_leaves_and_the_others_finish_the_run(small_data, local_run,
+                                                                       tmp_path):
+    """Two workers, one GPU each; the second GPU raises a CUDA error on its first transfer
+    (a CuPy double: NumPy behind CuPy's names, the hardware being absent here). That worker
+    leaves, its partitions go to the other, and the outputs equal the local CPU run's."""
+    from hpcstudy.engines import partition
+
+    if not hasattr(partition, "run_partition"):
+        pytest.skip("the partition engine here has no device path yet")
+    root = tmp_path / "fake-cupy"
+    for rel, text in FAILING_GPU.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    out = tmp_path / "out"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--launcher",
+                "processes", "--gpus", "2", "--device", "gpu",
+                env={"PYTHONPATH": os.pathsep.join([str(root),
+                                                    os.environ.get("PYTHONPATH", "")])})
+    assert r.returncode == 0, r.stderr
+    private = Path("private") / "person_table.parquet"
+    assert (out / private).read_bytes() == (local_run / private).read_bytes()
+    want = json.loads((local_run / "results.json").read_text())
+    got = json.loads((out / "results.json").read_text())
+    assert got["run"].pop("device")["name"] == "gpu"
+    want["run"].pop("device")
+    from study.test_engines_agree import compare
+
+    compare(want, got, rel=1e-12)
+
+
+def test_a_gpu_failing_with_no_other_worker_is_one_line_exit_1(small_data, tmp_path):
+    from hpcstudy.engines import partition
+
+    if not hasattr(partition, "run_partition"):
+        pytest.skip("the partition engine here has no device path yet")
+    root = tmp_path / "fake-cupy"
+    for rel, text in FAILING_GPU.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    out = tmp_path / "out"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--device", "gpu",
+                env={"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+                     "CUDA_VISIBLE_DEVICES": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "the GPU failed while computing partition" in lines[0]
+    assert "--resume" in lines[0] and not out.exists()
+
+
+# -- the stand-in device under a client ------------------------------------------------------
+def _standin_part(seed: int, n: int):
+    from hpcstudy.devices import get_device
+
+    rng = np.random.default_rng(seed)
+    dev = get_device("standin")
+    x = rng.normal(size=(n, 3))
+    y = x @ np.array([0.5, -1.0, 2.0]) + rng.normal(size=n)
+    return {"X": dev.to_device(x), "y": dev.to_device(y)}
+
+
+def _center(part, mean):   # mean: a host array sent out, used against device arrays
+    return {"X": part["X"] - mean, "y": part["y"]}
+
+
+def _gram(part):
+    X, y = part["X"], part["y"]
+    return X.T @ X, X.T @ y, X.sum(axis=0), X.shape[0]
+
+
+def _rss(part, beta):      # beta: the coefficients sent out at each step
+    r = part["y"] - part["X"] @ beta
+    return (r * r).sum()
+
+
+def test_device_partitions_under_a_client_get_coefficients_and_give_sums():
+    """Partitions built on the workers on the stand-in device, whose arrays refuse NumPy and
+    any implicit trip to the host: host arguments (a mean, coefficients) reach them as device
+    arrays, sums come back as host arrays, and the fit equals least squares on the host."""
+    pytest.importorskip("hpcstudy.devices")
+    from distributed import Client, LocalCluster
+
+    from hpcstudy.models.partitions import DaskPartitions
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        futures = [client.submit(_standin_part, s, 300, pure=False) for s in range(3)]
+        parts = DaskPartitions(futures, client, device="standin")
+        _, _, xsum, n = parts.map_reduce(_gram)
+        assert isinstance(xsum, np.ndarray) and n == 900
+        centred = parts.map(_center, xsum / n)
+        xtx, xty, _, _ = centred.map_reduce(_gram)
+        beta = np.linalg.solve(xtx, xty)
+        rss = centred.map_reduce(_rss, beta)
+    X, y = [], []
+    for rng in (np.random.default_rng(s) for s in range(3)):
+        x = rng.normal(size=(300, 3))
+        X.append(x)
+        y.append(x @ np.array([0.5, -1.0, 2.0]) + rng.normal(size=300))
+    X, y = np.concatenate(X), np.concatenate(y)
+    Xc = X - X.mean(axis=0)
+    want = np.linalg.lstsq(Xc, y, rcond=None)[0]
+    assert np.allclose(beta, want, rtol=1e-10, atol=0)
+    assert isinstance(rss, np.ndarray | np.generic) and float(rss) == pytest.approx(
+        float(((y - Xc @ want) ** 2).sum()), rel=1e-10)
+
+
+# -- the GPU benchmark runs anywhere, tiny ----------------------------------------------------
+def test_the_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
+    """benchmarks/gpu_study.py at toy sizes on the CPU: one record per run, each naming the
+    device it measured, with the study's and the Cox fit's own figures."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.py"
+    r = subprocess.run([sys.executable, str(script), "--persons", "1500", "--cox-n", "3000",
+                        "--cox-p", "3", "--cox-chunk", "1000", "--devices", "cpu", "--jobs",
+                        "1", "--cpu-workers", "0", "--work", str(tmp_path / "w"),
+                        "--results", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    study = [json.loads(x) for x in (tmp_path / "r" / "gpu_study.jsonl").read_text().splitlines()]
+    cox = [json.loads(x) for x in (tmp_path / "r" / "gpu_cox.jsonl").read_text().splitlines()]
+    assert [(s["persons"], s["device"]) for s in study] == [(1500, "cpu")]
+    assert study[0]["wall_s"] > 0 and "cores" in study[0]["device_name"]
+    assert study[0]["peak_device_memory_mib"] is None            # none on the CPU
+    assert [(c["n"], c["p"], c["device"]) for c in cox] == [(3000, 3, "cpu")]
+    assert 0 < cox[0]["events"] < 3000 and abs(cox[0]["coef_0"] - 0.1) < 0.15
+    assert not list((tmp_path / "w").glob("out-*"))              # run outputs cleaned up
+
+
+def test_the_gpu_benchmark_refuses_without_a_gpu(tmp_path, cupy_without_a_gpu):
+    import subprocess
+    import sys
+
+    pytest.importorskip("hpcstudy.devices")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.py"
+    r = subprocess.run([sys.executable, str(script), "--devices", "gpu", "--work",
+                        str(tmp_path / "w"), "--results", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, **cupy_without_a_gpu})
+    assert r.returncode == 1 and "no GPU" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()
