@@ -16,11 +16,16 @@ equals a single-array fit. Works on NumPy or CuPy arrays (the namespace of the i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._namespace import array_namespace
+
+# |xβ| beyond which r = w·exp(xβ) is computed shifted by the largest xβ (exp(709) overflows;
+# below 100, sums of a billion rows and their squares stay finite).
+SHIFT_ABOVE = 100.0
 
 
 @dataclass
@@ -92,25 +97,60 @@ class CoxPart:
     a_bins: object
     dead: object        # (n,) bool
     grid_size: int
-    buffer: object = None   # (1 + p, n) scratch for r and r·x
+    chunks: list = None     # (lo, hi, first segment, end segment): cache-sized column blocks
+    r: object = None        # (n,) w·exp(xβ − shift) at the last β
+    buffer: object = None   # (1 + p, n) r and r·x, off the CPU (pass 1 and 2 share it)
     _beta: object = None
+    shift: float = 0.0      # see risk
 
     @property
     def X(self):
         return self.XT.T
 
-    def risk_sums(self, beta):
-        """(1 + p, n) rows r = w·exp(xβ) and r·x, for the last β (pass 1 and 2 share it)."""
+    def risk(self, beta):
+        """(n,) r = w·exp(xβ − shift) at β (kept for the last β). ``shift`` is 0 unless some
+        |xβ| here exceeds SHIFT_ABOVE, when it is the largest xβ: exp never overflows, and
+        ordinary fits keep their bits."""
         xp = array_namespace(self.XT)
         if self._beta is None or not bool(xp.all(self._beta == beta)):
-            if self.buffer is None:
-                self.buffer = xp.empty((self.XT.shape[0] + 1, self.XT.shape[1]))
-            r = self.buffer[0]
-            xp.exp(beta @ self.XT, out=r)
-            r *= self.w
-            xp.multiply(self.XT, r[None, :], out=self.buffer[1:])
+            if self.r is None:
+                self.r = xp.empty(self.XT.shape[1])
+            r = self.r
+            xp.matmul(beta, self.XT, out=r)
+            self.shift = 0.0
+            if r.shape[0]:
+                top, bottom = float(r.max()), float(r.min())
+                if max(top, -bottom) > SHIFT_ABOVE:
+                    self.shift = top
+                    r -= top
+            xp.exp(r, out=r)
+            if not self.unit_weights:
+                r *= self.w
             self._beta = beta.copy()
-        return self.buffer
+            if xp is not np:
+                if self.buffer is None:
+                    self.buffer = xp.empty((self.XT.shape[0] + 1, self.XT.shape[1]))
+                self.buffer[0] = r
+                xp.multiply(self.XT, r[None, :], out=self.buffer[1:])
+        return self.r
+
+    def risk_rows(self, lo, hi, rows=None):
+        """(1 + p, k) r and r·x of columns lo:hi (or of the columns ``rows``) at the last β."""
+        r = self.r[lo:hi] if rows is None else self.r[rows]
+        x = self.XT[:, lo:hi] if rows is None else self.XT[:, rows]
+        out = np.empty((x.shape[0] + 1, x.shape[1]))
+        out[0] = r
+        np.multiply(x, r[None, :], out=out[1:])
+        return out
+
+    @property
+    def unit_weights(self) -> bool:
+        if self._unit is None:
+            xp = array_namespace(self.w)
+            self._unit = bool(xp.all(self.w == 1.0))
+        return self._unit
+
+    _unit: object = None
 
 
 def _segments(keys, xp):
@@ -197,8 +237,30 @@ def prepare(X, time, event, entry, strata, weights, grid: CoxGrid, mean=None) ->
     late = xp.nonzero(a > 0)[0]
     late = late[xp.argsort(_sort_key(a[late], G + 1, xp), kind="stable")]
     a_starts, a_vals = _segments(a[late], xp)
-    return CoxPart(XT, w, a, b, starts, seg_key // 2 - 1, seg_key % 2 == 0, late, a_starts,
+    part = CoxPart(XT, w, a, b, starts, seg_key // 2 - 1, seg_key % 2 == 0, late, a_starts,
                    a_vals - 1, alive[order] == 0, G)
+    if xp is np:
+        part.chunks = _chunks(starts, n=XT.shape[1], step=_CHUNK_BYTES // (8 * (XT.shape[0] + 1)))
+    return part
+
+
+# Column blocks of (1 + p) rows this many bytes stay in a core's cache.
+_CHUNK_BYTES = 1 << 21
+
+
+def _chunks(starts, n, step):
+    """Blocks of about ``step`` columns that begin at segment starts (a segment never straddles
+    two blocks), as (lo, hi, first segment, one past the last segment)."""
+    out = []
+    k, S = 0, starts.shape[0]
+    while k < S:
+        lo = int(starts[k])
+        end = int(np.searchsorted(starts, lo + max(step, 1), side="left"))
+        end = max(end, k + 1)
+        hi = int(starts[end]) if end < S else n
+        out.append((lo, hi, k, end))
+        k = end
+    return out
 
 
 def _segment_sums(values, starts, xp):
@@ -242,14 +304,24 @@ def fixed_sums(part: CoxPart):
 
 
 def pass1(part: CoxPart, beta):
-    """Risk-set sums at β: S0 (G,), S1 (G, p), and over deaths E0 (G,), E1 (G, p)."""
+    """Risk-set sums at β: (shift, S0 (G,), S1 (G, p), E0 (G,), E1 (G, p)), every sum
+    multiplied by exp(−shift) (see ``CoxPart.risk``). Combine partitions' results with
+    ``add_shifted``."""
     xp = array_namespace(part.XT)
     G = part.grid_size
-    both = part.risk_sums(beta)  # (1 + p, n): r and r·x
-    seg = _segment_sums(both, part.starts, xp)
+    part.risk(beta)
+    if xp is np:
+        # r and r·x block by block, each block's segments summed while it is in cache
+        seg = np.empty((part.XT.shape[0] + 1, part.starts.shape[0]))
+        for lo, hi, k0, k1 in part.chunks:
+            seg[:, k0:k1] = np.add.reduceat(part.risk_rows(lo, hi), part.starts[k0:k1] - lo,
+                                            axis=1)
+    else:
+        seg = _segment_sums(part.buffer, part.starts, xp)
+    k = seg.shape[0]
     d = part.seg_dead
     # each grid point has at most one death segment and one survivor segment
-    e = xp.zeros((both.shape[0], G))
+    e = xp.zeros((k, G))
     e[:, part.seg_bins[d]] = seg[:, d]
     s = e.copy()
     alive = ~d
@@ -257,30 +329,52 @@ def pass1(part: CoxPart, beta):
     s = _leaving_after(s, xp)
     if part.late.shape[0]:
         # people who entered after grid point j were never at risk there: take them out
-        late = _segment_sums(both[:, part.late], part.a_starts, xp)
-        full = xp.zeros((both.shape[0], G))
+        rows = part.risk_rows(0, 0, part.late) if xp is np else part.buffer[:, part.late]
+        late = _segment_sums(rows, part.a_starts, xp)
+        full = xp.zeros((k, G))
         full[:, part.a_bins] = late
         s = s - _leaving_after(full, xp)
-    return s[0], s[1:].T, e[0], e[1:].T
+    return part.shift, s[0], s[1:].T, e[0], e[1:].T
 
 
-def pass2(part: CoxPart, beta, c, e):
-    """This partition's share of Σ_j c_j S2_j − Σ_j e_j E2_j: a (p, p) matrix."""
+def add_shifted(x, y):
+    """Sum of two partitions' ``pass1`` results, brought to the larger shift (exactly the plain
+    sum when the shifts are equal, as they are unless a linear predictor is huge)."""
+    shift = max(x[0], y[0])
+    out = [shift]
+    for a, b in zip(x[1:], y[1:], strict=True):
+        if x[0] != shift:
+            a = a * math.exp(x[0] - shift)
+        if y[0] != shift:
+            b = b * math.exp(y[0] - shift)
+        out.append(a + b)
+    return tuple(out)
+
+
+def pass2(part: CoxPart, beta, c, e, shift=0.0):
+    """This partition's share of Σ_j c_j S2_j − Σ_j e_j E2_j: a (p, p) matrix. ``c`` and ``e``
+    come from sums at the combined ``shift`` of pass 1."""
     xp = array_namespace(part.XT)
-    both = part.risk_sums(beta)
+    r = part.risk(beta)
     cum = xp.concatenate([xp.zeros(1), xp.cumsum(c)])
     v = cum[part.b] - cum[part.a]
     d = part.dead
     v[d] -= e[part.b[d] - 1]
+    if part.shift != shift:
+        v *= math.exp(part.shift - shift)
     if xp is not np:
-        return (both[1:] * v[None, :]) @ part.XT.T  # reuses pass 1's r·x rows
-    # On the CPU, in chunks of rows that stay in cache: no (p, n) temporary per step.
+        return (part.buffer[1:] * v[None, :]) @ part.XT.T  # reuses pass 1's r·x rows
+    # On the CPU, in blocks of columns that stay in cache: no (p, n) temporary per step.
     p, n = part.XT.shape
     out = np.zeros((p, p))
     step = max(1024, (1 << 21) // max(p, 1))
+    tmp = np.empty((p, min(step, n)))
     for i in range(0, n, step):
         j = min(n, i + step)
-        out += (both[1:, i:j] * v[None, i:j]) @ part.XT[:, i:j].T
+        t = tmp[:, :j - i]
+        np.multiply(part.XT[:, i:j], r[None, i:j], out=t)
+        t *= v[None, i:j]
+        out += t @ part.XT[:, i:j].T
     return out
 
 
@@ -291,6 +385,17 @@ def grid_terms(s0, s1, e0, e1, m, dw, ties: str):
     Efron: with ``m`` tied deaths of mean weight ``w̄`` at a grid point, the k-th of them sees
     the denominator ``S0 − (k/m)·E0`` (k = 0 … m−1). Breslow: ``S0`` for all of them.
     """
+    with np.errstate(all="ignore"):  # an unusable trial β is reported by a NaN log-likelihood
+        out = _grid_terms(s0, s1, e0, e1, m, dw, ties)
+    return out
+
+
+# A risk-set sum below this (after the shift) is unusable (its inverse square overflows): the
+# trial β spans more than floats hold; its log-likelihood is NaN, so Newton halves the step.
+_UNDERFLOW = 1e-150
+
+
+def _grid_terms(s0, s1, e0, e1, m, dw, ties):
     xp = array_namespace(s0)
     G = s0.shape[0]
     has = m > 0
@@ -299,6 +404,8 @@ def grid_terms(s0, s1, e0, e1, m, dw, ties: str):
         c = dw * inv
         alpha = dw * inv * inv
         loglik = -(dw[has] * xp.log(s0[has])).sum()
+        if bool((s0[has] < _UNDERFLOW).any()):
+            loglik = loglik * xp.nan
         score = c @ s1
         outer = (s1 * alpha[:, None]).T @ s1
         return loglik, score, outer, c, xp.zeros(G)
@@ -312,6 +419,8 @@ def grid_terms(s0, s1, e0, e1, m, dw, ties: str):
     inv = 1.0 / den
     inv2 = inv * inv
     loglik = -(meanwt * xp.log(den)).sum()
+    if den.shape[0] and bool((den < _UNDERFLOW).any()):
+        loglik = loglik * xp.nan
     c = xp.bincount(jj, weights=meanwt * inv, minlength=G)
     e = xp.bincount(jj, weights=meanwt * f * inv, minlength=G)
     alpha = xp.bincount(jj, weights=meanwt * inv2, minlength=G)
@@ -329,4 +438,4 @@ def weighted_sums(X, w):
 
 
 __all__ = ["CoxGrid", "CoxPart", "event_pairs", "make_grid", "prepare", "fixed_sums", "pass1",
-           "pass2", "grid_terms", "weighted_sums"]
+           "pass2", "add_shifted", "grid_terms", "weighted_sums", "SHIFT_ABOVE"]
