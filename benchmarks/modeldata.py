@@ -40,20 +40,20 @@ def survival(n: int, p: int, event_fraction: float = 0.25, times: str = "days", 
 
 
 def binary(n: int, p: int, event_fraction: float = 0.25, seed: int = 0):
-    """Logistic-model data with about ``event_fraction`` ones."""
+    """Logistic-model data with about ``event_fraction`` ones (X without an intercept)."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, p))
     eta = X @ coefficients(p)
     base = np.log(event_fraction / (1 - event_fraction))
     y = (rng.random(n) < 1 / (1 + np.exp(-(base + eta)))).astype(float)
-    return np.column_stack([np.ones(n), X]), y
+    return X, y
 
 
 def counts(n: int, p: int, rate: float = 0.25, seed: int = 0):
-    """Poisson-model data: counts over exposures (log exposure is the offset)."""
+    """Poisson-model data: counts y over exposures (X without an intercept)."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, p))
     exposure = rng.uniform(0.5, 10.0, n)
     mu = exposure * rate * np.exp(X @ coefficients(p))
     y = rng.poisson(mu).astype(float)
-    return np.column_stack([np.ones(n), X]), y, np.log(exposure)
+    return X, y, exposure
