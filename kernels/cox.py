@@ -200,7 +200,17 @@ def _transpose(X, order, mean, xp):
     """(p, n) array of the rows ``order`` of X minus ``mean``, copied in cache-sized blocks."""
     n, p = order.shape[0], X.shape[1]
     out = xp.empty((p, n))
-    step = 1 << 15
+    step = 1 << 13
+    if xp is np:
+        # np.take into one reused block: about twice as fast as X[order] on a 2-core VM
+        buf = np.empty((min(step, n), p))
+        for i in range(0, n, step):
+            j = min(n, i + step)
+            block = buf[:j - i]
+            np.take(X, order[i:j], axis=0, out=block)
+            block -= mean
+            out[:, i:j] = block.T
+        return out
     for i in range(0, n, step):
         block = X[order[i:i + step]]
         block -= mean
@@ -232,13 +242,17 @@ def prepare(X, time, event, entry, strata, weights, grid: CoxGrid, mean=None) ->
     order = keep[xp.argsort(_sort_key(key, 2 * G + 2, xp), kind="stable")]
     mean = xp.zeros(X.shape[1]) if mean is None else xp.asarray(mean)
     XT = _transpose(X, order, mean, xp)
-    w, a, b = weights[order], a[order], b[order]
+    unit = bool(xp.all(weights == 1.0))
+    w = xp.ones(order.shape[0]) if unit else weights[order]
+    a = xp.zeros(order.shape[0], dtype=a.dtype) if entry is None and one_stratum else a[order]
+    b = b[order]
     starts, seg_key = _segments(b * 2 + alive[order], xp)
     late = xp.nonzero(a > 0)[0]
     late = late[xp.argsort(_sort_key(a[late], G + 1, xp), kind="stable")]
     a_starts, a_vals = _segments(a[late], xp)
     part = CoxPart(XT, w, a, b, starts, seg_key // 2 - 1, seg_key % 2 == 0, late, a_starts,
                    a_vals - 1, alive[order] == 0, G)
+    part._unit = unit
     if xp is np:
         part.chunks = _chunks(starts, n=XT.shape[1], step=_CHUNK_BYTES // (8 * (XT.shape[0] + 1)))
     return part
@@ -364,17 +378,21 @@ def pass2(part: CoxPart, beta, c, e, shift=0.0):
         v *= math.exp(part.shift - shift)
     if xp is not np:
         return (part.buffer[1:] * v[None, :]) @ part.XT.T  # reuses pass 1's r·x rows
-    # On the CPU, in blocks of columns that stay in cache: no (p, n) temporary per step.
+    # On the CPU: Σ_i r_i v_i x_i x_iᵀ = T Tᵀ with T = X·sqrt(r v) (r v ≥ 0: c ≥ e at every
+    # grid point), in blocks of columns; NumPy hands T @ T.T to BLAS syrk (half of a gemm's
+    # work), and no (p, n) temporary is made.
     p, n = part.XT.shape
+    rv = r * v
+    np.maximum(rv, 0.0, out=rv)  # rounding can leave a −0-ish value where r v is 0
+    np.sqrt(rv, out=rv)
     out = np.zeros((p, p))
-    step = max(1024, (1 << 21) // max(p, 1))
+    step = 1 << 16
     tmp = np.empty((p, min(step, n)))
     for i in range(0, n, step):
         j = min(n, i + step)
         t = tmp[:, :j - i]
-        np.multiply(part.XT[:, i:j], r[None, i:j], out=t)
-        t *= v[None, i:j]
-        out += t @ part.XT[:, i:j].T
+        np.multiply(part.XT[:, i:j], rv[None, i:j], out=t)
+        out += t @ t.T
     return out
 
 
