@@ -27,7 +27,16 @@ def load(run: str | None) -> tuple[str, list[dict]]:
     if not runs:
         raise SystemExit("summarize: no records with a run id in " + str(records.RESULTS_DIR))
     run = run or runs[-1]
-    return run, [r for r in recs if r.get("run") == run]
+    # a script re-run within the run (after a fix) replaces its earlier records of the same case
+    latest: dict = {}
+    for r in recs:
+        if r.get("run") == run:
+            latest[tuple(str(r.get(k)) for k in IDENTITY)] = r
+    return run, list(latest.values())
+
+
+IDENTITY = ("benchmark", "what", "model", "ties", "n", "p", "persons", "event_fraction",
+            "times", "outcome_mean", "device")
 
 
 def fmt(s, unit="s", digits=3):
