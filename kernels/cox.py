@@ -427,6 +427,8 @@ def _grid_terms(s0, s1, e0, e1, m, dw, ties):
         score = c @ s1
         outer = (s1 * alpha[:, None]).T @ s1
         return loglik, score, outer, c, xp.zeros(G)
+    if xp is np:
+        return _efron_cpu(s0, s1, e0, e1, m, dw)
     mi = m.astype(xp.int64)
     jj = xp.repeat(xp.arange(G), mi)
     start = xp.cumsum(mi) - mi
@@ -447,6 +449,51 @@ def _grid_terms(s0, s1, e0, e1, m, dw, ties):
     score = c @ s1 - e @ e1
     cross = (s1 * beta_[:, None]).T @ e1
     outer = (s1 * alpha[:, None]).T @ s1 - cross - cross.T + (e1 * gamma[:, None]).T @ e1
+    return loglik, score, outer, c, e
+
+
+def _efron_cpu(s0, s1, e0, e1, m, dw):
+    """Efron's terms on the CPU: grid points with one death need no expansion (their
+    denominator is S0); the others are expanded once into one (5, deaths) array and summed
+    per grid point by one segmented sum (the expansion is sorted by grid point)."""
+    G = s0.shape[0]
+    c, e = np.zeros(G), np.zeros(G)
+    alpha, beta_, gamma = np.zeros(G), np.zeros(G), np.zeros(G)
+    one = np.flatnonzero(m == 1)
+    inv1 = 1.0 / s0[one]
+    c[one] = dw[one] * inv1
+    alpha[one] = c[one] * inv1
+    loglik = -(dw[one] * np.log(s0[one])).sum()
+    bad = bool((s0[one] < _UNDERFLOW).any())
+    many = np.flatnonzero(m > 1)
+    if many.shape[0]:
+        mi = m[many].astype(np.int64)
+        start = np.cumsum(mi) - mi
+        jj = np.repeat(np.arange(many.shape[0]), mi)
+        mm = m[many][jj]
+        f = (np.arange(jj.shape[0]) - start[jj]) / mm
+        meanwt = (dw[many] / m[many])[jj]
+        den = s0[many][jj] - f * e0[many][jj]
+        bad = bad or bool((den < _UNDERFLOW).any())
+        loglik -= (meanwt * np.log(den)).sum()
+        inv = 1.0 / den
+        W = np.empty((5, jj.shape[0]))
+        np.multiply(meanwt, inv, out=W[0])   # for c
+        np.multiply(W[0], f, out=W[1])       # e
+        np.multiply(W[0], inv, out=W[2])     # alpha
+        np.multiply(W[1], inv, out=W[3])     # beta
+        np.multiply(W[3], f, out=W[4])       # gamma
+        sums = np.add.reduceat(W, start, axis=1)
+        c[many], e[many], alpha[many], beta_[many], gamma[many] = sums
+    if bad:
+        loglik = loglik * np.nan
+    root = np.sqrt(alpha)[:, None] * s1
+    outer = root.T @ root  # alpha ≥ 0: syrk
+    if not many.shape[0]:  # no ties: e, beta and gamma are 0
+        return loglik, c @ s1, outer, c, e
+    score = c @ s1 - e @ e1
+    cross = (s1 * beta_[:, None]).T @ e1
+    outer = outer - cross - cross.T + (e1 * gamma[:, None]).T @ e1
     return loglik, score, outer, c, e
 
 
