@@ -122,8 +122,12 @@ def main() -> None:
     ap.add_argument("--preset", default=os.environ.get("BENCH_SIZES", "quick"),
                     choices=sorted(PRESETS))
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--only", nargs="*", default=None, metavar="MODEL:N:P",
+                    help="run only these cases of the preset, e.g. logistic:1000000:10")
     a = ap.parse_args()
     for model, n, p, fractions in PRESETS[a.preset]:
+        if a.only is not None and f"{model}:{n}:{p}" not in a.only:
+            continue
         repeats = a.repeats or (5 if n <= 100_000 else 3 if n <= 1_000_000 else 1)
         for frac in fractions:
             run_shape(model, n, p, frac, repeats)
