@@ -97,7 +97,7 @@ class CoxPart:
     a_bins: object
     dead: object        # (n,) bool
     grid_size: int
-    chunks: list = None     # (lo, hi, first segment, end segment): cache-sized column blocks
+    chunks: list = None     # cache-sized column blocks (see _chunks)
     r: object = None        # (n,) w·exp(xβ − shift) at the last β
     buffer: object = None   # (1 + p, n) r and r·x, off the CPU (pass 1 and 2 share it)
     _beta: object = None
@@ -134,11 +134,12 @@ class CoxPart:
                 xp.multiply(self.XT, r[None, :], out=self.buffer[1:])
         return self.r
 
-    def risk_rows(self, lo, hi, rows=None):
+    def risk_rows(self, lo, hi, rows=None, out=None):
         """(1 + p, k) r and r·x of columns lo:hi (or of the columns ``rows``) at the last β."""
         r = self.r[lo:hi] if rows is None else self.r[rows]
         x = self.XT[:, lo:hi] if rows is None else self.XT[:, rows]
-        out = np.empty((x.shape[0] + 1, x.shape[1]))
+        if out is None:
+            out = np.empty((x.shape[0] + 1, x.shape[1]))
         out[0] = r
         np.multiply(x, r[None, :], out=out[1:])
         return out
@@ -263,17 +264,25 @@ _CHUNK_BYTES = 1 << 21
 
 
 def _chunks(starts, n, step):
-    """Blocks of about ``step`` columns that begin at segment starts (a segment never straddles
-    two blocks), as (lo, hi, first segment, one past the last segment)."""
+    """Blocks of about ``step`` columns, as (lo, hi, first segment, end segment, segment
+    starts relative to lo). A block ends at a segment start where one lies in it, so small
+    segments are never split; a segment longer than a block (few distinct event times) is
+    split, its parts summed into the same slot."""
     out = []
-    k, S = 0, starts.shape[0]
-    while k < S:
-        lo = int(starts[k])
-        end = int(np.searchsorted(starts, lo + max(step, 1), side="left"))
-        end = max(end, k + 1)
-        hi = int(starts[end]) if end < S else n
-        out.append((lo, hi, k, end))
-        k = end
+    step = max(int(step), 1)
+    lo = 0
+    while lo < n:
+        hi = min(n, lo + step)
+        if hi < n:
+            last = int(np.searchsorted(starts, hi, side="right")) - 1  # segment holding hi
+            if int(starts[last]) > lo:
+                hi = int(starts[last])
+        k0 = int(np.searchsorted(starts, lo, side="right")) - 1
+        k1 = int(np.searchsorted(starts, hi, side="left"))
+        local = starts[k0:k1] - lo
+        local[0] = 0
+        out.append((lo, hi, k0, k1, local))
+        lo = hi
     return out
 
 
@@ -326,10 +335,12 @@ def pass1(part: CoxPart, beta):
     part.risk(beta)
     if xp is np:
         # r and r·x block by block, each block's segments summed while it is in cache
-        seg = np.empty((part.XT.shape[0] + 1, part.starts.shape[0]))
-        for lo, hi, k0, k1 in part.chunks:
-            seg[:, k0:k1] = np.add.reduceat(part.risk_rows(lo, hi), part.starts[k0:k1] - lo,
-                                            axis=1)
+        seg = np.zeros((part.XT.shape[0] + 1, part.starts.shape[0]))
+        step = max((hi - lo for lo, hi, *_ in part.chunks), default=0)
+        buf = np.empty((part.XT.shape[0] + 1, step))
+        for lo, hi, k0, k1, local in part.chunks:
+            seg[:, k0:k1] += np.add.reduceat(part.risk_rows(lo, hi, out=buf[:, :hi - lo]),
+                                             local, axis=1)
     else:
         seg = _segment_sums(part.buffer, part.starts, xp)
     k = seg.shape[0]
