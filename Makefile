@@ -48,8 +48,24 @@ gpu-wheels:
 lint: install-test
 	$(BIN)/ruff check hpcstudy kernels tests benchmarks
 
-bench: install-test
-	$(BIN)/python benchmarks/synth_scale.py --persons 1000000 --partitions 16 --out /tmp/hpcstudy-bench-1m
+## bench: hpcstudy against DuckDB, polars, pandas, lifelines, statsmodels, scikit-learn
+## (benchmarks/RESULTS.md, benchmarks/results/*.jsonl); BENCH_SIZES=full for 1e7 persons/rows
+BENCH_SIZES ?= quick
+BENCH_DATA ?= /tmp/hpcstudy-bench
+.venv/.installed-bench: .venv/.installed
+	PYTHON=$(PYTHON) bash scripts/bootstrap-venv.sh bench
+	touch $@
+
+bench: .venv/.installed-bench
+	cd benchmarks && export BENCH_RUN=$$(date -u +%Y%m%dT%H%M%S) \
+	  BENCH_LOAD_BEFORE=$$(cut -d' ' -f1 /proc/loadavg) BENCH_SIZES=$(BENCH_SIZES) \
+	  BENCH_DATA=$(BENCH_DATA) && \
+	../$(BIN)/python physical.py && \
+	../$(BIN)/python cohort_peers.py && \
+	../$(BIN)/python cox_peers.py && \
+	../$(BIN)/python glm_peers.py && \
+	../$(BIN)/python gpu_models.py && \
+	../$(BIN)/python summarize.py
 
 clean:
 	rm -rf .venv demo-data demo-out .pytest_cache .hypothesis

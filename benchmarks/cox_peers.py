@@ -1,81 +1,156 @@
-"""Benchmark: Cox fit (Efron ties) — hpcstudy vs lifelines vs statsmodels, in one run.
+"""Benchmark: Cox fits (Efron and Breslow ties) — hpcstudy vs lifelines and statsmodels PHReg.
 
-    python benchmarks/cox_peers.py --n 100000 1000000 --p 10 50
+    python benchmarks/cox_peers.py                  # the default grid (BENCH_SIZES=quick)
+    BENCH_SIZES=full python benchmarks/cox_peers.py # N = 1e5, 1e6, 1e7; p = 10, 50; all shapes
+    python benchmarks/cox_peers.py --n 1000000 --p 10 --fractions 0.1 0.9 --times few days
 
-Data: N persons, p standard-normal covariates, event times in whole days (about 10 000
-distinct days, so many ties), about a quarter censored. hpcstudy fits three times (the record
-keeps the first, cold fit and the median); each peer fits once, as its fits take long; the
-coefficients are compared. Appends JSON records to
-benchmarks/results/cox_peers.jsonl. Peers slower than --peer-limit seconds at a smaller N are
-skipped at larger N (recorded as skipped).
+Data (benchmarks/modeldata.py): N persons, p standard-normal covariates, an event fraction of
+10, 50 or 90 %, and few (whole years: a few dozen) or many (whole days: thousands) distinct
+event times. For each shape the fits run interleaved in one process (hpcstudy, lifelines,
+statsmodels, hpcstudy, …), so a ratio compares runs taken under the same load; every time is a
+median with min and max. hpcstudy's first, cold fit runs in a fresh process of its own (imports
+done, nothing else touched) and is recorded apart from the warm fits. The coefficients must
+agree with each peer's to 1e-6 (max |Δβ| / max |β|) before a time or ratio is reported; a peer
+slower than --peer-limit seconds at a smaller N is skipped at larger N (recorded as skipped).
+Appends one record per shape to benchmarks/results/cox_peers.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 import time
 
+import modeldata
 import numpy as np
 import records
 
+AGREE = 1e-6
+PRESETS = {
+    # (ties, n, p, fractions, times, peers)
+    "tiny": [("efron", 2000, 3, [0.5], ["days"], ["lifelines", "statsmodels"]),
+             ("breslow", 2000, 3, [0.5], ["few"], ["statsmodels"])],
+    "quick": [("efron", 1_000_000, 10, [0.1, 0.5, 0.9], ["few", "days"], ["lifelines"]),
+              ("efron", 1_000_000, 10, [0.5], ["days"], ["statsmodels"]),
+              ("efron", 100_000, 10, [0.5], ["days"], ["lifelines", "statsmodels"]),
+              ("efron", 100_000, 50, [0.5], ["days"], ["lifelines", "statsmodels"]),
+              ("breslow", 1_000_000, 10, [0.1, 0.9], ["few", "days"], ["statsmodels"])],
+}
 
-def data(n: int, p: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, p))
-    beta = np.linspace(0.3, -0.3, p) / np.sqrt(p)
-    t = np.floor(rng.exponential(1, n) / np.exp(X @ beta) * 3000) + 1
-    c = rng.uniform(100, 11000, n)
-    return X, np.minimum(t, c), (t <= c).astype(float)
+
+def full_preset():
+    out = []
+    for ties, peers in (("efron", ["lifelines", "statsmodels"]), ("breslow", ["statsmodels"])):
+        for p in (10, 50):
+            for n in (100_000, 1_000_000, 10_000_000):
+                out.append((ties, n, p, [0.1, 0.5, 0.9], ["few", "days"], peers))
+    return out
 
 
-def timed(fn):
+def agreement(ours, theirs) -> float:
+    theirs = np.asarray(theirs, float)
+    return float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
+
+
+def peer_fit(name, ties, X, t, e):
+    if name == "lifelines":
+        import pandas as pd
+        from lifelines import CoxPHFitter
+
+        df = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+        df["t"], df["e"] = t, e
+        return lambda: CoxPHFitter().fit(df, "t", "e").params_.to_numpy()
+    if name == "statsmodels":
+        import statsmodels.api as sm
+
+        return lambda: np.asarray(sm.PHReg(t, X, status=e, ties=ties).fit().params)
+    raise ValueError(name)
+
+
+def cold(args) -> None:
+    """Child process: one fit in a fresh interpreter; prints its seconds and Newton steps."""
+    ties, n, p, frac, times = args
+    X, t, e = modeldata.survival(int(n), int(p), float(frac), times)
+    from hpcstudy.models import CoxPH
+
     t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
+    m = CoxPH(ties=ties).fit(X, t, e)
+    print(json.dumps({"seconds": time.perf_counter() - t0, "coef": m.coef_.tolist()}))
+
+
+def run_shape(ties, n, p, frac, times, peers, repeats, slow, peer_limit):
+    from hpcstudy.models import CoxPH
+
+    X, t, e = modeldata.survival(n, p, frac, times)
+    child = records.run_child([sys.executable, __file__, "--cold", ties, str(n), str(p),
+                               str(frac), times])
+    cold_s = json.loads(child["stdout"])["seconds"]
+    rec = {"benchmark": "cox_peers", "ties": ties, "n": n, "p": p, "event_fraction": frac,
+           "times": times, "events": int(e.sum()),
+           "distinct_event_times": int(np.unique(t[e > 0]).size),
+           "hpcstudy_cold_s": round(cold_s, 4)}
+    active = [q for q in peers if (q, p, ties) not in slow]
+    for q in peers:
+        if q not in active:
+            rec[f"{q}_note"] = "skipped: slower than --peer-limit at a smaller N"
+    fits = {"hpcstudy": lambda: CoxPH(ties=ties).fit(X, t, e)}
+    fits.update({q: peer_fit(q, ties, X, t, e) for q in active})
+    times_of = {k: [] for k in fits}
+    coefs = {}
+    ours_reps = max(repeats, 3)
+    for i in range(max(ours_reps, repeats)):
+        for name, fn in fits.items():
+            if name != "hpcstudy" and i >= repeats:
+                continue
+            wall, _, out = records.timed(fn)
+            times_of[name].append(wall)
+            coefs[name] = out
+            if name != "hpcstudy" and wall > peer_limit:
+                slow.add((name, p, ties))
+    ours = coefs["hpcstudy"]
+    rec["hpcstudy_s"] = records.summary(times_of["hpcstudy"])
+    rec["hpcstudy_newton_steps"] = ours.n_iter_
+    med = rec["hpcstudy_s"]["median"]
+    for q in active:
+        agree = agreement(ours.coef_, coefs[q])
+        rec[f"{q}_agreement"] = agree
+        if agree > AGREE:
+            rec[f"{q}_note"] = f"coefficients differ by {agree:.1e} > {AGREE}: no time reported"
+            continue
+        rec[f"{q}_s"] = records.summary(times_of[q])
+        rec[f"speedup_vs_{q}"] = round(rec[f"{q}_s"]["median"] / med, 2)
+        rec[f"speedup_vs_{q}_cold"] = round(rec[f"{q}_s"]["median"] / cold_s, 2)
+    return records.append("cox_peers", rec)
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--cold":
+        return cold(sys.argv[2:])
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
-    ap.add_argument("--p", type=int, nargs="+", default=[10, 50])
+    ap.add_argument("--preset", default=os.environ.get("BENCH_SIZES", "quick"),
+                    choices=["tiny", "quick", "full"])
+    ap.add_argument("--ties", choices=["efron", "breslow"], default="efron")
+    ap.add_argument("--n", type=int, nargs="+")
+    ap.add_argument("--p", type=int, nargs="+", default=[10])
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5, 0.9])
+    ap.add_argument("--times", nargs="+", default=["few", "days"])
+    ap.add_argument("--peers", nargs="*", default=["lifelines", "statsmodels"])
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="peer fits per shape (default 3 up to 1e5 persons, 2 above, 1 at 1e7)")
     ap.add_argument("--peer-limit", type=float, default=300.0)
     a = ap.parse_args()
-    import pandas as pd
-    import statsmodels.api as sm
-    from lifelines import CoxPHFitter
-
-    from hpcstudy.models import CoxPH
-
-    slow: set[str] = set()
-    for p in a.p:
-        for n in sorted(a.n):
-            X, t, e = data(n, p)
-            runs = [timed(lambda: CoxPH().fit(X, t, e)) for _ in range(3)]
-            ours = runs[0][1]
-            ours_s = float(np.median([s for s, _ in runs]))
-            rec = {"benchmark": "cox_peers", "n": n, "p": p, "ties": "efron",
-                   "events": int(e.sum()), "distinct_days": int(np.unique(t[e > 0]).size),
-                   "hpcstudy_s": round(ours_s, 3), "hpcstudy_first_fit_s": round(runs[0][0], 3),
-                   "hpcstudy_newton_steps": ours.n_iter_}
-            df = pd.DataFrame(X, columns=[f"x{i}" for i in range(p)])
-            df["t"], df["e"] = t, e
-            for name, fit in (
-                ("lifelines", lambda: CoxPHFitter().fit(df, "t", "e").params_.to_numpy()),
-                ("statsmodels", lambda: np.asarray(
-                    sm.PHReg(t, X, status=e, ties="efron").fit().params)),
-            ):
-                if (name, p) in slow:
-                    rec[f"{name}_s"] = None
-                    rec[f"{name}_note"] = "skipped: too slow at a smaller N"
-                    continue
-                secs, coef = timed(fit)
-                rec[f"{name}_s"] = round(secs, 3)
-                rec[f"speedup_vs_{name}"] = round(secs / ours_s, 1)
-                rec[f"max_rel_coef_diff_vs_{name}"] = float(
-                    np.max(np.abs(ours.coef_ - coef) / np.abs(coef)))
-                if secs > a.peer_limit:
-                    slow.add((name, p))
-            records.append("cox_peers", rec)
+    if a.n:
+        grid = [(a.ties, n, p, a.fractions, a.times, a.peers) for p in a.p for n in a.n]
+    else:
+        grid = full_preset() if a.preset == "full" else PRESETS[a.preset]
+    slow: set = set()
+    for ties, n, p, fractions, times_list, peers in grid:
+        repeats = a.repeats or (3 if n <= 100_000 else 2 if n <= 1_000_000 else 1)
+        for frac in fractions:
+            for times in times_list:
+                run_shape(ties, n, p, frac, times, peers, repeats, slow, a.peer_limit)
 
 
 if __name__ == "__main__":

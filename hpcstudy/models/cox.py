@@ -46,9 +46,9 @@ def _pass1(cp, beta):
     return K.pass1(cp, xp.asarray(beta))
 
 
-def _pass2(cp, beta, c, e):
+def _pass2(cp, beta, c, e, shift):
     xp = array_namespace(cp.X)
-    return K.pass2(cp, xp.asarray(beta), c, e)
+    return K.pass2(cp, xp.asarray(beta), c, e, shift)
 
 
 class CoxPH(Fitted):
@@ -103,13 +103,14 @@ class CoxPH(Fitted):
         ties = self.ties
 
         def evaluate(beta, need_information):
-            s0, s1, e0, e1 = prepared.map_reduce(_pass1, beta)
+            shift, s0, s1, e0, e1 = prepared.map_reduce(_pass1, beta, combine=K.add_shifted)
             ll_rs, score_rs, outer, c, e = K.grid_terms(s0, s1, e0, e1, m, dw, ties)
-            ll = float(xd_np @ beta) + float(to_numpy(ll_rs))
+            # the sums were taken times exp(−shift): log S0 is shift more than log(s0)
+            ll = float(xd_np @ beta) + float(to_numpy(ll_rs)) - shift * float(to_numpy(dw.sum()))
             score = xd_np - to_numpy(score_rs)
             info = None
-            if need_information:
-                info = to_numpy(prepared.map_reduce(_pass2, beta, c, e)) - to_numpy(outer)
+            if need_information and np.isfinite(ll):
+                info = to_numpy(prepared.map_reduce(_pass2, beta, c, e, shift)) - to_numpy(outer)
             return ll, score, info
 
         start = evaluate(np.zeros(p), True)

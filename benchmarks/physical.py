@@ -1,0 +1,108 @@
+"""Benchmark: the physical limits beside the figures — this machine's memory bandwidth (a
+large NumPy copy; a large sum for reading alone), and the Cox fit at N = 1e6, p = 10 taken
+apart: the one-off preparation (sort and transpose), and per Newton step the risk scores,
+pass 1, the grid terms (Efron's tie expansion), pass 2 — each beside the time to read X once.
+
+    python benchmarks/physical.py [--n 1000000] [--p 10]
+
+Each figure is a median over repeats (min, max). The engine's bytes scanned per second are in
+the cohort_peers records (decoded Parquet bytes / wall time). Appends to
+results/physical.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import modeldata
+import numpy as np
+import records
+
+
+def best_of(fn, repeats):
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bandwidth(repeats: int, size_mib: int = 1024) -> dict:
+    a = np.ones(size_mib * 2**20 // 8)
+    b = np.empty_like(a)
+    np.copyto(b, a)  # touch the pages first
+    copy = best_of(lambda: np.copyto(b, a), repeats)
+    read = best_of(lambda: a.sum(), repeats)
+    nbytes = a.nbytes
+    return {"array_mib": size_mib,
+            "copy_gb_s": records.summary([2 * nbytes / s / 1e9 for s in copy]),
+            "read_gb_s": records.summary([nbytes / s / 1e9 for s in read])}
+
+
+def cox_parts(n, p, frac, times, ties, repeats) -> dict:
+    from hpcstudy.models import CoxPH
+    from hpcstudy_kernels import cox as K
+
+    X, t, e = modeldata.survival(n, p, frac, times)
+    s = np.zeros(n, np.int64)
+    w = np.ones(n)
+    mean = X.mean(axis=0)
+    parts = {k: [] for k in ("read_X", "prepare", "risk", "pass1", "grid_terms", "pass2",
+                             "fit")}
+    for _ in range(repeats):
+        parts["read_X"].append(best_of(lambda: X.sum(), 1)[0])
+        pairs = K.event_pairs(t, e, s)
+        grid = K.make_grid([pairs[0]], [pairs[1]])
+        t0 = time.perf_counter()
+        part = K.prepare(X, t, e, None, s, w, grid, mean)
+        parts["prepare"].append(time.perf_counter() - t0)
+        m, dw, _ = K.fixed_sums(part)
+        beta = np.linspace(0.01, -0.01, p)
+        t0 = time.perf_counter()
+        part.risk(beta)
+        parts["risk"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        shift, s0, s1, e0, e1 = K.pass1(part, beta)
+        parts["pass1"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        _, _, _, c, ee = K.grid_terms(s0, s1, e0, e1, m, dw, ties)
+        parts["grid_terms"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        K.pass2(part, beta, c, ee, shift)
+        parts["pass2"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fit = CoxPH(ties=ties).fit(X, t, e)
+        parts["fit"].append(time.perf_counter() - t0)
+    out = {k: records.summary(v) for k, v in parts.items()}
+    step = sum(out[k]["median"] for k in ("risk", "pass1", "grid_terms", "pass2"))
+    read = out["read_X"]["median"]
+    evaluations = fit.n_iter_ + 1  # β = 0 and one per Newton step (each with pass 2)
+    return {"n": n, "p": p, "event_fraction": frac, "times": times, "ties": ties,
+            "distinct_event_times": int(np.unique(t[e > 0]).size), "parts_s": out,
+            "newton_evaluations": evaluations, "step_s": round(step, 4),
+            "step_over_read_X": round(step / read, 2),
+            "fit_over_read_X_per_evaluation": round(out["fit"]["median"] / evaluations / read,
+                                                    2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--p", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--shapes", nargs="+", default=["0.1:days", "0.9:few"])
+    a = ap.parse_args()
+    records.append("physical", {"benchmark": "physical", "what": "memory bandwidth",
+                                **bandwidth(a.repeats)})
+    for shape in a.shapes:
+        frac, times = shape.split(":")
+        for ties in ("efron", "breslow"):
+            records.append("physical", {"benchmark": "physical", "what": "cox parts",
+                                        **cox_parts(a.n, a.p, float(frac), times, ties,
+                                                    a.repeats)})
+
+
+if __name__ == "__main__":
+    main()
