@@ -256,9 +256,10 @@ def synthetic_outputs(root: Path, suppressed: bool = True) -> Path:
         "measure_readmission": ("measure", ["region", "interval", "persons", "events",
                                             "proportion", "lower_95", "upper_95",
                                             "suppressed"],
-                                [[r, f"{y}", 200 + y, 20 + y % 7, (20 + y % 7) / (200 + y),
-                                  0.9 * (20 + y % 7) / (200 + y), 1.1 * (20 + y % 7) / (200 + y),
-                                  ""] for r in ("north", "south") for y in range(2015, 2021)] +
+                                [[r, f"{y}", 200 + y, e, e / (200 + y), 0.9 * e / (200 + y),
+                                  1.1 * e / (200 + y), ""] for r, k in (("north", 3),
+                                                                        ("south", 5))
+                                 for y in range(2015, 2021) for e in [20 + k * (y % 7)]] +
                                 [["south", "2021", "", "", "", "", "",
                                   "True" if suppressed else ""]]),
     }

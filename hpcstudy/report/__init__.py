@@ -21,6 +21,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+from ..errors import CannotWrite, UserError
 from .build import REPORT_KINDS, Outputs, page
 from .model import Figure, Table
 
@@ -94,7 +95,12 @@ def render(out: str | Path) -> dict[str, bytes]:
 
     o = Outputs(Path(out))
     version, code_sha = code_version()
-    p = page(o, (version, code_sha))
+    try:
+        p = page(o, (version, code_sha))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        # only a hand-made manifest whose own hash was recomputed gets here
+        raise UserError(f"{Path(out) / 'outputs.json'}: the files it lists are not a run's "
+                        f"outputs ({type(e).__name__}: {e})", fix="re-run the study") from e
     for s in p.sections:
         for b in s.blocks:
             if isinstance(b, Figure):
@@ -140,16 +146,21 @@ def write(out: str | Path) -> list[str]:
     doc["files"] = sorted([e for e in doc["files"] if e.get("kind") not in REPORT_KINDS] +
                           entries(files), key=lambda e: e["path"])
     doc["manifest_sha256"] = M.sha256(M.canonical(doc))
-    for path, data in files.items():   # each file whole or not at all
-        target = out / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    for path in old:
-        if path not in files and (out / path).is_file():
-            (out / path).unlink()
-    tmp = out / f".{M.NAME}.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, out / M.NAME)
+    try:
+        for path, data in files.items():   # each file whole or not at all
+            target = out / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        for path in old:
+            if path not in files and (out / path).is_file():
+                (out / path).unlink()
+        tmp = out / f".{M.NAME}.tmp"
+        tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        os.replace(tmp, out / M.NAME)
+    except OSError as e:
+        raise CannotWrite(f"{out}: cannot write the report ({e.strerror or e})",
+                          fix="free space or give write permission, then run "
+                              "`hpcstudy report` again") from e
     return sorted(files)

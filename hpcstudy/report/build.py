@@ -162,7 +162,7 @@ def generic_table(tid: str, caption: str, entry: dict, rows: list[dict], min_cel
             scale = 100 if n == "proportion" else 1
             f = fmt.percent if scale == 100 else fmt.sig3
             label = {"rate_per_1000py": "Rate per 1000 person-years (95 % CI)",
-                     "proportion": "% (95 % CI)"}.get(n, f"{_title(n)} (95 % CI)")
+                     "proportion": "% (95 % CI)"}.get(n, f"{_label(n)} (95 % CI)")
             plan.append((label, (n, *ci), lambda a, b, c, f=f: fmt.interval(f(a), f(b), f(c)),
                          scale))
             used.update((n, *ci))
