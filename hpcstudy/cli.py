@@ -482,7 +482,7 @@ def run_summary(res: dict, out: Path) -> str:
 @click.argument("out", type=PATH)
 @audited
 def report(out: Path) -> None:
-    """Write OUT/report.html (and tables/*.md, tables/*.publication.csv) from the run's
+    """Write OUT/report.html (and tables/*.md, tables/publication/*.csv) from the run's
     exported outputs, and list them in OUT/outputs.json. `hpcstudy run` already does this; the
     same outputs always give the same bytes."""
     from .report import REPORT, write

@@ -66,7 +66,7 @@ def test_a_run_writes_its_report_and_lists_it(local_run):
     doc = json.loads((local_run / M.NAME).read_text())
     kinds = {e["path"]: e["kind"] for e in doc["files"]}
     assert kinds["report.html"] == "report"
-    assert kinds["tables/cohort.md"] == kinds["tables/cohort.publication.csv"] == "report_table"
+    assert kinds["tables/cohort.md"] == kinds["tables/publication/cohort.csv"] == "report_table"
     html = (local_run / "report.html").read_text()
     for section in ("run", "attrition", "cohort", "models", "lexis"):
         assert f'<section id="{section}">' in html
@@ -79,7 +79,7 @@ def test_a_run_writes_its_report_and_lists_it(local_run):
 
 def test_the_same_outputs_give_the_same_bytes(out, tmp_path):
     before = {p: (out / p).read_bytes() for p in ("report.html", "tables/cohort.md",
-                                                 "tables/rates.publication.csv", M.NAME)}
+                                                 "tables/publication/rates.csv", M.NAME)}
     # rendered again, elsewhere (no path of the folder leaks into the page)
     moved = tmp_path / "moved"
     shutil.copytree(out, moved)
@@ -120,8 +120,8 @@ def test_report_of_a_folder_that_is_no_run(tmp_path):
 def test_markdown_and_csv_tables_repeat_the_page(local_run):
     html = (local_run / "report.html").read_text()
     md = (local_run / "tables" / "cohort.md").read_text()
-    pub = list(csv.reader(io.StringIO((local_run / "tables" /
-                                       "cohort.publication.csv").read_text())))
+    pub = list(csv.reader(io.StringIO((local_run / "tables" / "publication" /
+                                       "cohort.csv").read_text())))
     assert pub[0] == ["Label", "Persons", "Events", "Person-years",
                       "Rate per 1000 person-years (95 % CI)"]
     cells = re.findall(r"<t[dh][^>]*>([^<]*)</t[dh]>",
@@ -205,7 +205,7 @@ def test_an_edit_without_recomputed_hashes_is_caught_by_the_hash(out):
     assert any("edited after the run" in p for p in held(out)["report.html"])
 
 
-@pytest.mark.parametrize("path", ["tables/cohort.md", "tables/cohort.publication.csv"])
+@pytest.mark.parametrize("path", ["tables/cohort.md", "tables/publication/cohort.csv"])
 def test_a_planted_violation_in_a_report_table_is_caught(out, path):
     line = next(x for x in (out / path).read_text().splitlines()
                 if x.startswith(("| cohort", "cohort,")))

@@ -11,9 +11,9 @@ and every cell passes the disclosure rules.
 * every cell passes the disclosure rules (``_cell_rules``) at the threshold, which is never
   below the floor (5, or the project approval's ``min_cell`` when higher).
 
-The study report (``report.html``, ``tables/*.md``, ``tables/*.publication.csv``) is checked by
-its own independent parse (``hpcstudy/report/verify.py``). Anything else under OUT — a ``.txt``,
-an undeclared ``.md``, ``tables/people.csv`` — is refused as unknown.
+The study report (``report.html``, ``tables/*.md``, ``tables/publication/*.csv``) is checked
+by its own independent parse (``hpcstudy/report/verify.py``). Anything else under OUT — a
+``.txt``, an undeclared ``.md``, ``tables/people.csv`` — is refused as unknown.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from .model import Figure, Table
 
 REPORT = "report.html"
 MARKDOWN = ".md"
-PUBLICATION_CSV = ".publication.csv"
+PUBLICATION = "tables/publication"   # formatted CSV, apart from the raw tables/*.csv
 
 __all__ = ["REPORT", "REPORT_KINDS", "render", "write"]
 
@@ -90,7 +90,7 @@ def _publication_csv(t: Table) -> str:
 
 def render(out: str | Path) -> dict[str, bytes]:
     """The report's files for the run in ``out`` (nothing is written): ``report.html`` and, per
-    publishable table, ``tables/<id>.md`` and ``tables/<id>.publication.csv``."""
+    publishable table, ``tables/<id>.md`` and ``tables/publication/<id>.csv``."""
     from . import figures as F
 
     o = Outputs(Path(out))
@@ -115,7 +115,7 @@ def render(out: str | Path) -> dict[str, bytes]:
             continue
         seen.add(t.id)
         files[f"tables/{t.id}{MARKDOWN}"] = _markdown(t).encode()
-        files[f"tables/{t.id}{PUBLICATION_CSV}"] = _publication_csv(t).encode()
+        files[f"{PUBLICATION}/{t.id}.csv"] = _publication_csv(t).encode()
     return files
 
 
@@ -128,7 +128,7 @@ def entries(files: dict[str, bytes]) -> list[dict]:
         e = {"path": path, "kind": "report" if path == REPORT else "report_table"}
         if path != REPORT:
             name = Path(path).name
-            e["table"] = name.removesuffix(MARKDOWN).removesuffix(PUBLICATION_CSV)
+            e["table"] = name.removesuffix(MARKDOWN).removesuffix(".csv")
         e["sha256"] = M.sha256(data)
         out.append(e)
     return out

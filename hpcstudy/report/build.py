@@ -444,13 +444,13 @@ def measures_section(o: Outputs) -> Section | None:
         table = generic_table(_stem(e), f"Measure: {_title(name)}", e, rows, o.min_cell)
         value = next((c for c in ("standardised_rate", "rate", "proportion")
                       if any(r.get(c) is not None for r in rows)), None)
-        x = next((k for k in keys if re.search(r"year|period|interval|month|quarter", k)),
-                 keys[-1] if keys else None)
+        timed = [k for k in keys if re.search(r"year|period|interval|month|quarter|week", k)]
+        x = timed[0] if timed else keys[-1] if keys else None
         svg = None
         if value and x:
             by = next((k for k in keys if k != x), None)
             svg = F.lines_plot(rows, x, by, value, _label(value), _title(x),
-                               scale=100 if value == "proportion" else 1)
+                               scale=100 if value == "proportion" else 1, ordered=bool(timed))
         sec.blocks.append(Figure(f"measure-{name}", f"{_title(name)} by {_title(x or '')}",
                                  e["path"], svg, table) if svg else table)
     return sec

@@ -194,9 +194,10 @@ def overlap_plot(rows: list[dict]) -> str:
 
 # -- rates and measures --------------------------------------------------------------------------
 def lines_plot(rows: list[dict], x: str, by: str | None, value: str, ylabel: str, xlabel: str,
-               scale: float = 1) -> str | None:
+               scale: float = 1, ordered: bool = True) -> str | None:
     """``value`` over ``x`` (in order of appearance), a line per level of ``by``, with the 95 %
-    interval as a band where the rows hold one; suppressed points are gaps."""
+    interval as a band where the rows hold one (``ordered`` false: points with error bars, for
+    an ``x`` of categories); suppressed points are gaps."""
     xs = list(dict.fromkeys(r.get(x) for r in rows))
     if not xs or not any(_num(r.get(value)) for r in rows):
         return None
@@ -209,13 +210,23 @@ def lines_plot(rows: list[dict], x: str, by: str | None, value: str, ylabel: str
         val = {r.get(x): r.get(col) for r in rows if by is None or r.get(by) == g}
         return [val[v] * scale if _num(val.get(v)) else math.nan for v in xs]
 
-    for g in groups:
+    band = any("lower_95" in r for r in rows)
+    for k, g in enumerate(groups):
         y = series(value, g)
-        (line,) = ax.plot(range(len(xs)), y, marker="o", markersize=3, linewidth=1.2,
-                          label=None if g is None else f"{by} {g}")
-        if any("lower_95" in r for r in rows):
-            ax.fill_between(range(len(xs)), series("lower_95", g), series("upper_95", g),
-                            color=line.get_color(), alpha=0.12, linewidth=0)
+        label = None if g is None else f"{by} {g}"
+        if ordered:
+            (line,) = ax.plot(range(len(xs)), y, marker="o", markersize=3, linewidth=1.2,
+                              label=label)
+            if band:
+                ax.fill_between(range(len(xs)), series("lower_95", g), series("upper_95", g),
+                                color=line.get_color(), alpha=0.12, linewidth=0)
+        else:   # categories (regions): points with their intervals, nothing joins them
+            shift = (k - (len(groups) - 1) / 2) * 0.8 / max(1, len(groups))
+            lo, hi = series("lower_95", g) if band else y, series("upper_95", g) if band else y
+            ax.errorbar([i + shift for i in range(len(xs))], y,
+                        yerr=[[a - b for a, b in zip(y, lo, strict=True)],
+                              [b - a for a, b in zip(y, hi, strict=True)]],
+                        fmt="o", markersize=4, capsize=2, linewidth=1, label=label)
     step = max(1, len(xs) // 12)
     ax.set_xticks(list(pos.values())[::step])
     ax.set_xticklabels([str(v) for v in xs[::step]])

@@ -28,7 +28,7 @@ class Table:
     header: list[str]
     rows: list[list[Cell]]
     note: str = ""
-    publish: bool = True               # also written as tables/<id>.md and .publication.csv
+    publish: bool = True               # also as tables/<id>.md and tables/publication/<id>.csv
     totals: list = field(default_factory=list)   # Facts shown under the table (a model's n)
 
 

@@ -1,5 +1,5 @@
 """The export gate's own reading of a report: an independent parse of ``report.html`` and its
-``tables/*.md`` / ``*.publication.csv``, sharing no code with the writer.
+``tables/*.md`` / ``tables/publication/*.csv``, sharing no code with the writer.
 
     check(out, entry, text, manifest, min_cell) -> violations (one line each)
 
@@ -181,6 +181,8 @@ class _Page(HTMLParser):
         self.loose: list[tuple[str, list[tuple[str, dict]]]] = []   # untraced text, context
         self.problems: list[str] = []
         self.tables: dict[str, list[list[str]]] = {}
+        self.titles: dict[str, set[str]] = {}     # table id -> reasons of its suppressed cells
+        self._table_id: str | None = None
         self._open: list[dict] = []
         self._table: list | None = None
         self._row: list | None = None
@@ -214,12 +216,15 @@ class _Page(HTMLParser):
             self.elements.append(el)
         if tag == "table":
             self._table = []
-            self.tables[attrs.get("id") or f"#{len(self.tables)}"] = self._table
+            self._table_id = attrs.get("id") or f"#{len(self.tables)}"
+            self.tables[self._table_id] = self._table
         elif tag == "tr" and self._table is not None:
             self._row = []
             self._table.append(self._row)
         elif tag in ("td", "th") and self._row is not None:
             self._cell = []
+            if "title" in attrs and self._table_id is not None:
+                self.titles.setdefault(self._table_id, set()).add(attrs["title"] or "")
 
     def handle_startendtag(self, tag, attrs):
         self._attr_problems(tag.lower(), {k.lower(): v for k, v in attrs})
@@ -332,8 +337,15 @@ def _check_cell(el: dict, src: Sources, m: int, where: str) -> list[str]:
     if text == "suppressed":
         if any(v is not None for v in values):
             out.append(f"{here}: says suppressed, but {path} row {i} shows it")
-        if not a.get("title"):
+        why = a.get("title") or ""
+        if not why:
             out.append(f"{here}: a suppressed cell without its reason (title)")
+        elif isinstance(row.get("withheld"), str):
+            if why != f"withheld: {row['withheld']}":
+                out.append(f"{here}: its reason is not {path} row {i}'s")
+        elif any(not _matches(x, m) for x, _ in _numbers(why)):
+            out.append(f"{here}: its reason ({why[:50]!r}) holds a number other than the "
+                       f"threshold")
         return out
     if len(values) == 1 and isinstance(values[0], str):
         if text != " ".join(values[0].split()):
@@ -472,7 +484,10 @@ def check(out: str | Path, entry: dict, text: str, manifest: dict, min_cell: int
     if where.endswith(".md"):
         rows, other = _markdown_rows(text)
         out = []
+        reasons = {" ".join(t.split()) for t in page.titles.get(f"t-{entry.get('table')}", ())}
         for line in other:
+            if " ".join(line.replace("\\|", "|").split()) in reasons:
+                continue   # a suppressed cell's reason, as the page gives it
             for s, _ in _numbers(line):
                 if not any(_matches(s, v) for v in [*STATIC, float(min_cell),
                                                       *src.name_numbers]):
