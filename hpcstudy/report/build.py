@@ -451,8 +451,9 @@ def measures_section(o: Outputs) -> Section | None:
             by = next((k for k in keys if k != x), None)
             svg = F.lines_plot(rows, x, by, value, _label(value), _title(x),
                                scale=100 if value == "proportion" else 1, ordered=bool(timed))
-        sec.blocks.append(Figure(f"measure-{name}", f"{_title(name)} by {_title(x or '')}",
-                                 e["path"], svg, table) if svg else table)
+        cap = _title(name) if not x or x in name else f"{_title(name)} by {_title(x)}"
+        sec.blocks.append(Figure(f"measure-{name}", cap[:1].upper() + cap[1:], e["path"], svg,
+                                 table) if svg else table)
     return sec
 
 
