@@ -519,5 +519,5 @@ def page(o: Outputs, code: tuple[str, str]) -> Page:
                             measures_section(o), hospitals_section(o),
                             other_section(o, KNOWN)) if s is not None]
     m = DESCRIPTION.search(o.plan)
-    name = str(o.results.get("study") or o.doc["study"]["name"])
+    name = str(o.doc["study"]["name"])
     return Page(name, m.group(1) if m else "", facts(o, code), sections, o.min_cell)
