@@ -157,6 +157,11 @@ PLANTS = {
         out, "report.html", ">suppressed</td>", ">4</td>"),
     "a number in a figure": lambda out, html: _edit(
         out, "report.html", "</svg>", '<text x="1" y="1">3 deaths</text></svg>'),
+    "a number in a hover text": lambda out, html: _edit(
+        out, "report.html", 'title="suppressed: fewer than 5 persons',
+        'title="suppressed: 3 persons', 1),
+    "a number in an aria-label": lambda out, html: _edit(
+        out, "report.html", "<main>", '<main aria-label="3 deaths among women over 80">'),
     "a script tag": lambda out, html: _edit(
         out, "report.html", "</body>", "<script>fetch('/x')</script></body>"),
     "an event handler": lambda out, html: _edit(
@@ -366,3 +371,21 @@ def test_a_curve_stops_where_its_published_points_stop():
     assert first == ["200", "150", "20"]
     assert second[0] == "500" and second[-1] == "100" and len(second) > 3
     assert svg == km_plot(rows, {"1": "statin", "2": "non_user"}, "survival")   # same bytes
+
+
+def test_empty_or_degenerate_tables_give_a_report_without_failing_the_run(tmp_path):
+    """A cohort of nobody (empty curves, a measure with every cell suppressed): the page
+    shows the tables it can and draws no figure with nothing in it; no warning escapes."""
+    root = synthetic_outputs(tmp_path / "out")
+    for name in ("balance", "hospitals"):
+        f = root / "tables" / f"{name}.csv"
+        f.write_text(f.read_text().splitlines()[0] + "\n")
+    (root / "tables" / "curves.csv").write_text("")
+    doc = json.loads((root / M.NAME).read_text())
+    doc["files"].append({"path": "tables/curves.csv", "kind": "curves", "columns": []})
+    (root / M.NAME).write_text(json.dumps(doc))
+    redeclare(root)
+    files = render(root)
+    html = files["report.html"].decode()
+    assert 'id="fig-love-balance"' not in html and 'id="fig-funnel"' not in html
+    assert 'id="fig-km"' not in html and 'id="t-table1"' in html

@@ -192,6 +192,15 @@ def _label(name: str) -> str:
             "percent": "%"}.get(name, _heading(name))
 
 
+def _figure(sec: Section, fid: str, caption: str, source: str, svg: str | None,
+            table: Table | None) -> None:
+    """A figure with its table beside it; the table alone when there is nothing to draw."""
+    if svg is not None:
+        sec.blocks.append(Figure(fid, caption, source, svg, table))
+    elif table is not None:
+        sec.blocks.append(table)
+
+
 # -- sections ------------------------------------------------------------------------------------
 def attrition_section(o: Outputs) -> Section | None:
     entries = o.tables("attrition")
@@ -253,16 +262,15 @@ def table1_section(o: Outputs) -> Section | None:
     for e in bal:
         rows = o.rows(e)
         table = generic_table(_stem(e), "Standardised mean differences", e, rows, o.min_cell)
-        sec.blocks.append(Figure(f"love-{_stem(e)}", "Balance (Love) plot: absolute SMD per "
-                                 "characteristic; the dashed line marks 0.1", e["path"],
-                                 F.love_plot(rows), table))
+        _figure(sec, f"love-{_stem(e)}", "Balance (Love) plot: absolute SMD per "
+                "characteristic; the dashed line marks 0.1", e["path"],
+                F.draw(F.love_plot, rows), table)
     for e in pref:
         rows = o.rows(e)
         table = pivot_table(_stem(e), "Persons by preference-score bin and arm", e, rows,
                             "bin", "arm", "persons", o.min_cell)
-        sec.blocks.append(Figure(f"overlap-{_stem(e)}", "Preference-score overlap: persons "
-                                 "per score bin, by arm", e["path"], F.overlap_plot(rows),
-                                 table))
+        _figure(sec, f"overlap-{_stem(e)}", "Preference-score overlap: persons per score "
+                "bin, by arm", e["path"], F.draw(F.overlap_plot, rows), table)
     return sec
 
 
@@ -344,12 +352,13 @@ def curves_section(o: Outputs) -> Section | None:
                        "Cumulative incidence"], body,
                       "Events are summed over the days since the previous point.",
                       publish=False)
-        sec.blocks.append(Figure("km", "Kaplan–Meier survival (95 % band)", e["path"],
-                                 F.km_plot(rows, groups, "survival"), table))
-        if any(r.get("cumulative_incidence") is not None for r in rows):
-            sec.blocks.append(Figure("cif", "Cumulative incidence (death competing)",
-                                     e["path"], F.km_plot(rows, groups, "cumulative_incidence"),
-                                     None))   # its numbers: the survival figure's table
+        km = F.draw(F.km_plot, rows, groups, "survival")
+        cif = F.draw(F.km_plot, rows, groups, "cumulative_incidence")
+        if km is not None or cif is None:
+            _figure(sec, "km", "Kaplan–Meier survival (95 % band)", e["path"], km, table)
+        if cif is not None:   # its numbers: the survival figure's table, or its own
+            _figure(sec, "cif", "Cumulative incidence (death competing)", e["path"], cif,
+                    None if km is not None else table)
     return sec
 
 
@@ -404,12 +413,8 @@ def models_section(o: Outputs) -> Section | None:
                 totals.append(Fact(c, fmt.count(res[c]), "results.json", f"{field}.{c}"))
         table.caption = title
         table.totals = totals
-        svg = F.forest_plot(rows)
-        if svg:
-            sec.blocks.append(Figure(f"forest-{name}", f"{title}: forest plot", e["path"], svg,
-                                     table))
-        else:
-            sec.blocks.append(table)
+        _figure(sec, f"forest-{name}", f"{title}: forest plot", e["path"],
+                F.draw(F.forest_plot, rows), table)
     return sec
 
 
@@ -423,10 +428,9 @@ def lexis_section(o: Outputs) -> Section | None:
     for e in entries:
         rows = o.rows(e)
         table = generic_table(_stem(e), "Lexis cells", e, rows, o.min_cell)
-        svg = F.lines_plot(rows, "age_band", "period", "rate_per_1000py",
-                           "Rate per 1000 person-years", "Age band")
-        sec.blocks.append(Figure("lexis-rates", "Rates by age band and period", e["path"], svg,
-                                 table) if svg else table)
+        svg = F.draw(F.lines_plot, rows, "age_band", "period", "rate_per_1000py",
+                     "Rate per 1000 person-years", "Age band")
+        _figure(sec, "lexis-rates", "Rates by age band and period", e["path"], svg, table)
     return sec
 
 
@@ -449,11 +453,10 @@ def measures_section(o: Outputs) -> Section | None:
         svg = None
         if value and x:
             by = next((k for k in keys if k != x), None)
-            svg = F.lines_plot(rows, x, by, value, _label(value), _title(x),
-                               scale=100 if value == "proportion" else 1, ordered=bool(timed))
+            svg = F.draw(F.lines_plot, rows, x, by, value, _label(value), _title(x),
+                         scale=100 if value == "proportion" else 1, ordered=bool(timed))
         cap = _title(name) if not x or x in name else f"{_title(name)} by {_title(x)}"
-        sec.blocks.append(Figure(f"measure-{name}", cap[:1].upper() + cap[1:], e["path"], svg,
-                                 table) if svg else table)
+        _figure(sec, f"measure-{name}", cap[:1].upper() + cap[1:], e["path"], svg, table)
     return sec
 
 
@@ -467,8 +470,7 @@ def hospitals_section(o: Outputs) -> Section | None:
     for e in entries:
         rows = o.rows(e)
         table = generic_table(_stem(e), "Hospitals", e, rows, o.min_cell)
-        sec.blocks.append(Figure("funnel", "Funnel plot", e["path"], F.funnel_plot(rows),
-                                 table))
+        _figure(sec, "funnel", "Funnel plot", e["path"], F.draw(F.funnel_plot, rows), table)
     return sec
 
 

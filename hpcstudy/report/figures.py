@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 
 import matplotlib
 
@@ -25,6 +26,17 @@ STYLE = {"svg.hashsalt": "hpcstudy-report", "svg.fonttype": "none", "font.size":
          "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
          "grid.alpha": 0.25, "path.simplify": False}
 WIDTH = 7.0
+
+
+def draw(plot, *args, **kw) -> str | None:
+    """``plot(*args)``'s SVG, or None when there is nothing to draw or it cannot be drawn: the
+    figure's table is shown alone then, and the run never fails for want of a figure."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # matplotlib's notes (an empty legend)
+        try:
+            return plot(*args, **kw)
+        except (ValueError, TypeError, KeyError, ZeroDivisionError, OverflowError):
+            return None
 
 
 def _svg(fig: Figure) -> str:
@@ -65,12 +77,14 @@ def inline(svg: str, prefix: str, label: str) -> str:
 
 
 # -- survival ------------------------------------------------------------------------------------
-def km_plot(rows: list[dict], groups: dict[str, str], column: str) -> str:
+def km_plot(rows: list[dict], groups: dict[str, str], column: str) -> str | None:
     """Step curves per group (survival with its 95 % band, or cumulative incidence), each
     stopping at its last published point, with the numbers at risk under the time axis."""
     by: dict = {}
     for r in rows:
         by.setdefault(r.get("group"), []).append(r)
+    if not any(_num(r.get(column)) for r in rows):
+        return None
     n = len(by)
     fig = _figure(3.4 + 0.22 * n)
     ax = fig.axes[0]
@@ -148,8 +162,10 @@ def forest_plot(rows: list[dict]) -> str | None:
 
 
 # -- balance -------------------------------------------------------------------------------------
-def love_plot(rows: list[dict]) -> str:
+def love_plot(rows: list[dict]) -> str | None:
     """Absolute standardised mean differences before and after matching or weighting."""
+    if not any(_num(r.get(c)) for r in rows for c in ("smd_before", "smd_after")):
+        return None
     labels = [f"{r.get('variable')}: {r['level']}" if r.get("level") not in (None, "")
               else str(r.get("variable")) for r in rows]
     fig = _figure(1.0 + 0.26 * max(1, len(rows)))
@@ -170,9 +186,11 @@ def love_plot(rows: list[dict]) -> str:
     return _svg(fig)
 
 
-def overlap_plot(rows: list[dict]) -> str:
+def overlap_plot(rows: list[dict]) -> str | None:
     """Persons per preference-score bin, one line per arm (a suppressed bin is a gap)."""
     bins = list(dict.fromkeys(r.get("bin") for r in rows))
+    if not any(_num(r.get("persons")) for r in rows):
+        return None
     fig = _figure(3.0)
     ax = fig.axes[0]
     arms = list(dict.fromkeys(r.get("arm") for r in rows))
@@ -238,11 +256,13 @@ def lines_plot(rows: list[dict], x: str, by: str | None, value: str, ylabel: str
     return _svg(fig)
 
 
-def funnel_plot(rows: list[dict]) -> str:
+def funnel_plot(rows: list[dict]) -> str | None:
     """Observed/expected per hospital against expected events, with the control limits."""
+    pts = [r for r in rows if _num(r.get("expected")) and _num(r.get("oe"))]
+    if not pts:
+        return None
     fig = _figure(3.6)
     ax = fig.axes[0]
-    pts = [r for r in rows if _num(r.get("expected")) and _num(r.get("oe"))]
     ax.scatter([r["expected"] for r in pts], [r["oe"] for r in pts], s=14, color="#1f4e79",
                zorder=3, label="hospital")
     lim = sorted((r for r in pts), key=lambda r: r["expected"])

@@ -8,7 +8,8 @@
 * it can load nothing and run nothing: no script, no event-handler attribute, no frame, object,
   image, link, form or base element, no URL but a ``#fragment`` (no ``scheme:`` at all), no CSS
   ``url()`` but to a fragment, no ``@import``;
-* every number in it is accounted for: a number inside an element traced to an exported cell
+* every number in it (text, and the attributes a reader sees: title, aria-label, alt …) is
+  accounted for: a number inside an element traced to an exported cell
   (``data-source`` on an ancestor, ``data-row``, ``data-columns``; ``data-difference`` for the
   drop between two attrition steps) equals that cell's value at the precision shown, a traced
   text equals its cell's text, and a cell that says "suppressed" is one the file withholds; a
@@ -49,6 +50,7 @@ URL_ATTRS = {"href", "xlink:href", "src", "srcset", "action", "formaction", "pos
 SCHEME = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*:\s*//|\b(?:javascript|data|vbscript|file|blob)\s*:")
 COUNT_NAMES = {"persons", "events", "at_risk", "persons_other", "events_other", "n"}
 TICK = re.compile(r"(^|-)(x|y)tick_\d+$")
+SHOWN_ATTRS = ("title", "aria-label", "alt", "label", "placeholder", "value", "summary")
 VOID = {"area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
         "wbr", "path", "use", "rect", "circle", "line", "polyline", "polygon", "ellipse",
         "stop"}
@@ -207,6 +209,9 @@ class _Page(HTMLParser):
         attrs = {k.lower(): v for k, v in attrs}
         tag = tag.lower()
         self._attr_problems(tag, attrs)
+        for k in SHOWN_ATTRS:   # text a reader sees or hears: its numbers are checked too
+            if attrs.get(k) and not (k == "title" and "data-columns" in attrs):   # (see cells)
+                self.loose.append((attrs[k], [*self.stack, (tag, attrs)]))
         if tag in VOID:
             return
         self.stack.append((tag, attrs))
@@ -227,7 +232,11 @@ class _Page(HTMLParser):
                 self.titles.setdefault(self._table_id, set()).add(attrs["title"] or "")
 
     def handle_startendtag(self, tag, attrs):
-        self._attr_problems(tag.lower(), {k.lower(): v for k, v in attrs})
+        attrs = {k.lower(): v for k, v in attrs}
+        self._attr_problems(tag.lower(), attrs)
+        for k in SHOWN_ATTRS:
+            if attrs.get(k):
+                self.loose.append((attrs[k], [*self.stack, (tag.lower(), attrs)]))
 
     def handle_endtag(self, tag):
         tag = tag.lower()
@@ -395,14 +404,14 @@ def _check_fact(el: dict, src: Sources, where: str) -> list[str]:
     return [f"{here}: is not {source}:{a['data-field']} ({v!r})"]
 
 
-def _check_loose(text: str, ancestors, src: Sources, where: str) -> list[str]:
+def _check_loose(text: str, ancestors, src: Sources, where: str, min_cell: int) -> list[str]:
     if _in_tick(ancestors):
         return []     # axis tick labels: the scale, not data
     tags = {t for t, _ in ancestors}
     if "title" in tags and "svg" not in tags:
         return []     # the page title repeats the study name, checked in <h1>
     path = _source_of(ancestors)
-    allowed = [float(x) for x in STATIC] + src.name_numbers
+    allowed = [float(x) for x in STATIC] + src.name_numbers + [float(min_cell)]
     if path is not None and path in src.rows:
         allowed += src.numbers(path)
         keys = src.keys(path)
@@ -437,7 +446,7 @@ def check_html(text: str, src: Sources, min_cell: int, where: str) -> tuple[list
         else:
             out += _check_fact(el, src, where)
     for t, ancestors in page.loose:
-        out += _check_loose(t, ancestors, src, where)
+        out += _check_loose(t, ancestors, src, where, min_cell)
     # (hashes are compared whole above; hex digits may run like a long integer by chance)
     words = [" ".join("".join(el["text"]).split()) for el in page.elements
              if el["attrs"].get("data-kind") != "hash"] + [t for t, _ in page.loose]
