@@ -179,3 +179,14 @@ def test_suppressed_cells_read_as_suppressed_with_the_reason_on_hover(browser, r
     if name == "synthetic":   # the withheld Table 1 cell: diabetes among statin users
         row = browser.find_element(By.XPATH, "//table[@id='t-table1']//tr[th='diabetes']")
         assert "suppressed" in row.get_attribute("textContent")
+
+
+def test_the_offline_check_sees_a_request_when_a_page_makes_one(browser, reports, tmp_path):
+    """The checks above would catch a page that loads something: one that does is seen."""
+    page = tmp_path / "report.html"
+    html = (reports("synthetic") / "report.html").read_text()
+    page.write_text(html.replace("</footer>", '<img src="http://127.0.0.1:9/x.png"></footer>'))
+    _load(browser, page)
+    assert "http://127.0.0.1:9/x.png" in _requests(browser)
+    assert browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)") != []
