@@ -174,6 +174,8 @@ PLANTS = {
         out, "report.html", "</style>", "@import 'x.css';</style>"),
     "a CSS url": lambda out, html: _edit(
         out, "report.html", "</style>", "body{background:url(x.png)}</style>"),
+    "a number in CSS content": lambda out, html: _edit(
+        out, "report.html", "</style>", 'td.suppressed::after{content:" (3)"}</style>'),
     "a CPR number": lambda out, html: _edit(
         out, "report.html", "</footer>", "<p>pnr 010170-1234</p></footer>"),
 }

@@ -286,6 +286,9 @@ def _css_problem(css: str) -> str | None:
             return f"url({m.group(1)[:40]}): a resource from outside the page"
     if "expression(" in low or "@font-face" in low:
         return "a CSS expression or font face"
+    for m in re.finditer(r"content\s*:\s*([^;}]*)", low):
+        if re.search(r"\d|attr\(|counter", m.group(1)):
+            return f"CSS content {m.group(1)[:30]!r}: text the page's own parse cannot see"
     return None
 
 
