@@ -488,17 +488,23 @@ KNOWN = {"attrition", "cohort", "rates", "table1", "balance", "preference", "cur
          "lexis", "measure", "hospitals"}
 
 
+def grouped(digest: str) -> str:
+    """A hex digest in groups of 8 (as audit.json writes them): no run of digits in it can pass
+    for a long identifier."""
+    return " ".join(digest[i:i + 8] for i in range(0, len(digest), 8))
+
+
 def facts(o: Outputs, code: tuple[str, str]) -> list[Fact]:
     run = o.results.get("run") or {}
     doc = o.doc
     out = [Fact("Study", str(o.results.get("study", doc["study"]["name"])), "results.json",
                 "study"),
-           Fact("Study file SHA-256", doc["study"]["sha256"], "outputs.json", "study.sha256",
-                "hash"),
-           Fact("Data manifest SHA-256", doc["data_manifest_sha256"], "outputs.json",
+           Fact("Study file SHA-256", grouped(doc["study"]["sha256"]), "outputs.json",
+                "study.sha256", "hash"),
+           Fact("Data manifest SHA-256", grouped(doc["data_manifest_sha256"]), "outputs.json",
                 "data_manifest_sha256", "hash")]
     out.append(Fact("Code version", f"hpcstudy {code[0]}", kind="version"))
-    out.append(Fact("Code SHA-256", code[1], kind="hash"))
+    out.append(Fact("Code SHA-256", grouped(code[1]), kind="hash"))
     for k, label in (("engine", "Engine"), ("launcher", "Launcher"), ("device", "Device"),
                      ("hardware", "Hardware"), ("wall_seconds", "Run time (seconds)")):
         if isinstance(run.get(k), str | int | float) and not isinstance(run.get(k), bool):

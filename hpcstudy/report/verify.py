@@ -387,7 +387,7 @@ def _check_fact(el: dict, src: Sources, where: str) -> list[str]:
     if "data-field" not in a:
         if kind == "version" and re.fullmatch(r"hpcstudy [0-9][\w.+-]*|hpcstudy unknown", text):
             return []
-        if kind == "hash" and re.fullmatch(r"[0-9a-f]{64}", text):
+        if kind == "hash" and re.fullmatch(r"[0-9a-f]{8}( [0-9a-f]{8}){7}", text):
             return []
         return [f"{here}: an untraced {kind} that is not one"]
     source = a.get("data-source") or ""
@@ -397,6 +397,8 @@ def _check_fact(el: dict, src: Sources, where: str) -> list[str]:
         v = src.field(source, a["data-field"])
     except KeyError:
         return [f"{here}: {source} has no field {a['data-field']!r}"]
+    if kind == "hash" and isinstance(v, str):   # shown in groups of 8
+        text = text.replace(" ", "")
     if isinstance(v, str):
         return [] if text == " ".join(v.split()) else \
             [f"{here}: is not {source}:{a['data-field']} ({v[:40]!r})"]
@@ -450,9 +452,8 @@ def check_html(text: str, src: Sources, min_cell: int, where: str) -> tuple[list
             out += _check_fact(el, src, where)
     for t, ancestors in page.loose:
         out += _check_loose(t, ancestors, src, where, min_cell)
-    # (hashes are compared whole above; hex digits may run like a long integer by chance)
-    words = [" ".join("".join(el["text"]).split()) for el in page.elements
-             if el["attrs"].get("data-kind") != "hash"] + [t for t, _ in page.loose]
+    words = [" ".join("".join(el["text"]).split()) for el in page.elements] + \
+        [t for t, _ in page.loose]
     for n, line in enumerate(words, 1):
         if CPR.search(line) or LONG_INTEGER.search(line):
             out.append(f"{where}: text {n} ({line[:40]!r}): shaped like a CPR number or a "
