@@ -383,12 +383,20 @@ def test_empty_or_degenerate_tables_give_a_report_without_failing_the_run(tmp_pa
     for name in ("balance", "hospitals"):
         f = root / "tables" / f"{name}.csv"
         f.write_text(f.read_text().splitlines()[0] + "\n")
-    (root / "tables" / "curves.csv").write_text("")
     doc = json.loads((root / M.NAME).read_text())
-    doc["files"].append({"path": "tables/curves.csv", "kind": "curves", "columns": []})
+    for name, kind in (("curves", "curves"), ("cohort", "cohort")):
+        (root / "tables" / f"{name}.csv").write_text("")
+        doc["files"].append({"path": f"tables/{name}.csv", "kind": kind, "columns": []})
     (root / M.NAME).write_text(json.dumps(doc))
     redeclare(root)
-    files = render(root)
-    html = files["report.html"].decode()
+    write(root)
+    html = (root / "report.html").read_text()
     assert 'id="fig-love-balance"' not in html and 'id="fig-funnel"' not in html
     assert 'id="fig-km"' not in html and 'id="t-table1"' in html
+    assert not (root / "tables" / "cohort.md").exists()   # nothing to publish
+    doc = json.loads((root / M.NAME).read_text())
+    for e in doc["files"]:
+        if e["kind"] in M.REPORT_KINDS:
+            from hpcstudy.report.verify import check
+
+            assert check(root, e, (root / e["path"]).read_text(), doc, 5) == [], e["path"]

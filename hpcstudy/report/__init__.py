@@ -111,7 +111,7 @@ def render(out: str | Path) -> dict[str, bytes]:
     files = {REPORT: html.encode()}
     seen = set()
     for t in p.tables():
-        if not t.publish or t.id in seen:
+        if not t.publish or not t.header or t.id in seen:   # (an empty table: page only)
             continue
         seen.add(t.id)
         files[f"tables/{t.id}{MARKDOWN}"] = _markdown(t).encode()
