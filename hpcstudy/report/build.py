@@ -141,7 +141,7 @@ def _derived(name: str):
 
 
 def generic_table(tid: str, caption: str, entry: dict, rows: list[dict], min_cell: int,
-                  note: str = "") -> Table:
+                  note: str = "", groups: dict[str, str] | None = None) -> Table:
     """Any table kind from its declared columns: keys as row headers, counts with separators,
     known triples (estimate, lower_95, upper_95) in one cell, other numbers to 3 digits."""
     cols = [(c["name"], c["role"]) for c in entry.get("columns", [])]
@@ -176,7 +176,8 @@ def generic_table(tid: str, caption: str, entry: dict, rows: list[dict], min_cel
     header = [_heading(k) for k in keys] + [_label(c) for c in counts] + [p[0] for p in plan]
     body = []
     for i, r in enumerate(rows, 1):
-        cells = [key_cell(r, i, k) for k in keys]
+        cells = [key_cell(r, i, k, (lambda v: groups.get(str(v), v)) if k == "group" and groups
+                          else None) for k in keys]
         cells += [value_cell(r, i, (c,), fmt.count, min_cell) for c in counts]
         cells += [value_cell(r, i, cs, f, min_cell, scale) for _, cs, f, scale in plan]
         body.append(cells)
@@ -236,7 +237,8 @@ def cohort_section(o: Outputs) -> Section | None:
                   "exact Poisson 95 % confidence intervals.")
     for kind, cap in (("cohort", "Cohort"), ("rates", "Rates by group")):
         for e in o.tables(kind):
-            sec.blocks.append(generic_table(_stem(e), cap, e, o.rows(e), o.min_cell))
+            sec.blocks.append(generic_table(_stem(e), cap, e, o.rows(e), o.min_cell,
+                                            groups=o.groups()))
     return sec if sec.blocks else None
 
 
@@ -427,7 +429,7 @@ def lexis_section(o: Outputs) -> Section | None:
                   "(Lexis split of follow-up).")
     for e in entries:
         rows = o.rows(e)
-        table = generic_table(_stem(e), "Lexis cells", e, rows, o.min_cell)
+        table = generic_table(_stem(e), "Lexis cells", e, rows, o.min_cell, groups=o.groups())
         svg = F.draw(F.lines_plot, rows, "age_band", "period", "rate_per_1000py",
                      "Rate per 1000 person-years", "Age band")
         _figure(sec, "lexis-rates", "Rates by age band and period", e["path"], svg, table)
