@@ -93,7 +93,8 @@ def _audit_mpi(command: str, kw: dict) -> dict | None:
 
 
 # the folder each command writes (its outputs are hashed into its finished record)
-_WRITES = {"synth": "out", "run": "out", "ingest": "data", "export": "dest"}
+_WRITES = {"synth": "out", "run": "out", "ingest": "data", "export": "dest",
+           "report": "out"}
 
 
 def _audit(command: str, kw: dict, status: str | None = None, started: dict | None = None,
@@ -456,10 +457,10 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
         click.echo(f"resumed {done.get('resumed', 0)} of {ds.partitions} partitions from "
                    "checkpoints")
     if not quiet:
-        click.echo(report(res, out))
+        click.echo(run_summary(res, out))
 
 
-def report(res: dict, out: Path) -> str:
+def run_summary(res: dict, out: Path) -> str:
     """A short text report of a run's results."""
     import math
 
@@ -489,6 +490,27 @@ def report(res: dict, out: Path) -> str:
         hr = math.exp(truth["mi_log_hr"]["statin"])
         lines.append(f"  planted truth in the synthetic data: HR statin -> MI {hr:.3f}")
     return "\n".join(lines)
+
+
+@cli.command("report")
+@click.argument("out", type=PATH)
+@audited
+def report(out: Path) -> None:
+    """Write OUT/report.html (and tables/*.md, tables/publication/*.csv) from the run's
+    exported outputs, and list them in OUT/outputs.json. `hpcstudy run` already does this; the
+    same outputs always give the same bytes."""
+    from .report import REPORT, write
+
+    if not Path(out).is_dir():
+        raise UserError(f"{out} is not a directory", fix="give the --out of a run")
+    before = (Path(out) / "outputs.json").read_bytes() if (Path(out) / "outputs.json").is_file() \
+        else None
+    written = write(out)
+    click.echo(f"{Path(out) / REPORT}: the study report ({len(written) - 1} table file(s))")
+    if before is not None and (Path(out) / "outputs.json").read_bytes() != before:
+        click.echo("hpcstudy: outputs.json now lists a new report: the run's audit record "
+                   "names the old one, so export refuses this folder; re-run the study to "
+                   "export it", err=True)
 
 
 @cli.command()

@@ -98,6 +98,8 @@ def test_synth_run_and_submit_from_an_installed_wheel(installed, tmp_path):
     results = json.loads((work / "out" / "results.json").read_text())
     cox = results["models"]["cox"]
     assert cox["persons"] > 0 and {t["term"] for t in cox["terms"]} >= {"statin", "age", "sex"}
+    # the report's template travels as package data
+    assert "<section id=\"models\">" in (work / "out" / "report.html").read_text()
 
     r = _sh(hpc, "submit", "statins_mi.yaml", "--profile", "ci", "--data", "data",
             "--out", "out2", "--dry-run", cwd=work, env=env)

@@ -332,6 +332,9 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
                                  data_persons_sha256=ds.persons_sha256(),
                                  min_cell=plan.study.min_cell, round_to=plan.study.round_to,
                                  project=approval.project if approval is not None else None))
+        from ..report import write as write_report
+
+        write_report(staging)   # report.html and tables/*.md: a pure function of the above
         private = staging / "private"
         private.mkdir(mode=0o700)
         M.keep_study(staging, plan.study)

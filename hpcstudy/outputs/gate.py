@@ -11,7 +11,9 @@ and every cell passes the disclosure rules.
 * every cell passes the disclosure rules (``_cell_rules``) at the threshold, which is never
   below the floor (5, or the project approval's ``min_cell`` when higher).
 
-Anything else under OUT — a ``.txt``, a ``.md``, ``tables/people.csv`` — is refused as unknown.
+The study report (``report.html``, ``tables/*.md``, ``tables/publication/*.csv``) is checked
+by its own independent parse (``hpcstudy/report/verify.py``). Anything else under OUT — a
+``.txt``, an undeclared ``.md``, ``tables/people.csv`` — is refused as unknown.
 """
 
 from __future__ import annotations
@@ -716,7 +718,9 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
                 verdict.hold(p, x)
     # results.json first: the tables repeat its sections and are compared with them
     res = None
-    order = sorted(entries, key=lambda p: (entries[p]["kind"] != "results", p))
+    # and the report last: its every number is checked against the files it was made from
+    order = sorted(entries, key=lambda p: (entries[p]["kind"] != "results",
+                                           entries[p]["kind"] in M.REPORT_KINDS, p))
     for p in order:
         e = entries[p]
         path = out / p
@@ -744,6 +748,10 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
             problems += [x for n, line in enumerate(text.splitlines(), 1)
                          for x in _text(verdict, line, f"{p}: line {n}", T.MAX_LINE)]
             content = text
+        elif e["kind"] in M.REPORT_KINDS:   # the report's own independent parse
+            from ..report.verify import check as check_report
+
+            problems, content = check_report(out, e, text, doc, verdict.min_cell), None
         else:
             problems = _check_csv(verdict, e, text, res)
             try:
@@ -756,7 +764,8 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
                 verdict.hold(p, x)
         else:
             verdict.passed.append(p)
-            verdict.contents[p] = (e["kind"], content)
+            if content is not None:   # (a report repeats counts; the tables are compared)
+                verdict.contents[p] = (e["kind"], content)
             verdict.blobs[p] = data
     _across_files(verdict)
     text_problems = _manifest_text(verdict, doc)

@@ -94,7 +94,10 @@ MODEL_SCALARS = {"n": "count", "persons": "count", "events": "count", "loglik": 
                  "newton_steps": "meta"}
 MODEL_NOTES = ("withheld", "error")        # a withheld or failed model: one reason, no numbers
 TEXT_KINDS = ("plan",)
-FILE_KINDS = ("results", *TEXT_KINDS, *KINDS)
+# the study report (hpcstudy/report): report.html and its tables as Markdown and formatted CSV,
+# checked by the report's own independent parse (hpcstudy/report/verify.py)
+REPORT_KINDS = ("report", "report_table")
+FILE_KINDS = ("results", *TEXT_KINDS, *KINDS, *REPORT_KINDS)
 # audit.json, beside the manifest rather than in it (it differs from run to run): the run's
 # audit chain head and nothing else
 AUDIT_HEAD = "audit.json"

@@ -46,6 +46,8 @@ def _w(w) -> str:
 def render(plan: Plan) -> str:
     s = plan.study
     out = [f"plan for study {s.name!r} ({s.source})", "", "groups (dimension: person):"]
+    if s.description:   # the report's subtitle: plan.txt is the exported place for it
+        out[1:1] = [f"description: {' '.join(s.description.split())}"]
     for g in plan.groups:
         out.append(f"  group={g.code} {g.label}: index = {_index(g.index)}")
         if g.never_before is not None:

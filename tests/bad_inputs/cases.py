@@ -498,6 +498,34 @@ case("export-dest-under-a-file", "export", "{run}", "{tmp}/f/dest",
      setup=lambda c: c.file("f", "x"), says="f")
 case("export-dest-300-chars", "export", "{run}", "{long}", says="too long")
 
+
+# -- report: OUT folders that are not a run's untouched outputs (nothing is written) -----------
+def _edited_outputs(c: Ctx, edit: Callable[[dict], object]) -> Path:
+    out = c.copy_run()
+    doc = json.loads((out / "outputs.json").read_text())
+    edit(doc)
+    (out / "outputs.json").write_text(json.dumps(doc))
+    return out
+
+
+case("report-missing-out", "report", says="out")
+case("report-unknown-option", "report", "{run}", "--frobnicate", says="no such option")
+case("report-out-missing", "report", "{tmp}/none", says="not a directory")
+case("report-out-a-file", "report", "{tmp}/f", setup=lambda c: c.file("f", "x"),
+     says="not a directory")
+case("report-out-300-chars", "report", "{long}", says="too long")
+case("report-of-a-dataset", "report", "{data}", says="outputs.json is missing")
+case("report-outputs-json-broken", "report", "{tmp}/out",
+     setup=lambda c: _broken_run(c, "outputs.json", "{"), says="not JSON", real=True)
+case("report-outputs-json-binary", "report", "{tmp}/out",
+     setup=lambda c: _broken_run(c, "outputs.json", BINARY), says="outputs.json")
+case("report-outputs-json-edited", "report", "{tmp}/out",
+     setup=lambda c: _edited_outputs(c, lambda d: d.update(min_cell=3)),
+     says="not the output manifest a run wrote")
+for label, (rel, content) in OUTS.items():
+    case(f"report-{label}", "report", "{tmp}/out",
+         setup=lambda c, r=rel, x=content: _broken_run(c, r, x), says=f"{rel}: edited")
+
 # -- profiles and submit ------------------------------------------------------------------------
 PROFILES = {
     "binary": BINARY,
