@@ -456,6 +456,9 @@ def report(res: dict, out: Path) -> str:
         rate = "" if c.get("rate_per_1000py") is None else (
             f", {c['rate_per_1000py']:.2f} per 1000 person-years "
             f"({c['lower_95']:.2f}-{c['upper_95']:.2f})")
+        if c.get("proportion") is not None:   # a fixed-horizon outcome: a share of persons
+            rate = (f", {100 * c['proportion']:.2f} % with the outcome "
+                    f"(95% CI {100 * c['lower_95']:.2f}-{100 * c['upper_95']:.2f} %)")
         lines.append(f"  {c['label']}: {n} persons, {ev} events{rate}")
     for name, m in res.get("models", {}).items():
         if "terms" not in m:

@@ -84,7 +84,17 @@ def _rate_sums(part, by):
                                   "days": part["time"].astype(float)})
 
 
-def rates(parts: Partitions, by: tuple[str, ...]) -> list[dict]:
+def fixed_horizon(plan: Plan) -> bool:
+    """A fixed-horizon outcome (an outcome window with an end, e.g. 30-day mortality) is a
+    proportion of persons, never a rate per person-years."""
+    return plan.outcome.window.hi is not None
+
+
+def rates(parts: Partitions, by: tuple[str, ...], proportion: bool = False) -> list[dict]:
+    """Rates per 1000 person-years (exact Poisson CI), or with ``proportion`` the share of
+    persons with the outcome (Wilson CI), by the key columns ``by``."""
+    if proportion:
+        return measure(parts, by, RATE_COLUMNS)
     sums = parts.map_reduce(_rate_sums, by, combine=_merge)
     rows = []
     for key in sorted(sums):
@@ -106,14 +116,15 @@ def _measure_sums(part, by):
                                   "events": part["event"].astype(float)})
 
 
-def measure(parts: Partitions, by: tuple[str, ...]) -> list[dict]:
+def measure(parts: Partitions, by: tuple[str, ...],
+            reserved: tuple[str, ...] = MEASURE_COLUMNS) -> list[dict]:
     """Proportion of persons with the outcome (in its window), by groups and intervals."""
     sums = parts.map_reduce(_measure_sums, by, combine=_merge)
     rows = []
     for key in sorted(sums):
         n, k = sums[key]["persons"], sums[key]["events"]
         lo, hi = wilson_ci(k, n)
-        rows.append({**dict(zip(key_names(by, MEASURE_COLUMNS), key, strict=True)),
+        rows.append({**dict(zip(key_names(by, reserved), key, strict=True)),
                      "persons": int(n), "events": int(k),
                      "proportion": k / n, "lower_95": lo, "upper_95": hi})
     return rows
@@ -319,10 +330,10 @@ def _lexis_part(part, ages, periods, birth_col="age"):
     and per age band and per period over all groups (what the Lexis model's terms rest on):
     persons with time in the band, persons with time outside it, events in and outside it."""
     cells: dict = {}
-    start = part["index_date"].astype(np.int64)
     stop = part["exit_date"].astype(np.int64) + 1  # exclusive
+    start = stop - part["time"].astype(np.int64)   # index day, or later after a lag
     age0 = np.asarray(part[birth_col], float)
-    birth = start - age0 * YEAR
+    birth = part["index_date"].astype(np.int64) - age0 * YEAR
     pbounds = [int(np.datetime64(f"{y}-01-01", "D").astype(np.int64)) for y in periods]
     n = start.shape[0]
     na, npd = len(ages) - 1, len(periods) - 1

@@ -15,6 +15,7 @@ from hpcstudy_kernels.windows import NO_DATE
 
 from ..plan.nodes import EventStream, GroupPlan, IndexPlan, Plan
 from ..registers.store import Dataset, read_partition
+from ..timesplit import entry
 from . import common
 
 
@@ -217,7 +218,12 @@ def group_table(st: PartitionState, g: GroupPlan, seed: int) -> tuple[dict, list
             from ..study.charlson import score
 
             out[c.name] = score(flags).astype(np.int16)
-    out.update(follow(st, rows, index, g))
+    f = follow(st, rows, index, g)
+    keep, late = f.pop("_entry")
+    out.update(f)
+    if late:
+        attrition += [(name, int(m.sum())) for name, m in late]
+        out = {k: v[keep] for k, v in out.items()}
     return out, attrition
 
 
@@ -232,6 +238,9 @@ def follow(st: PartitionState, rows, index, g: GroupPlan) -> dict:
         cap = np.minimum(cap, index + plan.follow_up_days - 1)
     if o.window.hi is not None:
         cap = np.minimum(cap, index + o.window.hi)
+    if plan.follow_up_end is not None:
+        cap = np.minimum(cap, plan.follow_up_end)
+    start = index + plan.follow_up_start
     death = st.death[rows]
     if o.death:
         if o.stream is not None:
@@ -254,11 +263,13 @@ def follow(st: PartitionState, rows, index, g: GroupPlan) -> dict:
         ep, ed = st.stream(g.censor_at)
         switch = W.first_in_window(ep, ed, pnr, index, 1, None)
         switch = np.where(switch != NO_DATE, switch - 1, NO_DATE)
-    exit_, cause, _ = followup.follow_up(index, [outcome, other_death, emig, switch, cap])
+    ends = [outcome, other_death, emig, switch, cap]
+    exit_, cause, _ = followup.follow_up(start, ends)
     status = np.where(cause == 5, 0, cause).astype(np.int8)
     return {"exit_date": exit_.astype(np.int32), "status": status,
-            "time": (exit_ - index + 1).astype(np.int32),
-            "event": (status == 1).astype(np.int8)}
+            "time": (exit_ - start + 1).astype(np.int32),
+            "event": (status == 1).astype(np.int8),
+            "_entry": entry.array_entry(index, outcome, ends, plan)}
 
 
 def person_table(data: dict, plan: Plan) -> tuple[dict, dict]:

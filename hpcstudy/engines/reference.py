@@ -12,6 +12,7 @@ import pandas as pd
 from ..plan.nodes import EventStream, GroupPlan, Plan
 from ..registers.store import Dataset
 from ..study.charlson import score
+from ..timesplit import entry
 from . import common
 
 NO_DATE = common.NO_DATE
@@ -198,7 +199,9 @@ class ReferenceEngine:
                                 ).astype("int16").to_numpy()
                          for name, _, s in col.charlson}
                 out[col.name] = score(flags).astype("int16")
-        out = pd.concat([out, self._follow(data, c, g)], axis=1)
+        follow, outcome, raw_exit = self._follow(data, c, g)
+        out = entry.frame_entry(pd.concat([out, follow], axis=1), outcome, raw_exit, plan,
+                                attrition)
         return out.reset_index(drop=True), attrition
 
     def _resident_since(self, data: ReferenceData, idx: pd.Series) -> pd.Series:
@@ -226,6 +229,9 @@ class ReferenceEngine:
             cap = np.minimum(cap, c + plan.follow_up_days - 1)
         if o.window.hi is not None:
             cap = np.minimum(cap, c + o.window.hi)
+        if plan.follow_up_end is not None:
+            cap = np.minimum(cap, plan.follow_up_end)
+        start = c + plan.follow_up_start
         death = p["death"].reindex(c.index)
         none = pd.Series(NO_DATE, index=c.index, dtype="int64")
         if o.death:
@@ -248,11 +254,12 @@ class ReferenceEngine:
         ends = [outcome, other, emig, switch, cap]
         exit_ = pd.Series(NO_DATE, index=c.index, dtype="int64")
         status = pd.Series(0, index=c.index, dtype="int8")
+        raw = pd.concat(ends, axis=1).min(axis=1)
         for k, e in enumerate(ends):
-            e = np.maximum(e, c)
+            e = np.maximum(e, start)
             sooner = e < exit_
             exit_ = exit_.where(~sooner, e)
             status = status.where(~sooner, 0 if k == 4 else k + 1)
         return pd.DataFrame({"exit_date": exit_.astype("int32"), "status": status.astype("int8"),
-                             "time": (exit_ - c + 1).astype("int32"),
-                             "event": (status == 1).astype("int8")})
+                             "time": (exit_ - start + 1).astype("int32"),
+                             "event": (status == 1).astype("int8")}), outcome, raw

@@ -96,12 +96,13 @@ def analyse(plan: Plan, parts, attrition, fitted: dict | None = None) -> dict:
     an = s.analyses
     res: dict = {"study": s.name, "attrition": {g: [{"step": k, "persons": n} for k, n in st]
                                                 for g, st in attrition.items()}}
+    share = A.fixed_horizon(plan)
     res["cohort"] = [{"group": g.code, "label": g.label, **r} for g in plan.groups
-                     for r in A.rates(parts, ("group",)) if r["group"] == g.code]
+                     for r in A.rates(parts, ("group",), share) if r["group"] == g.code]
     for r in res["cohort"]:
         r.pop("group", None)
     if an.rates_by is not None and an.rates_by != ("group",):
-        res["rates"] = A.rates(parts, an.rates_by)
+        res["rates"] = A.rates(parts, an.rates_by, share)
     models = {}
     try:
         if an.cox is not None:
@@ -184,6 +185,10 @@ def _csv(rows: list[dict]) -> str:
 def _rate_again(row: dict) -> None:
     from ..models.rates import poisson_ci
 
+    if "proportion" in row:   # a fixed-horizon outcome's cohort or rates table
+        _proportion_again(row)
+        return
+
     py = row.get("person_years")
     if py:
         lo, hi = poisson_ci(row["events"], py)
@@ -222,7 +227,7 @@ def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
 
 def _disclosed(results: dict, min_cell: int) -> dict:
     r = json.loads(json.dumps(results, default=_jsonable))
-    rate = ("person_years", "rate_per_1000py", "lower_95", "upper_95")
+    rate = ("person_years", "rate_per_1000py", "proportion", "lower_95", "upper_95")
     r["cohort"] = D.suppress(r["cohort"], min_cell, rate, keys=("label",))
     shown = {c["label"]: c["persons"] is not None for c in r["cohort"]}
     for g in r["attrition"]:

@@ -25,10 +25,12 @@ KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", 
 RATE_COLUMNS = ("persons", "events", "person_years", "rate_per_1000py", "lower_95", "upper_95",
                 "suppressed")
 OWN_COLUMNS = {
-    "cohort": RATE_COLUMNS, "rates": RATE_COLUMNS, "lexis": RATE_COLUMNS,
+    "cohort": (*RATE_COLUMNS, "proportion"), "rates": (*RATE_COLUMNS, "proportion"),
+    "lexis": RATE_COLUMNS,
     "measure": ("persons", "events", "proportion", "lower_95", "upper_95", "suppressed"),
 }
-DERIVED = {"cohort": RATE_COLUMNS[2:6], "rates": RATE_COLUMNS[2:6], "lexis": RATE_COLUMNS[2:6],
+DERIVED = {"cohort": (*RATE_COLUMNS[2:6], "proportion"),
+           "rates": (*RATE_COLUMNS[2:6], "proportion"), "lexis": RATE_COLUMNS[2:6],
            "measure": ("proportion", "lower_95", "upper_95")}
 COUNTS = ("persons", "events", "at_risk", "persons_other", "events_other", "n")
 TERM_COUNTS = ("persons", "events", "persons_other", "events_other")

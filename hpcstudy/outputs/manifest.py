@@ -57,8 +57,9 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "cohort": Kind(("label",), ("persons", "events"), RATE),
-    "rates": Kind(None, ("persons", "events"), RATE),
+    # a fixed-horizon outcome's cohort and rates tables hold a proportion instead of a rate
+    "cohort": Kind(("label",), ("persons", "events"), (*RATE, "proportion")),
+    "rates": Kind(None, ("persons", "events"), (*RATE, "proportion")),
     "lexis": Kind(("group", "age_band", "period"), ("persons", "events"), RATE),
     "curves": Kind(("group", "day"), ("at_risk", "events"),
                    ("survival", "lower_95", "upper_95", "cumulative_incidence"),

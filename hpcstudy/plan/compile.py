@@ -129,7 +129,8 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
     outcome = OutcomePlan(o.name, stream, o.death, o.window)
     reads = {k: tuple(sorted(v)) for k, v in sorted(c.reads.items())}
     plan = Plan(study, tuple(groups), criteria, tuple(cols), outcome, study.follow_up_days,
-                DATA_END, reads)
+                DATA_END, reads, study.follow_up_start,
+                day(study.follow_up_end) if study.follow_up_end else None)
     return plan, c.problems
 
 

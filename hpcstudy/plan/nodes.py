@@ -99,6 +99,8 @@ class Plan:
     follow_up_days: int | None
     data_end: int
     reads: dict                          # register -> sorted columns read
+    follow_up_start: int = 0             # lag: follow-up starts on index + this many days
+    follow_up_end: int | None = None     # calendar end of follow-up (day, inclusive)
 
     @property
     def has_comparator(self) -> bool:

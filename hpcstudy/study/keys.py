@@ -118,6 +118,10 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "follow_up": {
         "max_days": (f"whole number 1–{DAYS}", "follow-up ends after that many days"),
+        "start_day": (f"whole number 0–{DAYS}", "a lag: follow-up (person-time and outcomes) "
+                      "starts that many days after index; a person with the outcome before "
+                      "leaves the cohort (default 0)"),
+        "end_date": ("YYYY-MM-DD", "calendar end of follow-up (last day at risk)"),
     },
     "analyses": {
         "rates": ("false, or {by: [...]}", "rates by covariates besides the cohort table"),

@@ -288,6 +288,8 @@ class Study:
     criteria: tuple[Criterion, ...] = ()
     covariates: tuple[Covariate, ...] = ()
     follow_up_days: int | None = None
+    follow_up_start: int = 0                 # lag: days after index before follow-up starts
+    follow_up_end: str | None = None         # calendar end of follow-up (YYYY-MM-DD)
     analyses: Analyses = Analyses()
     min_cell: int = 5
     round_to: int = 0                        # round shown counts to this multiple (0: off)
@@ -344,8 +346,11 @@ class Study:
         if self.covariates:
             d["covariates"] = [c.to_dict() for c in self.covariates]
         d["outcome"] = self.outcome.to_dict()
-        if self.follow_up_days:
-            d["follow_up"] = {"max_days": self.follow_up_days}
+        fu = {**({"max_days": self.follow_up_days} if self.follow_up_days else {}),
+              **({"start_day": self.follow_up_start} if self.follow_up_start else {}),
+              **({"end_date": self.follow_up_end} if self.follow_up_end else {})}
+        if fu:
+            d["follow_up"] = fu
         a = self.analyses.to_dict()
         if a:
             d["analyses"] = a

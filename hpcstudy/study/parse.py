@@ -872,6 +872,32 @@ def _lexis(cx: _Ctx, node, covariates) -> Lexis | None:
     return Lexis(tuple(float(a) for a in out["age_bands"]), tuple(out["periods"]))
 
 
+def _follow_up_time(cx: _Ctx, fu, max_days, index: IndexRule | None,
+                    outcome: Outcome | None) -> tuple[int, str | None]:
+    """follow_up's start_day (a lag) and end_date (a calendar end), checked against the
+    maximum follow-up, the outcome window and the index window."""
+    start = cx.integer(fu, "start_day", "follow_up.start_day", 0, DAYS, 0)
+    if max_days is not None and start >= max_days:
+        cx.err(fu, "start_day", "follow_up.start_day", f"a lag of {start} days is not shorter "
+               f"than the maximum follow-up ({max_days} days): nobody would be followed",
+               f"make start_day less than {max_days}, or raise max_days")
+    hi = outcome.window.hi if outcome is not None and outcome.window is not None else None
+    if hi is not None and start > hi:
+        cx.err(fu, "start_day", "follow_up.start_day", f"a lag of {start} days starts after "
+               f"the outcome window ends (day {hi}): no outcome could count",
+               f"make start_day at most {hi}, or widen outcome.window")
+    end = _date(cx, fu, "end_date", "follow_up.end_date", fu["end_date"]) \
+        if "end_date" in fu else None
+    if end is not None and index is not None:
+        first = index.date if index.kind == "date" else \
+            (index.between[0] if index.between else None)
+        if first is not None and end < first:
+            cx.err(fu, "end_date", "follow_up.end_date", f"{end} is before the index window "
+                   f"starts ({first}): nobody would be followed",
+                   f"give an end date on or after {first}")
+    return start, end
+
+
 def _population(cx: _Ctx, doc) -> Population:
     if "population" not in doc:
         return Population()
@@ -1109,12 +1135,13 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
         cx.err(doc["exposure"], "name", "exposure.name", f"{exposure_name!r} is also a "
                "covariate's name", "give the exposure another name")
     outcome = _outcome(cx, doc, names)
-    max_days = None
+    max_days, start_day, end_date = None, 0, None
     if "follow_up" in doc:
         fu = cx.mapping(doc["follow_up"], "follow_up", "follow_up", doc, "follow_up",
                         "follow_up: {max_days: 3650}")
         if fu is not None:
             max_days = cx.integer(fu, "max_days", "follow_up.max_days", 1, DAYS, None)
+            start_day, end_date = _follow_up_time(cx, fu, max_days, index, outcome)
     analyses = _analyses(cx, doc, {c.name: c for c in covariates}, comparator is not None)
     min_cell, round_to = 5, 0
     if "disclosure" in doc:
@@ -1130,7 +1157,8 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
     study = Study(name=name, index=index, outcome=outcome, description=description,
                   seed=seed, exposure_name=exposure_name, codelists=tuple(codelists),
                   population=population, comparator=comparator, criteria=criteria,
-                  covariates=covariates, follow_up_days=max_days, analyses=analyses,
+                  covariates=covariates, follow_up_days=max_days,
+                  follow_up_start=start_day, follow_up_end=end_date, analyses=analyses,
                   min_cell=min_cell, round_to=round_to,
                   variants=tuple(Variant(v["name"], tuple((k, _plain(x)) for k, x in
                                                           v["set"].items()))

@@ -186,6 +186,17 @@ def studies(draw):
         s["outcome"]["window"] = draw(window(before=False))
     if draw(st.booleans()):
         s["follow_up"] = {"max_days": draw(st.integers(1, 5000))}
+    hi = (s["outcome"].get("window") or [1, None])[1]
+    longest = min(s.get("follow_up", {}).get("max_days", 10**6) - 1,
+                  hi if hi is not None else 10**6)
+    lag = draw(st.sampled_from([0, 0, 1, 30, 365]))
+    if 0 < lag <= longest:
+        s.setdefault("follow_up", {})["start_day"] = lag
+    if draw(st.integers(0, 2)) == 0:
+        rule = s.get("index") or s["exposure"]
+        first = rule.get("date") or (rule.get("between") or ["1990-01-01"])[0]
+        end = draw(st.sampled_from(["2012-06-30", "2016-12-31", "2019-01-01"]))
+        s.setdefault("follow_up", {})["end_date"] = max(end, first)
     s["analyses"] = {"rates": {"by": ["group", "sex"]}}
     return s
 
@@ -242,7 +253,9 @@ def analyses(draw, s):
 
 @st.composite
 def variants(draw, s):
-    options = [("seed", st.integers(0, 99)), ("follow_up.max_days", st.integers(1, 9000)),
+    lag = s.get("follow_up", {}).get("start_day", 0)
+    options = [("seed", st.integers(0, 99)),
+               ("follow_up.max_days", st.integers(lag + 1, 9000)),
                ("population.age", st.sampled_from([[50, 80], [18, 65]])),
                ("disclosure.min_cell", st.integers(6, 20)),
                ("population.residence_years", st.none())]
