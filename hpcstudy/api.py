@@ -137,7 +137,7 @@ def _run(study, data, out, engine, project, client, overwrite, verify) -> StudyR
         ds.check_files(checksums=verify)
     tables, attrition, parts = R.person_table(plan, ds, engine, client, None, ckpt)
     fitted: dict = {}
-    results = R.analyse(plan, parts, attrition, fitted)
+    results = R.analyse(plan, parts, attrition, fitted, ds=ds)
     table = R.combined(plan, tables)
     if out is not None:
         exported = R.write_outputs(Path(out), plan, results, table, engine=engine, ds=ds,

@@ -88,7 +88,7 @@ def combined(plan: Plan, tables: list[dict]) -> dict:
     return {c: v[order] for c, v in t.items()}
 
 
-def analyse(plan: Plan, parts, attrition, fitted: dict | None = None) -> dict:
+def analyse(plan: Plan, parts, attrition, fitted: dict | None = None, ds=None) -> dict:
     """The results dict; ``fitted``, when given, receives the fitted model objects by the
     results' model names (and ``lexis_poisson``): what the Python API hands a notebook."""
     kept = _keeper(fitted)
@@ -132,7 +132,9 @@ def analyse(plan: Plan, parts, attrition, fitted: dict | None = None) -> dict:
             except ModelError as e:
                 res["lexis_model"] = {"error": str(e)}
     if an.measures:
-        res["measures"] = {m.name: A.measure(parts, m.by) for m in an.measures}
+        from ..measures.compute import measures
+
+        res["measures"] = measures(plan, parts, ds)
     return res
 
 
@@ -204,6 +206,17 @@ def _proportion_again(row: dict) -> None:
         row.update(proportion=row["events"] / row["persons"], lower_95=lo, upper_95=hi)
 
 
+def _measure_again(row: dict) -> None:
+    from ..models.rates import poisson_ci
+
+    if "proportion" in row:
+        _proportion_again(row)
+    elif row.get("person_years"):
+        lo, hi = poisson_ci(row["events"], row["person_years"])
+        row.update(rate=1000 * row["events"] / row["person_years"], lower_95=1000 * lo,
+                   upper_95=1000 * hi)
+
+
 def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
     """The results with every disclosure rule applied (what may leave OUT/private)."""
     r = _disclosed(results, min_cell)
@@ -214,7 +227,7 @@ def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
             if key in r:
                 r[key] = D.rounded(r[key], round_to, _rate_again)
         for k in r.get("measures", {}):
-            r["measures"][k] = D.rounded(r["measures"][k], round_to, _proportion_again)
+            r["measures"][k] = D.rounded(r["measures"][k], round_to, _measure_again)
         if "curves" in r:
             r["curves"] = D.rounded(r["curves"], round_to)
         for m in [*r.get("models", {}).values(), r.get("lexis_model", {})]:
@@ -239,10 +252,11 @@ def _disclosed(results: dict, min_cell: int) -> dict:
                                                                        A.RATE_COLUMNS))
     if "lexis" in r:
         r["lexis"] = D.suppress(r["lexis"], min_cell, rate, keys=A.LEXIS_KEYS)
+    from ..measures.compute import COLUMNS as MEASURE_COLUMNS
+
     for k in r.get("measures", {}):
-        r["measures"][k] = D.suppress(r["measures"][k], min_cell,
-                                      ("proportion", "lower_95", "upper_95"),
-                                      keys=_keys(r["measures"][k], A.MEASURE_COLUMNS))
+        r["measures"][k] = D.suppress(r["measures"][k], min_cell, MEASURE_COLUMNS[2:-1],
+                                      keys=_keys(r["measures"][k], MEASURE_COLUMNS))
     if "curves" in r:
         r["curves"] = D.curve(r["curves"], min_cell)
     for k, m in list(r.get("models", {}).items()):
@@ -285,7 +299,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
                                     "mi_per_year_of_age": truth["mi"]["per_year"]}
         an = plan.study.analyses
         free_keys = {"rates": tuple(an.rates_by or ()),
-                     **{f"measures.{m.name}": tuple(m.by) for m in an.measures}}
+                     **{f"measures.{m.name}": (*m.by, "interval") for m in an.measures}}
         try:
             sections = M.results_sections(res, free_keys)
         except M.ManifestError as e:
@@ -370,7 +384,7 @@ def run(study, data, out, engine: str = "dask", client=None, progress=None,
         checkpoint.private_folder(ckpt)   # one an older hpcstudy left readable by others
     tables, attrition, parts = person_table(plan, ds, engine, client, progress, ckpt, resume,
                                             report)
-    results = analyse(plan, parts, attrition)
+    results = analyse(plan, parts, attrition, ds=ds)
     res = write_outputs(Path(out), plan, results, combined(plan, tables), engine=engine, ds=ds,
                         overwrite=overwrite, approval=approval)
     if ckpt is not None:

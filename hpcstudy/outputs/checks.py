@@ -27,11 +27,17 @@ RATE_COLUMNS = ("persons", "events", "person_years", "rate_per_1000py", "lower_9
 OWN_COLUMNS = {
     "cohort": (*RATE_COLUMNS, "proportion"), "rates": (*RATE_COLUMNS, "proportion"),
     "lexis": RATE_COLUMNS,
-    "measure": ("persons", "events", "proportion", "lower_95", "upper_95", "suppressed"),
+    "measure": ("persons", "events", "proportion", "lower_95", "upper_95", "suppressed",
+                "person_years", "rate", "standardised_rate", "standardised_proportion",
+                "standardised_lower_95", "standardised_upper_95", "expected", "sir",
+                "sir_lower_95", "sir_upper_95"),
 }
 DERIVED = {"cohort": (*RATE_COLUMNS[2:6], "proportion"),
            "rates": (*RATE_COLUMNS[2:6], "proportion"), "lexis": RATE_COLUMNS[2:6],
-           "measure": ("proportion", "lower_95", "upper_95")}
+           "measure": ("proportion", "lower_95", "upper_95", "person_years", "rate",
+                       "standardised_rate", "standardised_proportion", "standardised_lower_95",
+                       "standardised_upper_95", "expected", "sir", "sir_lower_95",
+                       "sir_upper_95")}
 COUNTS = ("persons", "events", "at_risk", "persons_other", "events_other", "n")
 TERM_COUNTS = ("persons", "events", "persons_other", "events_other")
 CPR = re.compile(r"(?<![\d.])(0[1-9]|[12]\d|3[01])(0[1-9]|1[0-2])\d{2}-?\d{4}(?![\d.])")

@@ -67,7 +67,10 @@ KINDS: dict[str, Kind] = {
     "attrition": Kind(("step",), ("persons",), ()),
     "model": Kind(("term",), ("persons", "events", "persons_other", "events_other"),
                   ESTIMATES),
-    "measure": Kind(None, ("persons", "events"), ("proportion", "lower_95", "upper_95")),
+    "measure": Kind(None, ("persons", "events"), (
+        "proportion", "lower_95", "upper_95", "person_years", "rate", "standardised_rate",
+        "standardised_proportion", "standardised_lower_95", "standardised_upper_95",
+        "expected", "sir", "sir_lower_95", "sir_upper_95")),
 }
 # a model's single values, by role
 MODEL_SCALARS = {"n": "count", "persons": "count", "events": "count", "loglik": "derived",

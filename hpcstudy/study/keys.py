@@ -131,7 +131,8 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
                      "follow-up"),
         "poisson": ("true, false or {adjust}", "Poisson model with log person-years offset"),
         "lexis": ("{age_bands, periods}", "rates by age band and calendar period"),
-        "measures": ("list of {name, by}", "share with the outcome by groups"),
+        "measures": ("list of {name, by, interval, ...}", "rate (or, for a fixed-horizon "
+                     "outcome, share) with the outcome by groups and intervals"),
     },
     "rates": {"by": ("list of covariate names, group", "the rate table's groups")},
     "cox": {"adjust": _MODEL_ADJUST,
@@ -144,7 +145,16 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "measure": {
         "name": ("plain name", "names the table measure_<name>.csv"),
-        "by": ("list of covariate names, group, index_year", "the table's groups"),
+        "by": ("list of covariate names, group, index_year, age_band", "the table's groups "
+               "(age_band: attained age, in the measure's age_bands)"),
+        "interval": ("month | quarter | year", "calendar intervals: person-time and events "
+                     "in each (a fixed-horizon outcome: persons by index date)"),
+        "standardise": ("esp2013 | danish_YYYY", "direct age standardisation to the European "
+                        "Standard Population 2013 or the Danish population of 1 January YYYY"),
+        "indirect": ("true | false", "indirect standardisation: expected events from the "
+                     "whole cohort's age-specific rates, and the SIR/SMR"),
+        "age_bands": ("increasing list of ages 0–150", "age band limits (default the ESP's "
+                      "5-year bands 0, 5, …, 90, 150)"),
     },
     "disclosure": {
         "min_cell": ("whole number 1–1000", "smallest count shown (default 5)"),

@@ -210,8 +210,33 @@ class Lexis:
 
 @dataclass(frozen=True)
 class Measure:
+    """Events over person-time (or over persons, for a fixed-horizon outcome) by groups and
+    calendar intervals, optionally age-standardised (docs/measures.md)."""
+
     name: str
     by: tuple[str, ...]
+    interval: str | None = None              # month | quarter | year
+    standardise: str | None = None           # esp2013 | danish_YYYY (direct)
+    indirect: bool = False                   # SIR/SMR against the whole cohort's age rates
+    age_bands: tuple[float, ...] | None = None   # band limits; default the ESP's 5-year bands
+    where: str = field(default="", compare=False)  # file:line, for errors found on the data
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"name": self.name, "by": list(self.by)}
+        if self.interval:
+            d["interval"] = self.interval
+        if self.standardise:
+            d["standardise"] = self.standardise
+        if self.indirect:
+            d["indirect"] = True
+        if self.age_bands is not None:
+            d["age_bands"] = list(self.age_bands)
+        return d
+
+    @property
+    def by_age(self) -> bool:
+        """Whether follow-up is split by attained age (standardisation or an age_band key)."""
+        return bool(self.standardise or self.indirect or "age_band" in self.by)
 
 
 @dataclass(frozen=True)
@@ -241,7 +266,7 @@ class Analyses:
             a["lexis"] = {"age_bands": list(self.lexis.age_bands),
                           "periods": list(self.lexis.periods)}
         if self.measures:
-            a["measures"] = [{"name": m.name, "by": list(m.by)} for m in self.measures]
+            a["measures"] = [m.to_dict() for m in self.measures]
         return a
 
 

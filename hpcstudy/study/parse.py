@@ -833,13 +833,68 @@ def _analyses(cx: _Ctx, doc, covariates: dict[str, Covariate],
                 cx.err(m, "name", f"{path}.name", f"measure {name!r} named twice",
                        "rename one")
                 continue
-            by = _names_list(cx, m, "by", f"{path}.by", groupable | {"index_year"},
-                             "covariates, group or index_year", continuous) if "by" in m else ()
-            if by is not None:
-                measures.append(Measure(name, by))
+            has_age = any(c.kind == "age" for c in covariates.values())
+            keys = groupable | {"index_year"} | ({"age_band"} if has_age else set())
+            by = _names_list(cx, m, "by", f"{path}.by", keys,
+                             "covariates, group, index_year" + (" or age_band" if has_age
+                                                                 else ""),
+                             continuous) if "by" in m else ()
+            measure = _measure_time(cx, m, path, name, has_age)
+            if by is not None and measure is not None:
+                measures.append(replace(measure, by=by))
     return Analyses(rates_by=rates_by, curves=curves, cox=models.get("cox"),
                     logistic=models.get("logistic"), poisson=models.get("poisson"),
                     lexis=lexis, measures=tuple(measures))
+
+
+STANDARDS = re.compile(r"esp2013|danish_(19[6-9][0-9]|20[0-9][0-9])")
+
+
+def _measure_time(cx: _Ctx, m, path: str, name: str, has_age: bool) -> Measure | None:
+    """A measure's interval, standardisation and age bands (``by`` is filled in after)."""
+    ok = True
+    interval = m.get("interval")
+    if "interval" in m and interval not in ("month", "quarter", "year"):
+        cx.err(m, "interval", f"{path}.interval", f"{show(interval)} is not month, quarter "
+               "or year", "e.g. interval: year")
+        ok = False
+    std = m.get("standardise")
+    if "standardise" in m and not (isinstance(std, str) and STANDARDS.fullmatch(std)):
+        cx.err(m, "standardise", f"{path}.standardise", f"{show(std)} is not a standard "
+               "population", "write esp2013 (European Standard Population 2013) or danish_YYYY "
+               "(the Danish population on 1 January YYYY, from bef), e.g. danish_2015")
+        ok = False
+    indirect = cx.boolean(m, "indirect", f"{path}.indirect", False)
+    bands = None
+    if "age_bands" in m:
+        v = m["age_bands"]
+        if not (isinstance(v, list) and len(v) >= 2 and all(is_number(x) for x in v)) or \
+                not all(0 <= x <= 150 for x in v) or \
+                any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            cx.err(m, "age_bands", f"{path}.age_bands", f"must be an increasing list of at "
+                   f"least two ages within 0–150, not {show(v)}", "e.g. [0, 40, 60, 80, 150]")
+            ok = False
+        else:
+            bands = tuple(float(x) for x in v)
+            if std == "esp2013" and not all(x % 5 == 0 and x <= 90 for x in v[:-1]):
+                cx.err(m, "age_bands", f"{path}.age_bands", "the European Standard Population "
+                       "2013 has 5-year bands to 90 and over: each limit but the last must be "
+                       "a multiple of 5 up to 90", "e.g. [0, 40, 60, 80, 150]")
+                ok = False
+    uses_age = bool(std or indirect) or "age_band" in (m.get("by") or ())
+    if uses_age and not has_age:
+        key = "standardise" if std else "indirect" if indirect else "by"
+        cx.err(m, key, f"{path}.{key}", "age bands need the age covariate (age at index gives "
+               "each person's birth day)", "add age under covariates:")
+        ok = False
+    if bands is not None and not uses_age:
+        cx.warn(m, "age_bands", f"{path}.age_bands", "changes nothing without standardise:, "
+                "indirect: or by: [age_band]", "drop it, or use it")
+    if not ok:
+        return None
+    # where a problem found on the data (bands that miss the cohort's ages) points
+    at = next((k for k in ("age_bands", "standardise", "indirect") if k in m), None)
+    return Measure(name, (), interval, std, indirect, bands, where=cx.where(m, at))
 
 
 def _lexis(cx: _Ctx, node, covariates) -> Lexis | None:

@@ -246,9 +246,25 @@ def analyses(draw, s):
         a["lexis"] = {"age_bands": ages, "periods": periods}
     if draw(st.booleans()):
         a["measures"] = [{"name": f"m{i}", **({"by": draw(st.lists(
-            st.sampled_from(groupable + ["index_year"]), max_size=2, unique=True))}
-            if draw(st.booleans()) else {})} for i in range(draw(st.integers(1, 2)))]
+            st.sampled_from(groupable + ["index_year", "age_band"]), max_size=2, unique=True))}
+            if draw(st.booleans()) else {}), **draw(measure_time())}
+            for i in range(draw(st.integers(1, 2)))]
     return a
+
+
+@st.composite
+def measure_time(draw):
+    """A measure's interval, standardisation and age bands (bands that cover every age)."""
+    m: dict = {}
+    if draw(st.booleans()):
+        m["interval"] = draw(st.sampled_from(["month", "quarter", "year"]))
+    if draw(st.booleans()):
+        m["standardise"] = draw(st.sampled_from(["esp2013", "danish_2015"]))
+    if draw(st.booleans()):
+        m["indirect"] = draw(st.booleans())
+    if draw(st.booleans()):
+        m["age_bands"] = draw(st.sampled_from([[0, 50, 150], [0, 40, 60, 80, 150]]))
+    return m
 
 
 @st.composite
