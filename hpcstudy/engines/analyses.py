@@ -172,9 +172,27 @@ def _cox_part(part, spec, strata):
     s = np.zeros(part["pnr"].shape[0], np.int64)
     for name in strata:
         s = s * 100_000 + np.asarray(part[name], np.int64)
-    return {"X": _matrix(part, spec), "time": part["time"].astype(float),
-            "event": part["event"].astype(float), "weights": np.ones(part["pnr"].shape[0]),
-            "strata": s}
+    out = {"X": _matrix(part, spec), "time": part["time"].astype(float),
+           "event": part["event"].astype(float), "weights": np.ones(part["pnr"].shape[0]),
+           "strata": s}
+    if "entry" in part:   # counting-process rows of a time-varying covariate
+        out["entry"] = part["entry"].astype(float)
+    return out
+
+
+def _split_varying(plan: Plan, parts: Partitions, terms) -> tuple[Partitions, int | None]:
+    """The partitions split at the switch days of the time-varying covariates among ``terms``
+    (timesplit.varying), and the persons before the split; unchanged without any."""
+    tv = tuple(c.name for c in plan.columns if c.time_varying and c.name in terms)
+    if not tv:
+        return parts, None
+    from ..timesplit.varying import episodes
+
+    return parts.map(episodes, tv), sum(parts.map_reduce(_n_rows))
+
+
+def _n_rows(part):
+    return [int(part["pnr"].shape[0])]
 
 
 def _recode(part, mapping):
@@ -186,12 +204,15 @@ def _recode(part, mapping):
 
 def cox(plan: Plan, parts: Partitions, adjust, strata) -> CoxPH:
     names, spec = design_columns(plan, parts, adjust)
+    parts, persons = _split_varying(plan, parts, (*adjust, *strata))
     p = parts.map(_cox_part, spec, strata)
     if strata:
         codes = p.map_reduce(_codes_of, combine=_union)
         p = p.map(_recode, codes)
     m = CoxPH("efron").fit_partitions(p, names)
     m.cells_ = term_cells(p, names, "event", _variables(spec))
+    if persons is not None:   # rows are pieces of follow-up; the model's persons are persons
+        m.cells_["persons"] = persons
     return m
 
 
@@ -275,16 +296,22 @@ def _glm_part(part, spec, poisson):
     X = np.concatenate([np.ones((X.shape[0], 1)), X], axis=1)
     out = {"X": X, "y": part["event"].astype(float), "weights": np.ones(X.shape[0])}
     if poisson:
-        out["offset"] = np.log(part["time"] / YEAR)
+        days = part["time"] - part["entry"] if "entry" in part else part["time"]
+        out["offset"] = np.log(days / YEAR)
     return out
 
 
 def glm(plan: Plan, parts: Partitions, adjust, poisson: bool):
     names, spec = design_columns(plan, parts, adjust)
+    persons = None
+    if poisson:   # person-time by exposure state; a logistic model refuses such terms (parse)
+        parts, persons = _split_varying(plan, parts, adjust)
     p = parts.map(_glm_part, spec, poisson)
     model = Poisson() if poisson else Logistic()
     m = model.fit_partitions(p, ["intercept", *names])
     m.cells_ = term_cells(p, ["intercept", *names], "y", _variables(spec))
+    if persons is not None:
+        m.cells_["persons"] = persons
     return m
 
 

@@ -209,6 +209,10 @@ def group_table(st: PartitionState, g: GroupPlan, seed: int) -> tuple[dict, list
             ep, ed = st.stream(c.stream)
             k = W.count_in_window(ep, ed, pnr, index, c.window.lo, c.window.hi)
             out[c.name] = (k > 0).astype(np.int8) if c.kind == "flag" else k.astype(np.int32)
+            if c.time_varying:   # the first event after index switches it on
+                on = W.first_in_window(ep, ed, pnr, index, 1, None)
+                out[common.varying_column(c.name)] = np.where(k == 0, on, NO_DATE).astype(
+                    np.int64)
         elif c.kind == "charlson":
             flags = {}
             for name, _, s in c.charlson:

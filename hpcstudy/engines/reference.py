@@ -194,6 +194,10 @@ class ReferenceEngine:
                 k = count_in(data.stream(col.stream), c, col.window.lo, col.window.hi)
                 out[col.name] = (k > 0).astype("int8") if col.kind == "flag" else \
                     k.astype("int32")
+                if col.time_varying:   # the first event after index switches it on
+                    on = first_in(data.stream(col.stream), c, 1, None)
+                    out[common.varying_column(col.name)] = on.where(
+                        k == 0, NO_DATE).astype("int64")
             elif col.kind == "charlson":
                 flags = {name: (count_in(data.stream(s), c, col.window.lo, col.window.hi) > 0
                                 ).astype("int16").to_numpy()

@@ -14,6 +14,7 @@ import numpy as np
 
 from hpcstudy_kernels import array_namespace, to_numpy
 
+from ..engines.common import varying_column
 from ..errors import UserError
 from ..models.rates import chi2_quantile, poisson_ci, wilson_ci
 from ..study.language import Measure
@@ -28,19 +29,21 @@ COLUMNS = ("persons", "events", "person_years", "rate", "proportion", "lower_95"
            "suppressed")
 
 
-def _keys(part, by, rows, xp):
+def _keys(part, by, rows, xp, switched):
     from ..engines.common import year_of
 
     cols = []
     for b in by:
         if b == "index_year":
             cols.append(xp.asarray(year_of(to_numpy(part["index_date"]).astype(np.int64)))[rows])
+        elif b in switched:   # a time-varying covariate: its value in each piece
+            cols.append(xp.asarray(part[b])[rows].astype(xp.int64) | switched[b])
         elif b != "age_band":
             cols.append(xp.asarray(part[b])[rows])
     return cols
 
 
-def _sums(part, m: Measure, proportion: bool, age_col: str | None):
+def _sums(part, m: Measure, proportion: bool, age_col: str | None, varying=()):
     """{cell: [persons, events, days]} with cell = (by values…, interval, age band), and
     {(by values…, interval): persons} for the rows without the age band."""
     xp = array_namespace(part["exit_date"])
@@ -59,6 +62,7 @@ def _sums(part, m: Measure, proportion: bool, age_col: str | None):
               if m.interval else xp.zeros(n, dtype=xp.int64))
         ag = (xp.searchsorted(xp.asarray(bands), xp.asarray(part[age_col], dtype=xp.float64),
                               side="right") - 1) if m.by_age else xp.zeros(n, dtype=xp.int64)
+        switched = {}   # a proportion: each person once, with the value at index
     else:
         start = exit_ - part["time"].astype(xp.int64) + 1     # the index day, or after a lag
         axes = []
@@ -67,7 +71,12 @@ def _sums(part, m: Measure, proportion: bool, age_col: str | None):
         if m.by_age:
             birth = xp.round(index - xp.asarray(part[age_col], dtype=xp.float64) * YEAR)
             axes.append((birth, xp.asarray(S.age_cut_days(bands))))
+        tv = [b for b in m.by if b in varying]
+        for b in tv:
+            axes.append((part[varying_column(b)].astype(xp.int64), xp.asarray([0.0])))
         ep = split(start, exit_ + 1, axes)
+        switched = {b: (band >= 0).astype(xp.int64)
+                    for b, band in zip(tv, ep["bands"][len(axes) - len(tv):], strict=True)}
         row = ep["row"]
         days = ep["t1"] - ep["t0"]
         at = exit_[row].astype(xp.float64)
@@ -76,7 +85,7 @@ def _sums(part, m: Measure, proportion: bool, age_col: str | None):
         iv = ep["bands"][k] if m.interval else xp.zeros(row.shape[0], dtype=xp.int64)
         k += bool(m.interval)
         ag = ep["bands"][k] if m.by_age else xp.zeros(row.shape[0], dtype=xp.int64)
-    key = [*_keys(part, m.by, row, xp), iv, ag]
+    key = [*_keys(part, m.by, row, xp, switched), iv, ag]
     cells: dict = {}
     persons: dict = {}
     if row.shape[0] == 0:
@@ -132,12 +141,13 @@ def fay_feuer(counts, weights, alpha: float = 0.05) -> tuple[float, float, float
 
 
 def measure_rows(parts, m: Measure, proportion: bool, age_col: str | None,
-                 standard: list[float] | None = None) -> list[dict]:
+                 standard: list[float] | None = None, varying=()) -> list[dict]:
     """The rows of one measure. ``standard``: persons of the standard population per age band
-    (direct standardisation)."""
+    (direct standardisation); ``varying``: the time-varying covariates (split at their
+    switch days when they are keys)."""
     from ..engines.analyses import key_names
 
-    sums = parts.map_reduce(_sums, m, proportion, age_col, combine=_merge)
+    sums = parts.map_reduce(_sums, m, proportion, age_col, tuple(varying), combine=_merge)
     cells, persons = sums["cells"], sums["persons"]
     bands = m.age_bands or S.default_bands()
     nb = len(bands) - 1
@@ -249,5 +259,6 @@ def measures(plan, parts, ds=None) -> dict[str, list[dict]]:
                                 f"{bands[i + 1]:g}, so its bands do not cover the cohort",
                                 where=m.where, fix="merge that band into its neighbour in "
                                 "age_bands")
-        out[m.name] = measure_rows(parts, m, proportion, age_col, standard)
+        varying = tuple(c.name for c in plan.columns if c.time_varying)
+        out[m.name] = measure_rows(parts, m, proportion, age_col, standard, varying)
     return out

@@ -118,7 +118,7 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
                                    charlson=cats))
         elif cov.kind in ("flag", "count"):
             cols.append(ColumnPlan(cov.name, cov.kind, c.stream(cov.events, "covariates"),
-                                   cov.window))
+                                   cov.window, time_varying=cov.time_varying))
         else:
             cols.append(ColumnPlan(cov.name, cov.kind))
     o = study.outcome

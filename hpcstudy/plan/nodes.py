@@ -78,6 +78,7 @@ class ColumnPlan:
     stream: EventStream | None = None
     window: Window | None = None
     charlson: tuple[tuple[str, int, EventStream], ...] = ()
+    time_varying: bool = False   # a flag: also the day it switches on (column NAME@from)
     dimension = "person"
 
 

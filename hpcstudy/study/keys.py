@@ -107,6 +107,8 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
         "kind": ("charlson", "a Charlson index under another name or window"),
         "count": ("codelist name, or hospital_contacts", "number of events, not 0/1"),
         "window": (_WINDOW[0], "default [null, 0]; charlson [-3650, 0]"),
+        "time_varying": ("true | false", "a 0/1 covariate that switches on at its first "
+                         "event after index (follow-up is split there)"),
         **_EVENTS,
     },
     "outcome": {

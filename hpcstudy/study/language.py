@@ -155,6 +155,7 @@ class Covariate:
     kind: str            # age | sex | region | calendar_year | charlson | flag | count
     events: Events | None = None
     window: Window | None = None
+    time_varying: bool = False   # a flag that switches on at its first event after index
 
     def to_dict(self) -> str | dict:
         if self.kind in ("age", "sex", "region", "calendar_year"):
@@ -173,7 +174,8 @@ class Covariate:
             ev = self.events.to_dict()
             return {"name": self.name, "count": ev.pop("codelist"), **ev,
                     "window": self.window.to_list()}
-        return {"name": self.name, **self.events.to_dict(), "window": self.window.to_list()}
+        return {"name": self.name, **self.events.to_dict(), "window": self.window.to_list(),
+                **({"time_varying": True} if self.time_varying else {})}
 
 
 @dataclass(frozen=True)

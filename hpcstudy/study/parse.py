@@ -656,7 +656,7 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
                "kind: charlson is the only kind; a 0/1 flag needs codelist:, a count count:")
         return None
     if kind == "charlson" or (name == "charlson" and not events_given and "count" not in item):
-        extra = [k for k in ("count", *EVENT_KEYS) if k in item]
+        extra = [k for k in ("count", *EVENT_KEYS, "time_varying") if k in item]
         if extra:
             cx.err(item, extra[0], f"{path}.{extra[0]}", "a Charlson index takes only name: "
                    "and window: (its codes are fixed)", f"drop {extra[0]}:")
@@ -668,6 +668,11 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
                f"write it as a plain - {name}, or choose another name")
         return None
     win = _window(cx, item, "window", f"{path}.window", Window(None, 0))
+    if "time_varying" in item and "count" in item:
+        cx.err(item, "time_varying", f"{path}.time_varying", "only a 0/1 covariate (codelist:) "
+               "can vary in time: a count is measured at index", "drop time_varying:, or use "
+               "codelist: for a flag")
+        return None
     if "count" in item:
         target = item["count"]
         if "codelist" in item:
@@ -699,7 +704,13 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
         ev = _events(cx, as_codelist, path, names)
         return Covariate(name, "count", ev, win) if ev and win else None
     ev = _events(cx, item, path, names)
-    return Covariate(name, "flag", ev, win) if ev and win else None
+    varying = cx.boolean(item, "time_varying", f"{path}.time_varying", False)
+    if varying and win is not None and (win.hi is None or win.hi > 0):
+        cx.err(item, "window", f"{path}.window", "a time-varying covariate's window is its "
+               "value at index: it must end on or before day 0 (after index the first event "
+               "switches it on)", "e.g. window: [null, 0]")
+        return None
+    return Covariate(name, "flag", ev, win, varying) if ev and win else None
 
 
 # -- outcome, analyses ---------------------------------------------------------------------------
@@ -749,6 +760,10 @@ def _model(cx: _Ctx, node, key, covariates: dict[str, Covariate],
     if spec is None:
         return None
     refuse = {"group": "the exposure group is always in the model (with a comparator)"}
+    if key == "logistic":
+        refuse.update({n: "it varies in time, and a logistic model takes one value per "
+                       "person: use cox: or poisson: (they split follow-up where it switches)"
+                       for n, c in covariates.items() if c.time_varying})
     out: dict[str, tuple[str, ...]] = {}
     for part in ("adjust", "strata"):
         if part in spec:
@@ -793,8 +808,11 @@ def _analyses(cx: _Ctx, doc, covariates: dict[str, Covariate],
             if r is not None and "by" not in r:
                 cx.err(r, None, "analyses.rates.by", "missing", "e.g. rates: {by: [group, sex]}")
             elif r is not None:
+                varying = {n: "it varies in time: rates by its state are a measure, "
+                           f"measures: [{{name: by_{n}, by: [{n}]}}]"
+                           for n, c in covariates.items() if c.time_varying}
                 by = _names_list(cx, r, "by", "analyses.rates.by", groupable | {"index_year"},
-                                 "covariates, group or index_year", continuous)
+                                 "covariates, group or index_year", {**continuous, **varying})
                 if by == ("group",) or by == ():
                     cx.err(r, "by", "analyses.rates.by", "rates by group alone are the cohort "
                            "table, written always: this would write nothing more",

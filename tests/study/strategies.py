@@ -115,6 +115,9 @@ def covariate(draw, i, index_codelist):
             c["filter"] = draw(filters("lpr"))
     if draw(st.integers(0, 4)):
         c["window"] = draw(window())
+    hi = c.get("window", [None, 0])[1]
+    if kind == "flag" and hi is not None and hi <= 0 and draw(st.integers(0, 3)) == 0:
+        c["time_varying"] = True
     return c
 
 
@@ -215,9 +218,10 @@ def analyses(draw, s):
     covs = s["covariates"]
     groupable = ["group", *[n for n in _names(covs) if n != "age"]]
     terms = _names(covs)
+    varying = {c["name"] for c in covs if isinstance(c, dict) and c.get("time_varying")}
     a: dict = {}
-    by = draw(st.lists(st.sampled_from(groupable + ["index_year"]), min_size=1, max_size=3,
-                       unique=True))
+    by = draw(st.lists(st.sampled_from([g for g in groupable if g not in varying] +
+                                       ["index_year"]), min_size=1, max_size=3, unique=True))
     if by != ["group"]:
         a["rates"] = {"by": by}
     elif draw(st.booleans()):
@@ -232,7 +236,9 @@ def analyses(draw, s):
         elif form == "false":
             a[key] = False
         elif form == "spec":
-            adjust = draw(st.lists(st.sampled_from(terms), min_size=1, max_size=3, unique=True))
+            allowed = [t for t in terms if key != "logistic" or t not in varying]
+            adjust = draw(st.lists(st.sampled_from(allowed), min_size=1, max_size=3,
+                                   unique=True))
             spec = {"adjust": adjust}
             rest = [t for t in terms if t not in adjust]
             if key == "cox" and rest and draw(st.booleans()):
