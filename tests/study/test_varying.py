@@ -90,6 +90,16 @@ def varying_data(tmp_path_factory):
     return varying_registers().write(tmp_path_factory.mktemp("tv") / "data", partitions=2)
 
 
+def test_the_docs_example_is_this_study():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "time.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)
+                 if b.startswith("# docs/time.md: the time-varying example"))
+    assert study_from_text(block) == study_from_text(VARYING)
+
+
 @pytest.mark.parametrize("engine", ["reference", "dask"])
 def test_the_switch_day_per_person(engine, varying_data):
     _, plan, ds = R.prepare(study_from_text(VARYING), varying_data)
