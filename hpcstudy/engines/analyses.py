@@ -140,7 +140,7 @@ def design_columns(plan: Plan, parts: Partitions, adjust: tuple[str, ...]):
         spec.append(("group", None))
     for a in adjust:
         kind = next(c.kind for c in plan.columns if c.name == a)
-        if kind == "region":
+        if kind in ("region", "index_contact"):   # categories: indicators vs the lowest
             levels = sorted(parts.map_reduce(_levels, a, combine=_union))
             for lv in levels[1:]:
                 names.append(f"{a}={lv}")

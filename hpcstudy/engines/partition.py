@@ -15,6 +15,7 @@ from hpcstudy_kernels.windows import NO_DATE
 
 from ..plan.nodes import EventStream, GroupPlan, IndexPlan, Plan
 from ..registers.store import Dataset, read_partition
+from ..measures import contact
 from ..timesplit import entry
 from . import common
 
@@ -213,6 +214,9 @@ def group_table(st: PartitionState, g: GroupPlan, seed: int) -> tuple[dict, list
                 on = W.first_in_window(ep, ed, pnr, index, 1, None)
                 out[common.varying_column(c.name)] = np.where(k == 0, on, NO_DATE).astype(
                     np.int64)
+        elif c.kind == "index_contact":
+            out[c.name] = contact.array_attribute(st.data, g.index.stream, pnr, index,
+                                                  c.attribute)
         elif c.kind == "charlson":
             flags = {}
             for name, _, s in c.charlson:

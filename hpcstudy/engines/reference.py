@@ -12,6 +12,7 @@ import pandas as pd
 from ..plan.nodes import EventStream, GroupPlan, Plan
 from ..registers.store import Dataset
 from ..study.charlson import score
+from ..measures import contact
 from ..timesplit import entry
 from . import common
 
@@ -198,6 +199,8 @@ class ReferenceEngine:
                     on = first_in(data.stream(col.stream), c, 1, None)
                     out[common.varying_column(col.name)] = on.where(
                         k == 0, NO_DATE).astype("int64")
+            elif col.kind == "index_contact":
+                out[col.name] = contact.frame_attribute(data, g.index.stream, c, col.attribute)
             elif col.kind == "charlson":
                 flags = {name: (count_in(data.stream(s), c, col.window.lo, col.window.hi) > 0
                                 ).astype("int16").to_numpy()

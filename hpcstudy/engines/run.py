@@ -135,6 +135,10 @@ def analyse(plan: Plan, parts, attrition, fitted: dict | None = None, ds=None) -
         from ..measures.compute import measures
 
         res["measures"] = measures(plan, parts, ds)
+    if an.hospitals is not None:
+        from ..measures.hospitals import hospitals
+
+        res["hospitals"] = hospitals(plan, parts, fitted)
     return res
 
 
@@ -217,6 +221,14 @@ def _measure_again(row: dict) -> None:
                    upper_95=1000 * hi)
 
 
+def _oe_again(row: dict) -> None:
+    from ..models.rates import poisson_ci
+
+    if row.get("expected"):
+        lo, hi = poisson_ci(row["events"], row["expected"])
+        row.update(oe=row["events"] / row["expected"], lower_95=lo, upper_95=hi)
+
+
 def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
     """The results with every disclosure rule applied (what may leave OUT/private)."""
     r = _disclosed(results, min_cell)
@@ -230,6 +242,8 @@ def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
             r["measures"][k] = D.rounded(r["measures"][k], round_to, _measure_again)
         if "curves" in r:
             r["curves"] = D.rounded(r["curves"], round_to)
+        if "hospitals" in r:
+            r["hospitals"] = D.rounded(r["hospitals"], round_to, _oe_again)
         for m in [*r.get("models", {}).values(), r.get("lexis_model", {})]:
             for row in [m, *m.get("terms", [])]:
                 for f in D.TERM_COUNTS:
@@ -259,6 +273,11 @@ def _disclosed(results: dict, min_cell: int) -> dict:
                                       keys=_keys(r["measures"][k], MEASURE_COLUMNS))
     if "curves" in r:
         r["curves"] = D.curve(r["curves"], min_cell)
+    if "hospitals" in r:
+        from ..measures.hospitals import COLUMNS as HOSPITAL_COLUMNS
+
+        r["hospitals"] = D.suppress(r["hospitals"], min_cell, HOSPITAL_COLUMNS[2:-1],
+                                    keys=("hospital",))
     for k, m in list(r.get("models", {}).items()):
         r["models"][k] = D.model(m, min_cell)
     if "lexis_model" in r:
@@ -323,7 +342,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
             entries.append({"path": f"tables/{name}", "kind": sections[section]["kind"],
                             "section": section, "columns": sections[section]["columns"]})
 
-        for name in ("cohort", "rates", "curves", "lexis"):
+        for name in ("cohort", "rates", "curves", "lexis", "hospitals"):
             if name in res:
                 declared_table(f"{name}.csv", name, res[name])
         for g, rows in res["attrition"].items():

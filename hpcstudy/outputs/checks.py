@@ -21,7 +21,10 @@ import re
 
 from .protection import determined, margin_groups
 
-KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure", "plan")
+KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure",
+         "hospitals", "plan")
+HOSPITAL_DERIVED = ("expected", "oe", "lower_95", "upper_95", "limit95_low", "limit95_high",
+                    "limit998_low", "limit998_high")
 RATE_COLUMNS = ("persons", "events", "person_years", "rate_per_1000py", "lower_95", "upper_95",
                 "suppressed")
 OWN_COLUMNS = {
@@ -31,13 +34,15 @@ OWN_COLUMNS = {
                 "person_years", "rate", "standardised_rate", "standardised_proportion",
                 "standardised_lower_95", "standardised_upper_95", "expected", "sir",
                 "sir_lower_95", "sir_upper_95"),
+    "hospitals": ("persons", "events", *HOSPITAL_DERIVED, "suppressed"),
 }
 DERIVED = {"cohort": (*RATE_COLUMNS[2:6], "proportion"),
            "rates": (*RATE_COLUMNS[2:6], "proportion"), "lexis": RATE_COLUMNS[2:6],
            "measure": ("proportion", "lower_95", "upper_95", "person_years", "rate",
                        "standardised_rate", "standardised_proportion", "standardised_lower_95",
                        "standardised_upper_95", "expected", "sir", "sir_lower_95",
-                       "sir_upper_95")}
+                       "sir_upper_95"),
+           "hospitals": HOSPITAL_DERIVED}
 COUNTS = ("persons", "events", "at_risk", "persons_other", "events_other", "n")
 TERM_COUNTS = ("persons", "events", "persons_other", "events_other")
 CPR = re.compile(r"(?<![\d.])(0[1-9]|[12]\d|3[01])(0[1-9]|1[0-2])\d{2}-?\d{4}(?![\d.])")
@@ -202,7 +207,7 @@ def _sections(doc: dict) -> list[tuple[str, str, object]]:
     out = []
     for g, rows in (doc.get("attrition") or {}).items():
         out.append(("attrition", f"attrition.{g}", rows))
-    for k in ("cohort", "rates", "lexis", "curves"):
+    for k in ("cohort", "rates", "lexis", "curves", "hospitals"):
         if k in doc:
             out.append((k, k, doc[k]))
     for k, rows in (doc.get("measures") or {}).items():

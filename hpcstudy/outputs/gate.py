@@ -33,9 +33,11 @@ MIN_CELL_FLOOR = 5     # the Danish rule: hpcstudy never exports a cell of fewer
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./]\d{1,2}[./]\d{2,4}|\d{2}[a-z]{3}\d{4}",
                   re.IGNORECASE)
 SHA = re.compile(r"[0-9a-f]{64}")
-SECTION = re.compile(r"(cohort|rates|curves|lexis|lexis_model|(attrition|models|measures)\.[^.]+)")
+SECTION = re.compile(r"(cohort|rates|curves|lexis|lexis_model|hospitals|"
+                     r"(attrition|models|measures)\.[^.]+)")
 # the counts a table of each kind cannot be without (an aggregate states how many it holds)
 REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
+            "hospitals": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
             "measure": ("persons", "events")}
 RUN_FIELDS = {"engine", "data", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
@@ -446,7 +448,7 @@ def _kind_of_section(path: str) -> str | None:
     head = path.split(".")[0]
     return {"cohort": "cohort", "rates": "rates", "curves": "curves", "lexis": "lexis",
             "lexis_model": "model", "attrition": "attrition", "models": "model",
-            "measures": "measure"}.get(head)
+            "measures": "measure", "hospitals": "hospitals"}.get(head)
 
 
 def _check_csv(verdict: Verdict, entry: dict, text: str, res: dict | None) -> list[str]:

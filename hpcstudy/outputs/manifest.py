@@ -67,6 +67,9 @@ KINDS: dict[str, Kind] = {
     "attrition": Kind(("step",), ("persons",), ()),
     "model": Kind(("term",), ("persons", "events", "persons_other", "events_other"),
                   ESTIMATES),
+    "hospitals": Kind(("hospital",), ("persons", "events"), (
+        "expected", "oe", "lower_95", "upper_95", "limit95_low", "limit95_high",
+        "limit998_low", "limit998_high")),
     "measure": Kind(None, ("persons", "events"), (
         "proportion", "lower_95", "upper_95", "person_years", "rate", "standardised_rate",
         "standardised_proportion", "standardised_lower_95", "standardised_upper_95",
@@ -140,7 +143,7 @@ def results_sections(res: dict, free_keys: dict[str, tuple[str, ...]]) -> dict[s
             raise ManifestError(f"{where} is by {clash}, the name of an output column")
     for g, rows in res.get("attrition", {}).items():
         out[f"attrition.{g}"] = {"kind": "attrition", "columns": table_schema("attrition", rows)}
-    for name in ("cohort", "rates", "curves", "lexis"):
+    for name in ("cohort", "rates", "curves", "lexis", "hospitals"):
         if name in res:
             out[name] = {"kind": name, "columns": table_schema(name, res[name],
                                                               free_keys.get(name, ()))}

@@ -79,6 +79,7 @@ class ColumnPlan:
     window: Window | None = None
     charlson: tuple[tuple[str, int, EventStream], ...] = ()
     time_varying: bool = False   # a flag: also the day it switches on (column NAME@from)
+    attribute: str | None = None  # index_contact: the lpr_adm column read from the contact
     dimension = "person"
 
 

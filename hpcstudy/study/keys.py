@@ -109,6 +109,8 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
         "window": (_WINDOW[0], "default [null, 0]; charlson [-3650, 0]"),
         "time_varying": ("true | false", "a 0/1 covariate that switches on at its first "
                          "event after index (follow-up is split there)"),
+        "index_contact": ("c_sgh | c_pattype", "an attribute of the index contact (the "
+                          "hospital, the patient type); needs an index from lpr contacts"),
         **_EVENTS,
     },
     "outcome": {
@@ -133,10 +135,19 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
                      "follow-up"),
         "poisson": ("true, false or {adjust}", "Poisson model with log person-years offset"),
         "lexis": ("{age_bands, periods}", "rates by age band and calendar period"),
+        "hospitals": ("{by, adjust, identify}", "observed and risk-adjusted expected "
+                      "outcomes per hospital, O/E and funnel-plot limits"),
         "measures": ("list of {name, by, interval, ...}", "rate (or, for a fixed-horizon "
                      "outcome, share) with the outcome by groups and intervals"),
     },
     "rates": {"by": ("list of covariate names, group", "the rate table's groups")},
+    "hospitals": {
+        "by": ("a covariate name (index_contact: c_sgh)", "the unit compared"),
+        "adjust": ("list of covariate names", "the risk-adjustment model's terms, fitted on "
+                   "all hospitals together"),
+        "identify": ("code | rank | none", "what the table shows for each unit: its code, "
+                     "its rank by O/E, or an anonymous number by size (default code)"),
+    },
     "cox": {"adjust": _MODEL_ADJUST,
             "strata": ("list of covariate names", "separate baseline hazards")},
     "logistic": {"adjust": _MODEL_ADJUST},

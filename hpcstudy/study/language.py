@@ -156,10 +156,13 @@ class Covariate:
     events: Events | None = None
     window: Window | None = None
     time_varying: bool = False   # a flag that switches on at its first event after index
+    attribute: str | None = None   # kind index_contact: the lpr_adm column (c_sgh, c_pattype)
 
     def to_dict(self) -> str | dict:
         if self.kind in ("age", "sex", "region", "calendar_year"):
             return self.kind
+        if self.kind == "index_contact":
+            return {"name": self.name, "index_contact": self.attribute}
         if self.kind == "charlson":
             if self.name == "charlson" and self.window == Window(*CHARLSON_WINDOW):
                 return "charlson"
@@ -242,6 +245,21 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class Hospitals:
+    """Observed vs risk-adjusted expected outcomes per unit (docs/measures.md)."""
+
+    by: str
+    adjust: tuple[str, ...] = ()
+    identify: str = "code"                   # code | rank | none
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"by": self.by, "adjust": list(self.adjust)}
+        if self.identify != "code":
+            d["identify"] = self.identify
+        return d
+
+
+@dataclass(frozen=True)
 class Analyses:
     rates_by: tuple[str, ...] | None = ("group",)   # None or ("group",): the cohort table only
     curves: bool = False
@@ -250,6 +268,7 @@ class Analyses:
     poisson: ModelSpec | None = None
     lexis: Lexis | None = None
     measures: tuple[Measure, ...] = ()
+    hospitals: Hospitals | None = None
 
     def to_dict(self) -> dict:
         a: dict[str, Any] = {}
@@ -269,6 +288,8 @@ class Analyses:
                           "periods": list(self.lexis.periods)}
         if self.measures:
             a["measures"] = [m.to_dict() for m in self.measures]
+        if self.hospitals:
+            a["hospitals"] = self.hospitals.to_dict()
         return a
 
 

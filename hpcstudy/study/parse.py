@@ -49,6 +49,7 @@ from .language import (
     Events,
     IndexRule,
     Lexis,
+    Hospitals,
     Measure,
     ModelSpec,
     Outcome,
@@ -667,6 +668,19 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
         cx.err(item, "name", f"{path}.name", f"{name!r} is a built-in covariate",
                f"write it as a plain - {name}, or choose another name")
         return None
+    if "index_contact" in item:
+        attr = item["index_contact"]
+        extra = [k for k in ("count", "window", "time_varying", *EVENT_KEYS) if k in item]
+        if attr not in ("c_sgh", "c_pattype"):
+            cx.err(item, "index_contact", f"{path}.index_contact", f"{show(attr)} is not an "
+                   "attribute of a contact", "write c_sgh (the hospital) or c_pattype (the "
+                   "patient type)")
+            return None
+        if extra:
+            cx.err(item, extra[0], f"{path}.{extra[0]}", "an attribute of the index contact "
+                   "takes only name: and index_contact:", f"drop {extra[0]}:")
+            return None
+        return Covariate(name, "index_contact", attribute=attr)
     win = _window(cx, item, "window", f"{path}.window", Window(None, 0))
     if "time_varying" in item and "count" in item:
         cx.err(item, "time_varying", f"{path}.time_varying", "only a 0/1 covariate (codelist:) "
@@ -860,9 +874,62 @@ def _analyses(cx: _Ctx, doc, covariates: dict[str, Covariate],
             measure = _measure_time(cx, m, path, name, has_age)
             if by is not None and measure is not None:
                 measures.append(replace(measure, by=by))
+    hospitals = _hospitals(cx, node, covariates) if "hospitals" in node else None
     return Analyses(rates_by=rates_by, curves=curves, cox=models.get("cox"),
                     logistic=models.get("logistic"), poisson=models.get("poisson"),
-                    lexis=lexis, measures=tuple(measures))
+                    lexis=lexis, measures=tuple(measures), hospitals=hospitals)
+
+
+def _index_contact_needs_contacts(cx: _Ctx, doc, covariates, index, comparator) -> None:
+    """An attribute of the index contact needs every group's index to be a hospital contact."""
+    uses = [(i, c) for i, c in enumerate(covariates) if c.kind == "index_contact"]
+    if not uses or index is None:
+        return
+    rules = [index] + ([comparator.index] if comparator and comparator.index else [])
+    lpr = all(r.kind == "first_event" and r.events.register == "lpr" for r in rules)
+    if not lpr or (comparator is not None and comparator.kind == "non_users"):
+        i, c = uses[0]
+        node = doc["covariates"]
+        cx.err(node, i, f"covariates[{i}].index_contact", f"{c.name!r} is an attribute of the "
+               "index contact, but an index here is no hospital contact (a date, a "
+               "prescription or a non-user's random day)", "use an index rule first_event: "
+               "{codelist: ...} on lpr diagnoses for every group, or drop the covariate")
+
+
+def _hospitals(cx: _Ctx, node, covariates: dict[str, Covariate]) -> Hospitals | None:
+    h = cx.mapping(node["hospitals"], "hospitals", "analyses.hospitals", node, "hospitals",
+                   "{by: hospital, adjust: [age, sex, charlson]}")
+    if h is None:
+        return None
+    units = {n for n, c in covariates.items() if c.kind in ("index_contact", "region")}
+    by = h.get("by")
+    if "by" not in h:
+        cx.err(h, None, "analyses.hospitals.by", "missing", "e.g. by: hospital, with the "
+               "covariate {name: hospital, index_contact: c_sgh}")
+        return None
+    if by not in units:
+        cx.err(h, "by", "analyses.hospitals.by", f"{show(by)} is not a covariate of units",
+               f"use one of {', '.join(sorted(units))}" if units else
+               "add the covariate {name: hospital, index_contact: c_sgh} and write by: hospital")
+        return None
+    adjust: tuple[str, ...] = ()
+    if "adjust" in h:
+        refuse = {by: "it is the unit compared: the expected counts come from a model of all "
+                      "units together"}
+        refuse.update({n: "it varies in time; the risk model takes values at index"
+                       for n, c in covariates.items() if c.time_varying})
+        got = _names_list(cx, h, "adjust", "analyses.hospitals.adjust", set(covariates),
+                          "covariates", refuse)
+        if got is None:
+            return None
+        adjust = got
+    identify = h.get("identify", "code")
+    if identify not in ("code", "rank", "none"):
+        cx.err(h, "identify", "analyses.hospitals.identify", f"{show(identify)} is not code, "
+               "rank or none", "identify: rank shows each unit's rank by O/E instead of its "
+               "code")
+        return None
+    return Hospitals(by, adjust, identify)
 
 
 STANDARDS = re.compile(r"esp2013|danish_(19[6-9][0-9]|20[0-9][0-9])")
@@ -1207,6 +1274,7 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
     if exposure_name in {c.name for c in covariates}:
         cx.err(doc["exposure"], "name", "exposure.name", f"{exposure_name!r} is also a "
                "covariate's name", "give the exposure another name")
+    _index_contact_needs_contacts(cx, doc, covariates, index, comparator)
     outcome = _outcome(cx, doc, names)
     max_days, start_day, end_date = None, 0, None
     if "follow_up" in doc:

@@ -64,6 +64,11 @@ def filters(draw, register):
     return dict(draw(st.permutations(list(f.items()))))
 
 
+def _register(e: dict) -> str:
+    return e.get("register") or ("lpr" if CODELISTS[e["codelist"]]["system"] == "icd10"
+                                 else "lmdb")
+
+
 @st.composite
 def events(draw, names=ALL, death=True):
     """An event definition: codelist, register, diagnosis and patient types, filters."""
@@ -177,6 +182,15 @@ def studies(draw):
     elif charlson == "renamed":
         covs.append({"name": "cci", "kind": "charlson", "window": draw(window())})
     covs += [draw(covariate(i, index_codelist)) for i in range(draw(st.integers(0, 3)))]
+    rules = [s.get("index") or s["exposure"]]
+    if isinstance(s.get("comparator"), dict) and "active" in s["comparator"]:
+        rules.append(s["comparator"]["active"])
+    from_contacts = kind in ("event", "active") and all(
+        "first_event" in r and _register(r["first_event"]) == "lpr" for r in rules)
+    if from_contacts and draw(st.booleans()):
+        covs.append({"name": "hospital", "index_contact": "c_sgh"})
+        if draw(st.booleans()):
+            covs.append({"name": "ptype", "index_contact": "c_pattype"})
     s["covariates"] = draw(st.permutations(covs))
     death = draw(st.sampled_from(["no", "all", "cause"]))
     if death == "all":
@@ -250,6 +264,19 @@ def analyses(draw, s):
         periods = sorted(draw(st.lists(st.integers(1995, 2024), min_size=2, max_size=4,
                                        unique=True)))
         a["lexis"] = {"age_bands": ages, "periods": periods}
+    units = [c["name"] for c in covs if isinstance(c, dict) and "index_contact" in c]
+    if "region" in _names(covs):
+        units.append("region")
+    if units and draw(st.booleans()):
+        unit = draw(st.sampled_from(units))
+        h: dict = {"by": unit}
+        rest = [t for t in terms if t != unit and t not in varying]
+        if rest and draw(st.booleans()):
+            h["adjust"] = draw(st.lists(st.sampled_from(rest), min_size=1, max_size=3,
+                                        unique=True))
+        if draw(st.booleans()):
+            h["identify"] = draw(st.sampled_from(["code", "rank", "none"]))
+        a["hospitals"] = h
     if draw(st.booleans()):
         a["measures"] = [{"name": f"m{i}", **({"by": draw(st.lists(
             st.sampled_from(groupable + ["index_year", "age_band"]), max_size=2, unique=True))}
