@@ -13,9 +13,9 @@ from hpcstudy_kernels import followup, linkage
 from hpcstudy_kernels import windows as W
 from hpcstudy_kernels.windows import NO_DATE
 
+from ..measures import contact
 from ..plan.nodes import EventStream, GroupPlan, IndexPlan, Plan
 from ..registers.store import Dataset, read_partition
-from ..measures import contact
 from ..timesplit import entry
 from . import common
 

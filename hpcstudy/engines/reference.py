@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..measures import contact
 from ..plan.nodes import EventStream, GroupPlan, Plan
 from ..registers.store import Dataset
 from ..study.charlson import score
-from ..measures import contact
 from ..timesplit import entry
 from . import common
 
