@@ -36,9 +36,11 @@ def _keys(part, by, rows, xp, switched):
     for b in by:
         if b == "index_year":
             cols.append(xp.asarray(year_of(to_numpy(part["index_date"]).astype(np.int64)))[rows])
+        elif b == "time_band":
+            cols.append(switched[b])
         elif b in switched:   # a time-varying covariate: its value in each piece
             cols.append(xp.asarray(part[b])[rows].astype(xp.int64) | switched[b])
-        elif b != "age_band":
+        elif b not in ("age_band", "time_band"):
             cols.append(xp.asarray(part[b])[rows])
     return cols
 
@@ -63,6 +65,10 @@ def _sums(part, m: Measure, proportion: bool, age_col: str | None, varying=()):
         ag = (xp.searchsorted(xp.asarray(bands), xp.asarray(part[age_col], dtype=xp.float64),
                               side="right") - 1) if m.by_age else xp.zeros(n, dtype=xp.int64)
         switched = {}   # a proportion: each person once, with the value at index
+        if "time_band" in m.by:   # the band of the day the person left (outcome or not)
+            days = exit_ - index
+            switched["time_band"] = xp.searchsorted(
+                xp.asarray([float(t) for t in m.time_bands]), days, side="right") - 1
     else:
         start = exit_ - part["time"].astype(xp.int64) + 1     # the index day, or after a lag
         axes = []
@@ -71,12 +77,16 @@ def _sums(part, m: Measure, proportion: bool, age_col: str | None, varying=()):
         if m.by_age:
             birth = xp.round(index - xp.asarray(part[age_col], dtype=xp.float64) * YEAR)
             axes.append((birth, xp.asarray(S.age_cut_days(bands))))
+        if "time_band" in m.by:   # time since index: cut at index + the band limits
+            axes.append((index, xp.asarray([float(t) for t in m.time_bands])))
         tv = [b for b in m.by if b in varying]
         for b in tv:
             axes.append((part[varying_column(b)].astype(xp.int64), xp.asarray([0.0])))
         ep = split(start, exit_ + 1, axes)
         switched = {b: (band >= 0).astype(xp.int64)
                     for b, band in zip(tv, ep["bands"][len(axes) - len(tv):], strict=True)}
+        if "time_band" in m.by:
+            switched["time_band"] = ep["bands"][len(axes) - len(tv) - 1]
         row = ep["row"]
         days = ep["t1"] - ep["t0"]
         at = exit_[row].astype(xp.float64)
@@ -110,6 +120,15 @@ def _sums(part, m: Measure, proportion: bool, age_col: str | None, varying=()):
 
 def _tuple(u) -> tuple:
     return tuple(int(x) if float(x).is_integer() else float(x) for x in u)
+
+
+def _band_label(limits, j: int) -> str:
+    """Days since index of band j: ``0-29`` holds days 0 to 29 after index."""
+    if j < 0:
+        return f"<{limits[0]}"
+    if j >= len(limits) - 1:
+        return f"{limits[-1]}+"
+    return f"{limits[j]}-{limits[j + 1] - 1}"
 
 
 def _merge(a, b):
@@ -188,6 +207,9 @@ def measure_rows(parts, m: Measure, proportion: bool, age_col: str | None,
         events = sum(v[1] for v in members.values())
         days = sum(v[2] for v in members.values())
         key = list(ok[:len(by_out)])
+        if "time_band" in by_out:
+            j = by_out.index("time_band")
+            key[j] = _band_label(m.time_bands, int(key[j]))
         row: dict = dict(zip(names, key, strict=True))
         if m.interval:
             row["interval"] = S.interval_label(m.interval, int(ok[len(by_out)]))

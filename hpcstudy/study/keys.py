@@ -158,8 +158,8 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "measure": {
         "name": ("plain name", "names the table measure_<name>.csv"),
-        "by": ("list of covariate names, group, index_year, age_band", "the table's groups "
-               "(age_band: attained age, in the measure's age_bands)"),
+        "by": ("list of covariate names, group, index_year, age_band, time_band", "the "
+               "table's groups (age_band: attained age; time_band: time since index)"),
         "interval": ("month | quarter | year", "calendar intervals: person-time and events "
                      "in each (a fixed-horizon outcome: persons by index date)"),
         "standardise": ("esp2013 | danish_YYYY", "direct age standardisation to the European "
@@ -168,6 +168,8 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
                      "whole cohort's age-specific rates, and the SIR/SMR"),
         "age_bands": ("increasing list of ages 0–150", "age band limits (default the ESP's "
                       "5-year bands 0, 5, …, 90, 150)"),
+        "time_bands": (f"increasing list of whole days 0–{DAYS}", "limits of time_band, the "
+                       "time since index (by: [time_band])"),
     },
     "disclosure": {
         "min_cell": ("whole number 1–1000", "smallest count shown (default 5)"),

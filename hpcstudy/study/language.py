@@ -224,6 +224,7 @@ class Measure:
     standardise: str | None = None           # esp2013 | danish_YYYY (direct)
     indirect: bool = False                   # SIR/SMR against the whole cohort's age rates
     age_bands: tuple[float, ...] | None = None   # band limits; default the ESP's 5-year bands
+    time_bands: tuple[int, ...] | None = None    # days since index: limits of time_band
     where: str = field(default="", compare=False)  # file:line, for errors found on the data
 
     def to_dict(self) -> dict:
@@ -236,6 +237,8 @@ class Measure:
             d["indirect"] = True
         if self.age_bands is not None:
             d["age_bands"] = list(self.age_bands)
+        if self.time_bands is not None:
+            d["time_bands"] = list(self.time_bands)
         return d
 
     @property

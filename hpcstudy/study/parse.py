@@ -866,10 +866,12 @@ def _analyses(cx: _Ctx, doc, covariates: dict[str, Covariate],
                        "rename one")
                 continue
             has_age = any(c.kind == "age" for c in covariates.values())
-            keys = groupable | {"index_year"} | ({"age_band"} if has_age else set())
+            keys = groupable | {"index_year"} | ({"age_band"} if has_age else set()) | \
+                ({"time_band"} if "time_bands" in m else set())
             by = _names_list(cx, m, "by", f"{path}.by", keys,
-                             "covariates, group, index_year" + (" or age_band" if has_age
-                                                                 else ""),
+                             "covariates, group, index_year" + (", age_band" if has_age
+                                                                 else "") +
+                             (", time_band" if "time_bands" in m else ""),
                              continuous) if "by" in m else ()
             measure = _measure_time(cx, m, path, name, has_age)
             if by is not None and measure is not None:
@@ -966,6 +968,21 @@ def _measure_time(cx: _Ctx, m, path: str, name: str, has_age: bool) -> Measure |
                        "2013 has 5-year bands to 90 and over: each limit but the last must be "
                        "a multiple of 5 up to 90", "e.g. [0, 40, 60, 80, 150]")
                 ok = False
+    times = None
+    if "time_bands" in m:
+        v = m["time_bands"]
+        if not (isinstance(v, list) and len(v) >= 2 and all(is_int(x) for x in v)) or \
+                not all(0 <= x <= DAYS for x in v) or \
+                any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            cx.err(m, "time_bands", f"{path}.time_bands", "must be an increasing list of at "
+                   f"least two whole days within 0–{DAYS}, not {show(v)}",
+                   "e.g. [0, 30, 365, 1826]")
+            ok = False
+        else:
+            times = tuple(v)
+            if "time_band" not in (m.get("by") or ()):
+                cx.warn(m, "time_bands", f"{path}.time_bands", "changes nothing without "
+                        "by: [time_band]", "add time_band to by:, or drop it")
     uses_age = bool(std or indirect) or "age_band" in (m.get("by") or ())
     if uses_age and not has_age:
         key = "standardise" if std else "indirect" if indirect else "by"
@@ -979,7 +996,7 @@ def _measure_time(cx: _Ctx, m, path: str, name: str, has_age: bool) -> Measure |
         return None
     # where a problem found on the data (bands that miss the cohort's ages) points
     at = next((k for k in ("age_bands", "standardise", "indirect") if k in m), None)
-    return Measure(name, (), interval, std, indirect, bands, where=cx.where(m, at))
+    return Measure(name, (), interval, std, indirect, bands, times, where=cx.where(m, at))
 
 
 def _lexis(cx: _Ctx, node, covariates) -> Lexis | None:

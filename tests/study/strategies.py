@@ -282,6 +282,9 @@ def analyses(draw, s):
             st.sampled_from(groupable + ["index_year", "age_band"]), max_size=2, unique=True))}
             if draw(st.booleans()) else {}), **draw(measure_time())}
             for i in range(draw(st.integers(1, 2)))]
+        for m in a["measures"]:   # time_band needs time_bands, which warn without it
+            if "time_bands" in m:
+                m["by"] = [*m.get("by", [])[:1], "time_band"]
     return a
 
 
@@ -297,6 +300,8 @@ def measure_time(draw):
         m["indirect"] = draw(st.booleans())
     if draw(st.booleans()):
         m["age_bands"] = draw(st.sampled_from([[0, 50, 150], [0, 40, 60, 80, 150]]))
+    if draw(st.booleans()):
+        m["time_bands"] = draw(st.sampled_from([[0, 30, 365], [0, 365, 1826, 3652]]))
     return m
 
 

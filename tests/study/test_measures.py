@@ -233,3 +233,27 @@ def test_the_docs_example_runs(small_data, tmp_path):
         sum(r["expected"] for r in m["by_year"]), rel=1e-9)
     assert {r["age_band"] for r in m["by_age"]} <= {"30-50", "50-70", "70-90", "90-150"}
     assert all("standardised_rate" in r for r in m["by_region"])
+
+
+@pytest.mark.parametrize("engine", ["reference", "dask"])
+def test_by_time_since_index(engine, data):
+    """Person-time and events per band of days since index, counted day by day."""
+    text = STUDY.replace("    - {name: by_age, by: [age_band], age_bands: [0, 50, 70, 150]}",
+                         "    - {name: by_time, by: [time_band], time_bands: [0, 100, 400]}")
+    _, plan, ds = R.prepare(study_from_text(text), data)
+    tables, attrition, parts = R.person_table(plan, ds, engine)
+    rows = {r["time_band"]: r for r in R.analyse(plan, parts, attrition)["measures"]["by_time"]}
+    ends = {1: ("2011-03-01", 1), 2: ("2011-12-31", 0), 3: ("2010-05-05", 1),
+            4: ("2011-06-30", 0), 5: ("2010-12-31", 0), 6: ("2011-02-10", 1)}
+    want: dict = {}
+    for exit_, status in ends.values():
+        for t in range(day(exit_) - day("2010-01-01") + 1):
+            band = "0-99" if t < 100 else "100-399" if t < 400 else "400+"
+            c = want.setdefault(band, [0, 0])
+            c[0] += 1
+            c[1] += int(status == 1 and t == day(exit_) - day("2010-01-01"))
+    assert set(rows) == set(want)
+    for band, (days, events) in want.items():
+        assert rows[band]["person_years"] == pytest.approx(days / 365.25, rel=1e-12)
+        assert rows[band]["events"] == events
+    assert rows["0-99"]["persons"] == 6 and rows["400+"]["persons"] == 4
