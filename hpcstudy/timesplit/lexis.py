@@ -33,9 +33,11 @@ def split(start, stop, axes: list[tuple]) -> dict:
         k = xp.maximum(hi - lo, 0)
         if int(k.sum()) == 0:
             continue
-        r = xp.repeat(ids, k)
-        first = xp.cumsum(k) - k
-        j = xp.arange(r.shape[0]) - xp.repeat(first, k) + xp.repeat(lo, k)
+        # repeat without xp.repeat(array counts), which not every array library has
+        ends = xp.cumsum(k)
+        slot = xp.arange(int(ends[-1]))
+        r = xp.searchsorted(ends, slot, side="right")
+        j = slot - (ends - k)[r] + lo[r]
         rows.append(r)
         vals.append(off[r] + cuts[j])
     row = xp.concatenate(rows)

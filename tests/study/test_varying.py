@@ -177,3 +177,28 @@ def test_time_varying_cox_equals_lifelines(engine, small_data):
         assert terms[name]["coef"] == pytest.approx(ctv.params_[name], abs=1e-6)
         assert terms[name]["se"] == pytest.approx(ctv.standard_errors_[name], abs=1e-6)
     assert res["models"]["cox"]["persons"] == len(t)
+
+
+def test_split_tiles_follow_up_exactly_on_random_data():
+    """Pieces are contiguous, cover [start, stop) without overlap, and each piece's bands are
+    those of every day in it (checked day by day), on random persons and cuts."""
+    rng = np.random.default_rng(7)
+    n = 60
+    start = rng.integers(0, 500, n)
+    stop = start + rng.integers(0, 400, n)
+    axes = [(rng.integers(-30_000, 0, n), np.sort(rng.choice(np.arange(0, 40_000, 7), 30,
+                                                               replace=False)).astype(float)),
+            (np.zeros(n, np.int64), np.array([100.0, 250.0, 251.0, 600.0])),
+            (start.copy(), np.array([0.0, 30.0, 365.0]))]
+    ep = split(start, stop, axes)
+    for i in range(n):
+        sel = ep["row"] == i
+        t0, t1 = ep["t0"][sel], ep["t1"][sel]
+        if stop[i] == start[i]:
+            assert sel.sum() == 0
+            continue
+        assert t0[0] == start[i] and t1[-1] == stop[i] and (t0[1:] == t1[:-1]).all()
+        for k, (off, cuts) in enumerate(axes):
+            for a, b, band in zip(t0, t1, ep["bands"][k][sel], strict=True):
+                for day in range(int(a), int(b)):
+                    assert np.searchsorted(cuts, day - off[i], side="right") - 1 == band
