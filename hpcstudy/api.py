@@ -150,7 +150,7 @@ def _run(study, data, out, engine, project, client, overwrite, verify,
     tables, attrition, parts = R.person_table(plan, ds, engine, client, None, ckpt,
                                               report=report, device=device)
     fitted: dict = {}
-    results = R.analyse(plan, parts, attrition, fitted)
+    results = R.analyse(plan, parts, attrition, fitted, ds=ds)
     # the notebook asked for the per-person table: here (only) its rows come to this process
     table = R.combined(plan, tables)
     if out is not None:

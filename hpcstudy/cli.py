@@ -471,7 +471,17 @@ def run_summary(res: dict, out: Path) -> str:
         rate = "" if c.get("rate_per_1000py") is None else (
             f", {c['rate_per_1000py']:.2f} per 1000 person-years "
             f"({c['lower_95']:.2f}-{c['upper_95']:.2f})")
+        if c.get("proportion") is not None:   # a fixed-horizon outcome: a share of persons
+            rate = (f", {100 * c['proportion']:.2f} % with the outcome "
+                    f"(95% CI {100 * c['lower_95']:.2f}-{100 * c['upper_95']:.2f} %)")
         lines.append(f"  {c['label']}: {n} persons, {ev} events{rate}")
+    if res.get("hospitals"):
+        h = res["hospitals"]
+        shown = [r for r in h if r.get("oe") is not None]
+        high = sum(r["oe"] > r["limit998_high"] for r in shown)
+        low = sum(r["oe"] < r["limit998_low"] for r in shown)
+        lines.append(f"  hospitals: {len(h)} compared by observed/expected; {high} above and "
+                     f"{low} below the 99.8 % funnel limits")
     for name, m in res.get("models", {}).items():
         if "terms" not in m:
             lines.append(f"  {name}: withheld ({m.get('withheld') or m.get('error')})")

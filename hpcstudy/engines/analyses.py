@@ -84,7 +84,17 @@ def _rate_sums(part, by):
                                   "days": part["time"].astype(float)})
 
 
-def rates(parts: Partitions, by: tuple[str, ...]) -> list[dict]:
+def fixed_horizon(plan: Plan) -> bool:
+    """A fixed-horizon outcome (an outcome window with an end, e.g. 30-day mortality) is a
+    proportion of persons, never a rate per person-years."""
+    return plan.outcome.window.hi is not None
+
+
+def rates(parts: Partitions, by: tuple[str, ...], proportion: bool = False) -> list[dict]:
+    """Rates per 1000 person-years (exact Poisson CI), or with ``proportion`` the share of
+    persons with the outcome (Wilson CI), by the key columns ``by``."""
+    if proportion:
+        return measure(parts, by, RATE_COLUMNS)
     sums = parts.map_reduce(_rate_sums, by, combine=_merge)
     rows = []
     for key in sorted(sums):
@@ -106,14 +116,15 @@ def _measure_sums(part, by):
                                   "events": part["event"].astype(float)})
 
 
-def measure(parts: Partitions, by: tuple[str, ...]) -> list[dict]:
+def measure(parts: Partitions, by: tuple[str, ...],
+            reserved: tuple[str, ...] = MEASURE_COLUMNS) -> list[dict]:
     """Proportion of persons with the outcome (in its window), by groups and intervals."""
     sums = parts.map_reduce(_measure_sums, by, combine=_merge)
     rows = []
     for key in sorted(sums):
         n, k = sums[key]["persons"], sums[key]["events"]
         lo, hi = wilson_ci(k, n)
-        rows.append({**dict(zip(key_names(by, MEASURE_COLUMNS), key, strict=True)),
+        rows.append({**dict(zip(key_names(by, reserved), key, strict=True)),
                      "persons": int(n), "events": int(k),
                      "proportion": k / n, "lower_95": lo, "upper_95": hi})
     return rows
@@ -129,7 +140,7 @@ def design_columns(plan: Plan, parts: Partitions, adjust: tuple[str, ...]):
         spec.append(("group", None))
     for a in adjust:
         kind = next(c.kind for c in plan.columns if c.name == a)
-        if kind == "region":
+        if kind in ("region", "index_contact"):   # categories: indicators vs the lowest
             levels = sorted(parts.map_reduce(_levels, a, combine=_union))
             for lv in levels[1:]:
                 names.append(f"{a}={lv}")
@@ -161,9 +172,27 @@ def _cox_part(part, spec, strata):
     s = np.zeros(part["pnr"].shape[0], np.int64)
     for name in strata:
         s = s * 100_000 + np.asarray(part[name], np.int64)
-    return {"X": _matrix(part, spec), "time": part["time"].astype(float),
-            "event": part["event"].astype(float), "weights": np.ones(part["pnr"].shape[0]),
-            "strata": s}
+    out = {"X": _matrix(part, spec), "time": part["time"].astype(float),
+           "event": part["event"].astype(float), "weights": np.ones(part["pnr"].shape[0]),
+           "strata": s}
+    if "entry" in part:   # counting-process rows of a time-varying covariate
+        out["entry"] = part["entry"].astype(float)
+    return out
+
+
+def _split_varying(plan: Plan, parts: Partitions, terms) -> tuple[Partitions, int | None]:
+    """The partitions split at the switch days of the time-varying covariates among ``terms``
+    (timesplit.varying), and the persons before the split; unchanged without any."""
+    tv = tuple(c.name for c in plan.columns if c.time_varying and c.name in terms)
+    if not tv:
+        return parts, None
+    from ..timesplit.varying import episodes
+
+    return parts.map(episodes, tv), sum(parts.map_reduce(_n_rows))
+
+
+def _n_rows(part):
+    return [int(part["pnr"].shape[0])]
 
 
 def _recode(part, mapping):
@@ -175,12 +204,15 @@ def _recode(part, mapping):
 
 def cox(plan: Plan, parts: Partitions, adjust, strata) -> CoxPH:
     names, spec = design_columns(plan, parts, adjust)
+    parts, persons = _split_varying(plan, parts, (*adjust, *strata))
     p = parts.map(_cox_part, spec, strata)
     if strata:
         codes = p.map_reduce(_codes_of, combine=_union)
         p = p.map(_recode, codes)
     m = CoxPH("efron").fit_partitions(p, names)
     m.cells_ = term_cells(p, names, "event", _variables(spec))
+    if persons is not None:   # rows are pieces of follow-up; the model's persons are persons
+        m.cells_["persons"] = persons
     return m
 
 
@@ -264,16 +296,22 @@ def _glm_part(part, spec, poisson):
     X = np.concatenate([np.ones((X.shape[0], 1)), X], axis=1)
     out = {"X": X, "y": part["event"].astype(float), "weights": np.ones(X.shape[0])}
     if poisson:
-        out["offset"] = np.log(part["time"] / YEAR)
+        days = part["time"] - part["entry"] if "entry" in part else part["time"]
+        out["offset"] = np.log(days / YEAR)
     return out
 
 
 def glm(plan: Plan, parts: Partitions, adjust, poisson: bool):
     names, spec = design_columns(plan, parts, adjust)
+    persons = None
+    if poisson:   # person-time by exposure state; a logistic model refuses such terms (parse)
+        parts, persons = _split_varying(plan, parts, adjust)
     p = parts.map(_glm_part, spec, poisson)
     model = Poisson() if poisson else Logistic()
     m = model.fit_partitions(p, ["intercept", *names])
     m.cells_ = term_cells(p, ["intercept", *names], "y", _variables(spec))
+    if persons is not None:
+        m.cells_["persons"] = persons
     return m
 
 
@@ -319,10 +357,10 @@ def _lexis_part(part, ages, periods, birth_col="age"):
     and per age band and per period over all groups (what the Lexis model's terms rest on):
     persons with time in the band, persons with time outside it, events in and outside it."""
     cells: dict = {}
-    start = part["index_date"].astype(np.int64)
     stop = part["exit_date"].astype(np.int64) + 1  # exclusive
+    start = stop - part["time"].astype(np.int64)   # index day, or later after a lag
     age0 = np.asarray(part[birth_col], float)
-    birth = start - age0 * YEAR
+    birth = part["index_date"].astype(np.int64) - age0 * YEAR
     pbounds = [int(np.datetime64(f"{y}-01-01", "D").astype(np.int64)) for y in periods]
     n = start.shape[0]
     na, npd = len(ages) - 1, len(periods) - 1

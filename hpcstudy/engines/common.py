@@ -51,4 +51,11 @@ def as_days_or_values(col: pa.ChunkedArray) -> np.ndarray:
 def table_columns(plan) -> list[str]:
     """Column order of the per-person table."""
     return (["pnr", "group", "index_date"] + [c.name for c in plan.columns] +
+            [varying_column(c.name) for c in plan.columns if c.time_varying] +
             ["exit_date", "status", "time", "event"])
+
+
+def varying_column(name: str) -> str:
+    """The column of the day a time-varying covariate switches on (NO_DATE: not after index,
+    or already on at index): NAME@from, a name no covariate can take."""
+    return f"{name}@from"

@@ -42,7 +42,9 @@ from ..plan.nodes import (
     OutcomePlan,
     Plan,
 )
+from ..measures import contact
 from ..registers.store import Dataset, read_partition
+from ..timesplit import entry
 from . import common
 
 DEFAULT_DEVICE = "cpu"
@@ -561,11 +563,16 @@ def follow_up(pp: Persons, plan: Plan, g: GroupPlan, ref, rows) -> dict:
         er, ed = pp.streams[g.censor_at]
         switch = W.first_day_per_row(er, ed, ref, pp.n, 1, None)[rows]
         switch = xp.where(switch != NO_DATE, switch - 1, NO_DATE)
-    exit_, cause, _ = followup.follow_up(index, [outcome, other_death, emig, switch, cap])
+    if plan.follow_up_end is not None:
+        cap = xp.minimum(cap, plan.follow_up_end)
+    start = index + plan.follow_up_start
+    ends = [outcome, other_death, emig, switch, cap]
+    exit_, cause, _ = followup.follow_up(start, ends)
     status = xp.where(cause == 5, 0, cause).astype(xp.int8)
     return {"exit_date": exit_.astype(xp.int32), "status": status,
-            "time": (exit_ - index + 1).astype(xp.int32),
-            "event": (status == 1).astype(xp.int8)}
+            "time": (exit_ - start + 1).astype(xp.int32),
+            "event": (status == 1).astype(xp.int8),
+            "_entry": entry.array_entry(index, outcome, ends, plan)}
 
 
 # -- a group and the partition's table --------------------------------------------------------
@@ -605,8 +612,23 @@ def group_table(pp: Persons, g: GroupPlan, seed: int) -> tuple[dict, list]:
     out = {"pnr": pp.pnr[rows], "group": xp.full(rows.shape[0], g.code, dtype=xp.int8),
            "index_date": idx[rows].astype(xp.int32)}
     for c in plan.columns:
+        if c.kind == "index_contact":
+            out[c.name] = contact.array_attribute(pp.data, g.index.stream, pp.pnr[rows],
+                                                  idx[rows], c.attribute)
+            continue
         out[c.name] = column(pp, c, ref, rows)
-    out.update(follow_up(pp, plan, g, ref, rows))
+        if c.kind in ("flag", "count") and c.time_varying:
+            # the first event after index switches it on
+            er, ed = pp.streams[c.stream]
+            on = W.first_day_per_row(er, ed, ref, pp.n, 1, None)[rows]
+            out[common.varying_column(c.name)] = xp.where(out[c.name] == 0, on,
+                                                          NO_DATE).astype(xp.int64)
+    f = follow_up(pp, plan, g, ref, rows)
+    keep, late = f.pop("_entry")
+    out.update(f)
+    if late:
+        attrition += [(name, xp.count_nonzero(m)) for name, m in late]
+        out = {k: v[keep] for k, v in out.items()}
     return out, attrition
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..measures import contact
 from ..plan.nodes import EventStream, GroupPlan, Plan
 from ..registers.store import Dataset
 from ..study.charlson import score
+from ..timesplit import entry
 from . import common
 
 NO_DATE = common.NO_DATE
@@ -193,12 +195,20 @@ class ReferenceEngine:
                 k = count_in(data.stream(col.stream), c, col.window.lo, col.window.hi)
                 out[col.name] = (k > 0).astype("int8") if col.kind == "flag" else \
                     k.astype("int32")
+                if col.time_varying:   # the first event after index switches it on
+                    on = first_in(data.stream(col.stream), c, 1, None)
+                    out[common.varying_column(col.name)] = on.where(
+                        k == 0, NO_DATE).astype("int64")
+            elif col.kind == "index_contact":
+                out[col.name] = contact.frame_attribute(data, g.index.stream, c, col.attribute)
             elif col.kind == "charlson":
                 flags = {name: (count_in(data.stream(s), c, col.window.lo, col.window.hi) > 0
                                 ).astype("int16").to_numpy()
                          for name, _, s in col.charlson}
                 out[col.name] = score(flags).astype("int16")
-        out = pd.concat([out, self._follow(data, c, g)], axis=1)
+        follow, outcome, raw_exit = self._follow(data, c, g)
+        out = entry.frame_entry(pd.concat([out, follow], axis=1), outcome, raw_exit, plan,
+                                attrition)
         return out.reset_index(drop=True), attrition
 
     def _resident_since(self, data: ReferenceData, idx: pd.Series) -> pd.Series:
@@ -226,6 +236,9 @@ class ReferenceEngine:
             cap = np.minimum(cap, c + plan.follow_up_days - 1)
         if o.window.hi is not None:
             cap = np.minimum(cap, c + o.window.hi)
+        if plan.follow_up_end is not None:
+            cap = np.minimum(cap, plan.follow_up_end)
+        start = c + plan.follow_up_start
         death = p["death"].reindex(c.index)
         none = pd.Series(NO_DATE, index=c.index, dtype="int64")
         if o.death:
@@ -248,11 +261,12 @@ class ReferenceEngine:
         ends = [outcome, other, emig, switch, cap]
         exit_ = pd.Series(NO_DATE, index=c.index, dtype="int64")
         status = pd.Series(0, index=c.index, dtype="int8")
+        raw = pd.concat(ends, axis=1).min(axis=1)
         for k, e in enumerate(ends):
-            e = np.maximum(e, c)
+            e = np.maximum(e, start)
             sooner = e < exit_
             exit_ = exit_.where(~sooner, e)
             status = status.where(~sooner, 0 if k == 4 else k + 1)
         return pd.DataFrame({"exit_date": exit_.astype("int32"), "status": status.astype("int8"),
-                             "time": (exit_ - c + 1).astype("int32"),
-                             "event": (status == 1).astype("int8")})
+                             "time": (exit_ - start + 1).astype("int32"),
+                             "event": (status == 1).astype("int8")}), outcome, raw

@@ -87,7 +87,7 @@ def combined(plan: Plan, tables) -> dict:
     return combine(plan, tables)
 
 
-def analyse(plan: Plan, parts, attrition, fitted: dict | None = None) -> dict:
+def analyse(plan: Plan, parts, attrition, fitted: dict | None = None, ds=None) -> dict:
     """The results dict; ``fitted``, when given, receives the fitted model objects by the
     results' model names (and ``lexis_poisson``): what the Python API hands a notebook."""
     kept = _keeper(fitted)
@@ -95,12 +95,13 @@ def analyse(plan: Plan, parts, attrition, fitted: dict | None = None) -> dict:
     an = s.analyses
     res: dict = {"study": s.name, "attrition": {g: [{"step": k, "persons": n} for k, n in st]
                                                 for g, st in attrition.items()}}
+    share = A.fixed_horizon(plan)
     res["cohort"] = [{"group": g.code, "label": g.label, **r} for g in plan.groups
-                     for r in A.rates(parts, ("group",)) if r["group"] == g.code]
+                     for r in A.rates(parts, ("group",), share) if r["group"] == g.code]
     for r in res["cohort"]:
         r.pop("group", None)
     if an.rates_by is not None and an.rates_by != ("group",):
-        res["rates"] = A.rates(parts, an.rates_by)
+        res["rates"] = A.rates(parts, an.rates_by, share)
     models = {}
     try:
         if an.cox is not None:
@@ -130,7 +131,13 @@ def analyse(plan: Plan, parts, attrition, fitted: dict | None = None) -> dict:
             except ModelError as e:
                 res["lexis_model"] = {"error": str(e)}
     if an.measures:
-        res["measures"] = {m.name: A.measure(parts, m.by) for m in an.measures}
+        from ..measures.compute import measures
+
+        res["measures"] = measures(plan, parts, ds)
+    if an.hospitals is not None:
+        from ..measures.hospitals import hospitals
+
+        res["hospitals"] = hospitals(plan, parts, fitted)
     return res
 
 
@@ -183,6 +190,10 @@ def _csv(rows: list[dict]) -> str:
 def _rate_again(row: dict) -> None:
     from ..models.rates import poisson_ci
 
+    if "proportion" in row:   # a fixed-horizon outcome's cohort or rates table
+        _proportion_again(row)
+        return
+
     py = row.get("person_years")
     if py:
         lo, hi = poisson_ci(row["events"], py)
@@ -198,6 +209,25 @@ def _proportion_again(row: dict) -> None:
         row.update(proportion=row["events"] / row["persons"], lower_95=lo, upper_95=hi)
 
 
+def _measure_again(row: dict) -> None:
+    from ..models.rates import poisson_ci
+
+    if "proportion" in row:
+        _proportion_again(row)
+    elif row.get("person_years"):
+        lo, hi = poisson_ci(row["events"], row["person_years"])
+        row.update(rate=1000 * row["events"] / row["person_years"], lower_95=1000 * lo,
+                   upper_95=1000 * hi)
+
+
+def _oe_again(row: dict) -> None:
+    from ..models.rates import poisson_ci
+
+    if row.get("expected"):
+        lo, hi = poisson_ci(row["events"], row["expected"])
+        row.update(oe=row["events"] / row["expected"], lower_95=lo, upper_95=hi)
+
+
 def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
     """The results with every disclosure rule applied (what may leave OUT/private)."""
     r = _disclosed(results, min_cell)
@@ -208,9 +238,11 @@ def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
             if key in r:
                 r[key] = D.rounded(r[key], round_to, _rate_again)
         for k in r.get("measures", {}):
-            r["measures"][k] = D.rounded(r["measures"][k], round_to, _proportion_again)
+            r["measures"][k] = D.rounded(r["measures"][k], round_to, _measure_again)
         if "curves" in r:
             r["curves"] = D.rounded(r["curves"], round_to)
+        if "hospitals" in r:
+            r["hospitals"] = D.rounded(r["hospitals"], round_to, _oe_again)
         for m in [*r.get("models", {}).values(), r.get("lexis_model", {})]:
             for row in [m, *m.get("terms", [])]:
                 for f in D.TERM_COUNTS:
@@ -221,7 +253,7 @@ def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
 
 def _disclosed(results: dict, min_cell: int) -> dict:
     r = json.loads(json.dumps(results, default=_jsonable))
-    rate = ("person_years", "rate_per_1000py", "lower_95", "upper_95")
+    rate = ("person_years", "rate_per_1000py", "proportion", "lower_95", "upper_95")
     r["cohort"] = D.suppress(r["cohort"], min_cell, rate, keys=("label",))
     shown = {c["label"]: c["persons"] is not None for c in r["cohort"]}
     for g in r["attrition"]:
@@ -233,12 +265,18 @@ def _disclosed(results: dict, min_cell: int) -> dict:
                                                                        A.RATE_COLUMNS))
     if "lexis" in r:
         r["lexis"] = D.suppress(r["lexis"], min_cell, rate, keys=A.LEXIS_KEYS)
+    from ..measures.compute import COLUMNS as MEASURE_COLUMNS
+
     for k in r.get("measures", {}):
-        r["measures"][k] = D.suppress(r["measures"][k], min_cell,
-                                      ("proportion", "lower_95", "upper_95"),
-                                      keys=_keys(r["measures"][k], A.MEASURE_COLUMNS))
+        r["measures"][k] = D.suppress(r["measures"][k], min_cell, MEASURE_COLUMNS[2:-1],
+                                      keys=_keys(r["measures"][k], MEASURE_COLUMNS))
     if "curves" in r:
         r["curves"] = D.curve(r["curves"], min_cell)
+    if "hospitals" in r:
+        from ..measures.hospitals import COLUMNS as HOSPITAL_COLUMNS
+
+        r["hospitals"] = D.suppress(r["hospitals"], min_cell, HOSPITAL_COLUMNS[2:-1],
+                                    keys=("hospital",))
     for k, m in list(r.get("models", {}).items()):
         r["models"][k] = D.model(m, min_cell)
     if "lexis_model" in r:
@@ -286,7 +324,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
                                     "mi_per_year_of_age": truth["mi"]["per_year"]}
         an = plan.study.analyses
         free_keys = {"rates": tuple(an.rates_by or ()),
-                     **{f"measures.{m.name}": tuple(m.by) for m in an.measures}}
+                     **{f"measures.{m.name}": (*m.by, "interval") for m in an.measures}}
         try:
             sections = M.results_sections(res, free_keys)
         except M.ManifestError as e:
@@ -310,7 +348,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
             entries.append({"path": f"tables/{name}", "kind": sections[section]["kind"],
                             "section": section, "columns": sections[section]["columns"]})
 
-        for name in ("cohort", "rates", "curves", "lexis"):
+        for name in ("cohort", "rates", "curves", "lexis", "hospitals"):
             if name in res:
                 declared_table(f"{name}.csv", name, res[name])
         for g, rows in res["attrition"].items():
@@ -389,7 +427,7 @@ def run(study, data, out, engine: str = "dask", client=None, progress=None,
         device = choose(device, client)
     tables, attrition, parts = person_table(plan, ds, engine, client, progress, ckpt, resume,
                                             report, device)
-    results = analyse(plan, parts, attrition)
+    results = analyse(plan, parts, attrition, ds=ds)
     # the dask engine's tables are written where they were computed (by a worker)
     table = tables if engine == "dask" else combined(plan, tables)
     res = write_outputs(Path(out), plan, results, table, engine=engine, ds=ds,

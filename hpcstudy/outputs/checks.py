@@ -25,15 +25,28 @@ import re
 from . import manifest as M
 from .protection import determined, margin_groups
 
-KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure", "plan")
+KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure",
+         "hospitals", "plan")
+HOSPITAL_DERIVED = ("expected", "oe", "lower_95", "upper_95", "limit95_low", "limit95_high",
+                    "limit998_low", "limit998_high")
 RATE_COLUMNS = ("persons", "events", "person_years", "rate_per_1000py", "lower_95", "upper_95",
                 "suppressed")
 OWN_COLUMNS = {
-    "cohort": RATE_COLUMNS, "rates": RATE_COLUMNS, "lexis": RATE_COLUMNS,
-    "measure": ("persons", "events", "proportion", "lower_95", "upper_95", "suppressed"),
+    "cohort": (*RATE_COLUMNS, "proportion"), "rates": (*RATE_COLUMNS, "proportion"),
+    "lexis": RATE_COLUMNS,
+    "measure": ("persons", "events", "proportion", "lower_95", "upper_95", "suppressed",
+                "person_years", "rate", "standardised_rate", "standardised_proportion",
+                "standardised_lower_95", "standardised_upper_95", "expected", "sir",
+                "sir_lower_95", "sir_upper_95"),
+    "hospitals": ("persons", "events", *HOSPITAL_DERIVED, "suppressed"),
 }
-DERIVED = {"cohort": RATE_COLUMNS[2:6], "rates": RATE_COLUMNS[2:6], "lexis": RATE_COLUMNS[2:6],
-           "measure": ("proportion", "lower_95", "upper_95")}
+DERIVED = {"cohort": (*RATE_COLUMNS[2:6], "proportion"),
+           "rates": (*RATE_COLUMNS[2:6], "proportion"), "lexis": RATE_COLUMNS[2:6],
+           "measure": ("proportion", "lower_95", "upper_95", "person_years", "rate",
+                       "standardised_rate", "standardised_proportion", "standardised_lower_95",
+                       "standardised_upper_95", "expected", "sir", "sir_lower_95",
+                       "sir_upper_95"),
+           "hospitals": HOSPITAL_DERIVED}
 COUNTS = ("persons", "events", "at_risk", "persons_other", "events_other", "n")
 TERM_COUNTS = ("persons", "events", "persons_other", "events_other")
 FORBIDDEN_COLUMNS = {"pnr", "cpr", "cpr_nr", "min", "max", "minimum", "maximum", "median"}

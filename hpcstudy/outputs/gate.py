@@ -38,6 +38,7 @@ DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./]\d{1,2}[./]\d{2,4}|\d{2}[a-z]{3
 SHA = re.compile(r"[0-9a-f]{64}")
 # the counts a table of each kind cannot be without (an aggregate states how many it holds)
 REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
+            "hospitals": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
             "measure": ("persons", "events")}
 RUN_FIELDS = {"engine", "data_manifest_sha256", "min_cell", "round_to", "status_codes",

@@ -58,8 +58,9 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "cohort": Kind(("label",), ("persons", "events"), RATE),
-    "rates": Kind(None, ("persons", "events"), RATE),
+    # a fixed-horizon outcome's cohort and rates tables hold a proportion instead of a rate
+    "cohort": Kind(("label",), ("persons", "events"), (*RATE, "proportion")),
+    "rates": Kind(None, ("persons", "events"), (*RATE, "proportion")),
     "lexis": Kind(("group", "age_band", "period"), ("persons", "events"), RATE,
                   bands=("age_band", "period")),
     "curves": Kind(("group", "day"), ("at_risk", "events"),
@@ -68,7 +69,13 @@ KINDS: dict[str, Kind] = {
     "attrition": Kind(("step",), ("persons",), ()),
     "model": Kind(("term",), ("persons", "events", "persons_other", "events_other"),
                   ESTIMATES),
-    "measure": Kind(None, ("persons", "events"), ("proportion", "lower_95", "upper_95")),
+    "hospitals": Kind(("hospital",), ("persons", "events"), (
+        "expected", "oe", "lower_95", "upper_95", "limit95_low", "limit95_high",
+        "limit998_low", "limit998_high")),
+    "measure": Kind(None, ("persons", "events"), (
+        "proportion", "lower_95", "upper_95", "person_years", "rate", "standardised_rate",
+        "standardised_proportion", "standardised_lower_95", "standardised_upper_95",
+        "expected", "sir", "sir_lower_95", "sir_upper_95")),
 }
 # results.json's sections: a table of kind K is the top-level list K (cohort, rates, table1 …),
 # but for these, which hold several tables or models by name

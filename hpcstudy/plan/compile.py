@@ -118,7 +118,10 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
                                    charlson=cats))
         elif cov.kind in ("flag", "count"):
             cols.append(ColumnPlan(cov.name, cov.kind, c.stream(cov.events, "covariates"),
-                                   cov.window))
+                                   cov.window, time_varying=cov.time_varying))
+        elif cov.kind == "index_contact":   # read from the index rule's lpr contacts
+            c.reads.setdefault("lpr_adm", set()).add(cov.attribute)
+            cols.append(ColumnPlan(cov.name, cov.kind, attribute=cov.attribute))
         else:
             cols.append(ColumnPlan(cov.name, cov.kind))
     o = study.outcome
@@ -129,7 +132,8 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
     outcome = OutcomePlan(o.name, stream, o.death, o.window)
     reads = {k: tuple(sorted(v)) for k, v in sorted(c.reads.items())}
     plan = Plan(study, tuple(groups), criteria, tuple(cols), outcome, study.follow_up_days,
-                DATA_END, reads)
+                DATA_END, reads, study.follow_up_start,
+                day(study.follow_up_end) if study.follow_up_end else None)
     return plan, c.problems
 
 

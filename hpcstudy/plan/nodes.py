@@ -78,6 +78,8 @@ class ColumnPlan:
     stream: EventStream | None = None
     window: Window | None = None
     charlson: tuple[tuple[str, int, EventStream], ...] = ()
+    time_varying: bool = False   # a flag: also the day it switches on (column NAME@from)
+    attribute: str | None = None  # index_contact: the lpr_adm column read from the contact
     dimension = "person"
 
 
@@ -99,6 +101,8 @@ class Plan:
     follow_up_days: int | None
     data_end: int
     reads: dict                          # register -> sorted columns read
+    follow_up_start: int = 0             # lag: follow-up starts on index + this many days
+    follow_up_end: int | None = None     # calendar end of follow-up (day, inclusive)
 
     @property
     def has_comparator(self) -> bool:

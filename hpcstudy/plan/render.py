@@ -85,6 +85,11 @@ def render(plan: Plan) -> str:
             f"end of data {_d(plan.data_end)}"]
     if plan.follow_up_days:
         ends.append(f"{plan.follow_up_days} days")
+    if plan.follow_up_end is not None:
+        ends.append(f"calendar end {_d(plan.follow_up_end)}")
+    if plan.follow_up_start:
+        out.append(f"follow-up starts on day {plan.follow_up_start} after index (a lag: "
+                   "earlier outcomes remove the person, earlier time is not counted)")
     out.append("follow-up ends at the first of: " + ", ".join(ends))
     out += ["", "analyses:"]
     a = s.analyses

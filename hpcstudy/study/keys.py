@@ -107,6 +107,10 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
         "kind": ("charlson", "a Charlson index under another name or window"),
         "count": ("codelist name, or hospital_contacts", "number of events, not 0/1"),
         "window": (_WINDOW[0], "default [null, 0]; charlson [-3650, 0]"),
+        "time_varying": ("true | false", "a 0/1 covariate that switches on at its first "
+                         "event after index (follow-up is split there)"),
+        "index_contact": ("c_sgh | c_pattype", "an attribute of the index contact (the "
+                          "hospital, the patient type); needs an index from lpr contacts"),
         **_EVENTS,
     },
     "outcome": {
@@ -118,6 +122,10 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "follow_up": {
         "max_days": (f"whole number 1–{DAYS}", "follow-up ends after that many days"),
+        "start_day": (f"whole number 0–{DAYS}", "a lag: follow-up (person-time and outcomes) "
+                      "starts that many days after index; a person with the outcome before "
+                      "leaves the cohort (default 0)"),
+        "end_date": ("YYYY-MM-DD", "calendar end of follow-up (last day at risk)"),
     },
     "analyses": {
         "rates": ("false, or {by: [...]}", "rates by covariates besides the cohort table"),
@@ -127,9 +135,19 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
                      "follow-up"),
         "poisson": ("true, false or {adjust}", "Poisson model with log person-years offset"),
         "lexis": ("{age_bands, periods}", "rates by age band and calendar period"),
-        "measures": ("list of {name, by}", "share with the outcome by groups"),
+        "hospitals": ("{by, adjust, identify}", "observed and risk-adjusted expected "
+                      "outcomes per hospital, O/E and funnel-plot limits"),
+        "measures": ("list of {name, by, interval, ...}", "rate (or, for a fixed-horizon "
+                     "outcome, share) with the outcome by groups and intervals"),
     },
     "rates": {"by": ("list of covariate names, group", "the rate table's groups")},
+    "hospitals": {
+        "by": ("a covariate name (index_contact: c_sgh)", "the unit compared"),
+        "adjust": ("list of covariate names", "the risk-adjustment model's terms, fitted on "
+                   "all hospitals together"),
+        "identify": ("code | rank | none", "what the table shows for each unit: its code, "
+                     "its rank by O/E, or an anonymous number by size (default code)"),
+    },
     "cox": {"adjust": _MODEL_ADJUST,
             "strata": ("list of covariate names", "separate baseline hazards")},
     "logistic": {"adjust": _MODEL_ADJUST},
@@ -140,7 +158,18 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "measure": {
         "name": ("plain name", "names the table measure_<name>.csv"),
-        "by": ("list of covariate names, group, index_year", "the table's groups"),
+        "by": ("list of covariate names, group, index_year, age_band, time_band", "the "
+               "table's groups (age_band: attained age; time_band: time since index)"),
+        "interval": ("month | quarter | year", "calendar intervals: person-time and events "
+                     "in each (a fixed-horizon outcome: persons by index date)"),
+        "standardise": ("esp2013 | danish_YYYY", "direct age standardisation to the European "
+                        "Standard Population 2013 or the Danish population of 1 January YYYY"),
+        "indirect": ("true | false", "indirect standardisation: expected events from the "
+                     "whole cohort's age-specific rates, and the SIR/SMR"),
+        "age_bands": ("increasing list of ages 0–150", "age band limits (default the ESP's "
+                      "5-year bands 0, 5, …, 90, 150)"),
+        "time_bands": (f"increasing list of whole days 0–{DAYS}", "limits of time_band, the "
+                       "time since index (by: [time_band])"),
     },
     "disclosure": {
         "min_cell": ("whole number 1–1000", "smallest count shown (default 5)"),

@@ -155,10 +155,14 @@ class Covariate:
     kind: str            # age | sex | region | calendar_year | charlson | flag | count
     events: Events | None = None
     window: Window | None = None
+    time_varying: bool = False   # a flag that switches on at its first event after index
+    attribute: str | None = None   # kind index_contact: the lpr_adm column (c_sgh, c_pattype)
 
     def to_dict(self) -> str | dict:
         if self.kind in ("age", "sex", "region", "calendar_year"):
             return self.kind
+        if self.kind == "index_contact":
+            return {"name": self.name, "index_contact": self.attribute}
         if self.kind == "charlson":
             if self.name == "charlson" and self.window == Window(*CHARLSON_WINDOW):
                 return "charlson"
@@ -173,7 +177,8 @@ class Covariate:
             ev = self.events.to_dict()
             return {"name": self.name, "count": ev.pop("codelist"), **ev,
                     "window": self.window.to_list()}
-        return {"name": self.name, **self.events.to_dict(), "window": self.window.to_list()}
+        return {"name": self.name, **self.events.to_dict(), "window": self.window.to_list(),
+                **({"time_varying": True} if self.time_varying else {})}
 
 
 @dataclass(frozen=True)
@@ -210,8 +215,51 @@ class Lexis:
 
 @dataclass(frozen=True)
 class Measure:
+    """Events over person-time (or over persons, for a fixed-horizon outcome) by groups and
+    calendar intervals, optionally age-standardised (docs/measures.md)."""
+
     name: str
     by: tuple[str, ...]
+    interval: str | None = None              # month | quarter | year
+    standardise: str | None = None           # esp2013 | danish_YYYY (direct)
+    indirect: bool = False                   # SIR/SMR against the whole cohort's age rates
+    age_bands: tuple[float, ...] | None = None   # band limits; default the ESP's 5-year bands
+    time_bands: tuple[int, ...] | None = None    # days since index: limits of time_band
+    where: str = field(default="", compare=False)  # file:line, for errors found on the data
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"name": self.name, "by": list(self.by)}
+        if self.interval:
+            d["interval"] = self.interval
+        if self.standardise:
+            d["standardise"] = self.standardise
+        if self.indirect:
+            d["indirect"] = True
+        if self.age_bands is not None:
+            d["age_bands"] = list(self.age_bands)
+        if self.time_bands is not None:
+            d["time_bands"] = list(self.time_bands)
+        return d
+
+    @property
+    def by_age(self) -> bool:
+        """Whether follow-up is split by attained age (standardisation or an age_band key)."""
+        return bool(self.standardise or self.indirect or "age_band" in self.by)
+
+
+@dataclass(frozen=True)
+class Hospitals:
+    """Observed vs risk-adjusted expected outcomes per unit (docs/measures.md)."""
+
+    by: str
+    adjust: tuple[str, ...] = ()
+    identify: str = "code"                   # code | rank | none
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"by": self.by, "adjust": list(self.adjust)}
+        if self.identify != "code":
+            d["identify"] = self.identify
+        return d
 
 
 @dataclass(frozen=True)
@@ -223,6 +271,7 @@ class Analyses:
     poisson: ModelSpec | None = None
     lexis: Lexis | None = None
     measures: tuple[Measure, ...] = ()
+    hospitals: Hospitals | None = None
 
     def to_dict(self) -> dict:
         a: dict[str, Any] = {}
@@ -241,7 +290,9 @@ class Analyses:
             a["lexis"] = {"age_bands": list(self.lexis.age_bands),
                           "periods": list(self.lexis.periods)}
         if self.measures:
-            a["measures"] = [{"name": m.name, "by": list(m.by)} for m in self.measures]
+            a["measures"] = [m.to_dict() for m in self.measures]
+        if self.hospitals:
+            a["hospitals"] = self.hospitals.to_dict()
         return a
 
 
@@ -288,6 +339,8 @@ class Study:
     criteria: tuple[Criterion, ...] = ()
     covariates: tuple[Covariate, ...] = ()
     follow_up_days: int | None = None
+    follow_up_start: int = 0                 # lag: days after index before follow-up starts
+    follow_up_end: str | None = None         # calendar end of follow-up (YYYY-MM-DD)
     analyses: Analyses = Analyses()
     min_cell: int = 5
     round_to: int = 0                        # round shown counts to this multiple (0: off)
@@ -344,8 +397,11 @@ class Study:
         if self.covariates:
             d["covariates"] = [c.to_dict() for c in self.covariates]
         d["outcome"] = self.outcome.to_dict()
-        if self.follow_up_days:
-            d["follow_up"] = {"max_days": self.follow_up_days}
+        fu = {**({"max_days": self.follow_up_days} if self.follow_up_days else {}),
+              **({"start_day": self.follow_up_start} if self.follow_up_start else {}),
+              **({"end_date": self.follow_up_end} if self.follow_up_end else {})}
+        if fu:
+            d["follow_up"] = fu
         a = self.analyses.to_dict()
         if a:
             d["analyses"] = a

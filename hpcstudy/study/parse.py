@@ -47,6 +47,7 @@ from .language import (
     Covariate,
     Criterion,
     Events,
+    Hospitals,
     IndexRule,
     Lexis,
     Measure,
@@ -656,7 +657,7 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
                "kind: charlson is the only kind; a 0/1 flag needs codelist:, a count count:")
         return None
     if kind == "charlson" or (name == "charlson" and not events_given and "count" not in item):
-        extra = [k for k in ("count", *EVENT_KEYS) if k in item]
+        extra = [k for k in ("count", *EVENT_KEYS, "time_varying") if k in item]
         if extra:
             cx.err(item, extra[0], f"{path}.{extra[0]}", "a Charlson index takes only name: "
                    "and window: (its codes are fixed)", f"drop {extra[0]}:")
@@ -667,7 +668,25 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
         cx.err(item, "name", f"{path}.name", f"{name!r} is a built-in covariate",
                f"write it as a plain - {name}, or choose another name")
         return None
+    if "index_contact" in item:
+        attr = item["index_contact"]
+        extra = [k for k in ("count", "window", "time_varying", *EVENT_KEYS) if k in item]
+        if attr not in ("c_sgh", "c_pattype"):
+            cx.err(item, "index_contact", f"{path}.index_contact", f"{show(attr)} is not an "
+                   "attribute of a contact", "write c_sgh (the hospital) or c_pattype (the "
+                   "patient type)")
+            return None
+        if extra:
+            cx.err(item, extra[0], f"{path}.{extra[0]}", "an attribute of the index contact "
+                   "takes only name: and index_contact:", f"drop {extra[0]}:")
+            return None
+        return Covariate(name, "index_contact", attribute=attr)
     win = _window(cx, item, "window", f"{path}.window", Window(None, 0))
+    if "time_varying" in item and "count" in item:
+        cx.err(item, "time_varying", f"{path}.time_varying", "only a 0/1 covariate (codelist:) "
+               "can vary in time: a count is measured at index", "drop time_varying:, or use "
+               "codelist: for a flag")
+        return None
     if "count" in item:
         target = item["count"]
         if "codelist" in item:
@@ -699,7 +718,13 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
         ev = _events(cx, as_codelist, path, names)
         return Covariate(name, "count", ev, win) if ev and win else None
     ev = _events(cx, item, path, names)
-    return Covariate(name, "flag", ev, win) if ev and win else None
+    varying = cx.boolean(item, "time_varying", f"{path}.time_varying", False)
+    if varying and win is not None and (win.hi is None or win.hi > 0):
+        cx.err(item, "window", f"{path}.window", "a time-varying covariate's window is its "
+               "value at index: it must end on or before day 0 (after index the first event "
+               "switches it on)", "e.g. window: [null, 0]")
+        return None
+    return Covariate(name, "flag", ev, win, varying) if ev and win else None
 
 
 # -- outcome, analyses ---------------------------------------------------------------------------
@@ -749,6 +774,10 @@ def _model(cx: _Ctx, node, key, covariates: dict[str, Covariate],
     if spec is None:
         return None
     refuse = {"group": "the exposure group is always in the model (with a comparator)"}
+    if key == "logistic":
+        refuse.update({n: "it varies in time, and a logistic model takes one value per "
+                       "person: use cox: or poisson: (they split follow-up where it switches)"
+                       for n, c in covariates.items() if c.time_varying})
     out: dict[str, tuple[str, ...]] = {}
     for part in ("adjust", "strata"):
         if part in spec:
@@ -793,8 +822,11 @@ def _analyses(cx: _Ctx, doc, covariates: dict[str, Covariate],
             if r is not None and "by" not in r:
                 cx.err(r, None, "analyses.rates.by", "missing", "e.g. rates: {by: [group, sex]}")
             elif r is not None:
+                varying = {n: "it varies in time: rates by its state are a measure, "
+                           f"measures: [{{name: by_{n}, by: [{n}]}}]"
+                           for n, c in covariates.items() if c.time_varying}
                 by = _names_list(cx, r, "by", "analyses.rates.by", groupable | {"index_year"},
-                                 "covariates, group or index_year", continuous)
+                                 "covariates, group or index_year", {**continuous, **varying})
                 if by == ("group",) or by == ():
                     cx.err(r, "by", "analyses.rates.by", "rates by group alone are the cohort "
                            "table, written always: this would write nothing more",
@@ -833,13 +865,138 @@ def _analyses(cx: _Ctx, doc, covariates: dict[str, Covariate],
                 cx.err(m, "name", f"{path}.name", f"measure {name!r} named twice",
                        "rename one")
                 continue
-            by = _names_list(cx, m, "by", f"{path}.by", groupable | {"index_year"},
-                             "covariates, group or index_year", continuous) if "by" in m else ()
-            if by is not None:
-                measures.append(Measure(name, by))
+            has_age = any(c.kind == "age" for c in covariates.values())
+            keys = groupable | {"index_year"} | ({"age_band"} if has_age else set()) | \
+                ({"time_band"} if "time_bands" in m else set())
+            by = _names_list(cx, m, "by", f"{path}.by", keys,
+                             "covariates, group, index_year" + (", age_band" if has_age
+                                                                 else "") +
+                             (", time_band" if "time_bands" in m else ""),
+                             continuous) if "by" in m else ()
+            measure = _measure_time(cx, m, path, name, has_age)
+            if by is not None and measure is not None:
+                measures.append(replace(measure, by=by))
+    hospitals = _hospitals(cx, node, covariates) if "hospitals" in node else None
     return Analyses(rates_by=rates_by, curves=curves, cox=models.get("cox"),
                     logistic=models.get("logistic"), poisson=models.get("poisson"),
-                    lexis=lexis, measures=tuple(measures))
+                    lexis=lexis, measures=tuple(measures), hospitals=hospitals)
+
+
+def _index_contact_needs_contacts(cx: _Ctx, doc, covariates, index, comparator) -> None:
+    """An attribute of the index contact needs every group's index to be a hospital contact."""
+    uses = [(i, c) for i, c in enumerate(covariates) if c.kind == "index_contact"]
+    if not uses or index is None:
+        return
+    rules = [index] + ([comparator.index] if comparator and comparator.index else [])
+    lpr = all(r.kind == "first_event" and r.events.register == "lpr" for r in rules)
+    if not lpr or (comparator is not None and comparator.kind == "non_users"):
+        i, c = uses[0]
+        node = doc["covariates"]
+        cx.err(node, i, f"covariates[{i}].index_contact", f"{c.name!r} is an attribute of the "
+               "index contact, but an index here is no hospital contact (a date, a "
+               "prescription or a non-user's random day)", "use an index rule first_event: "
+               "{codelist: ...} on lpr diagnoses for every group, or drop the covariate")
+
+
+def _hospitals(cx: _Ctx, node, covariates: dict[str, Covariate]) -> Hospitals | None:
+    h = cx.mapping(node["hospitals"], "hospitals", "analyses.hospitals", node, "hospitals",
+                   "{by: hospital, adjust: [age, sex, charlson]}")
+    if h is None:
+        return None
+    units = {n for n, c in covariates.items() if c.kind in ("index_contact", "region")}
+    by = h.get("by")
+    if "by" not in h:
+        cx.err(h, None, "analyses.hospitals.by", "missing", "e.g. by: hospital, with the "
+               "covariate {name: hospital, index_contact: c_sgh}")
+        return None
+    if by not in units:
+        cx.err(h, "by", "analyses.hospitals.by", f"{show(by)} is not a covariate of units",
+               f"use one of {', '.join(sorted(units))}" if units else
+               "add the covariate {name: hospital, index_contact: c_sgh} and write by: hospital")
+        return None
+    adjust: tuple[str, ...] = ()
+    if "adjust" in h:
+        refuse = {by: "it is the unit compared: the expected counts come from a model of all "
+                      "units together"}
+        refuse.update({n: "it varies in time; the risk model takes values at index"
+                       for n, c in covariates.items() if c.time_varying})
+        got = _names_list(cx, h, "adjust", "analyses.hospitals.adjust", set(covariates),
+                          "covariates", refuse)
+        if got is None:
+            return None
+        adjust = got
+    identify = h.get("identify", "code")
+    if identify not in ("code", "rank", "none"):
+        cx.err(h, "identify", "analyses.hospitals.identify", f"{show(identify)} is not code, "
+               "rank or none", "identify: rank shows each unit's rank by O/E instead of its "
+               "code")
+        return None
+    return Hospitals(by, adjust, identify)
+
+
+STANDARDS = re.compile(r"esp2013|danish_(19[6-9][0-9]|20[0-9][0-9])")
+
+
+def _measure_time(cx: _Ctx, m, path: str, name: str, has_age: bool) -> Measure | None:
+    """A measure's interval, standardisation and age bands (``by`` is filled in after)."""
+    ok = True
+    interval = m.get("interval")
+    if "interval" in m and interval not in ("month", "quarter", "year"):
+        cx.err(m, "interval", f"{path}.interval", f"{show(interval)} is not month, quarter "
+               "or year", "e.g. interval: year")
+        ok = False
+    std = m.get("standardise")
+    if "standardise" in m and not (isinstance(std, str) and STANDARDS.fullmatch(std)):
+        cx.err(m, "standardise", f"{path}.standardise", f"{show(std)} is not a standard "
+               "population", "write esp2013 (European Standard Population 2013) or danish_YYYY "
+               "(the Danish population on 1 January YYYY, from bef), e.g. danish_2015")
+        ok = False
+    indirect = cx.boolean(m, "indirect", f"{path}.indirect", False)
+    bands = None
+    if "age_bands" in m:
+        v = m["age_bands"]
+        if not (isinstance(v, list) and len(v) >= 2 and all(is_number(x) for x in v)) or \
+                not all(0 <= x <= 150 for x in v) or \
+                any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            cx.err(m, "age_bands", f"{path}.age_bands", f"must be an increasing list of at "
+                   f"least two ages within 0–150, not {show(v)}", "e.g. [0, 40, 60, 80, 150]")
+            ok = False
+        else:
+            bands = tuple(float(x) for x in v)
+            if std == "esp2013" and not all(x % 5 == 0 and x <= 90 for x in v[:-1]):
+                cx.err(m, "age_bands", f"{path}.age_bands", "the European Standard Population "
+                       "2013 has 5-year bands to 90 and over: each limit but the last must be "
+                       "a multiple of 5 up to 90", "e.g. [0, 40, 60, 80, 150]")
+                ok = False
+    times = None
+    if "time_bands" in m:
+        v = m["time_bands"]
+        if not (isinstance(v, list) and len(v) >= 2 and all(is_int(x) for x in v)) or \
+                not all(0 <= x <= DAYS for x in v) or \
+                any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            cx.err(m, "time_bands", f"{path}.time_bands", "must be an increasing list of at "
+                   f"least two whole days within 0–{DAYS}, not {show(v)}",
+                   "e.g. [0, 30, 365, 1826]")
+            ok = False
+        else:
+            times = tuple(v)
+            if "time_band" not in (m.get("by") or ()):
+                cx.warn(m, "time_bands", f"{path}.time_bands", "changes nothing without "
+                        "by: [time_band]", "add time_band to by:, or drop it")
+    uses_age = bool(std or indirect) or "age_band" in (m.get("by") or ())
+    if uses_age and not has_age:
+        key = "standardise" if std else "indirect" if indirect else "by"
+        cx.err(m, key, f"{path}.{key}", "age bands need the age covariate (age at index gives "
+               "each person's birth day)", "add age under covariates:")
+        ok = False
+    if bands is not None and not uses_age:
+        cx.warn(m, "age_bands", f"{path}.age_bands", "changes nothing without standardise:, "
+                "indirect: or by: [age_band]", "drop it, or use it")
+    if not ok:
+        return None
+    # where a problem found on the data (bands that miss the cohort's ages) points
+    at = next((k for k in ("age_bands", "standardise", "indirect") if k in m), None)
+    return Measure(name, (), interval, std, indirect, bands, times, where=cx.where(m, at))
 
 
 def _lexis(cx: _Ctx, node, covariates) -> Lexis | None:
@@ -870,6 +1027,32 @@ def _lexis(cx: _Ctx, node, covariates) -> Lexis | None:
     if len(out) < 2:
         return None
     return Lexis(tuple(float(a) for a in out["age_bands"]), tuple(out["periods"]))
+
+
+def _follow_up_time(cx: _Ctx, fu, max_days, index: IndexRule | None,
+                    outcome: Outcome | None) -> tuple[int, str | None]:
+    """follow_up's start_day (a lag) and end_date (a calendar end), checked against the
+    maximum follow-up, the outcome window and the index window."""
+    start = cx.integer(fu, "start_day", "follow_up.start_day", 0, DAYS, 0)
+    if max_days is not None and start >= max_days:
+        cx.err(fu, "start_day", "follow_up.start_day", f"a lag of {start} days is not shorter "
+               f"than the maximum follow-up ({max_days} days): nobody would be followed",
+               f"make start_day less than {max_days}, or raise max_days")
+    hi = outcome.window.hi if outcome is not None and outcome.window is not None else None
+    if hi is not None and start > hi:
+        cx.err(fu, "start_day", "follow_up.start_day", f"a lag of {start} days starts after "
+               f"the outcome window ends (day {hi}): no outcome could count",
+               f"make start_day at most {hi}, or widen outcome.window")
+    end = _date(cx, fu, "end_date", "follow_up.end_date", fu["end_date"]) \
+        if "end_date" in fu else None
+    if end is not None and index is not None:
+        first = index.date if index.kind == "date" else \
+            (index.between[0] if index.between else None)
+        if first is not None and end < first:
+            cx.err(fu, "end_date", "follow_up.end_date", f"{end} is before the index window "
+                   f"starts ({first}): nobody would be followed",
+                   f"give an end date on or after {first}")
+    return start, end
 
 
 def _population(cx: _Ctx, doc) -> Population:
@@ -1108,13 +1291,15 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
     if exposure_name in {c.name for c in covariates}:
         cx.err(doc["exposure"], "name", "exposure.name", f"{exposure_name!r} is also a "
                "covariate's name", "give the exposure another name")
+    _index_contact_needs_contacts(cx, doc, covariates, index, comparator)
     outcome = _outcome(cx, doc, names)
-    max_days = None
+    max_days, start_day, end_date = None, 0, None
     if "follow_up" in doc:
         fu = cx.mapping(doc["follow_up"], "follow_up", "follow_up", doc, "follow_up",
                         "follow_up: {max_days: 3650}")
         if fu is not None:
             max_days = cx.integer(fu, "max_days", "follow_up.max_days", 1, DAYS, None)
+            start_day, end_date = _follow_up_time(cx, fu, max_days, index, outcome)
     analyses = _analyses(cx, doc, {c.name: c for c in covariates}, comparator is not None)
     min_cell, round_to = 5, 0
     if "disclosure" in doc:
@@ -1130,7 +1315,8 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
     study = Study(name=name, index=index, outcome=outcome, description=description,
                   seed=seed, exposure_name=exposure_name, codelists=tuple(codelists),
                   population=population, comparator=comparator, criteria=criteria,
-                  covariates=covariates, follow_up_days=max_days, analyses=analyses,
+                  covariates=covariates, follow_up_days=max_days,
+                  follow_up_start=start_day, follow_up_end=end_date, analyses=analyses,
                   min_cell=min_cell, round_to=round_to,
                   variants=tuple(Variant(v["name"], tuple((k, _plain(x)) for k, x in
                                                           v["set"].items()))

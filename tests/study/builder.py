@@ -28,13 +28,13 @@ class Registers:
         self._add("vnds", pnr=pnr, indud_kode=kind, haend_dato=day)
         return self
 
-    def contact(self, pnr, day, adiag, pattype=0, secondary=(), days=1):
+    def contact(self, pnr, day, adiag, pattype=0, secondary=(), days=1, sgh=1301):
         self._rec += 1
         import numpy as np
 
         out = str(np.datetime64(day) + days)
         self._add("lpr_adm", pnr=pnr, recnum=self._rec, d_inddto=day, d_uddto=out,
-                  c_pattype=pattype, c_adiag=adiag, c_sgh=1301)
+                  c_pattype=pattype, c_adiag=adiag, c_sgh=sgh)
         self._add("lpr_diag", recnum=self._rec, c_diag=adiag, c_diagtype="A")
         for b in secondary:
             self._add("lpr_diag", recnum=self._rec, c_diag=b, c_diagtype="B")

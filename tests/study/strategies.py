@@ -64,6 +64,11 @@ def filters(draw, register):
     return dict(draw(st.permutations(list(f.items()))))
 
 
+def _register(e: dict) -> str:
+    return e.get("register") or ("lpr" if CODELISTS[e["codelist"]]["system"] == "icd10"
+                                 else "lmdb")
+
+
 @st.composite
 def events(draw, names=ALL, death=True):
     """An event definition: codelist, register, diagnosis and patient types, filters."""
@@ -115,6 +120,9 @@ def covariate(draw, i, index_codelist):
             c["filter"] = draw(filters("lpr"))
     if draw(st.integers(0, 4)):
         c["window"] = draw(window())
+    hi = c.get("window", [None, 0])[1]
+    if kind == "flag" and hi is not None and hi <= 0 and draw(st.integers(0, 3)) == 0:
+        c["time_varying"] = True
     return c
 
 
@@ -174,6 +182,15 @@ def studies(draw):
     elif charlson == "renamed":
         covs.append({"name": "cci", "kind": "charlson", "window": draw(window())})
     covs += [draw(covariate(i, index_codelist)) for i in range(draw(st.integers(0, 3)))]
+    rules = [s.get("index") or s["exposure"]]
+    if isinstance(s.get("comparator"), dict) and "active" in s["comparator"]:
+        rules.append(s["comparator"]["active"])
+    from_contacts = kind in ("event", "active") and all(
+        "first_event" in r and _register(r["first_event"]) == "lpr" for r in rules)
+    if from_contacts and draw(st.booleans()):
+        covs.append({"name": "hospital", "index_contact": "c_sgh"})
+        if draw(st.booleans()):
+            covs.append({"name": "ptype", "index_contact": "c_pattype"})
     s["covariates"] = draw(st.permutations(covs))
     death = draw(st.sampled_from(["no", "all", "cause"]))
     if death == "all":
@@ -186,6 +203,17 @@ def studies(draw):
         s["outcome"]["window"] = draw(window(before=False))
     if draw(st.booleans()):
         s["follow_up"] = {"max_days": draw(st.integers(1, 5000))}
+    hi = (s["outcome"].get("window") or [1, None])[1]
+    longest = min(s.get("follow_up", {}).get("max_days", 10**6) - 1,
+                  hi if hi is not None else 10**6)
+    lag = draw(st.sampled_from([0, 0, 1, 30, 365]))
+    if 0 < lag <= longest:
+        s.setdefault("follow_up", {})["start_day"] = lag
+    if draw(st.integers(0, 2)) == 0:
+        rule = s.get("index") or s["exposure"]
+        first = rule.get("date") or (rule.get("between") or ["1990-01-01"])[0]
+        end = draw(st.sampled_from(["2012-06-30", "2016-12-31", "2019-01-01"]))
+        s.setdefault("follow_up", {})["end_date"] = max(end, first)
     s["analyses"] = {"rates": {"by": ["group", "sex"]}}
     return s
 
@@ -204,9 +232,10 @@ def analyses(draw, s):
     covs = s["covariates"]
     groupable = ["group", *[n for n in _names(covs) if n != "age"]]
     terms = _names(covs)
+    varying = {c["name"] for c in covs if isinstance(c, dict) and c.get("time_varying")}
     a: dict = {}
-    by = draw(st.lists(st.sampled_from(groupable + ["index_year"]), min_size=1, max_size=3,
-                       unique=True))
+    by = draw(st.lists(st.sampled_from([g for g in groupable if g not in varying] +
+                                       ["index_year"]), min_size=1, max_size=3, unique=True))
     if by != ["group"]:
         a["rates"] = {"by": by}
     elif draw(st.booleans()):
@@ -221,7 +250,9 @@ def analyses(draw, s):
         elif form == "false":
             a[key] = False
         elif form == "spec":
-            adjust = draw(st.lists(st.sampled_from(terms), min_size=1, max_size=3, unique=True))
+            allowed = [t for t in terms if key != "logistic" or t not in varying]
+            adjust = draw(st.lists(st.sampled_from(allowed), min_size=1, max_size=3,
+                                   unique=True))
             spec = {"adjust": adjust}
             rest = [t for t in terms if t not in adjust]
             if key == "cox" and rest and draw(st.booleans()):
@@ -233,16 +264,52 @@ def analyses(draw, s):
         periods = sorted(draw(st.lists(st.integers(1995, 2024), min_size=2, max_size=4,
                                        unique=True)))
         a["lexis"] = {"age_bands": ages, "periods": periods}
+    units = [c["name"] for c in covs if isinstance(c, dict) and "index_contact" in c]
+    if "region" in _names(covs):
+        units.append("region")
+    if units and draw(st.booleans()):
+        unit = draw(st.sampled_from(units))
+        h: dict = {"by": unit}
+        rest = [t for t in terms if t != unit and t not in varying]
+        if rest and draw(st.booleans()):
+            h["adjust"] = draw(st.lists(st.sampled_from(rest), min_size=1, max_size=3,
+                                        unique=True))
+        if draw(st.booleans()):
+            h["identify"] = draw(st.sampled_from(["code", "rank", "none"]))
+        a["hospitals"] = h
     if draw(st.booleans()):
         a["measures"] = [{"name": f"m{i}", **({"by": draw(st.lists(
-            st.sampled_from(groupable + ["index_year"]), max_size=2, unique=True))}
-            if draw(st.booleans()) else {})} for i in range(draw(st.integers(1, 2)))]
+            st.sampled_from(groupable + ["index_year", "age_band"]), max_size=2, unique=True))}
+            if draw(st.booleans()) else {}), **draw(measure_time())}
+            for i in range(draw(st.integers(1, 2)))]
+        for m in a["measures"]:   # time_band needs time_bands, which warn without it
+            if "time_bands" in m:
+                m["by"] = [*m.get("by", [])[:1], "time_band"]
     return a
 
 
 @st.composite
+def measure_time(draw):
+    """A measure's interval, standardisation and age bands (bands that cover every age)."""
+    m: dict = {}
+    if draw(st.booleans()):
+        m["interval"] = draw(st.sampled_from(["month", "quarter", "year"]))
+    if draw(st.booleans()):
+        m["standardise"] = draw(st.sampled_from(["esp2013", "danish_2015"]))
+    if draw(st.booleans()):
+        m["indirect"] = draw(st.booleans())
+    if draw(st.booleans()):
+        m["age_bands"] = draw(st.sampled_from([[0, 50, 150], [0, 40, 60, 80, 150]]))
+    if draw(st.booleans()):
+        m["time_bands"] = draw(st.sampled_from([[0, 30, 365], [0, 365, 1826, 3652]]))
+    return m
+
+
+@st.composite
 def variants(draw, s):
-    options = [("seed", st.integers(0, 99)), ("follow_up.max_days", st.integers(1, 9000)),
+    lag = s.get("follow_up", {}).get("start_day", 0)
+    options = [("seed", st.integers(0, 99)),
+               ("follow_up.max_days", st.integers(lag + 1, 9000)),
                ("population.age", st.sampled_from([[50, 80], [18, 65]])),
                ("disclosure.min_cell", st.integers(6, 20)),
                ("population.residence_years", st.none())]

@@ -30,7 +30,8 @@ def test_engines_agree_on_generated_studies(spec, small_data):
     assert R.analyse(plan, p_ref, att_ref)["rates"] == R.analyse(plan, p_dsk, att_dsk)["rates"]
 
 
-@pytest.mark.parametrize("example", ["statins_mi", "diabetes_incidence", "mi_mortality"])
+@pytest.mark.parametrize("example", ["statins_mi", "diabetes_incidence", "mi_mortality",
+                                     "mi_hospitals"])
 def test_examples_agree_including_estimates(example, medium_data):
     from pathlib import Path
 

@@ -1,0 +1,1 @@
+"""Measures: rates and proportions by interval and groups, standardisation, hospitals."""

@@ -1,0 +1,65 @@
+"""Attributes of the index contact (hospital ``c_sgh``, patient type ``c_pattype``).
+
+The index contact is the hospital contact that gave a person's index day: among the contacts
+matching the index rule on that day, the one with the lowest record number. Each engine finds
+it with its own code: pandas and text prefixes for the reference engine, the array kernels
+for the partition engine. A person without one (never, for a valid study) gets -1.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from hpcstudy_kernels import array_namespace
+from hpcstudy_kernels import windows as W
+
+MISSING = -1
+
+
+def frame_attribute(data, s, index: pd.Series, column: str) -> pd.Series:
+    """Reference engine: ``index`` is pnr → index day; the attribute per person."""
+    adm, diag = data.t["lpr_adm"], data.t["lpr_diag"]
+    types = {"AB"[k] for k in s.diagnosis_types}
+    d = diag[diag["c_diagtype"].isin(types)]
+    if s.codes is not None:
+        d = d[d["c_diag"].str.startswith(tuple(s.codes.prefixes))]
+    adm = adm[adm["recnum"].isin(set(d["recnum"]))]
+    if s.patient_types:
+        adm = adm[adm["c_pattype"].isin(s.patient_types)]
+    for col, vals in s.filters:
+        adm = adm[adm[col].isin(vals)]
+    on_day = adm[adm["pnr"].isin(index.index)]
+    on_day = on_day[on_day["d_inddto"] == on_day["pnr"].map(index)]
+    first = on_day.sort_values("recnum").groupby("pnr")[column].first()
+    return index.index.to_series().map(first).fillna(MISSING).astype("int32")
+
+
+def _in_ranges(xp, values, ranges):
+    m = xp.zeros(values.shape[0], dtype=bool)
+    for lo, hi in ranges:
+        m |= (values >= lo) & (values < hi)
+    return m
+
+
+def array_attribute(data: dict, s, pnr, index, column: str):
+    """Partition engine: the attribute per person of ``pnr`` with index days ``index``."""
+    adm, diag = data["lpr_adm"], data["lpr_diag"]
+    xp = array_namespace(adm["recnum"])
+    ok = xp.isin(diag["c_diagtype"], xp.asarray(s.diagnosis_types))
+    if s.codes is not None:
+        ok &= _in_ranges(xp, diag["c_diag"], s.codes.ranges)
+    keep = xp.isin(adm["recnum"], xp.unique(diag["recnum"][ok]))
+    if s.patient_types:
+        keep &= xp.isin(adm["c_pattype"], xp.asarray(s.patient_types))
+    for col, vals in s.filters:
+        keep &= xp.isin(adm[col], xp.asarray(vals))
+    p, day, rec = adm["pnr"][keep], adm["d_inddto"][keep].astype(xp.int64), adm["recnum"][keep]
+    val = adm[column][keep]
+    order = xp.lexsort(xp.stack([rec, day, p]))
+    pos = W.nth_in_window(p[order], day[order], pnr, index.astype(xp.int64), 1, lo=0, hi=0)
+    out = xp.full(pnr.shape[0], MISSING, dtype=xp.int32)
+    found = pos >= 0
+    out[found] = val[order][pos[found]].astype(xp.int32)
+    return out
+
+

@@ -1,0 +1,100 @@
+"""Hospital comparisons: per unit (hospital, region) the persons, observed events, expected
+events from a risk-adjustment model fitted on all units together, O/E with its exact CI, and
+funnel-plot control limits for O/E at 95 % and 99.8 % (Spiegelhalter 2005, Stat Med 24:1185).
+
+The risk model is the study's logistic model of a fixed-horizon outcome (expected = Σ fitted
+risks) or a Poisson model with log person-years offset for an open outcome (expected = Σ
+fitted counts); its terms are the hospitals analysis's ``adjust:``, never the unit itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import poisson
+
+from ..errors import UserError
+from ..models.base import ModelError
+from ..models.rates import poisson_ci
+
+COLUMNS = ("persons", "events", "expected", "oe", "lower_95", "upper_95", "limit95_low",
+           "limit95_high", "limit998_low", "limit998_high", "suppressed")
+
+
+def _expected_part(part, spec, coef, proportion, unit):
+    from ..engines.analyses import YEAR, _matrix
+
+    X = _matrix(part, spec)
+    eta = coef[0] + X @ coef[1:]
+    if proportion:
+        mu = 1.0 / (1.0 + np.exp(-eta))
+    else:
+        mu = np.exp(eta) * (np.asarray(part["time"], float) / YEAR)
+    keys = np.asarray(part[unit]).astype(np.int64)
+    out = {}
+    for k in np.unique(keys):
+        sel = keys == k
+        out[int(k)] = [float(sel.sum()), float(np.asarray(part["event"])[sel].sum()),
+                       float(mu[sel].sum())]
+    return out
+
+
+def _merge(a, b):
+    out = {k: list(v) for k, v in a.items()}
+    for k, v in b.items():
+        old = out.setdefault(k, [0.0, 0.0, 0.0])
+        for i in range(3):
+            old[i] += v[i]
+    return out
+
+
+def funnel_limits(expected: float, p: float) -> tuple[float, float]:
+    """Control limits of O/E at coverage ``p`` for a unit with ``expected`` events: Poisson
+    quantiles of the expected count with Spiegelhalter's interpolation, over the expected."""
+    if expected <= 0:
+        return math.nan, math.nan
+
+    def limit(q):
+        r = poisson.ppf(q, expected)
+        alpha = (poisson.cdf(r, expected) - q) / poisson.pmf(r, expected)
+        return max(r - alpha, 0.0) / expected
+
+    return limit((1 - p) / 2), limit(1 - (1 - p) / 2)
+
+
+def hospitals(plan, parts, fitted: dict | None = None) -> list[dict]:
+    """The hospitals table (rows sorted by unit, or by rank when identified by rank)."""
+    from ..engines import analyses as A
+
+    h = plan.study.analyses.hospitals
+    proportion = A.fixed_horizon(plan)
+    try:
+        model = A.glm(plan, parts, h.adjust, poisson=not proportion)
+    except ModelError as e:
+        raise UserError(f"the hospitals' risk model cannot be fitted: {e}",
+                        where=plan.study.source, fix="simplify analyses.hospitals.adjust") from e
+    if fitted is not None:
+        fitted["hospitals_risk_model"] = model
+    _, spec = A.design_columns(plan, parts, h.adjust)
+    sums = parts.map_reduce(_expected_part, spec, np.asarray(model.coef_, float), proportion,
+                            h.by, combine=_merge)
+    rows = []
+    for unit in sorted(sums):
+        n, o, e = sums[unit]
+        lo, hi = poisson_ci(o, e) if e > 0 else (math.nan, math.nan)
+        l95, h95 = funnel_limits(e, 0.95)
+        l998, h998 = funnel_limits(e, 0.998)
+        rows.append({"hospital": unit, "persons": int(n), "events": int(o), "expected": e,
+                     "oe": o / e if e > 0 else math.nan, "lower_95": lo, "upper_95": hi,
+                     "limit95_low": l95, "limit95_high": h95, "limit998_low": l998,
+                     "limit998_high": h998})
+    if h.identify == "rank":      # 1: the lowest O/E; ties by code (never shown)
+        rows.sort(key=lambda r: (r["oe"], r["hospital"]))
+        for i, r in enumerate(rows, 1):
+            r["hospital"] = i
+    elif h.identify == "none":    # an anonymous number by size
+        rows.sort(key=lambda r: (r["persons"], r["hospital"]))
+        for i, r in enumerate(rows, 1):
+            r["hospital"] = i
+    return rows
