@@ -94,6 +94,7 @@ class CoxPart:
     grid_size: int
     buffer: object = None   # (1 + p, n) scratch for r and r·x
     _beta: object = None
+    order: object = None    # (n,) the partition's row of each prepared row (robust errors)
 
     @property
     def X(self):
@@ -198,7 +199,7 @@ def prepare(X, time, event, entry, strata, weights, grid: CoxGrid, mean=None) ->
     late = late[xp.argsort(_sort_key(a[late], G + 1, xp), kind="stable")]
     a_starts, a_vals = _segments(a[late], xp)
     return CoxPart(XT, w, a, b, starts, seg_key // 2 - 1, seg_key % 2 == 0, late, a_starts,
-                   a_vals - 1, alive[order] == 0, G)
+                   a_vals - 1, alive[order] == 0, G, order=order)
 
 
 def _segment_sums(values, starts, xp):

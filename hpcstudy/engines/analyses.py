@@ -162,8 +162,16 @@ def _cox_part(part, spec, strata):
     for name in strata:
         s = s * 100_000 + np.asarray(part[name], np.int64)
     return {"X": _matrix(part, spec), "time": part["time"].astype(float),
-            "event": part["event"].astype(float), "weights": np.ones(part["pnr"].shape[0]),
-            "strata": s}
+            "event": part["event"].astype(float), "weights": _weights(part),
+            "strata": s, "cluster": part["pnr"]}
+
+
+def _weights(part):
+    """The design's weights (propensity-score weighting), else 1. With weights other than 1,
+    or a person in more than one row, the models' errors are robust, clustered by person."""
+    if "weight" in part:
+        return np.asarray(part["weight"], float)
+    return np.ones(part["pnr"].shape[0])
 
 
 def _recode(part, mapping):
@@ -262,7 +270,8 @@ def _codes_of(part):
 def _glm_part(part, spec, poisson):
     X = _matrix(part, spec)
     X = np.concatenate([np.ones((X.shape[0], 1)), X], axis=1)
-    out = {"X": X, "y": part["event"].astype(float), "weights": np.ones(X.shape[0])}
+    out = {"X": X, "y": part["event"].astype(float), "weights": _weights(part),
+           "cluster": part["pnr"]}
     if poisson:
         out["offset"] = np.log(part["time"] / YEAR)
     return out
