@@ -271,4 +271,11 @@ def person_table(data: dict, plan: Plan) -> tuple[dict, dict]:
         attrition[g.label] = a
     table = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
     order = np.lexsort((table["pnr"], -table["group"]))
-    return {k: v[order] for k, v in table.items()}, attrition
+    table = {k: v[order] for k, v in table.items()}
+    comp = plan.study.comparator
+    if comp is not None and comp.kind == "active":   # persons in both arms meet here
+        from ..designs import arms
+
+        table, attrition = arms.resolve(table, attrition,
+                                        {g.code: g.label for g in plan.groups}, comp.both_arms)
+    return table, attrition

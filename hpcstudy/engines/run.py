@@ -68,21 +68,34 @@ def person_table(plan: Plan, ds: Dataset, engine: str = "dask", client=None, pro
                  checkpoints: Path | None = None, resume: bool = False, report=None):
     """(list of per-partition tables as dicts of arrays, attrition, partitions object);
     ``report["resumed"]`` says how many partitions came from checkpoints."""
+    design = None   # a comparative design's results (hpcstudy/designs), for analyse()
     if engine == "reference":
         df, attrition = ReferenceEngine().person_table(ds, plan)
+        if plan.study.propensity is not None:
+            from ..designs.reference import design as reference_design
+
+            df, attrition, design = reference_design(plan, df, attrition)
         tables = [{c: df[c].to_numpy() for c in df.columns}]
-        return tables, attrition, LocalPartitions(tables)
+        parts = LocalPartitions(tables)
+        parts.design_results = design
+        return tables, attrition, parts
     if engine == "dask":
         eng = DaskEngine(client=client, progress=progress)
         tables, attrition = eng.person_tables(ds, plan, checkpoints, resume)
         if report is not None:
             report["resumed"] = eng.resumed
-        return tables, attrition, eng.partitions(tables)
+        if plan.study.propensity is not None:
+            from ..designs.apply import run as apply_design
+
+            tables, attrition, design = apply_design(plan, tables, attrition)
+        parts = eng.partitions(tables)
+        parts.design_results = design
+        return tables, attrition, parts
     raise UserError(f"unknown engine {engine!r}", fix=f"use one of {', '.join(ENGINES)}")
 
 
 def combined(plan: Plan, tables: list[dict]) -> dict:
-    cols = table_columns(plan)
+    cols = table_columns(plan) + [c for c in ("ps", "weight") if tables and c in tables[0]]
     t = {c: np.concatenate([x[c] for x in tables]) for c in cols}
     order = np.lexsort((t["pnr"], -t["group"].astype(np.int64)))
     return {c: v[order] for c, v in t.items()}
@@ -100,6 +113,7 @@ def analyse(plan: Plan, parts, attrition, fitted: dict | None = None) -> dict:
                      for r in A.rates(parts, ("group",)) if r["group"] == g.code]
     for r in res["cohort"]:
         r.pop("group", None)
+    res.update(getattr(parts, "design_results", None) or {})   # table1, balance, preference
     if an.rates_by is not None and an.rates_by != ("group",):
         res["rates"] = A.rates(parts, an.rates_by)
     models = {}
