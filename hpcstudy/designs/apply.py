@@ -223,7 +223,7 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
                         "(preference score 0.3–0.7): the arms differ much")
     design["max_abs_smd_after"] = None if s_after is None else float(np.max(np.abs(s_after)))
     design["warnings"] = warnings
-    results = {"table1": t1, "balance": B.balance_rows(vars_, s_before, s_after),
+    results = {"table1": t1, "balance": B.balance_rows(vars_, s_before, s_after, t1),
                "preference": pref, "design": design}
     return [p for p in parts.parts], attrition, results
 

@@ -111,7 +111,7 @@ def smd(before: np.ndarray, after: np.ndarray | None) -> tuple[np.ndarray, np.nd
 
 
 def _level_name(level):
-    return "" if level is None else str(level)
+    return "-" if level is None else str(level)   # "-": the variable itself
 
 
 def table1(plan, parts, vars_, sums, labels: dict[int, str]) -> list[dict]:
@@ -132,7 +132,7 @@ def table1(plan, parts, vars_, sums, labels: dict[int, str]) -> list[dict]:
                 rows.append({**base, "persons": None if hidden else ones,
                              "percent": None if hidden or n == 0 else 100 * ones / n,
                              "mean": None, "sd": None, "median": None, "q1": None, "q3": None,
-                             "suppressed": hidden})
+                             **_flag(hidden)})
                 continue
             hidden = n < k
             qs = [None, None, None]
@@ -143,15 +143,22 @@ def table1(plan, parts, vars_, sums, labels: dict[int, str]) -> list[dict]:
             rows.append({**base, "persons": None if hidden else n, "percent": None,
                          "mean": None if hidden else float(mean[arm, i]),
                          "sd": None if hidden else float(math.sqrt(max(var[arm, i], 0.0))),
-                         "median": qs[0], "q1": qs[1], "q3": qs[2], "suppressed": hidden})
+                         "median": qs[0], "q1": qs[1], "q3": qs[2], **_flag(hidden)})
     return rows
 
 
-def balance_rows(vars_, s_before, s_after) -> list[dict]:
-    return [{"variable": name, "level": _level_name(level),
-             "smd_before": float(s_before[i]),
-             "smd_after": None if s_after is None else float(s_after[i])}
-            for i, (name, level) in enumerate(vars_)]
+def balance_rows(vars_, s_before, s_after, t1=()) -> list[dict]:
+    """SMD rows; withheld where Table 1 withholds the variable (an SMD of a flag and the arms'
+    sizes give its counts back)."""
+    hidden = {(r["variable"], r["level"]) for r in t1 if r.get("suppressed")}
+    out = []
+    for i, (name, level) in enumerate(vars_):
+        h = (name, _level_name(level)) in hidden
+        out.append({"variable": name, "level": _level_name(level),
+                    "smd_before": None if h else float(s_before[i]),
+                    "smd_after": None if h or s_after is None else float(s_after[i]),
+                    **_flag(h)})
+    return out
 
 
 def _pref(part, share, bins):
@@ -174,9 +181,20 @@ def preference(plan, parts, share: float, labels: dict[int, str]) -> tuple[list[
     k = plan.study.min_cell
     rows = []
     for arm in (1, 0):
+        c = counts[arm].astype(np.int64)
+        hidden = (c > 0) & (c < k)
+        if hidden.sum() == 1:
+            # one withheld bin would follow from the arm's total: withhold the next smallest
+            shown = np.flatnonzero(~hidden)
+            if shown.size:
+                hidden[shown[np.argmin(c[shown])]] = True
         for j in range(bins):
-            c = int(counts[arm, j])
-            hidden = 0 < c < k
             rows.append({"arm": labels[arm], "bin": f"{j / bins:g}-{(j + 1) / bins:g}",
-                         "persons": None if hidden else c, "suppressed": hidden})
+                         "persons": None if hidden[j] else int(c[j]),
+                         **_flag(bool(hidden[j]))})
     return rows, inside / total if total else math.nan
+
+
+def _flag(hidden: bool) -> dict:
+    """The disclosure flag as the other tables write it: present only on a withheld row."""
+    return {"suppressed": True} if hidden else {}

@@ -318,7 +318,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table: dict, *, engine: 
             entries.append({"path": f"tables/{name}", "kind": sections[section]["kind"],
                             "section": section, "columns": sections[section]["columns"]})
 
-        for name in ("cohort", "rates", "curves", "lexis"):
+        for name in ("cohort", "rates", "curves", "lexis", *M.DESIGN_TABLES):
             if name in res:
                 declared_table(f"{name}.csv", name, res[name])
         for g, rows in res["attrition"].items():

@@ -21,7 +21,8 @@ import re
 
 from .protection import determined, margin_groups
 
-KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure", "plan")
+KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure", "plan",
+         "table1", "balance", "preference")
 RATE_COLUMNS = ("persons", "events", "person_years", "rate_per_1000py", "lower_95", "upper_95",
                 "suppressed")
 OWN_COLUMNS = {
@@ -30,6 +31,9 @@ OWN_COLUMNS = {
 }
 DERIVED = {"cohort": RATE_COLUMNS[2:6], "rates": RATE_COLUMNS[2:6], "lexis": RATE_COLUMNS[2:6],
            "measure": ("proportion", "lower_95", "upper_95")}
+# comparative designs: the columns each row may show only with its persons
+DESIGN_DERIVED = {"table1": ("percent", "mean", "sd", "median", "q1", "q3"),
+                  "balance": ("smd_before", "smd_after"), "preference": ()}
 COUNTS = ("persons", "events", "at_risk", "persons_other", "events_other", "n")
 TERM_COUNTS = ("persons", "events", "persons_other", "events_other")
 CPR = re.compile(r"(?<![\d.])(0[1-9]|[12]\d|3[01])(0[1-9]|1[0-2])\d{2}-?\d{4}(?![\d.])")
@@ -186,7 +190,30 @@ def check_kind(kind: str, data, min_cell: int, where: str) -> list[str]:
     if kind == "model":
         return _model(data, m, where) if isinstance(data, dict) else \
             _model_terms(data, m, where)
+    if kind in DESIGN_DERIVED:
+        return _design_table(kind, data, m, where)
     raise ValueError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+
+
+def _design_table(kind: str, rows: list[dict], m: int, where: str) -> list[str]:
+    """Table 1, balance, preference: no small count; a withheld row shows nothing derived; a
+    preference arm's withheld bins are not one alone (the arm's total would give it back)."""
+    out = _counts(rows, m, where, ("persons",))
+    for i, r in enumerate(rows, 1):
+        withheld = r.get("suppressed") in (True, "True", "true")
+        if withheld:
+            shown = [c for c in (*DESIGN_DERIVED[kind], "persons") if r.get(c) is not None]
+            if shown:
+                out.append(f"{where}: row {i}, column {shown[0]!r}: shown for a withheld row")
+    if kind == "preference":
+        hidden = [r.get("persons") is None for r in rows]
+        arms: dict = {}
+        for i, r in enumerate(rows):
+            arms.setdefault(r.get("arm"), []).append(i)
+        for i in [] if all(hidden) else determined(hidden, list(arms.values())):
+            out.append(f"{where}: row {i + 1}: withheld, but recoverable exactly from the "
+                       "arm's total")
+    return out
 
 
 def _sections(doc: dict) -> list[tuple[str, str, object]]:
@@ -194,7 +221,7 @@ def _sections(doc: dict) -> list[tuple[str, str, object]]:
     out = []
     for g, rows in (doc.get("attrition") or {}).items():
         out.append(("attrition", f"attrition.{g}", rows))
-    for k in ("cohort", "rates", "lexis", "curves"):
+    for k in ("cohort", "rates", "lexis", "curves", "table1", "balance", "preference"):
         if k in doc:
             out.append((k, k, doc[k]))
     for k, rows in (doc.get("measures") or {}).items():

@@ -67,7 +67,13 @@ KINDS: dict[str, Kind] = {
     "model": Kind(("term",), ("persons", "events", "persons_other", "events_other"),
                   ESTIMATES),
     "measure": Kind(None, ("persons", "events"), ("proportion", "lower_95", "upper_95")),
+    # comparative designs (hpcstudy/designs): Table 1, balance, preference-score distribution
+    "table1": Kind(("variable", "level", "arm"), ("persons",),
+                   ("percent", "mean", "sd", "median", "q1", "q3")),
+    "balance": Kind(("variable", "level"), (), ("smd_before", "smd_after")),
+    "preference": Kind(("arm", "bin"), ("persons",), ()),
 }
+DESIGN_TABLES = ("table1", "balance", "preference")
 # a model's single values, by role
 MODEL_SCALARS = {"n": "count", "persons": "count", "events": "count", "loglik": "derived",
                  "newton_steps": "meta"}
@@ -78,7 +84,8 @@ FILE_KINDS = ("results", *TEXT_KINDS, *KINDS)
 # audit chain head and nothing else
 AUDIT_HEAD = "audit.json"
 AUDIT_FIELDS = {"log": str, "seq": int, "hash": str, "chain": str, "command": str, "key_id": str}
-META = ("study", "run", "planted_truth")   # results.json's fields that hold no counts
+# results.json's fields that hold no counts (design: the method, its settings and warnings)
+META = ("study", "run", "planted_truth", "design")
 
 
 class ManifestError(Exception):
@@ -136,7 +143,7 @@ def results_sections(res: dict, free_keys: dict[str, tuple[str, ...]]) -> dict[s
             raise ManifestError(f"{where} is by {clash}, the name of an output column")
     for g, rows in res.get("attrition", {}).items():
         out[f"attrition.{g}"] = {"kind": "attrition", "columns": table_schema("attrition", rows)}
-    for name in ("cohort", "rates", "curves", "lexis"):
+    for name in ("cohort", "rates", "curves", "lexis", *DESIGN_TABLES):
         if name in res:
             out[name] = {"kind": name, "columns": table_schema(name, res[name],
                                                               free_keys.get(name, ()))}
