@@ -46,8 +46,13 @@ def _trim(part, lo, hi):
     return _filter(part, (part["ps"] >= lo) & (part["ps"] <= hi))
 
 
+# Matching reads the logit at 7 decimals: two fits of the same score (the engines' own) agree
+# far closer than that, so they see the same ties and the same distances, bit for bit.
+MATCH_DECIMALS = 7
+
+
 def _triples(part):
-    return [part["logit"]], [part["group"] == 1], [part["pnr"]]
+    return [np.round(part["logit"], MATCH_DECIMALS)], [part["group"] == 1], [part["pnr"]]
 
 
 def _cat3(a, b):
@@ -178,11 +183,12 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
         keys, weights = matched_weights(m, pnr, exposed)
         parts = parts.map(_take_matched, keys, weights)
         counts = _step(attrition, labels, STEP_MATCH, parts)
-        if counts[1] == 0 or counts[0] == 0:
+        if min(counts) < plan.study.min_cell:   # nothing a table could show
             cal = "no caliper" if caliper is None else \
                 f"caliper {mt.caliper:g} SD = {caliper:.4g} on the logit"
-            raise UserError(f"matching on the propensity score ({cal}) matched none of the "
-                            f"{int(exposed.sum())} exposed persons", where=src,
+            raise UserError(f"matching on the propensity score ({cal}) matched "
+                            f"{int(counts[1])} of the {int(exposed.sum())} exposed persons, "
+                            f"fewer than min_cell ({plan.study.min_cell})", where=src,
                             fix="widen propensity.matching.caliper, or use method: weighting")
         design.update(estimand="att", ratio=mt.ratio, replace=mt.replace,
                       caliper_sd=mt.caliper, caliper_logit=caliper)

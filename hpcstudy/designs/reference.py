@@ -76,7 +76,7 @@ def _match(df: pd.DataFrame, mt, caliper, seed) -> pd.Series:
     """Matching weights by an O(n_exposed · n_comparator) search, pnr·2 + arm → weight."""
     import numpy as np
 
-    d = df.assign(h=_hash(df["pnr"].to_numpy(), seed))
+    d = df.assign(h=_hash(df["pnr"].to_numpy(), seed), logit=df["logit"].round(7))
     t = d[d["group"] == 1].sort_values(["logit", "h", "pnr"], ascending=[False, True, True])
     c = d[d["group"] == 0].sort_values(["logit", "h", "pnr"])
     cl = c["logit"].to_numpy()
@@ -98,7 +98,7 @@ def _match(df: pd.DataFrame, mt, caliper, seed) -> pd.Series:
                 if dist.shape[0] == 0:
                     break
                 j = int(np.argmin(dist))
-                if dist[j] <= cal:
+                if np.isfinite(dist[j]) and dist[j] <= cal:
                     pairs.append((ti, j))
                     free[j] = False
                     still.append((ti, x))
@@ -239,18 +239,21 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         out["common_support"] = [float(lo), float(hi)]
     if pr.method == "matching":
         mt = pr.matching
-        sd = float(df["logit"].std(ddof=1))
+        sd = float(df["logit"].round(7).std(ddof=1))
         caliper = None if mt.caliper is None else mt.caliper * sd
+        exposed_n = int((df["group"] == 1).sum())
         w = _match(df, mt, caliper, plan.study.seed)
         key = df["pnr"] * 2 + df["group"].astype("int64")
         df = df[key.isin(w.index)].copy()
         df["weight"] = (df["pnr"] * 2 + df["group"].astype("int64")).map(w)
         _append(attrition, labels, "matched on the propensity score", df)
-        if df.empty or df["group"].nunique() < 2:
+        n1, n0 = int((df["group"] == 1).sum()), int((df["group"] == 0).sum())
+        if min(n1, n0) < k:
             cal = "no caliper" if caliper is None else \
                 f"caliper {mt.caliper:g} SD = {caliper:.4g} on the logit"
-            raise UserError(f"matching on the propensity score ({cal}) matched none of the "
-                            "exposed persons", where=src,
+            raise UserError(f"matching on the propensity score ({cal}) matched {n1} of the "
+                            f"{exposed_n} exposed persons, fewer than min_cell ({k})",
+                            where=src,
                             fix="widen propensity.matching.caliper, or use method: weighting")
         out.update(estimand="att", ratio=mt.ratio, replace=mt.replace, caliper_sd=mt.caliper,
                    caliper_logit=caliper)
