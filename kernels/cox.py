@@ -102,6 +102,7 @@ class CoxPart:
     buffer: object = None   # (1 + p, n) r and r·x, off the CPU (pass 1 and 2 share it)
     _beta: object = None
     shift: float = 0.0      # see risk
+    order: object = None    # (n,) the partition's row of each prepared row (robust errors)
 
     @property
     def X(self):
@@ -252,7 +253,7 @@ def prepare(X, time, event, entry, strata, weights, grid: CoxGrid, mean=None) ->
     late = late[xp.argsort(_sort_key(a[late], G + 1, xp), kind="stable")]
     a_starts, a_vals = _segments(a[late], xp)
     part = CoxPart(XT, w, a, b, starts, seg_key // 2 - 1, seg_key % 2 == 0, late, a_starts,
-                   a_vals - 1, alive[order] == 0, G)
+                   a_vals - 1, alive[order] == 0, G, order=order)
     part._unit = unit
     if xp is np:
         part.chunks = _chunks(starts, n=XT.shape[1], step=_CHUNK_BYTES // (8 * (XT.shape[0] + 1)))

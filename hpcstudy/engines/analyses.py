@@ -173,11 +173,22 @@ def _cox_part(part, spec, strata):
     for name in strata:
         s = s * 100_000 + np.asarray(part[name], np.int64)
     out = {"X": _matrix(part, spec), "time": part["time"].astype(float),
-           "event": part["event"].astype(float), "weights": np.ones(part["pnr"].shape[0]),
-           "strata": s}
+           "event": part["event"].astype(float), "weights": _weights(part),
+           "strata": s, "cluster": part["pnr"]}
     if "entry" in part:   # counting-process rows of a time-varying covariate
         out["entry"] = part["entry"].astype(float)
+        # a person's episodes are consecutive pieces of one follow-up, not repeated
+        # measurements: the model-based errors hold (as CoxTimeVaryingFitter's)
+        out["cluster"] = None
     return out
+
+
+def _weights(part):
+    """The design's weights (propensity-score weighting), else 1. With weights other than 1,
+    or a person in more than one row, the models' errors are robust, clustered by person."""
+    if "weight" in part:
+        return np.asarray(part["weight"], float)
+    return np.ones(part["pnr"].shape[0])
 
 
 def _split_varying(plan: Plan, parts: Partitions, terms) -> tuple[Partitions, int | None]:
@@ -294,7 +305,9 @@ def _codes_of(part):
 def _glm_part(part, spec, poisson):
     X = _matrix(part, spec)
     X = np.concatenate([np.ones((X.shape[0], 1)), X], axis=1)
-    out = {"X": X, "y": part["event"].astype(float), "weights": np.ones(X.shape[0])}
+    # a person's split episodes are pieces of one follow-up: no clustering for those
+    out = {"X": X, "y": part["event"].astype(float), "weights": _weights(part),
+           "cluster": None if "entry" in part else part["pnr"]}
     if poisson:
         days = part["time"] - part["entry"] if "entry" in part else part["time"]
         out["offset"] = np.log(days / YEAR)

@@ -86,7 +86,8 @@ def _meta(result):
 def combined(plan: Plan, tables) -> dict:
     """One per-person table from host partition tables: sorted by group (descending) then pnr,
     the same order the reference engine writes."""
-    cols = table_columns(plan)
+    # a comparative design adds each person's score and weight
+    cols = table_columns(plan) + [c for c in ("ps", "weight") if tables and c in tables[0]]
     t = {c: np.concatenate([x[c] for x in tables]) for c in cols}
     order = np.lexsort((t["pnr"], -t["group"].astype(np.int64)))
     return {c: v[order] for c, v in t.items()}

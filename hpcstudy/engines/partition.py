@@ -33,6 +33,7 @@ from hpcstudy_kernels import windows as W
 from hpcstudy_kernels.windows import NO_DATE
 
 from ..devices import Device, get_device
+from ..measures import contact
 from ..plan.nodes import (
     ColumnPlan,
     CriterionPlan,
@@ -42,7 +43,6 @@ from ..plan.nodes import (
     OutcomePlan,
     Plan,
 )
-from ..measures import contact
 from ..registers.store import Dataset, read_partition
 from ..timesplit import entry
 from . import common
@@ -663,4 +663,11 @@ def person_table(data: dict, plan: Plan, device: Device | str | None = None) -> 
     pnr) and attrition. ``data`` comes from :func:`load` on the same device."""
     dev = _device(device)
     table, attrition = device_table(data, plan, dev)
-    return {k: dev.to_host(v) for k, v in table.items()}, attrition
+    table = {k: dev.to_host(v) for k, v in table.items()}
+    comp = plan.study.comparator
+    if comp is not None and comp.kind == "active":   # persons in both arms meet here
+        from ..designs import arms
+
+        table, attrition = arms.resolve(table, attrition,
+                                        {g.code: g.label for g in plan.groups}, comp.both_arms)
+    return table, attrition

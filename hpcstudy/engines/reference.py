@@ -113,6 +113,12 @@ class ReferenceEngine:
             tables.append(t)
             attrition[g.label] = a
         table = pd.concat(tables, ignore_index=True)
+        comp = plan.study.comparator
+        if comp is not None and comp.kind == "active":
+            from ..designs.reference import both_arms
+
+            table = both_arms(table, attrition, {g.code: g.label for g in plan.groups},
+                              comp.both_arms)
         table = table.sort_values(["group", "pnr"], ascending=[False, True], kind="stable")
         return table[common.table_columns(plan)].reset_index(drop=True), attrition
 

@@ -67,17 +67,34 @@ def person_table(plan: Plan, ds: Dataset, engine: str = "dask", client=None, pro
                  device: str = "cpu"):
     """(per-partition tables, attrition, partitions object); ``report["resumed"]`` says how
     many partitions came from checkpoints, ``report["device"]`` what the run computed on."""
+    design = None   # a comparative design's results (hpcstudy/designs), for analyse()
     if engine == "reference":
         df, attrition = ReferenceEngine().person_table(ds, plan)
+        if plan.study.propensity is not None:
+            from ..designs.reference import design as reference_design
+
+            df, attrition, design = reference_design(plan, df, attrition)
         tables = [{c: df[c].to_numpy() for c in df.columns}]
-        return tables, attrition, LocalPartitions(tables)
+        parts = LocalPartitions(tables)
+        parts.design_results = design
+        return tables, attrition, parts
     if engine == "dask":
         eng = DaskEngine(client=client, progress=progress, device=device)
         tables, attrition = eng.person_tables(ds, plan, checkpoints, resume)
         if report is not None:
             report["resumed"] = eng.resumed
             report["device"] = eng.device_record()
-        return tables, attrition, eng.partitions(tables)
+        if plan.study.propensity is not None:
+            from ..designs.apply import run as apply_design
+            from .dask_engine import PartitionTables
+
+            # the design's global step (matching, weights) runs here on the gathered tables:
+            # the rows come to this process for propensity studies only
+            tables, attrition, design = apply_design(plan, list(tables), attrition)
+            tables = PartitionTables(tables)
+        parts = eng.partitions(tables)
+        parts.design_results = design
+        return tables, attrition, parts
     raise UserError(f"unknown engine {engine!r}", fix=f"use one of {', '.join(ENGINES)}")
 
 
@@ -100,6 +117,7 @@ def analyse(plan: Plan, parts, attrition, fitted: dict | None = None, ds=None) -
                      for r in A.rates(parts, ("group",), share) if r["group"] == g.code]
     for r in res["cohort"]:
         r.pop("group", None)
+    res.update(getattr(parts, "design_results", None) or {})   # table1, balance, preference
     if an.rates_by is not None and an.rates_by != ("group",):
         res["rates"] = A.rates(parts, an.rates_by, share)
     models = {}
@@ -348,7 +366,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
             entries.append({"path": f"tables/{name}", "kind": sections[section]["kind"],
                             "section": section, "columns": sections[section]["columns"]})
 
-        for name in ("cohort", "rates", "curves", "lexis", "hospitals"):
+        for name in ("cohort", "rates", "curves", "lexis", "hospitals", *M.DESIGN_TABLES):
             if name in res:
                 declared_table(f"{name}.csv", name, res[name])
         for g, rows in res["attrition"].items():

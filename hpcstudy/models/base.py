@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hpcstudy_kernels._namespace import to_numpy
+from hpcstudy_kernels._namespace import array_namespace, to_numpy
 
 
 class ModelError(ValueError):
@@ -98,6 +98,46 @@ class Fitted:
         self.loglik_ = loglik
         self.n_iter_ = steps
         self.n_obs_ = int(n_obs)
+        self.robust_ = False
+
+    def _set_robust(self, meat, n_clusters: int, correction: float = 1.0) -> None:
+        """Replace the model-based covariance by the clustered sandwich I⁻¹·B·I⁻¹·correction;
+        the model-based errors stay in ``naive_se_``."""
+        self.naive_se_ = self.se_
+        bread = self.cov_
+        self.cov_ = bread @ np.asarray(meat, float) @ bread * correction
+        self.se_ = np.sqrt(np.diag(self.cov_))
+        self.robust_ = True
+        self.n_clusters_ = int(n_clusters)
+
+
+def _design_facts(part) -> tuple[int, int, bool]:
+    """(rows, clusters, any weight other than 1) of one partition."""
+    xp = array_namespace(part["weights"])
+    n = int(part["weights"].shape[0])
+    clusters = n if "cluster" not in part else int(xp.unique(part["cluster"]).shape[0])
+    return n, clusters, bool(xp.any(part["weights"] != 1))
+
+
+def _or(a, b):
+    return a[0] + b[0], a[1] + b[1], a[2] or b[2]
+
+
+def wants_robust(robust: bool | None, parts) -> bool:
+    """Robust errors as asked; by default whenever rows carry weights other than 1 or some
+    cluster (person) has more than one row. Clusters never cross partitions."""
+    if robust is not None:
+        return bool(robust)
+    n, clusters, weighted = parts.map_reduce(_design_facts, combine=_or)
+    return weighted or clusters < n
+
+
+def row_clusters(part):
+    """The cluster id of every row: the partition's ``cluster`` column, else the row itself."""
+    if "cluster" in part:
+        return part["cluster"]
+    xp = array_namespace(part["weights"])
+    return xp.arange(part["weights"].shape[0])
 
 
 def newton(evaluate, p: int, *, max_iter: int = 50, tol: float = 1e-9, names=None,

@@ -12,9 +12,18 @@ from __future__ import annotations
 import numpy as np
 
 from hpcstudy_kernels import cox as K
+from hpcstudy_kernels import robust as R
 from hpcstudy_kernels._namespace import array_namespace, to_numpy
 
-from .base import Fitted, ModelError, check_collinearity, format_table, newton, summary_table
+from .base import (
+    Fitted,
+    ModelError,
+    check_collinearity,
+    format_table,
+    newton,
+    summary_table,
+    wants_robust,
+)
 from .partitions import LocalPartitions, Partitions
 from .validate import as_design, as_vector
 
@@ -37,8 +46,10 @@ def _concat(a, b):
 
 
 def _prepare(part, grid, mean):
-    return K.prepare(part["X"], part["time"], part["event"], part.get("entry"),
-                     part["strata"], part["weights"], grid, mean)
+    cp = K.prepare(part["X"], part["time"], part["event"], part.get("entry"),
+                   part["strata"], part["weights"], grid, mean)
+    cp.cluster = part.get("cluster")
+    return cp
 
 
 def _pass1(cp, beta):
@@ -51,16 +62,28 @@ def _pass2(cp, beta, c, e, shift):
     return K.pass2(cp, xp.asarray(beta), c, e, shift)
 
 
+def _cox_meat(cp, beta, terms):
+    xp = array_namespace(cp.XT)
+    U = R.cox_scores(cp, xp.asarray(beta), terms)
+    # rows never at risk at an event time were dropped by prepare: their residual is 0
+    return R.cluster_meat(U, cp.order if cp.cluster is None else cp.cluster[cp.order])
+
+
 class CoxPH(Fitted):
     """Cox regression by Newton–Raphson on the partial likelihood."""
 
-    def __init__(self, ties: str = "efron", max_iter: int = 50, tol: float = 1e-10):
+    def __init__(self, ties: str = "efron", max_iter: int = 50, tol: float = 1e-10,
+                 robust: bool | None = None):
+        """``robust``: clustered sandwich errors (Lin–Wei); None: whenever weights other than
+        1 are given or a cluster (person) has more than one row."""
         if ties not in ("efron", "breslow"):
             raise ModelError(f"ties must be 'efron' or 'breslow', not {ties!r}")
         self.ties, self.max_iter, self.tol = ties, max_iter, tol
+        self.robust = robust
 
     # -- single arrays ----------------------------------------------------------------------
-    def fit(self, X, duration, event, entry=None, strata=None, weights=None, names=None):
+    def fit(self, X, duration, event, entry=None, strata=None, weights=None, names=None,
+            cluster=None):
         X, names = as_design(X, names)
         xp = array_namespace(X)
         n = X.shape[0]
@@ -83,12 +106,18 @@ class CoxPH(Fitted):
         else:
             s = xp.asarray(to_numpy(strata) if not hasattr(strata, "shape") else strata)
             part["strata"] = xp.unique(s, return_inverse=True)[1].reshape(-1).astype(xp.int64)
+        if cluster is not None:
+            c = xp.asarray(to_numpy(cluster) if not hasattr(cluster, "shape") else cluster)
+            if c.shape != (n,):
+                raise ModelError(f"cluster must have one id per row ({n}), not shape {c.shape}")
+            part["cluster"] = xp.unique(c, return_inverse=True)[1].reshape(-1)
         return self.fit_partitions(LocalPartitions([part]), names)
 
     # -- partitions -------------------------------------------------------------------------
     def fit_partitions(self, parts: Partitions, names: list[str]):
         """Fit over partitions of dicts with X, time, event, weights, strata (int codes ≥ 0,
-        the same coding in every partition) and optionally entry."""
+        the same coding in every partition) and optionally entry and cluster (ids that never
+        span partitions)."""
         p = len(names)
         total, wx, events, n = parts.map_reduce(_sums)
         total, wx, events = float(to_numpy(total)), to_numpy(wx), float(to_numpy(events))
@@ -121,6 +150,11 @@ class CoxPH(Fitted):
         beta, ll, info, it = newton(evaluate, p, max_iter=self.max_iter, tol=self.tol,
                                     names=names, where="Cox model", start=start)
         self._set_fit(names, beta, ll, info, it, n)
+        if wants_robust(self.robust, parts):
+            s0, s1, e0, e1 = prepared.map_reduce(_pass1, beta)
+            terms = R.cox_residual_terms(s0, s1, e0, e1, m, dw, ties)
+            meat, g = prepared.map_reduce(_cox_meat, beta, terms)
+            self._set_robust(to_numpy(meat), g)
         self.n_events_ = int(events)
         self.grid_size_ = grid.size
         return self

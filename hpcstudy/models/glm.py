@@ -11,9 +11,19 @@ from __future__ import annotations
 import numpy as np
 
 from hpcstudy_kernels import glm as K
+from hpcstudy_kernels import robust as R
 from hpcstudy_kernels._namespace import array_namespace, to_numpy
 
-from .base import Fitted, ModelError, check_collinearity, format_table, newton, summary_table
+from .base import (
+    Fitted,
+    ModelError,
+    check_collinearity,
+    format_table,
+    newton,
+    row_clusters,
+    summary_table,
+    wants_robust,
+)
 from .partitions import LocalPartitions, Partitions
 from .validate import as_design, as_vector
 
@@ -34,16 +44,33 @@ def _poisson(part, beta):
     return K.poisson_step(part["X"], part["y"], part["weights"], part["offset"], beta)
 
 
+def _meat(part, beta, poisson):
+    X = part["X"]
+    mu = R.poisson_mean(X, part["offset"], beta) if poisson else R.logistic_mean(X, beta)
+    return R.cluster_meat(R.glm_scores(X, part["y"], part["weights"], mu), row_clusters(part))
+
+
 def _log_factorial(part):
     return K.log_factorial_sum(part["y"], part["weights"])
+
+
+def _clusters(cluster, n, xp) -> dict:
+    if cluster is None:
+        return {}
+    c = xp.asarray(to_numpy(cluster) if not hasattr(cluster, "shape") else cluster)
+    if c.shape != (n,):
+        raise ModelError(f"cluster must have one id per row ({n}), not shape {c.shape}")
+    return {"cluster": xp.unique(c, return_inverse=True)[1].reshape(-1)}
 
 
 class _GLM(Fitted):
     ratio = "ratio"
     kind = "GLM"
 
-    def __init__(self, intercept: bool = True, max_iter: int = 50, tol: float = 1e-10):
+    def __init__(self, intercept: bool = True, max_iter: int = 50, tol: float = 1e-10,
+                 robust: bool | None = None):
         self.intercept, self.max_iter, self.tol = intercept, max_iter, tol
+        self.robust = robust
 
     def _design(self, X, names):
         X, names = as_design(X, names)
@@ -67,6 +94,12 @@ class _GLM(Fitted):
                                     names=names, where=f"{self.kind} model",
                                     beta0=self._start(names, wsum, wysum, exposure))
         self._set_fit(names, beta, ll, info, it, n)
+        if wants_robust(self.robust, parts):
+            meat, g = parts.map_reduce(_meat, beta, step is _poisson)
+            # statsmodels' and Stata's small-sample factor for clustered errors
+            k = len(names)
+            factor = g / (g - 1) * (n - 1) / (n - k) if g > 1 and n > k else 1.0
+            self._set_robust(to_numpy(meat), g, factor)
         return self
 
     def _start(self, names, wsum, wysum, exposure):
@@ -95,7 +128,8 @@ class Logistic(_GLM):
     ratio = "OR"
     kind = "logistic"
 
-    def fit(self, X, y, weights=None, names=None):
+    def fit(self, X, y, weights=None, names=None, cluster=None):
+        """``cluster``: a cluster (person) id per row, for clustered robust errors."""
         X, names = self._design(X, names)
         xp = array_namespace(X)
         n = X.shape[0]
@@ -103,10 +137,12 @@ class Logistic(_GLM):
         if not bool(xp.all((yv == 0) | (yv == 1))):
             raise ModelError("logistic model: y must be 0 or 1")
         w = xp.ones(n) if weights is None else as_vector(weights, n, "weights", xp)
-        return self.fit_partitions(LocalPartitions([{"X": X, "y": yv, "weights": w}]), names)
+        part = {"X": X, "y": yv, "weights": w, **_clusters(cluster, n, xp)}
+        return self.fit_partitions(LocalPartitions([part]), names)
 
     def fit_partitions(self, parts: Partitions, names: list[str]):
-        """Partitions of dicts with X (intercept column included), y, weights."""
+        """Partitions of dicts with X (intercept column included), y, weights and
+        optionally cluster (ids that never span partitions)."""
         return self._fit(parts, names, _logistic)
 
     def _check_outcome(self, wsum, wysum):
@@ -127,7 +163,7 @@ class Poisson(_GLM):
     ratio = "RR"
     kind = "Poisson"
 
-    def fit(self, X, events, exposure, weights=None, names=None):
+    def fit(self, X, events, exposure, weights=None, names=None, cluster=None):
         X, names = self._design(X, names)
         xp = array_namespace(X)
         n = X.shape[0]
@@ -138,7 +174,7 @@ class Poisson(_GLM):
         if bool(xp.any(t <= 0)):
             raise ModelError("Poisson model: exposure (person-time) must be positive")
         w = xp.ones(n) if weights is None else as_vector(weights, n, "weights", xp)
-        part = {"X": X, "y": y, "weights": w, "offset": xp.log(t)}
+        part = {"X": X, "y": y, "weights": w, "offset": xp.log(t), **_clusters(cluster, n, xp)}
         return self.fit_partitions(LocalPartitions([part]), names)
 
     def fit_partitions(self, parts: Partitions, names: list[str]):

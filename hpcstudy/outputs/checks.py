@@ -26,7 +26,7 @@ from . import manifest as M
 from .protection import determined, margin_groups
 
 KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure",
-         "hospitals", "plan")
+         "hospitals", "plan", "table1", "balance", "preference")
 HOSPITAL_DERIVED = ("expected", "oe", "lower_95", "upper_95", "limit95_low", "limit95_high",
                     "limit998_low", "limit998_high")
 RATE_COLUMNS = ("persons", "events", "person_years", "rate_per_1000py", "lower_95", "upper_95",
@@ -47,6 +47,9 @@ DERIVED = {"cohort": (*RATE_COLUMNS[2:6], "proportion"),
                        "standardised_upper_95", "expected", "sir", "sir_lower_95",
                        "sir_upper_95"),
            "hospitals": HOSPITAL_DERIVED}
+# comparative designs: the columns each row may show only with its persons
+DESIGN_DERIVED = {"table1": ("percent", "mean", "sd", "median", "q1", "q3"),
+                  "balance": ("smd_before", "smd_after"), "preference": ()}
 COUNTS = ("persons", "events", "at_risk", "persons_other", "events_other", "n")
 TERM_COUNTS = ("persons", "events", "persons_other", "events_other")
 FORBIDDEN_COLUMNS = {"pnr", "cpr", "cpr_nr", "min", "max", "minimum", "maximum", "median"}
@@ -221,6 +224,8 @@ def check_kind(kind: str, data, min_cell: int, where: str) -> list[str]:
     if kind == "model":
         return _model(data, m, where) if isinstance(data, dict) else \
             _model_terms(data, m, where)
+    if kind in DESIGN_DERIVED:
+        return _design_table(kind, data, m, where)
     if kind in M.KINDS and isinstance(data, list):
         return _generic(kind, data, m, where)
     raise ValueError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
@@ -245,6 +250,27 @@ def _generic(kind: str, rows: list[dict], m: int, where: str) -> list[str]:
         for i in determined(hidden, margin_groups(rows, keys)):
             out.append(f"{where}: row {i + 1}: withheld, but recoverable exactly from the "
                        f"totals over {', '.join(keys) or 'all rows'}")
+    return out
+
+
+def _design_table(kind: str, rows: list[dict], m: int, where: str) -> list[str]:
+    """Table 1, balance, preference: no small count; a withheld row shows nothing derived; a
+    preference arm's withheld bins are not one alone (the arm's total would give it back)."""
+    out = _counts(rows, m, where, ("persons",))
+    for i, r in enumerate(rows, 1):
+        withheld = r.get("suppressed") in (True, "True", "true")
+        if withheld:
+            shown = [c for c in (*DESIGN_DERIVED[kind], "persons") if r.get(c) is not None]
+            if shown:
+                out.append(f"{where}: row {i}, column {shown[0]!r}: shown for a withheld row")
+    if kind == "preference":
+        hidden = [r.get("persons") is None for r in rows]
+        arms: dict = {}
+        for i, r in enumerate(rows):
+            arms.setdefault(r.get("arm"), []).append(i)
+        for i in [] if all(hidden) else determined(hidden, list(arms.values())):
+            out.append(f"{where}: row {i + 1}: withheld, but recoverable exactly from the "
+                       "arm's total")
     return out
 
 

@@ -40,7 +40,7 @@ SHA = re.compile(r"[0-9a-f]{64}")
 REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
             "hospitals": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
-            "measure": ("persons", "events")}
+            "measure": ("persons", "events"), "table1": ("persons",), "preference": ("persons",)}
 RUN_FIELDS = {"engine", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
               "approval", "study_warnings", "device"}
 
@@ -315,7 +315,32 @@ def _meta_problems(res: dict, manifest: dict, where: str) -> list[str]:
             out.append(f"{where}:run.status_codes: not a list of names")
     if "planted_truth" in res and not _numbers(res["planted_truth"]):
         out.append(f"{where}:planted_truth: holds something other than numbers")
+    if "design" in res:
+        out += _design_problems(res["design"], f"{where}:design")
     return out
+
+
+# a comparative design's settings and diagnostics: no field is a count of persons
+DESIGN_FIELDS = {"method": str, "covariates": list, "estimand": str, "ratio": int,
+                 "replace": bool, "caliper_sd": (float, int, type(None)),
+                 "caliper_logit": (float, type(None)), "common_support": list,
+                 "truncated_at": list, "stabilised": bool, "strata": int,
+                 "equipoise_share": float, "max_abs_smd_after": (float, type(None)),
+                 "both_arms": str, "warnings": list}
+
+
+def _design_problems(d, where: str) -> list[str]:
+    if not isinstance(d, dict):
+        return [f"{where}: not a design section"]
+    extra = sorted(set(d) - set(DESIGN_FIELDS))
+    if extra:
+        return [f"{where}: undeclared field(s) {extra}"]
+    out = [f"{where}.{k}: not a {DESIGN_FIELDS[k]}" for k, v in d.items()
+           if not isinstance(v, DESIGN_FIELDS[k])]
+    for k in ("covariates", "warnings"):
+        if not all(isinstance(x, str) for x in d.get(k, [])):
+            out.append(f"{where}.{k}: not a list of text")
+    return out + C.text_problems("\n".join(d.get("warnings", [])), where)
 
 
 def _sections(res: dict) -> dict[str, object]:

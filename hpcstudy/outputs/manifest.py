@@ -76,7 +76,13 @@ KINDS: dict[str, Kind] = {
         "proportion", "lower_95", "upper_95", "person_years", "rate", "standardised_rate",
         "standardised_proportion", "standardised_lower_95", "standardised_upper_95",
         "expected", "sir", "sir_lower_95", "sir_upper_95")),
+    # comparative designs (hpcstudy/designs): Table 1, balance, preference-score distribution
+    "table1": Kind(("variable", "level", "arm"), ("persons",),
+                   ("percent", "mean", "sd", "median", "q1", "q3")),
+    "balance": Kind(("variable", "level"), (), ("smd_before", "smd_after")),
+    "preference": Kind(("arm", "bin"), ("persons",), ()),
 }
+DESIGN_TABLES = ("table1", "balance", "preference")
 # results.json's sections: a table of kind K is the top-level list K (cohort, rates, table1 …),
 # but for these, which hold several tables or models by name
 NESTED = {"attrition": "attrition", "models": "model", "measures": "measure"}
@@ -109,7 +115,8 @@ FILE_KINDS = ("results", *TEXT_KINDS, *KINDS, *REPORT_KINDS)
 # audit chain head and nothing else
 AUDIT_HEAD = "audit.json"
 AUDIT_FIELDS = {"log": str, "seq": int, "hash": str, "chain": str, "command": str, "key_id": str}
-META = ("study", "run", "planted_truth")   # results.json's fields that hold no counts
+# results.json's fields that hold no counts (design: the method, its settings and warnings)
+META = ("study", "run", "planted_truth", "design")
 
 
 class ManifestError(Exception):

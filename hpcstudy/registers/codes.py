@@ -24,6 +24,8 @@ ICD10_CATEGORIES = (
     "A09", "B34", "F10", "F03", "F32", "F41", "G43", "H26", "K21", "K35", "K40", "K80", "M16",
     "M17", "M54", "N39", "N18", "R07", "R10", "R55", "R99", "S06", "S52", "S72", "S82", "T78",
     "Z00", "Z03", "L40", "M05", "O80",
+    # hospitalisation for heart failure in diabetes (DI110): the second-line drugs' outcome
+    "I11",
 )
 
 
@@ -48,6 +50,9 @@ DRUGS: tuple[tuple[str, str, float, float, int], ...] = (
     ("A10BB12", "glimepiride", 2, 2, 120),
     ("A10BJ02", "liraglutide", 6, 1.5, 3),
     ("A10AE04", "insulin glargine", 300, 40, 5),
+    ("A10BH01", "sitagliptin", 100, 100, 98),
+    ("A10BK01", "dapagliflozin", 10, 10, 98),
+    ("A10BK03", "empagliflozin", 10, 17.5, 90),
     ("C09AA02", "enalapril", 10, 10, 100),
     ("C09AA05", "ramipril", 5, 2.5, 100),
     ("C09CA01", "losartan", 50, 50, 98),

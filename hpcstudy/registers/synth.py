@@ -73,6 +73,10 @@ class Truth:
     emigration_share: float = 0.08
     emigration_share_immigrants: float = 0.30
     return_share: float = 0.25
+    # Second-line diabetes drugs (a separate random stream; see second_line): hospitalisation
+    # for heart failure (DI110) after the first second-line dispensing, by drug.
+    sglt2_hf: Gompertz = Gompertz.at(0.03, 70, 0.08, female=-0.3, prior_mi=math.log(2.0),
+                                     sglt2=math.log(0.6))
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -91,6 +95,14 @@ class Truth:
                             "confounding by indication",
             "death": "all-cause death; mi and cancer act from their onset on. On top, death "
                      "within 30 days of an MI with the logistic mi_death_30d_* model",
+            "sglt2_hf": "persons with type 2 diabetes start one second-line drug (DPP-4 A10BH01, "
+                        "SGLT2 A10BK01/A10BK03, GLP-1 A10BJ02, sulfonylurea A10BB12) from 2008 "
+                        "on, the choice by calendar year (SGLT2 from 2013), age, sex and prior "
+                        "MI (younger men after an MI get SGLT2 more often: confounding). From "
+                        "that first dispensing on, hospitalisation for heart failure (DI110, "
+                        "inpatient action diagnosis) has this hazard; sglt2 is the log hazard "
+                        "ratio of SGLT2 against every other second-line drug (intention to "
+                        "treat, for life); prior_mi: an MI before the start",
         }
         return d
 
@@ -453,6 +465,10 @@ def block_rows(seed: int, block: int, persons: int) -> dict[str, dict[str, np.nd
 
     out["lpr_adm"], out["lpr_diag"] = _hospital(rng, P, dic)
     out["lmdb"] = _prescriptions(rng, P, dic)
+    # Second-line diabetes drugs, from their own random stream: every row above stays the same
+    adm2, diag2, lmdb2 = second_line(seed, block, P, dic)
+    for reg, more in (("lpr_adm", adm2), ("lpr_diag", diag2), ("lmdb", lmdb2)):
+        out[reg] = {k: np.concatenate([v, more[k].astype(v.dtype)]) for k, v in out[reg].items()}
 
     # Limit to the persons asked for and turn block rows into pseudonyms.
     for reg, cols in out.items():
@@ -627,3 +643,78 @@ def _prescriptions(rng, P: People, dic: Dictionaries):
     return {"_row": np.concatenate(rows_l), "eksd": np.concatenate(day_l).astype(np.int32),
             "atc": atc, "apk": np.concatenate(apk_l), "packsize": packsize[atc],
             "volume": np.round(volume[atc], 3)}
+
+
+def second_line(seed: int, block: int, P: People, dic: Dictionaries):
+    """Second-line diabetes drugs and hospitalisation for heart failure after them, drawn from
+    the stream ``(seed, block, 0x2D1A)`` so that no other row of the block changes.
+
+    Returns rows to append to lpr_adm, lpr_diag and lmdb (same columns as theirs).
+    """
+    t = TRUTH
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, block, 0x2D1A])))
+    n = P.idx.size
+    last = P.last_day().astype(float)
+    onset = P.onset["diabetes"]
+    has = np.isfinite(onset) & (rng.random(n) < 0.6)
+    start = np.maximum(onset + np.floor(rng.exponential(4 * YEAR, n)),
+                       day("2008-01-01") + np.floor(rng.random(n) * 365))
+    start = np.where(has, start, np.inf)
+    who = np.flatnonzero(has & P.observed(np.arange(n), np.where(has, start, 0), LMDB_START) &
+                         (start < last - 30))
+    t2 = start[who]
+    year = 1970 + t2 / YEAR
+    age = _to_age(t2, P.birth[who])
+    male = P.male[who].astype(float)
+    prior_mi = (P.onset["mi"][who] < t2).astype(float)
+    # drug choice: a multinomial logit in calendar year, age, sex and prior MI
+    score = np.stack([
+        1.2 - 0.15 * (year - 2008),                                           # sulfonylurea
+        0.5 + 0.03 * (age - 60),                                              # DPP-4
+        np.where(year >= 2010, -1.0 + 0.1 * (year - 2010) - 0.04 * (age - 60), -np.inf),
+        np.where(year >= 2013, -1.0 + 0.3 * (year - 2013) - 0.07 * (age - 60) + 0.6 * male
+                 + 1.0 * prior_mi, -np.inf)], axis=1)                         # SGLT2
+    p = np.exp(score - score.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    u = rng.random(who.size)
+    drug = np.minimum((u[:, None] > np.cumsum(p, axis=1)).sum(axis=1), 3)
+    sglt2 = drug == 3
+    # one SGLT2 agent or the other
+    codes = np.array([dic.atc(c) for c in ("A10BB12", "A10BH01", "A10BJ02", "A10BK01")])
+    atc = codes[drug]
+    atc = np.where(sglt2 & (rng.random(who.size) < 0.5), dic.atc("A10BK03"), atc)
+    # dispensings every ~90 days for an exponential time on the drug
+    stop = np.minimum(t2 + rng.exponential(3 * YEAR, who.size), last[who])
+    ep, d, _ = _series(rng, who, t2, stop, 90, 10)
+    ok = P.observed(who[ep], d, LMDB_START)
+    rows = who[ep][ok]
+    names = dic.dicts["atc"]
+    packsize = np.array([C.DRUG_BY_ATC[a][4] for a in names], np.int32)
+    volume = np.array([C.DRUG_BY_ATC[a][4] * C.DRUG_BY_ATC[a][2] / C.DRUG_BY_ATC[a][3]
+                       for a in names])
+    a = atc[ep][ok]
+    lmdb = {"_row": rows, "eksd": d[ok].astype(np.int32), "atc": a,
+            "apk": np.where(rng.random(rows.size) < 0.15, 2, 1).astype(np.int16),
+            "packsize": packsize[a], "volume": np.round(volume[a], 3)}
+    # hospitalisation for heart failure after the start, for life (intention to treat)
+    g = t.sglt2_hf
+    log_hr = g.log_hr["female"] * (1 - male) + g.log_hr["prior_mi"] * prior_mi + \
+        g.log_hr["sglt2"] * sglt2
+    hf_age = gompertz_onset(rng, age, g, log_hr)
+    hf = _age_days(hf_age, P.birth[who])
+    seen = np.isfinite(hf)
+    seen[seen] = P.observed(who[seen], hf[seen], LPR_START)
+    hr, hd = who[seen], hf[seen]
+    stay = rng.integers(1, 12, hr.size)
+    diag = np.full(hr.size, dic.index["icd10"]["DI110"], np.int32)
+    # contact ids apart from the person's other contacts (those are numbered from 0)
+    recnum = pseudonym(P.idx[hr] * 4096 + 4095, salt=0x5EED)
+    hosp = np.array([_HOSPITALS[int(r)] for r in _REGION_CODES])
+    reg_i = np.searchsorted(_REGION_CODES, P.region[hr])
+    adm = {"_row": hr, "recnum": recnum, "d_inddto": hd.astype(np.int32),
+           "d_uddto": np.minimum(hd + stay, DATA_END).astype(np.int32),
+           "c_pattype": np.zeros(hr.size, np.int8), "c_adiag": diag.astype(np.int32),
+           "c_sgh": hosp[reg_i, rng.integers(0, 4, hr.size)].astype(np.int32)}
+    lpr_diag = {"_row": hr, "recnum": recnum, "c_diag": diag.astype(np.int32),
+                "c_diagtype": np.zeros(hr.size, np.int32), "_d_inddto": hd.astype(np.int32)}
+    return adm, lpr_diag, lmdb

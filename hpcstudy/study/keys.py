@@ -73,6 +73,7 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
         "analyses": ("mapping", "what is computed"),
         "disclosure": ("mapping", "small-cell rules"),
         "variants": ("list of {name, set}", "sensitivity analyses"),
+        "propensity": ("mapping", "propensity score: matching, weighting, balance"),
     },
     "codelist": {
         "system": ("icd10 | atc", "the code system"),
@@ -94,6 +95,8 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
         "active": ("index rule", "new users of something else"),
         "censor_on_exposure": ("true | false", "non-users leave when they start the exposure "
                                "(default true)"),
+        "both_arms": ("remove | first | keep", "persons in both arms of an active comparison: "
+                      "dropped (default), kept in the arm they entered first, or kept in both"),
     },
     "criterion": {
         "include": ("events mapping with window, min_count", "keep persons with the events"),
@@ -185,6 +188,10 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
     "filter_lmdb": {"apk": ("number of packs", "packs dispensed"),
                     "packsize": ("units per pack", "pack size")},
 }
+
+from ..designs.language import KEYS as _DESIGN_KEYS  # noqa: E402 - the design's own keys
+
+KEYS.update(_DESIGN_KEYS)
 
 FILTER_RANGES = {"c_pattype": (0, 3), "c_sgh": (0, 2**31 - 1), "apk": (0, 32_767),
                  "packsize": (0, 2**31 - 1)}

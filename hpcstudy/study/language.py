@@ -129,6 +129,7 @@ class Comparator:
     kind: str                                # non_users | active
     index: IndexRule | None = None           # for active comparators
     censor_on_exposure: bool = True          # non-users leave when they start the exposure
+    both_arms: str = "remove"                # active: persons in both arms (remove|first|keep)
 
 
 @dataclass(frozen=True)
@@ -345,6 +346,7 @@ class Study:
     min_cell: int = 5
     round_to: int = 0                        # round shown counts to this multiple (0: off)
     variants: tuple[Variant, ...] = ()       # sensitivity analyses (see parse.apply_variant)
+    propensity: Any = None                   # hpcstudy.designs.spec.Propensity, or None
     # where it was read from, and what `check` warned about: not part of what the study is
     source: str = field(default="<python>", compare=False)
     warnings: tuple[Problem, ...] = field(default=(), compare=False, repr=False)
@@ -385,6 +387,8 @@ class Study:
             c: dict[str, Any] = {}
             if self.comparator.kind == "active":
                 c["active"] = self.comparator.index.to_dict()
+                if self.comparator.both_arms != "remove":
+                    c["both_arms"] = self.comparator.both_arms
             else:
                 c["non_users"] = True
                 if not self.comparator.censor_on_exposure:
@@ -405,6 +409,8 @@ class Study:
         a = self.analyses.to_dict()
         if a:
             d["analyses"] = a
+        if self.propensity is not None:
+            d["propensity"] = self.propensity.to_dict()
         disclosure = {**({"min_cell": self.min_cell} if self.min_cell != 5 else {}),
                       **({"round_to": self.round_to} if self.round_to else {})}
         if disclosure:

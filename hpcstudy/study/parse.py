@@ -521,6 +521,13 @@ def _comparator(cx: _Ctx, doc, names, index: IndexRule | None) -> Comparator | N
                    "users of something else")
             return None
         censor = cx.boolean(node, "censor_on_exposure", "comparator.censor_on_exposure", True)
+        from ..designs import language as design_language
+
+        both = design_language.both_arms(cx, node)
+        if "both_arms" in node and "active" not in node:
+            cx.err(node, "both_arms", "comparator.both_arms", "applies only to an active "
+                   "comparator (a non-user never holds the exposure at index)",
+                   "drop both_arms:")
         if "active" in node:
             if "censor_on_exposure" in node:
                 cx.err(node, "censor_on_exposure", "comparator.censor_on_exposure",
@@ -533,7 +540,7 @@ def _comparator(cx: _Ctx, doc, names, index: IndexRule | None) -> Comparator | N
                        "first_event: (its users' index dates)", "e.g. active: {first_event: "
                        "{codelist: other_drug}, between: [...]}")
                 return None
-            return Comparator("active", idx, True) if idx else None
+            return Comparator("active", idx, True, both) if idx else None
         if node["non_users"] is not True:
             cx.err(node, "non_users", "comparator.non_users", f"must be true, not "
                    f"{show(node['non_users'])}", "to drop the comparator, use index: instead "
@@ -1301,6 +1308,12 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
             max_days = cx.integer(fu, "max_days", "follow_up.max_days", 1, DAYS, None)
             start_day, end_date = _follow_up_time(cx, fu, max_days, index, outcome)
     analyses = _analyses(cx, doc, {c.name: c for c in covariates}, comparator is not None)
+    propensity = None
+    if "propensity" in doc:
+        from ..designs import language as design_language
+
+        propensity = design_language.propensity(cx, doc, {c.name: c for c in covariates},
+                                                "comparator" in doc)
     min_cell, round_to = 5, 0
     if "disclosure" in doc:
         disc = cx.mapping(doc["disclosure"], "disclosure", "disclosure", doc, "disclosure",
@@ -1317,7 +1330,7 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
                   population=population, comparator=comparator, criteria=criteria,
                   covariates=covariates, follow_up_days=max_days,
                   follow_up_start=start_day, follow_up_end=end_date, analyses=analyses,
-                  min_cell=min_cell, round_to=round_to,
+                  min_cell=min_cell, round_to=round_to, propensity=propensity,
                   variants=tuple(Variant(v["name"], tuple((k, _plain(x)) for k, x in
                                                           v["set"].items()))
                                  for _, v in variants),

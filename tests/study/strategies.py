@@ -348,4 +348,40 @@ def full_studies(draw):
             s["disclosure"]["round_to"] = draw(st.integers(0, 10))
     if draw(st.booleans()):
         s["variants"] = draw(variants(s))
+    if "comparator" in s and draw(st.integers(0, 3)):
+        s["propensity"] = draw(propensity(s))
+    if isinstance(s.get("comparator"), dict) and "active" in s["comparator"] and \
+            draw(st.booleans()):
+        s["comparator"]["both_arms"] = draw(st.sampled_from(["remove", "first", "keep"]))
     return s
+
+
+@st.composite
+def propensity(draw, s):
+    """A comparative design on the study's covariates (hpcstudy/designs)."""
+    names = _names(s["covariates"])
+    p: dict = {"covariates": "all" if draw(st.booleans()) else
+               draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True))}
+    method = draw(st.sampled_from(["matching", "weighting", "stratification", "none", None,
+                                   "weighting"]))
+    if method is not None:
+        p["method"] = method
+    if method in ("matching", None) and draw(st.booleans()):
+        p["matching"] = {"ratio": draw(st.integers(1, 3)),
+                         "caliper": draw(st.sampled_from([0.05, 0.2, 1, None])),
+                         "replace": draw(st.booleans())}
+    if method == "weighting" and draw(st.integers(0, 3)):
+        est = draw(st.sampled_from(["ate", "att", "overlap"]))
+        p["weighting"] = {"estimand": est, "stabilised": est != "overlap" and draw(
+            st.booleans())}
+        if draw(st.booleans()):
+            p["weighting"]["truncate"] = draw(st.sampled_from([[1, 99], [0.5, 99.5], [5, 100]]))
+    if method == "stratification" and draw(st.booleans()):
+        p["stratification"] = {"strata": draw(st.integers(2, 10))}
+    if draw(st.booleans()):
+        p["trim"] = draw(st.booleans())
+    if draw(st.booleans()):
+        p["penalty"] = draw(st.sampled_from([0, 0.5, 10]))
+    if draw(st.booleans()):
+        p["bins"] = draw(st.integers(2, 50))
+    return p

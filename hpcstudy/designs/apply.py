@@ -1,0 +1,257 @@
+"""A study's comparative design over the partition tables (the dask engine's path).
+
+Steps, each in the attrition of both arms: the score (partitioned logistic fit), trimming to the
+common support, then matching (the one global step, on (logit, arm, pnr) triples), weighting or
+stratification. The partitions come back with ``ps`` and ``weight`` columns and without the
+persons the design dropped; the models then use the weights, with errors clustered by person.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+from ..models.partitions import LocalPartitions
+from . import balance as B
+from . import propensity as P
+from .matching import match
+
+STEP_TRIM = "propensity score in the common support"
+STEP_MATCH = "matched on the propensity score"
+STEP_STRATA = "propensity stratum holds both arms"
+
+
+def _arm_counts(part):
+    return np.array([(part["group"] == 0).sum(), (part["group"] == 1).sum()], float)
+
+
+def _ps_range(part):
+    out = np.array([[np.inf, -np.inf], [np.inf, -np.inf]])
+    for arm in (0, 1):
+        v = part["ps"][part["group"] == arm]
+        if v.shape[0]:
+            out[arm] = [v.min(), v.max()]
+    return out
+
+
+def _range_merge(a, b):
+    return np.column_stack([np.minimum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1])])
+
+
+def _filter(part, keep):
+    return {k: v[keep] for k, v in part.items()}
+
+
+def _trim(part, lo, hi):
+    return _filter(part, (part["ps"] >= lo) & (part["ps"] <= hi))
+
+
+# Matching reads the logit at 7 decimals: two fits of the same score (the engines' own) agree
+# far closer than that, so they see the same ties and the same distances, bit for bit.
+MATCH_DECIMALS = 7
+
+
+def _triples(part):
+    return [np.round(part["logit"], MATCH_DECIMALS)], [part["group"] == 1], [part["pnr"]]
+
+
+def _cat3(a, b):
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+
+
+def _keys(part):
+    return part["pnr"].astype(np.int64) * 2 + part["group"].astype(np.int64)
+
+
+def _take_matched(part, keys, weights):
+    k = _keys(part)
+    pos = np.searchsorted(keys, k)
+    pos = np.minimum(pos, max(keys.shape[0] - 1, 0))
+    hit = (keys.shape[0] > 0) & (keys[pos] == k) if keys.shape[0] else np.zeros(k.shape, bool)
+    out = _filter(part, hit)
+    out["weight"] = weights[pos[hit]]
+    return out
+
+
+def _stat_ps(part):
+    return [part["ps"]]
+
+
+def _cat(a, b):
+    return a + b
+
+
+def ipt_weights(ps, exposed, estimand: str, stabilised: bool, share: float):
+    """Inverse probability of treatment weights (ate, att) or overlap weights."""
+    if estimand == "ate":
+        w = np.where(exposed, 1 / ps, 1 / (1 - ps))
+        if stabilised:
+            w = w * np.where(exposed, share, 1 - share)
+    elif estimand == "att":
+        w = np.where(exposed, 1.0, ps / (1 - ps))
+        if stabilised:
+            w = w * np.where(exposed, 1.0, (1 - share) / share)
+    else:
+        w = np.where(exposed, 1 - ps, ps)
+    return w
+
+
+def _weight(part, estimand, stabilised, share):
+    out = dict(part)
+    out["weight"] = ipt_weights(part["ps"], part["group"] == 1, estimand, stabilised, share)
+    return out
+
+
+def _weights_of(part):
+    return [part["weight"]]
+
+
+def _largest(part):
+    return float(np.max(part["weight"], initial=0.0))
+
+
+def _clip(part, lo, hi):
+    out = dict(part)
+    out["weight"] = np.clip(part["weight"], lo, hi)
+    return out
+
+
+def _stratum(part, edges):
+    return np.searchsorted(edges, part["ps"], side="right")
+
+
+def _strata_counts(part, edges, k):
+    s = _stratum(part, edges)
+    return np.stack([np.bincount(s[part["group"] == a], minlength=k) for a in (0, 1)]).astype(
+        float)
+
+
+def _strata_weight(part, edges, counts, share):
+    s = _stratum(part, edges)
+    n_s = counts.sum(axis=0)
+    arm = part["group"].astype(np.int64)
+    own = counts[arm, s]
+    keep = (counts[0, s] > 0) & (counts[1, s] > 0)
+    p_arm = np.where(arm == 1, share, 1 - share)
+    out = dict(part)
+    # marginal mean weighting through stratification (Hong 2010): n_s·P(arm) / n_(s, arm)
+    out["weight"] = np.where(keep, n_s[s] * p_arm / np.where(own > 0, own, 1), 0.0)
+    return _filter(out, keep)
+
+
+def _step(attrition, labels, name, parts):
+    counts = parts.map_reduce(_arm_counts)
+    for code, label in labels.items():
+        attrition[label].append((name, int(counts[code])))
+    return counts
+
+
+def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, dict]:
+    """(new partition tables, attrition, design results) for a study with ``propensity:``."""
+    pr = plan.study.propensity
+    src = plan.study.source
+    labels = {g.code: g.label for g in plan.groups}
+    attrition = {g: list(s) for g, s in attrition.items()}
+    parts = LocalPartitions(tables)
+    n_arm = parts.map_reduce(_arm_counts)
+    _need_both(n_arm, labels, "before the propensity score", src)
+    names, spec, coef = P.fit(plan, parts, src)
+    parts = parts.map(P.score_part, spec, coef)
+    vars_ = B.variables(plan, parts)
+    before = B.moments(parts, vars_, weighted=False)
+    share = n_arm[1] / n_arm.sum()
+    t1 = B.table1(plan, parts, vars_, before, labels)
+    pref, equipoise = B.preference(plan, parts, share, labels)
+    # the score model's coefficients stay private: each rests on a table of counts
+    design: dict = {"method": pr.method, "covariates": list(pr.covariates)}
+    if pr.trim:
+        r = parts.map_reduce(_ps_range, combine=_range_merge)
+        lo, hi = max(r[0, 0], r[1, 0]), min(r[0, 1], r[1, 1])
+        parts = parts.map(_trim, lo, hi)
+        counts = _step(attrition, labels, STEP_TRIM, parts)
+        _need_both(counts, labels, f"trimming to the common support [{lo:.4g}, {hi:.4g}]", src)
+        design["common_support"] = [float(lo), float(hi)]
+    weighted = pr.method != "none"
+    if pr.method == "matching":
+        mt = pr.matching
+        logit, exposed, pnr = (np.concatenate(x) for x in parts.map_reduce(_triples,
+                                                                         combine=_cat3))
+        sd = float(np.std(logit, ddof=1)) if logit.shape[0] > 1 else 0.0
+        caliper = None if mt.caliper is None else mt.caliper * sd
+        m = match(logit, exposed, pnr, ratio=mt.ratio, caliper=caliper, replace=mt.replace,
+                  seed=plan.study.seed)
+        keys, weights = matched_weights(m, pnr, exposed)
+        parts = parts.map(_take_matched, keys, weights)
+        counts = _step(attrition, labels, STEP_MATCH, parts)
+        if min(counts) < plan.study.min_cell:   # nothing a table could show
+            cal = "no caliper" if caliper is None else \
+                f"caliper {mt.caliper:g} SD = {caliper:.4g} on the logit"
+            raise UserError(f"matching on the propensity score ({cal}) matched "
+                            f"{int(counts[1])} of the {int(exposed.sum())} exposed persons, "
+                            f"fewer than min_cell ({plan.study.min_cell})", where=src,
+                            fix="widen propensity.matching.caliper, or use method: weighting")
+        design.update(estimand="att", ratio=mt.ratio, replace=mt.replace,
+                      caliper_sd=mt.caliper, caliper_logit=caliper)
+    elif pr.method == "weighting":
+        w = pr.weighting
+        parts = parts.map(_weight, w.estimand, w.stabilised, share)
+        bad = parts.map_reduce(_largest, combine=max)
+        if not np.isfinite(bad):
+            raise UserError("propensity score weighting: a score of exactly 0 or 1 gives an "
+                            "infinite weight", where=src,
+                            fix="trim: true, or truncate the weights (weighting.truncate)")
+        if w.truncate:
+            allw = np.concatenate(parts.map_reduce(_weights_of, combine=_cat))
+            lo, hi = np.percentile(allw, list(w.truncate))
+            parts = parts.map(_clip, lo, hi)
+            design["truncated_at"] = [float(lo), float(hi)]
+        design.update(estimand=w.estimand, stabilised=w.stabilised)
+    elif pr.method == "stratification":
+        ps = np.concatenate(parts.map_reduce(_stat_ps, combine=_cat))
+        edges = np.quantile(ps, np.arange(1, pr.strata) / pr.strata)
+        counts = parts.map_reduce(_strata_counts, edges, pr.strata)
+        parts = parts.map(_strata_weight, edges, counts, share)
+        c = _step(attrition, labels, STEP_STRATA, parts)
+        _need_both(c, labels, "stratification", src)
+        design.update(estimand="ate", strata=pr.strata)
+    after = B.moments(parts, vars_, weighted=True) if weighted else None
+    s_before, s_after = B.smd(before, after)
+    design["equipoise_share"] = float(equipoise)
+    warnings = []
+    worst = s_after if s_after is not None else s_before
+    if np.any(np.abs(worst) > B.SMD_LIMIT):
+        i = int(np.argmax(np.abs(worst)))
+        v = vars_[i][0] + ("" if vars_[i][1] is None else f"={vars_[i][1]}")
+        warnings.append(f"covariates are not balanced {'after' if weighted else 'without'} "
+                        f"adjustment: |SMD| of {v} is {abs(worst[i]):.3f} (> {B.SMD_LIMIT})")
+    if equipoise < 0.5:
+        warnings.append(f"only {100 * equipoise:.0f} % of persons are in equipoise "
+                        "(preference score 0.3–0.7): the arms differ much")
+    design["max_abs_smd_after"] = None if s_after is None else float(np.max(np.abs(s_after)))
+    design["warnings"] = warnings
+    results = {"table1": t1, "balance": B.balance_rows(vars_, s_before, s_after, t1),
+               "preference": pref, "design": design}
+    return [p for p in parts.parts], attrition, results
+
+
+def matched_weights(m, pnr, exposed) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted keys (pnr·2 + arm) of the matched persons and their weights: 1 for an exposed
+    person; for a comparator person Σ 1/(comparators of each exposed person it serves)."""
+    if m.exposed.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    per_t = np.bincount(m.exposed, minlength=pnr.shape[0]).astype(float)
+    w = np.zeros(pnr.shape[0])
+    np.add.at(w, m.comparator, 1.0 / per_t[m.exposed])
+    w[np.unique(m.exposed)] = 1.0
+    rows = np.flatnonzero(w > 0)
+    keys = pnr[rows] * 2 + exposed[rows].astype(np.int64)
+    order = np.argsort(keys)
+    return keys[order], w[rows][order]
+
+
+def _need_both(counts, labels, step, src):
+    for code in (1, 0):
+        if counts[code] == 0:
+            raise UserError(f"comparative design: the {labels[code]} arm is empty {step} "
+                            f"({int(counts[1])} exposed, {int(counts[0])} comparator persons)",
+                            where=src, fix="widen the cohort or relax the design")

@@ -1,0 +1,82 @@
+"""The propensity score: P(exposed | covariates), fitted where the cohort lives.
+
+Without a penalty the fit is the project's partitioned logistic regression (one reduction of
+Xᵀ·W·X per Newton step; the rows never move). With ``penalty`` (an L2 strength, scikit-learn's
+1/C, intercept unpenalised) the design rows are gathered and scikit-learn fits them: meant for
+large covariate sets on cohorts that fit in one machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+from ..models import Logistic
+from ..models.base import ModelError
+from ..models.partitions import Partitions
+
+
+def _x(part, spec):
+    from ..engines.analyses import _matrix
+
+    return _matrix(part, spec)
+
+
+def _ps_part(part, spec):
+    X = _x(part, spec)
+    n = X.shape[0]
+    return {"X": np.concatenate([np.ones((n, 1)), X], axis=1),
+            "y": (part["group"] == 1).astype(float), "weights": np.ones(n)}
+
+
+def _rows(part, spec):
+    p = _ps_part(part, spec)
+    return [p["X"]], [p["y"]]
+
+
+def _concat(a, b):
+    return a[0] + b[0], a[1] + b[1]
+
+
+def terms(plan, parts: Partitions) -> tuple[list[str], list]:
+    """Names and spec of the score model's columns (a region becomes level indicators)."""
+    from ..engines.analyses import design_columns
+
+    names, spec = design_columns(plan, parts, plan.study.propensity.covariates)
+    if plan.has_comparator:   # design_columns puts the exposure first: the score predicts it
+        names, spec = names[1:], spec[1:]
+    return names, spec
+
+
+def fit(plan, parts: Partitions, source: str) -> tuple[list[str], list, np.ndarray]:
+    """(term names, spec, coefficients with the intercept first)."""
+    names, spec = terms(plan, parts)
+    pr = plan.study.propensity
+    try:
+        if pr.penalty:
+            from sklearn.linear_model import LogisticRegression
+
+            xs, ys = parts.map_reduce(_rows, spec, combine=_concat)
+            X, y = np.concatenate(xs)[:, 1:], np.concatenate(ys)
+            m = LogisticRegression(C=1.0 / pr.penalty, tol=1e-10, max_iter=10_000)
+            m.fit(X, y)
+            coef = np.concatenate([m.intercept_, m.coef_[0]])
+        else:
+            m = Logistic(robust=False).fit_partitions(parts.map(_ps_part, spec),
+                                                      ["intercept", *names])
+            coef = m.coef_
+    except ModelError as e:
+        raise UserError(f"propensity score model: {e}", where=source,
+                        fix="drop or merge the covariate that separates the arms "
+                            "(propensity.covariates), or set propensity.penalty") from e
+    return names, spec, coef
+
+
+def score_part(part, spec, coef):
+    """The partition with ``logit`` and ``ps`` (the score) added."""
+    X = _x(part, spec)
+    eta = coef[0] + X @ coef[1:]
+    out = dict(part)
+    out["logit"] = eta
+    out["ps"] = 1.0 / (1.0 + np.exp(-np.clip(eta, -700, 700)))
+    return out

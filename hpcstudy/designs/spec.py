@@ -1,0 +1,67 @@
+"""What a study says about its comparative design: the propensity score and how it is used.
+
+    propensity:
+      covariates: [age, sex, diabetes, charlson]   # or: all (every covariate of the study)
+      method: matching          # matching | weighting | stratification | none
+      matching: {ratio: 1, caliper: 0.2, replace: false}
+      trim: true                # keep the common support of the two arms first
+
+See docs/comparative.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+METHODS = ("matching", "weighting", "stratification", "none")
+ESTIMANDS = ("ate", "att", "overlap")
+BOTH_ARMS = ("remove", "first", "keep")
+
+
+@dataclass(frozen=True)
+class Matching:
+    ratio: int = 1                  # controls per exposed person (1:k)
+    caliper: float | None = 0.2     # in SDs of the logit of the score; None: no caliper
+    replace: bool = False           # may a comparator person be matched more than once
+
+
+@dataclass(frozen=True)
+class Weighting:
+    estimand: str = "ate"           # ate | att | overlap
+    stabilised: bool = False
+    truncate: tuple[float, float] | None = None   # percentiles of the weights, e.g. (1, 99)
+
+
+@dataclass(frozen=True)
+class Propensity:
+    covariates: tuple[str, ...]     # the study's covariate names ("all" is expanded on parsing)
+    method: str = "matching"
+    matching: Matching = Matching()
+    weighting: Weighting = Weighting()
+    strata: int = 5                 # stratification: quantile groups of the score
+    trim: bool = False              # common support: drop persons outside both arms' range
+    penalty: float = 0.0            # L2 strength (1/C of scikit-learn); 0: none
+    bins: int = 20                  # preference-score histogram bins
+    all_covariates: bool = False    # written as covariates: all
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"covariates": "all" if self.all_covariates
+                             else list(self.covariates)}
+        d["method"] = self.method
+        if self.method == "matching" and self.matching != Matching():
+            m = self.matching
+            d["matching"] = {"ratio": m.ratio, "caliper": m.caliper, "replace": m.replace}
+        if self.method == "weighting" and self.weighting != Weighting():
+            w = self.weighting
+            d["weighting"] = {"estimand": w.estimand, "stabilised": w.stabilised,
+                              **({"truncate": list(w.truncate)} if w.truncate else {})}
+        if self.method == "stratification" and self.strata != 5:
+            d["stratification"] = {"strata": self.strata}
+        if self.trim:
+            d["trim"] = True
+        if self.penalty:
+            d["penalty"] = self.penalty
+        if self.bins != 20:
+            d["bins"] = self.bins
+        return d
