@@ -84,13 +84,14 @@ def cox_residual_terms(s0, s1, e0, e1, m, dw, ties: str):
     return c, q, A, e, r
 
 
-def cox_scores(part, beta, terms):
+def cox_scores(part, beta, terms, shift: float = 0.0):
     """Per-row weighted score residuals w_i·W_i (n_kept, p) of a prepared Cox partition, in
-    its row order (``part.order`` gives the original rows)."""
+    its row order (``part.order`` gives the original rows). ``shift``: the risk-set sums behind
+    ``terms`` were taken times exp(−shift) (kernels/cox.py), so the risks are too."""
     xp = array_namespace(part.XT)
     c, q, A, e, r = terms
     X = part.XT.T
-    risk = xp.exp(xp.asarray(beta) @ part.XT)
+    risk = xp.exp(xp.asarray(beta) @ part.XT - shift)
     cum_c = xp.concatenate([xp.zeros(1), xp.cumsum(c)])
     cum_q = xp.concatenate([xp.zeros((1, q.shape[1])), xp.cumsum(q, axis=0)], axis=0)
     a, b = part.a, part.b

@@ -62,9 +62,9 @@ def _pass2(cp, beta, c, e, shift):
     return K.pass2(cp, xp.asarray(beta), c, e, shift)
 
 
-def _cox_meat(cp, beta, terms):
+def _cox_meat(cp, beta, terms, shift=0.0):
     xp = array_namespace(cp.XT)
-    U = R.cox_scores(cp, xp.asarray(beta), terms)
+    U = R.cox_scores(cp, xp.asarray(beta), terms, shift)
     # rows never at risk at an event time were dropped by prepare: their residual is 0
     return R.cluster_meat(U, cp.order if cp.cluster is None else cp.cluster[cp.order])
 
@@ -151,9 +151,9 @@ class CoxPH(Fitted):
                                     names=names, where="Cox model", start=start)
         self._set_fit(names, beta, ll, info, it, n)
         if wants_robust(self.robust, parts):
-            s0, s1, e0, e1 = prepared.map_reduce(_pass1, beta)
+            shift, s0, s1, e0, e1 = prepared.map_reduce(_pass1, beta, combine=K.add_shifted)
             terms = R.cox_residual_terms(s0, s1, e0, e1, m, dw, ties)
-            meat, g = prepared.map_reduce(_cox_meat, beta, terms)
+            meat, g = prepared.map_reduce(_cox_meat, beta, terms, shift)
             self._set_robust(to_numpy(meat), g)
         self.n_events_ = int(events)
         self.grid_size_ = grid.size
