@@ -41,6 +41,7 @@ REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
             "hospitals": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
             "measure": ("persons", "events"), "table1": ("persons",), "preference": ("persons",)}
+LEXIS_TERM = re.compile(r"(age_band|period) \S+")
 RUN_FIELDS = {"engine", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
               "approval", "study_warnings", "device"}
 
@@ -576,6 +577,10 @@ def _rows_text(verdict: Verdict, kind: str, header: list[str], rows: list[dict],
             here = f"{where}: row {i}, column {c!r}"
             if c in k.bands:
                 out += T.interval_problems(v, here)
+            elif kind == "model" and c == "term" and isinstance(v, str) and \
+                    LEXIS_TERM.fullmatch(v):
+                # a Lexis model's band term ('period 2005-2009'): the band's numbers only
+                out += T.interval_problems(v.split(" ", 1)[1], here)
             elif isinstance(v, str) and not (c in M.FLAGS and v == "True"):
                 out += _text(verdict, v, here)
         if len(out) > 20:

@@ -80,7 +80,7 @@ KINDS: dict[str, Kind] = {
     "table1": Kind(("variable", "level", "arm"), ("persons",),
                    ("percent", "mean", "sd", "median", "q1", "q3")),
     "balance": Kind(("variable", "level"), (), ("smd_before", "smd_after")),
-    "preference": Kind(("arm", "bin"), ("persons",), ()),
+    "preference": Kind(("arm", "bin"), ("persons",), (), bands=("bin",)),
 }
 DESIGN_TABLES = ("table1", "balance", "preference")
 # results.json's sections: a table of kind K is the top-level list K (cohort, rates, table1 …),

@@ -132,9 +132,12 @@ class Sources:
         return [float(v) for r in self.rows.get(path, []) for v in r.values() if _is_num(v)]
 
     def keys(self, path: str) -> set[str]:
+        """Key values of a table, and the numbers written inside them (a band '2000-2004'
+        shows in a figure's legend as its two ends)."""
         roles = self.roles(path)
-        return {str(v) for r in self.rows.get(path, []) for k, v in r.items()
+        vals = {str(v) for r in self.rows.get(path, []) for k, v in r.items()
                 if roles.get(k) == "key" and v is not None}
+        return vals | {s for v in vals for s, _ in _numbers(v)}
 
     def field(self, source: str, name: str):
         """The value of a dotted field (list items by index); KeyError when absent."""
