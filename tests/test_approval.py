@@ -188,4 +188,4 @@ def test_the_docs_example_approval_runs_every_example(tmp_path, medium_data):
             r = run_cli("run", study, "--data", medium_data, "--project", p, "--out",
                         tmp_path / study.stem, "--quiet")
         assert r.returncode == 0, (study.name, r.stderr)
-    assert len(list(EXAMPLES.glob("*.yaml"))) == 4
+    assert len(list(EXAMPLES.glob("*.yaml"))) == 5

@@ -34,6 +34,14 @@ def frame_attribute(data, s, index: pd.Series, column: str) -> pd.Series:
     return index.index.to_series().map(first).fillna(MISSING).astype("int32")
 
 
+def _equals_any(xp, values, wanted):
+    """values ∈ wanted for a few host values, without moving them to the device"""
+    m = xp.zeros(values.shape[0], dtype=bool)
+    for v in wanted:
+        m |= values == v
+    return m
+
+
 def _in_ranges(xp, values, ranges):
     m = xp.zeros(values.shape[0], dtype=bool)
     for lo, hi in ranges:
@@ -45,14 +53,14 @@ def array_attribute(data: dict, s, pnr, index, column: str):
     """Partition engine: the attribute per person of ``pnr`` with index days ``index``."""
     adm, diag = data["lpr_adm"], data["lpr_diag"]
     xp = array_namespace(adm["recnum"])
-    ok = xp.isin(diag["c_diagtype"], xp.asarray(s.diagnosis_types))
+    ok = _equals_any(xp, diag["c_diagtype"], s.diagnosis_types)
     if s.codes is not None:
         ok &= _in_ranges(xp, diag["c_diag"], s.codes.ranges)
     keep = xp.isin(adm["recnum"], xp.unique(diag["recnum"][ok]))
     if s.patient_types:
-        keep &= xp.isin(adm["c_pattype"], xp.asarray(s.patient_types))
+        keep &= _equals_any(xp, adm["c_pattype"], s.patient_types)
     for col, vals in s.filters:
-        keep &= xp.isin(adm[col], xp.asarray(vals))
+        keep &= _equals_any(xp, adm[col], vals)
     p, day, rec = adm["pnr"][keep], adm["d_inddto"][keep].astype(xp.int64), adm["recnum"][keep]
     val = adm[column][keep]
     order = xp.lexsort(xp.stack([rec, day, p]))
