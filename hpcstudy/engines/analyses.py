@@ -179,7 +179,7 @@ def _cox_part(part, spec, strata):
         out["entry"] = part["entry"].astype(float)
         # a person's episodes are consecutive pieces of one follow-up, not repeated
         # measurements: the model-based errors hold (as CoxTimeVaryingFitter's)
-        out["cluster"] = None
+        del out["cluster"]
     return out
 
 
@@ -306,8 +306,9 @@ def _glm_part(part, spec, poisson):
     X = _matrix(part, spec)
     X = np.concatenate([np.ones((X.shape[0], 1)), X], axis=1)
     # a person's split episodes are pieces of one follow-up: no clustering for those
-    out = {"X": X, "y": part["event"].astype(float), "weights": _weights(part),
-           "cluster": None if "entry" in part else part["pnr"]}
+    out = {"X": X, "y": part["event"].astype(float), "weights": _weights(part)}
+    if "entry" not in part:
+        out["cluster"] = part["pnr"]
     if poisson:
         days = part["time"] - part["entry"] if "entry" in part else part["time"]
         out["offset"] = np.log(days / YEAR)
