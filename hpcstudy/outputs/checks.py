@@ -224,8 +224,9 @@ def check_kind(kind: str, data, min_cell: int, where: str) -> list[str]:
     if kind == "model":
         return _model(data, m, where) if isinstance(data, dict) else \
             _model_terms(data, m, where)
-    if kind in DESIGN_DERIVED:
-        return _design_table(kind, data, m, where)
+    if kind in DESIGN_DERIVED:   # its own rules, and the catalogue's generic ones
+        return list(dict.fromkeys(_design_table(kind, data, m, where) +
+                                  _generic(kind, data, m, where)))
     if kind in M.KINDS and isinstance(data, list):
         return _generic(kind, data, m, where)
     raise ValueError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
