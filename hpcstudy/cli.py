@@ -897,10 +897,20 @@ def _interrupt_on_sigterm() -> None:
     import signal
 
     def handler(signum, frame):  # noqa: ARG001
+        _quiet_shutdown()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGUSR1, handler)
+
+
+def _quiet_shutdown() -> None:
+    """An interrupted run closes its client while futures are still tracked: the connections
+    that close under them are expected, not tracebacks for the user's log."""
+    import logging
+
+    for name in ("tornado", "asyncio", "distributed"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def _speaks() -> bool:
