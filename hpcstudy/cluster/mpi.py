@@ -133,6 +133,13 @@ def connect(part: Part, timeout: float = 180):
     from distributed import Client
     from mpi4py import MPI
 
+    import logging
+
+    # A signal reaches every rank at once (mpirun forwards it): the scheduler rank may close
+    # its connections before this rank's main thread runs its handler, and the client's I/O
+    # thread then logs the expected reset as a tornado traceback. hpcstudy says what went
+    # wrong itself, in one line.
+    logging.getLogger("tornado.application").setLevel(logging.CRITICAL + 1)
     address = MPI.COMM_WORLD.bcast(None, root=SCHEDULER)
     workers = part.size - FIRST_WORKER
     with Client(address, timeout=timeout) as client:
