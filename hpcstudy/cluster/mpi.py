@@ -130,10 +130,10 @@ async def _worker(address: str, interface: str | None, name: str, death_timeout:
 def connect(part: Part, timeout: float = 180):
     """On the client rank: a Client to the MPI cluster; the cluster is shut down on leaving,
     whether the study finished or failed, so no rank is left waiting."""
+    import logging
+
     from distributed import Client
     from mpi4py import MPI
-
-    import logging
 
     # A signal reaches every rank at once (mpirun forwards it): the scheduler rank may close
     # its connections before this rank's main thread runs its handler, and the client's I/O
