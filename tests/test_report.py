@@ -73,7 +73,7 @@ def test_a_run_writes_its_report_and_lists_it(local_run):
     assert "<script" not in html and "://" not in html
     # the page names the study, its description (from plan.txt) and the hashes it rests on
     assert ">diabetes_incidence</h1>" in html
-    assert "Incidence of type 2 diabetes by age band and calendar period" in html
+    assert "Incidence of non-insulin-dependent diabetes by age band and calendar period" in html
     for digest in (doc["study"]["sha256"], doc["data_manifest_sha256"]):   # in groups of 8
         assert " ".join(digest[i:i + 8] for i in range(0, 64, 8)) in html
 

@@ -17,6 +17,7 @@ then serve until the client shuts the cluster down.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -86,13 +87,12 @@ def join(interface: str | None = None) -> Part:
 
 def serve(part: Part, interface: str | None = None, death_timeout: float = 120) -> None:
     """Run this rank's scheduler or worker until the client shuts the cluster down."""
-    import logging
-
     import distributed  # noqa: F401 - sets up its loggers, which are quietened next
     from mpi4py import MPI
 
     # errors only, as the processes launcher: the job log stays readable
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    quiet_closed_connections()
     # Stopped (USR1 before the walltime, TERM): the client rank gets the signal too and shuts
     # the cluster down, which ends this rank through its normal path (and MPI_Finalize, which
     # mpirun insists on: a rank leaving without it makes mpirun kill the client mid-clean-up).
@@ -126,12 +126,38 @@ async def _worker(address: str, interface: str | None, name: str, death_timeout:
         await worker.finished()
 
 
+class _ClosedConnection(logging.Filter):
+    """Drops a record whose exception is a closed connection: when a job is stopped every rank
+    shuts down at once, and a worker still sending data to a peer logs the reset as an error
+    with its traceback. What went wrong is said once, in one line, by the client rank."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None:
+            if type(exc).__name__ in ("CommClosedError", "StreamClosedError"):
+                return False
+            exc = exc.__cause__ or exc.__context__
+        return True
+
+
+def quiet_closed_connections() -> None:
+    """Install the filter where distributed's records are written (handler filters see the
+    records of every child logger; logger filters would not)."""
+    import distributed  # noqa: F401 - its logging configuration adds the handlers
+
+    f = _ClosedConnection()
+    for name in ("distributed", ""):
+        for h in logging.getLogger(name).handlers:
+            h.addFilter(f)
+    for name in ("distributed.worker", "distributed.core", "distributed.scheduler",
+                 "distributed.comm", "tornado.application"):
+        logging.getLogger(name).addFilter(f)
+
+
 @contextmanager
 def connect(part: Part, timeout: float = 180):
     """On the client rank: a Client to the MPI cluster; the cluster is shut down on leaving,
     whether the study finished or failed, so no rank is left waiting."""
-    import logging
-
     from distributed import Client
     from mpi4py import MPI
 
@@ -140,6 +166,7 @@ def connect(part: Part, timeout: float = 180):
     # thread then logs the expected reset as a tornado traceback. hpcstudy says what went
     # wrong itself, in one line.
     logging.getLogger("tornado.application").setLevel(logging.CRITICAL + 1)
+    quiet_closed_connections()
     address = MPI.COMM_WORLD.bcast(None, root=SCHEDULER)
     workers = part.size - FIRST_WORKER
     with Client(address, timeout=timeout) as client:
