@@ -109,11 +109,11 @@ def _study(study, variant: str | None) -> Study:
     return study
 
 
-def _run(study, data, out, engine, project, client, overwrite, verify,
-         device="cpu") -> StudyResult:
-    from .engines import checkpoint
-    from .engines import run as R
-    from .models.partitions import LocalPartitions
+def prepared(study, data, project=None, variant: str | None = None):
+    """The study (a Study or a YAML path; ``variant`` of it) checked and compiled against the
+    data's manifest and the project's approval: :class:`hpcstudy.pipeline.Prepared`. A site
+    that requires an approval refuses ``project=None``. Only manifests are read."""
+    from .pipeline import prepare
     from .secure.approval import check_dataset, load_approval, require_project
 
     approval = None
@@ -122,49 +122,48 @@ def _run(study, data, out, engine, project, client, overwrite, verify,
     else:
         approval = load_approval(project)
         check_dataset(approval, data)   # the manifest only: before any data file is read
-    if engine not in R.ENGINES:
-        raise UserError(f"unknown engine {engine!r}", fix=f"use one of {', '.join(R.ENGINES)}")
-    study, plan, ds = R.prepare(study, data, approval)
-    ckpt = None
-    if out is not None:
-        R.check_run(out, ds, overwrite=overwrite, study=study, approval=approval, verify=verify,
-                    plan=plan)
-        ckpt = checkpoint.directory(Path(out)) if engine == "dask" else None
-        if ckpt is not None and ckpt.is_dir():
-            checkpoint.private_folder(ckpt)
-    else:   # what check_run checks of the data, without a folder to write
-        missing = [r for r in plan.reads if r not in ds.registers]
-        if missing:
-            raise UserError(f"{ds.root}/manifest.json: register {missing[0]}, which the study "
-                            "reads, is not in the manifest", fix="restore the manifest that "
-                            "synth or ingest wrote, or ingest the register")
-        ds.check_files(checksums=verify)
-    if engine != "dask" and device == "gpu":
-        raise UserError(f"the {engine} engine runs on the CPU only",
-                        fix="use engine='dask' for device='gpu', or leave device out")
-    if engine == "dask":
-        from .cluster.gpus import choose
+    return prepare(_study(study, variant), data, approval)
 
-        device = choose(device, client)
-    report: dict = {}
-    tables, attrition, parts = R.person_table(plan, ds, engine, client, None, ckpt,
-                                              report=report, device=device)
-    fitted: dict = {}
-    results = R.analyse(plan, parts, attrition, fitted, ds=ds)
-    # the notebook asked for the per-person table: here (only) its rows come to this process
-    table = R.combined(plan, tables)
-    if out is not None:
-        exported = R.write_outputs(Path(out), plan, results, table, engine=engine, ds=ds,
-                                   overwrite=overwrite, approval=approval,
-                                   device=report.get("device"))
-        if ckpt is not None:
-            checkpoint.clear(ckpt)
-    else:
-        exported = R.exported(results, plan.study.min_cell, plan.study.round_to)
-    local = LocalPartitions([table])
-    models = {name: FittedModel(name, m, plan, table, local) for name, m in fitted.items()}
-    return StudyResult(study=study, plan=plan, results=results, exported=exported,
-                       models=models, person_table=pd.DataFrame(table),
+
+def _run(study, data, out, engine, project, client, overwrite, verify,
+         device="cpu") -> StudyResult:
+    from .engines.run import ENGINES
+
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine {engine!r}", fix=f"use one of {', '.join(ENGINES)}")
+    prep = prepared(study, data, project)
+    return execute(prep, out, engine=engine, client=client, overwrite=overwrite,
+                   verify=verify, device=device)
+
+
+def execute(prep, out=None, *, engine: str = "dask", client=None, progress=None,
+            overwrite: bool = False, verify: bool = False, resume: bool = False,
+            report: dict | None = None, checked: bool = False, device: str = "cpu",
+            gather: bool = True) -> StudyResult:
+    """Run a prepared study (:func:`prepared`) and return its :class:`StudyResult`; with
+    ``out``, write the output folder. The one code path of ``hpcstudy run`` and :func:`run`
+    (neither audits here: their callers do). ``checked``: the output folder and the data were
+    checked already. ``gather=False`` leaves the dask engine's per-person table where it was
+    computed (the result then has no ``person_table`` and no ``models``)."""
+    from . import pipeline
+    from .models.partitions import LocalPartitions
+
+    if not checked:
+        if out is not None:
+            pipeline.check_run(out, prep, overwrite=overwrite, verify=verify)
+        else:   # what check_run checks of the data, without a folder to write
+            pipeline.check_data(prep, verify)
+    done = pipeline.execute(prep, out, engine=engine, client=client, progress=progress,
+                            overwrite=overwrite, resume=resume, report=report, device=device,
+                            gather=gather)
+    models, table = {}, None
+    if done.table is not None:
+        local = LocalPartitions([done.table])
+        models = {name: FittedModel(name, m, prep.plan, done.table, local)
+                  for name, m in done.fitted.items()}
+        table = pd.DataFrame(done.table)
+    return StudyResult(study=prep.study, plan=prep.plan, results=done.results,
+                       exported=done.exported, models=models, person_table=table,
                        out=Path(out) if out is not None else None)
 
 
@@ -258,14 +257,14 @@ class FittedModel:
         self.name, self.model, self._plan, self._table = name, model, plan, table
         self.kind = {"CoxPH": "cox", "Logistic": "logistic"}.get(type(model).__name__,
                                                                   "poisson")
-        an = plan.study.analyses
-        spec_of = {"cox": an.cox, "logistic": an.logistic, "poisson": an.poisson}
+        from .plan.nodes import ModelPlan
+
+        spec = plan.analysis(ModelPlan, model=name)
         self._strata: tuple[str, ...] = ()
         self._spec = None
-        if name in spec_of and spec_of[name] is not None:
-            names, self._spec = A.design_columns(plan, parts, spec_of[name].adjust)
-            if name == "cox":
-                self._strata = tuple(an.cox.strata)
+        if spec is not None:
+            names, self._spec = A.design_columns(plan, parts, spec.adjust)
+            self._strata = tuple(spec.strata)
         self._baseline = None
 
     # -- estimates --------------------------------------------------------------------------

@@ -302,9 +302,9 @@ def _load_checked(study: Path, data: Path | None, project: Path | None = None,
             raise UserError("checking against a project's approval needs the data's catalog",
                             fix="add --data DIR")
         return s, None, None
-    from .engines.run import prepare
+    from .pipeline import prepare
 
-    return prepare(s, data, approval)
+    return prepare(s, data, approval)   # a Prepared: unpacks as study, plan, dataset
 
 
 def _warn(s) -> None:
@@ -411,20 +411,20 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
         account: str | None, interface: str | None, resume: bool, device: str | None,
         variant: str | None, project: Path | None) -> None:
     """Run a study: results.json, tables/*.csv and the private per-person table in OUT."""
+    from . import api, pipeline
     from .cluster.launchers import client_for
-    from .engines import run as R
 
     if launcher == "mpi":
         from .cluster import mpi
 
         mpi.start()   # from here on only the client rank prints, writes and audits
     # every rank checks the study: a bad one fails everywhere at once, nothing waits for it
-    approval = _approval(project)
-    s, p, ds = _load_checked(study, data, project, variant)
+    _approval(project)
+    prep = _load_checked(study, data, project, variant)
+    s, _, ds = prep
     _warn(s)
     # every rank refuses a bad --out or broken data at once: none waits for another
-    R.check_run(out, ds, overwrite=overwrite, study=s, approval=approval, verify=verify,
-                plan=p)
+    pipeline.check_run(out, prep, overwrite=overwrite, verify=verify)
     if launcher != "local" and engine != "dask":
         raise UserError(f"the {launcher} launcher runs the dask engine",
                         fix="drop --engine reference, or use --launcher local")
@@ -450,9 +450,11 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
     with client_for(launcher, workers, gpus, prof, account=account, interface=interface,
                     part=part, log_directory=logs) as client:
         done: dict = {}
-        res = R.run(s, data, out, engine=engine, client=client, progress=progress,
-                    overwrite=overwrite, approval=approval, resume=resume, report=done,
-                    checked=True, device=device if engine == "dask" else "cpu")
+        # the Python API's code path: the same bytes either way; the dask engine's tables
+        # stay where they were computed (gather=False)
+        res = api.execute(prep, out, engine=engine, client=client, progress=progress,
+                          overwrite=overwrite, resume=resume, report=done, checked=True,
+                          device=device if engine == "dask" else "cpu", gather=False).exported
     if resume:
         click.echo(f"resumed {done.get('resumed', 0)} of {ds.partitions} partitions from "
                    "checkpoints")
@@ -462,7 +464,6 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
 
 def run_summary(res: dict, out: Path) -> str:
     """A short text report of a run's results."""
-    import math
 
     lines = [f"study {res['study']!r} ({res['run']['engine']} engine) -> {out}"]
     for c in res["cohort"]:
@@ -495,11 +496,11 @@ def run_summary(res: dict, out: Path) -> str:
         lines.append(f"  {name}: {ratio} {t['term']} {t[ratio]:.3f} "
                      f"(95% CI {t['lower_95']:.3f}-{t['upper_95']:.3f}), "
                      f"{m['persons']} persons, {m['events']} events")
-    truth = res.get("planted_truth")
-    cox_terms = [t.get("term") for t in res.get("models", {}).get("cox", {}).get("terms", [])]
-    if truth and "statin" in cox_terms:   # the demo's study: its answer is planted
-        hr = math.exp(truth["mi_log_hr"]["statin"])
-        lines.append(f"  planted truth in the synthetic data: HR statin -> MI {hr:.3f}")
+    from .demo import report_line
+
+    truth = report_line(res)    # the demo's study on the demo's data: its answer is planted
+    if truth is not None:
+        lines.append(truth)
     return "\n".join(lines)
 
 

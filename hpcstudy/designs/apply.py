@@ -148,8 +148,8 @@ def _step(attrition, labels, name, parts):
 
 def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, dict]:
     """(new partition tables, attrition, design results) for a study with ``propensity:``."""
-    pr = plan.study.propensity
-    src = plan.study.source
+    pr = plan.propensity
+    src = plan.source
     labels = {g.code: g.label for g in plan.groups}
     attrition = {g: list(s) for g, s in attrition.items()}
     parts = LocalPartitions(tables)
@@ -179,16 +179,16 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
         sd = float(np.std(logit, ddof=1)) if logit.shape[0] > 1 else 0.0
         caliper = None if mt.caliper is None else mt.caliper * sd
         m = match(logit, exposed, pnr, ratio=mt.ratio, caliper=caliper, replace=mt.replace,
-                  seed=plan.study.seed)
+                  seed=plan.seed)
         keys, weights = matched_weights(m, pnr, exposed)
         parts = parts.map(_take_matched, keys, weights)
         counts = _step(attrition, labels, STEP_MATCH, parts)
-        if min(counts) < plan.study.min_cell:   # nothing a table could show
+        if min(counts) < plan.min_cell:   # nothing a table could show
             cal = "no caliper" if caliper is None else \
                 f"caliper {mt.caliper:g} SD = {caliper:.4g} on the logit"
             raise UserError(f"matching on the propensity score ({cal}) matched "
                             f"{int(counts[1])} of the {int(exposed.sum())} exposed persons, "
-                            f"fewer than min_cell ({plan.study.min_cell})", where=src,
+                            f"fewer than min_cell ({plan.min_cell})", where=src,
                             fix="widen propensity.matching.caliper, or use method: weighting")
         design.update(estimand="att", ratio=mt.ratio, replace=mt.replace,
                       caliper_sd=mt.caliper, caliper_logit=caliper)

@@ -27,7 +27,7 @@ def variables(plan, parts) -> list[tuple[str, object]]:
 
     out = []
     kinds = {c.name: c.kind for c in plan.columns}
-    for name in plan.study.propensity.covariates:
+    for name in plan.propensity.covariates:
         if kinds.get(name) == "region":
             for lv in sorted(parts.map_reduce(_levels, name, combine=_union)):
                 out.append((name, lv))
@@ -118,7 +118,7 @@ def table1(plan, parts, vars_, sums, labels: dict[int, str]) -> list[dict]:
     """Rows per (variable, level, arm): persons and percent for flags; mean, SD, median and
     quartiles for numbers. Cells of fewer than min_cell persons (or a flag's complement) are
     suppressed."""
-    k = plan.study.min_cell
+    k = plan.min_cell
     mean, var = _sd(sums)
     rows = []
     for i, (name, level) in enumerate(vars_):
@@ -175,10 +175,10 @@ def _pref(part, share, bins):
 
 def preference(plan, parts, share: float, labels: dict[int, str]) -> tuple[list[dict], float]:
     """Persons per (arm, preference-score bin) and the equipoise share."""
-    bins = plan.study.propensity.bins
+    bins = plan.propensity.bins
     counts, inside = parts.map_reduce(_pref, share, bins)
     total = counts.sum()
-    k = plan.study.min_cell
+    k = plan.min_cell
     rows = []
     for arm in (1, 0):
         c = counts[arm].astype(np.int64)

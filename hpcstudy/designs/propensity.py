@@ -42,7 +42,7 @@ def terms(plan, parts: Partitions) -> tuple[list[str], list]:
     """Names and spec of the score model's columns (a region becomes level indicators)."""
     from ..engines.analyses import design_columns
 
-    names, spec = design_columns(plan, parts, plan.study.propensity.covariates)
+    names, spec = design_columns(plan, parts, plan.propensity.covariates)
     if plan.has_comparator:   # design_columns puts the exposure first: the score predicts it
         names, spec = names[1:], spec[1:]
     return names, spec
@@ -51,7 +51,7 @@ def terms(plan, parts: Partitions) -> tuple[list[str], list]:
 def fit(plan, parts: Partitions, source: str) -> tuple[list[str], list, np.ndarray]:
     """(term names, spec, coefficients with the intercept first)."""
     names, spec = terms(plan, parts)
-    pr = plan.study.propensity
+    pr = plan.propensity
     try:
         if pr.penalty:
             from sklearn.linear_model import LogisticRegression

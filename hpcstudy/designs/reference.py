@@ -33,7 +33,7 @@ def both_arms(table: pd.DataFrame, attrition: dict, labels: dict[int, str],
 def _design_matrix(plan, df: pd.DataFrame) -> pd.DataFrame:
     kinds = {c.name: c.kind for c in plan.columns}
     cols = {}
-    for name in plan.study.propensity.covariates:
+    for name in plan.propensity.covariates:
         if kinds.get(name) == "region":
             for lv in sorted(df[name].unique())[1:]:
                 cols[f"{name}={lv}"] = (df[name] == lv).astype(float)
@@ -48,7 +48,7 @@ def _score(plan, df: pd.DataFrame):
 
     from ..errors import UserError
 
-    pr = plan.study.propensity
+    pr = plan.propensity
     X = _design_matrix(plan, df)
     y = (df["group"] == 1).astype(int)
     if pr.penalty:
@@ -59,7 +59,7 @@ def _score(plan, df: pd.DataFrame):
     coef = np.concatenate([m.intercept_, m.coef_[0]])
     if not pr.penalty and np.any(np.abs(coef) > 25):
         raise UserError("propensity score model: the covariates separate the arms "
-                        "(coefficients grow without bound)", where=plan.study.source,
+                        "(coefficients grow without bound)", where=plan.source,
                         fix="drop or merge the covariate that separates the arms "
                             "(propensity.covariates), or set propensity.penalty")
     logit = m.intercept_[0] + X.to_numpy() @ m.coef_[0]
@@ -132,7 +132,7 @@ def _smoothed(values, q, k):
 def _rows_vars(plan, df):
     kinds = {c.name: c.kind for c in plan.columns}
     out = []
-    for name in plan.study.propensity.covariates:
+    for name in plan.propensity.covariates:
         if kinds.get(name) == "region":
             out += [(name, lv) for lv in sorted(df[name].unique())]
         else:
@@ -170,10 +170,10 @@ def design(plan, df: pd.DataFrame, attrition: dict):
 
     from ..errors import UserError
 
-    pr = plan.study.propensity
-    k = plan.study.min_cell
+    pr = plan.propensity
+    k = plan.min_cell
     labels = {g.code: g.label for g in plan.groups}
-    src = plan.study.source
+    src = plan.source
 
     def need_both(d, step):
         n1, n0 = int((d["group"] == 1).sum()), int((d["group"] == 0).sum())
@@ -242,7 +242,7 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         sd = float(df["logit"].round(7).std(ddof=1))
         caliper = None if mt.caliper is None else mt.caliper * sd
         exposed_n = int((df["group"] == 1).sum())
-        w = _match(df, mt, caliper, plan.study.seed)
+        w = _match(df, mt, caliper, plan.seed)
         key = df["pnr"] * 2 + df["group"].astype("int64")
         df = df[key.isin(w.index)].copy()
         df["weight"] = (df["pnr"] * 2 + df["group"].astype("int64")).map(w)

@@ -136,7 +136,7 @@ def design_columns(plan: Plan, parts: Partitions, adjust: tuple[str, ...]):
     expanded into indicators against its lowest level."""
     names, spec = [], []
     if plan.has_comparator:
-        names.append(plan.study.exposure_name)
+        names.append(plan.exposure_name)
         spec.append(("group", None))
     for a in adjust:
         kind = next(c.kind for c in plan.columns if c.name == a)
@@ -419,7 +419,7 @@ def _lexis_merge(a, b):
 
 
 def lexis_sums(plan: Plan, parts: Partitions) -> dict:
-    lx = plan.study.analyses.lexis
+    lx = plan.lexis
     age_col = next((c.name for c in plan.columns if c.kind == "age"), None)
     if age_col is None:
         raise ValueError("lexis needs the age covariate")
@@ -427,7 +427,7 @@ def lexis_sums(plan: Plan, parts: Partitions) -> dict:
 
 
 def lexis(plan: Plan, parts: Partitions, sums: dict | None = None) -> list[dict]:
-    lx = plan.study.analyses.lexis
+    lx = plan.lexis
     sums = (sums or lexis_sums(plan, parts))["cells"]
     rows = []
     for (g, a, p) in sorted(sums):
@@ -463,7 +463,7 @@ def lexis_poisson(rows: list[dict], plan: Plan | None = None, sums: dict | None 
 
 
 def _lexis_cells(plan, margins, ages, periods, cells) -> dict:
-    lx = plan.study.analyses.lexis
+    lx = plan.lexis
     label_a = {f"{a:g}-{lx.age_bands[i + 1]:g}": i for i, a in enumerate(lx.age_bands[:-1])}
     label_p = {f"{p}-{lx.periods[j + 1] - 1}": j for j, p in enumerate(lx.periods[:-1])}
     total = margins[("all", 0)]

@@ -19,12 +19,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..plan.render import render
-
 
 def fingerprint(plan, manifest_sha: str) -> str:
-    text = json.dumps({"plan": render(plan), "study": plan.study.to_dict(),
-                       "seed": plan.study.seed, "data": manifest_sha}, sort_keys=True)
+    """What a checkpoint was computed from: every node of the plan (their repr: frozen
+    dataclasses, seed and data period included; the study it came from is not a node) and the
+    data manifest."""
+    text = json.dumps({"plan": repr(plan), "data": manifest_sha}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -19,9 +19,12 @@ one pass (each code looked up once in a table of bit sets, one bit per stream). 
 fails (data written by another tool), the partition is sorted once on load, or diagnoses are
 linked by ``recnum`` values, and the results are the same.
 
-One function per plan node kind: :func:`event_streams` (EventStream), :func:`index_rule`
-(IndexPlan), :func:`criterion` (CriterionPlan), :func:`column` (ColumnPlan),
-:func:`outcome_day` (OutcomePlan), :func:`follow_up` (follow-up and censoring of a group).
+One function per plan node type, found in this engine's registries (hpcstudy/plan/dispatch.py):
+INDEX (the index rules), STEPS (eligibility: the population's steps and the criteria), COLUMNS
+(covariates), TABLES (persons in both arms), DESIGN (the comparative design, on the gathered
+tables) and the shared ANALYSES; :func:`event_streams` builds every EventStream at once and
+:func:`follow_up` the outcome and follow-up of a group. What the dask engine supports is what
+is registered; :func:`check` refuses anything else before any data is read.
 """
 
 from __future__ import annotations
@@ -34,30 +37,69 @@ from hpcstudy_kernels.windows import NO_DATE
 
 from ..devices import Device, get_device
 from ..measures import contact
+from ..plan.dispatch import Registry, engine_registries
 from ..plan.nodes import (
-    ColumnPlan,
+    AgeColumn,
+    AgeRange,
+    AliveAtIndex,
+    BothArms,
+    CalendarYearColumn,
+    CharlsonColumn,
+    CountColumn,
     CriterionPlan,
+    DesignPlan,
     EventStream,
+    FirstEventIndex,
+    FixedDateIndex,
+    FlagColumn,
     GroupPlan,
-    IndexPlan,
+    IndexContactColumn,
+    IndexWithinData,
     OutcomePlan,
     Plan,
+    RandomDateIndex,
+    RegionColumn,
+    RegionIn,
+    ResidentAtIndex,
+    ResidentFor,
+    SexColumn,
+    SexIs,
 )
+from ..registers.sources import SOURCES
 from ..registers.store import Dataset, read_partition
 from ..timesplit import entry
 from . import common
+from .results import ANALYSES
 
 DEFAULT_DEVICE = "cpu"
 
-# the sort order of each register inside a partition (registers/schema.py), by read columns
+# the sort order of each register inside a partition (registers/schema.py), by read columns:
+# the population registers, then each event source's table (pnr, date, tie)
 SORTED_BY = {"bef": ("pnr",), "dod": ("pnr", "doddato"), "vnds": ("pnr", "haend_dato"),
-             "lpr_adm": ("pnr", "d_inddto", "recnum"), "lmdb": ("pnr", "eksd"),
-             "dodsaarsag": ("pnr", "doddato")}
-# the code column each event register's streams select on
-CODE_COLUMN = {"lpr": ("lpr_diag", "c_diag"), "lmdb": ("lmdb", "atc"),
-               "death": ("dodsaarsag", "c_dodtilgrundl")}
-DAY_COLUMN = {"lpr": ("lpr_adm", "d_inddto"), "lmdb": ("lmdb", "eksd"),
-              "death": ("dodsaarsag", "doddato")}
+             **{src.table: (src.pnr, src.date) + ((src.tie,) if src.tie else ())
+                for src in SOURCES.values()}}
+# the code column each event source's streams select on, and its dated events' column
+CODE_COLUMN = {name: (src.code_table, src.code) for name, src in SOURCES.items()}
+DAY_COLUMN = {name: (src.table, src.date) for name, src in SOURCES.items()}
+
+# -- one function per plan node (what this engine supports is what is registered) ------------
+INDEX = Registry("dask")      # index rules: (node, pp, seed) -> (day per person, [(step, mask)])
+STEPS = Registry("dask")      # eligibility: (node, Group) -> mask over the partition's persons
+COLUMNS = Registry("dask")    # covariates: (node, Group) -> {column: values of the group's rows}
+TABLES = Registry("dask")     # whole-table steps: (node, table, attrition, plan) -> (…)
+DESIGN = Registry("dask")     # the design, on the gathered tables: (node, plan, tables, attrition)
+engine_registries("dask", INDEX, STEPS, COLUMNS, TABLES, DESIGN, ANALYSES)
+
+
+def check(plan: Plan) -> None:
+    """Refuse a plan with a node this engine has no function for (before reading data)."""
+    for g in plan.groups:
+        INDEX.function(g.index)
+    STEPS.check(plan.eligibility)
+    COLUMNS.check(plan.columns)
+    TABLES.check(n for n in (plan.both_arms,) if n is not None)
+    DESIGN.check(n for n in (plan.design,) if n is not None)
+    ANALYSES.check(plan.analyses)
 
 # Transfers per partition task (tests hold the engine to this): to the device, one per column
 # read, one code table per event register (lpr, lmdb, death) whose streams select codes and
@@ -403,10 +445,12 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
             keep = known
             if _selects(s):
                 keep = keep & _has_bit(bits, k)
-            if register == "lpr" and s.patient_types:
-                keep = keep & _isin_small(xp, pp.data["lpr_adm"]["c_pattype"], s.patient_types)
+            src = SOURCES[register]
+            if src.patient_type is not None and s.patient_types:
+                keep = keep & _isin_small(xp, pp.data[src.table][src.patient_type],
+                                          s.patient_types)
             for col, vals in s.filters:
-                target = pp.data["lpr_adm" if register == "lpr" else register][col]
+                target = pp.data[src.table][col]
                 keep = keep & (_isin_small(xp, target, vals) if len(vals) <= 16 else
                                xp.isin(target, dev.to_device(np.asarray(vals))))
             idx = xp.nonzero(keep)[0]
@@ -454,27 +498,7 @@ def _contact_bits(pp: Persons, group: list[EventStream], diag_bits: list):
 def index_rule(pp: Persons, g: GroupPlan, seed: int) -> tuple:
     """Index day per person row (NO_DATE: none) and the attrition steps [(name, mask)]."""
     xp, n = pp.xp, pp.n
-    ix: IndexPlan = g.index
-    steps = []
-    if ix.kind == "date":
-        idx = xp.full(n, ix.start, dtype=xp.int64)
-        steps.append(("index date", idx != NO_DATE))
-    elif ix.kind == "random_date":
-        idx = common.random_index_days(pp.pnr, seed, ix.start, ix.end)
-        steps.append(("random index date", idx != NO_DATE))
-    else:
-        er, ed = pp.streams[ix.stream]
-        ref = xp.full(n, 0 if ix.start is None else ix.start, dtype=xp.int64)
-        hi = None if ix.end is None else ix.end - (ix.start or 0)
-        lo = None if ix.start is None else 0
-        ok = W.events_in_window(er, ed, ref, lo, hi)
-        idx = W.day_at(W.nth_per_row(er, ok, n, ix.nth), ed)
-        steps.append(("index event in window", idx != NO_DATE))
-        if ix.washout_days:
-            prior = W.count_per_row(er, W.events_in_window(er, ed, idx, -ix.washout_days, -1),
-                                    n) > 0
-            idx = xp.where(prior, NO_DATE, idx)
-            steps.append((f"no event in the {ix.washout_days} days before", idx != NO_DATE))
+    idx, steps = INDEX(g.index, pp, seed)
     if g.never_before is not None:
         er, ed = pp.streams[g.never_before]
         before = W.count_per_row(er, W.events_in_window(er, ed, idx, None, 0), n) > 0
@@ -483,7 +507,97 @@ def index_rule(pp: Persons, g: GroupPlan, seed: int) -> tuple:
     return idx, steps
 
 
-# -- CriterionPlan ----------------------------------------------------------------------------
+@INDEX.register(FixedDateIndex)
+def _fixed_date(ix: FixedDateIndex, pp: Persons, seed: int):
+    idx = pp.xp.full(pp.n, ix.start, dtype=pp.xp.int64)
+    return idx, [("index date", idx != NO_DATE)]
+
+
+@INDEX.register(RandomDateIndex)
+def _random_date(ix: RandomDateIndex, pp: Persons, seed: int):
+    idx = common.random_index_days(pp.pnr, seed, ix.start, ix.end)
+    return idx, [("random index date", idx != NO_DATE)]
+
+
+@INDEX.register(FirstEventIndex)
+def _first_event(ix: FirstEventIndex, pp: Persons, seed: int):
+    xp, n = pp.xp, pp.n
+    er, ed = pp.streams[ix.stream]
+    ref = xp.full(n, 0 if ix.start is None else ix.start, dtype=xp.int64)
+    hi = None if ix.end is None else ix.end - (ix.start or 0)
+    lo = None if ix.start is None else 0
+    ok = W.events_in_window(er, ed, ref, lo, hi)
+    idx = W.day_at(W.nth_per_row(er, ok, n, ix.nth), ed)
+    steps = [("index event in window", idx != NO_DATE)]
+    if ix.washout_days:
+        prior = W.count_per_row(er, W.events_in_window(er, ed, idx, -ix.washout_days, -1),
+                                n) > 0
+        idx = xp.where(prior, NO_DATE, idx)
+        steps.append((f"no event in the {ix.washout_days} days before", idx != NO_DATE))
+    return idx, steps
+
+
+class Group:
+    """What one group's steps and columns see. Steps: ``safe``, every person row's index day
+    (0 where none), and ``since`` (the day their stay in Denmark began, at ``safe``); columns:
+    ``ref`` (index day per person row, NO_DATE outside the cohort) and ``rows`` (the cohort's
+    person rows), ``idx`` the index rule's day per person row."""
+
+    def __init__(self, pp: Persons, g: GroupPlan, idx, safe):
+        self.pp, self.g, self.idx, self.safe = pp, g, idx, safe
+        self._since = None
+        self.ref = self.rows = None
+
+    @property
+    def since(self):
+        if self._since is None:
+            self._since = self.pp.resident_since(self.safe)
+        return self._since
+
+
+# -- eligibility ------------------------------------------------------------------------------
+@STEPS.register(IndexWithinData)
+def _within_data(node: IndexWithinData, g: Group):
+    return g.safe <= node.end
+
+
+@STEPS.register(AliveAtIndex)
+def _alive(node: AliveAtIndex, g: Group):
+    return (g.pp.death >= g.safe) & (g.pp.birth <= g.safe)
+
+
+@STEPS.register(ResidentAtIndex)
+def _resident(node: ResidentAtIndex, g: Group):
+    return g.since != NO_DATE
+
+
+@STEPS.register(AgeRange)
+def _age_range(node: AgeRange, g: Group):
+    age = (g.safe - g.pp.birth) / 365.25
+    return (age >= node.lo) & (age < node.hi)
+
+
+@STEPS.register(SexIs)
+def _sex(node: SexIs, g: Group):
+    return g.pp.female == (1 if node.sex == "female" else 0)
+
+
+@STEPS.register(RegionIn)
+def _region_in(node: RegionIn, g: Group):
+    return _isin_small(g.pp.xp, g.pp.region, node.regions)
+
+
+@STEPS.register(ResidentFor)
+def _resident_for(node: ResidentFor, g: Group):
+    need = float(np.floor(node.years * 365.25))
+    return (g.since != NO_DATE) & (g.safe - g.since >= need)
+
+
+@STEPS.register(CriterionPlan)
+def _criterion(cr: CriterionPlan, g: Group):
+    return criterion(g.pp, cr, g.safe)
+
+
 def criterion(pp: Persons, cr: CriterionPlan, ref):
     """Per person row: whether the criterion keeps the person (``ref`` their index day)."""
     er, ed = pp.streams[cr.stream]
@@ -492,35 +606,77 @@ def criterion(pp: Persons, cr: CriterionPlan, ref):
     return has if cr.action == "include" else ~has
 
 
-# -- ColumnPlan -------------------------------------------------------------------------------
-def column(pp: Persons, c: ColumnPlan, ref, rows):
-    """One covariate for the cohort's rows; ``ref`` is the index day per person row (NO_DATE
-    outside the cohort)."""
-    xp = pp.xp
-    index = ref[rows]
-    if c.kind == "age":
-        return ((index - pp.birth[rows]) / 365.25).astype(xp.float64)
-    if c.kind == "sex":
-        return pp.female[rows]
-    if c.kind == "region":
-        return pp.region[rows]
-    if c.kind == "calendar_year":
-        return common.year_of(index).astype(xp.int16)
-    if c.kind in ("flag", "count"):
-        er, ed = pp.streams[c.stream]
-        k = W.count_per_row(er, W.events_in_window(er, ed, ref, c.window.lo, c.window.hi),
-                            pp.n)[rows]
-        return (k > 0).astype(xp.int8) if c.kind == "flag" else k.astype(xp.int32)
-    if c.kind == "charlson":
-        from ..study.charlson import score
+# -- covariates -------------------------------------------------------------------------------
+@COLUMNS.register(AgeColumn)
+def _age(c: AgeColumn, g: Group):
+    pp, rows = g.pp, g.rows
+    return {c.name: ((g.ref[rows] - pp.birth[rows]) / 365.25).astype(pp.xp.float64)}
 
-        flags = {}
-        for name, _, s in c.charlson:
-            er, ed = pp.streams[s]
-            ok = W.events_in_window(er, ed, ref, c.window.lo, c.window.hi)
-            flags[name] = (W.count_per_row(er, ok, pp.n)[rows] > 0).astype(xp.int16)
-        return score(flags).astype(xp.int16)
-    raise ValueError(f"unknown column kind {c.kind!r}")
+
+@COLUMNS.register(SexColumn)
+def _female(c: SexColumn, g: Group):
+    return {c.name: g.pp.female[g.rows]}
+
+
+@COLUMNS.register(RegionColumn)
+def _region(c: RegionColumn, g: Group):
+    return {c.name: g.pp.region[g.rows]}
+
+
+@COLUMNS.register(CalendarYearColumn)
+def _calendar_year(c: CalendarYearColumn, g: Group):
+    return {c.name: common.year_of(g.ref[g.rows]).astype(g.pp.xp.int16)}
+
+
+@COLUMNS.register(FlagColumn, CountColumn)
+def _flag_count(c: FlagColumn | CountColumn, g: Group):
+    pp, xp, ref, rows = g.pp, g.pp.xp, g.ref, g.rows
+    er, ed = pp.streams[c.stream]
+    k = W.count_per_row(er, W.events_in_window(er, ed, ref, c.window.lo, c.window.hi),
+                        pp.n)[rows]
+    value = (k > 0).astype(xp.int8) if c.kind == "flag" else k.astype(xp.int32)
+    out = {c.name: value}
+    if c.time_varying:   # the first event after index switches it on
+        on = W.first_day_per_row(er, ed, ref, pp.n, 1, None)[rows]
+        out[common.varying_column(c.name)] = xp.where(value == 0, on, NO_DATE).astype(xp.int64)
+    return out
+
+
+@COLUMNS.register(CharlsonColumn)
+def _charlson(c: CharlsonColumn, g: Group):
+    from ..study.charlson import score
+
+    pp, xp = g.pp, g.pp.xp
+    flags = {}
+    for name, _, s in c.charlson:
+        er, ed = pp.streams[s]
+        ok = W.events_in_window(er, ed, g.ref, c.window.lo, c.window.hi)
+        flags[name] = (W.count_per_row(er, ok, pp.n)[g.rows] > 0).astype(xp.int16)
+    return {c.name: score(flags).astype(xp.int16)}
+
+
+@COLUMNS.register(IndexContactColumn)
+def _index_contact(c: IndexContactColumn, g: Group):
+    pp, rows = g.pp, g.rows
+    return {c.name: contact.array_attribute(pp.data, g.g.index.stream, pp.pnr[rows],
+                                            g.idx[rows], c.attribute)}
+
+
+# -- whole tables ------------------------------------------------------------------------------
+@TABLES.register(BothArms)
+def _both_arms(node: BothArms, table: dict, attrition: dict, plan: Plan):
+    from ..designs import arms
+
+    return arms.resolve(table, attrition, {g.code: g.label for g in plan.groups}, node.rule)
+
+
+@DESIGN.register(DesignPlan)
+def _design(node: DesignPlan, plan: Plan, tables: list, attrition: dict):
+    # the design's global step (matching, weights) runs on the gathered tables: the rows come
+    # to this process for propensity studies only
+    from ..designs.apply import run as apply_design
+
+    return apply_design(plan, tables, attrition)
 
 
 # -- OutcomePlan and follow-up ------------------------------------------------------------------
@@ -579,51 +735,20 @@ def follow_up(pp: Persons, plan: Plan, g: GroupPlan, ref, rows) -> dict:
 def group_table(pp: Persons, g: GroupPlan, seed: int) -> tuple[dict, list]:
     """Per-person rows of one group (device arrays) and attrition [(step, device count)]."""
     xp, plan = pp.xp, pp.plan
-    pop = plan.study.population
     idx, steps = index_rule(pp, g, seed)
     ok = idx != NO_DATE
     attrition = [(name, xp.count_nonzero(mask)) for name, mask in steps]
-
-    def step(name, mask):
-        nonlocal ok
-        ok = ok & mask
-        attrition.append((name, xp.count_nonzero(ok)))
-
-    safe = xp.where(ok, idx, 0)
-    step("index within the data", safe <= plan.data_end)
-    step("alive on the index day", (pp.death >= safe) & (pp.birth <= safe))
-    since = pp.resident_since(safe)
-    step("resident in Denmark at index", since != NO_DATE)
-    age = (safe - pp.birth) / 365.25
-    if pop.age:
-        step(f"age in [{pop.age[0]}, {pop.age[1]})", (age >= pop.age[0]) & (age < pop.age[1]))
-    if pop.sex != "any":
-        step(f"sex {pop.sex}", pp.female == (1 if pop.sex == "female" else 0))
-    if pop.regions:
-        step(f"region in {list(pop.regions)}", _isin_small(xp, pp.region, pop.regions))
-    if pop.residence_years:
-        need = float(np.floor(pop.residence_years * 365.25))
-        step(f"resident ≥ {pop.residence_years:g} years", (since != NO_DATE) &
-             (safe - since >= need))
-    for cr in plan.criteria:
-        step(cr.label, criterion(pp, cr, safe))
+    grp = Group(pp, g, idx, xp.where(ok, idx, 0))
+    for node in plan.eligibility:
+        ok = ok & STEPS(node, grp)
+        attrition.append((node.label, xp.count_nonzero(ok)))
     rows = xp.nonzero(ok)[0]
-    ref = xp.where(ok, idx, NO_DATE)
+    grp.ref, grp.rows = xp.where(ok, idx, NO_DATE), rows
     out = {"pnr": pp.pnr[rows], "group": xp.full(rows.shape[0], g.code, dtype=xp.int8),
            "index_date": idx[rows].astype(xp.int32)}
     for c in plan.columns:
-        if c.kind == "index_contact":
-            out[c.name] = contact.array_attribute(pp.data, g.index.stream, pp.pnr[rows],
-                                                  idx[rows], c.attribute)
-            continue
-        out[c.name] = column(pp, c, ref, rows)
-        if c.kind in ("flag", "count") and c.time_varying:
-            # the first event after index switches it on
-            er, ed = pp.streams[c.stream]
-            on = W.first_day_per_row(er, ed, ref, pp.n, 1, None)[rows]
-            out[common.varying_column(c.name)] = xp.where(out[c.name] == 0, on,
-                                                          NO_DATE).astype(xp.int64)
-    f = follow_up(pp, plan, g, ref, rows)
+        out.update(COLUMNS(c, grp))
+    f = follow_up(pp, plan, g, grp.ref, rows)
     keep, late = f.pop("_entry")
     out.update(f)
     if late:
@@ -641,7 +766,7 @@ def device_table(data: dict, plan: Plan, device: Device | str | None = None):
     event_streams(pp, _plan_streams(plan))
     tables, counts = {}, []
     for g in plan.groups:
-        t, a = group_table(pp, g, plan.study.seed)
+        t, a = group_table(pp, g, plan.seed)
         tables[g.label] = t
         counts.append(a)
     flat = [c for a in counts for _, c in a]
@@ -664,10 +789,6 @@ def person_table(data: dict, plan: Plan, device: Device | str | None = None) -> 
     dev = _device(device)
     table, attrition = device_table(data, plan, dev)
     table = {k: dev.to_host(v) for k, v in table.items()}
-    comp = plan.study.comparator
-    if comp is not None and comp.kind == "active":   # persons in both arms meet here
-        from ..designs import arms
-
-        table, attrition = arms.resolve(table, attrition,
-                                        {g.code: g.label for g in plan.groups}, comp.both_arms)
+    if plan.both_arms is not None:   # persons in both arms meet here
+        table, attrition = TABLES(plan.both_arms, table, attrition, plan)
     return table, attrition

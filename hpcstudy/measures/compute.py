@@ -261,7 +261,7 @@ def measures(plan, parts, ds=None) -> dict[str, list[dict]]:
     proportion = fixed_horizon(plan)
     age_col = next((c.name for c in plan.columns if c.kind == "age"), None)
     out = {}
-    for m in plan.study.analyses.measures:
+    for m in plan.measures:
         standard = None
         if m.standardise:
             bands = m.age_bands or S.default_bands()

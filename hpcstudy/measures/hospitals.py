@@ -67,13 +67,13 @@ def hospitals(plan, parts, fitted: dict | None = None) -> list[dict]:
     """The hospitals table (rows sorted by unit, or by rank when identified by rank)."""
     from ..engines import analyses as A
 
-    h = plan.study.analyses.hospitals
+    h = plan.hospitals
     proportion = A.fixed_horizon(plan)
     try:
         model = A.glm(plan, parts, h.adjust, poisson=not proportion)
     except ModelError as e:
         raise UserError(f"the hospitals' risk model cannot be fitted: {e}",
-                        where=plan.study.source, fix="simplify analyses.hospitals.adjust") from e
+                        where=plan.source, fix="simplify analyses.hospitals.adjust") from e
     if fitted is not None:
         fitted["hospitals_risk_model"] = model
     _, spec = A.design_columns(plan, parts, h.adjust)

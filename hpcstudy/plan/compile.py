@@ -5,39 +5,64 @@ window outside the data) are reported here, with the study's file and field."""
 from __future__ import annotations
 
 from ..registers import codes as C
-from ..registers.schema import DATA_END, day
+from ..registers.schema import day
+from ..registers.sources import SOURCES
 from ..registers.store import Dataset
 from ..study import charlson
 from ..study.language import PATIENT_TYPES, Codelist, Events, IndexRule, Problem, Study, Window
 from .nodes import (
+    AgeColumn,
+    AgeRange,
+    AliveAtIndex,
+    BothArms,
+    CalendarYearColumn,
+    CharlsonColumn,
     CodeSet,
-    ColumnPlan,
+    CountColumn,
     CriterionPlan,
+    CurvesPlan,
+    DataPeriod,
+    DesignPlan,
     EventStream,
+    FirstEventIndex,
+    FixedDateIndex,
+    FlagColumn,
     GroupPlan,
+    HospitalsPlan,
+    IndexContactColumn,
     IndexPlan,
+    IndexWithinData,
+    LexisPlan,
+    MeasurePlan,
+    ModelPlan,
     OutcomePlan,
     Plan,
+    RandomDateIndex,
+    RatesPlan,
+    RegionColumn,
+    RegionIn,
+    ResidentAtIndex,
+    ResidentFor,
+    SexColumn,
+    SexIs,
 )
 
-# Columns each register contributes when it is read at all.
+# Columns of the population registers read by every plan (event sources add theirs).
 BASE_READS = {
     "bef": ("pnr", "koen", "foed_dag", "region"),
     "dod": ("pnr", "doddato"),
     "vnds": ("pnr", "indud_kode", "haend_dato"),
 }
-STREAM_READS = {
-    "lpr": {"lpr_adm": ("pnr", "recnum", "d_inddto", "c_pattype"),
-            "lpr_diag": ("recnum", "c_diag", "c_diagtype")},
-    "lmdb": {"lmdb": ("pnr", "eksd", "atc")},
-    "death": {"dodsaarsag": ("pnr", "doddato", "c_dodtilgrundl")},
-}
+COLUMNS = {"age": AgeColumn, "sex": SexColumn, "region": RegionColumn,
+           "calendar_year": CalendarYearColumn, "flag": FlagColumn, "count": CountColumn,
+           "charlson": CharlsonColumn, "index_contact": IndexContactColumn}
 
 
 class _Compiler:
-    def __init__(self, study: Study, dictionaries: dict[str, list[str]]):
+    def __init__(self, study: Study, dictionaries: dict[str, list[str]], period: DataPeriod):
         self.study = study
         self.dicts = dictionaries
+        self.period = period
         self.problems: list[Problem] = []
         self.reads: dict[str, set[str]] = {k: set(v) for k, v in BASE_READS.items()}
 
@@ -47,11 +72,11 @@ class _Compiler:
         return CodeSet(system, prefixes, ranges)
 
     def stream(self, ev: Events, where: str) -> EventStream:
-        for reg, cols in STREAM_READS[ev.register].items():
+        source = SOURCES[ev.register]
+        for reg, cols in source.reads().items():
             self.reads.setdefault(reg, set()).update(cols)
         for col, _ in ev.filters:
-            target = "lpr_adm" if ev.register == "lpr" else ev.register
-            self.reads.setdefault(target, set()).add(col)
+            self.reads.setdefault(source.table, set()).add(col)
         codes = None
         if ev.codelist is not None:
             cl: Codelist = self.study.codelist(ev.codelist)
@@ -63,10 +88,10 @@ class _Compiler:
     def index(self, rule: IndexRule, where: str) -> IndexPlan:
         if rule.kind == "date":
             d = day(rule.date)
-            if d > DATA_END:
+            if d > self.period.end:
                 self.problem(where, "date", f"{rule.date} is after the data end",
                              "choose a date within the data's period")
-            return IndexPlan("date", None, d, d)
+            return FixedDateIndex(None, d, d)
         s = self.stream(rule.events, where)
         start = day(rule.between[0]) if rule.between else None
         end = day(rule.between[1]) if rule.between else None
@@ -75,19 +100,27 @@ class _Compiler:
                          f"codelist {rule.events.codelist!r} matches no code in the data, so "
                          "the index rule can never match",
                          "check the codes against the data's code dictionary")
-        if start is not None and start > DATA_END:
+        if start is not None and start > self.period.end:
             self.problem(where, "between", "the index window starts after the data end",
                          "move it into the data's period")
-        return IndexPlan("first_event", s, start, end, rule.nth, rule.washout_days)
+        return FirstEventIndex(s, start, end, rule.nth, rule.washout_days)
 
     def problem(self, where, fld, message, fix=""):
         self.problems.append(Problem(self.study.source, f"{where}.{fld}", message, fix))
 
 
+def data_period(manifest: dict) -> DataPeriod:
+    """The data's period from its manifest (``period: {start, end}``, ISO dates)."""
+    p = manifest["period"]
+    return DataPeriod(day(p["start"]), day(p["end"]))
+
+
 def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Problem]]:
-    """A Plan for ``study`` on the data's dictionaries, and the problems that need the data."""
-    dictionaries = data.manifest["dictionaries"] if isinstance(data, Dataset) else data
-    c = _Compiler(study, dictionaries)
+    """A Plan for ``study`` on the data (a Dataset, or its manifest as a dict): codelists
+    resolved against its dictionaries, follow-up ended by its period; and the problems that
+    need the data."""
+    manifest = data.manifest if isinstance(data, Dataset) else data
+    c = _Compiler(study, manifest["dictionaries"], data_period(manifest))
     exposed = c.index(study.index, "exposure" if study.comparator else "index")
     groups = [GroupPlan(1, study.exposure_name if study.comparator else "cohort", exposed)]
     comp = study.comparator
@@ -96,7 +129,7 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
             other = c.index(comp.index, "comparator.active")
             groups.append(GroupPlan(0, "comparator", other))
         else:
-            window = IndexPlan("random_date", None, exposed.start, exposed.end)
+            window = RandomDateIndex(None, exposed.start, exposed.end)
             if exposed.start is None:
                 c.problem("exposure", "between", "a non-user comparator needs the exposure's "
                           "between: window (its index dates are drawn from it)",
@@ -114,16 +147,16 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
             c.stream(lpr, "covariates")
             cats = tuple((name, w, EventStream("lpr", c.codeset("icd10", prefixes), (0, 1), ()))
                          for name, w, prefixes in charlson.CATEGORIES)
-            cols.append(ColumnPlan(cov.name, "charlson", window=cov.window or Window(-3650, 0),
-                                   charlson=cats))
+            cols.append(CharlsonColumn(cov.name, window=cov.window or Window(-3650, 0),
+                                       charlson=cats))
         elif cov.kind in ("flag", "count"):
-            cols.append(ColumnPlan(cov.name, cov.kind, c.stream(cov.events, "covariates"),
-                                   cov.window, time_varying=cov.time_varying))
+            cols.append(COLUMNS[cov.kind](cov.name, c.stream(cov.events, "covariates"),
+                                          cov.window, time_varying=cov.time_varying))
         elif cov.kind == "index_contact":   # read from the index rule's lpr contacts
-            c.reads.setdefault("lpr_adm", set()).add(cov.attribute)
-            cols.append(ColumnPlan(cov.name, cov.kind, attribute=cov.attribute))
+            c.reads.setdefault(SOURCES["lpr"].table, set()).add(cov.attribute)
+            cols.append(IndexContactColumn(cov.name, attribute=cov.attribute))
         else:
-            cols.append(ColumnPlan(cov.name, cov.kind))
+            cols.append(COLUMNS[cov.kind](cov.name))
     o = study.outcome
     stream = c.stream(o.events, "outcome") if o.events else None
     if stream is not None and stream.codes is not None and stream.codes.empty:
@@ -131,10 +164,53 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
                   "the data: no outcome can ever occur", "check the codes")
     outcome = OutcomePlan(o.name, stream, o.death, o.window)
     reads = {k: tuple(sorted(v)) for k, v in sorted(c.reads.items())}
-    plan = Plan(study, tuple(groups), criteria, tuple(cols), outcome, study.follow_up_days,
-                DATA_END, reads, study.follow_up_start,
-                day(study.follow_up_end) if study.follow_up_end else None)
+    both = BothArms(comp.both_arms) if comp is not None and comp.kind == "active" else None
+    design = DesignPlan(study.propensity) if study.propensity is not None else None
+    # without file:line: a path and a line number are free text the export gate cannot vouch for
+    warnings = tuple(str(w).split(": ", 1)[1] for w in study.warnings)
+    plan = Plan(study, study.name, study.description, study.source, study.seed,
+                study.exposure_name, tuple(groups), _population(study, c.period), criteria,
+                tuple(cols), outcome, study.follow_up_days, c.period, _analyses(study),
+                study.min_cell, study.round_to, reads, study.follow_up_start,
+                day(study.follow_up_end) if study.follow_up_end else None, both, design,
+                warnings)
     return plan, c.problems
+
+
+def _population(study: Study, period: DataPeriod) -> tuple:
+    """The steps every person of every group passes after their index date, in order."""
+    p = study.population
+    steps = [IndexWithinData(period.end), AliveAtIndex(), ResidentAtIndex()]
+    if p.age:
+        steps.append(AgeRange(p.age[0], p.age[1]))
+    if p.sex != "any":
+        steps.append(SexIs(p.sex))
+    if p.regions:
+        steps.append(RegionIn(tuple(p.regions)))
+    if p.residence_years:
+        steps.append(ResidentFor(p.residence_years))
+    return tuple(steps)
+
+
+def _analyses(study: Study) -> tuple:
+    """The analyses in the order their sections appear in the results."""
+    a = study.analyses
+    out: list = []
+    if a.rates_by is not None:
+        out.append(RatesPlan(tuple(a.rates_by)))
+    for model in ("cox", "logistic", "poisson"):
+        m = getattr(a, model)
+        if m is not None:
+            out.append(ModelPlan(model, tuple(m.adjust),
+                                 tuple(m.strata) if model == "cox" else ()))
+    if a.curves:
+        out.append(CurvesPlan())
+    if a.lexis is not None:
+        out.append(LexisPlan(tuple(a.lexis.age_bands), tuple(a.lexis.periods)))
+    out += [MeasurePlan(m) for m in a.measures]
+    if a.hospitals is not None:
+        out.append(HospitalsPlan(a.hospitals))
+    return tuple(out)
 
 
 def _label(cr, i) -> str:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .nodes import EventStream, IndexPlan, Plan
+from .nodes import (
+    AgeRange,
+    CurvesPlan,
+    EventStream,
+    IndexPlan,
+    ModelPlan,
+    Plan,
+    RegionIn,
+    ResidentFor,
+    SexIs,
+)
 
 
 def _d(days) -> str:
@@ -44,27 +54,26 @@ def _w(w) -> str:
 
 
 def render(plan: Plan) -> str:
-    s = plan.study
-    out = [f"plan for study {s.name!r} ({s.source})", "", "groups (dimension: person):"]
-    if s.description:   # the report's subtitle: plan.txt is the exported place for it
-        out[1:1] = [f"description: {' '.join(s.description.split())}"]
+    out = [f"plan for study {plan.name!r} ({plan.source})", "", "groups (dimension: person):"]
+    if plan.description:   # the report's subtitle: plan.txt is the exported place for it
+        out[1:1] = [f"description: {' '.join(plan.description.split())}"]
     for g in plan.groups:
         out.append(f"  group={g.code} {g.label}: index = {_index(g.index)}")
         if g.never_before is not None:
             out.append(f"      with no {_stream(g.never_before)} on or before index")
         if g.censor_at is not None:
             out.append(f"      censored at their first {_stream(g.censor_at)}")
-    p = s.population
     out += ["", "eligibility at index (dimension: person):",
             "  alive and resident in Denmark"]
-    if p.age:
-        out.append(f"  age in [{p.age[0]}, {p.age[1]}) years")
-    if p.sex != "any":
-        out.append(f"  sex {p.sex}")
-    if p.regions:
-        out.append(f"  region in {list(p.regions)}")
-    if p.residence_years:
-        out.append(f"  resident for at least {p.residence_years} years before index")
+    for step in plan.population:
+        if isinstance(step, AgeRange):
+            out.append(f"  age in [{step.lo}, {step.hi}) years")
+        elif isinstance(step, SexIs):
+            out.append(f"  sex {step.sex}")
+        elif isinstance(step, RegionIn):
+            out.append(f"  region in {list(step.regions)}")
+        elif isinstance(step, ResidentFor):
+            out.append(f"  resident for at least {step.years} years before index")
     for c in plan.criteria:
         out.append(f"  {c.action}: {'≥' + str(c.min_count) + ' ' if c.min_count > 1 else ''}"
                    f"{_stream(c.stream)} in days {_w(c.window)} of index")
@@ -92,22 +101,21 @@ def render(plan: Plan) -> str:
                    "earlier outcomes remove the person, earlier time is not counted)")
     out.append("follow-up ends at the first of: " + ", ".join(ends))
     out += ["", "analyses:"]
-    a = s.analyses
-    if a.rates_by is not None:
-        out.append(f"  rates by {', '.join(a.rates_by)}")
-    if a.curves:
+    if plan.rates_by is not None:
+        out.append(f"  rates by {', '.join(plan.rates_by)}")
+    if plan.analysis(CurvesPlan) is not None:
         out.append("  Kaplan–Meier and cumulative incidence by group")
     for key in ("cox", "logistic", "poisson"):
-        m = getattr(a, key)
+        m = plan.analysis(ModelPlan, model=key)
         if m is not None:
             out.append(f"  {key}: group + {', '.join(m.adjust) or 'nothing'}"
                        + (f", strata {', '.join(m.strata)}" if m.strata else ""))
-    if a.lexis:
-        out.append(f"  Lexis rates by age band {list(a.lexis.age_bands)} and period "
-                   f"{list(a.lexis.periods)}")
-    for m in a.measures:
+    if plan.lexis:
+        out.append(f"  Lexis rates by age band {list(plan.lexis.age_bands)} and period "
+                   f"{list(plan.lexis.periods)}")
+    for m in plan.measures:
         out.append(f"  measure {m.name} by {', '.join(m.by)}")
-    out += ["", f"disclosure: cells below {s.min_cell} persons are suppressed", "",
+    out += ["", f"disclosure: cells below {plan.min_cell} persons are suppressed", "",
             "registers and columns read:"]
     for reg, cols in plan.reads.items():
         out.append(f"  {reg}: {', '.join(cols)}")

@@ -16,9 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +24,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import CannotWrite, UserError
+from ..errors import UserError
+
+# Output folders are staged and swapped into place by outputs/staging.py; these names stay
+# importable from here for the writers of datasets (synth, ingest).
+from ..outputs.staging import (  # noqa: F401
+    commit_output,
+    prepare_output,
+    staged_output,
+    write_refusal,  # noqa: F401
+)
 from .schema import HIDDEN_SORT_COLUMNS, REGISTERS, SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
@@ -115,63 +122,6 @@ def empty_manifest(partitions: int, dictionaries: dict[str, Sequence[str]],
     }
 
 
-# -- safe output directories -----------------------------------------------------------------
-def prepare_output(out: Path, overwrite: bool, *, kind: str, reads=()) -> Path:
-    """Check ``out`` may be written (see :mod:`hpcstudy.outputs.targets`); return a fresh
-    staging folder beside it.
-
-    Data is written to the staging folder and swapped into place only when complete, so an
-    interrupted command never leaves an output that looks whole, nor a missing one.
-    """
-    from ..outputs import targets
-
-    out = Path(out)
-    targets.check_target(out, kind=kind, overwrite=overwrite, reads=reads)
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_refusal(e)(f"cannot create the directory {parent} ({e.strerror})",
-                          fix="choose a writable --out") from e
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CannotWrite(f"cannot write in {parent}", fix="choose a writable --out")
-    staging = targets.leftover(out, "partial")
-    try:
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir()
-    except OSError as e:
-        raise write_refusal(e)(f"cannot create a directory in {parent} ({e.strerror})",
-                          fix="choose a writable --out") from e
-    return staging
-
-
-def write_refusal(e: OSError) -> type[UserError]:
-    """The machine refused (permissions, read-only: exit 1), or the path is wrong (exit 2)."""
-    import errno
-
-    return CannotWrite if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else UserError
-
-
-@contextmanager
-def staged_output(out: Path, overwrite: bool, *, kind: str, reads=()):
-    """``with staged_output(out, overwrite, kind="run") as staging:`` write into ``staging``;
-    on success it replaces ``out`` in one step, on any failure (an interrupt too) it is removed
-    and ``out`` is untouched. ``kind`` is run, dataset or export: what ``out`` may replace
-    (:func:`hpcstudy.outputs.targets.check_target`); a run's staging gets the run marker."""
-    from ..outputs import targets
-
-    staging = prepare_output(out, overwrite, kind=kind, reads=reads)
-    try:
-        yield staging
-        if kind == "run":
-            targets.run_marker(staging)
-        commit_output(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def write_partition(root: Path, register: str, partition: int,
                     cols: dict[str, np.ndarray]) -> dict:
     """Sort one partition's columns, write its Parquet file; return its manifest entry."""
@@ -186,13 +136,6 @@ def add_file(manifest: dict, register: str, entry: dict) -> None:
     m = manifest["registers"][register]
     m["files"].append(entry)
     m["rows"] += entry["rows"]
-
-
-def commit_output(staging: Path, out: Path) -> None:
-    """Swap a finished staging folder into place (no moment without ``out``), drop the old."""
-    from ..outputs import targets
-
-    targets.commit(staging, Path(out))
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -260,6 +203,7 @@ class Dataset:
 
     root: Path
     manifest: dict
+    manifest_sha256: str = ""   # of the very bytes ``manifest`` was parsed from
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> Dataset:
@@ -278,8 +222,9 @@ class Dataset:
         if not path.is_file():
             raise UserError(f"{root} has no {MANIFEST}",
                             fix="give the directory that `hpcstudy synth` or ingest wrote")
+        raw = path.read_bytes()
         try:
-            manifest = json.loads(path.read_text())
+            manifest = json.loads(raw.decode())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{path}: not valid JSON ({e})", fix="restore the manifest") from e
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -289,7 +234,7 @@ class Dataset:
         if broken:
             raise UserError(f"{path}: {broken}", fix="restore the manifest that synth or "
                             "ingest wrote (hpcstudy data verify checks the rest)")
-        return cls(root, manifest)
+        return cls(root, manifest, hashlib.sha256(raw).hexdigest())
 
     @property
     def partitions(self) -> int:

@@ -34,11 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from ..plan.nodes import Plan
-from ..registers.schema import CPR_START, REGISTERS, day
+from ..registers.schema import REGISTERS, day
+from ..registers.sources import event_registers
 from ..study.language import Problem
 from ..study.yamlio import Node, load
-
-EVENT_REGISTERS = {"lpr": ("lpr_adm", "lpr_diag"), "lmdb": ("lmdb",), "death": ("dodsaarsag",)}
 
 
 @dataclass(frozen=True)
@@ -221,12 +220,12 @@ def reach(plan: Plan) -> tuple[float, float]:
         lo = min(lo, idx_lo + (o.window.lo or 0))
         hi = max(hi, min(end, plan.data_end))
     # an open window reaches back to the start of the registers, not further
-    return max(lo, CPR_START), min(hi, plan.data_end)
+    return max(lo, plan.period.start), min(hi, plan.data_end)
 
 
 def check(plan: Plan, approval: Approval) -> list[Problem]:
     """What the plan would use that the project is not approved for, one problem each."""
-    where = f"{plan.study.source}"
+    where = f"{plan.source}"
     out: list[Problem] = []
     for reg, cols in plan.reads.items():
         if reg not in approval.registers:
@@ -242,7 +241,7 @@ def check(plan: Plan, approval: Approval) -> list[Problem]:
                                f"{approval.project}'s approval",
                                f"ask for them in {approval.source} or leave them out"))
     lo, hi = reach(plan)
-    uses_events = any(r in plan.reads for regs in EVENT_REGISTERS.values() for r in regs)
+    uses_events = any(r in plan.reads for r in event_registers())
     if uses_events and (lo < approval.period[0] or hi > approval.period[1]):
         first, last = _iso(lo), _iso(hi)
         out.append(Problem(where, "period",

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from ..registers.sources import SOURCES
+
 DAYS = 73_200              # 200 years: the largest number of days any window or rule may give
 MAX_BYTES = 1_000_000      # a study file (codelists that long belong in a CSV file:)
 MAX_NODES = 100_000        # values in a study after YAML aliases are expanded
@@ -182,19 +184,16 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
         "name": ("plain name (letters, digits, _ -)", "the variant's name"),
         "set": ("mapping dotted.path: value", "fields to change (null removes one)"),
     },
-    # the columns filter: may name, per register, with the values they hold
-    "filter_lpr": {"c_pattype": ("0–3", "patient type code"),
-                   "c_sgh": ("hospital code", "the hospital")},
-    "filter_lmdb": {"apk": ("number of packs", "packs dispensed"),
-                    "packsize": ("units per pack", "pack size")},
+    # the columns filter: may name, per register, with the values they hold (the catalogue's)
+    **{f"filter_{name}": {col: (f.values, f.meaning) for col, f in src.filters.items()}
+       for name, src in SOURCES.items() if src.filters},
 }
 
 from ..designs.language import KEYS as _DESIGN_KEYS  # noqa: E402 - the design's own keys
 
 KEYS.update(_DESIGN_KEYS)
 
-FILTER_RANGES = {"c_pattype": (0, 3), "c_sgh": (0, 2**31 - 1), "apk": (0, 32_767),
-                 "packsize": (0, 2**31 - 1)}
+FILTER_RANGES = {col: f.bounds for src in SOURCES.values() for col, f in src.filters.items()}
 
 # Fixes for keys users put in the wrong place (context, key) → fix.
 MISPLACED = {

@@ -12,20 +12,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..registers.sources import (  # noqa: F401 - DIAGNOSIS_TYPES, PATIENT_TYPES: public names
+    DEFAULT_SOURCE,
+    DIAGNOSIS_TYPES,
+    PATIENT_TYPES,
+    SOURCES,
+)
 from .keys import BUILTIN_COVARIATES  # noqa: F401 - part of this module's public names
 
 # a chapter (C), a part of a block (C5), a category (C50) or a subcode (C509), Danish or WHO
 ICD10 = re.compile(r"^D?[A-Z]([0-9]{1,2}[0-9A-Z]{0,4})?\*?$")
 ATC = re.compile(r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?\*?$")
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-REGISTERS = {"lpr": "hospital diagnoses (lpr_adm + lpr_diag)", "lmdb": "prescriptions",
-             "death": "causes of death (dodsaarsag)"}
-SYSTEM_REGISTER = {"icd10": "lpr", "atc": "lmdb"}
-REGISTER_SYSTEM = {"lpr": "icd10", "lmdb": "atc", "death": "icd10"}
-PATIENT_TYPES = {"inpatient": 0, "part-day": 1, "outpatient": 2, "emergency": 3}
-DIAGNOSIS_TYPES = ("A", "B")
+# The event sources and their vocabularies live in registers/sources.py (one catalogue).
+REGISTERS = {name: src.title for name, src in SOURCES.items()}
+SYSTEM_REGISTER = DEFAULT_SOURCE
+REGISTER_SYSTEM = {name: src.system for name, src in SOURCES.items()}
 # Columns a study may filter events on, per register (codes and dates are handled otherwise).
-FILTER_COLUMNS = {"lpr": ("c_pattype", "c_sgh"), "lmdb": ("apk", "packsize"), "death": ()}
+FILTER_COLUMNS = {name: tuple(src.filters) for name, src in SOURCES.items()}
 CHARLSON_WINDOW = (-3650, 0)
 
 

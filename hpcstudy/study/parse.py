@@ -40,6 +40,7 @@ from .language import (
     PATIENT_TYPES,
     REGISTER_SYSTEM,
     REGISTERS,
+    SOURCES,
     SYSTEM_REGISTER,
     Analyses,
     Codelist,
@@ -394,7 +395,7 @@ def _events(cx: _Ctx, node: Node, path: str, names: dict[str, Codelist],
     ptypes = _choice_list(cx, node, "patient_type", f"{path}.patient_type",
                           tuple(PATIENT_TYPES), ())
     for k in ("diagnosis_type", "patient_type"):
-        if reg != "lpr" and k in node:
+        if getattr(SOURCES[reg], k) is None and k in node:
             cx.err(node, k, f"{path}.{k}", f"{k.replace('_', ' ')}s exist only in lpr, not "
                    f"{reg}", f"drop {k}:")
             ok = False
@@ -427,8 +428,8 @@ def _filters(cx: _Ctx, node, path, reg) -> tuple | None:
     if "filter" not in node:
         return ()
     fl = node["filter"]
-    if reg == "death":
-        cx.err(node, "filter", f"{path}.filter", "register death has no columns to filter on",
+    if not SOURCES[reg].filters:
+        cx.err(node, "filter", f"{path}.filter", f"register {reg} has no columns to filter on",
                "drop filter:")
         return None
     fl = cx.mapping(fl, f"filter_{reg}", f"{path}.filter", node, "filter",

@@ -66,8 +66,10 @@ def both_engines(s, data):
     _, plan, ds = R.prepare(s, data)
     out = {}
     for eng in ("reference", "dask"):
-        tables, att, parts = R.person_table(plan, ds, eng)
-        out[eng] = (R.combined(plan, tables), att, R.analyse(plan, parts, att), plan)
+        built = R.person_table(plan, ds, eng)
+        tables, att, parts = built
+        out[eng] = (R.combined(plan, tables), att,
+                    R.analyse(plan, parts, att, design=built.design), plan)
     return out
 
 
@@ -146,8 +148,9 @@ def test_smds_equal_a_hand_computation(small_data):
     s = study(propensity={"covariates": ["age", "diabetes"], "method": "weighting",
                           "weighting": {"estimand": "ate"}})
     _, plan, ds = R.prepare(s, small_data)
-    tables, att, parts = R.person_table(plan, ds, "dask")
-    res = R.analyse(plan, parts, att)
+    built = R.person_table(plan, ds, "dask")
+    tables, att, parts = built
+    res = R.analyse(plan, parts, att, design=built.design)
     # the cohort before the design: the same study without propensity
     bare = study()
     _, plan0, _ = R.prepare(bare, small_data)

@@ -29,8 +29,9 @@ def data(tmp_path_factory):
 
 def estimate(spec, data):
     _, plan, ds = R.prepare(study_from_text(yaml.safe_dump(spec)), data)
-    tables, att, parts = R.person_table(plan, ds, "dask")
-    res = R.analyse(plan, parts, att)
+    built = R.person_table(plan, ds, "dask")
+    tables, att, parts = built
+    res = R.analyse(plan, parts, att, design=built.design)
     return res["models"]["cox"]["terms"][0], res
 
 

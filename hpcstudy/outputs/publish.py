@@ -1,0 +1,140 @@
+"""Disclosure control of a run's results: every rule applied to the raw results dict, giving
+what may leave OUT/private (results.json, the tables). The rules themselves are
+hpcstudy/outputs/disclosure.py; this module applies them section by section, and re-derives a
+rate or proportion from rounded counts (``round_to``) so a shown ratio never betrays the exact
+count behind it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from . import disclosure as D
+
+
+def _rate_again(row: dict) -> None:
+    from ..models.rates import poisson_ci
+
+    if "proportion" in row:   # a fixed-horizon outcome's cohort or rates table
+        _proportion_again(row)
+        return
+
+    py = row.get("person_years")
+    if py:
+        lo, hi = poisson_ci(row["events"], py)
+        row.update(rate_per_1000py=1000 * row["events"] / py, lower_95=1000 * lo,
+                   upper_95=1000 * hi)
+
+
+def _proportion_again(row: dict) -> None:
+    from ..models.rates import wilson_ci
+
+    if row.get("persons"):
+        lo, hi = wilson_ci(row["events"], row["persons"])
+        row.update(proportion=row["events"] / row["persons"], lower_95=lo, upper_95=hi)
+
+
+def _measure_again(row: dict) -> None:
+    from ..models.rates import poisson_ci
+
+    if "proportion" in row:
+        _proportion_again(row)
+    elif row.get("person_years"):
+        lo, hi = poisson_ci(row["events"], row["person_years"])
+        row.update(rate=1000 * row["events"] / row["person_years"], lower_95=1000 * lo,
+                   upper_95=1000 * hi)
+
+
+def _oe_again(row: dict) -> None:
+    from ..models.rates import poisson_ci
+
+    if row.get("expected"):
+        lo, hi = poisson_ci(row["events"], row["expected"])
+        row.update(oe=row["events"] / row["expected"], lower_95=lo, upper_95=hi)
+
+
+def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
+    """The results with every disclosure rule applied (what may leave OUT/private)."""
+    r = _disclosed(results, min_cell)
+    if round_to:
+        for g in r["attrition"]:
+            r["attrition"][g] = D.rounded(r["attrition"][g], round_to)
+        for key in ("cohort", "rates", "lexis"):
+            if key in r:
+                r[key] = D.rounded(r[key], round_to, _rate_again)
+        for k in r.get("measures", {}):
+            r["measures"][k] = D.rounded(r["measures"][k], round_to, _measure_again)
+        if "curves" in r:
+            r["curves"] = D.rounded(r["curves"], round_to)
+        if "hospitals" in r:
+            r["hospitals"] = D.rounded(r["hospitals"], round_to, _oe_again)
+        for m in [*r.get("models", {}).values(), r.get("lexis_model", {})]:
+            for row in [m, *m.get("terms", [])]:
+                for f in D.TERM_COUNTS:
+                    if isinstance(row.get(f), int):
+                        row[f] = int(round_to * round(row[f] / round_to))
+    return r
+
+
+def _disclosed(results: dict, min_cell: int) -> dict:
+    r = json.loads(json.dumps(results, default=jsonable))
+    rate = ("person_years", "rate_per_1000py", "proportion", "lower_95", "upper_95")
+    r["cohort"] = D.suppress(r["cohort"], min_cell, rate, keys=("label",))
+    shown = {c["label"]: c["persons"] is not None for c in r["cohort"]}
+    for g in r["attrition"]:
+        # the last step is the cohort table's persons of the group: one number, one verdict
+        last = shown.get(g, next(iter(shown.values())) if len(shown) == 1 else None)
+        r["attrition"][g] = D.attrition(r["attrition"][g], min_cell, last)
+    if "rates" in r:
+        r["rates"] = D.suppress(r["rates"], min_cell, rate, keys=_keys(r["rates"],
+                                                                       _rate_columns()))
+    if "lexis" in r:
+        r["lexis"] = D.suppress(r["lexis"], min_cell, rate, keys=_lexis_keys())
+    from ..measures.compute import COLUMNS as MEASURE_COLUMNS
+
+    for k in r.get("measures", {}):
+        r["measures"][k] = D.suppress(r["measures"][k], min_cell, MEASURE_COLUMNS[2:-1],
+                                      keys=_keys(r["measures"][k], MEASURE_COLUMNS))
+    if "curves" in r:
+        r["curves"] = D.curve(r["curves"], min_cell)
+    if "hospitals" in r:
+        from ..measures.hospitals import COLUMNS as HOSPITAL_COLUMNS
+
+        r["hospitals"] = D.suppress(r["hospitals"], min_cell, HOSPITAL_COLUMNS[2:-1],
+                                    keys=("hospital",))
+    for k, m in list(r.get("models", {}).items()):
+        r["models"][k] = D.model(m, min_cell)
+    if "lexis_model" in r:
+        r["lexis_model"] = D.model(r["lexis_model"], min_cell)
+    return r
+
+
+def _keys(rows: list[dict], columns: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(k for k in (rows[0] if rows else {}) if k not in columns)
+
+
+def jsonable(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    raise TypeError(type(o))
+
+
+
+
+_jsonable = jsonable   # the older name
+
+
+def _rate_columns() -> tuple[str, ...]:
+    from ..engines.analyses import RATE_COLUMNS
+
+    return RATE_COLUMNS
+
+
+def _lexis_keys() -> tuple[str, ...]:
+    from ..engines.analyses import LEXIS_KEYS
+
+    return LEXIS_KEYS

@@ -1,0 +1,218 @@
+"""A run, from study to output folder, in one place:
+
+    prepare      study + data manifest → Prepared: one compile, one manifest read and hash
+    check_run    the output folder may be written, the data's files agree with the manifest
+    execute      plan → person tables (engines/run.py: the engine, then the design)
+                 → analyses (engines/results.py) → disclosure (outputs/publish.py)
+                 → writers (outputs/writers.py)
+
+The audit records around a run are the caller's: ``hpcstudy run`` (the CLI's audited
+commands) and :func:`hpcstudy.run` (the Python API) both run exactly this (through
+:func:`hpcstudy.api.execute`), so the same study and data give the same bytes either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import UserError
+from .plan import compile_study
+from .plan.nodes import Plan
+from .registers.store import Dataset
+from .study import Study, StudyErrors, load_study
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A study checked and compiled against one reading of the data's manifest. Unpacks as
+    ``study, plan, ds``."""
+
+    study: Study
+    plan: Plan
+    ds: Dataset
+    approval: object = None
+
+    @property
+    def manifest_sha256(self) -> str:
+        """SHA-256 of the manifest bytes the plan was compiled from."""
+        return self.ds.manifest_sha256
+
+    def __iter__(self):
+        return iter((self.study, self.plan, self.ds))
+
+
+def prepare(study: Study | str | Path, data: str | Path, approval=None) -> Prepared:
+    """Load and check a study against the data's catalog (and the project's approval, when
+    given); raise StudyErrors with every problem. Only the manifest is read, once."""
+    from .outputs.gate import key_name_problems, min_cell_floor, min_cell_problems
+
+    if not isinstance(study, Study):
+        study = load_study(study)
+    ds = Dataset.open(data)
+    plan, problems = compile_study(study, ds)
+    if approval is not None:
+        from .secure.approval import check as check_approval
+
+        problems += check_approval(plan, approval)
+    problems += min_cell_problems(study, approval) + key_name_problems(study)
+    floor = min_cell_floor(approval)
+    if problems:
+        raise StudyErrors(problems)
+    if floor > study.min_cell:
+        # the project's threshold is a floor a study can only raise
+        study = replace(study, min_cell=floor)
+        plan = replace(plan, study=study, min_cell=floor)
+    return Prepared(study, plan, ds, approval)
+
+
+def check_data(prep: Prepared, verify: bool = False) -> None:
+    """Refuse data with fewer registers than the plan reads, or whose files disagree with
+    the manifest (``verify``: every file's checksum too)."""
+    ds = prep.ds
+    missing = [r for r in prep.plan.reads if r not in ds.registers]
+    if missing:   # never run on silently fewer registers than the study reads
+        raise UserError(f"{ds.root}/manifest.json: register {missing[0]}, which the study "
+                        "reads, is not in the manifest", fix="restore the manifest that synth "
+                        "or ingest wrote, or ingest the register")
+    ds.check_files(checksums=verify)
+
+
+def check_run(out, prep: Prepared | Dataset, *, overwrite: bool = False,
+              study: Study | None = None, approval=None, verify: bool = False,
+              plan: Plan | None = None) -> None:
+    """Refuse a run before it reads anything: an ``out`` it may not write (it is, holds or lies
+    in what the run reads; it exists without --overwrite or without a run marker; see
+    :mod:`hpcstudy.outputs.targets`) or data whose files disagree with the manifest."""
+    from .outputs import targets
+
+    if isinstance(prep, Dataset):    # the older call: check_run(out, ds, study=…, plan=…)
+        prep = Prepared(study, plan, prep, approval)
+    study, approval = prep.study, prep.approval
+    reads = [prep.ds.root,
+             study.source if study is not None and study.source != "<python>" else None,
+             approval.source if approval is not None else None]
+    targets.check_target(out, kind="run", overwrite=overwrite, reads=reads)
+    if prep.plan is not None:
+        check_data(prep, verify)
+    else:
+        prep.ds.check_files(checksums=verify)
+
+
+@dataclass
+class Executed:
+    """What a run computed: the raw results (private), what may be exported, the fitted model
+    objects and the per-person table (private; None unless gathered)."""
+
+    results: dict
+    exported: dict
+    table: dict | None
+    fitted: dict = field(default_factory=dict)
+
+
+def run_section(prep: Prepared, engine: str, device: dict | None = None) -> dict:
+    """results.json's ``run`` section: how and on what the run ran. No data path: a folder
+    name is free text the gate cannot vouch for (the manifest's SHA-256 says which data)."""
+    from .engines.common import STATUS
+
+    plan = prep.plan
+    run = {"engine": engine, "data_manifest_sha256": prep.manifest_sha256,
+           "min_cell": plan.min_cell, "round_to": plan.round_to,
+           "status_codes": {str(k): v for k, v in STATUS.items()}}
+    run["study_warnings"] = list(plan.warnings)
+    if device is not None:
+        run["device"] = device
+    if prep.approval is not None:
+        run["approval"] = prep.approval.as_dict()
+    return run
+
+
+def choose_device(engine: str, device: str, client=None) -> str:
+    """The device a run computes on (``cpu``, ``gpu`` or ``auto``: see
+    :mod:`hpcstudy.cluster.gpus`); the reference engine runs on the CPU only."""
+    if engine != "dask" and device == "gpu":
+        raise UserError(f"the {engine} engine runs on the CPU only",
+                        fix="use the dask engine for device gpu, or leave the device out")
+    if engine == "dask":
+        from .cluster.gpus import choose
+
+        return choose(device, client)
+    return "cpu"
+
+
+def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", client=None,
+            progress=None, overwrite: bool = False, resume: bool = False,
+            report: dict | None = None, device: str = "cpu", gather: bool = False) -> Executed:
+    """Run a prepared study (``check_run`` done). The dask engine checkpoints every finished
+    partition next to OUT, in the private folder OUT.checkpoints/ (mode 0700); ``resume``
+    reuses them; a finished run removes them. Without ``out`` nothing is written.
+    ``gather``: bring the per-person table to this process (the Python API's); otherwise the
+    dask engine's tables are written where they were computed."""
+    from . import demo
+    from .engines import checkpoint
+    from .engines.results import analyse
+    from .engines.run import check_engine, combined, person_table
+    from .outputs.publish import exported
+    from .outputs.writers import write_run
+
+    plan = prep.plan
+    check_engine(plan, engine)          # "not supported by this engine": before any read
+    report = {} if report is None else report
+    device = choose_device(engine, device, client)
+    ckpt = checkpoint.directory(Path(out)) if out is not None and engine == "dask" else None
+    if ckpt is not None and ckpt.is_dir():
+        checkpoint.private_folder(ckpt)   # one an older hpcstudy left readable by others
+    built = person_table(plan, prep.ds, engine, client, progress, ckpt, resume, report, device)
+    fitted: dict = {}
+    results = analyse(plan, built.parts, built.attrition, fitted, ds=prep.ds,
+                      design=built.design)
+    table = combined(plan, built.tables) if gather or engine != "dask" else None
+    res = exported(results, plan.min_cell, plan.round_to)
+    if out is not None:
+        res["run"] = run_section(prep, engine, report.get("device"))
+        truth = demo.planted_truth(plan, prep.ds.manifest)
+        if truth is not None:
+            res["planted_truth"] = truth
+        write_run(Path(out), plan, res, table if table is not None else built.tables,
+                  overwrite=overwrite, data_manifest_sha256=prep.manifest_sha256,
+                  data_persons_sha256=prep.ds.persons_sha256(),
+                  project=prep.approval.project if prep.approval is not None else None)
+        if ckpt is not None:
+            checkpoint.clear(ckpt)
+    return Executed(results, res, table, fitted)
+
+
+def run(study, data, out, engine: str = "dask", client=None, progress=None,
+        overwrite: bool = False, approval=None, resume: bool = False, report=None,
+        verify: bool = False, checked: bool = False, device: str = "cpu") -> dict:
+    """Prepare, check and execute a study; the exported results (what results.json holds).
+    ``checked``: the caller has done :func:`check_run` already. No audit records: callers
+    audit (see the module docstring)."""
+    prep = prepare(study, data, approval)
+    if not checked:
+        check_run(out, prep, overwrite=overwrite, verify=verify)
+    return execute(prep, out, engine=engine, client=client, progress=progress,
+                   overwrite=overwrite, resume=resume, report=report,
+                   device=device).exported
+
+
+def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
+                  ds: Dataset, overwrite: bool = True, approval=None,
+                  device: dict | None = None) -> dict:
+    """Disclosure, then the writers, for raw ``results`` computed elsewhere (the older entry
+    point; :func:`execute` is the run's). Returns what was exported."""
+    from . import demo
+    from .outputs.publish import exported
+    from .outputs.writers import write_run
+
+    prep = Prepared(plan.study, plan, ds, approval)
+    res = exported(results, plan.min_cell, plan.round_to)
+    res["run"] = run_section(prep, engine, device)
+    truth = demo.planted_truth(plan, ds.manifest)
+    if truth is not None:
+        res["planted_truth"] = truth
+    write_run(Path(out), plan, res, table, overwrite=overwrite,
+              data_manifest_sha256=prep.manifest_sha256,
+              data_persons_sha256=ds.persons_sha256(),
+              project=approval.project if approval is not None else None)
+    return res
