@@ -12,7 +12,6 @@ checkpoints and the private per-person table themselves.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import operator
 import os
@@ -156,8 +155,7 @@ class DaskEngine:
         worker that computed it); with ``resume``, verified checkpoints are loaded instead of
         recomputed (``self.resumed`` counts them)."""
         n = ds.partitions
-        fp = checkpoint.fingerprint(plan, hashlib.sha256(
-            (ds.root / "manifest.json").read_bytes()).hexdigest())
+        fp = checkpoint.fingerprint(plan, ds.manifest_sha256)   # the bytes the plan read
         args = (str(ds.root), plan, self.device,
                 str(checkpoints) if checkpoints is not None else None, fp, resume)
         tables: dict[int, object] = {}

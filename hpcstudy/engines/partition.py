@@ -29,6 +29,8 @@ is registered; :func:`check` refuses anything else before any data is read.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from hpcstudy_kernels import followup
@@ -66,7 +68,7 @@ from ..plan.nodes import (
     SexIs,
 )
 from ..registers.sources import SOURCES
-from ..registers.store import Dataset, read_partition
+from ..registers.store import Dataset, part_name, read_partition
 from ..timesplit import entry
 from . import common
 from .results import ANALYSES
@@ -81,6 +83,12 @@ SORTED_BY = {"bef": ("pnr",), "dod": ("pnr", "doddato"), "vnds": ("pnr", "haend_
 # the code column each event source's streams select on, and its dated events' column
 CODE_COLUMN = {name: (src.code_table, src.code) for name, src in SOURCES.items()}
 DAY_COLUMN = {name: (src.table, src.date) for name, src in SOURCES.items()}
+# the linked source (codes in a second table joined by a link column: lpr's contacts and their
+# diagnoses), whose diagnoses are matched to contacts by position below
+LINKED = next(src for src in SOURCES.values() if src.linked)
+ADM, DIAG, LINK, DIAG_TYPE = LINKED.table, LINKED.code_table, LINKED.link, LINKED.diagnosis_type
+# the columns read as dates: the population registers' and every event source's
+DATES = ("foed_dag", "doddato", "haend_dato", *dict.fromkeys(s.date for s in SOURCES.values()))
 
 # -- one function per plan node (what this engine supports is what is registered) ------------
 INDEX = Registry("dask")      # index rules: (node, pp, seed) -> (day per person, [(step, mask)])
@@ -116,10 +124,9 @@ def _device(device) -> Device:
 
 def read_host(ds_root: str, partition: int, reads: dict[str, tuple[str, ...]]) -> dict:
     """The columns a plan reads from one partition, as NumPy arrays (dates as int32 days)."""
-    ds = Dataset.open(ds_root)
     out = {}
-    for reg, cols in reads.items():
-        t = read_partition(ds.path(reg, partition), cols)
+    for reg, cols in reads.items():   # no manifest read: the run's prepare read it, once
+        t = read_partition(Path(ds_root) / reg / part_name(partition), cols)
         out[reg] = {c: common.as_days_or_values(t.column(c)) for c in cols}
     return out
 
@@ -206,13 +213,13 @@ class Persons:
         data = {reg: dict(cols) for reg, cols in data.items()}
         # integer days everywhere from here (stored as int32 days)
         for cols in data.values():
-            for c in ("foed_dag", "doddato", "haend_dato", "d_inddto", "eksd"):
+            for c in DATES:
                 if c in cols:
                     cols[c] = cols[c].astype(xp.int64)
         # The stored order, checked once: the flags come to the host in one transfer.
         checks = [(reg, _sorted_check(xp, data[reg], keys)) for reg, keys in SORTED_BY.items()
                   if reg in data]
-        if "lpr_diag" in data:
+        if DIAG in data:
             self._diag_runs(data)
             checks.append(("diag aligned", self._aligned))
         flags = dev.to_host(xp.stack([f for _, f in checks]))
@@ -221,7 +228,7 @@ class Persons:
             if reg in data and not ok[reg]:
                 data[reg] = _sort_rows(xp, data[reg], keys)
         # positions found before a sort of lpr_adm would no longer match its contacts
-        self.diag_aligned = ok.get("diag aligned", False) and ok.get("lpr_adm", True)
+        self.diag_aligned = ok.get("diag aligned", False) and ok.get(ADM, True)
         self.data = data
         bef = data["bef"]
         self.pnr = bef["pnr"]
@@ -273,7 +280,7 @@ class Persons:
         """Contact of each lpr_diag row by position: diagnoses are stored in their contacts'
         order, so run k of equal recnums is contact k of lpr_adm (checked, not assumed)."""
         xp = self.xp
-        rec, adm_rec = data["lpr_diag"]["recnum"], data["lpr_adm"]["recnum"]
+        rec, adm_rec = data[DIAG][LINK], data[ADM][LINK]
         m = rec.shape[0]
         change = xp.ones(m, dtype=bool)
         change[1:] = rec[1:] != rec[:-1]
@@ -385,13 +392,13 @@ def _row_bits(pp: Persons, register: str, group: list[EventStream]) -> list:
     creg, ccol = CODE_COLUMN[register]
     code = pp.data[creg][ccol]
     types = 1
-    if register == "lpr":
+    if register == LINKED.name:
         types = max(t for s in group for t in (*s.diagnosis_types, 0, 1)) + 1
     flat, size = _code_table(group, types)
     t = pp.dev.to_device(flat)
     valid = (code >= 0) & (code < size)
     if types > 1:
-        dt = pp.data["lpr_diag"]["c_diagtype"]
+        dt = pp.data[DIAG][DIAG_TYPE]
         valid &= (dt >= 0) & (dt < types)
         at = xp.where(valid, code.astype(xp.int64) * types + dt, size * types)
     else:
@@ -419,7 +426,8 @@ def _isin_small(xp, col, values):
 
 def _selects(s: EventStream) -> bool:
     """Whether a stream selects rows by code (lpr: or needs a diagnosis of certain types)."""
-    return s.codes is not None or (s.register == "lpr" and tuple(s.diagnosis_types) != (0, 1))
+    return s.codes is not None or (s.register == LINKED.name and
+                                    tuple(s.diagnosis_types) != (0, 1))
 
 
 def event_streams(pp: Persons, streams: list[EventStream]) -> None:
@@ -436,7 +444,7 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
         bits = None
         if need_codes:
             bits = _row_bits(pp, register, group)
-            if register == "lpr":
+            if register == LINKED.name:
                 bits = _contact_bits(pp, group, bits)
         dreg, dcol = DAY_COLUMN[register]
         rows, known = pp.register_rows(dreg)
@@ -460,9 +468,9 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
 def _contact_bits(pp: Persons, group: list[EventStream], diag_bits: list):
     """Per lpr_adm contact: the OR of its diagnoses' bit sets (diagnosis types applied)."""
     xp = pp.xp
-    diag = pp.data["lpr_diag"]
+    diag = pp.data[DIAG]
     words = len(diag_bits)
-    n_adm = pp.data["lpr_adm"]["recnum"].shape[0]
+    n_adm = pp.data[ADM][LINK].shape[0]
     if pp.diag_aligned:
         starts = pp.diag_starts
         m = diag_bits[0].shape[0]
@@ -484,7 +492,7 @@ def _contact_bits(pp: Persons, group: list[EventStream], diag_bits: list):
         return out
     # not stored in contact order: a contact has the bit where any diagnosis with its recnum
     # has it (membership by value, sorting; data hpcstudy wrote never comes here)
-    adm_rec, rec = pp.data["lpr_adm"]["recnum"], diag["recnum"]
+    adm_rec, rec = pp.data[ADM][LINK], diag[LINK]
     dtype = diag_bits[0].dtype.type
     out = [xp.zeros(n_adm, dtype=dtype) for _ in range(words)]
     for k in range(len(group)):

@@ -33,6 +33,9 @@ class PersonTables:
     def __iter__(self):
         return iter((self.tables, self.attrition, self.parts))
 
+    def __getitem__(self, i):
+        return (self.tables, self.attrition, self.parts)[i]
+
 
 def check_engine(plan: Plan, engine: str) -> None:
     """Refuse, before any data is read, an engine this hpcstudy does not have, or one that

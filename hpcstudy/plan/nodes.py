@@ -8,7 +8,7 @@ record, what approvals name); no engine reads it.
 An engine turns each node into arrays with one function per node type, found in a registry
 keyed by the type (:class:`hpcstudy.plan.dispatch.Registry`); a node type an engine has no
 function for is "not supported by this engine". Adding a feature is adding a node type here,
-building it in compile.py and registering one function per engine (docs/studies.md, "How a
+building it in compile.py and registering one function per engine (docs/architecture.md, "How a
 feature becomes a plan node").
 
 Every node says its dimension: ``events`` (many rows per person) or ``person`` (one value per

@@ -679,7 +679,7 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
     if "index_contact" in item:
         attr = item["index_contact"]
         extra = [k for k in ("count", "window", "time_varying", *EVENT_KEYS) if k in item]
-        if attr not in ("c_sgh", "c_pattype"):
+        if attr not in tuple(SOURCES["lpr"].filters):   # the lpr contact's columns
             cx.err(item, "index_contact", f"{path}.index_contact", f"{show(attr)} is not an "
                    "attribute of a contact", "write c_sgh (the hospital) or c_pattype (the "
                    "patient type)")
