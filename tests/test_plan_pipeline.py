@@ -308,6 +308,28 @@ def test_checks_refuse_before_data_is_read(small_data):
         partition.check(with_step(plan, BornOnAnEvenPnr()))
 
 
+@dataclass(frozen=True)
+class HalfTheArms(nodes.TableStep):
+    """Every other person of each arm (a whole-table step no engine ships)"""
+
+
+@pytest.mark.parametrize("engine", ["reference", "dask"])
+def test_a_whole_table_step_the_engine_lacks_is_refused_before_reading(engine, small_data,
+                                                                       tmp_path):
+    """Persons in both arms and the design are dispatched like every other node: a step of
+    an unknown type is refused by the check the pipeline runs first, so no data is read."""
+    _, plan, _ = R.prepare(study_from_text(COHORT), small_data)
+    odd = replace(plan, both_arms=HalfTheArms())
+    gone = tmp_path / "no-data"          # a dataset whose files are not there at all
+    with pytest.raises(NotSupported, match=rf"HalfTheArms .* not supported by this engine "
+                                           rf"\({engine}\)"):
+        R.check_engine(odd, engine)
+    with pytest.raises(NotSupported):
+        R.person_table(odd, replace(R.prepare(study_from_text(COHORT), small_data).ds,
+                                    root=gone), engine)
+    assert not gone.exists()
+
+
 def test_the_docs_show_what_each_engine_supports():
     from hpcstudy.plan.dispatch import support_table
 
