@@ -351,3 +351,18 @@ def test_a_whole_run_on_the_standin_gives_the_cpu_table_and_estimates(small_data
     got = json.loads((out / "results.json").read_text())
     want["run"].pop("device"), got["run"].pop("device")
     compare(want, got, rel=1e-10)
+
+
+def test_a_standin_array_pickles_through_the_host_counted_both_ways():
+    """As a CuPy array does (dask moving a device partition to another worker): the sender's
+    device counts a transfer to the host, the receiving process's stand-in one to it."""
+    import pickle
+
+    dev = get_device("standin")
+    x = dev.to_device(np.arange(6.0))
+    y = pickle.loads(pickle.dumps({"x": x}))["x"]
+    assert type(y).__name__ == "StandinArray"
+    assert dev.transfers.to_host_calls == 1 and dev.transfers.to_host_bytes == 48
+    assert part_device((y,)).transfers.to_device_bytes >= 48
+    with pytest.raises(TypeError, match="device"):
+        np.asarray(y)

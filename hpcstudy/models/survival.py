@@ -100,7 +100,7 @@ class AalenJohansen:
         part = _part(duration, cause, entry, weights)
         c = part["event"]
         xp = array_namespace(c)
-        if host_bool(xp.any(c < 0) | xp.any(c != xp.round(c))):
+        if host_bool(xp.any(c < 0) | xp.any(c != xp.floor(c))):
             raise ModelError("cause must hold integer codes: 0 censored, 1, 2, … causes")
         self.causes_ = int(host_value(c.max())) if c.shape[0] else 0
         if not 1 <= event_of_interest <= max(self.causes_, 1):
