@@ -305,6 +305,8 @@ def test_every_examples_models_on_the_standin_equal_the_cpu(example, cpu_tables)
     assert {fitted[k] for k in kinds} <= names      # every model's steps ran on the device
     if plan.study.analyses.curves:
         assert "_counts" in names
+    if plan.study.analyses.hospitals is not None:   # the risk model and its predictions
+        assert "_expected_part" in names and names & {"_logistic", "_poisson"}
     for fn, per_part in parts.log:
         assert len(per_part) == len(tables)
         for t in per_part:
