@@ -368,3 +368,22 @@ def test_a_standin_array_pickles_through_the_host_counted_both_ways():
     assert part_device((y,)).transfers.to_device_bytes >= 48
     with pytest.raises(TypeError, match="device"):
         np.asarray(y)
+
+
+def test_dask_partitions_add_no_transfers_to_a_fit():
+    """The same Cox fit over the dask threaded scheduler moves exactly what it moves over local
+    partitions (dask never hashes or copies a device partition to name its tasks)."""
+    from hpcstudy.models.partitions import DaskPartitions
+
+    d = data()
+    totals = []
+    for kind in ("local", "dask"):
+        local = cox_parts(d, "standin", strata=True)
+        parts = local if kind == "local" else DaskPartitions(local.parts, None, "threads",
+                                                             "standin")
+        before = [part_device(p).transfers.as_dict() for p in local.parts]
+        m = CoxPH().fit_partitions(parts, ["a", "b", "c"])
+        totals.append([{k: part_device(p).transfers.as_dict()[k] - b[k] for k in b}
+                       for p, b in zip(local.parts, before, strict=True)])
+        assert m.robust_
+    assert totals[0] == totals[1]

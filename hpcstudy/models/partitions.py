@@ -86,6 +86,12 @@ class DaskPartitions:
     def _task(self, fn: Callable, reduce_: bool):
         return fn if self.device == "cpu" else _OnDevice(fn, reduce_)
 
+    @property
+    def _pure(self) -> bool:
+        # a pure task's key hashes its arguments: device partitions would be copied to the host
+        # to be hashed at every call
+        return self.device == "cpu"
+
     def map(self, fn: Callable, *args: Any) -> DaskPartitions:
         task = self._task(fn, False)
         if self.client is not None:
@@ -93,8 +99,8 @@ class DaskPartitions:
             return DaskPartitions(futures, self.client, device=self.device)
         import dask
 
-        computed = dask.compute(*[dask.delayed(task, pure=True)(p, *args) for p in self.parts],
-                                scheduler=self.scheduler)
+        computed = dask.compute(*[dask.delayed(task, pure=self._pure)(p, *args)
+                                  for p in self.parts], scheduler=self.scheduler)
         return DaskPartitions(list(computed), None, self.scheduler, self.device)
 
     def map_reduce(self, fn: Callable, *args: Any, combine: Callable = add) -> Any:
@@ -115,8 +121,8 @@ class DaskPartitions:
             return total
         import dask
 
-        results = dask.compute(*[dask.delayed(task, pure=True)(p, *args) for p in self.parts],
-                               scheduler=self.scheduler)
+        results = dask.compute(*[dask.delayed(task, pure=self._pure)(p, *args)
+                                 for p in self.parts], scheduler=self.scheduler)
         return reduce(combine, results)
 
 
