@@ -5,6 +5,13 @@ partitioned value, left where it lives) and ``map_reduce`` (results combined, by
 work as a Dask task — on the local threaded scheduler, or on a ``distributed.Client``'s workers,
 where the data stay between calls. An MPI launcher implements the same two operations with an
 allreduce.
+
+Partitions may live on a device (a GPU, or the CPU stand-in): ``on_device(parts)`` moves host
+per-person tables to the partitions' ``device`` once. A per-partition function then gets the
+partition's device arrays, with every host (NumPy) array argument moved to that device first,
+and a reduction's result comes back to the host: both through the device's counted
+``to_device``/``to_host``. So model code on the host sees only NumPy, and per-partition code
+uses only the namespace of its arrays.
 """
 
 from __future__ import annotations
@@ -63,10 +70,10 @@ class DaskPartitions:
 
     Under a client the partitions stay on the workers between calls: ``map`` leaves its results
     there as new futures, ``map_reduce`` brings back only each partition's (small) result.
-    ``device`` says where the partitions' arrays live (the dask engine's per-person tables are
-    host arrays: ``cpu``). On another device, host arrays among the arguments (coefficients,
-    grids) are moved to the partition's device where it runs, and ``map_reduce`` results come
-    back as host arrays.
+    ``device`` is the run's device: the dask engine's per-person tables are host arrays, which
+    ``on_device`` moves there for the model fits; on a partition whose arrays live on a device,
+    host arrays among the arguments (coefficients, grids) are moved to it where it runs, and
+    ``map_reduce`` results come back as host arrays.
     Results are taken as tasks finish and added in partition order, so every launcher adds the
     same numbers in the same order and gives the same bits.
     """
