@@ -43,27 +43,30 @@ def device_or_skip(name):
 
 
 class Recording(LocalPartitions):
-    """Local partitions that record, for every map_reduce, each partition's transfers to and
-    from its device during that call (the counters are the device's own)."""
+    """Local partitions that record, for every map and map_reduce on device partitions, each
+    partition's transfers to and from its device during that call (the device's counters)."""
 
     def __init__(self, parts, device="cpu", log=None):
         super().__init__(parts, device)
         self.log = [] if log is None else log
 
-    def map(self, fn, *args):
-        out = super().map(fn, *args)
-        return Recording(out.parts, self.device, self.log)
-
-    def map_reduce(self, fn, *args, **kw):
+    def _recorded(self, call, fn, *args, **kw):
         devices = [part_device(p) for p in self.parts]
         if any(d is None for d in devices):   # host tables (rates, Lexis): nothing to count
-            return super().map_reduce(fn, *args, **kw)
+            return call(fn, *args, **kw)
         before = [d.transfers.as_dict() for d in devices]
-        out = super().map_reduce(fn, *args, **kw)
+        out = call(fn, *args, **kw)
         after = [d.transfers.as_dict() for d in devices]
         self.log.append((fn.__name__, [{k: a[k] - b[k] for k in a}
                                        for a, b in zip(after, before, strict=True)]))
         return out
+
+    def map(self, fn, *args):
+        out = self._recorded(super().map, fn, *args)
+        return Recording(out.parts, self.device, self.log)
+
+    def map_reduce(self, fn, *args, **kw):
+        return self._recorded(super().map_reduce, fn, *args, **kw)
 
 
 def data(seed=5, n=1500, k=3):
@@ -314,6 +317,10 @@ def test_every_examples_models_on_the_standin_equal_the_cpu(example, cpu_tables)
                 assert (t["to_device_calls"], t["to_host_calls"]) == STEP[fn], (fn, t)
             else:   # set-up of a fit (β and 5 grid arrays for the robust errors at most)
                 assert t["to_device_calls"] <= 6 and t["to_host_calls"] <= 8, (fn, t)
+    # besides those, each partition's table went to the device once, for every model
+    for i, (table, moved) in enumerate(zip(tables, parts._on_device.parts, strict=True)):
+        logged = sum(per_part[i]["to_device_calls"] for _, per_part in parts.log)
+        assert part_device(moved).transfers.to_device_calls - logged == len(table)
 
 
 def test_the_propensity_score_fit_and_scores_on_the_standin_equal_the_cpu(cpu_tables):
