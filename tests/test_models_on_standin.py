@@ -394,3 +394,45 @@ def test_dask_partitions_add_no_transfers_to_a_fit():
                        for p, b in zip(local.parts, before, strict=True)])
         assert m.robust_
     assert totals[0] == totals[1]
+
+
+VARYING = """
+name: varying_on_the_standin
+codelists:
+  statins: {system: atc, codes: [C10AA*]}
+  mi: {system: icd10, codes: [I21*]}
+index: {date: 2008-01-01}
+population: {age: [40, 90]}
+covariates:
+  - age
+  - sex
+  - {name: statin, codelist: statins, time_varying: true}
+outcome: {name: mi, codelist: mi}
+analyses:
+  cox: {adjust: [statin, age, sex]}
+  poisson: {adjust: [statin, age, sex]}
+"""
+
+
+def test_time_varying_models_on_the_standin_equal_the_cpu(small_data):
+    """A time-varying covariate: follow-up split into (entry, exit] pieces on the host, then
+    the counting-process Cox fit and the Poisson fit with the pieces' person-time on the
+    stand-in."""
+    from study.test_engines_agree import compare
+
+    from hpcstudy.engines import run as R
+    from hpcstudy.study import study_from_text
+
+    _, plan, ds = R.prepare(study_from_text(VARYING), small_data)
+    tables, attrition, parts = R.person_table(plan, ds, "dask")
+    want = R.analyse(plan, parts, attrition)
+    rec = Recording(list(tables), "standin")
+    got = R.analyse(plan, rec, attrition)
+    compare(want, got, rel=1e-10)
+    assert {"cox", "poisson"} <= set(got["models"])
+    names = {fn for fn, _ in rec.log}
+    assert {"_pass1", "_pass2", "_poisson"} <= names
+    for fn, per_part in rec.log:
+        for t in per_part:
+            if fn in STEP:
+                assert (t["to_device_calls"], t["to_host_calls"]) == STEP[fn], (fn, t)
