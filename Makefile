@@ -35,11 +35,11 @@ test-fast: install-test
 test-slurm: system-deps install-test
 	$(BIN)/python -m pytest -m slurm
 
-## test-gpu: the gpu-marked tests (kernels and the whole study path) on CuPy, from this checkout:
+## test-gpu: the gpu-marked tests (kernels, model fits and the whole study path) on CuPy, from this checkout:
 ## needs numpy, cupy, pyarrow, pytest, pandas, pyyaml, click and dask/distributed (pure Python;
 ## `make gpu-wheels` fetches them to carry to a GPU machine that cannot reach a registry)
 test-gpu:
-	PYTHONPATH=$(CURDIR):$$PYTHONPATH $(PYTHON) -m pytest -m gpu tests/kernels tests/test_gpu_study.py -p no:cacheprovider
+	PYTHONPATH=$(CURDIR):$$PYTHONPATH $(PYTHON) -m pytest -m gpu tests/kernels tests/test_gpu_study.py tests/test_models_on_standin.py -p no:cacheprovider
 
 ## gpu-wheels: the pure-Python wheels test-gpu needs beyond a CUDA image's usual stack, in .whl/
 gpu-wheels:

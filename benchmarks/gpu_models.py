@@ -1,7 +1,8 @@
-"""Benchmark: the same model fits on the GPU (CuPy arrays) where one is present — Cox (Efron),
-logistic and Poisson at N = 1e6 (1e7 with BENCH_SIZES=full), p = 10 — beside the CPU fit of the
-same data, with the device's name. Without CuPy or a CUDA device it records one line saying
-so and exits 0.
+"""Benchmark: the same model fits on the GPU (CuPy arrays) where one is present — Cox (Efron;
+and with 10 strata), logistic and Poisson at N = 1e6 (1e7 with BENCH_SIZES=full), p = 10 —
+beside the CPU fit of the same data, with the device's name and the host <-> device transfers
+of one fit (β out and packed sums back per Newton step: docs/models.md). Without CuPy or a
+CUDA device it records one line saying so and exits 0.
 
     python benchmarks/gpu_models.py
 
@@ -36,11 +37,26 @@ def fits(xp, n, p):
     Xb, y = modeldata.binary(n, p, 0.5)
     Xc, k, exposure = modeldata.counts(n, p)
     on = (lambda a: xp.asarray(a)) if xp is not None else (lambda a: a)
+    strata = np.arange(n) % 10
     return {
         "cox": lambda: CoxPH().fit(on(X), on(t), on(e)).coef_,
+        "cox_10_strata": lambda: CoxPH().fit(on(X), on(t), on(e), strata=on(strata)).coef_,
         "logistic": lambda: Logistic().fit(on(Xb), on(y)).coef_,
         "poisson": lambda: Poisson().fit(on(Xc), on(k), on(exposure)).coef_,
     }
+
+
+def transfers_of_one_fit(fit) -> dict:
+    """Host <-> device transfers (calls and bytes each way) of one fit on the GPU: counted by
+    the process's GPU device, through which the fit's partitions move data."""
+    from hpcstudy.models.partitions import _GPU
+
+    dev = _GPU.get("gpu")
+    if dev is None:
+        return {}
+    dev.transfers.reset()
+    fit()
+    return dev.transfers.as_dict()
 
 
 def main() -> None:
@@ -67,7 +83,8 @@ def main() -> None:
             agree = float(np.max(np.abs(coef["gpu"] - coef["cpu"])) / np.max(np.abs(coef["cpu"])))
             rec = {"benchmark": "gpu_models", "device": name, "model": model, "n": n, "p": 10,
                    "gpu_cold_s": round(cold, 4), "gpu_s": records.summary(g),
-                   "cpu_s": records.summary(c), "agreement": agree}
+                   "cpu_s": records.summary(c), "agreement": agree,
+                   "transfers_per_fit": transfers_of_one_fit(gpu[model])}
             if agree <= 1e-6:
                 rec["cpu_over_gpu"] = round(rec["cpu_s"]["median"] / rec["gpu_s"]["median"], 2)
             records.append("gpu_models", rec)

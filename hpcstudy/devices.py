@@ -335,6 +335,12 @@ class StandinArray:
     def __array_namespace__(self, api_version=None):
         return self._ns
 
+    def __reduce__(self):
+        # as a CuPy array pickles (dask moving a partition between workers): through the host,
+        # counted on this device, and arriving on the receiving process's stand-in
+        self._ns._device.transfers.add("to_host", self._a.nbytes)
+        return (_standin_received, (self._a,))
+
     # -- attributes -------------------------------------------------------------------------
     @property
     def shape(self):
@@ -447,6 +453,16 @@ for _name, _op in [("add", operator.add), ("sub", operator.sub), ("mul", operato
 for _name, _op in [("eq", operator.eq), ("ne", operator.ne), ("lt", operator.lt),
                    ("le", operator.le), ("gt", operator.gt), ("ge", operator.ge)]:
     setattr(StandinArray, f"__{_name}__", _binary(_op, _name)[0])
+
+
+_RECEIVED: dict = {}
+
+
+def _standin_received(a: np.ndarray) -> StandinArray:
+    """A pickled stand-in array arriving in this process: on one stand-in device per process
+    (its transfers count the arrivals)."""
+    dev = _RECEIVED.get("standin") or _RECEIVED.setdefault("standin", get_device("standin"))
+    return dev.to_device(a)
 
 
 class StandinNamespace(ModuleType):

@@ -26,6 +26,8 @@ from ._namespace import array_namespace
 # |xβ| beyond which r = w·exp(xβ) is computed shifted by the largest xβ (exp(709) overflows;
 # below 100, sums of a billion rows and their squares stay finite).
 SHIFT_ABOVE = 100.0
+# Event days spanning at most this many days are ranked by a table indexed by day.
+_DAY_SPAN = 5_000_000
 
 
 @dataclass
@@ -35,6 +37,10 @@ class CoxGrid:
 
     times: object  # (T,) sorted unique event times over all strata
     keys: object   # (G,) sorted unique int64 keys
+    # host facts about the grid (``grid_facts``), so that a device never sends them back:
+    one_stratum: bool | None = None   # every event in stratum 0
+    days: tuple | None = None         # (first, last) event day when all are whole days
+    bounds: tuple | None = None       # grid index where each stratum starts, then G
 
     @property
     def size(self) -> int:
@@ -53,7 +59,7 @@ def event_pairs(time, event, strata):
     s, t = strata[d], time[d]
     if t.shape[0] == 0:
         return s, t
-    if bool(s.min() == s.max()):
+    if xp is np and bool(s.min() == s.max()):   # a device would have to say so: sort
         t = xp.unique(t)
         return xp.full(t.shape[0], s[0]), t
     order = xp.lexsort(xp.stack([t, s]))
@@ -72,6 +78,25 @@ def make_grid(strata_list, time_list) -> CoxGrid:
     grid = CoxGrid(times, xp.zeros(0, dtype=xp.int64))
     grid.keys = xp.unique(grid.key(s, t))
     return grid
+
+
+def grid_facts(grid: CoxGrid) -> dict:
+    """What ``prepare`` needs to know about a grid as host values (computed where the grid is
+    a NumPy or CuPy array): whether it is one stratum, the span of whole event days, and
+    where each stratum's grid points start."""
+    from ._namespace import to_numpy
+
+    times, keys = to_numpy(grid.times), to_numpy(grid.keys)
+    G, T = keys.shape[0], times.shape[0]
+    one = G == T and (G == 0 or int(keys[-1]) == G)
+    days = None
+    if T and bool(np.all(times == np.floor(times))) and times[-1] - times[0] <= _DAY_SPAN:
+        days = (int(times[0]), int(times[-1]))
+    stratum = keys // (T + 1)
+    starts = np.flatnonzero(np.concatenate([[True], stratum[1:] != stratum[:-1]])) if G else \
+        np.zeros(0, np.int64)
+    return {"one_stratum": bool(one), "days": days,
+            "bounds": tuple(int(b) for b in starts) + (int(G),)}
 
 
 @dataclass
@@ -103,16 +128,27 @@ class CoxPart:
     _beta: object = None
     shift: float = 0.0      # see risk
     order: object = None    # (n,) the partition's row of each prepared row (robust errors)
+    # With several strata: the grid index where each row's stratum starts (a row is at risk
+    # on [a, b) within it) and the strata's grid bounds. Sums over the grid are then taken
+    # within each stratum, never across strata and subtracted: a stratum of small risks is
+    # never the difference of two sums dominated by another stratum's large ones.
+    a0: object = None
+    bounds: tuple | None = None
+    _key: object = None     # the host key of the β of ``r`` (device path)
 
     @property
     def X(self):
         return self.XT.T
 
-    def risk(self, beta):
+    def risk(self, beta, key=None):
         """(n,) r = w·exp(xβ − shift) at β (kept for the last β). ``shift`` is 0 unless some
         |xβ| here exceeds SHIFT_ABOVE, when it is the largest xβ: exp never overflows, and
-        ordinary fits keep their bits."""
+        ordinary fits keep their bits. Off the CPU, ``key`` (a host value naming β, e.g. its
+        bytes) says whether β is the last one, and ``shift`` is a 0-d device array: no value
+        comes to the host."""
         xp = array_namespace(self.XT)
+        if xp is not np:
+            return self._risk_on_device(beta, key, xp)
         if self._beta is None or not bool(xp.all(self._beta == beta)):
             if self.r is None:
                 self.r = xp.empty(self.XT.shape[1])
@@ -134,6 +170,28 @@ class CoxPart:
                 self.buffer[0] = r
                 xp.multiply(self.XT, r[None, :], out=self.buffer[1:])
         return self.r
+
+    def _risk_on_device(self, beta, key, xp):
+        if key is not None and key == self._key:
+            return self.r
+        if self.r is None:
+            self.r = xp.empty(self.XT.shape[1])
+        r = self.r
+        xp.matmul(beta, self.XT, out=r)
+        self.shift = xp.zeros(())
+        if r.shape[0]:
+            top = r.max()
+            self.shift = xp.where(xp.maximum(top, -r.min()) > SHIFT_ABOVE, top, 0.0)
+            r -= self.shift
+        xp.exp(r, out=r)
+        if not self.unit_weights:
+            r *= self.w
+        self._key = key
+        if self.buffer is None:
+            self.buffer = xp.empty((self.XT.shape[0] + 1, self.XT.shape[1]))
+        self.buffer[0] = r
+        xp.multiply(self.XT, r[None, :], out=self.buffer[1:])
+        return r
 
     def risk_rows(self, lo, hi, rows=None, out=None):
         """(1 + p, k) r and r·x of columns lo:hi (or of the columns ``rows``) at the last β."""
@@ -165,21 +223,24 @@ def _segments(keys, xp):
     return starts, keys[starts]
 
 
-def _rank_lookup(times, xp):
+def _rank_lookup(times, xp, days=False):
     """``t -> searchsorted(times, t, side="right")``; when the event times are whole days over
     a modest span, a table of ranks indexed by day (one gather instead of a binary search per
-    row), valid for any t."""
+    row), valid for any t. ``days``: (first, last) event day, or None when that does not
+    hold, as known on the host (``grid_facts``); False: find out here."""
     def search(t):
         return xp.searchsorted(times, t, side="right")
 
     if times.shape[0] == 0:
         return search
-    lo, hi = float(times[0]), float(times[-1])
-    whole = bool(xp.all(times == xp.floor(times)))
-    if not whole or hi - lo > 5_000_000:
+    if days is False:
+        lo, hi = float(times[0]), float(times[-1])
+        whole = bool(xp.all(times == xp.floor(times)))
+        days = (int(lo), int(hi)) if whole and hi - lo <= _DAY_SPAN else None
+    if days is None:
         return search
-    lo_i = int(lo)
-    table = xp.searchsorted(times, xp.arange(lo_i, int(hi) + 1, dtype=times.dtype),
+    lo_i, hi_i = days
+    table = xp.searchsorted(times, xp.arange(lo_i, hi_i + 1, dtype=times.dtype),
                             side="right")
 
     def lookup(t):
@@ -220,40 +281,53 @@ def _transpose(X, order, mean, xp):
     return out
 
 
-def prepare(X, time, event, entry, strata, weights, grid: CoxGrid, mean=None) -> CoxPart:
+def prepare(X, time, event, entry, strata, weights, grid: CoxGrid, mean=None,
+            unit=None) -> CoxPart:
+    """``unit``: whether every weight is 1, where the caller knows it (else found here)."""
     xp = array_namespace(X)
     n = time.shape[0]
     G = grid.size
-    one_stratum = grid.keys.shape[0] == grid.times.shape[0] and \
-        (G == 0 or bool(grid.keys[-1] == G))
+    one_stratum = grid.one_stratum
+    if one_stratum is None:
+        one_stratum = grid.keys.shape[0] == grid.times.shape[0] and \
+            (G == 0 or bool(grid.keys[-1] == G))
+    a0 = bounds = None
     if one_stratum:
         # one stratum: the keys are the ranks 1 … T of the event times themselves
-        rank = _rank_lookup(grid.times, xp)
+        rank = _rank_lookup(grid.times, xp, False if grid.one_stratum is None else grid.days)
         b = rank(time)
         a = xp.zeros(n, dtype=b.dtype) if entry is None else rank(entry)
     else:
         b = xp.searchsorted(grid.keys, grid.key(strata, time), side="right")
-        if entry is None:  # at risk from the first grid point of the person's own stratum
-            start = strata.astype(xp.int64) * (grid.times.shape[0] + 1)
-            a = xp.searchsorted(grid.keys, start, side="right")
+        # at risk from the first grid point of the person's own stratum at the earliest
+        start = strata.astype(xp.int64) * (grid.times.shape[0] + 1)
+        a0 = xp.searchsorted(grid.keys, start, side="right")
+        if entry is None:
+            a = a0
         else:
             a = xp.searchsorted(grid.keys, grid.key(strata, entry), side="right")
+        bounds = grid.bounds if grid.bounds is not None else grid_facts(grid)["bounds"]
     alive = (event == 0).astype(b.dtype)
     keep = xp.nonzero(b > a)[0]  # people never at risk at an event time add nothing
     key = b[keep] * 2 + alive[keep]  # by exit, deaths first
     order = keep[xp.argsort(_sort_key(key, 2 * G + 2, xp), kind="stable")]
     mean = xp.zeros(X.shape[1]) if mean is None else xp.asarray(mean)
     XT = _transpose(X, order, mean, xp)
-    unit = bool(xp.all(weights == 1.0))
+    if unit is None:
+        unit = bool(xp.all(weights == 1.0))
     w = xp.ones(order.shape[0]) if unit else weights[order]
     a = xp.zeros(order.shape[0], dtype=a.dtype) if entry is None and one_stratum else a[order]
     b = b[order]
     starts, seg_key = _segments(b * 2 + alive[order], xp)
-    late = xp.nonzero(a > 0)[0]
+    if a0 is not None:
+        a0 = a0[order]
+    # people who enter after their stratum's first grid point
+    late = xp.nonzero(a > 0 if a0 is None else a > a0)[0]
     late = late[xp.argsort(_sort_key(a[late], G + 1, xp), kind="stable")]
     a_starts, a_vals = _segments(a[late], xp)
     part = CoxPart(XT, w, a, b, starts, seg_key // 2 - 1, seg_key % 2 == 0, late, a_starts,
-                   a_vals - 1, alive[order] == 0, G, order=order)
+                   a_vals - 1, alive[order] == 0, G, order=order, a0=a0,
+                   bounds=bounds if bounds is not None and len(bounds) > 2 else None)
     part._unit = unit
     if xp is np:
         part.chunks = _chunks(starts, n=XT.shape[1], step=_CHUNK_BYTES // (8 * (XT.shape[0] + 1)))
@@ -295,7 +369,7 @@ def _segment_sums(values, starts, xp):
         return np.add.reduceat(values, starts, axis=1)
     csum = xp.concatenate([xp.zeros((values.shape[0], 1), dtype=values.dtype),
                            xp.cumsum(values, axis=1)], axis=1)
-    ends = xp.concatenate([starts[1:], xp.asarray([values.shape[1]])])
+    ends = xp.concatenate([starts[1:], xp.full(1, values.shape[1], dtype=starts.dtype)])
     return csum[:, ends] - csum[:, starts]
 
 
@@ -310,9 +384,37 @@ def _on_grid(seg, bins, G, xp):
     return full
 
 
-def _leaving_after(full, xp):
-    """Σ over bins ≥ j, for every grid point j (a reverse cumulative sum along the grid)."""
-    return xp.cumsum(full[:, ::-1], axis=1)[:, ::-1]
+def _leaving_after(full, xp, bounds=None):
+    """Σ over bins ≥ j, for every grid point j (a reverse cumulative sum along the grid);
+    with ``bounds`` (strata), over the bins ≥ j of j's own stratum."""
+    if bounds is None:
+        return xp.cumsum(full[:, ::-1], axis=1)[:, ::-1]
+    out = xp.empty_like(full)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        out[:, lo:hi] = xp.cumsum(full[:, lo:hi][:, ::-1], axis=1)[:, ::-1]
+    return out
+
+
+def strata_cumsum(values, bounds, xp):
+    """Cumulative sums along axis 0 of ``values`` (G, …), restarted at each stratum bound."""
+    if bounds is None:
+        return xp.cumsum(values, axis=0)
+    out = xp.empty_like(values)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        out[lo:hi] = xp.cumsum(values[lo:hi], axis=0)
+    return out
+
+
+def over_risk_range(csum, part):
+    """Σ over each prepared row's grid range [a, b) of a per-grid quantity, from its
+    ``strata_cumsum`` ``csum`` (G, …): the sums never cross strata."""
+    xp = array_namespace(csum)
+    inside = csum[part.b - 1]
+    before = csum[xp.maximum(part.a - 1, 0)]
+    entered = part.a > part.a0
+    if csum.ndim > 1:
+        entered = entered[:, None]
+    return inside - xp.where(entered, before, 0.0)
 
 
 def fixed_sums(part: CoxPart):
@@ -327,13 +429,13 @@ def fixed_sums(part: CoxPart):
     return full[0], full[1], xd
 
 
-def pass1(part: CoxPart, beta):
+def pass1(part: CoxPart, beta, key=None):
     """Risk-set sums at β: (shift, S0 (G,), S1 (G, p), E0 (G,), E1 (G, p)), every sum
-    multiplied by exp(−shift) (see ``CoxPart.risk``). Combine partitions' results with
-    ``add_shifted``."""
+    multiplied by exp(−shift) (see ``CoxPart.risk``; off the CPU ``shift`` is a 0-d device
+    array). Combine partitions' results with ``add_shifted``."""
     xp = array_namespace(part.XT)
     G = part.grid_size
-    part.risk(beta)
+    part.risk(beta, key)
     if xp is np:
         # r and r·x block by block, each block's segments summed while it is in cache
         seg = np.zeros((part.XT.shape[0] + 1, part.starts.shape[0]))
@@ -352,14 +454,14 @@ def pass1(part: CoxPart, beta):
     s = e.copy()
     alive = ~d
     s[:, part.seg_bins[alive]] += seg[:, alive]
-    s = _leaving_after(s, xp)
+    s = _leaving_after(s, xp, part.bounds)
     if part.late.shape[0]:
         # people who entered after grid point j were never at risk there: take them out
         rows = part.risk_rows(0, 0, part.late) if xp is np else part.buffer[:, part.late]
         late = _segment_sums(rows, part.a_starts, xp)
         full = xp.zeros((k, G))
         full[:, part.a_bins] = late
-        s = s - _leaving_after(full, xp)
+        s = s - _leaving_after(full, xp, part.bounds)
     return part.shift, s[0], s[1:].T, e[0], e[1:].T
 
 
@@ -377,16 +479,21 @@ def add_shifted(x, y):
     return tuple(out)
 
 
-def pass2(part: CoxPart, beta, c, e, shift=0.0):
+def pass2(part: CoxPart, beta, c, e, shift=0.0, key=None):
     """This partition's share of Σ_j c_j S2_j − Σ_j e_j E2_j: a (p, p) matrix. ``c`` and ``e``
     come from sums at the combined ``shift`` of pass 1."""
     xp = array_namespace(part.XT)
-    r = part.risk(beta)
-    cum = xp.concatenate([xp.zeros(1), xp.cumsum(c)])
-    v = cum[part.b] - cum[part.a]
+    r = part.risk(beta, key)
+    if part.bounds is None:
+        cum = xp.concatenate([xp.zeros(1), xp.cumsum(c)])
+        v = cum[part.b] - cum[part.a]
+    else:
+        v = over_risk_range(strata_cumsum(c, part.bounds, xp), part)
     d = part.dead
     v[d] -= e[part.b[d] - 1]
-    if part.shift != shift:
+    if xp is not np:   # exp(0) = 1 exactly: no test of the shift on the host
+        v *= xp.exp(part.shift - shift)
+    elif part.shift != shift:
         v *= math.exp(part.shift - shift)
     if xp is not np:
         return (part.buffer[1:] * v[None, :]) @ part.XT.T  # reuses pass 1's r·x rows
@@ -514,5 +621,6 @@ def weighted_sums(X, w):
     return w.sum(), w @ X
 
 
-__all__ = ["CoxGrid", "CoxPart", "event_pairs", "make_grid", "prepare", "fixed_sums", "pass1",
-           "pass2", "add_shifted", "grid_terms", "weighted_sums", "SHIFT_ABOVE"]
+__all__ = ["CoxGrid", "CoxPart", "event_pairs", "make_grid", "grid_facts", "prepare",
+           "fixed_sums", "pass1", "pass2", "add_shifted", "grid_terms", "weighted_sums",
+           "strata_cumsum", "over_risk_range", "SHIFT_ABOVE"]

@@ -12,6 +12,7 @@ risk sets (as R's ``coxph``); without tied event times they equal lifelines' res
 from __future__ import annotations
 
 from ._namespace import array_namespace
+from .cox import over_risk_range, strata_cumsum
 
 
 def cluster_meat(U, cluster):
@@ -26,7 +27,7 @@ def cluster_meat(U, cluster):
     change[1:] = c[1:] != c[:-1]
     starts = xp.nonzero(change)[0]
     csum = xp.concatenate([xp.zeros((1, p)), xp.cumsum(U[order], axis=0)], axis=0)
-    ends = xp.concatenate([starts[1:], xp.asarray([n])])
+    ends = xp.concatenate([starts[1:], xp.full(1, n, dtype=starts.dtype)])
     Uc = csum[ends] - csum[starts]
     return Uc.T @ Uc, int(starts.shape[0])
 
@@ -92,10 +93,15 @@ def cox_scores(part, beta, terms, shift: float = 0.0):
     c, q, A, e, r = terms
     X = part.XT.T
     risk = xp.exp(xp.asarray(beta) @ part.XT - shift)
-    cum_c = xp.concatenate([xp.zeros(1), xp.cumsum(c)])
-    cum_q = xp.concatenate([xp.zeros((1, q.shape[1])), xp.cumsum(q, axis=0)], axis=0)
     a, b = part.a, part.b
-    W = -risk[:, None] * (X * (cum_c[b] - cum_c[a])[:, None] - (cum_q[b] - cum_q[a]))
+    if part.bounds is None:
+        cum_c = xp.concatenate([xp.zeros(1), xp.cumsum(c)])
+        cum_q = xp.concatenate([xp.zeros((1, q.shape[1])), xp.cumsum(q, axis=0)], axis=0)
+        in_c, in_q = cum_c[b] - cum_c[a], cum_q[b] - cum_q[a]
+    else:   # strata: sums over each row's range within its own stratum (kernels/cox.py)
+        in_c = over_risk_range(strata_cumsum(c, part.bounds, xp), part)
+        in_q = over_risk_range(strata_cumsum(q, part.bounds, xp), part)
+    W = -risk[:, None] * (X * in_c[:, None] - in_q)
     d = part.dead
     j = b[d] - 1
     W[d] += (X[d] - A[j]) + risk[d][:, None] * (X[d] * e[j][:, None] - r[j])

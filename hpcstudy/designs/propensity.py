@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpcstudy_kernels._namespace import array_namespace
+
 from ..errors import UserError
 from ..models import Logistic
 from ..models.base import ModelError
-from ..models.partitions import Partitions
+from ..models.partitions import Partitions, on_device
 
 
 def _x(part, spec):
@@ -24,9 +26,10 @@ def _x(part, spec):
 
 def _ps_part(part, spec):
     X = _x(part, spec)
+    xp = array_namespace(X)   # the partition's arrays may live on a device
     n = X.shape[0]
-    return {"X": np.concatenate([np.ones((n, 1)), X], axis=1),
-            "y": (part["group"] == 1).astype(float), "weights": np.ones(n)}
+    return {"X": xp.concatenate([xp.ones((n, 1)), X], axis=1),
+            "y": (part["group"] == 1).astype(xp.float64), "weights": xp.ones(n)}
 
 
 def _rows(part, spec):
@@ -62,7 +65,7 @@ def fit(plan, parts: Partitions, source: str) -> tuple[list[str], list, np.ndarr
             m.fit(X, y)
             coef = np.concatenate([m.intercept_, m.coef_[0]])
         else:
-            m = Logistic(robust=False).fit_partitions(parts.map(_ps_part, spec),
+            m = Logistic(robust=False).fit_partitions(on_device(parts).map(_ps_part, spec),
                                                       ["intercept", *names])
             coef = m.coef_
     except ModelError as e:
@@ -75,8 +78,9 @@ def fit(plan, parts: Partitions, source: str) -> tuple[list[str], list, np.ndarr
 def score_part(part, spec, coef):
     """The partition with ``logit`` and ``ps`` (the score) added."""
     X = _x(part, spec)
+    xp = array_namespace(X)
     eta = coef[0] + X @ coef[1:]
     out = dict(part)
     out["logit"] = eta
-    out["ps"] = 1.0 / (1.0 + np.exp(-np.clip(eta, -700, 700)))
+    out["ps"] = 1.0 / (1.0 + xp.exp(-xp.clip(eta, -700, 700)))
     return out

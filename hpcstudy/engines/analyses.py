@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from hpcstudy_kernels._namespace import to_numpy
+from hpcstudy_kernels._namespace import array_namespace
 
 from ..models import AalenJohansen, CoxPH, KaplanMeier, Logistic, Poisson
-from ..models.partitions import Partitions
+from ..models.partitions import Partitions, on_device
 from ..models.rates import poisson_ci, wilson_ci
 from ..plan.nodes import Plan
 from .common import year_of
@@ -141,7 +141,7 @@ def design_columns(plan: Plan, parts: Partitions, adjust: tuple[str, ...]):
     for a in adjust:
         kind = next(c.kind for c in plan.columns if c.name == a)
         if kind in ("region", "index_contact"):   # categories: indicators vs the lowest
-            levels = sorted(parts.map_reduce(_levels, a, combine=_union))
+            levels = _sorted_values(parts.map_reduce(_distinct, a, combine=_cat))
             for lv in levels[1:]:
                 names.append(f"{a}={lv}")
                 spec.append((a, lv))
@@ -159,24 +159,45 @@ def _union(a, b):
     return a | b
 
 
+# -- per-partition model code: the partition's arrays may live on a device (a GPU, or the CPU
+# stand-in), so it uses only the namespace of its arrays; what it returns from a reduction
+# comes to the host through models.partitions, and host arguments reach it as device arrays.
+def _distinct(part, col):
+    """The distinct values of a column in this partition (an array, to the host)."""
+    xp = array_namespace(part[col])
+    return [xp.unique(part[col])]
+
+
+def _cat(a, b):
+    return a + b
+
+
+def _sorted_values(arrays) -> list:
+    """Sorted distinct values (Python numbers) of the partitions' ``_distinct`` arrays."""
+    return np.unique(np.concatenate(arrays)).tolist()
+
+
 def _matrix(part, spec):
+    """The design matrix of ``spec``'s terms from the partition table's columns."""
+    xp = array_namespace(part["pnr"])
     cols = []
     for name, level in spec:
-        v = np.asarray(part[name], dtype=float)
-        cols.append((v == level).astype(float) if level is not None else v)
+        v = part[name].astype(xp.float64)
+        cols.append((v == level).astype(xp.float64) if level is not None else v)
     n = part["pnr"].shape[0]
-    return np.stack(cols, axis=1) if cols else np.zeros((n, 0))
+    return xp.stack(cols, axis=1) if cols else xp.zeros((n, 0))
 
 
 def _cox_part(part, spec, strata):
-    s = np.zeros(part["pnr"].shape[0], np.int64)
+    xp = array_namespace(part["pnr"])
+    s = xp.zeros(part["pnr"].shape[0], dtype=xp.int64)
     for name in strata:
-        s = s * 100_000 + np.asarray(part[name], np.int64)
-    out = {"X": _matrix(part, spec), "time": part["time"].astype(float),
-           "event": part["event"].astype(float), "weights": _weights(part),
+        s = s * 100_000 + part[name].astype(xp.int64)
+    out = {"X": _matrix(part, spec), "time": part["time"].astype(xp.float64),
+           "event": part["event"].astype(xp.float64), "weights": _weights(part),
            "strata": s, "cluster": part["pnr"]}
     if "entry" in part:   # counting-process rows of a time-varying covariate
-        out["entry"] = part["entry"].astype(float)
+        out["entry"] = part["entry"].astype(xp.float64)
         # a person's episodes are consecutive pieces of one follow-up, not repeated
         # measurements: the model-based errors hold (as CoxTimeVaryingFitter's)
         del out["cluster"]
@@ -186,9 +207,10 @@ def _cox_part(part, spec, strata):
 def _weights(part):
     """The design's weights (propensity-score weighting), else 1. With weights other than 1,
     or a person in more than one row, the models' errors are robust, clustered by person."""
+    xp = array_namespace(part["pnr"])
     if "weight" in part:
-        return np.asarray(part["weight"], float)
-    return np.ones(part["pnr"].shape[0])
+        return part["weight"].astype(xp.float64)
+    return xp.ones(part["pnr"].shape[0])
 
 
 def _split_varying(plan: Plan, parts: Partitions, terms) -> tuple[Partitions, int | None]:
@@ -206,20 +228,22 @@ def _n_rows(part):
     return [int(part["pnr"].shape[0])]
 
 
-def _recode(part, mapping):
-    keys = np.array(sorted(mapping))
+def _recode(part, keys):
+    """Strata codes 0, 1, … by the sorted codes ``keys`` of all partitions."""
+    xp = array_namespace(part["strata"])
     part = dict(part)
-    part["strata"] = np.searchsorted(keys, part["strata"]).astype(np.int64)
+    part["strata"] = xp.searchsorted(keys, part["strata"]).astype(xp.int64)
     return part
 
 
 def cox(plan: Plan, parts: Partitions, adjust, strata) -> CoxPH:
     names, spec = design_columns(plan, parts, adjust)
     parts, persons = _split_varying(plan, parts, (*adjust, *strata))
-    p = parts.map(_cox_part, spec, strata)
+    # on a GPU run the tables go to the device here (once) and the fit runs there
+    p = on_device(parts).map(_cox_part, spec, strata)
     if strata:
-        codes = p.map_reduce(_codes_of, combine=_union)
-        p = p.map(_recode, codes)
+        codes = np.unique(np.concatenate(p.map_reduce(_distinct, "strata", combine=_cat)))
+        p = p.map(_recode, codes.astype(np.int64))
     m = CoxPH("efron").fit_partitions(p, names)
     m.cells_ = term_cells(p, names, "event", _variables(spec))
     if persons is not None:   # rows are pieces of follow-up; the model's persons are persons
@@ -238,28 +262,52 @@ def _variables(spec) -> list[str | None]:
 
 
 def _cells_part(part, ycol):
-    X = np.asarray(to_numpy(part["X"]), float)
-    y = np.asarray(to_numpy(part[ycol]), float)
-    indicator = np.all((X == 0) | (X == 1), axis=0)
+    X = part["X"]
+    xp = array_namespace(X)
+    y = part[ycol].astype(xp.float64)
+    n, k = X.shape
+    indicator = xp.all((X == 0) | (X == 1), axis=0)
     # a count covariate of values {1, 2} is no indicator, yet a model of such columns is a
     # table of few cells all the same: its estimates and SEs give the cells back
-    few = np.array([np.unique(X[:, j]).size <= FEW_VALUES for j in range(X.shape[1])], bool)
+    few = all(xp.unique(X[:, j]).shape[0] <= FEW_VALUES for j in range(k))
     patterns = None
-    if X.shape[0] == 0:
+    if n == 0:
         patterns = {}
-    elif few.all():
-        uniq, inv = np.unique(X, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        persons = np.bincount(inv, minlength=len(uniq))
-        events = np.bincount(inv, weights=y, minlength=len(uniq))
-        patterns = {tuple(u.tolist()): [int(a), int(b)]
-                    for u, a, b in zip(uniq, persons, events, strict=True)}
-    return {"n": int(X.shape[0]), "events": int(y.sum()), "ones": X.sum(axis=0),
+    elif few:
+        # the distinct rows (covariate patterns): rows sorted by column 0, then 1, …; a
+        # pattern starts where a row differs from the one before
+        order = xp.lexsort(X.T[::-1]) if k else xp.arange(n)
+        Xs = X[order]
+        new = xp.ones(n, dtype=bool)
+        if k:
+            new[1:] = xp.any(Xs[1:] != Xs[:-1], axis=1)
+        starts = xp.nonzero(new)[0]
+        if starts.shape[0] > PATTERN_CAP:   # the merged table would drop them anyway
+            patterns = None
+        else:
+            run = xp.cumsum(new) - 1
+            m = starts.shape[0]
+            patterns = (Xs[starts], xp.bincount(run, minlength=m),
+                        xp.bincount(run, weights=y[order], minlength=m))
+    return {"n": int(n), "events": y.sum(), "ones": X.sum(axis=0),
             "ones_events": X.T @ y, "indicator": indicator, "patterns": patterns}
+
+
+def _cells_host(c):
+    """A partition's ``_cells_part`` on the host, its patterns as a dict {row: [persons,
+    events]}."""
+    pat = c["patterns"]
+    if isinstance(pat, tuple):
+        uniq, persons, events = pat
+        pat = {tuple(u.tolist()): [int(a), int(b)]
+               for u, a, b in zip(uniq, persons, events, strict=True)}
+    return {**c, "events": int(c["events"]), "indicator": np.asarray(c["indicator"]),
+            "patterns": pat}
 
 
 
 def _cells_merge(a, b):
+    a, b = _cells_host(a), _cells_host(b)
     pat = None
     if a["patterns"] is not None and b["patterns"] is not None:
         pat = {k: list(v) for k, v in a["patterns"].items()}
@@ -280,7 +328,7 @@ def term_cells(parts: Partitions, names: list[str], ycol: str, variables=None) -
     where it is 1 and in the rest; ``None`` for a continuous term or the intercept. With
     ``patterns`` (persons and events per distinct row of the design) when every column is an
     indicator and there are at most PATTERN_CAP of them."""
-    c = parts.map_reduce(_cells_part, ycol, combine=_cells_merge)
+    c = _cells_host(parts.map_reduce(_cells_part, ycol, combine=_cells_merge))
     n, e = c["n"], c["events"]
     variables = list(variables) if variables is not None else list(names)
     if len(variables) < len(names):  # the intercept column comes first
@@ -298,20 +346,17 @@ def term_cells(parts: Partitions, names: list[str], ycol: str, variables=None) -
     return {"persons": n, "events": e, "terms": terms, "patterns": patterns}
 
 
-def _codes_of(part):
-    return set(np.unique(part["strata"]).tolist())
-
-
 def _glm_part(part, spec, poisson):
+    xp = array_namespace(part["pnr"])
     X = _matrix(part, spec)
-    X = np.concatenate([np.ones((X.shape[0], 1)), X], axis=1)
+    X = xp.concatenate([xp.ones((X.shape[0], 1)), X], axis=1)
     # a person's split episodes are pieces of one follow-up: no clustering for those
-    out = {"X": X, "y": part["event"].astype(float), "weights": _weights(part)}
+    out = {"X": X, "y": part["event"].astype(xp.float64), "weights": _weights(part)}
     if "entry" not in part:
         out["cluster"] = part["pnr"]
     if poisson:
         days = part["time"] - part["entry"] if "entry" in part else part["time"]
-        out["offset"] = np.log(days / YEAR)
+        out["offset"] = xp.log(days / YEAR)
     return out
 
 
@@ -320,7 +365,7 @@ def glm(plan: Plan, parts: Partitions, adjust, poisson: bool):
     persons = None
     if poisson:   # person-time by exposure state; a logistic model refuses such terms (parse)
         parts, persons = _split_varying(plan, parts, adjust)
-    p = parts.map(_glm_part, spec, poisson)
+    p = on_device(parts).map(_glm_part, spec, poisson)
     model = Poisson() if poisson else Logistic()
     m = model.fit_partitions(p, ["intercept", *names])
     m.cells_ = term_cells(p, ["intercept", *names], "y", _variables(spec))
@@ -331,25 +376,29 @@ def glm(plan: Plan, parts: Partitions, adjust, poisson: bool):
 
 # -- curves -----------------------------------------------------------------------------------
 def _curve_part(part, group, competing):
+    xp = array_namespace(part["group"])
     sel = part["group"] == group
     status = part["status"][sel]
-    cause = np.where(status == 1, 1, np.where((status == 2) & competing, 2, 0))
-    return {"time": part["time"][sel].astype(float), "event": cause.astype(float),
-            "weights": np.ones(int(sel.sum()))}
+    cause = xp.where(status == 1, 1, xp.where((status == 2) & competing, 2, 0))
+    time = part["time"][sel].astype(xp.float64)
+    return {"time": time, "event": cause.astype(xp.float64),
+            "weights": xp.ones(time.shape[0])}
 
 
 def _km_part(part):
+    xp = array_namespace(part["event"])
     out = dict(part)
-    out["event"] = (part["event"] == 1).astype(float)
+    out["event"] = (part["event"] == 1).astype(xp.float64)
     return out
 
 
 def curves(plan: Plan, parts: Partitions) -> list[dict]:
     """Kaplan–Meier of the outcome and its cumulative incidence with death competing."""
     rows = []
+    parts = on_device(parts)
     for g in plan.groups:
         p = parts.map(_curve_part, g.code, not plan.outcome.death)
-        if sum(parts.map_reduce(_n_in_group, g.code)) == 0:
+        if int(sum(parts.map_reduce(_n_in_group, g.code))) == 0:
             continue
         km = KaplanMeier().fit_partitions(p.map(_km_part))
         aj = AalenJohansen().fit_partitions(p, 1, 2)
@@ -362,7 +411,7 @@ def curves(plan: Plan, parts: Partitions) -> list[dict]:
 
 
 def _n_in_group(part, code):
-    return [int((part["group"] == code).sum())]
+    return [(part["group"] == code).sum()]
 
 
 # -- Lexis ------------------------------------------------------------------------------------

@@ -210,9 +210,10 @@ class DaskEngine:
                 finished(p, (attrition, info))
 
     def partitions(self, tables):
-        """The tables as partitions for the analyses: NumPy tables, where they are."""
+        """The tables as partitions for the analyses: NumPy tables, where they are; the model
+        fits move them to the run's device once (``models.partitions.on_device``)."""
         parts = tables.parts if isinstance(tables, PartitionTables) else list(tables)
-        return DaskPartitions(parts, self.client, self.scheduler)
+        return DaskPartitions(parts, self.client, self.scheduler, self.device)
 
     def device_record(self) -> dict:
         """What results.json's run section says about the device."""

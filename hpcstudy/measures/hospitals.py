@@ -16,6 +16,7 @@ from scipy.stats import poisson
 
 from ..errors import UserError
 from ..models.base import ModelError
+from ..models.partitions import on_device
 from ..models.rates import poisson_ci
 
 COLUMNS = ("persons", "events", "expected", "oe", "lower_95", "upper_95", "limit95_low",
@@ -23,24 +24,40 @@ COLUMNS = ("persons", "events", "expected", "oe", "lower_95", "upper_95", "limit
 
 
 def _expected_part(part, spec, coef, proportion, unit):
+    """Per unit of this partition: persons, observed and expected events (the model's fitted
+    risks or counts, summed), as the unit codes and one (units, 3) array. The partition's
+    arrays may live on a device: the namespace of its arrays only."""
+    from hpcstudy_kernels._namespace import array_namespace
+
     from ..engines.analyses import YEAR, _matrix
 
     X = _matrix(part, spec)
+    xp = array_namespace(X)
     eta = coef[0] + X @ coef[1:]
     if proportion:
-        mu = 1.0 / (1.0 + np.exp(-eta))
+        mu = 1.0 / (1.0 + xp.exp(-eta))
     else:
-        mu = np.exp(eta) * (np.asarray(part["time"], float) / YEAR)
-    keys = np.asarray(part[unit]).astype(np.int64)
-    out = {}
-    for k in np.unique(keys):
-        sel = keys == k
-        out[int(k)] = [float(sel.sum()), float(np.asarray(part["event"])[sel].sum()),
-                       float(mu[sel].sum())]
-    return out
+        mu = xp.exp(eta) * (part["time"].astype(xp.float64) / YEAR)
+    keys = part[unit].astype(xp.int64)
+    codes = xp.unique(keys)
+    rows = []
+    for i in range(codes.shape[0]):
+        sel = keys == codes[i]
+        rows.append(xp.stack([sel.sum().astype(xp.float64),
+                              part["event"][sel].sum().astype(xp.float64), mu[sel].sum()]))
+    return codes, xp.stack(rows) if rows else xp.zeros((0, 3))
+
+
+def _by_unit(r) -> dict:
+    """{unit: [persons, observed, expected]} from a partition's result (or a merged one)."""
+    if isinstance(r, dict):
+        return r
+    codes, sums = r
+    return {int(k): [float(v) for v in row] for k, row in zip(codes, sums, strict=True)}
 
 
 def _merge(a, b):
+    a, b = _by_unit(a), _by_unit(b)
     out = {k: list(v) for k, v in a.items()}
     for k, v in b.items():
         old = out.setdefault(k, [0.0, 0.0, 0.0])
@@ -77,8 +94,10 @@ def hospitals(plan, parts, fitted: dict | None = None) -> list[dict]:
     if fitted is not None:
         fitted["hospitals_risk_model"] = model
     _, spec = A.design_columns(plan, parts, h.adjust)
-    sums = parts.map_reduce(_expected_part, spec, np.asarray(model.coef_, float), proportion,
-                            h.by, combine=_merge)
+    # per-row predictions where the rows are (on the run's device)
+    sums = _by_unit(on_device(parts).map_reduce(_expected_part, spec,
+                                                np.asarray(model.coef_, float), proportion,
+                                                h.by, combine=_merge))
     rows = []
     for unit in sorted(sums):
         n, o, e = sums[unit]

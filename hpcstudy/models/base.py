@@ -116,7 +116,8 @@ def _design_facts(part) -> tuple[int, int, bool]:
     xp = array_namespace(part["weights"])
     n = int(part["weights"].shape[0])
     clusters = n if "cluster" not in part else int(xp.unique(part["cluster"]).shape[0])
-    return n, clusters, bool(xp.any(part["weights"] != 1))
+    # a device array: it comes to the host with the partition's result
+    return n, clusters, xp.any(part["weights"] != 1)
 
 
 def _or(a, b):
@@ -129,7 +130,7 @@ def wants_robust(robust: bool | None, parts) -> bool:
     if robust is not None:
         return bool(robust)
     n, clusters, weighted = parts.map_reduce(_design_facts, combine=_or)
-    return weighted or clusters < n
+    return bool(weighted) or clusters < n
 
 
 def row_clusters(part):

@@ -9,6 +9,8 @@ Newton step is two sums of small arrays (see ``hpcstudy_kernels.cox``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from hpcstudy_kernels import cox as K
@@ -25,15 +27,18 @@ from .base import (
     wants_robust,
 )
 from .partitions import LocalPartitions, Partitions
-from .validate import as_design, as_vector
+from .validate import as_design, as_vector, host_bool
 
 
 # -- per-partition steps (top-level functions so that Dask can ship them) ----------------------
+# On a device, each Newton step sends every partition β (pass 1) and one array of β and the
+# grid weights (pass 2), and gets back one packed array of risk-set sums (pass 1) and one
+# p × p matrix (pass 2): two transfers each way, whatever the partition's rows.
 def _sums(part):
     X, w = part["X"], part["weights"]
     total, wx = K.weighted_sums(X, w)
-    # the event count stays an array: on a device, it comes to the host with the other sums
-    return total, wx, part["event"].sum(), int(part["time"].shape[0])
+    # the counts stay arrays: on a device, they come to the host with the other sums
+    return total, wx, part["event"].sum(), int(part["time"].shape[0]), (w != 1.0).sum()
 
 
 def _pairs(part):
@@ -45,21 +50,52 @@ def _concat(a, b):
     return a[0] + b[0], a[1] + b[1]
 
 
-def _prepare(part, grid, mean):
+def _prepare(part, times, keys, facts, mean, unit):
+    xp = array_namespace(part["X"])
+    grid = K.CoxGrid(times, keys, **facts)
     cp = K.prepare(part["X"], part["time"], part["event"], part.get("entry"),
-                   part["strata"], part["weights"], grid, mean)
+                   part["strata"], part["weights"], grid, mean,
+                   unit=None if xp is np else unit)
     cp.cluster = part.get("cluster")
     return cp
 
 
-def _pass1(cp, beta):
-    xp = array_namespace(cp.X)
-    return K.pass1(cp, xp.asarray(beta))
+def _pass1(cp, beta, key):
+    xp = array_namespace(cp.XT)
+    out = K.pass1(cp, beta, key)
+    if xp is np:
+        return out
+    shift, s0, s1, e0, e1 = out
+    # off the CPU one array: one transfer to the host
+    return xp.concatenate([xp.reshape(shift, (1,)), s0, xp.reshape(s1, (-1,)), e0,
+                           xp.reshape(e1, (-1,))])
 
 
-def _pass2(cp, beta, c, e, shift):
-    xp = array_namespace(cp.X)
-    return K.pass2(cp, xp.asarray(beta), c, e, shift)
+def _add_pass1(x, y):
+    """Two partitions' pass-1 sums added (``kernels.cox.add_shifted``; packed off the CPU)."""
+    if isinstance(x, tuple):
+        return K.add_shifted(x, y)
+    shift = max(x[0], y[0])
+    a, b = x[1:], y[1:]
+    if x[0] != shift:
+        a = a * math.exp(x[0] - shift)
+    if y[0] != shift:
+        b = b * math.exp(y[0] - shift)
+    return np.concatenate([[shift], a + b])
+
+
+def _unpack1(flat, G, p):
+    if isinstance(flat, tuple):
+        return flat
+    s0, s1 = flat[1:1 + G], flat[1 + G:1 + G + G * p].reshape(G, p)
+    rest = flat[1 + G + G * p:]
+    return float(flat[0]), s0, s1, rest[:G], rest[G:].reshape(G, p)
+
+
+def _pass2(cp, packed, shift, key):
+    """``packed``: β, then the grid weights c and e (one transfer to the device)."""
+    p, G = cp.XT.shape[0], cp.grid_size
+    return K.pass2(cp, packed[:p], packed[p:p + G], packed[p + G:], shift, key)
 
 
 def _cox_meat(cp, beta, terms, shift=0.0):
@@ -89,15 +125,15 @@ class CoxPH(Fitted):
         n = X.shape[0]
         t = as_vector(duration, n, "duration", xp)
         d = as_vector(event, n, "event", xp)
-        if not bool(xp.all((d == 0) | (d == 1))):
+        if not host_bool(xp.all((d == 0) | (d == 1))):
             raise ModelError("event must be 0 or 1")
         w = xp.ones(n) if weights is None else as_vector(weights, n, "weights", xp)
-        if bool(xp.any(w < 0)):
+        if host_bool(xp.any(w < 0)):
             raise ModelError("weights must be non-negative")
         part = {"X": X, "time": t, "event": d, "weights": w}
         if entry is not None:
             e = as_vector(entry, n, "entry", xp)
-            if bool(xp.any(e >= t)):
+            if host_bool(xp.any(e >= t)):
                 raise ModelError("entry must be before duration for every row "
                                  "(at risk on (entry, duration])")
             part["entry"] = e
@@ -119,27 +155,33 @@ class CoxPH(Fitted):
         the same coding in every partition) and optionally entry and cluster (ids that never
         span partitions)."""
         p = len(names)
-        total, wx, events, n = parts.map_reduce(_sums)
+        total, wx, events, n, not_one = parts.map_reduce(_sums)
         total, wx, events = float(to_numpy(total)), to_numpy(wx), float(to_numpy(events))
         if events == 0:
             raise ModelError("Cox model: there are no events")
         mean = wx / total
         s_list, t_list = parts.map_reduce(_pairs, combine=_concat)
         grid = K.make_grid(s_list, t_list)
-        prepared = parts.map(_prepare, grid, mean)
+        G = grid.size
+        prepared = parts.map(_prepare, grid.times, grid.keys, K.grid_facts(grid), mean,
+                             int(not_one) == 0)
         m, dw, xd = prepared.map_reduce(K.fixed_sums)
         xd_np = to_numpy(xd)
         ties = self.ties
 
         def evaluate(beta, need_information):
-            shift, s0, s1, e0, e1 = prepared.map_reduce(_pass1, beta, combine=K.add_shifted)
+            key = beta.tobytes()   # names β for the partitions' cached risks
+            shift, s0, s1, e0, e1 = _unpack1(
+                prepared.map_reduce(_pass1, beta, key, combine=_add_pass1), G, p)
             ll_rs, score_rs, outer, c, e = K.grid_terms(s0, s1, e0, e1, m, dw, ties)
             # the sums were taken times exp(−shift): log S0 is shift more than log(s0)
             ll = float(xd_np @ beta) + float(to_numpy(ll_rs)) - shift * float(to_numpy(dw.sum()))
             score = xd_np - to_numpy(score_rs)
             info = None
             if need_information and np.isfinite(ll):
-                info = to_numpy(prepared.map_reduce(_pass2, beta, c, e, shift)) - to_numpy(outer)
+                packed = np.concatenate([beta, c, e])
+                info = to_numpy(prepared.map_reduce(_pass2, packed, shift, key)) - \
+                    to_numpy(outer)
             return ll, score, info
 
         start = evaluate(np.zeros(p), True)
@@ -151,7 +193,8 @@ class CoxPH(Fitted):
                                     names=names, where="Cox model", start=start)
         self._set_fit(names, beta, ll, info, it, n)
         if wants_robust(self.robust, parts):
-            shift, s0, s1, e0, e1 = prepared.map_reduce(_pass1, beta, combine=K.add_shifted)
+            shift, s0, s1, e0, e1 = _unpack1(
+                prepared.map_reduce(_pass1, beta, beta.tobytes(), combine=_add_pass1), G, p)
             terms = R.cox_residual_terms(s0, s1, e0, e1, m, dw, ties)
             meat, g = prepared.map_reduce(_cox_meat, beta, terms, shift)
             self._set_robust(to_numpy(meat), g)

@@ -8,6 +8,8 @@ An intercept is added unless ``intercept=False``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from hpcstudy_kernels import glm as K
@@ -25,23 +27,38 @@ from .base import (
     wants_robust,
 )
 from .partitions import LocalPartitions, Partitions
-from .validate import as_design, as_vector
+from .validate import as_design, as_vector, host_bool
 
 
 def _gram(part):
     X, w = part["X"], part["weights"]
     xp = array_namespace(X)
-    exposure = float(to_numpy((w * xp.exp(part["offset"])).sum())) if "offset" in part else 0.0
-    return ((X * w[:, None]).T @ X, int(X.shape[0]), float(to_numpy(w).sum()),
-            float(to_numpy(w * part["y"]).sum()), exposure)
+    # sums stay arrays: on a device they come to the host with the partition's result
+    exposure = (w * xp.exp(part["offset"])).sum() if "offset" in part else 0.0
+    return (X * w[:, None]).T @ X, int(X.shape[0]), w.sum(), (w * part["y"]).sum(), exposure
+
+
+def _packed(ll, score, info):
+    """A step's sums (ll, score, information); off the CPU as one array: one transfer."""
+    xp = array_namespace(score)
+    if xp is np:
+        return ll, score, info
+    return xp.concatenate([xp.reshape(ll, (1,)), score, xp.reshape(info, (-1,))])
+
+
+def _unpacked(flat, p):
+    if isinstance(flat, tuple):
+        ll, score, info = flat
+        return float(to_numpy(ll)), to_numpy(score), to_numpy(info)
+    return float(flat[0]), flat[1:1 + p], flat[1 + p:].reshape(p, p)
 
 
 def _logistic(part, beta):
-    return K.logistic_step(part["X"], part["y"], part["weights"], beta)
+    return _packed(*K.logistic_step(part["X"], part["y"], part["weights"], beta))
 
 
 def _poisson(part, beta):
-    return K.poisson_step(part["X"], part["y"], part["weights"], part["offset"], beta)
+    return _packed(*K.poisson_step(part["X"], part["y"], part["weights"], part["offset"], beta))
 
 
 def _meat(part, beta, poisson):
@@ -50,8 +67,20 @@ def _meat(part, beta, poisson):
     return R.cluster_meat(R.glm_scores(X, part["y"], part["weights"], mu), row_clusters(part))
 
 
-def _log_factorial(part):
-    return K.log_factorial_sum(part["y"], part["weights"])
+def _counts(part):
+    xp = array_namespace(part["y"])
+    return [xp.unique(part["y"])]
+
+
+def _cat(a, b):
+    return a + b
+
+
+def _log_factorial(part, values, log_fact):
+    """Σ w·log(y!) of this partition, from the table ``log_fact`` of log(v!) for the sorted
+    distinct counts ``values`` of all partitions (lgamma runs on the host, on few values)."""
+    xp = array_namespace(part["y"])
+    return (log_fact[xp.searchsorted(values, part["y"])] * part["weights"]).sum()
 
 
 def _clusters(cluster, n, xp) -> dict:
@@ -83,12 +112,13 @@ class _GLM(Fitted):
     def _fit(self, parts: Partitions, names: list[str], step):
         p = len(names)
         g, n, wsum, wysum, exposure = parts.map_reduce(_gram)
+        wsum, wysum, exposure = float(wsum), float(wysum), float(exposure)
         check_collinearity(to_numpy(g), names, f"{self.kind} model")
         self._check_outcome(wsum, wysum)
 
         def evaluate(beta, need_information):
-            ll, score, info = parts.map_reduce(step, beta)
-            return float(to_numpy(ll)), to_numpy(score), to_numpy(info)
+            # per partition: β out, one packed array of (ll, score, information) back
+            return _unpacked(parts.map_reduce(step, beta), p)
 
         beta, ll, info, it = newton(evaluate, p, max_iter=self.max_iter, tol=self.tol,
                                     names=names, where=f"{self.kind} model",
@@ -134,7 +164,7 @@ class Logistic(_GLM):
         xp = array_namespace(X)
         n = X.shape[0]
         yv = as_vector(y, n, "y", xp)
-        if not bool(xp.all((yv == 0) | (yv == 1))):
+        if not host_bool(xp.all((yv == 0) | (yv == 1))):
             raise ModelError("logistic model: y must be 0 or 1")
         w = xp.ones(n) if weights is None else as_vector(weights, n, "weights", xp)
         part = {"X": X, "y": yv, "weights": w, **_clusters(cluster, n, xp)}
@@ -168,10 +198,10 @@ class Poisson(_GLM):
         xp = array_namespace(X)
         n = X.shape[0]
         y = as_vector(events, n, "events", xp)
-        if bool(xp.any(y < 0)):
+        if host_bool(xp.any(y < 0)):
             raise ModelError("Poisson model: events must be non-negative counts")
         t = as_vector(exposure, n, "exposure", xp)
-        if bool(xp.any(t <= 0)):
+        if host_bool(xp.any(t <= 0)):
             raise ModelError("Poisson model: exposure (person-time) must be positive")
         w = xp.ones(n) if weights is None else as_vector(weights, n, "weights", xp)
         part = {"X": X, "y": y, "weights": w, "offset": xp.log(t), **_clusters(cluster, n, xp)}
@@ -180,7 +210,9 @@ class Poisson(_GLM):
     def fit_partitions(self, parts: Partitions, names: list[str]):
         """Partitions of dicts with X (intercept column included), y, weights, offset."""
         self._fit(parts, names, _poisson)
-        self.loglik_ -= parts.map_reduce(_log_factorial)
+        values = np.unique(np.concatenate(parts.map_reduce(_counts, combine=_cat)))
+        log_fact = np.array([math.lgamma(v + 1.0) for v in values])
+        self.loglik_ -= float(parts.map_reduce(_log_factorial, values, log_fact))
         return self
 
     def _check_outcome(self, wsum, wysum):

@@ -5,6 +5,13 @@ partitioned value, left where it lives) and ``map_reduce`` (results combined, by
 work as a Dask task — on the local threaded scheduler, or on a ``distributed.Client``'s workers,
 where the data stay between calls. An MPI launcher implements the same two operations with an
 allreduce.
+
+Partitions may live on a device (a GPU, or the CPU stand-in): ``on_device(parts)`` moves host
+per-person tables to the partitions' ``device`` once. A per-partition function then gets the
+partition's device arrays, with every host (NumPy) array argument moved to that device first,
+and a reduction's result comes back to the host: both through the device's counted
+``to_device``/``to_host``. So model code on the host sees only NumPy, and per-partition code
+uses only the namespace of its arrays.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import reduce
 from typing import Any, Protocol
+
+import numpy as np
 
 
 def add(x, y):
@@ -32,19 +41,28 @@ class Partitions(Protocol):
 
 
 class LocalPartitions:
-    """Partitions held as Python objects in this process."""
+    """Partitions held as Python objects in this process. ``device`` names where their arrays
+    live (``cpu``: NumPy; see :class:`DaskPartitions` for the others)."""
 
-    def __init__(self, parts: Sequence[Any]):
+    def __init__(self, parts: Sequence[Any], device: str = "cpu"):
         self.parts = list(parts)
+        self.device = device
 
     def __len__(self) -> int:
         return len(self.parts)
 
+    def _task(self, fn: Callable, reduce_: bool):
+        if self.device == "cpu" and not any(part_device(p) for p in self.parts[:1]):
+            return fn
+        return _OnDevice(fn, reduce_)
+
     def map(self, fn: Callable, *args: Any) -> LocalPartitions:
-        return LocalPartitions([fn(p, *args) for p in self.parts])
+        task = self._task(fn, False)
+        return LocalPartitions([task(p, *args) for p in self.parts], self.device)
 
     def map_reduce(self, fn: Callable, *args: Any, combine: Callable = add) -> Any:
-        return reduce(combine, (fn(p, *args) for p in self.parts))
+        task = self._task(fn, True)
+        return reduce(combine, (task(p, *args) for p in self.parts))
 
 
 class DaskPartitions:
@@ -52,10 +70,10 @@ class DaskPartitions:
 
     Under a client the partitions stay on the workers between calls: ``map`` leaves its results
     there as new futures, ``map_reduce`` brings back only each partition's (small) result.
-    ``device`` says where the partitions' arrays live (the dask engine's per-person tables are
-    host arrays: ``cpu``). On another device, host arrays among the arguments (coefficients,
-    grids) are moved to the partition's device where it runs, and ``map_reduce`` results come
-    back as host arrays.
+    ``device`` is the run's device: the dask engine's per-person tables are host arrays, which
+    ``on_device`` moves there for the model fits; on a partition whose arrays live on a device,
+    host arrays among the arguments (coefficients, grids) are moved to it where it runs, and
+    ``map_reduce`` results come back as host arrays.
     Results are taken as tasks finish and added in partition order, so every launcher adds the
     same numbers in the same order and gives the same bits.
     """
@@ -73,7 +91,13 @@ class DaskPartitions:
         return len(self.parts)
 
     def _task(self, fn: Callable, reduce_: bool):
-        return fn if self.device == "cpu" else _OnDevice(fn, self.device, reduce_)
+        return fn if self.device == "cpu" else _OnDevice(fn, reduce_)
+
+    @property
+    def _pure(self) -> bool:
+        # a pure task's key hashes its arguments: device partitions would be copied to the host
+        # to be hashed at every call
+        return self.device == "cpu"
 
     def map(self, fn: Callable, *args: Any) -> DaskPartitions:
         task = self._task(fn, False)
@@ -82,8 +106,8 @@ class DaskPartitions:
             return DaskPartitions(futures, self.client, device=self.device)
         import dask
 
-        computed = dask.compute(*[dask.delayed(task, pure=True)(p, *args) for p in self.parts],
-                                scheduler=self.scheduler)
+        computed = dask.compute(*[dask.delayed(task, pure=self._pure)(p, *args)
+                                  for p in self.parts], scheduler=self.scheduler)
         return DaskPartitions(list(computed), None, self.scheduler, self.device)
 
     def map_reduce(self, fn: Callable, *args: Any, combine: Callable = add) -> Any:
@@ -104,30 +128,90 @@ class DaskPartitions:
             return total
         import dask
 
-        results = dask.compute(*[dask.delayed(task, pure=True)(p, *args) for p in self.parts],
-                               scheduler=self.scheduler)
+        results = dask.compute(*[dask.delayed(task, pure=self._pure)(p, *args)
+                                 for p in self.parts], scheduler=self.scheduler)
         return reduce(combine, results)
 
 
 class _OnDevice:
-    """A per-partition function run on the partition's device: host array arguments go to the
-    device there; a reduction's result comes back to the host."""
+    """A per-partition function run where the partition's arrays live: host (NumPy) array
+    arguments are moved to that device first, and a reduction's result comes back to the host,
+    each through the device's counted ``to_device``/``to_host``. On a partition of host arrays
+    it is the plain call."""
 
-    def __init__(self, fn: Callable, device: str, reduce_: bool):
-        self.fn, self.device, self.reduce_ = fn, device, reduce_
+    def __init__(self, fn: Callable, reduce_: bool):
+        self.fn, self.reduce_ = fn, reduce_
         self.__name__ = getattr(fn, "__name__", "task")   # dask names the task after it
 
     def __call__(self, part, *args):
-        from ..devices import get_device
-
-        dev = get_device(self.device)
+        dev = part_device(part)
+        if dev is None:
+            return self.fn(part, *args)
         out = self.fn(part, *(_to_device(dev, a) for a in args))
         return to_host(out, dev) if self.reduce_ else out
 
 
-def _to_device(dev, x):
-    import numpy as np
+def _first_array(part):
+    if isinstance(part, dict):
+        values = part.values()
+    elif isinstance(part, tuple | list):
+        values = part
+    elif hasattr(part, "__dict__"):   # a prepared partition (kernels' CoxPart)
+        values = vars(part).values()
+    else:
+        values = (part,)
+    return next((v for v in values if hasattr(v, "shape") and hasattr(v, "dtype")), None)
 
+
+_GPU = {}
+
+
+def part_device(part):
+    """The :class:`~hpcstudy.devices.Device` a partition's arrays live on (its first array's),
+    or None for host NumPy arrays. A stand-in array knows its device (and so its transfer
+    counters); CuPy arrays share one GPU device per process."""
+    a = _first_array(part)
+    if a is None:
+        return None
+    from ..devices import device_of, get_device
+
+    kind = device_of(a)
+    if kind == "cpu":
+        return None
+    if kind == "standin":
+        return a.__array_namespace__()._device
+    if "gpu" not in _GPU:
+        _GPU["gpu"] = get_device("gpu")
+    return _GPU["gpu"]
+
+
+def _move(part, device: str):
+    """A host partition (a dict of arrays) with every array moved to ``device``: one counted
+    transfer per array."""
+    from ..devices import get_device
+
+    if device == "gpu":
+        dev = _GPU.get("gpu") or _GPU.setdefault("gpu", get_device("gpu"))
+    else:
+        dev = get_device(device)
+    return {k: dev.to_device(v) if isinstance(v, np.ndarray) else v for k, v in part.items()}
+
+
+def on_device(parts):
+    """``parts`` (host per-person tables) with their arrays on the partitions' ``device``,
+    moved once and left there (kept with ``parts``, so every model of a run reuses them). On
+    the CPU, ``parts`` itself."""
+    device = getattr(parts, "device", "cpu")
+    if device == "cpu":
+        return parts
+    moved = getattr(parts, "_on_device", None)
+    if moved is None:
+        moved = parts.map(_move, device)
+        parts._on_device = moved
+    return moved
+
+
+def _to_device(dev, x):
     if isinstance(x, np.ndarray):
         return dev.to_device(x)
     if isinstance(x, tuple | list):
@@ -137,8 +221,6 @@ def _to_device(dev, x):
 
 def to_host(x, dev):
     """``x`` with every device array in it (in tuples, lists, dicts) copied to the host."""
-    import numpy as np
-
     if isinstance(x, np.ndarray | np.generic) or x is None or isinstance(x, int | float | str):
         return x
     if isinstance(x, tuple | list):

@@ -16,7 +16,7 @@ from hpcstudy_kernels._namespace import array_namespace, to_numpy
 
 from .base import Z95, ModelError
 from .partitions import LocalPartitions, Partitions
-from .validate import as_vector
+from .validate import as_vector, host_bool, host_value
 
 
 def _times(part):
@@ -41,7 +41,7 @@ def _part(duration, event, entry, weights):
             "weights": xp.ones(n) if weights is None else as_vector(weights, n, "weights", xp)}
     if entry is not None:
         en = as_vector(entry, n, "entry", xp)
-        if bool(xp.any(en >= t)):
+        if host_bool(xp.any(en >= t)):
             raise ModelError("entry must be before duration for every row")
         part["entry"] = en
     return part
@@ -60,7 +60,7 @@ class KaplanMeier:
         part = _part(duration, event, entry, weights)
         ev = part["event"]
         xp = array_namespace(ev)
-        if not bool(xp.all((ev == 0) | (ev == 1))):
+        if not host_bool(xp.all((ev == 0) | (ev == 1))):
             raise ModelError("event must be 0 or 1")
         return self.fit_partitions(LocalPartitions([part]))
 
@@ -98,10 +98,11 @@ class AalenJohansen:
 
     def fit(self, duration, cause, event_of_interest: int = 1, entry=None, weights=None):
         part = _part(duration, cause, entry, weights)
-        c = to_numpy(part["event"])
-        if (c < 0).any() or (c != np.round(c)).any():
+        c = part["event"]
+        xp = array_namespace(c)
+        if host_bool(xp.any(c < 0) | xp.any(c != xp.floor(c))):
             raise ModelError("cause must hold integer codes: 0 censored, 1, 2, … causes")
-        self.causes_ = int(c.max()) if c.size else 0
+        self.causes_ = int(host_value(c.max())) if c.shape[0] else 0
         if not 1 <= event_of_interest <= max(self.causes_, 1):
             raise ModelError(f"event_of_interest {event_of_interest} does not occur")
         return self.fit_partitions(LocalPartitions([part]), event_of_interest, self.causes_)

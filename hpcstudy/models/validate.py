@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpcstudy_kernels._namespace import array_namespace, is_cupy
+from hpcstudy_kernels._namespace import array_namespace
 
+from ..devices import device_of
 from .base import ModelError
+
+
+def host_bool(flag) -> bool:
+    """A 0-d boolean array as a Python bool; a device's comes through its counted
+    ``to_host`` (the stand-in refuses ``bool()`` of its arrays, as a GPU would sync)."""
+
+    return bool(host_value(flag))
+
+
+def host_value(x):
+    """A (small) array on the host: a device's through its counted ``to_host``."""
+    from .partitions import part_device
+
+    dev = part_device((x,))
+    return x if dev is None else dev.to_host(x)
 
 
 def as_design(X, names=None):
@@ -14,7 +30,7 @@ def as_design(X, names=None):
     if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # pandas DataFrame
         names = names or [str(c) for c in X.columns]
         X = X.to_numpy(dtype=float)
-    if not is_cupy(X):
+    if device_of(X) == "cpu":
         X = np.asarray(X, dtype=float)
     xp = array_namespace(X)
     X = X.astype(xp.float64, copy=False)
@@ -22,7 +38,7 @@ def as_design(X, names=None):
         X = X[:, None]
     if X.ndim != 2:
         raise ModelError(f"X must be a 2-d array, got {X.ndim} dimensions")
-    if not bool(xp.all(xp.isfinite(X))):
+    if not host_bool(xp.all(xp.isfinite(X))):
         raise ModelError("X has missing or infinite values — remove or impute them first")
     p = X.shape[1]
     names = list(names) if names is not None else [f"x{i}" for i in range(p)]
@@ -37,6 +53,6 @@ def as_vector(v, n, what, xp):
     v = xp.asarray(v, dtype=xp.float64).reshape(-1)
     if v.shape[0] != n:
         raise ModelError(f"{what} has {v.shape[0]} values for {n} rows")
-    if not bool(xp.all(xp.isfinite(v))):
+    if not host_bool(xp.all(xp.isfinite(v))):
         raise ModelError(f"{what} has missing or infinite values")
     return v
