@@ -146,7 +146,9 @@ def _run(study, data, out, engine, project, client, overwrite, verify,
         from .cluster.gpus import choose
 
         device = choose(device, client)
-    report: dict = {}
+    from .outputs.run_record import begin
+
+    report: dict = begin({}, client)   # when and where the run started, for run.json
     tables, attrition, parts = R.person_table(plan, ds, engine, client, None, ckpt,
                                               report=report, device=device)
     fitted: dict = {}
@@ -156,7 +158,7 @@ def _run(study, data, out, engine, project, client, overwrite, verify,
     if out is not None:
         exported = R.write_outputs(Path(out), plan, results, table, engine=engine, ds=ds,
                                    overwrite=overwrite, approval=approval,
-                                   device=report.get("device"))
+                                   device=report.get("device"), run=report)
         if ckpt is not None:
             checkpoint.clear(ckpt)
     else:

@@ -449,7 +449,7 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
     logs = Path(out).parent / f"{Path(out).name}.worker-logs" if launcher == "slurm" else None
     with client_for(launcher, workers, gpus, prof, account=account, interface=interface,
                     part=part, log_directory=logs) as client:
-        done: dict = {}
+        done: dict = {"launcher": launcher}   # (for run.json)
         res = R.run(s, data, out, engine=engine, client=client, progress=progress,
                     overwrite=overwrite, approval=approval, resume=resume, report=done,
                     checked=True, device=device if engine == "dask" else "cpu")

@@ -316,10 +316,12 @@ def _jsonable(o):
 
 def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
                   ds: Dataset, overwrite: bool = True, approval=None,
-                  device: dict | None = None) -> dict:
+                  device: dict | None = None, run: dict | None = None) -> dict:
     """Write the exported files, the private per-person table and the output manifest
     (``OUT/outputs.json``: every exported file with its kind, schema and SHA-256). ``table``
-    is a dict of arrays, or the dask engine's PartitionTables (written where its rows are)."""
+    is a dict of arrays, or the dask engine's PartitionTables (written where its rows are).
+    ``run``: the run's report dict, where :func:`hpcstudy.outputs.run_record.begin` noted when
+    and where the run started (for ``run.json``)."""
     from ..outputs import manifest as M
 
     with staged_output(out, overwrite, kind="run") as staging:
@@ -383,6 +385,11 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
         (staging / "plan.txt").write_text(f"plan for study {plan.study.name!r}\n"
                                           f"{rendered[1] if len(rendered) > 1 else ''}\n")
         entries.append({"path": "plan.txt", "kind": "plan"})
+        from ..outputs import run_record
+
+        # run.json: launcher, device, hardware, times; apart from results.json (the same bytes
+        # on every launcher and machine)
+        entries.append(run_record.write(staging, run, engine=engine, device=device))
         M.write(staging, M.build(staging, entries, study=plan.study,
                                  data_manifest_sha256=manifest_sha,
                                  data_persons_sha256=ds.persons_sha256(),
@@ -436,6 +443,9 @@ def run(study, data, out, engine: str = "dask", client=None, progress=None,
     if ckpt is not None and ckpt.is_dir():
         checkpoint.private_folder(ckpt)   # one an older hpcstudy left readable by others
     report = {} if report is None else report
+    from ..outputs.run_record import begin
+
+    begin(report, client)   # when and where the run started, for run.json
     if engine != "dask" and device == "gpu":
         raise UserError(f"the {engine} engine runs on the CPU only",
                         fix="use --engine dask for --device gpu, or drop --device")
@@ -449,7 +459,8 @@ def run(study, data, out, engine: str = "dask", client=None, progress=None,
     # the dask engine's tables are written where they were computed (by a worker)
     table = tables if engine == "dask" else combined(plan, tables)
     res = write_outputs(Path(out), plan, results, table, engine=engine, ds=ds,
-                        overwrite=overwrite, approval=approval, device=report.get("device"))
+                        overwrite=overwrite, approval=approval, device=report.get("device"),
+                        run=report)
     if ckpt is not None:
         checkpoint.clear(ckpt)
     return res
