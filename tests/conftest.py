@@ -142,6 +142,39 @@ def local_run(small_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def statins_run(small_data, tmp_path_factory) -> Path:
+    """Example 1 (statins and MI: curves, Cox, Poisson) on ``small_data`` by the CLI with the
+    local launcher. Shared: copy it before editing anything in it."""
+    return _local_run(tmp_path_factory, "statins_mi.yaml", small_data)
+
+
+@pytest.fixture(scope="session")
+def mortality_run(medium_data, tmp_path_factory):
+    """Example 2 (logistic with region indicators, measures) on ``medium_data`` by the Python
+    API on the reference engine, its outputs written: the StudyResult (``.out``, the folder).
+    Shared: copy the folder before editing anything in it."""
+    import hpcstudy
+
+    out = tmp_path_factory.mktemp("run") / "mortality"
+    return hpcstudy.run(EXAMPLES / "mi_mortality.yaml", medium_data, out=out,
+                        engine="reference")
+
+
+@pytest.fixture(scope="session")
+def synthetic_report(tmp_path_factory) -> Path:
+    """A hand-written run folder holding every table kind other helpers write (Table 1,
+    balance, preference score, hospitals, a measure by group), suppressed cells included, and
+    its report (tests/test_report.py::synthetic_outputs). Shared: copy it before editing."""
+    from test_report import synthetic_outputs
+
+    from hpcstudy.report import write
+
+    root = synthetic_outputs(tmp_path_factory.mktemp("synthetic") / "out")
+    write(root)
+    return root
+
+
+@pytest.fixture(scope="session")
 def processes_run(small_data, tmp_path_factory) -> Path:
     """``local_run``'s study and data on two worker processes (the processes launcher)."""
     out = tmp_path_factory.mktemp("run") / "processes"

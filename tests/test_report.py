@@ -303,11 +303,11 @@ def synthetic_outputs(root: Path, suppressed: bool = True) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    root = synthetic_outputs(tmp_path_factory.mktemp("synthetic") / "out")
-    write(root)
-    return root
+@pytest.fixture
+def synthetic(synthetic_report) -> Path:
+    """The hand-written run and its report (conftest's synthetic_report, shared with the
+    browser tests: read only)."""
+    return synthetic_report
 
 
 def test_design_and_hospital_sections_are_drawn_when_present(synthetic):

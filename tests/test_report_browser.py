@@ -12,8 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, IN_CI, run_cli
-from test_report import synthetic_outputs
+from conftest import IN_CI
 
 pytestmark = pytest.mark.browser
 
@@ -72,35 +71,19 @@ def browser():
     driver.quit()
 
 
-def _example_run(factory, example: str, data: Path) -> Path:
-    out = factory.mktemp("report") / example
-    r = run_cli("run", EXAMPLES / f"{example}.yaml", "--data", data, "--out", out, "--quiet")
-    assert r.returncode == 0, r.stderr
-    return out
+# each report's run: a session fixture of conftest.py that other tests share (each run once,
+# its report rendered once, by the run that wrote it); a test asks only for those it shows
+RUNS = {"diabetes_incidence": "local_run", "statins_mi": "statins_run",
+        # (too few MIs on small_data for its model)
+        "mi_mortality": "mortality_run", "synthetic": "synthetic_report"}
 
 
-@pytest.fixture(scope="module")
-def reports(request, tmp_path_factory) -> dict:
-    """name -> a function giving that report's run folder (runs only what a test asks for)."""
-    cache: dict[str, Path] = {}
-
+@pytest.fixture
+def reports(request):
+    """name -> that report's run folder (read only)."""
     def get(name: str) -> Path:
-        if name not in cache:
-            if name == "diabetes_incidence":
-                cache[name] = request.getfixturevalue("local_run")
-            elif name == "statins_mi":
-                cache[name] = _example_run(tmp_path_factory, name,
-                                           request.getfixturevalue("small_data"))
-            elif name == "mi_mortality":   # (too few MIs on small_data for its model)
-                cache[name] = _example_run(tmp_path_factory, name,
-                                           request.getfixturevalue("medium_data"))
-            else:
-                root = synthetic_outputs(tmp_path_factory.mktemp("synthetic") / "out")
-                from hpcstudy.report import write
-
-                write(root)
-                cache[name] = root
-        return cache[name]
+        got = request.getfixturevalue(RUNS[name])
+        return got if isinstance(got, Path) else got.out   # (a StudyResult)
 
     return get
 

@@ -144,3 +144,18 @@ def test_check_outputs_holds_a_tampered_run_record_and_the_page_showing_it(local
     assert "results.json" not in held and "tables/cohort.csv" not in held
     r = run_cli("check-outputs", out)
     assert r.returncode == 1 and "withheld run.json" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ("Intel(R) Xeon(R) Platinum 8480+", "Intel Xeon Platinum 8480+"),
+    ("AMD Ryzen 7 5800X Eight-Core Processor", "AMD Ryzen 7 5800X 8-Core Processor"),
+    ("AMD EPYC 7763 64-Core Processor", "AMD EPYC 7763 64-Core Processor"),
+    ("NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3"),
+    ("Grace\u2122 CPU\u00b3 \"x\"", "Grace CPU x"), ("", "unknown")])
+def test_hardware_names_leave_in_a_shape_the_gate_accepts(raw, shown):
+    from hpcstudy.outputs.checks import HARDWARE_NAME
+    from hpcstudy.outputs.run_record import hardware_name
+    from hpcstudy.outputs.text import problems
+
+    assert hardware_name(raw) == shown
+    assert HARDWARE_NAME.fullmatch(shown) and problems(shown, None, "cpu") == []
