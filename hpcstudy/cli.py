@@ -510,10 +510,10 @@ def report(out: Path) -> None:
     """Write OUT/report.html (and tables/*.md, tables/publication/*.csv) from the run's
     exported outputs, and list them in OUT/outputs.json. `hpcstudy run` already does this; the
     same outputs always give the same bytes."""
+    if not Path(out).is_dir():   # (before loading the report's libraries)
+        raise UserError(f"{out} is not a directory", fix="give the --out of a run")
     from .report import REPORT, write
 
-    if not Path(out).is_dir():
-        raise UserError(f"{out} is not a directory", fix="give the --out of a run")
     before = (Path(out) / "outputs.json").read_bytes() if (Path(out) / "outputs.json").is_file() \
         else None
     written = write(out)

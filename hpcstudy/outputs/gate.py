@@ -259,15 +259,7 @@ def _parse_csv(text: str) -> tuple[list[str], list[dict]]:
     return header, parsed
 
 
-def _cell(v: str):
-    if v == "":
-        return None
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
+_cell = M.csv_value   # (shared with the report's writer, which reads the same CSVs)
 
 
 def _same_rows(csv_rows: list[dict], json_rows: list[dict]) -> bool:

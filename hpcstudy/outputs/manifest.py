@@ -200,6 +200,19 @@ def results_sections(res: dict, free_keys: dict[str, tuple[str, ...]]) -> dict[s
     return out
 
 
+def csv_value(v: str):
+    """An exported CSV cell read back: None (empty), an int, a float, else the text. The one
+    reading the gate and the report share (the report's re-checker keeps its own)."""
+    if v == "":
+        return None
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 from ..errors import UserError
-from ..outputs.gate import _cell as _value  # the gate's reading of a CSV cell, exactly
 from ..outputs.manifest import REPORT_KINDS
+from ..outputs.manifest import csv_value as _value  # the gate's reading of a CSV cell
 from . import figures as F
 from . import formatting as fmt
 from .model import Cell, Fact, Figure, Flow, FlowStep, Page, Section, Table

@@ -61,8 +61,9 @@ def _sha(data: bytes) -> str:
 
 
 def _value(v: str):
-    # deliberately not the gate's reader (outputs/gate.py:_cell) nor the writer's: the page's
-    # re-checker shares no code with what wrote the page, so one bug cannot pass both
+    # deliberately not the shared reader (outputs/manifest.py:csv_value, the gate's and the
+    # writer's): the page's re-checker shares no code with what wrote the page, so one bug
+    # cannot pass both
     if v == "":
         return None
     for conv in (int, float):
