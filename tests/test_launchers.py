@@ -3,6 +3,7 @@ dask-jobqueue give the same outputs as the local run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,8 @@ def test_slurm_workers_give_the_local_results(slurm_cluster, local_run, small_da
     assert len(jobs) == 2 and None not in jobs          # two workers, each its own Slurm job
     assert len(set(gpus)) == 2 and None not in gpus     # each with its own GPU
     same_outputs(local_run, tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert (record["launcher"], record["workers"]) == ("slurm", 2)   # (said by its client)
 
 
 def run_and_kill_a_worker(client, data, out, kill) -> None:
