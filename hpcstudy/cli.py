@@ -449,7 +449,7 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
     logs = Path(out).parent / f"{Path(out).name}.worker-logs" if launcher == "slurm" else None
     with client_for(launcher, workers, gpus, prof, account=account, interface=interface,
                     part=part, log_directory=logs) as client:
-        done: dict = {}
+        done: dict = {"launcher": launcher}   # (for run.json)
         # the Python API's code path: the same bytes either way; the dask engine's tables
         # stay where they were computed (gather=False)
         res = api.execute(prep, out, engine=engine, client=client, progress=progress,
@@ -511,10 +511,10 @@ def report(out: Path) -> None:
     """Write OUT/report.html (and tables/*.md, tables/publication/*.csv) from the run's
     exported outputs, and list them in OUT/outputs.json. `hpcstudy run` already does this; the
     same outputs always give the same bytes."""
+    if not Path(out).is_dir():   # (before loading the report's libraries)
+        raise UserError(f"{out} is not a directory", fix="give the --out of a run")
     from .report import REPORT, write
 
-    if not Path(out).is_dir():
-        raise UserError(f"{out} is not a directory", fix="give the --out of a run")
     before = (Path(out) / "outputs.json").read_bytes() if (Path(out) / "outputs.json").is_file() \
         else None
     written = write(out)

@@ -158,6 +158,9 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
     plan = prep.plan
     check_engine(plan, engine)          # "not supported by this engine": before any read
     report = {} if report is None else report
+    from .outputs.run_record import begin
+
+    begin(report, client)   # when and where the run started, for run.json
     device = choose_device(engine, device, client)
     ckpt = checkpoint.directory(Path(out)) if out is not None and engine == "dask" else None
     if ckpt is not None and ckpt.is_dir():
@@ -176,7 +179,8 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
         write_run(Path(out), plan, res, table if table is not None else built.tables,
                   overwrite=overwrite, data_manifest_sha256=prep.manifest_sha256,
                   data_persons_sha256=prep.ds.persons_sha256(),
-                  project=prep.approval.project if prep.approval is not None else None)
+                  project=prep.approval.project if prep.approval is not None else None,
+                  engine=engine, device=report.get("device"), run=report)
         if ckpt is not None:
             checkpoint.clear(ckpt)
     return Executed(results, res, table, fitted)
@@ -198,7 +202,7 @@ def run(study, data, out, engine: str = "dask", client=None, progress=None,
 
 def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
                   ds: Dataset, overwrite: bool = True, approval=None,
-                  device: dict | None = None) -> dict:
+                  device: dict | None = None, run: dict | None = None) -> dict:
     """Disclosure, then the writers, for raw ``results`` computed elsewhere (the older entry
     point; :func:`execute` is the run's). Returns what was exported."""
     from . import demo
@@ -214,5 +218,6 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
     write_run(Path(out), plan, res, table, overwrite=overwrite,
               data_manifest_sha256=prep.manifest_sha256,
               data_persons_sha256=ds.persons_sha256(),
-              project=approval.project if approval is not None else None)
+              project=approval.project if approval is not None else None,
+              engine=engine, device=device, run=run)
     return res

@@ -23,22 +23,20 @@ RATE = ["persons", "events", "person_years", "rate_per_1000py", "lower_95", "upp
 
 
 @pytest.fixture(scope="module")
-def statins(small_data, tmp_path_factory):
-    """Example 1 on small_data by the CLI and by the API, each into its own folder."""
-    base = tmp_path_factory.mktemp("api")
-    cli_out, api_out = base / "cli", base / "api"
-    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", small_data, "--out", cli_out,
-                "--quiet")
-    assert r.returncode == 0, r.stderr
+def statins(small_data, statins_run, tmp_path_factory):
+    """Example 1 on small_data by the CLI (conftest's statins_run) and by the API, each into
+    its own folder."""
+    cli_out, api_out = statins_run, tmp_path_factory.mktemp("api") / "api"
     result = hpcstudy.run(hpcstudy.load_study(EXAMPLES / "statins_mi.yaml"), small_data,
                           out=api_out)
     return cli_out, api_out, result
 
 
 @pytest.fixture(scope="module")
-def mortality(medium_data):
-    """Example 2 (logistic with region indicators, measures) on medium_data, no out."""
-    return hpcstudy.run(EXAMPLES / "mi_mortality.yaml", medium_data, engine="reference")
+def mortality(mortality_run):
+    """Example 2 (logistic with region indicators, measures) on medium_data (conftest's
+    mortality_run, which wrote its outputs for the report tests too)."""
+    return mortality_run
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, same_output
 
 from hpcstudy.errors import UserError
 
@@ -94,7 +94,7 @@ def test_device_auto_without_a_gpu_runs_on_the_cpu_and_says_so(small_data, local
     run = json.loads((out / "results.json").read_text())["run"]
     assert run["device"] == {"name": "cpu", "peak_memory_mib": None}
     for f in ("results.json", "outputs.json", "private/person_table.parquet"):
-        assert (out / f).read_bytes() == (local_run / f).read_bytes(), f
+        same_output(out / f, local_run / f)
 
 
 def test_the_profile_gives_the_default_device(small_data, tmp_path):

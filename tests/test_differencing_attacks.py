@@ -10,18 +10,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, run_cli
+from conftest import run_cli
 
 from hpcstudy.outputs import manifest as M
 
 
 @pytest.fixture(scope="module")
-def statins(small_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("statins") / "out"
-    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", small_data, "--out", out,
-                "--quiet")
-    assert r.returncode == 0, r.stderr
-    return out
+def statins(statins_run) -> Path:
+    """Example 1 on small_data (conftest's statins_run: copy it before editing)."""
+    return statins_run
 
 
 def curve_tails(out: Path) -> dict[str, tuple[int, int]]:

@@ -78,11 +78,9 @@ def test_curves_show_no_small_event_count():
 
 
 @pytest.fixture(scope="module")
-def run_dir(small_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("disc") / "run"
-    assert run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", small_data, "--out", out,
-                   "--quiet").returncode == 0
-    return out
+def run_dir(statins_run):
+    """Example 1 on small_data (conftest's statins_run: copy it before editing)."""
+    return statins_run
 
 
 def test_a_real_run_passes_check_outputs(run_dir):

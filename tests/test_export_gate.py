@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLES, run_cli
+from conftest import EXAMPLES, run_cli, same_output
 
 from hpcstudy.outputs import gate
 from hpcstudy.outputs import manifest as M
@@ -97,11 +97,11 @@ def test_a_clean_run_declares_every_exported_file_and_passes(out, tmp_path):
     assert run_cli("check-outputs", dest).returncode == 0
 
 
-def test_the_manifest_is_the_same_bytes_for_the_same_inputs(local_run, small_data, tmp_path):
+def test_the_manifest_is_the_same_for_the_same_inputs(local_run, small_data, tmp_path):
     again = tmp_path / "again"
     assert run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", small_data, "--out",
                    again, "--quiet").returncode == 0
-    assert (again / M.NAME).read_bytes() == (local_run / M.NAME).read_bytes()
+    same_output(again / M.NAME, local_run / M.NAME)   # (but run.json's and the page's hashes)
 
 
 # -- files nobody declared --------------------------------------------------------------------

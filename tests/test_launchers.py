@@ -3,10 +3,11 @@ dask-jobqueue give the same outputs as the local run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import same_but_how_it_ran
 
 from hpcstudy.cluster.launchers import client_for
 from hpcstudy.cluster.slurm import load_profile
@@ -16,7 +17,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def same_outputs(a: Path, b: Path):
     """The per-person table byte for byte; every estimate to 1e-12 relative (sums computed in
-    worker processes can differ in the last bit: numpy's summation depends on alignment)."""
+    worker processes can differ in the last bit: numpy's summation depends on alignment); the
+    report page but for its Run section, which shows how each ran (run.json)."""
     import json
 
     from study.test_engines_agree import compare
@@ -25,14 +27,11 @@ def same_outputs(a: Path, b: Path):
     assert (a / private).read_bytes() == (b / private).read_bytes()
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
     compare(ra, rb, rel=1e-12)
+    same_but_how_it_ran(a, b)   # run.json apart: how, where and when each ran
 
 
-def test_processes_launcher_gives_the_local_results(local_run, small_data, tmp_path):
-    out = tmp_path / "out"
-    r = run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", small_data, "--out", out,
-                "--quiet", "--launcher", "processes", "--workers", "2")
-    assert r.returncode == 0, r.stderr
-    same_outputs(local_run, out)
+def test_processes_launcher_gives_the_local_results(local_run, processes_run):
+    same_outputs(local_run, processes_run)
 
 
 def test_one_worker_per_gpu_sees_only_its_device():
@@ -63,6 +62,8 @@ def test_slurm_workers_give_the_local_results(slurm_cluster, local_run, small_da
     assert len(jobs) == 2 and None not in jobs          # two workers, each its own Slurm job
     assert len(set(gpus)) == 2 and None not in gpus     # each with its own GPU
     same_outputs(local_run, tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert (record["launcher"], record["workers"]) == ("slurm", 2)   # (said by its client)
 
 
 def run_and_kill_a_worker(client, data, out, kill) -> None:

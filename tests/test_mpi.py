@@ -51,6 +51,8 @@ def test_four_ranks_give_the_local_results_and_one_audit_record(mpirun, small_da
                env_extra={"HPCSTUDY_AUDIT_LOG": str(log), "CUDA_VISIBLE_DEVICES": "0,1"})
     assert r.returncode == 0, r.stderr
     same_outputs(local_run, out)
+    record = json.loads((out / "run.json").read_text())   # how it ran: its own record only
+    assert (record["launcher"], record["workers"]) == ("mpi", 2)
     # scheduler and workers on loopback; the two workers pinned to a GPU each
     assert "scheduler tcp://127.0.0.1:" in r.stderr
     assert "2 workers on 1 node(s), GPUs" in r.stderr and ":0 " in r.stderr

@@ -16,18 +16,20 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli
+from conftest import as_compared, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "examples" / "diabetes_incidence.yaml"
 
 
-def state(path: Path) -> dict[str, bytes] | None:
+def state(path: Path, runs: bool = False) -> dict[str, bytes] | None:
     """Every file under ``path`` with its bytes (but a run's own audit.json, the chain head
-    that differs from run to run); None when the path is missing."""
+    that differs from run to run); None when the path is missing. ``runs``: to compare two
+    runs, each file as conftest.as_compared gives it (not what each records of itself)."""
     if not path.exists():
         return None
-    return {p.relative_to(path).as_posix(): p.read_bytes()
+    return {p.relative_to(path).as_posix():
+            as_compared(p.name, p.read_bytes()) if runs else p.read_bytes()
             for p in sorted(path.rglob("*")) if p.is_file() and
             p.relative_to(path).as_posix() != "audit.json"}
 
@@ -154,7 +156,7 @@ def test_overwrite_needs_the_run_marker_and_nothing_else(tiny, first_run, tmp_pa
     (out / "tables" / "my_figure.R").unlink()
     r = run(tiny, out, "--overwrite")
     assert r.returncode == 0, r.stderr
-    assert state(out) == state(first_run) and leftovers(out) == []
+    assert state(out, True) == state(first_run, True) and leftovers(out) == []
     marker = json.loads((out / "private" / "hpcstudy-run.json").read_text())
     assert "results.json" in marker["files"] and "private/person_table.parquet" in marker["files"]
 
@@ -265,12 +267,12 @@ def test_a_commit_killed_at_each_step_leaves_old_or_new(command, tiny, first_run
                        "--data", old_path, "--partitions", "2").returncode == 0
         b = _ingest_args(tmp_path, "020260-1111,2,1960-02-02,1081\n", "b.csv")
         new_args = lambda t: (*b, "--data", t)  # noqa: E731
-    old = state(old_path)
+    old = state(old_path, True)
     ref = tmp_path / "ref"
     shutil.copytree(old_path, ref)
     r = run_cli(*new_args(ref))
     assert r.returncode == 0, r.stderr
-    new = state(ref)
+    new = state(ref, True)
     assert new != old
     for step, no_exchange in STEPS:
         target = tmp_path / f"at-{step}"
@@ -278,7 +280,7 @@ def test_a_commit_killed_at_each_step_leaves_old_or_new(command, tiny, first_run
         env = {"HPCSTUDY_TEST_KILL_AT": step, "HPCSTUDY_TEST_NO_EXCHANGE": no_exchange}
         r = run_cli(*new_args(target), env=env)
         assert r.returncode == -9, (step, r.stderr)
-        after = state(target)
+        after = state(target, True)
         if step == "moved-old":
             # without the exchange there is a moment with no target; the next command that
             # touches the path puts the old state back
@@ -287,13 +289,13 @@ def test_a_commit_killed_at_each_step_leaves_old_or_new(command, tiny, first_run
                 refused(run(tiny, target), "already exists")
             else:
                 assert run_cli("data", "summary", target).returncode == 0
-            after = state(target)
+            after = state(target, True)
         assert after == (new if step in ("exchanged", "removing") else old), step
         assert leftovers(target) or step == "moved-old", step   # that one was tidied
         if step == "removing":   # the next command removes the half-removed old state
             r = run_cli(*new_args(target))
             assert r.returncode == 0, (step, r.stderr)
-            assert state(target) == new
+            assert state(target, True) == new
         else:
             tidy(target)
         assert leftovers(target) == [], (step, leftovers(target))

@@ -12,8 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, IN_CI, run_cli
-from test_report import synthetic_outputs
+from conftest import IN_CI
 
 pytestmark = pytest.mark.browser
 
@@ -72,37 +71,19 @@ def browser():
     driver.quit()
 
 
-def _example_run(factory, example: str, data: Path) -> Path:
-    out = factory.mktemp("report") / example
-    r = run_cli("run", EXAMPLES / f"{example}.yaml", "--data", data, "--out", out, "--quiet")
-    assert r.returncode == 0, r.stderr
-    return out
+# each report's run: a session fixture of conftest.py that other tests share (each run once,
+# its report rendered once, by the run that wrote it); a test asks only for those it shows
+RUNS = {"diabetes_incidence": "local_run", "statins_mi": "statins_run",
+        # (too few MIs on small_data for its model)
+        "mi_mortality": "mortality_run", "synthetic": "synthetic_report"}
 
 
-@pytest.fixture(scope="module")
-def reports(request, tmp_path_factory) -> dict:
-    """name -> a function giving that report's run folder (runs only what a test asks for)."""
-    cache: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in cache:
-            if name == "diabetes_incidence":
-                cache[name] = request.getfixturevalue("local_run")
-            elif name == "statins_mi":
-                cache[name] = _example_run(tmp_path_factory, name,
-                                           request.getfixturevalue("small_data"))
-            elif name == "mi_mortality":   # (too few MIs on small_data for its model)
-                cache[name] = _example_run(tmp_path_factory, name,
-                                           request.getfixturevalue("medium_data"))
-            else:
-                root = synthetic_outputs(tmp_path_factory.mktemp("synthetic") / "out")
-                from hpcstudy.report import write
-
-                write(root)
-                cache[name] = root
-        return cache[name]
-
-    return get
+@pytest.fixture
+def report(request) -> tuple[str, Path]:
+    """(name, run folder) of the report a test is parametrized with (read only); the run is
+    set up before the test, so --durations tells its cost apart from the browser's."""
+    got = request.getfixturevalue(RUNS[request.param])
+    return request.param, got if isinstance(got, Path) else got.out   # (a StudyResult)
 
 
 def _load(driver, page: Path) -> None:
@@ -130,11 +111,11 @@ def _screenshot(driver, path: Path) -> None:
     assert path.stat().st_size > 20_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("name", list(EXPECTED))
-def test_the_report_loads_offline_and_shows_every_part(browser, reports, name, tmp_path):
+@pytest.mark.parametrize("report", list(EXPECTED), indirect=True)
+def test_the_report_loads_offline_and_shows_every_part(browser, report, tmp_path):
     from selenium.webdriver.common.by import By
 
-    out = reports(name)
+    name, out = report
     page = tmp_path / "report.html"     # a copy: the page needs nothing beside it
     shutil.copy(out / "report.html", page)
     _load(browser, page)
@@ -166,11 +147,12 @@ def test_the_report_loads_offline_and_shows_every_part(browser, reports, name, t
     _screenshot(browser, tmp_path / f"{name}.png")
 
 
-@pytest.mark.parametrize("name", ["synthetic", "statins_mi"])
-def test_suppressed_cells_read_as_suppressed_with_the_reason_on_hover(browser, reports, name):
+@pytest.mark.parametrize("report", ["synthetic", "statins_mi"], indirect=True)
+def test_suppressed_cells_read_as_suppressed_with_the_reason_on_hover(browser, report):
     from selenium.webdriver.common.by import By
 
-    _load(browser, reports(name) / "report.html")
+    name, out = report
+    _load(browser, out / "report.html")
     cells = browser.find_elements(By.CSS_SELECTOR, ".suppressed")
     assert cells, "these outputs hold suppressed cells"
     for c in cells:
@@ -181,10 +163,11 @@ def test_suppressed_cells_read_as_suppressed_with_the_reason_on_hover(browser, r
         assert "suppressed" in row.get_attribute("textContent")
 
 
-def test_the_offline_check_sees_a_request_when_a_page_makes_one(browser, reports, tmp_path):
+def test_the_offline_check_sees_a_request_when_a_page_makes_one(browser, synthetic_report,
+                                                                 tmp_path):
     """The checks above would catch a page that loads something: one that does is seen."""
     page = tmp_path / "report.html"
-    html = (reports("synthetic") / "report.html").read_text()
+    html = (synthetic_report / "report.html").read_text()
     page.write_text(html.replace("</footer>", '<img src="http://127.0.0.1:9/x.png"></footer>'))
     _load(browser, page)
     assert "http://127.0.0.1:9/x.png" in _requests(browser)

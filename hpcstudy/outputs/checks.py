@@ -26,7 +26,7 @@ from . import manifest as M
 from .protection import determined, margin_groups
 
 KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure",
-         "hospitals", "plan", "table1", "balance", "preference")
+         "hospitals", "plan", "table1", "balance", "preference", "run")
 HOSPITAL_DERIVED = ("expected", "oe", "lower_95", "upper_95", "limit95_low", "limit95_high",
                     "limit998_low", "limit998_high")
 RATE_COLUMNS = ("persons", "events", "person_years", "rate_per_1000py", "lower_95", "upper_95",
@@ -208,11 +208,96 @@ def _text(text: str, where: str) -> list[str]:
     return out
 
 
+ISO_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]{0,39}|unknown")
+GROUPED_SHA = re.compile(r"[0-9a-f]{8}( [0-9a-f]{8}){7}")
+HARDWARE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ()@.,:+/_-]{0,79}")
+
+
+def run_record(text: str, where: str) -> list[str]:
+    """``run.json``: exactly the declared fields (``manifest.RUN_FIELDS``), each of its type
+    and shape: names from fixed lists, hardware names in a narrow alphabet through the
+    free-text rules (text.py, without the study's vocabulary: a CPU is named with numbers), two
+    UTC times the wall time agrees with, no CPR-shaped number or long integer. A field that is
+    not declared (a count, a table) is refused whatever it holds."""
+    import datetime
+    import json
+
+    from . import text as T
+
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        return [f"{where}: not JSON ({e})"]
+    if not isinstance(doc, dict):
+        return [f"{where}: not a run record"]
+    out = _text(text, where)
+    extra = sorted(set(doc) - set(M.RUN_FIELDS))
+    missing = sorted(set(M.RUN_FIELDS) - set(doc))
+    if extra:
+        out.append(f"{where}: field(s) {extra} are not ones a run record holds")
+    if missing:
+        out.append(f"{where}: field(s) {missing} missing")
+    for k, t in M.RUN_FIELDS.items():
+        if k in doc and (not isinstance(doc[k], t) or isinstance(doc[k], bool)):
+            out.append(f"{where}: field {k!r} is {doc[k]!r}, not of its type")
+    if out:
+        return out
+    for k, allowed in (("format", (M.RUN_FORMAT,)), ("engine", M.RUN_ENGINES),
+                       ("launcher", M.RUN_LAUNCHERS), ("device", M.RUN_DEVICES)):
+        if doc[k] not in allowed:
+            out.append(f"{where}: {k} {doc[k][:40]!r} is not one of {', '.join(allowed)}")
+    if doc["workers"] is not None and not 1 <= doc["workers"] <= 100_000:
+        out.append(f"{where}: workers {doc['workers']} is not a number of workers")
+    peak = doc["peak_device_memory_mib"]
+    if peak is not None and (doc["device"] == "cpu" or not 0 <= peak <= 10 ** 8):
+        out.append(f"{where}: peak_device_memory_mib {peak} is not a GPU's peak memory")
+    if not VERSION.fullmatch(doc["hpcstudy_version"]):
+        out.append(f"{where}: hpcstudy_version {doc['hpcstudy_version'][:40]!r} is not one")
+    if not GROUPED_SHA.fullmatch(doc["code_sha256"]):
+        out.append(f"{where}: code_sha256 is not a SHA-256 in groups of 8")
+    times = []
+    for k in ("started", "finished"):
+        try:
+            if not ISO_UTC.fullmatch(doc[k]):
+                raise ValueError
+            times.append(datetime.datetime.strptime(doc[k], "%Y-%m-%dT%H:%M:%SZ"))
+        except ValueError:
+            out.append(f"{where}: {k} {doc[k][:30]!r} is not a UTC time (2026-01-31T12:00:00Z)")
+    if len(times) == 2:
+        span = (times[1] - times[0]).total_seconds()
+        if span < 0 or not max(0, span - 2) <= doc["wall_seconds"] <= span + 2:
+            out.append(f"{where}: wall_seconds {doc['wall_seconds']} is not the time from "
+                       "started to finished")
+    machines = doc["hardware"]
+    if not 1 <= len(machines) <= 64:
+        out.append(f"{where}: hardware lists {len(machines)} machines")
+    for i, m in enumerate(machines[:64]):
+        here = f"{where}: hardware[{i}]"
+        if not isinstance(m, dict) or set(m) != set(M.MACHINE_FIELDS) or any(
+                not isinstance(m[k], t) or isinstance(m[k], bool)
+                for k, t in M.MACHINE_FIELDS.items()):
+            out.append(f"{here}: not a machine ({', '.join(M.MACHINE_FIELDS)})")
+            continue
+        if not 1 <= m["cores"] <= 1_000_000:
+            out.append(f"{here}: {m['cores']} is not a number of cores")
+        if len(m["gpus"]) > 64:
+            out.append(f"{here}: {len(m['gpus'])} GPUs on one machine")
+        for name in [m["cpu"], *m["gpus"][:64]]:
+            if not isinstance(name, str) or not HARDWARE_NAME.fullmatch(name):
+                out.append(f"{here}: {str(name)[:40]!r} is not a hardware name")
+            else:
+                out += T.problems(name, None, here)
+    return out
+
+
 def check_kind(kind: str, data, min_cell: int, where: str) -> list[str]:
     """Violations of one file (or section) of the given kind."""
     m = min_cell
     if kind == "plan":
         return _text(data, where)
+    if kind == "run":
+        return run_record(data, where)
     if kind == "results":
         return _results(data, m, where)
     if kind in OWN_COLUMNS:

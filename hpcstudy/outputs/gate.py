@@ -12,7 +12,8 @@ and every cell passes the disclosure rules.
   below the floor (5, or the project approval's ``min_cell`` when higher).
 
 The study report (``report.html``, ``tables/*.md``, ``tables/publication/*.csv``) is checked
-by its own independent parse (``hpcstudy/report/verify.py``). Anything else under OUT — a
+by its own independent parse (``hpcstudy/report/verify.py``); the run record (``run.json``)
+by its fixed fields (``checks.run_record``). Anything else under OUT — a
 ``.txt``, an undeclared ``.md``, ``tables/people.csv`` — is refused as unknown.
 """
 
@@ -258,15 +259,7 @@ def _parse_csv(text: str) -> tuple[list[str], list[dict]]:
     return header, parsed
 
 
-def _cell(v: str):
-    if v == "":
-        return None
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
+_cell = M.csv_value   # (shared with the report's writer, which reads the same CSVs)
 
 
 def _same_rows(csv_rows: list[dict], json_rows: list[dict]) -> bool:
@@ -779,6 +772,8 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
             problems += [x for n, line in enumerate(text.splitlines(), 1)
                          for x in _text(verdict, line, f"{p}: line {n}", T.MAX_LINE)]
             content = text
+        elif e["kind"] == "run":   # how the run ran: fixed fields, no counts
+            problems, content = C.check_kind("run", text, verdict.min_cell, p), None
         elif e["kind"] in M.REPORT_KINDS:   # the report's own independent parse
             from ..report.verify import check as check_report
 

@@ -110,7 +110,19 @@ TEXT_KINDS = ("plan",)
 # the study report (hpcstudy/report): report.html and its tables as Markdown and formatted CSV,
 # checked by the report's own independent parse (hpcstudy/report/verify.py)
 REPORT_KINDS = ("report", "report_table")
-FILE_KINDS = ("results", *TEXT_KINDS, *KINDS, *REPORT_KINDS)
+# the run record (run_record.py): how the run ran, apart from results.json, whose bytes do not
+# depend on the launcher or the machine; every field of a fixed type, none a count of persons
+RUN_RECORD = "run.json"
+RUN_FORMAT = "hpcstudy-run/1"
+RUN_FIELDS = {"format": str, "engine": str, "launcher": str, "workers": (int, type(None)),
+              "device": str, "peak_device_memory_mib": (int, type(None)), "hardware": list,
+              "hpcstudy_version": str, "code_sha256": str, "started": str, "finished": str,
+              "wall_seconds": (float, int)}
+MACHINE_FIELDS = {"cpu": str, "cores": int, "gpus": list}
+RUN_ENGINES = ("reference", "dask")
+RUN_LAUNCHERS = ("local", "processes", "slurm", "mpi", "client")
+RUN_DEVICES = ("cpu", "gpu", "standin")
+FILE_KINDS = ("results", *TEXT_KINDS, "run", *KINDS, *REPORT_KINDS)
 # audit.json, beside the manifest rather than in it (it differs from run to run): the run's
 # audit chain head and nothing else
 AUDIT_HEAD = "audit.json"
@@ -186,6 +198,19 @@ def results_sections(res: dict, free_keys: dict[str, tuple[str, ...]]) -> dict[s
         out[f"measures.{k}"] = {"kind": "measure", "columns": table_schema(
             "measure", rows, free_keys.get(f"measures.{k}", ()))}
     return out
+
+
+def csv_value(v: str):
+    """An exported CSV cell read back: None (empty), an int, a float, else the text. The one
+    reading the gate and the report share (the report's re-checker keeps its own)."""
+    if v == "":
+        return None
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
 
 
 def sha256(data: bytes) -> str:

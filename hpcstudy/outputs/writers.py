@@ -58,11 +58,14 @@ def free_keys(plan: Plan) -> dict[str, tuple[str, ...]]:
 
 def write_run(out: Path, plan: Plan, res: dict, table, *, overwrite: bool,
               data_manifest_sha256: str, data_persons_sha256: str,
-              project: str | None = None) -> None:
+              project: str | None = None, engine: str = "dask", device: dict | None = None,
+              run: dict | None = None) -> None:
     """Write the exported results ``res`` (disclosure applied, the run section in), the private
     per-person table and the output manifest (``OUT/outputs.json``: every exported file with
     its kind, schema and SHA-256). ``table`` is a dict of arrays, or the dask engine's
-    PartitionTables (written where its rows are)."""
+    PartitionTables (written where its rows are). ``run``: the run's report dict, where
+    :func:`hpcstudy.outputs.run_record.begin` noted when and where the run started (for
+    ``run.json``)."""
     from ..report import write as write_report
     from ..secure.audit import write_head
 
@@ -105,6 +108,11 @@ def write_run(out: Path, plan: Plan, res: dict, table, *, overwrite: bool,
         (staging / "plan.txt").write_text(f"plan for study {plan.name!r}\n"
                                           f"{rendered[1] if len(rendered) > 1 else ''}\n")
         entries.append({"path": "plan.txt", "kind": "plan"})
+        from . import run_record
+
+        # run.json: launcher, device, hardware, times; apart from results.json (the same bytes
+        # on every launcher and machine)
+        entries.append(run_record.write(staging, run, engine=engine, device=device))
         M.write(staging, M.build(staging, entries, study=plan.study,
                                  data_manifest_sha256=data_manifest_sha256,
                                  data_persons_sha256=data_persons_sha256,

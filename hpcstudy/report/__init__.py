@@ -13,15 +13,13 @@ it shows, so the export gate can check the page by itself (``verify.py``).
 from __future__ import annotations
 
 import csv
-import functools
-import hashlib
 import io
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 
 from ..errors import CannotWrite, UserError
+from ..outputs.run_record import code_version
 from .build import REPORT_KINDS, Outputs, page
 from .model import Figure, Table
 
@@ -30,27 +28,6 @@ MARKDOWN = ".md"
 PUBLICATION = "tables/publication"   # formatted CSV, apart from the raw tables/*.csv
 
 __all__ = ["REPORT", "REPORT_KINDS", "render", "write"]
-
-
-@functools.cache
-def code_version() -> tuple[str, str]:
-    """(hpcstudy's version, SHA-256 over its installed source and templates)."""
-    import hpcstudy
-    import hpcstudy_kernels
-
-    h = hashlib.sha256()
-    for pkg in (hpcstudy, hpcstudy_kernels):
-        root = Path(pkg.__file__).parent
-        for p in sorted(root.rglob("*")):
-            if p.suffix in (".py", ".j2", ".css", ".sbatch", ".yaml") and p.is_file() and \
-                    "__pycache__" not in p.parts:
-                h.update(f"{pkg.__name__}/{p.relative_to(root).as_posix()}\n".encode())
-                h.update(p.read_bytes())
-    try:
-        version = metadata.version("hpcstudy")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    return version, h.hexdigest()
 
 
 def _environment():

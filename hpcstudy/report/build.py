@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..outputs.manifest import REPORT_KINDS
+from ..outputs.manifest import csv_value as _value  # the gate's reading of a CSV cell
 from . import figures as F
 from . import formatting as fmt
 from .model import Cell, Fact, Figure, Flow, FlowStep, Page, Section, Table
@@ -61,9 +62,11 @@ class Outputs:
             self.text[e["path"]] = data.decode("utf-8")
         self.results = json.loads(self.text.get("results.json", "{}"))
         self.plan = next((self.text[e["path"]] for e in self.entries if e["kind"] == "plan"), "")
+        self.run_path = next((e["path"] for e in self.entries if e["kind"] == "run"), None)
+        self.run = json.loads(self.text[self.run_path]) if self.run_path else None
 
     def tables(self, kind: str | None = None) -> list[dict]:
-        return [e for e in self.entries if e["kind"] not in ("results", "plan")
+        return [e for e in self.entries if e["kind"] not in ("results", "plan", "run")
                 and (kind is None or e["kind"] == kind)]
 
     def rows(self, entry: dict) -> list[dict]:
@@ -79,17 +82,6 @@ def read_csv(text: str) -> list[dict]:
     if not rows:
         return []
     return [dict(zip(rows[0], (_value(v) for v in r), strict=True)) for r in rows[1:]]
-
-
-def _value(v: str):
-    if v == "":
-        return None
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
 
 
 def _stem(entry: dict) -> str:
@@ -202,6 +194,16 @@ def _figure(sec: Section, fid: str, caption: str, source: str, svg: str | None,
         sec.blocks.append(table)
 
 
+def _plotted(sec: Section, o: Outputs, e: dict, fid: str, caption: str, table_caption: str,
+             plot, *args, groups: dict | None = None, **kw) -> None:
+    """One exported table as a figure (``plot(rows, *args, **kw)``; none when ``plot`` is None)
+    with the table of its numbers beside it."""
+    rows = o.rows(e)
+    table = generic_table(_stem(e), table_caption, e, rows, o.min_cell, groups=groups)
+    _figure(sec, fid, caption, e["path"],
+            F.draw(plot, rows, *args, **kw) if plot is not None else None, table)
+
+
 # -- sections ------------------------------------------------------------------------------------
 def attrition_section(o: Outputs) -> Section | None:
     entries = o.tables("attrition")
@@ -262,11 +264,9 @@ def table1_section(o: Outputs) -> Section | None:
     for e in t1:
         sec.blocks.append(table1_table(e, o.rows(e), o.min_cell))
     for e in bal:
-        rows = o.rows(e)
-        table = generic_table(_stem(e), "Standardised mean differences", e, rows, o.min_cell)
-        _figure(sec, f"love-{_stem(e)}", "Balance (Love) plot: absolute SMD per "
-                "characteristic; the dashed line marks 0.1", e["path"],
-                F.draw(F.love_plot, rows), table)
+        _plotted(sec, o, e, f"love-{_stem(e)}", "Balance (Love) plot: absolute SMD per "
+                 "characteristic; the dashed line marks 0.1", "Standardised mean differences",
+                 F.love_plot)
     for e in pref:
         rows = o.rows(e)
         table = pivot_table(_stem(e), "Persons by preference-score bin and arm", e, rows,
@@ -428,11 +428,9 @@ def lexis_section(o: Outputs) -> Section | None:
                   "Incidence per 1000 person-years by age band, one line per calendar period "
                   "(Lexis split of follow-up).")
     for e in entries:
-        rows = o.rows(e)
-        table = generic_table(_stem(e), "Lexis cells", e, rows, o.min_cell, groups=o.groups())
-        svg = F.draw(F.lines_plot, rows, "age_band", "period", "rate_per_1000py",
-                     "Rate per 1000 person-years", "Age band")
-        _figure(sec, "lexis-rates", "Rates by age band and period", e["path"], svg, table)
+        _plotted(sec, o, e, "lexis-rates", "Rates by age band and period", "Lexis cells",
+                 F.lines_plot, "age_band", "period", "rate_per_1000py",
+                 "Rate per 1000 person-years", "Age band", groups=o.groups())
     return sec
 
 
@@ -447,18 +445,16 @@ def measures_section(o: Outputs) -> Section | None:
         rows = o.rows(e)
         name = _stem(e).removeprefix("measure_")
         keys = [c["name"] for c in e.get("columns", []) if c["role"] == "key"]
-        table = generic_table(_stem(e), f"Measure: {_title(name)}", e, rows, o.min_cell)
         value = next((c for c in ("standardised_rate", "rate", "proportion")
                       if any(r.get(c) is not None for r in rows)), None)
         timed = [k for k in keys if re.search(r"year|period|interval|month|quarter|week", k)]
         x = timed[0] if timed else keys[-1] if keys else None
-        svg = None
-        if value and x:
-            by = next((k for k in keys if k != x), None)
-            svg = F.draw(F.lines_plot, rows, x, by, value, _label(value), _title(x),
-                         scale=100 if value == "proportion" else 1, ordered=bool(timed))
+        by = next((k for k in keys if k != x), None)
         cap = _title(name) if not x or x in name else f"{_title(name)} by {_title(x)}"
-        _figure(sec, f"measure-{name}", cap[:1].upper() + cap[1:], e["path"], svg, table)
+        _plotted(sec, o, e, f"measure-{name}", cap[:1].upper() + cap[1:],
+                 f"Measure: {_title(name)}", F.lines_plot if value and x else None, x, by,
+                 value, _label(value or ""), _title(x or ""),
+                 scale=100 if value == "proportion" else 1, ordered=bool(timed))
     return sec
 
 
@@ -470,9 +466,7 @@ def hospitals_section(o: Outputs) -> Section | None:
                   "Observed over expected events per hospital against the expected number "
                   "(funnel plot); the curves are the 95 % and 99.8 % control limits.")
     for e in entries:
-        rows = o.rows(e)
-        table = generic_table(_stem(e), "Hospitals", e, rows, o.min_cell)
-        _figure(sec, "funnel", "Funnel plot", e["path"], F.draw(F.funnel_plot, rows), table)
+        _plotted(sec, o, e, "funnel", "Funnel plot", "Hospitals", F.funnel_plot)
     return sec
 
 
@@ -496,6 +490,39 @@ def grouped(digest: str) -> str:
     return " ".join(digest[i:i + 8] for i in range(0, len(digest), 8))
 
 
+# run.json's fields as the Run section shows them, in this order
+RUN_FACTS = (("engine", "Engine"), ("launcher", "Launcher"), ("workers", "Workers"),
+             ("device", "Device"), ("peak_device_memory_mib", "Peak device memory (MiB)"))
+TIMES = (("started", "Started (UTC)"), ("finished", "Finished (UTC)"),
+         ("wall_seconds", "Run time (seconds)"))
+
+
+def run_facts(o: Outputs, code: tuple[str, str]) -> list[Fact]:
+    """What ran, on what and when: from the run record (run.json) where the run wrote one;
+    else the code that writes this page and what results.json says of the run."""
+    rec, src = o.run, o.run_path
+    if not isinstance(rec, dict):
+        run = o.results.get("run") or {}
+        out = [Fact("Code version", f"hpcstudy {code[0]}", kind="version"),
+               Fact("Code SHA-256", grouped(code[1]), kind="hash")]
+        if isinstance(run.get("engine"), str):
+            out.append(Fact("Engine", run["engine"], "results.json", "run.engine"))
+        return out
+    out = [Fact("hpcstudy version", str(rec["hpcstudy_version"]), src, "hpcstudy_version"),
+           Fact("Code SHA-256", str(rec["code_sha256"]), src, "code_sha256", "hash")]
+    for k, label in RUN_FACTS:
+        if rec.get(k) is not None:
+            out.append(Fact(label, str(rec[k]), src, k))
+    for i, m in enumerate(rec.get("hardware") or []):
+        out.append(Fact("CPU", str(m["cpu"]), src, f"hardware.{i}.cpu"))
+        out.append(Fact("CPU cores", str(m["cores"]), src, f"hardware.{i}.cores"))
+        for j, g in enumerate(m.get("gpus") or []):
+            out.append(Fact("GPU", str(g), src, f"hardware.{i}.gpus.{j}"))
+    for k, label in TIMES:
+        out.append(Fact(label, str(rec[k]), src, k))
+    return out
+
+
 def facts(o: Outputs, code: tuple[str, str]) -> list[Fact]:
     run = o.results.get("run") or {}
     doc = o.doc
@@ -505,12 +532,7 @@ def facts(o: Outputs, code: tuple[str, str]) -> list[Fact]:
                 "study.sha256", "hash"),
            Fact("Data manifest SHA-256", grouped(doc["data_manifest_sha256"]), "outputs.json",
                 "data_manifest_sha256", "hash")]
-    out.append(Fact("Code version", f"hpcstudy {code[0]}", kind="version"))
-    out.append(Fact("Code SHA-256", grouped(code[1]), kind="hash"))
-    for k, label in (("engine", "Engine"), ("launcher", "Launcher"), ("device", "Device"),
-                     ("hardware", "Hardware"), ("wall_seconds", "Run time (seconds)")):
-        if isinstance(run.get(k), str | int | float) and not isinstance(run.get(k), bool):
-            out.append(Fact(label, str(run[k]), "results.json", f"run.{k}"))
+    out += run_facts(o, code)
     out.append(Fact("Disclosure threshold (persons per cell)", str(o.min_cell), "outputs.json",
                     "min_cell"))
     if doc.get("round_to"):
