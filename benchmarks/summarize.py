@@ -27,10 +27,18 @@ def load(run: str | None) -> tuple[str, list[dict]]:
     if not runs:
         raise SystemExit("summarize: no records with a run id in " + str(records.RESULTS_DIR))
     run = run or runs[-1]
+    # a benchmark this run did not take (a script run alone) is shown from the latest earlier
+    # run that took it, and the summary says from which
+    have = {r["benchmark"] for r in recs if r.get("run") == run}
+    source = {b: run for b in have}
+    for r in recs:
+        b = r.get("benchmark")
+        if b not in have and r.get("run") and r["run"] <= run and r["run"] > source.get(b, ""):
+            source[b] = r["run"]
     # a script re-run within the run (after a fix) replaces its earlier records of the same case
     latest: dict = {}
     for r in recs:
-        if r.get("run") == run:
+        if r.get("run") is not None and r["run"] == source.get(r.get("benchmark")):
             latest[tuple(str(r.get(k)) for k in IDENTITY)] = r
     return run, list(latest.values())
 
@@ -47,15 +55,23 @@ def fmt(s, unit="s", digits=3):
 
 
 def header(run, recs) -> list[str]:
-    r0 = recs[0]
+    own = [r for r in recs if r.get("run") == run]
+    r0 = own[0]
     m = r0["machine"]
-    loads = [r.get("load_before_bench") for r in recs if r.get("load_before_bench") is not None]
-    starts = [r["load_at_start"] for r in recs]
+    loads = [r.get("load_before_bench") for r in own if r.get("load_before_bench") is not None]
+    starts = [r["load_at_start"] for r in own]
     before = loads[0] if loads else min(starts)
     out = [f"Run `{run}` at commit `{r0['commit']}`, {r0['date'][:10]}; {m['cores']} cores "
            f"({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, NumPy {m['numpy']}. "
            f"Load average before the run: {before:.2f}; at the start of each script "
            f"{min(starts):.2f}–{max(starts):.2f}.", ""]
+    older: dict = {}
+    for r in recs:
+        if r.get("run") != run:
+            older.setdefault(r["run"], set()).add(r["benchmark"])
+    for other, names in sorted(older.items()):
+        out += [f"Not re-taken in this run, shown from run `{other}` (its records name their "
+                "commit): " + ", ".join(sorted(names)) + ".", ""]
     if before > 1:
         out += [f"**Noisy:** the load average was {before:.2f} (> 1) before the run started: "
                 "other processes shared this machine, so absolute times are inflated and vary; "
@@ -69,15 +85,17 @@ def cohort(recs) -> list[str]:
     if not rows:
         return []
     out = ["### Cohort building, example 1 (cohort_peers.py)", "",
-           "| persons | tool | wall | CPU | cores busy | peak RSS | rows / events / PY |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+           "| persons | tool | wall | CPU | cores busy | load | peak RSS | rows / events / PY |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         for tool in ("hpcstudy", "duckdb", "polars", "pandas"):
             if tool not in r:
                 continue
             t = r[tool]
+            load = f"{t['load']['median']:.1f}" if t.get("load") else "–"
             out.append(f"| {r['persons']:,} | {tool} | {fmt(t['wall_s'])} | {fmt(t['cpu_s'])} | "
-                       f"{t['cores_busy']['median']:.2f} | {fmt(t['peak_rss_mib'], 'MiB', 4)} | "
+                       f"{t['cores_busy']['median']:.2f} | {load} | "
+                       f"{fmt(t['peak_rss_mib'], 'MiB', 4)} | "
                        f"{r['cohort_rows']:,} / {r['events']:,} / {r['person_years']:,.0f} |")
     out += ["", "Every peer's per-person table equalled hpcstudy's row for row before these "
             "times were recorded. hpcstudy's time includes its analyses and outputs.", ""]
@@ -85,7 +103,11 @@ def cohort(recs) -> list[str]:
         ratios = ", ".join(f"{k.split('_over_')[1].replace('_wall', '')} {v}×"
                            for k, v in r.items() if k.startswith("hpcstudy_over_")
                            and k.endswith("_wall"))
-        out.append(f"- {r['persons']:,} persons: hpcstudy's wall time over the peer's: {ratios}.")
+        cpu = ", ".join(f"{k.split('_over_')[1].replace('_cpu', '')} {v}×"
+                        for k, v in r.items() if k.startswith("hpcstudy_over_")
+                        and k.endswith("_cpu"))
+        out.append(f"- {r['persons']:,} persons: hpcstudy's wall time over the peer's: {ratios}"
+                   + (f"; CPU time: {cpu}" if cpu else "") + ".")
     big = max(rows, key=lambda r: r["persons"])
     peers = [k for k in ("duckdb", "polars") if k in big]
     if peers:
@@ -93,9 +115,17 @@ def cohort(recs) -> list[str]:
         mem = big.get("hpcstudy_over_duckdb_peak_rss")
         out.append("- Goal (at least as fast as polars and DuckDB at the largest size, "
                    "peak memory no higher than DuckDB's): "
-                   + ("**met**" if worst <= 1 and (mem or 0) <= 1 else
-                      f"**missed** — hpcstudy takes {worst}× the faster peer's time and "
-                      f"{mem}× DuckDB's peak memory") + ".")
+                   + ("**met**" if worst <= 1 and (mem or 0) <= 1 else "**missed**")
+                   + f" — hpcstudy's wall time is {worst}× the faster peer's and "
+                   f"its peak memory {mem}× DuckDB's.")
+        ours = big["hpcstudy"]
+        if ours.get("load"):
+            out.append(f"- Cores busy (CPU / wall) at {big['persons']:,} persons: hpcstudy "
+                       f"{ours['cores_busy']['median']:.2f}, "
+                       + ", ".join(f"{k} {big[k]['cores_busy']['median']:.2f}" for k in peers)
+                       + f", under a load average of {ours['load']['median']:.1f} on "
+                       f"{recs[0]['machine']['cores']} cores: a share of a shared machine, not "
+                       "what the tool would use alone.")
     out.append("")
     return out
 
