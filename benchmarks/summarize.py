@@ -148,17 +148,20 @@ def models(recs) -> list[str]:
     if cox:
         out += ["### Cox fits (cox_peers.py)", "",
                 "| ties | N | p | events | times (distinct) | hpcstudy warm | cold | lifelines "
-                "| statsmodels | × lifelines (cold) | × statsmodels |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "| statsmodels | × lifelines (cold) | × lifelines by CPU (cold) | × statsmodels |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in cox:
             ll = r.get("speedup_vs_lifelines")
             ll_text = f"{ll}× ({r['speedup_vs_lifelines_cold']}×)" if ll else "–"
             sm = r.get("speedup_vs_statsmodels")
+            llc = r.get("speedup_vs_lifelines_cpu")
+            ll_cpu = f"{llc}× ({r['speedup_vs_lifelines_cold_cpu']}×)" if llc else "–"
             out.append(
                 f"| {r['ties']} | {r['n']:,} | {r['p']} | {r['event_fraction']:.0%} | "
                 f"{r['times']} ({r['distinct_event_times']:,}) | {fmt(r['hpcstudy_s'])} | "
                 f"{r['hpcstudy_cold_s']:.3g} s | {fmt(r.get('lifelines_s'))} | "
-                f"{fmt(r.get('statsmodels_s'))} | {ll_text} | {f'{sm}×' if sm else '–'} |")
+                f"{fmt(r.get('statsmodels_s'))} | {ll_text} | {ll_cpu} | "
+                f"{f'{sm}×' if sm else '–'} |")
         goal = [r for r in cox if r["ties"] == "efron" and r["n"] == 1_000_000 and r["p"] == 10
                 and r.get("speedup_vs_lifelines")]
         if goal:
@@ -169,6 +172,13 @@ def models(recs) -> list[str]:
                     f"included): worst shape {warm}× warm, {cold}× cold — " +
                     ("**met**" if min(warm, cold) >= g else
                      f"**missed** by {g / min(warm, cold):.1f}×") + "."]
+            by_cpu = [r for r in goal if r.get("speedup_vs_lifelines_cpu")]
+            if by_cpu:
+                warm = min(r["speedup_vs_lifelines_cpu"] for r in by_cpu)
+                cold = min(r["speedup_vs_lifelines_cold_cpu"] for r in by_cpu)
+                out.append(f"- By CPU time (user + system): worst shape {warm}× warm, {cold}× "
+                           "cold — " + ("**met**" if min(warm, cold) >= g else
+                                        f"**missed** by {g / min(warm, cold):.1f}×") + ".")
         out.append("")
     if glm:
         out += ["### Logistic and Poisson fits (glm_peers.py)", "",
@@ -211,21 +221,25 @@ def physical(recs) -> list[str]:
         out += ["", "Cox fit at N = {:,}, p = {} taken apart (medians; read X = one pass "
                 "over the covariates):".format(cox[0]["n"], cox[0]["p"]), "",
                 "| shape | ties | read X | prepare (once) | risk | pass 1 | grid terms | pass 2 "
-                "| step / read X | fit | evaluations |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "| step / read X | by CPU | fit | evaluations |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in cox:
             p = r["parts_s"]
             out.append(f"| {r['event_fraction']:.0%}, {r['times']} | {r['ties']} | "
                        + " | ".join(f"{p[k]['median'] * 1e3:.1f} ms" for k in
                                     ("read_X", "prepare", "risk", "pass1", "grid_terms",
                                      "pass2"))
-                       + f" | {r['step_over_read_X']}× | {p['fit']['median']:.3f} s | "
+                       + f" | {r['step_over_read_X']}× | "
+                       f"{r.get('step_over_read_X_cpu', '–')}× | {p['fit']['median']:.3f} s | "
                        f"{r['newton_evaluations']} |")
-        worst = max(r["step_over_read_X"] for r in cox)
-        out += ["", f"- Goal (a Newton step within {GOALS['step_over_read_X']:g}× the time to "
-                f"read X): worst {worst}× — " +
-                ("**met**" if worst <= GOALS["step_over_read_X"] else
-                 f"**missed** by {worst / GOALS['step_over_read_X']:.1f}×") + "."]
+        g = GOALS["step_over_read_X"]
+        for key, what in (("step_over_read_X", "wall"), ("step_over_read_X_cpu", "CPU")):
+            got = [r[key] for r in cox if key in r]
+            if got:
+                worst = max(got)
+                out += [f"- Goal (a Newton step within {g:g}× the time to read X), by {what} "
+                        f"time: worst {worst}× — " +
+                        ("**met**" if worst <= g else f"**missed** by {worst / g:.1f}×") + "."]
     out.append("")
     return out
 
