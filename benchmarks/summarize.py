@@ -234,6 +234,7 @@ def physical(recs) -> list[str]:
                        f"{r.get('step_over_read_X_cpu', '–')}× | {p['fit']['median']:.3f} s | "
                        f"{r['newton_evaluations']} |")
         g = GOALS["step_over_read_X"]
+        out.append("")
         for key, what in (("step_over_read_X", "wall"), ("step_over_read_X_cpu", "CPU")):
             got = [r[key] for r in cox if key in r]
             if got:
