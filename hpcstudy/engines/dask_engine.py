@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 import dask
+import dask.threaded
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -144,7 +145,10 @@ class DaskEngine:
     def __init__(self, client=None, scheduler: str = "threads", progress=None,
                  device: str = "cpu"):
         self.client = client
-        self.scheduler = scheduler
+        # the threaded scheduler as its function: given its name, dask imports distributed
+        # (about 1.5 s of CPU) to look for a client
+        self.scheduler = dask.threaded.get if scheduler == "threads" and client is None \
+            else scheduler
         self.progress = progress
         self.device = device
         self.peak_memory_mib: dict[int, int | None] = {}
@@ -200,7 +204,7 @@ class DaskEngine:
 
     def _local(self, n, args, tables, finished):
         root, plan, *rest = args
-        if self.scheduler == "threads":
+        if self.scheduler is dask.threaded.get:
             self._threads(n, root, plan, rest, tables, finished)
             return
         # in chunks, so checkpoints and a progress bar advance on long runs; a chunk holds at
@@ -239,14 +243,7 @@ class DaskEngine:
     def partitions(self, tables):
         """The tables as partitions for the analyses: NumPy tables, where they are."""
         parts = tables.parts if isinstance(tables, PartitionTables) else list(tables)
-        scheduler = self.scheduler
-        if scheduler == "threads" and self.client is None:
-            # dask imports distributed (about 1.5 s of CPU) to look for a client when given a
-            # scheduler's name; the same scheduler given as its function skips that
-            import dask.threaded
-
-            scheduler = dask.threaded.get
-        return DaskPartitions(parts, self.client, scheduler)
+        return DaskPartitions(parts, self.client, self.scheduler)
 
     def device_record(self) -> dict:
         """What results.json's run section says about the device."""

@@ -354,16 +354,13 @@ def _row_bits(pp: Persons, register: str, group: list[EventStream]) -> list:
         types = max(t for s in group for t in (*s.diagnosis_types, 0, 1)) + 1
     flat, size = _code_table(group, types)
     t = pp.dev.to_device(flat)
-    # the table row of each row (int64: NumPy gathers with int64 indices fastest); codes or
-    # types outside the table go to its empty last row
-    at = code.astype(xp.int64)
-    bad = (code < 0) | (code >= size)
+    valid = (code >= 0) & (code < size)
     if types > 1:
         dt = pp.data["lpr_diag"]["c_diagtype"]
-        at *= types
-        at += dt
-        bad |= (dt < 0) | (dt >= types)
-    at[bad] = size * types
+        valid &= (dt >= 0) & (dt < types)
+        at = xp.where(valid, code.astype(xp.int64) * types + dt, size * types)
+    else:
+        at = xp.where(valid, code, size)
     bits = [t[w][at] for w in range(flat.shape[0])]
     if types > 1 and any(s.codes is None for s in group):
         tt = pp.dev.to_device(_type_table(group, types))

@@ -82,7 +82,7 @@ class DaskPartitions:
             return DaskPartitions(futures, self.client, device=self.device)
         import dask
 
-        computed = dask.compute(*[dask.delayed(task, pure=False)(p, *args) for p in self.parts],
+        computed = dask.compute(*[dask.delayed(task, pure=True)(p, *args) for p in self.parts],
                                 scheduler=self.scheduler)
         return DaskPartitions(list(computed), None, self.scheduler, self.device)
 
@@ -104,9 +104,7 @@ class DaskPartitions:
             return total
         import dask
 
-        # pure=False: task keys are not made by hashing every partition's rows (sha1 of the
-        # whole table at each Newton step); the results are the same
-        results = dask.compute(*[dask.delayed(task, pure=False)(p, *args) for p in self.parts],
+        results = dask.compute(*[dask.delayed(task, pure=True)(p, *args) for p in self.parts],
                                scheduler=self.scheduler)
         return reduce(combine, results)
 
