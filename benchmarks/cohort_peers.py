@@ -135,7 +135,10 @@ def summarise(runs: list[dict]) -> dict:
     cpu = [r["cpu_s"] for r in runs]
     return {"wall_s": records.summary(wall), "cpu_s": records.summary(cpu),
             "peak_rss_mib": records.summary([r["peak_rss_mib"] for r in runs]),
-            "cores_busy": records.summary([c / w for c, w in zip(cpu, wall, strict=True)])}
+            "cores_busy": records.summary([c / w for c, w in zip(cpu, wall, strict=True)]),
+            "load": records.summary([(r["load_start"] + r["load_end"]) / 2 for r in runs]),
+            "per_run": [{k: round(r[k], 3) for k in ("wall_s", "cpu_s", "peak_rss_mib",
+                                                      "load_start", "load_end")} for r in runs]}
 
 
 def main() -> None:
@@ -167,6 +170,8 @@ def main() -> None:
         for tool in tools[1:]:
             rec[f"hpcstudy_over_{tool}_wall"] = round(
                 ours["wall_s"]["median"] / rec[tool]["wall_s"]["median"], 2)
+            rec[f"hpcstudy_over_{tool}_cpu"] = round(
+                ours["cpu_s"]["median"] / rec[tool]["cpu_s"]["median"], 2)
             rec[f"hpcstudy_over_{tool}_peak_rss"] = round(
                 ours["peak_rss_mib"]["median"] / rec[tool]["peak_rss_mib"]["median"], 2)
         rec["hpcstudy_decoded_bytes_per_s"] = round(rec["decoded_bytes"] /

@@ -93,11 +93,13 @@ def timed(fn):
 def run_child(cmd, env=None, cwd=None, timeout=None) -> dict:
     """Run a command in a child process; its wall seconds, CPU seconds (user + system of the
     child and of what it waited for) and peak resident memory (the kernel's high-water mark,
-    not sampled), from wait4 on that one child. Raises RuntimeError when it fails."""
+    not sampled), from wait4 on that one child, and the 1-minute load average when it started
+    and ended (the machine may be shared). Raises RuntimeError when it fails."""
     import signal
     import tempfile
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
         deadline = None if timeout is None else t0 + timeout
@@ -118,4 +120,5 @@ def run_child(cmd, env=None, cwd=None, timeout=None) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {stderr[-2000:]}")
     return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
-            "peak_rss_mib": ru.ru_maxrss / 1024, "stdout": stdout, "stderr": stderr}
+            "peak_rss_mib": ru.ru_maxrss / 1024, "load_start": round(load0, 2),
+            "load_end": round(os.getloadavg()[0], 2), "stdout": stdout, "stderr": stderr}

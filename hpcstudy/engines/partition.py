@@ -189,13 +189,17 @@ def _sorted_check(xp, cols: dict, keys: tuple[str, ...]):
     n = cols[keys[0]].shape[0]
     if n < 2:
         return xp.ones((), dtype=bool)
-    ok = xp.zeros(n - 1, dtype=bool)   # strictly before on some key so far
-    tied = xp.ones(n - 1, dtype=bool)  # equal on every key so far
-    for k in keys:
+    ok = tied = None   # strictly before on some key so far; equal on every key so far
+    for i, k in enumerate(keys):
         a = cols[k]
-        ok |= tied & (a[1:] > a[:-1])
-        tied &= a[1:] == a[:-1]
-    return xp.all(ok | tied)
+        last = i == len(keys) - 1
+        # on the last key, equal is in order too
+        step = a[1:] >= a[:-1] if last else a[1:] > a[:-1]
+        ok = step if tied is None else ok | (tied & step)
+        if not last:
+            eq = a[1:] == a[:-1]
+            tied = eq if tied is None else tied & eq
+    return xp.all(ok)
 
 
 def _sort_rows(xp, cols: dict, keys: tuple[str, ...]) -> dict:
@@ -268,7 +272,10 @@ class Persons:
         change[1:] = ev_pnr[1:] != ev_pnr[:-1]
         u = ev_pnr[change]
         pos = xp.minimum(xp.searchsorted(self.pnr, u), self.n - 1)
-        run = xp.cumsum(change, dtype=xp.int32 if m < 2**31 else xp.int64) - 1
+        # the run number of each row; summed in int32 (several times faster than int64 from
+        # bool) and widened once, as NumPy gathers with int64 indices several times faster
+        run = xp.cumsum(change, dtype=xp.int32 if m < 2**31 else xp.int64).astype(xp.int64)
+        run -= 1
         return pos[run], (self.pnr[pos] == u)[run]
 
     def register_rows(self, reg: str):
@@ -449,7 +456,19 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
         dreg, dcol = DAY_COLUMN[register]
         rows, known = pp.register_rows(dreg)
         day = pp.data[dreg][dcol]
+        # the rows any code-selecting stream takes, found once: each such stream then looks
+        # at those rows only (a fraction of the register) instead of at every row
+        by_code = [k for k, s in enumerate(group) if _by_code_only(s)]
+        cand = _candidates(xp, bits, by_code, known) if by_code else None
+        cand_bits: dict = {}
         for k, s in enumerate(group):
+            if _by_code_only(s):
+                w, one = _bit(k, bits[0].dtype.type)
+                if w not in cand_bits:
+                    cand_bits[w] = bits[w][cand]
+                idx = cand[(cand_bits[w] & one) != 0]
+                pp.streams[s] = (rows[idx], day[idx])
+                continue
             keep = known
             if _selects(s):
                 keep = keep & _has_bit(bits, k)
@@ -463,6 +482,25 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
                                xp.isin(target, dev.to_device(np.asarray(vals))))
             idx = xp.nonzero(keep)[0]
             pp.streams[s] = (rows[idx], day[idx])
+
+
+def _by_code_only(s: EventStream) -> bool:
+    """A stream decided by its codes (and diagnosis types) alone."""
+    return s.codes is not None and not s.patient_types and not s.filters
+
+
+def _candidates(xp, bits: list, streams: list[int], known):
+    """Rows (of ``known``) whose bit set holds any of ``streams``' bits, ascending."""
+    dtype = bits[0].dtype.type
+    masks: dict[int, int] = {}
+    for k in streams:
+        w, one = _bit(k, dtype)
+        masks[w] = masks.get(w, 0) | int(one)
+    hit = None
+    for w, m in masks.items():
+        h = (bits[w] & dtype(m)) != 0
+        hit = h if hit is None else hit | h
+    return xp.nonzero(hit & known)[0]
 
 
 def _contact_bits(pp: Persons, group: list[EventStream], diag_bits: list):
@@ -479,16 +517,14 @@ def _contact_bits(pp: Persons, group: list[EventStream], diag_bits: list):
         ends[-1:] = m
         lens = ends - starts
         out = [b[starts] for b in diag_bits]
-        live = xp.arange(starts.shape[0])
+        live = xp.nonzero(lens > 1)[0]   # contacts with a second diagnosis
         j = 1
-        while True:  # OR in each contact's j-th diagnosis; contacts have a handful
-            live = live[lens[live] > j]
-            if live.shape[0] == 0:
-                break
+        while live.shape[0]:  # OR in each contact's j-th diagnosis; contacts have a handful
             at = starts[live] + j
             for w in range(words):
                 out[w][live] = out[w][live] | diag_bits[w][at]
             j += 1
+            live = live[lens[live] > j]
         return out
     # not stored in contact order: a contact has the bit where any diagnosis with its recnum
     # has it (membership by value, sorting; data hpcstudy wrote never comes here)

@@ -1,0 +1,136 @@
+"""Where `hpcstudy run` spends its time: the run's phases timed in one process (wall and CPU),
+and optionally a cProfile of one phase or of one partition's work.
+
+    python benchmarks/profile_engine.py DATA                      # phases of example 1
+    python benchmarks/profile_engine.py DATA --profile run        # + cProfile of the whole run
+    python benchmarks/profile_engine.py DATA --profile partition --partition 0
+    python benchmarks/profile_engine.py DATA --partition-parts    # one partition, step by step
+
+Phases: plan (parse and compile), cohort (every partition's per-person table, with the run's
+launcher), analyses (Cox, Poisson, curves over the partition tables), outputs (disclosure
+checks, files, the private table). CPU time is this process's (user + system, all threads),
+so CPU / wall says how many cores were busy in each phase. Prints JSON; appends nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+EXAMPLE = HERE.parent / "examples" / "statins_mi.yaml"
+
+
+def _clock():
+    t = os.times()
+    return time.perf_counter(), t.user + t.system
+
+
+class Phases:
+    def __init__(self):
+        self.out: dict = {}
+
+    def __call__(self, name, fn, *a, **k):
+        w0, c0 = _clock()
+        res = fn(*a, **k)
+        w1, c1 = _clock()
+        self.out[name] = {"wall_s": round(w1 - w0, 3), "cpu_s": round(c1 - c0, 3),
+                          "cores_busy": round((c1 - c0) / max(w1 - w0, 1e-9), 2)}
+        return res
+
+
+def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
+    from hpcstudy.engines import run as R
+
+    out = Path(tempfile.mkdtemp(prefix="hpcstudy-profile-")) / "out"
+    ph = Phases()
+    prof = cProfile.Profile() if profile else None
+    load0 = os.getloadavg()[0]
+
+    def maybe(name, fn, *a, **k):
+        if prof is not None and profile in (name, "run"):
+            prof.enable()
+        try:
+            return ph(name, fn, *a, **k)
+        finally:
+            if prof is not None:
+                prof.disable()
+
+    study_, plan, ds = maybe("plan", R.prepare, str(study), str(data))
+    R.check_run(out, ds, study=study_, plan=plan)
+    tables, attrition, parts = maybe("cohort", R.person_table, plan, ds, "dask", None, None,
+                                     None, False, {}, "cpu")
+    results = maybe("analyses", R.analyse, plan, parts, attrition, ds=ds)
+    maybe("outputs", R.write_outputs, out, plan, results, tables, engine="dask", ds=ds,
+          overwrite=False, approval=None, device=None)
+    shutil.rmtree(out.parent, ignore_errors=True)
+    rec = {"data": str(data), "phases": ph.out, "load_start": round(load0, 2),
+           "load_end": round(os.getloadavg()[0], 2)}
+    if prof is not None:
+        rec["profile"] = _top(prof, top)
+    return rec
+
+
+def partition_parts(data: Path, study: Path, p: int, profile: bool, top: int) -> dict:
+    """One partition's steps timed apart: read, Persons, event streams, groups."""
+    from hpcstudy.devices import get_device
+    from hpcstudy.engines import partition as P
+    from hpcstudy.engines import run as R
+
+    _, plan, ds = R.prepare(str(study), str(data))
+    dev = get_device("cpu")
+    ph = Phases()
+    prof = cProfile.Profile() if profile else None
+    if prof is not None:
+        prof.enable()
+    host = ph("read", P.read_host, str(ds.root), p, plan.reads)
+    loaded = {reg: {c: dev.to_device(a) for c, a in cols.items()} for reg, cols in host.items()}
+    pp = ph("persons", P.Persons, loaded, plan, dev)
+    ph("event_streams", P.event_streams, pp, P._plan_streams(plan))
+    for g in plan.groups:
+        ph(f"group {g.label}", P.group_table, pp, g, plan.study.seed)
+    if prof is not None:
+        prof.disable()
+    rows = sum(a.shape[0] for cols in host.values() for a in list(cols.values())[:1])
+    rec = {"data": str(data), "partition": p, "register_rows": rows, "steps": ph.out}
+    if prof is not None:
+        rec["profile"] = _top(prof, top)
+    return rec
+
+
+def _top(prof, top: int) -> list[str]:
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(top)
+    return [ln for ln in s.getvalue().splitlines() if ln.strip()][-top - 1:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--study", type=Path, default=EXAMPLE)
+    ap.add_argument("--profile", choices=["run", "plan", "cohort", "analyses", "outputs",
+                                          "partition"])
+    ap.add_argument("--partition", type=int, default=0)
+    ap.add_argument("--partition-parts", action="store_true")
+    ap.add_argument("--top", type=int, default=25)
+    a = ap.parse_args()
+    if a.partition_parts or a.profile == "partition":
+        rec = partition_parts(a.data, a.study, a.partition, a.profile == "partition", a.top)
+    else:
+        rec = phases(a.data, a.study, a.profile, a.top)
+    prof = rec.pop("profile", None)
+    print(json.dumps(rec, indent=1))
+    if prof:
+        print("\n".join(prof))
+
+
+if __name__ == "__main__":
+    main()
