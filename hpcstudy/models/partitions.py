@@ -93,12 +93,6 @@ class DaskPartitions:
     def _task(self, fn: Callable, reduce_: bool):
         return fn if self.device == "cpu" else _OnDevice(fn, reduce_)
 
-    @property
-    def _pure(self) -> bool:
-        # a pure task's key hashes its arguments: device partitions would be copied to the host
-        # to be hashed at every call
-        return self.device == "cpu"
-
     def map(self, fn: Callable, *args: Any) -> DaskPartitions:
         task = self._task(fn, False)
         if self.client is not None:
@@ -106,7 +100,9 @@ class DaskPartitions:
             return DaskPartitions(futures, self.client, device=self.device)
         import dask
 
-        computed = dask.compute(*[dask.delayed(task, pure=self._pure)(p, *args)
+        # never pure: a pure task's key hashes its arguments, every partition table at every
+        # Newton step (~5 % of a run), and device partitions would be copied to the host for it
+        computed = dask.compute(*[dask.delayed(task, pure=False)(p, *args)
                                   for p in self.parts], scheduler=self.scheduler)
         return DaskPartitions(list(computed), None, self.scheduler, self.device)
 
@@ -128,7 +124,7 @@ class DaskPartitions:
             return total
         import dask
 
-        results = dask.compute(*[dask.delayed(task, pure=self._pure)(p, *args)
+        results = dask.compute(*[dask.delayed(task, pure=False)(p, *args)
                                  for p in self.parts], scheduler=self.scheduler)
         return reduce(combine, results)
 
