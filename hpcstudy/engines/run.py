@@ -77,6 +77,7 @@ def person_table(plan: Plan, ds: Dataset, engine: str = "dask", client=None, pro
         tables = [{c: df[c].to_numpy() for c in df.columns}]
         parts = LocalPartitions(tables)
         parts.design_results = design
+        parts.frame = df   # measures and hospitals: the reference engine's own pandas code
         return tables, attrition, parts
     if engine == "dask":
         eng = DaskEngine(client=client, progress=progress, device=device)
@@ -148,14 +149,9 @@ def analyse(plan: Plan, parts, attrition, fitted: dict | None = None, ds=None) -
                     rows, plan, sums)))
             except ModelError as e:
                 res["lexis_model"] = {"error": str(e)}
-    if an.measures:
-        from ..measures.compute import measures
+    from .reference_measures import analyse as measures_and_hospitals
 
-        res["measures"] = measures(plan, parts, ds)
-    if an.hospitals is not None:
-        from ..measures.hospitals import hospitals
-
-        res["hospitals"] = hospitals(plan, parts, fitted)
+    res.update(measures_and_hospitals(plan, parts, ds, fitted))
     return res
 
 
