@@ -212,14 +212,14 @@ def measure_rows(df: pd.DataFrame, m, proportion: bool, age_col, standard=None,
         weights = [w / sum(standard) for w in standard]
     by_out = [b for b in m.by if b != "age_band"]
     names = key_names(tuple(by_out), MEASURE_COLUMNS)
-    if "age_band" in m.by:
-        groups = [(k, cells.loc[[k]]) for k in cells.index]
-        persons = cells["persons"]
-    else:
-        out = p.groupby(keys, sort=True)["row"].nunique()
-        groups = [(k if isinstance(k, tuple) else (k,), g)
-                  for k, g in cells.groupby(level=keys, sort=True)]
-        persons = out
+    flat = cells.reset_index()
+    if "age_band" in m.by:   # a row per cell
+        groups = [(tuple(r[[*keys, "ag"]]), flat.iloc[[i]]) for i, r in flat.iterrows()]
+        persons = {k: int(g["persons"].iloc[0]) for k, g in groups}
+    else:                    # a row per key, its age bands together; each person once
+        groups = [(k, g) for k, g in flat.groupby(keys, sort=True)]
+        persons = {(k if isinstance(k, tuple) else (k,)): int(v)
+                   for k, v in p.groupby(keys, sort=True)["row"].nunique().items()}
     cal = _Calendar(m.interval) if m.interval else None
     rows = []
     for key, g in groups:
@@ -234,11 +234,10 @@ def measure_rows(df: pd.DataFrame, m, proportion: bool, age_col, standard=None,
             a = key[-1]
             row["age_band"] = (f"{bands[a]:g}-{bands[a + 1]:g}" if 0 <= a < nb else
                                f"<{bands[0]:g}" if a < 0 else f"{bands[-1]:g}+")
-        n_persons = int(persons.loc[key if len(key) > 1 else key[0]])
+        n_persons = persons[key]
         events = int(g["events"].sum())
-        by_band = {int(a): (float(r["persons"]), float(r["events"]), float(r["days"]))
-                   for a, r in zip(g.index.get_level_values("ag"), g.to_dict("records"),
-                                   strict=True)}
+        by_band = {int(r["ag"]): (float(r["persons"]), float(r["events"]), float(r["days"]))
+                   for r in g.to_dict("records")}
         row["persons"], row["events"] = n_persons, events
         if proportion:
             lo, hi = wilson_ci(events, n_persons)
