@@ -59,6 +59,13 @@ def prepare(study: Study | str | Path, data: str | Path,
 
         study = replace(study, min_cell=floor)
         plan = replace(plan, study=study)
+    from ..secure.approval import approved_study
+
+    if approved_study(study, approval) is not study:   # the project hides hospital codes
+        from dataclasses import replace
+
+        study = approved_study(study, approval)
+        plan = replace(plan, study=study)
     return study, plan, ds
 
 
