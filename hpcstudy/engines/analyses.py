@@ -139,7 +139,8 @@ def design_columns(plan: Plan, parts: Partitions, adjust: tuple[str, ...]):
         names.append(plan.study.exposure_name)
         spec.append(("group", None))
     for a in adjust:
-        kind = next(c.kind for c in plan.columns if c.name == a)
+        col = next(c for c in plan.columns if c.name == a)
+        kind = col.kind if col.attribute != "diagnoses" else "flag"   # a contact's diagnoses: 0/1
         if kind in ("region", "index_contact"):   # categories: indicators vs the lowest
             levels = sorted(parts.map_reduce(_levels, a, combine=_union))
             for lv in levels[1:]:

@@ -614,7 +614,7 @@ def group_table(pp: Persons, g: GroupPlan, seed: int) -> tuple[dict, list]:
     for c in plan.columns:
         if c.kind == "index_contact":
             out[c.name] = contact.array_attribute(pp.data, g.index.stream, pp.pnr[rows],
-                                                  idx[rows], c.attribute)
+                                                  idx[rows], c.attribute, c.stream)
             continue
         out[c.name] = column(pp, c, ref, rows)
         if c.kind in ("flag", "count") and c.time_varying:

@@ -206,7 +206,8 @@ class ReferenceEngine:
                     out[common.varying_column(col.name)] = on.where(
                         k == 0, NO_DATE).astype("int64")
             elif col.kind == "index_contact":
-                out[col.name] = contact.frame_attribute(data, g.index.stream, c, col.attribute)
+                out[col.name] = contact.frame_attribute(data, g.index.stream, c, col.attribute,
+                                                        col.stream)
             elif col.kind == "charlson":
                 flags = {name: (count_in(data.stream(s), c, col.window.lo, col.window.hi) > 0
                                 ).astype("int16").to_numpy()

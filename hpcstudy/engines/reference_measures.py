@@ -325,7 +325,7 @@ def _design(plan: Plan, df: pd.DataFrame, adjust) -> tuple[np.ndarray, list[str]
     if plan.has_comparator:
         cols.append(df["group"].to_numpy(float))
         names.append(plan.study.exposure_name)
-    kinds = {c.name: c.kind for c in plan.columns}
+    kinds = {c.name: c.kind if c.attribute != "diagnoses" else "flag" for c in plan.columns}
     for a in adjust:
         v = df[a].to_numpy()
         if kinds[a] in ("region", "index_contact"):

@@ -119,6 +119,9 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
         elif cov.kind in ("flag", "count"):
             cols.append(ColumnPlan(cov.name, cov.kind, c.stream(cov.events, "covariates"),
                                    cov.window, time_varying=cov.time_varying))
+        elif cov.kind == "index_contact" and cov.attribute == "diagnoses":   # a 0/1 flag
+            cols.append(ColumnPlan(cov.name, cov.kind, c.stream(cov.events, "covariates"),
+                                   attribute=cov.attribute))
         elif cov.kind == "index_contact":   # read from the index rule's lpr contacts
             c.reads.setdefault("lpr_adm", set()).add(cov.attribute)
             cols.append(ColumnPlan(cov.name, cov.kind, attribute=cov.attribute))

@@ -112,8 +112,10 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
         "window": (_WINDOW[0], "default [null, 0]; charlson [-3650, 0]"),
         "time_varying": ("true | false", "a 0/1 covariate that switches on at its first "
                          "event after index (follow-up is split there)"),
-        "index_contact": ("c_sgh | c_pattype", "an attribute of the index contact (the "
-                          "hospital, the patient type); needs an index from lpr contacts"),
+        "index_contact": ("c_sgh | c_pattype | diagnoses", "an attribute of the index contact "
+                          "(the hospital, the patient type, or with codelist: 1 when one of "
+                          "its diagnoses is in the codelist); needs an index from lpr "
+                          "contacts"),
         **_EVENTS,
     },
     "outcome": {

@@ -157,11 +157,16 @@ class Covariate:
     events: Events | None = None
     window: Window | None = None
     time_varying: bool = False   # a flag that switches on at its first event after index
-    attribute: str | None = None   # kind index_contact: the lpr_adm column (c_sgh, c_pattype)
+    attribute: str | None = None   # kind index_contact: c_sgh, c_pattype or diagnoses (events:
+                                   # the codelist among the contact's diagnoses, a 0/1 flag)
 
     def to_dict(self) -> str | dict:
         if self.kind in ("age", "sex", "region", "calendar_year"):
             return self.kind
+        if self.kind == "index_contact" and self.attribute == "diagnoses":
+            ev = self.events.to_dict()
+            ev.pop("register")
+            return {"name": self.name, "index_contact": "diagnoses", **ev}
         if self.kind == "index_contact":
             return {"name": self.name, "index_contact": self.attribute}
         if self.kind == "charlson":

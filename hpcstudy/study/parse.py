@@ -677,12 +677,16 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
         return None
     if "index_contact" in item:
         attr = item["index_contact"]
-        extra = [k for k in ("count", "window", "time_varying", *EVENT_KEYS) if k in item]
-        if attr not in ("c_sgh", "c_pattype"):
+        if attr not in CONTACT_ATTRIBUTES:
+            near = closest(attr, CONTACT_ATTRIBUTES) if isinstance(attr, str) else None
             cx.err(item, "index_contact", f"{path}.index_contact", f"{show(attr)} is not an "
-                   "attribute of a contact", "write c_sgh (the hospital) or c_pattype (the "
-                   "patient type)")
+                   "attribute of a contact", f"did you mean {near!r}?" if near else
+                   "write c_sgh (the hospital), c_pattype (the patient type) or diagnoses "
+                   "(with codelist:, a 0/1 flag)")
             return None
+        if attr == "diagnoses":
+            return _contact_diagnoses(cx, item, path, name, names)
+        extra = [k for k in ("count", "window", "time_varying", *EVENT_KEYS) if k in item]
         if extra:
             cx.err(item, extra[0], f"{path}.{extra[0]}", "an attribute of the index contact "
                    "takes only name: and index_contact:", f"drop {extra[0]}:")
@@ -732,6 +736,26 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
                "switches it on)", "e.g. window: [null, 0]")
         return None
     return Covariate(name, "flag", ev, win, varying) if ev and win else None
+
+
+CONTACT_ATTRIBUTES = ("c_sgh", "c_pattype", "diagnoses")
+
+
+def _contact_diagnoses(cx: _Ctx, item: Node, path: str, name: str, names) -> Covariate | None:
+    """``{name, index_contact: diagnoses, codelist, diagnosis_type}``: 1 when a diagnosis of
+    the index contact is in the codelist."""
+    extra = [k for k in item if k not in ("name", "index_contact", "codelist",
+                                          "diagnosis_type")]
+    if extra:
+        cx.err(item, extra[0], f"{path}.{extra[0]}", "the index contact's diagnoses take "
+               "only name:, codelist: and diagnosis_type:", f"drop {extra[0]}:")
+        return None
+    if "codelist" not in item:
+        cx.err(item, "index_contact", f"{path}.codelist", "missing: which diagnoses of the "
+               "index contact?", "add codelist: (an icd10 codelist), e.g. codelist: diabetes")
+        return None
+    ev = _events(cx, item, path, names, register="lpr")
+    return Covariate(name, "index_contact", ev, attribute="diagnoses") if ev else None
 
 
 # -- outcome, analyses ---------------------------------------------------------------------------
@@ -910,7 +934,8 @@ def _hospitals(cx: _Ctx, node, covariates: dict[str, Covariate]) -> Hospitals | 
                    "{by: hospital, adjust: [age, sex, charlson]}")
     if h is None:
         return None
-    units = {n for n, c in covariates.items() if c.kind in ("index_contact", "region")}
+    units = {n for n, c in covariates.items() if c.kind in ("index_contact", "region") and
+             c.attribute != "diagnoses"}
     by = h.get("by")
     if "by" not in h:
         cx.err(h, None, "analyses.hospitals.by", "missing", "e.g. by: hospital, with the "

@@ -191,6 +191,11 @@ def studies(draw):
         covs.append({"name": "hospital", "index_contact": "c_sgh"})
         if draw(st.booleans()):
             covs.append({"name": "ptype", "index_contact": "c_pattype"})
+    if from_contacts and draw(st.booleans()):   # a codelist among the contact's diagnoses
+        dx = {"name": "dx", "index_contact": "diagnoses", "codelist": draw(st.sampled_from(ICD))}
+        if draw(st.booleans()):
+            dx["diagnosis_type"] = draw(st.sampled_from([["A"], ["B"], ["A", "B"]]))
+        covs.append(dx)
     s["covariates"] = draw(st.permutations(covs))
     death = draw(st.sampled_from(["no", "all", "cause"]))
     if death == "all":
@@ -264,7 +269,8 @@ def analyses(draw, s):
         periods = sorted(draw(st.lists(st.integers(1995, 2024), min_size=2, max_size=4,
                                        unique=True)))
         a["lexis"] = {"age_bands": ages, "periods": periods}
-    units = [c["name"] for c in covs if isinstance(c, dict) and "index_contact" in c]
+    units = [c["name"] for c in covs if isinstance(c, dict) and
+             c.get("index_contact") in ("c_sgh", "c_pattype")]
     if "region" in _names(covs):
         units.append("region")
     if units and draw(st.booleans()):
