@@ -41,7 +41,7 @@ REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
             "hospitals": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
             "measure": ("persons", "events"), "table1": ("persons",), "preference": ("persons",)}
-LEXIS_TERM = re.compile(r"(age_band|period) \S+")
+LEXIS_TERM = re.compile(r"(age_band|period|time_band) \S+")
 RUN_FIELDS = {"engine", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
               "approval", "study_warnings", "device"}
 

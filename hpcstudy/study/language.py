@@ -211,6 +211,16 @@ class Outcome:
 class ModelSpec:
     adjust: tuple[str, ...] = ()
     strata: tuple[str, ...] = ()
+    age_bands: tuple[float, ...] | None = None   # the term age_band: attained-age limits
+    time_bands: tuple[int, ...] | None = None    # the term time_band: days since index
+
+    def to_dict(self) -> dict | bool:
+        d: dict[str, Any] = {k: list(getattr(self, k)) for k in ("adjust", "strata")
+                             if getattr(self, k)}
+        for k in ("age_bands", "time_bands"):
+            if getattr(self, k) is not None:
+                d[k] = list(getattr(self, k))
+        return d or True
 
 
 @dataclass(frozen=True)
@@ -290,8 +300,7 @@ class Analyses:
         for key in ("cox", "logistic", "poisson"):
             m = getattr(self, key)
             if m is not None:
-                a[key] = {k: list(getattr(m, k)) for k in ("adjust", "strata")
-                          if getattr(m, k)} or True
+                a[key] = m.to_dict()
         if self.lexis:
             a["lexis"] = {"age_bands": list(self.lexis.age_bands),
                           "periods": list(self.lexis.periods)}

@@ -809,14 +809,36 @@ def _model(cx: _Ctx, node, key, covariates: dict[str, Covariate],
         refuse.update({n: "it varies in time, and a logistic model takes one value per "
                        "person: use cox: or poisson: (they split follow-up where it switches)"
                        for n, c in covariates.items() if c.time_varying})
-    out: dict[str, tuple[str, ...]] = {}
+    out: dict[str, tuple] = {}
+    bands = _model_bands(cx, spec, key, path, covariates)
+    if bands is None:
+        return None
+    split = {"age_band": f"give {path}.age_bands: (attained-age limits, e.g. "
+                         "[40, 60, 80, 150]) to use the term age_band",
+             "time_band": f"give {path}.time_bands: (days since index, e.g. [0, 30, 365]) to "
+                          "use the term time_band"}
+    if key == "cox":
+        split["time_band"] = ("time since index is the Cox model's own time scale: its bands "
+                              "are the baseline hazard's; use poisson: for rates by time_band")
+    if key == "logistic":
+        split = {k: "it varies in time, and a logistic model takes one value per person: use "
+                 "poisson: (or cox: for age_band)" for k in split}
     for part in ("adjust", "strata"):
         if part in spec:
-            vals = _names_list(cx, spec, part, f"{path}.{part}", set(covariates),
-                               "covariates", refuse)
+            allowed = set(covariates) | (set(bands) if part == "adjust" else set())
+            no = {**{k: v for k, v in split.items() if k not in allowed}, **refuse}
+            if part == "strata":
+                no.update({k: "a split of follow-up is a term: adjust for it"
+                           for k in ("age_band", "time_band")})
+            vals = _names_list(cx, spec, part, f"{path}.{part}", allowed, "covariates", no)
             if vals is None:
                 return None
             out[part] = vals
+    for k, v in bands.items():
+        out[f"{k}s"] = v
+        if k not in out.get("adjust", ()):
+            cx.warn(spec, f"{k}s", f"{path}.{k}s", f"changes nothing without {k} in adjust:",
+                    f"add {k} to adjust:, or drop {k}s:")
     both = set(out.get("adjust", ())) & set(out.get("strata", ()))
     if both:
         cx.err(spec, "strata", f"{path}.strata", f"{sorted(both)[0]!r} is both adjusted for "
@@ -827,6 +849,33 @@ def _model(cx: _Ctx, node, key, covariates: dict[str, Covariate],
                "add adjust: [...] or a comparator:")
         return None
     return ModelSpec(**out)
+
+
+def _model_bands(cx: _Ctx, spec, key: str, path: str, covariates) -> dict | None:
+    """{"age_band": limits, "time_band": limits} of a model's split terms (None: a problem)."""
+    out: dict[str, tuple] = {}
+    ok = True
+    for k, term in (("age_bands", "age_band"), ("time_bands", "time_band")):
+        if k not in spec or key == "logistic" or (key == "cox" and k == "time_bands"):
+            continue   # refused as a key out of place, with its reason (keys.MISPLACED)
+        v = spec[k]
+        top, whole = (150, False) if k == "age_bands" else (DAYS, True)
+        good = isinstance(v, list) and len(v) >= 2 and all(
+            (is_int(x) if whole else is_number(x)) and 0 <= x <= top for x in v) and \
+            all(b > a for a, b in zip(v, v[1:], strict=False))
+        if not good:
+            cx.err(spec, k, f"{path}.{k}", f"must be an increasing list of at least two "
+                   f"{'whole days' if whole else 'ages'} within 0–{top}, not {show(v)}",
+                   "e.g. [0, 30, 365]" if whole else "e.g. [40, 60, 80, 150]")
+            ok = False
+            continue
+        if k == "age_bands" and not any(c.kind == "age" for c in covariates.values()):
+            cx.err(spec, k, f"{path}.{k}", "age bands need the age covariate (age at index "
+                   "gives each person's birth day)", "add age under covariates:")
+            ok = False
+            continue
+        out[term] = tuple(int(x) for x in v) if whole else tuple(float(x) for x in v)
+    return out if ok else None
 
 
 def _analyses(cx: _Ctx, doc, covariates: dict[str, Covariate],

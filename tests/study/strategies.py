@@ -359,7 +359,21 @@ def full_studies(draw):
     if isinstance(s.get("comparator"), dict) and "active" in s["comparator"] and \
             draw(st.booleans()):
         s["comparator"]["both_arms"] = draw(st.sampled_from(["remove", "first", "keep"]))
+    split_terms(draw, s["analyses"])   # last: the draws before stay those of older versions
     return s
+
+
+def split_terms(draw, a: dict) -> None:
+    """age_band (Cox, Poisson) and time_band (Poisson) terms in the models drawn."""
+    for key in ("cox", "poisson"):
+        spec = a.get(key)
+        if not isinstance(spec, dict) or not draw(st.booleans()):
+            continue
+        spec["age_bands"] = draw(st.sampled_from([[0, 50, 150], [40, 60, 80, 150]]))
+        spec["adjust"] = [*spec.get("adjust", []), "age_band"]
+        if key == "poisson" and draw(st.booleans()):
+            spec["time_bands"] = draw(st.sampled_from([[0, 30, 365], [0, 365, 1826]]))
+            spec["adjust"] = [*spec["adjust"], "time_band"]
 
 
 @st.composite
