@@ -137,3 +137,22 @@ def test_bad_settings_are_one_line_with_file_and_line(tmp_path, small_data, disc
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"{p}:6" in r.stderr and all(w in r.stderr for w in words), r.stderr
+
+
+def test_the_export_gate_holds_codes_a_run_showed_without_the_project(approved, small_data,
+                                                                       tmp_path):
+    """The attacker runs without --project (the codes are shown), then exports under it."""
+    from hpcstudy.engines import run as R
+
+    p = project(tmp_path)
+    r = run_cli("check-outputs", approved, "--project", p)
+    assert r.returncode == 0, r.stderr            # the approved run's ranks pass
+    free = tmp_path / "free"
+    R.run(study(tmp_path, "code"), small_data, free, engine="reference")
+    r = run_cli("check-outputs", free, "--project", p)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    held = r.stderr
+    for f in ("tables/hospitals.csv", "results.json:hospitals", "report.html",
+              "tables/hospitals.md"):
+        assert f"withheld {f}" in held, held
+    assert "shows hospital codes, which project FSEID-00000016 hides" in held

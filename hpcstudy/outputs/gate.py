@@ -749,6 +749,7 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
                 verdict.hold(p, x)
     # results.json first: the tables repeat its sections and are compared with them
     res = None
+    shows_codes = False
     # and the report last: its every number is checked against the files it was made from
     order = sorted(entries, key=lambda p: (entries[p]["kind"] != "results",
                                            entries[p]["kind"] in M.REPORT_KINDS, p))
@@ -790,6 +791,15 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
             except (ValueError, csv.Error):
                 pass   # already refused as not a CSV table
             content = _parse_csv(text)[1] if not problems else None
+        if approval is not None:   # hospital codes the project hides (the report comes last)
+            from ..measures.hospitals import hidden_codes
+
+            if e["kind"] not in M.REPORT_KINDS:
+                codes = hidden_codes(e["kind"], content, T.kept_study(out, doc)[0], approval, p)
+                problems += codes
+                shows_codes = shows_codes or bool(codes)
+            elif shows_codes:
+                problems.append(f"{p}: repeats the tables that show hospital codes")
         if problems or edited:
             for x in problems:
                 verdict.hold(p, x)

@@ -95,3 +95,14 @@ def test_the_partition_engine_flags_on_the_device_standin(data):
         got.update({int(k): int(v) for k, v in zip(table["pnr"], table["dm_at_mi"],
                                                      strict=True)})
     assert got == {int(k): int(v) for k, v in zip(ref["pnr"], ref["dm_at_mi"], strict=True)}
+
+
+def test_the_docs_example_is_this_study():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "measures.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)
+                 if b.startswith("# docs/measures.md: the contact diagnoses example"))
+    for line in block.split("\n")[1:]:
+        assert line in STUDY, line

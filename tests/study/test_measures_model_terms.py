@@ -110,3 +110,14 @@ def test_both_engines_fit_the_same_bands(small_data):
         _, attrition, parts = R.person_table(plan, ds, engine)
         out.append(R.analyse(plan, parts, attrition)["models"])
     compare(out[0], out[1])
+
+
+def test_the_docs_example_is_this_study():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "time.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)
+                 if b.startswith("# docs/time.md: the model terms example"))
+    assert block.split("\n", 1)[1].replace("name: bands", "name: terms").strip() == \
+        STUDY.strip()
