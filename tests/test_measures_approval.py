@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from hpcstudy.cli import main
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PROJECT = """\
 project: FSEID-00000016
@@ -21,6 +23,28 @@ registers: {bef: "*", dod: "*", dodsaarsag: "*", vnds: "*", lpr_adm: "*", lpr_di
 period: [1968-04-02, 2023-12-31]
 disclosure: {min_cell: 5, identify_hospitals: rank}
 """
+
+
+@pytest.fixture(autouse=True)
+def keep_signal_handlers():
+    """cli.main turns SIGTERM/SIGUSR1 into KeyboardInterrupt; give pytest its own back."""
+    import signal
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+class Done:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def cli(capsys, *args) -> Done:
+    """``hpcstudy ARGS`` in this process (fast); a few tests run the real CLI process."""
+    rc = main([str(a) for a in args])
+    return Done(rc, capsys.readouterr().err)
 
 
 def study(tmp_path, identify: str | None, measure: bool = False) -> Path:
@@ -99,7 +123,8 @@ def test_a_study_may_hide_more_than_the_approval(tmp_path, small_data):
     (("adjust: [age, sex, charlson]}", "adjust: [age, sex, charlson]}\n  cox: "
       "{adjust: [age, hospital]}"), "analyses.cox.adjust", ("check",)),
 ])
-def test_codes_shown_elsewhere_are_refused(tmp_path, small_data, change, field, commands):
+def test_codes_shown_elsewhere_are_refused(tmp_path, small_data, change, field, commands,
+                                          capsys):
     s = study(tmp_path, None, measure=True)
     if change is not None:
         s.write_text(s.read_text().replace(
@@ -107,7 +132,8 @@ def test_codes_shown_elsewhere_are_refused(tmp_path, small_data, change, field, 
             .replace(*change))
     for cmd in commands:
         extra = ["--out", str(tmp_path / "out")] if cmd == "run" else []
-        r = run_cli(cmd, s, "--data", small_data, "--project", project(tmp_path), *extra)
+        run = run_cli if cmd == "run" else lambda *a: cli(capsys, *a)   # run: a real process
+        r = run(cmd, s, "--data", small_data, "--project", project(tmp_path), *extra)
         assert r.returncode == 2, r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert field in r.stderr and "would show hospital codes" in r.stderr, r.stderr
@@ -130,26 +156,27 @@ def test_without_the_setting_the_same_study_passes(tmp_path, small_data):
     ("{min_cell: 5, identify_hospitals: ranks}", ["disclosure.identify_hospitals",
                                                  "'ranks' is not code, rank or none"]),
 ])
-def test_bad_settings_are_one_line_with_file_and_line(tmp_path, small_data, disclosure, words):
+def test_bad_settings_are_one_line_with_file_and_line(tmp_path, small_data, disclosure, words,
+                                                      capsys):
     p = project(tmp_path, PROJECT.replace("{min_cell: 5, identify_hospitals: rank}",
                                           disclosure))
-    r = run_cli("check", study(tmp_path, None), "--data", small_data, "--project", p)
+    r = cli(capsys, "check", study(tmp_path, None), "--data", small_data, "--project", p)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"{p}:6" in r.stderr and all(w in r.stderr for w in words), r.stderr
 
 
 def test_the_export_gate_holds_codes_a_run_showed_without_the_project(approved, small_data,
-                                                                       tmp_path):
+                                                                       tmp_path, capsys):
     """The attacker runs without --project (the codes are shown), then exports under it."""
     from hpcstudy.engines import run as R
 
     p = project(tmp_path)
-    r = run_cli("check-outputs", approved, "--project", p)
+    r = cli(capsys, "check-outputs", approved, "--project", p)
     assert r.returncode == 0, r.stderr            # the approved run's ranks pass
     free = tmp_path / "free"
     R.run(study(tmp_path, "code"), small_data, free, engine="reference")
-    r = run_cli("check-outputs", free, "--project", p)
+    r = cli(capsys, "check-outputs", free, "--project", p)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     held = r.stderr
     for f in ("tables/hospitals.csv", "results.json:hospitals", "report.html",

@@ -385,7 +385,9 @@ def hospitals(plan: Plan, df: pd.DataFrame, fitted: dict | None = None,
 def _identified(rows: list[dict], identify: str) -> list[dict]:
     """Codes replaced: ``rank`` by O/E (1 the lowest, ties by code), ``none`` by size."""
     if identify == "rank":
-        rows = sorted(rows, key=lambda r: (r["oe"], r["hospital"]))
+        # by O/E, a unit without expected events (no O/E) last
+        rows = sorted(rows, key=lambda r: (not r["oe"] >= 0, r["oe"] if r["oe"] >= 0 else 0,
+                                           r["hospital"]))
     elif identify == "none":
         rows = sorted(rows, key=lambda r: (r["persons"], r["hospital"]))
     else:

@@ -90,7 +90,8 @@ def hospitals(plan, parts, fitted: dict | None = None) -> list[dict]:
                      "limit95_low": l95, "limit95_high": h95, "limit998_low": l998,
                      "limit998_high": h998})
     if h.identify == "rank":      # 1: the lowest O/E; ties by code (never shown)
-        rows.sort(key=lambda r: (r["oe"], r["hospital"]))
+        rows.sort(key=lambda r: (math.isnan(r["oe"]), 0 if math.isnan(r["oe"]) else r["oe"],
+                                 r["hospital"]))   # a unit without expected events last
         for i, r in enumerate(rows, 1):
             r["hospital"] = i
     elif h.identify == "none":    # an anonymous number by size

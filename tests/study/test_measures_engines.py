@@ -146,7 +146,7 @@ def measured_studies(draw):
     return s
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.data_too_large])
 @given(spec=measured_studies())
 def test_engines_agree_on_measures_of_generated_studies(spec, small_data):
