@@ -65,7 +65,9 @@ def episodes(part: dict, varying: tuple[str, ...], bands: dict, age_col: str | N
 
 
 def _persons_part(part, spec):
-    """Per indicator column: the persons with a piece where it is 1, and where it is 0."""
+    """Per indicator column: the persons with a piece where it is 1, and where it is 0. A
+    person's pieces are all in one partition (partitions split by person), so the counts of
+    the partitions add."""
     import numpy as np
 
     from hpcstudy_kernels._namespace import to_numpy
@@ -78,28 +80,19 @@ def _persons_part(part, spec):
         v = np.asarray(to_numpy(part[name]), float)
         on = v == level if level is not None else v == 1
         off = v != level if level is not None else v == 0
-        out.append((set(pnr[on].tolist()), set(pnr[off].tolist())))
+        out.append([np.unique(pnr[on]).size, np.unique(pnr[off]).size])
     return out
-
-
-def _union_pairs(a, b):
-    return [(x | u, y | w) for (x, y), (u, w) in zip(a, b, strict=True)]
 
 
 def person_counts(parts, spec, cells: dict) -> dict:
     """``cells`` (analyses.term_cells of split rows) with each indicator term's ``persons``
-    and ``persons_other`` counted as persons, not pieces. Persons of one partition are in no
-    other (partitions split by person), so the sets stay per partition."""
-    sets = parts.map_reduce(_persons_part, spec, combine=_union_pairs)
-    by_term = iter(sets)
+    and ``persons_other`` counted as persons, not pieces."""
+    counts = parts.map_reduce(_persons_part, spec)
     offset = len(cells["terms"]) - len(spec)   # an intercept first
     terms = []
     for i, t in enumerate(cells["terms"]):
-        if i < offset:
-            terms.append(t)
-            continue
-        on, off = next(by_term)
-        if t["persons"] is not None:
-            t = {**t, "persons": len(on), "persons_other": len(off)}
+        if i >= offset and t["persons"] is not None:
+            on, off = counts[i - offset]
+            t = {**t, "persons": int(on), "persons_other": int(off)}
         terms.append(t)
     return {**cells, "terms": terms}
