@@ -262,7 +262,9 @@ class FittedModel:
         spec_of = {"cox": an.cox, "logistic": an.logistic, "poisson": an.poisson}
         self._strata: tuple[str, ...] = ()
         self._spec = None
-        if name in spec_of and spec_of[name] is not None:
+        split = {"age_band", "time_band"} & set(getattr(spec_of.get(name), "adjust", ()))
+        if name in spec_of and spec_of[name] is not None and not split:
+            # (a model of split follow-up predicts from rows named like its terms only)
             names, self._spec = A.design_columns(plan, parts, spec_of[name].adjust)
             if name == "cox":
                 self._strata = tuple(an.cox.strata)
@@ -357,6 +359,9 @@ class FittedModel:
         if self.kind != "cox":
             raise UserError(f"model {self.name} is {self.kind}: only a Cox model has a "
                             "baseline hazard", fix="use predict()")
+        if self._spec is None:
+            raise UserError(f"model {self.name} fits split follow-up (age_band): its baseline "
+                            "hazard is not one per person's row", fix="use its estimates")
         if self._baseline is None:
             self._baseline = self._breslow()
         return self._baseline

@@ -121,3 +121,14 @@ def test_the_docs_example_is_this_study():
                  if b.startswith("# docs/time.md: the model terms example"))
     assert block.split("\n", 1)[1].replace("name: bands", "name: terms").strip() == \
         STUDY.strip()
+
+
+def test_the_python_api_hands_back_a_model_of_bands(small_data):
+    from hpcstudy import api
+    from hpcstudy.errors import UserError
+
+    result = api.run(study_from_text(STUDY), small_data, engine="reference")
+    assert "age_band 60-75" in result.models["poisson"].terms
+    assert "age_band 60-75" in result.models["cox"].terms
+    with pytest.raises(UserError, match="split follow-up"):
+        result.models["cox"].baseline_hazard
