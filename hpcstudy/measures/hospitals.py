@@ -128,9 +128,10 @@ def hidden_codes(kind: str, content, study_doc, approval, where: str) -> list[st
             shown = sorted(hosp & set(rows[0]))
             if shown:
                 out.append(f"{at}: column {shown[0]!r} {why}")
-            terms = [r.get("term") for r in rows if isinstance(r.get("term"), str)]
-            if any(t.split("=", 1)[0] in hosp for t in terms if "=" in t):
-                out.append(f"{at}: a model term {why}")
+            # a model term, a balance or Table 1 row named hospital=CODE
+            texts = [v for r in rows for v in r.values() if isinstance(v, str) and "=" in v]
+            if any(t.split("=", 1)[0] in hosp for t in texts):
+                out.append(f"{at}: a term or row named after a hospital's code {why}")
 
     if kind == "hospitals" and isinstance(content, list):
         units(content, where)
@@ -144,6 +145,9 @@ def hidden_codes(kind: str, content, study_doc, approval, where: str) -> list[st
         for name, m in (content.get("models") or {}).items():
             if isinstance(m, dict):
                 tables(m.get("terms"), f"{where}:models.{name}")
+        for key, rows in content.items():   # Table 1, balance and other design tables
+            if key not in ("hospitals", "rates", "measures", "models"):
+                tables(rows, f"{where}:{key}")
     elif isinstance(content, list):
         tables(content, where)
     return out
