@@ -175,7 +175,7 @@ def test_the_export_gate_holds_codes_a_run_showed_without_the_project(approved, 
     r = cli(capsys, "check-outputs", approved, "--project", p)
     assert r.returncode == 0, r.stderr            # the approved run's ranks pass
     free = tmp_path / "free"
-    R.run(study(tmp_path, "code"), small_data, free, engine="reference")
+    R.run(study(tmp_path, "code", measure=True), small_data, free, engine="reference")
     r = cli(capsys, "check-outputs", free, "--project", p)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     held = r.stderr
@@ -183,3 +183,6 @@ def test_the_export_gate_holds_codes_a_run_showed_without_the_project(approved, 
               "tables/hospitals.md"):
         assert f"withheld {f}" in held, held
     assert "shows hospital codes, which project FSEID-00000016 hides" in held
+    # the measure by hospital too: its key column is the codes
+    assert "withheld tables/measure_mortality_by_hospital.csv: column 'hospital'" in held
+    assert "results.json:measures.mortality_by_hospital: column 'hospital'" in held
