@@ -173,3 +173,43 @@ def test_engines_agree_on_measures_of_generated_studies(spec, small_data):
             except UserError as e:   # the same refusal, word for word
                 out.append(str(e))
         compare(out[0], out[1])
+
+
+SHARES = """
+name: shares
+codelists:
+  mi: {system: icd10, codes: [I21*]}
+index:
+  first_event: {codelist: mi}
+  between: [2012-01-01, 2013-12-31]
+covariates: [age]
+outcome: {name: death, death: true, window: [0, 30]}
+analyses:
+  measures:
+    - {name: since, by: [time_band], interval: year, time_bands: [0, 7, 30]}
+    - {name: ages, by: [age_band], age_bands: [0, 60, 150]}
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_proportions_spec_table(engine, tmp_path):
+    """30-day mortality: each person once, in the year of the index day, the band of their age
+    at index and the time band of the day they left (day 30 is the window's last)."""
+    r = Registers()
+    r.person(1, "M", "1950-01-01").contact(1, "2012-03-01", "DI219").death(1, "2012-03-05")
+    r.person(2, "F", "1960-01-01").contact(2, "2012-12-31", "DI219").death(2, "2013-01-20")
+    r.person(3, "M", "1955-01-01").contact(3, "2013-06-01", "DI219")          # survives
+    r.person(4, "F", "1940-06-01").contact(4, "2013-02-01", "DI219").move(4, "U", "2013-02-10")
+    r.person(5, "M", "1952-01-01").contact(5, "2012-07-01", "DI219").death(5, "2012-07-31")
+    data = r.write(tmp_path / "d", partitions=2)
+    _, plan, ds = R.prepare(study_from_text(SHARES), data)
+    _, attrition, parts = R.person_table(plan, ds, engine)
+    got = R.analyse(plan, parts, attrition, ds=ds)["measures"]
+    since = {(x["time_band"], x["interval"]): (x["persons"], x["events"], x["proportion"])
+             for x in got["since"]}
+    assert since == {("0-6", "2012"): (1, 1, 1.0), ("7-29", "2012"): (1, 1, 1.0),
+                     ("30+", "2012"): (1, 1, 1.0), ("7-29", "2013"): (1, 0, 0.0),
+                     ("30+", "2013"): (1, 0, 0.0)}
+    ages = {x["age_band"]: (x["persons"], x["events"]) for x in got["ages"]}
+    assert ages == {"0-60": (2, 1), "60-150": (3, 2)}
+    assert not any("person_years" in x for x in got["since"] + got["ages"])
