@@ -304,16 +304,57 @@ def analyse(plan: Plan, parts, ds=None, fitted: dict | None = None) -> dict:
     return out
 
 
+def danish_population(ds, year: int, bands) -> list[float]:
+    """Persons alive, born and living in Denmark on 1 January ``year`` per age band, counted
+    with the reference engine's own rules: the last move on or before the day says where a
+    person lives; without one, a person whose first move is an immigration lived abroad."""
+    day = int(np.datetime64(f"{year}-01-01", "D").astype(np.int64))
+
+    def days(s):
+        return pd.to_datetime(s).to_numpy().astype("datetime64[D]").astype(np.int64)
+
+    bef = ds.read("bef", columns=["pnr", "foed_dag"]).to_pandas()
+    dod = ds.read("dod", columns=["pnr", "doddato"]).to_pandas()
+    moves = ds.read("vnds", columns=["pnr", "indud_kode", "haend_dato"],
+                    decode=True).to_pandas()
+    moves["day"] = days(moves["haend_dato"])
+    moves = moves.sort_values(["pnr", "day"], kind="stable")
+    people = pd.DataFrame({"born": days(bef["foed_dag"])}, index=bef["pnr"].to_numpy())
+    people["died"] = pd.Series(days(dod["doddato"]), index=dod["pnr"].to_numpy()) \
+        .groupby(level=0).min().reindex(people.index)
+    before = moves[moves["day"] <= day].groupby("pnr")["indud_kode"].last()
+    first = moves.groupby("pnr")["indud_kode"].first()
+    home = before.reindex(people.index).eq("I")
+    never = before.reindex(people.index).isna()
+    home[never] = first.reindex(people.index)[never].ne("I").to_numpy()
+    alive = (people["born"] <= day) & ~(people["died"] < day)
+    age = (day - people["born"][alive & home]) / YEAR
+    edges = np.asarray(bands, dtype=float)
+    j = np.searchsorted(edges, age.to_numpy(), side="right") - 1
+    return [float(np.count_nonzero(j == i)) for i in range(len(edges) - 1)]
+
+
+def _standard(m, ds):
+    """The standard population of a measure (None: no direct standardisation), the Danish one
+    counted here; refusals as the partition engine's (measures.compute)."""
+    from ..measures.compute import standard_population
+
+    if m.standardise and m.standardise.startswith("danish_") and ds is not None:
+        bands = m.age_bands or _default_bands()
+        own = danish_population(ds, int(m.standardise.split("_")[1]), bands)
+        if all(w > 0 for w in own):
+            return own
+    return standard_population(m, ds)   # the ESP 2013, or the refusal of an empty band
+
+
 def measures(plan: Plan, df: pd.DataFrame, ds=None) -> dict[str, list[dict]]:
     """Every measure of the study, by name, from the per-person frame."""
-    from ..measures.compute import standard_population
     from .analyses import fixed_horizon
 
     proportion = fixed_horizon(plan)
     age_col = next((c.name for c in plan.columns if c.kind == "age"), None)
     varying = tuple(c.name for c in plan.columns if c.time_varying)
-    return {m.name: measure_rows(df, m, proportion, age_col, standard_population(m, ds),
-                                 varying)
+    return {m.name: measure_rows(df, m, proportion, age_col, _standard(m, ds), varying)
             for m in plan.study.analyses.measures}
 
 

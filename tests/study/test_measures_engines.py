@@ -213,3 +213,17 @@ def test_proportions_spec_table(engine, tmp_path):
     ages = {x["age_band"]: (x["persons"], x["events"]) for x in got["ages"]}
     assert ages == {"0-60": (2, 1), "60-150": (3, 2)}
     assert not any("person_years" in x for x in got["since"] + got["ages"])
+
+
+def test_the_danish_population_counted_twice_agrees(small_data):
+    """The reference engine's own count of the Danish standard population and the one the
+    partition engine uses, on years across the data."""
+    from hpcstudy.engines.reference_measures import danish_population
+    from hpcstudy.measures.standard import danish_population as shared
+    from hpcstudy.registers.store import Dataset
+
+    ds = Dataset.open(small_data)
+    for year in (2000, 2015, 2022):
+        bands = (0, 30, 50, 70, 150)
+        own = danish_population(ds, year, bands)
+        assert own == shared(ds, year, bands) and sum(own) > 1000
