@@ -6,8 +6,9 @@ other (docs/measures.md).
 Follow-up is cut one time scale after another: each piece of follow-up is repeated once per
 band of the scale it touches and clipped to the band's days (pandas ``repeat``), the calendar
 from datetime64 months, attained age from whole-day limits after birth, time since index from
-the index day, a time-varying covariate at its switch day. Only the statistics of a finished
-count (exact intervals, Fay–Feuer, funnel limits) and the standard populations are shared.
+the index day, a time-varying covariate at its switch day; the Danish standard population is
+counted here too. Shared with the partition engine: the statistics of a finished count (exact
+intervals, Fay–Feuer, funnel limits), the ESP 2013 table, the risk model's Newton fit.
 """
 
 from __future__ import annotations
