@@ -262,7 +262,9 @@ class FittedModel:
         spec = plan.analysis(ModelPlan, model=name)
         self._strata: tuple[str, ...] = ()
         self._spec = None
-        if spec is not None:
+        split = spec is not None and {"age_band", "time_band"} & set(spec.adjust)
+        if spec is not None and not split:
+            # (a model of split follow-up predicts from rows named like its terms only)
             names, self._spec = A.design_columns(plan, parts, spec.adjust)
             self._strata = tuple(spec.strata)
         self._baseline = None
@@ -356,6 +358,9 @@ class FittedModel:
         if self.kind != "cox":
             raise UserError(f"model {self.name} is {self.kind}: only a Cox model has a "
                             "baseline hazard", fix="use predict()")
+        if self._spec is None:
+            raise UserError(f"model {self.name} fits split follow-up (age_band): its baseline "
+                            "hazard is not one per person's row", fix="use its estimates")
         if self._baseline is None:
             self._baseline = self._breslow()
         return self._baseline

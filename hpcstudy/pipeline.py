@@ -50,6 +50,10 @@ def prepare(study: Study | str | Path, data: str | Path, approval=None) -> Prepa
     if not isinstance(study, Study):
         study = load_study(study)
     ds = Dataset.open(data)
+    if approval is not None:   # the project hides hospital codes: the study can only hide more
+        from .secure.approval import approved_study
+
+        study = approved_study(study, approval)
     plan, problems = compile_study(study, ds)
     if approval is not None:
         from .secure.approval import check as check_approval

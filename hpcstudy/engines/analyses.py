@@ -131,15 +131,25 @@ def measure(parts: Partitions, by: tuple[str, ...],
 
 
 # -- models -----------------------------------------------------------------------------------
-def design_columns(plan: Plan, parts: Partitions, adjust: tuple[str, ...]):
+def design_columns(plan: Plan, parts: Partitions, adjust: tuple[str, ...], bands=None):
     """Names of the design's terms: group (with a comparator), then covariates; a region is
-    expanded into indicators against its lowest level."""
+    expanded into indicators against its lowest level, a split of follow-up (``age_band``,
+    ``time_band`` of split rows, limits in ``bands``) into indicators against its first."""
     names, spec = [], []
     if plan.has_comparator:
         names.append(plan.exposure_name)
         spec.append(("group", None))
     for a in adjust:
-        kind = next(c.kind for c in plan.columns if c.name == a)
+        if a in ("age_band", "time_band"):
+            from ..timesplit.terms import band_label
+
+            levels = sorted(parts.map_reduce(_levels, a, combine=_union))
+            for lv in levels[1:]:
+                names.append(f"{a} {band_label(a, bands[a], lv)}")
+                spec.append((a, lv))
+            continue
+        col = next(c for c in plan.columns if c.name == a)
+        kind = col.kind if col.attribute != "diagnoses" else "flag"   # a contact's diagnoses: 0/1
         if kind in ("region", "index_contact"):   # categories: indicators vs the lowest
             levels = _sorted_values(parts.map_reduce(_distinct, a, combine=_cat))
             for lv in levels[1:]:
@@ -213,15 +223,36 @@ def _weights(part):
     return xp.ones(part["pnr"].shape[0])
 
 
-def _split_varying(plan: Plan, parts: Partitions, terms) -> tuple[Partitions, int | None]:
+def _split_varying(plan: Plan, parts: Partitions, terms,
+                   bands=None) -> tuple[Partitions, int | None]:
     """The partitions split at the switch days of the time-varying covariates among ``terms``
-    (timesplit.varying), and the persons before the split; unchanged without any."""
+    and at the limits of the split terms (``bands``: {"age_band": …, "time_band": …};
+    timesplit.terms), and the persons before the split; unchanged without any."""
     tv = tuple(c.name for c in plan.columns if c.time_varying and c.name in terms)
-    if not tv:
+    bands = {k: v for k, v in (bands or {}).items() if k in terms}
+    if not tv and not bands:
         return parts, None
-    from ..timesplit.varying import episodes
+    from ..timesplit.terms import episodes
 
-    return parts.map(episodes, tv), sum(parts.map_reduce(_n_rows))
+    age_col = next((c.name for c in plan.columns if c.kind == "age"), None)
+    return parts.map(episodes, tv, bands, age_col), sum(parts.map_reduce(_n_rows))
+
+
+def model_bands(spec) -> dict:
+    """{"age_band": limits, "time_band": limits} of a model's split terms."""
+    if spec is None:
+        return {}
+    return {k: getattr(spec, f"{k}s") for k in ("age_band", "time_band")
+            if getattr(spec, f"{k}s", None) is not None}
+
+
+def _persons_of_terms(m, parts, spec, persons):
+    """A split model's counts: persons, not pieces of follow-up."""
+    if persons is not None:
+        from ..timesplit.terms import person_counts
+
+        m.cells_ = person_counts(parts, spec, m.cells_)
+        m.cells_["persons"] = persons
 
 
 def _n_rows(part):
@@ -236,9 +267,11 @@ def _recode(part, keys):
     return part
 
 
-def cox(plan: Plan, parts: Partitions, adjust, strata) -> CoxPH:
-    names, spec = design_columns(plan, parts, adjust)
-    parts, persons = _split_varying(plan, parts, (*adjust, *strata))
+def cox(plan: Plan, parts: Partitions, adjust, strata, bands: dict | None = None) -> CoxPH:
+    """``bands``: limits of the split terms in ``adjust`` (:func:`model_bands`)."""
+    bands = bands or {}
+    parts, persons = _split_varying(plan, parts, (*adjust, *strata), bands)
+    names, spec = design_columns(plan, parts, adjust, bands)
     # on a GPU run the tables go to the device here (once) and the fit runs there
     p = on_device(parts).map(_cox_part, spec, strata)
     if strata:
@@ -246,8 +279,8 @@ def cox(plan: Plan, parts: Partitions, adjust, strata) -> CoxPH:
         p = p.map(_recode, codes.astype(np.int64))
     m = CoxPH("efron").fit_partitions(p, names)
     m.cells_ = term_cells(p, names, "event", _variables(spec))
-    if persons is not None:   # rows are pieces of follow-up; the model's persons are persons
-        m.cells_["persons"] = persons
+    # rows are pieces of follow-up; the model's persons are persons
+    _persons_of_terms(m, parts, spec, persons)
     return m
 
 
@@ -360,17 +393,18 @@ def _glm_part(part, spec, poisson):
     return out
 
 
-def glm(plan: Plan, parts: Partitions, adjust, poisson: bool):
-    names, spec = design_columns(plan, parts, adjust)
+def glm(plan: Plan, parts: Partitions, adjust, poisson: bool, bands: dict | None = None):
+    """``bands``: limits of the split terms in ``adjust`` (:func:`model_bands`; Poisson only)."""
     persons = None
+    bands = (bands or {}) if poisson else {}
     if poisson:   # person-time by exposure state; a logistic model refuses such terms (parse)
-        parts, persons = _split_varying(plan, parts, adjust)
+        parts, persons = _split_varying(plan, parts, adjust, bands)
+    names, spec = design_columns(plan, parts, adjust, bands)
     p = on_device(parts).map(_glm_part, spec, poisson)
     model = Poisson() if poisson else Logistic()
     m = model.fit_partitions(p, ["intercept", *names])
     m.cells_ = term_cells(p, ["intercept", *names], "y", _variables(spec))
-    if persons is not None:
-        m.cells_["persons"] = persons
+    _persons_of_terms(m, parts, spec, persons)
     return m
 
 

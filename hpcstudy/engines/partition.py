@@ -703,7 +703,7 @@ def _charlson(c: CharlsonColumn, g: Group):
 def _index_contact(c: IndexContactColumn, g: Group):
     pp, rows = g.pp, g.rows
     return {c.name: contact.array_attribute(pp.data, g.g.index.stream, pp.pnr[rows],
-                                            g.idx[rows], c.attribute)}
+                                            g.idx[rows], c.attribute, c.stream)}
 
 
 # -- whole tables ------------------------------------------------------------------------------

@@ -269,7 +269,8 @@ def _flag_count(col, g):
 
 @COLUMNS.register(IndexContactColumn)
 def _index_contact(col, g):
-    return {col.name: contact.frame_attribute(g.data, g.g.index.stream, g.c, col.attribute)}
+    return {col.name: contact.frame_attribute(g.data, g.g.index.stream, g.c, col.attribute,
+                                              col.stream)}
 
 
 @COLUMNS.register(CharlsonColumn)

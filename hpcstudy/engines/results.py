@@ -81,9 +81,10 @@ def _model(node: ModelPlan, ctx: Context) -> None:
     plan = ctx.plan
     try:
         if node.model == "cox":
-            m = A.cox(plan, ctx.parts, node.adjust, node.strata)
+            m = A.cox(plan, ctx.parts, node.adjust, node.strata, A.model_bands(node))
         else:
-            m = A.glm(plan, ctx.parts, node.adjust, node.model == "poisson")
+            m = A.glm(plan, ctx.parts, node.adjust, node.model == "poisson",
+                      A.model_bands(node))
     except ModelError as e:
         raise UserError(f"model cannot be fitted: {e}", where=plan.source,
                         fix="simplify the model or widen the cohort") from e
@@ -114,16 +115,16 @@ def _measure(node: MeasurePlan, ctx: Context) -> None:
     # hpcstudy.measures computes the plan's measures together (they share the age bands and
     # standard populations): the first measure node fills the section, in the plan's order
     if "measures" not in ctx.res:
-        from ..measures.compute import measures
+        from .reference_measures import measures_of
 
-        ctx.res["measures"] = measures(ctx.plan, ctx.parts, ctx.ds)
+        ctx.res["measures"] = measures_of(ctx.plan, ctx.parts, ctx.ds)
 
 
 @ANALYSES.register(HospitalsPlan)
 def _hospitals(node: HospitalsPlan, ctx: Context) -> None:
-    from ..measures.hospitals import hospitals
+    from .reference_measures import hospitals_of
 
-    ctx.res["hospitals"] = hospitals(ctx.plan, ctx.parts, ctx.fitted)
+    ctx.res["hospitals"] = hospitals_of(ctx.plan, ctx.parts, ctx.fitted)
 
 
 def model_result(m) -> dict:

@@ -59,7 +59,9 @@ def person_table(plan: Plan, ds: Dataset, engine: str = "dask", client=None, pro
         df, attrition = eng.person_table(ds, plan)
         df, attrition, design = eng.design(plan, df, attrition)
         tables = [{c: df[c].to_numpy() for c in df.columns}]
-        return PersonTables(tables, attrition, LocalPartitions(tables), design)
+        parts = LocalPartitions(tables)
+        parts.frame = df   # measures and hospitals: the reference engine's own pandas code
+        return PersonTables(tables, attrition, parts, design)
     from . import partition
     from .dask_engine import PartitionTables
 

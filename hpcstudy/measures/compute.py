@@ -254,33 +254,38 @@ def measure_rows(parts, m: Measure, proportion: bool, age_col: str | None,
     return rows
 
 
+def standard_population(m: Measure, ds=None) -> list[float] | None:
+    """Persons of a measure's standard population per age band (None: no direct
+    standardisation); a band without anybody is refused (its rates would weigh nothing)."""
+    if not m.standardise:
+        return None
+    bands = m.age_bands or S.default_bands()
+    if m.standardise == "esp2013":
+        standard = S.esp_weights(bands)
+    elif ds is None:
+        raise UserError(f"measure {m.name!r}: the Danish standard population is "
+                        "counted from the data's bef, which this call was not given",
+                        where=m.where, fix="run the study (hpcstudy run) or pass the data")
+    else:
+        standard = S.danish_population(ds, int(m.standardise.split("_")[1]), bands)
+    empty = [i for i, w in enumerate(standard) if w <= 0]
+    if empty:
+        i = empty[0]
+        raise UserError(f"measure {m.name!r}: the standard population "
+                        f"{m.standardise} has nobody aged {bands[i]:g}-"
+                        f"{bands[i + 1]:g}, so its bands do not cover the cohort",
+                        where=m.where, fix="merge that band into its neighbour in "
+                        "age_bands")
+    return standard
+
+
 def measures(plan, parts, ds=None) -> dict[str, list[dict]]:
     """Every measure of the study, by name."""
     from ..engines.analyses import fixed_horizon
 
     proportion = fixed_horizon(plan)
     age_col = next((c.name for c in plan.columns if c.kind == "age"), None)
-    out = {}
-    for m in plan.measures:
-        standard = None
-        if m.standardise:
-            bands = m.age_bands or S.default_bands()
-            if m.standardise == "esp2013":
-                standard = S.esp_weights(bands)
-            elif ds is None:
-                raise UserError(f"measure {m.name!r}: the Danish standard population is "
-                                "counted from the data's bef, which this call was not given",
-                                where=m.where, fix="run the study (hpcstudy run) or pass the data")
-            else:
-                standard = S.danish_population(ds, int(m.standardise.split("_")[1]), bands)
-            empty = [i for i, w in enumerate(standard) if w <= 0]
-            if empty:
-                i = empty[0]
-                raise UserError(f"measure {m.name!r}: the standard population "
-                                f"{m.standardise} has nobody aged {bands[i]:g}-"
-                                f"{bands[i + 1]:g}, so its bands do not cover the cohort",
-                                where=m.where, fix="merge that band into its neighbour in "
-                                "age_bands")
-        varying = tuple(c.name for c in plan.columns if c.time_varying)
-        out[m.name] = measure_rows(parts, m, proportion, age_col, standard, varying)
-    return out
+    varying = tuple(c.name for c in plan.columns if c.time_varying)
+    return {m.name: measure_rows(parts, m, proportion, age_col, standard_population(m, ds),
+                                 varying)
+            for m in plan.measures}

@@ -109,7 +109,8 @@ def hospitals(plan, parts, fitted: dict | None = None) -> list[dict]:
                      "limit95_low": l95, "limit95_high": h95, "limit998_low": l998,
                      "limit998_high": h998})
     if h.identify == "rank":      # 1: the lowest O/E; ties by code (never shown)
-        rows.sort(key=lambda r: (r["oe"], r["hospital"]))
+        rows.sort(key=lambda r: (math.isnan(r["oe"]), 0 if math.isnan(r["oe"]) else r["oe"],
+                                 r["hospital"]))   # a unit without expected events last
         for i, r in enumerate(rows, 1):
             r["hospital"] = i
     elif h.identify == "none":    # an anonymous number by size
@@ -117,3 +118,55 @@ def hospitals(plan, parts, fitted: dict | None = None) -> list[dict]:
         for i, r in enumerate(rows, 1):
             r["hospital"] = i
     return rows
+
+
+def hidden_codes(kind: str, content, study_doc, approval, where: str) -> list[str]:
+    """What the export gate holds under a project that hides hospital codes
+    (``disclosure.identify_hospitals``): a hospitals table whose units are not the ranks or
+    numbers 1…n, and a table or model that shows a hospital covariate's codes (a key column
+    or a ``hospital=CODE`` term), whichever run wrote it."""
+    hides = getattr(approval, "identify_hospitals", "code") != "code"
+    if not hides or content is None:
+        return []
+    covs = study_doc.get("covariates") if isinstance(study_doc, dict) else None
+    hosp = {c.get("name") for c in covs or () if isinstance(c, dict) and
+            c.get("index_contact") == "c_sgh"}
+    why = f"shows hospital codes, which project {approval.project} hides"
+    out = []
+
+    def units(rows, at):
+        try:
+            got = sorted(int(r["hospital"]) for r in rows)
+        except (KeyError, TypeError, ValueError):
+            got = None
+        if got != list(range(1, len(rows) + 1)):
+            out.append(f"{at}: {why} (the units must be numbered 1 to {len(rows)})")
+
+    def tables(rows, at):
+        if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+            shown = sorted(hosp & set(rows[0]))
+            if shown:
+                out.append(f"{at}: column {shown[0]!r} {why}")
+            # a model term, a balance or Table 1 row named hospital=CODE
+            texts = [v for r in rows for v in r.values() if isinstance(v, str) and "=" in v]
+            if any(t.split("=", 1)[0] in hosp for t in texts):
+                out.append(f"{at}: a term or row named after a hospital's code {why}")
+
+    if kind == "hospitals" and isinstance(content, list):
+        units(content, where)
+    elif kind == "results" and isinstance(content, dict):
+        if isinstance(content.get("hospitals"), list):
+            units(content["hospitals"], f"{where}:hospitals")
+        for key in ("rates",):
+            tables(content.get(key), f"{where}:{key}")
+        for name, rows in (content.get("measures") or {}).items():
+            tables(rows, f"{where}:measures.{name}")
+        for name, m in (content.get("models") or {}).items():
+            if isinstance(m, dict):
+                tables(m.get("terms"), f"{where}:models.{name}")
+        for key, rows in content.items():   # Table 1, balance and other design tables
+            if key not in ("hospitals", "rates", "measures", "models"):
+                tables(rows, f"{where}:{key}")
+    elif isinstance(content, list):
+        tables(content, where)
+    return out

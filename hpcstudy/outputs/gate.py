@@ -42,7 +42,7 @@ REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
             "hospitals": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
             "measure": ("persons", "events"), "table1": ("persons",), "preference": ("persons",)}
-LEXIS_TERM = re.compile(r"(age_band|period) \S+")
+LEXIS_TERM = re.compile(r"(age_band|period|time_band) \S+")
 RUN_FIELDS = {"engine", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
               "approval", "study_warnings", "device"}
 
@@ -742,6 +742,7 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
                 verdict.hold(p, x)
     # results.json first: the tables repeat its sections and are compared with them
     res = None
+    shows_codes = False
     # and the report last: its every number is checked against the files it was made from
     order = sorted(entries, key=lambda p: (entries[p]["kind"] != "results",
                                            entries[p]["kind"] in M.REPORT_KINDS, p))
@@ -785,6 +786,15 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
             except (ValueError, csv.Error):
                 pass   # already refused as not a CSV table
             content = _parse_csv(text)[1] if not problems else None
+        if approval is not None:   # hospital codes the project hides (the report comes last)
+            from ..measures.hospitals import hidden_codes
+
+            if e["kind"] not in M.REPORT_KINDS:
+                codes = hidden_codes(e["kind"], content, T.kept_study(out, doc)[0], approval, p)
+                problems += codes
+                shows_codes = shows_codes or bool(codes)
+            elif shows_codes:
+                problems.append(f"{p}: repeats the tables that show hospital codes")
         if problems or edited:
             for x in problems:
                 verdict.hold(p, x)

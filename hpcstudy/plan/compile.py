@@ -152,6 +152,9 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
         elif cov.kind in ("flag", "count"):
             cols.append(COLUMNS[cov.kind](cov.name, c.stream(cov.events, "covariates"),
                                           cov.window, time_varying=cov.time_varying))
+        elif cov.kind == "index_contact" and cov.attribute == "diagnoses":   # a 0/1 flag
+            cols.append(IndexContactColumn(cov.name, c.stream(cov.events, "covariates"),
+                                           attribute=cov.attribute))
         elif cov.kind == "index_contact":   # read from the index rule's lpr contacts
             c.reads.setdefault(SOURCES["lpr"].table, set()).add(cov.attribute)
             cols.append(IndexContactColumn(cov.name, attribute=cov.attribute))
@@ -202,7 +205,9 @@ def _analyses(study: Study) -> tuple:
         m = getattr(a, model)
         if m is not None:
             out.append(ModelPlan(model, tuple(m.adjust),
-                                 tuple(m.strata) if model == "cox" else ()))
+                                 tuple(m.strata) if model == "cox" else (),
+                                 *(None if b is None else tuple(b) for b in
+                                   (m.age_bands, m.time_bands))))
     if a.curves:
         out.append(CurvesPlan())
     if a.lexis is not None:

@@ -317,6 +317,8 @@ class ModelPlan(Analysis):
     model: str
     adjust: tuple[str, ...] = ()
     strata: tuple[str, ...] = ()
+    age_bands: tuple[float, ...] | None = None   # limits of the term age_band (split rows)
+    time_bands: tuple[int, ...] | None = None    # limits of the term time_band (days)
 
 
 @dataclass(frozen=True)

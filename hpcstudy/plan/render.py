@@ -84,6 +84,9 @@ def render(plan: Plan) -> str:
                 "charlson": "Charlson index (Danish ICD-10), 19 categories"}.get(c.kind, "")
         if c.kind in ("flag", "count"):
             desc = f"{'any' if c.kind == 'flag' else 'number of'} {_stream(c.stream)}"
+        elif c.kind == "index_contact":
+            desc = (f"any diagnosis of the index contact in {_stream(c.stream)} (0/1)"
+                    if c.attribute == "diagnoses" else f"the index contact's {c.attribute}")
         w = f" in days {_w(c.window)}" if c.window else ""
         out.append(f"  {c.name}: {desc}{w}")
     o = plan.outcome

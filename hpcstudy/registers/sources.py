@@ -90,6 +90,7 @@ SOURCES: dict[str, EventSource] = {s.name: s for s in (
 
 # The source a codelist's events come from when a study names no register.
 DEFAULT_SOURCE = {"icd10": "lpr", "atc": "lmdb"}
+HOSPITAL = "c_sgh"   # the lpr contact's column that names its hospital (see filters above)
 
 
 def event_registers() -> set[str]:

@@ -10,11 +10,15 @@ A project file (YAML) is what the data authority approved::
       lpr_adm: [pnr, recnum, d_inddto, c_pattype]
       lpr_diag: "*"
     period: [2005-01-01, 2023-12-31]
-    disclosure: {min_cell: 5}
+    disclosure: {min_cell: 5, identify_hospitals: rank}
     datasets: [9f2c…]               # optional: SHA-256s of the approved datasets' manifest.json
 
 ``check``, ``plan`` and ``run`` compare a compiled plan with it before any data is read and
-refuse a study that reaches outside, naming each register, column or date outside. The
+refuse a study that reaches outside, naming each register, column or date outside.
+``disclosure.identify_hospitals`` (``code``, ``rank`` or ``none``) is how far a hospital's code
+may be shown: ``rank`` or ``none`` replaces it in every hospitals table whatever the study's
+``identify:`` says, and refuses a study that would show the codes elsewhere (a hospital key in
+``by:`` or a model term). The
 calendar span applies to the dated events a study uses (hospital contacts, dispensings, causes
 of death); the population registers (bef, dod, vnds) are needed whole to establish who lived
 in Denmark, so only their columns are checked. With ``datasets:``, a study may run only on a
@@ -25,6 +29,7 @@ ingest is another dataset). A site with ``require_project: true`` (see ``site.py
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import re
@@ -35,9 +40,12 @@ import numpy as np
 
 from ..plan.nodes import Plan
 from ..registers.schema import REGISTERS, day
-from ..registers.sources import event_registers
+from ..registers.sources import HOSPITAL, event_registers
 from ..study.language import Problem
 from ..study.yamlio import Node, load
+
+DISCLOSURE_FIELDS = ("min_cell", "identify_hospitals")
+IDENTIFY = ("code", "rank", "none")   # from the most shown to the least
 
 
 @dataclass(frozen=True)
@@ -48,11 +56,14 @@ class Approval:
     min_cell: int
     source: str
     datasets: frozenset[str] = frozenset()   # manifest SHA-256s; empty: any dataset
+    identify_hospitals: str = "code"         # code | rank | none: a hospital's code shown?
 
     def as_dict(self) -> dict:
         d = {"project": self.project, "period": [_iso(self.period[0]), _iso(self.period[1])],
              "registers": {k: sorted(v) for k, v in sorted(self.registers.items())},
              "min_cell": self.min_cell}
+        if self.identify_hospitals != "code":
+            d["identify_hospitals"] = self.identify_hospitals
         if self.datasets:
             d["datasets"] = sorted(self.datasets)
         return d
@@ -119,7 +130,20 @@ def load_approval(path: str | Path) -> Approval:
     disc = doc.get("disclosure")
     if disc is not None and not isinstance(disc, Node):
         err(doc, "disclosure", "disclosure", "must be a mapping", "e.g. disclosure: {min_cell: 5}")
+    identify = "code"
     if isinstance(disc, Node):
+        for k in disc:
+            if k not in DISCLOSURE_FIELDS:
+                near = difflib.get_close_matches(str(k), DISCLOSURE_FIELDS, n=1)
+                err(disc, k, f"disclosure.{k}", "unknown field",
+                    f"did you mean {near[0]!r}?" if near else
+                    f"allowed: {', '.join(DISCLOSURE_FIELDS)}")
+        identify = disc.get("identify_hospitals", "code")
+        if identify not in IDENTIFY:
+            err(disc, "identify_hospitals", "disclosure.identify_hospitals",
+                f"{identify!r} is not code, rank or none", "rank shows each hospital's rank "
+                "by O/E instead of its code; none numbers them by size")
+            identify = "none"
         min_cell = disc.get("min_cell", 5)
         if not isinstance(min_cell, int) or isinstance(min_cell, bool) \
                 or not 1 <= min_cell <= 1_000_000:
@@ -145,7 +169,8 @@ def load_approval(path: str | Path) -> Approval:
         from ..study import StudyErrors
 
         raise StudyErrors(problems)
-    return Approval(project.strip(), registers, period, min_cell, f, frozenset(datasets))
+    return Approval(project.strip(), registers, period, min_cell, f, frozenset(datasets),
+                    identify)
 
 
 def manifest_sha256(data: str | Path) -> str | None:
@@ -240,6 +265,7 @@ def check(plan: Plan, approval: Approval) -> list[Problem]:
                                f"reads column(s) {extra} of {reg}, outside project "
                                f"{approval.project}'s approval",
                                f"ask for them in {approval.source} or leave them out"))
+    out += _hospital_codes(plan, approval)
     lo, hi = reach(plan)
     uses_events = any(r in plan.reads for r in event_registers())
     if uses_events and (lo < approval.period[0] or hi > approval.period[1]):
@@ -251,3 +277,48 @@ def check(plan: Plan, approval: Approval) -> list[Problem]:
                            "close open windows (e.g. [-3650, 0] instead of [null, 0]) or move "
                            "the index window"))
     return out
+
+
+def identify_hospitals(study_identify: str, approval: Approval | None) -> str:
+    """How a hospitals table names its units: the study's ``identify:``, or the project's
+    ``identify_hospitals`` where that shows less (a study can hide more, never show more)."""
+    if approval is None:
+        return study_identify
+    return max(study_identify, approval.identify_hospitals, key=IDENTIFY.index)
+
+
+def _hospital_codes(plan: Plan, approval: Approval) -> list[Problem]:
+    """Where a study would show hospital codes that the project hides: a hospital covariate
+    (the index contact's hospital column) as a key of rates or measures, or as a model term."""
+    if approval.identify_hospitals == "code":
+        return []
+    hosp = {c.name for c in plan.columns if c.kind == "index_contact" and
+            c.attribute == HOSPITAL}
+    an = plan.study.analyses
+    uses = [("analyses.rates.by", an.rates_by or ())]
+    uses += [(f"analyses.measures.{m.name}.by", m.by) for m in an.measures]
+    for key in ("cox", "logistic", "poisson"):
+        spec = getattr(an, key)
+        if spec is not None:
+            uses += [(f"analyses.{key}.adjust", spec.adjust),
+                     (f"analyses.{key}.strata", spec.strata)]
+    if an.hospitals is not None:
+        uses.append(("analyses.hospitals.adjust", an.hospitals.adjust))
+    return [Problem(f"{plan.study.source}", field,
+                    f"{name!r} would show hospital codes, which project {approval.project} "
+                    f"hides (identify_hospitals: {approval.identify_hospitals})",
+                    "compare hospitals with analyses.hospitals (its table shows ranks), or "
+                    f"drop {name} from {field}")
+            for field, names in uses for name in names if name in hosp]
+
+
+def approved_study(study, approval: Approval | None):
+    """The study with the project's disclosure settings applied where they show less than the
+    study asks for (its hospitals table's ``identify``); the same object when nothing moves."""
+    from dataclasses import replace
+
+    h = study.analyses.hospitals
+    if h is None or identify_hospitals(h.identify, approval) == h.identify:
+        return study
+    hospitals = replace(h, identify=identify_hospitals(h.identify, approval))
+    return replace(study, analyses=replace(study.analyses, hospitals=hospitals))

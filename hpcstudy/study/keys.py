@@ -114,8 +114,10 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
         "window": (_WINDOW[0], "default [null, 0]; charlson [-3650, 0]"),
         "time_varying": ("true | false", "a 0/1 covariate that switches on at its first "
                          "event after index (follow-up is split there)"),
-        "index_contact": ("c_sgh | c_pattype", "an attribute of the index contact (the "
-                          "hospital, the patient type); needs an index from lpr contacts"),
+        "index_contact": ("c_sgh | c_pattype | diagnoses", "an attribute of the index contact "
+                          "(the hospital, the patient type, or with codelist: 1 when one of "
+                          "its diagnoses is in the codelist); needs an index from lpr "
+                          "contacts"),
         **_EVENTS,
     },
     "outcome": {
@@ -135,10 +137,11 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
     "analyses": {
         "rates": ("false, or {by: [...]}", "rates by covariates besides the cohort table"),
         "curves": ("true | false", "Kaplan–Meier and cumulative incidence per group"),
-        "cox": ("true, false or {adjust, strata}", "Cox model"),
+        "cox": ("true, false or {adjust, strata, age_bands}", "Cox model"),
         "logistic": ("true, false or {adjust}", "logistic model of the outcome within "
                      "follow-up"),
-        "poisson": ("true, false or {adjust}", "Poisson model with log person-years offset"),
+        "poisson": ("true, false or {adjust, age_bands, time_bands}", "Poisson model with log "
+                    "person-years offset"),
         "lexis": ("{age_bands, periods}", "rates by age band and calendar period"),
         "hospitals": ("{by, adjust, identify}", "observed and risk-adjusted expected "
                       "outcomes per hospital, O/E and funnel-plot limits"),
@@ -154,9 +157,16 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
                      "its rank by O/E, or an anonymous number by size (default code)"),
     },
     "cox": {"adjust": _MODEL_ADJUST,
-            "strata": ("list of covariate names", "separate baseline hazards")},
+            "strata": ("list of covariate names", "separate baseline hazards"),
+            "age_bands": ("increasing list of ages 0–150", "attained-age bands of the term "
+                          "age_band (follow-up is split where a person changes band)")},
     "logistic": {"adjust": _MODEL_ADJUST},
-    "poisson": {"adjust": _MODEL_ADJUST},
+    "poisson": {"adjust": _MODEL_ADJUST,
+                "age_bands": ("increasing list of ages 0–150", "attained-age bands of the "
+                              "term age_band (follow-up is split where a person changes "
+                              "band)"),
+                "time_bands": (f"increasing list of whole days 0–{DAYS}", "bands of days "
+                               "since index of the term time_band")},
     "lexis": {
         "age_bands": ("increasing list of ages 0–150", "band limits in years"),
         "periods": ("increasing list of years 1900–2100", "period limits (1 January)"),
@@ -216,6 +226,12 @@ MISPLACED = {
                            "{max_days: ...}",
     ("logistic", "strata"): "only the Cox model takes strata:; adjust for it instead",
     ("poisson", "strata"): "only the Cox model takes strata:; adjust for it instead",
+    ("cox", "time_bands"): "time since index is the Cox model's own time scale (its bands are "
+                           "the baseline hazard's): use poisson: for a time_band term",
+    ("logistic", "age_bands"): "a logistic model takes one value per person: use poisson: or "
+                               "cox: for an age_band term",
+    ("logistic", "time_bands"): "a logistic model takes one value per person: use poisson: "
+                                "for a time_band term",
     ("comparator", "between"): "the non-users' index dates come from the exposure's between:",
 }
 

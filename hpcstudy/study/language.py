@@ -161,11 +161,16 @@ class Covariate:
     events: Events | None = None
     window: Window | None = None
     time_varying: bool = False   # a flag that switches on at its first event after index
-    attribute: str | None = None   # kind index_contact: the lpr_adm column (c_sgh, c_pattype)
+    attribute: str | None = None   # kind index_contact: c_sgh, c_pattype or diagnoses (events:
+                                   # the codelist among the contact's diagnoses, a 0/1 flag)
 
     def to_dict(self) -> str | dict:
         if self.kind in ("age", "sex", "region", "calendar_year"):
             return self.kind
+        if self.kind == "index_contact" and self.attribute == "diagnoses":
+            ev = self.events.to_dict()
+            ev.pop("register")
+            return {"name": self.name, "index_contact": "diagnoses", **ev}
         if self.kind == "index_contact":
             return {"name": self.name, "index_contact": self.attribute}
         if self.kind == "charlson":
@@ -210,6 +215,16 @@ class Outcome:
 class ModelSpec:
     adjust: tuple[str, ...] = ()
     strata: tuple[str, ...] = ()
+    age_bands: tuple[float, ...] | None = None   # the term age_band: attained-age limits
+    time_bands: tuple[int, ...] | None = None    # the term time_band: days since index
+
+    def to_dict(self) -> dict | bool:
+        d: dict[str, Any] = {k: list(getattr(self, k)) for k in ("adjust", "strata")
+                             if getattr(self, k)}
+        for k in ("age_bands", "time_bands"):
+            if getattr(self, k) is not None:
+                d[k] = list(getattr(self, k))
+        return d or True
 
 
 @dataclass(frozen=True)
@@ -289,8 +304,7 @@ class Analyses:
         for key in ("cox", "logistic", "poisson"):
             m = getattr(self, key)
             if m is not None:
-                a[key] = {k: list(getattr(m, k)) for k in ("adjust", "strata")
-                          if getattr(m, k)} or True
+                a[key] = m.to_dict()
         if self.lexis:
             a["lexis"] = {"age_bands": list(self.lexis.age_bands),
                           "periods": list(self.lexis.periods)}

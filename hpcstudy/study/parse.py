@@ -678,12 +678,16 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
         return None
     if "index_contact" in item:
         attr = item["index_contact"]
-        extra = [k for k in ("count", "window", "time_varying", *EVENT_KEYS) if k in item]
-        if attr not in tuple(SOURCES["lpr"].filters):   # the lpr contact's columns
+        if attr not in CONTACT_ATTRIBUTES:
+            near = closest(attr, CONTACT_ATTRIBUTES) if isinstance(attr, str) else None
             cx.err(item, "index_contact", f"{path}.index_contact", f"{show(attr)} is not an "
-                   "attribute of a contact", "write c_sgh (the hospital) or c_pattype (the "
-                   "patient type)")
+                   "attribute of a contact", f"did you mean {near!r}?" if near else
+                   "write c_sgh (the hospital), c_pattype (the patient type) or diagnoses "
+                   "(with codelist:, a 0/1 flag)")
             return None
+        if attr == "diagnoses":
+            return _contact_diagnoses(cx, item, path, name, names)
+        extra = [k for k in ("count", "window", "time_varying", *EVENT_KEYS) if k in item]
         if extra:
             cx.err(item, extra[0], f"{path}.{extra[0]}", "an attribute of the index contact "
                    "takes only name: and index_contact:", f"drop {extra[0]}:")
@@ -733,6 +737,27 @@ def _covariate(cx: _Ctx, item: Node, path: str, names) -> Covariate | None:
                "switches it on)", "e.g. window: [null, 0]")
         return None
     return Covariate(name, "flag", ev, win, varying) if ev and win else None
+
+
+# the lpr contact's columns (the catalogue's), and its diagnoses (a 0/1 flag for a codelist)
+CONTACT_ATTRIBUTES = (*sorted(SOURCES["lpr"].filters), "diagnoses")
+
+
+def _contact_diagnoses(cx: _Ctx, item: Node, path: str, name: str, names) -> Covariate | None:
+    """``{name, index_contact: diagnoses, codelist, diagnosis_type}``: 1 when a diagnosis of
+    the index contact is in the codelist."""
+    extra = [k for k in item if k not in ("name", "index_contact", "codelist",
+                                          "diagnosis_type")]
+    if extra:
+        cx.err(item, extra[0], f"{path}.{extra[0]}", "the index contact's diagnoses take "
+               "only name:, codelist: and diagnosis_type:", f"drop {extra[0]}:")
+        return None
+    if "codelist" not in item:
+        cx.err(item, "index_contact", f"{path}.codelist", "missing: which diagnoses of the "
+               "index contact?", "add codelist: (an icd10 codelist), e.g. codelist: diabetes")
+        return None
+    ev = _events(cx, item, path, names, register="lpr")
+    return Covariate(name, "index_contact", ev, attribute="diagnoses") if ev else None
 
 
 # -- outcome, analyses ---------------------------------------------------------------------------
@@ -786,14 +811,36 @@ def _model(cx: _Ctx, node, key, covariates: dict[str, Covariate],
         refuse.update({n: "it varies in time, and a logistic model takes one value per "
                        "person: use cox: or poisson: (they split follow-up where it switches)"
                        for n, c in covariates.items() if c.time_varying})
-    out: dict[str, tuple[str, ...]] = {}
+    out: dict[str, tuple] = {}
+    bands = _model_bands(cx, spec, key, path, covariates)
+    if bands is None:
+        return None
+    split = {"age_band": f"give {path}.age_bands: (attained-age limits, e.g. "
+                         "[40, 60, 80, 150]) to use the term age_band",
+             "time_band": f"give {path}.time_bands: (days since index, e.g. [0, 30, 365]) to "
+                          "use the term time_band"}
+    if key == "cox":
+        split["time_band"] = ("time since index is the Cox model's own time scale: its bands "
+                              "are the baseline hazard's; use poisson: for rates by time_band")
+    if key == "logistic":
+        split = {k: "it varies in time, and a logistic model takes one value per person: use "
+                 "poisson: (or cox: for age_band)" for k in split}
     for part in ("adjust", "strata"):
         if part in spec:
-            vals = _names_list(cx, spec, part, f"{path}.{part}", set(covariates),
-                               "covariates", refuse)
+            allowed = set(covariates) | (set(bands) if part == "adjust" else set())
+            no = {**{k: v for k, v in split.items() if k not in allowed}, **refuse}
+            if part == "strata":
+                no.update({k: "a split of follow-up is a term: adjust for it"
+                           for k in ("age_band", "time_band")})
+            vals = _names_list(cx, spec, part, f"{path}.{part}", allowed, "covariates", no)
             if vals is None:
                 return None
             out[part] = vals
+    for k, v in bands.items():
+        out[f"{k}s"] = v
+        if k not in out.get("adjust", ()):
+            cx.warn(spec, f"{k}s", f"{path}.{k}s", f"changes nothing without {k} in adjust:",
+                    f"add {k} to adjust:, or drop {k}s:")
     both = set(out.get("adjust", ())) & set(out.get("strata", ()))
     if both:
         cx.err(spec, "strata", f"{path}.strata", f"{sorted(both)[0]!r} is both adjusted for "
@@ -804,6 +851,33 @@ def _model(cx: _Ctx, node, key, covariates: dict[str, Covariate],
                "add adjust: [...] or a comparator:")
         return None
     return ModelSpec(**out)
+
+
+def _model_bands(cx: _Ctx, spec, key: str, path: str, covariates) -> dict | None:
+    """{"age_band": limits, "time_band": limits} of a model's split terms (None: a problem)."""
+    out: dict[str, tuple] = {}
+    ok = True
+    for k, term in (("age_bands", "age_band"), ("time_bands", "time_band")):
+        if k not in spec or key == "logistic" or (key == "cox" and k == "time_bands"):
+            continue   # refused as a key out of place, with its reason (keys.MISPLACED)
+        v = spec[k]
+        top, whole = (150, False) if k == "age_bands" else (DAYS, True)
+        good = isinstance(v, list) and len(v) >= 2 and all(
+            (is_int(x) if whole else is_number(x)) and 0 <= x <= top for x in v) and \
+            all(b > a for a, b in zip(v, v[1:], strict=False))
+        if not good:
+            cx.err(spec, k, f"{path}.{k}", f"must be an increasing list of at least two "
+                   f"{'whole days' if whole else 'ages'} within 0–{top}, not {show(v)}",
+                   "e.g. [0, 30, 365]" if whole else "e.g. [40, 60, 80, 150]")
+            ok = False
+            continue
+        if k == "age_bands" and not any(c.kind == "age" for c in covariates.values()):
+            cx.err(spec, k, f"{path}.{k}", "age bands need the age covariate (age at index "
+                   "gives each person's birth day)", "add age under covariates:")
+            ok = False
+            continue
+        out[term] = tuple(int(x) for x in v) if whole else tuple(float(x) for x in v)
+    return out if ok else None
 
 
 def _analyses(cx: _Ctx, doc, covariates: dict[str, Covariate],
@@ -911,7 +985,8 @@ def _hospitals(cx: _Ctx, node, covariates: dict[str, Covariate]) -> Hospitals | 
                    "{by: hospital, adjust: [age, sex, charlson]}")
     if h is None:
         return None
-    units = {n for n, c in covariates.items() if c.kind in ("index_contact", "region")}
+    units = {n for n, c in covariates.items() if c.kind in ("index_contact", "region") and
+             c.attribute != "diagnoses"}
     by = h.get("by")
     if "by" not in h:
         cx.err(h, None, "analyses.hospitals.by", "missing", "e.g. by: hospital, with the "

@@ -191,6 +191,11 @@ def studies(draw):
         covs.append({"name": "hospital", "index_contact": "c_sgh"})
         if draw(st.booleans()):
             covs.append({"name": "ptype", "index_contact": "c_pattype"})
+    if from_contacts and draw(st.booleans()):   # a codelist among the contact's diagnoses
+        dx = {"name": "dx", "index_contact": "diagnoses", "codelist": draw(st.sampled_from(ICD))}
+        if draw(st.booleans()):
+            dx["diagnosis_type"] = draw(st.sampled_from([["A"], ["B"], ["A", "B"]]))
+        covs.append(dx)
     s["covariates"] = draw(st.permutations(covs))
     death = draw(st.sampled_from(["no", "all", "cause"]))
     if death == "all":
@@ -264,7 +269,8 @@ def analyses(draw, s):
         periods = sorted(draw(st.lists(st.integers(1995, 2024), min_size=2, max_size=4,
                                        unique=True)))
         a["lexis"] = {"age_bands": ages, "periods": periods}
-    units = [c["name"] for c in covs if isinstance(c, dict) and "index_contact" in c]
+    units = [c["name"] for c in covs if isinstance(c, dict) and
+             c.get("index_contact") in ("c_sgh", "c_pattype")]
     if "region" in _names(covs):
         units.append("region")
     if units and draw(st.booleans()):
@@ -353,7 +359,21 @@ def full_studies(draw):
     if isinstance(s.get("comparator"), dict) and "active" in s["comparator"] and \
             draw(st.booleans()):
         s["comparator"]["both_arms"] = draw(st.sampled_from(["remove", "first", "keep"]))
+    split_terms(draw, s["analyses"])   # last: the draws before stay those of older versions
     return s
+
+
+def split_terms(draw, a: dict) -> None:
+    """age_band (Cox, Poisson) and time_band (Poisson) terms in the models drawn."""
+    for key in ("cox", "poisson"):
+        spec = a.get(key)
+        if not isinstance(spec, dict) or not draw(st.booleans()):
+            continue
+        spec["age_bands"] = draw(st.sampled_from([[0, 50, 150], [40, 60, 80, 150]]))
+        spec["adjust"] = [*spec.get("adjust", []), "age_band"]
+        if key == "poisson" and draw(st.booleans()):
+            spec["time_bands"] = draw(st.sampled_from([[0, 30, 365], [0, 365, 1826]]))
+            spec["adjust"] = [*spec["adjust"], "time_band"]
 
 
 @st.composite
@@ -374,7 +394,7 @@ def propensity(draw, s):
         est = draw(st.sampled_from(["ate", "att", "overlap"]))
         p["weighting"] = {"estimand": est, "stabilised": est != "overlap" and draw(
             st.booleans())}
-        if draw(st.booleans()):
+        if draw(st.integers(0, 3)):   # often: the meta-test must see it in 200 draws
             p["weighting"]["truncate"] = draw(st.sampled_from([[1, 99], [0.5, 99.5], [5, 100]]))
     if method == "stratification" and draw(st.booleans()):
         p["stratification"] = {"strata": draw(st.integers(2, 10))}
