@@ -65,3 +65,52 @@ class Propensity:
         if self.bins != 20:
             d["bins"] = self.bins
         return d
+
+
+SUPPLY = ("ddd", "units")
+
+
+@dataclass(frozen=True)
+class AsTreated:
+    """``follow_up.as_treated``: follow-up ends when the index drug is no longer taken.
+
+    Days of supply of a dispensing: apk × volume (DDDs) / ``per_day`` with ``supply: ddd``, or
+    apk × packsize (units) / ``per_day`` with ``supply: units``; rounded down, at least 1.
+    """
+
+    supply: str = "ddd"             # ddd: apk × volume; units: apk × packsize
+    per_day: float = 1.0            # the stated assumption: DDDs (or units) taken per day
+    grace_days: int = 30            # an uncovered gap up to this long continues the episode
+    stockpile: bool = True          # an early refill starts when the supply in hand runs out
+    episode_end: bool = True        # censor at the end of the episode (+ grace)
+    switch: bool = True             # censor at the first dispensing of the other arm's drug
+    add_on: tuple[str, ...] = ()    # codelists: censor at the first dispensing of any of them
+
+    def to_dict(self, active: bool = True) -> dict | bool:
+        """As written in a study (``active``: the study has an active comparator, where a
+        switch is censored by default)."""
+        d: dict[str, Any] = {}
+        base = AsTreated(switch=active)
+        for k in ("supply", "per_day", "grace_days", "stockpile", "episode_end", "switch"):
+            if getattr(self, k) != getattr(base, k):
+                d[k] = getattr(self, k)
+        if self.add_on:
+            d["add_on"] = list(self.add_on)
+        return d or True
+
+
+@dataclass(frozen=True)
+class EpisodePlan:
+    """A group's as-treated follow-up in the plan (engines read this, never the study).
+
+    ``units``: the lmdb column giving a pack's supply (``volume`` or ``packsize``);
+    ``switch``: the other arm's index stream (None: no switch censoring); ``add_on``: streams.
+    """
+
+    units: str
+    per_day: float
+    grace_days: int
+    stockpile: bool
+    episode_end: bool
+    switch: Any = None              # EventStream | None
+    add_on: tuple = ()              # EventStream, ...

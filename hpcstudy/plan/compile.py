@@ -104,6 +104,10 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
             groups.append(GroupPlan(0, "non_users", window, never_before=exposed.stream,
                                     censor_at=exposed.stream if comp.censor_on_exposure
                                     else None))
+    if study.as_treated is not None:
+        from ..designs import episodes
+
+        groups = episodes.plan_groups(c, study, groups)
     criteria = tuple(CriterionPlan(cr.action, c.stream(cr.events, f"criteria[{i}]"), cr.window,
                                    cr.min_count, cr.label or _label(cr, i))
                      for i, cr in enumerate(study.criteria))

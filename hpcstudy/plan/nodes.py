@@ -8,6 +8,7 @@ indices (the kernels' view) and kept as text prefixes (the reference engine's vi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..study.language import Study, Window
 
@@ -57,6 +58,7 @@ class GroupPlan:
     index: IndexPlan
     never_before: EventStream | None = None  # non-users: no such event on or before index
     censor_at: EventStream | None = None     # follow-up ends at the first such event
+    episodes: Any = None     # as-treated follow-up: hpcstudy.designs.spec.EpisodePlan
 
 
 @dataclass(frozen=True)

@@ -1300,13 +1300,21 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
                "covariate's name", "give the exposure another name")
     _index_contact_needs_contacts(cx, doc, covariates, index, comparator)
     outcome = _outcome(cx, doc, names)
-    max_days, start_day, end_date = None, 0, None
+    max_days, start_day, end_date, as_treated = None, 0, None, None
     if "follow_up" in doc:
-        fu = cx.mapping(doc["follow_up"], "follow_up", "follow_up", doc, "follow_up",
+        fu = doc["follow_up"]
+        if fu == "as_treated":    # the shorthand for {as_treated: true}
+            fu = Node({"as_treated": True})
+            fu.line = doc.line_of("follow_up")
+        fu = cx.mapping(fu, "follow_up", "follow_up", doc, "follow_up",
                         "follow_up: {max_days: 3650}")
         if fu is not None:
             max_days = cx.integer(fu, "max_days", "follow_up.max_days", 1, DAYS, None)
             start_day, end_date = _follow_up_time(cx, fu, max_days, index, outcome)
+            if "as_treated" in fu:
+                from ..designs import language as design_language
+
+                as_treated = design_language.as_treated(cx, fu, index, comparator, names)
     analyses = _analyses(cx, doc, {c.name: c for c in covariates}, comparator is not None)
     propensity = None
     if "propensity" in doc:
@@ -1331,6 +1339,7 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
                   covariates=covariates, follow_up_days=max_days,
                   follow_up_start=start_day, follow_up_end=end_date, analyses=analyses,
                   min_cell=min_cell, round_to=round_to, propensity=propensity,
+                  as_treated=as_treated,
                   variants=tuple(Variant(v["name"], tuple((k, _plain(x)) for k, x in
                                                           v["set"].items()))
                                  for _, v in variants),

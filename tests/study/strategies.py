@@ -151,7 +151,10 @@ def studies(draw):
         s["exposure"] = {**({"name": draw(st.sampled_from(["exposed", "statin", "drug_a"]))}
                             if draw(st.booleans()) else {}), **rule}
         if kind == "active":
-            other = draw(index_rule(names=[n for n in ALL if n != rule["first_event"]
+            pool = ALL
+            if _register(rule["first_event"]) == "lmdb" and draw(st.booleans()):
+                pool = ATC   # two drugs: as-treated follow-up with switches can be drawn
+            other = draw(index_rule(names=[n for n in pool if n != rule["first_event"]
                                            ["codelist"]]))
             s["comparator"] = {"active": other}
         elif draw(st.integers(0, 3)) == 0:
@@ -214,8 +217,37 @@ def studies(draw):
         first = rule.get("date") or (rule.get("between") or ["1990-01-01"])[0]
         end = draw(st.sampled_from(["2012-06-30", "2016-12-31", "2019-01-01"]))
         s.setdefault("follow_up", {})["end_date"] = max(end, first)
+    lmdb = [r for r in rules if "first_event" in r and _register(r["first_event"]) == "lmdb"]
+    if kind != "date" and len(lmdb) == len(rules) and draw(st.integers(0, 2)):
+        s.setdefault("follow_up", {})["as_treated"] = draw(as_treated(kind == "active"))
     s["analyses"] = {"rates": {"by": ["group", "sex"]}}
     return s
+
+
+@st.composite
+def as_treated(draw, active: bool):
+    """follow_up.as_treated (hpcstudy/designs/episodes.py): true, or some of its options."""
+    if draw(st.integers(0, 3)) == 0:
+        return True
+    a: dict = {}
+    if draw(st.booleans()):
+        a["supply"] = draw(st.sampled_from(["ddd", "units"]))
+    if draw(st.booleans()):
+        a["per_day"] = draw(st.sampled_from([1, 0.5, 2, 3.5]))
+    if draw(st.booleans()):
+        a["grace_days"] = draw(st.sampled_from([0, 15, 30, 90]))
+    if draw(st.booleans()):
+        a["stockpile"] = draw(st.booleans())
+    if draw(st.booleans()):
+        a["episode_end"] = draw(st.booleans())
+    if active and draw(st.integers(0, 3)):
+        a["switch"] = draw(st.booleans())
+    if draw(st.booleans()):
+        a["add_on"] = draw(st.lists(st.sampled_from(ATC), min_size=1, max_size=2, unique=True))
+    if a.get("episode_end") is False and not a.get("add_on") and \
+            not a.get("switch", active):
+        a["episode_end"] = True
+    return a
 
 
 def _names(covs, kinds=None):
@@ -374,7 +406,7 @@ def propensity(draw, s):
         est = draw(st.sampled_from(["ate", "att", "overlap"]))
         p["weighting"] = {"estimand": est, "stabilised": est != "overlap" and draw(
             st.booleans())}
-        if draw(st.booleans()):
+        if draw(st.integers(0, 2)):
             p["weighting"]["truncate"] = draw(st.sampled_from([[1, 99], [0.5, 99.5], [5, 100]]))
     if method == "stratification" and draw(st.booleans()):
         p["stratification"] = {"strata": draw(st.integers(2, 10))}
