@@ -192,6 +192,9 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
                             fix="widen propensity.matching.caliper, or use method: weighting")
         design.update(estimand="att", ratio=mt.ratio, replace=mt.replace,
                       caliper_sd=mt.caliper, caliper_logit=caliper)
+        if mt.bootstrap:
+            per_t = np.bincount(m.exposed, minlength=pnr.shape[0]).astype(float)
+            pairs = (pnr[m.exposed], pnr[m.comparator], 1.0 / per_t[m.exposed])
     elif pr.method == "weighting":
         w = pr.weighting
         parts = parts.map(_weight, w.estimand, w.stabilised, share)
@@ -228,6 +231,10 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
         warnings.append(f"only {100 * equipoise:.0f} % of persons are in equipoise "
                         "(preference score 0.3–0.7): the arms differ much")
     design["max_abs_smd_after"] = None if s_after is None else float(np.max(np.abs(s_after)))
+    if pr.method == "matching" and pr.matching.bootstrap:
+        from .bootstrap import cox_interval
+
+        design["bootstrap"] = cox_interval(plan, list(parts.parts), *pairs)
     design["warnings"] = warnings
     results = {"table1": t1, "balance": B.balance_rows(vars_, s_before, s_after, t1),
                "preference": pref, "design": design}

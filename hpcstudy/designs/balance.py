@@ -179,19 +179,25 @@ def preference(plan, parts, share: float, labels: dict[int, str]) -> tuple[list[
     counts, inside = parts.map_reduce(_pref, share, bins)
     total = counts.sum()
     k = plan.study.min_cell
+    c = counts.astype(np.int64)
+    hidden = (c > 0) & (c < k)
+    while True:
+        # a lone withheld cell of a bin (or of an arm) would follow from the bin's total over
+        # the arms (the arm's total): withhold the bin's other cell (the arm's next smallest)
+        before = hidden.copy()
+        hidden[:, hidden.sum(axis=0) == 1] = True
+        for arm in (1, 0):
+            shown = np.flatnonzero(~hidden[arm])
+            if hidden[arm].sum() == 1 and shown.size:
+                hidden[arm, shown[np.argmin(c[arm][shown])]] = True
+        if (hidden == before).all():
+            break
     rows = []
     for arm in (1, 0):
-        c = counts[arm].astype(np.int64)
-        hidden = (c > 0) & (c < k)
-        if hidden.sum() == 1:
-            # one withheld bin would follow from the arm's total: withhold the next smallest
-            shown = np.flatnonzero(~hidden)
-            if shown.size:
-                hidden[shown[np.argmin(c[shown])]] = True
         for j in range(bins):
             rows.append({"arm": labels[arm], "bin": f"{j / bins:g}-{(j + 1) / bins:g}",
-                         "persons": None if hidden[j] else int(c[j]),
-                         **_flag(bool(hidden[j]))})
+                         "persons": None if hidden[arm, j] else int(c[arm, j]),
+                         **_flag(bool(hidden[arm, j]))})
     return rows, inside / total if total else math.nan
 
 

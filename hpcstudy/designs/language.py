@@ -48,7 +48,11 @@ def both_arms(cx, node) -> str:
     return _choice(cx, node, "both_arms", "comparator.both_arms", BOTH_ARMS, "remove")
 
 
-def propensity(cx, doc, covariates: dict, has_comparator: bool) -> Propensity | None:
+MIN_REPLICATES = 20
+
+
+def propensity(cx, doc, covariates: dict, has_comparator: bool,
+               has_cox: bool = False) -> Propensity | None:
     from ..study.parse import _names_list, show
 
     node = doc["propensity"]
@@ -97,7 +101,16 @@ def propensity(cx, doc, covariates: dict, has_comparator: bool) -> Propensity | 
                 caliper = _number(cx, m, "caliper", "propensity.matching.caliper", 0, 10, 0.2,
                                   open_lo=True)
             replace = cx.boolean(m, "replace", "propensity.matching.replace", False)
-            matching = Matching(ratio, caliper, replace)
+            boot = cx.integer(m, "bootstrap", "propensity.matching.bootstrap", 0, 10_000, 0)
+            if 0 < boot < MIN_REPLICATES:
+                cx.err(m, "bootstrap", "propensity.matching.bootstrap", f"{boot} replicates are "
+                       f"too few for a 95 % interval", f"give at least {MIN_REPLICATES} (e.g. "
+                       "bootstrap: 200), or 0 for none")
+            elif boot and not has_cox:
+                cx.err(m, "bootstrap", "propensity.matching.bootstrap", "the bootstrap refits "
+                       "the Cox model: the study has no analyses.cox", "add analyses: {cox: "
+                       "true}, or drop bootstrap:")
+            matching = Matching(ratio, caliper, replace, boot)
     if "weighting" in node:
         w = cx.mapping(node["weighting"], "weighting", "propensity.weighting", node,
                        "weighting", "weighting: {estimand: ate, stabilised: true}")
@@ -246,6 +259,8 @@ KEYS = {
                     "score (default 0.2)"),
         "replace": ("true | false", "may a comparator person be matched again (default "
                     "false)"),
+        "bootstrap": ("whole number 0 or 20–10000", "replicates of a bootstrap interval of "
+                      "the Cox model's exposure HR, resampling matched sets (default 0: none)"),
     },
     "weighting": {
         "estimand": ("ate | att | overlap", "whom the weights stand for (default ate)"),

@@ -57,7 +57,8 @@ def _score(plan, df: pd.DataFrame):
         m = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=1000)
     m.fit(X.to_numpy(), y.to_numpy())
     coef = np.concatenate([m.intercept_, m.coef_[0]])
-    if not pr.penalty and np.any(np.abs(coef) > 25):
+    # the intercept is no sign of separation (a covariate like calendar year moves it far)
+    if not pr.penalty and np.any(np.abs(coef[1:]) > 25):
         raise UserError("propensity score model: the covariates separate the arms "
                         "(coefficients grow without bound)", where=plan.study.source,
                         fix="drop or merge the covariate that separates the arms "
@@ -72,8 +73,9 @@ def _hash(pnr, seed):
     return person_hash(pnr, seed)
 
 
-def _match(df: pd.DataFrame, mt, caliper, seed) -> pd.Series:
-    """Matching weights by an O(n_exposed · n_comparator) search, pnr·2 + arm → weight."""
+def _match(df: pd.DataFrame, mt, caliper, seed):
+    """Matching weights by an O(n_exposed · n_comparator) search, pnr·2 + arm → weight, and
+    the pairs (exposed pnr, comparator pnr, 1 / the exposed person's number of matches)."""
     import numpy as np
 
     d = df.assign(h=_hash(df["pnr"].to_numpy(), seed), logit=df["logit"].round(7))
@@ -105,13 +107,14 @@ def _match(df: pd.DataFrame, mt, caliper, seed) -> pd.Series:
             active = still
     p = pd.DataFrame(pairs, columns=["t", "j"])
     if p.empty:
-        return pd.Series(dtype=float)
+        return pd.Series(dtype=float), None
     p["c"] = c["pnr"].to_numpy()[p["j"].to_numpy()]
     p["share"] = 1.0 / p.groupby("t")["c"].transform("size")
     wc = p.groupby("c")["share"].sum()
     wt = pd.Series(1.0, index=p["t"].unique())
     return pd.concat([pd.Series(wt.to_numpy(), index=wt.index * 2 + 1),
-                      pd.Series(wc.to_numpy(), index=wc.index * 2)])
+                      pd.Series(wc.to_numpy(), index=wc.index * 2)]), \
+        (p["t"].to_numpy(np.int64), p["c"].to_numpy(np.int64), p["share"].to_numpy(float))
 
 
 def _append(attrition, labels, step, df):
@@ -217,17 +220,26 @@ def design(plan, df: pd.DataFrame, attrition: dict):
     edges = np.linspace(0, 1, pr.bins + 1)
     b = pd.cut(f.clip(upper=np.nextafter(1, 0)), edges, right=False, labels=False)
     pref = []
+    cells, hide = {}, {}
     for arm in (1, 0):
         counts = b[df["group"] == arm].value_counts()
-        cells = [int(counts.get(j, 0)) for j in range(pr.bins)]
-        hide = [0 < c < k for c in cells]
-        if sum(hide) == 1:   # secondary: the arm's total would give a lone withheld bin back
-            visible = [(c, j) for j, c in enumerate(cells) if not hide[j]]
-            if visible:
-                hide[min(visible)[1]] = True
-        for j, c in enumerate(cells):
+        cells[arm] = [int(counts.get(j, 0)) for j in range(pr.bins)]
+        hide[arm] = [0 < c < k for c in cells[arm]]
+    changed = True
+    while changed:   # secondary: no withheld cell may follow from a bin's or an arm's total
+        changed = False
+        for j in range(pr.bins):
+            if hide[0][j] != hide[1][j]:
+                hide[0][j] = hide[1][j] = changed = True
+        for arm in (1, 0):
+            if sum(hide[arm]) == 1:
+                visible = [(c, j) for j, c in enumerate(cells[arm]) if not hide[arm][j]]
+                if visible:
+                    hide[arm][min(visible)[1]] = changed = True
+    for arm in (1, 0):
+        for j, c in enumerate(cells[arm]):
             pref.append({"arm": labels[arm], "bin": f"{j / pr.bins:g}-{(j + 1) / pr.bins:g}",
-                         "persons": None if hide[j] else c, **_flag(hide[j])})
+                         "persons": None if hide[arm][j] else c, **_flag(hide[arm][j])})
     equipoise = float(((f >= 0.3) & (f <= 0.7)).mean())
     out = {"method": pr.method, "covariates": list(pr.covariates)}
     if pr.trim:
@@ -242,7 +254,7 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         sd = float(df["logit"].round(7).std(ddof=1))
         caliper = None if mt.caliper is None else mt.caliper * sd
         exposed_n = int((df["group"] == 1).sum())
-        w = _match(df, mt, caliper, plan.study.seed)
+        w, pairs = _match(df, mt, caliper, plan.study.seed)
         key = df["pnr"] * 2 + df["group"].astype("int64")
         df = df[key.isin(w.index)].copy()
         df["weight"] = (df["pnr"] * 2 + df["group"].astype("int64")).map(w)
@@ -324,6 +336,11 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         warnings.append(f"only {100 * equipoise:.0f} % of persons are in equipoise "
                         "(preference score 0.3–0.7): the arms differ much")
     out["max_abs_smd_after"] = max(worst) if weighted else None
+    if pr.method == "matching" and pr.matching.bootstrap:
+        from .bootstrap import cox_interval
+
+        out["bootstrap"] = cox_interval(plan, [{c: df[c].to_numpy() for c in df.columns}],
+                                        *pairs)
     out["warnings"] = warnings
     df = df.drop(columns=["logit"])
     results = {"table1": t1, "balance": bal, "preference": pref, "design": out}

@@ -24,6 +24,7 @@ class Matching:
     ratio: int = 1                  # controls per exposed person (1:k)
     caliper: float | None = 0.2     # in SDs of the logit of the score; None: no caliper
     replace: bool = False           # may a comparator person be matched more than once
+    bootstrap: int = 0              # replicates of a bootstrap CI of the Cox model; 0: none
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Propensity:
         if self.method == "matching" and self.matching != Matching():
             m = self.matching
             d["matching"] = {"ratio": m.ratio, "caliper": m.caliper, "replace": m.replace}
+            if m.bootstrap:
+                d["matching"]["bootstrap"] = m.bootstrap
         if self.method == "weighting" and self.weighting != Weighting():
             w = self.weighting
             d["weighting"] = {"estimand": w.estimand, "stabilised": w.stabilised,

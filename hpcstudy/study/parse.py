@@ -1321,7 +1321,7 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
         from ..designs import language as design_language
 
         propensity = design_language.propensity(cx, doc, {c.name: c for c in covariates},
-                                                "comparator" in doc)
+                                                "comparator" in doc, analyses.cox is not None)
     min_cell, round_to = 5, 0
     if "disclosure" in doc:
         disc = cx.mapping(doc["disclosure"], "disclosure", "disclosure", doc, "disclosure",
@@ -1376,4 +1376,5 @@ def _codelists_used(s: Study) -> set[str]:
     rules = [s.index] + ([s.comparator.index] if s.comparator and s.comparator.index else [])
     events = [r.events for r in rules] + [c.events for c in s.criteria] + \
         [c.events for c in s.covariates] + [s.outcome.events]
-    return {e.codelist for e in events if e is not None}
+    add_on = set(s.as_treated.add_on) if s.as_treated is not None else set()
+    return {e.codelist for e in events if e is not None} | add_on
