@@ -402,8 +402,8 @@ def propensity(draw, s):
         p["matching"] = {"ratio": draw(st.integers(1, 3)),
                          "caliper": draw(st.sampled_from([0.05, 0.2, 1, None])),
                          "replace": draw(st.booleans())}
-        if s.get("analyses", {}).get("cox") not in (None, False) and draw(st.booleans()):
-            p["matching"]["bootstrap"] = draw(st.sampled_from([0, 20, 200]))
+    if method in ("matching", None) and s.get("analyses", {}).get("cox") not in (None, False):
+        p.setdefault("matching", {})["bootstrap"] = draw(st.sampled_from([0, 20, 200]))
     if method == "weighting" and draw(st.integers(0, 3)):
         est = draw(st.sampled_from(["ate", "att", "overlap"]))
         p["weighting"] = {"estimand": est, "stabilised": est != "overlap" and draw(
