@@ -21,6 +21,16 @@ STEP_MATCH = "matched on the propensity score"
 STEP_STRATA = "propensity stratum holds both arms"
 
 
+def _flag_counts(part, names):
+    """Per flag: [[lacking, having] in the comparator arm, the same in the exposed arm]."""
+    out = np.zeros((len(names), 2, 2))
+    for i, name in enumerate(names):
+        for arm in (0, 1):
+            v = part[name][part["group"] == arm]
+            out[i, arm] = [(v == 0).sum(), (v != 0).sum()]
+    return out
+
+
 def _arm_counts(part):
     return np.array([(part["group"] == 0).sum(), (part["group"] == 1).sum()], float)
 
@@ -155,6 +165,13 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
     parts = LocalPartitions(tables)
     n_arm = parts.map_reduce(_arm_counts)
     _need_both(n_arm, labels, "before the propensity score", src)
+    left_out = []
+    if pr.added:   # flags the design added: those too rare in an arm are left out
+        from .components import keep_common
+
+        got = parts.map_reduce(_flag_counts, pr.added)
+        plan, left_out = keep_common(plan, dict(zip(pr.added, got, strict=True)))
+        pr = plan.study.propensity
     names, spec, coef = P.fit(plan, parts, src)
     parts = parts.map(P.score_part, spec, coef)
     vars_ = B.variables(plan, parts)
@@ -164,6 +181,8 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
     pref, equipoise = B.preference(plan, parts, share, labels)
     # the score model's coefficients stay private: each rests on a table of counts
     design: dict = {"method": pr.method, "covariates": list(pr.covariates)}
+    if left_out:
+        design["left_out"] = left_out
     if pr.trim:
         r = parts.map_reduce(_ps_range, combine=_range_merge)
         lo, hi = max(r[0, 0], r[1, 0]), min(r[0, 1], r[1, 1])

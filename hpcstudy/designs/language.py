@@ -142,8 +142,10 @@ def propensity(cx, doc, covariates: dict, has_comparator: bool,
     trim = cx.boolean(node, "trim", "propensity.trim", False)
     penalty = _number(cx, node, "penalty", "propensity.penalty", 0, 1e6, 0.0)
     bins = cx.integer(node, "bins", "propensity.bins", 2, 1000, 20)
+    charlson = cx.boolean(node, "charlson_components", "propensity.charlson_components", False)
+    flags = cx.boolean(node, "codelist_flags", "propensity.codelist_flags", False)
     return Propensity(names, method, matching, weighting, strata, trim, penalty, bins,
-                      everything)
+                      everything, charlson, flags)
 
 
 def as_treated(cx, fu, index, comparator, names: dict) -> AsTreated | None:
@@ -252,6 +254,10 @@ KEYS = {
         "penalty": ("number ≥ 0", "L2 penalty of the score model (scikit-learn's 1/C); "
                     "0: none (default)"),
         "bins": ("whole number 2–1000", "bins of the preference-score table (default 20)"),
+        "charlson_components": ("true | false", "each Charlson category a 0/1 covariate of "
+                                "the score, in days [-3650, 0] (named charlson_CATEGORY)"),
+        "codelist_flags": ("true | false", "each codelist besides the arms' own a 0/1 covariate "
+                           "of the score: any event up to index (named codelist_NAME)"),
     },
     "matching": {
         "ratio": ("whole number 1–100", "comparator persons per exposed person (default 1)"),

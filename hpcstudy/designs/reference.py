@@ -187,6 +187,14 @@ def design(plan, df: pd.DataFrame, attrition: dict):
 
     df = df.sort_values(["group", "pnr"], ascending=[False, True]).reset_index(drop=True)
     need_both(df, "before the propensity score")
+    left_out = []
+    if pr.added:   # flags the design added: those too rare in an arm are left out
+        from .components import keep_common
+
+        counts = {name: [[int((df.loc[df["group"] == arm, name] == v).sum())
+                          for v in (0, 1)] for arm in (0, 1)] for name in pr.added}
+        plan, left_out = keep_common(plan, counts)
+        pr = plan.study.propensity
     df["logit"] = _score(plan, df)
     df["ps"] = 1 / (1 + np.exp(-df["logit"].clip(-700, 700)))
     share = float((df["group"] == 1).mean())
@@ -242,6 +250,8 @@ def design(plan, df: pd.DataFrame, attrition: dict):
                          "persons": None if hide[arm][j] else c, **_flag(hide[arm][j])})
     equipoise = float(((f >= 0.3) & (f <= 0.7)).mean())
     out = {"method": pr.method, "covariates": list(pr.covariates)}
+    if left_out:
+        out["left_out"] = left_out
     if pr.trim:
         lo = max(df.loc[df["group"] == a, "ps"].min() for a in (0, 1))
         hi = min(df.loc[df["group"] == a, "ps"].max() for a in (0, 1))

@@ -11,7 +11,7 @@ See docs/comparative.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 METHODS = ("matching", "weighting", "stratification", "none")
@@ -45,10 +45,17 @@ class Propensity:
     penalty: float = 0.0            # L2 strength (1/C of scikit-learn); 0: none
     bins: int = 20                  # preference-score histogram bins
     all_covariates: bool = False    # written as covariates: all
+    charlson_components: bool = False   # each Charlson category a flag of the score
+    codelist_flags: bool = False        # each other codelist a flag (any event before index)
+    # the flags those two added to ``covariates`` when the study was compiled (plan only)
+    added: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"covariates": "all" if self.all_covariates
-                             else list(self.covariates)}
+                             else [c for c in self.covariates if c not in self.added]}
+        for key in ("charlson_components", "codelist_flags"):
+            if getattr(self, key):
+                d[key] = True
         d["method"] = self.method
         if self.method == "matching" and self.matching != Matching():
             m = self.matching

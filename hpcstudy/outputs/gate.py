@@ -327,7 +327,7 @@ DESIGN_FIELDS = {"method": str, "covariates": list, "estimand": str, "ratio": in
                  "caliper_logit": (float, type(None)), "common_support": list,
                  "truncated_at": list, "stabilised": bool, "strata": int,
                  "equipoise_share": float, "max_abs_smd_after": (float, type(None)),
-                 "both_arms": str, "warnings": list, "bootstrap": dict}
+                 "both_arms": str, "warnings": list, "bootstrap": dict, "left_out": list}
 # the bootstrap interval's fields (designs/bootstrap.py): replicates, not persons
 BOOTSTRAP_FIELDS = {"replicates": int, "failed": int, "term": str,
                     "se": (float, type(None)), "lower_95": (float, type(None)),
@@ -342,7 +342,7 @@ def _design_problems(d, where: str) -> list[str]:
         return [f"{where}: undeclared field(s) {extra}"]
     out = [f"{where}.{k}: not a {DESIGN_FIELDS[k]}" for k, v in d.items()
            if not isinstance(v, DESIGN_FIELDS[k])]
-    for k in ("covariates", "warnings"):
+    for k in ("covariates", "warnings", "left_out"):
         if not all(isinstance(x, str) for x in d.get(k, [])):
             out.append(f"{where}.{k}: not a list of text")
     b = d.get("bootstrap")

@@ -128,6 +128,10 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
             cols.append(ColumnPlan(cov.name, cov.kind, attribute=cov.attribute))
         else:
             cols.append(ColumnPlan(cov.name, cov.kind))
+    if study.propensity is not None:   # flags the design adds on request
+        from ..designs import components
+
+        cols, study = components.expand(c, study, cols)
     o = study.outcome
     stream = c.stream(o.events, "outcome") if o.events else None
     if stream is not None and stream.codes is not None and stream.codes.empty:

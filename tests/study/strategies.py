@@ -418,4 +418,7 @@ def propensity(draw, s):
         p["penalty"] = draw(st.sampled_from([0, 0.5, 10]))
     if draw(st.booleans()):
         p["bins"] = draw(st.integers(2, 50))
+    for key in ("charlson_components", "codelist_flags"):
+        if draw(st.booleans()):
+            p[key] = draw(st.booleans())
     return p
