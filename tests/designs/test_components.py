@@ -31,7 +31,7 @@ def runs(small_data):
 
 
 def test_engines_agree(runs):
-    (ta, aa, ra, plan), (tb, ab, rb, _) = runs["reference"], runs["dask"]
+    (ta, aa, ra, _), (tb, ab, rb, _) = runs["reference"], runs["dask"]
     assert aa == ab
     compare(ra, rb)
     for k in ta:
