@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import UserError
 from ..models.partitions import LocalPartitions
 from . import balance as B
+from . import disclosure as D
 from . import propensity as P
 from .matching import match
 
@@ -177,7 +178,7 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
     vars_ = B.variables(plan, parts)
     before = B.moments(parts, vars_, weighted=False)
     share = n_arm[1] / n_arm.sum()
-    t1 = B.table1(plan, parts, vars_, before, labels)
+    t1 = D.secondary(B.table1(plan, parts, vars_, before, labels), D.TABLE1)
     pref, equipoise = B.preference(plan, parts, share, labels)
     # the score model's coefficients stay private: each rests on a table of counts
     design: dict = {"method": pr.method, "covariates": list(pr.covariates)}
@@ -237,6 +238,8 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
         _need_both(c, labels, "stratification", src)
         design.update(estimand="ate", strata=pr.strata)
     after = B.moments(parts, vars_, weighted=True) if weighted else None
+    t1_after = D.secondary(B.table1_adjusted(plan, before, after, B.moments(
+        parts, vars_, weighted=False), vars_, labels), D.TABLE1_ADJUSTED) if weighted else None
     s_before, s_after = B.smd(before, after)
     design["equipoise_share"] = float(equipoise)
     warnings = []
@@ -257,6 +260,8 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
     design["warnings"] = warnings
     results = {"table1": t1, "balance": B.balance_rows(vars_, s_before, s_after, t1),
                "preference": pref, "design": design}
+    if t1_after is not None:
+        results["table1_adjusted"] = t1_after
     return [p for p in parts.parts], attrition, results
 
 

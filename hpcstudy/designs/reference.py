@@ -172,6 +172,7 @@ def design(plan, df: pd.DataFrame, attrition: dict):
     import numpy as np
 
     from ..errors import UserError
+    from .disclosure import TABLE1, TABLE1_ADJUSTED, secondary
 
     pr = plan.study.propensity
     k = plan.study.min_cell
@@ -200,6 +201,7 @@ def design(plan, df: pd.DataFrame, attrition: dict):
     share = float((df["group"] == 1).mean())
     vars_ = _rows_vars(plan, df)
     before = _stats(df, vars_)
+    df0 = df   # the cohort before the design: what Table 1 shows
     # Table 1
     t1 = []
     for name, level in vars_:
@@ -223,6 +225,7 @@ def design(plan, df: pd.DataFrame, attrition: dict):
                            "sd": float(x.std(ddof=1)), "median": _smoothed(x, 0.5, k),
                            "q1": _smoothed(x, 0.25, k), "q3": _smoothed(x, 0.75, k),
                            **_flag(False)})
+    t1 = secondary(t1, TABLE1)
     # preference score
     f = 1 / (1 + np.exp(-(df["logit"] - math.log(share / (1 - share)))))
     edges = np.linspace(0, 1, pr.bins + 1)
@@ -319,6 +322,8 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         out.update(estimand="ate", strata=pr.strata)
     weighted = pr.method != "none"
     after = _stats(df, vars_, df["weight"]) if weighted else None
+    t1_after = secondary(_table1_adjusted(df, df0, vars_, before, labels, k),
+                         TABLE1_ADJUSTED) if weighted else None
     bal, _raw = [], []
     for name, level in vars_:
         (m0, v0, _), (m1, v1, _) = before[(name, level, 0)], before[(name, level, 1)]
@@ -354,7 +359,47 @@ def design(plan, df: pd.DataFrame, attrition: dict):
     out["warnings"] = warnings
     df = df.drop(columns=["logit"])
     results = {"table1": t1, "balance": bal, "preference": pref, "design": out}
+    if t1_after is not None:
+        results["table1_adjusted"] = t1_after
     return df, attrition, results
+
+
+def _table1_adjusted(df, df0, vars_, before, labels, k) -> list[dict]:
+    """Table 1 of the matched or weighted cohort ``df`` (see balance.table1_adjusted for the
+    rules), with weighted sums taken here in pandas; ``df0`` is the cohort before the design."""
+    import math
+
+    def few(dropped):
+        return 0 < dropped < k
+
+    rows = []
+    for name, level in vars_:
+        flag = before[(name, level, 0)][2] and before[(name, level, 1)][2]
+        for arm in (1, 0):
+            d = df[df["group"] == arm]
+            x, w = _col(d, name, level), d["weight"].astype(float)
+            x0 = _col(df0[df0["group"] == arm], name, level)
+            sw = float(w.sum())
+            m = float((w * x).sum()) / sw if sw > 0 else float("nan")
+            base = {"variable": name, "level": "-" if level is None else str(level),
+                    "arm": labels[arm]}
+            if flag:
+                ones = int((x == 1).sum())
+                ones0 = int((x0 == 1).sum())
+                hide = min(ones, len(x) - ones) < k or few(ones0 - ones) or \
+                    few(len(x0) - ones0 - (len(x) - ones))
+                shown = {"persons": ones, "weighted_persons": float((w * x).sum()),
+                         "percent": 100 * m, "mean": None, "sd": None}
+            else:
+                hide = len(x) < k or few(len(x0) - len(x))
+                var = float((w * (x - m) ** 2).sum()) / (sw - 1) if sw > 1 else float("nan")
+                shown = {"persons": len(x), "weighted_persons": sw, "percent": None,
+                         "mean": m, "sd": math.sqrt(max(var, 0.0)) if math.isfinite(var)
+                         else None}
+            if hide:
+                shown = dict.fromkeys(shown)
+            rows.append({**base, **shown, **_flag(hide)})
+    return rows
 
 
 def _flag(hidden: bool) -> dict:

@@ -40,7 +40,8 @@ SHA = re.compile(r"[0-9a-f]{64}")
 REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
             "hospitals": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
-            "measure": ("persons", "events"), "table1": ("persons",), "preference": ("persons",)}
+            "measure": ("persons", "events"), "table1": ("persons",), "preference": ("persons",),
+            "table1_adjusted": ("persons",)}
 LEXIS_TERM = re.compile(r"(age_band|period) \S+")
 RUN_FIELDS = {"engine", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
               "approval", "study_warnings", "device"}
