@@ -66,6 +66,28 @@ def plan_groups(compiler, study, groups: list) -> list:
     return out
 
 
+def plan_text(plan) -> list[str]:
+    """The ends as-treated follow-up adds, for plan.txt (no numbers: the study states them)."""
+    eps = [g.episodes for g in plan.groups if g.episodes is not None]
+    if not eps:
+        return []
+    ep = eps[0]
+    out = []
+    if ep.episode_end:
+        out.append("the end of the exposure episode (supply from " +
+                   ("apk × volume" if ep.units == "volume" else "apk × packsize") +
+                   (", stockpiled" if ep.stockpile else "") + ", plus the grace days)")
+    if any(e.switch is not None for e in eps):
+        out.append("a switch to the other arm's drug")
+    if ep.add_on:
+        out.append("an add-on drug (" + ", ".join(_codes(s) for s in ep.add_on) + ")")
+    return out
+
+
+def _codes(s) -> str:
+    return "lmdb[" + ", ".join(p + "*" for p in s.codes.prefixes) + "]" if s.codes else "lmdb"
+
+
 def streams(g) -> list:
     """The event streams a group's as-treated follow-up reads besides its index stream."""
     ep = g.episodes

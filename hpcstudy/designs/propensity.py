@@ -22,11 +22,18 @@ def _x(part, spec):
     return _matrix(part, spec)
 
 
-def _ps_part(part, spec):
+def _ps_part(part, spec, center=None):
     X = _x(part, spec)
+    if center is not None:
+        X = X - center
     n = X.shape[0]
     return {"X": np.concatenate([np.ones((n, 1)), X], axis=1),
             "y": (part["group"] == 1).astype(float), "weights": np.ones(n)}
+
+
+def _col_sums(part, spec):
+    X = _x(part, spec)
+    return np.array([X.sum(axis=0)]).reshape(-1), X.shape[0]
 
 
 def _rows(part, spec):
@@ -62,9 +69,14 @@ def fit(plan, parts: Partitions, source: str) -> tuple[list[str], list, np.ndarr
             m.fit(X, y)
             coef = np.concatenate([m.intercept_, m.coef_[0]])
         else:
-            m = Logistic(robust=False).fit_partitions(parts.map(_ps_part, spec),
+            # centred columns: a covariate far from 0 (calendar year) leaves the intercept
+            # small, so Newton's divergence check sees only true separation
+            total, n = parts.map_reduce(_col_sums, spec)
+            center = total / max(n, 1)
+            m = Logistic(robust=False).fit_partitions(parts.map(_ps_part, spec, center),
                                                       ["intercept", *names])
-            coef = m.coef_
+            coef = np.array(m.coef_, float)
+            coef[0] -= float(coef[1:] @ center)
     except ModelError as e:
         raise UserError(f"propensity score model: {e}", where=source,
                         fix="drop or merge the covariate that separates the arms "
