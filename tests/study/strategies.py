@@ -147,12 +147,14 @@ def studies(draw):
     elif kind == "event":
         s["index"] = draw(index_rule())
     else:
-        rule = draw(index_rule(need_between=kind == "non_users"))
+        # two drugs (an active comparison of dispensings) often: as-treated switches
+        drugs = kind == "active" and draw(st.booleans())
+        rule = draw(index_rule(need_between=kind == "non_users", names=ATC if drugs else ALL))
         s["exposure"] = {**({"name": draw(st.sampled_from(["exposed", "statin", "drug_a"]))}
                             if draw(st.booleans()) else {}), **rule}
         if kind == "active":
             pool = ALL
-            if _register(rule["first_event"]) == "lmdb" and draw(st.booleans()):
+            if _register(rule["first_event"]) == "lmdb" and draw(st.integers(0, 3)):
                 pool = ATC   # two drugs: as-treated follow-up with switches can be drawn
             other = draw(index_rule(names=[n for n in pool if n != rule["first_event"]
                                            ["codelist"]]))
@@ -226,26 +228,19 @@ def studies(draw):
 
 @st.composite
 def as_treated(draw, active: bool):
-    """follow_up.as_treated (hpcstudy/designs/episodes.py): true, or some of its options."""
-    if draw(st.integers(0, 3)) == 0:
+    """follow_up.as_treated (hpcstudy/designs/episodes.py): true, or every option (each key is
+    drawn whenever a mapping is, so that the key coverage test never hangs on chance)."""
+    if not active and draw(st.integers(0, 3)) == 0:
         return True
-    a: dict = {}
-    if draw(st.booleans()):
-        a["supply"] = draw(st.sampled_from(["ddd", "units"]))
-    if draw(st.booleans()):
-        a["per_day"] = draw(st.sampled_from([1, 0.5, 2, 3.5]))
-    if draw(st.booleans()):
-        a["grace_days"] = draw(st.sampled_from([0, 15, 30, 90]))
-    if draw(st.booleans()):
-        a["stockpile"] = draw(st.booleans())
-    if draw(st.booleans()):
-        a["episode_end"] = draw(st.booleans())
-    if active and draw(st.integers(0, 3)):
+    a: dict = {"supply": draw(st.sampled_from(["ddd", "units"])),
+               "per_day": draw(st.sampled_from([1, 0.5, 2, 3.5])),
+               "grace_days": draw(st.sampled_from([0, 15, 30, 90])),
+               "stockpile": draw(st.booleans()), "episode_end": draw(st.booleans())}
+    if active:
         a["switch"] = draw(st.booleans())
     if draw(st.booleans()):
         a["add_on"] = draw(st.lists(st.sampled_from(ATC), min_size=1, max_size=2, unique=True))
-    if a.get("episode_end") is False and not a.get("add_on") and \
-            not a.get("switch", active):
+    if not a["episode_end"] and not a.get("add_on") and not a.get("switch"):
         a["episode_end"] = True
     return a
 
@@ -398,19 +393,19 @@ def propensity(draw, s):
                                    "weighting"]))
     if method is not None:
         p["method"] = method
-    if method in ("matching", None) and draw(st.booleans()):
+    if method in ("matching", None) and draw(st.integers(0, 3)):
         p["matching"] = {"ratio": draw(st.integers(1, 3)),
                          "caliper": draw(st.sampled_from([0.05, 0.2, 1, None])),
                          "replace": draw(st.booleans())}
     if method in ("matching", None) and s.get("analyses", {}).get("cox") not in (None, False):
         p.setdefault("matching", {})["bootstrap"] = draw(st.sampled_from([0, 20, 200]))
-    if method == "weighting" and draw(st.integers(0, 3)):
+    if method == "weighting":
         est = draw(st.sampled_from(["ate", "att", "overlap"]))
         p["weighting"] = {"estimand": est, "stabilised": est != "overlap" and draw(
             st.booleans())}
         if draw(st.integers(0, 2)):
             p["weighting"]["truncate"] = draw(st.sampled_from([[1, 99], [0.5, 99.5], [5, 100]]))
-    if method == "stratification" and draw(st.booleans()):
+    if method == "stratification":
         p["stratification"] = {"strata": draw(st.integers(2, 10))}
     if draw(st.booleans()):
         p["trim"] = draw(st.booleans())
