@@ -13,12 +13,23 @@ import numpy as np
 from ..errors import UserError
 from ..models.partitions import LocalPartitions
 from . import balance as B
+from . import disclosure as D
 from . import propensity as P
 from .matching import match
 
 STEP_TRIM = "propensity score in the common support"
 STEP_MATCH = "matched on the propensity score"
 STEP_STRATA = "propensity stratum holds both arms"
+
+
+def _flag_counts(part, names):
+    """Per flag: [[lacking, having] in the comparator arm, the same in the exposed arm]."""
+    out = np.zeros((len(names), 2, 2))
+    for i, name in enumerate(names):
+        for arm in (0, 1):
+            v = part[name][part["group"] == arm]
+            out[i, arm] = [(v == 0).sum(), (v != 0).sum()]
+    return out
 
 
 def _arm_counts(part):
@@ -155,15 +166,24 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
     parts = LocalPartitions(tables)
     n_arm = parts.map_reduce(_arm_counts)
     _need_both(n_arm, labels, "before the propensity score", src)
+    left_out = []
+    if pr.added:   # flags the design added: those too rare in an arm are left out
+        from .components import keep_common
+
+        got = parts.map_reduce(_flag_counts, pr.added)
+        plan, left_out = keep_common(plan, dict(zip(pr.added, got, strict=True)))
+        pr = plan.propensity
     names, spec, coef = P.fit(plan, parts, src)
     parts = parts.map(P.score_part, spec, coef)
     vars_ = B.variables(plan, parts)
     before = B.moments(parts, vars_, weighted=False)
     share = n_arm[1] / n_arm.sum()
-    t1 = B.table1(plan, parts, vars_, before, labels)
+    t1 = D.secondary(B.table1(plan, parts, vars_, before, labels), D.TABLE1)
     pref, equipoise = B.preference(plan, parts, share, labels)
     # the score model's coefficients stay private: each rests on a table of counts
     design: dict = {"method": pr.method, "covariates": list(pr.covariates)}
+    if left_out:
+        design["left_out"] = left_out
     if pr.trim:
         r = parts.map_reduce(_ps_range, combine=_range_merge)
         lo, hi = max(r[0, 0], r[1, 0]), min(r[0, 1], r[1, 1])
@@ -192,6 +212,9 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
                             fix="widen propensity.matching.caliper, or use method: weighting")
         design.update(estimand="att", ratio=mt.ratio, replace=mt.replace,
                       caliper_sd=mt.caliper, caliper_logit=caliper)
+        if mt.bootstrap:
+            per_t = np.bincount(m.exposed, minlength=pnr.shape[0]).astype(float)
+            pairs = (pnr[m.exposed], pnr[m.comparator], 1.0 / per_t[m.exposed])
     elif pr.method == "weighting":
         w = pr.weighting
         parts = parts.map(_weight, w.estimand, w.stabilised, share)
@@ -215,6 +238,8 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
         _need_both(c, labels, "stratification", src)
         design.update(estimand="ate", strata=pr.strata)
     after = B.moments(parts, vars_, weighted=True) if weighted else None
+    t1_after = D.secondary(B.table1_adjusted(plan, before, after, B.moments(
+        parts, vars_, weighted=False), vars_, labels), D.TABLE1_ADJUSTED) if weighted else None
     s_before, s_after = B.smd(before, after)
     design["equipoise_share"] = float(equipoise)
     warnings = []
@@ -228,9 +253,15 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
         warnings.append(f"only {100 * equipoise:.0f} % of persons are in equipoise "
                         "(preference score 0.3–0.7): the arms differ much")
     design["max_abs_smd_after"] = None if s_after is None else float(np.max(np.abs(s_after)))
+    if pr.method == "matching" and pr.matching.bootstrap:
+        from .bootstrap import cox_interval
+
+        design["bootstrap"] = cox_interval(plan, list(parts.parts), *pairs)
     design["warnings"] = warnings
     results = {"table1": t1, "balance": B.balance_rows(vars_, s_before, s_after, t1),
                "preference": pref, "design": design}
+    if t1_after is not None:
+        results["table1_adjusted"] = t1_after
     return [p for p in parts.parts], attrition, results
 
 

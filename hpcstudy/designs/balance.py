@@ -147,6 +147,47 @@ def table1(plan, parts, vars_, sums, labels: dict[int, str]) -> list[dict]:
     return rows
 
 
+def table1_adjusted(plan, before, after_w, after_n, vars_, labels: dict[int, str]) -> list[dict]:
+    """Table 1 of the matched or weighted cohort, per (variable, level, arm): ``persons`` (the
+    persons in the cohort; for a flag those with it), ``weighted_persons`` (their weights'
+    sum), ``percent`` (weighted, flags), ``mean`` and ``sd`` (weighted, numbers; SD with
+    Σw − 1 in the denominator). Withheld as Table 1: a flag held or lacked by fewer than
+    min_cell persons, a number of fewer than min_cell persons — and a row whose persons differ
+    from Table 1's by 1 to min_cell − 1 (those the design dropped, with or without the flag:
+    the two tables' difference would show them). ``before``: the sums before the design
+    (unweighted; which variables are flags); ``after_w``, ``after_n``: weighted and unweighted
+    sums after it."""
+    k = plan.min_cell
+    mean, var = _sd(after_w)
+    rows = []
+    for i, (name, level) in enumerate(vars_):
+        flag = bool(before[0, i, 4] > 0 and before[1, i, 4] > 0)
+        for arm in (1, 0):
+            n = int(after_n[arm, i, 0])
+            base = {"variable": name, "level": _level_name(level), "arm": labels[arm]}
+            b_n = int(before[arm, i, 0])
+            if flag:
+                ones = int(round(after_n[arm, i, 2]))
+                b_ones = int(round(before[arm, i, 2]))
+                hidden = min(ones, n - ones) < k or _few(b_ones - ones, k) or \
+                    _few(b_n - b_ones - (n - ones), k)
+                shown = {"persons": ones, "weighted_persons": float(after_w[arm, i, 2]),
+                         "percent": 100 * float(mean[arm, i]), "mean": None, "sd": None}
+            else:
+                hidden = n < k or _few(b_n - n, k)
+                sd = math.sqrt(max(var[arm, i], 0.0)) if math.isfinite(var[arm, i]) else None
+                shown = {"persons": n, "weighted_persons": float(after_w[arm, i, 1]),
+                         "percent": None, "mean": float(mean[arm, i]), "sd": sd}
+            if hidden:
+                shown = dict.fromkeys(shown)
+            rows.append({**base, **shown, **_flag(hidden)})
+    return rows
+
+
+def _few(dropped: int, k: int) -> bool:
+    return 0 < dropped < k
+
+
 def balance_rows(vars_, s_before, s_after, t1=()) -> list[dict]:
     """SMD rows; withheld where Table 1 withholds the variable (an SMD of a flag and the arms'
     sizes give its counts back)."""
@@ -179,19 +220,25 @@ def preference(plan, parts, share: float, labels: dict[int, str]) -> tuple[list[
     counts, inside = parts.map_reduce(_pref, share, bins)
     total = counts.sum()
     k = plan.min_cell
+    c = counts.astype(np.int64)
+    hidden = (c > 0) & (c < k)
+    while True:
+        # a lone withheld cell of a bin (or of an arm) would follow from the bin's total over
+        # the arms (the arm's total): withhold the bin's other cell (the arm's next smallest)
+        before = hidden.copy()
+        hidden[:, hidden.sum(axis=0) == 1] = True
+        for arm in (1, 0):
+            shown = np.flatnonzero(~hidden[arm])
+            if hidden[arm].sum() == 1 and shown.size:
+                hidden[arm, shown[np.argmin(c[arm][shown])]] = True
+        if (hidden == before).all():
+            break
     rows = []
     for arm in (1, 0):
-        c = counts[arm].astype(np.int64)
-        hidden = (c > 0) & (c < k)
-        if hidden.sum() == 1:
-            # one withheld bin would follow from the arm's total: withhold the next smallest
-            shown = np.flatnonzero(~hidden)
-            if shown.size:
-                hidden[shown[np.argmin(c[shown])]] = True
         for j in range(bins):
             rows.append({"arm": labels[arm], "bin": f"{j / bins:g}-{(j + 1) / bins:g}",
-                         "persons": None if hidden[j] else int(c[j]),
-                         **_flag(bool(hidden[j]))})
+                         "persons": None if hidden[arm, j] else int(c[arm, j]),
+                         **_flag(bool(hidden[arm, j]))})
     return rows, inside / total if total else math.nan
 
 

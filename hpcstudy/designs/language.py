@@ -3,7 +3,16 @@ every problem is collected with file:line, the field and a fix)."""
 
 from __future__ import annotations
 
-from .spec import BOTH_ARMS, ESTIMANDS, METHODS, Matching, Propensity, Weighting
+from .spec import (
+    BOTH_ARMS,
+    ESTIMANDS,
+    METHODS,
+    SUPPLY,
+    AsTreated,
+    Matching,
+    Propensity,
+    Weighting,
+)
 
 
 def _number(cx, node, key, path, lo, hi, default, open_lo=False):
@@ -39,7 +48,11 @@ def both_arms(cx, node) -> str:
     return _choice(cx, node, "both_arms", "comparator.both_arms", BOTH_ARMS, "remove")
 
 
-def propensity(cx, doc, covariates: dict, has_comparator: bool) -> Propensity | None:
+MIN_REPLICATES = 20
+
+
+def propensity(cx, doc, covariates: dict, has_comparator: bool,
+               has_cox: bool = False) -> Propensity | None:
     from ..study.parse import _names_list, show
 
     node = doc["propensity"]
@@ -88,7 +101,16 @@ def propensity(cx, doc, covariates: dict, has_comparator: bool) -> Propensity | 
                 caliper = _number(cx, m, "caliper", "propensity.matching.caliper", 0, 10, 0.2,
                                   open_lo=True)
             replace = cx.boolean(m, "replace", "propensity.matching.replace", False)
-            matching = Matching(ratio, caliper, replace)
+            boot = cx.integer(m, "bootstrap", "propensity.matching.bootstrap", 0, 10_000, 0)
+            if 0 < boot < MIN_REPLICATES:
+                cx.err(m, "bootstrap", "propensity.matching.bootstrap", f"{boot} replicates are "
+                       f"too few for a 95 % interval", f"give at least {MIN_REPLICATES} (e.g. "
+                       "bootstrap: 200), or 0 for none")
+            elif boot and not has_cox:
+                cx.err(m, "bootstrap", "propensity.matching.bootstrap", "the bootstrap refits "
+                       "the Cox model: the study has no analyses.cox", "add analyses: {cox: "
+                       "true}, or drop bootstrap:")
+            matching = Matching(ratio, caliper, replace, boot)
     if "weighting" in node:
         w = cx.mapping(node["weighting"], "weighting", "propensity.weighting", node,
                        "weighting", "weighting: {estimand: ate, stabilised: true}")
@@ -120,11 +142,106 @@ def propensity(cx, doc, covariates: dict, has_comparator: bool) -> Propensity | 
     trim = cx.boolean(node, "trim", "propensity.trim", False)
     penalty = _number(cx, node, "penalty", "propensity.penalty", 0, 1e6, 0.0)
     bins = cx.integer(node, "bins", "propensity.bins", 2, 1000, 20)
+    charlson = cx.boolean(node, "charlson_components", "propensity.charlson_components", False)
+    flags = cx.boolean(node, "codelist_flags", "propensity.codelist_flags", False)
     return Propensity(names, method, matching, weighting, strata, trim, penalty, bins,
-                      everything)
+                      everything, charlson, flags)
+
+
+def as_treated(cx, fu, index, comparator, names: dict) -> AsTreated | None:
+    """``follow_up.as_treated``: ``true`` (the defaults) or a mapping of options. ``index`` is
+    the study's index rule (the exposure's), ``comparator`` the Comparator or None, ``names``
+    the codelists by name."""
+    from ..study.parse import show
+
+    node = fu["as_treated"]
+    path = "follow_up.as_treated"
+    if node is False:
+        return None
+    active = comparator is not None and comparator.kind == "active"
+    rules = [("exposure" if comparator is not None else "index", index)]
+    if active:
+        rules.append(("comparator.active", comparator.index))
+    ok = True
+    for where, rule in rules:
+        if rule is None:
+            return None
+        if rule.kind != "first_event" or rule.events is None or rule.events.register != "lmdb":
+            cx.err(fu, "as_treated", path, f"as-treated follow-up follows the drug of the index "
+                   f"rule, but {where} is not a first dispensing (register lmdb)",
+                   "start the arm at a dispensing (an atc codelist), or drop as_treated:")
+            ok = False
+    if node is True:
+        return AsTreated(switch=active) if ok else None
+    m = cx.mapping(node, "as_treated", path, fu, "as_treated",
+                   "as_treated: {grace_days: 30, per_day: 1}")
+    if m is None:
+        return None
+    supply = _choice(cx, m, "supply", f"{path}.supply", SUPPLY, "ddd")
+    per_day = _number(cx, m, "per_day", f"{path}.per_day", 0, 1000, 1.0, open_lo=True)
+    from ..study.keys import DAYS
+
+    grace = cx.integer(m, "grace_days", f"{path}.grace_days", 0, DAYS, 30)
+    stockpile = cx.boolean(m, "stockpile", f"{path}.stockpile", True)
+    episode_end = cx.boolean(m, "episode_end", f"{path}.episode_end", True)
+    switch = cx.boolean(m, "switch", f"{path}.switch", active)
+    if switch and not active:
+        cx.err(m, "switch", f"{path}.switch", "a switch is to the other arm's drug: the study "
+               "has no active comparator", "drop switch:, or compare with comparator: "
+               "{active: ...}")
+        ok = False
+    add_on: list[str] = []
+    if "add_on" in m:
+        v = m["add_on"]
+        atc = sorted(n for n, c in names.items() if c.system == "atc")
+        if not isinstance(v, list) or not v:
+            cx.err(m, "add_on", f"{path}.add_on", f"must be a list of atc codelist names, not "
+                   f"{show(v)}", f"e.g. add_on: [{atc[0] if atc else 'glp1'}]")
+            ok = False
+            v = []
+        for i, x in enumerate(v):
+            if not isinstance(x, str) or x not in names:
+                from ..study.parse import closest
+
+                near = closest(x, names) if isinstance(x, str) else None
+                cx.err(v, i, f"{path}.add_on", f"codelist {show(x)} is not defined",
+                       f"did you mean {near!r}?" if near else "define it under codelists:")
+                ok = False
+            elif names[x].system != "atc":
+                cx.err(v, i, f"{path}.add_on", f"{x} holds {names[x].system} codes: an add-on "
+                       "is a dispensed drug", f"use an atc codelist ({', '.join(atc)})")
+                ok = False
+            elif x in add_on:
+                cx.err(v, i, f"{path}.add_on", f"{x!r} given twice", "give it once")
+                ok = False
+            else:
+                add_on.append(x)
+    if ok and not (episode_end or switch or add_on):
+        cx.err(m, None, path, "censors at nothing (episode_end and switch false, no add_on): "
+               "that is intention-to-treat follow-up", "drop as_treated:, or set episode_end: "
+               "true")
+        ok = False
+    if not ok:
+        return None
+    return AsTreated(supply, per_day, grace, stockpile, episode_end, switch, tuple(add_on))
 
 
 KEYS = {
+    "as_treated": {
+        "supply": ("ddd | units", "days of supply of a dispensing: apk × volume (DDDs, "
+                   "default) or apk × packsize (units), divided by per_day"),
+        "per_day": ("number > 0, at most 1000", "the assumption: DDDs (or units) taken per "
+                    "day (default 1)"),
+        "grace_days": ("whole number ≥ 0", "an uncovered gap up to this long continues the "
+                       "episode, and the episode ends this long after the supply (default 30)"),
+        "stockpile": ("true | false", "a refill before the supply runs out is used after it "
+                      "(default true)"),
+        "episode_end": ("true | false", "censor when the episode ends (default true)"),
+        "switch": ("true | false", "censor the day before the first dispensing of the other "
+                   "arm's drug (default true with an active comparator)"),
+        "add_on": ("list of atc codelist names", "censor the day before the first dispensing "
+                   "of any of these drugs"),
+    },
     "propensity": {
         "covariates": ("list of covariate names, or all", "what the score is fitted on"),
         "method": (" | ".join(METHODS), "how the score is used (default matching; none: "
@@ -137,6 +254,10 @@ KEYS = {
         "penalty": ("number ≥ 0", "L2 penalty of the score model (scikit-learn's 1/C); "
                     "0: none (default)"),
         "bins": ("whole number 2–1000", "bins of the preference-score table (default 20)"),
+        "charlson_components": ("true | false", "each Charlson category a 0/1 covariate of "
+                                "the score, in days [-3650, 0] (named charlson_CATEGORY)"),
+        "codelist_flags": ("true | false", "each codelist besides the arms' own a 0/1 covariate "
+                           "of the score: any event up to index (named codelist_NAME)"),
     },
     "matching": {
         "ratio": ("whole number 1–100", "comparator persons per exposed person (default 1)"),
@@ -144,6 +265,8 @@ KEYS = {
                     "score (default 0.2)"),
         "replace": ("true | false", "may a comparator person be matched again (default "
                     "false)"),
+        "bootstrap": ("whole number 0 or 20–10000", "replicates of a bootstrap interval of "
+                      "the Cox model's exposure HR, resampling matched sets (default 0: none)"),
     },
     "weighting": {
         "estimand": ("ate | att | overlap", "whom the weights stand for (default ate)"),

@@ -24,12 +24,21 @@ def _x(part, spec):
     return _matrix(part, spec)
 
 
-def _ps_part(part, spec):
+def _ps_part(part, spec, center=None):
     X = _x(part, spec)
     xp = array_namespace(X)   # the partition's arrays may live on a device
+    if center is not None:
+        X = X - center   # (a host argument goes to the partition's device with the task)
     n = X.shape[0]
     return {"X": xp.concatenate([xp.ones((n, 1)), X], axis=1),
             "y": (part["group"] == 1).astype(xp.float64), "weights": xp.ones(n)}
+
+
+def _col_sums(part, spec):
+    """The columns' sums and the row count, as one vector (partitions add elementwise)."""
+    X = _x(part, spec)
+    xp = array_namespace(X)
+    return xp.concatenate([X.sum(axis=0), xp.full((1,), float(X.shape[0]))])
 
 
 def _rows(part, spec):
@@ -65,9 +74,15 @@ def fit(plan, parts: Partitions, source: str) -> tuple[list[str], list, np.ndarr
             m.fit(X, y)
             coef = np.concatenate([m.intercept_, m.coef_[0]])
         else:
-            m = Logistic(robust=False).fit_partitions(on_device(parts).map(_ps_part, spec),
+            # centred columns: a covariate far from 0 (calendar year) leaves the intercept
+            # small, so Newton's divergence check sees only true separation
+            sums = np.asarray(on_device(parts).map_reduce(_col_sums, spec), float)
+            center = sums[:-1] / max(sums[-1], 1.0)
+            m = Logistic(robust=False).fit_partitions(on_device(parts).map(_ps_part, spec,
+                                                                           center),
                                                       ["intercept", *names])
-            coef = m.coef_
+            coef = np.array(m.coef_, float)
+            coef[0] -= float(coef[1:] @ center)
     except ModelError as e:
         raise UserError(f"propensity score model: {e}", where=source,
                         fix="drop or merge the covariate that separates the arms "

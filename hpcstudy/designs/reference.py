@@ -57,7 +57,8 @@ def _score(plan, df: pd.DataFrame):
         m = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=1000)
     m.fit(X.to_numpy(), y.to_numpy())
     coef = np.concatenate([m.intercept_, m.coef_[0]])
-    if not pr.penalty and np.any(np.abs(coef) > 25):
+    # the intercept is no sign of separation (a covariate like calendar year moves it far)
+    if not pr.penalty and np.any(np.abs(coef[1:]) > 25):
         raise UserError("propensity score model: the covariates separate the arms "
                         "(coefficients grow without bound)", where=plan.source,
                         fix="drop or merge the covariate that separates the arms "
@@ -72,8 +73,9 @@ def _hash(pnr, seed):
     return person_hash(pnr, seed)
 
 
-def _match(df: pd.DataFrame, mt, caliper, seed) -> pd.Series:
-    """Matching weights by an O(n_exposed · n_comparator) search, pnr·2 + arm → weight."""
+def _match(df: pd.DataFrame, mt, caliper, seed):
+    """Matching weights by an O(n_exposed · n_comparator) search, pnr·2 + arm → weight, and
+    the pairs (exposed pnr, comparator pnr, 1 / the exposed person's number of matches)."""
     import numpy as np
 
     d = df.assign(h=_hash(df["pnr"].to_numpy(), seed), logit=df["logit"].round(7))
@@ -105,13 +107,14 @@ def _match(df: pd.DataFrame, mt, caliper, seed) -> pd.Series:
             active = still
     p = pd.DataFrame(pairs, columns=["t", "j"])
     if p.empty:
-        return pd.Series(dtype=float)
+        return pd.Series(dtype=float), None
     p["c"] = c["pnr"].to_numpy()[p["j"].to_numpy()]
     p["share"] = 1.0 / p.groupby("t")["c"].transform("size")
     wc = p.groupby("c")["share"].sum()
     wt = pd.Series(1.0, index=p["t"].unique())
     return pd.concat([pd.Series(wt.to_numpy(), index=wt.index * 2 + 1),
-                      pd.Series(wc.to_numpy(), index=wc.index * 2)])
+                      pd.Series(wc.to_numpy(), index=wc.index * 2)]), \
+        (p["t"].to_numpy(np.int64), p["c"].to_numpy(np.int64), p["share"].to_numpy(float))
 
 
 def _append(attrition, labels, step, df):
@@ -169,6 +172,7 @@ def design(plan, df: pd.DataFrame, attrition: dict):
     import numpy as np
 
     from ..errors import UserError
+    from .disclosure import TABLE1, TABLE1_ADJUSTED, secondary
 
     pr = plan.propensity
     k = plan.min_cell
@@ -184,11 +188,20 @@ def design(plan, df: pd.DataFrame, attrition: dict):
 
     df = df.sort_values(["group", "pnr"], ascending=[False, True]).reset_index(drop=True)
     need_both(df, "before the propensity score")
+    left_out = []
+    if pr.added:   # flags the design added: those too rare in an arm are left out
+        from .components import keep_common
+
+        counts = {name: [[int((df.loc[df["group"] == arm, name] == v).sum())
+                          for v in (0, 1)] for arm in (0, 1)] for name in pr.added}
+        plan, left_out = keep_common(plan, counts)
+        pr = plan.propensity
     df["logit"] = _score(plan, df)
     df["ps"] = 1 / (1 + np.exp(-df["logit"].clip(-700, 700)))
     share = float((df["group"] == 1).mean())
     vars_ = _rows_vars(plan, df)
     before = _stats(df, vars_)
+    df0 = df   # the cohort before the design: what Table 1 shows
     # Table 1
     t1 = []
     for name, level in vars_:
@@ -212,24 +225,36 @@ def design(plan, df: pd.DataFrame, attrition: dict):
                            "sd": float(x.std(ddof=1)), "median": _smoothed(x, 0.5, k),
                            "q1": _smoothed(x, 0.25, k), "q3": _smoothed(x, 0.75, k),
                            **_flag(False)})
+    t1 = secondary(t1, TABLE1)
     # preference score
     f = 1 / (1 + np.exp(-(df["logit"] - math.log(share / (1 - share)))))
     edges = np.linspace(0, 1, pr.bins + 1)
     b = pd.cut(f.clip(upper=np.nextafter(1, 0)), edges, right=False, labels=False)
     pref = []
+    cells, hide = {}, {}
     for arm in (1, 0):
         counts = b[df["group"] == arm].value_counts()
-        cells = [int(counts.get(j, 0)) for j in range(pr.bins)]
-        hide = [0 < c < k for c in cells]
-        if sum(hide) == 1:   # secondary: the arm's total would give a lone withheld bin back
-            visible = [(c, j) for j, c in enumerate(cells) if not hide[j]]
-            if visible:
-                hide[min(visible)[1]] = True
-        for j, c in enumerate(cells):
+        cells[arm] = [int(counts.get(j, 0)) for j in range(pr.bins)]
+        hide[arm] = [0 < c < k for c in cells[arm]]
+    changed = True
+    while changed:   # secondary: no withheld cell may follow from a bin's or an arm's total
+        changed = False
+        for j in range(pr.bins):
+            if hide[0][j] != hide[1][j]:
+                hide[0][j] = hide[1][j] = changed = True
+        for arm in (1, 0):
+            if sum(hide[arm]) == 1:
+                visible = [(c, j) for j, c in enumerate(cells[arm]) if not hide[arm][j]]
+                if visible:
+                    hide[arm][min(visible)[1]] = changed = True
+    for arm in (1, 0):
+        for j, c in enumerate(cells[arm]):
             pref.append({"arm": labels[arm], "bin": f"{j / pr.bins:g}-{(j + 1) / pr.bins:g}",
-                         "persons": None if hide[j] else c, **_flag(hide[j])})
+                         "persons": None if hide[arm][j] else c, **_flag(hide[arm][j])})
     equipoise = float(((f >= 0.3) & (f <= 0.7)).mean())
     out = {"method": pr.method, "covariates": list(pr.covariates)}
+    if left_out:
+        out["left_out"] = left_out
     if pr.trim:
         lo = max(df.loc[df["group"] == a, "ps"].min() for a in (0, 1))
         hi = min(df.loc[df["group"] == a, "ps"].max() for a in (0, 1))
@@ -242,7 +267,7 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         sd = float(df["logit"].round(7).std(ddof=1))
         caliper = None if mt.caliper is None else mt.caliper * sd
         exposed_n = int((df["group"] == 1).sum())
-        w = _match(df, mt, caliper, plan.seed)
+        w, pairs = _match(df, mt, caliper, plan.seed)
         key = df["pnr"] * 2 + df["group"].astype("int64")
         df = df[key.isin(w.index)].copy()
         df["weight"] = (df["pnr"] * 2 + df["group"].astype("int64")).map(w)
@@ -297,6 +322,8 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         out.update(estimand="ate", strata=pr.strata)
     weighted = pr.method != "none"
     after = _stats(df, vars_, df["weight"]) if weighted else None
+    t1_after = secondary(_table1_adjusted(df, df0, vars_, before, labels, k),
+                         TABLE1_ADJUSTED) if weighted else None
     bal, _raw = [], []
     for name, level in vars_:
         (m0, v0, _), (m1, v1, _) = before[(name, level, 0)], before[(name, level, 1)]
@@ -324,10 +351,55 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         warnings.append(f"only {100 * equipoise:.0f} % of persons are in equipoise "
                         "(preference score 0.3–0.7): the arms differ much")
     out["max_abs_smd_after"] = max(worst) if weighted else None
+    if pr.method == "matching" and pr.matching.bootstrap:
+        from .bootstrap import cox_interval
+
+        out["bootstrap"] = cox_interval(plan, [{c: df[c].to_numpy() for c in df.columns}],
+                                        *pairs)
     out["warnings"] = warnings
     df = df.drop(columns=["logit"])
     results = {"table1": t1, "balance": bal, "preference": pref, "design": out}
+    if t1_after is not None:
+        results["table1_adjusted"] = t1_after
     return df, attrition, results
+
+
+def _table1_adjusted(df, df0, vars_, before, labels, k) -> list[dict]:
+    """Table 1 of the matched or weighted cohort ``df`` (see balance.table1_adjusted for the
+    rules), with weighted sums taken here in pandas; ``df0`` is the cohort before the design."""
+    import math
+
+    def few(dropped):
+        return 0 < dropped < k
+
+    rows = []
+    for name, level in vars_:
+        flag = before[(name, level, 0)][2] and before[(name, level, 1)][2]
+        for arm in (1, 0):
+            d = df[df["group"] == arm]
+            x, w = _col(d, name, level), d["weight"].astype(float)
+            x0 = _col(df0[df0["group"] == arm], name, level)
+            sw = float(w.sum())
+            m = float((w * x).sum()) / sw if sw > 0 else float("nan")
+            base = {"variable": name, "level": "-" if level is None else str(level),
+                    "arm": labels[arm]}
+            if flag:
+                ones = int((x == 1).sum())
+                ones0 = int((x0 == 1).sum())
+                hide = min(ones, len(x) - ones) < k or few(ones0 - ones) or \
+                    few(len(x0) - ones0 - (len(x) - ones))
+                shown = {"persons": ones, "weighted_persons": float((w * x).sum()),
+                         "percent": 100 * m, "mean": None, "sd": None}
+            else:
+                hide = len(x) < k or few(len(x0) - len(x))
+                var = float((w * (x - m) ** 2).sum()) / (sw - 1) if sw > 1 else float("nan")
+                shown = {"persons": len(x), "weighted_persons": sw, "percent": None,
+                         "mean": m, "sd": math.sqrt(max(var, 0.0)) if math.isfinite(var)
+                         else None}
+            if hide:
+                shown = dict.fromkeys(shown)
+            rows.append({**base, **shown, **_flag(hide)})
+    return rows
 
 
 def _flag(hidden: bool) -> dict:

@@ -10,7 +10,8 @@ from hpcstudy_kernels import array_namespace
 from hpcstudy_kernels.windows import NO_DATE  # noqa: F401 - one "no such date" everywhere
 
 STATUS = {0: "end of follow-up", 1: "outcome", 2: "death (competing)", 3: "emigration",
-          4: "started the exposure"}
+          4: "started the exposure", 5: "end of the exposure episode",
+          6: "switched to the other arm's drug", 7: "started an add-on drug"}
 
 
 def random_index_days(pnr, seed: int, start: int, end: int):

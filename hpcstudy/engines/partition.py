@@ -37,6 +37,7 @@ from hpcstudy_kernels import followup
 from hpcstudy_kernels import windows as W
 from hpcstudy_kernels.windows import NO_DATE
 
+from ..designs import episodes
 from ..devices import Device, get_device
 from ..measures import contact
 from ..plan.dispatch import Registry, engine_registries
@@ -259,6 +260,7 @@ class Persons:
             if self.v_out.shape[0] else xp.ones(n, dtype=bool)
         self._rows: dict[str, tuple] = {}
         self.streams: dict[EventStream, tuple] = {}
+        self.positions: dict[EventStream, object] = {}   # a stream's rows in its register
 
     def rows_of(self, ev_pnr):
         """(person row of each event row, whether the person is in this partition's bef).
@@ -334,6 +336,8 @@ def _plan_streams(plan: Plan) -> list[EventStream]:
         add(g.index.stream)
         add(g.never_before)
         add(g.censor_at)
+        for s in episodes.streams(g):
+            add(s)
     for cr in plan.criteria:
         add(cr.stream)
     for c in plan.columns:
@@ -468,6 +472,7 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
                     cand_bits[w] = bits[w][cand]
                 idx = cand[(cand_bits[w] & one) != 0]
                 pp.streams[s] = (rows[idx], day[idx])
+                pp.positions[s] = idx   # (as-treated episodes read the rows' other columns)
                 continue
             keep = known
             if _selects(s):
@@ -482,6 +487,7 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
                                xp.isin(target, dev.to_device(np.asarray(vals))))
             idx = xp.nonzero(keep)[0]
             pp.streams[s] = (rows[idx], day[idx])
+            pp.positions[s] = idx
 
 
 def _by_code_only(s: EventStream) -> bool:
@@ -766,9 +772,12 @@ def follow_up(pp: Persons, plan: Plan, g: GroupPlan, ref, rows) -> dict:
     if plan.follow_up_end is not None:
         cap = xp.minimum(cap, plan.follow_up_end)
     start = index + plan.follow_up_start
-    ends = [outcome, other_death, emig, switch, cap]
+    ends = [outcome, other_death, emig, switch]
+    if g.episodes is not None:   # as-treated: statuses 5-7 (designs/episodes.py)
+        ends += episodes.array_ends(pp, g, ref, rows)
+    ends.append(cap)
     exit_, cause, _ = followup.follow_up(start, ends)
-    status = xp.where(cause == 5, 0, cause).astype(xp.int8)
+    status = xp.where(cause == len(ends), 0, cause).astype(xp.int8)
     return {"exit_date": exit_.astype(xp.int32), "status": status,
             "time": (exit_ - start + 1).astype(xp.int32),
             "event": (status == 1).astype(xp.int8),

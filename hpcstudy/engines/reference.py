@@ -392,7 +392,12 @@ class ReferenceEngine:
         if g.censor_at is not None:
             s = first_in(data.stream(g.censor_at), c, 1, None)
             switch = s.where(s == NO_DATE, s - 1)
-        ends = [outcome, other, emig, switch, cap]
+        ends = [outcome, other, emig, switch]
+        if g.episodes is not None:   # as-treated: statuses 5-7 (designs/episodes.py)
+            from ..designs.episodes import frame_ends
+
+            ends += frame_ends(data, g, c)
+        ends.append(cap)
         exit_ = pd.Series(NO_DATE, index=c.index, dtype="int64")
         status = pd.Series(0, index=c.index, dtype="int8")
         raw = pd.concat(ends, axis=1).min(axis=1)
@@ -400,7 +405,7 @@ class ReferenceEngine:
             e = np.maximum(e, start)
             sooner = e < exit_
             exit_ = exit_.where(~sooner, e)
-            status = status.where(~sooner, 0 if k == 4 else k + 1)
+            status = status.where(~sooner, 0 if k == len(ends) - 1 else k + 1)
         return pd.DataFrame({"exit_date": exit_.astype("int32"), "status": status.astype("int8"),
                              "time": (exit_ - start + 1).astype("int32"),
                              "event": (status == 1).astype("int8")}), outcome, raw

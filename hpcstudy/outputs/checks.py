@@ -26,7 +26,7 @@ from . import manifest as M
 from .protection import determined, margin_groups
 
 KINDS = ("results", "cohort", "rates", "lexis", "curves", "attrition", "model", "measure",
-         "hospitals", "plan", "table1", "balance", "preference", "run")
+         "hospitals", "plan", "table1", "balance", "preference", "table1_adjusted", "run")
 HOSPITAL_DERIVED = ("expected", "oe", "lower_95", "upper_95", "limit95_low", "limit95_high",
                     "limit998_low", "limit998_high")
 RATE_COLUMNS = ("persons", "events", "person_years", "rate_per_1000py", "lower_95", "upper_95",
@@ -49,7 +49,8 @@ DERIVED = {"cohort": (*RATE_COLUMNS[2:6], "proportion"),
            "hospitals": HOSPITAL_DERIVED}
 # comparative designs: the columns each row may show only with its persons
 DESIGN_DERIVED = {"table1": ("percent", "mean", "sd", "median", "q1", "q3"),
-                  "balance": ("smd_before", "smd_after"), "preference": ()}
+                  "balance": ("smd_before", "smd_after"), "preference": (),
+                  "table1_adjusted": ("weighted_persons", "percent", "mean", "sd")}
 COUNTS = ("persons", "events", "at_risk", "persons_other", "events_other", "n")
 TERM_COUNTS = ("persons", "events", "persons_other", "events_other")
 FORBIDDEN_COLUMNS = {"pnr", "cpr", "cpr_nr", "min", "max", "minimum", "maximum", "median"}
@@ -360,6 +361,23 @@ def _design_table(kind: str, rows: list[dict], m: int, where: str) -> list[str]:
     return out
 
 
+def _adjusted_vs_before(doc: dict, m: int, where: str) -> list[str]:
+    """Table 1 after a design against Table 1 before it: the persons a row lost (those the
+    design dropped) must not be 1 to min_cell − 1, or the two tables' difference shows them."""
+    before = {(r.get("variable"), r.get("level"), r.get("arm")): r.get("persons")
+              for r in doc.get("table1") or [] if isinstance(r, dict)}
+    out = []
+    for i, r in enumerate(doc.get("table1_adjusted") or [], 1):
+        if not isinstance(r, dict):
+            continue
+        b = before.get((r.get("variable"), r.get("level"), r.get("arm")))
+        a = r.get("persons")
+        if isinstance(a, int) and isinstance(b, int) and 0 < b - a < m:
+            out.append(f"{where}:table1_adjusted: row {i}: {b - a} persons fewer than in "
+                       "table1: the difference is a small cell")
+    return out
+
+
 def _sections(doc: dict) -> list[tuple[str, str, object]]:
     """(kind, path, data) of every section of results.json."""
     out = []
@@ -381,6 +399,7 @@ def _results(doc: dict, m: int, where: str) -> list[str]:
     out = []
     for kind, path, data in _sections(doc):
         out += check_kind(kind, data, m, f"{where}:{path}")
+    out += _adjusted_vs_before(doc, m, where)
     out += _across({f"{where}:{p}": (k, d) for k, p, d in _sections(doc)}, m)
     return out
 

@@ -41,7 +41,8 @@ SHA = re.compile(r"[0-9a-f]{64}")
 REQUIRED = {"cohort": ("persons", "events"), "rates": ("persons", "events"),
             "hospitals": ("persons", "events"),
             "lexis": ("events",), "curves": ("at_risk", "events"), "attrition": ("persons",),
-            "measure": ("persons", "events"), "table1": ("persons",), "preference": ("persons",)}
+            "measure": ("persons", "events"), "table1": ("persons",), "preference": ("persons",),
+            "table1_adjusted": ("persons",)}
 LEXIS_TERM = re.compile(r"(age_band|period|time_band) \S+")
 RUN_FIELDS = {"engine", "data_manifest_sha256", "min_cell", "round_to", "status_codes",
               "approval", "study_warnings", "device"}
@@ -320,7 +321,11 @@ DESIGN_FIELDS = {"method": str, "covariates": list, "estimand": str, "ratio": in
                  "caliper_logit": (float, type(None)), "common_support": list,
                  "truncated_at": list, "stabilised": bool, "strata": int,
                  "equipoise_share": float, "max_abs_smd_after": (float, type(None)),
-                 "both_arms": str, "warnings": list}
+                 "both_arms": str, "warnings": list, "bootstrap": dict, "left_out": list}
+# the bootstrap interval's fields (designs/bootstrap.py): replicates, not persons
+BOOTSTRAP_FIELDS = {"replicates": int, "failed": int, "term": str,
+                    "se": (float, type(None)), "lower_95": (float, type(None)),
+                    "upper_95": (float, type(None))}
 
 
 def _design_problems(d, where: str) -> list[str]:
@@ -331,9 +336,17 @@ def _design_problems(d, where: str) -> list[str]:
         return [f"{where}: undeclared field(s) {extra}"]
     out = [f"{where}.{k}: not a {DESIGN_FIELDS[k]}" for k, v in d.items()
            if not isinstance(v, DESIGN_FIELDS[k])]
-    for k in ("covariates", "warnings"):
+    for k in ("covariates", "warnings", "left_out"):
         if not all(isinstance(x, str) for x in d.get(k, [])):
             out.append(f"{where}.{k}: not a list of text")
+    b = d.get("bootstrap")
+    if isinstance(b, dict):
+        if set(b) != set(BOOTSTRAP_FIELDS):
+            out.append(f"{where}.bootstrap: fields {sorted(set(b) ^ set(BOOTSTRAP_FIELDS))} "
+                       "differ from the declared")
+        out += [f"{where}.bootstrap.{k}: not a {BOOTSTRAP_FIELDS[k]}" for k, v in b.items()
+                if k in BOOTSTRAP_FIELDS and (not isinstance(v, BOOTSTRAP_FIELDS[k]) or
+                                              isinstance(v, bool))]
     return out + C.text_problems("\n".join(d.get("warnings", [])), where)
 
 

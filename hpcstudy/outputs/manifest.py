@@ -81,8 +81,11 @@ KINDS: dict[str, Kind] = {
                    ("percent", "mean", "sd", "median", "q1", "q3")),
     "balance": Kind(("variable", "level"), (), ("smd_before", "smd_after")),
     "preference": Kind(("arm", "bin"), ("persons",), (), bands=("bin",)),
+    # Table 1 of the matched or weighted cohort: weighted sums, percents, means and SDs
+    "table1_adjusted": Kind(("variable", "level", "arm"), ("persons",),
+                            ("weighted_persons", "percent", "mean", "sd")),
 }
-DESIGN_TABLES = ("table1", "balance", "preference")
+DESIGN_TABLES = ("table1", "balance", "preference", "table1_adjusted")
 # results.json's sections: a table of kind K is the top-level list K (cohort, rates, table1 …),
 # but for these, which hold several tables or models by name
 NESTED = {"attrition": "attrition", "models": "model", "measures": "measure"}

@@ -137,6 +137,10 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
             groups.append(GroupPlan(0, "non_users", window, never_before=exposed.stream,
                                     censor_at=exposed.stream if comp.censor_on_exposure
                                     else None))
+    if study.as_treated is not None:
+        from ..designs import episodes
+
+        groups = episodes.plan_groups(c, study, groups)
     criteria = tuple(CriterionPlan(cr.action, c.stream(cr.events, f"criteria[{i}]"), cr.window,
                                    cr.min_count, cr.label or _label(cr, i))
                      for i, cr in enumerate(study.criteria))
@@ -160,6 +164,10 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
             cols.append(IndexContactColumn(cov.name, attribute=cov.attribute))
         else:
             cols.append(COLUMNS[cov.kind](cov.name))
+    if study.propensity is not None:   # flags the design adds on request
+        from ..designs import components
+
+        cols, study = components.expand(c, study, cols)
     o = study.outcome
     stream = c.stream(o.events, "outcome") if o.events else None
     if stream is not None and stream.codes is not None and stream.codes.empty:

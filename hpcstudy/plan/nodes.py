@@ -100,6 +100,7 @@ class GroupPlan:
     index: IndexPlan
     never_before: EventStream | None = None  # non-users: no such event on or before index
     censor_at: EventStream | None = None     # follow-up ends at the first such event
+    episodes: Any = None     # as-treated follow-up: hpcstudy.designs.spec.EpisodePlan
 
 
 # -- eligibility at index (dimension: person): each keeps some persons, one attrition step --

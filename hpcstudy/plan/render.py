@@ -102,6 +102,9 @@ def render(plan: Plan) -> str:
     if plan.follow_up_start:
         out.append(f"follow-up starts on day {plan.follow_up_start} after index (a lag: "
                    "earlier outcomes remove the person, earlier time is not counted)")
+    from ..designs.episodes import plan_text
+
+    ends += plan_text(plan)   # as-treated follow-up
     out.append("follow-up ends at the first of: " + ", ".join(ends))
     out += ["", "analyses:"]
     if plan.rates_by is not None:

@@ -133,6 +133,9 @@ KEYS: dict[str, dict[str, tuple[str, str]]] = {
                       "starts that many days after index; a person with the outcome before "
                       "leaves the cohort (default 0)"),
         "end_date": ("YYYY-MM-DD", "calendar end of follow-up (last day at risk)"),
+        "as_treated": ("true, or mapping", "follow-up ends when the index drug is no longer "
+                       "taken: end of the episode of dispensings, switch, add-on (default: "
+                       "intention to treat; see comparative.md)"),
     },
     "analyses": {
         "rates": ("false, or {by: [...]}", "rates by covariates besides the cohort table"),

@@ -365,6 +365,7 @@ class Study:
     round_to: int = 0                        # round shown counts to this multiple (0: off)
     variants: tuple[Variant, ...] = ()       # sensitivity analyses (see parse.apply_variant)
     propensity: Any = None                   # hpcstudy.designs.spec.Propensity, or None
+    as_treated: Any = None                   # hpcstudy.designs.spec.AsTreated; None: ITT
     # where it was read from, and what `check` warned about: not part of what the study is
     source: str = field(default="<python>", compare=False)
     warnings: tuple[Problem, ...] = field(default=(), compare=False, repr=False)
@@ -422,6 +423,9 @@ class Study:
         fu = {**({"max_days": self.follow_up_days} if self.follow_up_days else {}),
               **({"start_day": self.follow_up_start} if self.follow_up_start else {}),
               **({"end_date": self.follow_up_end} if self.follow_up_end else {})}
+        if self.as_treated is not None:
+            fu["as_treated"] = self.as_treated.to_dict(
+                self.comparator is not None and self.comparator.kind == "active")
         if fu:
             d["follow_up"] = fu
         a = self.analyses.to_dict()

@@ -1376,20 +1376,28 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
                "covariate's name", "give the exposure another name")
     _index_contact_needs_contacts(cx, doc, covariates, index, comparator)
     outcome = _outcome(cx, doc, names)
-    max_days, start_day, end_date = None, 0, None
+    max_days, start_day, end_date, as_treated = None, 0, None, None
     if "follow_up" in doc:
-        fu = cx.mapping(doc["follow_up"], "follow_up", "follow_up", doc, "follow_up",
+        fu = doc["follow_up"]
+        if fu == "as_treated":    # the shorthand for {as_treated: true}
+            fu = Node({"as_treated": True})
+            fu.line = doc.line_of("follow_up")
+        fu = cx.mapping(fu, "follow_up", "follow_up", doc, "follow_up",
                         "follow_up: {max_days: 3650}")
         if fu is not None:
             max_days = cx.integer(fu, "max_days", "follow_up.max_days", 1, DAYS, None)
             start_day, end_date = _follow_up_time(cx, fu, max_days, index, outcome)
+            if "as_treated" in fu:
+                from ..designs import language as design_language
+
+                as_treated = design_language.as_treated(cx, fu, index, comparator, names)
     analyses = _analyses(cx, doc, {c.name: c for c in covariates}, comparator is not None)
     propensity = None
     if "propensity" in doc:
         from ..designs import language as design_language
 
         propensity = design_language.propensity(cx, doc, {c.name: c for c in covariates},
-                                                "comparator" in doc)
+                                                "comparator" in doc, analyses.cox is not None)
     min_cell, round_to = 5, 0
     if "disclosure" in doc:
         disc = cx.mapping(doc["disclosure"], "disclosure", "disclosure", doc, "disclosure",
@@ -1407,6 +1415,7 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
                   covariates=covariates, follow_up_days=max_days,
                   follow_up_start=start_day, follow_up_end=end_date, analyses=analyses,
                   min_cell=min_cell, round_to=round_to, propensity=propensity,
+                  as_treated=as_treated,
                   variants=tuple(Variant(v["name"], tuple((k, _plain(x)) for k, x in
                                                           v["set"].items()))
                                  for _, v in variants),
@@ -1443,4 +1452,5 @@ def _codelists_used(s: Study) -> set[str]:
     rules = [s.index] + ([s.comparator.index] if s.comparator and s.comparator.index else [])
     events = [r.events for r in rules] + [c.events for c in s.criteria] + \
         [c.events for c in s.covariates] + [s.outcome.events]
-    return {e.codelist for e in events if e is not None}
+    add_on = set(s.as_treated.add_on) if s.as_treated is not None else set()
+    return {e.codelist for e in events if e is not None} | add_on

@@ -40,8 +40,9 @@ class Registers:
             self._add("lpr_diag", recnum=self._rec, c_diag=b, c_diagtype="B")
         return self
 
-    def rx(self, pnr, day, atc, apk=1):
-        self._add("lmdb", pnr=pnr, eksd=day, atc=atc, apk=apk, packsize=100, volume=100.0)
+    def rx(self, pnr, day, atc, apk=1, packsize=100, volume=100.0):
+        self._add("lmdb", pnr=pnr, eksd=day, atc=atc, apk=apk, packsize=packsize,
+                  volume=volume)
         return self
 
     def write(self, out, partitions=2):

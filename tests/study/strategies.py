@@ -147,11 +147,16 @@ def studies(draw):
     elif kind == "event":
         s["index"] = draw(index_rule())
     else:
-        rule = draw(index_rule(need_between=kind == "non_users"))
+        # two drugs (an active comparison of dispensings) often: as-treated switches
+        drugs = kind == "active" and draw(st.booleans())
+        rule = draw(index_rule(need_between=kind == "non_users", names=ATC if drugs else ALL))
         s["exposure"] = {**({"name": draw(st.sampled_from(["exposed", "statin", "drug_a"]))}
                             if draw(st.booleans()) else {}), **rule}
         if kind == "active":
-            other = draw(index_rule(names=[n for n in ALL if n != rule["first_event"]
+            pool = ALL
+            if _register(rule["first_event"]) == "lmdb" and draw(st.integers(0, 3)):
+                pool = ATC   # two drugs: as-treated follow-up with switches can be drawn
+            other = draw(index_rule(names=[n for n in pool if n != rule["first_event"]
                                            ["codelist"]]))
             s["comparator"] = {"active": other}
         elif draw(st.integers(0, 3)) == 0:
@@ -219,8 +224,30 @@ def studies(draw):
         first = rule.get("date") or (rule.get("between") or ["1990-01-01"])[0]
         end = draw(st.sampled_from(["2012-06-30", "2016-12-31", "2019-01-01"]))
         s.setdefault("follow_up", {})["end_date"] = max(end, first)
+    lmdb = [r for r in rules if "first_event" in r and _register(r["first_event"]) == "lmdb"]
+    if kind != "date" and len(lmdb) == len(rules) and draw(st.integers(0, 2)):
+        s.setdefault("follow_up", {})["as_treated"] = draw(as_treated(kind == "active"))
     s["analyses"] = {"rates": {"by": ["group", "sex"]}}
     return s
+
+
+@st.composite
+def as_treated(draw, active: bool):
+    """follow_up.as_treated (hpcstudy/designs/episodes.py): true, or every option (each key is
+    drawn whenever a mapping is, so that the key coverage test never hangs on chance)."""
+    if not active and draw(st.integers(0, 3)) == 0:
+        return True
+    a: dict = {"supply": draw(st.sampled_from(["ddd", "units"])),
+               "per_day": draw(st.sampled_from([1, 0.5, 2, 3.5])),
+               "grace_days": draw(st.sampled_from([0, 15, 30, 90])),
+               "stockpile": draw(st.booleans()), "episode_end": draw(st.booleans())}
+    if active:
+        a["switch"] = draw(st.booleans())
+    if draw(st.booleans()):
+        a["add_on"] = draw(st.lists(st.sampled_from(ATC), min_size=1, max_size=2, unique=True))
+    if not a["episode_end"] and not a.get("add_on") and not a.get("switch"):
+        a["episode_end"] = True
+    return a
 
 
 def _names(covs, kinds=None):
@@ -386,17 +413,19 @@ def propensity(draw, s):
                                    "weighting"]))
     if method is not None:
         p["method"] = method
-    if method in ("matching", None) and draw(st.booleans()):
+    if method in ("matching", None) and draw(st.integers(0, 3)):
         p["matching"] = {"ratio": draw(st.integers(1, 3)),
                          "caliper": draw(st.sampled_from([0.05, 0.2, 1, None])),
                          "replace": draw(st.booleans())}
-    if method == "weighting" and draw(st.integers(0, 3)):
+    if method in ("matching", None) and s.get("analyses", {}).get("cox") not in (None, False):
+        p.setdefault("matching", {})["bootstrap"] = draw(st.sampled_from([0, 20, 200]))
+    if method == "weighting":
         est = draw(st.sampled_from(["ate", "att", "overlap"]))
         p["weighting"] = {"estimand": est, "stabilised": est != "overlap" and draw(
             st.booleans())}
         if draw(st.integers(0, 3)):   # often: the meta-test must see it in 200 draws
             p["weighting"]["truncate"] = draw(st.sampled_from([[1, 99], [0.5, 99.5], [5, 100]]))
-    if method == "stratification" and draw(st.booleans()):
+    if method == "stratification":
         p["stratification"] = {"strata": draw(st.integers(2, 10))}
     if draw(st.booleans()):
         p["trim"] = draw(st.booleans())
@@ -404,4 +433,7 @@ def propensity(draw, s):
         p["penalty"] = draw(st.sampled_from([0, 0.5, 10]))
     if draw(st.booleans()):
         p["bins"] = draw(st.integers(2, 50))
+    for key in ("charlson_components", "codelist_flags"):
+        if draw(st.booleans()):
+            p[key] = draw(st.booleans())
     return p

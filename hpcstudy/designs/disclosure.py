@@ -1,0 +1,40 @@
+"""Secondary suppression of the design's Table 1 rows (before and after the design), shared by
+both engines' writers: a withheld row must not follow from the totals a reader could know.
+
+The totals are those the output re-checker assumes (``outputs.protection.margin_groups``:
+every set of rows sharing some of the key columns, e.g. a variable's arms, an arm's rows). While
+some withheld row is still determined by them, the smallest shown row sharing a total with it
+(ties: the first) is withheld too.
+"""
+
+from __future__ import annotations
+
+from ..outputs.protection import determined, margin_groups
+
+KEYS = ("variable", "level", "arm")
+TABLE1 = ("percent", "mean", "sd", "median", "q1", "q3")
+TABLE1_ADJUSTED = ("weighted_persons", "percent", "mean", "sd")
+
+
+def secondary(rows: list[dict], derived: tuple[str, ...]) -> list[dict]:
+    """``rows`` with more rows withheld until no withheld row is determined by the totals."""
+    hidden = [r.get("suppressed") is True for r in rows]
+    if not any(hidden):
+        return rows
+    groups = margin_groups(rows, KEYS)
+    while True:
+        det = determined(hidden, groups)
+        if not det:
+            break
+        i = det[0]
+        near = {j for g in groups if i in g for j in g if not hidden[j]} or \
+            {j for j, h in enumerate(hidden) if not h}
+        if not near:
+            break
+        hidden[min(near, key=lambda j: (rows[j].get("persons") or 0, j))] = True
+    out = []
+    for r, h in zip(rows, hidden, strict=True):
+        if h and not r.get("suppressed"):
+            r = {**r, "persons": None, **dict.fromkeys(derived), "suppressed": True}
+        out.append(r)
+    return out
