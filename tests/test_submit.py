@@ -186,8 +186,10 @@ def test_cancel_and_logs(slurm_cluster, tmp_path):
 
 
 def submit_and_wait_for_checkpoints(data, out, env, at_least=3, launcher="local"):
+    # each partition takes a second (a test hook): the job is still running when it is stopped
+    slow = {**env, "HPCSTUDY_TEST_PARTITION_SECONDS": "1"}
     r = run_cli("submit", EXAMPLES / "statins_mi.yaml", "--profile", "ci", "--data", data,
-                "--out", out, "--launcher", launcher, env=env)
+                "--out", out, "--launcher", launcher, env=slow)
     assert r.returncode == 0, r.stderr
     job = json.loads(Path(f"{out}.job.json").read_text())["job_id"]
     ckpt = Path(f"{out}.checkpoints")

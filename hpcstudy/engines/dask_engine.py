@@ -75,8 +75,20 @@ def run_partition(root: str, p: int, plan: Plan, device: str = "cpu",
             got = dev.peak_memory()
             peak = None if got is None else int(math.ceil(got / 2 ** 20))
     if ckpt is not None:
+        _slow_partition_for_tests()
         checkpoint.save(Path(ckpt), p, table, attrition, fp)
     return table, attrition, {"resumed": False, "peak_memory_mib": peak}
+
+
+def _slow_partition_for_tests() -> None:
+    """Test hook (as HPCSTUDY_TEST_KILL_AT): HPCSTUDY_TEST_PARTITION_SECONDS makes each
+    checkpointed partition take that long, so a test can stop a job mid-way however fast the
+    engine has become."""
+    pause = os.environ.get("HPCSTUDY_TEST_PARTITION_SECONDS")
+    if pause:
+        import time
+
+        time.sleep(float(pause))
 
 
 def _meta(result):
