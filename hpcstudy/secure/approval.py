@@ -294,17 +294,18 @@ def _hospital_codes(plan: Plan, approval: Approval) -> list[Problem]:
         return []
     hosp = {c.name for c in plan.columns if c.kind == "index_contact" and
             c.attribute == HOSPITAL}
-    an = plan.study.analyses
-    uses = [("analyses.rates.by", an.rates_by or ())]
-    uses += [(f"analyses.measures.{m.name}.by", m.by) for m in an.measures]
+    from ..plan.nodes import ModelPlan
+
+    uses = [("analyses.rates.by", plan.rates_by or ())]
+    uses += [(f"analyses.measures.{m.name}.by", m.by) for m in plan.measures]
     for key in ("cox", "logistic", "poisson"):
-        spec = getattr(an, key)
+        spec = plan.analysis(ModelPlan, model=key)
         if spec is not None:
             uses += [(f"analyses.{key}.adjust", spec.adjust),
                      (f"analyses.{key}.strata", spec.strata)]
-    if an.hospitals is not None:
-        uses.append(("analyses.hospitals.adjust", an.hospitals.adjust))
-    return [Problem(f"{plan.study.source}", field,
+    if plan.hospitals is not None:
+        uses.append(("analyses.hospitals.adjust", plan.hospitals.adjust))
+    return [Problem(f"{plan.source}", field,
                     f"{name!r} would show hospital codes, which project {approval.project} "
                     f"hides (identify_hospitals: {approval.identify_hospitals})",
                     "compare hospitals with analyses.hospitals (its table shows ranks), or "
