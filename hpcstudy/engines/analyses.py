@@ -232,9 +232,13 @@ def _split_varying(plan: Plan, parts: Partitions, terms,
     bands = {k: v for k, v in (bands or {}).items() if k in terms}
     if not tv and not bands:
         return parts, None
+    age_col = next((c.name for c in plan.columns if c.kind == "age"), None)
+    if getattr(parts, "frame", None) is not None:   # the reference engine's own pandas split
+        from .reference_split import split_parts
+
+        return split_parts(parts, tv, bands, age_col)
     from ..timesplit.terms import episodes
 
-    age_col = next((c.name for c in plan.columns if c.kind == "age"), None)
     return parts.map(episodes, tv, bands, age_col), sum(parts.map_reduce(_n_rows))
 
 
