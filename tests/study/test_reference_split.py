@@ -124,6 +124,13 @@ def test_split_tables_agree(both_engines, model):
     cols = ["pnr", "entry", "time", "event", "status", "sex", *tv,
             *(k for k in bands if k in terms)]
     assert len(ours) > len(ref.parts.frame) + 100     # the data crosses limits
+    f = ref.parts.frame
+    if tv:   # the data switches inside follow-up, and before it starts (on throughout)
+        start = f["exit_date"] - f["time"] + 1
+        on = f[f"{tv[0]}@from"]
+        off = f[tv[0]] == 0
+        assert (off & (on > start) & (on <= f["exit_date"])).sum() > 20
+        assert (off & (on < start)).sum() >= 5
     assert _rows(ours, cols) == _rows(theirs, cols)
 
 
