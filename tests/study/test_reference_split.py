@@ -54,16 +54,16 @@ analyses:
 
 # column values the spec table is read against; entry/time in days since follow-up starts
 HAND = pd.DataFrame({
-    "pnr": [1, 2, 3, 4, 5],
-    "index_date": [1000] * 5,
+    "pnr": [1, 2, 3, 4, 5, 6],
+    "index_date": [1000] * 6,
     # start = exit − time + 1: 1000 for all but 5 (start 1010, an empty follow-up for 4)
-    "exit_date": [1999, 1999, 1499, 999, 1109],
-    "time": [1000, 1000, 500, 0, 100],
-    "age": [0.0, 0.0, 0.0, 0.0, 0.0],   # birth on the index day: age limits are days after it
-    "event": [1, 0, 1, 1, 1],
-    "status": [1, 0, 2, 1, 1],
-    "statin": [0, 1, 0, 0, 0],
-    "statin@from": [1300, NO_DATE, 1000, NO_DATE, 1005],
+    "exit_date": [1999, 1999, 1499, 999, 1109, 1366],
+    "time": [1000, 1000, 500, 0, 100, 367],
+    "age": [0.0] * 6,   # birth on the index day: age limits are days after it
+    "event": [1, 0, 1, 1, 1, 1],
+    "status": [1, 0, 2, 1, 1, 1],
+    "statin": [0, 1, 0, 0, 0, 0],
+    "statin@from": [1300, NO_DATE, 1000, NO_DATE, 1005, 1366],
 })
 
 
@@ -86,6 +86,8 @@ def test_split_equals_a_hand_table():
         # 4: no days of follow-up, no piece
         # 5: switched before its follow-up began (1005 < 1010): on throughout, one piece
         (5, 0, 100, -1, 0, 1, 1, 1),
+        # 6: exits on the day it reaches age 1 and switches on: a last piece of one day
+        (6, 0, 366, -1, 0, 0, 0, 0), (6, 366, 367, 0, 0, 1, 1, 1),
     ])
     assert got == want
 
