@@ -225,6 +225,67 @@ def test_a_distributed_run_moves_no_person_rows_through_the_client(two_big_parts
     assert all(np.array_equal(whole[k], np.asarray(private[k])) for k in whole)
 
 
+MATCHED = {
+    "name": "matched_on_workers", "seed": 3,
+    "codelists": {"statins": {"system": "atc", "codes": ["C10AA*"]},
+                  "mi": {"system": "icd10", "codes": ["I21*"]},
+                  "diabetes": {"system": "icd10", "codes": ["E11*"]}},
+    "population": {"age": [40, 90]},
+    "exposure": {"name": "statin", "first_event": {"codelist": "statins"},
+                 "between": ["2005-01-01", "2020-12-31"], "washout_days": 365},
+    "comparator": {"non_users": True},
+    "covariates": ["age", "sex", "region",
+                   {"name": "diabetes", "codelist": "diabetes", "window": [None, 0]}, "charlson"],
+    "outcome": {"name": "mi", "codelist": "mi"},
+    "propensity": {"covariates": ["age", "sex", "diabetes"], "method": "matching",
+                   "matching": {"ratio": 1, "caliper": 0.2}},
+    "analyses": {"cox": True},
+}
+
+
+def test_a_matched_design_under_a_client_gathers_triples_not_rows(two_big_parts):
+    """The design step (score fit, matching, Table 1, balance) on a LocalCluster of worker
+    processes: the client receives 17 bytes a person before matching (logit, pnr, arm:
+    matching's one gather), 8 per continuous covariate (here age: Table 1's quantiles) and a
+    fixed 100 kB for the per-step sums; less than the rows the step used to gather even though
+    this study's rows are narrow (~37 bytes), and a wider study gathers the same 25 bytes. The
+    matched tables, attrition and design sections are the same bytes as without a client."""
+    import yaml
+    from distributed import Client, LocalCluster
+
+    from hpcstudy.engines import run as R
+    from hpcstudy.study import study_from_text
+
+    plain = {k: v for k, v in MATCHED.items() if k != "propensity"}
+    _, plan0, ds0 = R.prepare(study_from_text(yaml.safe_dump(plain)), two_big_parts)
+    rows_in = sum(table_bytes(t) for t in R.person_table(plan0, ds0, "dask").tables)
+    study = study_from_text(yaml.safe_dump(MATCHED))
+    _, plan, ds = R.prepare(study, two_big_parts)
+    local = R.person_table(plan, ds, "dask")
+    want = R.combined(plan, local.tables)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        workers = set(cluster.scheduler_info["workers"])
+        with bytes_received(workers) as got:
+            built = R.person_table(plan, ds, "dask", client)
+        during = got["bytes"]
+        with bytes_received(workers) as got:
+            host = list(built.tables)     # rows asked for: this must show in the count
+        fetched = got["bytes"]
+    before = sum(arms[-2][1] for arms in built.attrition.values())   # the step before matching
+    assert all(arms[-1][0] == "matched on the propensity score"
+               for arms in built.attrition.values())
+    assert fetched >= sum(table_bytes(t) for t in host)
+    assert before > 10_000 and rows_in > 20 * before   # enough for the bound to mean something
+    assert during < 25 * before + 100_000, (during, before)
+    assert during < rows_in * 0.8, (during, rows_in)
+    got_tables = R.combined(plan, host)
+    assert set(got_tables) == set(want)
+    assert all(np.array_equal(want[k], got_tables[k]) for k in want)
+    assert built.attrition == local.attrition
+    assert json.dumps(built.design, sort_keys=True) == json.dumps(local.design, sort_keys=True)
+
+
 def test_a_worker_lost_after_the_cohort_step_costs_no_results(small_data, local_run,
                                                               tmp_path):
     """The per-person tables live on the workers; SIGKILL one after the cohort step. Its

@@ -4,6 +4,14 @@ Steps, each in the attrition of both arms: the score (partitioned logistic fit),
 common support, then matching (the one global step, on (logit, arm, pnr) triples), weighting or
 stratification. The partitions come back with ``ps`` and ``weight`` columns and without the
 persons the design dropped; the models then use the weights, with errors clustered by person.
+
+Under a ``distributed.Client`` the tables stay on the workers: every step is a per-partition
+``map`` or a ``map_reduce`` of sums. What does reach this process, per person, is narrow:
+matching's (logit, arm, pnr) triples (17 bytes a person, not the rows); the score column for
+the stratification edges; the weights for their truncation percentiles; each continuous
+covariate's values for Table 1's quantiles. Each partition gets back only its own matched rows
+and weights. Two steps still gather rows: a penalised score (scikit-learn fits the gathered
+design matrix) and the matched bootstrap (the Cox rows of every replicate).
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from ..models.partitions import LocalPartitions
+from ..models.partitions import DaskPartitions, as_partitions
 from . import balance as B
 from . import disclosure as D
 from . import propensity as P
@@ -70,18 +78,32 @@ def _cat3(a, b):
     return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
 
-def _keys(part):
-    return part["pnr"].astype(np.int64) * 2 + part["group"].astype(np.int64)
-
-
-def _take_matched(part, keys, weights):
-    k = _keys(part)
-    pos = np.searchsorted(keys, k)
-    pos = np.minimum(pos, max(keys.shape[0] - 1, 0))
-    hit = (keys.shape[0] > 0) & (keys[pos] == k) if keys.shape[0] else np.zeros(k.shape, bool)
-    out = _filter(part, hit)
-    out["weight"] = weights[pos[hit]]
+def _take_rows(part, rows, weights):
+    """The partition's matched rows (ascending positions), in table order, with their weights."""
+    keep = np.zeros(part["group"].shape[0], bool)
+    keep[rows] = True
+    out = _filter(part, keep)
+    out["weight"] = weights
     return out
+
+
+def _map_each(parts, fn, args: list[tuple]):
+    """``parts.map(fn, ...)`` with partition i's own arguments ``args[i]``: under a client each
+    partition's task carries only its own (so a partition is sent its matched rows, not all)."""
+    if isinstance(parts, DaskPartitions):
+        if parts.client is not None:
+            futures = [parts.client.submit(fn, p, *a, pure=False)
+                       for p, a in zip(parts.parts, args, strict=True)]
+            return DaskPartitions(futures, parts.client, device=parts.device)
+        return DaskPartitions([fn(p, *a) for p, a in zip(parts.parts, args, strict=True)],
+                              None, parts.scheduler, parts.device)
+    return type(parts)([fn(p, *a) for p, a in zip(parts.parts, args, strict=True)])
+
+
+def _here(parts) -> list[dict]:
+    """The tables in this process (rows move here under a client: the bootstrap only)."""
+    client = getattr(parts, "client", None)
+    return list(parts.parts) if client is None else client.gather(list(parts.parts))
 
 
 def _stat_ps(part):
@@ -157,13 +179,15 @@ def _step(attrition, labels, name, parts):
     return counts
 
 
-def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, dict]:
-    """(new partition tables, attrition, design results) for a study with ``propensity:``."""
+def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
+    """(new partition tables, attrition, design results) for a study with ``propensity:``.
+    ``tables`` is a list of tables or partitions (``DaskPartitions`` under a client: the new
+    tables come back as futures, left on the workers)."""
     pr = plan.propensity
     src = plan.source
     labels = {g.code: g.label for g in plan.groups}
     attrition = {g: list(s) for g, s in attrition.items()}
-    parts = LocalPartitions(tables)
+    parts = as_partitions(tables)
     n_arm = parts.map_reduce(_arm_counts)
     _need_both(n_arm, labels, "before the propensity score", src)
     left_out = []
@@ -194,14 +218,21 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
     weighted = pr.method != "none"
     if pr.method == "matching":
         mt = pr.matching
-        logit, exposed, pnr = (np.concatenate(x) for x in parts.map_reduce(_triples,
-                                                                         combine=_cat3))
+        # the one gather: 2 numbers and a flag per person (logit, pnr, arm), never the rows
+        per_part = parts.map_reduce(_triples, combine=_cat3)
+        sizes = [x.shape[0] for x in per_part[0]]
+        logit, exposed, pnr = (np.concatenate(x) for x in per_part)
         sd = float(np.std(logit, ddof=1)) if logit.shape[0] > 1 else 0.0
         caliper = None if mt.caliper is None else mt.caliper * sd
         m = match(logit, exposed, pnr, ratio=mt.ratio, caliper=caliper, replace=mt.replace,
                   seed=plan.seed)
-        keys, weights = matched_weights(m, pnr, exposed)
-        parts = parts.map(_take_matched, keys, weights)
+        rows, weights = matched_rows(m, pnr.shape[0])
+        ends = np.cumsum(sizes)
+        cut = np.searchsorted(rows, ends)   # each partition's share of the sorted rows
+        starts = np.concatenate([[0], cut[:-1]])
+        offsets = ends - np.asarray(sizes)
+        parts = _map_each(parts, _take_rows, [
+            (rows[a:b] - o, weights[a:b]) for a, b, o in zip(starts, cut, offsets, strict=True)])
         counts = _step(attrition, labels, STEP_MATCH, parts)
         if min(counts) < plan.min_cell:   # nothing a table could show
             cal = "no caliper" if caliper is None else \
@@ -256,13 +287,27 @@ def run(plan, tables: list[dict], attrition: dict) -> tuple[list[dict], dict, di
     if pr.method == "matching" and pr.matching.bootstrap:
         from .bootstrap import cox_interval
 
-        design["bootstrap"] = cox_interval(plan, list(parts.parts), *pairs)
+        design["bootstrap"] = cox_interval(plan, _here(parts), *pairs)
     design["warnings"] = warnings
     results = {"table1": t1, "balance": B.balance_rows(vars_, s_before, s_after, t1),
                "preference": pref, "design": design}
     if t1_after is not None:
         results["table1_adjusted"] = t1_after
-    return [p for p in parts.parts], attrition, results
+    return list(parts.parts), attrition, results
+
+
+def matched_rows(m, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending positions (into the gathered triples, of ``n``) of the matched persons and
+    their weights: 1 for an exposed person; for a comparator person Σ 1/(comparators of each
+    exposed person it serves)."""
+    if m.exposed.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    per_t = np.bincount(m.exposed, minlength=n).astype(float)
+    w = np.zeros(n)
+    np.add.at(w, m.comparator, 1.0 / per_t[m.exposed])
+    w[np.unique(m.exposed)] = 1.0
+    rows = np.flatnonzero(w > 0)
+    return rows, w[rows]
 
 
 def matched_weights(m, pnr, exposed) -> tuple[np.ndarray, np.ndarray]:

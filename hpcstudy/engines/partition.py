@@ -21,8 +21,8 @@ linked by ``recnum`` values, and the results are the same.
 
 One function per plan node type, found in this engine's registries (hpcstudy/plan/dispatch.py):
 INDEX (the index rules), STEPS (eligibility: the population's steps and the criteria), COLUMNS
-(covariates), TABLES (persons in both arms), DESIGN (the comparative design, on the gathered
-tables) and the shared ANALYSES; :func:`event_streams` builds every EventStream at once and
+(covariates), TABLES (persons in both arms), DESIGN (the comparative design, over the
+partitions) and the shared ANALYSES; :func:`event_streams` builds every EventStream at once and
 :func:`follow_up` the outcome and follow-up of a group. What the dask engine supports is what
 is registered; :func:`check` refuses anything else before any data is read.
 """
@@ -722,8 +722,8 @@ def _both_arms(node: BothArms, table: dict, attrition: dict, plan: Plan):
 
 @DESIGN.register(DesignPlan)
 def _design(node: DesignPlan, plan: Plan, tables: list, attrition: dict):
-    # the design's global step (matching, weights) runs on the gathered tables: the rows come
-    # to this process for propensity studies only
+    # per-partition maps and sums over the tables where they are; matching gathers only
+    # (logit, arm, pnr) per person (hpcstudy.designs.apply)
     from ..designs.apply import run as apply_design
 
     return apply_design(plan, tables, attrition)

@@ -72,8 +72,10 @@ def person_table(plan: Plan, ds: Dataset, engine: str = "dask", client=None, pro
         report["device"] = dask.device_record()
     design = None
     if plan.design is not None:
-        tables, attrition, design = partition.DESIGN(plan.design, plan, list(tables), attrition)
-        tables = PartitionTables(tables)
+        # the design's partitions stay where the tables are (on the workers, under a client)
+        tables, attrition, design = partition.DESIGN(plan.design, plan, dask.partitions(tables),
+                                                     attrition)
+        tables = PartitionTables(tables, dask.client)
     return PersonTables(tables, attrition, dask.partitions(tables), design)
 
 
