@@ -21,7 +21,7 @@ import pandas as pd
 from ..errors import UserError
 from ..models import Logistic, Poisson
 from ..models.base import ModelError
-from ..models.rates import poisson_ci, wilson_ci
+from ..models.rates import poisson_ci
 from ..plan.nodes import Plan
 from . import common
 
@@ -180,7 +180,7 @@ def _cells(df: pd.DataFrame, m, proportion: bool, age_col, varying, bands) -> pd
 def measure_rows(df: pd.DataFrame, m, proportion: bool, age_col, standard=None,
                  varying=()) -> list[dict]:
     """The rows of one measure from the reference engine's per-person frame."""
-    from ..measures.compute import fay_feuer
+    from ..measures.compute import estimates
     from .analyses import key_names
 
     bands = m.age_bands or _default_bands()
@@ -240,37 +240,9 @@ def measure_rows(df: pd.DataFrame, m, proportion: bool, age_col, standard=None,
         by_band = {int(r["ag"]): (float(r["persons"]), float(r["events"]), float(r["days"]))
                    for r in g.to_dict("records")}
         row["persons"], row["events"] = n_persons, events
-        if proportion:
-            lo, hi = wilson_ci(events, n_persons)
-            row.update(proportion=events / n_persons if n_persons else math.nan,
-                       lower_95=lo, upper_95=hi)
-        else:
-            py = float(g["days"].sum()) / YEAR
-            lo, hi = poisson_ci(events, py) if py > 0 else (math.nan, math.nan)
-            row.update(person_years=py, rate=1000 * events / py if py else math.nan,
-                       lower_95=1000 * lo, upper_95=1000 * hi)
-        if weights is not None:
-            counts, ws = [], []
-            for a in range(nb):
-                pe, ev, dy = by_band.get(a, (0.0, 0.0, 0.0))
-                x = pe if proportion else dy / YEAR
-                if x > 0:
-                    counts.append(ev)
-                    ws.append(weights[a] / x)
-            y, lo, hi = fay_feuer(counts, ws)
-            scale = 1.0 if proportion else 1000.0
-            name = "standardised_proportion" if proportion else "standardised_rate"
-            row.update({name: scale * y, "standardised_lower_95": scale * lo,
-                        "standardised_upper_95": scale * hi})
-        if reference is not None:
-            expected = sum(reference[a] * (v[0] if proportion else v[2])
-                           for a, v in by_band.items() if 0 <= a < nb)
-            row["expected"] = expected
-            if expected > 0:
-                lo, hi = poisson_ci(events, expected)
-                row.update(sir=events / expected, sir_lower_95=lo, sir_upper_95=hi)
-            else:
-                row.update(sir=math.nan, sir_lower_95=math.nan, sir_upper_95=math.nan)
+        # the formulas are shared with the partition engine; the counts above are this one's
+        estimates(row, events, n_persons, float(g["days"].sum()), by_band, nb, proportion,
+                  weights, reference)
         rows.append(row)
     return rows
 

@@ -219,39 +219,48 @@ def measure_rows(parts, m: Measure, proportion: bool, age_col: str | None,
                                f"<{bands[0]:g}" if a < 0 else f"{bands[-1]:g}+")
         row["persons"] = int(n_persons)
         row["events"] = int(events)
-        if proportion:
-            lo, hi = wilson_ci(events, n_persons)
-            row.update(proportion=events / n_persons if n_persons else math.nan,
-                       lower_95=lo, upper_95=hi)
-        else:
-            py = days / YEAR
-            lo, hi = poisson_ci(events, py) if py > 0 else (math.nan, math.nan)
-            row.update(person_years=py, rate=1000 * events / py if py else math.nan,
-                       lower_95=1000 * lo, upper_95=1000 * hi)
-        if weights is not None:
-            counts, ws = [], []
-            for a in range(nb):
-                p, e, d = members.get(a, [0.0, 0.0, 0.0])
-                x = p if proportion else d / YEAR
-                if x > 0:
-                    counts.append(e)
-                    ws.append(weights[a] / x)
-            y, lo, hi = fay_feuer(counts, ws)
-            scale = 1.0 if proportion else 1000.0
-            name = "standardised_proportion" if proportion else "standardised_rate"
-            row.update({name: scale * y, "standardised_lower_95": scale * lo,
-                        "standardised_upper_95": scale * hi})
-        if reference is not None:
-            expected = sum(reference[a] * (v[0] if proportion else v[2])
-                           for a, v in members.items() if 0 <= a < nb)
-            row["expected"] = expected
-            if expected > 0:
-                lo, hi = poisson_ci(events, expected)
-                row.update(sir=events / expected, sir_lower_95=lo, sir_upper_95=hi)
-            else:
-                row.update(sir=math.nan, sir_lower_95=math.nan, sir_upper_95=math.nan)
+        estimates(row, events, n_persons, days, members, nb, proportion, weights, reference)
         rows.append(row)
     return rows
+
+
+def estimates(row: dict, events, n_persons, days, by_band: dict, nb: int, proportion: bool,
+              weights, reference) -> None:
+    """Fill a measure row's estimates from its counts: the proportion (Wilson) or rate (exact
+    Poisson) with CI; with ``weights`` the directly standardised one (Fay–Feuer), with
+    ``reference`` the expected count and SIR. ``by_band``: (persons, events, days) per age-band
+    index. The formulas both engines share; each engine counts on its own."""
+    if proportion:
+        lo, hi = wilson_ci(events, n_persons)
+        row.update(proportion=events / n_persons if n_persons else math.nan,
+                   lower_95=lo, upper_95=hi)
+    else:
+        py = days / YEAR
+        lo, hi = poisson_ci(events, py) if py > 0 else (math.nan, math.nan)
+        row.update(person_years=py, rate=1000 * events / py if py else math.nan,
+                   lower_95=1000 * lo, upper_95=1000 * hi)
+    if weights is not None:
+        counts, ws = [], []
+        for a in range(nb):
+            p, e, d = by_band.get(a, (0.0, 0.0, 0.0))
+            x = p if proportion else d / YEAR
+            if x > 0:
+                counts.append(e)
+                ws.append(weights[a] / x)
+        y, lo, hi = fay_feuer(counts, ws)
+        scale = 1.0 if proportion else 1000.0
+        name = "standardised_proportion" if proportion else "standardised_rate"
+        row.update({name: scale * y, "standardised_lower_95": scale * lo,
+                    "standardised_upper_95": scale * hi})
+    if reference is not None:
+        expected = sum(reference[a] * (v[0] if proportion else v[2])
+                       for a, v in by_band.items() if 0 <= a < nb)
+        row["expected"] = expected
+        if expected > 0:
+            lo, hi = poisson_ci(events, expected)
+            row.update(sir=events / expected, sir_lower_95=lo, sir_upper_95=hi)
+        else:
+            row.update(sir=math.nan, sir_lower_95=math.nan, sir_upper_95=math.nan)
 
 
 def standard_population(m: Measure, ds=None) -> list[float] | None:
