@@ -1,9 +1,10 @@
 """The propensity score: P(exposed | covariates), fitted where the cohort lives.
 
-Without a penalty the fit is the project's partitioned logistic regression (one reduction of
-Xᵀ·W·X per Newton step; the rows never move). With ``penalty`` (an L2 strength, scikit-learn's
-1/C, intercept unpenalised) the design rows are gathered and scikit-learn fits them: meant for
-large covariate sets on cohorts that fit in one machine.
+The fit is the project's partitioned logistic regression (one reduction of Xᵀ·W·X per Newton
+step; the rows never move), on columns centred at their means. With ``penalty`` (an L2 strength
+λ, scikit-learn's 1/C, the intercept unpenalised) the same Newton steps maximise
+ll(β) − λ/2·Σβⱼ²: the penalty's gradient and Hessian are added on the host to the partitions'
+sums (centring moves only the intercept, which is not penalised).
 """
 
 from __future__ import annotations
@@ -41,15 +42,6 @@ def _col_sums(part, spec):
     return xp.concatenate([X.sum(axis=0), xp.full((1,), float(X.shape[0]))])
 
 
-def _rows(part, spec):
-    p = _ps_part(part, spec)
-    return [p["X"]], [p["y"]]
-
-
-def _concat(a, b):
-    return a[0] + b[0], a[1] + b[1]
-
-
 def terms(plan, parts: Partitions) -> tuple[list[str], list]:
     """Names and spec of the score model's columns (a region becomes level indicators)."""
     from ..engines.analyses import design_columns
@@ -65,24 +57,14 @@ def fit(plan, parts: Partitions, source: str) -> tuple[list[str], list, np.ndarr
     names, spec = terms(plan, parts)
     pr = plan.propensity
     try:
-        if pr.penalty:
-            from sklearn.linear_model import LogisticRegression
-
-            xs, ys = parts.map_reduce(_rows, spec, combine=_concat)
-            X, y = np.concatenate(xs)[:, 1:], np.concatenate(ys)
-            m = LogisticRegression(C=1.0 / pr.penalty, tol=1e-10, max_iter=10_000)
-            m.fit(X, y)
-            coef = np.concatenate([m.intercept_, m.coef_[0]])
-        else:
-            # centred columns: a covariate far from 0 (calendar year) leaves the intercept
-            # small, so Newton's divergence check sees only true separation
-            sums = np.asarray(on_device(parts).map_reduce(_col_sums, spec), float)
-            center = sums[:-1] / max(sums[-1], 1.0)
-            m = Logistic(robust=False).fit_partitions(on_device(parts).map(_ps_part, spec,
-                                                                           center),
-                                                      ["intercept", *names])
-            coef = np.array(m.coef_, float)
-            coef[0] -= float(coef[1:] @ center)
+        # centred columns: a covariate far from 0 (calendar year) leaves the intercept small,
+        # so Newton's divergence check sees only true separation
+        sums = np.asarray(on_device(parts).map_reduce(_col_sums, spec), float)
+        center = sums[:-1] / max(sums[-1], 1.0)
+        m = Logistic(robust=False, penalty=pr.penalty or 0.0).fit_partitions(
+            on_device(parts).map(_ps_part, spec, center), ["intercept", *names])
+        coef = np.array(m.coef_, float)
+        coef[0] -= float(coef[1:] @ center)
     except ModelError as e:
         raise UserError(f"propensity score model: {e}", where=source,
                         fix="drop or merge the covariate that separates the arms "

@@ -51,10 +51,10 @@ def _score(plan, df: pd.DataFrame):
     pr = plan.propensity
     X = _design_matrix(plan, df)
     y = (df["group"] == 1).astype(int)
-    if pr.penalty:
-        m = LogisticRegression(C=1.0 / pr.penalty, tol=1e-10, max_iter=10_000)
-    else:
-        m = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=1000)
+    # Newton's method to convergence, as the dask engine's partitioned fit (L2 on all but the
+    # intercept, as there)
+    m = LogisticRegression(C=1.0 / pr.penalty if pr.penalty else np.inf,
+                           solver="newton-cholesky", tol=1e-12, max_iter=1000)
     m.fit(X.to_numpy(), y.to_numpy())
     coef = np.concatenate([m.intercept_, m.coef_[0]])
     # the intercept is no sign of separation (a covariate like calendar year moves it far)

@@ -142,7 +142,7 @@ def row_clusters(part):
 
 
 def newton(evaluate, p: int, *, max_iter: int = 50, tol: float = 1e-9, names=None,
-           where: str = "model", beta0=None, start=None):
+           where: str = "model", beta0=None, start=None, bound: float | None = 25):
     """Maximise a concave log-likelihood by Newton–Raphson with step halving.
 
     ``evaluate(beta, need_information)`` returns ``(loglik, score, information)`` (the
@@ -150,7 +150,8 @@ def newton(evaluate, p: int, *, max_iter: int = 50, tol: float = 1e-9, names=Non
     Stops when the next Newton step would move no coefficient by more than ``tol`` (the
     quadratic convergence of Newton's method makes that step the remaining error), so no
     evaluation is spent only to confirm convergence. Returns (beta, loglik, information,
-    steps taken). Diverging coefficients (separation) raise ModelError.
+    steps taken). Coefficients past ``bound`` after 5 steps (separation) raise ModelError;
+    ``bound=None`` for a penalised likelihood, which has a finite maximum.
     """
     names = names or [f"x{i}" for i in range(p)]
     beta = np.zeros(p) if beta0 is None else np.asarray(beta0, float)
@@ -165,7 +166,7 @@ def newton(evaluate, p: int, *, max_iter: int = 50, tol: float = 1e-9, names=Non
             return beta, ll, info, it
         if it == max_iter:
             break
-        big = np.abs(beta) > 25
+        big = np.abs(beta) > (np.inf if bound is None else bound)
         if big.any() and it > 5:
             bad = [names[i] for i in np.flatnonzero(big)]
             raise ModelError(f"{where}: coefficient(s) of {bad} grow without bound "

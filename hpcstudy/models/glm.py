@@ -97,9 +97,12 @@ class _GLM(Fitted):
     kind = "GLM"
 
     def __init__(self, intercept: bool = True, max_iter: int = 50, tol: float = 1e-10,
-                 robust: bool | None = None):
+                 robust: bool | None = None, penalty: float = 0.0):
+        """``penalty``: an L2 strength λ on every coefficient but an intercept (named
+        ``intercept``): the fit maximises ll(β) − λ/2·Σβⱼ², scikit-learn's C = 1/λ."""
         self.intercept, self.max_iter, self.tol = intercept, max_iter, tol
         self.robust = robust
+        self.penalty = float(penalty)
 
     def _design(self, X, names):
         X, names = as_design(X, names)
@@ -113,16 +116,23 @@ class _GLM(Fitted):
         p = len(names)
         g, n, wsum, wysum, exposure = parts.map_reduce(_gram)
         wsum, wysum, exposure = float(wsum), float(wysum), float(exposure)
-        check_collinearity(to_numpy(g), names, f"{self.kind} model")
+        if not self.penalty:   # a penalised fit is identified whatever the columns
+            check_collinearity(to_numpy(g), names, f"{self.kind} model")
         self._check_outcome(wsum, wysum)
+        lam = np.array([0.0 if n == "intercept" else self.penalty for n in names])
 
         def evaluate(beta, need_information):
             # per partition: β out, one packed array of (ll, score, information) back
-            return _unpacked(parts.map_reduce(step, beta), p)
+            ll, score, info = _unpacked(parts.map_reduce(step, beta), p)
+            if self.penalty:
+                ll, score = ll - 0.5 * float(lam @ (beta * beta)), score - lam * beta
+                info = info + np.diag(lam)
+            return ll, score, info
 
         beta, ll, info, it = newton(evaluate, p, max_iter=self.max_iter, tol=self.tol,
                                     names=names, where=f"{self.kind} model",
-                                    beta0=self._start(names, wsum, wysum, exposure))
+                                    beta0=self._start(names, wsum, wysum, exposure),
+                                    bound=None if self.penalty else 25)
         self._set_fit(names, beta, ll, info, it, n)
         if wants_robust(self.robust, parts):
             meat, g = parts.map_reduce(_meat, beta, step is _poisson)
