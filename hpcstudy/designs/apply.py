@@ -6,12 +6,14 @@ stratification. The partitions come back with ``ps`` and ``weight`` columns and 
 persons the design dropped; the models then use the weights, with errors clustered by person.
 
 Under a ``distributed.Client`` the tables stay on the workers: every step is a per-partition
-``map`` or a ``map_reduce`` of sums. What does reach this process, per person, is narrow:
-matching's (logit, arm, pnr) triples (17 bytes a person, not the rows); the score column for
-the stratification edges; the weights for their truncation percentiles; each continuous
-covariate's values for Table 1's quantiles. Each partition gets back only its own matched rows
-and weights. Two steps still gather rows: a penalised score (scikit-learn fits the gathered
-design matrix) and the matched bootstrap (the Cox rows of every replicate).
+``map`` or a ``map_reduce`` of sums. The score, penalised or not, is fitted by Newton steps on
+partition sums. The stratification edges, the weights' truncation percentiles and Table 1's
+quartiles are exact quantiles found by rounds of counts (:mod:`.quantiles`: the client receives
+a few hundred numbers per partition and quantile, whatever the number of persons; the same
+bits as np.quantile on the gathered values). What does reach this process per person is
+matching's (logit, arm, pnr) triples (17 bytes a person, not the rows); each partition gets back
+only its own matched rows and weights. The matched bootstrap still gathers the Cox rows of
+every replicate.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..models.partitions import DaskPartitions, as_partitions
 from . import balance as B
 from . import disclosure as D
 from . import propensity as P
+from . import quantiles as Q
 from .matching import match
 
 STEP_TRIM = "propensity score in the common support"
@@ -107,11 +110,7 @@ def _here(parts) -> list[dict]:
 
 
 def _stat_ps(part):
-    return [part["ps"]]
-
-
-def _cat(a, b):
-    return a + b
+    return part["ps"]
 
 
 def ipt_weights(ps, exposed, estimand: str, stabilised: bool, share: float):
@@ -136,7 +135,7 @@ def _weight(part, estimand, stabilised, share):
 
 
 def _weights_of(part):
-    return [part["weight"]]
+    return part["weight"]
 
 
 def _largest(part):
@@ -255,14 +254,12 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
                             "infinite weight", where=src,
                             fix="trim: true, or truncate the weights (weighting.truncate)")
         if w.truncate:
-            allw = np.concatenate(parts.map_reduce(_weights_of, combine=_cat))
-            lo, hi = np.percentile(allw, list(w.truncate))
+            lo, hi = Q.percentile(parts, list(w.truncate), _weights_of)
             parts = parts.map(_clip, lo, hi)
             design["truncated_at"] = [float(lo), float(hi)]
         design.update(estimand=w.estimand, stabilised=w.stabilised)
     elif pr.method == "stratification":
-        ps = np.concatenate(parts.map_reduce(_stat_ps, combine=_cat))
-        edges = np.quantile(ps, np.arange(1, pr.strata) / pr.strata)
+        edges = Q.quantile(parts, np.arange(1, pr.strata) / pr.strata, _stat_ps)
         counts = parts.map_reduce(_strata_counts, edges, pr.strata)
         parts = parts.map(_strata_weight, edges, counts, share)
         c = _step(attrition, labels, STEP_STRATA, parts)

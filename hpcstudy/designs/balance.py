@@ -1,6 +1,7 @@
 """Balance diagnostics: Table 1 by arm, standardised mean differences before and after the
 design, and the preference-score distribution by arm. Every figure is a sum over partitions
-except the quartiles, which gather one covariate's values per arm (numbers only, no persons).
+or an exact quantile found by rounds of counts over the partitions (hpcstudy.designs.quantiles):
+no covariate's values leave their partition.
 
 * SMD = (mean₁ − mean₀) / √((s₁² + s₀²) / 2), the denominator always from the cohort before
   adjustment (as R's cobalt); a flag's s² is p(1 − p); after adjustment the means are
@@ -16,6 +17,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from hpcstudy_kernels._namespace import array_namespace
+
+from .quantiles import smooth_positions, smooth_quantiles
 
 SMD_LIMIT = 0.1
 EQUIPOISE = (0.3, 0.7)
@@ -67,23 +72,27 @@ def moments(parts, vars_, weighted: bool) -> np.ndarray:
     return s
 
 
-def _values(part, name, level, arm):
-    return [_column(part, name, level)[part["group"] == arm]]
+def _values(part, wanted):
+    """Per (column, level, arm) in ``wanted``: the arm's values (on the partition's device)."""
+    out = []
+    for name, level, arm in wanted:
+        xp = array_namespace(part[name])
+        v = part[name].astype(xp.float64)
+        if level is not None:
+            v = (v == level).astype(xp.float64)
+        out.append(v[part["group"] == arm])
+    return out
 
 
-def _cat(a, b):
-    return a + b
+QUANTILES = (0.5, 0.25, 0.75)   # median, q1, q3
 
 
 def smooth_quantile(sorted_values: np.ndarray, q: float, k: int) -> float:
     """The mean of the ``k`` sorted values around the q-quantile's position."""
-    n = sorted_values.shape[0]
-    if n == 0:
+    pos = smooth_positions(sorted_values.shape[0], q, k)
+    if pos is None:
         return math.nan
-    k = max(1, min(k, n))
-    centre = q * (n - 1)
-    lo = int(round(centre - (k - 1) / 2))
-    lo = min(max(lo, 0), n - k)
+    lo, k = pos
     return float(sorted_values[lo:lo + k].mean())
 
 
@@ -120,9 +129,15 @@ def table1(plan, parts, vars_, sums, labels: dict[int, str]) -> list[dict]:
     suppressed."""
     k = plan.min_cell
     mean, var = _sd(sums)
+    flags = [bool(sums[0, i, 4] > 0 and sums[1, i, 4] > 0) for i in range(len(vars_))]
+    # the quartiles of every shown number, found together where the values are
+    wanted = [(name, level, arm) for i, (name, level) in enumerate(vars_) if not flags[i]
+              for arm in (1, 0) if int(sums[arm, i, 0]) >= k]
+    got = smooth_quantiles(parts, QUANTILES, k, _values, wanted) if wanted else []
+    quartiles = dict(zip(wanted, got, strict=True))
     rows = []
     for i, (name, level) in enumerate(vars_):
-        flag = bool(sums[0, i, 4] > 0 and sums[1, i, 4] > 0)
+        flag = flags[i]
         for arm in (1, 0):
             n = int(sums[arm, i, 0])
             base = {"variable": name, "level": _level_name(level), "arm": labels[arm]}
@@ -135,11 +150,7 @@ def table1(plan, parts, vars_, sums, labels: dict[int, str]) -> list[dict]:
                              **_flag(hidden)})
                 continue
             hidden = n < k
-            qs = [None, None, None]
-            if not hidden:
-                vals = np.sort(np.concatenate(parts.map_reduce(_values, name, level, arm,
-                                                               combine=_cat)))
-                qs = [smooth_quantile(vals, q, k) for q in (0.5, 0.25, 0.75)]
+            qs = [None, None, None] if hidden else quartiles[(name, level, arm)]
             rows.append({**base, "persons": None if hidden else n, "percent": None,
                          "mean": None if hidden else float(mean[arm, i]),
                          "sd": None if hidden else float(math.sqrt(max(var[arm, i], 0.0))),
