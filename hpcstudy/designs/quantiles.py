@@ -131,31 +131,53 @@ def _merge_counts(a, b):
     return out
 
 
-def _between(keys, ends, spans):
-    """Per request (a row of ``ends``: keys a < b): the keys ≤ a, and the keys strictly between
-    a and b (sorted)."""
-    counts, inside = [], []
+def _after(keys, starts, spans, m: int):
+    """Per request (a key a in ``starts``): the keys ≤ a, then the ``m`` least keys above a
+    (NAN_KEY past the partition's last): one row of 1 + m numbers."""
+    out = []
     for s, i, j in spans:
         k = keys[s]
-        xp = array_namespace(k, ends)
-        e = ends[i:j]
-        counts.append(xp.searchsorted(k, e[:, 0], side="right").astype(xp.uint64))
-        for r in range(j - i):
-            inside.append(k[(k > e[r, 0]) & (k < e[r, 1])])
-    return (counts[0] if len(counts) == 1 else xp.concatenate(counts)), inside
+        xp = array_namespace(k, starts)
+        n = k.shape[0]
+        at = xp.searchsorted(k, starts[i:j], side="right")
+        if n == 0 or m == 0:
+            nxt = xp.full((j - i, m), NAN_KEY, dtype=xp.uint64)
+        else:
+            ix = at[:, None] + xp.arange(m)[None, :]
+            nxt = xp.where(ix < n, k[xp.minimum(ix, n - 1)], NAN_KEY).astype(xp.uint64)
+        out.append(xp.concatenate([at.astype(xp.uint64)[:, None], nxt], axis=1))
+    return out[0] if len(out) == 1 else xp.concatenate(out, axis=0)
 
 
-def _merge_between(a, b):
-    return a[0] + b[0], [np.concatenate([x, y]) for x, y in zip(a[1], b[1], strict=True)]
+def _merge_after(a, b):
+    """Counts added; of the two partitions' least keys above a, the least ``m``."""
+    m = a.shape[1] - 1
+    least = np.sort(np.concatenate([a[:, 1:], b[:, 1:]], axis=1), axis=1)[:, :m]
+    return np.concatenate([a[:, :1] + b[:, :1], least], axis=1)
 
 
 # -- on the client ------------------------------------------------------------------------------
+def _reduce(parts, fn, *args, combine):
+    """``parts.map_reduce(fn, *args, combine=combine)``; under a ``distributed`` client the
+    results are combined on the workers, in a tree, so this process receives one result, not
+    one a partition (counts, least and greatest keys: the order of combining does not matter)."""
+    client = getattr(parts, "client", None)
+    if client is None or len(parts.parts) < 2:
+        return parts.map_reduce(fn, *args, combine=combine)
+    level = [client.submit(parts._task(fn, True), p, *args, pure=False) for p in parts.parts]
+    while len(level) > 1:
+        pairs = [client.submit(combine, a, b, pure=False)
+                 for a, b in zip(level[::2], level[1::2], strict=False)]
+        level = pairs + level[len(pairs) * 2:]
+    return level[0].result()
+
+
 class _Search:
     """The partitions' sorted keys (left where they live) and their sizes."""
 
     def __init__(self, parts, values, args, many):
         self.keys = parts.map(_sorted_keys, values, tuple(args), many)
-        sizes = np.asarray(self.keys.map_reduce(_sizes, combine=_merge_sizes), np.uint64)
+        sizes = np.asarray(_reduce(self.keys, _sizes, combine=_merge_sizes), np.uint64)
         self.n = [int(x) for x in sizes[:, 0]]
         self.valid = [int(x) for x in sizes[:, 1]]
         self.lo = [int(x) for x in sizes[:, 2]]
@@ -181,12 +203,7 @@ class _Search:
             row = {req: i for i, req in enumerate(requests)}
             edges = np.array([[lo + (j * (hi - lo + 1)) // BINS for j in range(BINS + 1)]
                               for _, lo, hi in requests], dtype=np.uint64)
-            spans, start = [], 0
-            for i in range(1, len(requests) + 1):
-                if i == len(requests) or requests[i][0] != requests[start][0]:
-                    spans.append((requests[start][0], start, i))
-                    start = i
-            got = self.keys.map_reduce(_counts, edges, tuple(spans), combine=_merge_counts)
+            got = _reduce(self.keys, _counts, edges, _spans(requests), combine=_merge_counts)
             got = np.asarray(got, np.uint64)
             nxt = {}
             for (s, r), (lo, hi) in todo.items():
@@ -205,22 +222,41 @@ class _Search:
             todo = nxt
         return done
 
-    def between(self, pairs: list[tuple[int, int, int]]):
-        """Per (series, key a, key b) with a < b: (keys ≤ a, sorted keys strictly between)."""
-        order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
-        spans, start = [], 0
-        for i in range(1, len(order) + 1):
-            if i == len(order) or pairs[order[i]][0] != pairs[order[start]][0]:
-                spans.append((pairs[order[start]][0], start, i))
-                start = i
-        ends = np.array([[pairs[i][1], pairs[i][2]] for i in order], dtype=np.uint64)
-        self.rounds += 1
-        counts, inside = self.keys.map_reduce(_between, ends, tuple(spans),
-                                              combine=_merge_between)
-        out = [None] * len(pairs)
-        for pos, i in enumerate(order):
-            out[i] = (int(counts[pos]), np.sort(np.asarray(inside[pos], np.uint64)))
+    def windows(self, wanted: set[tuple[int, int, int]]) -> dict[tuple, np.ndarray]:
+        """The sorted keys of ranks r … r + m - 1 of each (series, r, m): rank r's key by
+        rounds, then, in one more, the least m - 1 keys above it and how many are not."""
+        first = self.keys_at({(s, r) for s, r, _ in wanted})
+        m = max(w for _, _, w in wanted) - 1
+        out, more = {}, []
+        for s, r, w in wanted:
+            key = first[(s, r)]
+            if w == 1 or key == NAN_KEY:   # NaN sorts last: all after it are NaN too
+                out[(s, r, w)] = np.full(w, key, np.uint64)
+            else:
+                more.append((s, r, w))
+        if more:
+            requests = sorted({(s, first[(s, r)]) for s, r, _ in more})
+            row = {req: i for i, req in enumerate(requests)}
+            starts = np.array([a for _, a in requests], dtype=np.uint64)
+            got = np.asarray(_reduce(self.keys, _after, starts, _spans(requests), m,
+                                     combine=_merge_after), np.uint64)
+            self.rounds += 1
+            for s, r, w in more:
+                a = first[(s, r)]
+                at_most_a, above = int(got[row[(s, a)], 0]), got[row[(s, a)], 1:]
+                n_a = min(at_most_a - r, w)   # rank r is a's first in the window
+                out[(s, r, w)] = np.concatenate([np.full(n_a, a, np.uint64), above[:w - n_a]])
         return out
+
+
+def _spans(requests) -> tuple:
+    """(series, first row, end row) of each series' run in ``requests`` (sorted by series)."""
+    spans, start = [], 0
+    for i in range(1, len(requests) + 1):
+        if i == len(requests) or requests[i][0] != requests[start][0]:
+            spans.append((requests[start][0], start, i))
+            start = i
+    return tuple(spans)
 
 
 def _lerp(a: np.float64, b: np.float64, t: np.float64) -> np.float64:
@@ -249,12 +285,16 @@ def _quantile(parts, q: np.ndarray, values, args, what: str, top: int):
         prev = np.where(above, -1, np.floor(vi)).astype(np.intp)
         nxt = np.where(above, -1, prev + 1).astype(np.intp)
         gamma = vi - prev   # as NumPy: a rank past the last is -1 there (so gamma = n)
-    ranks = {int(r) % n for r in np.concatenate([prev, nxt])}
-    got = search.keys_at({(0, r) for r in ranks})
+    # each q's two neighbours: rank prev and the one after it (the last: itself)
+    wanted = {(0, int(a) % n, 1 if int(a) % n == int(b) % n else 2)
+              for a, b in zip(prev, nxt, strict=True)}
+    got = search.windows(wanted) if search.valid[0] == n else {}
     if search.valid[0] < n:   # NumPy: any NaN makes every quantile NaN
         out = np.full(vi.shape, np.nan)
     else:
-        val = {r: value_of([got[(0, r)]])[0] for r in ranks}
+        val = {}
+        for _, r, w in wanted:
+            val.update(zip(range(r, r + w), value_of(got[(0, r, w)]), strict=True))
         if gamma is None:
             out = np.array([val[int(a) % n] for a in prev], dtype=np.float64)
         else:
@@ -297,28 +337,10 @@ def smooth_quantiles(parts, qs, k: int, values: Callable, *args) -> list[list[fl
         for q in qs:
             pos = smooth_positions(n, q, k)
             if pos is not None:
-                windows[(s, q)] = (pos[0], pos[0] + pos[1] - 1)
-    got = search.keys_at({(s, r) for s, _ in windows for r in windows[(s, _)]})
-    pairs = sorted({(s, got[(s, a)], got[(s, b)]) for (s, _), (a, b) in windows.items()
-                    if got[(s, a)] != got[(s, b)]})
-    inner = dict(zip(pairs, search.between(pairs), strict=True)) if pairs else {}
+                windows[(s, q)] = (s, *pos)
+    got = search.windows(set(windows.values())) if windows else {}
     out = []
     for s in range(len(search.n)):
-        row = []
-        for q in qs:
-            if (s, q) not in windows:
-                row.append(float("nan"))
-                continue
-            a, b = windows[(s, q)]
-            ka, kb = got[(s, a)], got[(s, b)]
-            width = b - a + 1
-            if ka == kb:
-                keys = np.full(width, ka, np.uint64)
-            else:
-                at_most_a, mid = inner[(s, ka, kb)]
-                n_a = min(at_most_a, b + 1) - a
-                keys = np.concatenate([np.full(n_a, ka, np.uint64), mid,
-                                       np.full(width - n_a - mid.shape[0], kb, np.uint64)])
-            row.append(float(value_of(keys).mean()))
-        out.append(row)
+        out.append([float(value_of(got[windows[(s, q)]]).mean()) if (s, q) in windows
+                    else float("nan") for q in qs])
     return out
