@@ -15,12 +15,16 @@ where it lives. Each wanted rank is then found by rounds over a key interval kno
 the client sends ``BINS + 1`` cut points, each partition answers how many of its keys lie below
 each (a ``searchsorted``) and the least and greatest key of the interval; the client keeps the
 bin holding the rank. An interval narrows by ``BINS`` a round or collapses to one key, so a rank
-takes at most ⌈64 / log2 BINS⌉ + 1 rounds, and the client receives per round and partition
-``BINS + 3`` numbers per rank asked for, whatever the number of values. The value of a rank is
-the key it ends on. np.quantile's interpolation is then done on the host with NumPy's own
-arithmetic (``_lerp``); a smoothed quantile's window of ``k`` values is rebuilt exactly from its
-two end values, their tie counts and the at most ``k - 2`` values between them, and averaged as
-``ndarray.mean`` averages the slice of the sorted values.
+takes at most ⌈64 / log2 BINS⌉ + 1 rounds (typically 5 to 9) of ``BINS + 3`` numbers per rank,
+whatever the number of values. The ranks after a found one (np.quantile's upper neighbour, the
+rest of a smoothed quantile's window of ``k``) come in one more round: the count of keys up to
+it and the least ``k - 1`` keys above it. Under a ``distributed`` client the partitions' answers
+are combined on the workers (sums, least, greatest: in any order the same), so the client gets
+one answer a round, not one a partition. np.quantile's interpolation is then done on the host
+with NumPy's own arithmetic (``_lerp``), and a smoothed quantile's ``k`` values are averaged
+as ``ndarray.mean`` averages the slice of the sorted values: the same bits. The values that do
+reach the client are those a published figure is made of: a quantile's two neighbours, a
+smoothed quantile's ``k`` values.
 
 Per-partition code uses only the namespace of the partition's arrays (a GPU or the stand-in).
 Exact means bit-identical to NumPy on the gathered float64 values, with two exceptions: a value
