@@ -46,6 +46,9 @@ BINS = 16
 _SIGN = 1 << 63
 NAN_KEY = (1 << 64) - 1   # every NaN's key: after +inf
 _MAX_ROUNDS = 80
+# typed scalars for device code: a Python int past int64 (or mixed with uint64 arrays) is
+# promoted differently by CuPy and NumPy 1.x
+_U_SIGN, _U_NAN, _U_0, _U_1, _U_63 = (np.uint64(v) for v in (_SIGN, NAN_KEY, 0, 1, 63))
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -53,8 +56,8 @@ def _keys(x):
     """uint64 keys of float64 values, in the values' order (NaN last, -0.0 before 0.0)."""
     xp = array_namespace(x)
     bits = x.view(xp.uint64)
-    key = xp.where((bits >> 63) == 1, ~bits, bits | _SIGN)
-    return xp.where(xp.isnan(x), NAN_KEY, key)
+    key = xp.where((bits >> _U_63) == _U_1, ~bits, bits | _U_SIGN)
+    return xp.where(xp.isnan(x), _U_NAN, key)
 
 
 def key_of(x) -> np.ndarray:
@@ -90,14 +93,14 @@ def _sizes(keys):
         n = k.shape[0]
         if n == 0:
             rows.append(xp.stack([xp.zeros((), dtype=xp.uint64), xp.zeros((), dtype=xp.uint64),
-                                  xp.full((), NAN_KEY, dtype=xp.uint64),
+                                  xp.full((), _U_NAN, dtype=xp.uint64),
                                   xp.zeros((), dtype=xp.uint64)]))
             continue
-        valid = xp.sum(k != NAN_KEY).astype(xp.int64)
+        valid = xp.sum(k != _U_NAN).astype(xp.int64)
         has = valid > 0
         rows.append(xp.stack([xp.full((), n, dtype=xp.uint64), valid.astype(xp.uint64),
-                              xp.where(has, k[0], NAN_KEY).astype(xp.uint64),
-                              xp.where(has, k[xp.maximum(valid - 1, 0)], 0).astype(xp.uint64)]))
+                              xp.where(has, k[0], _U_NAN).astype(xp.uint64),
+                              xp.where(has, k[xp.maximum(valid - 1, 0)], _U_0).astype(xp.uint64)]))
     return xp.stack(rows)
 
 
@@ -118,12 +121,12 @@ def _counts(keys, edges, spans):
         n = k.shape[0]
         first, end = pos[:, 0], pos[:, -1]
         if n == 0:
-            lo = xp.full(first.shape, NAN_KEY, dtype=xp.uint64)
+            lo = xp.full(first.shape, _U_NAN, dtype=xp.uint64)
             hi = xp.zeros(first.shape, dtype=xp.uint64)
         else:
             some = first < end
-            lo = xp.where(some, k[xp.minimum(first, n - 1)], NAN_KEY).astype(xp.uint64)
-            hi = xp.where(some, k[xp.maximum(end - 1, 0)], 0).astype(xp.uint64)
+            lo = xp.where(some, k[xp.minimum(first, n - 1)], _U_NAN).astype(xp.uint64)
+            hi = xp.where(some, k[xp.maximum(end - 1, 0)], _U_0).astype(xp.uint64)
         out.append(xp.concatenate([pos.astype(xp.uint64), lo[:, None], hi[:, None]], axis=1))
     return out[0] if len(out) == 1 else xp.concatenate(out, axis=0)
 
@@ -145,10 +148,10 @@ def _after(keys, starts, spans, m: int):
         n = k.shape[0]
         at = xp.searchsorted(k, starts[i:j], side="right")
         if n == 0 or m == 0:
-            nxt = xp.full((j - i, m), NAN_KEY, dtype=xp.uint64)
+            nxt = xp.full((j - i, m), _U_NAN, dtype=xp.uint64)
         else:
             ix = at[:, None] + xp.arange(m)[None, :]
-            nxt = xp.where(ix < n, k[xp.minimum(ix, n - 1)], NAN_KEY).astype(xp.uint64)
+            nxt = xp.where(ix < n, k[xp.minimum(ix, n - 1)], _U_NAN).astype(xp.uint64)
         out.append(xp.concatenate([at.astype(xp.uint64)[:, None], nxt], axis=1))
     return out[0] if len(out) == 1 else xp.concatenate(out, axis=0)
 

@@ -228,12 +228,17 @@ def test_the_client_receives_the_same_few_numbers_whatever_the_number_of_values(
     assert big < 1_000_000 * 8 / 20, got
 
 
-def test_on_the_device_stand_in():
+@pytest.mark.parametrize("device", ["standin", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_on_the_device_stand_in(device):
     """Per-partition work runs on the stand-in's arrays (which refuse NumPy and implicit host
-    copies); a partition sends per round one array of counts, nothing the size of its values."""
-    from hpcstudy.devices import get_device
+    copies; with ``make test-gpu``, on CuPy's); a partition sends per round one array of
+    counts, nothing the size of its values."""
+    from hpcstudy.devices import DeviceUnavailable, get_device
 
-    dev = get_device("standin")
+    try:
+        dev = get_device(device)
+    except DeviceUnavailable as e:
+        pytest.skip(str(e))
     rng = np.random.default_rng(7)
     x = np.round(rng.normal(size=200_000), 3)
     chunks = np.array_split(x, 5) + [np.zeros(0)]
