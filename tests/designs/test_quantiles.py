@@ -251,3 +251,37 @@ def test_on_the_device_stand_in(device):
     assert t["to_host_calls"] <= len(chunks) * (64 // int(np.log2(Q.BINS)) + 3), t
     host = [{"x": c} for c in chunks]
     same(Q.smooth_quantiles(parts, SMOOTH_QS, 5, two), expect_smooth(host, 5))
+
+
+def test_the_design_step_gets_numpys_figures_on_the_gathered_values(small_data):
+    """On a real cohort (three partitions): the truncation percentiles are np.percentile of all
+    the weights and Table 1's median and quartiles the smoothed quantiles of all of a number's
+    values in an arm, to the bit (no trim, so no person leaves before the weights)."""
+    from hpcstudy.designs.apply import ipt_weights
+    from hpcstudy.engines import run as R
+
+    from .test_designs import study
+
+    s = study(propensity={"covariates": ["age", "sex", "diabetes", "charlson"],
+                          "method": "weighting",
+                          "weighting": {"estimand": "ate", "stabilised": True,
+                                        "truncate": [2.5, 97.5]}})
+    _, plan, ds = R.prepare(s, small_data)
+    built = R.person_table(plan, ds, "dask")
+    assert len(built.tables) == 3
+    t = R.combined(plan, built.tables)
+    exposed = t["group"] == 1
+    w = ipt_weights(t["ps"], exposed, "ate", True, exposed.mean())
+    got = built.design["design"]["truncated_at"]
+    assert got == [float(v) for v in np.percentile(w, [2.5, 97.5])]
+    k = plan.min_cell
+    t1 = built.design["table1"]
+    shown = 0
+    for row in t1:
+        if row["variable"] in ("age", "charlson") and row["median"] is not None:
+            arm = next(g.code for g in plan.groups if g.label == row["arm"])
+            v = np.sort(t[row["variable"]][t["group"] == arm].astype(float))
+            assert [row["median"], row["q1"], row["q3"]] == \
+                [smooth_quantile(v, q, k) for q in (0.5, 0.25, 0.75)], row
+            shown += 1
+    assert shown == 4
