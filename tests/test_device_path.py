@@ -246,8 +246,8 @@ MATCHED = {
 def test_a_matched_design_under_a_client_gathers_triples_not_rows(two_big_parts):
     """The design step (score fit, matching, Table 1, balance) on a LocalCluster of worker
     processes: the client receives 17 bytes a person before matching (logit, pnr, arm:
-    matching's one gather), 8 per continuous covariate (here age: Table 1's quantiles) and a
-    fixed 100 kB for the per-step sums; less than the rows the step used to gather even though
+    matching's one gather) and a fixed 100 kB for the per-step sums and Table 1's quantile
+    rounds; less than the rows the step used to gather even though
     this study's rows are narrow (~37 bytes), and a wider study gathers the same 25 bytes. The
     matched tables, attrition and design sections are the same bytes as without a client."""
     import yaml
