@@ -369,10 +369,43 @@ def test_partial_sums_are_added_in_partition_order_whatever_order_they_finish_in
 
 
 FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "GPU 1" breaks
+    # Arrays moved to it are a NumPy subclass named cupy.ndarray, so hpcstudy takes them for
+    # device arrays (and moves every host argument of a partition's step to it). Where GPU 1
+    # breaks: at its first transfer, or with FAKE_CUPY_FAIL_AT=STEP:N at the N-th transfer
+    # inside the per-partition step STEP (models.partitions._OnDevice, e.g. _poisson: a Newton
+    # step); each failure is logged to FAKE_CUPY_LOG as "pid step n".
     "cupy/__init__.py": textwrap.dedent("""\
         import os
+        import sys
         import numpy as _np
         from . import cuda
+
+        def _wrap(x):   # results of NumPy functions on these stay "on the device"
+            if isinstance(x, _np.ndarray) and not isinstance(x, ndarray):
+                return x.view(ndarray)
+            if isinstance(x, tuple | list):
+                return type(x)(_wrap(v) for v in x)
+            return x
+
+        class ndarray(_np.ndarray):
+            def get(self):
+                return _np.asarray(self)
+
+            def __array_function__(self, func, types, args, kwargs):
+                return _wrap(func._implementation(*args, **kwargs))
+
+        try:   # workers send these as NumPy arrays, not as GPU buffers (distributed's cupy)
+            from distributed.protocol import numpy as _dn
+            from distributed.protocol.serialize import dask_deserialize, dask_serialize
+
+            dask_serialize._lazy.pop("cupy", None)
+            dask_deserialize._lazy.pop("cupy", None)
+            dask_serialize.register(ndarray)(
+                lambda x: _dn.serialize_numpy_ndarray(_np.asarray(x)))
+            dask_deserialize.register(ndarray)(
+                lambda h, f: _dn.deserialize_numpy_ndarray(h, f).view(ndarray))
+        except ImportError:
+            pass
 
         class _Pool:
             def total_bytes(self): return 0
@@ -380,16 +413,43 @@ FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "
             def free_all_blocks(self): pass
 
         _POOL = _Pool()
+        _CALLS = {}
 
         def get_default_memory_pool(): return _POOL
 
         def asnumpy(a): return _np.asarray(a)
 
+        def _step():
+            f = sys._getframe(2)
+            while f is not None:
+                me = f.f_locals.get("self")
+                if f.f_code.co_name == "__call__" and type(me).__name__ == "_OnDevice":
+                    return me.__name__
+                f = f.f_back
+            return None
+
+        def _breaks():
+            if os.environ.get("CUDA_VISIBLE_DEVICES") != os.environ.get("FAKE_CUPY_BROKEN",
+                                                                        "1"):
+                return None
+            at = os.environ.get("FAKE_CUPY_FAIL_AT")
+            if not at:
+                return "any", 1
+            step, n = at.split(":")
+            if _step() != step:
+                return None
+            _CALLS[step] = _CALLS.get(step, 0) + 1
+            return (step, _CALLS[step]) if _CALLS[step] >= int(n) else None
+
         def asarray(a, dtype=None):
-            if os.environ.get("CUDA_VISIBLE_DEVICES") == "1":
+            broken = _breaks()
+            if broken is not None:
+                if os.environ.get("FAKE_CUPY_LOG"):
+                    with open(os.environ["FAKE_CUPY_LOG"], "a") as f:
+                        f.write(f"{os.getpid()} {broken[0]} {broken[1]}\\n")
                 raise cuda.runtime.CUDARuntimeError("cudaErrorECCUncorrectable: "
                                                     "uncorrectable ECC error encountered")
-            return _np.asarray(a, dtype=dtype)
+            return _np.asarray(a, dtype=dtype).view(ndarray)
 
         def __getattr__(name): return getattr(_np, name)
         """),
@@ -405,25 +465,17 @@ FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "
 }
 
 
-def test_a_worker_whose_gpu_fails_leaves_and_the_others_finish_the_run(small_data, local_run,
-                                                                       tmp_path):
-    """Two workers, one GPU each; the second GPU raises a CUDA error on its first transfer
-    (a CuPy double: NumPy behind CuPy's names, the hardware being absent here). That worker
-    leaves, its partitions go to the other, and the outputs equal the local CPU run's."""
-    from hpcstudy.engines import partition
-
-    if not hasattr(partition, "run_partition"):
-        pytest.skip("the partition engine here has no device path yet")
+def failing_gpu(tmp_path, **env) -> dict:
+    """The environment of a run whose GPU 1 is the failing double above."""
     root = tmp_path / "fake-cupy"
     for rel, text in FAILING_GPU.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
-    out = tmp_path / "out"
-    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--launcher",
-                "processes", "--gpus", "2", "--device", "gpu",
-                env={"PYTHONPATH": os.pathsep.join([str(root),
-                                                    os.environ.get("PYTHONPATH", "")])})
-    assert r.returncode == 0, r.stderr
+    return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+            **env}
+
+
+def _same_as_cpu(out, local_run):
     private = Path("private") / "person_table.parquet"
     assert (out / private).read_bytes() == (local_run / private).read_bytes()
     want = json.loads((local_run / "results.json").read_text())
@@ -435,23 +487,71 @@ def test_a_worker_whose_gpu_fails_leaves_and_the_others_finish_the_run(small_dat
     compare(want, got, rel=1e-12)
 
 
-def test_a_gpu_failing_with_no_other_worker_is_one_line_exit_1(small_data, tmp_path):
-    from hpcstudy.engines import partition
+def test_a_worker_whose_gpu_fails_leaves_and_the_others_finish_the_run(small_data, local_run,
+                                                                       tmp_path):
+    """Two workers, one GPU each; the second GPU raises a CUDA error on its first transfer
+    (a CuPy double: NumPy behind CuPy's names, the hardware being absent here). That worker
+    leaves, its partitions go to the other, and the outputs equal the local CPU run's."""
+    out = tmp_path / "out"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--launcher",
+                "processes", "--gpus", "2", "--device", "gpu", env=failing_gpu(tmp_path))
+    assert r.returncode == 0, r.stderr
+    _same_as_cpu(out, local_run)
 
-    if not hasattr(partition, "run_partition"):
-        pytest.skip("the partition engine here has no device path yet")
-    root = tmp_path / "fake-cupy"
-    for rel, text in FAILING_GPU.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
+
+def test_a_gpu_failing_in_a_newton_step_leaves_and_the_others_refit(small_data, local_run,
+                                                                    tmp_path):
+    """GPU 1 builds its partitions' tables, then fails in the Poisson model's third Newton
+    step on it (its transfer of the coefficients). Its worker leaves; the tables, the moved
+    partitions and the prepared model partitions it held are recomputed from their tasks on
+    the other worker, the step is retried there, and the outputs equal the CPU run's."""
+    out, log = tmp_path / "out", tmp_path / "failures.log"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--launcher",
+                "processes", "--gpus", "2", "--device", "gpu",
+                env=failing_gpu(tmp_path, FAKE_CUPY_FAIL_AT="_poisson:3",
+                                FAKE_CUPY_LOG=str(log)))
+    assert r.returncode == 0, r.stderr
+    # it did fail there, once: the worker that failed never ran another step
+    assert [x.split()[1:] for x in log.read_text().splitlines()] == [["_poisson", "3"]]
+    _same_as_cpu(out, local_run)
+
+
+def test_a_gpu_failing_with_no_other_worker_is_one_line_exit_1(small_data, tmp_path):
     out = tmp_path / "out"
     r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--device", "gpu",
-                env={"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-                     "CUDA_VISIBLE_DEVICES": "1"})
+                env=failing_gpu(tmp_path, CUDA_VISIBLE_DEVICES="1"))
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "the GPU failed while computing partition" in lines[0]
     assert "--resume" in lines[0] and not out.exists()
+
+
+@pytest.mark.parametrize("launcher", ["local", "processes"])
+def test_a_gpu_failing_in_a_newton_step_with_no_other_worker_is_one_line_exit_1(
+        small_data, tmp_path, launcher):
+    """The only GPU fails in a Newton step: on the local launcher, and on a cluster whose one
+    worker it is (leaving would leave the run waiting for a worker forever). One line naming
+    the step, exit 1, and --resume reuses the partitions finished before."""
+    out = tmp_path / "out"
+    more = ["--launcher", "processes", "--gpus", "1"] if launcher == "processes" else []
+    env = failing_gpu(tmp_path, FAKE_CUPY_FAIL_AT="_poisson:2")
+    if launcher == "local":
+        env["CUDA_VISIBLE_DEVICES"] = "1"
+    else:   # its one worker sees GPU 0: make GPU 0 the failing one
+        env["FAKE_CUPY_BROKEN"] = "0"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--device", "gpu",
+                *more, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "the GPU failed while computing partition" in lines[0]
+    assert "(model step poisson)" in lines[0] and "CUDARuntimeError" in lines[0]
+    assert "--resume" in lines[0] and not out.exists()
+    if launcher == "local":   # the tables built before the failure are kept
+        r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--resume",
+                    "--device", "cpu")
+        assert r.returncode == 0, r.stderr
+        assert "resumed 3 of 3 partitions" in r.stdout, r.stdout
 
 
 # -- the stand-in device under a client ------------------------------------------------------
