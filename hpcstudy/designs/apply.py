@@ -245,7 +245,8 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
                       caliper_sd=mt.caliper, caliper_logit=caliper)
         if mt.bootstrap:
             per_t = np.bincount(m.exposed, minlength=pnr.shape[0]).astype(float)
-            pairs = (pnr[m.exposed], pnr[m.comparator], 1.0 / per_t[m.exposed])
+            pairs = (pnr[m.exposed], pnr[m.comparator], 1.0 / per_t[m.exposed],
+                     np.searchsorted(ends, m.comparator, side="right"))   # its partition
     elif pr.method == "weighting":
         w = pr.weighting
         parts = parts.map(_weight, w.estimand, w.stabilised, share)
@@ -287,7 +288,7 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
     if pr.method == "matching" and pr.matching.bootstrap:
         from .bootstrap import cox_interval
 
-        design["bootstrap"] = cox_interval(plan, _here(parts), *pairs)
+        design["bootstrap"] = cox_interval(plan, parts, *pairs)   # on the partitions
     design["warnings"] = warnings
     results = {"table1": t1, "balance": B.balance_rows(vars_, s_before, s_after, t1),
                "preference": pref, "design": design}

@@ -254,6 +254,22 @@ def _is_future(x: Any) -> bool:
     return type(x).__name__ == "Future"
 
 
+def map_each(parts, fn: Callable, args: Sequence[tuple]):
+    """``parts.map(fn, ...)`` with partition i's own arguments ``args[i]``: under a client each
+    partition's task carries only its own (so each is sent what is its, not everything)."""
+    if isinstance(parts, DaskPartitions):
+        if parts.client is not None:
+            futures = [parts.client.submit(parts._task(fn, False, i), p, *a, pure=False)
+                       for i, (p, a) in enumerate(zip(parts.parts, args, strict=True))]
+            return DaskPartitions(futures, parts.client, device=parts.device)
+        return DaskPartitions([parts._task(fn, False, i)(p, *a) for i, (p, a)
+                               in enumerate(zip(parts.parts, args, strict=True))],
+                              None, parts.scheduler, parts.device)
+    parts = as_partitions(parts)
+    return LocalPartitions([parts._task(fn, False, i)(p, *a) for i, (p, a)
+                            in enumerate(zip(parts.parts, args, strict=True))], parts.device)
+
+
 def as_partitions(parts: Any) -> Partitions:
     if hasattr(parts, "map_reduce"):
         return parts
