@@ -565,6 +565,33 @@ def test_a_gpu_failing_in_a_newton_step_leaves_and_the_others_refit(small_data, 
     _same_as_cpu(out, local_run)
 
 
+@pytest.mark.mpi
+def test_under_mpi_a_rank_whose_gpu_fails_leaves_and_the_others_finish(small_data, local_run,
+                                                                       tmp_path):
+    """The mpi launcher's workers are plain Workers in ranks, without a nanny: the rank whose
+    GPU fails in a Newton step closes its worker and ends (MPI_Finalize, exit 0), the other
+    worker rank recomputes what it held, and the outputs equal the CPU run's."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("mpirun")
+    if exe is None:
+        pytest.skip("mpirun is not installed")
+    pytest.importorskip("mpi4py")
+    out, log = tmp_path / "out", tmp_path / "failures.log"
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "CUDA_VISIBLE_DEVICES": "0,1",   # worker ranks 2 and 3 take GPUs 0 and 1
+           **failing_gpu(tmp_path, FAKE_CUPY_FAIL_AT="_poisson:3", FAKE_CUPY_LOG=str(log))}
+    r = subprocess.run([exe, "-n", "4", "--oversubscribe", sys.executable, "-m", "hpcstudy.cli",
+                        "run", str(STUDY), "--data", str(small_data), "--out", str(out),
+                        "--quiet", "--launcher", "mpi", "--interface", "lo", "--device", "gpu"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert [x.split()[1:] for x in log.read_text().splitlines()] == [["_poisson", "3"]]
+    _same_as_cpu(out, local_run)
+
+
 def test_a_gpu_failing_with_no_other_worker_is_one_line_exit_1(small_data, tmp_path):
     out = tmp_path / "out"
     r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--device", "gpu",

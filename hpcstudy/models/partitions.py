@@ -237,8 +237,10 @@ def to_host(x, dev):
     """``x`` with every device array in it (in tuples, lists, dicts) copied to the host."""
     if x is None or isinstance(x, np.generic | int | float | str):
         return x
-    if hasattr(x, "shape") and not (isinstance(x, np.ndarray) and type(x).__module__ == "numpy"):
-        return dev.to_host(x)   # a device array (asked by type, as devices.device_of does)
+    from ..devices import device_of
+
+    if hasattr(x, "shape") and device_of(x) != "cpu":   # by type: a device array
+        return dev.to_host(x)
     if isinstance(x, np.ndarray):
         return x
     if isinstance(x, tuple | list):
