@@ -67,11 +67,12 @@ def set_draws(set_pnr, base: int, cdf):
     Poisson(1) by the inverse CDF of u = the top 53 bits of SplitMix64(base + pnr·φ) / 2⁵³.
     In the namespace of ``set_pnr`` (``cdf``: :data:`POISSON_CDF` on the same device)."""
     xp = array_namespace(set_pnr)
-    z = set_pnr.astype(xp.uint64) * GOLDEN + base   # wraps mod 2⁶⁴, as the hash wants
-    z = (z ^ (z >> 30)) * MIX1
-    z = (z ^ (z >> 27)) * MIX2
-    z = z ^ (z >> 31)
-    u = (z >> 11).astype(xp.float64) * (2.0 ** -53)
+    u64 = xp.uint64   # every operand unsigned 64-bit: products wrap mod 2⁶⁴, as the hash wants
+    z = set_pnr.astype(u64) * u64(GOLDEN) + u64(base)
+    z = (z ^ (z >> u64(30))) * u64(MIX1)
+    z = (z ^ (z >> u64(27))) * u64(MIX2)
+    z = z ^ (z >> u64(31))
+    u = (z >> u64(11)).astype(xp.float64) * (2.0 ** -53)
     return xp.searchsorted(cdf, u, side="right").astype(xp.float64)
 
 
@@ -194,6 +195,9 @@ def cox_interval(plan, parts, exposed_pnr, comparator_pnr, share,
     from ..models.partitions import map_each
 
     parts = as_partitions(parts)
+    if comparator_part is None and len(parts) > 1:
+        raise ValueError("the pairs' partitions (comparator_part) are needed for more than one "
+                         "partition")
     rows, names = prepare(plan, parts)
     rows = map_each(rows, _with_pairs, _split_pairs(len(rows), exposed_pnr, comparator_pnr,
                                                     share, comparator_part))
