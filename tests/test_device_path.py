@@ -1,5 +1,6 @@
-"""The distributed side of the device path: ``--device``, rows left on the workers, a lost
-worker after the cohort step, and the GPU benchmark at toy sizes."""
+"""The distributed side of the device path: ``--device``, rows left on the workers (the matched
+bootstrap's too), a lost worker after the cohort step, a GPU failing in the cohort, design or
+model steps, and the GPU benchmark at toy sizes."""
 
 from __future__ import annotations
 

@@ -10,7 +10,9 @@ worker for the others (a client on a login node may have no GPU while its worker
 
 Whether a partition fits in the device's memory is checked where it is loaded
 (:func:`hpcstudy.engines.partition.load`). A worker whose GPU fails (a CUDA error other than
-running out of memory) leaves the cluster, and its partitions are computed by the others.
+running out of memory) while building a partition's table, or in a design or model step on a
+partition (:class:`hpcstudy.models.partitions._OnDevice`), leaves the cluster, and the others
+compute that step and recompute what it held.
 """
 
 from __future__ import annotations
