@@ -418,6 +418,38 @@ def test_partial_sums_are_added_in_partition_order_whatever_order_they_finish_in
     assert seen == [([0], [1]), ([0, 1], [2]), ([0, 1, 2], [3])]
 
 
+def _shift(part, by):
+    return {"x": part["x"] - by}
+
+
+def _sum_x(part):
+    return float(part["x"].sum())
+
+
+def _unrecomputable(dask_scheduler=None):
+    """Keys the scheduler holds with no task to recompute them from (scattered data)."""
+    return [str(k) for k, ts in dask_scheduler.tasks.items() if ts.run_spec is None]
+
+
+def test_partitions_under_a_client_can_always_be_recomputed():
+    """Host partitions handed to DaskPartitions under a client, and everything mapped from
+    them (one partition's own arguments too), are tasks the scheduler can run again when the
+    worker holding them is lost: none is scattered data."""
+    from distributed import Client, LocalCluster
+
+    from hpcstudy.models.partitions import DaskPartitions, map_each
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        parts = DaskPartitions([{"x": np.arange(3.0) + i} for i in range(3)], client)
+        moved = map_each(parts.map(_shift, 1.0), _shift, [(1.0,), (2.0,), (3.0,)])
+        # 0..2, 1..3, 2..4 (18 in all), less 2, 3 and 4 from each element
+        assert moved.map_reduce(_sum_x) == 18 - 3 * (2 + 3 + 4)
+        assert client.run_on_scheduler(_unrecomputable) == []
+        client.scatter([1, 2])   # the check does see scattered data
+        assert len(client.run_on_scheduler(_unrecomputable)) == 2
+
+
 FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "GPU 1" breaks
     # Arrays moved to it are a NumPy subclass named cupy.ndarray, so hpcstudy takes them for
     # device arrays (and moves every host argument of a partition's step to it). Where GPU 1

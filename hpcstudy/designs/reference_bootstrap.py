@@ -33,7 +33,7 @@ def draws(seed: int, replicate: int, pnrs) -> pd.Series:
     """Times each set (indexed by its exposed pnr) is drawn in a replicate."""
     key = _splitmix(_splitmix(seed % M64 ^ STREAM) ^ replicate)
     u = [(_splitmix((key + int(p) * 0x9E3779B97F4A7C15) % M64) >> 11) / 2 ** 53 for p in pnrs]
-    n = [int((_CDF <= x).sum()) for x in u]
+    n = (np.asarray(u)[:, None] >= _CDF[None, :]).sum(axis=1)   # k with P(N ≤ k) ≤ u
     return pd.Series(n, index=list(pnrs), dtype=float)
 
 
