@@ -80,7 +80,7 @@ def leave_the_cluster(p: int, e: BaseException, step: str | None = None):
     other worker could take over (the local launcher, or the cluster's last worker): one line,
     exit 1."""
     why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
-    where = f"partition {p}" + (f" (model step {step})" if step else "")
+    where = f"partition {p}" + (f", step {step}" if step else "")
     failed = DeviceFailed(f"the GPU failed while computing {where} ({why})",
                           fix="run again with --resume (finished partitions are kept), or "
                               "with --device cpu")
