@@ -1,11 +1,13 @@
-"""The distributed side of the device path: ``--device``, rows left on the workers, a lost
-worker after the cohort step, and the GPU benchmark at toy sizes."""
+"""The distributed side of the device path: ``--device``, rows left on the workers (the matched
+bootstrap's too), a lost worker after the cohort step, a GPU failing in the cohort, design or
+model steps, and the GPU benchmark at toy sizes."""
 
 from __future__ import annotations
 
 import contextvars
 import json
 import os
+import re
 import signal
 import textwrap
 from contextlib import contextmanager
@@ -158,7 +160,7 @@ def bytes_received(workers):
     what comes from workers counts such a relay once)."""
     from distributed.comm import tcp
 
-    got = {"bytes": 0}
+    got = {"bytes": 0, "largest": 0}   # in all, and the largest one message
     read, from_frames = tcp.TCP.read, tcp.from_frames
 
     async def counted_read(self, deserializers=None):
@@ -168,7 +170,9 @@ def bytes_received(workers):
     async def counted_from_frames(frames, *a, **kw):
         comm = _comm.get()
         if comm is not None and comm.peer_address in workers:
-            got["bytes"] += sum(memoryview(f).nbytes for f in frames)
+            size = sum(memoryview(f).nbytes for f in frames)
+            got["bytes"] += size
+            got["largest"] = max(got["largest"], size)
         return await from_frames(frames, *a, **kw)
 
     tcp.TCP.read, tcp.from_frames = counted_read, counted_from_frames
@@ -286,6 +290,52 @@ def test_a_matched_design_under_a_client_gathers_triples_not_rows(two_big_parts)
     assert json.dumps(built.design, sort_keys=True) == json.dumps(local.design, sort_keys=True)
 
 
+def test_the_matched_bootstrap_under_a_client_receives_sums_not_rows(two_big_parts,
+                                                                    monkeypatch):
+    """The bootstrap's replicates run where the matched rows are: while it runs (counted
+    around bootstrap.cox_interval itself) the client's largest message from a worker is under
+    a quarter of a matched partition's table (the bootstrap used to gather the whole
+    tables), while fetching the tables does show them; and the interval is the one
+    computed without a client. (In all the client does receive more than the matched rows'
+    bytes here, ~1.6 MB against 0.46 MB: 20 replicates' Cox fits, each a few dozen messages
+    of per-event-time sums.)"""
+    import yaml
+    from distributed import Client, LocalCluster
+
+    from hpcstudy.designs import bootstrap
+    from hpcstudy.engines import run as R
+    from hpcstudy.study import study_from_text
+
+    s = json.loads(json.dumps(MATCHED))
+    s["propensity"]["matching"]["bootstrap"] = 20
+    _, plan, ds = R.prepare(study_from_text(yaml.safe_dump(s)), two_big_parts)
+    local = R.person_table(plan, ds, "dask")
+    seen, original = [], bootstrap.cox_interval
+
+    def counted(*a, **kw):
+        with bytes_received(workers) as got:
+            out = original(*a, **kw)
+        seen.append(got)
+        return out
+
+    monkeypatch.setattr(bootstrap, "cox_interval", counted)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        workers = set(cluster.scheduler_info["workers"])
+        built = R.person_table(plan, ds, "dask", client)
+        with bytes_received(workers) as got:
+            host = list(built.tables)     # rows asked for: this must show in the count
+    (during,) = seen
+    smallest = min(table_bytes(t) for t in host)
+    assert got["largest"] >= smallest > 50_000, (got, smallest)
+    # a message may carry several partitions' sums (~9 kB each here): still far from a table
+    assert during["largest"] < smallest / 4, (during, smallest)
+    want, have = local.design["design"]["bootstrap"], built.design["design"]["bootstrap"]
+    assert want.keys() == have.keys() and want["failed"] == have["failed"] == 0
+    for k in ("se", "lower_95", "upper_95"):   # sums added in other processes: the last bits
+        assert have[k] == pytest.approx(want[k], rel=1e-9), k
+
+
 def test_a_worker_lost_after_the_cohort_step_costs_no_results(small_data, local_run,
                                                               tmp_path):
     """The per-person tables live on the workers; SIGKILL one after the cohort step. Its
@@ -368,11 +418,76 @@ def test_partial_sums_are_added_in_partition_order_whatever_order_they_finish_in
     assert seen == [([0], [1]), ([0, 1], [2]), ([0, 1, 2], [3])]
 
 
+def _shift(part, by):
+    return {"x": part["x"] - by}
+
+
+def _sum_x(part):
+    return float(part["x"].sum())
+
+
+def _unrecomputable(dask_scheduler=None):
+    """Keys the scheduler holds with no task to recompute them from (scattered data)."""
+    return [str(k) for k, ts in dask_scheduler.tasks.items() if ts.run_spec is None]
+
+
+def test_partitions_under_a_client_can_always_be_recomputed():
+    """Host partitions handed to DaskPartitions under a client, and everything mapped from
+    them (one partition's own arguments too), are tasks the scheduler can run again when the
+    worker holding them is lost: none is scattered data."""
+    from distributed import Client, LocalCluster
+
+    from hpcstudy.models.partitions import DaskPartitions, map_each
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        parts = DaskPartitions([{"x": np.arange(3.0) + i} for i in range(3)], client)
+        moved = map_each(parts.map(_shift, 1.0), _shift, [(1.0,), (2.0,), (3.0,)])
+        # 0..2, 1..3, 2..4 (18 in all), less 2, 3 and 4 from each element
+        assert moved.map_reduce(_sum_x) == 18 - 3 * (2 + 3 + 4)
+        assert client.run_on_scheduler(_unrecomputable) == []
+        client.scatter([1, 2])   # the check does see scattered data
+        assert len(client.run_on_scheduler(_unrecomputable)) == 2
+
+
 FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "GPU 1" breaks
+    # Arrays moved to it are a NumPy subclass named cupy.ndarray, so hpcstudy takes them for
+    # device arrays (and moves every host argument of a partition's step to it). Where GPU 1
+    # breaks: at its first transfer, or with FAKE_CUPY_FAIL_AT=STEP:N at the N-th transfer
+    # inside the per-partition step STEP (models.partitions._OnDevice, e.g. _poisson: a Newton
+    # step); each failure is logged to FAKE_CUPY_LOG as "pid step n".
     "cupy/__init__.py": textwrap.dedent("""\
         import os
+        import sys
         import numpy as _np
         from . import cuda
+
+        def _wrap(x):   # results of NumPy functions on these stay "on the device"
+            if isinstance(x, _np.ndarray) and not isinstance(x, ndarray):
+                return x.view(ndarray)
+            if isinstance(x, tuple | list):
+                return type(x)(_wrap(v) for v in x)
+            return x
+
+        class ndarray(_np.ndarray):
+            def get(self):
+                return _np.asarray(self)
+
+            def __array_function__(self, func, types, args, kwargs):
+                return _wrap(func._implementation(*args, **kwargs))
+
+        try:   # workers send these as NumPy arrays, not as GPU buffers (distributed's cupy)
+            from distributed.protocol import numpy as _dn
+            from distributed.protocol.serialize import dask_deserialize, dask_serialize
+
+            dask_serialize._lazy.pop("cupy", None)
+            dask_deserialize._lazy.pop("cupy", None)
+            dask_serialize.register(ndarray)(
+                lambda x: _dn.serialize_numpy_ndarray(_np.asarray(x)))
+            dask_deserialize.register(ndarray)(
+                lambda h, f: _dn.deserialize_numpy_ndarray(h, f).view(ndarray))
+        except ImportError:
+            pass
 
         class _Pool:
             def total_bytes(self): return 0
@@ -380,16 +495,43 @@ FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "
             def free_all_blocks(self): pass
 
         _POOL = _Pool()
+        _CALLS = {}
 
         def get_default_memory_pool(): return _POOL
 
         def asnumpy(a): return _np.asarray(a)
 
+        def _step():
+            f = sys._getframe(2)
+            while f is not None:
+                me = f.f_locals.get("self")
+                if f.f_code.co_name == "__call__" and type(me).__name__ == "_OnDevice":
+                    return me.__name__
+                f = f.f_back
+            return None
+
+        def _breaks():
+            if os.environ.get("CUDA_VISIBLE_DEVICES") != os.environ.get("FAKE_CUPY_BROKEN",
+                                                                        "1"):
+                return None
+            at = os.environ.get("FAKE_CUPY_FAIL_AT")
+            if not at:
+                return "any", 1
+            step, n = at.split(":")
+            if _step() != step:
+                return None
+            _CALLS[step] = _CALLS.get(step, 0) + 1
+            return (step, _CALLS[step]) if _CALLS[step] >= int(n) else None
+
         def asarray(a, dtype=None):
-            if os.environ.get("CUDA_VISIBLE_DEVICES") == "1":
+            broken = _breaks()
+            if broken is not None:
+                if os.environ.get("FAKE_CUPY_LOG"):
+                    with open(os.environ["FAKE_CUPY_LOG"], "a") as f:
+                        f.write(f"{os.getpid()} {broken[0]} {broken[1]}\\n")
                 raise cuda.runtime.CUDARuntimeError("cudaErrorECCUncorrectable: "
                                                     "uncorrectable ECC error encountered")
-            return _np.asarray(a, dtype=dtype)
+            return _np.asarray(a, dtype=dtype).view(ndarray)
 
         def __getattr__(name): return getattr(_np, name)
         """),
@@ -405,25 +547,17 @@ FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "
 }
 
 
-def test_a_worker_whose_gpu_fails_leaves_and_the_others_finish_the_run(small_data, local_run,
-                                                                       tmp_path):
-    """Two workers, one GPU each; the second GPU raises a CUDA error on its first transfer
-    (a CuPy double: NumPy behind CuPy's names, the hardware being absent here). That worker
-    leaves, its partitions go to the other, and the outputs equal the local CPU run's."""
-    from hpcstudy.engines import partition
-
-    if not hasattr(partition, "run_partition"):
-        pytest.skip("the partition engine here has no device path yet")
+def failing_gpu(tmp_path, **env) -> dict:
+    """The environment of a run whose GPU 1 is the failing double above."""
     root = tmp_path / "fake-cupy"
     for rel, text in FAILING_GPU.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
-    out = tmp_path / "out"
-    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--launcher",
-                "processes", "--gpus", "2", "--device", "gpu",
-                env={"PYTHONPATH": os.pathsep.join([str(root),
-                                                    os.environ.get("PYTHONPATH", "")])})
-    assert r.returncode == 0, r.stderr
+    return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+            **env}
+
+
+def _same_as_cpu(out, local_run):
     private = Path("private") / "person_table.parquet"
     assert (out / private).read_bytes() == (local_run / private).read_bytes()
     want = json.loads((local_run / "results.json").read_text())
@@ -435,23 +569,118 @@ def test_a_worker_whose_gpu_fails_leaves_and_the_others_finish_the_run(small_dat
     compare(want, got, rel=1e-12)
 
 
-def test_a_gpu_failing_with_no_other_worker_is_one_line_exit_1(small_data, tmp_path):
-    from hpcstudy.engines import partition
+def test_a_worker_whose_gpu_fails_leaves_and_the_others_finish_the_run(small_data, local_run,
+                                                                       tmp_path):
+    """Two workers, one GPU each; the second GPU raises a CUDA error on its first transfer
+    (a CuPy double: NumPy behind CuPy's names, the hardware being absent here). That worker
+    leaves, its partitions go to the other, and the outputs equal the local CPU run's."""
+    out = tmp_path / "out"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--launcher",
+                "processes", "--gpus", "2", "--device", "gpu", env=failing_gpu(tmp_path))
+    assert r.returncode == 0, r.stderr
+    _same_as_cpu(out, local_run)
 
-    if not hasattr(partition, "run_partition"):
-        pytest.skip("the partition engine here has no device path yet")
-    root = tmp_path / "fake-cupy"
-    for rel, text in FAILING_GPU.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
+
+def test_a_gpu_failing_in_a_newton_step_leaves_and_the_others_refit(small_data, local_run,
+                                                                    tmp_path):
+    """GPU 1 builds its partitions' tables, then fails in the Poisson model's third Newton
+    step on it (its transfer of the coefficients). Its worker leaves; the tables, the moved
+    partitions and the prepared model partitions it held are recomputed from their tasks on
+    the other worker, the step is retried there, and the outputs equal the CPU run's."""
+    out, log = tmp_path / "out", tmp_path / "failures.log"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--launcher",
+                "processes", "--gpus", "2", "--device", "gpu",
+                env=failing_gpu(tmp_path, FAKE_CUPY_FAIL_AT="_poisson:3",
+                                FAKE_CUPY_LOG=str(log)))
+    assert r.returncode == 0, r.stderr
+    # it did fail there, once: the worker that failed never ran another step
+    assert [x.split()[1:] for x in log.read_text().splitlines()] == [["_poisson", "3"]]
+    _same_as_cpu(out, local_run)
+
+
+def test_a_gpu_failing_in_the_design_step_leaves_and_the_others_finish(small_data, tmp_path):
+    """A matched design: GPU 1 fails in the third Newton step of the propensity score's fit
+    on the workers. The worker leaves; the scheduler rebuilds the tables it held from their
+    tasks on the other, the step is retried there, and the matched cohort, Table 1, balance
+    and models equal a CPU run's."""
+    import yaml
+    from designs.test_bootstrap import spec
+
+    study = tmp_path / "matched.yaml"
+    study.write_text(yaml.safe_dump(spec()))
+    cpu, out, log = tmp_path / "cpu", tmp_path / "out", tmp_path / "failures.log"
+    r = run_cli("run", study, "--data", small_data, "--out", cpu, "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet", "--launcher",
+                "processes", "--gpus", "2", "--device", "gpu",
+                env=failing_gpu(tmp_path, FAKE_CUPY_FAIL_AT="_logistic:3",
+                                FAKE_CUPY_LOG=str(log)))
+    assert r.returncode == 0, r.stderr
+    assert [x.split()[1:] for x in log.read_text().splitlines()] == [["_logistic", "3"]]
+    _same_as_cpu(out, cpu)
+    assert json.loads((out / "results.json").read_text())["design"]["method"] == "matching"
+
+
+@pytest.mark.mpi
+def test_under_mpi_a_rank_whose_gpu_fails_leaves_and_the_others_finish(small_data, local_run,
+                                                                       tmp_path):
+    """The mpi launcher's workers are plain Workers in ranks, without a nanny: the rank whose
+    GPU fails in a Newton step closes its worker and ends (MPI_Finalize, exit 0), the other
+    worker rank recomputes what it held, and the outputs equal the CPU run's."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("mpirun")
+    if exe is None:
+        pytest.skip("mpirun is not installed")
+    pytest.importorskip("mpi4py")
+    out, log = tmp_path / "out", tmp_path / "failures.log"
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "CUDA_VISIBLE_DEVICES": "0,1",   # worker ranks 2 and 3 take GPUs 0 and 1
+           **failing_gpu(tmp_path, FAKE_CUPY_FAIL_AT="_poisson:3", FAKE_CUPY_LOG=str(log))}
+    r = subprocess.run([exe, "-n", "4", "--oversubscribe", sys.executable, "-m", "hpcstudy.cli",
+                        "run", str(STUDY), "--data", str(small_data), "--out", str(out),
+                        "--quiet", "--launcher", "mpi", "--interface", "lo", "--device", "gpu"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert [x.split()[1:] for x in log.read_text().splitlines()] == [["_poisson", "3"]]
+    _same_as_cpu(out, local_run)
+
+
+def test_a_gpu_failing_with_no_other_worker_is_one_line_exit_1(small_data, tmp_path):
     out = tmp_path / "out"
     r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--device", "gpu",
-                env={"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-                     "CUDA_VISIBLE_DEVICES": "1"})
+                env=failing_gpu(tmp_path, CUDA_VISIBLE_DEVICES="1"))
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "the GPU failed while computing partition" in lines[0]
     assert "--resume" in lines[0] and not out.exists()
+
+
+@pytest.mark.parametrize("launcher", ["local", "processes"])
+def test_a_gpu_failing_in_a_newton_step_with_no_other_worker_is_one_line_exit_1(
+        small_data, tmp_path, launcher):
+    """The only GPU fails in a Newton step: on the local launcher, and on a cluster whose one
+    worker it is (leaving would leave the run waiting for a worker forever). One line naming
+    the step, exit 1, and --resume reuses the partitions finished before."""
+    out = tmp_path / "out"
+    more = ["--launcher", "processes", "--gpus", "1"] if launcher == "processes" else []
+    env = failing_gpu(tmp_path, FAKE_CUPY_FAIL_AT="_poisson:2")
+    if launcher == "local":
+        env["CUDA_VISIBLE_DEVICES"] = "1"
+    else:   # its one worker sees GPU 0: make GPU 0 the failing one
+        env["FAKE_CUPY_BROKEN"] = "0"
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--device", "gpu",
+                *more, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "the GPU failed while computing partition" in lines[0]
+    assert re.search(r"partition \d, step poisson \(CUDARuntimeError: ", lines[0]), lines[0]
+    assert "--resume" in lines[0] and not out.exists()
+    if launcher == "local":   # the checkpoints of the tables built before the failure are kept
+        assert len(list((tmp_path / "out.checkpoints").glob("*"))) >= 3
 
 
 # -- the stand-in device under a client ------------------------------------------------------

@@ -10,7 +10,9 @@ worker for the others (a client on a login node may have no GPU while its worker
 
 Whether a partition fits in the device's memory is checked where it is loaded
 (:func:`hpcstudy.engines.partition.load`). A worker whose GPU fails (a CUDA error other than
-running out of memory) leaves the cluster, and its partitions are computed by the others.
+running out of memory) while building a partition's table, or in a design or model step on a
+partition (:class:`hpcstudy.models.partitions._OnDevice`), leaves the cluster, and the others
+compute that step and recompute what it held.
 """
 
 from __future__ import annotations
@@ -70,19 +72,52 @@ def device_failed(e: BaseException) -> bool:
         not isinstance(e, MemoryError)
 
 
-def leave_the_cluster(p: int, e: BaseException):
-    """On a worker whose GPU failed computing partition ``p``: close this worker (and its
-    nanny, so it is not restarted on the same GPU) and hand the task back to the scheduler,
-    which gives it, and the tables this worker held, to the others. Outside a worker: one line,
+def leave_the_cluster(p: int, e: BaseException, step: str | None = None):
+    """On a worker whose GPU failed computing partition ``p`` (building its table, or a design
+    or model ``step`` on it): close this worker (and its nanny, so it is not restarted on the
+    same GPU) and hand the task back to the scheduler, which gives it, and the tables and
+    prepared partitions this worker held (recomputed from their tasks), to the others. Where no
+    other worker could take over (the local launcher, or the cluster's last worker): one line,
     exit 1."""
     why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+    where = f"partition {p}" + (f", step {step}" if step else "")
+    failed = DeviceFailed(f"the GPU failed while computing {where} ({why})",
+                          fix="run again with --resume (finished partitions are kept), or "
+                              "with --device cpu")
     try:
         from distributed import Reschedule, get_worker
 
         worker = get_worker()
     except (ImportError, ValueError):
-        raise DeviceFailed(f"the GPU failed while computing partition {p} ({why})",
-                           fix="run again with --resume (finished partitions are kept), or "
-                               "with --device cpu") from e
+        raise failed from e
+    if _others(worker) == 0:   # leaving would leave the run waiting for a worker forever
+        _quiet_this_worker()   # the client says it, in one line
+        raise failed from None
     worker.loop.add_callback(worker.close, nanny=True, reason=f"its GPU failed ({why})")
     raise Reschedule()
+
+
+def _others(worker) -> int:
+    """How many other workers the scheduler knows (1 where it cannot be asked: leave)."""
+    try:
+        from distributed import get_client
+
+        return len(set(get_client().scheduler_info()["workers"]) - {worker.address})
+    except Exception:   # noqa: BLE001 - any failure to ask: assume the others are there
+        return 1
+
+
+class _DeviceFailedRecord:
+    """Drops the worker's "Compute Failed" record (with its traceback) of a DeviceFailed."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return not (record.args and "DeviceFailed" in str(record.args))
+
+
+def _quiet_this_worker() -> None:
+    import logging
+
+    log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _DeviceFailedRecord) for f in log.filters):
+        log.addFilter(_DeviceFailedRecord())

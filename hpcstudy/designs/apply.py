@@ -12,8 +12,8 @@ quartiles are exact quantiles found by rounds of counts (:mod:`.quantiles`: the 
 a few hundred numbers per partition and quantile, whatever the number of persons; the same
 bits as np.quantile on the gathered values). What does reach this process per person is
 matching's (logit, arm, pnr) triples (17 bytes a person, not the rows); each partition gets back
-only its own matched rows and weights. The matched bootstrap still gathers the Cox rows of
-every replicate.
+only its own matched rows and weights. The matched bootstrap's replicates are drawn and fitted
+on the partitions (:mod:`.bootstrap`): the client receives each replicate's Cox sums.
 """
 
 from __future__ import annotations
@@ -101,12 +101,6 @@ def _map_each(parts, fn, args: list[tuple]):
         return DaskPartitions([fn(p, *a) for p, a in zip(parts.parts, args, strict=True)],
                               None, parts.scheduler, parts.device)
     return type(parts)([fn(p, *a) for p, a in zip(parts.parts, args, strict=True)])
-
-
-def _here(parts) -> list[dict]:
-    """The tables in this process (rows move here under a client: the bootstrap only)."""
-    client = getattr(parts, "client", None)
-    return list(parts.parts) if client is None else client.gather(list(parts.parts))
 
 
 def _stat_ps(part):
@@ -244,7 +238,8 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
                       caliper_sd=mt.caliper, caliper_logit=caliper)
         if mt.bootstrap:
             per_t = np.bincount(m.exposed, minlength=pnr.shape[0]).astype(float)
-            pairs = (pnr[m.exposed], pnr[m.comparator], 1.0 / per_t[m.exposed])
+            pairs = (pnr[m.exposed], pnr[m.comparator], 1.0 / per_t[m.exposed],
+                     np.searchsorted(ends, m.comparator, side="right"))   # its partition
     elif pr.method == "weighting":
         w = pr.weighting
         parts = parts.map(_weight, w.estimand, w.stabilised, share)
@@ -284,7 +279,7 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
     if pr.method == "matching" and pr.matching.bootstrap:
         from .bootstrap import cox_interval
 
-        design["bootstrap"] = cox_interval(plan, _here(parts), *pairs)
+        design["bootstrap"] = cox_interval(plan, parts, *pairs)   # on the partitions
     design["warnings"] = warnings
     results = {"table1": t1, "balance": B.balance_rows(vars_, s_before, s_after, t1),
                "preference": pref, "design": design}

@@ -352,10 +352,9 @@ def design(plan, df: pd.DataFrame, attrition: dict):
                         "(preference score 0.3–0.7): the arms differ much")
     out["max_abs_smd_after"] = max(worst) if weighted else None
     if pr.method == "matching" and pr.matching.bootstrap:
-        from .bootstrap import cox_interval
+        from .reference_bootstrap import cox_interval
 
-        out["bootstrap"] = cox_interval(plan, [{c: df[c].to_numpy() for c in df.columns}],
-                                        *pairs)
+        out["bootstrap"] = cox_interval(plan, df, *pairs)
     out["warnings"] = warnings
     df = df.drop(columns=["logit"])
     results = {"table1": t1, "balance": bal, "preference": pref, "design": out}

@@ -12,6 +12,10 @@ partition's device arrays, with every host (NumPy) array argument moved to that 
 and a reduction's result comes back to the host: both through the device's counted
 ``to_device``/``to_host``. So model code on the host sees only NumPy, and per-partition code
 uses only the namespace of its arrays.
+
+Every partition under a client is the result of a submitted task (never ``scatter``ed data),
+so a worker lost mid-fit (a node, or a GPU that failed: ``cluster.gpus.leave_the_cluster``)
+costs only recomputation: the scheduler rebuilds what it held from the tasks' lineage.
 """
 
 from __future__ import annotations
@@ -51,18 +55,18 @@ class LocalPartitions:
     def __len__(self) -> int:
         return len(self.parts)
 
-    def _task(self, fn: Callable, reduce_: bool):
+    def _task(self, fn: Callable, reduce_: bool, i: int):
         if self.device == "cpu" and not any(part_device(p) for p in self.parts[:1]):
             return fn
-        return _OnDevice(fn, reduce_)
+        return _OnDevice(fn, reduce_, i)
 
     def map(self, fn: Callable, *args: Any) -> LocalPartitions:
-        task = self._task(fn, False)
-        return LocalPartitions([task(p, *args) for p in self.parts], self.device)
+        return LocalPartitions([self._task(fn, False, i)(p, *args)
+                                for i, p in enumerate(self.parts)], self.device)
 
     def map_reduce(self, fn: Callable, *args: Any, combine: Callable = add) -> Any:
-        task = self._task(fn, True)
-        return reduce(combine, (task(p, *args) for p in self.parts))
+        return reduce(combine, (self._task(fn, True, i)(p, *args)
+                                for i, p in enumerate(self.parts)))
 
 
 class DaskPartitions:
@@ -84,34 +88,35 @@ class DaskPartitions:
         self.scheduler = scheduler
         self.device = device
         if client is not None and parts and not _is_future(parts[0]):
-            parts = client.scatter(list(parts))
+            # submitted, not scattered: scattered data on a lost worker cannot be recomputed
+            parts = [client.submit(_same, p, pure=False) for p in parts]
         self.parts = list(parts)
 
     def __len__(self) -> int:
         return len(self.parts)
 
-    def _task(self, fn: Callable, reduce_: bool):
-        return fn if self.device == "cpu" else _OnDevice(fn, reduce_)
+    def _task(self, fn: Callable, reduce_: bool, i: int):
+        return fn if self.device == "cpu" else _OnDevice(fn, reduce_, i)
 
     def map(self, fn: Callable, *args: Any) -> DaskPartitions:
-        task = self._task(fn, False)
         if self.client is not None:
-            futures = [self.client.submit(task, p, *args, pure=False) for p in self.parts]
+            futures = [self.client.submit(self._task(fn, False, i), p, *args, pure=False)
+                       for i, p in enumerate(self.parts)]
             return DaskPartitions(futures, self.client, device=self.device)
         import dask
 
         # never pure: a pure task's key hashes its arguments, every partition table at every
         # Newton step (~5 % of a run), and device partitions would be copied to the host for it
-        computed = dask.compute(*[dask.delayed(task, pure=False)(p, *args)
-                                  for p in self.parts], scheduler=self.scheduler)
+        computed = dask.compute(*[dask.delayed(self._task(fn, False, i), pure=False)(p, *args)
+                                  for i, p in enumerate(self.parts)], scheduler=self.scheduler)
         return DaskPartitions(list(computed), None, self.scheduler, self.device)
 
     def map_reduce(self, fn: Callable, *args: Any, combine: Callable = add) -> Any:
-        task = self._task(fn, True)
         if self.client is not None:
             from distributed import as_completed
 
-            futures = [self.client.submit(task, p, *args, pure=False) for p in self.parts]
+            futures = [self.client.submit(self._task(fn, True, i), p, *args, pure=False)
+                       for i, p in enumerate(self.parts)]
             where = {f.key: i for i, f in enumerate(futures)}
             got: dict[int, Any] = {}
             total, k = None, 0
@@ -124,27 +129,40 @@ class DaskPartitions:
             return total
         import dask
 
-        results = dask.compute(*[dask.delayed(task, pure=False)(p, *args)
-                                 for p in self.parts], scheduler=self.scheduler)
+        results = dask.compute(*[dask.delayed(self._task(fn, True, i), pure=False)(p, *args)
+                                 for i, p in enumerate(self.parts)], scheduler=self.scheduler)
         return reduce(combine, results)
 
 
-class _OnDevice:
-    """A per-partition function run where the partition's arrays live: host (NumPy) array
-    arguments are moved to that device first, and a reduction's result comes back to the host,
-    each through the device's counted ``to_device``/``to_host``. On a partition of host arrays
-    it is the plain call."""
+def _same(x):
+    return x
 
-    def __init__(self, fn: Callable, reduce_: bool):
-        self.fn, self.reduce_ = fn, reduce_
+
+class _OnDevice:
+    """Partition ``index``'s step ``fn`` run where the partition's arrays live: host (NumPy)
+    array arguments are moved to that device first, and a reduction's result comes back to the
+    host, each through the device's counted ``to_device``/``to_host``. On a partition of host
+    arrays it is the plain call. A GPU that fails in it (a CUDA error, not out of memory) takes
+    its worker out of the cluster and the step goes to another worker
+    (:func:`hpcstudy.cluster.gpus.leave_the_cluster`)."""
+
+    def __init__(self, fn: Callable, reduce_: bool, index: int = 0):
+        self.fn, self.reduce_, self.index = fn, reduce_, index
         self.__name__ = getattr(fn, "__name__", "task")   # dask names the task after it
 
     def __call__(self, part, *args):
-        dev = part_device(part)
-        if dev is None:
-            return self.fn(part, *args)
-        out = self.fn(part, *(_to_device(dev, a) for a in args))
-        return to_host(out, dev) if self.reduce_ else out
+        try:
+            dev = part_device(part)
+            if dev is None:
+                return self.fn(part, *args)
+            out = self.fn(part, *(_to_device(dev, a) for a in args))
+            return to_host(out, dev) if self.reduce_ else out
+        except Exception as e:
+            from ..cluster import gpus
+
+            if gpus.device_failed(e):
+                gpus.leave_the_cluster(self.index, e, step=self.__name__.strip("_"))
+            raise
 
 
 def _first_array(part):
@@ -217,7 +235,13 @@ def _to_device(dev, x):
 
 def to_host(x, dev):
     """``x`` with every device array in it (in tuples, lists, dicts) copied to the host."""
-    if isinstance(x, np.ndarray | np.generic) or x is None or isinstance(x, int | float | str):
+    if x is None or isinstance(x, np.generic | int | float | str):
+        return x
+    from ..devices import device_of
+
+    if hasattr(x, "shape") and device_of(x) != "cpu":   # by type: a device array
+        return dev.to_host(x)
+    if isinstance(x, np.ndarray):
         return x
     if isinstance(x, tuple | list):
         return type(x)(to_host(v, dev) for v in x)
@@ -230,6 +254,22 @@ def to_host(x, dev):
 
 def _is_future(x: Any) -> bool:
     return type(x).__name__ == "Future"
+
+
+def map_each(parts, fn: Callable, args: Sequence[tuple]):
+    """``parts.map(fn, ...)`` with partition i's own arguments ``args[i]``: under a client each
+    partition's task carries only its own (so each is sent what is its, not everything)."""
+    if isinstance(parts, DaskPartitions):
+        if parts.client is not None:
+            futures = [parts.client.submit(parts._task(fn, False, i), p, *a, pure=False)
+                       for i, (p, a) in enumerate(zip(parts.parts, args, strict=True))]
+            return DaskPartitions(futures, parts.client, device=parts.device)
+        return DaskPartitions([parts._task(fn, False, i)(p, *a) for i, (p, a)
+                               in enumerate(zip(parts.parts, args, strict=True))],
+                              None, parts.scheduler, parts.device)
+    parts = as_partitions(parts)
+    return LocalPartitions([parts._task(fn, False, i)(p, *a) for i, (p, a)
+                            in enumerate(zip(parts.parts, args, strict=True))], parts.device)
 
 
 def as_partitions(parts: Any) -> Partitions:

@@ -13,6 +13,7 @@ import yaml
 from lifelines import CoxPHFitter
 
 from hpcstudy.designs import bootstrap as B
+from hpcstudy.designs import reference_bootstrap as RB
 from hpcstudy.engines import run as R
 from hpcstudy.outputs.gate import _design_problems
 from hpcstudy.study import StudyErrors, study_from_text
@@ -22,18 +23,123 @@ from .test_designs import BASE, compare
 
 def test_replicate_weights_by_hand():
     # sets: exposed 10 with comparators 20 and 21 (1:2), 11 with 21 (reused), 12 with 22
-    t = np.array([10, 10, 11, 12])
-    c = np.array([20, 21, 21, 22])
+    t, c = np.array([10, 10, 11, 12]), np.array([20, 21, 21, 22])
     share = np.array([0.5, 0.5, 1.0, 1.0])
-    sets, of = B.sets_of(t, c)
-    assert list(sets) == [10, 11, 12] and list(of) == [0, 0, 1, 2]
-    keys, w = B.replicate_weights(np.array([2, 0, 1]), sets, of, c, share)
-    # exposed (pnr·2+1): drawn 2, 0, 1 times; 20: 2·½; 21: 2·½ + 0·1; 22: 1·1
-    assert list(keys) == [21, 23, 25, 40, 42, 44]
-    assert list(w) == [2.0, 0.0, 1.0, 1.0, 1.0, 1.0]
-    # every set drawn once: the matching weights (21 serves two exposed persons: ½ + 1)
-    _, w1 = B.replicate_weights(np.ones(3, np.int64), sets, of, c, share)
-    assert list(w1) == [1.0, 1.0, 1.0, 0.5, 1.5, 1.0]
+    (part_pairs,) = B._split_pairs(1, t, c, share, None)
+    rows = B._with_pairs({"pnr": np.array([10, 11, 12, 20, 21, 21, 22, 23]),
+                          "arm": np.array([1, 1, 1, 0, 0, 0, 0, 0])}, *part_pairs)
+    # every set drawn once (a CDF that always gives 1): the matching weights; 21 serves two
+    # exposed persons (½ + 1, on both of its rows); 23 is in no set
+    once = np.array([0.0, 2.0])
+    assert list(B.replicate_weights(rows, 0, once)) == [1, 1, 1, 0.5, 1.5, 1.5, 1, 0]
+    # a replicate: the sets' draws from the reference engine's own hash
+    base = B.replicate_base(3, 7)
+    n = RB.draws(3, 7, [10, 11, 12])
+    want = [n[10], n[11], n[12], n[10] / 2, n[10] / 2 + n[11], n[10] / 2 + n[11], n[12], 0]
+    assert list(B.replicate_weights(rows, base, B.POISSON_CDF)) == want
+
+
+def test_the_draws_are_poisson_and_both_engines_hash_alike():
+    pnrs = np.arange(1, 200_001, dtype=np.int64) * 7919
+    got = B.set_draws(pnrs, B.replicate_base(5, 0), B.POISSON_CDF)
+    assert list(got[:300]) == list(RB.draws(5, 0, pnrs[:300].tolist()))
+    assert abs(got.mean() - 1) < 0.01 and abs(got.var() - 1) < 0.015
+    assert abs((got == 0).mean() - np.exp(-1)) < 0.005 and got.max() <= 10
+    # another replicate, another seed: other draws
+    assert not np.array_equal(got, B.set_draws(pnrs, B.replicate_base(5, 1), B.POISSON_CDF))
+    assert not np.array_equal(got, B.set_draws(pnrs, B.replicate_base(6, 0), B.POISSON_CDF))
+
+
+def matched_sample(seed=1, sets=300, hr=0.6):
+    """1:2 matched sets (comparators reused across sets), exponential times with the planted
+    HR and an age effect, uniform censoring: Cox rows with each row's person."""
+    rng = np.random.default_rng(seed)
+    t_pnr = np.arange(1, sets + 1)
+    c_pnr = 10_000 + np.arange(int(sets * 1.6))
+    pairs_t = np.repeat(t_pnr, 2)
+    pairs_c = np.concatenate([rng.choice(c_pnr, 2, replace=False) for _ in t_pnr])
+    share = np.full(pairs_t.shape[0], 0.5)
+    comps = np.unique(pairs_c)
+    pnr = np.concatenate([t_pnr, comps])
+    arm = np.concatenate([np.ones(sets, np.int64), np.zeros(comps.shape[0], np.int64)])
+    age = rng.normal(0, 1, pnr.shape[0])
+    rate = 0.1 * np.exp(np.log(hr) * arm + 0.3 * age)
+    event_t, censor = rng.exponential(1 / rate), rng.uniform(0, 8, pnr.shape[0])
+    rows = {"X": np.column_stack([arm.astype(float), age]),
+            "time": np.minimum(event_t, censor), "event": (event_t <= censor).astype(float),
+            "strata": np.zeros(pnr.shape[0], np.int64), "pnr": pnr, "arm": arm}
+    return rows, (pairs_t, pairs_c, share)
+
+
+def partitioned(rows, pairs, k, device="cpu"):
+    """``rows`` in ``k`` partitions (by pnr), with their pairs, as bootstrap.cox_interval
+    builds them."""
+    from hpcstudy.models.partitions import LocalPartitions, map_each, on_device
+
+    where = rows["pnr"] % k
+    parts = LocalPartitions([{c: v[where == i] for c, v in rows.items()} for i in range(k)],
+                            device)
+    comparator_part = pairs[1] % k
+    return map_each(on_device(parts), B._with_pairs,
+                    B._split_pairs(k, *pairs, comparator_part))
+
+
+def test_the_replicates_do_not_depend_on_the_partitions_or_the_device():
+    rows, pairs = matched_sample()
+    one, failed = B.estimates(partitioned(rows, pairs, 1), ["x", "age"], 3, 5)
+    assert failed == 0 and len(set(one)) == 5
+    three, _ = B.estimates(partitioned(rows, pairs, 3, "standin"), ["x", "age"], 3, 5)
+    assert three == pytest.approx(one, rel=1e-10)
+
+
+def test_a_replicate_equals_lifelines():
+    """Replicate 0's fit against lifelines on the weights computed here, from the reference
+    engine's draws."""
+    rows, (t, c, share) = matched_sample(seed=2)
+    ours, _ = B.estimates(partitioned(rows, (t, c, share), 2), ["x", "age"], 3, 1)
+    n = RB.draws(3, 0, sorted(set(t.tolist())))
+    per_c = pd.Series(n[t].to_numpy() * share).groupby(c).sum()
+    w = np.where(rows["arm"] == 1, n.reindex(rows["pnr"]).fillna(0),
+                 per_c.reindex(rows["pnr"]).fillna(0))
+    df = pd.DataFrame({"time": rows["time"], "event": rows["event"], "x": rows["X"][:, 0],
+                       "age": rows["X"][:, 1], "w": w})[w > 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = CoxPHFitter().fit(df, "time", "event", weights_col="w", robust=True,
+                               fit_options={"precision": 1e-12, "step_size": 0.95,
+                                            "max_steps": 200})
+    assert ours[0] == pytest.approx(ref.params_["x"], rel=1e-6)
+
+
+def test_the_poisson_bootstrap_agrees_with_a_plain_one():
+    """The SE and interval against the plain bootstrap of the sets (n draws with replacement),
+    on a sample with a planted HR of 0.6: the two estimate one sampling distribution."""
+    from hpcstudy.models.cox import CoxPH
+
+    rows, (t, c, share) = matched_sample(seed=4, sets=250)
+    ours, failed = B.estimates(partitioned(rows, (t, c, share), 2), ["x", "age"], 9, 150)
+    assert failed == 0
+    rng = np.random.default_rng(0)
+    sets = np.unique(t)
+    plain = []
+    for _ in range(150):
+        n = pd.Series(np.bincount(rng.integers(0, sets.shape[0], sets.shape[0]),
+                                  minlength=sets.shape[0]).astype(float), index=sets)
+        per_c = pd.Series(n[t].to_numpy() * share).groupby(c).sum()
+        w = np.where(rows["arm"] == 1, n.reindex(rows["pnr"]).fillna(0),
+                     per_c.reindex(rows["pnr"]).fillna(0))
+        keep = w > 0
+        m = CoxPH(robust=False).fit(rows["X"][keep], rows["time"][keep], rows["event"][keep],
+                                    weights=w[keep])
+        plain.append(m.coef_[0])
+    se, se_plain = np.std(ours, ddof=1), np.std(plain, ddof=1)
+    assert 0.8 < se / se_plain < 1.25, (se, se_plain)
+    lo, hi = np.percentile(ours, [2.5, 97.5])
+    plo, phi = np.percentile(plain, [2.5, 97.5])
+    assert abs(lo - plo) < 0.5 * se_plain and abs(hi - phi) < 0.5 * se_plain
+    assert lo < np.log(0.6) < hi   # and the planted truth inside, on this sample
+    fit = CoxPH().fit(rows["X"], rows["time"], rows["event"])
+    assert 0.75 < se / fit.se_[0] < 1.35   # near the model's own error too
 
 
 def spec(**matching):
@@ -75,28 +181,6 @@ def test_deterministic_and_seeded(boot, small_data):
     other["seed"] = 4
     got = run(other, small_data, "dask")[2]["design"]["bootstrap"]
     assert got["se"] != again["se"]
-
-
-def test_a_replicate_equals_lifelines(boot):
-    plan, tables, _ = boot["dask"]
-    rows, keys, names = B._model_rows(plan, list(tables))
-    t = pd.DataFrame(R.combined(plan, tables))
-    # a replicate of the matched persons: each person drawn 0-3 times, by weight
-    rng = np.random.default_rng(5)
-    pk = np.sort(keys)
-    pw = rng.integers(0, 4, pk.shape[0]).astype(float) * rng.choice([0.5, 1.0], pk.shape[0])
-    ours = B.replicate_fit(rows, keys, names, pk, pw)
-    t["w"] = pw[np.searchsorted(pk, t.pnr * 2 + t.group)]
-    t = t[t.w > 0]
-    df = pd.DataFrame({"time": t.time, "event": t.event, "statin": t.group, "age": t.age,
-                       "w": t.w})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = CoxPHFitter().fit(df, "time", "event", weights_col="w", robust=True,
-                               fit_options={"precision": 1e-12, "step_size": 0.95,
-                                            "max_steps": 200})
-    assert names == ["statin", "age"]
-    assert ours == pytest.approx(ref.params_["statin"], rel=1e-6)
 
 
 @pytest.mark.parametrize("change,message", [
