@@ -18,15 +18,13 @@ import os
 import threading
 from pathlib import Path
 
-import dask
-import dask.threaded
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..cluster import gpus
 from ..models.partitions import DaskPartitions
 from ..plan.nodes import Plan
+from ..registers import arrow
 from ..registers.store import Dataset
 from . import checkpoint, partition
 from .common import table_columns
@@ -108,8 +106,7 @@ def combined(plan: Plan, tables) -> dict:
 def write_person_table(table: dict, path) -> None:
     """The private per-person table as Parquet (one function, so every launcher writes the same
     bytes)."""
-    pq.write_table(pa.table({k: pa.array(v) for k, v in table.items()}), path,
-                   compression="zstd")
+    pq.write_table(arrow.table(table), path, compression="zstd")
 
 
 def _combine_and_write(plan: Plan, path: str, *tables) -> int:
@@ -156,10 +153,9 @@ class DaskEngine:
     def __init__(self, client=None, scheduler: str = "threads", progress=None,
                  device: str = "cpu"):
         self.client = client
-        # the threaded scheduler as its function: given its name, dask imports distributed
-        # (about 1.5 s of CPU) to look for a client
-        self.scheduler = dask.threaded.get if scheduler == "threads" and client is None \
-            else scheduler
+        # "threads": this process's threads, no dask graph (nor dask's import, which for a
+        # scheduler given by name looks for a client in distributed: about 1.5 s of CPU)
+        self.scheduler = scheduler
         self.progress = progress
         self.device = device
         self.peak_memory_mib: dict[int, int | None] = {}
@@ -214,9 +210,11 @@ class DaskEngine:
 
     def _local(self, n, args, tables, finished):
         root, plan, *rest = args
-        if self.scheduler is dask.threaded.get:
+        if self.scheduler == "threads":
             self._threads(n, root, plan, rest, tables, finished)
             return
+        import dask
+
         # in chunks, so checkpoints and a progress bar advance on long runs; a chunk holds at
         # least one partition per core, so every core has a partition to work on
         step = max(1, min(n, max(os.cpu_count() or 1, n // 20)))
