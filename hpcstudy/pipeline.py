@@ -174,6 +174,8 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
     if ckpt is not None and ckpt.is_dir():
         checkpoint.private_folder(ckpt)   # one an older hpcstudy left readable by others
     built = person_table(plan, prep.ds, engine, client, progress, ckpt, resume, report, device)
+    if out is not None and not gather and hasattr(built.tables, "write_ahead"):
+        built.tables.write_ahead(plan)   # the private table's bytes while the analyses run
     fitted: dict = {}
     results = analyse(plan, built.parts, built.attrition, fitted, ds=prep.ds,
                       design=built.design)

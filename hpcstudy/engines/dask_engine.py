@@ -16,9 +16,11 @@ import math
 import operator
 import os
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..cluster import gpus
@@ -114,6 +116,13 @@ def _combine_and_write(plan: Plan, path: str, *tables) -> int:
     return sum(int(t["pnr"].shape[0]) for t in tables)
 
 
+def _person_table_bytes(plan: Plan, tables) -> bytes:
+    """The bytes :func:`write_person_table` writes, in memory."""
+    sink = pa.BufferOutputStream()
+    write_person_table(combined(plan, tables), sink)
+    return sink.getvalue().to_pybytes()
+
+
 class PartitionTables:
     """The per-partition tables of a run, left where they were computed: in this process, or
     as futures whose tables stay in the memory of the client's workers.
@@ -125,6 +134,7 @@ class PartitionTables:
 
     def __init__(self, parts: list, client=None):
         self.parts, self.client = parts, client
+        self._ahead: Future | None = None
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -138,13 +148,33 @@ class PartitionTables:
     def __getitem__(self, i):
         return self.parts[i] if self.client is None else self.client.gather(self.parts[i])
 
+    def write_ahead(self, plan: Plan) -> None:
+        """Start making the private table's bytes in a background thread (tables in this
+        process): sorting and compressing run beside the analyses, and ``write`` only puts
+        them in place."""
+        if self.client is None and self._ahead is None:
+            self._ahead = Future()
+            threading.Thread(target=_into, args=(self._ahead, _person_table_bytes, plan,
+                                                 self.parts),
+                             name="hpcstudy-person-table", daemon=True).start()
+
     def write(self, plan: Plan, path) -> None:
         if self.client is None:
+            if self._ahead is not None:
+                Path(path).write_bytes(self._ahead.result())
+                return
             _combine_and_write(plan, str(path), *self.parts)
             return
         # one worker gathers the tables from the others and writes: no row passes here
         self.client.submit(_combine_and_write, plan, str(path), *self.parts,
                            pure=False).result()
+
+
+def _into(future: Future, fn, *args) -> None:
+    try:
+        future.set_result(fn(*args))
+    except BaseException as e:   # noqa: BLE001 - the waiting thread raises it
+        future.set_exception(e)
 
 
 class DaskEngine:
