@@ -4,10 +4,11 @@ Each task reads only the columns the plan needs from its partition's files, move
 run's device once and builds that partition's per-person table there with the array kernels
 (:mod:`.partition`; linkage is partition-local: every register shares the pnr hash); the table
 comes back to the memory of the process that computed it. Analyses are reductions over the
-partition tables. The local threaded scheduler is the default; under a ``distributed.Client``
-the tables stay in the workers' memory from the cohort step through every Newton step of every
-model: the client sends coefficients and receives per-partition sums, and the workers write the
-checkpoints and the private per-person table themselves.
+partition tables. Locally (the default) a pool of one thread per core runs the partitions, and
+the analyses' reductions run on a pool of their own, without a dask graph; under a
+``distributed.Client`` the tables stay in the workers' memory from the cohort step through
+every Newton step of every model: the client sends coefficients and receives per-partition
+sums, and the workers write the checkpoints and the private per-person table themselves.
 """
 
 from __future__ import annotations
