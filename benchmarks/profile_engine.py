@@ -6,9 +6,11 @@ and optionally a cProfile of one phase or of one partition's work.
     python benchmarks/profile_engine.py DATA --profile partition --partition 0
     python benchmarks/profile_engine.py DATA --partition-parts    # one partition, step by step
 
-Phases: plan (parse and compile), cohort (every partition's per-person table, with the run's
-launcher), analyses (Cox, Poisson, curves over the partition tables), outputs (disclosure
-checks, files, the private table). CPU time is this process's (user + system, all threads),
+Phases: imports (what a run loads before it reads data), plan (parse and compile), cohort
+(every partition's per-person table, with the run's launcher; the report's imports warm up
+beside it, as in a run), analyses (Cox, Poisson, curves over the partition tables, side by
+side; the private table's bytes are made beside them), outputs (disclosure checks, files, the
+report, the private table). CPU time is this process's (user + system, all threads),
 so CPU / wall says how many cores were busy in each phase. Prints JSON; appends nothing.
 """
 
@@ -48,10 +50,11 @@ class Phases:
 
 
 def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
-    from hpcstudy.engines import run as R
+    ph = Phases()
+    R = ph("imports", _run_imports)
+    from hpcstudy.pipeline import AFTER_THE_PARTITIONS, warm_up
 
     out = Path(tempfile.mkdtemp(prefix="hpcstudy-profile-")) / "out"
-    ph = Phases()
     prof = cProfile.Profile() if profile else None
     load0 = os.getloadavg()[0]
 
@@ -66,8 +69,10 @@ def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
 
     study_, plan, ds = maybe("plan", R.prepare, str(study), str(data))
     R.check_run(out, ds, study=study_, plan=plan)
+    warm_up(AFTER_THE_PARTITIONS)   # as pipeline.execute: beside the partitions
     tables, attrition, parts = maybe("cohort", R.person_table, plan, ds, "dask", None, None,
                                      None, False, {}, "cpu")
+    tables.write_ahead(plan)        # as pipeline.execute: beside the analyses
     results = maybe("analyses", R.analyse, plan, parts, attrition, ds=ds)
     maybe("outputs", R.write_outputs, out, plan, results, tables, engine="dask", ds=ds,
           overwrite=False, approval=None, device=None)
@@ -77,6 +82,17 @@ def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
     if prof is not None:
         rec["profile"] = _top(prof, top)
     return rec
+
+
+def _run_imports():
+    """What ``hpcstudy run`` imports before it reads any data (the engines, models, outputs);
+    the report's come later, in the background (pipeline.warm_up)."""
+    import hpcstudy.cli  # noqa: F401
+    import hpcstudy.outputs.writers  # noqa: F401
+    import hpcstudy.pipeline  # noqa: F401
+    from hpcstudy.engines import run as R
+
+    return R
 
 
 def partition_parts(data: Path, study: Path, p: int, profile: bool, top: int) -> dict:

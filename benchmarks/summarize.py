@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import records
@@ -136,10 +137,22 @@ def scaling(recs) -> list[str]:
     if not rows:
         return []
     r = rows[-1]
-    pts = "; ".join(f"{p['persons']:,}: {fmt(p['wall_s'])}, {p['peak_rss_mib']['median']:.0f} MiB"
-                    for p in r["points"])
+    pts = "; ".join(f"{p['persons']:,}: {fmt(p['wall_s'])}, CPU {fmt(p['cpu_s'])}, "
+                    f"{p['peak_rss_mib']['median']:.0f} MiB" for p in r["points"])
+    # CPU time's slope too: under load, wall time is a share of the machine
+    cpu = _slope([(p["persons"], p["cpu_s"]["median"]) for p in r["points"]])
     return ["### Scaling, `hpcstudy run` example 1", "", f"{pts}. Fitted slope of log time "
-            f"against log persons: **{r['slope_log_time_vs_log_persons']}** (1 = linear).", ""]
+            f"against log persons: **{r['slope_log_time_vs_log_persons']}** (1 = linear); "
+            f"of log CPU time: {cpu:.3f}.", ""]
+
+
+def _slope(points) -> float:
+    """Least-squares slope of log y on log x."""
+    xs = [math.log(x) for x, _ in points]
+    ys = [math.log(y) for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / \
+        sum((a - mx) ** 2 for a in xs)
 
 
 def models(recs) -> list[str]:

@@ -20,11 +20,12 @@ requires one here too (``project=``).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .errors import UserError
 from .study import Study, StudyErrors
@@ -33,6 +34,23 @@ from .study import load_study as _load_study
 __all__ = ["load_study", "run", "StudyResult", "FittedModel", "StudyErrors", "UserError"]
 
 YEAR = 365.25
+
+
+class _OnFirstUse:
+    """A module imported when one of its names is first used: ``hpcstudy run`` goes through
+    this module and never builds a frame, and pandas costs about 0.6 s of CPU to import."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:
+    pd = _OnFirstUse("pandas")
 
 
 def load_study(path: str | Path, variant: str | None = None) -> Study:

@@ -170,9 +170,11 @@ class _Between(click.IntRange):
 
 def _slurm_name(ctx, param, value: str | None) -> str | None:
     """A Slurm account name: it is written into a batch script, so nothing else may ride in."""
+    if value is None:   # a local run never loads the Slurm module
+        return None
     from .cluster.slurm import SLURM_NAME
 
-    if value is not None and not SLURM_NAME.match(value):
+    if not SLURM_NAME.match(value):
         raise click.BadParameter(f"{value!r} is not a Slurm account name (letters, digits, "
                                  "_ . + -)", ctx, param)
     return value

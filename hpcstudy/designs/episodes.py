@@ -28,14 +28,17 @@ without a loop over dispensings (a per-person prefix maximum by doubling: log2 s
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from hpcstudy_kernels import windows as W
 from hpcstudy_kernels.windows import NO_DATE
 
 from .spec import EpisodePlan
+
+if TYPE_CHECKING:   # pandas is the reference engine's: the dask engine never loads it
+    import pandas as pd
 
 UNITS = {"ddd": "volume", "units": "packsize"}
 
@@ -200,6 +203,8 @@ def _last_day_exposed(days, supplies, grace: int, stockpile: bool) -> int:
 def frame_ends(data, g, c: pd.Series) -> list:
     """Reference engine: [last day exposed, day before a switch, day before an add-on] per
     person of ``c`` (pnr → index day), NO_DATE where it does not happen."""
+    import pandas as pd
+
     ep: EpisodePlan = g.episodes
     none = pd.Series(NO_DATE, index=c.index, dtype="int64")
     out = [none, none, none]

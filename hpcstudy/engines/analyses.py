@@ -55,15 +55,39 @@ def _group_sums(part: dict, by: tuple[str, ...], values: dict[str, np.ndarray]) 
     keys = _key_columns(part, by)
     if not keys:
         return {(): {k: float(v.sum()) for k, v in values.items()}}
-    stacked = np.stack(keys, axis=1) if part["pnr"].shape[0] else np.zeros((0, len(keys)))
-    uniq, inv = np.unique(stacked, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
+    uniq, inv = _distinct_rows(keys, part["pnr"].shape[0])
+    sums = {k: np.bincount(inv, weights=v, minlength=len(uniq)) for k, v in values.items()}
     out = {}
     for i, u in enumerate(uniq):
         key = tuple(int(x) if float(x).is_integer() else float(x) for x in u)
-        out[key] = {k: float(np.bincount(inv, weights=v, minlength=len(uniq))[i])
-                    for k, v in values.items()}
+        out[key] = {k: float(s[i]) for k, s in sums.items()}
     return out
+
+
+def _distinct_rows(keys: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(np.stack(keys, axis=1), axis=0, return_inverse=True)``. Whole-number keys
+    go by one code per row (each column's rank among its sorted values, mixed radix: the same
+    order), about 60 times faster than unique rows, which sort a structured view."""
+    if n == 0 or not all(np.issubdtype(k.dtype, np.integer) or k.dtype == bool for k in keys) \
+            or not np.issubdtype(np.result_type(*keys), np.integer):
+        stacked = np.stack(keys, axis=1) if n else np.zeros((0, len(keys)))
+        uniq, inv = np.unique(stacked, axis=0, return_inverse=True)
+        return uniq, inv.reshape(-1)
+    ranked = [np.unique(k, return_inverse=True) for k in keys]
+    levels = [lv for lv, _ in ranked]
+    if math.prod(len(lv) for lv in levels) >= 2 ** 62:   # the codes would overflow
+        uniq, inv = np.unique(np.stack(keys, axis=1), axis=0, return_inverse=True)
+        return uniq, inv.reshape(-1)
+    code = np.zeros(n, np.int64)
+    for lv, rank in ranked:
+        code = code * len(lv) + rank.reshape(-1)
+    used, inv = np.unique(code, return_inverse=True)
+    cols = []
+    for lv in reversed(levels):
+        cols.append(lv[used % len(lv)])
+        used = used // len(lv)
+    dtype = np.result_type(*keys)
+    return np.stack(cols[::-1], axis=1).astype(dtype), inv.reshape(-1)
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -440,11 +464,15 @@ def curves(plan: Plan, parts: Partitions) -> list[dict]:
             continue
         km = KaplanMeier().fit_partitions(p.map(_km_part))
         aj = AalenJohansen().fit_partitions(p, 1, 2)
-        for i, t in enumerate(km.timeline_):
-            rows.append({"group": g.code, "day": int(t), "at_risk": int(km.at_risk_[i]),
-                         "events": int(km.events_[i]), "survival": float(km.survival_[i]),
-                         "lower_95": float(km.lower_95_[i]), "upper_95": float(km.upper_95_[i]),
-                         "cumulative_incidence": float(aj.predict([t])[0])})
+        # one lookup for every day, and Python numbers by tolist: a row per day is thousands
+        cols = zip(*(a.tolist() for a in (km.timeline_, km.at_risk_, km.events_, km.survival_,
+                                          km.lower_95_, km.upper_95_,
+                                          aj.predict(km.timeline_))), strict=True)
+        for t, at_risk, events, surv, lo, hi, ci in cols:
+            rows.append({"group": g.code, "day": int(t), "at_risk": int(at_risk),
+                         "events": int(events), "survival": float(surv),
+                         "lower_95": float(lo), "upper_95": float(hi),
+                         "cumulative_incidence": float(ci)})
     return rows
 
 

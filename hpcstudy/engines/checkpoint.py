@@ -16,8 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ..registers import arrow
 
 
 def fingerprint(plan, manifest_sha: str) -> str:
@@ -48,8 +49,7 @@ def save(d: Path, p: int, table: dict, attrition: dict, fp: str) -> None:
     private_folder(d)
     data, meta = _paths(d, p)
     tmp = data.with_suffix(".tmp")
-    pq.write_table(pa.table({k: pa.array(v) for k, v in table.items()}), tmp,
-                   compression="zstd")
+    pq.write_table(arrow.table(table), tmp, compression="zstd")
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     os.replace(tmp, data)
     record = {"partition": p, "fingerprint": fp, "sha256": digest,
@@ -72,7 +72,7 @@ def load(d: Path, p: int, fp: str):
             hashlib.sha256(data.read_bytes()).hexdigest() != record.get("sha256"):
         return None
     t = pq.read_table(data)
-    table = {c: t.column(c).to_numpy() for c in t.column_names}
+    table = {c: arrow.to_numpy(t.column(c)) for c in t.column_names}
     attrition = {g: [tuple(s) for s in steps] for g, steps in record["attrition"].items()}
     return table, attrition
 

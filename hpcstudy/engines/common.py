@@ -9,6 +9,8 @@ import pyarrow as pa
 from hpcstudy_kernels import array_namespace
 from hpcstudy_kernels.windows import NO_DATE  # noqa: F401 - one "no such date" everywhere
 
+from ..registers.arrow import to_numpy
+
 STATUS = {0: "end of follow-up", 1: "outcome", 2: "death (competing)", 3: "emigration",
           4: "started the exposure", 5: "end of the exposure episode",
           6: "switched to the other arm's drug", 7: "started an add-on drug"}
@@ -46,7 +48,7 @@ def as_days_or_values(col: pa.ChunkedArray) -> np.ndarray:
     """A column as NumPy: dates as int32 days since 1970 (widened where they are compared)."""
     if pa.types.is_date32(col.type):  # the same 32-bit storage: a view, not a cast
         col = pa.chunked_array([c.view(pa.int32()) for c in col.chunks], pa.int32())
-    return col.to_numpy()
+    return to_numpy(col)   # col.to_numpy(), without importing pandas
 
 
 def table_columns(plan) -> list[str]:

@@ -4,10 +4,11 @@ Each task reads only the columns the plan needs from its partition's files, move
 run's device once and builds that partition's per-person table there with the array kernels
 (:mod:`.partition`; linkage is partition-local: every register shares the pnr hash); the table
 comes back to the memory of the process that computed it. Analyses are reductions over the
-partition tables. The local threaded scheduler is the default; under a ``distributed.Client``
-the tables stay in the workers' memory from the cohort step through every Newton step of every
-model: the client sends coefficients and receives per-partition sums, and the workers write the
-checkpoints and the private per-person table themselves.
+partition tables. Locally (the default) a pool of one thread per core runs the partitions, and
+the analyses' reductions run on a pool of their own, without a dask graph; under a
+``distributed.Client`` the tables stay in the workers' memory from the cohort step through
+every Newton step of every model: the client sends coefficients and receives per-partition
+sums, and the workers write the checkpoints and the private per-person table themselves.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import math
 import operator
 import os
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
-import dask
-import dask.threaded
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from ..cluster import gpus
 from ..models.partitions import DaskPartitions
 from ..plan.nodes import Plan
+from ..registers import arrow
 from ..registers.store import Dataset
 from . import checkpoint, partition
 from .common import table_columns
@@ -108,13 +109,19 @@ def combined(plan: Plan, tables) -> dict:
 def write_person_table(table: dict, path) -> None:
     """The private per-person table as Parquet (one function, so every launcher writes the same
     bytes)."""
-    pq.write_table(pa.table({k: pa.array(v) for k, v in table.items()}), path,
-                   compression="zstd")
+    pq.write_table(arrow.table(table), path, compression="zstd")
 
 
 def _combine_and_write(plan: Plan, path: str, *tables) -> int:
     write_person_table(combined(plan, tables), path)
     return sum(int(t["pnr"].shape[0]) for t in tables)
+
+
+def _person_table_bytes(plan: Plan, tables) -> bytes:
+    """The bytes :func:`write_person_table` writes, in memory."""
+    sink = pa.BufferOutputStream()
+    write_person_table(combined(plan, tables), sink)
+    return sink.getvalue().to_pybytes()
 
 
 class PartitionTables:
@@ -128,6 +135,7 @@ class PartitionTables:
 
     def __init__(self, parts: list, client=None):
         self.parts, self.client = parts, client
+        self._ahead: Future | None = None
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -141,13 +149,33 @@ class PartitionTables:
     def __getitem__(self, i):
         return self.parts[i] if self.client is None else self.client.gather(self.parts[i])
 
+    def write_ahead(self, plan: Plan) -> None:
+        """Start making the private table's bytes in a background thread (tables in this
+        process): sorting and compressing run beside the analyses, and ``write`` only puts
+        them in place."""
+        if self.client is None and self._ahead is None:
+            self._ahead = Future()
+            threading.Thread(target=_into, args=(self._ahead, _person_table_bytes, plan,
+                                                 self.parts),
+                             name="hpcstudy-person-table", daemon=True).start()
+
     def write(self, plan: Plan, path) -> None:
         if self.client is None:
+            if self._ahead is not None:
+                Path(path).write_bytes(self._ahead.result())
+                return
             _combine_and_write(plan, str(path), *self.parts)
             return
         # one worker gathers the tables from the others and writes: no row passes here
         self.client.submit(_combine_and_write, plan, str(path), *self.parts,
                            pure=False).result()
+
+
+def _into(future: Future, fn, *args) -> None:
+    try:
+        future.set_result(fn(*args))
+    except BaseException as e:   # noqa: BLE001 - the waiting thread raises it
+        future.set_exception(e)
 
 
 class DaskEngine:
@@ -156,10 +184,9 @@ class DaskEngine:
     def __init__(self, client=None, scheduler: str = "threads", progress=None,
                  device: str = "cpu"):
         self.client = client
-        # the threaded scheduler as its function: given its name, dask imports distributed
-        # (about 1.5 s of CPU) to look for a client
-        self.scheduler = dask.threaded.get if scheduler == "threads" and client is None \
-            else scheduler
+        # "threads": this process's threads, no dask graph (nor dask's import, which for a
+        # scheduler given by name looks for a client in distributed: about 1.5 s of CPU)
+        self.scheduler = scheduler
         self.progress = progress
         self.device = device
         self.peak_memory_mib: dict[int, int | None] = {}
@@ -214,9 +241,11 @@ class DaskEngine:
 
     def _local(self, n, args, tables, finished):
         root, plan, *rest = args
-        if self.scheduler is dask.threaded.get:
+        if self.scheduler == "threads":
             self._threads(n, root, plan, rest, tables, finished)
             return
+        import dask
+
         # in chunks, so checkpoints and a progress bar advance on long runs; a chunk holds at
         # least one partition per core, so every core has a partition to work on
         step = max(1, min(n, max(os.cpu_count() or 1, n // 20)))

@@ -9,7 +9,8 @@ disclosure rules before anything is written. The model code itself is engines/an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 from ..errors import UserError
 from ..models.base import ModelError
@@ -55,19 +56,52 @@ def analyse(plan: Plan, parts, attrition, fitted: dict | None = None, ds=None,
     results' model names (and ``lexis_poisson``): what the Python API hands a notebook.
     ``design``: the comparative design's sections (table1, balance, preference), when the plan
     has one (hpcstudy/designs)."""
-    ANALYSES.check(plan.analyses)
     res: dict = {"study": plan.name,
                  "attrition": {g: [{"step": k, "persons": n} for k, n in st]
                                for g, st in attrition.items()}}
     ctx = Context(plan, parts, ds, res, fitted, A.fixed_horizon(plan))
-    res["cohort"] = [{"group": g.code, "label": g.label, **r} for g in plan.groups
-                     for r in A.rates(parts, ("group",), ctx.share) if r["group"] == g.code]
-    for r in res["cohort"]:
-        r.pop("group", None)
-    res.update(design or {})   # table1, balance, preference
-    for node in plan.analyses:
-        ANALYSES(node, ctx)
+    ANALYSES.check(plan.analyses)
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="hpcstudy-analysis") as pool:
+        # independent analyses at once (models, curves, rates; on this process's CPU): one's
+        # partition tasks keep the cores busy while another's Newton step runs on one. Each
+        # fills its own results, taken in the plan's order: the same dict, key for key.
+        alone = [node for node in plan.analyses if _concurrent(node, parts)]
+        running = {id(node): pool.submit(_on_its_own, node, ctx) for node in alone}
+        res["cohort"] = [{"group": g.code, "label": g.label, **r} for g in plan.groups
+                         for r in A.rates(parts, ("group",), ctx.share)
+                         if r["group"] == g.code]
+        for r in res["cohort"]:
+            r.pop("group", None)
+        res.update(design or {})   # table1, balance, preference
+        for node in plan.analyses:
+            if id(node) not in running:
+                ANALYSES(node, ctx)
+                continue
+            own = running[id(node)].result()   # its error, in the plan's order
+            for k, v in own.res.items():
+                if isinstance(v, dict) and isinstance(res.get(k), dict):
+                    res[k].update(v)   # models: {cox: …} then {poisson: …}
+                else:
+                    res[k] = v
+            if fitted is not None:
+                fitted.update(own.fitted)
     return res
+
+
+def _concurrent(node, parts) -> bool:
+    """An analysis that may run beside the others: one that reads only the partitions and
+    writes only its own sections, on the dask engine's partitions in this process's memory
+    (not on a device or a cluster, whose transfers and tasks are counted and ordered, nor on
+    the reference engine's pandas frame)."""
+    return isinstance(node, ModelPlan | CurvesPlan | RatesPlan) and \
+        getattr(parts, "device", None) == "cpu" and getattr(parts, "client", True) is None \
+        and getattr(parts, "frame", None) is None
+
+
+def _on_its_own(node, ctx: Context) -> Context:
+    own = replace(ctx, res={}, fitted=None if ctx.fitted is None else {})
+    ANALYSES(node, own)
+    return own
 
 
 @ANALYSES.register(RatesPlan)

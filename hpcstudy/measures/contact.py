@@ -9,10 +9,13 @@ for the partition engine. A person without one (never, for a valid study) gets -
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from hpcstudy_kernels import array_namespace
 from hpcstudy_kernels import windows as W
+
+if TYPE_CHECKING:   # the reference engine's frames: the partition engine never loads pandas
+    import pandas as pd
 
 MISSING = -1
 

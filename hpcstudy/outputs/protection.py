@@ -35,8 +35,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.linalg import null_space
-from scipy.optimize import linprog
 
 COMPLEMENT = "persons-events"
 
@@ -79,6 +77,8 @@ def determined(hidden: Sequence[bool], groups: list[list[int]]) -> list[int]:
             rows.append(row)
     if not rows:
         return []
+    from scipy.linalg import null_space  # here: a run with nothing withheld never needs scipy
+
     A = np.array(rows)
     N = null_space(A)  # directions the withheld cells can move in without changing a total
     free = np.abs(N).max(axis=1) > 1e-9 if N.size else np.zeros(len(h), bool)
@@ -130,6 +130,8 @@ class _Problem:
         return c
 
     def interval(self, cell: int, field: str) -> tuple[float, float]:
+        from scipy.optimize import linprog  # here: most tables withhold nothing
+
         c = self._objective(cell, field)
         lo = linprog(c, A_ub=self.A_ub, b_ub=self.b_ub, A_eq=self.A_eq, b_eq=self.b_eq,
                      bounds=(0, None), method="highs")

@@ -8,9 +8,12 @@ here for the reference engine, the array namespace for the partition engine.
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from hpcstudy_kernels import array_namespace
+
+if TYPE_CHECKING:   # the reference engine's frames: the partition engine never loads pandas
+    import pandas as pd
 
 
 def step_names(plan) -> list[str]:
@@ -31,6 +34,8 @@ def frame_entry(out: pd.DataFrame, outcome: pd.Series, raw_exit: pd.Series, plan
     names = step_names(plan)
     if not names:
         return out
+    import pandas as pd
+
     start = out["index_date"].astype("int64") + plan.follow_up_start
     keep = pd.Series(True, index=out.index)
     if plan.follow_up_start:

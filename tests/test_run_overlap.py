@@ -1,0 +1,186 @@
+"""The run path keeps both cores busy and loads only what it uses: no pandas, scipy or dask on
+a dask run; analyses side by side; the private table made beside them; the report's imports
+while the partitions compute. None of it may change a byte of what a run writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import operator
+import re
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import EXAMPLES, same_files
+
+from hpcstudy.engines import run as R
+from hpcstudy.engines.analyses import _distinct_rows
+from hpcstudy.engines.dask_engine import PartitionTables, combined, write_person_table
+from hpcstudy.engines.results import analyse
+from hpcstudy.models.partitions import DaskPartitions, LocalPartitions
+from hpcstudy.outputs.publish import jsonable
+from hpcstudy.pipeline import prepare, warm_up
+from hpcstudy.registers import arrow
+
+
+def test_a_dask_run_loads_no_pandas_scipy_or_dask_and_writes_the_same_bytes(
+        small_data, statins_run, tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "hpcstudy.cli", "run",
+                        EXAMPLES / "statins_mi.yaml", "--data", small_data, "--out", out,
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    loaded = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", r.stderr, re.M))
+    assert "matplotlib" in loaded and "pyarrow.parquet" in loaded   # the list is the run's
+    heavy = {"pandas", "scipy", "dask", "distributed", "pyarrow.dataset"} & loaded
+    assert not heavy, f"a dask run of example 1 imported {sorted(heavy)}"
+    # analyses side by side, the table written ahead, imports in the background: the bytes of
+    # another run (statins_run) all the same
+    same_files(statins_run, out)
+
+
+@pytest.fixture(scope="module")
+def built(small_data):
+    prep = prepare(EXAMPLES / "statins_mi.yaml", small_data)
+    return prep.plan, R.person_table(prep.plan, prep.ds, "dask")
+
+
+def test_analyses_side_by_side_give_the_results_of_one_after_another(built):
+    plan, b = built
+    assert isinstance(b.parts, DaskPartitions) and len(b.parts) == 3
+    together: dict = {}
+    res = analyse(plan, b.parts, b.attrition, together)
+    # LocalPartitions: every analysis in turn, in this thread (the path before)
+    alone: dict = {}
+    ref = analyse(plan, LocalPartitions(list(b.tables)), b.attrition, alone)
+    assert {"curves", "models"} <= set(res) and list(res["models"]) == ["cox", "poisson"]
+    assert json.dumps(res, default=jsonable) == json.dumps(ref, default=jsonable)
+    assert list(together) == list(alone) == ["cox", "poisson"]
+    for name in together:
+        assert np.array_equal(together[name].coef_, alone[name].coef_)
+
+
+def test_the_table_written_ahead_is_the_bytes_written_after(built, tmp_path):
+    plan, b = built
+    tables = PartitionTables(list(b.tables))
+    tables.write_ahead(plan)
+    tables.write_ahead(plan)   # once is enough: a second call changes nothing
+    tables.write(plan, tmp_path / "ahead.parquet")
+    write_person_table(combined(plan, list(b.tables)), tmp_path / "after.parquet")
+    assert (tmp_path / "ahead.parquet").read_bytes() == (tmp_path / "after.parquet").read_bytes()
+    assert pq.read_table(tmp_path / "ahead.parquet").num_rows == \
+        sum(len(t["pnr"]) for t in b.tables)
+
+
+def test_a_table_that_cannot_be_made_ahead_fails_the_write(built, tmp_path):
+    plan, b = built
+    broken = [dict(t) for t in b.tables]
+    del broken[1]["time"]
+    tables = PartitionTables(broken)
+    tables.write_ahead(plan)
+    with pytest.raises(KeyError, match="time"):
+        tables.write(plan, tmp_path / "t.parquet")
+    assert not (tmp_path / "t.parquet").exists()
+
+
+def _sum_of_inner(part, parts):
+    # a reduction whose tasks reduce again: they run on the pool's own threads
+    return parts.map_reduce(_size) + len(part["x"])
+
+
+def _size(part):
+    return len(part["x"])
+
+
+def _fails_on_two(part):
+    if part["x"][0] == 2:
+        raise ValueError("partition two")
+    return 1
+
+
+def test_the_thread_pool_keeps_partition_order_nests_and_raises():
+    parts = DaskPartitions([{"x": np.full(k + 1, k)} for k in range(6)])
+    # combine in partition order: list concatenation shows the order
+    assert parts.map_reduce(lambda p: [int(p["x"][0])], combine=operator.add) == \
+        [0, 1, 2, 3, 4, 5]
+    assert [int(p["x"][0]) for p in parts.map(lambda p: p).parts] == [0, 1, 2, 3, 4, 5]
+    got = []
+    t = threading.Thread(target=lambda: got.append(parts.map_reduce(_sum_of_inner, parts)))
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "a reduction inside a reduction waited on its own pool"
+    assert got == [6 * 21 + 21]
+    with pytest.raises(ValueError, match="partition two"):
+        parts.map_reduce(_fails_on_two)
+
+
+NUMERIC = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+           np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dtype", NUMERIC)
+def test_arrow_conversions_are_pyarrows_own(dtype):
+    rng = np.random.default_rng(3)
+    v = rng.integers(0, 100, 1000).astype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        v[::7] = np.nan
+    for x in (v, v[3:], v[::3], v[:0]):       # offsets, strides, empty
+        a = pa.array(x)
+        got = arrow.to_numpy(a)
+        assert got.dtype == a.to_numpy(zero_copy_only=False).dtype
+        np.testing.assert_array_equal(got, a.to_numpy(zero_copy_only=False))
+        chunks = pa.chunked_array([a.slice(0, len(a) // 2), a.slice(len(a) // 2)], a.type)
+        np.testing.assert_array_equal(arrow.to_numpy(chunks), chunks.to_numpy())
+        ours, theirs = io.BytesIO(), io.BytesIO()
+        pq.write_table(arrow.table({"v": x, "w": x[::-1]}), ours, compression="zstd")
+        pq.write_table(pa.table({"v": pa.array(x), "w": pa.array(x[::-1])}), theirs,
+                       compression="zstd")
+        assert ours.getvalue() == theirs.getvalue()
+    assert arrow.to_numpy(pa.chunked_array([], pa.int32())).shape == (0,)
+
+
+def test_arrow_columns_of_other_kinds_take_pyarrows_path():
+    with_nulls = pa.array([1, None, 3], pa.int32())
+    np.testing.assert_array_equal(arrow.to_numpy(with_nulls), [1, np.nan, 3])
+    assert arrow.to_numpy(pa.array(["a", "b"])).tolist() == ["a", "b"]
+    flags = np.array([True, False, True])
+    assert arrow.from_numpy(flags).equals(pa.array(flags))
+
+
+def test_distinct_rows_are_numpys_unique_rows():
+    rng = np.random.default_rng(5)
+    kinds = [np.int8, np.int16, np.int32, np.int64, np.uint8, bool]
+    for trial in range(200):
+        n, k = int(rng.integers(0, 300)), int(rng.integers(1, 4))
+        keys = []
+        for _ in range(k):
+            kind = kinds[int(rng.integers(len(kinds)))]
+            lo = 0 if kind in (np.uint8, bool) else -3
+            keys.append(rng.integers(lo, 4, n).astype(kind))
+        stacked = np.stack(keys, axis=1) if n else np.zeros((0, k))
+        want, want_inv = np.unique(stacked, axis=0, return_inverse=True)
+        got, got_inv = _distinct_rows(keys, n)
+        assert got.dtype == want.dtype, trial
+        assert np.array_equal(got, want) and np.array_equal(got_inv, want_inv.reshape(-1))
+    # more distinct codes than int64 holds, and a float key: unique rows as before
+    n = 2 ** 16
+    wide = [rng.permutation(n).astype(np.int64) for _ in range(4)]
+    got, inv = _distinct_rows(wide, n)
+    want, want_inv = np.unique(np.stack(wide, axis=1), axis=0, return_inverse=True)
+    assert np.array_equal(got, want) and np.array_equal(inv, want_inv.reshape(-1))
+    mixed = [np.array([2, 1, 2]), np.array([0.5, 0.5, 0.5])]
+    got, inv = _distinct_rows(mixed, 3)
+    assert got.tolist() == [[1.0, 0.5], [2.0, 0.5]] and inv.tolist() == [1, 0, 1]
+
+
+def test_warm_up_leaves_a_module_it_cannot_import_to_the_run():
+    t = warm_up(["hpcstudy_no_such_module", "json"])
+    t.join(30)
+    assert not t.is_alive()
+    with pytest.raises(ModuleNotFoundError):
+        __import__("hpcstudy_no_such_module")
