@@ -171,7 +171,8 @@ def _reduce(parts, fn, *args, combine):
     client = getattr(parts, "client", None)
     if client is None or len(parts.parts) < 2:
         return parts.map_reduce(fn, *args, combine=combine)
-    level = [client.submit(parts._task(fn, True), p, *args, pure=False) for p in parts.parts]
+    level = [client.submit(parts._task(fn, True, i), p, *args, pure=False)
+             for i, p in enumerate(parts.parts)]
     while len(level) > 1:
         pairs = [client.submit(combine, a, b, pure=False)
                  for a, b in zip(level[::2], level[1::2], strict=False)]
