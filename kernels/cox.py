@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import cox_cpu
 from ._namespace import array_namespace
 
 # |xβ| beyond which r = w·exp(xβ) is computed shifted by the largest xβ (exp(709) overflows;
@@ -135,10 +136,33 @@ class CoxPart:
     a0: object = None
     bounds: tuple | None = None
     _key: object = None     # the host key of the β of ``r`` (device path)
+    # The compiled CPU passes (kernels/cox_cpu.py) keep no copy: ``XT`` is None, ``rows`` is
+    # the caller's (n, p) covariates, uncentred, in their own order; ``keep`` the rows at risk
+    # at some grid point (empty: all); ``flags`` per kept row (cox_cpu.DEAD, LATE). The
+    # per-row arrays (w, a, b, dead, a0, order) are over the kept rows, in that order.
+    rows: object = None
+    keep: object = None
+    mean: object = None
+    flags: object = None
+
+    @property
+    def compiled(self) -> bool:
+        return self.rows is not None
+
+    @property
+    def n_covariates(self) -> int:
+        return int(self.mean.shape[0] if self.compiled else self.XT.shape[0])
 
     @property
     def X(self):
-        return self.XT.T
+        return self.centred() if self.compiled else self.XT.T
+
+    def centred(self):
+        """(n kept, p) centred covariates of the kept rows (a copy when compiled)."""
+        if not self.compiled:
+            return self.XT.T
+        rows = self.rows if self.keep.shape[0] == 0 else self.rows[self.keep]
+        return rows - self.mean
 
     def risk(self, beta, key=None):
         """(n,) r = w·exp(xβ − shift) at β (kept for the last β). ``shift`` is 0 unless some
@@ -146,6 +170,10 @@ class CoxPart:
         ordinary fits keep their bits. Off the CPU, ``key`` (a host value naming β, e.g. its
         bytes) says whether β is the last one, and ``shift`` is a 0-d device array: no value
         comes to the host."""
+        if self.compiled:
+            if self._beta is None or not bool(np.all(self._beta == beta)):
+                _compiled().pass1_bins(self, beta, SHIFT_ABOVE)
+            return self.r
         xp = array_namespace(self.XT)
         if xp is not np:
             return self._risk_on_device(beta, key, xp)
@@ -309,6 +337,9 @@ def prepare(X, time, event, entry, strata, weights, grid: CoxGrid, mean=None,
     alive = (event == 0).astype(b.dtype)
     keep = xp.nonzero(b > a)[0]  # people never at risk at an event time add nothing
     everyone = keep.shape[0] == n   # (then keep is 0 … n−1: no gathers through it)
+    if xp is np and _compiled() is not None:
+        return _prepare_compiled(X, weights, a, b, a0, alive, keep, everyone, mean, unit, G,
+                                 bounds)
     key = b * 2 + alive if everyone else b[keep] * 2 + alive[keep]  # by exit, deaths first
     order = xp.argsort(_sort_key(key, 2 * G + 2, xp), kind="stable")
     if not everyone:
@@ -333,6 +364,40 @@ def prepare(X, time, event, entry, strata, weights, grid: CoxGrid, mean=None,
     part._unit = unit
     if xp is np:
         part.chunks = _chunks(starts, n=XT.shape[1], step=_CHUNK_BYTES // (8 * (XT.shape[0] + 1)))
+    return part
+
+
+def _compiled():
+    """The compiled CPU passes (kernels/cox_cpu.py), or None where the C extension was not
+    built or HPCSTUDY_NO_COMPILED is set."""
+    return cox_cpu if cox_cpu.enabled() else None
+
+
+def _prepare_compiled(X, weights, a, b, a0, alive, keep, everyone, mean, unit, G, bounds):
+    """A CoxPart for the compiled passes: no sort and no copy of X (see CoxPart.rows)."""
+    DEAD, LATE = cox_cpu.DEAD, cox_cpu.LATE
+    n = b.shape[0]
+    rows = np.ascontiguousarray(X, dtype=np.float64)
+    if not everyone:
+        a, b, alive = a[keep], b[keep], alive[keep]
+        a0 = None if a0 is None else a0[keep]
+    late = a > (0 if a0 is None else a0)
+    dead = alive == 0
+    flags = dead.astype(np.uint8) * np.uint8(DEAD)
+    flags |= late.astype(np.uint8) * np.uint8(LATE)
+    if unit is None:
+        unit = bool(np.all(weights == 1.0))
+    w = np.ones(b.shape[0]) if unit else np.ascontiguousarray(
+        weights if everyone else weights[keep], dtype=np.float64)
+    mean = np.zeros(X.shape[1]) if mean is None else np.ascontiguousarray(mean,
+                                                                          dtype=np.float64)
+    part = CoxPart(None, w, a.astype(np.int64, copy=False), b.astype(np.int64, copy=False),
+                   None, None, None, np.flatnonzero(late), None, None, dead, G,
+                   order=np.arange(n) if everyone else keep, a0=a0,
+                   bounds=bounds if bounds is not None and len(bounds) > 2 else None,
+                   rows=rows, keep=np.zeros(0, np.int64) if everyone else keep, mean=mean,
+                   flags=flags)
+    part._unit = unit
     return part
 
 
@@ -421,6 +486,8 @@ def over_risk_range(csum, part):
 
 def fixed_sums(part: CoxPart):
     """β-independent sums: deaths per grid point (count, Σw) and Σ w·x over deaths."""
+    if part.compiled:
+        return _compiled().fixed_sums(part)
     xp = array_namespace(part.XT)
     G = part.grid_size
     d = part.seg_dead
@@ -442,6 +509,13 @@ def pass1(part: CoxPart, beta, key=None):
     """Risk-set sums at β: (shift, S0 (G,), S1 (G, p), E0 (G,), E1 (G, p)), every sum
     multiplied by exp(−shift) (see ``CoxPart.risk``; off the CPU ``shift`` is a 0-d device
     array). Combine partitions' results with ``add_shifted``."""
+    if part.compiled:
+        shift, dead, alive, late = _compiled().pass1_bins(part, beta, SHIFT_ABOVE)
+        e = np.ascontiguousarray(dead.T)   # (1 + p, G), as below
+        s = _leaving_after(e + alive.T, np, part.bounds)
+        if part.late.shape[0]:
+            s = s - _leaving_after(np.ascontiguousarray(late.T), np, part.bounds)
+        return shift, s[0], s[1:].T, e[0], e[1:].T
     xp = array_namespace(part.XT)
     G = part.grid_size
     part.risk(beta, key)
@@ -491,6 +565,12 @@ def add_shifted(x, y):
 def pass2(part: CoxPart, beta, c, e, shift=0.0, key=None):
     """This partition's share of Σ_j c_j S2_j − Σ_j e_j E2_j: a (p, p) matrix. ``c`` and ``e``
     come from sums at the combined ``shift`` of pass 1."""
+    if part.compiled:
+        part.risk(beta)   # r at β (pass 1 normally left it there)
+        cs = np.cumsum(c) if part.bounds is None else strata_cumsum(c, part.bounds, np)
+        cum = np.concatenate([np.zeros(1), cs])
+        scale = 1.0 if part.shift == shift else math.exp(part.shift - shift)
+        return _compiled().pass2_sum(part, cum, e, scale)
     xp = array_namespace(part.XT)
     r = part.risk(beta, key)
     if part.bounds is None:

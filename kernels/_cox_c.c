@@ -1,0 +1,361 @@
+/* Compiled CPU passes of the Cox fit over one partition's rows (see kernels/cox_cpu.py).
+ *
+ * Arrays come through the buffer protocol, C-contiguous, of the dtypes cox_cpu.py makes them
+ * (float64, int64, uint8); their lengths are checked here against n, p and G, and every
+ * row's grid and row indices before use (a bad one raises ValueError, nothing is read out of
+ * bounds). Each pass reads the caller's row-major covariates once, in their own order,
+ * centring each row as it goes, with the GIL released. Sums run in a fixed order and nothing
+ * is compiled with fast-math: the same inputs give the same bytes on a given machine (on
+ * x86-64 the loops are compiled twice, for AVX2 + FMA and for the baseline, and the CPU picks
+ * one when the module loads).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+enum { DEAD = 1, LATE = 2 };
+#define BLOCK 128 /* rows per block of pass 2: a (p, BLOCK) array stays in L1 */
+
+typedef struct {
+    const double *X, *mean, *w;
+    const int64_t *keep, *a, *b;
+    const uint8_t *flags;
+    Py_ssize_t n, p, rows, nkeep, G;
+} rows_t;
+
+/* Whether row i's indices are unusable (1 <= b <= G, 0 <= a < b, keep within X's rows). */
+static inline int bad_row(const rows_t *s, Py_ssize_t i) {
+    return (uint64_t)(s->b[i] - 1) >= (uint64_t)s->G ||
+           (s->a && (uint64_t)s->a[i] >= (uint64_t)s->b[i]) ||
+           (s->nkeep && (uint64_t)s->keep[i] >= (uint64_t)s->rows);
+}
+
+static inline const double *row_of(const rows_t *s, Py_ssize_t i) {
+    return s->X + (s->nkeep ? s->keep[i] : i) * s->p;
+}
+
+/* -- the loops (no Python objects; they run without the GIL) ----------------------------- */
+
+/* Rows i: r_i = w_i exp(x_i β − shift) into r; (r, r x) added into row b−1 of D (deaths) or
+ * L and, for late entries, row a−1 of E (each (G, 1 + p)). Min and max of xβ into lohi.
+ * Returns 1 at a bad row. */
+CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, double shift,
+                             double *r, double *D, double *L, double *E, double *xc,
+                             double *lohi) {
+    Py_ssize_t p = s->p, q = p + 1;
+    double lo = INFINITY, hi = -INFINITY;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        if (bad_row(s, i)) return 1;
+        const double *x = row_of(s, i);
+        double eta = 0.0;
+        for (Py_ssize_t k = 0; k < p; k++) {
+            xc[k] = x[k] - s->mean[k];
+            eta += xc[k] * beta[k];
+        }
+        if (eta < lo) lo = eta;
+        if (eta > hi) hi = eta;
+        double ri = exp(eta - shift);
+        if (!unit) ri *= s->w[i];
+        r[i] = ri;
+        double *t = ((s->flags[i] & DEAD) ? D : L) + (s->b[i] - 1) * q;
+        t[0] += ri;
+        for (Py_ssize_t k = 0; k < p; k++) t[k + 1] += ri * xc[k];
+        if (s->flags[i] & LATE) {
+            t = E + (s->a[i] - 1) * q;
+            t[0] += ri;
+            for (Py_ssize_t k = 0; k < p; k++) t[k + 1] += ri * xc[k];
+        }
+    }
+    lohi[0] = lo;
+    lohi[1] = hi;
+    return 0;
+}
+
+/* Four doubles as one value (GCC/Clang vector extension: AVX registers where the clone has
+ * them, two SSE2 halves otherwise); loads through memcpy, so no alignment is assumed. */
+typedef double v4 __attribute__((vector_size(32)));
+#define LOAD4(dst, src) memcpy(&(dst), (src), sizeof(v4))
+#define TOTAL4(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
+
+/* acc (p × p, upper triangle) += Σ_i T[k][i] T[j][i] over the m rows (a multiple of 4) of a
+ * (p, BLOCK) block: four lanes per dot product, four dot products sharing the loads of row k,
+ * the lanes added in a fixed order. */
+static inline void block_outer(const double *T, Py_ssize_t p, Py_ssize_t m, double *acc) {
+    for (Py_ssize_t k = 0; k < p; k++) {
+        const double *tk = T + k * BLOCK;
+        Py_ssize_t j = k;
+        for (; j + 3 < p; j += 4) {
+            const double *t0 = T + j * BLOCK;
+            v4 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, x, y;
+            for (Py_ssize_t i = 0; i < m; i += 4) {
+                LOAD4(x, tk + i);
+                LOAD4(y, t0 + i);
+                s0 += x * y;
+                LOAD4(y, t0 + BLOCK + i);
+                s1 += x * y;
+                LOAD4(y, t0 + 2 * BLOCK + i);
+                s2 += x * y;
+                LOAD4(y, t0 + 3 * BLOCK + i);
+                s3 += x * y;
+            }
+            acc[k * p + j] += TOTAL4(s0);
+            acc[k * p + j + 1] += TOTAL4(s1);
+            acc[k * p + j + 2] += TOTAL4(s2);
+            acc[k * p + j + 3] += TOTAL4(s3);
+        }
+        for (; j < p; j++) {
+            const double *t0 = T + j * BLOCK;
+            v4 s0 = {0}, x, y;
+            for (Py_ssize_t i = 0; i < m; i += 4) {
+                LOAD4(x, tk + i);
+                LOAD4(y, t0 + i);
+                s0 += x * y;
+            }
+            acc[k * p + j] += TOTAL4(s0);
+        }
+    }
+}
+
+/* acc (p × p, upper) = Σ_i t_i x_i x_iᵀ, t_i = r_i v_i scale with v_i = cum[b] − cum[a] (cum[a]
+ * only for late entries), less e[b − 1] for deaths; t ≤ 0 (rounding) counts as 0, a NaN goes
+ * on. Rows in blocks: T = √t·x, transposed, then T Tᵀ. Returns 1 at a bad row. */
+CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum,
+                             const double *e, double scale, double *T, double *acc) {
+    Py_ssize_t p = s->p;
+    for (Py_ssize_t lo = 0; lo < s->n; lo += BLOCK) {
+        Py_ssize_t m = 0, end = lo + BLOCK < s->n ? lo + BLOCK : s->n;
+        for (Py_ssize_t i = lo; i < end; i++) {
+            if (bad_row(s, i)) return 1;
+            uint8_t f = s->flags[i];
+            double v = cum[s->b[i]];
+            if (f & LATE) v -= cum[s->a[i]];
+            if (f & DEAD) v -= e[s->b[i] - 1];
+            double t = r[i] * (v * scale);
+            if (t <= 0.0) continue;
+            t = sqrt(t);
+            const double *x = row_of(s, i);
+            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = (x[k] - s->mean[k]) * t;
+            m++;
+        }
+        for (; m % 4; m++)   /* pad with zero rows: they add exactly 0 */
+            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = 0.0;
+        block_outer(T, p, m, acc);
+    }
+    return 0;
+}
+
+/* Deaths per grid point (count and Σw) and Σ w x over the deaths. Returns 1 at a bad row. */
+CLONES static int fixed_rows(const rows_t *s, int unit, double *count, double *sw,
+                             double *xd) {
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        if (!(s->flags[i] & DEAD)) continue;
+        if (bad_row(s, i)) return 1;
+        const double *x = row_of(s, i);
+        double wi = unit ? 1.0 : s->w[i];
+        count[s->b[i] - 1] += 1.0;
+        sw[s->b[i] - 1] += wi;
+        for (Py_ssize_t k = 0; k < s->p; k++) xd[k] += wi * (x[k] - s->mean[k]);
+    }
+    return 0;
+}
+
+/* -- the Python functions ------------------------------------------------------------------ */
+
+#define MAXBUF 16
+
+typedef struct {
+    Py_buffer b[MAXBUF];
+    int used;
+} buffers_t;
+
+static void release_all(buffers_t *B) {
+    for (int i = 0; i < B->used; i++) PyBuffer_Release(&B->b[i]);
+    B->used = 0;
+}
+
+/* A C-contiguous buffer of ``obj`` of exactly ``count`` items of ``size`` bytes (count < 0:
+ * any whole number of items, returned in *count_out). */
+static void *take(buffers_t *B, PyObject *obj, Py_ssize_t size, Py_ssize_t count, int write,
+                  const char *what, Py_ssize_t *count_out) {
+    Py_buffer *v = &B->b[B->used];
+    if (PyObject_GetBuffer(obj, v, (write ? PyBUF_WRITABLE : PyBUF_SIMPLE)) < 0) return NULL;
+    B->used++;
+    if (v->len % size || (count >= 0 && v->len != count * size)) {
+        PyErr_Format(PyExc_ValueError, "_cox_c: %s has %zd bytes, not %zd items of %zd",
+                     what, v->len, count, size);
+        return NULL;
+    }
+    if (count_out) *count_out = v->len / size;
+    return v->buf;
+}
+
+static PyObject *bad_index(void) {
+    PyErr_SetString(PyExc_ValueError, "_cox_c: a grid or row index out of range");
+    return NULL;
+}
+
+/* The partition's arrays: X (rows, p), keep (0 or n), mean (p), w (n), a (n, or None),
+ * b (n), flags (n); G grid points. */
+static int take_rows(buffers_t *B, rows_t *s, PyObject *X, PyObject *keep, PyObject *mean,
+                     PyObject *w, PyObject *a, PyObject *b, PyObject *flags, Py_ssize_t G) {
+    Py_ssize_t xn;
+    s->G = G;
+    if (!(s->mean = take(B, mean, 8, -1, 0, "mean", &s->p))) return -1;
+    if (!(s->b = take(B, b, 8, -1, 0, "b", &s->n))) return -1;
+    if (s->p == 0) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: no covariates");
+        return -1;
+    }
+    if (!(s->X = take(B, X, 8 * s->p, -1, 0, "X", &xn))) return -1;
+    if (!(s->keep = take(B, keep, 8, -1, 0, "keep", &s->nkeep))) return -1;
+    s->rows = xn;
+    if (s->nkeep != 0 && s->nkeep != s->n) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: keep must be empty or one per row");
+        return -1;
+    }
+    if (s->nkeep == 0 && xn != s->n) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: X must have one row per row");
+        return -1;
+    }
+    if (!(s->w = take(B, w, 8, s->n, 0, "w", NULL))) return -1;
+    s->a = NULL;
+    if (a != Py_None && !(s->a = take(B, a, 8, s->n, 0, "a", NULL))) return -1;
+    if (!(s->flags = take(B, flags, 1, s->n, 0, "flags", NULL))) return -1;
+    return 0;
+}
+
+/* pass1(X, keep, mean, beta, w, unit, a, b, flags, shift, r, dead, alive, late) -> (lo, hi) */
+static PyObject *pass1(PyObject *self, PyObject *args) {
+    PyObject *X, *keep, *mean, *beta, *w, *a, *b, *flags, *r, *dead, *alive, *late;
+    int unit;
+    double shift, lohi[2];
+    if (!PyArg_ParseTuple(args, "OOOOOpOOOdOOOO", &X, &keep, &mean, &beta, &w, &unit, &a, &b,
+                          &flags, &shift, &r, &dead, &alive, &late))
+        return NULL;
+    buffers_t B = {.used = 0};
+    rows_t s;
+    PyObject *out = NULL;
+    double *xc = NULL;
+    Py_ssize_t cells;
+    double *D = take(&B, dead, 8, -1, 1, "dead", &cells);
+    if (!D || take_rows(&B, &s, X, keep, mean, w, a, b, flags, 0) < 0) goto done;
+    s.G = cells / (s.p + 1);
+    double *L = take(&B, alive, 8, s.G * (s.p + 1), 1, "alive", NULL);
+    double *E = L ? take(&B, late, 8, s.G * (s.p + 1), 1, "late", NULL) : NULL;
+    const double *bt = E ? take(&B, beta, 8, s.p, 0, "beta", NULL) : NULL;
+    double *rr = bt ? take(&B, r, 8, s.n, 1, "r", NULL) : NULL;
+    if (!rr) goto done;
+    if (cells != s.G * (s.p + 1)) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: the bins must be (G, 1 + p)");
+        goto done;
+    }
+    if (!(xc = PyMem_Malloc(s.p * sizeof(double)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = pass1_rows(&s, bt, unit, shift, rr, D, L, E, xc, lohi);
+    Py_END_ALLOW_THREADS
+    out = bad ? bad_index() : Py_BuildValue("(dd)", lohi[0], lohi[1]);
+done:
+    PyMem_Free(xc);
+    release_all(&B);
+    return out;
+}
+
+/* pass2(X, keep, mean, r, a, b, flags, cum, e, scale, out): out (p, p) = Σ r v x xᵀ */
+static PyObject *pass2(PyObject *self, PyObject *args) {
+    PyObject *X, *keep, *mean, *r, *a, *b, *flags, *cum, *e, *out;
+    double scale;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOdO", &X, &keep, &mean, &r, &a, &b, &flags, &cum, &e,
+                          &scale, &out))
+        return NULL;
+    buffers_t B = {.used = 0};
+    rows_t s;
+    PyObject *ret = NULL;
+    double *T = NULL, *acc = NULL;
+    Py_ssize_t G;
+    const double *ee = take(&B, e, 8, -1, 0, "e", &G);
+    if (!ee || take_rows(&B, &s, X, keep, mean, r, a, b, flags, G) < 0) goto done;
+    const double *rr = take(&B, r, 8, s.n, 0, "r", NULL);
+    const double *C = rr ? take(&B, cum, 8, G + 1, 0, "cum", NULL) : NULL;
+    double *o = C ? take(&B, out, 8, s.p * s.p, 1, "out", NULL) : NULL;
+    if (!o) goto done;
+    T = PyMem_Calloc(s.p * BLOCK, sizeof(double));
+    acc = PyMem_Calloc(s.p * s.p, sizeof(double));
+    if (!T || !acc) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = pass2_rows(&s, rr, C, ee, scale, T, acc);
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        bad_index();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < s.p; k++)
+        for (Py_ssize_t j = k; j < s.p; j++) o[k * s.p + j] = o[j * s.p + k] = acc[k * s.p + j];
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyMem_Free(T);
+    PyMem_Free(acc);
+    release_all(&B);
+    return ret;
+}
+
+/* fixed(X, keep, mean, w, unit, b, flags, count, sw, xd) */
+static PyObject *fixed(PyObject *self, PyObject *args) {
+    PyObject *X, *keep, *mean, *w, *b, *flags, *count, *sw, *xd;
+    int unit;
+    if (!PyArg_ParseTuple(args, "OOOOpOOOOO", &X, &keep, &mean, &w, &unit, &b, &flags, &count,
+                          &sw, &xd))
+        return NULL;
+    buffers_t B = {.used = 0};
+    rows_t s;
+    PyObject *ret = NULL;
+    Py_ssize_t G;
+    double *cnt = take(&B, count, 8, -1, 1, "count", &G);
+    if (!cnt || take_rows(&B, &s, X, keep, mean, w, Py_None, b, flags, G) < 0) goto done;
+    double *sws = take(&B, sw, 8, G, 1, "sw", NULL);
+    double *xs = sws ? take(&B, xd, 8, s.p, 1, "xd", NULL) : NULL;
+    if (!xs) goto done;
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = fixed_rows(&s, unit, cnt, sws, xs);
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        bad_index();
+        goto done;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    release_all(&B);
+    return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"pass1", pass1, METH_VARARGS, "Pass 1 of the Cox fit (kernels/cox_cpu.py)."},
+    {"pass2", pass2, METH_VARARGS, "Pass 2 of the Cox fit (kernels/cox_cpu.py)."},
+    {"fixed", fixed, METH_VARARGS, "The deaths' sums of the Cox fit (kernels/cox_cpu.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_cox_c", "Compiled CPU passes of the Cox fit.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__cox_c(void) { return PyModule_Create(&module); }
