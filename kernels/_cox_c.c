@@ -167,6 +167,44 @@ CLONES static int fixed_rows(const rows_t *s, int unit, double *count, double *s
     return 0;
 }
 
+/* Efron's terms per grid point j with m_j deaths of total weight dw_j: the k-th of them
+ * (k = 0 … m_j − 1, f = k / m_j) sees den = S0_j − f E0_j and weighs dw_j / m_j. Into c, e,
+ * alpha, beta, gamma: Σ w/den, Σ w f/den, Σ w/den², Σ w f/den², Σ w f²/den²; returns
+ * Σ w log den, and sets *bad when some den is below ``under`` (the sums are unusable). */
+CLONES static double efron_rows(Py_ssize_t G, const double *s0, const double *e0,
+                                const double *m, const double *dw, double under, double *c,
+                                double *e, double *alpha, double *beta, double *gamma,
+                                int *bad) {
+    double ll = 0.0;
+    for (Py_ssize_t j = 0; j < G; j++) {
+        double mj = m[j], sc = 0.0, se = 0.0, sa = 0.0, sb = 0.0, sg = 0.0, sl = 0.0;
+        if (mj > 0.0) {
+            double meanwt = dw[j] / mj;
+            int64_t deaths = (int64_t)mj;
+            for (int64_t k = 0; k < deaths; k++) {
+                double f = (double)k / mj;
+                double den = s0[j] - f * e0[j];
+                if (!(den >= under)) *bad = 1;
+                sl += log(den);
+                double inv = 1.0 / den;
+                double w0 = meanwt * inv, w1 = w0 * f, w3 = w1 * inv;
+                sc += w0;
+                se += w1;
+                sa += w0 * inv;
+                sb += w3;
+                sg += w3 * f;
+            }
+            ll += meanwt * sl;
+        }
+        c[j] = sc;
+        e[j] = se;
+        alpha[j] = sa;
+        beta[j] = sb;
+        gamma[j] = sg;
+    }
+    return ll;
+}
+
 /* -- the Python functions ------------------------------------------------------------------ */
 
 #define MAXBUF 16
@@ -346,10 +384,74 @@ done:
     return ret;
 }
 
+/* efron(s0, e0, m, dw, under, c, e, alpha, beta, gamma) -> (Σ w log den, bad) */
+static PyObject *efron(PyObject *self, PyObject *args) {
+    PyObject *s0, *e0, *m, *dw, *c, *e, *al, *be, *ga;
+    double under;
+    if (!PyArg_ParseTuple(args, "OOOOdOOOOO", &s0, &e0, &m, &dw, &under, &c, &e, &al, &be, &ga))
+        return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    Py_ssize_t G;
+    const double *S0 = take(&B, s0, 8, -1, 0, "s0", &G);
+    const double *E0 = S0 ? take(&B, e0, 8, G, 0, "e0", NULL) : NULL;
+    const double *M = E0 ? take(&B, m, 8, G, 0, "m", NULL) : NULL;
+    const double *DW = M ? take(&B, dw, 8, G, 0, "dw", NULL) : NULL;
+    double *out[5] = {NULL};
+    PyObject *objs[5] = {c, e, al, be, ga};
+    const char *names[5] = {"c", "e", "alpha", "beta", "gamma"};
+    for (int i = 0; i < 5 && DW; i++)
+        if (!(out[i] = take(&B, objs[i], 8, G, 1, names[i], NULL))) goto done;
+    if (!DW) goto done;
+    for (Py_ssize_t j = 0; j < G; j++)
+        if (!(M[j] >= 0.0 && M[j] < 9.0e15)) {   /* a count of deaths */
+            PyErr_SetString(PyExc_ValueError, "_cox_c: m must hold counts of deaths");
+            goto done;
+        }
+    int bad = 0;
+    double ll;
+    Py_BEGIN_ALLOW_THREADS
+    ll = efron_rows(G, S0, E0, M, DW, under, out[0], out[1], out[2], out[3], out[4], &bad);
+    Py_END_ALLOW_THREADS
+    ret = Py_BuildValue("(dO)", ll, bad ? Py_True : Py_False);
+done:
+    release_all(&B);
+    return ret;
+}
+
+/* day_ranks(t, first, table, T, out): out[i] = the number of grid times ≤ t[i] when every
+ * grid time is a whole day: table[floor(t) − first] within the table, 0 before it, T after. */
+static PyObject *day_ranks(PyObject *self, PyObject *args) {
+    PyObject *t, *table, *out;
+    double first;
+    long long T;
+    if (!PyArg_ParseTuple(args, "OdOLO", &t, &first, &table, &T, &out)) return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    Py_ssize_t n, span;
+    const double *tt = take(&B, t, 8, -1, 0, "t", &n);
+    const int64_t *tab = tt ? take(&B, table, 8, -1, 0, "table", &span) : NULL;
+    int64_t *o = tab ? take(&B, out, 8, n, 1, "out", NULL) : NULL;
+    if (!o) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double d = floor(tt[i]) - first;
+        o[i] = !(d >= 0.0) ? 0 : d >= (double)span ? (int64_t)T : tab[(Py_ssize_t)d];
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    release_all(&B);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"pass1", pass1, METH_VARARGS, "Pass 1 of the Cox fit (kernels/cox_cpu.py)."},
     {"pass2", pass2, METH_VARARGS, "Pass 2 of the Cox fit (kernels/cox_cpu.py)."},
     {"fixed", fixed, METH_VARARGS, "The deaths' sums of the Cox fit (kernels/cox_cpu.py)."},
+    {"day_ranks", day_ranks, METH_VARARGS, "Ranks of times on a grid of whole days."},
+    {"efron", efron, METH_VARARGS, "Efron's tie terms per grid point (kernels/cox_cpu.py)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -61,13 +61,30 @@ def event_pairs(time, event, strata):
     if t.shape[0] == 0:
         return s, t
     if xp is np and bool(s.min() == s.max()):   # a device would have to say so: sort
-        t = xp.unique(t)
+        t = _unique_times(t)
         return xp.full(t.shape[0], s[0]), t
     order = xp.lexsort(xp.stack([t, s]))
     s, t = s[order], t[order]
     keep = xp.ones(t.shape[0], dtype=bool)
     keep[1:] = (s[1:] != s[:-1]) | (t[1:] != t[:-1])
     return s[keep], t[keep]
+
+
+def _unique_times(t):
+    """``np.unique(t)`` of a NumPy array; whole days over a modest span by marking the days
+    seen (linear time) instead of sorting."""
+    if t.shape[0] < 1 << 14:
+        return np.unique(t)
+    lo, hi = float(t.min()), float(t.max())
+    if not hi - lo <= _DAY_SPAN:
+        return np.unique(t)
+    k = t - lo   # exact for whole days
+    day = k.astype(np.int64)
+    if not np.array_equal(day, k):
+        return np.unique(t)
+    seen = np.zeros(int(hi - lo) + 1, dtype=bool)
+    seen[day] = True
+    return np.flatnonzero(seen) + lo
 
 
 def make_grid(strata_list, time_list) -> CoxGrid:
@@ -128,7 +145,8 @@ class CoxPart:
     buffer: object = None   # (1 + p, n) r and r·x, off the CPU (pass 1 and 2 share it)
     _beta: object = None
     shift: float = 0.0      # see risk
-    order: object = None    # (n,) the partition's row of each prepared row (robust errors)
+    order: object = None    # (n,) the partition's row of each prepared row (robust errors;
+    # None when compiled and every row is kept: the rows are the partition's, in order)
     # With several strata: the grid index where each row's stratum starts (a row is at risk
     # on [a, b) within it) and the strata's grid bounds. Sums over the grid are then taken
     # within each stratum, never across strata and subtracted: a stratum of small risks is
@@ -270,6 +288,8 @@ def _rank_lookup(times, xp, days=False):
     lo_i, hi_i = days
     table = xp.searchsorted(times, xp.arange(lo_i, hi_i + 1, dtype=times.dtype),
                             side="right")
+    if xp is np and _compiled() is not None:
+        return lambda t: cox_cpu.day_ranks(t, lo_i, table, times.shape[0])
 
     def lookup(t):
         # every grid time is a whole day, so τ ≤ t exactly when τ ≤ floor(t)
@@ -376,7 +396,6 @@ def _compiled():
 def _prepare_compiled(X, weights, a, b, a0, alive, keep, everyone, mean, unit, G, bounds):
     """A CoxPart for the compiled passes: no sort and no copy of X (see CoxPart.rows)."""
     DEAD, LATE = cox_cpu.DEAD, cox_cpu.LATE
-    n = b.shape[0]
     rows = np.ascontiguousarray(X, dtype=np.float64)
     if not everyone:
         a, b, alive = a[keep], b[keep], alive[keep]
@@ -387,13 +406,12 @@ def _prepare_compiled(X, weights, a, b, a0, alive, keep, everyone, mean, unit, G
     flags |= late.astype(np.uint8) * np.uint8(LATE)
     if unit is None:
         unit = bool(np.all(weights == 1.0))
-    w = np.ones(b.shape[0]) if unit else np.ascontiguousarray(
-        weights if everyone else weights[keep], dtype=np.float64)
+    w = np.ascontiguousarray(weights if everyone else weights[keep], dtype=np.float64)
     mean = np.zeros(X.shape[1]) if mean is None else np.ascontiguousarray(mean,
                                                                           dtype=np.float64)
     part = CoxPart(None, w, a.astype(np.int64, copy=False), b.astype(np.int64, copy=False),
                    None, None, None, np.flatnonzero(late), None, None, dead, G,
-                   order=np.arange(n) if everyone else keep, a0=a0,
+                   order=None if everyone else keep, a0=a0,
                    bounds=bounds if bounds is not None and len(bounds) > 2 else None,
                    rows=rows, keep=np.zeros(0, np.int64) if everyone else keep, mean=mean,
                    flags=flags)
@@ -664,6 +682,10 @@ def _efron_cpu(s0, s1, e0, e1, m, dw):
     """Efron's terms on the CPU: grid points with one death need no expansion (their
     denominator is S0); the others are expanded once into one (5, deaths) array and summed
     per grid point by one segmented sum (the expansion is sorted by grid point)."""
+    if _compiled() is not None:   # one grid point at a time, no expansion (cox_cpu.py)
+        c, e, alpha, beta_, gamma, ll, bad = cox_cpu.efron_terms(s0, e0, m, dw, _UNDERFLOW)
+        return _efron_products(-ll * np.nan if bad else -ll, s1, e1, c, e, alpha, beta_,
+                               gamma, bool((m > 1).any()))
     G = s0.shape[0]
     c, e = np.zeros(G), np.zeros(G)
     alpha, beta_, gamma = np.zeros(G), np.zeros(G), np.zeros(G)
@@ -689,9 +711,14 @@ def _efron_cpu(s0, s1, e0, e1, m, dw):
                 bad = bad or bad_k
     if bad:
         loglik = loglik * np.nan
+    return _efron_products(loglik, s1, e1, c, e, alpha, beta_, gamma, many.shape[0] > 0)
+
+
+def _efron_products(loglik, s1, e1, c, e, alpha, beta_, gamma, ties):
+    """The score's and the information's grid parts from Efron's per-grid-point sums."""
     root = np.sqrt(alpha)[:, None] * s1
     outer = root.T @ root  # alpha ≥ 0: syrk
-    if not many.shape[0]:  # no ties: e, beta and gamma are 0
+    if not ties:  # no ties: e, beta and gamma are 0
         return loglik, c @ s1, outer, c, e
     score = c @ s1 - e @ e1
     cross = (s1 * beta_[:, None]).T @ e1

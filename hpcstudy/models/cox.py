@@ -102,7 +102,8 @@ def _cox_meat(cp, beta, terms, shift=0.0):
     xp = array_namespace(cp.w)
     U = R.cox_scores(cp, xp.asarray(beta), terms, shift)
     # rows never at risk at an event time were dropped by prepare: their residual is 0
-    return R.cluster_meat(U, cp.order if cp.cluster is None else cp.cluster[cp.order])
+    order = xp.arange(cp.b.shape[0]) if cp.order is None else cp.order
+    return R.cluster_meat(U, order if cp.cluster is None else cp.cluster[order])
 
 
 class CoxPH(Fitted):
