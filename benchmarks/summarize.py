@@ -219,15 +219,18 @@ def physical(recs) -> list[str]:
                    f"{r['hpcstudy_decoded_bytes_per_s'] / 1e6:,.0f} MB/s.")
     cox = [r for r in rows if r["what"] == "cox parts"]
     if cox:
+        how = (f"the compiled C passes on {cox[0].get('threads', 1)} thread(s); risk is "
+               "computed inside pass 1" if cox[0].get("compiled") else "the NumPy passes")
         out += ["", "Cox fit at N = {:,}, p = {} taken apart (medians; read X = one pass "
-                "over the covariates):".format(cox[0]["n"], cox[0]["p"]), "",
+                "over the covariates; {}):".format(cox[0]["n"], cox[0]["p"], how), "",
                 "| shape | ties | read X | prepare (once) | risk | pass 1 | grid terms | pass 2 "
                 "| step / read X | by CPU | fit | evaluations |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in cox:
             p = r["parts_s"]
             out.append(f"| {r['event_fraction']:.0%}, {r['times']} | {r['ties']} | "
-                       + " | ".join(f"{p[k]['median'] * 1e3:.1f} ms" for k in
+                       + " | ".join(f"{p[k]['median'] * 1e3:.1f} ms" if k in p else
+                                    "in pass 1" for k in
                                     ("read_X", "prepare", "risk", "pass1", "grid_terms",
                                      "pass2"))
                        + f" | {r['step_over_read_X']}× | "
