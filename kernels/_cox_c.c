@@ -21,7 +21,7 @@
 #define CLONES
 #endif
 
-enum { DEAD = 1, LATE = 2 };
+enum { DEAD = 1, LATE = 2, NOT_AT_RISK = 4 };
 #define BLOCK 128 /* rows per block of pass 2: a (p, BLOCK) array stays in L1 */
 
 typedef struct {
@@ -31,10 +31,11 @@ typedef struct {
     Py_ssize_t n, p, rows, nkeep, G;
 } rows_t;
 
-/* Whether row i's indices are unusable (1 <= b <= G, 0 <= a < b, keep within X's rows). */
+/* Whether row i's indices are unusable (1 <= b <= G, 0 <= a < b, keep within X's rows; no a
+ * (everyone at risk from the first grid point): no late entry). */
 static inline int bad_row(const rows_t *s, Py_ssize_t i) {
     return (uint64_t)(s->b[i] - 1) >= (uint64_t)s->G ||
-           (s->a && (uint64_t)s->a[i] >= (uint64_t)s->b[i]) ||
+           (s->a ? (uint64_t)s->a[i] >= (uint64_t)s->b[i] : (s->flags[i] & LATE) != 0) ||
            (s->nkeep && (uint64_t)s->keep[i] >= (uint64_t)s->rows);
 }
 
@@ -157,7 +158,9 @@ CLONES static int fixed_rows(const rows_t *s, int unit, double *count, double *s
                              double *xd) {
     for (Py_ssize_t i = 0; i < s->n; i++) {
         if (!(s->flags[i] & DEAD)) continue;
-        if (bad_row(s, i)) return 1;
+        if ((uint64_t)(s->b[i] - 1) >= (uint64_t)s->G ||   /* (a is not read here) */
+            (s->nkeep && (uint64_t)s->keep[i] >= (uint64_t)s->rows))
+            return 1;
         const double *x = row_of(s, i);
         double wi = unit ? 1.0 : s->w[i];
         count[s->b[i] - 1] += 1.0;
@@ -203,6 +206,38 @@ CLONES static double efron_rows(Py_ssize_t G, const double *s0, const double *e0
         gamma[j] = sg;
     }
     return ll;
+}
+
+/* The grid parts of the score and the information from the risk-set sums S1, E1 (G, p) and
+ * the per-grid-point weights: score = Σ_j c_j S1_j − e_j E1_j and the upper triangle of
+ * outer = Σ_j α_j S1_j S1_jᵀ − β_j (S1_j E1_jᵀ + E1_j S1_jᵀ) + γ_j E1_j E1_jᵀ. Without E1
+ * (Breslow) only the c and α terms. */
+CLONES static void grid_rows(Py_ssize_t G, Py_ssize_t p, const double *s1, const double *e1,
+                             const double *c, const double *e, const double *alpha,
+                             const double *beta, const double *gamma, double *score,
+                             double *outer) {
+    for (Py_ssize_t j = 0; j < G; j++) {
+        const double *s = s1 + j * p;
+        double cj = c[j], aj = alpha[j];
+        if (!e1) {
+            for (Py_ssize_t k = 0; k < p; k++) {
+                score[k] += cj * s[k];
+                double as = aj * s[k];
+                for (Py_ssize_t l = k; l < p; l++) outer[k * p + l] += as * s[l];
+            }
+            continue;
+        }
+        const double *d = e1 + j * p;
+        double ej = e[j], bj = beta[j], gj = gamma[j];
+        for (Py_ssize_t k = 0; k < p; k++) {
+            score[k] += cj * s[k] - ej * d[k];
+            double as = aj * s[k], bs = bj * s[k], bd = bj * d[k], gd = gj * d[k];
+            for (Py_ssize_t l = k; l < p; l++)
+                outer[k * p + l] += (as * s[l] - (bs * d[l] + bd * s[l])) + gd * d[l];
+        }
+    }
+    for (Py_ssize_t k = 0; k < p; k++)
+        for (Py_ssize_t l = 0; l < k; l++) outer[k * p + l] = outer[l * p + k];
 }
 
 /* -- the Python functions ------------------------------------------------------------------ */
@@ -392,7 +427,7 @@ static PyObject *efron(PyObject *self, PyObject *args) {
         return NULL;
     buffers_t B = {.used = 0};
     PyObject *ret = NULL;
-    Py_ssize_t G;
+    Py_ssize_t G = 0;
     const double *S0 = take(&B, s0, 8, -1, 0, "s0", &G);
     const double *E0 = S0 ? take(&B, e0, 8, G, 0, "e0", NULL) : NULL;
     const double *M = E0 ? take(&B, m, 8, G, 0, "m", NULL) : NULL;
@@ -446,10 +481,78 @@ done:
     return ret;
 }
 
+/* grid_products(s1, e1 or None, c, e, alpha, beta, gamma, score, outer): see grid_rows */
+static PyObject *grid_products(PyObject *self, PyObject *args) {
+    PyObject *s1, *e1, *c, *e, *al, *be, *ga, *score, *outer;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO", &s1, &e1, &c, &e, &al, &be, &ga, &score, &outer))
+        return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    Py_ssize_t G = 0, p = 0, cells = 0;
+    double *sc = take(&B, score, 8, -1, 1, "score", &p);
+    const double *S1 = sc ? take(&B, s1, 8, -1, 0, "s1", &cells) : NULL;
+    if (!S1) goto done;
+    if (p == 0 || cells % p) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: s1 must be (G, p)");
+        goto done;
+    }
+    G = cells / p;
+    const double *E1 = NULL;
+    if (e1 != Py_None && !(E1 = take(&B, e1, 8, G * p, 0, "e1", NULL))) goto done;
+    const double *w[5] = {NULL};
+    PyObject *objs[5] = {c, e, al, be, ga};
+    const char *names[5] = {"c", "e", "alpha", "beta", "gamma"};
+    for (int i = 0; i < 5; i++)
+        if (!(w[i] = take(&B, objs[i], 8, G, 0, names[i], NULL))) goto done;
+    double *o = take(&B, outer, 8, p * p, 1, "outer", NULL);
+    if (!o) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    grid_rows(G, p, S1, E1, w[0], w[1], w[2], w[3], w[4], sc, o);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    release_all(&B);
+    return ret;
+}
+
+/* row_flags(b, a or None, a0 or None, event, flags) -> rows at risk somewhere (b > a):
+ * flags[i] = DEAD (event ≠ 0) | LATE (a > a0, or a > 0 without a0) | NOT_AT_RISK (b ≤ a). */
+static PyObject *row_flags(PyObject *self, PyObject *args) {
+    PyObject *b, *a, *a0, *event, *flags;
+    if (!PyArg_ParseTuple(args, "OOOOO", &b, &a, &a0, &event, &flags)) return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    Py_ssize_t n = 0, kept = 0;
+    const int64_t *bb = take(&B, b, 8, -1, 0, "b", &n);
+    const double *ev = bb ? take(&B, event, 8, n, 0, "event", NULL) : NULL;
+    uint8_t *fl = ev ? take(&B, flags, 1, n, 1, "flags", NULL) : NULL;
+    if (!fl) goto done;
+    const int64_t *aa = NULL, *a00 = NULL;
+    if (a != Py_None && !(aa = take(&B, a, 8, n, 0, "a", NULL))) goto done;
+    if (a0 != Py_None && !(a00 = take(&B, a0, 8, n, 0, "a0", NULL))) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t ai = aa ? aa[i] : 0;
+        uint8_t f = ev[i] != 0.0 ? DEAD : 0;
+        if (ai > (a00 ? a00[i] : 0)) f |= LATE;
+        if (bb[i] <= ai) f |= NOT_AT_RISK;
+        else kept++;
+        fl[i] = f;
+    }
+    Py_END_ALLOW_THREADS
+    ret = PyLong_FromSsize_t(kept);
+done:
+    release_all(&B);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"pass1", pass1, METH_VARARGS, "Pass 1 of the Cox fit (kernels/cox_cpu.py)."},
     {"pass2", pass2, METH_VARARGS, "Pass 2 of the Cox fit (kernels/cox_cpu.py)."},
     {"fixed", fixed, METH_VARARGS, "The deaths' sums of the Cox fit (kernels/cox_cpu.py)."},
+    {"grid_products", grid_products, METH_VARARGS, "The grid parts of score and information."},
+    {"row_flags", row_flags, METH_VARARGS, "Each row's flags (dead, late, not at risk)."},
     {"day_ranks", day_ranks, METH_VARARGS, "Ranks of times on a grid of whole days."},
     {"efron", efron, METH_VARARGS, "Efron's tie terms per grid point (kernels/cox_cpu.py)."},
     {NULL, NULL, 0, NULL},

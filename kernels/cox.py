@@ -157,7 +157,8 @@ class CoxPart:
     # The compiled CPU passes (kernels/cox_cpu.py) keep no copy: ``XT`` is None, ``rows`` is
     # the caller's (n, p) covariates, uncentred, in their own order; ``keep`` the rows at risk
     # at some grid point (empty: all); ``flags`` per kept row (cox_cpu.DEAD, LATE). The
-    # per-row arrays (w, a, b, dead, a0, order) are over the kept rows, in that order.
+    # per-row arrays (w, a, b, dead, a0, order) are over the kept rows, in that order; ``a``
+    # is None when everyone is at risk from the first grid point (no entry, one stratum).
     rows: object = None
     keep: object = None
     mean: object = None
@@ -354,12 +355,12 @@ def prepare(X, time, event, entry, strata, weights, grid: CoxGrid, mean=None,
         else:
             a = xp.searchsorted(grid.keys, grid.key(strata, entry), side="right")
         bounds = grid.bounds if grid.bounds is not None else grid_facts(grid)["bounds"]
+    if xp is np and _compiled() is not None:
+        return _prepare_compiled(X, event, weights, None if entry is None and one_stratum
+                                 else a, b, a0, mean, unit, G, bounds)
     alive = (event == 0).astype(b.dtype)
     keep = xp.nonzero(b > a)[0]  # people never at risk at an event time add nothing
     everyone = keep.shape[0] == n   # (then keep is 0 … n−1: no gathers through it)
-    if xp is np and _compiled() is not None:
-        return _prepare_compiled(X, weights, a, b, a0, alive, keep, everyone, mean, unit, G,
-                                 bounds)
     key = b * 2 + alive if everyone else b[keep] * 2 + alive[keep]  # by exit, deaths first
     order = xp.argsort(_sort_key(key, 2 * G + 2, xp), kind="stable")
     if not everyone:
@@ -393,28 +394,29 @@ def _compiled():
     return cox_cpu if cox_cpu.enabled() else None
 
 
-def _prepare_compiled(X, weights, a, b, a0, alive, keep, everyone, mean, unit, G, bounds):
-    """A CoxPart for the compiled passes: no sort and no copy of X (see CoxPart.rows)."""
-    DEAD, LATE = cox_cpu.DEAD, cox_cpu.LATE
+def _prepare_compiled(X, event, weights, a, b, a0, mean, unit, G, bounds):
+    """A CoxPart for the compiled passes: no sort and no copy of X (see CoxPart.rows).
+    ``a`` None: everyone is at risk from the first grid point."""
     rows = np.ascontiguousarray(X, dtype=np.float64)
-    if not everyone:
-        a, b, alive = a[keep], b[keep], alive[keep]
-        a0 = None if a0 is None else a0[keep]
-    late = a > (0 if a0 is None else a0)
-    dead = alive == 0
-    flags = dead.astype(np.uint8) * np.uint8(DEAD)
-    flags |= late.astype(np.uint8) * np.uint8(LATE)
+    flags, kept = cox_cpu.row_flags(b, a, a0, event)
+    everyone = kept == b.shape[0]
+    keep = np.zeros(0, np.int64)
+    if not everyone:   # people never at risk at an event time add nothing
+        keep = np.flatnonzero((flags & cox_cpu.NOT_AT_RISK) == 0)
+        flags, b = flags[keep], b[keep]
+        a = a[keep] if a is not None else None
+        a0 = a0[keep] if a0 is not None else None
     if unit is None:
         unit = bool(np.all(weights == 1.0))
     w = np.ascontiguousarray(weights if everyone else weights[keep], dtype=np.float64)
     mean = np.zeros(X.shape[1]) if mean is None else np.ascontiguousarray(mean,
                                                                           dtype=np.float64)
-    part = CoxPart(None, w, a.astype(np.int64, copy=False), b.astype(np.int64, copy=False),
-                   None, None, None, np.flatnonzero(late), None, None, dead, G,
-                   order=None if everyone else keep, a0=a0,
-                   bounds=bounds if bounds is not None and len(bounds) > 2 else None,
-                   rows=rows, keep=np.zeros(0, np.int64) if everyone else keep, mean=mean,
-                   flags=flags)
+    late = np.flatnonzero(flags & cox_cpu.LATE) if a is not None else np.zeros(0, np.int64)
+    part = CoxPart(None, w, None if a is None else a.astype(np.int64, copy=False),
+                   b.astype(np.int64, copy=False), None, None, None, late, None, None,
+                   (flags & cox_cpu.DEAD).view(bool), G, order=None if everyone else keep,
+                   a0=a0, bounds=bounds if bounds is not None and len(bounds) > 2 else None,
+                   rows=rows, keep=keep, mean=mean, flags=flags)
     part._unit = unit
     return part
 
@@ -650,6 +652,10 @@ def _grid_terms(s0, s1, e0, e1, m, dw, ties):
         loglik = -(dw[has] * xp.log(s0[has])).sum()
         if bool((s0[has] < _UNDERFLOW).any()):
             loglik = loglik * xp.nan
+        if xp is np and _compiled() is not None:
+            zero = np.zeros(G)
+            score, outer = cox_cpu.grid_products(s1, None, c, zero, alpha, zero, zero)
+            return loglik, score, outer, c, zero
         score = c @ s1
         outer = (s1 * alpha[:, None]).T @ s1
         return loglik, score, outer, c, xp.zeros(G)
@@ -684,8 +690,8 @@ def _efron_cpu(s0, s1, e0, e1, m, dw):
     per grid point by one segmented sum (the expansion is sorted by grid point)."""
     if _compiled() is not None:   # one grid point at a time, no expansion (cox_cpu.py)
         c, e, alpha, beta_, gamma, ll, bad = cox_cpu.efron_terms(s0, e0, m, dw, _UNDERFLOW)
-        return _efron_products(-ll * np.nan if bad else -ll, s1, e1, c, e, alpha, beta_,
-                               gamma, bool((m > 1).any()))
+        score, outer = cox_cpu.grid_products(s1, e1, c, e, alpha, beta_, gamma)
+        return -ll * np.nan if bad else -ll, score, outer, c, e
     G = s0.shape[0]
     c, e = np.zeros(G), np.zeros(G)
     alpha, beta_, gamma = np.zeros(G), np.zeros(G), np.zeros(G)

@@ -24,8 +24,9 @@ try:   # a source checkout without a build, or a platform without a C compiler
 except ImportError:   # pragma: no cover - depends on the installation
     _cox_c = None
 
-# flags of a kept row: it dies at its exit grid point; it enters after its stratum's first
-DEAD, LATE = 1, 2
+# flags of a row: it dies at its exit grid point; it enters after its stratum's first grid
+# point; it is at risk at no grid point (b ≤ a: prepare drops it)
+DEAD, LATE, NOT_AT_RISK = 1, 2, 4
 
 
 def enabled() -> bool:
@@ -67,6 +68,10 @@ def _run(calls):
     return [calls[0]()] + [f.result() for f in later]
 
 
+def _cut(v, lo, hi):
+    return None if v is None else v[lo:hi]
+
+
 def _rows(part, lo, hi):
     """X, keep of the kept rows lo:hi (views, no copies)."""
     if part.keep.shape[0] == 0:
@@ -88,7 +93,7 @@ def pass1_bins(part, beta, shift_above):
     def chunk(lo, hi, shift):
         X, keep = _rows(part, lo, hi)
         bins = np.zeros((3, G, p + 1))
-        lohi = _cox_c.pass1(X, keep, part.mean, beta, part.w[lo:hi], unit, part.a[lo:hi],
+        lohi = _cox_c.pass1(X, keep, part.mean, beta, part.w[lo:hi], unit, _cut(part.a, lo, hi),
                             part.b[lo:hi], part.flags[lo:hi], shift, part.r[lo:hi], bins[0],
                             bins[1], bins[2])
         return bins, lohi
@@ -120,7 +125,7 @@ def pass2_sum(part, cum, e, scale):
     def chunk(lo, hi):
         X, keep = _rows(part, lo, hi)
         out = np.empty((p, p))
-        _cox_c.pass2(X, keep, part.mean, part.r[lo:hi], part.a[lo:hi], part.b[lo:hi],
+        _cox_c.pass2(X, keep, part.mean, part.r[lo:hi], _cut(part.a, lo, hi), part.b[lo:hi],
                      part.flags[lo:hi], cum, e, float(scale), out)
         return out
 
@@ -140,6 +145,15 @@ def fixed_sums(part):
     return count, sw, xd
 
 
+def row_flags(b, a, a0, event):
+    """(flags, rows at risk somewhere): each row's DEAD | LATE | NOT_AT_RISK, in one pass.
+    ``a`` None: everyone at risk from the first grid point; ``a0`` None: one stratum."""
+    flags = np.empty(b.shape[0], dtype=np.uint8)
+    args = [None if v is None else np.ascontiguousarray(v, dtype=np.int64) for v in (b, a, a0)]
+    kept = _cox_c.row_flags(*args, np.ascontiguousarray(event, dtype=np.float64), flags)
+    return flags, kept
+
+
 def day_ranks(t, first, table, size):
     """``searchsorted(times, t, side="right")`` for grid times that are all whole days from
     ``first``, ``table`` the rank of each day from there, ``size`` the number of grid times."""
@@ -147,6 +161,18 @@ def day_ranks(t, first, table, size):
     _cox_c.day_ranks(np.ascontiguousarray(t, dtype=np.float64), float(first),
                      np.ascontiguousarray(table, dtype=np.int64), int(size), out)
     return out
+
+
+def grid_products(s1, e1, c, e, alpha, beta, gamma):
+    """(score, outer): Σ_j c_j S1_j − e_j E1_j and Σ_j α_j S1_j S1_jᵀ − β_j (S1_j E1_jᵀ +
+    E1_j S1_jᵀ) + γ_j E1_j E1_jᵀ over the grid (``e1`` None: the c and α terms only), in
+    one thread (BLAS on (G, p) arrays starts threads that spin on a busy machine)."""
+    p = s1.shape[1]
+    score, outer = np.zeros(p), np.zeros((p, p))
+    f64 = [np.ascontiguousarray(v, dtype=np.float64) for v in (s1, c, e, alpha, beta, gamma)]
+    e1 = None if e1 is None else np.ascontiguousarray(e1, dtype=np.float64)
+    _cox_c.grid_products(f64[0], e1, *f64[1:], score, outer)
+    return score, outer
 
 
 def efron_terms(s0, e0, m, dw, underflow):
@@ -161,4 +187,4 @@ def efron_terms(s0, e0, m, dw, underflow):
 
 
 __all__ = ["enabled", "pass1_bins", "pass2_sum", "fixed_sums", "efron_terms", "day_ranks",
-           "DEAD", "LATE"]
+           "row_flags", "grid_products", "DEAD", "LATE", "NOT_AT_RISK"]

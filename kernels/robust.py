@@ -95,6 +95,8 @@ def cox_scores(part, beta, terms, shift: float = 0.0):
     X = XT.T
     risk = xp.exp(xp.asarray(beta) @ XT - shift)
     a, b = part.a, part.b
+    if a is None:   # (compiled parts: everyone at risk from the first grid point)
+        a = xp.zeros_like(b)
     if part.bounds is None:
         cum_c = xp.concatenate([xp.zeros(1), xp.cumsum(c)])
         cum_q = xp.concatenate([xp.zeros((1, q.shape[1])), xp.cumsum(q, axis=0)], axis=0)

@@ -212,3 +212,65 @@ def test_c_passes_refuse_what_would_go_out_of_bounds(bad):
         cox_cpu._cox_c.pass1(*args.values())
     ok = _pass1_args()
     assert cox_cpu._cox_c.pass1(*ok.values()) == (0.0, 0.0)
+
+
+def test_late_flag_without_entries_is_refused():
+    args = _pass1_args()
+    args["a"] = None            # everyone at risk from the first grid point …
+    args["flags"][3] = cox_cpu.LATE   # … yet a row says it entered late
+    with pytest.raises(ValueError, match="out of range"):
+        cox_cpu._cox_c.pass1(*args.values())
+    args["flags"][3] = 0
+    assert cox_cpu._cox_c.pass1(*args.values()) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("with_a0", [False, True])
+def test_row_flags_equal_their_definition(with_a0):
+    rng = np.random.default_rng(8)
+    n = 5000
+    b = rng.integers(0, 30, n)
+    a = rng.integers(0, 30, n)
+    a0 = rng.integers(0, 10, n) if with_a0 else None
+    event = rng.choice([0.0, 1.0, 2.5, -0.0], n)
+    flags, kept = cox_cpu.row_flags(b, a, a0, event)
+    late = a > (a0 if with_a0 else 0)
+    want = (event != 0) * cox_cpu.DEAD + late * cox_cpu.LATE + (b <= a) * cox_cpu.NOT_AT_RISK
+    np.testing.assert_array_equal(flags, want)
+    assert kept == int((b > a).sum())
+    flags, kept = cox_cpu.row_flags(b, None, None, event)
+    np.testing.assert_array_equal(flags, (event != 0) * cox_cpu.DEAD +
+                                  (b <= 0) * cox_cpu.NOT_AT_RISK)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_grid_products_equal_numpy(ties):
+    rng = np.random.default_rng(6)
+    G, p = 300, 5
+    s1, e1 = rng.normal(size=(G, p)), rng.normal(size=(G, p))
+    c, e, alpha, beta, gamma = rng.random((5, G))
+    if ties == "breslow":
+        e = beta = gamma = np.zeros(G)
+    score, outer = cox_cpu.grid_products(s1, None if ties == "breslow" else e1, c, e, alpha,
+                                         beta, gamma)
+    cross = (s1 * beta[:, None]).T @ e1
+    want = (s1 * alpha[:, None]).T @ s1 - cross - cross.T + (e1 * gamma[:, None]).T @ e1
+    close(score, c @ s1 - e @ e1)
+    close(outer, want)
+    assert np.array_equal(outer, outer.T)
+
+
+def test_finite_check_by_sum_keeps_its_answers():
+    from hpcstudy.models.base import ModelError
+    from hpcstudy.models.validate import as_design
+
+    huge = np.array([[1e308, 1.0], [1e308, 2.0]])   # finite values whose sum overflows
+    assert as_design(huge)[0] is not None
+    for bad in (np.nan, np.inf, -np.inf):
+        X = np.ones((4, 2))
+        X[2, 1] = bad
+        with pytest.raises(ModelError, match="missing or infinite"):
+            as_design(X)
+    X = np.ones((4, 2))
+    X[0, 0], X[1, 1] = np.inf, -np.inf   # a sum of NaN
+    with pytest.raises(ModelError, match="missing or infinite"):
+        as_design(X)
