@@ -274,3 +274,14 @@ def test_finite_check_by_sum_keeps_its_answers():
     X[0, 0], X[1, 1] = np.inf, -np.inf   # a sum of NaN
     with pytest.raises(ModelError, match="missing or infinite"):
         as_design(X)
+
+
+def test_an_error_in_a_chunk_thread_reaches_the_caller(monkeypatch):
+    monkeypatch.setattr(cox_cpu, "_MIN_CHUNK", 100)
+    monkeypatch.setenv("HPCSTUDY_THREADS", "2")
+    df = survival_frame(n=1000, seed=9)
+    part = _prepared(df, monkeypatch, True)
+    assert len(cox_cpu._ranges(part.b.shape[0])) == cox_cpu.CHUNKS
+    part.b[-1] = part.grid_size + 5   # a row of the last chunk points past the grid
+    with pytest.raises(ValueError, match="out of range"):
+        K.pass1(part, np.zeros(4))
