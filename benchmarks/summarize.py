@@ -39,12 +39,19 @@ def load(run: str | None) -> tuple[str, list[dict]]:
     latest: dict = {}
     for r in recs:
         if r.get("run") is not None and r["run"] == source.get(r.get("benchmark")):
-            latest[tuple(str(r.get(k)) for k in IDENTITY)] = r
+            latest[identity(r)] = r
     return run, list(latest.values())
 
 
 IDENTITY = ("benchmark", "what", "model", "ties", "n", "p", "persons", "event_fraction",
             "times", "outcome_mean", "device")
+
+
+def identity(r) -> tuple:
+    """What a record measures: its case and the peers it was compared with (one shape may be
+    taken once against lifelines and once against statsmodels in one run)."""
+    peers = sorted({k.rsplit("_", 1)[0] for k in r if k.endswith(("_agreement", "_note"))})
+    return tuple(str(r.get(k)) for k in IDENTITY) + tuple(peers)
 
 
 def fmt(s, unit="s", digits=3):
