@@ -174,6 +174,16 @@ CLONES static int fixed_rows(const rows_t *s, int unit, double *count, double *s
  * (k = 0 … m_j − 1, f = k / m_j) sees den = S0_j − f E0_j and weighs dw_j / m_j. Into c, e,
  * alpha, beta, gamma: Σ w/den, Σ w f/den, Σ w/den², Σ w f/den², Σ w f²/den²; returns
  * Σ w log den, and sets *bad when some den is below ``under`` (the sums are unusable). */
+/* x = m 2^e with m in [0.5, 1) for a positive normal x: returns m, adds e to *e. */
+static inline double split_exponent(double x, int64_t *e) {
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    *e += (int64_t)((bits >> 52) & 0x7ff) - 1022;
+    bits = (bits & ~(0x7ffULL << 52)) | (1022ULL << 52);
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
 CLONES static double efron_rows(Py_ssize_t G, const double *s0, const double *e0,
                                 const double *m, const double *dw, double under, double *c,
                                 double *e, double *alpha, double *beta, double *gamma,
@@ -182,13 +192,22 @@ CLONES static double efron_rows(Py_ssize_t G, const double *s0, const double *e0
     for (Py_ssize_t j = 0; j < G; j++) {
         double mj = m[j], sc = 0.0, se = 0.0, sa = 0.0, sb = 0.0, sg = 0.0, sl = 0.0;
         if (mj > 0.0) {
-            double meanwt = dw[j] / mj;
-            int64_t deaths = (int64_t)mj;
+            double meanwt = dw[j] / mj, step = 1.0 / mj;
+            int64_t deaths = (int64_t)mj, pexp = 0;
+            /* Σ log den as the log of a running product (kept in [0.5, 1) × 2^pexp, a
+             * log per grid point instead of per death); a den outside [1e-150, 1e150] is
+             * logged on its own, so the product never overflows or underflows */
+            double prod = 1.0;
             for (int64_t k = 0; k < deaths; k++) {
-                double f = (double)k / mj;
+                double f = (double)k * step;
                 double den = s0[j] - f * e0[j];
                 if (!(den >= under)) *bad = 1;
-                sl += log(den);
+                if (den >= 1e-150 && den <= 1e150) {
+                    prod *= den;
+                    if (k & 1) prod = split_exponent(prod, &pexp);
+                } else {
+                    sl += log(den);
+                }
                 double inv = 1.0 / den;
                 double w0 = meanwt * inv, w1 = w0 * f, w3 = w1 * inv;
                 sc += w0;
@@ -197,6 +216,7 @@ CLONES static double efron_rows(Py_ssize_t G, const double *s0, const double *e0
                 sb += w3;
                 sg += w3 * f;
             }
+            sl += log(prod) + (double)pexp * 0.6931471805599453;
             ll += meanwt * sl;
         }
         c[j] = sc;

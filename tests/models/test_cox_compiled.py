@@ -130,22 +130,26 @@ def test_any_memory_layout_of_X_gives_the_same_fit():
         assert rel(m.coef_, ref.coef_) < 1e-12 and rel(m.se_, ref.se_) < 1e-12
 
 
-def test_efron_terms_equal_the_numpy_expansion(monkeypatch):
+@pytest.mark.parametrize("scale", [1.0, 1e-140, 1e160])   # risk sums near the product's
+def test_efron_terms_equal_the_numpy_expansion(monkeypatch, scale):   # range (cox_cpu) and past
     rng = np.random.default_rng(3)
     G = 60
     m = rng.choice([0, 1, 2, 3, 7, 60, 1000], size=G).astype(float)
     dw = m * rng.uniform(0.5, 2.0, G)
-    e0 = rng.uniform(0.5, 2.0, G) * np.maximum(m, 1)
-    s0 = e0 + rng.uniform(0.1, 50.0, G)
+    e0 = rng.uniform(0.5, 2.0, G) * np.maximum(m, 1) * scale
+    s0 = e0 + rng.uniform(0.1, 50.0, G) * scale
     s1, e1 = rng.normal(size=(G, 3)), rng.normal(size=(G, 3))
     monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
     fast = K.grid_terms(s0, s1, e0, e1, m, dw, "efron")
     monkeypatch.setenv("HPCSTUDY_NO_COMPILED", "1")
     slow = K.grid_terms(s0, s1, e0, e1, m, dw, "efron")
-    for a, b in zip(fast, slow, strict=True):
+    for i, (a, b) in enumerate(zip(fast, slow, strict=True)):
+        if i == 2 and scale > 1:   # the information's 1/den² is subnormal there: no digits
+            continue
         close(a, b)
     # a risk set that underflows makes the log-likelihood NaN (Newton halves the step)
     s0[np.argmax(m)] = 1e-200
+    e0 = e0 / scale
     monkeypatch.delenv("HPCSTUDY_NO_COMPILED")
     assert np.isnan(K.grid_terms(s0, s1, e0 * 1e-220, e1, m, dw, "efron")[0])
 
