@@ -5,7 +5,7 @@ PERSONS ?= 200000
 
 .PHONY: demo test test-fast test-slurm test-gpu gpu-wheels install install-test system-deps lint bench clean
 
-.venv/.installed: pyproject.toml scripts/bootstrap-venv.sh
+.venv/.installed: pyproject.toml scripts/bootstrap-venv.sh kernels/_cox_c.c
 	PYTHON=$(PYTHON) bash scripts/bootstrap-venv.sh
 	touch $@
 

@@ -9,7 +9,8 @@ Data (benchmarks/modeldata.py): N persons, p standard-normal covariates, an even
 event times. For each shape the fits run interleaved in one process (hpcstudy, lifelines,
 statsmodels, hpcstudy, …), so a ratio compares runs taken under the same load; every time is a
 median with min and max. hpcstudy's first, cold fit runs in a fresh process of its own (imports
-done, nothing else touched) and is recorded apart from the warm fits. The coefficients must
+done, nothing else touched), three such processes per shape (their median), and is recorded
+apart from the warm fits. The coefficients must
 agree with each peer's to 1e-6 (max |Δβ| / max |β|) before a time or ratio is reported; a peer
 slower than --peer-limit seconds at a smaller N is skipped at larger N (recorded as skipped).
 Appends one record per shape to benchmarks/results/cox_peers.jsonl.
@@ -28,6 +29,7 @@ import numpy as np
 import records
 
 AGREE = 1e-6
+COLD_RUNS = 3
 PRESETS = {
     # (ties, n, p, fractions, times, peers)
     "tiny": [("efron", 2000, 3, [0.5], ["days"], ["lifelines", "statsmodels"]),
@@ -85,14 +87,19 @@ def run_shape(ties, n, p, frac, times, peers, repeats, slow, peer_limit):
     from hpcstudy.models import CoxPH
 
     X, t, e = modeldata.survival(n, p, frac, times)
-    child = records.run_child([sys.executable, __file__, "--cold", ties, str(n), str(p),
-                               str(frac), times])
-    cold = json.loads(child["stdout"])
+    # the cold fit: one per fresh process, COLD_RUNS processes, their median (one sample
+    # on a shared machine is as noisy as one warm fit)
+    colds = [json.loads(records.run_child([sys.executable, __file__, "--cold", ties, str(n),
+                                           str(p), str(frac), times])["stdout"])
+             for _ in range(COLD_RUNS)]
+    cold = {k: float(np.median([c[k] for c in colds])) for k in ("seconds", "cpu_s")}
     cold_s = cold["seconds"]
     rec = {"benchmark": "cox_peers", "ties": ties, "n": n, "p": p, "event_fraction": frac,
            "times": times, "events": int(e.sum()),
            "distinct_event_times": int(np.unique(t[e > 0]).size),
-           "hpcstudy_cold_s": round(cold_s, 4), "hpcstudy_cold_cpu_s": round(cold["cpu_s"], 4)}
+           "hpcstudy_cold_s": round(cold_s, 4), "hpcstudy_cold_cpu_s": round(cold["cpu_s"], 4),
+           "hpcstudy_cold_runs": records.summary([c["seconds"] for c in colds]),
+           "hpcstudy_cold_cpu_runs": records.summary([c["cpu_s"] for c in colds])}
     active = [q for q in peers if (q, p, ties) not in slow]
     for q in peers:
         if q not in active:

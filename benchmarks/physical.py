@@ -1,7 +1,11 @@
 """Benchmark: the physical limits beside the figures — this machine's memory bandwidth (a
 large NumPy copy; a large sum for reading alone), and the Cox fit at N = 1e6, p = 10 taken
-apart: the one-off preparation (sort and transpose), and per Newton step the risk scores,
-pass 1, the grid terms (Efron's tie expansion), pass 2 — each beside the time to read X once.
+apart: the one-off preparation, and per Newton step the risk scores, pass 1, the grid terms
+(Efron's tie expansion), pass 2 — each beside the time to read X once. With the compiled
+passes (kernels/cox_cpu.py: the default where the C extension is built) the risk scores are
+computed inside pass 1 and the preparation neither sorts nor copies X; with
+HPCSTUDY_NO_COMPILED=1 the NumPy passes are measured (their preparation sorts and
+transposes X).
 
     python benchmarks/physical.py [--n 1000000] [--p 10]
 
@@ -44,12 +48,16 @@ def bandwidth(repeats: int, size_mib: int = 1024) -> dict:
 def cox_parts(n, p, frac, times, ties, repeats) -> dict:
     from hpcstudy.models import CoxPH
     from hpcstudy_kernels import cox as K
+    from hpcstudy_kernels import cox_cpu
 
     X, t, e = modeldata.survival(n, p, frac, times)
     s = np.zeros(n, np.int64)
     w = np.ones(n)
     mean = X.mean(axis=0)
+    compiled = cox_cpu.enabled()
     names = ("read_X", "prepare", "risk", "pass1", "grid_terms", "pass2", "fit")
+    if compiled:   # r = w·exp(xβ) is computed inside pass 1
+        names = tuple(k for k in names if k != "risk")
     parts = {k: [] for k in names}
     cpu = {k: [] for k in names}   # CPU time: far steadier than wall time on a shared machine
 
@@ -67,20 +75,22 @@ def cox_parts(n, p, frac, times, ties, repeats) -> dict:
         part = timed("prepare", lambda: K.prepare(X, t, e, None, s, w, grid, mean))
         m, dw, _ = K.fixed_sums(part)
         beta = np.linspace(0.01, -0.01, p)
-        timed("risk", lambda: part.risk(beta))
+        if not compiled:
+            timed("risk", lambda: part.risk(beta))
         shift, s0, s1, e0, e1 = timed("pass1", lambda: K.pass1(part, beta))
         _, _, _, c, ee = timed("grid_terms", lambda: K.grid_terms(s0, s1, e0, e1, m, dw, ties))
         timed("pass2", lambda: K.pass2(part, beta, c, ee, shift))
         fit = timed("fit", lambda: CoxPH(ties=ties).fit(X, t, e))
     out = {k: records.summary(v) for k, v in parts.items()}
     out_cpu = {k: records.summary(v) for k, v in cpu.items()}
-    steps = ("risk", "pass1", "grid_terms", "pass2")
+    steps = tuple(k for k in ("risk", "pass1", "grid_terms", "pass2") if k in out)
     step = sum(out[k]["median"] for k in steps)
     step_cpu = sum(out_cpu[k]["median"] for k in steps)
     read = out["read_X"]["median"]
     read_cpu = max(out_cpu["read_X"]["median"], 1e-9)
     evaluations = fit.n_iter_ + 1  # β = 0 and one per Newton step (each with pass 2)
     return {"n": n, "p": p, "event_fraction": frac, "times": times, "ties": ties,
+            "compiled": compiled, "threads": cox_cpu._threads() if compiled else 1,
             "distinct_event_times": int(np.unique(t[e > 0]).size), "parts_s": out,
             "parts_cpu_s": out_cpu, "newton_evaluations": evaluations,
             "step_s": round(step, 4), "step_over_read_X": round(step / read, 2),

@@ -40,12 +40,19 @@ def load(run: str | None) -> tuple[str, list[dict]]:
     latest: dict = {}
     for r in recs:
         if r.get("run") is not None and r["run"] == source.get(r.get("benchmark")):
-            latest[tuple(str(r.get(k)) for k in IDENTITY)] = r
+            latest[identity(r)] = r
     return run, list(latest.values())
 
 
 IDENTITY = ("benchmark", "what", "model", "ties", "n", "p", "persons", "event_fraction",
             "times", "outcome_mean", "device")
+
+
+def identity(r) -> tuple:
+    """What a record measures: its case and the peers it was compared with (one shape may be
+    taken once against lifelines and once against statsmodels in one run)."""
+    peers = sorted({k.rsplit("_", 1)[0] for k in r if k.endswith(("_agreement", "_note"))})
+    return tuple(str(r.get(k)) for k in IDENTITY) + tuple(peers)
 
 
 def fmt(s, unit="s", digits=3):
@@ -232,15 +239,18 @@ def physical(recs) -> list[str]:
                    f"{r['hpcstudy_decoded_bytes_per_s'] / 1e6:,.0f} MB/s.")
     cox = [r for r in rows if r["what"] == "cox parts"]
     if cox:
+        how = (f"the compiled C passes on {cox[0].get('threads', 1)} thread(s); risk is "
+               "computed inside pass 1" if cox[0].get("compiled") else "the NumPy passes")
         out += ["", "Cox fit at N = {:,}, p = {} taken apart (medians; read X = one pass "
-                "over the covariates):".format(cox[0]["n"], cox[0]["p"]), "",
+                "over the covariates; {}):".format(cox[0]["n"], cox[0]["p"], how), "",
                 "| shape | ties | read X | prepare (once) | risk | pass 1 | grid terms | pass 2 "
                 "| step / read X | by CPU | fit | evaluations |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in cox:
             p = r["parts_s"]
             out.append(f"| {r['event_fraction']:.0%}, {r['times']} | {r['ties']} | "
-                       + " | ".join(f"{p[k]['median'] * 1e3:.1f} ms" for k in
+                       + " | ".join(f"{p[k]['median'] * 1e3:.1f} ms" if k in p else
+                                    "in pass 1" for k in
                                     ("read_X", "prepare", "risk", "pass1", "grid_terms",
                                      "pass2"))
                        + f" | {r['step_over_read_X']}× | "

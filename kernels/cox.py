@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import cox_cpu
 from ._namespace import array_namespace
 
 # |xβ| beyond which r = w·exp(xβ) is computed shifted by the largest xβ (exp(709) overflows;
@@ -60,7 +61,7 @@ def event_pairs(time, event, strata):
     if t.shape[0] == 0:
         return s, t
     if xp is np and bool(s.min() == s.max()):   # a device would have to say so: sort
-        t = xp.unique(t)
+        t = _unique_times(t)
         return xp.full(t.shape[0], s[0]), t
     order = xp.lexsort(xp.stack([t, s]))
     s, t = s[order], t[order]
@@ -69,14 +70,42 @@ def event_pairs(time, event, strata):
     return s[keep], t[keep]
 
 
+def _sorted_unique(a, xp):
+    """``xp.unique(a)`` of values that are never NaN. On the CPU by a sort and a comparison
+    (np.unique's first call imports numpy.ma: 15 ms of a first fit)."""
+    if xp is not np:
+        return xp.unique(a)
+    a = np.sort(a)
+    keep = np.ones(a.shape[0], dtype=bool)
+    keep[1:] = a[1:] != a[:-1]
+    return a[keep]
+
+
+def _unique_times(t):
+    """``np.unique(t)`` of a NumPy array (finite values); whole days over a modest span by
+    marking the days seen (linear time) instead of sorting."""
+    if t.shape[0] < 1 << 14:
+        return _sorted_unique(t, np)
+    lo, hi = float(t.min()), float(t.max())
+    if not hi - lo <= _DAY_SPAN:
+        return _sorted_unique(t, np)
+    k = t - lo   # exact for whole days
+    day = k.astype(np.int64)
+    if not np.array_equal(day, k):
+        return _sorted_unique(t, np)
+    seen = np.zeros(int(hi - lo) + 1, dtype=bool)
+    seen[day] = True
+    return np.flatnonzero(seen) + lo
+
+
 def make_grid(strata_list, time_list) -> CoxGrid:
     """Grid from the (stratum, time) event pairs of all partitions."""
     xp = array_namespace(*time_list)
     s = xp.concatenate(strata_list).astype(xp.int64)
     t = xp.concatenate(time_list)
-    times = xp.unique(t)
+    times = _sorted_unique(t, xp)
     grid = CoxGrid(times, xp.zeros(0, dtype=xp.int64))
-    grid.keys = xp.unique(grid.key(s, t))
+    grid.keys = _sorted_unique(grid.key(s, t), xp)
     return grid
 
 
@@ -127,7 +156,8 @@ class CoxPart:
     buffer: object = None   # (1 + p, n) r and r·x, off the CPU (pass 1 and 2 share it)
     _beta: object = None
     shift: float = 0.0      # see risk
-    order: object = None    # (n,) the partition's row of each prepared row (robust errors)
+    order: object = None    # (n,) the partition's row of each prepared row (robust errors;
+    # None when compiled and every row is kept: the rows are the partition's, in order)
     # With several strata: the grid index where each row's stratum starts (a row is at risk
     # on [a, b) within it) and the strata's grid bounds. Sums over the grid are then taken
     # within each stratum, never across strata and subtracted: a stratum of small risks is
@@ -135,10 +165,34 @@ class CoxPart:
     a0: object = None
     bounds: tuple | None = None
     _key: object = None     # the host key of the β of ``r`` (device path)
+    # The compiled CPU passes (kernels/cox_cpu.py) keep no copy: ``XT`` is None, ``rows`` is
+    # the caller's (n, p) covariates, uncentred, in their own order; ``keep`` the rows at risk
+    # at some grid point (empty: all); ``flags`` per kept row (cox_cpu.DEAD, LATE). The
+    # per-row arrays (w, a, b, dead, a0, order) are over the kept rows, in that order; ``a``
+    # is None when everyone is at risk from the first grid point (no entry, one stratum).
+    rows: object = None
+    keep: object = None
+    mean: object = None
+    flags: object = None
+
+    @property
+    def compiled(self) -> bool:
+        return self.rows is not None
+
+    @property
+    def n_covariates(self) -> int:
+        return int(self.mean.shape[0] if self.compiled else self.XT.shape[0])
 
     @property
     def X(self):
-        return self.XT.T
+        return self.centred() if self.compiled else self.XT.T
+
+    def centred(self):
+        """(n kept, p) centred covariates of the kept rows (a copy when compiled)."""
+        if not self.compiled:
+            return self.XT.T
+        rows = self.rows if self.keep.shape[0] == 0 else self.rows[self.keep]
+        return rows - self.mean
 
     def risk(self, beta, key=None):
         """(n,) r = w·exp(xβ − shift) at β (kept for the last β). ``shift`` is 0 unless some
@@ -146,6 +200,10 @@ class CoxPart:
         ordinary fits keep their bits. Off the CPU, ``key`` (a host value naming β, e.g. its
         bytes) says whether β is the last one, and ``shift`` is a 0-d device array: no value
         comes to the host."""
+        if self.compiled:
+            if self._beta is None or not bool(np.all(self._beta == beta)):
+                _compiled().pass1_bins(self, beta, SHIFT_ABOVE)
+            return self.r
         xp = array_namespace(self.XT)
         if xp is not np:
             return self._risk_on_device(beta, key, xp)
@@ -242,6 +300,8 @@ def _rank_lookup(times, xp, days=False):
     lo_i, hi_i = days
     table = xp.searchsorted(times, xp.arange(lo_i, hi_i + 1, dtype=times.dtype),
                             side="right")
+    if xp is np and _compiled() is not None:
+        return lambda t: cox_cpu.day_ranks(t, lo_i, table, times.shape[0])
 
     def lookup(t):
         # every grid time is a whole day, so τ ≤ t exactly when τ ≤ floor(t)
@@ -306,6 +366,9 @@ def prepare(X, time, event, entry, strata, weights, grid: CoxGrid, mean=None,
         else:
             a = xp.searchsorted(grid.keys, grid.key(strata, entry), side="right")
         bounds = grid.bounds if grid.bounds is not None else grid_facts(grid)["bounds"]
+    if xp is np and _compiled() is not None:
+        return _prepare_compiled(X, event, weights, None if entry is None and one_stratum
+                                 else a, b, a0, mean, unit, G, bounds)
     alive = (event == 0).astype(b.dtype)
     keep = xp.nonzero(b > a)[0]  # people never at risk at an event time add nothing
     everyone = keep.shape[0] == n   # (then keep is 0 … n−1: no gathers through it)
@@ -333,6 +396,39 @@ def prepare(X, time, event, entry, strata, weights, grid: CoxGrid, mean=None,
     part._unit = unit
     if xp is np:
         part.chunks = _chunks(starts, n=XT.shape[1], step=_CHUNK_BYTES // (8 * (XT.shape[0] + 1)))
+    return part
+
+
+def _compiled():
+    """The compiled CPU passes (kernels/cox_cpu.py), or None where the C extension was not
+    built or HPCSTUDY_NO_COMPILED is set."""
+    return cox_cpu if cox_cpu.enabled() else None
+
+
+def _prepare_compiled(X, event, weights, a, b, a0, mean, unit, G, bounds):
+    """A CoxPart for the compiled passes: no sort and no copy of X (see CoxPart.rows).
+    ``a`` None: everyone is at risk from the first grid point."""
+    rows = np.ascontiguousarray(X, dtype=np.float64)
+    flags, kept = cox_cpu.row_flags(b, a, a0, event)
+    everyone = kept == b.shape[0]
+    keep = np.zeros(0, np.int64)
+    if not everyone:   # people never at risk at an event time add nothing
+        keep = np.flatnonzero((flags & cox_cpu.NOT_AT_RISK) == 0)
+        flags, b = flags[keep], b[keep]
+        a = a[keep] if a is not None else None
+        a0 = a0[keep] if a0 is not None else None
+    if unit is None:
+        unit = bool(np.all(weights == 1.0))
+    w = np.ascontiguousarray(weights if everyone else weights[keep], dtype=np.float64)
+    mean = np.zeros(X.shape[1]) if mean is None else np.ascontiguousarray(mean,
+                                                                          dtype=np.float64)
+    late = np.flatnonzero(flags & cox_cpu.LATE) if a is not None else np.zeros(0, np.int64)
+    part = CoxPart(None, w, None if a is None else a.astype(np.int64, copy=False),
+                   b.astype(np.int64, copy=False), None, None, None, late, None, None,
+                   (flags & cox_cpu.DEAD).view(bool), G, order=None if everyone else keep,
+                   a0=a0, bounds=bounds if bounds is not None and len(bounds) > 2 else None,
+                   rows=rows, keep=keep, mean=mean, flags=flags)
+    part._unit = unit
     return part
 
 
@@ -421,6 +517,8 @@ def over_risk_range(csum, part):
 
 def fixed_sums(part: CoxPart):
     """β-independent sums: deaths per grid point (count, Σw) and Σ w·x over deaths."""
+    if part.compiled:
+        return _compiled().fixed_sums(part)
     xp = array_namespace(part.XT)
     G = part.grid_size
     d = part.seg_dead
@@ -442,6 +540,13 @@ def pass1(part: CoxPart, beta, key=None):
     """Risk-set sums at β: (shift, S0 (G,), S1 (G, p), E0 (G,), E1 (G, p)), every sum
     multiplied by exp(−shift) (see ``CoxPart.risk``; off the CPU ``shift`` is a 0-d device
     array). Combine partitions' results with ``add_shifted``."""
+    if part.compiled:
+        shift, dead, alive, late = _compiled().pass1_bins(part, beta, SHIFT_ABOVE)
+        e = np.ascontiguousarray(dead.T)   # (1 + p, G), as below
+        s = _leaving_after(e + alive.T, np, part.bounds)
+        if part.late.shape[0]:
+            s = s - _leaving_after(np.ascontiguousarray(late.T), np, part.bounds)
+        return shift, s[0], s[1:].T, e[0], e[1:].T
     xp = array_namespace(part.XT)
     G = part.grid_size
     part.risk(beta, key)
@@ -491,6 +596,12 @@ def add_shifted(x, y):
 def pass2(part: CoxPart, beta, c, e, shift=0.0, key=None):
     """This partition's share of Σ_j c_j S2_j − Σ_j e_j E2_j: a (p, p) matrix. ``c`` and ``e``
     come from sums at the combined ``shift`` of pass 1."""
+    if part.compiled:
+        part.risk(beta)   # r at β (pass 1 normally left it there)
+        cs = np.cumsum(c) if part.bounds is None else strata_cumsum(c, part.bounds, np)
+        cum = np.concatenate([np.zeros(1), cs])
+        scale = 1.0 if part.shift == shift else math.exp(part.shift - shift)
+        return _compiled().pass2_sum(part, cum, e, scale)
     xp = array_namespace(part.XT)
     r = part.risk(beta, key)
     if part.bounds is None:
@@ -552,6 +663,10 @@ def _grid_terms(s0, s1, e0, e1, m, dw, ties):
         loglik = -(dw[has] * xp.log(s0[has])).sum()
         if bool((s0[has] < _UNDERFLOW).any()):
             loglik = loglik * xp.nan
+        if xp is np and _compiled() is not None:
+            zero = np.zeros(G)
+            score, outer = cox_cpu.grid_products(s1, None, c, zero, alpha, zero, zero)
+            return loglik, score, outer, c, zero
         score = c @ s1
         outer = (s1 * alpha[:, None]).T @ s1
         return loglik, score, outer, c, xp.zeros(G)
@@ -584,6 +699,10 @@ def _efron_cpu(s0, s1, e0, e1, m, dw):
     """Efron's terms on the CPU: grid points with one death need no expansion (their
     denominator is S0); the others are expanded once into one (5, deaths) array and summed
     per grid point by one segmented sum (the expansion is sorted by grid point)."""
+    if _compiled() is not None:   # one grid point at a time, no expansion (cox_cpu.py)
+        c, e, alpha, beta_, gamma, ll, bad = cox_cpu.efron_terms(s0, e0, m, dw, _UNDERFLOW)
+        score, outer = cox_cpu.grid_products(s1, e1, c, e, alpha, beta_, gamma)
+        return -ll * np.nan if bad else -ll, score, outer, c, e
     G = s0.shape[0]
     c, e = np.zeros(G), np.zeros(G)
     alpha, beta_, gamma = np.zeros(G), np.zeros(G), np.zeros(G)
@@ -609,9 +728,14 @@ def _efron_cpu(s0, s1, e0, e1, m, dw):
                 bad = bad or bad_k
     if bad:
         loglik = loglik * np.nan
+    return _efron_products(loglik, s1, e1, c, e, alpha, beta_, gamma, many.shape[0] > 0)
+
+
+def _efron_products(loglik, s1, e1, c, e, alpha, beta_, gamma, ties):
+    """The score's and the information's grid parts from Efron's per-grid-point sums."""
     root = np.sqrt(alpha)[:, None] * s1
     outer = root.T @ root  # alpha ≥ 0: syrk
-    if not many.shape[0]:  # no ties: e, beta and gamma are 0
+    if not ties:  # no ties: e, beta and gamma are 0
         return loglik, c @ s1, outer, c, e
     score = c @ s1 - e @ e1
     cross = (s1 * beta_[:, None]).T @ e1

@@ -89,11 +89,14 @@ def cox_scores(part, beta, terms, shift: float = 0.0):
     """Per-row weighted score residuals w_i·W_i (n_kept, p) of a prepared Cox partition, in
     its row order (``part.order`` gives the original rows). ``shift``: the risk-set sums behind
     ``terms`` were taken times exp(−shift) (kernels/cox.py), so the risks are too."""
-    xp = array_namespace(part.XT)
+    xp = array_namespace(part.w)
     c, q, A, e, r = terms
-    X = part.XT.T
-    risk = xp.exp(xp.asarray(beta) @ part.XT - shift)
+    XT = part.XT if part.XT is not None else part.centred().T   # (compiled parts keep none)
+    X = XT.T
+    risk = xp.exp(xp.asarray(beta) @ XT - shift)
     a, b = part.a, part.b
+    if a is None:   # (compiled parts: everyone at risk from the first grid point)
+        a = xp.zeros_like(b)
     if part.bounds is None:
         cum_c = xp.concatenate([xp.zeros(1), xp.cumsum(c)])
         cum_q = xp.concatenate([xp.zeros((1, q.shape[1])), xp.cumsum(q, axis=0)], axis=0)

@@ -61,7 +61,7 @@ def _prepare(part, times, keys, facts, mean, unit):
 
 
 def _pass1(cp, beta, key):
-    xp = array_namespace(cp.XT)
+    xp = array_namespace(cp.w)
     out = K.pass1(cp, beta, key)
     if xp is np:
         return out
@@ -94,15 +94,16 @@ def _unpack1(flat, G, p):
 
 def _pass2(cp, packed, shift, key):
     """``packed``: β, then the grid weights c and e (one transfer to the device)."""
-    p, G = cp.XT.shape[0], cp.grid_size
+    p, G = cp.n_covariates, cp.grid_size
     return K.pass2(cp, packed[:p], packed[p:p + G], packed[p + G:], shift, key)
 
 
 def _cox_meat(cp, beta, terms, shift=0.0):
-    xp = array_namespace(cp.XT)
+    xp = array_namespace(cp.w)
     U = R.cox_scores(cp, xp.asarray(beta), terms, shift)
     # rows never at risk at an event time were dropped by prepare: their residual is 0
-    return R.cluster_meat(U, cp.order if cp.cluster is None else cp.cluster[cp.order])
+    order = xp.arange(cp.b.shape[0]) if cp.order is None else cp.order
+    return R.cluster_meat(U, order if cp.cluster is None else cp.cluster[order])
 
 
 class CoxPH(Fitted):

@@ -25,6 +25,17 @@ def host_value(x):
     return x if dev is None else dev.to_host(x)
 
 
+def all_finite(a, xp) -> bool:
+    """Whether every value of ``a`` is finite. On the CPU first by its sum, one pass without a
+    temporary: a NaN or ±inf anywhere makes the sum non-finite, so a finite sum proves it
+    (an overflowing or non-finite sum is then checked value by value)."""
+    if xp is np and a.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if bool(np.isfinite(a.sum())):
+                return True
+    return host_bool(xp.all(xp.isfinite(a)))
+
+
 def as_design(X, names=None):
     """(n, p) float64 array in its own namespace, and column names."""
     if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # pandas DataFrame
@@ -38,7 +49,7 @@ def as_design(X, names=None):
         X = X[:, None]
     if X.ndim != 2:
         raise ModelError(f"X must be a 2-d array, got {X.ndim} dimensions")
-    if not host_bool(xp.all(xp.isfinite(X))):
+    if not all_finite(X, xp):
         raise ModelError("X has missing or infinite values — remove or impute them first")
     p = X.shape[1]
     names = list(names) if names is not None else [f"x{i}" for i in range(p)]
@@ -53,6 +64,6 @@ def as_vector(v, n, what, xp):
     v = xp.asarray(v, dtype=xp.float64).reshape(-1)
     if v.shape[0] != n:
         raise ModelError(f"{what} has {v.shape[0]} values for {n} rows")
-    if not host_bool(xp.all(xp.isfinite(v))):
+    if not all_finite(v, xp):
         raise ModelError(f"{what} has missing or infinite values")
     return v

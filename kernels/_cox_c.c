@@ -1,0 +1,586 @@
+/* Compiled CPU passes of the Cox fit over one partition's rows (see kernels/cox_cpu.py).
+ *
+ * Arrays come through the buffer protocol, C-contiguous, of the dtypes cox_cpu.py makes them
+ * (float64, int64, uint8); their lengths are checked here against n, p and G, and every
+ * row's grid and row indices before use (a bad one raises ValueError, nothing is read out of
+ * bounds). Each pass reads the caller's row-major covariates once, in their own order,
+ * centring each row as it goes, with the GIL released. Sums run in a fixed order and nothing
+ * is compiled with fast-math: the same inputs give the same bytes on a given machine (on
+ * x86-64 the loops are compiled twice, for AVX2 + FMA and for the baseline, and the CPU picks
+ * one when the module loads).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+enum { DEAD = 1, LATE = 2, NOT_AT_RISK = 4 };
+#define BLOCK 128 /* rows per block of pass 2: a (p, BLOCK) array stays in L1 */
+
+typedef struct {
+    const double *X, *mean, *w;
+    const int64_t *keep, *a, *b;
+    const uint8_t *flags;
+    Py_ssize_t n, p, rows, nkeep, G;
+} rows_t;
+
+/* Whether row i's indices are unusable (1 <= b <= G, 0 <= a < b, keep within X's rows; no a
+ * (everyone at risk from the first grid point): no late entry). */
+static inline int bad_row(const rows_t *s, Py_ssize_t i) {
+    return (uint64_t)(s->b[i] - 1) >= (uint64_t)s->G ||
+           (s->a ? (uint64_t)s->a[i] >= (uint64_t)s->b[i] : (s->flags[i] & LATE) != 0) ||
+           (s->nkeep && (uint64_t)s->keep[i] >= (uint64_t)s->rows);
+}
+
+static inline const double *row_of(const rows_t *s, Py_ssize_t i) {
+    return s->X + (s->nkeep ? s->keep[i] : i) * s->p;
+}
+
+/* -- the loops (no Python objects; they run without the GIL) ----------------------------- */
+
+/* Rows i: r_i = w_i exp(x_i β − shift) into r; (r, r x) added into row b−1 of D (deaths) or
+ * L and, for late entries, row a−1 of E (each (G, 1 + p)). Min and max of xβ into lohi.
+ * Returns 1 at a bad row. */
+CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, double shift,
+                             double *r, double *D, double *L, double *E, double *xc,
+                             double *lohi) {
+    Py_ssize_t p = s->p, q = p + 1;
+    double lo = INFINITY, hi = -INFINITY;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        if (bad_row(s, i)) return 1;
+        const double *x = row_of(s, i);
+        double eta = 0.0;
+        for (Py_ssize_t k = 0; k < p; k++) {
+            xc[k] = x[k] - s->mean[k];
+            eta += xc[k] * beta[k];
+        }
+        if (eta < lo) lo = eta;
+        if (eta > hi) hi = eta;
+        double ri = exp(eta - shift);
+        if (!unit) ri *= s->w[i];
+        r[i] = ri;
+        double *t = ((s->flags[i] & DEAD) ? D : L) + (s->b[i] - 1) * q;
+        t[0] += ri;
+        for (Py_ssize_t k = 0; k < p; k++) t[k + 1] += ri * xc[k];
+        if (s->flags[i] & LATE) {
+            t = E + (s->a[i] - 1) * q;
+            t[0] += ri;
+            for (Py_ssize_t k = 0; k < p; k++) t[k + 1] += ri * xc[k];
+        }
+    }
+    lohi[0] = lo;
+    lohi[1] = hi;
+    return 0;
+}
+
+/* Four doubles as one value (GCC/Clang vector extension: AVX registers where the clone has
+ * them, two SSE2 halves otherwise); loads through memcpy, so no alignment is assumed. */
+typedef double v4 __attribute__((vector_size(32)));
+#define LOAD4(dst, src) memcpy(&(dst), (src), sizeof(v4))
+#define TOTAL4(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
+
+/* acc (p × p, upper triangle) += Σ_i T[k][i] T[j][i] over the m rows (a multiple of 4) of a
+ * (p, BLOCK) block: four lanes per dot product, four dot products sharing the loads of row k,
+ * the lanes added in a fixed order. */
+static inline void block_outer(const double *T, Py_ssize_t p, Py_ssize_t m, double *acc) {
+    for (Py_ssize_t k = 0; k < p; k++) {
+        const double *tk = T + k * BLOCK;
+        Py_ssize_t j = k;
+        for (; j + 3 < p; j += 4) {
+            const double *t0 = T + j * BLOCK;
+            v4 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, x, y;
+            for (Py_ssize_t i = 0; i < m; i += 4) {
+                LOAD4(x, tk + i);
+                LOAD4(y, t0 + i);
+                s0 += x * y;
+                LOAD4(y, t0 + BLOCK + i);
+                s1 += x * y;
+                LOAD4(y, t0 + 2 * BLOCK + i);
+                s2 += x * y;
+                LOAD4(y, t0 + 3 * BLOCK + i);
+                s3 += x * y;
+            }
+            acc[k * p + j] += TOTAL4(s0);
+            acc[k * p + j + 1] += TOTAL4(s1);
+            acc[k * p + j + 2] += TOTAL4(s2);
+            acc[k * p + j + 3] += TOTAL4(s3);
+        }
+        for (; j < p; j++) {
+            const double *t0 = T + j * BLOCK;
+            v4 s0 = {0}, x, y;
+            for (Py_ssize_t i = 0; i < m; i += 4) {
+                LOAD4(x, tk + i);
+                LOAD4(y, t0 + i);
+                s0 += x * y;
+            }
+            acc[k * p + j] += TOTAL4(s0);
+        }
+    }
+}
+
+/* acc (p × p, upper) = Σ_i t_i x_i x_iᵀ, t_i = r_i v_i scale with v_i = cum[b] − cum[a] (cum[a]
+ * only for late entries), less e[b − 1] for deaths; t ≤ 0 (rounding) counts as 0, a NaN goes
+ * on. Rows in blocks: T = √t·x, transposed, then T Tᵀ. Returns 1 at a bad row. */
+CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum,
+                             const double *e, double scale, double *T, double *acc) {
+    Py_ssize_t p = s->p;
+    for (Py_ssize_t lo = 0; lo < s->n; lo += BLOCK) {
+        Py_ssize_t m = 0, end = lo + BLOCK < s->n ? lo + BLOCK : s->n;
+        for (Py_ssize_t i = lo; i < end; i++) {
+            if (bad_row(s, i)) return 1;
+            uint8_t f = s->flags[i];
+            double v = cum[s->b[i]];
+            if (f & LATE) v -= cum[s->a[i]];
+            if (f & DEAD) v -= e[s->b[i] - 1];
+            double t = r[i] * (v * scale);
+            if (t <= 0.0) continue;
+            t = sqrt(t);
+            const double *x = row_of(s, i);
+            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = (x[k] - s->mean[k]) * t;
+            m++;
+        }
+        for (; m % 4; m++)   /* pad with zero rows: they add exactly 0 */
+            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = 0.0;
+        block_outer(T, p, m, acc);
+    }
+    return 0;
+}
+
+/* Deaths per grid point (count and Σw) and Σ w x over the deaths. Returns 1 at a bad row. */
+CLONES static int fixed_rows(const rows_t *s, int unit, double *count, double *sw,
+                             double *xd) {
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        if (!(s->flags[i] & DEAD)) continue;
+        if ((uint64_t)(s->b[i] - 1) >= (uint64_t)s->G ||   /* (a is not read here) */
+            (s->nkeep && (uint64_t)s->keep[i] >= (uint64_t)s->rows))
+            return 1;
+        const double *x = row_of(s, i);
+        double wi = unit ? 1.0 : s->w[i];
+        count[s->b[i] - 1] += 1.0;
+        sw[s->b[i] - 1] += wi;
+        for (Py_ssize_t k = 0; k < s->p; k++) xd[k] += wi * (x[k] - s->mean[k]);
+    }
+    return 0;
+}
+
+/* Efron's terms per grid point j with m_j deaths of total weight dw_j: the k-th of them
+ * (k = 0 … m_j − 1, f = k / m_j) sees den = S0_j − f E0_j and weighs dw_j / m_j. Into c, e,
+ * alpha, beta, gamma: Σ w/den, Σ w f/den, Σ w/den², Σ w f/den², Σ w f²/den²; returns
+ * Σ w log den, and sets *bad when some den is below ``under`` (the sums are unusable). */
+/* x = m 2^e with m in [0.5, 1) for a positive normal x: returns m, adds e to *e. */
+static inline double split_exponent(double x, int64_t *e) {
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    *e += (int64_t)((bits >> 52) & 0x7ff) - 1022;
+    bits = (bits & ~(0x7ffULL << 52)) | (1022ULL << 52);
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+CLONES static double efron_rows(Py_ssize_t G, const double *s0, const double *e0,
+                                const double *m, const double *dw, double under, double *c,
+                                double *e, double *alpha, double *beta, double *gamma,
+                                int *bad) {
+    double ll = 0.0;
+    for (Py_ssize_t j = 0; j < G; j++) {
+        double mj = m[j], sc = 0.0, se = 0.0, sa = 0.0, sb = 0.0, sg = 0.0, sl = 0.0;
+        if (mj > 0.0) {
+            double meanwt = dw[j] / mj, step = 1.0 / mj;
+            int64_t deaths = (int64_t)mj, pexp = 0;
+            /* Σ log den as the log of a running product (kept in [0.5, 1) × 2^pexp, a
+             * log per grid point instead of per death); a den outside [1e-150, 1e150] is
+             * logged on its own, so the product never overflows or underflows */
+            double prod = 1.0;
+            for (int64_t k = 0; k < deaths; k++) {
+                double f = (double)k * step;
+                double den = s0[j] - f * e0[j];
+                if (!(den >= under)) *bad = 1;
+                if (den >= 1e-150 && den <= 1e150) {
+                    prod *= den;
+                    if (k & 1) prod = split_exponent(prod, &pexp);
+                } else {
+                    sl += log(den);
+                }
+                double inv = 1.0 / den;
+                double w0 = meanwt * inv, w1 = w0 * f, w3 = w1 * inv;
+                sc += w0;
+                se += w1;
+                sa += w0 * inv;
+                sb += w3;
+                sg += w3 * f;
+            }
+            sl += log(prod) + (double)pexp * 0.6931471805599453;
+            ll += meanwt * sl;
+        }
+        c[j] = sc;
+        e[j] = se;
+        alpha[j] = sa;
+        beta[j] = sb;
+        gamma[j] = sg;
+    }
+    return ll;
+}
+
+/* The grid parts of the score and the information from the risk-set sums S1, E1 (G, p) and
+ * the per-grid-point weights: score = Σ_j c_j S1_j − e_j E1_j and the upper triangle of
+ * outer = Σ_j α_j S1_j S1_jᵀ − β_j (S1_j E1_jᵀ + E1_j S1_jᵀ) + γ_j E1_j E1_jᵀ. Without E1
+ * (Breslow) only the c and α terms. */
+CLONES static void grid_rows(Py_ssize_t G, Py_ssize_t p, const double *s1, const double *e1,
+                             const double *c, const double *e, const double *alpha,
+                             const double *beta, const double *gamma, double *score,
+                             double *outer) {
+    for (Py_ssize_t j = 0; j < G; j++) {
+        const double *s = s1 + j * p;
+        double cj = c[j], aj = alpha[j];
+        if (!e1) {
+            for (Py_ssize_t k = 0; k < p; k++) {
+                score[k] += cj * s[k];
+                double as = aj * s[k];
+                for (Py_ssize_t l = k; l < p; l++) outer[k * p + l] += as * s[l];
+            }
+            continue;
+        }
+        const double *d = e1 + j * p;
+        double ej = e[j], bj = beta[j], gj = gamma[j];
+        for (Py_ssize_t k = 0; k < p; k++) {
+            score[k] += cj * s[k] - ej * d[k];
+            double as = aj * s[k], bs = bj * s[k], bd = bj * d[k], gd = gj * d[k];
+            for (Py_ssize_t l = k; l < p; l++)
+                outer[k * p + l] += (as * s[l] - (bs * d[l] + bd * s[l])) + gd * d[l];
+        }
+    }
+    for (Py_ssize_t k = 0; k < p; k++)
+        for (Py_ssize_t l = 0; l < k; l++) outer[k * p + l] = outer[l * p + k];
+}
+
+/* -- the Python functions ------------------------------------------------------------------ */
+
+#define MAXBUF 16
+
+typedef struct {
+    Py_buffer b[MAXBUF];
+    int used;
+} buffers_t;
+
+static void release_all(buffers_t *B) {
+    for (int i = 0; i < B->used; i++) PyBuffer_Release(&B->b[i]);
+    B->used = 0;
+}
+
+/* A C-contiguous buffer of ``obj`` of exactly ``count`` items of ``size`` bytes (count < 0:
+ * any whole number of items, returned in *count_out). */
+static void *take(buffers_t *B, PyObject *obj, Py_ssize_t size, Py_ssize_t count, int write,
+                  const char *what, Py_ssize_t *count_out) {
+    Py_buffer *v = &B->b[B->used];
+    if (PyObject_GetBuffer(obj, v, (write ? PyBUF_WRITABLE : PyBUF_SIMPLE)) < 0) return NULL;
+    B->used++;
+    if (v->len % size || (count >= 0 && v->len != count * size)) {
+        PyErr_Format(PyExc_ValueError, "_cox_c: %s has %zd bytes, not %zd items of %zd",
+                     what, v->len, count, size);
+        return NULL;
+    }
+    if (count_out) *count_out = v->len / size;
+    return v->buf;
+}
+
+static PyObject *bad_index(void) {
+    PyErr_SetString(PyExc_ValueError, "_cox_c: a grid or row index out of range");
+    return NULL;
+}
+
+/* The partition's arrays: X (rows, p), keep (0 or n), mean (p), w (n), a (n, or None),
+ * b (n), flags (n); G grid points. */
+static int take_rows(buffers_t *B, rows_t *s, PyObject *X, PyObject *keep, PyObject *mean,
+                     PyObject *w, PyObject *a, PyObject *b, PyObject *flags, Py_ssize_t G) {
+    Py_ssize_t xn;
+    s->G = G;
+    if (!(s->mean = take(B, mean, 8, -1, 0, "mean", &s->p))) return -1;
+    if (!(s->b = take(B, b, 8, -1, 0, "b", &s->n))) return -1;
+    if (s->p == 0) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: no covariates");
+        return -1;
+    }
+    if (!(s->X = take(B, X, 8 * s->p, -1, 0, "X", &xn))) return -1;
+    if (!(s->keep = take(B, keep, 8, -1, 0, "keep", &s->nkeep))) return -1;
+    s->rows = xn;
+    if (s->nkeep != 0 && s->nkeep != s->n) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: keep must be empty or one per row");
+        return -1;
+    }
+    if (s->nkeep == 0 && xn != s->n) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: X must have one row per row");
+        return -1;
+    }
+    if (!(s->w = take(B, w, 8, s->n, 0, "w", NULL))) return -1;
+    s->a = NULL;
+    if (a != Py_None && !(s->a = take(B, a, 8, s->n, 0, "a", NULL))) return -1;
+    if (!(s->flags = take(B, flags, 1, s->n, 0, "flags", NULL))) return -1;
+    return 0;
+}
+
+/* pass1(X, keep, mean, beta, w, unit, a, b, flags, shift, r, dead, alive, late) -> (lo, hi) */
+static PyObject *pass1(PyObject *self, PyObject *args) {
+    PyObject *X, *keep, *mean, *beta, *w, *a, *b, *flags, *r, *dead, *alive, *late;
+    int unit;
+    double shift, lohi[2];
+    if (!PyArg_ParseTuple(args, "OOOOOpOOOdOOOO", &X, &keep, &mean, &beta, &w, &unit, &a, &b,
+                          &flags, &shift, &r, &dead, &alive, &late))
+        return NULL;
+    buffers_t B = {.used = 0};
+    rows_t s;
+    PyObject *out = NULL;
+    double *xc = NULL;
+    Py_ssize_t cells;
+    double *D = take(&B, dead, 8, -1, 1, "dead", &cells);
+    if (!D || take_rows(&B, &s, X, keep, mean, w, a, b, flags, 0) < 0) goto done;
+    s.G = cells / (s.p + 1);
+    double *L = take(&B, alive, 8, s.G * (s.p + 1), 1, "alive", NULL);
+    double *E = L ? take(&B, late, 8, s.G * (s.p + 1), 1, "late", NULL) : NULL;
+    const double *bt = E ? take(&B, beta, 8, s.p, 0, "beta", NULL) : NULL;
+    double *rr = bt ? take(&B, r, 8, s.n, 1, "r", NULL) : NULL;
+    if (!rr) goto done;
+    if (cells != s.G * (s.p + 1)) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: the bins must be (G, 1 + p)");
+        goto done;
+    }
+    if (!(xc = PyMem_Malloc(s.p * sizeof(double)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = pass1_rows(&s, bt, unit, shift, rr, D, L, E, xc, lohi);
+    Py_END_ALLOW_THREADS
+    out = bad ? bad_index() : Py_BuildValue("(dd)", lohi[0], lohi[1]);
+done:
+    PyMem_Free(xc);
+    release_all(&B);
+    return out;
+}
+
+/* pass2(X, keep, mean, r, a, b, flags, cum, e, scale, out): out (p, p) = Σ r v x xᵀ */
+static PyObject *pass2(PyObject *self, PyObject *args) {
+    PyObject *X, *keep, *mean, *r, *a, *b, *flags, *cum, *e, *out;
+    double scale;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOdO", &X, &keep, &mean, &r, &a, &b, &flags, &cum, &e,
+                          &scale, &out))
+        return NULL;
+    buffers_t B = {.used = 0};
+    rows_t s;
+    PyObject *ret = NULL;
+    double *T = NULL, *acc = NULL;
+    Py_ssize_t G;
+    const double *ee = take(&B, e, 8, -1, 0, "e", &G);
+    if (!ee || take_rows(&B, &s, X, keep, mean, r, a, b, flags, G) < 0) goto done;
+    const double *rr = take(&B, r, 8, s.n, 0, "r", NULL);
+    const double *C = rr ? take(&B, cum, 8, G + 1, 0, "cum", NULL) : NULL;
+    double *o = C ? take(&B, out, 8, s.p * s.p, 1, "out", NULL) : NULL;
+    if (!o) goto done;
+    T = PyMem_Calloc(s.p * BLOCK, sizeof(double));
+    acc = PyMem_Calloc(s.p * s.p, sizeof(double));
+    if (!T || !acc) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = pass2_rows(&s, rr, C, ee, scale, T, acc);
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        bad_index();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < s.p; k++)
+        for (Py_ssize_t j = k; j < s.p; j++) o[k * s.p + j] = o[j * s.p + k] = acc[k * s.p + j];
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyMem_Free(T);
+    PyMem_Free(acc);
+    release_all(&B);
+    return ret;
+}
+
+/* fixed(X, keep, mean, w, unit, b, flags, count, sw, xd) */
+static PyObject *fixed(PyObject *self, PyObject *args) {
+    PyObject *X, *keep, *mean, *w, *b, *flags, *count, *sw, *xd;
+    int unit;
+    if (!PyArg_ParseTuple(args, "OOOOpOOOOO", &X, &keep, &mean, &w, &unit, &b, &flags, &count,
+                          &sw, &xd))
+        return NULL;
+    buffers_t B = {.used = 0};
+    rows_t s;
+    PyObject *ret = NULL;
+    Py_ssize_t G;
+    double *cnt = take(&B, count, 8, -1, 1, "count", &G);
+    if (!cnt || take_rows(&B, &s, X, keep, mean, w, Py_None, b, flags, G) < 0) goto done;
+    double *sws = take(&B, sw, 8, G, 1, "sw", NULL);
+    double *xs = sws ? take(&B, xd, 8, s.p, 1, "xd", NULL) : NULL;
+    if (!xs) goto done;
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = fixed_rows(&s, unit, cnt, sws, xs);
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        bad_index();
+        goto done;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    release_all(&B);
+    return ret;
+}
+
+/* efron(s0, e0, m, dw, under, c, e, alpha, beta, gamma) -> (Σ w log den, bad) */
+static PyObject *efron(PyObject *self, PyObject *args) {
+    PyObject *s0, *e0, *m, *dw, *c, *e, *al, *be, *ga;
+    double under;
+    if (!PyArg_ParseTuple(args, "OOOOdOOOOO", &s0, &e0, &m, &dw, &under, &c, &e, &al, &be, &ga))
+        return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    Py_ssize_t G = 0;
+    const double *S0 = take(&B, s0, 8, -1, 0, "s0", &G);
+    const double *E0 = S0 ? take(&B, e0, 8, G, 0, "e0", NULL) : NULL;
+    const double *M = E0 ? take(&B, m, 8, G, 0, "m", NULL) : NULL;
+    const double *DW = M ? take(&B, dw, 8, G, 0, "dw", NULL) : NULL;
+    double *out[5] = {NULL};
+    PyObject *objs[5] = {c, e, al, be, ga};
+    const char *names[5] = {"c", "e", "alpha", "beta", "gamma"};
+    for (int i = 0; i < 5 && DW; i++)
+        if (!(out[i] = take(&B, objs[i], 8, G, 1, names[i], NULL))) goto done;
+    if (!DW) goto done;
+    for (Py_ssize_t j = 0; j < G; j++)
+        if (!(M[j] >= 0.0 && M[j] < 9.0e15)) {   /* a count of deaths */
+            PyErr_SetString(PyExc_ValueError, "_cox_c: m must hold counts of deaths");
+            goto done;
+        }
+    int bad = 0;
+    double ll;
+    Py_BEGIN_ALLOW_THREADS
+    ll = efron_rows(G, S0, E0, M, DW, under, out[0], out[1], out[2], out[3], out[4], &bad);
+    Py_END_ALLOW_THREADS
+    ret = Py_BuildValue("(dO)", ll, bad ? Py_True : Py_False);
+done:
+    release_all(&B);
+    return ret;
+}
+
+/* day_ranks(t, first, table, T, out): out[i] = the number of grid times ≤ t[i] when every
+ * grid time is a whole day: table[floor(t) − first] within the table, 0 before it, T after. */
+static PyObject *day_ranks(PyObject *self, PyObject *args) {
+    PyObject *t, *table, *out;
+    double first;
+    long long T;
+    if (!PyArg_ParseTuple(args, "OdOLO", &t, &first, &table, &T, &out)) return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    Py_ssize_t n, span;
+    const double *tt = take(&B, t, 8, -1, 0, "t", &n);
+    const int64_t *tab = tt ? take(&B, table, 8, -1, 0, "table", &span) : NULL;
+    int64_t *o = tab ? take(&B, out, 8, n, 1, "out", NULL) : NULL;
+    if (!o) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double d = floor(tt[i]) - first;
+        o[i] = !(d >= 0.0) ? 0 : d >= (double)span ? (int64_t)T : tab[(Py_ssize_t)d];
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    release_all(&B);
+    return ret;
+}
+
+/* grid_products(s1, e1 or None, c, e, alpha, beta, gamma, score, outer): see grid_rows */
+static PyObject *grid_products(PyObject *self, PyObject *args) {
+    PyObject *s1, *e1, *c, *e, *al, *be, *ga, *score, *outer;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO", &s1, &e1, &c, &e, &al, &be, &ga, &score, &outer))
+        return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    Py_ssize_t G = 0, p = 0, cells = 0;
+    double *sc = take(&B, score, 8, -1, 1, "score", &p);
+    const double *S1 = sc ? take(&B, s1, 8, -1, 0, "s1", &cells) : NULL;
+    if (!S1) goto done;
+    if (p == 0 || cells % p) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: s1 must be (G, p)");
+        goto done;
+    }
+    G = cells / p;
+    const double *E1 = NULL;
+    if (e1 != Py_None && !(E1 = take(&B, e1, 8, G * p, 0, "e1", NULL))) goto done;
+    const double *w[5] = {NULL};
+    PyObject *objs[5] = {c, e, al, be, ga};
+    const char *names[5] = {"c", "e", "alpha", "beta", "gamma"};
+    for (int i = 0; i < 5; i++)
+        if (!(w[i] = take(&B, objs[i], 8, G, 0, names[i], NULL))) goto done;
+    double *o = take(&B, outer, 8, p * p, 1, "outer", NULL);
+    if (!o) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    grid_rows(G, p, S1, E1, w[0], w[1], w[2], w[3], w[4], sc, o);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    release_all(&B);
+    return ret;
+}
+
+/* row_flags(b, a or None, a0 or None, event, flags) -> rows at risk somewhere (b > a):
+ * flags[i] = DEAD (event ≠ 0) | LATE (a > a0, or a > 0 without a0) | NOT_AT_RISK (b ≤ a). */
+static PyObject *row_flags(PyObject *self, PyObject *args) {
+    PyObject *b, *a, *a0, *event, *flags;
+    if (!PyArg_ParseTuple(args, "OOOOO", &b, &a, &a0, &event, &flags)) return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    Py_ssize_t n = 0, kept = 0;
+    const int64_t *bb = take(&B, b, 8, -1, 0, "b", &n);
+    const double *ev = bb ? take(&B, event, 8, n, 0, "event", NULL) : NULL;
+    uint8_t *fl = ev ? take(&B, flags, 1, n, 1, "flags", NULL) : NULL;
+    if (!fl) goto done;
+    const int64_t *aa = NULL, *a00 = NULL;
+    if (a != Py_None && !(aa = take(&B, a, 8, n, 0, "a", NULL))) goto done;
+    if (a0 != Py_None && !(a00 = take(&B, a0, 8, n, 0, "a0", NULL))) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t ai = aa ? aa[i] : 0;
+        uint8_t f = ev[i] != 0.0 ? DEAD : 0;
+        if (ai > (a00 ? a00[i] : 0)) f |= LATE;
+        if (bb[i] <= ai) f |= NOT_AT_RISK;
+        else kept++;
+        fl[i] = f;
+    }
+    Py_END_ALLOW_THREADS
+    ret = PyLong_FromSsize_t(kept);
+done:
+    release_all(&B);
+    return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"pass1", pass1, METH_VARARGS, "Pass 1 of the Cox fit (kernels/cox_cpu.py)."},
+    {"pass2", pass2, METH_VARARGS, "Pass 2 of the Cox fit (kernels/cox_cpu.py)."},
+    {"fixed", fixed, METH_VARARGS, "The deaths' sums of the Cox fit (kernels/cox_cpu.py)."},
+    {"grid_products", grid_products, METH_VARARGS, "The grid parts of score and information."},
+    {"row_flags", row_flags, METH_VARARGS, "Each row's flags (dead, late, not at risk)."},
+    {"day_ranks", day_ranks, METH_VARARGS, "Ranks of times on a grid of whole days."},
+    {"efron", efron, METH_VARARGS, "Efron's tie terms per grid point (kernels/cox_cpu.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_cox_c", "Compiled CPU passes of the Cox fit.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__cox_c(void) { return PyModule_Create(&module); }

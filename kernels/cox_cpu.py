@@ -1,0 +1,203 @@
+"""Compiled CPU passes of the Cox fit, used by ``kernels/cox.py`` on NumPy arrays.
+
+The passes are C (``kernels/_cox_c.c``, built with the package as ``hpcstudy_kernels._cox_c``;
+a C extension rather than a JIT so that the first fit in a process pays no compilation or
+JIT start-up). Each pass reads the caller's row-major covariates once, in their own row order,
+centring each row as it goes: no sort and no copy of X. Pass 1 computes r = w·exp(xβ − shift)
+and adds r and r·x into per-grid-point bins (deaths, survivors and late entries apart); pass 2
+adds r·v·x xᵀ. Everything that follows on the (small) grid is the NumPy code of
+``kernels/cox.py``. Rows in fixed chunks (two threads), each summed in row order and the
+chunks added in order: the same inputs give the same bytes.
+
+Used when the extension was built and ``HPCSTUDY_NO_COMPILED`` is unset (or 0); otherwise
+the NumPy passes of ``kernels/cox.py`` run (the same estimates up to rounding).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+try:   # a source checkout without a build, or a platform without a C compiler
+    from . import _cox_c
+except ImportError:   # pragma: no cover - depends on the installation
+    _cox_c = None
+
+# flags of a row: it dies at its exit grid point; it enters after its stratum's first grid
+# point; it is at risk at no grid point (b ≤ a: prepare drops it)
+DEAD, LATE, NOT_AT_RISK = 1, 2, 4
+
+
+def enabled() -> bool:
+    """Whether the compiled passes are used (built, and not switched off)."""
+    return _cox_c is not None and os.environ.get("HPCSTUDY_NO_COMPILED", "") in ("", "0")
+
+
+# A partition's rows are split into CHUNKS fixed ranges (from _MIN_CHUNK rows each), run on
+# up to as many threads (the C loops release the GIL: both cores of a small machine work on
+# one fit); the chunks' sums are added in chunk order, so the bytes never depend on how many
+# threads ran them.
+CHUNKS = 2
+_MIN_CHUNK = 1 << 16
+
+
+def _ranges(n):
+    k = CHUNKS if n >= CHUNKS * _MIN_CHUNK else 1
+    cuts = [n * i // k for i in range(k + 1)]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def _threads() -> int:
+    """Threads for one partition's chunks: HPCSTUDY_THREADS, else the CPU count."""
+    want = os.environ.get("HPCSTUDY_THREADS", "")
+    return max(1, int(want) if want.isdigit() else (os.cpu_count() or 1))
+
+
+def _run(calls):
+    """The results of ``calls`` (functions of no arguments), in order; the first in this
+    thread, the others in threads of their own (a thread costs ~0.1 ms, a pool's import a
+    first fit 9 ms)."""
+    if len(calls) == 1 or _threads() == 1:
+        return [f() for f in calls]
+    out, errors = [None] * len(calls), []
+
+    def work(i):
+        try:
+            out[i] = calls[i]()
+        except BaseException as e:   # raised again in the calling thread
+            errors.append(e)
+
+    others = [threading.Thread(target=work, args=(i,), name="hpcstudy-cox")
+              for i in range(1, len(calls))]
+    for t in others:
+        t.start()
+    work(0)
+    for t in others:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+def _cut(v, lo, hi):
+    return None if v is None else v[lo:hi]
+
+
+def _rows(part, lo, hi):
+    """X, keep of the kept rows lo:hi (views, no copies)."""
+    if part.keep.shape[0] == 0:
+        return part.rows[lo:hi], part.keep
+    return part.rows, part.keep[lo:hi]
+
+
+def pass1_bins(part, beta, shift_above):
+    """(shift, dead, alive, late): the bins of pass 1 at β, (G, 1 + p) each, taken times
+    exp(−shift), ``shift`` chosen as ``CoxPart.risk`` chooses it (0 unless some |xβ|
+    exceeds ``shift_above``, then the largest xβ). Leaves r at β in ``part.r``."""
+    G, p = part.grid_size, part.mean.shape[0]
+    if part.r is None:
+        part.r = np.empty(part.b.shape[0])
+    beta = np.ascontiguousarray(beta, dtype=np.float64)
+    unit = part.unit_weights
+    ranges = _ranges(part.b.shape[0])
+
+    def chunk(lo, hi, shift):
+        X, keep = _rows(part, lo, hi)
+        bins = np.zeros((3, G, p + 1))
+        lohi = _cox_c.pass1(X, keep, part.mean, beta, part.w[lo:hi], unit, _cut(part.a, lo, hi),
+                            part.b[lo:hi], part.flags[lo:hi], shift, part.r[lo:hi], bins[0],
+                            bins[1], bins[2])
+        return bins, lohi
+
+    shift = 0.0
+    while True:
+        out = _run([lambda lo=lo, hi=hi, shift=shift: chunk(lo, hi, shift)
+                    for lo, hi in ranges])
+        lo = min(o[1][0] for o in out)
+        hi = max(o[1][1] for o in out)
+        # the first pass takes shift 0; only a huge |xβ| (a wild trial step) needs a second
+        if shift != 0.0 or part.b.shape[0] == 0 or max(hi, -lo) <= shift_above:
+            break
+        shift = hi
+    bins = out[0][0]
+    for more, _ in out[1:]:
+        bins += more
+    part.shift = shift
+    part._beta = beta.copy()
+    return shift, bins[0], bins[1], bins[2]
+
+
+def pass2_sum(part, cum, e, scale):
+    """Σ r v x xᵀ (p, p) at the β of the last ``pass1_bins``; see ``kernels/cox.py`` pass2."""
+    p = part.mean.shape[0]
+    cum = np.ascontiguousarray(cum, dtype=np.float64)
+    e = np.ascontiguousarray(e, dtype=np.float64)
+
+    def chunk(lo, hi):
+        X, keep = _rows(part, lo, hi)
+        out = np.empty((p, p))
+        _cox_c.pass2(X, keep, part.mean, part.r[lo:hi], _cut(part.a, lo, hi), part.b[lo:hi],
+                     part.flags[lo:hi], cum, e, float(scale), out)
+        return out
+
+    out = _run([lambda lo=lo, hi=hi: chunk(lo, hi) for lo, hi in _ranges(part.b.shape[0])])
+    total = out[0]
+    for more in out[1:]:
+        total += more
+    return total
+
+
+def fixed_sums(part):
+    """Deaths per grid point (count, Σw) and Σ w·x over the deaths."""
+    G, p = part.grid_size, part.mean.shape[0]
+    count, sw, xd = np.zeros(G), np.zeros(G), np.zeros(p)
+    _cox_c.fixed(part.rows, part.keep, part.mean, part.w, part.unit_weights, part.b,
+                 part.flags, count, sw, xd)
+    return count, sw, xd
+
+
+def row_flags(b, a, a0, event):
+    """(flags, rows at risk somewhere): each row's DEAD | LATE | NOT_AT_RISK, in one pass.
+    ``a`` None: everyone at risk from the first grid point; ``a0`` None: one stratum."""
+    flags = np.empty(b.shape[0], dtype=np.uint8)
+    args = [None if v is None else np.ascontiguousarray(v, dtype=np.int64) for v in (b, a, a0)]
+    kept = _cox_c.row_flags(*args, np.ascontiguousarray(event, dtype=np.float64), flags)
+    return flags, kept
+
+
+def day_ranks(t, first, table, size):
+    """``searchsorted(times, t, side="right")`` for grid times that are all whole days from
+    ``first``, ``table`` the rank of each day from there, ``size`` the number of grid times."""
+    out = np.empty(t.shape[0], dtype=np.int64)
+    _cox_c.day_ranks(np.ascontiguousarray(t, dtype=np.float64), float(first),
+                     np.ascontiguousarray(table, dtype=np.int64), int(size), out)
+    return out
+
+
+def grid_products(s1, e1, c, e, alpha, beta, gamma):
+    """(score, outer): Σ_j c_j S1_j − e_j E1_j and Σ_j α_j S1_j S1_jᵀ − β_j (S1_j E1_jᵀ +
+    E1_j S1_jᵀ) + γ_j E1_j E1_jᵀ over the grid (``e1`` None: the c and α terms only), in
+    one thread (BLAS on (G, p) arrays starts threads that spin on a busy machine)."""
+    p = s1.shape[1]
+    score, outer = np.zeros(p), np.zeros((p, p))
+    f64 = [np.ascontiguousarray(v, dtype=np.float64) for v in (s1, c, e, alpha, beta, gamma)]
+    e1 = None if e1 is None else np.ascontiguousarray(e1, dtype=np.float64)
+    _cox_c.grid_products(f64[0], e1, *f64[1:], score, outer)
+    return score, outer
+
+
+def efron_terms(s0, e0, m, dw, underflow):
+    """Efron's per-grid-point sums (c, e, alpha, beta, gamma), Σ w·log den, and whether some
+    den is below ``underflow``: what ``kernels/cox.py`` ``_efron_block`` gives, one grid point
+    at a time without expanding the deaths."""
+    G = s0.shape[0]
+    out = [np.zeros(G) for _ in range(5)]
+    arrays = [np.ascontiguousarray(v, dtype=np.float64) for v in (s0, e0, m, dw)]
+    ll, bad = _cox_c.efron(*arrays, float(underflow), *out)
+    return (*out, ll, bad)
+
+
+__all__ = ["enabled", "pass1_bins", "pass2_sum", "fixed_sums", "efron_terms", "day_ranks",
+           "row_flags", "grid_products", "DEAD", "LATE", "NOT_AT_RISK"]
