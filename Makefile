@@ -3,11 +3,20 @@ PYTHON ?= python3
 BIN := .venv/bin
 PERSONS ?= 200000
 
-.PHONY: demo test test-fast test-slurm test-gpu gpu-wheels install install-test system-deps lint bench clean
+.PHONY: FORCE demo test test-fast test-slurm test-gpu gpu-wheels install install-test system-deps lint bench clean
 
 .venv/.installed: pyproject.toml scripts/bootstrap-venv.sh kernels/_cox_c.c
 	PYTHON=$(PYTHON) bash scripts/bootstrap-venv.sh
 	touch $@
+
+# The editable install builds the Cox extension in place (kernels/_cox_c*.so): a checkout
+# cleaned of it (git clean) installs again wherever a C compiler could build it.
+ifneq ($(shell command -v cc || command -v gcc),)
+ifeq ($(wildcard kernels/_cox_c*.so),)
+.venv/.installed: FORCE
+endif
+endif
+FORCE:
 
 .venv/.installed-test: .venv/.installed
 	PYTHON=$(PYTHON) bash scripts/bootstrap-venv.sh test
