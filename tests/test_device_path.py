@@ -455,7 +455,9 @@ FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "
     # device arrays (and moves every host argument of a partition's step to it). Where GPU 1
     # breaks: at its first transfer, or with FAKE_CUPY_FAIL_AT=STEP:N at the N-th transfer
     # inside the per-partition step STEP (models.partitions._OnDevice, e.g. _poisson: a Newton
-    # step); each failure is logged to FAKE_CUPY_LOG as "pid step n".
+    # step); each failure is logged to FAKE_CUPY_LOG as "pid step n". FAKE_CUPY_BROKEN names
+    # the broken GPUs ("1" by default; "0,1": both); FAKE_CUPY_TOGETHER=DIR:K holds each
+    # failure until K GPUs are failing, so that they fail at the same moment.
     "cupy/__init__.py": textwrap.dedent("""\
         import os
         import sys
@@ -511,8 +513,8 @@ FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "
             return None
 
         def _breaks():
-            if os.environ.get("CUDA_VISIBLE_DEVICES") != os.environ.get("FAKE_CUPY_BROKEN",
-                                                                        "1"):
+            broken = os.environ.get("FAKE_CUPY_BROKEN", "1").split(",")
+            if os.environ.get("CUDA_VISIBLE_DEVICES") not in broken:
                 return None
             at = os.environ.get("FAKE_CUPY_FAIL_AT")
             if not at:
@@ -523,12 +525,24 @@ FAILING_GPU = {   # a test double for GPU hardware: NumPy behind CuPy's names; "
             _CALLS[step] = _CALLS.get(step, 0) + 1
             return (step, _CALLS[step]) if _CALLS[step] >= int(n) else None
 
+        def _together():   # FAKE_CUPY_TOGETHER=DIR:K: fail only once K GPUs are failing
+            at = os.environ.get("FAKE_CUPY_TOGETHER")
+            if not at:
+                return
+            import time
+            where, k = at.rsplit(":", 1)
+            open(os.path.join(where, str(os.getpid())), "w").close()
+            t0 = time.monotonic()
+            while len(os.listdir(where)) < int(k) and time.monotonic() - t0 < 20:
+                time.sleep(0.005)
+
         def asarray(a, dtype=None):
             broken = _breaks()
             if broken is not None:
                 if os.environ.get("FAKE_CUPY_LOG"):
                     with open(os.environ["FAKE_CUPY_LOG"], "a") as f:
                         f.write(f"{os.getpid()} {broken[0]} {broken[1]}\\n")
+                _together()
                 raise cuda.runtime.CUDARuntimeError("cudaErrorECCUncorrectable: "
                                                     "uncorrectable ECC error encountered")
             return _np.asarray(a, dtype=dtype).view(ndarray)
@@ -681,6 +695,28 @@ def test_a_gpu_failing_in_a_newton_step_with_no_other_worker_is_one_line_exit_1(
     assert "--resume" in lines[0] and not out.exists()
     if launcher == "local":   # the checkpoints of the tables built before the failure are kept
         assert len(list((tmp_path / "out.checkpoints").glob("*"))) >= 3
+
+
+@pytest.mark.parametrize("at", ["first transfer", "_poisson:2"])
+def test_two_gpus_failing_at_once_leave_one_worker_and_stop_in_one_line(small_data, tmp_path,
+                                                                        at):
+    """Both GPUs of a two-worker cluster fail at the same moment (their first transfer, or the
+    same Newton step). Each worker asks whether another is left before leaving; asked at once,
+    both could see the other and leave, and the run would wait for a worker for ever. Only one
+    may leave: the last one stops the run with one line, exit 1, and the --resume hint."""
+    out, log = tmp_path / "out", tmp_path / "failures.log"
+    (tmp_path / "failing").mkdir()
+    env = failing_gpu(tmp_path, FAKE_CUPY_BROKEN="0,1", FAKE_CUPY_LOG=str(log),
+                      FAKE_CUPY_TOGETHER=f"{tmp_path / 'failing'}:2")
+    if at != "first transfer":
+        env["FAKE_CUPY_FAIL_AT"] = at
+    r = run_cli("run", STUDY, "--data", small_data, "--out", out, "--quiet", "--launcher",
+                "processes", "--gpus", "2", "--device", "gpu", env=env, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "the GPU failed while computing partition" in lines[0], r.stderr
+    assert "--resume" in lines[0] and not out.exists()
+    assert len({x.split()[0] for x in log.read_text().splitlines()}) == 2   # both failed
 
 
 # -- the stand-in device under a client ------------------------------------------------------

@@ -90,21 +90,32 @@ def leave_the_cluster(p: int, e: BaseException, step: str | None = None):
         worker = get_worker()
     except (ImportError, ValueError):
         raise failed from e
-    if _others(worker) == 0:   # leaving would leave the run waiting for a worker forever
+    if not _may_leave(worker):   # leaving would leave the run waiting for a worker forever
         _quiet_this_worker()   # the client says it, in one line
         raise failed from None
     worker.loop.add_callback(worker.close, nanny=True, reason=f"its GPU failed ({why})")
     raise Reschedule()
 
 
-def _others(worker) -> int:
-    """How many other workers the scheduler knows (1 where it cannot be asked: leave)."""
+def _may_leave(worker) -> bool:
+    """Whether another worker that is not itself leaving stays to take this one's work (if
+    so, this worker is counted as leaving). Asked of the scheduler, which answers one worker
+    at a time: two GPUs failing at the same moment must not both see the other and leave."""
     try:
         from distributed import get_client
 
-        return len(set(get_client().scheduler_info()["workers"]) - {worker.address})
-    except Exception:   # noqa: BLE001 - any failure to ask: assume the others are there
-        return 1
+        return bool(get_client().run_on_scheduler(_claim_leave, address=worker.address))
+    except Exception:   # noqa: BLE001 - any failure to ask: stop here rather than risk a hang
+        return False
+
+
+def _claim_leave(dask_scheduler, address: str) -> bool:
+    """On the scheduler (its event loop runs this whole, between other messages)."""
+    leaving = dask_scheduler.__dict__.setdefault("hpcstudy_leaving", set())
+    if not set(dask_scheduler.workers) - leaving - {address}:
+        return False
+    leaving.add(address)
+    return True
 
 
 class _DeviceFailedRecord:
