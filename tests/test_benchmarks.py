@@ -205,6 +205,36 @@ def test_model_benchmark_and_summary_on_tiny_sizes(tmp_path):
     assert latest["run"] == "test-run" and len(latest["records"]) == 2
 
 
+def test_summary_keeps_each_studys_cohort_records(tmp_path):
+    """Records of two studies at one size are both shown, each under its own heading, and the
+    goal line (example 1's) never reads the other study's record."""
+    def rec(study, wall):
+        t = {"wall_s": {"median": wall, "min": wall, "max": wall, "n": 1},
+             "cpu_s": {"median": wall, "min": wall, "max": wall, "n": 1},
+             "peak_rss_mib": {"median": 100.0, "min": 100.0, "max": 100.0, "n": 1},
+             "cores_busy": {"median": 1.0, "min": 1.0, "max": 1.0, "n": 1}}
+        return {"benchmark": "cohort_peers", "study": study, "persons": 1000,
+                "cohort_rows": 10, "events": 1, "person_years": 5.0, "hpcstudy": t,
+                "duckdb": t, "hpcstudy_over_duckdb_wall": wall, "hpcstudy_over_duckdb_cpu": wall,
+                "hpcstudy_over_duckdb_peak_rss": 1.0, "decoded_bytes": 1, "parquet_bytes": 1,
+                "hpcstudy_decoded_bytes_per_s": 1}
+    env = {**os.environ, "BENCH_RESULTS": str(tmp_path), "BENCH_RUN": "test-run"}
+    r = subprocess.run([sys.executable, "-c", "import records, sys; "
+                        "[records.append('cohort_peers', eval(a)) for a in sys.argv[1:]]",
+                        repr(rec("statins_mi", 0.5)), repr(rec("diabetes_incidence", 7.0))],
+                       cwd=BENCH, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "RESULTS.md"
+    r = subprocess.run([sys.executable, "summarize.py", "--out", str(out)], cwd=BENCH,
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    one, two = text.split("### Cohort building, diabetes_incidence")
+    assert "### Cohort building, example 1" in one and "duckdb 0.5×" in one
+    assert "**met**" in one and "7.0×" not in one
+    assert "duckdb 7.0×" in two and "Goal" not in two
+
+
 def test_peers_random_index_day_is_the_study_languages():
     sys.path.insert(0, str(BENCH / "peers"))
     import common
