@@ -5,6 +5,8 @@ Everyone born, alive and resident in Denmark on 2000-01-01, aged 20 ≤ age < 90
 diagnosis (any type, any contact) on or before that day, followed from that day to the first
 of: an E11* diagnosis from the day after (status 1), death (2), the day before emigrating (3),
 the end of the data (0).
+Two moves across the border on one day are left in no defined order (the docs do not give
+one; the synthetic registers have none).
 
     python benchmarks/peers/diabetes_incidence_duckdb.py DATA OUT.parquet [--threads N]
 """
