@@ -71,6 +71,7 @@ bench: .venv/.installed-bench
 	  BENCH_DATA=$(BENCH_DATA) && \
 	../$(BIN)/python physical.py && \
 	../$(BIN)/python cohort_peers.py && \
+	../$(BIN)/python cohort_peers.py --study diabetes_incidence --scaling-persons && \
 	../$(BIN)/python cox_peers.py && \
 	../$(BIN)/python glm_peers.py && \
 	../$(BIN)/python gpu_models.py && \

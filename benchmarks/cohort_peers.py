@@ -1,10 +1,13 @@
 """Benchmark: cohort building for example 1 (examples/statins_mi.yaml) — `hpcstudy run` vs the
 same study written by hand in DuckDB SQL, polars and pandas (benchmarks/peers/), on the same
 synthetic Parquet registers; and how `hpcstudy run` scales with the number of persons.
+`--study diabetes_incidence` takes examples/diabetes_incidence.yaml instead (a population
+cohort on a fixed day, a shape the engine was not tuned on; peers in DuckDB SQL and polars).
 
     python benchmarks/cohort_peers.py                      # 2e5 and 1e6 persons; scaling 1e5, 1e6
     python benchmarks/cohort_peers.py --persons 10000000   # or BENCH_SIZES=full: adds 1e7
     python benchmarks/cohort_peers.py --persons 20000 --repeats 1 --scaling   # a smoke test
+    python benchmarks/cohort_peers.py --study diabetes_incidence --persons 200000 --scaling-persons
 
 Each tool runs as a child process and the runs are interleaved (hpcstudy, duckdb, polars,
 pandas, hpcstudy, …), so each ratio compares runs under the same load. Per run: wall time, CPU
@@ -34,6 +37,15 @@ EXAMPLE = HERE.parent / "examples" / "statins_mi.yaml"
 PEERS = {"duckdb": HERE / "peers" / "statins_mi_duckdb.py",
          "polars": HERE / "peers" / "statins_mi_polars.py",
          "pandas": HERE / "peers" / "statins_mi_pandas.py"}
+# study name -> (the study, its hand-written peers, the registers it reads)
+STUDIES = {
+    "statins_mi": (EXAMPLE, PEERS, ("bef", "dod", "vnds", "lpr_adm", "lpr_diag", "lmdb")),
+    "diabetes_incidence": (
+        HERE.parent / "examples" / "diabetes_incidence.yaml",
+        {"duckdb": HERE / "peers" / "diabetes_incidence_duckdb.py",
+         "polars": HERE / "peers" / "diabetes_incidence_polars.py"},
+        ("bef", "dod", "vnds", "lpr_adm", "lpr_diag")),
+}
 SEED = 1
 
 
@@ -56,12 +68,12 @@ def dataset(root: Path, persons: int) -> Path:
     return path
 
 
-def scanned_bytes(data: Path) -> dict:
-    """Parquet bytes on disk and decoded (uncompressed) of the registers example 1 reads."""
+def scanned_bytes(data: Path, study: str = "statins_mi") -> dict:
+    """Parquet bytes on disk and decoded (uncompressed) of the registers the study reads."""
     import pyarrow.parquet as pq
 
     disk = decoded = 0
-    for reg in ("bef", "dod", "vnds", "lpr_adm", "lpr_diag", "lmdb"):
+    for reg in STUDIES[study][2]:
         for f in sorted((data / reg).glob("*.parquet")):
             disk += f.stat().st_size
             md = pq.ParquetFile(f).metadata
@@ -69,16 +81,17 @@ def scanned_bytes(data: Path) -> dict:
     return {"parquet_bytes": disk, "decoded_bytes": decoded}
 
 
-def run_hpcstudy(data: Path, out: Path) -> tuple[dict, Path]:
-    res = records.run_child([sys.executable, "-m", "hpcstudy.cli", "run", str(EXAMPLE),
+def run_hpcstudy(data: Path, out: Path, study: str = "statins_mi") -> tuple[dict, Path]:
+    res = records.run_child([sys.executable, "-m", "hpcstudy.cli", "run", str(STUDIES[study][0]),
                              "--data", str(data), "--out", str(out), "--overwrite", "--quiet"])
     return res, out / "private" / "person_table.parquet"
 
 
-def run_peer(name: str, data: Path, out: Path) -> tuple[dict, Path]:
+def run_peer(name: str, data: Path, out: Path, study: str = "statins_mi") -> tuple[dict, Path]:
     out.mkdir(parents=True, exist_ok=True)
     table = out / f"{name}.parquet"
-    return records.run_child([sys.executable, str(PEERS[name]), str(data), str(table)]), table
+    peer = STUDIES[study][1][name]
+    return records.run_child([sys.executable, str(peer), str(data), str(table)]), table
 
 
 def person_table(path: Path):
@@ -111,16 +124,17 @@ def cohort_figures(t) -> dict:
             "person_years": round(float(t.time.sum()) / 365.25, 3)}
 
 
-def measure(data: Path, work: Path, tools: list[str], repeats: int) -> dict:
+def measure(data: Path, work: Path, tools: list[str], repeats: int,
+            study: str = "statins_mi") -> dict:
     runs = {t: [] for t in tools}
     figures = {}
     for _ in range(repeats):
         tables = {}
         for tool in tools:
             if tool == "hpcstudy":
-                res, table = run_hpcstudy(data, work / "hpcstudy-out")
+                res, table = run_hpcstudy(data, work / "hpcstudy-out", study)
             else:
-                res, table = run_peer(tool, data, work / "peers")
+                res, table = run_peer(tool, data, work / "peers", study)
             runs[tool].append(res)
             tables[tool] = table
         ours = person_table(tables["hpcstudy"])
@@ -148,22 +162,28 @@ def main() -> None:
                     default=[200_000, 1_000_000] + [10_000_000] * full)
     ap.add_argument("--scaling-persons", type=int, nargs="*",
                     default=[100_000, 1_000_000] + [10_000_000] * full)
-    ap.add_argument("--peers", nargs="*", default=list(PEERS))
+    ap.add_argument("--study", choices=list(STUDIES), default="statins_mi")
+    ap.add_argument("--peers", nargs="*", help="default: every peer of the study")
     ap.add_argument("--repeats", type=int, default=None,
                     help="runs of each tool (default 3 up to 2e5 persons, 2 above, 1 at 1e7)")
     ap.add_argument("--data-root", type=Path,
                     default=Path(os.environ.get("BENCH_DATA", "/tmp/hpcstudy-bench")))
     a = ap.parse_args()
     work = a.data_root / "work"
+    peers = STUDIES[a.study][1]
+    if a.peers is None:
+        a.peers = list(peers)
+    if set(a.peers) - set(peers):
+        ap.error(f"--peers: {a.study} has peers {', '.join(peers)}")
     tools = ["hpcstudy", *a.peers]
     scaling: dict[int, dict] = {}
     for persons in sorted(a.persons):
         data = dataset(a.data_root, persons)
         repeats = a.repeats or (3 if persons <= 200_000 else 2 if persons <= 1_000_000 else 1)
-        m = measure(data, work, tools, repeats)
-        rec = {"benchmark": "cohort_peers", "persons": persons,
+        m = measure(data, work, tools, repeats, a.study)
+        rec = {"benchmark": "cohort_peers", "study": a.study, "persons": persons,
                "partitions": partitions_for(persons), **m["figures"]["hpcstudy"],
-               **scanned_bytes(data), "repeats": repeats}
+               **scanned_bytes(data, a.study), "repeats": repeats}
         for tool in tools:
             rec[tool] = summarise(m["runs"][tool])
         ours = rec["hpcstudy"]
@@ -180,14 +200,14 @@ def main() -> None:
         scaling[persons] = ours
     for persons in sorted(set(a.scaling_persons) - set(scaling)):
         data = dataset(a.data_root, persons)
-        m = measure(data, work, ["hpcstudy"], a.repeats or 2)
+        m = measure(data, work, ["hpcstudy"], a.repeats or 2, a.study)
         scaling[persons] = summarise(m["runs"]["hpcstudy"])
     if len(scaling) >= 2:
         n = np.array(sorted(scaling), float)
         t = np.array([scaling[int(k)]["wall_s"]["median"] for k in n])
         slope = float(np.polyfit(np.log(n), np.log(t), 1)[0])
         records.append("scaling", {
-            "benchmark": "scaling", "study": "statins_mi",
+            "benchmark": "scaling", "study": a.study,
             "points": [{"persons": int(k), **scaling[int(k)]} for k in n],
             "slope_log_time_vs_log_persons": round(slope, 3)})
     shutil.rmtree(work, ignore_errors=True)

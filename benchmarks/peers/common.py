@@ -75,3 +75,12 @@ def charlson_hierarchy() -> dict[str, str]:
     from hpcstudy.study.charlson import HIERARCHY
 
     return dict(HIERARCHY)
+
+
+# examples/diabetes_incidence.yaml: a population cohort on a fixed day (group 1), no comparator
+class Diabetes:
+    INDEX = day("2000-01-01")                     # index.date
+    AGE = (20.0, 90.0)                            # population.age, [low, high)
+    CODES = "DE11"                                # codelists.diabetes: E11* (Danish D prefix)
+    COLUMNS = ["pnr", "group", "index_date", "age", "sex", "exit_date", "status", "time",
+               "event"]
