@@ -13,6 +13,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
@@ -22,7 +23,6 @@
 #endif
 
 enum { DEAD = 1, LATE = 2, NOT_AT_RISK = 4 };
-#define BLOCK 128 /* rows per block of pass 2: a (p, BLOCK) array stays in L1 */
 
 typedef struct {
     const double *X, *mean, *w;
@@ -43,36 +43,133 @@ static inline const double *row_of(const rows_t *s, Py_ssize_t i) {
     return s->X + (s->nkeep ? s->keep[i] : i) * s->p;
 }
 
+/* 64-byte aligned zeros (bins whose 4-vectors never straddle a cache line) */
+static double *aligned_zeros(Py_ssize_t count) {
+    size_t bytes = ((size_t)(count > 0 ? count : 1) * sizeof(double) + 63) & ~(size_t)63;
+    double *out = aligned_alloc(64, bytes);
+    if (out) memset(out, 0, bytes);
+    return out;
+}
+
 /* -- the loops (no Python objects; they run without the GIL) ----------------------------- */
 
-/* Rows i: r_i = w_i exp(x_i β − shift) into r; (r, r x) added into row b−1 of D (deaths) or
- * L and, for late entries, row a−1 of E (each (G, 1 + p)). Min and max of xβ into lohi.
- * Returns 1 at a bad row. */
-CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, double shift,
-                             double *r, double *D, double *L, double *E, double *xc,
-                             double *lohi) {
-    Py_ssize_t p = s->p, q = p + 1;
-    double lo = INFINITY, hi = -INFINITY;
-    for (Py_ssize_t i = 0; i < s->n; i++) {
-        if (bad_row(s, i)) return 1;
-        const double *x = row_of(s, i);
-        double eta = 0.0;
-        for (Py_ssize_t k = 0; k < p; k++) {
-            xc[k] = x[k] - s->mean[k];
-            eta += xc[k] * beta[k];
+/* Four doubles as one value (GCC/Clang vector extension: AVX registers where the clone has
+ * them, two SSE2 halves otherwise); loads through memcpy, so no alignment is assumed. Every
+ * operation on them is one IEEE operation per lane, so both clones give the same bits. */
+typedef double v4 __attribute__((vector_size(32)));
+typedef int64_t v4i __attribute__((vector_size(32)));
+#define LOAD4(dst, src) memcpy(&(dst), (src), sizeof(v4))
+#define STORE4(dst, src) memcpy((dst), &(src), sizeof(v4))
+#define TOTAL4(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
+
+/* exp of the four values at z, in place, by fdlibm's method (e_exp.c, error below 1 ulp): x = k ln2 + r with
+ * |r| ≤ ln2/2, exp(r) by a rational approximation, then times 2^k in two factors, so that a
+ * result in the subnormal range is rounded once. Below −1000 gives 0, above 710 inf, NaN
+ * NaN. Only +, −, ×, ÷ and integer operations (no libm, no fused multiply-add): the same bits
+ * in every clone, one AVX2 instruction per operation where the clone has AVX2. */
+static inline void exp4(double *z) {
+    v4 x;
+    LOAD4(x, z);
+    const v4 lo = {-1000.0, -1000.0, -1000.0, -1000.0}, hi = {710.0, 710.0, 710.0, 710.0};
+    const v4 shifter = {0x1.8p52, 0x1.8p52, 0x1.8p52, 0x1.8p52};
+    v4i below = x < lo, above = x > hi;   /* false for NaN: NaN goes through */
+    x = (v4)(((v4i)x & ~below) | ((v4i)lo & below));
+    x = (v4)(((v4i)x & ~above) | ((v4i)hi & above));
+    v4 kd = x * 1.44269504088896338700e+00 + shifter;   /* round(x / ln2) + 1.5·2^52 */
+    v4i k = (v4i)kd - (v4i)shifter;
+    kd = kd - shifter;
+    v4 h = x - kd * 6.93147180369123816490e-01;   /* k·ln2hi is exact (ln2hi: 32 bits) */
+    v4 l = kd * 1.90821492927058770002e-10;
+    v4 r = h - l, t = r * r;
+    v4 c = r - t * (1.66666666666666019037e-01 +
+                    t * (-2.77777777770155933842e-03 +
+                         t * (6.61375632143793436117e-05 +
+                              t * (-1.65339022054652515390e-06 +
+                                   t * 4.13813679705723846039e-08))));
+    v4 y = 1.0 - ((l - (r * c) / (2.0 - c)) - h);
+    v4i k1 = ((k + 2048) >> 1) - 1024, k2 = k - k1;   /* k in [−1443, 1025]: halves normal */
+    v4 s1 = (v4)((k1 + 1023) << 52), s2 = (v4)((k2 + 1023) << 52);
+    x = (y * s1) * s2;
+    STORE4(z, x);
+}
+
+/* u (one grid point's bin) += r z zᵀ over the first `rows` rows k of z zᵀ, each from column
+ * 4⌊k/4⌋ to qq (the row's whole 4-vectors). z = (1, centred x, zeros) of qq doubles: row 0
+ * is (r, r x), pass 1's bin; all q = 1 + p rows hold r x xᵀ too (a bucket, one pass per step).
+ * Each entry is u + (r z_k) z_j: the same operations in every clone. */
+static inline __attribute__((always_inline)) void add_outer(double *u, const double *z,
+                                                            double ri, Py_ssize_t rows,
+                                                            Py_ssize_t qq) {
+    for (Py_ssize_t k = 0; k < rows; k++) {
+        double rk = ri * z[k];
+        v4 rv = {rk, rk, rk, rk}, y, w;
+        for (Py_ssize_t j = k & ~(Py_ssize_t)3; j < qq; j += 4, u += 4) {
+            LOAD4(y, z + j);
+            LOAD4(w, u);
+            w += rv * y;
+            STORE4(u, w);
         }
-        if (eta < lo) lo = eta;
-        if (eta > hi) hi = eta;
-        double ri = exp(eta - shift);
-        if (!unit) ri *= s->w[i];
-        r[i] = ri;
-        double *t = ((s->flags[i] & DEAD) ? D : L) + (s->b[i] - 1) * q;
-        t[0] += ri;
-        for (Py_ssize_t k = 0; k < p; k++) t[k + 1] += ri * xc[k];
-        if (s->flags[i] & LATE) {
-            t = E + (s->a[i] - 1) * q;
-            t[0] += ri;
-            for (Py_ssize_t k = 0; k < p; k++) t[k + 1] += ri * xc[k];
+    }
+}
+
+/* Doubles per grid point in add_outer's bin of `rows` rows, for p covariates. */
+static Py_ssize_t bin_cells(Py_ssize_t p, Py_ssize_t rows) {
+    Py_ssize_t qq = (p + 4) & ~(Py_ssize_t)3, cells = 0;
+    for (Py_ssize_t k = 0; k < rows; k++) cells += qq - (k & ~(Py_ssize_t)3);
+    return cells;
+}
+
+#define RB 64 /* rows per block of pass 1 */
+
+/* Rows i: r_i = w_i exp(x_i β − shift) into r; r z zᵀ (add_outer, `rows` rows: 1 for the
+ * bins (r, r x), 1 + p for buckets that hold r x xᵀ too) added into grid point b−1 of D
+ * (deaths) or L and, for late entries, grid point a−1 of E (each G × `cells`). Min and max of
+ * xβ into lohi. Rows in blocks of RB: z and xβ for the block (four columns at a time, lane
+ * k mod 4 adding the terms k, then the lanes in order), exp four rows at a time, then the
+ * bins. z: (RB + 1) × qq doubles, zero. Returns 1 at a bad row. */
+CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, double shift,
+                             double *r, double *D, double *L, double *E, Py_ssize_t rows,
+                             Py_ssize_t cells, double *z, double *lohi) {
+    Py_ssize_t p = s->p, qq = (p + 4) & ~(Py_ssize_t)3;
+    double lo = INFINITY, hi = -INFINITY, eta[RB];
+    const double *bp = beta;
+    for (Py_ssize_t i = 0; i < RB; i++) z[i * qq] = 1.0;
+    for (Py_ssize_t start = 0; start < s->n; start += RB) {
+        Py_ssize_t m = s->n - start < RB ? s->n - start : RB;
+        for (Py_ssize_t i = 0; i < m; i++) {
+            if (bad_row(s, start + i)) return 1;
+            const double *x = row_of(s, start + i);
+            double *c = z + i * qq + 1;
+            /* the loads are of x, not of c just stored (no store-to-load stall) */
+            v4 acc = {0.0, 0.0, 0.0, 0.0}, u, mk, b;
+            Py_ssize_t k = 0;
+            for (; k + 4 <= p; k += 4) {
+                LOAD4(u, x + k);
+                LOAD4(mk, s->mean + k);
+                LOAD4(b, bp + k);
+                u -= mk;
+                STORE4(c + k, u);
+                acc += u * b;
+            }
+            for (; k < p; k++) {
+                double ck = x[k] - s->mean[k];
+                c[k] = ck;
+                acc[k & 3] += ck * bp[k];
+            }
+            double e = TOTAL4(acc);
+            if (e < lo) lo = e;
+            if (e > hi) hi = e;
+            eta[i] = e - shift;
+        }
+        for (Py_ssize_t i = m; i < RB; i++) eta[i] = 0.0;
+        for (Py_ssize_t i = 0; i < m; i += 4) exp4(eta + i);
+        for (Py_ssize_t i = 0; i < m; i++) {
+            Py_ssize_t row = start + i;
+            double ri = unit ? eta[i] : eta[i] * s->w[row];
+            r[row] = ri;
+            uint8_t f = s->flags[row];
+            add_outer(((f & DEAD) ? D : L) + (s->b[row] - 1) * cells, z + i * qq, ri, rows, qq);
+            if (f & LATE) add_outer(E + (s->a[row] - 1) * cells, z + i * qq, ri, rows, qq);
         }
     }
     lohi[0] = lo;
@@ -80,75 +177,98 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
     return 0;
 }
 
-/* Four doubles as one value (GCC/Clang vector extension: AVX registers where the clone has
- * them, two SSE2 halves otherwise); loads through memcpy, so no alignment is assumed. */
-typedef double v4 __attribute__((vector_size(32)));
-#define LOAD4(dst, src) memcpy(&(dst), (src), sizeof(v4))
-#define TOTAL4(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
-
-/* acc (p × p, upper triangle) += Σ_i T[k][i] T[j][i] over the m rows (a multiple of 4) of a
- * (p, BLOCK) block: four lanes per dot product, four dot products sharing the loads of row k,
- * the lanes added in a fixed order. */
-static inline void block_outer(const double *T, Py_ssize_t p, Py_ssize_t m, double *acc) {
-    for (Py_ssize_t k = 0; k < p; k++) {
-        const double *tk = T + k * BLOCK;
-        Py_ssize_t j = k;
-        for (; j + 3 < p; j += 4) {
-            const double *t0 = T + j * BLOCK;
-            v4 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, x, y;
-            for (Py_ssize_t i = 0; i < m; i += 4) {
-                LOAD4(x, tk + i);
-                LOAD4(y, t0 + i);
-                s0 += x * y;
-                LOAD4(y, t0 + BLOCK + i);
-                s1 += x * y;
-                LOAD4(y, t0 + 2 * BLOCK + i);
-                s2 += x * y;
-                LOAD4(y, t0 + 3 * BLOCK + i);
-                s3 += x * y;
-            }
-            acc[k * p + j] += TOTAL4(s0);
-            acc[k * p + j + 1] += TOTAL4(s1);
-            acc[k * p + j + 2] += TOTAL4(s2);
-            acc[k * p + j + 3] += TOTAL4(s3);
-        }
-        for (; j < p; j++) {
-            const double *t0 = T + j * BLOCK;
-            v4 s0 = {0}, x, y;
-            for (Py_ssize_t i = 0; i < m; i += 4) {
-                LOAD4(x, tk + i);
-                LOAD4(y, t0 + i);
-                s0 += x * y;
-            }
-            acc[k * p + j] += TOTAL4(s0);
-        }
+/* acc (nb) = Σ_g L2[g] wl_g + D2[g] wd_g − E2[g] wl_g with wl_g = cum[g+1]·scale and wd_g =
+ * (cum[g+1] − e[g])·scale (≤ 0 by rounding: 0): pass 2's Σ r v z zᵀ from pass 1's buckets
+ * (G × nb each). */
+CLONES static void bucket_rows(Py_ssize_t G, Py_ssize_t nb, const double *D2, const double *L2,
+                               const double *E2, const double *cum, const double *e,
+                               double scale, double *acc) {
+    for (Py_ssize_t g = 0; g < G; g++) {
+        double wl = cum[g + 1] * scale, wd = (cum[g + 1] - e[g]) * scale;
+        if (wd <= 0.0) wd = 0.0;
+        const double *l = L2 + g * nb, *d = D2 + g * nb, *x = E2 ? E2 + g * nb : NULL;
+        if (x)
+            for (Py_ssize_t c = 0; c < nb; c++) acc[c] += (l[c] * wl + d[c] * wd) - x[c] * wl;
+        else
+            for (Py_ssize_t c = 0; c < nb; c++) acc[c] += l[c] * wl + d[c] * wd;
     }
 }
 
-/* acc (p × p, upper) = Σ_i t_i x_i x_iᵀ, t_i = r_i v_i scale with v_i = cum[b] − cum[a] (cum[a]
- * only for late entries), less e[b − 1] for deaths; t ≤ 0 (rounding) counts as 0, a NaN goes
- * on. Rows in blocks: T = √t·x, transposed, then T Tᵀ. Returns 1 at a bad row. */
-CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum,
-                             const double *e, double scale, double *T, double *acc) {
-    Py_ssize_t p = s->p;
-    for (Py_ssize_t lo = 0; lo < s->n; lo += BLOCK) {
-        Py_ssize_t m = 0, end = lo + BLOCK < s->n ? lo + BLOCK : s->n;
-        for (Py_ssize_t i = lo; i < end; i++) {
-            if (bad_row(s, i)) return 1;
-            uint8_t f = s->flags[i];
-            double v = cum[s->b[i]];
-            if (f & LATE) v -= cum[s->a[i]];
-            if (f & DEAD) v -= e[s->b[i] - 1];
-            double t = r[i] * (v * scale);
-            if (t <= 0.0) continue;
-            t = sqrt(t);
-            const double *x = row_of(s, i);
-            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = (x[k] - s->mean[k]) * t;
-            m++;
+/* acc[k][j-vector] += Σ_i a_ik x_i[4(j0 + jj) …] for the 4 rows k = k0 … k0 + 3 and NJ
+ * column vectors jj from j0, over the m rows of the block (X and A = t·X, each m × pp): the
+ * 4 × NJ accumulators stay in registers (NJ ≤ 2, with the loads 11 of 16 registers). */
+static inline __attribute__((always_inline)) void tile(const double *X, const double *A,
+                                                       Py_ssize_t m, Py_ssize_t pp,
+                                                       Py_ssize_t k0, Py_ssize_t j0, int NJ,
+                                                       v4 *acc) {
+    v4 s[4][2];
+    for (int kk = 0; kk < 4; kk++)
+        for (int jj = 0; jj < NJ; jj++) s[kk][jj] = (v4){0.0, 0.0, 0.0, 0.0};
+    for (Py_ssize_t i = 0; i < m; i++) {
+        const double *x = X + i * pp, *a = A + i * pp + k0;
+        v4 y[2];
+        for (int jj = 0; jj < NJ; jj++) LOAD4(y[jj], x + 4 * (j0 + jj));
+        for (int kk = 0; kk < 4; kk++) {
+            v4 av = {a[kk], a[kk], a[kk], a[kk]};
+            for (int jj = 0; jj < NJ; jj++) s[kk][jj] += av * y[jj];
         }
-        for (; m % 4; m++)   /* pad with zero rows: they add exactly 0 */
-            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = 0.0;
-        block_outer(T, p, m, acc);
+    }
+    for (int kk = 0; kk < 4; kk++)
+        for (int jj = 0; jj < NJ; jj++) acc[kk * (pp / 4) + jj] += s[kk][jj];
+}
+
+/* acc (pp × pp, as pp/4 4-vectors per row) += Σ_i t_i x_i x_iᵀ over a block, rows k from
+ * column vector ⌊k/4⌋ on: tiles of 4 rows × up to 2 column vectors, in a fixed order. */
+static inline __attribute__((always_inline)) void block_outer(const double *X, const double *A,
+                                                              Py_ssize_t m, Py_ssize_t pp,
+                                                              v4 *acc) {
+    Py_ssize_t nv = pp / 4;
+    for (Py_ssize_t k0 = 0; k0 < pp; k0 += 4)
+        for (Py_ssize_t j0 = k0 / 4; j0 < nv; j0 += 2) {
+            v4 *a = acc + k0 * nv + j0;
+            if (nv - j0 >= 2) tile(X, A, m, pp, k0, j0, 2, a);
+            else tile(X, A, m, pp, k0, j0, 1, a);
+        }
+}
+
+/* acc (pp × pp in 4-vectors, see block_outer) = Σ_i t_i x_i x_iᵀ, t_i = r_i v_i scale with
+ * v_i = cum[b] − cum[a] (cum[a] only for late entries), less e[b − 1] for deaths; t ≤ 0
+ * (rounding) counts as 0, a NaN goes on. Rows in blocks of RB: centred into Xb (RB × pp,
+ * zero past p) and times t below them (RB × pp), then the block's tiles. Returns 1 at a bad row. */
+CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum,
+                             const double *e, double scale, double *Xb, v4 *acc) {
+    Py_ssize_t p = s->p, pp = (p + 3) & ~(Py_ssize_t)3;
+    double t[RB];
+    for (Py_ssize_t lo = 0; lo < s->n; lo += RB) {
+        Py_ssize_t m = s->n - lo < RB ? s->n - lo : RB;
+        for (Py_ssize_t i = 0; i < m; i++) {
+            Py_ssize_t row = lo + i;
+            if (bad_row(s, row)) return 1;
+            uint8_t f = s->flags[row];
+            double v = cum[s->b[row]];
+            if (f & LATE) v -= cum[s->a[row]];
+            if (f & DEAD) v -= e[s->b[row] - 1];
+            double ti = r[row] * (v * scale);
+            t[i] = ti <= 0.0 ? 0.0 : ti;
+            const double *x = row_of(s, row);
+            double *c = Xb + i * pp;
+            Py_ssize_t k = 0;
+            v4 u, mk;
+            for (; k + 4 <= p; k += 4) {
+                LOAD4(u, x + k);
+                LOAD4(mk, s->mean + k);
+                u -= mk;
+                STORE4(c + k, u);
+            }
+            for (; k < p; k++) c[k] = x[k] - s->mean[k];
+            double *ac = Xb + (RB + i) * pp;   /* t_i x_i */
+            for (k = 0; k < pp; k += 4) {
+                LOAD4(u, c + k);
+                u *= t[i];
+                STORE4(ac + k, u);
+            }
+        }
+        block_outer(Xb, Xb + RB * pp, m, pp, acc);
     }
     return 0;
 }
@@ -260,6 +380,21 @@ CLONES static void grid_rows(Py_ssize_t G, Py_ssize_t p, const double *s1, const
         for (Py_ssize_t l = 0; l < k; l++) outer[k * p + l] = outer[l * p + k];
 }
 
+/* out = exp4 of x, four at a time (the tail through a zero-padded vector) */
+CLONES static void exp_rows(Py_ssize_t n, const double *x, double *out) {
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        memcpy(out + i, x + i, 4 * sizeof(double));
+        exp4(out + i);
+    }
+    if (i < n) {
+        double tail[4] = {0.0, 0.0, 0.0, 0.0};
+        memcpy(tail, x + i, (n - i) * sizeof(double));
+        exp4(tail);
+        memcpy(out + i, tail, (n - i) * sizeof(double));
+    }
+}
+
 /* -- the Python functions ------------------------------------------------------------------ */
 
 #define MAXBUF 16
@@ -325,44 +460,158 @@ static int take_rows(buffers_t *B, rows_t *s, PyObject *X, PyObject *keep, PyObj
     return 0;
 }
 
-/* pass1(X, keep, mean, beta, w, unit, a, b, flags, shift, r, dead, alive, late) -> (lo, hi) */
+/* pass1(X, keep, mean, beta, w, unit, a, b, flags, shift, r, dead, alive, late[, dead2,
+ * alive2, late2]) -> (lo, hi): bins (G, 1 + p) added into. With dead2 (one pass per step):
+ * buckets (G, bucket_cells(p)) of r z zᵀ, z = (1, x), added into as well (late2 is only
+ * written where some row enters late and may then be alive2) */
 static PyObject *pass1(PyObject *self, PyObject *args) {
     PyObject *X, *keep, *mean, *beta, *w, *a, *b, *flags, *r, *dead, *alive, *late;
+    PyObject *dead2 = Py_None, *alive2 = Py_None, *late2 = Py_None;
     int unit;
     double shift, lohi[2];
-    if (!PyArg_ParseTuple(args, "OOOOOpOOOdOOOO", &X, &keep, &mean, &beta, &w, &unit, &a, &b,
-                          &flags, &shift, &r, &dead, &alive, &late))
+    if (!PyArg_ParseTuple(args, "OOOOOpOOOdOOOO|OOO", &X, &keep, &mean, &beta, &w, &unit, &a,
+                          &b, &flags, &shift, &r, &dead, &alive, &late, &dead2, &alive2,
+                          &late2))
         return NULL;
     buffers_t B = {.used = 0};
     rows_t s;
     PyObject *out = NULL;
-    double *xc = NULL;
+    double *z = NULL, *own = NULL, *D2 = NULL, *L2 = NULL, *E2 = NULL;
     Py_ssize_t cells;
     double *D = take(&B, dead, 8, -1, 1, "dead", &cells);
     if (!D || take_rows(&B, &s, X, keep, mean, w, a, b, flags, 0) < 0) goto done;
-    s.G = cells / (s.p + 1);
-    double *L = take(&B, alive, 8, s.G * (s.p + 1), 1, "alive", NULL);
-    double *E = L ? take(&B, late, 8, s.G * (s.p + 1), 1, "late", NULL) : NULL;
+    Py_ssize_t q = s.p + 1, qq = (s.p + 4) & ~(Py_ssize_t)3;
+    s.G = cells / q;
+    double *L = take(&B, alive, 8, s.G * q, 1, "alive", NULL);
+    double *E = L ? take(&B, late, 8, s.G * q, 1, "late", NULL) : NULL;
     const double *bt = E ? take(&B, beta, 8, s.p, 0, "beta", NULL) : NULL;
     double *rr = bt ? take(&B, r, 8, s.n, 1, "r", NULL) : NULL;
     if (!rr) goto done;
-    if (cells != s.G * (s.p + 1)) {
+    if (cells != s.G * q) {
         PyErr_SetString(PyExc_ValueError, "_cox_c: the bins must be (G, 1 + p)");
         goto done;
     }
-    if (!(xc = PyMem_Malloc(s.p * sizeof(double)))) {
+    Py_ssize_t rows = 1, nb = qq;
+    if (dead2 != Py_None) {
+        rows = q;
+        nb = bin_cells(s.p, q);
+        if (!(D2 = take(&B, dead2, 8, s.G * nb, 1, "dead2", NULL)) ||
+            !(L2 = take(&B, alive2, 8, s.G * nb, 1, "alive2", NULL)) ||
+            !(E2 = take(&B, late2, 8, s.G * nb, 1, "late2", NULL)))
+            goto done;
+    } else {   /* the bins padded to whole 4-vectors, aligned */
+        if (!(own = aligned_zeros(3 * s.G * qq))) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        D2 = own, L2 = own + s.G * qq, E2 = own + 2 * s.G * qq;
+    }
+    if (!(z = PyMem_Calloc((RB + 1) * qq, sizeof(double)))) {
         PyErr_NoMemory();
         goto done;
     }
     int bad;
     Py_BEGIN_ALLOW_THREADS
-    bad = pass1_rows(&s, bt, unit, shift, rr, D, L, E, xc, lohi);
+    bad = pass1_rows(&s, bt, unit, shift, rr, D2, L2, E2, rows, nb, z, lohi);
+    if (!bad) {   /* the bins: row 0 of each grid point's r z zᵀ */
+        int three = E2 != L2;
+        for (Py_ssize_t g = 0; g < s.G; g++)
+            for (Py_ssize_t k = 0; k < q; k++) {
+                D[g * q + k] += D2[g * nb + k];
+                L[g * q + k] += L2[g * nb + k];
+                if (three) E[g * q + k] += E2[g * nb + k];
+            }
+    }
     Py_END_ALLOW_THREADS
     out = bad ? bad_index() : Py_BuildValue("(dd)", lohi[0], lohi[1]);
 done:
-    PyMem_Free(xc);
+    PyMem_Free(z);
+    free(own);
     release_all(&B);
     return out;
+}
+
+/* buckets(dead2, alive2, late2 or None, cum, e, scale, out): out (p, p) = Σ r v x xᵀ, as
+ * pass2 gives it, from pass 1's buckets of r x xᵀ (see bucket_rows) */
+static PyObject *buckets(PyObject *self, PyObject *args) {
+    PyObject *dead2, *alive2, *late2, *cum, *e, *out;
+    double scale;
+    if (!PyArg_ParseTuple(args, "OOOOOdO", &dead2, &alive2, &late2, &cum, &e, &scale, &out))
+        return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    double *acc = NULL;
+    Py_ssize_t G = 0, pp2 = 0, cells = 0;
+    const double *ee = take(&B, e, 8, -1, 0, "e", &G);
+    double *o = ee ? take(&B, out, 8, -1, 1, "out", &pp2) : NULL;
+    if (!o) goto done;
+    Py_ssize_t p = 0;
+    while ((p + 1) * (p + 1) <= pp2) p++;
+    if (p == 0 || p * p != pp2) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: out must be (p, p)");
+        goto done;
+    }
+    Py_ssize_t nb = bin_cells(p, p + 1);
+    const double *C = take(&B, cum, 8, G + 1, 0, "cum", NULL);
+    const double *D2 = C ? take(&B, dead2, 8, G * nb, 0, "dead2", &cells) : NULL;
+    const double *L2 = D2 ? take(&B, alive2, 8, G * nb, 0, "alive2", NULL) : NULL;
+    if (!L2) goto done;
+    const double *E2 = NULL;
+    if (late2 != Py_None && !(E2 = take(&B, late2, 8, G * nb, 0, "late2", NULL))) goto done;
+    if (!(acc = PyMem_Calloc(nb, sizeof(double)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    bucket_rows(G, nb, D2, L2, E2, C, ee, scale, acc);
+    Py_END_ALLOW_THREADS
+    /* rows and columns 1 … p of z zᵀ (z = (1, x)) */
+    const double *u = acc;
+    Py_ssize_t qq = (p + 4) & ~(Py_ssize_t)3;
+    for (Py_ssize_t k = 0; k <= p; k++) {
+        Py_ssize_t j0 = k & ~(Py_ssize_t)3;
+        if (k)
+            for (Py_ssize_t j = k; j <= p; j++)
+                o[(k - 1) * p + j - 1] = o[(j - 1) * p + k - 1] = u[j - j0];
+        u += qq - j0;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyMem_Free(acc);
+    release_all(&B);
+    return ret;
+}
+
+/* exp(x, out): out = exp(x) as pass 1 computes it (exp4) */
+static PyObject *exp_(PyObject *self, PyObject *args) {
+    PyObject *x, *out;
+    if (!PyArg_ParseTuple(args, "OO", &x, &out)) return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    Py_ssize_t n = 0;
+    const double *xx = take(&B, x, 8, -1, 0, "x", &n);
+    double *o = xx ? take(&B, out, 8, n, 1, "out", NULL) : NULL;
+    if (!o) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    exp_rows(n, xx, o);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    release_all(&B);
+    return ret;
+}
+
+/* bucket_cells(p): doubles per grid point in pass 1's buckets of r z zᵀ, z = (1, x) */
+static PyObject *bucket_cells_(PyObject *self, PyObject *args) {
+    Py_ssize_t p;
+    if (!PyArg_ParseTuple(args, "n", &p)) return NULL;
+    if (p < 1) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: p must be at least 1");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(bin_cells(p, p + 1));
 }
 
 /* pass2(X, keep, mean, r, a, b, flags, cum, e, scale, out): out (p, p) = Σ r v x xᵀ */
@@ -383,27 +632,29 @@ static PyObject *pass2(PyObject *self, PyObject *args) {
     const double *C = rr ? take(&B, cum, 8, G + 1, 0, "cum", NULL) : NULL;
     double *o = C ? take(&B, out, 8, s.p * s.p, 1, "out", NULL) : NULL;
     if (!o) goto done;
-    T = PyMem_Calloc(s.p * BLOCK, sizeof(double));
-    acc = PyMem_Calloc(s.p * s.p, sizeof(double));
+    Py_ssize_t pp = (s.p + 3) & ~(Py_ssize_t)3;
+    T = aligned_zeros(2 * RB * pp);
+    acc = aligned_zeros(pp * pp);
     if (!T || !acc) {
         PyErr_NoMemory();
         goto done;
     }
     int bad;
     Py_BEGIN_ALLOW_THREADS
-    bad = pass2_rows(&s, rr, C, ee, scale, T, acc);
+    bad = pass2_rows(&s, rr, C, ee, scale, T, (v4 *)acc);
     Py_END_ALLOW_THREADS
     if (bad) {
         bad_index();
         goto done;
     }
-    for (Py_ssize_t k = 0; k < s.p; k++)
-        for (Py_ssize_t j = k; j < s.p; j++) o[k * s.p + j] = o[j * s.p + k] = acc[k * s.p + j];
+    for (Py_ssize_t k = 0; k < s.p; k++)   /* (row k is filled from column 4⌊k/4⌋) */
+        for (Py_ssize_t j = k; j < s.p; j++)
+            o[k * s.p + j] = o[j * s.p + k] = acc[k * pp + j];
     ret = Py_None;
     Py_INCREF(ret);
 done:
-    PyMem_Free(T);
-    PyMem_Free(acc);
+    free(T);
+    free(acc);
     release_all(&B);
     return ret;
 }
@@ -570,6 +821,9 @@ done:
 static PyMethodDef methods[] = {
     {"pass1", pass1, METH_VARARGS, "Pass 1 of the Cox fit (kernels/cox_cpu.py)."},
     {"pass2", pass2, METH_VARARGS, "Pass 2 of the Cox fit (kernels/cox_cpu.py)."},
+    {"buckets", buckets, METH_VARARGS, "Pass 2's sum from pass 1's buckets of r x x'."},
+    {"bucket_cells", bucket_cells_, METH_VARARGS, "Doubles per grid point in a bucket."},
+    {"exp", exp_, METH_VARARGS, "exp as pass 1 computes it."},
     {"fixed", fixed, METH_VARARGS, "The deaths' sums of the Cox fit (kernels/cox_cpu.py)."},
     {"grid_products", grid_products, METH_VARARGS, "The grid parts of score and information."},
     {"row_flags", row_flags, METH_VARARGS, "Each row's flags (dead, late, not at risk)."},

@@ -92,48 +92,96 @@ def _rows(part, lo, hi):
     return part.rows, part.keep[lo:hi]
 
 
+# One pass over X per Newton step: pass 1 also adds r x xᵀ into per-grid-point buckets
+# (deaths, survivors and late entries apart, bucket_cells(p) doubles per grid point each),
+# and pass 2's Σ r v x xᵀ is then a sum over the grid of the buckets times v (no second read
+# of X). Taken where the buckets are small beside the rows: per chunk at most ONE_PASS_BYTES
+# (they stay in a core's cache; each row adds into one of them) and at most one
+# bucket row per ONE_PASS_ROWS rows (the grid sum stays small beside the rows' work). A rule
+# on the shape alone (grid points, covariates, late entries, rows): never the thread count.
+ONE_PASS_BYTES = 3 << 20
+ONE_PASS_ROWS = 8
+
+
+def _aligned_zeros(shape):
+    """Zeros starting on a 64-byte boundary (the C loops' 4-vectors never straddle a cache
+    line: bucket_cells is a multiple of 4)."""
+    size = int(np.prod(shape))
+    raw = np.zeros(size + 8)
+    skip = (-raw.ctypes.data % 64) // 8
+    return raw[skip:skip + size].reshape(shape)
+
+
+def one_pass(rows, grid_size, p, late):
+    """Whether a partition of ``rows`` kept rows on a grid of ``grid_size`` points with ``p``
+    covariates (``late``: some row enters late) takes one pass over X per Newton step."""
+    chunk = rows // len(_ranges(rows)) if rows else 0
+    kinds = 3 if late else 2
+    cells = grid_size * _cox_c.bucket_cells(p) * kinds
+    return 8 * cells <= ONE_PASS_BYTES and grid_size * kinds * ONE_PASS_ROWS <= chunk
+
+
 def pass1_bins(part, beta, shift_above):
     """(shift, dead, alive, late): the bins of pass 1 at β, (G, 1 + p) each, taken times
     exp(−shift), ``shift`` chosen as ``CoxPart.risk`` chooses it (0 unless some |xβ|
-    exceeds ``shift_above``, then the largest xβ). Leaves r at β in ``part.r``."""
+    exceeds ``shift_above``, then the largest xβ). Leaves r at β in ``part.r`` and, where
+    ``one_pass`` holds, the buckets of r x xᵀ in ``part.buckets`` (else None)."""
     G, p = part.grid_size, part.mean.shape[0]
+    n = part.b.shape[0]
     if part.r is None:
-        part.r = np.empty(part.b.shape[0])
+        part.r = np.empty(n)
     beta = np.ascontiguousarray(beta, dtype=np.float64)
     unit = part.unit_weights
-    ranges = _ranges(part.b.shape[0])
+    ranges = _ranges(n)
+    late = part.late.shape[0] > 0
+    fused = one_pass(n, G, p, late)
+    cells = _cox_c.bucket_cells(p)
 
     def chunk(lo, hi, shift):
         X, keep = _rows(part, lo, hi)
         bins = np.zeros((3, G, p + 1))
+        more = ()
+        if fused:   # (the late bucket is never written without late entries)
+            buckets = _aligned_zeros((3 if late else 2, G, cells))
+            more = (buckets[0], buckets[1], buckets[2 if late else 1])
         lohi = _cox_c.pass1(X, keep, part.mean, beta, part.w[lo:hi], unit, _cut(part.a, lo, hi),
                             part.b[lo:hi], part.flags[lo:hi], shift, part.r[lo:hi], bins[0],
-                            bins[1], bins[2])
-        return bins, lohi
+                            bins[1], bins[2], *more)
+        return bins, buckets if fused else None, lohi
 
     shift = 0.0
     while True:
         out = _run([lambda lo=lo, hi=hi, shift=shift: chunk(lo, hi, shift)
                     for lo, hi in ranges])
-        lo = min(o[1][0] for o in out)
-        hi = max(o[1][1] for o in out)
+        lo = min(o[2][0] for o in out)
+        hi = max(o[2][1] for o in out)
         # the first pass takes shift 0; only a huge |xβ| (a wild trial step) needs a second
-        if shift != 0.0 or part.b.shape[0] == 0 or max(hi, -lo) <= shift_above:
+        if shift != 0.0 or n == 0 or max(hi, -lo) <= shift_above:
             break
         shift = hi
-    bins = out[0][0]
-    for more, _ in out[1:]:
+    bins, buckets = out[0][0], out[0][1]
+    for more, more2, _ in out[1:]:   # in chunk order
         bins += more
+        if fused:
+            buckets += more2
     part.shift = shift
     part._beta = beta.copy()
+    part.buckets = buckets
     return shift, bins[0], bins[1], bins[2]
 
 
 def pass2_sum(part, cum, e, scale):
-    """Σ r v x xᵀ (p, p) at the β of the last ``pass1_bins``; see ``kernels/cox.py`` pass2."""
+    """Σ r v x xᵀ (p, p) at the β of the last ``pass1_bins``; see ``kernels/cox.py`` pass2.
+    From pass 1's buckets where it left them, else by a second pass over X."""
     p = part.mean.shape[0]
     cum = np.ascontiguousarray(cum, dtype=np.float64)
     e = np.ascontiguousarray(e, dtype=np.float64)
+    buckets = part.buckets
+    if buckets is not None:
+        out = np.empty((p, p))
+        late = buckets[2] if buckets.shape[0] == 3 else None
+        _cox_c.buckets(buckets[0], buckets[1], late, cum, e, float(scale), out)
+        return out
 
     def chunk(lo, hi):
         X, keep = _rows(part, lo, hi)
@@ -199,5 +247,5 @@ def efron_terms(s0, e0, m, dw, underflow):
     return (*out, ll, bad)
 
 
-__all__ = ["enabled", "pass1_bins", "pass2_sum", "fixed_sums", "efron_terms", "day_ranks",
-           "row_flags", "grid_products", "DEAD", "LATE", "NOT_AT_RISK"]
+__all__ = ["enabled", "one_pass", "pass1_bins", "pass2_sum", "fixed_sums", "efron_terms",
+           "day_ranks", "row_flags", "grid_products", "DEAD", "LATE", "NOT_AT_RISK"]
