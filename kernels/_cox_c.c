@@ -16,7 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+/* COX_ONE_TARGET=1 (baseline) or 3 (x86-64-v3) builds one of the two clones alone: the
+ * tests build both and compare their bits. */
+#if defined(COX_ONE_TARGET) && COX_ONE_TARGET == 3
+#define CLONES __attribute__((target("arch=x86-64-v3")))
+#elif defined(COX_ONE_TARGET)
+#define CLONES
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define CLONES
@@ -120,6 +126,7 @@ static Py_ssize_t bin_cells(Py_ssize_t p, Py_ssize_t rows) {
 }
 
 #define RB 64 /* rows per block of pass 1 */
+#define BLOCK 128 /* rows per block of pass 2: a (p, BLOCK) array stays in L1 */
 
 /* Rows i: r_i = w_i exp(x_i β − shift) into r; r z zᵀ (add_outer, `rows` rows: 1 for the
  * bins (r, r x), 1 + p for buckets that hold r x xᵀ too) added into grid point b−1 of D
@@ -194,81 +201,69 @@ CLONES static void bucket_rows(Py_ssize_t G, Py_ssize_t nb, const double *D2, co
     }
 }
 
-/* acc[k][j-vector] += Σ_i a_ik x_i[4(j0 + jj) …] for the 4 rows k = k0 … k0 + 3 and NJ
- * column vectors jj from j0, over the m rows of the block (X and A = t·X, each m × pp): the
- * 4 × NJ accumulators stay in registers (NJ ≤ 2, with the loads 11 of 16 registers). */
-static inline __attribute__((always_inline)) void tile(const double *X, const double *A,
-                                                       Py_ssize_t m, Py_ssize_t pp,
-                                                       Py_ssize_t k0, Py_ssize_t j0, int NJ,
-                                                       v4 *acc) {
-    v4 s[4][2];
-    for (int kk = 0; kk < 4; kk++)
-        for (int jj = 0; jj < NJ; jj++) s[kk][jj] = (v4){0.0, 0.0, 0.0, 0.0};
-    for (Py_ssize_t i = 0; i < m; i++) {
-        const double *x = X + i * pp, *a = A + i * pp + k0;
-        v4 y[2];
-        for (int jj = 0; jj < NJ; jj++) LOAD4(y[jj], x + 4 * (j0 + jj));
-        for (int kk = 0; kk < 4; kk++) {
-            v4 av = {a[kk], a[kk], a[kk], a[kk]};
-            for (int jj = 0; jj < NJ; jj++) s[kk][jj] += av * y[jj];
+/* acc (p × p, upper triangle) += Σ_i T[k][i] T[j][i] over the m rows (a multiple of 4) of a
+ * (p, BLOCK) block: four lanes per dot product, four dot products sharing the loads of row k,
+ * the lanes added in a fixed order. */
+static inline void block_outer(const double *T, Py_ssize_t p, Py_ssize_t m, double *acc) {
+    for (Py_ssize_t k = 0; k < p; k++) {
+        const double *tk = T + k * BLOCK;
+        Py_ssize_t j = k;
+        for (; j + 3 < p; j += 4) {
+            const double *t0 = T + j * BLOCK;
+            v4 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, x, y;
+            for (Py_ssize_t i = 0; i < m; i += 4) {
+                LOAD4(x, tk + i);
+                LOAD4(y, t0 + i);
+                s0 += x * y;
+                LOAD4(y, t0 + BLOCK + i);
+                s1 += x * y;
+                LOAD4(y, t0 + 2 * BLOCK + i);
+                s2 += x * y;
+                LOAD4(y, t0 + 3 * BLOCK + i);
+                s3 += x * y;
+            }
+            acc[k * p + j] += TOTAL4(s0);
+            acc[k * p + j + 1] += TOTAL4(s1);
+            acc[k * p + j + 2] += TOTAL4(s2);
+            acc[k * p + j + 3] += TOTAL4(s3);
+        }
+        for (; j < p; j++) {
+            const double *t0 = T + j * BLOCK;
+            v4 s0 = {0}, x, y;
+            for (Py_ssize_t i = 0; i < m; i += 4) {
+                LOAD4(x, tk + i);
+                LOAD4(y, t0 + i);
+                s0 += x * y;
+            }
+            acc[k * p + j] += TOTAL4(s0);
         }
     }
-    for (int kk = 0; kk < 4; kk++)
-        for (int jj = 0; jj < NJ; jj++) acc[kk * (pp / 4) + jj] += s[kk][jj];
 }
 
-/* acc (pp × pp, as pp/4 4-vectors per row) += Σ_i t_i x_i x_iᵀ over a block, rows k from
- * column vector ⌊k/4⌋ on: tiles of 4 rows × up to 2 column vectors, in a fixed order. */
-static inline __attribute__((always_inline)) void block_outer(const double *X, const double *A,
-                                                              Py_ssize_t m, Py_ssize_t pp,
-                                                              v4 *acc) {
-    Py_ssize_t nv = pp / 4;
-    for (Py_ssize_t k0 = 0; k0 < pp; k0 += 4)
-        for (Py_ssize_t j0 = k0 / 4; j0 < nv; j0 += 2) {
-            v4 *a = acc + k0 * nv + j0;
-            if (nv - j0 >= 2) tile(X, A, m, pp, k0, j0, 2, a);
-            else tile(X, A, m, pp, k0, j0, 1, a);
-        }
-}
-
-/* acc (pp × pp in 4-vectors, see block_outer) = Σ_i t_i x_i x_iᵀ, t_i = r_i v_i scale with
- * v_i = cum[b] − cum[a] (cum[a] only for late entries), less e[b − 1] for deaths; t ≤ 0
- * (rounding) counts as 0, a NaN goes on. Rows in blocks of RB: centred into Xb (RB × pp,
- * zero past p) and times t below them (RB × pp), then the block's tiles. Returns 1 at a bad row. */
+/* acc (p × p, upper) = Σ_i t_i x_i x_iᵀ, t_i = r_i v_i scale with v_i = cum[b] − cum[a] (cum[a]
+ * only for late entries), less e[b − 1] for deaths; t ≤ 0 (rounding) counts as 0, a NaN goes
+ * on. Rows in blocks: T = √t·x, transposed, then T Tᵀ. Returns 1 at a bad row. */
 CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum,
-                             const double *e, double scale, double *Xb, v4 *acc) {
-    Py_ssize_t p = s->p, pp = (p + 3) & ~(Py_ssize_t)3;
-    double t[RB];
-    for (Py_ssize_t lo = 0; lo < s->n; lo += RB) {
-        Py_ssize_t m = s->n - lo < RB ? s->n - lo : RB;
-        for (Py_ssize_t i = 0; i < m; i++) {
-            Py_ssize_t row = lo + i;
-            if (bad_row(s, row)) return 1;
-            uint8_t f = s->flags[row];
-            double v = cum[s->b[row]];
-            if (f & LATE) v -= cum[s->a[row]];
-            if (f & DEAD) v -= e[s->b[row] - 1];
-            double ti = r[row] * (v * scale);
-            t[i] = ti <= 0.0 ? 0.0 : ti;
-            const double *x = row_of(s, row);
-            double *c = Xb + i * pp;
-            Py_ssize_t k = 0;
-            v4 u, mk;
-            for (; k + 4 <= p; k += 4) {
-                LOAD4(u, x + k);
-                LOAD4(mk, s->mean + k);
-                u -= mk;
-                STORE4(c + k, u);
-            }
-            for (; k < p; k++) c[k] = x[k] - s->mean[k];
-            double *ac = Xb + (RB + i) * pp;   /* t_i x_i */
-            for (k = 0; k < pp; k += 4) {
-                LOAD4(u, c + k);
-                u *= t[i];
-                STORE4(ac + k, u);
-            }
+                             const double *e, double scale, double *T, double *acc) {
+    Py_ssize_t p = s->p;
+    for (Py_ssize_t lo = 0; lo < s->n; lo += BLOCK) {
+        Py_ssize_t m = 0, end = lo + BLOCK < s->n ? lo + BLOCK : s->n;
+        for (Py_ssize_t i = lo; i < end; i++) {
+            if (bad_row(s, i)) return 1;
+            uint8_t f = s->flags[i];
+            double v = cum[s->b[i]];
+            if (f & LATE) v -= cum[s->a[i]];
+            if (f & DEAD) v -= e[s->b[i] - 1];
+            double t = r[i] * (v * scale);
+            if (t <= 0.0) continue;
+            t = sqrt(t);
+            const double *x = row_of(s, i);
+            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = (x[k] - s->mean[k]) * t;
+            m++;
         }
-        block_outer(Xb, Xb + RB * pp, m, pp, acc);
+        for (; m % 4; m++)   /* pad with zero rows: they add exactly 0 */
+            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = 0.0;
+        block_outer(T, p, m, acc);
     }
     return 0;
 }
@@ -308,35 +303,60 @@ CLONES static double efron_rows(Py_ssize_t G, const double *s0, const double *e0
                                 const double *m, const double *dw, double under, double *c,
                                 double *e, double *alpha, double *beta, double *gamma,
                                 int *bad) {
+    const v4 lane = {0.0, 1.0, 2.0, 3.0}, one = {1.0, 1.0, 1.0, 1.0};
+    const v4 small = {1e-150, 1e-150, 1e-150, 1e-150}, large = {1e150, 1e150, 1e150, 1e150};
+    const v4i expo = {0x7ffLL << 52, 0x7ffLL << 52, 0x7ffLL << 52, 0x7ffLL << 52};
+    const v4i half = {1022LL << 52, 1022LL << 52, 1022LL << 52, 1022LL << 52};
     double ll = 0.0;
     for (Py_ssize_t j = 0; j < G; j++) {
         double mj = m[j], sc = 0.0, se = 0.0, sa = 0.0, sb = 0.0, sg = 0.0, sl = 0.0;
         if (mj > 0.0) {
             double meanwt = dw[j] / mj, step = 1.0 / mj;
-            int64_t deaths = (int64_t)mj, pexp = 0;
-            /* Σ log den as the log of a running product (kept in [0.5, 1) × 2^pexp, a
-             * log per grid point instead of per death); a den outside [1e-150, 1e150] is
-             * logged on its own, so the product never overflows or underflows */
-            double prod = 1.0;
-            for (int64_t k = 0; k < deaths; k++) {
-                double f = (double)k * step;
-                double den = s0[j] - f * e0[j];
-                if (!(den >= under)) *bad = 1;
-                if (den >= 1e-150 && den <= 1e150) {
-                    prod *= den;
-                    if (k & 1) prod = split_exponent(prod, &pexp);
-                } else {
-                    sl += log(den);
+            int64_t deaths = (int64_t)mj;
+            /* the deaths four at a time (lane l: k = 4i + l; lanes past the deaths weigh 0
+             * and see den 1); Σ log den as the log of a running product per lane, kept in
+             * [0.5, 1) × 2^pexp (a log per grid point, not per death); a den outside
+             * [1e-150, 1e150] is logged on its own, so no product overflows or underflows */
+            v4 vc = {0}, ve = {0}, va = {0}, vb = {0}, vg = {0}, prod = one;
+            v4i pexp = {0};
+            for (int64_t k0 = 0, it = 0; k0 < deaths; k0 += 4, it++) {
+                v4 kv = lane + (double)k0;
+                v4i real = kv < mj;
+                v4 f = kv * step;
+                v4 den = s0[j] - f * e0[j];
+                den = (v4)(((v4i)den & real) | ((v4i)one & ~real));
+                v4i ok = den >= under;
+                if ((ok[0] & ok[1] & ok[2] & ok[3]) == 0) *bad = 1;
+                v4i inside = (den >= small) & (den <= large);
+                if ((inside[0] & inside[1] & inside[2] & inside[3]) == 0)
+                    for (int l = 0; l < 4; l++)
+                        if (!inside[l]) sl += log(den[l]);
+                prod *= (v4)(((v4i)den & inside) | ((v4i)one & ~inside));
+                if (it & 1) {   /* prod = mantissa in [0.5, 1) times 2^(its exponent) */
+                    v4i bits = (v4i)prod;
+                    pexp += ((bits >> 52) & 0x7ff) - 1022;
+                    prod = (v4)((bits & ~expo) | half);
                 }
-                double inv = 1.0 / den;
-                double w0 = meanwt * inv, w1 = w0 * f, w3 = w1 * inv;
-                sc += w0;
-                se += w1;
-                sa += w0 * inv;
-                sb += w3;
-                sg += w3 * f;
+                v4 inv = 1.0 / den;
+                v4 w0 = (v4)((v4i)(meanwt * inv) & real), w1 = w0 * f, w3 = w1 * inv;
+                vc += w0;
+                ve += w1;
+                va += w0 * inv;
+                vb += w3;
+                vg += w3 * f;
             }
-            sl += log(prod) + (double)pexp * 0.6931471805599453;
+            int64_t total = 0;
+            double pr = 1.0;
+            for (int l = 0; l < 4; l++) {
+                pr *= split_exponent(prod[l], &total);
+                total += pexp[l];
+            }
+            sl += log(pr) + (double)total * 0.6931471805599453;
+            sc = TOTAL4(vc);
+            se = TOTAL4(ve);
+            sa = TOTAL4(va);
+            sb = TOTAL4(vb);
+            sg = TOTAL4(vg);
             ll += meanwt * sl;
         }
         c[j] = sc;
@@ -632,29 +652,27 @@ static PyObject *pass2(PyObject *self, PyObject *args) {
     const double *C = rr ? take(&B, cum, 8, G + 1, 0, "cum", NULL) : NULL;
     double *o = C ? take(&B, out, 8, s.p * s.p, 1, "out", NULL) : NULL;
     if (!o) goto done;
-    Py_ssize_t pp = (s.p + 3) & ~(Py_ssize_t)3;
-    T = aligned_zeros(2 * RB * pp);
-    acc = aligned_zeros(pp * pp);
+    T = PyMem_Calloc(s.p * BLOCK, sizeof(double));
+    acc = PyMem_Calloc(s.p * s.p, sizeof(double));
     if (!T || !acc) {
         PyErr_NoMemory();
         goto done;
     }
     int bad;
     Py_BEGIN_ALLOW_THREADS
-    bad = pass2_rows(&s, rr, C, ee, scale, T, (v4 *)acc);
+    bad = pass2_rows(&s, rr, C, ee, scale, T, acc);
     Py_END_ALLOW_THREADS
     if (bad) {
         bad_index();
         goto done;
     }
-    for (Py_ssize_t k = 0; k < s.p; k++)   /* (row k is filled from column 4⌊k/4⌋) */
-        for (Py_ssize_t j = k; j < s.p; j++)
-            o[k * s.p + j] = o[j * s.p + k] = acc[k * pp + j];
+    for (Py_ssize_t k = 0; k < s.p; k++)
+        for (Py_ssize_t j = k; j < s.p; j++) o[k * s.p + j] = o[j * s.p + k] = acc[k * s.p + j];
     ret = Py_None;
     Py_INCREF(ret);
 done:
-    free(T);
-    free(acc);
+    PyMem_Free(T);
+    PyMem_Free(acc);
     release_all(&B);
     return ret;
 }
