@@ -73,7 +73,7 @@ typedef int64_t v4i __attribute__((vector_size(32)));
  * result in the subnormal range is rounded once. Below −1000 gives 0, above 710 inf, NaN
  * NaN. Only +, −, ×, ÷ and integer operations (no libm, no fused multiply-add): the same bits
  * in every clone, one AVX2 instruction per operation where the clone has AVX2. */
-static inline void exp4(double *z) {
+static inline __attribute__((always_inline)) void exp4(double *z) {
     v4 x;
     LOAD4(x, z);
     const v4 lo = {-1000.0, -1000.0, -1000.0, -1000.0}, hi = {710.0, 710.0, 710.0, 710.0};
@@ -147,6 +147,9 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             if (bad_row(s, start + i)) return 1;
             const double *x = row_of(s, start + i);
             double *c = z + i * qq + 1;
+            /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
+            __builtin_prefetch(((s->flags[start + i] & DEAD) ? D : L) +
+                               (s->b[start + i] - 1) * cells, 1, 3);
             /* the loads are of x, not of c just stored (no store-to-load stall) */
             v4 acc = {0.0, 0.0, 0.0, 0.0}, u, mk, b;
             Py_ssize_t k = 0;
