@@ -529,3 +529,26 @@ def test_avx2_and_baseline_clones_give_the_same_bytes(tmp_path):
                          text=True)
     assert run.stdout.strip() == digests[0]
     assert hashlib.sha256(b"").hexdigest() not in digests
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_partitions_mixing_both_routes_equal_the_numpy_fit(monkeypatch, ties):
+    from hpcstudy.models import LocalPartitions
+
+    # the rule looks at each partition's rows: the small one takes two passes, the large one
+    df = coarse(survival_frame(n=5000, seed=14, entry=True, strata=2), days=40)
+    cols = covariates(df)
+    parts = []
+    for lo, hi in ((0, 150), (150, 5000)):
+        d = df.iloc[lo:hi]
+        parts.append({"X": d[cols].to_numpy(), "time": d.time.to_numpy(float),
+                      "event": d.event.to_numpy(float), "weights": np.ones(len(d)),
+                      "strata": d.stratum.to_numpy(), "entry": d.entry.to_numpy(float)})
+    monkeypatch.setenv("HPCSTUDY_NO_COMPILED", "1")
+    slow = CoxPH(ties).fit_partitions(LocalPartitions(parts), cols)
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED")
+    seen = watch_routes(monkeypatch)
+    fast = CoxPH(ties).fit_partitions(LocalPartitions(parts), cols)
+    assert seen == {"one pass", "two passes"}
+    assert rel(fast.coef_, slow.coef_) < 1e-12 and rel(fast.se_, slow.se_) < 1e-12
+    assert rel(fast.loglik_, slow.loglik_) < 1e-12
