@@ -4,8 +4,10 @@ The passes are C (``kernels/_cox_c.c``, built with the package as ``hpcstudy_ker
 a C extension rather than a JIT so that the first fit in a process pays no compilation or
 JIT start-up). Each pass reads the caller's row-major covariates once, in their own row order,
 centring each row as it goes: no sort and no copy of X. Pass 1 computes r = w·exp(xβ − shift)
-and adds r and r·x into per-grid-point bins (deaths, survivors and late entries apart); pass 2
-adds r·v·x xᵀ. Everything that follows on the (small) grid is the NumPy code of
+(its own exp: the same bits from the AVX2 and the baseline build) and adds r and r·x into
+per-grid-point bins (deaths, survivors and late entries apart); pass 2 adds r·v·x xᵀ — from
+pass 1's per-grid-point buckets of r·x xᵀ where ``one_pass`` holds (one read of X per step),
+else by a second read of X. Everything that follows on the (small) grid is the NumPy code of
 ``kernels/cox.py``. Rows in fixed chunks (two threads), each summed in row order and the
 chunks added in order: the same inputs give the same bytes.
 
