@@ -7,7 +7,9 @@
  * centring each row as it goes, with the GIL released. Sums run in a fixed order and nothing
  * is compiled with fast-math: the same inputs give the same bytes on a given machine (on
  * x86-64 the loops are compiled twice, for AVX2 + FMA and for the baseline, and the CPU picks
- * one when the module loads).
+ * one when the module loads; no multiply-add is fused and exp is this file's own, so both
+ * give the same bits). Pass 1 may also keep per-grid-point buckets of r x xᵀ, from which
+ * pass 2's sum is taken without reading X again (cox_cpu.one_pass says when).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -68,11 +70,11 @@ typedef int64_t v4i __attribute__((vector_size(32)));
 #define STORE4(dst, src) memcpy((dst), &(src), sizeof(v4))
 #define TOTAL4(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
 
-/* exp of the four values at z, in place, by fdlibm's method (e_exp.c, error below 1 ulp): x = k ln2 + r with
- * |r| ≤ ln2/2, exp(r) by a rational approximation, then times 2^k in two factors, so that a
- * result in the subnormal range is rounded once. Below −1000 gives 0, above 710 inf, NaN
- * NaN. Only +, −, ×, ÷ and integer operations (no libm, no fused multiply-add): the same bits
- * in every clone, one AVX2 instruction per operation where the clone has AVX2. */
+/* exp of the four values at z, in place, by fdlibm's method (e_exp.c, error below 1 ulp):
+ * x = k ln2 + r with |r| ≤ ln2/2, exp(r) by a rational approximation, then times 2^k in two
+ * factors, so that a result in the subnormal range is rounded once. Below −1000 gives 0, above
+ * 710 inf, NaN NaN. Only +, −, ×, ÷ and integer operations (no libm, no fused multiply-add):
+ * the same bits in every clone, one AVX2 instruction per operation where the clone has AVX2. */
 static inline __attribute__((always_inline)) void exp4(double *z) {
     v4 x;
     LOAD4(x, z);
