@@ -251,6 +251,11 @@ def grid_products(s1, e1, c, e, alpha, beta, gamma):
     return score, outer
 
 
+# Efron's terms take the grid in two halves of the deaths (two threads) from this many
+# deaths on: the split depends on the deaths alone, never on the thread count.
+_EFRON_SPLIT = 1 << 16
+
+
 def efron_terms(s0, e0, m, dw, underflow):
     """Efron's per-grid-point sums (c, e, alpha, beta, gamma), Σ w·log den, and whether some
     den is below ``underflow``: what ``kernels/cox.py`` ``_efron_block`` gives, one grid point
@@ -258,8 +263,19 @@ def efron_terms(s0, e0, m, dw, underflow):
     G = s0.shape[0]
     out = [np.zeros(G) for _ in range(5)]
     arrays = [np.ascontiguousarray(v, dtype=np.float64) for v in (s0, e0, m, dw)]
-    ll, bad = _cox_c.efron(*arrays, float(underflow), *out)
-    return (*out, ll, bad)
+    deaths = np.cumsum(arrays[2])
+    cut = 0
+    if G > 1 and deaths[-1] >= _EFRON_SPLIT:   # the grid point where half the deaths are in
+        cut = min(max(int(np.searchsorted(deaths, deaths[-1] / 2)), 1), G - 1)
+    ranges = [(0, cut), (cut, G)] if cut else [(0, G)]
+    parts = _run([lambda lo=lo, hi=hi: _cox_c.efron(*(a[lo:hi] for a in arrays),
+                                                    float(underflow),
+                                                    *(o[lo:hi] for o in out))
+                  for lo, hi in ranges])
+    ll = parts[0][0]
+    for more, _ in parts[1:]:   # in grid order
+        ll += more
+    return (*out, ll, any(bad for _, bad in parts))
 
 
 __all__ = ["enabled", "one_pass", "pass1_bins", "pass2_sum", "fixed_sums", "efron_terms",
