@@ -435,6 +435,32 @@ def test_pass2_from_buckets_equals_pass2_over_the_rows(monkeypatch):
     assert np.array_equal(one, one.T)
 
 
+@pytest.mark.parametrize("beta", [[900.0, -400.0, 300.0, 0.0], [0.3, -0.2, 0.1, 0.05]])
+def test_both_routes_give_pass2_at_any_shift(monkeypatch, beta):
+    # past exp's range the risks are shifted by the largest xβ; pass 2's sums at the combined
+    # shift of another partition are scaled by exp(own shift − that shift), from the buckets too
+    df = coarse(survival_frame(n=3000, seed=15))
+    X = df[covariates(df)].to_numpy()
+    t, e = df.time.to_numpy(), df.event.to_numpy().astype(float)
+    s = np.zeros(len(df), np.int64)
+    grid = K.make_grid(*[[a] for a in K.event_pairs(t, e, s)])
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    beta = np.array(beta)
+    rng = np.random.default_rng(1)
+    c, ee = rng.random(grid.size), rng.random(grid.size) * 0.1
+    got = {}
+    for route in ("one pass", "two passes"):
+        monkeypatch.setattr(cox_cpu, "ONE_PASS_P", 4 if route == "one pass" else 0)
+        part = K.prepare(X, t, e, None, s, np.ones(len(df)), grid, X.mean(axis=0))
+        shift = K.pass1(part, beta)[0]
+        assert (part.buckets is not None) == (route == "one pass")
+        got[route] = (shift, K.pass2(part, beta, c, ee, shift + 3.0))
+    assert got["one pass"][0] == got["two passes"][0]
+    assert (got["one pass"][0] > 709) == (beta[0] > 1)
+    close(got["one pass"][1], got["two passes"][1], rtol=1e-12)
+    assert np.all(np.isfinite(got["one pass"][1]))
+
+
 # -- exp, and the two clones ----------------------------------------------------------------
 
 def _c_exp(x):
