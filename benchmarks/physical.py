@@ -3,11 +3,13 @@ large NumPy copy; a large sum for reading alone), and the Cox fit at N = 1e6, p 
 apart: the one-off preparation, and per Newton step the risk scores, pass 1, the grid terms
 (Efron's tie expansion), pass 2 — each beside the time to read X once. With the compiled
 passes (kernels/cox_cpu.py: the default where the C extension is built) the risk scores are
-computed inside pass 1 and the preparation neither sorts nor copies X; with
+computed inside pass 1 and the preparation neither sorts nor copies X; where the shape allows
+one pass over X per step (``cox_cpu.one_pass``: p ≤ 4 and a small grid; the record's
+``route``), pass 2 is a sum over pass 1's per-grid-point buckets; with
 HPCSTUDY_NO_COMPILED=1 the NumPy passes are measured (their preparation sorts and
 transposes X).
 
-    python benchmarks/physical.py [--n 1000000] [--p 10]
+    python benchmarks/physical.py [--n 1000000] [--p 10] [--shapes 0.1:days 0.9:few]
 
 Each figure is a median over repeats (min, max). The engine's bytes scanned per second are in
 the cohort_peers records (decoded Parquet bytes / wall time). Appends to
@@ -89,8 +91,12 @@ def cox_parts(n, p, frac, times, ties, repeats) -> dict:
     read = out["read_X"]["median"]
     read_cpu = max(out_cpu["read_X"]["median"], 1e-9)
     evaluations = fit.n_iter_ + 1  # β = 0 and one per Newton step (each with pass 2)
+    # one pass over X per step (pass 2 from pass 1's buckets) or two (cox_cpu.one_pass)
+    route = "numpy" if not compiled else \
+        "one pass" if cox_cpu.one_pass(n, grid.size, p, False) else "two passes"
     return {"n": n, "p": p, "event_fraction": frac, "times": times, "ties": ties,
-            "compiled": compiled, "threads": cox_cpu._threads() if compiled else 1,
+            "compiled": compiled, "route": route,
+            "threads": cox_cpu._threads() if compiled else 1,
             "distinct_event_times": int(np.unique(t[e > 0]).size), "parts_s": out,
             "parts_cpu_s": out_cpu, "newton_evaluations": evaluations,
             "step_s": round(step, 4), "step_over_read_X": round(step / read, 2),

@@ -262,7 +262,8 @@ def physical(recs) -> list[str]:
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in cox:
             p = r["parts_s"]
-            out.append(f"| {r['event_fraction']:.0%}, {r['times']} | {r['ties']} | "
+            route = f" ({r['route']})" if r.get("route") else ""   # one pass or two per step
+            out.append(f"| {r['event_fraction']:.0%}, {r['times']}{route} | {r['ties']} | "
                        + " | ".join(f"{p[k]['median'] * 1e3:.1f} ms" if k in p else
                                     "in pass 1" for k in
                                     ("read_X", "prepare", "risk", "pass1", "grid_terms",

@@ -7,22 +7,30 @@
  * centring each row as it goes, with the GIL released. Sums run in a fixed order and nothing
  * is compiled with fast-math: the same inputs give the same bytes on a given machine (on
  * x86-64 the loops are compiled twice, for AVX2 + FMA and for the baseline, and the CPU picks
- * one when the module loads).
+ * one when the module loads; no multiply-add is fused and exp is this file's own, so both
+ * give the same bits). Pass 1 may also keep per-grid-point buckets of r x xᵀ, from which
+ * pass 2's sum is taken without reading X again (cox_cpu.one_pass says when).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+/* COX_ONE_TARGET=1 (baseline) or 3 (x86-64-v3) builds one of the two clones alone: the
+ * tests build both and compare their bits. */
+#if defined(COX_ONE_TARGET) && COX_ONE_TARGET == 3
+#define CLONES __attribute__((target("arch=x86-64-v3")))
+#elif defined(COX_ONE_TARGET)
+#define CLONES
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define CLONES
 #endif
 
 enum { DEAD = 1, LATE = 2, NOT_AT_RISK = 4 };
-#define BLOCK 128 /* rows per block of pass 2: a (p, BLOCK) array stays in L1 */
 
 typedef struct {
     const double *X, *mean, *w;
@@ -43,36 +51,137 @@ static inline const double *row_of(const rows_t *s, Py_ssize_t i) {
     return s->X + (s->nkeep ? s->keep[i] : i) * s->p;
 }
 
+/* 64-byte aligned zeros (bins whose 4-vectors never straddle a cache line) */
+static double *aligned_zeros(Py_ssize_t count) {
+    size_t bytes = ((size_t)(count > 0 ? count : 1) * sizeof(double) + 63) & ~(size_t)63;
+    double *out = aligned_alloc(64, bytes);
+    if (out) memset(out, 0, bytes);
+    return out;
+}
+
 /* -- the loops (no Python objects; they run without the GIL) ----------------------------- */
 
-/* Rows i: r_i = w_i exp(x_i β − shift) into r; (r, r x) added into row b−1 of D (deaths) or
- * L and, for late entries, row a−1 of E (each (G, 1 + p)). Min and max of xβ into lohi.
- * Returns 1 at a bad row. */
-CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, double shift,
-                             double *r, double *D, double *L, double *E, double *xc,
-                             double *lohi) {
-    Py_ssize_t p = s->p, q = p + 1;
-    double lo = INFINITY, hi = -INFINITY;
-    for (Py_ssize_t i = 0; i < s->n; i++) {
-        if (bad_row(s, i)) return 1;
-        const double *x = row_of(s, i);
-        double eta = 0.0;
-        for (Py_ssize_t k = 0; k < p; k++) {
-            xc[k] = x[k] - s->mean[k];
-            eta += xc[k] * beta[k];
+/* Four doubles as one value (GCC/Clang vector extension: AVX registers where the clone has
+ * them, two SSE2 halves otherwise); loads through memcpy, so no alignment is assumed. Every
+ * operation on them is one IEEE operation per lane, so both clones give the same bits. */
+typedef double v4 __attribute__((vector_size(32)));
+typedef int64_t v4i __attribute__((vector_size(32)));
+#define LOAD4(dst, src) memcpy(&(dst), (src), sizeof(v4))
+#define STORE4(dst, src) memcpy((dst), &(src), sizeof(v4))
+#define TOTAL4(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
+
+/* exp of the four values at z, in place, by fdlibm's method (e_exp.c, error below 1 ulp):
+ * x = k ln2 + r with |r| ≤ ln2/2, exp(r) by a rational approximation, then times 2^k in two
+ * factors, so that a result in the subnormal range is rounded once. Below −1000 gives 0, above
+ * 710 inf, NaN NaN. Only +, −, ×, ÷ and integer operations (no libm, no fused multiply-add):
+ * the same bits in every clone, one AVX2 instruction per operation where the clone has AVX2. */
+static inline __attribute__((always_inline)) void exp4(double *z) {
+    v4 x;
+    LOAD4(x, z);
+    const v4 lo = {-1000.0, -1000.0, -1000.0, -1000.0}, hi = {710.0, 710.0, 710.0, 710.0};
+    const v4 shifter = {0x1.8p52, 0x1.8p52, 0x1.8p52, 0x1.8p52};
+    v4i below = x < lo, above = x > hi;   /* false for NaN: NaN goes through */
+    x = (v4)(((v4i)x & ~below) | ((v4i)lo & below));
+    x = (v4)(((v4i)x & ~above) | ((v4i)hi & above));
+    v4 kd = x * 1.44269504088896338700e+00 + shifter;   /* round(x / ln2) + 1.5·2^52 */
+    v4i k = (v4i)kd - (v4i)shifter;
+    kd = kd - shifter;
+    v4 h = x - kd * 6.93147180369123816490e-01;   /* k·ln2hi is exact (ln2hi: 32 bits) */
+    v4 l = kd * 1.90821492927058770002e-10;
+    v4 r = h - l, t = r * r;
+    v4 c = r - t * (1.66666666666666019037e-01 +
+                    t * (-2.77777777770155933842e-03 +
+                         t * (6.61375632143793436117e-05 +
+                              t * (-1.65339022054652515390e-06 +
+                                   t * 4.13813679705723846039e-08))));
+    v4 y = 1.0 - ((l - (r * c) / (2.0 - c)) - h);
+    v4i k1 = ((k + 2048) >> 1) - 1024, k2 = k - k1;   /* k in [−1443, 1025]: halves normal */
+    v4 s1 = (v4)((k1 + 1023) << 52), s2 = (v4)((k2 + 1023) << 52);
+    x = (y * s1) * s2;
+    STORE4(z, x);
+}
+
+/* u (one grid point's bin) += r z zᵀ over the first `rows` rows k of z zᵀ, each from column
+ * 4⌊k/4⌋ to qq (the row's whole 4-vectors). z = (1, centred x, zeros) of qq doubles: row 0
+ * is (r, r x), pass 1's bin; all q = 1 + p rows hold r x xᵀ too (a bucket, one pass per step).
+ * Each entry is u + (r z_k) z_j: the same operations in every clone. */
+static inline __attribute__((always_inline)) void add_outer(double *u, const double *z,
+                                                            double ri, Py_ssize_t rows,
+                                                            Py_ssize_t qq) {
+    for (Py_ssize_t k = 0; k < rows; k++) {
+        double rk = ri * z[k];
+        v4 rv = {rk, rk, rk, rk}, y, w;
+        for (Py_ssize_t j = k & ~(Py_ssize_t)3; j < qq; j += 4, u += 4) {
+            LOAD4(y, z + j);
+            LOAD4(w, u);
+            w += rv * y;
+            STORE4(u, w);
         }
-        if (eta < lo) lo = eta;
-        if (eta > hi) hi = eta;
-        double ri = exp(eta - shift);
-        if (!unit) ri *= s->w[i];
-        r[i] = ri;
-        double *t = ((s->flags[i] & DEAD) ? D : L) + (s->b[i] - 1) * q;
-        t[0] += ri;
-        for (Py_ssize_t k = 0; k < p; k++) t[k + 1] += ri * xc[k];
-        if (s->flags[i] & LATE) {
-            t = E + (s->a[i] - 1) * q;
-            t[0] += ri;
-            for (Py_ssize_t k = 0; k < p; k++) t[k + 1] += ri * xc[k];
+    }
+}
+
+/* Doubles per grid point in add_outer's bin of `rows` rows, for p covariates. */
+static Py_ssize_t bin_cells(Py_ssize_t p, Py_ssize_t rows) {
+    Py_ssize_t qq = (p + 4) & ~(Py_ssize_t)3, cells = 0;
+    for (Py_ssize_t k = 0; k < rows; k++) cells += qq - (k & ~(Py_ssize_t)3);
+    return cells;
+}
+
+#define RB 64 /* rows per block of pass 1 */
+#define BLOCK 128 /* rows per block of pass 2: a (p, BLOCK) array stays in L1 */
+
+/* Rows i: r_i = w_i exp(x_i β − shift) into r; r z zᵀ (add_outer, `rows` rows: 1 for the
+ * bins (r, r x), 1 + p for buckets that hold r x xᵀ too) added into grid point b−1 of D
+ * (deaths) or L and, for late entries, grid point a−1 of E (each G × `cells`). Min and max of
+ * xβ into lohi. Rows in blocks of RB: z and xβ for the block (four columns at a time, lane
+ * k mod 4 adding the terms k, then the lanes in order), exp four rows at a time, then the
+ * bins. z: (RB + 1) × qq doubles, zero. Returns 1 at a bad row. */
+CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, double shift,
+                             double *r, double *D, double *L, double *E, Py_ssize_t rows,
+                             Py_ssize_t cells, double *z, double *lohi) {
+    Py_ssize_t p = s->p, qq = (p + 4) & ~(Py_ssize_t)3;
+    double lo = INFINITY, hi = -INFINITY, eta[RB];
+    const double *bp = beta;
+    for (Py_ssize_t i = 0; i < RB; i++) z[i * qq] = 1.0;
+    for (Py_ssize_t start = 0; start < s->n; start += RB) {
+        Py_ssize_t m = s->n - start < RB ? s->n - start : RB;
+        for (Py_ssize_t i = 0; i < m; i++) {
+            if (bad_row(s, start + i)) return 1;
+            const double *x = row_of(s, start + i);
+            double *c = z + i * qq + 1;
+            /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
+            __builtin_prefetch(((s->flags[start + i] & DEAD) ? D : L) +
+                               (s->b[start + i] - 1) * cells, 1, 3);
+            /* the loads are of x, not of c just stored (no store-to-load stall) */
+            v4 acc = {0.0, 0.0, 0.0, 0.0}, u, mk, b;
+            Py_ssize_t k = 0;
+            for (; k + 4 <= p; k += 4) {
+                LOAD4(u, x + k);
+                LOAD4(mk, s->mean + k);
+                LOAD4(b, bp + k);
+                u -= mk;
+                STORE4(c + k, u);
+                acc += u * b;
+            }
+            for (; k < p; k++) {
+                double ck = x[k] - s->mean[k];
+                c[k] = ck;
+                acc[k & 3] += ck * bp[k];
+            }
+            double e = TOTAL4(acc);
+            if (e < lo) lo = e;
+            if (e > hi) hi = e;
+            eta[i] = e - shift;
+        }
+        for (Py_ssize_t i = m; i < RB; i++) eta[i] = 0.0;
+        for (Py_ssize_t i = 0; i < m; i += 4) exp4(eta + i);
+        for (Py_ssize_t i = 0; i < m; i++) {
+            Py_ssize_t row = start + i;
+            double ri = unit ? eta[i] : eta[i] * s->w[row];
+            r[row] = ri;
+            uint8_t f = s->flags[row];
+            add_outer(((f & DEAD) ? D : L) + (s->b[row] - 1) * cells, z + i * qq, ri, rows, qq);
+            if (f & LATE) add_outer(E + (s->a[row] - 1) * cells, z + i * qq, ri, rows, qq);
         }
     }
     lohi[0] = lo;
@@ -80,48 +189,98 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
     return 0;
 }
 
-/* Four doubles as one value (GCC/Clang vector extension: AVX registers where the clone has
- * them, two SSE2 halves otherwise); loads through memcpy, so no alignment is assumed. */
-typedef double v4 __attribute__((vector_size(32)));
-#define LOAD4(dst, src) memcpy(&(dst), (src), sizeof(v4))
-#define TOTAL4(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
+/* acc (nb) = Σ_g L2[g] wl_g + D2[g] wd_g − E2[g] wl_g with wl_g = cum[g+1]·scale and wd_g =
+ * (cum[g+1] − e[g])·scale (≤ 0 by rounding: 0): pass 2's Σ r v z zᵀ from pass 1's buckets
+ * (G × nb each). */
+CLONES static void bucket_rows(Py_ssize_t G, Py_ssize_t nb, const double *D2, const double *L2,
+                               const double *E2, const double *cum, const double *e,
+                               double scale, double *acc) {
+    for (Py_ssize_t g = 0; g < G; g++) {
+        double wl = cum[g + 1] * scale, wd = (cum[g + 1] - e[g]) * scale;
+        if (wd <= 0.0) wd = 0.0;
+        const double *l = L2 + g * nb, *d = D2 + g * nb, *x = E2 ? E2 + g * nb : NULL;
+        if (x)
+            for (Py_ssize_t c = 0; c < nb; c++) acc[c] += (l[c] * wl + d[c] * wd) - x[c] * wl;
+        else
+            for (Py_ssize_t c = 0; c < nb; c++) acc[c] += l[c] * wl + d[c] * wd;
+    }
+}
 
 /* acc (p × p, upper triangle) += Σ_i T[k][i] T[j][i] over the m rows (a multiple of 4) of a
- * (p, BLOCK) block: four lanes per dot product, four dot products sharing the loads of row k,
- * the lanes added in a fixed order. */
-static inline void block_outer(const double *T, Py_ssize_t p, Py_ssize_t m, double *acc) {
-    for (Py_ssize_t k = 0; k < p; k++) {
-        const double *tk = T + k * BLOCK;
-        Py_ssize_t j = k;
-        for (; j + 3 < p; j += 4) {
-            const double *t0 = T + j * BLOCK;
-            v4 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, x, y;
+ * (p, BLOCK) block: four lanes per dot product; rows k in pairs, each pair's dot products
+ * with four rows j at a time sharing the loads (eight sums in registers); the lanes added in
+ * a fixed order. */
+static inline __attribute__((always_inline)) void block_outer(const double *T, Py_ssize_t p,
+                                                              Py_ssize_t m, double *acc) {
+    Py_ssize_t k = 0;
+    for (; k + 1 < p; k += 2) {
+        const double *tk = T + k * BLOCK, *tl = tk + BLOCK;
+        /* (k, k) and (k, k + 1) and (k + 1, k + 1) */
+        {
+            v4 s0 = {0}, s1 = {0}, s2 = {0}, x, y;
             for (Py_ssize_t i = 0; i < m; i += 4) {
                 LOAD4(x, tk + i);
-                LOAD4(y, t0 + i);
-                s0 += x * y;
-                LOAD4(y, t0 + BLOCK + i);
+                LOAD4(y, tl + i);
+                s0 += x * x;
                 s1 += x * y;
-                LOAD4(y, t0 + 2 * BLOCK + i);
-                s2 += x * y;
-                LOAD4(y, t0 + 3 * BLOCK + i);
-                s3 += x * y;
+                s2 += y * y;
             }
-            acc[k * p + j] += TOTAL4(s0);
-            acc[k * p + j + 1] += TOTAL4(s1);
-            acc[k * p + j + 2] += TOTAL4(s2);
-            acc[k * p + j + 3] += TOTAL4(s3);
+            acc[k * p + k] += TOTAL4(s0);
+            acc[k * p + k + 1] += TOTAL4(s1);
+            acc[(k + 1) * p + k + 1] += TOTAL4(s2);
+        }
+        Py_ssize_t j = k + 2;
+        for (; j + 3 < p; j += 4) {
+            const double *t0 = T + j * BLOCK;
+            v4 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+            v4 x, u, y;
+            for (Py_ssize_t i = 0; i < m; i += 4) {
+                LOAD4(x, tk + i);
+                LOAD4(u, tl + i);
+                LOAD4(y, t0 + i);
+                a0 += x * y;
+                b0 += u * y;
+                LOAD4(y, t0 + BLOCK + i);
+                a1 += x * y;
+                b1 += u * y;
+                LOAD4(y, t0 + 2 * BLOCK + i);
+                a2 += x * y;
+                b2 += u * y;
+                LOAD4(y, t0 + 3 * BLOCK + i);
+                a3 += x * y;
+                b3 += u * y;
+            }
+            acc[k * p + j] += TOTAL4(a0);
+            acc[k * p + j + 1] += TOTAL4(a1);
+            acc[k * p + j + 2] += TOTAL4(a2);
+            acc[k * p + j + 3] += TOTAL4(a3);
+            acc[(k + 1) * p + j] += TOTAL4(b0);
+            acc[(k + 1) * p + j + 1] += TOTAL4(b1);
+            acc[(k + 1) * p + j + 2] += TOTAL4(b2);
+            acc[(k + 1) * p + j + 3] += TOTAL4(b3);
         }
         for (; j < p; j++) {
             const double *t0 = T + j * BLOCK;
-            v4 s0 = {0}, x, y;
+            v4 a0 = {0}, b0 = {0}, x, u, y;
             for (Py_ssize_t i = 0; i < m; i += 4) {
                 LOAD4(x, tk + i);
+                LOAD4(u, tl + i);
                 LOAD4(y, t0 + i);
-                s0 += x * y;
+                a0 += x * y;
+                b0 += u * y;
             }
-            acc[k * p + j] += TOTAL4(s0);
+            acc[k * p + j] += TOTAL4(a0);
+            acc[(k + 1) * p + j] += TOTAL4(b0);
         }
+    }
+    if (k < p) {   /* the last row of an odd p: its diagonal */
+        const double *tk = T + k * BLOCK;
+        v4 s0 = {0}, x;
+        for (Py_ssize_t i = 0; i < m; i += 4) {
+            LOAD4(x, tk + i);
+            s0 += x * x;
+        }
+        acc[k * p + k] += TOTAL4(s0);
     }
 }
 
@@ -188,35 +347,60 @@ CLONES static double efron_rows(Py_ssize_t G, const double *s0, const double *e0
                                 const double *m, const double *dw, double under, double *c,
                                 double *e, double *alpha, double *beta, double *gamma,
                                 int *bad) {
+    const v4 lane = {0.0, 1.0, 2.0, 3.0}, one = {1.0, 1.0, 1.0, 1.0};
+    const v4 small = {1e-150, 1e-150, 1e-150, 1e-150}, large = {1e150, 1e150, 1e150, 1e150};
+    const v4i expo = {0x7ffLL << 52, 0x7ffLL << 52, 0x7ffLL << 52, 0x7ffLL << 52};
+    const v4i half = {1022LL << 52, 1022LL << 52, 1022LL << 52, 1022LL << 52};
     double ll = 0.0;
     for (Py_ssize_t j = 0; j < G; j++) {
         double mj = m[j], sc = 0.0, se = 0.0, sa = 0.0, sb = 0.0, sg = 0.0, sl = 0.0;
         if (mj > 0.0) {
             double meanwt = dw[j] / mj, step = 1.0 / mj;
-            int64_t deaths = (int64_t)mj, pexp = 0;
-            /* Σ log den as the log of a running product (kept in [0.5, 1) × 2^pexp, a
-             * log per grid point instead of per death); a den outside [1e-150, 1e150] is
-             * logged on its own, so the product never overflows or underflows */
-            double prod = 1.0;
-            for (int64_t k = 0; k < deaths; k++) {
-                double f = (double)k * step;
-                double den = s0[j] - f * e0[j];
-                if (!(den >= under)) *bad = 1;
-                if (den >= 1e-150 && den <= 1e150) {
-                    prod *= den;
-                    if (k & 1) prod = split_exponent(prod, &pexp);
-                } else {
-                    sl += log(den);
+            int64_t deaths = (int64_t)mj;
+            /* the deaths four at a time (lane l: k = 4i + l; lanes past the deaths weigh 0
+             * and see den 1); Σ log den as the log of a running product per lane, kept in
+             * [0.5, 1) × 2^pexp (a log per grid point, not per death); a den outside
+             * [1e-150, 1e150] is logged on its own, so no product overflows or underflows */
+            v4 vc = {0}, ve = {0}, va = {0}, vb = {0}, vg = {0}, prod = one;
+            v4i pexp = {0};
+            for (int64_t k0 = 0, it = 0; k0 < deaths; k0 += 4, it++) {
+                v4 kv = lane + (double)k0;
+                v4i real = kv < mj;
+                v4 f = kv * step;
+                v4 den = s0[j] - f * e0[j];
+                den = (v4)(((v4i)den & real) | ((v4i)one & ~real));
+                v4i ok = den >= under;
+                if ((ok[0] & ok[1] & ok[2] & ok[3]) == 0) *bad = 1;
+                v4i inside = (den >= small) & (den <= large);
+                if ((inside[0] & inside[1] & inside[2] & inside[3]) == 0)
+                    for (int l = 0; l < 4; l++)
+                        if (!inside[l]) sl += log(den[l]);
+                prod *= (v4)(((v4i)den & inside) | ((v4i)one & ~inside));
+                if (it & 1) {   /* prod = mantissa in [0.5, 1) times 2^(its exponent) */
+                    v4i bits = (v4i)prod;
+                    pexp += ((bits >> 52) & 0x7ff) - 1022;
+                    prod = (v4)((bits & ~expo) | half);
                 }
-                double inv = 1.0 / den;
-                double w0 = meanwt * inv, w1 = w0 * f, w3 = w1 * inv;
-                sc += w0;
-                se += w1;
-                sa += w0 * inv;
-                sb += w3;
-                sg += w3 * f;
+                v4 inv = 1.0 / den;
+                v4 w0 = (v4)((v4i)(meanwt * inv) & real), w1 = w0 * f, w3 = w1 * inv;
+                vc += w0;
+                ve += w1;
+                va += w0 * inv;
+                vb += w3;
+                vg += w3 * f;
             }
-            sl += log(prod) + (double)pexp * 0.6931471805599453;
+            int64_t total = 0;
+            double pr = 1.0;
+            for (int l = 0; l < 4; l++) {
+                pr *= split_exponent(prod[l], &total);
+                total += pexp[l];
+            }
+            sl += log(pr) + (double)total * 0.6931471805599453;
+            sc = TOTAL4(vc);
+            se = TOTAL4(ve);
+            sa = TOTAL4(va);
+            sb = TOTAL4(vb);
+            sg = TOTAL4(vg);
             ll += meanwt * sl;
         }
         c[j] = sc;
@@ -258,6 +442,21 @@ CLONES static void grid_rows(Py_ssize_t G, Py_ssize_t p, const double *s1, const
     }
     for (Py_ssize_t k = 0; k < p; k++)
         for (Py_ssize_t l = 0; l < k; l++) outer[k * p + l] = outer[l * p + k];
+}
+
+/* out = exp4 of x, four at a time (the tail through a zero-padded vector) */
+CLONES static void exp_rows(Py_ssize_t n, const double *x, double *out) {
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        memcpy(out + i, x + i, 4 * sizeof(double));
+        exp4(out + i);
+    }
+    if (i < n) {
+        double tail[4] = {0.0, 0.0, 0.0, 0.0};
+        memcpy(tail, x + i, (n - i) * sizeof(double));
+        exp4(tail);
+        memcpy(out + i, tail, (n - i) * sizeof(double));
+    }
 }
 
 /* -- the Python functions ------------------------------------------------------------------ */
@@ -325,44 +524,158 @@ static int take_rows(buffers_t *B, rows_t *s, PyObject *X, PyObject *keep, PyObj
     return 0;
 }
 
-/* pass1(X, keep, mean, beta, w, unit, a, b, flags, shift, r, dead, alive, late) -> (lo, hi) */
+/* pass1(X, keep, mean, beta, w, unit, a, b, flags, shift, r, dead, alive, late[, dead2,
+ * alive2, late2]) -> (lo, hi): bins (G, 1 + p) added into. With dead2 (one pass per step):
+ * buckets (G, bucket_cells(p)) of r z zᵀ, z = (1, x), added into as well (late2 is only
+ * written where some row enters late and may then be alive2) */
 static PyObject *pass1(PyObject *self, PyObject *args) {
     PyObject *X, *keep, *mean, *beta, *w, *a, *b, *flags, *r, *dead, *alive, *late;
+    PyObject *dead2 = Py_None, *alive2 = Py_None, *late2 = Py_None;
     int unit;
     double shift, lohi[2];
-    if (!PyArg_ParseTuple(args, "OOOOOpOOOdOOOO", &X, &keep, &mean, &beta, &w, &unit, &a, &b,
-                          &flags, &shift, &r, &dead, &alive, &late))
+    if (!PyArg_ParseTuple(args, "OOOOOpOOOdOOOO|OOO", &X, &keep, &mean, &beta, &w, &unit, &a,
+                          &b, &flags, &shift, &r, &dead, &alive, &late, &dead2, &alive2,
+                          &late2))
         return NULL;
     buffers_t B = {.used = 0};
     rows_t s;
     PyObject *out = NULL;
-    double *xc = NULL;
+    double *z = NULL, *own = NULL, *D2 = NULL, *L2 = NULL, *E2 = NULL;
     Py_ssize_t cells;
     double *D = take(&B, dead, 8, -1, 1, "dead", &cells);
     if (!D || take_rows(&B, &s, X, keep, mean, w, a, b, flags, 0) < 0) goto done;
-    s.G = cells / (s.p + 1);
-    double *L = take(&B, alive, 8, s.G * (s.p + 1), 1, "alive", NULL);
-    double *E = L ? take(&B, late, 8, s.G * (s.p + 1), 1, "late", NULL) : NULL;
+    Py_ssize_t q = s.p + 1, qq = (s.p + 4) & ~(Py_ssize_t)3;
+    s.G = cells / q;
+    double *L = take(&B, alive, 8, s.G * q, 1, "alive", NULL);
+    double *E = L ? take(&B, late, 8, s.G * q, 1, "late", NULL) : NULL;
     const double *bt = E ? take(&B, beta, 8, s.p, 0, "beta", NULL) : NULL;
     double *rr = bt ? take(&B, r, 8, s.n, 1, "r", NULL) : NULL;
     if (!rr) goto done;
-    if (cells != s.G * (s.p + 1)) {
+    if (cells != s.G * q) {
         PyErr_SetString(PyExc_ValueError, "_cox_c: the bins must be (G, 1 + p)");
         goto done;
     }
-    if (!(xc = PyMem_Malloc(s.p * sizeof(double)))) {
+    Py_ssize_t rows = 1, nb = qq;
+    if (dead2 != Py_None) {
+        rows = q;
+        nb = bin_cells(s.p, q);
+        if (!(D2 = take(&B, dead2, 8, s.G * nb, 1, "dead2", NULL)) ||
+            !(L2 = take(&B, alive2, 8, s.G * nb, 1, "alive2", NULL)) ||
+            !(E2 = take(&B, late2, 8, s.G * nb, 1, "late2", NULL)))
+            goto done;
+    } else {   /* the bins padded to whole 4-vectors, aligned */
+        if (!(own = aligned_zeros(3 * s.G * qq))) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        D2 = own, L2 = own + s.G * qq, E2 = own + 2 * s.G * qq;
+    }
+    if (!(z = PyMem_Calloc((RB + 1) * qq, sizeof(double)))) {
         PyErr_NoMemory();
         goto done;
     }
     int bad;
     Py_BEGIN_ALLOW_THREADS
-    bad = pass1_rows(&s, bt, unit, shift, rr, D, L, E, xc, lohi);
+    bad = pass1_rows(&s, bt, unit, shift, rr, D2, L2, E2, rows, nb, z, lohi);
+    if (!bad) {   /* the bins: row 0 of each grid point's r z zᵀ */
+        int three = E2 != L2;
+        for (Py_ssize_t g = 0; g < s.G; g++)
+            for (Py_ssize_t k = 0; k < q; k++) {
+                D[g * q + k] += D2[g * nb + k];
+                L[g * q + k] += L2[g * nb + k];
+                if (three) E[g * q + k] += E2[g * nb + k];
+            }
+    }
     Py_END_ALLOW_THREADS
     out = bad ? bad_index() : Py_BuildValue("(dd)", lohi[0], lohi[1]);
 done:
-    PyMem_Free(xc);
+    PyMem_Free(z);
+    free(own);
     release_all(&B);
     return out;
+}
+
+/* buckets(dead2, alive2, late2 or None, cum, e, scale, out): out (p, p) = Σ r v x xᵀ, as
+ * pass2 gives it, from pass 1's buckets of r x xᵀ (see bucket_rows) */
+static PyObject *buckets(PyObject *self, PyObject *args) {
+    PyObject *dead2, *alive2, *late2, *cum, *e, *out;
+    double scale;
+    if (!PyArg_ParseTuple(args, "OOOOOdO", &dead2, &alive2, &late2, &cum, &e, &scale, &out))
+        return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    double *acc = NULL;
+    Py_ssize_t G = 0, pp2 = 0, cells = 0;
+    const double *ee = take(&B, e, 8, -1, 0, "e", &G);
+    double *o = ee ? take(&B, out, 8, -1, 1, "out", &pp2) : NULL;
+    if (!o) goto done;
+    Py_ssize_t p = 0;
+    while ((p + 1) * (p + 1) <= pp2) p++;
+    if (p == 0 || p * p != pp2) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: out must be (p, p)");
+        goto done;
+    }
+    Py_ssize_t nb = bin_cells(p, p + 1);
+    const double *C = take(&B, cum, 8, G + 1, 0, "cum", NULL);
+    const double *D2 = C ? take(&B, dead2, 8, G * nb, 0, "dead2", &cells) : NULL;
+    const double *L2 = D2 ? take(&B, alive2, 8, G * nb, 0, "alive2", NULL) : NULL;
+    if (!L2) goto done;
+    const double *E2 = NULL;
+    if (late2 != Py_None && !(E2 = take(&B, late2, 8, G * nb, 0, "late2", NULL))) goto done;
+    if (!(acc = PyMem_Calloc(nb, sizeof(double)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    bucket_rows(G, nb, D2, L2, E2, C, ee, scale, acc);
+    Py_END_ALLOW_THREADS
+    /* rows and columns 1 … p of z zᵀ (z = (1, x)) */
+    const double *u = acc;
+    Py_ssize_t qq = (p + 4) & ~(Py_ssize_t)3;
+    for (Py_ssize_t k = 0; k <= p; k++) {
+        Py_ssize_t j0 = k & ~(Py_ssize_t)3;
+        if (k)
+            for (Py_ssize_t j = k; j <= p; j++)
+                o[(k - 1) * p + j - 1] = o[(j - 1) * p + k - 1] = u[j - j0];
+        u += qq - j0;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyMem_Free(acc);
+    release_all(&B);
+    return ret;
+}
+
+/* exp(x, out): out = exp(x) as pass 1 computes it (exp4) */
+static PyObject *exp_(PyObject *self, PyObject *args) {
+    PyObject *x, *out;
+    if (!PyArg_ParseTuple(args, "OO", &x, &out)) return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    Py_ssize_t n = 0;
+    const double *xx = take(&B, x, 8, -1, 0, "x", &n);
+    double *o = xx ? take(&B, out, 8, n, 1, "out", NULL) : NULL;
+    if (!o) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    exp_rows(n, xx, o);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    release_all(&B);
+    return ret;
+}
+
+/* bucket_cells(p): doubles per grid point in pass 1's buckets of r z zᵀ, z = (1, x) */
+static PyObject *bucket_cells_(PyObject *self, PyObject *args) {
+    Py_ssize_t p;
+    if (!PyArg_ParseTuple(args, "n", &p)) return NULL;
+    if (p < 1) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: p must be at least 1");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(bin_cells(p, p + 1));
 }
 
 /* pass2(X, keep, mean, r, a, b, flags, cum, e, scale, out): out (p, p) = Σ r v x xᵀ */
@@ -570,6 +883,9 @@ done:
 static PyMethodDef methods[] = {
     {"pass1", pass1, METH_VARARGS, "Pass 1 of the Cox fit (kernels/cox_cpu.py)."},
     {"pass2", pass2, METH_VARARGS, "Pass 2 of the Cox fit (kernels/cox_cpu.py)."},
+    {"buckets", buckets, METH_VARARGS, "Pass 2's sum from pass 1's buckets of r x x'."},
+    {"bucket_cells", bucket_cells_, METH_VARARGS, "Doubles per grid point in a bucket."},
+    {"exp", exp_, METH_VARARGS, "exp as pass 1 computes it."},
     {"fixed", fixed, METH_VARARGS, "The deaths' sums of the Cox fit (kernels/cox_cpu.py)."},
     {"grid_products", grid_products, METH_VARARGS, "The grid parts of score and information."},
     {"row_flags", row_flags, METH_VARARGS, "Each row's flags (dead, late, not at risk)."},

@@ -174,6 +174,8 @@ class CoxPart:
     keep: object = None
     mean: object = None
     flags: object = None
+    # pass 1's buckets of r x xᵀ at the last β when it takes one pass per step (cox_cpu)
+    buckets: object = None
 
     @property
     def compiled(self) -> bool:

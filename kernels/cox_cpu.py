@@ -4,8 +4,10 @@ The passes are C (``kernels/_cox_c.c``, built with the package as ``hpcstudy_ker
 a C extension rather than a JIT so that the first fit in a process pays no compilation or
 JIT start-up). Each pass reads the caller's row-major covariates once, in their own row order,
 centring each row as it goes: no sort and no copy of X. Pass 1 computes r = w·exp(xβ − shift)
-and adds r and r·x into per-grid-point bins (deaths, survivors and late entries apart); pass 2
-adds r·v·x xᵀ. Everything that follows on the (small) grid is the NumPy code of
+(its own exp: the same bits from the AVX2 and the baseline build) and adds r and r·x into
+per-grid-point bins (deaths, survivors and late entries apart); pass 2 adds r·v·x xᵀ — from
+pass 1's per-grid-point buckets of r·x xᵀ where ``one_pass`` holds (one read of X per step),
+else by a second read of X. Everything that follows on the (small) grid is the NumPy code of
 ``kernels/cox.py``. Rows in fixed chunks (two threads), each summed in row order and the
 chunks added in order: the same inputs give the same bytes.
 
@@ -92,48 +94,109 @@ def _rows(part, lo, hi):
     return part.rows, part.keep[lo:hi]
 
 
+# One pass over X per Newton step: pass 1 adds r z zᵀ (z = (1, x)) into per-grid-point
+# buckets (deaths, survivors and late entries apart, bucket_cells(p) doubles per grid point
+# each) instead of only (r, r x), and pass 2's Σ r v x xᵀ is then a sum over the grid of the
+# buckets times v: no second read of X. Each row then adds p(p+1)/2 more values into its
+# bucket in memory, where pass 2 keeps its sums in registers; measured at N = 1e6 on the
+# 2-core machine (one thread, pass 1 + pass 2 CPU ms, one pass / two): p = 2: 16 / 31 (few
+# event times), 18 / 27 (1 843 event days); p = 4: 20 / 21 and 26 / 24; p = 10: 40 / 40 and
+# 59 / 43. So one pass where p ≤ ONE_PASS_P, the buckets of a chunk fit in ONE_PASS_BYTES
+# (a core's cache) and there are at least ONE_PASS_ROWS rows per bucket row (the sum over the
+# grid stays small beside the rows' work): a rule on the shape alone (covariates, grid points,
+# late entries, rows), never on the thread count or a timing.
+ONE_PASS_P = 4
+ONE_PASS_BYTES = 1 << 19
+ONE_PASS_ROWS = 8
+
+
+def _aligned_zeros(shape):
+    """Zeros starting on a 64-byte boundary (the C loops' 4-vectors never straddle a cache
+    line: bucket_cells is a multiple of 4)."""
+    size = int(np.prod(shape))
+    raw = np.zeros(size + 8)
+    skip = (-raw.ctypes.data % 64) // 8
+    return raw[skip:skip + size].reshape(shape)
+
+
+def bucket_cells(p):
+    """Doubles per grid point in a bucket of r z zᵀ (z = (1, x), p covariates): row k of
+    z zᵀ from column 4⌊k/4⌋ to 1 + p rounded up to 4 (whole 4-vectors; as _cox_c)."""
+    width = (p + 4) // 4 * 4
+    return sum(width - k // 4 * 4 for k in range(p + 1))
+
+
+def one_pass(rows, grid_size, p, late):
+    """Whether a partition of ``rows`` kept rows on a grid of ``grid_size`` points with ``p``
+    covariates (``late``: some row enters late) takes one pass over X per Newton step."""
+    chunk = rows // len(_ranges(rows)) if rows else 0
+    kinds = 3 if late else 2
+    cells = grid_size * bucket_cells(p) * kinds
+    return (p <= ONE_PASS_P and 8 * cells <= ONE_PASS_BYTES
+            and grid_size * kinds * ONE_PASS_ROWS <= chunk)
+
+
 def pass1_bins(part, beta, shift_above):
     """(shift, dead, alive, late): the bins of pass 1 at β, (G, 1 + p) each, taken times
     exp(−shift), ``shift`` chosen as ``CoxPart.risk`` chooses it (0 unless some |xβ|
-    exceeds ``shift_above``, then the largest xβ). Leaves r at β in ``part.r``."""
+    exceeds ``shift_above``, then the largest xβ). Leaves r at β in ``part.r`` and, where
+    ``one_pass`` holds, the buckets of r x xᵀ in ``part.buckets`` (else None)."""
     G, p = part.grid_size, part.mean.shape[0]
+    n = part.b.shape[0]
     if part.r is None:
-        part.r = np.empty(part.b.shape[0])
+        part.r = np.empty(n)
     beta = np.ascontiguousarray(beta, dtype=np.float64)
     unit = part.unit_weights
-    ranges = _ranges(part.b.shape[0])
+    ranges = _ranges(n)
+    late = part.late.shape[0] > 0
+    fused = one_pass(n, G, p, late)
+    cells = bucket_cells(p)
 
     def chunk(lo, hi, shift):
         X, keep = _rows(part, lo, hi)
         bins = np.zeros((3, G, p + 1))
+        more = ()
+        if fused:   # (the late bucket is never written without late entries)
+            buckets = _aligned_zeros((3 if late else 2, G, cells))
+            more = (buckets[0], buckets[1], buckets[2 if late else 1])
         lohi = _cox_c.pass1(X, keep, part.mean, beta, part.w[lo:hi], unit, _cut(part.a, lo, hi),
                             part.b[lo:hi], part.flags[lo:hi], shift, part.r[lo:hi], bins[0],
-                            bins[1], bins[2])
-        return bins, lohi
+                            bins[1], bins[2], *more)
+        return bins, buckets if fused else None, lohi
 
     shift = 0.0
     while True:
         out = _run([lambda lo=lo, hi=hi, shift=shift: chunk(lo, hi, shift)
                     for lo, hi in ranges])
-        lo = min(o[1][0] for o in out)
-        hi = max(o[1][1] for o in out)
+        lo = min(o[2][0] for o in out)
+        hi = max(o[2][1] for o in out)
         # the first pass takes shift 0; only a huge |xβ| (a wild trial step) needs a second
-        if shift != 0.0 or part.b.shape[0] == 0 or max(hi, -lo) <= shift_above:
+        if shift != 0.0 or n == 0 or max(hi, -lo) <= shift_above:
             break
         shift = hi
-    bins = out[0][0]
-    for more, _ in out[1:]:
+    bins, buckets = out[0][0], out[0][1]
+    for more, more2, _ in out[1:]:   # in chunk order
         bins += more
+        if fused:
+            buckets += more2
     part.shift = shift
     part._beta = beta.copy()
+    part.buckets = buckets
     return shift, bins[0], bins[1], bins[2]
 
 
 def pass2_sum(part, cum, e, scale):
-    """Σ r v x xᵀ (p, p) at the β of the last ``pass1_bins``; see ``kernels/cox.py`` pass2."""
+    """Σ r v x xᵀ (p, p) at the β of the last ``pass1_bins``; see ``kernels/cox.py`` pass2.
+    From pass 1's buckets where it left them, else by a second pass over X."""
     p = part.mean.shape[0]
     cum = np.ascontiguousarray(cum, dtype=np.float64)
     e = np.ascontiguousarray(e, dtype=np.float64)
+    buckets = part.buckets
+    if buckets is not None:
+        out = np.empty((p, p))
+        late = buckets[2] if buckets.shape[0] == 3 else None
+        _cox_c.buckets(buckets[0], buckets[1], late, cum, e, float(scale), out)
+        return out
 
     def chunk(lo, hi):
         X, keep = _rows(part, lo, hi)
@@ -188,6 +251,11 @@ def grid_products(s1, e1, c, e, alpha, beta, gamma):
     return score, outer
 
 
+# Efron's terms take the grid in two halves of the deaths (two threads) from this many
+# deaths on: the split depends on the deaths alone, never on the thread count.
+_EFRON_SPLIT = 1 << 16
+
+
 def efron_terms(s0, e0, m, dw, underflow):
     """Efron's per-grid-point sums (c, e, alpha, beta, gamma), Σ w·log den, and whether some
     den is below ``underflow``: what ``kernels/cox.py`` ``_efron_block`` gives, one grid point
@@ -195,9 +263,20 @@ def efron_terms(s0, e0, m, dw, underflow):
     G = s0.shape[0]
     out = [np.zeros(G) for _ in range(5)]
     arrays = [np.ascontiguousarray(v, dtype=np.float64) for v in (s0, e0, m, dw)]
-    ll, bad = _cox_c.efron(*arrays, float(underflow), *out)
-    return (*out, ll, bad)
+    deaths = np.cumsum(arrays[2])
+    cut = 0
+    if G > 1 and deaths[-1] >= _EFRON_SPLIT:   # the grid point where half the deaths are in
+        cut = min(max(int(np.searchsorted(deaths, deaths[-1] / 2)), 1), G - 1)
+    ranges = [(0, cut), (cut, G)] if cut else [(0, G)]
+    parts = _run([lambda lo=lo, hi=hi: _cox_c.efron(*(a[lo:hi] for a in arrays),
+                                                    float(underflow),
+                                                    *(o[lo:hi] for o in out))
+                  for lo, hi in ranges])
+    ll = parts[0][0]
+    for more, _ in parts[1:]:   # in grid order
+        ll += more
+    return (*out, ll, any(bad for _, bad in parts))
 
 
-__all__ = ["enabled", "pass1_bins", "pass2_sum", "fixed_sums", "efron_terms", "day_ranks",
-           "row_flags", "grid_products", "DEAD", "LATE", "NOT_AT_RISK"]
+__all__ = ["enabled", "one_pass", "pass1_bins", "pass2_sum", "fixed_sums", "efron_terms",
+           "day_ranks", "row_flags", "grid_products", "DEAD", "LATE", "NOT_AT_RISK"]

@@ -1,10 +1,20 @@
 """The Cox fit's compiled CPU passes (kernels/_cox_c.c through kernels/cox_cpu.py) against the
 NumPy passes they replace (HPCSTUDY_NO_COMPILED=1): the same estimates to 1e-12 with ties,
-weights, delayed entry, rows never at risk, strata and clustered errors; the same bytes run
-after run and whatever the number of threads; any memory layout of X; and the C functions
-refuse sizes and indices that would read or write out of bounds instead of crashing."""
+weights, delayed entry, rows never at risk, strata and clustered errors, by one pass over X per
+Newton step (small grids, few covariates) and by two; the same bytes run after run, whatever
+the number of threads and from either compiled clone (AVX2 or baseline); exp within 1 ulp;
+any memory layout of X; and the C functions refuse sizes and indices that would read or write
+out of bounds instead of crashing."""
 
 from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,18 +115,23 @@ def test_risk_sums_agree_past_exp_range(monkeypatch):
         close(a, b, rtol=1e-11)
 
 
-def test_same_bytes_every_run_and_any_thread_count(monkeypatch):
+@pytest.mark.parametrize("route", ["one pass", "two passes"])
+def test_same_bytes_every_run_and_any_thread_count(monkeypatch, route):
     # more rows than one chunk, so the rows are split into chunks (cox_cpu.CHUNKS)
     n = 2 * cox_cpu.CHUNKS * cox_cpu._MIN_CHUNK + 17
     df = survival_frame(n=n, p=3, seed=5)
     assert len(cox_cpu._ranges(n)) == cox_cpu.CHUNKS > 1
     monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    if route == "two passes":
+        monkeypatch.setattr(cox_cpu, "ONE_PASS_P", 0)
+    seen = watch_routes(monkeypatch)
     runs = []
     for threads in ("2", "1", "2"):
         monkeypatch.setenv("HPCSTUDY_THREADS", threads)
         m = fit(df, "efron")
         runs.append(m.coef_.tobytes() + m.se_.tobytes() + np.float64(m.loglik_).tobytes())
     assert runs[0] == runs[1] == runs[2]
+    assert seen == {route}
 
 
 def test_any_memory_layout_of_X_gives_the_same_fit():
@@ -289,3 +304,282 @@ def test_an_error_in_a_chunk_thread_reaches_the_caller(monkeypatch):
     part.b[-1] = part.grid_size + 5   # a row of the last chunk points past the grid
     with pytest.raises(ValueError, match="out of range"):
         K.pass1(part, np.zeros(4))
+
+
+# -- one pass over X per Newton step (cox_cpu.one_pass) -------------------------------------
+
+def watch_routes(monkeypatch):
+    """The set of routes ("one pass", "two passes") pass 1 takes from now on."""
+    seen = set()
+    real = cox_cpu.pass1_bins
+
+    def spy(part, beta, shift_above):
+        out = real(part, beta, shift_above)
+        seen.add("one pass" if part.buckets is not None else "two passes")
+        return out
+
+    monkeypatch.setattr(cox_cpu, "pass1_bins", spy)
+    return seen
+
+
+def coarse(df, days=20):
+    """The same data on a grid of about 600 / ``days`` event times (small buckets)."""
+    df = df.copy()
+    df["time"] = np.ceil(df.time / days)
+    if "entry" in df:
+        df["entry"] = np.minimum(np.floor(df.entry / days), df.time - 1)
+    return df
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("route", ["one pass", "two passes"])
+def test_both_routes_agree_with_the_numpy_passes(monkeypatch, ties, case, route):
+    make, kw = CASES[case]
+    df = coarse(survival_frame(n=3000, seed=11, **make))
+    df["person"] = np.arange(len(df)) // 2
+    if kw.get("entry"):   # rows never at risk, as above
+        df.loc[df.index[:25], ["entry", "time", "event"]] = [0.0, 0.5, 0]
+    monkeypatch.setenv("HPCSTUDY_NO_COMPILED", "1")
+    slow = fit(df, ties, **kw)
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED")
+    if route == "two passes":
+        monkeypatch.setattr(cox_cpu, "ONE_PASS_P", 0)
+    seen = watch_routes(monkeypatch)
+    fast = fit(df, ties, **kw)
+    assert seen == {route}
+    assert fast.n_iter_ == slow.n_iter_
+    assert rel(fast.coef_, slow.coef_) < 1e-12
+    assert rel(fast.se_, slow.se_) < 1e-12
+    assert rel(fast.loglik_, slow.loglik_) < 1e-12
+
+
+def test_one_pass_agrees_with_lifelines(monkeypatch):
+    from lifelines import CoxPHFitter
+
+    df = coarse(survival_frame(n=1500, seed=12, entry=True, strata=3), days=40)
+    cols = covariates(df)
+    seen = watch_routes(monkeypatch)
+    m = CoxPH("efron").fit(df[cols], df.time, df.event, entry=df.entry, strata=df.stratum)
+    assert seen == {"one pass"}
+    ref = CoxPHFitter().fit(df, "time", "event", entry_col="entry", strata=["stratum"],
+                            fit_options={"precision": 1e-12, "step_size": 0.95,
+                                         "max_steps": 200})
+    assert rel(m.coef_, ref.params_[cols].values) < 1e-6
+    assert rel(m.se_, ref.standard_errors_[cols].values) < 1e-6
+    assert m.loglik_ == pytest.approx(ref.log_likelihood_, rel=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(10, 30, False, 10**5, False), (5, 30, False, 10**5, False),
+                                   (4, 30, True, 30 * 3 * 8, True),
+                                   (4, 30, True, 30 * 3 * 8 - 1, False),
+                                   (4, 30, False, 30 * 2 * 8, True), (1, 1, False, 16, True)])
+def test_one_pass_is_chosen_by_the_shape_alone(monkeypatch, shape):
+    p, G, late, rows, want = shape
+    # p ≤ 4, at least ONE_PASS_ROWS (8) rows per bucket row, buckets within ONE_PASS_BYTES
+    assert cox_cpu.ONE_PASS_P == 4 and cox_cpu.ONE_PASS_ROWS == 8
+    for threads in ("1", "2"):   # never the thread count
+        monkeypatch.setenv("HPCSTUDY_THREADS", threads)
+        assert cox_cpu.one_pass(rows, G, p, late) == want
+    big = cox_cpu.ONE_PASS_BYTES // (8 * cox_cpu.bucket_cells(4) * 2) + 1
+    assert not cox_cpu.one_pass(10**9, big, 4, False)
+    assert cox_cpu.one_pass(10**9, big - 1, 4, False)
+
+
+def test_bucket_cells_equal_the_c_layout():
+    for p in range(1, 40):
+        assert cox_cpu.bucket_cells(p) == cox_cpu._cox_c.bucket_cells(p)
+        assert cox_cpu.bucket_cells(p) % 4 == 0   # whole 4-vectors
+
+
+def test_buckets_refuse_the_wrong_sizes():
+    G, p = 5, 3
+    cells = cox_cpu.bucket_cells(p)
+    args = _pass1_args(p=p, G=G)
+    args.update(dead2=np.zeros((G, cells)), alive2=np.zeros((G, cells)),
+                late2=np.zeros((G, cells - 4)))
+    with pytest.raises(ValueError, match="late2"):
+        cox_cpu._cox_c.pass1(*args.values())
+    args["late2"] = np.zeros((G, cells))
+    assert cox_cpu._cox_c.pass1(*args.values()) == (0.0, 0.0)
+    # the buckets' first row is the bins: (r, r x) of every row (r = 1 at β = 0)
+    assert args["alive2"][G - 1, 0] == 100 and args["alive"][G - 1, 0] == 100
+    out = np.empty((p, p))
+    with pytest.raises(ValueError):
+        cox_cpu._cox_c.buckets(args["dead2"], args["alive2"], None, np.zeros(G), np.zeros(G),
+                               1.0, out)   # cum must be G + 1 long
+    with pytest.raises(ValueError):
+        cox_cpu._cox_c.buckets(args["dead2"], args["alive2"], None, np.zeros(G + 1),
+                               np.zeros(G), 1.0, np.empty((p, p + 1)))
+
+
+def test_pass2_from_buckets_equals_pass2_over_the_rows(monkeypatch):
+    df = coarse(survival_frame(n=4000, seed=13, entry=True))
+    X = df[covariates(df)].to_numpy()
+    t, e, entry = df.time.to_numpy(), df.event.to_numpy().astype(float), df.entry.to_numpy()
+    s = np.zeros(len(df), np.int64)
+    grid = K.make_grid(*[[a] for a in K.event_pairs(t, e, s)])
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    part = K.prepare(X, t, e, entry, s, np.ones(len(df)), grid, X.mean(axis=0))
+    beta = np.array([0.3, -0.2, 0.1, 0.05])
+    rng = np.random.default_rng(0)
+    c, ee = rng.random(grid.size), rng.random(grid.size) * 0.1
+    K.pass1(part, beta)
+    assert part.buckets is not None and part.buckets.shape[0] == 3   # late entries apart
+    one = K.pass2(part, beta, c, ee)
+    monkeypatch.setattr(cox_cpu, "ONE_PASS_P", 0)
+    K.pass1(part, beta * 1.0000001)   # a new β: pass 1 again, now without buckets
+    K.pass1(part, beta)
+    assert part.buckets is None
+    close(one, K.pass2(part, beta, c, ee), rtol=1e-13)
+    assert np.array_equal(one, one.T)
+
+
+@pytest.mark.parametrize("beta", [[900.0, -400.0, 300.0, 0.0], [0.3, -0.2, 0.1, 0.05]])
+def test_both_routes_give_pass2_at_any_shift(monkeypatch, beta):
+    # past exp's range the risks are shifted by the largest xβ; pass 2's sums at the combined
+    # shift of another partition are scaled by exp(own shift − that shift), from the buckets too
+    df = coarse(survival_frame(n=3000, seed=15))
+    X = df[covariates(df)].to_numpy()
+    t, e = df.time.to_numpy(), df.event.to_numpy().astype(float)
+    s = np.zeros(len(df), np.int64)
+    grid = K.make_grid(*[[a] for a in K.event_pairs(t, e, s)])
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    beta = np.array(beta)
+    rng = np.random.default_rng(1)
+    c, ee = rng.random(grid.size), rng.random(grid.size) * 0.1
+    got = {}
+    for route in ("one pass", "two passes"):
+        monkeypatch.setattr(cox_cpu, "ONE_PASS_P", 4 if route == "one pass" else 0)
+        part = K.prepare(X, t, e, None, s, np.ones(len(df)), grid, X.mean(axis=0))
+        shift = K.pass1(part, beta)[0]
+        assert (part.buckets is not None) == (route == "one pass")
+        got[route] = (shift, K.pass2(part, beta, c, ee, shift + 3.0))
+    assert got["one pass"][0] == got["two passes"][0]
+    assert (got["one pass"][0] > 709) == (beta[0] > 1)
+    close(got["one pass"][1], got["two passes"][1], rtol=1e-12)
+    assert np.all(np.isfinite(got["one pass"][1]))
+
+
+# -- exp, and the two clones ----------------------------------------------------------------
+
+def _c_exp(x):
+    out = np.empty_like(x)
+    cox_cpu._cox_c.exp(np.ascontiguousarray(x), out)
+    return out
+
+
+def test_exp_is_within_one_ulp():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.uniform(-30, 30, 200_000), rng.uniform(-708, 709.7, 200_000),
+                        rng.normal(0, 1e-6, 1000), np.arange(-700, 700, 0.5) * np.log(2)])
+    got = _c_exp(x)
+    exact = np.exp(x.astype(np.longdouble))   # 64-bit mantissa: 11 more bits than doubles
+    ulp = np.spacing(exact.astype(np.float64)).astype(np.longdouble)
+    assert float(np.max(np.abs(got - exact) / ulp)) < 1.0
+    # where the result is subnormal, 0, inf or not a number
+    edge = np.array([-np.inf, -1e300, -1001.0, -1000.0, -746.0, -745.0, -740.0, -709.5, 0.0,
+                     -0.0, 5e-324, 709.78, 709.79, 710.0, 1e10, np.inf, np.nan])
+    with np.errstate(over="ignore"):   # (doubles overflow before long doubles do)
+        want = np.exp(edge.astype(np.longdouble)).astype(np.float64)
+    got = _c_exp(edge)
+    finite = np.isfinite(want) & (want != 0)
+    assert (np.abs(got[finite] - want[finite]) <= np.spacing(want[finite])).all()
+    assert np.array_equal(got[~finite], want[~finite], equal_nan=True)
+    assert got[edge == -1000.0][0] == 0.0 and np.isinf(got[edge == 709.79][0])
+
+
+_CLONE_RUN = r"""
+import hashlib, importlib.util, sys
+spec = importlib.util.spec_from_file_location("hpcstudy_kernels._cox_c", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+sys.modules["hpcstudy_kernels._cox_c"] = mod
+import numpy as np
+from hpcstudy_kernels import cox_cpu
+assert cox_cpu._cox_c is mod
+sys.path.insert(0, sys.argv[2])
+from models.data import covariates, survival_frame
+from hpcstudy.models import CoxPH
+h = hashlib.sha256()
+x = np.random.default_rng(0).uniform(-750, 712, 100_003)
+out = np.empty_like(x)
+mod.exp(x, out)
+h.update(out.tobytes())
+for coarse in (False, True):
+    df = survival_frame(n=3000, seed=3, entry=True, strata=2, weights=True)
+    if coarse:   # one pass per step
+        df["time"] = np.ceil(df.time / 20)
+        df["entry"] = np.minimum(np.floor(df.entry / 20), df.time - 1)
+    for ties in ("efron", "breslow"):
+        m = CoxPH(ties).fit(df[covariates(df)], df.time, df.event, entry=df.entry,
+                            strata=df.stratum, weights=df.w)
+        h.update(m.coef_.tobytes() + m.se_.tobytes() + np.float64(m.loglik_).tobytes())
+print(h.hexdigest())
+"""
+
+
+def _has_avx2():
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
+                    reason="the two clones are built on x86-64 Linux")
+def test_avx2_and_baseline_clones_give_the_same_bytes(tmp_path):
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None or not _has_avx2():
+        pytest.skip("needs a C compiler and a CPU with AVX2 and FMA")
+    source = Path(cox_cpu.__file__).with_name("_cox_c.c")
+    include = sysconfig.get_paths()["include"]
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    tests = str(Path(__file__).parents[1])
+    libs, builds = [], []
+    for target in (1, 3):   # the baseline clone, the x86-64-v3 (AVX2 + FMA) clone, side by side
+        folder = tmp_path / str(target)
+        folder.mkdir()
+        libs.append(folder / f"_cox_c{suffix}")
+        builds.append(subprocess.Popen(
+            [cc, "-O3", "-ffp-contract=off", "-fPIC", "-shared", "-pthread",
+             f"-DCOX_ONE_TARGET={target}", f"-I{include}", str(source), "-o", str(libs[-1]),
+             "-lm"], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for b in builds:
+        _, err = b.communicate()
+        assert b.returncode == 0, err.decode()
+    # and the installed module (whichever clone this CPU picks) gives those bytes too
+    runs = [subprocess.Popen([sys.executable, "-c", _CLONE_RUN, str(lib), tests],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for lib in [*libs, Path(cox_cpu._cox_c.__file__)]]
+    digests = []
+    for run in runs:
+        out, err = run.communicate()
+        assert run.returncode == 0, err
+        digests.append(out.strip())
+    assert len(digests[0]) == 64 and digests[0] == digests[1] == digests[2]
+    assert hashlib.sha256(b"").hexdigest() not in digests
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_partitions_mixing_both_routes_equal_the_numpy_fit(monkeypatch, ties):
+    from hpcstudy.models import LocalPartitions
+
+    # the rule looks at each partition's rows: the small one takes two passes, the large one
+    df = coarse(survival_frame(n=5000, seed=14, entry=True, strata=2), days=40)
+    cols = covariates(df)
+    parts = []
+    for lo, hi in ((0, 150), (150, 5000)):
+        d = df.iloc[lo:hi]
+        parts.append({"X": d[cols].to_numpy(), "time": d.time.to_numpy(float),
+                      "event": d.event.to_numpy(float), "weights": np.ones(len(d)),
+                      "strata": d.stratum.to_numpy(), "entry": d.entry.to_numpy(float)})
+    monkeypatch.setenv("HPCSTUDY_NO_COMPILED", "1")
+    slow = CoxPH(ties).fit_partitions(LocalPartitions(parts), cols)
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED")
+    seen = watch_routes(monkeypatch)
+    fast = CoxPH(ties).fit_partitions(LocalPartitions(parts), cols)
+    assert seen == {"one pass", "two passes"}
+    assert rel(fast.coef_, slow.coef_) < 1e-12 and rel(fast.se_, slow.se_) < 1e-12
+    assert rel(fast.loglik_, slow.loglik_) < 1e-12
