@@ -167,38 +167,49 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
     from .outputs.run_record import begin
 
     begin(report, client)   # when and where the run started, for run.json
+    figures = None
     if out is not None:
+        from .report.drawing import FigureProcess
+
+        figures = FigureProcess.start()   # imports matplotlib beside the partitions
         warm_up(AFTER_THE_PARTITIONS)
-    device = choose_device(engine, device, client)
-    ckpt = checkpoint.directory(Path(out)) if out is not None and engine == "dask" else None
-    if ckpt is not None and ckpt.is_dir():
-        checkpoint.private_folder(ckpt)   # one an older hpcstudy left readable by others
-    built = person_table(plan, prep.ds, engine, client, progress, ckpt, resume, report, device)
-    if out is not None and not gather and hasattr(built.tables, "write_ahead"):
-        built.tables.write_ahead(plan)   # the private table's bytes while the analyses run
-    fitted: dict = {}
-    results = analyse(plan, built.parts, built.attrition, fitted, ds=prep.ds,
-                      design=built.design)
-    table = combined(plan, built.tables) if gather or engine != "dask" else None
-    res = exported(results, plan.min_cell, plan.round_to)
-    if out is not None:
-        res["run"] = run_section(prep, engine, report.get("device"))
-        truth = demo.planted_truth(plan, prep.ds.manifest)
-        if truth is not None:
-            res["planted_truth"] = truth
-        write_run(Path(out), plan, res, table if table is not None else built.tables,
-                  overwrite=overwrite, data_manifest_sha256=prep.manifest_sha256,
-                  data_persons_sha256=prep.ds.persons_sha256(),
-                  project=prep.approval.project if prep.approval is not None else None,
-                  engine=engine, device=report.get("device"), run=report)
-        if ckpt is not None:
-            checkpoint.clear(ckpt)
+    try:
+        device = choose_device(engine, device, client)
+        ckpt = checkpoint.directory(Path(out)) if out is not None and engine == "dask" else None
+        if ckpt is not None and ckpt.is_dir():
+            checkpoint.private_folder(ckpt)   # one an older hpcstudy left readable by others
+        built = person_table(plan, prep.ds, engine, client, progress, ckpt, resume, report,
+                             device)
+        if out is not None and not gather and hasattr(built.tables, "write_ahead"):
+            built.tables.write_ahead(plan)   # the private table's bytes while the analyses run
+        fitted: dict = {}
+        results = analyse(plan, built.parts, built.attrition, fitted, ds=prep.ds,
+                          design=built.design)
+        table = combined(plan, built.tables) if gather or engine != "dask" else None
+        res = exported(results, plan.min_cell, plan.round_to)
+        if out is not None:
+            res["run"] = run_section(prep, engine, report.get("device"))
+            truth = demo.planted_truth(plan, prep.ds.manifest)
+            if truth is not None:
+                res["planted_truth"] = truth
+            write_run(Path(out), plan, res, table if table is not None else built.tables,
+                      overwrite=overwrite, data_manifest_sha256=prep.manifest_sha256,
+                      data_persons_sha256=prep.ds.persons_sha256(),
+                      project=prep.approval.project if prep.approval is not None else None,
+                      engine=engine, device=report.get("device"), run=report,
+                      figures=figures)
+            if ckpt is not None:
+                checkpoint.clear(ckpt)
+    finally:
+        if figures is not None and hasattr(figures, "close"):
+            figures.close()
     return Executed(results, res, table, fitted)
 
 
-# what a run that writes its outputs imports only after the partitions: the report's matplotlib
-# (about 0.6 s of CPU) above all, then its templates' jinja2 (0.1 s)
-AFTER_THE_PARTITIONS = ("hpcstudy.report", "matplotlib.backends.backend_svg", "jinja2",
+# what a run that writes its outputs imports only after the partitions: the report's page and
+# its templates' jinja2 (0.1 s); matplotlib (about 0.6 s of CPU) only in the figure process
+# (report/drawing.py)
+AFTER_THE_PARTITIONS = ("hpcstudy.report.build", "jinja2",
                         "hpcstudy.measures.compute", "hpcstudy.outputs.run_record",
                         "hpcstudy.secure.audit", "importlib.metadata")
 
@@ -236,9 +247,11 @@ def run(study, data, out, engine: str = "dask", client=None, progress=None,
 
 def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
                   ds: Dataset, overwrite: bool = True, approval=None,
-                  device: dict | None = None, run: dict | None = None) -> dict:
+                  device: dict | None = None, run: dict | None = None,
+                  figures=None) -> dict:
     """Disclosure, then the writers, for raw ``results`` computed elsewhere (the older entry
-    point; :func:`execute` is the run's). Returns what was exported."""
+    point; :func:`execute` is the run's). Returns what was exported. ``figures``: who draws
+    the report's figures (:mod:`hpcstudy.report.drawing`; here by default)."""
     from . import demo
     from .outputs.publish import exported
     from .outputs.writers import write_run
@@ -253,5 +266,5 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
               data_manifest_sha256=prep.manifest_sha256,
               data_persons_sha256=ds.persons_sha256(),
               project=approval.project if approval is not None else None,
-              engine=engine, device=device, run=run)
+              engine=engine, device=device, run=run, figures=figures)
     return res
