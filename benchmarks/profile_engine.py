@@ -5,6 +5,7 @@ and optionally a cProfile of one phase or of one partition's work.
     python benchmarks/profile_engine.py DATA --profile run        # + cProfile of the whole run
     python benchmarks/profile_engine.py DATA --profile partition --partition 0
     python benchmarks/profile_engine.py DATA --partition-parts    # one partition, step by step
+    python benchmarks/profile_engine.py DATA --whole              # `hpcstudy run`, watched
 
 Phases: imports (what a run loads before it reads data), plan (parse and compile), cohort
 (every partition's per-person table, with the run's launcher; the report's imports warm up
@@ -20,7 +21,8 @@ accrued while at most one of them was runnable (state R: running or waiting for 
 the GIL or a disk) is ``serial_cpu_s``, the rest ``parallel_cpu_s``; ``two_core_wall_s`` =
 serial + parallel / 2 + the time nothing was runnable is the phase's wall on two free cores,
 and ``two_core_cores_busy`` its CPU over that: the figures to compare before and after a change
-on a loaded machine.
+on a loaded machine. ``--whole`` watches a real ``hpcstudy run`` (a child process, and its figure
+process) the same way from outside: one phase, no imports of its own in the run's process.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import json
 import os
 import pstats
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -54,8 +58,9 @@ class Runnable:
     and the CPU time each accrued since the last sample, every ``every`` seconds: CPU time
     accrued while at most one was runnable is serial, the rest parallel (see the docstring)."""
 
-    def __init__(self, every: float = 0.004):
-        self.every, self.pids = every, [os.getpid()]
+    def __init__(self, every: float = 0.004, pids=None, children: bool = False):
+        self.every, self.pids = every, [os.getpid()] if pids is None else list(pids)
+        self.children = children   # follow the processes' children too (--whole)
         self.phase: str | None = None
         self.acc: dict[str, dict] = {}
         self._stop = threading.Event()
@@ -80,10 +85,28 @@ class Runnable:
                 got[(pid, tid)] = (st[0] == b"R", int(st[11]) + int(st[12]))
         return got
 
+    def _follow(self) -> None:
+        for pid in list(self.pids):
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/children") as f:
+                        kids = [int(k) for k in f.read().split()]
+                except OSError:
+                    continue
+                self.pids += [k for k in kids if k not in self.pids]
+
     def _run(self) -> None:
         me = threading.get_native_id()
         last, t_last = self._tasks(me), time.perf_counter()
+        k = 0
         while not self._stop.wait(self.every):
+            k += 1
+            if self.children and k % 10 == 1:
+                self._follow()
             now, t_now = self._tasks(me), time.perf_counter()
             phase = self.phase
             if phase is not None:
@@ -185,6 +208,28 @@ def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
     return rec
 
 
+def whole(data: Path, study: Path) -> dict:
+    """``hpcstudy run`` of ``study`` on ``data`` in a child process, watched from outside."""
+    out = Path(tempfile.mkdtemp(prefix="hpcstudy-profile-")) / "out"
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "hpcstudy.cli", "run", str(study), "--data",
+                             str(data), "--out", str(out), "--quiet"])
+    sampler = Runnable(pids=[proc.pid], children=True)
+    sampler.phase = "run"
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    sampler.stop()
+    shutil.rmtree(out.parent, ignore_errors=True)
+    if status != 0:
+        raise SystemExit(f"hpcstudy run failed (wait status {status})")
+    cpu = ru.ru_utime + ru.ru_stime   # the run's process and the children it waited for
+    rec = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+           "cores_busy": round(cpu / wall, 2), **sampler.record("run")}
+    return {"data": str(data), "whole": rec, "load_start": round(load0, 2),
+            "load_end": round(os.getloadavg()[0], 2)}
+
+
 def _run_imports():
     """What ``hpcstudy run`` imports before it reads any data (the engines, models, outputs);
     the report's come later, in the background (pipeline.warm_up)."""
@@ -237,9 +282,12 @@ def main() -> None:
                                           "partition"])
     ap.add_argument("--partition", type=int, default=0)
     ap.add_argument("--partition-parts", action="store_true")
+    ap.add_argument("--whole", action="store_true")
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
-    if a.partition_parts or a.profile == "partition":
+    if a.whole:
+        rec = whole(a.data, a.study)
+    elif a.partition_parts or a.profile == "partition":
         rec = partition_parts(a.data, a.study, a.partition, a.profile == "partition", a.top)
     else:
         rec = phases(a.data, a.study, a.profile, a.top)

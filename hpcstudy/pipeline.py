@@ -14,6 +14,7 @@ commands) and :func:`hpcstudy.run` (the Python API) both run exactly this (throu
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -154,26 +155,34 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
     reuses them; a finished run removes them. Without ``out`` nothing is written.
     ``gather``: bring the per-person table to this process (the Python API's); otherwise the
     dask engine's tables are written where they were computed."""
-    from . import demo
-    from .engines import checkpoint
-    from .engines.results import analyse
-    from .engines.run import check_engine, combined, person_table
-    from .outputs.publish import exported
-    from .outputs.writers import write_run
+    # started first, beside this process's imports: the first partitions' reads and (for a
+    # run that writes a report, computed here) the figure process
+    here = engine == "dask" and client is None
+    if here and device == "cpu" and not resume:
+        from .engines import read_ahead
 
-    plan = prep.plan
-    check_engine(plan, engine)          # "not supported by this engine": before any read
-    report = {} if report is None else report
-    from .outputs.run_record import begin
-
-    begin(report, client)   # when and where the run started, for run.json
+        read_ahead.start(prep.ds.root, prep.plan.reads,
+                         range(min(prep.ds.partitions, os.cpu_count() or 1)))
     figures = None
-    if out is not None:
+    if out is not None and here:
         from .report.drawing import FigureProcess
 
         figures = FigureProcess.start()   # imports matplotlib beside the partitions
-        warm_up(AFTER_THE_PARTITIONS)
     try:
+        from . import demo
+        from .engines import checkpoint
+        from .engines.results import analyse
+        from .engines.run import check_engine, combined, person_table
+        from .outputs.publish import exported
+        from .outputs.run_record import begin
+        from .outputs.writers import write_run
+
+        plan = prep.plan
+        report = {} if report is None else report
+        if out is not None:
+            warm_up(AFTER_THE_PARTITIONS)
+        check_engine(plan, engine)          # "not supported by this engine": before the run
+        begin(report, client)   # when and where the run started, for run.json
         device = choose_device(engine, device, client)
         ckpt = checkpoint.directory(Path(out)) if out is not None and engine == "dask" else None
         if ckpt is not None and ckpt.is_dir():
@@ -203,6 +212,10 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
     finally:
         if figures is not None and hasattr(figures, "close"):
             figures.close()
+        if here:
+            from .engines import read_ahead
+
+            read_ahead.clear()
     return Executed(results, res, table, fitted)
 
 

@@ -284,3 +284,43 @@ def test_a_figure_process_that_dies_stops_the_run_with_one_line(tmp_path, small_
                 "--quiet", "--resume", env={"HPCSTUDY_AUDIT_LOG": str(log)})
     assert r.returncode == 0, r.stderr
     same_files(statins_run, out)
+
+
+# -- the first partitions read while the run imports -------------------------------------------
+def test_a_partition_read_ahead_is_the_partition_read_then(small_data):
+    from hpcstudy.engines import partition, read_ahead
+
+    prep = prepare(EXAMPLES / "statins_mi.yaml", small_data)
+    root, reads = str(small_data), prep.plan.reads
+    read_ahead.start(root, reads, [0, 1])
+    assert len(read_ahead._AHEAD) == 2 * len(reads)
+    ahead = partition.read_host(root, 1, reads)   # partition 1's tables, taken once
+    assert len(read_ahead._AHEAD) == len(reads)
+    again = partition.read_host(root, 1, reads)   # read anew: nothing left for it
+    assert ahead.keys() == again.keys() == reads.keys()
+    for reg, cols in reads.items():
+        for c in cols:
+            assert ahead[reg][c].dtype == again[reg][c].dtype
+            assert np.array_equal(ahead[reg][c], again[reg][c], equal_nan=ahead[reg][c].dtype
+                                  .kind == "f")
+    read_ahead.clear()   # a run that stopped early: partition 0's tables go
+    assert read_ahead._AHEAD == {}
+    assert read_ahead.take(small_data / "lpr_diag" / "part-00000.parquet", ("pnr",)) is None
+
+
+def test_a_damaged_partition_read_ahead_fails_the_run_as_any_read(small_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    victim = data / "lpr_diag" / "part-00000.parquet"   # read ahead: the run's first partition
+    raw = bytearray(victim.read_bytes())
+    raw[-4:] = b"PAR0"   # not Parquet's magic; the same size: the manifest agrees
+    victim.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", data, "--out", out, "--quiet")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: ") and \
+        f"{victim}: partition file damaged" in lines[0], r.stderr
+    assert not out.exists()

@@ -71,7 +71,7 @@ from ..plan.nodes import (
 from ..registers.sources import SOURCES
 from ..registers.store import Dataset, part_name, read_partition
 from ..timesplit import entry
-from . import common
+from . import common, read_ahead
 from .results import ANALYSES
 
 DEFAULT_DEVICE = "cpu"
@@ -127,7 +127,10 @@ def read_host(ds_root: str, partition: int, reads: dict[str, tuple[str, ...]]) -
     """The columns a plan reads from one partition, as NumPy arrays (dates as int32 days)."""
     out = {}
     for reg, cols in reads.items():   # no manifest read: the run's prepare read it, once
-        t = read_partition(Path(ds_root) / reg / part_name(partition), cols)
+        path = Path(ds_root) / reg / part_name(partition)
+        t = read_ahead.take(path, cols)   # (read while the run imported: engines/read_ahead)
+        if t is None:
+            t = read_partition(path, cols)
         out[reg] = {c: common.as_days_or_values(t.column(c)) for c in cols}
     return out
 
