@@ -220,22 +220,25 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
 
 
 # what a run that writes its outputs imports only after the partitions: the report's page and
-# its templates' jinja2 (0.1 s); matplotlib (about 0.6 s of CPU) only in the figure process
-# (report/drawing.py)
-AFTER_THE_PARTITIONS = ("hpcstudy.report.build", "jinja2",
+# its template, compiled ("module:function" calls the function; about 0.1 s of CPU each);
+# matplotlib (about 0.6 s) only in the figure process (report/drawing.py)
+AFTER_THE_PARTITIONS = ("hpcstudy.report.build", "hpcstudy.report:template",
                         "hpcstudy.measures.compute", "hpcstudy.outputs.run_record",
                         "hpcstudy.secure.audit", "importlib.metadata")
 
 
 def warm_up(modules) -> threading.Thread:
-    """Import ``modules`` in a background thread: while the partitions compute (NumPy and
-    pyarrow release the GIL) rather than after them, on one core, when the run needs them.
-    Python's import lock makes a later ``import`` of one of them wait for this one to finish;
-    one that fails here is left for that later import to report."""
+    """Import ``modules`` (``module:function``: and call it) in a background thread: while the
+    partitions compute (NumPy and pyarrow release the GIL) rather than after them, on one core,
+    when the run needs them. Python's import lock makes a later ``import`` of one of them wait
+    for this one to finish; one that fails here is left for that later import to report."""
     def load():
         for name in modules:
+            module, _, call = name.partition(":")
             try:
-                importlib.import_module(name)
+                m = importlib.import_module(module)
+                if call:
+                    getattr(m, call)()
             except Exception:   # noqa: BLE001 - the run's own import says what went wrong
                 return
 

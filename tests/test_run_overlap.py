@@ -195,6 +195,21 @@ def test_warm_up_leaves_a_module_it_cannot_import_to_the_run():
         __import__("hpcstudy_no_such_module")
 
 
+def test_warm_up_compiles_the_report_template_the_page_then_uses():
+    from hpcstudy import report
+
+    report._environment.cache_clear()
+    t = warm_up(["hpcstudy.report:template"])
+    t.join(60)
+    assert not t.is_alive()
+    compiled = report.template()
+    assert report.template() is compiled   # compiled once per process, by the warm-up
+    assert report._environment.cache_info().hits >= 1
+    t = warm_up(["hpcstudy.report:no_such_function", "json"])   # left to the run to report
+    t.join(30)
+    assert not t.is_alive()
+
+
 # -- the report's figures, drawn in a process of their own -----------------------------------------
 class NothingToDrawAt:
     """Figures drawn here, but for the ``k``-th (from 0), which has nothing to draw: what a

@@ -13,6 +13,7 @@ it shows, so the export gate can check the page by itself (``verify.py``).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -36,13 +37,21 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+@functools.cache
 def _environment():
+    """The page's Jinja2 environment, made once per process: a run makes it, and compiles the
+    page's template, while its partitions compute (pipeline.AFTER_THE_PARTITIONS)."""
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
     return Environment(loader=PackageLoader("hpcstudy.report", "templates"),
                        autoescape=select_autoescape(["html", "j2"], default=True),
                        undefined=StrictUndefined, keep_trailing_newline=True,
                        trim_blocks=False, lstrip_blocks=False)
+
+
+def template():
+    """The page's compiled template (compiled once per process)."""
+    return _environment().get_template("report.html.j2")
 
 
 def _markdown(t) -> str:
@@ -137,7 +146,7 @@ def _inline_all(p) -> None:
 
 def _html(p, o, version: str) -> str:
     plan_path = next((e["path"] for e in o.entries if e["kind"] == "plan"), "plan.txt")
-    return _environment().get_template("report.html.j2").render(
+    return template().render(
         page=p, version=version, plan_path=plan_path)
 
 

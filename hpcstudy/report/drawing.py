@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import re
 import secrets
 import subprocess
@@ -60,9 +61,12 @@ class FigureProcess:
         self._next = 0
         self._stopped: str | None = None
         self._stderr: list[bytes] = []
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._read, name="hpcstudy-figures",
                                           daemon=True),
                          threading.Thread(target=self._drain, name="hpcstudy-figures-stderr",
+                                          daemon=True),
+                         threading.Thread(target=self._write, name="hpcstudy-figures-input",
                                           daemon=True)]
         for t in self._threads:
             t.start()
@@ -88,12 +92,24 @@ class FigureProcess:
             seq = self._next
             self._next += 1
             self._pending[seq] = f
+        # written by a thread of its own: a figure's rows fill the pipe while the process still
+        # draws the one before, and the page is laid out meanwhile
+        self._outbox.put(pickle.dumps((seq, name, args, kw), pickle.HIGHEST_PROTOCOL))
+        return f
+
+    def _write(self) -> None:
+        while (job := self._outbox.get()) is not None:
             try:
-                pickle.dump((seq, name, args, kw), self.proc.stdin, pickle.HIGHEST_PROTOCOL)
+                self.proc.stdin.write(job)
                 self.proc.stdin.flush()
             except (OSError, ValueError):
-                self._stop_locked("its input was closed")
-        return f
+                with self._lock:
+                    self._stop_locked("its input was closed")
+                return
+        try:
+            self.proc.stdin.close()   # the process exits once it has drawn what it was given
+        except OSError:
+            pass
 
     def draw(self, name: str, *args, **kw) -> str | None:
         return self.submit(name, *args, **kw).result()
@@ -149,11 +165,7 @@ class FigureProcess:
 
     def close(self) -> None:
         """End the process (it exits when its input closes); kill it if it does not."""
-        with self._lock:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
+        self._outbox.put(None)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
