@@ -75,11 +75,14 @@ class FigureProcess:
     def start(cls) -> FigureProcess | Here:
         """A figure process, importing matplotlib from now on; drawing here where no process
         can be started (the same figures, later)."""
+        # this process's module path: hpcstudy found where it was found here (a notebook's
+        # sys.path too)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
             proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    close_fds=True)
-        except OSError:
+                                    close_fds=True, env=env)
+        except (OSError, ValueError):
             return Here()
         return cls(proc)
 
