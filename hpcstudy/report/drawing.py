@@ -167,8 +167,11 @@ class FigureProcess:
                                 "processes)")
 
     def close(self) -> None:
-        """End the process (it exits when its input closes); kill it if it does not."""
+        """End the process (it exits when its input closes); kill it if it does not, or at once
+        if it was given nothing to draw (a run that stopped before its report)."""
         self._outbox.put(None)
+        if self._next == 0:
+            self.proc.kill()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
