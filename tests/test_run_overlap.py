@@ -29,7 +29,7 @@ from hpcstudy.outputs.publish import jsonable
 from hpcstudy.pipeline import prepare, warm_up
 from hpcstudy.registers import arrow
 from hpcstudy.report import render
-from hpcstudy.report.drawing import FigureProcess, Here, Placeholders
+from hpcstudy.report.drawing import FigureFailed, FigureProcess, Here, Placeholders
 
 
 def test_a_dask_run_loads_no_pandas_scipy_or_dask_and_writes_the_same_bytes(
@@ -230,6 +230,11 @@ def test_figures_drawn_in_their_own_process_are_the_page_drawn_here(statins_run)
         there = render(statins_run, figures)
         again = render(statins_run, figures)   # the same process draws a second page
         _placeholders(figures)
+        # a figure it cannot draw (no such plot): one line, exit code 1; it draws on
+        with pytest.raises(FigureFailed, match="could not draw a figure") as e:
+            figures.draw("no_such_plot", [])
+        assert e.value.exit_code == 1 and "\n" not in str(e.value)
+        assert figures.draw("forest_plot", []) is None   # nothing to draw: no figure
     finally:
         figures.close()
     assert figures.proc.returncode == 0
