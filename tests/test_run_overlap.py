@@ -299,6 +299,14 @@ def test_a_figure_process_that_dies_stops_the_run_with_one_line(tmp_path, small_
                                 "HPCSTUDY_AUDIT_LOG": str(log)})
     _one_line_no_output(r, tmp_path, out, log, "the report's figure process stopped")
     assert "exit code 3" in r.stderr
+    # one that cannot start (it stops before its first figure): the figures drawn in the run's
+    # process, the same bytes
+    first = tmp_path / "first"
+    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", small_data, "--out", first,
+                "--quiet", env={"HPCSTUDY_TEST_FIGURES_EXIT": "0",
+                                "HPCSTUDY_AUDIT_LOG": str(log)})
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    same_files(statins_run, first)
     # the checkpoints left let the same run finish, the same bytes as one never stopped
     r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", small_data, "--out", out,
                 "--quiet", "--resume", env={"HPCSTUDY_AUDIT_LOG": str(log)})

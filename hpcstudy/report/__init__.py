@@ -87,7 +87,7 @@ def render(out: str | Path, figures=None) -> dict[str, bytes]:
     (the same bytes as drawing them here, the default)."""
     from ..outputs.run_record import code_version
     from .build import Outputs
-    from .drawing import FigureProcess, Placeholders
+    from .drawing import FigureFailed, FigureProcess, Placeholders
 
     version, code_sha = code_version()
     if not isinstance(figures, FigureProcess):
@@ -102,7 +102,14 @@ def render(out: str | Path, figures=None) -> dict[str, bytes]:
     for b in _figures(p):
         spots.setdefault(b.svg, []).append(b)
     html = _html(p, o, version)   # laid out while the figures are drawn
-    svgs = ahead.drawn()
+    try:
+        svgs = ahead.drawn()
+    except FigureFailed:
+        if figures.answered:
+            raise
+        # it stopped before its first figure (it could not start: another hpcstudy on its
+        # path, a broken matplotlib): the figures drawn here, the same page
+        return render(out)
     if all(svg is not None and len(spots.get(t, ())) == 1 and html.count(t) == 1
            for t, svg in svgs.items()):
         for t, svg in svgs.items():

@@ -51,7 +51,8 @@ class FigureProcess:
 
     ``submit(name, *args, **kw)`` returns a Future of ``figures.draw(figures.<name>, *args,
     **kw)``; figures are drawn one at a time, in the order asked. Should the process stop,
-    every figure not yet drawn fails with :class:`FigureFailed` (one line, exit code 1).
+    every figure not yet drawn fails with :class:`FigureFailed` (one line, exit code 1);
+    ``render`` draws the page here instead where it stopped before answering any.
     """
 
     def __init__(self, proc: subprocess.Popen):
@@ -59,6 +60,7 @@ class FigureProcess:
         self._lock = threading.Lock()
         self._pending: dict[int, Future] = {}
         self._next = 0
+        self.answered = 0   # figures it has answered (drawn or not)
         self._stopped: str | None = None
         self._stderr: list[bytes] = []
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -88,6 +90,7 @@ class FigureProcess:
 
     def submit(self, name: str, *args, **kw) -> Future:
         f: Future = Future()
+        job = pickle.dumps((name, args, kw), pickle.HIGHEST_PROTOCOL)   # (rows: plain data)
         with self._lock:
             if self._stopped is not None:
                 f.set_exception(self._failure())
@@ -97,7 +100,7 @@ class FigureProcess:
             self._pending[seq] = f
         # written by a thread of its own: a figure's rows fill the pipe while the process still
         # draws the one before, and the page is laid out meanwhile
-        self._outbox.put(pickle.dumps((seq, name, args, kw), pickle.HIGHEST_PROTOCOL))
+        self._outbox.put(pickle.dumps((seq, job), pickle.HIGHEST_PROTOCOL))
         return f
 
     def _write(self) -> None:
@@ -124,6 +127,7 @@ class FigureProcess:
                 seq, ok, value = pickle.load(self.proc.stdout)
                 with self._lock:
                     f = self._pending.pop(seq)
+                    self.answered += 1
                 if ok:
                     f.set_result(value)
                 else:
@@ -250,9 +254,10 @@ def _serve() -> None:
     empty = os.environ.get("HPCSTUDY_TEST_FIGURES_NONE")
     while True:
         try:
-            seq, name, args, kw = pickle.load(requests)
+            seq, job = pickle.load(requests)
         except EOFError:
             return
+        name, args, kw = pickle.loads(job)
         if die is not None and seq >= int(die):
             os._exit(3)
         try:
