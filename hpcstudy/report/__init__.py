@@ -50,8 +50,11 @@ def _environment():
 
 
 def template():
-    """The page's compiled template (compiled once per process)."""
-    return _environment().get_template("report.html.j2")
+    """The page's compiled template (compiled once per process, with the stylesheet it
+    includes)."""
+    env = _environment()
+    env.get_template("report.css")   # its include, compiled now rather than at rendering
+    return env.get_template("report.html.j2")
 
 
 def _markdown(t) -> str:
