@@ -5,6 +5,7 @@ and optionally a cProfile of one phase or of one partition's work.
     python benchmarks/profile_engine.py DATA --profile run        # + cProfile of the whole run
     python benchmarks/profile_engine.py DATA --profile partition --partition 0
     python benchmarks/profile_engine.py DATA --partition-parts    # one partition, step by step
+    python benchmarks/profile_engine.py DATA --whole              # `hpcstudy run`, watched
 
 Phases: imports (what a run loads before it reads data), plan (parse and compile), cohort
 (every partition's per-person table, with the run's launcher; the report's imports warm up
@@ -12,6 +13,16 @@ beside it, as in a run), analyses (Cox, Poisson, curves over the partition table
 side; the private table's bytes are made beside them), outputs (disclosure checks, files, the
 report, the private table). CPU time is this process's (user + system, all threads),
 so CPU / wall says how many cores were busy in each phase. Prints JSON; appends nothing.
+
+Cores busy depends on what else runs on the machine; what does not is how much of the CPU time
+is spent while only one thread can run. A sampler thread reads every thread's state and CPU
+clock from /proc every few milliseconds (the run's threads and its figure process): CPU time
+accrued while at most one of them was runnable (state R: running or waiting for a core, not for
+the GIL or a disk) is ``serial_cpu_s``, the rest ``parallel_cpu_s``; ``two_core_wall_s`` =
+serial + parallel / 2 + the time nothing was runnable is the phase's wall on two free cores,
+and ``two_core_cores_busy`` its CPU over that: the figures to compare before and after a change
+on a loaded machine. ``--whole`` watches a real ``hpcstudy run`` (a child process, and its figure
+process) the same way from outside: one phase, no imports of its own in the run's process.
 """
 
 from __future__ import annotations
@@ -23,7 +34,10 @@ import json
 import os
 import pstats
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,23 +50,125 @@ def _clock():
     return time.perf_counter(), t.user + t.system
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class Runnable:
+    """A thread sampling which of this process's threads (and of ``pids``' too) are runnable,
+    and the CPU time each accrued since the last sample, every ``every`` seconds: CPU time
+    accrued while at most one was runnable is serial, the rest parallel (see the docstring)."""
+
+    def __init__(self, every: float = 0.004, pids=None, children: bool = False):
+        self.every, self.pids = every, [os.getpid()] if pids is None else list(pids)
+        self.children = children   # follow the processes' children too (--whole)
+        self.phase: str | None = None
+        self.acc: dict[str, dict] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name="profile-sampler", daemon=True)
+        self._t.start()
+
+    def _tasks(self, me: int) -> dict:
+        got = {}
+        for pid in self.pids:
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                if int(tid) == me:
+                    continue
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                        st = f.read().rsplit(b")", 1)[1].split()
+                except OSError:
+                    continue
+                got[(pid, tid)] = (st[0] == b"R", int(st[11]) + int(st[12]))
+        return got
+
+    def _follow(self) -> None:
+        for pid in list(self.pids):
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/children") as f:
+                        kids = [int(k) for k in f.read().split()]
+                except OSError:
+                    continue
+                self.pids += [k for k in kids if k not in self.pids]
+
+    def _run(self) -> None:
+        me = threading.get_native_id()
+        last, t_last = self._tasks(me), time.perf_counter()
+        k = 0
+        while not self._stop.wait(self.every):
+            k += 1
+            if self.children and k % 10 == 1:
+                self._follow()
+            now, t_now = self._tasks(me), time.perf_counter()
+            phase = self.phase
+            if phase is not None:
+                a = self.acc.setdefault(phase, {"serial": 0, "parallel": 0, "idle_s": 0.0})
+                ticks = sum(max(0, c - last.get(k, (False, c))[1]) for k, (_, c) in now.items())
+                running = sum(r for r, _ in now.values())
+                a["serial" if running <= 1 else "parallel"] += ticks
+                if running == 0 and ticks == 0:
+                    a["idle_s"] += t_now - t_last
+            last, t_last = now, t_now
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join()
+
+    def record(self, phase: str) -> dict:
+        a = self.acc.get(phase, {"serial": 0, "parallel": 0, "idle_s": 0.0})
+        serial, parallel = a["serial"] / TICK, a["parallel"] / TICK
+        two = serial + parallel / 2 + a["idle_s"]
+        return {"serial_cpu_s": round(serial, 3), "parallel_cpu_s": round(parallel, 3),
+                "two_core_wall_s": round(two, 3),
+                "two_core_cores_busy": round((serial + parallel) / max(two, 1e-9), 2)}
+
+
 class Phases:
-    def __init__(self):
+    def __init__(self, sampler: Runnable | None = None):
         self.out: dict = {}
+        self.sampler = sampler
 
     def __call__(self, name, fn, *a, **k):
+        if self.sampler is not None:
+            self.sampler.phase = name
         w0, c0 = _clock()
         res = fn(*a, **k)
         w1, c1 = _clock()
+        if self.sampler is not None:
+            time.sleep(2 * self.sampler.every)   # the last sample of the phase
+            self.sampler.phase = None
         self.out[name] = {"wall_s": round(w1 - w0, 3), "cpu_s": round(c1 - c0, 3),
                           "cores_busy": round((c1 - c0) / max(w1 - w0, 1e-9), 2)}
+        if self.sampler is not None:
+            self.out[name].update(self.sampler.record(name))
         return res
+
+    def total(self) -> dict:
+        keys = ("wall_s", "cpu_s", "serial_cpu_s", "parallel_cpu_s", "two_core_wall_s")
+        t = {k: round(sum(p.get(k, 0) for p in self.out.values()), 3) for k in keys}
+        t["cores_busy"] = round(t["cpu_s"] / max(t["wall_s"], 1e-9), 2)
+        cpu = t["serial_cpu_s"] + t["parallel_cpu_s"]
+        t["two_core_cores_busy"] = round(cpu / max(t["two_core_wall_s"], 1e-9), 2)
+        return t
 
 
 def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
-    ph = Phases()
+    sampler = Runnable()
+    ph = Phases(sampler)
     R = ph("imports", _run_imports)
     from hpcstudy.pipeline import AFTER_THE_PARTITIONS, warm_up
+    try:
+        from hpcstudy.report.drawing import FigureProcess
+    except ImportError:   # an older hpcstudy, to compare with: figures drawn in its process
+        FigureProcess = None
 
     out = Path(tempfile.mkdtemp(prefix="hpcstudy-profile-")) / "out"
     prof = cProfile.Profile() if profile else None
@@ -69,19 +185,49 @@ def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
 
     study_, plan, ds = maybe("plan", R.prepare, str(study), str(data))
     R.check_run(out, ds, study=study_, plan=plan)
+    figures, more = None, {}
+    if FigureProcess is not None:   # as pipeline.execute: matplotlib beside the partitions
+        figures = FigureProcess.start()
+        sampler.pids.append(figures.proc.pid)
+        more = {"figures": figures}
     warm_up(AFTER_THE_PARTITIONS)   # as pipeline.execute: beside the partitions
     tables, attrition, parts = maybe("cohort", R.person_table, plan, ds, "dask", None, None,
                                      None, False, {}, "cpu")
     tables.write_ahead(plan)        # as pipeline.execute: beside the analyses
     results = maybe("analyses", R.analyse, plan, parts, attrition, ds=ds)
     maybe("outputs", R.write_outputs, out, plan, results, tables, engine="dask", ds=ds,
-          overwrite=False, approval=None, device=None)
+          overwrite=False, approval=None, device=None, **more)
+    if figures is not None:
+        figures.close()
+    sampler.stop()
     shutil.rmtree(out.parent, ignore_errors=True)
-    rec = {"data": str(data), "phases": ph.out, "load_start": round(load0, 2),
-           "load_end": round(os.getloadavg()[0], 2)}
+    rec = {"data": str(data), "phases": ph.out, "total": ph.total(),
+           "load_start": round(load0, 2), "load_end": round(os.getloadavg()[0], 2)}
     if prof is not None:
         rec["profile"] = _top(prof, top)
     return rec
+
+
+def whole(data: Path, study: Path) -> dict:
+    """``hpcstudy run`` of ``study`` on ``data`` in a child process, watched from outside."""
+    out = Path(tempfile.mkdtemp(prefix="hpcstudy-profile-")) / "out"
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "hpcstudy.cli", "run", str(study), "--data",
+                             str(data), "--out", str(out), "--quiet"])
+    sampler = Runnable(pids=[proc.pid], children=True)
+    sampler.phase = "run"
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    sampler.stop()
+    shutil.rmtree(out.parent, ignore_errors=True)
+    if status != 0:
+        raise SystemExit(f"hpcstudy run failed (wait status {status})")
+    cpu = ru.ru_utime + ru.ru_stime   # the run's process and the children it waited for
+    rec = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+           "cores_busy": round(cpu / wall, 2), **sampler.record("run")}
+    return {"data": str(data), "whole": rec, "load_start": round(load0, 2),
+            "load_end": round(os.getloadavg()[0], 2)}
 
 
 def _run_imports():
@@ -136,9 +282,12 @@ def main() -> None:
                                           "partition"])
     ap.add_argument("--partition", type=int, default=0)
     ap.add_argument("--partition-parts", action="store_true")
+    ap.add_argument("--whole", action="store_true")
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
-    if a.partition_parts or a.profile == "partition":
+    if a.whole:
+        rec = whole(a.data, a.study)
+    elif a.partition_parts or a.profile == "partition":
         rec = partition_parts(a.data, a.study, a.partition, a.profile == "partition", a.top)
     else:
         rec = phases(a.data, a.study, a.profile, a.top)

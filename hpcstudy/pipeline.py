@@ -14,6 +14,7 @@ commands) and :func:`hpcstudy.run` (the Python API) both run exactly this (throu
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -154,64 +155,90 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
     reuses them; a finished run removes them. Without ``out`` nothing is written.
     ``gather``: bring the per-person table to this process (the Python API's); otherwise the
     dask engine's tables are written where they were computed."""
-    from . import demo
-    from .engines import checkpoint
-    from .engines.results import analyse
-    from .engines.run import check_engine, combined, person_table
-    from .outputs.publish import exported
-    from .outputs.writers import write_run
+    # started first, beside this process's imports: the first partitions' reads and (for a
+    # run that writes a report, computed here) the figure process
+    here = engine == "dask" and client is None
+    if here and device == "cpu" and not resume:
+        from .engines import read_ahead
 
-    plan = prep.plan
-    check_engine(plan, engine)          # "not supported by this engine": before any read
-    report = {} if report is None else report
-    from .outputs.run_record import begin
+        read_ahead.start(prep.ds.root, prep.plan.reads,
+                         range(min(prep.ds.partitions, os.cpu_count() or 1)))
+    figures = None
+    if out is not None and here:
+        from .report.drawing import FigureProcess
 
-    begin(report, client)   # when and where the run started, for run.json
-    if out is not None:
-        warm_up(AFTER_THE_PARTITIONS)
-    device = choose_device(engine, device, client)
-    ckpt = checkpoint.directory(Path(out)) if out is not None and engine == "dask" else None
-    if ckpt is not None and ckpt.is_dir():
-        checkpoint.private_folder(ckpt)   # one an older hpcstudy left readable by others
-    built = person_table(plan, prep.ds, engine, client, progress, ckpt, resume, report, device)
-    if out is not None and not gather and hasattr(built.tables, "write_ahead"):
-        built.tables.write_ahead(plan)   # the private table's bytes while the analyses run
-    fitted: dict = {}
-    results = analyse(plan, built.parts, built.attrition, fitted, ds=prep.ds,
-                      design=built.design)
-    table = combined(plan, built.tables) if gather or engine != "dask" else None
-    res = exported(results, plan.min_cell, plan.round_to)
-    if out is not None:
-        res["run"] = run_section(prep, engine, report.get("device"))
-        truth = demo.planted_truth(plan, prep.ds.manifest)
-        if truth is not None:
-            res["planted_truth"] = truth
-        write_run(Path(out), plan, res, table if table is not None else built.tables,
-                  overwrite=overwrite, data_manifest_sha256=prep.manifest_sha256,
-                  data_persons_sha256=prep.ds.persons_sha256(),
-                  project=prep.approval.project if prep.approval is not None else None,
-                  engine=engine, device=report.get("device"), run=report)
-        if ckpt is not None:
-            checkpoint.clear(ckpt)
+        figures = FigureProcess.start()   # imports matplotlib beside the partitions
+    try:
+        from . import demo
+        from .engines import checkpoint
+        from .engines.results import analyse
+        from .engines.run import check_engine, combined, person_table
+        from .outputs.publish import exported
+        from .outputs.run_record import begin
+        from .outputs.writers import write_run
+
+        plan = prep.plan
+        report = {} if report is None else report
+        if out is not None:
+            warm_up(AFTER_THE_PARTITIONS)
+        check_engine(plan, engine)          # "not supported by this engine": before the run
+        begin(report, client)   # when and where the run started, for run.json
+        device = choose_device(engine, device, client)
+        ckpt = checkpoint.directory(Path(out)) if out is not None and engine == "dask" else None
+        if ckpt is not None and ckpt.is_dir():
+            checkpoint.private_folder(ckpt)   # one an older hpcstudy left readable by others
+        built = person_table(plan, prep.ds, engine, client, progress, ckpt, resume, report,
+                             device)
+        if out is not None and not gather and hasattr(built.tables, "write_ahead"):
+            built.tables.write_ahead(plan)   # the private table's bytes while the analyses run
+        fitted: dict = {}
+        results = analyse(plan, built.parts, built.attrition, fitted, ds=prep.ds,
+                          design=built.design)
+        table = combined(plan, built.tables) if gather or engine != "dask" else None
+        res = exported(results, plan.min_cell, plan.round_to)
+        if out is not None:
+            res["run"] = run_section(prep, engine, report.get("device"))
+            truth = demo.planted_truth(plan, prep.ds.manifest)
+            if truth is not None:
+                res["planted_truth"] = truth
+            write_run(Path(out), plan, res, table if table is not None else built.tables,
+                      overwrite=overwrite, data_manifest_sha256=prep.manifest_sha256,
+                      data_persons_sha256=prep.ds.persons_sha256(),
+                      project=prep.approval.project if prep.approval is not None else None,
+                      engine=engine, device=report.get("device"), run=report,
+                      figures=figures)
+            if ckpt is not None:
+                checkpoint.clear(ckpt)
+    finally:
+        if figures is not None and hasattr(figures, "close"):
+            figures.close()
+        if here:
+            from .engines import read_ahead
+
+            read_ahead.clear()
     return Executed(results, res, table, fitted)
 
 
-# what a run that writes its outputs imports only after the partitions: the report's matplotlib
-# (about 0.6 s of CPU) above all, then its templates' jinja2 (0.1 s)
-AFTER_THE_PARTITIONS = ("hpcstudy.report", "matplotlib.backends.backend_svg", "jinja2",
+# what a run that writes its outputs imports only after the partitions: the report's page and
+# its template, compiled ("module:function" calls the function; about 0.1 s of CPU each);
+# matplotlib (about 0.6 s) only in the figure process (report/drawing.py)
+AFTER_THE_PARTITIONS = ("hpcstudy.report.build", "hpcstudy.report:template",
                         "hpcstudy.measures.compute", "hpcstudy.outputs.run_record",
                         "hpcstudy.secure.audit", "importlib.metadata")
 
 
 def warm_up(modules) -> threading.Thread:
-    """Import ``modules`` in a background thread: while the partitions compute (NumPy and
-    pyarrow release the GIL) rather than after them, on one core, when the run needs them.
-    Python's import lock makes a later ``import`` of one of them wait for this one to finish;
-    one that fails here is left for that later import to report."""
+    """Import ``modules`` (``module:function``: and call it) in a background thread: while the
+    partitions compute (NumPy and pyarrow release the GIL) rather than after them, on one core,
+    when the run needs them. Python's import lock makes a later ``import`` of one of them wait
+    for this one to finish; one that fails here is left for that later import to report."""
     def load():
         for name in modules:
+            module, _, call = name.partition(":")
             try:
-                importlib.import_module(name)
+                m = importlib.import_module(module)
+                if call:
+                    getattr(m, call)()
             except Exception:   # noqa: BLE001 - the run's own import says what went wrong
                 return
 
@@ -236,9 +263,11 @@ def run(study, data, out, engine: str = "dask", client=None, progress=None,
 
 def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
                   ds: Dataset, overwrite: bool = True, approval=None,
-                  device: dict | None = None, run: dict | None = None) -> dict:
+                  device: dict | None = None, run: dict | None = None,
+                  figures=None) -> dict:
     """Disclosure, then the writers, for raw ``results`` computed elsewhere (the older entry
-    point; :func:`execute` is the run's). Returns what was exported."""
+    point; :func:`execute` is the run's). Returns what was exported. ``figures``: who draws
+    the report's figures (:mod:`hpcstudy.report.drawing`; here by default)."""
     from . import demo
     from .outputs.publish import exported
     from .outputs.writers import write_run
@@ -253,5 +282,5 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
               data_manifest_sha256=prep.manifest_sha256,
               data_persons_sha256=ds.persons_sha256(),
               project=approval.project if approval is not None else None,
-              engine=engine, device=device, run=run)
+              engine=engine, device=device, run=run, figures=figures)
     return res

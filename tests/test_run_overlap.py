@@ -1,6 +1,8 @@
 """The run path keeps both cores busy and loads only what it uses: no pandas, scipy or dask on
 a dask run; analyses side by side; the private table made beside them; the report's imports
-while the partitions compute. None of it may change a byte of what a run writes."""
+while the partitions compute; its figures drawn in a process of their own while the page is laid
+out. None of it may change a byte of what a run writes, and a failure in any of it stops the
+run with one line, exit code 1 and no output."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLES, same_files
+from conftest import EXAMPLES, run_cli, same_files
 
 from hpcstudy.engines import run as R
 from hpcstudy.engines.analyses import _distinct_rows
@@ -26,6 +28,8 @@ from hpcstudy.models.partitions import DaskPartitions, LocalPartitions
 from hpcstudy.outputs.publish import jsonable
 from hpcstudy.pipeline import prepare, warm_up
 from hpcstudy.registers import arrow
+from hpcstudy.report import render
+from hpcstudy.report.drawing import FigureFailed, FigureProcess, Here, Placeholders
 
 
 def test_a_dask_run_loads_no_pandas_scipy_or_dask_and_writes_the_same_bytes(
@@ -36,8 +40,13 @@ def test_a_dask_run_loads_no_pandas_scipy_or_dask_and_writes_the_same_bytes(
                         "--quiet"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     loaded = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", r.stderr, re.M))
-    assert "matplotlib" in loaded and "pyarrow.parquet" in loaded   # the list is the run's
+    # the list is the run's (jinja2 by name of any of its modules: the warm-up thread's lines
+    # may interleave with the main thread's)
+    assert "pyarrow.parquet" in loaded and any(m.startswith("jinja2.") for m in loaded)
+    # matplotlib: only in the figure process, yet the page has its figures
     heavy = {"pandas", "scipy", "dask", "distributed", "pyarrow.dataset"} & loaded
+    heavy |= {m for m in loaded if m.split(".")[0] == "matplotlib"}
+    assert (out / "report.html").read_text().count("<svg") == 4
     assert not heavy, f"a dask run of example 1 imported {sorted(heavy)}"
     # analyses side by side, the table written ahead, imports in the background: the bytes of
     # another run (statins_run) all the same
@@ -184,3 +193,162 @@ def test_warm_up_leaves_a_module_it_cannot_import_to_the_run():
     assert not t.is_alive()
     with pytest.raises(ModuleNotFoundError):
         __import__("hpcstudy_no_such_module")
+
+
+def test_warm_up_compiles_the_report_template_the_page_then_uses():
+    from hpcstudy import report
+
+    report._environment.cache_clear()
+    t = warm_up(["hpcstudy.report:template"])
+    t.join(60)
+    assert not t.is_alive()
+    compiled = report.template()
+    assert report.template() is compiled   # compiled once per process, by the warm-up
+    assert report._environment.cache_info().hits >= 1
+    t = warm_up(["hpcstudy.report:no_such_function", "json"])   # left to the run to report
+    t.join(30)
+    assert not t.is_alive()
+
+
+# -- the report's figures, drawn in a process of their own -----------------------------------------
+class NothingToDrawAt:
+    """Figures drawn here, but for the ``k``-th (from 0), which has nothing to draw: what a
+    figure whose numbers are all suppressed gives (figures.draw returns None)."""
+
+    def __init__(self, k: int):
+        self.k, self.calls = k, 0
+
+    def draw(self, name, *args, **kw):
+        self.calls += 1
+        return None if self.calls == self.k + 1 else Here().draw(name, *args, **kw)
+
+
+def test_figures_drawn_in_their_own_process_are_the_page_drawn_here(statins_run):
+    figures = FigureProcess.start()
+    try:
+        assert isinstance(figures, FigureProcess) and figures.proc.poll() is None
+        there = render(statins_run, figures)
+        again = render(statins_run, figures)   # the same process draws a second page
+        _placeholders(figures)
+        # a figure it cannot draw (no such plot): one line, exit code 1; it draws on
+        with pytest.raises(FigureFailed, match="could not draw a figure") as e:
+            figures.draw("no_such_plot", [])
+        assert e.value.exit_code == 1 and "\n" not in str(e.value)
+        assert figures.draw("forest_plot", []) is None   # nothing to draw: no figure
+    finally:
+        figures.close()
+    assert figures.proc.returncode == 0
+    here = render(statins_run)
+    assert there == again == here and there["report.html"].count(b"<svg") == 4
+    for path, data in here.items():   # and the run (its own figure process) wrote them
+        assert (statins_run / path).read_bytes() == data, path
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_a_figure_with_nothing_to_draw_lays_the_page_out_as_drawn_here(statins_run, k,
+                                                                        monkeypatch):
+    # km (0) missing moves the curves' table to the cumulative incidence; a forest plot (2)
+    # missing leaves its table alone: the page laid out again, as drawing here does
+    monkeypatch.setenv("HPCSTUDY_TEST_FIGURES_NONE", str(k))
+    figures = FigureProcess.start()
+    try:
+        there = render(statins_run, figures)
+    finally:
+        figures.close()
+    here = render(statins_run, NothingToDrawAt(k))
+    assert there == here
+    assert here["report.html"].count(b"<svg") == 3
+    assert b"<!--hpcstudy-figure" not in here["report.html"]
+    assert here["report.html"] != (statins_run / "report.html").read_bytes()
+
+
+def _placeholders(figures):
+    # a fresh nonce per page: exported text cannot hold the placeholder of a page not yet made
+    a, b = Placeholders(figures), Placeholders(figures)
+    assert a.nonce != b.nonce and len(a.nonce) == 32
+    # one figure asked twice is drawn once; another is another placeholder
+    rows = [{"term": "x", "HR": 2.0, "lower_95": 1.5, "upper_95": 3.0}]
+    t1, t2 = a.draw("forest_plot", rows), a.draw("forest_plot", rows)
+    t3 = a.draw("forest_plot", rows + rows)
+    assert t1 == t2 != t3 and len(a.futures) == 2
+    assert all(svg.startswith("<?xml") for svg in a.drawn().values())
+
+
+def _one_line_no_output(r, tmp_path, out, log, says):
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: "), r.stderr
+    assert says in lines[0] and "Traceback" not in r.stderr + r.stdout
+    assert not out.exists()
+    # nothing half-written beside it: no staging folder (the checkpoints stay, for --resume)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([log.name, "out.checkpoints"])
+    started, finished = [json.loads(x) for x in log.read_text().splitlines()]
+    assert (started["event"], finished["event"]) == ("started", "finished")
+    assert finished["status"].startswith("refused: ") and says in finished["status"]
+    assert finished["started"]["seq"] == started["seq"] and "outputs" not in finished
+    v = run_cli("audit", "verify", "--log", log)
+    assert v.returncode == 0 and "2 records, chain intact" in v.stdout, v.stdout + v.stderr
+
+
+def test_a_figure_process_that_dies_stops_the_run_with_one_line(tmp_path, small_data,
+                                                                 statins_run):
+    # it dies mid-page (its first figure drawn): the run writes nothing and exits 1
+    log, out = tmp_path / "audit.jsonl", tmp_path / "out"
+    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", small_data, "--out", out,
+                "--quiet", env={"HPCSTUDY_TEST_FIGURES_EXIT": "1",
+                                "HPCSTUDY_AUDIT_LOG": str(log)})
+    _one_line_no_output(r, tmp_path, out, log, "the report's figure process stopped")
+    assert "exit code 3" in r.stderr
+    # one that cannot start (it stops before its first figure): the figures drawn in the run's
+    # process, the same bytes
+    first = tmp_path / "first"
+    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", small_data, "--out", first,
+                "--quiet", env={"HPCSTUDY_TEST_FIGURES_EXIT": "0",
+                                "HPCSTUDY_AUDIT_LOG": str(log)})
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    same_files(statins_run, first)
+    # the checkpoints left let the same run finish, the same bytes as one never stopped
+    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", small_data, "--out", out,
+                "--quiet", "--resume", env={"HPCSTUDY_AUDIT_LOG": str(log)})
+    assert r.returncode == 0, r.stderr
+    same_files(statins_run, out)
+
+
+# -- the first partitions read while the run imports -------------------------------------------
+def test_a_partition_read_ahead_is_the_partition_read_then(small_data):
+    from hpcstudy.engines import partition, read_ahead
+
+    prep = prepare(EXAMPLES / "statins_mi.yaml", small_data)
+    root, reads = str(small_data), prep.plan.reads
+    read_ahead.start(root, reads, [0, 1])
+    assert len(read_ahead._AHEAD) == 2 * len(reads)
+    ahead = partition.read_host(root, 1, reads)   # partition 1's tables, taken once
+    assert len(read_ahead._AHEAD) == len(reads)
+    again = partition.read_host(root, 1, reads)   # read anew: nothing left for it
+    assert ahead.keys() == again.keys() == reads.keys()
+    for reg, cols in reads.items():
+        for c in cols:
+            assert ahead[reg][c].dtype == again[reg][c].dtype
+            assert np.array_equal(ahead[reg][c], again[reg][c], equal_nan=ahead[reg][c].dtype
+                                  .kind == "f")
+    read_ahead.clear()   # a run that stopped early: partition 0's tables go
+    assert read_ahead._AHEAD == {}
+    assert read_ahead.take(small_data / "lpr_diag" / "part-00000.parquet", ("pnr",)) is None
+
+
+def test_a_damaged_partition_read_ahead_fails_the_run_as_any_read(small_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    victim = data / "lpr_diag" / "part-00000.parquet"   # read ahead: the run's first partition
+    raw = bytearray(victim.read_bytes())
+    raw[-4:] = b"PAR0"   # not Parquet's magic; the same size: the manifest agrees
+    victim.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", data, "--out", out, "--quiet")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: ") and \
+        f"{victim}: partition file damaged" in lines[0], r.stderr
+    assert not out.exists()

@@ -59,13 +59,14 @@ def free_keys(plan: Plan) -> dict[str, tuple[str, ...]]:
 def write_run(out: Path, plan: Plan, res: dict, table, *, overwrite: bool,
               data_manifest_sha256: str, data_persons_sha256: str,
               project: str | None = None, engine: str = "dask", device: dict | None = None,
-              run: dict | None = None) -> None:
+              run: dict | None = None, figures=None) -> None:
     """Write the exported results ``res`` (disclosure applied, the run section in), the private
     per-person table and the output manifest (``OUT/outputs.json``: every exported file with
     its kind, schema and SHA-256). ``table`` is a dict of arrays, or the dask engine's
     PartitionTables (written where its rows are). ``run``: the run's report dict, where
     :func:`hpcstudy.outputs.run_record.begin` noted when and where the run started (for
-    ``run.json``)."""
+    ``run.json``). ``figures``: who draws the report's figures (hpcstudy.report.drawing; here
+    by default)."""
     from ..report import write as write_report
     from ..secure.audit import write_head
 
@@ -118,7 +119,7 @@ def write_run(out: Path, plan: Plan, res: dict, table, *, overwrite: bool,
                                  data_persons_sha256=data_persons_sha256,
                                  min_cell=plan.min_cell, round_to=plan.round_to,
                                  project=project))
-        write_report(staging)   # report.html and tables/*.md: a pure function of the above
+        write_report(staging, figures)   # report.html and tables/*.md: a pure function of the above
         private = staging / "private"
         private.mkdir(mode=0o700)
         M.keep_study(staging, plan.study)

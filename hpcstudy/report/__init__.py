@@ -13,15 +13,13 @@ it shows, so the export gate can check the page by itself (``verify.py``).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
 from pathlib import Path
 
 from ..errors import CannotWrite, UserError
-from ..outputs.run_record import code_version
-from .build import REPORT_KINDS, Outputs, page
-from .model import Figure, Table
 
 REPORT = "report.html"
 MARKDOWN = ".md"
@@ -30,7 +28,19 @@ PUBLICATION = "tables/publication"   # formatted CSV, apart from the raw tables/
 __all__ = ["REPORT", "REPORT_KINDS", "render", "write"]
 
 
+def __getattr__(name: str):
+    # the package loads light: a run's figure process (drawing.py) imports none of the page
+    if name == "REPORT_KINDS":
+        from ..outputs.manifest import REPORT_KINDS
+
+        return REPORT_KINDS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
 def _environment():
+    """The page's Jinja2 environment, made once per process: a run makes it, and compiles the
+    page's template, while its partitions compute (pipeline.AFTER_THE_PARTITIONS)."""
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
     return Environment(loader=PackageLoader("hpcstudy.report", "templates"),
@@ -39,7 +49,15 @@ def _environment():
                        trim_blocks=False, lstrip_blocks=False)
 
 
-def _markdown(t: Table) -> str:
+def template():
+    """The page's compiled template (compiled once per process, with the stylesheet it
+    includes)."""
+    env = _environment()
+    env.get_template("report.css")   # its include, compiled now rather than at rendering
+    return env.get_template("report.html.j2")
+
+
+def _markdown(t) -> str:
     def esc(s: str) -> str:
         return s.replace("\\", "\\\\").replace("|", "\\|")
 
@@ -56,7 +74,7 @@ def _markdown(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _publication_csv(t: Table) -> str:
+def _publication_csv(t) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(t.header)
@@ -65,26 +83,84 @@ def _publication_csv(t: Table) -> str:
     return buf.getvalue()
 
 
-def render(out: str | Path) -> dict[str, bytes]:
+def render(out: str | Path, figures=None) -> dict[str, bytes]:
     """The report's files for the run in ``out`` (nothing is written): ``report.html`` and, per
-    publishable table, ``tables/<id>.md`` and ``tables/publication/<id>.csv``."""
-    from . import figures as F
+    publishable table, ``tables/<id>.md`` and ``tables/publication/<id>.csv``. ``figures``: a
+    :class:`~.drawing.FigureProcess` drawing the figures while this process lays the page out
+    (the same bytes as drawing them here, the default)."""
+    from ..outputs.run_record import code_version
+    from .build import Outputs
+    from .drawing import FigureFailed, FigureProcess, Placeholders
 
-    o = Outputs(Path(out))
     version, code_sha = code_version()
+    if not isinstance(figures, FigureProcess):
+        o = Outputs(Path(out), None if figures is None else figures.draw)
+        p = _page(o, out, version, code_sha)
+        _inline_all(p)
+        return _files(p, _html(p, o, version))
+    ahead = Placeholders(figures)
+    o = Outputs(Path(out), ahead.draw)
+    p = _page(o, out, version, code_sha)
+    spots: dict[str, list] = {}
+    for b in _figures(p):
+        spots.setdefault(b.svg, []).append(b)
+    html = _html(p, o, version)   # laid out while the figures are drawn
     try:
-        p = page(o, (version, code_sha))
+        svgs = ahead.drawn()
+    except FigureFailed:
+        if figures.answered:
+            raise
+        # it stopped before its first figure (it could not start: another hpcstudy on its
+        # path, a broken matplotlib): the figures drawn here, the same page
+        return render(out)
+    if all(svg is not None and len(spots.get(t, ())) == 1 and html.count(t) == 1
+           for t, svg in svgs.items()):
+        for t, svg in svgs.items():
+            b = spots[t][0]
+            html = html.replace(t, _inline(svg, b))
+        return _files(p, html)
+    # a figure with nothing to draw: its table stands alone, so the page is laid out again
+    o.draw = ahead.known(svgs)
+    p = _page(o, out, version, code_sha)
+    _inline_all(p)
+    return _files(p, _html(p, o, version))
+
+
+def _page(o, out, version: str, code_sha: str):
+    from .build import page
+
+    try:
+        return page(o, (version, code_sha))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         # only a hand-made manifest whose own hash was recomputed gets here
         raise UserError(f"{Path(out) / 'outputs.json'}: the files it lists are not a run's "
                         f"outputs ({type(e).__name__}: {e})", fix="re-run the study") from e
-    for s in p.sections:
-        for b in s.blocks:
-            if isinstance(b, Figure):
-                b.svg = F.inline(b.svg, b.id, b.caption)
+
+
+def _figures(p) -> list:
+    from .model import Figure
+
+    return [b for s in p.sections for b in s.blocks if isinstance(b, Figure)]
+
+
+def _inline(svg: str, b) -> str:
+    from .drawing import inline
+
+    return inline(svg, b.id, b.caption)
+
+
+def _inline_all(p) -> None:
+    for b in _figures(p):
+        b.svg = _inline(b.svg, b)
+
+
+def _html(p, o, version: str) -> str:
     plan_path = next((e["path"] for e in o.entries if e["kind"] == "plan"), "plan.txt")
-    html = _environment().get_template("report.html.j2").render(
+    return template().render(
         page=p, version=version, plan_path=plan_path)
+
+
+def _files(p, html: str) -> dict[str, bytes]:
     files = {REPORT: html.encode()}
     seen = set()
     for t in p.tables():
@@ -111,13 +187,15 @@ def entries(files: dict[str, bytes]) -> list[dict]:
     return out
 
 
-def write(out: str | Path) -> list[str]:
-    """Render the report of the run in ``out``, write its files and list them in
-    ``OUT/outputs.json`` (replacing an earlier report's). Returns the paths written."""
+def write(out: str | Path, figures=None) -> list[str]:
+    """Render the report of the run in ``out`` (``figures``: as :func:`render`), write its
+    files and list them in ``OUT/outputs.json`` (replacing an earlier report's). Returns the
+    paths written."""
     from ..outputs import manifest as M
+    from ..outputs.manifest import REPORT_KINDS
 
     out = Path(out)
-    files = render(out)
+    files = render(out, figures)
     doc = json.loads((out / M.NAME).read_text(encoding="utf-8"))
     old = [e["path"] for e in doc["files"] if e.get("kind") in REPORT_KINDS]
     doc["files"] = sorted([e for e in doc["files"] if e.get("kind") not in REPORT_KINDS] +

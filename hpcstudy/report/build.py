@@ -16,7 +16,6 @@ from pathlib import Path
 from ..errors import UserError
 from ..outputs.manifest import REPORT_KINDS
 from ..outputs.manifest import csv_value as _value  # the gate's reading of a CSV cell
-from . import figures as F
 from . import formatting as fmt
 from .model import Cell, Fact, Figure, Flow, FlowStep, Page, Section, Table
 
@@ -32,10 +31,16 @@ class Outputs:
     """A run's exported outputs: the manifest (less any report files) and every file it lists,
     parsed. Raises UserError when the manifest or a file is not what the run wrote."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, draw=None):
         from ..outputs import manifest as M
 
         self.out = Path(out)
+        # draw(plot name, rows, ...) -> SVG or None (report/drawing.py: here or in a process)
+        if draw is None:
+            from .drawing import Here
+
+            draw = Here().draw
+        self.draw = draw
         path = self.out / M.NAME
         if not path.is_file():
             raise UserError(f"{path} is missing: not the --out of a finished run",
@@ -195,13 +200,13 @@ def _figure(sec: Section, fid: str, caption: str, source: str, svg: str | None,
 
 
 def _plotted(sec: Section, o: Outputs, e: dict, fid: str, caption: str, table_caption: str,
-             plot, *args, groups: dict | None = None, **kw) -> None:
-    """One exported table as a figure (``plot(rows, *args, **kw)``; none when ``plot`` is None)
-    with the table of its numbers beside it."""
+             plot: str | None, *args, groups: dict | None = None, **kw) -> None:
+    """One exported table as a figure (``figures.<plot>(rows, *args, **kw)``; none when
+    ``plot`` is None) with the table of its numbers beside it."""
     rows = o.rows(e)
     table = generic_table(_stem(e), table_caption, e, rows, o.min_cell, groups=groups)
     _figure(sec, fid, caption, e["path"],
-            F.draw(plot, rows, *args, **kw) if plot is not None else None, table)
+            o.draw(plot, rows, *args, **kw) if plot is not None else None, table)
 
 
 # -- sections ------------------------------------------------------------------------------------
@@ -266,13 +271,13 @@ def table1_section(o: Outputs) -> Section | None:
     for e in bal:
         _plotted(sec, o, e, f"love-{_stem(e)}", "Balance (Love) plot: absolute SMD per "
                  "characteristic; the dashed line marks 0.1", "Standardised mean differences",
-                 F.love_plot)
+                 "love_plot")
     for e in pref:
         rows = o.rows(e)
         table = pivot_table(_stem(e), "Persons by preference-score bin and arm", e, rows,
                             "bin", "arm", "persons", o.min_cell)
         _figure(sec, f"overlap-{_stem(e)}", "Preference-score overlap: persons per score "
-                "bin, by arm", e["path"], F.draw(F.overlap_plot, rows), table)
+                "bin, by arm", e["path"], o.draw("overlap_plot", rows), table)
     return sec
 
 
@@ -354,8 +359,8 @@ def curves_section(o: Outputs) -> Section | None:
                        "Cumulative incidence"], body,
                       "Events are summed over the days since the previous point.",
                       publish=False)
-        km = F.draw(F.km_plot, rows, groups, "survival")
-        cif = F.draw(F.km_plot, rows, groups, "cumulative_incidence")
+        km = o.draw("km_plot", rows, groups, "survival")
+        cif = o.draw("km_plot", rows, groups, "cumulative_incidence")
         if km is not None or cif is None:
             _figure(sec, "km", "Kaplan–Meier survival (95 % band)", e["path"], km, table)
         if cif is not None:   # its numbers: the survival figure's table, or its own
@@ -416,7 +421,7 @@ def models_section(o: Outputs) -> Section | None:
         table.caption = title
         table.totals = totals
         _figure(sec, f"forest-{name}", f"{title}: forest plot", e["path"],
-                F.draw(F.forest_plot, rows), table)
+                o.draw("forest_plot", rows), table)
     return sec
 
 
@@ -429,7 +434,7 @@ def lexis_section(o: Outputs) -> Section | None:
                   "(Lexis split of follow-up).")
     for e in entries:
         _plotted(sec, o, e, "lexis-rates", "Rates by age band and period", "Lexis cells",
-                 F.lines_plot, "age_band", "period", "rate_per_1000py",
+                 "lines_plot", "age_band", "period", "rate_per_1000py",
                  "Rate per 1000 person-years", "Age band", groups=o.groups())
     return sec
 
@@ -452,7 +457,7 @@ def measures_section(o: Outputs) -> Section | None:
         by = next((k for k in keys if k != x), None)
         cap = _title(name) if not x or x in name else f"{_title(name)} by {_title(x)}"
         _plotted(sec, o, e, f"measure-{name}", cap[:1].upper() + cap[1:],
-                 f"Measure: {_title(name)}", F.lines_plot if value and x else None, x, by,
+                 f"Measure: {_title(name)}", "lines_plot" if value and x else None, x, by,
                  value, _label(value or ""), _title(x or ""),
                  scale=100 if value == "proportion" else 1, ordered=bool(timed))
     return sec
@@ -466,7 +471,7 @@ def hospitals_section(o: Outputs) -> Section | None:
                   "Observed over expected events per hospital against the expected number "
                   "(funnel plot); the curves are the 95 % and 99.8 % control limits.")
     for e in entries:
-        _plotted(sec, o, e, "funnel", "Funnel plot", "Hospitals", F.funnel_plot)
+        _plotted(sec, o, e, "funnel", "Funnel plot", "Hospitals", "funnel_plot")
     return sec
 
 

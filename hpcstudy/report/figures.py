@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import warnings
 
 import matplotlib
@@ -20,6 +19,8 @@ matplotlib.use("Agg")   # no display: figures are only ever written to SVG
 from matplotlib import rc_context  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
+
+from .drawing import inline  # noqa: E402, F401 - the page's (it needs no matplotlib)
 
 STYLE = {"svg.hashsalt": "hpcstudy-report", "svg.fonttype": "none", "font.size": 9,
          "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"],
@@ -56,24 +57,6 @@ def _figure(height: float) -> Figure:
 
 def _num(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def inline(svg: str, prefix: str, label: str) -> str:
-    """The SVG made fit for inlining in HTML: no XML prolog, DOCTYPE, metadata or namespace
-    URLs; every id prefixed (ids are unique across the page's figures); the size from CSS."""
-    svg = re.sub(r"<\?xml[^>]*\?>\s*", "", svg)
-    svg = re.sub(r"<!DOCTYPE[^>]*>\s*", "", svg)
-    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
-    svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
-    svg = re.sub(r'\s+version="1\.1"', "", svg)
-    svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}-{m.group(1)}"', svg)
-    svg = re.sub(r'((?:xlink:)?href)="#([^"]+)"', lambda m: f'{m.group(1)}="#{prefix}-'
-                 f'{m.group(2)}"', svg)
-    svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}-{m.group(1)})", svg)
-    label = label.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
-    svg = re.sub(r'<svg\s+width="[^"]*"\s+height="[^"]*"',
-                 f'<svg role="img" aria-label="{label}" class="figure"', svg, count=1)
-    return svg.strip()
 
 
 # -- survival ------------------------------------------------------------------------------------
