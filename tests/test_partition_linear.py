@@ -151,7 +151,8 @@ def _counting(fn, calls):
     return counted
 
 
-def test_diagnoses_link_to_their_own_contact_when_a_contact_has_several(device="cpu"):
+@pytest.mark.parametrize("device", DEVICES)
+def test_diagnoses_link_to_their_own_contact_when_a_contact_has_several(device):
     """Contacts with 0..3 matching diagnoses among others: each contact once, its bits the
     OR of its own diagnoses' (planted), never a neighbour's."""
     dev = get_device(device)
@@ -162,8 +163,10 @@ def test_diagnoses_link_to_their_own_contact_when_a_contact_has_several(device="
     m = int(per.sum())
     bits = rng.choice(np.array([0, 0, 0, 1, 2, 3], np.uint8), m)
     at = np.nonzero(bits)[0]
-    got_c, got_b = partition._contacts_of(dev.xp, dev.to_device(starts), dev.to_device(at),
-                                          [dev.to_device(bits[at])])
+    change = np.zeros(m, dtype=bool)
+    change[starts] = True
+    index = partition._contact_index(dev.xp, dev.to_device(change), dev.to_device(at))
+    got_c, got_b = partition._contacts_of(dev.xp, index, [dev.to_device(bits[at])])
     contact = np.repeat(np.arange(n_contacts), per)
     want = {}
     for i in at.tolist():
