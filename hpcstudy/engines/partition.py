@@ -467,25 +467,29 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
         day = pp.data[dreg][dcol]
         # one pass: the rows whose code any stream selects, each with its streams' bit set
         # (lpr: per contact, OR-ed over its diagnoses); a stream then looks at those rows only
-        at = bits = None
+        at = bits = dense = None
         if any(_selects(s) for s in group):
-            at, bits = _matching_rows(pp, register, group)
-        dense = None
+            at, bits, dense = _matching_rows(pp, register, group)
+        if not all(_by_code_only(s) for s in group):
+            pp.register_rows(dreg)   # every row's person: some stream looks at every row
+        by_code = [k for k, s in enumerate(group) if _by_code_only(s)]
+        if by_code:
+            if at is None:   # the rows any stream of codes alone takes, and their bit sets
+                at = _any_bit(xp, dense, by_code)
+                bits = [b[at] for b in dense]
+            at_rows, at_known = pp.rows_at(dreg, at)   # the matching rows' persons, once
         for k, s in enumerate(group):
             if _by_code_only(s):
                 w, one = _bit(k, bits[0].dtype.type)
-                mine = at[(bits[w] & one) != 0]
-                rows, known = pp.rows_at(dreg, mine)
-                idx = mine[known]
-                pp.streams[s] = (rows[known], day[idx])
+                mine = ((bits[w] & one) != 0) & at_known
+                idx = at[mine]
+                pp.streams[s] = (at_rows[mine], day[idx])
                 pp.positions[s] = idx   # (as-treated episodes read the rows' other columns)
                 continue
             rows, keep = pp.register_rows(dreg)
             if _selects(s):
                 if dense is None:   # per row of the register: its streams' bit sets
-                    dense = [xp.zeros(day.shape[0], dtype=b.dtype) for b in bits]
-                    for d, b in zip(dense, bits, strict=True):
-                        d[at] = b
+                    dense = _scatter(xp, at, bits, day.shape[0])
                 keep = keep & _has_bit(dense, k)
             src = SOURCES[register]
             if src.patient_type is not None and s.patient_types:
@@ -518,12 +522,13 @@ def _code_ranges(group: list[EventStream]) -> list[tuple[int, int]]:
 
 def _matching_rows(pp: Persons, register: str, group: list[EventStream]):
     """(rows of the register's dated table with a code some stream of ``group`` selects,
-    ascending; their bit sets, one word per 64 streams). A study's codes are a small share
-    of a register's: the rows are found first (comparisons of the code column with a few
+    ascending; their bit sets, one word per 64 streams; the bit sets of every row, where
+    they were worked out on the way, else None). A study's codes are a small share of a
+    register's: the rows are found first (comparisons of the code column with a few
     ranges), and only they are looked up in the code table and linked to their contacts."""
     xp = pp.xp
     if any(s.codes is None and _selects(s) for s in group):   # by diagnosis type alone
-        return _dense_to_rows(xp, _dense_bits(pp, register, group))
+        return None, None, _dense_bits(pp, register, group)
     ranges = _code_ranges(group)
     if len(ranges) > FEW_RANGES:
         at, bits = _dense_to_rows(xp, _row_bits(pp, register, group))
@@ -536,11 +541,10 @@ def _matching_rows(pp: Persons, register: str, group: list[EventStream]):
         at = xp.nonzero(hit)[0]
         bits = _row_bits(pp, register, group, at)
     if register != LINKED.name:
-        return at, bits
+        return at, bits, None
     if not pp.diag_aligned:
-        return _dense_to_rows(xp, _contact_bits(pp, group, _scatter(xp, at, bits,
-                                                                  _n_rows(pp, DIAG))))
-    return _contacts_of(xp, _contact_index(xp, pp.diag_change, at), bits)
+        return None, None, _contact_bits(pp, group, _scatter(xp, at, bits, _n_rows(pp, DIAG)))
+    return (*_contacts_of(xp, _contact_index(xp, pp.diag_change, at), bits), None)
 
 
 def _n_rows(pp: Persons, table: str) -> int:
@@ -550,6 +554,20 @@ def _n_rows(pp: Persons, table: str) -> int:
 def _dense_bits(pp: Persons, register: str, group: list[EventStream]) -> list:
     bits = _row_bits(pp, register, group)
     return _contact_bits(pp, group, bits) if register == LINKED.name else bits
+
+
+def _any_bit(xp, bits: list, streams: list[int]):
+    """Rows whose bit set holds any of ``streams``' bits, ascending."""
+    dtype = bits[0].dtype.type
+    masks: dict[int, int] = {}
+    for k in streams:
+        w, one = _bit(k, dtype)
+        masks[w] = masks.get(w, 0) | int(one)
+    hit = None
+    for w, m in masks.items():
+        h = (bits[w] & dtype(m)) != 0
+        hit = h if hit is None else hit | h
+    return xp.nonzero(hit)[0]
 
 
 def _dense_to_rows(xp, bits: list):
