@@ -322,6 +322,15 @@ def _variables(spec) -> list[str | None]:
     return [name for name, _ in spec]
 
 
+def _few_values(xp, col) -> bool:
+    """At most FEW_VALUES distinct values in ``col``. A measurement (an age) shows more among
+    its first rows already: those are looked at first, so its column is not sorted whole."""
+    head = col[:4 * FEW_VALUES]
+    if xp.unique(head).shape[0] > FEW_VALUES:
+        return False
+    return xp.unique(col).shape[0] <= FEW_VALUES
+
+
 def _cells_part(part, ycol):
     X = part["X"]
     xp = array_namespace(X)
@@ -330,7 +339,7 @@ def _cells_part(part, ycol):
     indicator = xp.all((X == 0) | (X == 1), axis=0)
     # a count covariate of values {1, 2} is no indicator, yet a model of such columns is a
     # table of few cells all the same: its estimates and SEs give the cells back
-    few = all(xp.unique(X[:, j]).shape[0] <= FEW_VALUES for j in range(k))
+    few = all(_few_values(xp, X[:, j]) for j in range(k))
     patterns = None
     if n == 0:
         patterns = {}
