@@ -527,8 +527,7 @@ def _lexis_part(part, ages, periods, birth_col="age"):
             hi = np.minimum(e_a, pbounds[pi + 1])
             t = np.clip(hi - lo, 0, None) / YEAR
             ev = ev_who & (day_who >= lo) & (day_who < hi)
-            py[:] = 0.0
-            py[who] = t
+            py[who] = t   # (zero elsewhere: cleared below after each cell)
             some = who[t > 0]
             inside_a[some, ai] = True
             inside_p[some, pi] = True
@@ -545,6 +544,7 @@ def _lexis_part(part, ages, periods, birth_col="age"):
                 cells[key] = {"person_years": float(pyg.sum()),
                               "events": float((ev & sel[who]).sum()),
                               "persons": float((pyg > 0).sum())}
+            py[who] = 0.0
     margins = {}
     for name, inside, e in (("age", inside_a, ev_a), ("period", inside_p, ev_p)):
         count = inside.sum(axis=1)
