@@ -97,6 +97,84 @@ def test_every_stream_of_example_1_equals_a_row_by_row_reading(small_data, devic
         assert pnr[rows].tolist() == want_pnr and days.tolist() == want_day, s
 
 
+def _odd_streams(streams) -> list:
+    """Streams of shapes the examples lack: by diagnosis type alone, one type of a coded
+    stream, two streams of overlapping codes, codes no row has, one code range split in many
+    (more ranges than the engine compares one by one)."""
+    from dataclasses import replace
+
+    lpr = [s for s in streams if s.register == "lpr" and s.codes is not None]
+    wide = max(lpr, key=lambda s: sum(hi - lo for lo, hi in s.codes.ranges))
+    lo, hi = wide.codes.ranges[0]
+    pieces = tuple((a, a + 1) for b, c in wide.codes.ranges for a in range(b, c))
+    return [replace(lpr[0], codes=None, diagnosis_types=(1,), patient_types=()),
+            replace(lpr[0], diagnosis_types=(0,)),
+            replace(wide, codes=replace(wide.codes, ranges=((lo, (lo + hi) // 2 + 1),))),
+            replace(wide, codes=replace(wide.codes, ranges=((hi + 10_000, hi + 10_001),))),
+            replace(wide, codes=replace(wide.codes, ranges=pieces), diagnosis_types=(0, 1))]
+
+
+@pytest.mark.parametrize("few_ranges", [0, partition.FEW_RANGES])
+@pytest.mark.parametrize("device", DEVICES)
+def test_odd_streams_equal_a_row_by_row_reading(small_data, device, few_ranges, monkeypatch):
+    # few_ranges 0: every code found by the code table's gather, not by comparisons
+    monkeypatch.setattr(partition, "FEW_RANGES", few_ranges)
+    _, plan, ds = R.prepare(EXAMPLES / "statins_mi.yaml", small_data)
+    host = partition.read_host(str(small_data), 2, plan.reads)
+    dev = get_device(device)
+    plan_streams = partition._plan_streams(plan)
+    odd = _odd_streams(plan_streams)
+    assert len(odd[-1].codes.ranges) > 8
+    # a stream by diagnosis type alone makes its register's streams go by every row: the
+    # coded streams alone go by their matching rows (and their contacts)
+    coded = [s for s in plan_streams if partition._by_code_only(s)] + odd[1:]
+    calls = []
+    monkeypatch.setattr(partition, "_contacts_of", _counting(partition._contacts_of, calls))
+    seen = 0
+    for streams in (plan_streams + odd[:1], coded):
+        pp = partition.Persons({r: {c: dev.to_device(a) for c, a in cols.items()}
+                                for r, cols in host.items()}, plan, dev)
+        partition.event_streams(pp, streams)
+        pnr = host["bef"]["pnr"]
+        for s in streams:
+            rows, days = (dev.to_host(a) for a in pp.streams[s])
+            want_pnr, want_day = _expected(s, host)
+            assert pnr[rows].tolist() == want_pnr and days.tolist() == want_day, s
+            seen += len(want_pnr)
+    assert seen > 1000 and len(calls) == 1   # the coded streams linked by position
+
+
+def _counting(fn, calls):
+    def counted(*a):
+        calls.append(1)
+        return fn(*a)
+    return counted
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_diagnoses_link_to_their_own_contact_when_a_contact_has_several(device):
+    """Contacts with 0..3 matching diagnoses among others: each contact once, its bits the
+    OR of its own diagnoses' (planted), never a neighbour's."""
+    dev = get_device(device)
+    rng = np.random.default_rng(5)
+    n_contacts = 400
+    per = rng.integers(1, 6, n_contacts)
+    starts = np.concatenate([[0], np.cumsum(per)[:-1]])
+    m = int(per.sum())
+    bits = rng.choice(np.array([0, 0, 0, 1, 2, 3], np.uint8), m)
+    at = np.nonzero(bits)[0]
+    change = np.zeros(m, dtype=bool)
+    change[starts] = True
+    index = partition._contact_index(dev.xp, dev.to_device(change), dev.to_device(at))
+    got_c, got_b = partition._contacts_of(dev.xp, index, [dev.to_device(bits[at])])
+    contact = np.repeat(np.arange(n_contacts), per)
+    want = {}
+    for i in at.tolist():
+        want[int(contact[i])] = want.get(int(contact[i]), 0) | int(bits[i])
+    assert dev.to_host(got_c).tolist() == sorted(want)
+    assert dev.to_host(got_b[0]).tolist() == [want[c] for c in sorted(want)]
+
+
 def _tables(engine, ds, plan):
     tables, attrition = engine.person_tables(ds, plan)
     return list(tables), attrition

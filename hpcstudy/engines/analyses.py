@@ -322,6 +322,15 @@ def _variables(spec) -> list[str | None]:
     return [name for name, _ in spec]
 
 
+def _few_values(xp, col) -> bool:
+    """At most FEW_VALUES distinct values in ``col``. A measurement (an age) shows more among
+    its first rows already: those are looked at first, so its column is not sorted whole."""
+    head = col[:4 * FEW_VALUES]
+    if xp.unique(head).shape[0] > FEW_VALUES:
+        return False
+    return xp.unique(col).shape[0] <= FEW_VALUES
+
+
 def _cells_part(part, ycol):
     X = part["X"]
     xp = array_namespace(X)
@@ -330,7 +339,7 @@ def _cells_part(part, ycol):
     indicator = xp.all((X == 0) | (X == 1), axis=0)
     # a count covariate of values {1, 2} is no indicator, yet a model of such columns is a
     # table of few cells all the same: its estimates and SEs give the cells back
-    few = all(xp.unique(X[:, j]).shape[0] <= FEW_VALUES for j in range(k))
+    few = all(_few_values(xp, X[:, j]) for j in range(k))
     patterns = None
     if n == 0:
         patterns = {}
@@ -484,7 +493,13 @@ def _n_in_group(part, code):
 def _lexis_part(part, ages, periods, birth_col="age"):
     """Person-years, events and persons per (group, age band, period) cell of this partition,
     and per age band and per period over all groups (what the Lexis model's terms rest on):
-    persons with time in the band, persons with time outside it, events in and outside it."""
+    persons with time in the band, persons with time outside it, events in and outside it.
+
+    A person's time in a cell is their follow-up [start, stop) cut to the age band (from
+    fractional ages) and to the period, in days over 365.25. Each band's persons are found
+    once, and a cell's time is worked out for them alone; a cell's person-years are the sum
+    over a per-person array (zeros for the rest), summed as one NumPy sum of the whole array
+    so the bits do not depend on how the persons were found."""
     cells: dict = {}
     stop = part["exit_date"].astype(np.int64) + 1  # exclusive
     start = stop - part["time"].astype(np.int64)   # index day, or later after a lag
@@ -493,38 +508,53 @@ def _lexis_part(part, ages, periods, birth_col="age"):
     pbounds = [int(np.datetime64(f"{y}-01-01", "D").astype(np.int64)) for y in periods]
     n = start.shape[0]
     na, npd = len(ages) - 1, len(periods) - 1
-    time_a, ev_a = np.zeros((n, na)), np.zeros((n, na))
-    time_p, ev_p = np.zeros((n, npd)), np.zeros((n, npd))
+    inside_a, inside_p = np.zeros((n, na), bool), np.zeros((n, npd), bool)
+    ev_a, ev_p = np.zeros(na), np.zeros(npd)
+    event = part["event"] == 1
     ev_day = part["exit_date"].astype(np.int64)
+    group = part["group"]
+    sels = [(int(g), None if (group == g).all() else group == g) for g in np.unique(group)]
+    py = np.zeros(n)
     for ai in range(na):
-        a_lo = birth + ages[ai] * YEAR
-        a_hi = birth + ages[ai + 1] * YEAR
+        # the band's part of each follow-up; only persons with some time in it go on
+        s_a = np.maximum(start, birth + ages[ai] * YEAR)
+        e_a = np.minimum(stop, birth + ages[ai + 1] * YEAR)
+        who = np.nonzero(e_a > s_a)[0]
+        s_a, e_a = s_a[who], e_a[who]
+        ev_who, day_who = event[who], ev_day[who]
         for pi in range(npd):
-            lo = np.maximum(np.maximum(start, a_lo), pbounds[pi])
-            hi = np.minimum(np.minimum(stop, a_hi), pbounds[pi + 1])
-            py = np.clip(hi - lo, 0, None) / YEAR
-            ev = (part["event"] == 1) & (ev_day >= lo) & (ev_day < hi)
-            time_a[:, ai] += py
-            time_p[:, pi] += py
-            ev_a[:, ai] += ev
-            ev_p[:, pi] += ev
-            for g in np.unique(part["group"]):
-                sel = part["group"] == g
-                key = (int(g), ages[ai], periods[pi])
-                cells[key] = {"person_years": float(py[sel].sum()),
-                              "events": float(ev[sel].sum()),
-                              "persons": float((py[sel] > 0).sum())}
+            lo = np.maximum(s_a, pbounds[pi])
+            hi = np.minimum(e_a, pbounds[pi + 1])
+            t = np.clip(hi - lo, 0, None) / YEAR
+            ev = ev_who & (day_who >= lo) & (day_who < hi)
+            py[who] = t   # (zero elsewhere: cleared below after each cell)
+            some = who[t > 0]
+            inside_a[some, ai] = True
+            inside_p[some, pi] = True
+            k = float(ev.sum())
+            ev_a[ai] += k
+            ev_p[pi] += k
+            for g, sel in sels:
+                key = (g, ages[ai], periods[pi])
+                if sel is None:
+                    cells[key] = {"person_years": float(py.sum()), "events": k,
+                                  "persons": float(some.shape[0])}
+                    continue
+                pyg = py[sel]
+                cells[key] = {"person_years": float(pyg.sum()),
+                              "events": float((ev & sel[who]).sum()),
+                              "persons": float((pyg > 0).sum())}
+            py[who] = 0.0
     margins = {}
-    for name, t, e in (("age", time_a, ev_a), ("period", time_p, ev_p)):
-        inside = t > 0
-        for j in range(t.shape[1]):
-            rest = np.delete(inside, j, axis=1).any(axis=1)
+    for name, inside, e in (("age", inside_a, ev_a), ("period", inside_p, ev_p)):
+        count = inside.sum(axis=1)
+        for j in range(inside.shape[1]):
             margins[(name, j)] = {"persons": float(inside[:, j].sum()),
-                                  "events": float(e[:, j].sum()),
-                                  "persons_other": float(rest.sum()),
-                                  "events_other": float(np.delete(e, j, axis=1).sum())}
-    anywhere = (time_a > 0).any(axis=1)
-    margins[("all", 0)] = {"persons": float(anywhere.sum()), "events": float(ev_a.sum()),
+                                  "events": float(e[j]),
+                                  "persons_other": float((count - inside[:, j] > 0).sum()),
+                                  "events_other": float(e.sum() - e[j])}
+    margins[("all", 0)] = {"persons": float(inside_a.any(axis=1).sum()),
+                           "events": float(ev_a.sum()),
                            "persons_other": 0.0, "events_other": 0.0}
     return {"cells": cells, "margins": margins}
 

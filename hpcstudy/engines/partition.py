@@ -219,12 +219,8 @@ class Persons:
         xp = self.xp = dev.xp
         self.dev, self.plan = dev, plan
         data = {reg: dict(cols) for reg, cols in data.items()}
-        # integer days everywhere from here (stored as int32 days)
-        for cols in data.values():
-            for c in DATES:
-                if c in cols:
-                    cols[c] = cols[c].astype(xp.int64)
-        # The stored order, checked once: the flags come to the host in one transfer.
+        # The stored order, checked once (on the stored int32 days: half the bytes of int64):
+        # the flags come to the host in one transfer.
         checks = [(reg, _sorted_check(xp, data[reg], keys)) for reg, keys in SORTED_BY.items()
                   if reg in data]
         if DIAG in data:
@@ -235,6 +231,11 @@ class Persons:
         for reg, keys in SORTED_BY.items():
             if reg in data and not ok[reg]:
                 data[reg] = _sort_rows(xp, data[reg], keys)
+        # integer days everywhere from here (stored as int32 days)
+        for cols in data.values():
+            for c in DATES:
+                if c in cols:
+                    cols[c] = cols[c].astype(xp.int64)
         # positions found before a sort of lpr_adm would no longer match its contacts
         self.diag_aligned = ok.get("diag aligned", False) and ok.get(ADM, True)
         self.data = data
@@ -292,6 +293,14 @@ class Persons:
             self._rows[reg] = self.rows_of(self.data[reg]["pnr"])
         return self._rows[reg]
 
+    def rows_at(self, reg: str, at):
+        """:meth:`register_rows` of the register's rows ``at`` (ascending) alone: a stream's
+        few rows need not look up every row of the register."""
+        if reg in self._rows:
+            rows, known = self._rows[reg]
+            return rows[at], known[at]
+        return self.rows_of(self.data[reg]["pnr"][at])
+
     def _diag_runs(self, data):
         """Contact of each lpr_diag row by position: diagnoses are stored in their contacts'
         order, so run k of equal recnums is contact k of lpr_adm (checked, not assumed)."""
@@ -300,6 +309,8 @@ class Persons:
         m = rec.shape[0]
         change = xp.ones(m, dtype=bool)
         change[1:] = rec[1:] != rec[:-1]
+        self.diag_change = change
+        # (nonzero, then a gather: several times faster than selecting by the mask)
         self.diag_starts = xp.nonzero(change)[0]
         if self.diag_starts.shape[0] == adm_rec.shape[0]:
             self._aligned = xp.all(rec[self.diag_starts] == adm_rec)
@@ -402,13 +413,15 @@ def _type_table(streams: list[EventStream], types: int):
     return table
 
 
-def _row_bits(pp: Persons, register: str, group: list[EventStream]) -> list:
-    """Per row of the register's code table (lpr: per diagnosis): the bit set of the streams
-    whose codes (and diagnosis types) it matches; one gather per word of
-    up to 64 streams."""
+def _row_bits(pp: Persons, register: str, group: list[EventStream], at=None) -> list:
+    """Per row of the register's code table (lpr: per diagnosis), or per row ``at`` of it:
+    the bit set of the streams whose codes (and diagnosis types) it matches; one gather per
+    word of up to 64 streams."""
     xp = pp.xp
     creg, ccol = CODE_COLUMN[register]
     code = pp.data[creg][ccol]
+    if at is not None:
+        code = code[at]
     types = 1
     if register == LINKED.name:
         types = max(t for s in group for t in (*s.diagnosis_types, 0, 1)) + 1
@@ -417,6 +430,8 @@ def _row_bits(pp: Persons, register: str, group: list[EventStream]) -> list:
     valid = (code >= 0) & (code < size)
     if types > 1:
         dt = pp.data[DIAG][DIAG_TYPE]
+        if at is not None:
+            dt = dt[at]
         valid &= (dt >= 0) & (dt < types)
         at = xp.where(valid, code.astype(xp.int64) * types + dt, size * types)
     else:
@@ -457,33 +472,34 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
         if s not in pp.streams:
             by_reg.setdefault(s.register, []).append(s)
     for register, group in by_reg.items():
-        # one pass: the bit set of every row's code (lpr: per diagnosis, then per contact)
-        need_codes = any(_selects(s) for s in group)
-        bits = None
-        if need_codes:
-            bits = _row_bits(pp, register, group)
-            if register == LINKED.name:
-                bits = _contact_bits(pp, group, bits)
         dreg, dcol = DAY_COLUMN[register]
-        rows, known = pp.register_rows(dreg)
         day = pp.data[dreg][dcol]
-        # the rows any code-selecting stream takes, found once: each such stream then looks
-        # at those rows only (a fraction of the register) instead of at every row
+        # one pass: the rows whose code any stream selects, each with its streams' bit set
+        # (lpr: per contact, OR-ed over its diagnoses); a stream then looks at those rows only
+        at = bits = dense = None
+        if any(_selects(s) for s in group):
+            at, bits, dense = _matching_rows(pp, register, group)
+        if not all(_by_code_only(s) for s in group):
+            pp.register_rows(dreg)   # every row's person: some stream looks at every row
         by_code = [k for k, s in enumerate(group) if _by_code_only(s)]
-        cand = _candidates(xp, bits, by_code, known) if by_code else None
-        cand_bits: dict = {}
+        if by_code:
+            if at is None:   # the rows any stream of codes alone takes, and their bit sets
+                at = _any_bit(xp, dense, by_code)
+                bits = [b[at] for b in dense]
+            at_rows, at_known = pp.rows_at(dreg, at)   # the matching rows' persons, once
         for k, s in enumerate(group):
             if _by_code_only(s):
                 w, one = _bit(k, bits[0].dtype.type)
-                if w not in cand_bits:
-                    cand_bits[w] = bits[w][cand]
-                idx = cand[(cand_bits[w] & one) != 0]
-                pp.streams[s] = (rows[idx], day[idx])
+                mine = ((bits[w] & one) != 0) & at_known
+                idx = at[mine]
+                pp.streams[s] = (at_rows[mine], day[idx])
                 pp.positions[s] = idx   # (as-treated episodes read the rows' other columns)
                 continue
-            keep = known
+            rows, keep = pp.register_rows(dreg)
             if _selects(s):
-                keep = keep & _has_bit(bits, k)
+                if dense is None:   # per row of the register: its streams' bit sets
+                    dense = _scatter(xp, at, bits, day.shape[0])
+                keep = keep & _has_bit(dense, k)
             src = SOURCES[register]
             if src.patient_type is not None and s.patient_types:
                 keep = keep & _isin_small(xp, pp.data[src.table][src.patient_type],
@@ -497,13 +513,60 @@ def event_streams(pp: Persons, streams: list[EventStream]) -> None:
             pp.positions[s] = idx
 
 
-def _by_code_only(s: EventStream) -> bool:
-    """A stream decided by its codes (and diagnosis types) alone."""
-    return s.codes is not None and not s.patient_types and not s.filters
+# Up to this many code ranges are matched by comparisons; beyond, by the code table's gather
+FEW_RANGES = 8
 
 
-def _candidates(xp, bits: list, streams: list[int], known):
-    """Rows (of ``known``) whose bit set holds any of ``streams``' bits, ascending."""
+def _code_ranges(group: list[EventStream]) -> list[tuple[int, int]]:
+    """The union of the code ranges ``group``'s streams select, as few disjoint ranges."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(r for s in group if s.codes is not None for r in s.codes.ranges
+                         if r[1] > r[0]):
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(lo, hi) for lo, hi in out]
+
+
+def _matching_rows(pp: Persons, register: str, group: list[EventStream]):
+    """(rows of the register's dated table with a code some stream of ``group`` selects,
+    ascending; their bit sets, one word per 64 streams; the bit sets of every row, where
+    they were worked out on the way, else None). A study's codes are a small share of a
+    register's: the rows are found first (comparisons of the code column with a few
+    ranges), and only they are looked up in the code table and linked to their contacts."""
+    xp = pp.xp
+    if any(s.codes is None and _selects(s) for s in group):   # by diagnosis type alone
+        return None, None, _dense_bits(pp, register, group)
+    ranges = _code_ranges(group)
+    if len(ranges) > FEW_RANGES:
+        at, bits = _dense_to_rows(xp, _row_bits(pp, register, group))
+    else:
+        creg, ccol = CODE_COLUMN[register]
+        code = pp.data[creg][ccol]
+        hit = xp.zeros(code.shape[0], dtype=bool)
+        for lo, hi in ranges:
+            hit |= (code >= lo) & (code < hi)
+        at = xp.nonzero(hit)[0]
+        bits = _row_bits(pp, register, group, at)
+    if register != LINKED.name:
+        return at, bits, None
+    if not pp.diag_aligned:
+        return None, None, _contact_bits(pp, group, _scatter(xp, at, bits, _n_rows(pp, DIAG)))
+    return (*_contacts_of(xp, _contact_index(xp, pp.diag_change, at), bits), None)
+
+
+def _n_rows(pp: Persons, table: str) -> int:
+    return next(iter(pp.data[table].values())).shape[0]
+
+
+def _dense_bits(pp: Persons, register: str, group: list[EventStream]) -> list:
+    bits = _row_bits(pp, register, group)
+    return _contact_bits(pp, group, bits) if register == LINKED.name else bits
+
+
+def _any_bit(xp, bits: list, streams: list[int]):
+    """Rows whose bit set holds any of ``streams``' bits, ascending."""
     dtype = bits[0].dtype.type
     masks: dict[int, int] = {}
     for k in streams:
@@ -513,7 +576,58 @@ def _candidates(xp, bits: list, streams: list[int], known):
     for w, m in masks.items():
         h = (bits[w] & dtype(m)) != 0
         hit = h if hit is None else hit | h
-    return xp.nonzero(hit & known)[0]
+    return xp.nonzero(hit)[0]
+
+
+def _dense_to_rows(xp, bits: list):
+    """(rows with any bit, their bit sets) of per-row bit sets."""
+    some = bits[0] != 0
+    for b in bits[1:]:
+        some |= b != 0
+    at = xp.nonzero(some)[0]
+    return at, [b[at] for b in bits]
+
+
+def _scatter(xp, at, bits: list, n: int) -> list:
+    out = [xp.zeros(n, dtype=b.dtype) for b in bits]
+    for o, b in zip(out, bits, strict=True):
+        o[at] = b
+    return out
+
+
+def _contact_index(xp, change, at):
+    """The contact of each diagnosis row ``at``: the number of contacts begun by then, less
+    one (``change``: a row begins a contact)."""
+    # summed in int32 (several times faster than int64 from bool), widened for the gathers
+    run = xp.cumsum(change, dtype=xp.int32 if change.shape[0] < 2**31 else xp.int64)
+    return run[at].astype(xp.int64) - 1
+
+
+def _contacts_of(xp, contact, bits: list):
+    """(the contacts ``contact`` of some diagnosis rows (ascending), each once; the OR of
+    their diagnoses' bit sets ``bits``)."""
+    m = contact.shape[0]
+    new = xp.ones(m, dtype=bool)
+    new[1:] = contact[1:] != contact[:-1]
+    heads = xp.nonzero(new)[0]
+    lens = xp.empty_like(heads)
+    lens[:-1] = heads[1:] - heads[:-1]
+    lens[-1:] = m - heads[-1:]
+    out = [b[heads] for b in bits]
+    live = xp.nonzero(lens > 1)[0]   # contacts with a second matching diagnosis
+    j = 1
+    while live.shape[0]:
+        nxt = heads[live] + j
+        for o, b in zip(out, bits, strict=True):
+            o[live] = o[live] | b[nxt]
+        j += 1
+        live = live[lens[live] > j]
+    return contact[heads], out
+
+
+def _by_code_only(s: EventStream) -> bool:
+    """A stream decided by its codes (and diagnosis types) alone."""
+    return s.codes is not None and not s.patient_types and not s.filters
 
 
 def _contact_bits(pp: Persons, group: list[EventStream], diag_bits: list):
