@@ -216,7 +216,21 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
             from .engines import read_ahead
 
             read_ahead.clear()
+        join_background()
     return Executed(results, res, table, fitted)
+
+
+def join_background(timeout: float = 60.0) -> None:
+    """Wait for the run's background threads (the warm-up's imports, reads ahead, the private
+    table's bytes, the figure process's pipes): where a run stops early, a daemon thread still
+    importing or inside pyarrow when the interpreter exits can abort it (exit -6, after the
+    one-line error)."""
+    import time
+
+    end = time.monotonic() + timeout
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and t.name.startswith("hpcstudy-"):
+            t.join(max(0.0, end - time.monotonic()))
 
 
 # what a run that writes its outputs imports only after the partitions: the report's page and
