@@ -149,6 +149,10 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             if (bad_row(s, start + i)) return 1;
             const double *x = row_of(s, start + i);
             double *c = z + i * qq + 1;
+            if (start + i + RB < s->n) {   /* the next block's row, fetched meanwhile */
+                __builtin_prefetch(row_of(s, start + i + RB), 0, 3);
+                __builtin_prefetch(row_of(s, start + i + RB) + p - 1, 0, 3);
+            }
             /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
             __builtin_prefetch(((s->flags[start + i] & DEAD) ? D : L) +
                                (s->b[start + i] - 1) * cells, 1, 3);
@@ -284,12 +288,35 @@ static inline __attribute__((always_inline)) void block_outer(const double *T, P
     }
 }
 
+/* The columns k … k + 3 of the four rows x0 … x3 as four 4-vectors (row l in lane l):
+ * shuffles only, exact. */
+static inline __attribute__((always_inline)) void transpose4(const double *x0, const double *x1,
+                                                             const double *x2, const double *x3,
+                                                             v4 *c) {
+    v4 a0, a1, a2, a3;
+    LOAD4(a0, x0);
+    LOAD4(a1, x1);
+    LOAD4(a2, x2);
+    LOAD4(a3, x3);
+    const v4i lo = {0, 4, 2, 6}, hi = {1, 5, 3, 7}, first = {0, 1, 4, 5}, second = {2, 3, 6, 7};
+    v4 t0 = __builtin_shuffle(a0, a1, lo), t1 = __builtin_shuffle(a0, a1, hi);
+    v4 t2 = __builtin_shuffle(a2, a3, lo), t3 = __builtin_shuffle(a2, a3, hi);
+    c[0] = __builtin_shuffle(t0, t2, first);
+    c[1] = __builtin_shuffle(t1, t3, first);
+    c[2] = __builtin_shuffle(t0, t2, second);
+    c[3] = __builtin_shuffle(t1, t3, second);
+}
+
 /* acc (p × p, upper) = Σ_i t_i x_i x_iᵀ, t_i = r_i v_i scale with v_i = cum[b] − cum[a] (cum[a]
  * only for late entries), less e[b − 1] for deaths; t ≤ 0 (rounding) counts as 0, a NaN goes
- * on. Rows in blocks: T = √t·x, transposed, then T Tᵀ. Returns 1 at a bad row. */
+ * on. Rows in blocks: the block's t (rows with t > 0 kept, in order), then T = √t·(x − mean)
+ * transposed four rows × four columns at a time by shuffles (padded with zero rows to whole
+ * 4-vectors), then T Tᵀ. Returns 1 at a bad row. */
 CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum,
                              const double *e, double scale, double *T, double *acc) {
-    Py_ssize_t p = s->p;
+    Py_ssize_t p = s->p, p4 = p & ~(Py_ssize_t)3;
+    double tt[BLOCK];
+    const double *xs[BLOCK];
     for (Py_ssize_t lo = 0; lo < s->n; lo += BLOCK) {
         Py_ssize_t m = 0, end = lo + BLOCK < s->n ? lo + BLOCK : s->n;
         for (Py_ssize_t i = lo; i < end; i++) {
@@ -300,13 +327,39 @@ CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum
             if (f & DEAD) v -= e[s->b[i] - 1];
             double t = r[i] * (v * scale);
             if (t <= 0.0) continue;
-            t = sqrt(t);
-            const double *x = row_of(s, i);
-            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = (x[k] - s->mean[k]) * t;
-            m++;
+            tt[m] = t;
+            xs[m++] = row_of(s, i);
         }
-        for (; m % 4; m++)   /* pad with zero rows: they add exactly 0 */
-            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = 0.0;
+        for (; m % 4; m++) {   /* zero rows: (mean − mean)·0 adds exactly 0 */
+            tt[m] = 0.0;
+            xs[m] = s->mean;
+        }
+        for (Py_ssize_t i = 0; i < m; i += 4) {
+            /* the next block's rows, fetched while this block's products run */
+            for (Py_ssize_t j = lo + BLOCK + i; j < lo + BLOCK + i + 4 && j < s->n; j++) {
+                __builtin_prefetch(row_of(s, j), 0, 3);
+                __builtin_prefetch(row_of(s, j) + p - 1, 0, 3);
+            }
+            v4 t;
+            LOAD4(t, tt + i);
+            for (int l = 0; l < 4; l++) t[l] = __builtin_sqrt(t[l]);
+            Py_ssize_t k = 0;
+            for (; k < p4; k += 4) {
+                v4 c[4];
+                transpose4(xs[i] + k, xs[i + 1] + k, xs[i + 2] + k, xs[i + 3] + k, c);
+                for (int j = 0; j < 4; j++) {
+                    double mk = s->mean[k + j];
+                    v4 mv = {mk, mk, mk, mk}, y = (c[j] - mv) * t;
+                    STORE4(T + (k + j) * BLOCK + i, y);
+                }
+            }
+            for (; k < p; k++) {
+                double mk = s->mean[k];
+                v4 c = {xs[i][k], xs[i + 1][k], xs[i + 2][k], xs[i + 3][k]};
+                v4 mv = {mk, mk, mk, mk}, y = (c - mv) * t;
+                STORE4(T + k * BLOCK + i, y);
+            }
+        }
         block_outer(T, p, m, acc);
     }
     return 0;
