@@ -120,6 +120,25 @@ static inline __attribute__((always_inline)) void add_outer(double *u, const dou
     }
 }
 
+/* The columns k … k + 3 of the four rows x0 … x3 as four 4-vectors (row l in lane l):
+ * shuffles only, exact. */
+static inline __attribute__((always_inline)) void transpose4(const double *x0, const double *x1,
+                                                             const double *x2, const double *x3,
+                                                             v4 *c) {
+    v4 a0, a1, a2, a3;
+    LOAD4(a0, x0);
+    LOAD4(a1, x1);
+    LOAD4(a2, x2);
+    LOAD4(a3, x3);
+    const v4i lo = {0, 4, 2, 6}, hi = {1, 5, 3, 7}, first = {0, 1, 4, 5}, second = {2, 3, 6, 7};
+    v4 t0 = __builtin_shuffle(a0, a1, lo), t1 = __builtin_shuffle(a0, a1, hi);
+    v4 t2 = __builtin_shuffle(a2, a3, lo), t3 = __builtin_shuffle(a2, a3, hi);
+    c[0] = __builtin_shuffle(t0, t2, first);
+    c[1] = __builtin_shuffle(t1, t3, first);
+    c[2] = __builtin_shuffle(t0, t2, second);
+    c[3] = __builtin_shuffle(t1, t3, second);
+}
+
 /* Doubles per grid point in add_outer's bin of `rows` rows, for p covariates. */
 static Py_ssize_t bin_cells(Py_ssize_t p, Py_ssize_t rows) {
     Py_ssize_t qq = (p + 4) & ~(Py_ssize_t)3, cells = 0;
@@ -139,9 +158,16 @@ static Py_ssize_t bin_cells(Py_ssize_t p, Py_ssize_t rows) {
 CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, double shift,
                              double *r, double *D, double *L, double *E, Py_ssize_t rows,
                              Py_ssize_t cells, double *z, double *lohi) {
-    Py_ssize_t p = s->p, qq = (p + 4) & ~(Py_ssize_t)3;
+    Py_ssize_t p = s->p, qq = (p + 4) & ~(Py_ssize_t)3, p4 = p & ~(Py_ssize_t)3;
     double lo = INFINITY, hi = -INFINITY, eta[RB];
+    v4 accs[RB], last = {0.0, 0.0, 0.0, 0.0};
+    const v4 inf = {INFINITY, INFINITY, INFINITY, INFINITY};
+    v4 lov = inf, hiv = -inf;
     const double *bp = beta;
+    /* the last columns (p ≥ 4, p not a multiple of 4): the row's last four, the lanes of those
+     * already summed times 0 (exactly 0 for finite x) */
+    int tail = p4 < p && p >= 4;
+    for (Py_ssize_t l = 0; l < 4 && tail; l++) last[l] = p - 4 + l >= p4 ? bp[p - 4 + l] : 0.0;
     for (Py_ssize_t i = 0; i < RB; i++) z[i * qq] = 1.0;
     for (Py_ssize_t start = 0; start < s->n; start += RB) {
         Py_ssize_t m = s->n - start < RB ? s->n - start : RB;
@@ -159,7 +185,7 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             /* the loads are of x, not of c just stored (no store-to-load stall) */
             v4 acc = {0.0, 0.0, 0.0, 0.0}, u, mk, b;
             Py_ssize_t k = 0;
-            for (; k + 4 <= p; k += 4) {
+            for (; k < p4; k += 4) {
                 LOAD4(u, x + k);
                 LOAD4(mk, s->mean + k);
                 LOAD4(b, bp + k);
@@ -167,26 +193,65 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
                 STORE4(c + k, u);
                 acc += u * b;
             }
-            for (; k < p; k++) {
-                double ck = x[k] - s->mean[k];
-                c[k] = ck;
-                acc[k & 3] += ck * bp[k];
+            if (tail) {
+                LOAD4(u, x + p - 4);
+                LOAD4(mk, s->mean + p - 4);
+                u -= mk;
+                STORE4(c + p - 4, u);
+                acc += u * last;
+            } else {
+                for (; k < p; k++) {   /* p < 4 */
+                    double ck = x[k] - s->mean[k];
+                    c[k] = ck;
+                    acc[k & 3] += ck * bp[k];
+                }
             }
-            double e = TOTAL4(acc);
+            accs[i] = acc;
+        }
+        /* xβ of four rows at a time: their lanes transposed, then added in order */
+        Py_ssize_t i = 0;
+        for (; i + 4 <= m; i += 4) {
+            v4 t[4], sh = {shift, shift, shift, shift};
+            transpose4((const double *)(accs + i), (const double *)(accs + i + 1),
+                       (const double *)(accs + i + 2), (const double *)(accs + i + 3), t);
+            v4 e = (t[0] + t[1]) + (t[2] + t[3]);
+            v4i below = e < lov, above = e > hiv;   /* false for NaN */
+            lov = (v4)(((v4i)e & below) | ((v4i)lov & ~below));
+            hiv = (v4)(((v4i)e & above) | ((v4i)hiv & ~above));
+            e -= sh;
+            STORE4(eta + i, e);
+        }
+        for (; i < m; i++) {
+            double e = TOTAL4(accs[i]);
             if (e < lo) lo = e;
             if (e > hi) hi = e;
             eta[i] = e - shift;
         }
-        for (Py_ssize_t i = m; i < RB; i++) eta[i] = 0.0;
-        for (Py_ssize_t i = 0; i < m; i += 4) exp4(eta + i);
-        for (Py_ssize_t i = 0; i < m; i++) {
+        for (i = m; i < RB; i++) eta[i] = 0.0;
+        for (i = 0; i < m; i += 4) exp4(eta + i);
+        for (i = 0; i < m; i++) {
             Py_ssize_t row = start + i;
             double ri = unit ? eta[i] : eta[i] * s->w[row];
             r[row] = ri;
             uint8_t f = s->flags[row];
-            add_outer(((f & DEAD) ? D : L) + (s->b[row] - 1) * cells, z + i * qq, ri, rows, qq);
+            double *bin = ((f & DEAD) ? D : L) + (s->b[row] - 1) * cells;
+            if (rows == 1) {   /* the bins: (r, r x), r times z's first entry 1 */
+                v4 rv = {ri, ri, ri, ri}, y, w;
+                for (Py_ssize_t j = 0; j < qq; j += 4) {
+                    LOAD4(y, z + i * qq + j);
+                    LOAD4(w, bin + j);
+                    w += rv * y;
+                    STORE4(bin + j, w);
+                }
+            } else {
+                add_outer(bin, z + i * qq, ri, rows, qq);
+            }
             if (f & LATE) add_outer(E + (s->a[row] - 1) * cells, z + i * qq, ri, rows, qq);
         }
+    }
+    for (int l = 0; l < 4; l++) {
+        if (lov[l] < lo) lo = lov[l];
+        if (hiv[l] > hi) hi = hiv[l];
     }
     lohi[0] = lo;
     lohi[1] = hi;
@@ -286,25 +351,6 @@ static inline __attribute__((always_inline)) void block_outer(const double *T, P
         }
         acc[k * p + k] += TOTAL4(s0);
     }
-}
-
-/* The columns k … k + 3 of the four rows x0 … x3 as four 4-vectors (row l in lane l):
- * shuffles only, exact. */
-static inline __attribute__((always_inline)) void transpose4(const double *x0, const double *x1,
-                                                             const double *x2, const double *x3,
-                                                             v4 *c) {
-    v4 a0, a1, a2, a3;
-    LOAD4(a0, x0);
-    LOAD4(a1, x1);
-    LOAD4(a2, x2);
-    LOAD4(a3, x3);
-    const v4i lo = {0, 4, 2, 6}, hi = {1, 5, 3, 7}, first = {0, 1, 4, 5}, second = {2, 3, 6, 7};
-    v4 t0 = __builtin_shuffle(a0, a1, lo), t1 = __builtin_shuffle(a0, a1, hi);
-    v4 t2 = __builtin_shuffle(a2, a3, lo), t3 = __builtin_shuffle(a2, a3, hi);
-    c[0] = __builtin_shuffle(t0, t2, first);
-    c[1] = __builtin_shuffle(t1, t3, first);
-    c[2] = __builtin_shuffle(t0, t2, second);
-    c[3] = __builtin_shuffle(t1, t3, second);
 }
 
 /* acc (p × p, upper) = Σ_i t_i x_i x_iᵀ, t_i = r_i v_i scale with v_i = cum[b] − cum[a] (cum[a]
