@@ -355,11 +355,18 @@ static inline __attribute__((always_inline)) void block_outer(const double *T, P
 
 /* acc (p × p, upper) = Σ_i t_i x_i x_iᵀ, t_i = r_i v_i scale with v_i = cum[b] − cum[a] (cum[a]
  * only for late entries), less e[b − 1] for deaths; t ≤ 0 (rounding) counts as 0, a NaN goes
- * on. Rows in blocks: the block's t (rows with t > 0 kept, in order), then T = √t·(x − mean)
+ * on. v·scale of the rows that do not enter late from a table W (2(G + 1) doubles) by b and
+ * death. Rows in blocks: the block's t (rows with t > 0 kept, in order), then T = √t·(x − mean)
  * transposed four rows × four columns at a time by shuffles (padded with zero rows to whole
  * 4-vectors), then T Tᵀ. Returns 1 at a bad row. */
 CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum,
-                             const double *e, double scale, double *T, double *acc) {
+                             const double *e, double scale, double *T, double *acc,
+                             double *W) {
+    /* W[2b + dead]: v·scale of a row that does not enter late, by its b and whether it dies */
+    for (Py_ssize_t b = 1; b <= s->G; b++) {
+        W[2 * b] = cum[b] * scale;
+        W[2 * b + 1] = (cum[b] - e[b - 1]) * scale;
+    }
     Py_ssize_t p = s->p, p4 = p & ~(Py_ssize_t)3;
     double tt[BLOCK];
     const double *xs[BLOCK];
@@ -368,10 +375,14 @@ CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum
         for (Py_ssize_t i = lo; i < end; i++) {
             if (bad_row(s, i)) return 1;
             uint8_t f = s->flags[i];
-            double v = cum[s->b[i]];
-            if (f & LATE) v -= cum[s->a[i]];
-            if (f & DEAD) v -= e[s->b[i] - 1];
-            double t = r[i] * (v * scale);
+            double t;
+            if (f & LATE) {
+                double v = cum[s->b[i]] - cum[s->a[i]];
+                if (f & DEAD) v -= e[s->b[i] - 1];
+                t = r[i] * (v * scale);
+            } else {   /* v·scale from the table: the same operations, done once per grid point */
+                t = r[i] * W[2 * s->b[i] + (f & DEAD)];
+            }
             if (t <= 0.0) continue;
             tt[m] = t;
             xs[m++] = row_of(s, i);
@@ -787,7 +798,7 @@ static PyObject *pass2(PyObject *self, PyObject *args) {
     buffers_t B = {.used = 0};
     rows_t s;
     PyObject *ret = NULL;
-    double *T = NULL, *acc = NULL;
+    double *T = NULL, *acc = NULL, *W = NULL;
     Py_ssize_t G;
     const double *ee = take(&B, e, 8, -1, 0, "e", &G);
     if (!ee || take_rows(&B, &s, X, keep, mean, r, a, b, flags, G) < 0) goto done;
@@ -797,13 +808,14 @@ static PyObject *pass2(PyObject *self, PyObject *args) {
     if (!o) goto done;
     T = PyMem_Calloc(s.p * BLOCK, sizeof(double));
     acc = PyMem_Calloc(s.p * s.p, sizeof(double));
-    if (!T || !acc) {
+    W = PyMem_Calloc(2 * (G + 1), sizeof(double));
+    if (!T || !acc || !W) {
         PyErr_NoMemory();
         goto done;
     }
     int bad;
     Py_BEGIN_ALLOW_THREADS
-    bad = pass2_rows(&s, rr, C, ee, scale, T, acc);
+    bad = pass2_rows(&s, rr, C, ee, scale, T, acc, W);
     Py_END_ALLOW_THREADS
     if (bad) {
         bad_index();
@@ -816,6 +828,7 @@ static PyObject *pass2(PyObject *self, PyObject *args) {
 done:
     PyMem_Free(T);
     PyMem_Free(acc);
+    PyMem_Free(W);
     release_all(&B);
     return ret;
 }
