@@ -161,6 +161,7 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
     Py_ssize_t p = s->p, qq = (p + 4) & ~(Py_ssize_t)3, p4 = p & ~(Py_ssize_t)3;
     double lo = INFINITY, hi = -INFINITY, eta[RB];
     v4 accs[RB], last = {0.0, 0.0, 0.0, 0.0};
+    double *bins[RB];
     const v4 inf = {INFINITY, INFINITY, INFINITY, INFINITY};
     v4 lov = inf, hiv = -inf;
     const double *bp = beta;
@@ -180,8 +181,8 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
                 __builtin_prefetch(row_of(s, start + i + RB) + p - 1, 0, 3);
             }
             /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
-            __builtin_prefetch(((s->flags[start + i] & DEAD) ? D : L) +
-                               (s->b[start + i] - 1) * cells, 1, 3);
+            bins[i] = ((s->flags[start + i] & DEAD) ? D : L) + (s->b[start + i] - 1) * cells;
+            __builtin_prefetch(bins[i], 1, 3);
             /* the loads are of x, not of c just stored (no store-to-load stall) */
             v4 acc = {0.0, 0.0, 0.0, 0.0}, u, mk, b;
             Py_ssize_t k = 0;
@@ -234,7 +235,7 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             double ri = unit ? eta[i] : eta[i] * s->w[row];
             r[row] = ri;
             uint8_t f = s->flags[row];
-            double *bin = ((f & DEAD) ? D : L) + (s->b[row] - 1) * cells;
+            double *bin = bins[i];
             if (rows == 1) {   /* the bins: (r, r x), r times z's first entry 1 */
                 v4 rv = {ri, ri, ri, ri}, y, w;
                 for (Py_ssize_t j = 0; j < qq; j += 4) {
