@@ -139,6 +139,42 @@ static inline __attribute__((always_inline)) void transpose4(const double *x0, c
     c[3] = __builtin_shuffle(t1, t3, second);
 }
 
+/* The centred row x − mean into c and its lanes of (x − mean)·β: lane k mod 4 adds the terms k
+ * of the first p4 columns (whole 4-vectors), then, with `tail`, the row's last four columns
+ * times `last` (β where not yet added, else 0); p < 4 one column at a time. Into out. */
+static inline __attribute__((always_inline)) void centre_row(const double *x,
+                                                             const double *mean,
+                                                             const double *bp, double *c,
+                                                             Py_ssize_t p4, Py_ssize_t p,
+                                                             int tail, const v4 *last,
+                                                             v4 *out) {
+    /* the loads are of x, not of c just stored (no store-to-load stall) */
+    v4 acc = {0.0, 0.0, 0.0, 0.0}, u, mk, b;
+    Py_ssize_t k = 0;
+    for (; k < p4; k += 4) {
+        LOAD4(u, x + k);
+        LOAD4(mk, mean + k);
+        LOAD4(b, bp + k);
+        u -= mk;
+        STORE4(c + k, u);
+        acc += u * b;
+    }
+    if (tail) {
+        LOAD4(u, x + p - 4);
+        LOAD4(mk, mean + p - 4);
+        u -= mk;
+        STORE4(c + p - 4, u);
+        acc += u * *last;
+    } else {
+        for (; k < p; k++) {   /* p < 4 */
+            double ck = x[k] - mean[k];
+            c[k] = ck;
+            acc[k & 3] += ck * bp[k];
+        }
+    }
+    *out = acc;
+}
+
 /* Doubles per grid point in add_outer's bin of `rows` rows, for p covariates. */
 static Py_ssize_t bin_cells(Py_ssize_t p, Py_ssize_t rows) {
     Py_ssize_t qq = (p + 4) & ~(Py_ssize_t)3, cells = 0;
@@ -183,31 +219,12 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
             bins[i] = ((s->flags[start + i] & DEAD) ? D : L) + (s->b[start + i] - 1) * cells;
             __builtin_prefetch(bins[i], 1, 3);
-            /* the loads are of x, not of c just stored (no store-to-load stall) */
-            v4 acc = {0.0, 0.0, 0.0, 0.0}, u, mk, b;
-            Py_ssize_t k = 0;
-            for (; k < p4; k += 4) {
-                LOAD4(u, x + k);
-                LOAD4(mk, s->mean + k);
-                LOAD4(b, bp + k);
-                u -= mk;
-                STORE4(c + k, u);
-                acc += u * b;
+            switch (p4) {   /* the usual widths with their loop unrolled */
+            case 4: centre_row(x, s->mean, bp, c, 4, p, tail, &last, accs + i); break;
+            case 8: centre_row(x, s->mean, bp, c, 8, p, tail, &last, accs + i); break;
+            case 12: centre_row(x, s->mean, bp, c, 12, p, tail, &last, accs + i); break;
+            default: centre_row(x, s->mean, bp, c, p4, p, tail, &last, accs + i);
             }
-            if (tail) {
-                LOAD4(u, x + p - 4);
-                LOAD4(mk, s->mean + p - 4);
-                u -= mk;
-                STORE4(c + p - 4, u);
-                acc += u * last;
-            } else {
-                for (; k < p; k++) {   /* p < 4 */
-                    double ck = x[k] - s->mean[k];
-                    c[k] = ck;
-                    acc[k & 3] += ck * bp[k];
-                }
-            }
-            accs[i] = acc;
         }
         /* xβ of four rows at a time: their lanes transposed, then added in order */
         Py_ssize_t i = 0;
