@@ -120,6 +120,61 @@ static inline __attribute__((always_inline)) void add_outer(double *u, const dou
     }
 }
 
+/* The columns k … k + 3 of the four rows x0 … x3 as four 4-vectors (row l in lane l):
+ * shuffles only, exact. */
+static inline __attribute__((always_inline)) void transpose4(const double *x0, const double *x1,
+                                                             const double *x2, const double *x3,
+                                                             v4 *c) {
+    v4 a0, a1, a2, a3;
+    LOAD4(a0, x0);
+    LOAD4(a1, x1);
+    LOAD4(a2, x2);
+    LOAD4(a3, x3);
+    const v4i lo = {0, 4, 2, 6}, hi = {1, 5, 3, 7}, first = {0, 1, 4, 5}, second = {2, 3, 6, 7};
+    v4 t0 = __builtin_shuffle(a0, a1, lo), t1 = __builtin_shuffle(a0, a1, hi);
+    v4 t2 = __builtin_shuffle(a2, a3, lo), t3 = __builtin_shuffle(a2, a3, hi);
+    c[0] = __builtin_shuffle(t0, t2, first);
+    c[1] = __builtin_shuffle(t1, t3, first);
+    c[2] = __builtin_shuffle(t0, t2, second);
+    c[3] = __builtin_shuffle(t1, t3, second);
+}
+
+/* The centred row x − mean into c and its lanes of (x − mean)·β: lane k mod 4 adds the terms k
+ * of the first p4 columns (whole 4-vectors), then, with `tail`, the row's last four columns
+ * times `last` (β where not yet added, else 0); p < 4 one column at a time. Into out. */
+static inline __attribute__((always_inline)) void centre_row(const double *x,
+                                                             const double *mean,
+                                                             const double *bp, double *c,
+                                                             Py_ssize_t p4, Py_ssize_t p,
+                                                             int tail, const v4 *last,
+                                                             v4 *out) {
+    /* the loads are of x, not of c just stored (no store-to-load stall) */
+    v4 acc = {0.0, 0.0, 0.0, 0.0}, u, mk, b;
+    Py_ssize_t k = 0;
+    for (; k < p4; k += 4) {
+        LOAD4(u, x + k);
+        LOAD4(mk, mean + k);
+        LOAD4(b, bp + k);
+        u -= mk;
+        STORE4(c + k, u);
+        acc += u * b;
+    }
+    if (tail) {
+        LOAD4(u, x + p - 4);
+        LOAD4(mk, mean + p - 4);
+        u -= mk;
+        STORE4(c + p - 4, u);
+        acc += u * *last;
+    } else {
+        for (; k < p; k++) {   /* p < 4 */
+            double ck = x[k] - mean[k];
+            c[k] = ck;
+            acc[k & 3] += ck * bp[k];
+        }
+    }
+    *out = acc;
+}
+
 /* Doubles per grid point in add_outer's bin of `rows` rows, for p covariates. */
 static Py_ssize_t bin_cells(Py_ssize_t p, Py_ssize_t rows) {
     Py_ssize_t qq = (p + 4) & ~(Py_ssize_t)3, cells = 0;
@@ -139,9 +194,17 @@ static Py_ssize_t bin_cells(Py_ssize_t p, Py_ssize_t rows) {
 CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, double shift,
                              double *r, double *D, double *L, double *E, Py_ssize_t rows,
                              Py_ssize_t cells, double *z, double *lohi) {
-    Py_ssize_t p = s->p, qq = (p + 4) & ~(Py_ssize_t)3;
+    Py_ssize_t p = s->p, qq = (p + 4) & ~(Py_ssize_t)3, p4 = p & ~(Py_ssize_t)3;
     double lo = INFINITY, hi = -INFINITY, eta[RB];
+    v4 accs[RB], last = {0.0, 0.0, 0.0, 0.0};
+    double *bins[RB];
+    const v4 inf = {INFINITY, INFINITY, INFINITY, INFINITY};
+    v4 lov = inf, hiv = -inf;
     const double *bp = beta;
+    /* the last columns (p ≥ 4, p not a multiple of 4): the row's last four, the lanes of those
+     * already summed times 0 (exactly 0 for finite x) */
+    int tail = p4 < p && p >= 4;
+    for (Py_ssize_t l = 0; l < 4 && tail; l++) last[l] = p - 4 + l >= p4 ? bp[p - 4 + l] : 0.0;
     for (Py_ssize_t i = 0; i < RB; i++) z[i * qq] = 1.0;
     for (Py_ssize_t start = 0; start < s->n; start += RB) {
         Py_ssize_t m = s->n - start < RB ? s->n - start : RB;
@@ -149,40 +212,64 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             if (bad_row(s, start + i)) return 1;
             const double *x = row_of(s, start + i);
             double *c = z + i * qq + 1;
+            if (start + i + RB < s->n) {   /* the next block's row, fetched meanwhile */
+                __builtin_prefetch(row_of(s, start + i + RB), 0, 3);
+                __builtin_prefetch(row_of(s, start + i + RB) + p - 1, 0, 3);
+            }
             /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
-            __builtin_prefetch(((s->flags[start + i] & DEAD) ? D : L) +
-                               (s->b[start + i] - 1) * cells, 1, 3);
-            /* the loads are of x, not of c just stored (no store-to-load stall) */
-            v4 acc = {0.0, 0.0, 0.0, 0.0}, u, mk, b;
-            Py_ssize_t k = 0;
-            for (; k + 4 <= p; k += 4) {
-                LOAD4(u, x + k);
-                LOAD4(mk, s->mean + k);
-                LOAD4(b, bp + k);
-                u -= mk;
-                STORE4(c + k, u);
-                acc += u * b;
+            bins[i] = ((s->flags[start + i] & DEAD) ? D : L) + (s->b[start + i] - 1) * cells;
+            __builtin_prefetch(bins[i], 1, 3);
+            switch (p4) {   /* the usual widths with their loop unrolled */
+            case 4: centre_row(x, s->mean, bp, c, 4, p, tail, &last, accs + i); break;
+            case 8: centre_row(x, s->mean, bp, c, 8, p, tail, &last, accs + i); break;
+            case 12: centre_row(x, s->mean, bp, c, 12, p, tail, &last, accs + i); break;
+            default: centre_row(x, s->mean, bp, c, p4, p, tail, &last, accs + i);
             }
-            for (; k < p; k++) {
-                double ck = x[k] - s->mean[k];
-                c[k] = ck;
-                acc[k & 3] += ck * bp[k];
-            }
-            double e = TOTAL4(acc);
+        }
+        /* xβ of four rows at a time: their lanes transposed, then added in order */
+        Py_ssize_t i = 0;
+        for (; i + 4 <= m; i += 4) {
+            v4 t[4], sh = {shift, shift, shift, shift};
+            transpose4((const double *)(accs + i), (const double *)(accs + i + 1),
+                       (const double *)(accs + i + 2), (const double *)(accs + i + 3), t);
+            v4 e = (t[0] + t[1]) + (t[2] + t[3]);
+            v4i below = e < lov, above = e > hiv;   /* false for NaN */
+            lov = (v4)(((v4i)e & below) | ((v4i)lov & ~below));
+            hiv = (v4)(((v4i)e & above) | ((v4i)hiv & ~above));
+            e -= sh;
+            STORE4(eta + i, e);
+        }
+        for (; i < m; i++) {
+            double e = TOTAL4(accs[i]);
             if (e < lo) lo = e;
             if (e > hi) hi = e;
             eta[i] = e - shift;
         }
-        for (Py_ssize_t i = m; i < RB; i++) eta[i] = 0.0;
-        for (Py_ssize_t i = 0; i < m; i += 4) exp4(eta + i);
-        for (Py_ssize_t i = 0; i < m; i++) {
+        for (i = m; i < RB; i++) eta[i] = 0.0;
+        for (i = 0; i < m; i += 4) exp4(eta + i);
+        for (i = 0; i < m; i++) {
             Py_ssize_t row = start + i;
             double ri = unit ? eta[i] : eta[i] * s->w[row];
             r[row] = ri;
             uint8_t f = s->flags[row];
-            add_outer(((f & DEAD) ? D : L) + (s->b[row] - 1) * cells, z + i * qq, ri, rows, qq);
+            double *bin = bins[i];
+            if (rows == 1) {   /* the bins: (r, r x), r times z's first entry 1 */
+                v4 rv = {ri, ri, ri, ri}, y, w;
+                for (Py_ssize_t j = 0; j < qq; j += 4) {
+                    LOAD4(y, z + i * qq + j);
+                    LOAD4(w, bin + j);
+                    w += rv * y;
+                    STORE4(bin + j, w);
+                }
+            } else {
+                add_outer(bin, z + i * qq, ri, rows, qq);
+            }
             if (f & LATE) add_outer(E + (s->a[row] - 1) * cells, z + i * qq, ri, rows, qq);
         }
+    }
+    for (int l = 0; l < 4; l++) {
+        if (lov[l] < lo) lo = lov[l];
+        if (hiv[l] > hi) hi = hiv[l];
     }
     lohi[0] = lo;
     lohi[1] = hi;
@@ -286,27 +373,68 @@ static inline __attribute__((always_inline)) void block_outer(const double *T, P
 
 /* acc (p × p, upper) = Σ_i t_i x_i x_iᵀ, t_i = r_i v_i scale with v_i = cum[b] − cum[a] (cum[a]
  * only for late entries), less e[b − 1] for deaths; t ≤ 0 (rounding) counts as 0, a NaN goes
- * on. Rows in blocks: T = √t·x, transposed, then T Tᵀ. Returns 1 at a bad row. */
+ * on. v·scale of the rows that do not enter late from a table W (2(G + 1) doubles) by b and
+ * death. Rows in blocks: the block's t (rows with t > 0 kept, in order), then T = √t·(x − mean)
+ * transposed four rows × four columns at a time by shuffles (padded with zero rows to whole
+ * 4-vectors), then T Tᵀ. Returns 1 at a bad row. */
 CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum,
-                             const double *e, double scale, double *T, double *acc) {
-    Py_ssize_t p = s->p;
+                             const double *e, double scale, double *T, double *acc,
+                             double *W) {
+    /* W[2b + dead]: v·scale of a row that does not enter late, by its b and whether it dies */
+    for (Py_ssize_t b = 1; b <= s->G; b++) {
+        W[2 * b] = cum[b] * scale;
+        W[2 * b + 1] = (cum[b] - e[b - 1]) * scale;
+    }
+    Py_ssize_t p = s->p, p4 = p & ~(Py_ssize_t)3;
+    double tt[BLOCK];
+    const double *xs[BLOCK];
     for (Py_ssize_t lo = 0; lo < s->n; lo += BLOCK) {
         Py_ssize_t m = 0, end = lo + BLOCK < s->n ? lo + BLOCK : s->n;
         for (Py_ssize_t i = lo; i < end; i++) {
             if (bad_row(s, i)) return 1;
             uint8_t f = s->flags[i];
-            double v = cum[s->b[i]];
-            if (f & LATE) v -= cum[s->a[i]];
-            if (f & DEAD) v -= e[s->b[i] - 1];
-            double t = r[i] * (v * scale);
+            double t;
+            if (f & LATE) {
+                double v = cum[s->b[i]] - cum[s->a[i]];
+                if (f & DEAD) v -= e[s->b[i] - 1];
+                t = r[i] * (v * scale);
+            } else {   /* v·scale from the table: the same operations, done once per grid point */
+                t = r[i] * W[2 * s->b[i] + (f & DEAD)];
+            }
             if (t <= 0.0) continue;
-            t = sqrt(t);
-            const double *x = row_of(s, i);
-            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = (x[k] - s->mean[k]) * t;
-            m++;
+            tt[m] = t;
+            xs[m++] = row_of(s, i);
         }
-        for (; m % 4; m++)   /* pad with zero rows: they add exactly 0 */
-            for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + m] = 0.0;
+        for (; m % 4; m++) {   /* zero rows: (mean − mean)·0 adds exactly 0 */
+            tt[m] = 0.0;
+            xs[m] = s->mean;
+        }
+        for (Py_ssize_t i = 0; i < m; i += 4) {
+            /* the next block's rows, fetched while this block's products run */
+            for (Py_ssize_t j = lo + BLOCK + i; j < lo + BLOCK + i + 4 && j < s->n; j++) {
+                __builtin_prefetch(row_of(s, j), 0, 3);
+                __builtin_prefetch(row_of(s, j) + p - 1, 0, 3);
+            }
+            v4 t;
+            LOAD4(t, tt + i);
+            for (int l = 0; l < 4; l++) t[l] = __builtin_sqrt(t[l]);
+            Py_ssize_t k = 0;
+            for (; k < p4; k += 4) {
+                v4 c[4];
+                transpose4(xs[i] + k, xs[i + 1] + k, xs[i + 2] + k, xs[i + 3] + k, c);
+                for (int j = 0; j < 4; j++) {
+                    double mk = s->mean[k + j];
+                    v4 mv = {mk, mk, mk, mk}, y = (c[j] - mv) * t;
+                    STORE4(T + (k + j) * BLOCK + i, y);
+                }
+            }
+            for (; k < p; k++) {
+                double mk = s->mean[k];
+                v4 c = {xs[i][k], xs[i + 1][k], xs[i + 2][k], xs[i + 3][k]};
+                v4 mv = {mk, mk, mk, mk}, y = (c - mv) * t;
+                STORE4(T + k * BLOCK + i, y);
+            }
+        }
         block_outer(T, p, m, acc);
     }
     return 0;
@@ -688,7 +816,7 @@ static PyObject *pass2(PyObject *self, PyObject *args) {
     buffers_t B = {.used = 0};
     rows_t s;
     PyObject *ret = NULL;
-    double *T = NULL, *acc = NULL;
+    double *T = NULL, *acc = NULL, *W = NULL;
     Py_ssize_t G;
     const double *ee = take(&B, e, 8, -1, 0, "e", &G);
     if (!ee || take_rows(&B, &s, X, keep, mean, r, a, b, flags, G) < 0) goto done;
@@ -698,13 +826,14 @@ static PyObject *pass2(PyObject *self, PyObject *args) {
     if (!o) goto done;
     T = PyMem_Calloc(s.p * BLOCK, sizeof(double));
     acc = PyMem_Calloc(s.p * s.p, sizeof(double));
-    if (!T || !acc) {
+    W = PyMem_Calloc(2 * (G + 1), sizeof(double));
+    if (!T || !acc || !W) {
         PyErr_NoMemory();
         goto done;
     }
     int bad;
     Py_BEGIN_ALLOW_THREADS
-    bad = pass2_rows(&s, rr, C, ee, scale, T, acc);
+    bad = pass2_rows(&s, rr, C, ee, scale, T, acc, W);
     Py_END_ALLOW_THREADS
     if (bad) {
         bad_index();
@@ -717,6 +846,7 @@ static PyObject *pass2(PyObject *self, PyObject *args) {
 done:
     PyMem_Free(T);
     PyMem_Free(acc);
+    PyMem_Free(W);
     release_all(&B);
     return ret;
 }

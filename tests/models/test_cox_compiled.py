@@ -583,3 +583,72 @@ def test_partitions_mixing_both_routes_equal_the_numpy_fit(monkeypatch, ties):
     assert seen == {"one pass", "two passes"}
     assert rel(fast.coef_, slow.coef_) < 1e-12 and rel(fast.se_, slow.se_) < 1e-12
     assert rel(fast.loglik_, slow.loglik_) < 1e-12
+
+
+def _year_data(p, n, seed):
+    """n rows, p covariates, the last a calendar year (mean ≈ 2000, spread of a few years:
+    centring must keep its rounding small), late entries, rows never at risk."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, p))
+    X[:, -1] = 2000.0 + rng.integers(-5, 6, n)
+    beta = np.linspace(0.4, -0.3, p) / np.sqrt(p)
+    beta[-1] = 0.05
+    t = np.floor(rng.exponential(150.0, n) / np.exp(X[:, :-1] @ beta[:-1] if p > 1 else 0)) + 2
+    e = (rng.random(n) < 0.6).astype(float)
+    entry = np.where(rng.random(n) < 0.3, np.floor(rng.uniform(0, 60, n)), 0.0)
+    return X, t, e, entry, beta
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 4, 5, 6, 7, 9, 10, 13])
+def test_both_passes_equal_numpy_at_every_width(monkeypatch, p):
+    # every count of last columns (p mod 4: for p ≥ 4 pass 1 takes them from the row's last
+    # four), row counts that fill no whole block, late entries (pass 2 computes their v
+    # itself, the others' from a table), rows dropped (keep) and a calendar-year covariate
+    X, t, e, entry, beta = _year_data(p, 1237, seed=p)
+    s = np.zeros(len(t), np.int64)
+    pairs = K.event_pairs(t, e, s)
+    grid = K.make_grid([pairs[0]], [pairs[1]])
+    mean = X.mean(axis=0)
+    got = {}
+    for compiled in (True, False):
+        if compiled:
+            monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+        else:
+            monkeypatch.setenv("HPCSTUDY_NO_COMPILED", "1")
+        part = K.prepare(X, t, e, entry, s, np.ones(len(t)), grid, mean)
+        assert part.compiled == compiled and part.late.shape[0] > 0
+        if compiled:
+            assert 0 < part.keep.shape[0] < len(t)   # some rows were never at risk
+        m, dw, _ = K.fixed_sums(part)
+        sums = K.pass1(part, beta)
+        if not compiled:   # pass 2 of both at the same grid weights (the NumPy pass 1's)
+            _, _, _, c, ee = K.grid_terms(*sums[1:], m, dw, "efron")
+        got[compiled] = (part, sums)
+    for a, b in zip(got[True][1], got[False][1], strict=True):
+        close(a, b)
+    slow = K.pass2(*got[False][:1], beta, c, ee, got[False][1][0])
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED")
+    close(K.pass2(got[True][0], beta, c, ee, got[False][1][0]), slow)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_calendar_year_covariate_fits_as_numpy_and_lifelines(monkeypatch, ties):
+    from lifelines import CoxPHFitter
+
+    X, t, e, _, _ = _year_data(6, 4000, seed=21)
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    fast = CoxPH(ties).fit(X, t, e)
+    monkeypatch.setenv("HPCSTUDY_NO_COMPILED", "1")
+    slow = CoxPH(ties).fit(X, t, e)
+    assert rel(fast.coef_, slow.coef_) < 1e-12 and rel(fast.se_, slow.se_) < 1e-12
+    assert rel(fast.loglik_, slow.loglik_) < 1e-12
+    import pandas as pd
+
+    df = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+    df["time"], df["event"] = t, e
+    ref = CoxPHFitter().fit(df, "time", "event", fit_options={"precision": 1e-12,
+                                                               "step_size": 0.95,
+                                                               "max_steps": 200})
+    if ties == "efron":   # lifelines fits Efron's likelihood only
+        assert rel(fast.coef_, ref.params_.values) < 1e-6
+        assert rel(fast.se_, ref.standard_errors_.values) < 1e-6
