@@ -51,6 +51,13 @@ static inline const double *row_of(const rows_t *s, Py_ssize_t i) {
     return s->X + (s->nkeep ? s->keep[i] : i) * s->p;
 }
 
+/* Row i's address for a prefetch, before bad_row has checked it: an index out of X's rows
+ * gives row 0, so no pointer outside X is ever formed. */
+static inline const double *row_ahead(const rows_t *s, Py_ssize_t i) {
+    int64_t k = s->nkeep ? s->keep[i] : i;
+    return s->X + ((uint64_t)k < (uint64_t)s->rows ? k : 0) * s->p;
+}
+
 /* 64-byte aligned zeros (bins whose 4-vectors never straddle a cache line) */
 static double *aligned_zeros(Py_ssize_t count) {
     size_t bytes = ((size_t)(count > 0 ? count : 1) * sizeof(double) + 63) & ~(size_t)63;
@@ -213,8 +220,8 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             const double *x = row_of(s, start + i);
             double *c = z + i * qq + 1;
             if (start + i + RB < s->n) {   /* the next block's row, fetched meanwhile */
-                __builtin_prefetch(row_of(s, start + i + RB), 0, 3);
-                __builtin_prefetch(row_of(s, start + i + RB) + p - 1, 0, 3);
+                __builtin_prefetch(row_ahead(s, start + i + RB), 0, 3);
+                __builtin_prefetch(row_ahead(s, start + i + RB) + p - 1, 0, 3);
             }
             /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
             bins[i] = ((s->flags[start + i] & DEAD) ? D : L) + (s->b[start + i] - 1) * cells;
@@ -412,8 +419,8 @@ CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum
         for (Py_ssize_t i = 0; i < m; i += 4) {
             /* the next block's rows, fetched while this block's products run */
             for (Py_ssize_t j = lo + BLOCK + i; j < lo + BLOCK + i + 4 && j < s->n; j++) {
-                __builtin_prefetch(row_of(s, j), 0, 3);
-                __builtin_prefetch(row_of(s, j) + p - 1, 0, 3);
+                __builtin_prefetch(row_ahead(s, j), 0, 3);
+                __builtin_prefetch(row_ahead(s, j) + p - 1, 0, 3);
             }
             v4 t;
             LOAD4(t, tt + i);
