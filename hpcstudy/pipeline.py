@@ -228,9 +228,13 @@ def join_background(timeout: float = 60.0) -> None:
     import time
 
     end = time.monotonic() + timeout
-    for t in threading.enumerate():
-        if t is not threading.current_thread() and t.name.startswith("hpcstudy-"):
+    for t in threading.enumerate():   # (not the kept pools' threads: they wait for work)
+        if t.daemon and t.name.startswith(BACKGROUND) and t is not threading.current_thread():
             t.join(max(0.0, end - time.monotonic()))
+
+
+BACKGROUND = ("hpcstudy-warm-up", "hpcstudy-read-ahead", "hpcstudy-person-table",
+              "hpcstudy-figures")
 
 
 # what a run that writes its outputs imports only after the partitions: the report's page and

@@ -210,6 +210,30 @@ def test_warm_up_compiles_the_report_template_the_page_then_uses():
     assert not t.is_alive()
 
 
+def test_a_run_that_stops_early_waits_for_its_background_threads(small_data, tmp_path,
+                                                                  monkeypatch):
+    """A run that fails after its warm-up, reads ahead and figure process have started returns
+    only once their threads are done (a daemon thread importing, or inside pyarrow, when the
+    interpreter exits can abort the process after its one-line error), and not on the kept
+    thread pools, which wait for work and would hold it a minute."""
+    import time
+
+    from hpcstudy import pipeline
+    from hpcstudy.engines import run as engine_run
+
+    def fails(*args, **kw):
+        raise RuntimeError("stopped here")
+
+    prep = prepare(EXAMPLES / "statins_mi.yaml", small_data)
+    monkeypatch.setattr(engine_run, "person_table", fails)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="stopped here"):
+        pipeline.execute(prep, tmp_path / "out")
+    assert time.monotonic() - t0 < 30
+    alive = [t.name for t in threading.enumerate() if t.name.startswith(pipeline.BACKGROUND)]
+    assert alive == []
+
+
 # -- the report's figures, drawn in a process of their own -----------------------------------------
 class NothingToDrawAt:
     """Figures drawn here, but for the ``k``-th (from 0), which has nothing to draw: what a
