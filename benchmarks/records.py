@@ -90,26 +90,51 @@ def timed(fn):
     return time.perf_counter() - t0, time.process_time() - c0, out
 
 
+# Measures the tool from a small process: on Linux a child's peak RSS (wait4's ru_maxrss) is
+# at least what its parent had resident when it was forked (the kernel keeps the pre-exec high
+# water), so a tool started straight from this script, which holds the tables it checks, would
+# be charged this script's memory. This starter is a few MiB; the tool is spawned from it and
+# its own wall time, CPU time (with what it waited for) and peak RSS come back as JSON.
+_STARTER = """
+import json, os, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+pid = os.posix_spawnp(cmd[0], cmd, os.environ)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(out, "w") as f:
+    json.dump({"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+               "peak_rss_mib": ru.ru_maxrss / 1024}, f)
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def run_child(cmd, env=None, cwd=None, timeout=None) -> dict:
     """Run a command in a child process; its wall seconds, CPU seconds (user + system of the
     child and of what it waited for) and peak resident memory (the kernel's high-water mark,
-    not sampled), from wait4 on that one child, and the 1-minute load average when it started
-    and ended (the machine may be shared). Raises RuntimeError when it fails."""
+    not sampled), from wait4 on that one child in a small starter process (see _STARTER), and
+    the 1-minute load average when it started and ended (the machine may be shared). Raises
+    RuntimeError when it fails."""
     import signal
+    import sys
     import tempfile
 
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".json") as measured:
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
+        proc = subprocess.Popen([sys.executable, "-S", "-c", _STARTER, measured.name,
+                                 *map(str, cmd)], env=env, cwd=cwd, stdout=out, stderr=err,
+                                start_new_session=True)
         deadline = None if timeout is None else t0 + timeout
         while True:
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if deadline is not None and time.perf_counter() > deadline:
-                proc.send_signal(signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)   # the starter and the tool
                 os.wait4(proc.pid, 0)
+                proc.returncode = -signal.SIGKILL   # reaped here, not by Popen
                 raise RuntimeError(f"{cmd[0]} … took longer than {timeout} s")
             time.sleep(0.01)
         wall = time.perf_counter() - t0
@@ -117,8 +142,10 @@ def run_child(cmd, env=None, cwd=None, timeout=None) -> dict:
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
+        text = measured.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {stderr[-2000:]}")
-    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
-            "peak_rss_mib": ru.ru_maxrss / 1024, "load_start": round(load0, 2),
+    tool = json.loads(text) if text else {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+                                          "peak_rss_mib": ru.ru_maxrss / 1024}
+    return {**tool, "load_start": round(load0, 2),
             "load_end": round(os.getloadavg()[0], 2), "stdout": stdout, "stderr": stderr}

@@ -175,6 +175,19 @@ def test_child_measurements_and_summaries():
     assert records.summary([]) is None
 
 
+def test_a_childs_peak_memory_is_its_own_not_the_benchmarks():
+    """Linux charges a forked child at least its parent's resident memory (the high water
+    kept across exec): a tool started from a benchmark holding 600 MiB must not be recorded
+    at 600 MiB."""
+    import numpy as np
+
+    held = np.ones(600 * 2**20 // 8)   # resident in this process
+    r = records.run_child([sys.executable, "-c", "print(1)"])
+    assert held.sum() > 0 and r["peak_rss_mib"] < 200, r["peak_rss_mib"]
+    with pytest.raises(RuntimeError, match="took longer"):
+        records.run_child([sys.executable, "-c", "import time; time.sleep(30)"], timeout=1)
+
+
 def test_model_benchmark_and_summary_on_tiny_sizes(tmp_path):
     env = {**os.environ, "BENCH_RESULTS": str(tmp_path), "BENCH_RUN": "test-run",
            "BENCH_LOAD_BEFORE": "3.5"}
