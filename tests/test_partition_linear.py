@@ -89,12 +89,21 @@ def test_every_stream_of_example_1_equals_a_row_by_row_reading(small_data, devic
     assert any(s.codes is None for s in streams)            # any code (hospital contacts)
     assert any(s.patient_types for s in streams)            # by code and patient type
     assert sum(partition._by_code_only(s) for s in streams) > 10
+    _streams_equal_rows(pp, host, dev, streams)
+
+
+def _streams_equal_rows(pp, host, dev, streams) -> int:
+    """Each stream the engine builds on ``pp`` against a row-by-row reading of ``host``; the
+    number of events compared."""
     partition.event_streams(pp, streams)
     pnr = host["bef"]["pnr"]
+    seen = 0
     for s in streams:
         rows, days = (dev.to_host(a) for a in pp.streams[s])
         want_pnr, want_day = _expected(s, host)
         assert pnr[rows].tolist() == want_pnr and days.tolist() == want_day, s
+        seen += len(want_pnr)
+    return seen
 
 
 def _odd_streams(streams) -> list:
@@ -134,13 +143,7 @@ def test_odd_streams_equal_a_row_by_row_reading(small_data, device, few_ranges, 
     for streams in (plan_streams + odd[:1], coded):
         pp = partition.Persons({r: {c: dev.to_device(a) for c, a in cols.items()}
                                 for r, cols in host.items()}, plan, dev)
-        partition.event_streams(pp, streams)
-        pnr = host["bef"]["pnr"]
-        for s in streams:
-            rows, days = (dev.to_host(a) for a in pp.streams[s])
-            want_pnr, want_day = _expected(s, host)
-            assert pnr[rows].tolist() == want_pnr and days.tolist() == want_day, s
-            seen += len(want_pnr)
+        seen += _streams_equal_rows(pp, host, dev, streams)
     assert seen > 1000 and len(calls) == 1   # the coded streams linked by position
 
 

@@ -14,6 +14,20 @@ import numpy as np
 EPOCH = dt.date(1970, 1, 1)
 
 
+def command_line(build, threads: bool = False) -> None:
+    """Every peer's command line: DATA OUT.parquet (and --threads N for an engine that takes a
+    thread count), then build(data, out[, threads])."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data", type=Path)
+    ap.add_argument("out", type=Path)
+    if threads:
+        ap.add_argument("--threads", type=int)
+    a = ap.parse_args()
+    build(a.data, a.out, *([a.threads] if threads else []))
+
+
 def day(text: str) -> int:
     return (dt.date.fromisoformat(text) - EPOCH).days
 

@@ -13,7 +13,6 @@ one; the synthetic registers have none).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -82,14 +81,5 @@ def build(data: Path, out: Path, threads: int | None = None) -> None:
     con.execute(f"COPY person TO '{out}' (FORMAT parquet)")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("data", type=Path)
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--threads", type=int)
-    a = ap.parse_args()
-    build(a.data, a.out, a.threads)
-
-
 if __name__ == "__main__":
-    main()
+    C.command_line(build, threads=True)

@@ -13,7 +13,6 @@ one; the synthetic registers have none).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -77,13 +76,5 @@ def build(data: Path, out: Path) -> None:
     t.collect().write_parquet(out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("data", type=Path)
-    ap.add_argument("out", type=Path)
-    a = ap.parse_args()
-    build(a.data, a.out)
-
-
 if __name__ == "__main__":
-    main()
+    C.command_line(build)

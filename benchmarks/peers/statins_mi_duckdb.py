@@ -6,7 +6,6 @@ docs/studies.md: the per-person table (one row per person and group) as Parquet.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -147,14 +146,5 @@ def build(data: Path, out: Path, threads: int | None = None) -> None:
     con.execute(f"COPY person TO '{out}' (FORMAT parquet)")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("data", type=Path)
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--threads", type=int)
-    a = ap.parse_args()
-    build(a.data, a.out, a.threads)
-
-
 if __name__ == "__main__":
-    main()
+    C.command_line(build, threads=True)

@@ -6,7 +6,6 @@ docs/studies.md: the per-person table (one row per person and group) as Parquet.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -146,13 +145,5 @@ def build(data: Path, out: Path) -> None:
     res.to_parquet(out, index=False)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("data", type=Path)
-    ap.add_argument("out", type=Path)
-    a = ap.parse_args()
-    build(a.data, a.out)
-
-
 if __name__ == "__main__":
-    main()
+    C.command_line(build)
