@@ -32,8 +32,16 @@
 
 enum { DEAD = 1, LATE = 2, NOT_AT_RISK = 4 };
 
+#define RB 64 /* rows per block of pass 1 */
+/* The re-laid copy (pack_rows): per block of four rows, column k's four values at 4k, then the
+ * rows' slots at 4p (int64: 2(b − 1) + dead, LATE_SLOT added for a late entry). */
+#define STRIDE(p) (4 * (p) + 4)
+#define LATE_SLOT ((int64_t)1 << 62)
+#define BLOCK 128 /* rows per block of pass 2: a (p, BLOCK) array stays in L1 */
+
 typedef struct {
     const double *X, *mean, *w;
+    const double *P; /* the re-laid copy (pack_rows) in place of X and keep, or NULL */
     const int64_t *keep, *a, *b;
     const uint8_t *flags;
     Py_ssize_t n, p, rows, nkeep, G;
@@ -43,7 +51,8 @@ typedef struct {
  * (everyone at risk from the first grid point): no late entry). */
 static inline int bad_row(const rows_t *s, Py_ssize_t i) {
     return (uint64_t)(s->b[i] - 1) >= (uint64_t)s->G ||
-           (s->a ? (uint64_t)s->a[i] >= (uint64_t)s->b[i] : (s->flags[i] & LATE) != 0) ||
+           (s->a ? (uint64_t)s->a[i] >= (uint64_t)s->b[i] || ((s->flags[i] & LATE) && s->a[i] < 1)
+                 : (s->flags[i] & LATE) != 0) ||
            (s->nkeep && (uint64_t)s->keep[i] >= (uint64_t)s->rows);
 }
 
@@ -182,6 +191,96 @@ static inline __attribute__((always_inline)) void centre_row(const double *x,
     *out = acc;
 }
 
+/* The m rows (zero rows to a whole block past them) of RB rows of the re-laid copy P (see
+ * pack_rows), centred: each row's bin (D for deaths, else L, at b − 1) and, entering late, its
+ * bin in E at a − 1 (else NULL), after checking the slot (and a) lie on the grid; their
+ * xβ − shift into eta, its min and max into lov, hiv (whole blocks) or lo, hi; and each row's
+ * z = (1, x, zeros) from its columns transposed four at a time. Returns 1 at a bad row.
+ * xβ takes the operations of centre_row and the transposition of its lanes, in their order:
+ * sum l adds the columns k ≡ l mod 4 of whole 4-vectors, then the last p mod 4 columns
+ * (p ≥ 4) go into the last sums (where centre_row adds x·0 to the others: exactly nothing,
+ * as no sum is −0), then the sums in order. No shuffles for xβ, no centring, no row
+ * addresses. */
+static inline __attribute__((always_inline)) int packed_rows(
+    const rows_t *s, const double *P, Py_ssize_t p, const double *bp, double *z, Py_ssize_t qq,
+    Py_ssize_t m, double shift, double *eta, v4 *lov, v4 *hiv, double *lo, double *hi,
+    const double *stop, double **bins, double **lates, double *D, double *L, double *E,
+    Py_ssize_t cells, Py_ssize_t row0) {
+    Py_ssize_t p4 = p & ~(Py_ssize_t)3;
+    const v4 sh = {shift, shift, shift, shift};
+    const uint64_t slots = 2 * (uint64_t)s->G;
+    for (Py_ssize_t g = 0; g < m; g += 4) {
+        const double *blk = P + g / 4 * STRIDE(p);
+        double *zr = z + g * qq + 1;
+        /* the next block's rows, fetched while this block's exp and bins run */
+        for (Py_ssize_t l = 0; l < STRIDE(p); l += 8)
+            if (blk + RB / 4 * STRIDE(p) + l < stop)
+                __builtin_prefetch(blk + RB / 4 * STRIDE(p) + l, 0, 3);
+        for (Py_ssize_t l = 0; l < 4 && g + l < m; l++) {
+            int64_t slot;
+            memcpy(&slot, blk + 4 * p + l, sizeof slot);
+            uint64_t at = (uint64_t)(slot & ~LATE_SLOT);
+            if (at >= slots) return 1;
+            bins[g + l] = ((at & 1) ? D : L) + (Py_ssize_t)(at >> 1) * cells;
+            __builtin_prefetch(bins[g + l], 1, 3);
+            lates[g + l] = NULL;
+            if (slot & LATE_SLOT) {   /* 1 ≤ a < b */
+                int64_t a = s->a ? s->a[row0 + g + l] : 0;
+                if ((uint64_t)(a - 1) >= (at >> 1)) return 1;
+                lates[g + l] = E + (a - 1) * cells;
+            }
+        }
+        v4 a[4] = {{0.0, 0.0, 0.0, 0.0}, {0.0, 0.0, 0.0, 0.0}, {0.0, 0.0, 0.0, 0.0},
+                   {0.0, 0.0, 0.0, 0.0}}, x;
+        Py_ssize_t k = 0;
+        for (; k < p4; k += 4) {
+            for (int j = 0; j < 4; j++) {
+                LOAD4(x, blk + 4 * (k + j));
+                a[j] += x * bp[k + j];
+            }
+            v4 c[4];
+            transpose4(blk + 4 * k, blk + 4 * (k + 1), blk + 4 * (k + 2), blk + 4 * (k + 3), c);
+            STORE4(zr + k, c[0]);
+            STORE4(zr + qq + k, c[1]);
+            STORE4(zr + 2 * qq + k, c[2]);
+            STORE4(zr + 3 * qq + k, c[3]);
+        }
+        if (p >= 4 && k < p) {   /* the last columns into the last sums; z from the last four */
+            for (; k < p; k++) {
+                LOAD4(x, blk + 4 * k);
+                a[k - p + 4] += x * bp[k];
+            }
+            v4 c[4];
+            transpose4(blk + 4 * (p - 4), blk + 4 * (p - 3), blk + 4 * (p - 2),
+                       blk + 4 * (p - 1), c);
+            STORE4(zr + p - 4, c[0]);
+            STORE4(zr + qq + p - 4, c[1]);
+            STORE4(zr + 2 * qq + p - 4, c[2]);
+            STORE4(zr + 3 * qq + p - 4, c[3]);
+        } else {   /* p < 4 */
+            for (; k < p; k++) {
+                LOAD4(x, blk + 4 * k);
+                a[k] += x * bp[k];
+                for (int l = 0; l < 4; l++) zr[l * qq + k] = x[l];
+            }
+        }
+        v4 e = (a[0] + a[1]) + (a[2] + a[3]);
+        if (g + 4 <= m) {
+            v4i below = e < *lov, above = e > *hiv;   /* false for NaN */
+            *lov = (v4)(((v4i)e & below) | ((v4i)*lov & ~below));
+            *hiv = (v4)(((v4i)e & above) | ((v4i)*hiv & ~above));
+        } else {
+            for (Py_ssize_t l = 0; l < m - g; l++) {
+                if (e[l] < *lo) *lo = e[l];
+                if (e[l] > *hi) *hi = e[l];
+            }
+        }
+        e -= sh;
+        STORE4(eta + g, e);
+    }
+    return 0;
+}
+
 /* Doubles per grid point in add_outer's bin of `rows` rows, for p covariates. */
 static Py_ssize_t bin_cells(Py_ssize_t p, Py_ssize_t rows) {
     Py_ssize_t qq = (p + 4) & ~(Py_ssize_t)3, cells = 0;
@@ -189,8 +288,6 @@ static Py_ssize_t bin_cells(Py_ssize_t p, Py_ssize_t rows) {
     return cells;
 }
 
-#define RB 64 /* rows per block of pass 1 */
-#define BLOCK 128 /* rows per block of pass 2: a (p, BLOCK) array stays in L1 */
 
 /* Rows i: r_i = w_i exp(x_i β − shift) into r; r z zᵀ (add_outer, `rows` rows: 1 for the
  * bins (r, r x), 1 + p for buckets that hold r x xᵀ too) added into grid point b−1 of D
@@ -204,7 +301,7 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
     Py_ssize_t p = s->p, qq = (p + 4) & ~(Py_ssize_t)3, p4 = p & ~(Py_ssize_t)3;
     double lo = INFINITY, hi = -INFINITY, eta[RB];
     v4 accs[RB], last = {0.0, 0.0, 0.0, 0.0};
-    double *bins[RB];
+    double *bins[RB], *lates[RB];
     const v4 inf = {INFINITY, INFINITY, INFINITY, INFINITY};
     v4 lov = inf, hiv = -inf;
     const double *bp = beta;
@@ -215,50 +312,68 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
     for (Py_ssize_t i = 0; i < RB; i++) z[i * qq] = 1.0;
     for (Py_ssize_t start = 0; start < s->n; start += RB) {
         Py_ssize_t m = s->n - start < RB ? s->n - start : RB;
+        if (s->P) {   /* the re-laid copy: centred, four rows per block, no shuffles for xβ */
+            const double *stop = s->P + (s->n + 3) / 4 * STRIDE(p),
+                         *P = s->P + start / 4 * STRIDE(p);
+            int bad;
+            switch (p) {   /* the usual widths with their loops unrolled */
+#define PACKED(width) packed_rows(s, P, width, bp, z, qq, m, shift, eta, &lov, &hiv, &lo, &hi, \
+                                  stop, bins, lates, D, L, E, cells, start)
+            case 4: bad = PACKED(4); break;
+            case 5: bad = PACKED(5); break;
+            case 8: bad = PACKED(8); break;
+            case 10: bad = PACKED(10); break;
+            case 12: bad = PACKED(12); break;
+            default: bad = PACKED(p);
+#undef PACKED
+            }
+            if (bad) return 1;
+        } else {
+            for (Py_ssize_t i = 0; i < m; i++) {
+                if (bad_row(s, start + i)) return 1;
+                const double *x = row_of(s, start + i);
+                double *c = z + i * qq + 1;
+                if (start + i + RB < s->n) {   /* the next block's row, fetched meanwhile */
+                    __builtin_prefetch(row_ahead(s, start + i + RB), 0, 3);
+                    __builtin_prefetch(row_ahead(s, start + i + RB) + p - 1, 0, 3);
+                }
+                /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
+                bins[i] = ((s->flags[start + i] & DEAD) ? D : L) + (s->b[start + i] - 1) * cells;
+                __builtin_prefetch(bins[i], 1, 3);
+                lates[i] = (s->flags[start + i] & LATE) ? E + (s->a[start + i] - 1) * cells : NULL;
+                switch (p4) {   /* the usual widths with their loop unrolled */
+                case 4: centre_row(x, s->mean, bp, c, 4, p, tail, &last, accs + i); break;
+                case 8: centre_row(x, s->mean, bp, c, 8, p, tail, &last, accs + i); break;
+                case 12: centre_row(x, s->mean, bp, c, 12, p, tail, &last, accs + i); break;
+                default: centre_row(x, s->mean, bp, c, p4, p, tail, &last, accs + i);
+                }
+            }
+            /* xβ of four rows at a time: their lanes transposed, then added in order */
+            Py_ssize_t i = 0;
+            for (; i + 4 <= m; i += 4) {
+                v4 t[4], sh = {shift, shift, shift, shift};
+                transpose4((const double *)(accs + i), (const double *)(accs + i + 1),
+                           (const double *)(accs + i + 2), (const double *)(accs + i + 3), t);
+                v4 e = (t[0] + t[1]) + (t[2] + t[3]);
+                v4i below = e < lov, above = e > hiv;   /* false for NaN */
+                lov = (v4)(((v4i)e & below) | ((v4i)lov & ~below));
+                hiv = (v4)(((v4i)e & above) | ((v4i)hiv & ~above));
+                e -= sh;
+                STORE4(eta + i, e);
+            }
+            for (; i < m; i++) {
+                double e = TOTAL4(accs[i]);
+                if (e < lo) lo = e;
+                if (e > hi) hi = e;
+                eta[i] = e - shift;
+            }
+            for (i = m; i < RB; i++) eta[i] = 0.0;
+        }
+        for (Py_ssize_t i = 0; i < m; i += 4) exp4(eta + i);
         for (Py_ssize_t i = 0; i < m; i++) {
-            if (bad_row(s, start + i)) return 1;
-            const double *x = row_of(s, start + i);
-            double *c = z + i * qq + 1;
-            if (start + i + RB < s->n) {   /* the next block's row, fetched meanwhile */
-                __builtin_prefetch(row_ahead(s, start + i + RB), 0, 3);
-                __builtin_prefetch(row_ahead(s, start + i + RB) + p - 1, 0, 3);
-            }
-            /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
-            bins[i] = ((s->flags[start + i] & DEAD) ? D : L) + (s->b[start + i] - 1) * cells;
-            __builtin_prefetch(bins[i], 1, 3);
-            switch (p4) {   /* the usual widths with their loop unrolled */
-            case 4: centre_row(x, s->mean, bp, c, 4, p, tail, &last, accs + i); break;
-            case 8: centre_row(x, s->mean, bp, c, 8, p, tail, &last, accs + i); break;
-            case 12: centre_row(x, s->mean, bp, c, 12, p, tail, &last, accs + i); break;
-            default: centre_row(x, s->mean, bp, c, p4, p, tail, &last, accs + i);
-            }
-        }
-        /* xβ of four rows at a time: their lanes transposed, then added in order */
-        Py_ssize_t i = 0;
-        for (; i + 4 <= m; i += 4) {
-            v4 t[4], sh = {shift, shift, shift, shift};
-            transpose4((const double *)(accs + i), (const double *)(accs + i + 1),
-                       (const double *)(accs + i + 2), (const double *)(accs + i + 3), t);
-            v4 e = (t[0] + t[1]) + (t[2] + t[3]);
-            v4i below = e < lov, above = e > hiv;   /* false for NaN */
-            lov = (v4)(((v4i)e & below) | ((v4i)lov & ~below));
-            hiv = (v4)(((v4i)e & above) | ((v4i)hiv & ~above));
-            e -= sh;
-            STORE4(eta + i, e);
-        }
-        for (; i < m; i++) {
-            double e = TOTAL4(accs[i]);
-            if (e < lo) lo = e;
-            if (e > hi) hi = e;
-            eta[i] = e - shift;
-        }
-        for (i = m; i < RB; i++) eta[i] = 0.0;
-        for (i = 0; i < m; i += 4) exp4(eta + i);
-        for (i = 0; i < m; i++) {
             Py_ssize_t row = start + i;
             double ri = unit ? eta[i] : eta[i] * s->w[row];
             r[row] = ri;
-            uint8_t f = s->flags[row];
             double *bin = bins[i];
             if (rows == 1) {   /* the bins: (r, r x), r times z's first entry 1 */
                 v4 rv = {ri, ri, ri, ri}, y, w;
@@ -271,7 +386,7 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             } else {
                 add_outer(bin, z + i * qq, ri, rows, qq);
             }
-            if (f & LATE) add_outer(E + (s->a[row] - 1) * cells, z + i * qq, ri, rows, qq);
+            if (lates[i]) add_outer(lates[i], z + i * qq, ri, rows, qq);
         }
     }
     for (int l = 0; l < 4; l++) {
@@ -378,6 +493,112 @@ static inline __attribute__((always_inline)) void block_outer(const double *T, P
     }
 }
 
+/* T (p, BLOCK) = √t·(x − mean) of the rows lo … end of the re-laid copy with t > 0 (a NaN
+ * kept), in order, zero rows to whole 4-vectors, and their count (so padded) in *m: the T
+ * that pass2_rows forms from the caller's rows, but where every row is kept (the usual case)
+ * each four rows' column is one multiply, no transposition. Returns 1 at a bad row. */
+static inline __attribute__((always_inline)) int packed_block(const rows_t *s, Py_ssize_t lo,
+                                                              Py_ssize_t end, const double *r,
+                                                              const double *cum,
+                                                              const double *e, double scale,
+                                                              const double *W, double *tt,
+                                                              double *T, Py_ssize_t *m) {
+    Py_ssize_t p = s->p, n = end - lo, all = 1;
+    const uint64_t slots = 2 * (uint64_t)s->G;
+    for (Py_ssize_t i = lo; i < end; i++) {
+        int64_t slot;
+        memcpy(&slot, s->P + i / 4 * STRIDE(p) + 4 * p + i % 4, sizeof slot);
+        uint64_t at = (uint64_t)(slot & ~LATE_SLOT);
+        if (at >= slots) return 1;
+        double t;
+        if (slot & LATE_SLOT) {   /* 1 ≤ a < b */
+            int64_t a = s->a ? s->a[i] : 0, b = (int64_t)(at >> 1) + 1;
+            if ((uint64_t)(a - 1) >= (uint64_t)(b - 1)) return 1;
+            double v = cum[b] - cum[a];
+            if (at & 1) v -= e[b - 1];
+            t = r[i] * (v * scale);
+        } else {
+            t = r[i] * W[at + 2];
+        }
+        all &= !(t <= 0.0);
+        tt[i - lo] = t;
+    }
+    if (all) {
+        for (Py_ssize_t i = n; i % 4; i++) tt[i] = 0.0;   /* the copy's zero rows */
+        const double *blk = s->P + lo / 4 * STRIDE(p);
+        /* the next block's rows, fetched while this block's products run (the copy ends at
+         * a whole block: no fetch past it) */
+        const char *ahead = (const char *)(blk + BLOCK / 4 * STRIDE(p)),
+                   *stop = (const char *)(s->P + (s->n + 3) / 4 * STRIDE(p));
+        for (Py_ssize_t g = 0; g < n; g += 4, blk += STRIDE(p)) {
+            v4 t, x;
+            for (int l = 0; l < STRIDE(p) * 8; l += 64, ahead += 64)
+                if (ahead < stop) __builtin_prefetch(ahead, 0, 3);
+            LOAD4(t, tt + g);
+            for (int l = 0; l < 4; l++) t[l] = __builtin_sqrt(t[l]);
+            for (Py_ssize_t k = 0; k < p; k++) {
+                LOAD4(x, blk + 4 * k);
+                x *= t;
+                STORE4(T + k * BLOCK + g, x);
+            }
+        }
+        *m = (n + 3) & ~(Py_ssize_t)3;
+        return 0;
+    }
+    Py_ssize_t k4 = 0;
+    for (Py_ssize_t i = lo; i < end; i++) {   /* rows with t ≤ 0 left out, one value at a time */
+        double t = tt[i - lo];
+        if (t <= 0.0) continue;
+        t = __builtin_sqrt(t);
+        const double *x = s->P + i / 4 * STRIDE(p) + (i & 3);
+        for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + k4] = x[4 * k] * t;
+        k4++;
+    }
+    for (; k4 % 4; k4++)
+        for (Py_ssize_t k = 0; k < p; k++) T[k * BLOCK + k4] = 0.0;
+    *m = k4;
+    return 0;
+}
+
+/* Rows lo … hi of the kept rows (keep empty: X's rows), centred, into out in blocks of four
+ * rows — block j holds column k's four rows at out[j STRIDE(p) + 4k …], then their slots from
+ * b and flags (b and flags of the kept rows, indexed as keep) — with zero rows to a whole block
+ * (x − mean with x = mean, slot 0): the layout that pass 1 and pass 2 read where the fit keeps
+ * a re-laid copy (cox_cpu.packs; they check each slot). Returns 1 at a row index past X. */
+CLONES static int pack_rows(const rows_t *s, Py_ssize_t lo, Py_ssize_t hi, double *out) {
+    Py_ssize_t p = s->p, p4 = p & ~(Py_ssize_t)3;
+    for (Py_ssize_t i = lo; i < hi; i += 4) {
+        double *blk = out + (i - lo) / 4 * STRIDE(p);
+        const double *x[4];
+        for (Py_ssize_t l = 0; l < 4; l++) {
+            int64_t slot = 0;
+            if (i + l >= hi) {
+                x[l] = s->mean;
+            } else {
+                if (s->nkeep && (uint64_t)s->keep[i + l] >= (uint64_t)s->rows) return 1;
+                x[l] = row_of(s, i + l);
+                uint8_t f = s->flags[i + l];
+                slot = 2 * (s->b[i + l] - 1) + (f & DEAD) + ((f & LATE) ? LATE_SLOT : 0);
+            }
+            memcpy(blk + 4 * p + l, &slot, sizeof slot);
+        }
+        Py_ssize_t k = 0;
+        for (; k < p4; k += 4) {
+            v4 c[4], mk;
+            transpose4(x[0] + k, x[1] + k, x[2] + k, x[3] + k, c);
+            for (int j = 0; j < 4; j++) {
+                double mj = s->mean[k + j];
+                mk = (v4){mj, mj, mj, mj};
+                c[j] -= mk;
+                STORE4(blk + 4 * (k + j), c[j]);
+            }
+        }
+        for (; k < p; k++)
+            for (int l = 0; l < 4; l++) blk[4 * k + l] = x[l][k] - s->mean[k];
+    }
+    return 0;
+}
+
 /* acc (p × p, upper) = Σ_i t_i x_i x_iᵀ, t_i = r_i v_i scale with v_i = cum[b] − cum[a] (cum[a]
  * only for late entries), less e[b − 1] for deaths; t ≤ 0 (rounding) counts as 0, a NaN goes
  * on. v·scale of the rows that do not enter late from a table W (2(G + 1) doubles) by b and
@@ -397,6 +618,11 @@ CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum
     const double *xs[BLOCK];
     for (Py_ssize_t lo = 0; lo < s->n; lo += BLOCK) {
         Py_ssize_t m = 0, end = lo + BLOCK < s->n ? lo + BLOCK : s->n;
+        if (s->P) {
+            if (packed_block(s, lo, end, r, cum, e, scale, W, tt, T, &m)) return 1;
+            block_outer(T, p, m, acc);
+            continue;
+        }
         for (Py_ssize_t i = lo; i < end; i++) {
             if (bad_row(s, i)) return 1;
             uint8_t f = s->flags[i];
@@ -630,16 +856,28 @@ static PyObject *bad_index(void) {
 }
 
 /* The partition's arrays: X (rows, p), keep (0 or n), mean (p), w (n), a (n, or None),
- * b (n), flags (n); G grid points. */
+ * b (n), flags (n); G grid points. With `packed` and keep None, X is the re-laid copy of the
+ * n rows (pack: n rounded up to 4 rows of p). */
 static int take_rows(buffers_t *B, rows_t *s, PyObject *X, PyObject *keep, PyObject *mean,
-                     PyObject *w, PyObject *a, PyObject *b, PyObject *flags, Py_ssize_t G) {
+                     PyObject *w, PyObject *a, PyObject *b, PyObject *flags, Py_ssize_t G,
+                     int packed) {
     Py_ssize_t xn;
     s->G = G;
+    s->P = NULL;
     if (!(s->mean = take(B, mean, 8, -1, 0, "mean", &s->p))) return -1;
     if (!(s->b = take(B, b, 8, -1, 0, "b", &s->n))) return -1;
     if (s->p == 0) {
         PyErr_SetString(PyExc_ValueError, "_cox_c: no covariates");
         return -1;
+    }
+    if (packed && keep == Py_None) {
+        Py_ssize_t size = (s->n + 3) / 4 * STRIDE(s->p);
+        if (!(s->P = take(B, X, 8, size, 0, "the re-laid copy", NULL))) return -1;
+        s->X = NULL;
+        s->keep = NULL;
+        s->nkeep = 0;
+        s->rows = s->n;
+        goto per_row;
     }
     if (!(s->X = take(B, X, 8 * s->p, -1, 0, "X", &xn))) return -1;
     if (!(s->keep = take(B, keep, 8, -1, 0, "keep", &s->nkeep))) return -1;
@@ -652,6 +890,7 @@ static int take_rows(buffers_t *B, rows_t *s, PyObject *X, PyObject *keep, PyObj
         PyErr_SetString(PyExc_ValueError, "_cox_c: X must have one row per row");
         return -1;
     }
+per_row:
     if (!(s->w = take(B, w, 8, s->n, 0, "w", NULL))) return -1;
     s->a = NULL;
     if (a != Py_None && !(s->a = take(B, a, 8, s->n, 0, "a", NULL))) return -1;
@@ -678,7 +917,7 @@ static PyObject *pass1(PyObject *self, PyObject *args) {
     double *z = NULL, *own = NULL, *D2 = NULL, *L2 = NULL, *E2 = NULL;
     Py_ssize_t cells;
     double *D = take(&B, dead, 8, -1, 1, "dead", &cells);
-    if (!D || take_rows(&B, &s, X, keep, mean, w, a, b, flags, 0) < 0) goto done;
+    if (!D || take_rows(&B, &s, X, keep, mean, w, a, b, flags, 0, 1) < 0) goto done;
     Py_ssize_t q = s.p + 1, qq = (s.p + 4) & ~(Py_ssize_t)3;
     s.G = cells / q;
     double *L = take(&B, alive, 8, s.G * q, 1, "alive", NULL);
@@ -782,6 +1021,54 @@ done:
     return ret;
 }
 
+/* pack(X, keep, mean, b, flags, lo, hi, out): rows lo … hi of the kept rows (keep empty: of
+ * X; b and flags of the kept rows), centred, into out ((hi − lo) / 4 rounded up blocks of
+ * STRIDE(p) doubles): see pack_rows */
+static PyObject *pack(PyObject *self, PyObject *args) {
+    PyObject *X, *keep, *mean, *b, *flags, *out;
+    Py_ssize_t lo, hi, xn, nb;
+    if (!PyArg_ParseTuple(args, "OOOOOnnO", &X, &keep, &mean, &b, &flags, &lo, &hi, &out))
+        return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    rows_t s = {.P = NULL};
+    if (!(s.mean = take(&B, mean, 8, -1, 0, "mean", &s.p))) goto done;
+    if (s.p == 0) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: no covariates");
+        goto done;
+    }
+    if (!(s.X = take(&B, X, 8 * s.p, -1, 0, "X", &xn)) ||
+        !(s.keep = take(&B, keep, 8, -1, 0, "keep", &s.nkeep)))
+        goto done;
+    s.rows = xn;
+    if (!(s.b = take(&B, b, 8, -1, 0, "b", &nb)) ||
+        !(s.flags = take(&B, flags, 1, nb, 0, "flags", NULL)))
+        goto done;
+    if (nb != (s.nkeep ? s.nkeep : xn)) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: b and flags must have one entry per row");
+        goto done;
+    }
+    if (lo < 0 || lo > hi || hi > nb) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: rows lo … hi must lie within the rows");
+        goto done;
+    }
+    double *o = take(&B, out, 8, (hi - lo + 3) / 4 * STRIDE(s.p), 1, "out", NULL);
+    if (!o) goto done;
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = pack_rows(&s, lo, hi, o);
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        bad_index();
+        goto done;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    release_all(&B);
+    return ret;
+}
+
 /* exp(x, out): out = exp(x) as pass 1 computes it (exp4) */
 static PyObject *exp_(PyObject *self, PyObject *args) {
     PyObject *x, *out;
@@ -826,7 +1113,7 @@ static PyObject *pass2(PyObject *self, PyObject *args) {
     double *T = NULL, *acc = NULL, *W = NULL;
     Py_ssize_t G;
     const double *ee = take(&B, e, 8, -1, 0, "e", &G);
-    if (!ee || take_rows(&B, &s, X, keep, mean, r, a, b, flags, G) < 0) goto done;
+    if (!ee || take_rows(&B, &s, X, keep, mean, r, a, b, flags, G, 1) < 0) goto done;
     const double *rr = take(&B, r, 8, s.n, 0, "r", NULL);
     const double *C = rr ? take(&B, cum, 8, G + 1, 0, "cum", NULL) : NULL;
     double *o = C ? take(&B, out, 8, s.p * s.p, 1, "out", NULL) : NULL;
@@ -870,7 +1157,8 @@ static PyObject *fixed(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     Py_ssize_t G;
     double *cnt = take(&B, count, 8, -1, 1, "count", &G);
-    if (!cnt || take_rows(&B, &s, X, keep, mean, w, Py_None, b, flags, G) < 0) goto done;
+    if (!cnt || take_rows(&B, &s, X, keep, mean, w, Py_None, b, flags, G, 0) < 0)
+        goto done;
     double *sws = take(&B, sw, 8, G, 1, "sw", NULL);
     double *xs = sws ? take(&B, xd, 8, s.p, 1, "xd", NULL) : NULL;
     if (!xs) goto done;
@@ -1023,6 +1311,7 @@ static PyMethodDef methods[] = {
     {"buckets", buckets, METH_VARARGS, "Pass 2's sum from pass 1's buckets of r x x'."},
     {"bucket_cells", bucket_cells_, METH_VARARGS, "Doubles per grid point in a bucket."},
     {"exp", exp_, METH_VARARGS, "exp as pass 1 computes it."},
+    {"pack", pack, METH_VARARGS, "The re-laid copy of X that the passes may read."},
     {"fixed", fixed, METH_VARARGS, "The deaths' sums of the Cox fit (kernels/cox_cpu.py)."},
     {"grid_products", grid_products, METH_VARARGS, "The grid parts of score and information."},
     {"row_flags", row_flags, METH_VARARGS, "Each row's flags (dead, late, not at risk)."},

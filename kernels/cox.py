@@ -176,6 +176,8 @@ class CoxPart:
     flags: object = None
     # pass 1's buckets of r x xᵀ at the last β when it takes one pass per step (cox_cpu)
     buckets: object = None
+    # the kept rows re-laid once for the passes (cox_cpu.pack), one array per chunk, or None
+    packed: object = None
 
     @property
     def compiled(self) -> bool:
@@ -431,6 +433,7 @@ def _prepare_compiled(X, event, weights, a, b, a0, mean, unit, G, bounds):
                    a0=a0, bounds=bounds if bounds is not None and len(bounds) > 2 else None,
                    rows=rows, keep=keep, mean=mean, flags=flags)
     part._unit = unit
+    part.packed = cox_cpu.pack(part)
     return part
 
 

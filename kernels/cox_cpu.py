@@ -87,8 +87,11 @@ def _cut(v, lo, hi):
     return None if v is None else v[lo:hi]
 
 
-def _rows(part, lo, hi):
-    """X, keep of the kept rows lo:hi (views, no copies)."""
+def _rows(part, lo, hi, chunk=0):
+    """X, keep of the kept rows lo:hi (views, no copies), the ``chunk``-th of ``_ranges``;
+    where the part keeps a re-laid copy, that chunk's copy and None."""
+    if part.packed is not None:
+        return part.packed[chunk], None
     if part.keep.shape[0] == 0:
         return part.rows[lo:hi], part.keep
     return part.rows, part.keep[lo:hi]
@@ -108,6 +111,44 @@ def _rows(part, lo, hi):
 ONE_PASS_P = 4
 ONE_PASS_BYTES = 1 << 19
 ONE_PASS_ROWS = 8
+
+
+# The re-laid copy (``pack``): once per fit, each chunk's kept rows centred and stored in
+# blocks of four rows, each column's four values side by side, then the four rows' grid slots
+# (b, dead, late). Pass 1 then sums xβ for four rows with one multiply and one add per column
+# and pass 2 forms √(rv)·(x − mean) with one multiply per column, with no centring, no row
+# indices and no 4 × 4 transpositions per step; the passes give the same bits either way.
+# It is made where the copy (8·(p + 1) bytes a row, whole blocks of four per chunk) fits
+# PACK_BYTES per partition: a rule on the shape (rows, covariates) alone. PACK_BYTES is 0,
+# so no fit takes it: measured at N = 1e6, p = 10 (docs/performance.md, "Cox fits") a step
+# took 7–11 % less CPU but the copy cost more than three evaluations saved (a fit 12–19 ms
+# slower), as it did at p = 24; set it (e.g. 1 << 29) to take the route.
+PACK_BYTES = 0
+
+
+def packed_bytes(rows, p):
+    """Bytes of the re-laid copy of ``rows`` kept rows of ``p`` covariates (each chunk's rows
+    rounded up to whole blocks of four, 4p values and 4 slots a block)."""
+    return sum((hi - lo + 3) // 4 for lo, hi in _ranges(rows)) * (4 * p + 4) * 8
+
+
+def packs(rows, p):
+    """Whether a partition of ``rows`` kept rows and ``p`` covariates keeps a re-laid copy."""
+    return rows > 0 and packed_bytes(rows, p) <= PACK_BYTES
+
+
+def pack(part):
+    """The re-laid copy of the part's kept rows, one flat array per chunk of ``_ranges``
+    (``_cox_c.pack``), or None where ``packs`` does not hold."""
+    n, p = part.b.shape[0], part.mean.shape[0]
+    if not packs(n, p):
+        return None
+    ranges = _ranges(n)
+    out = [np.empty((hi - lo + 3) // 4 * (4 * p + 4)) for lo, hi in ranges]
+    _run([lambda lo=lo, hi=hi, o=o: _cox_c.pack(part.rows, part.keep, part.mean, part.b,
+                                                part.flags, lo, hi, o)
+          for (lo, hi), o in zip(ranges, out, strict=True)])
+    return out
 
 
 def _aligned_zeros(shape):
@@ -152,8 +193,8 @@ def pass1_bins(part, beta, shift_above):
     fused = one_pass(n, G, p, late)
     cells = bucket_cells(p)
 
-    def chunk(lo, hi, shift):
-        X, keep = _rows(part, lo, hi)
+    def chunk(lo, hi, shift, i):
+        X, keep = _rows(part, lo, hi, i)
         bins = np.zeros((3, G, p + 1))
         more = ()
         if fused:   # (the late bucket is never written without late entries)
@@ -166,8 +207,8 @@ def pass1_bins(part, beta, shift_above):
 
     shift = 0.0
     while True:
-        out = _run([lambda lo=lo, hi=hi, shift=shift: chunk(lo, hi, shift)
-                    for lo, hi in ranges])
+        out = _run([lambda lo=lo, hi=hi, shift=shift, i=i: chunk(lo, hi, shift, i)
+                    for i, (lo, hi) in enumerate(ranges)])
         lo = min(o[2][0] for o in out)
         hi = max(o[2][1] for o in out)
         # the first pass takes shift 0; only a huge |xβ| (a wild trial step) needs a second
@@ -198,14 +239,15 @@ def pass2_sum(part, cum, e, scale):
         _cox_c.buckets(buckets[0], buckets[1], late, cum, e, float(scale), out)
         return out
 
-    def chunk(lo, hi):
-        X, keep = _rows(part, lo, hi)
+    def chunk(lo, hi, i):
+        X, keep = _rows(part, lo, hi, i)
         out = np.empty((p, p))
         _cox_c.pass2(X, keep, part.mean, part.r[lo:hi], _cut(part.a, lo, hi), part.b[lo:hi],
                      part.flags[lo:hi], cum, e, float(scale), out)
         return out
 
-    out = _run([lambda lo=lo, hi=hi: chunk(lo, hi) for lo, hi in _ranges(part.b.shape[0])])
+    out = _run([lambda lo=lo, hi=hi, i=i: chunk(lo, hi, i)
+                for i, (lo, hi) in enumerate(_ranges(part.b.shape[0]))])
     total = out[0]
     for more in out[1:]:
         total += more
@@ -278,5 +320,6 @@ def efron_terms(s0, e0, m, dw, underflow):
     return (*out, ll, any(bad for _, bad in parts))
 
 
-__all__ = ["enabled", "one_pass", "pass1_bins", "pass2_sum", "fixed_sums", "efron_terms",
-           "day_ranks", "row_flags", "grid_products", "DEAD", "LATE", "NOT_AT_RISK"]
+__all__ = ["enabled", "one_pass", "packs", "packed_bytes", "pack", "pass1_bins", "pass2_sum",
+           "fixed_sums", "efron_terms", "day_ranks", "row_flags", "grid_products", "DEAD", "LATE",
+           "NOT_AT_RISK"]

@@ -506,8 +506,10 @@ x = np.random.default_rng(0).uniform(-750, 712, 100_003)
 out = np.empty_like(x)
 mod.exp(x, out)
 h.update(out.tobytes())
-for coarse in (False, True):
-    df = survival_frame(n=3000, seed=3, entry=True, strata=2, weights=True)
+for coarse, budget, p in ((False, 0, 4), (True, 0, 4), (False, 1 << 40, 4), (True, 1 << 40, 4),
+                          (False, 1 << 40, 7)):
+    cox_cpu.PACK_BYTES = budget   # the caller's rows, then the re-laid copy
+    df = survival_frame(n=3001, seed=3, entry=True, strata=2, weights=True, p=p)
     if coarse:   # one pass per step
         df["time"] = np.ceil(df.time / 20)
         df["entry"] = np.minimum(np.floor(df.entry / 20), df.time - 1)
@@ -652,3 +654,222 @@ def test_calendar_year_covariate_fits_as_numpy_and_lifelines(monkeypatch, ties):
     if ties == "efron":   # lifelines fits Efron's likelihood only
         assert rel(fast.coef_, ref.params_.values) < 1e-6
         assert rel(fast.se_, ref.standard_errors_.values) < 1e-6
+
+
+# -- the re-laid copy (cox_cpu.pack: centred blocks of four rows, columns side by side) -------
+
+RELAID = 1 << 40   # a budget every test shape fits
+
+
+def _fit_bytes(m):
+    return m.coef_.tobytes() + m.se_.tobytes() + np.float64(m.loglik_).tobytes()
+
+
+def watch_copies(monkeypatch):
+    """The set of ``part.packed is not None`` over the parts pass 1 sees from now on."""
+    seen = set()
+    real = cox_cpu.pass1_bins
+
+    def spy(part, beta, shift_above):
+        seen.add(part.packed is not None)
+        return real(part, beta, shift_above)
+
+    monkeypatch.setattr(cox_cpu, "pass1_bins", spy)
+    return seen
+
+
+def test_no_fit_keeps_a_copy_by_default(monkeypatch):
+    # measured to cost a fit more than it saves (docs/performance.md): off unless budgeted
+    assert cox_cpu.PACK_BYTES == 0
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    seen = watch_copies(monkeypatch)
+    fit(survival_frame(n=500, seed=1), "efron")
+    assert seen == {False}
+
+
+@pytest.mark.parametrize("p", range(1, 14))
+def test_relaid_passes_give_the_bytes_of_the_row_passes(monkeypatch, p):
+    # every width (p mod 4 last columns, p < 4), a row count that fills no whole block of
+    # four, late entries, rows never at risk (keep) and a calendar-year covariate: pass 1's
+    # sums and pass 2's matrix are the same bits from the copy as from the caller's rows,
+    # and equal the NumPy passes
+    X, t, e, entry, beta = _year_data(p, 1237 + p, seed=40 + p)
+    s = np.zeros(len(t), np.int64)
+    grid = K.make_grid(*[[a] for a in K.event_pairs(t, e, s)])
+    mean = X.mean(axis=0)
+    monkeypatch.setenv("HPCSTUDY_NO_COMPILED", "1")
+    slow = K.prepare(X, t, e, entry, s, np.ones(len(t)), grid, mean)
+    want = K.pass1(slow, beta)
+    m, dw, _ = K.fixed_sums(slow)
+    _, _, _, c, ee = K.grid_terms(*want[1:], m, dw, "efron")
+    want2 = K.pass2(slow, beta, c, ee, want[0])
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED")
+    got = {}
+    for budget in (0, RELAID):
+        monkeypatch.setattr(cox_cpu, "PACK_BYTES", budget)
+        part = K.prepare(X, t, e, entry, s, np.ones(len(t)), grid, mean)
+        assert (part.packed is not None) == bool(budget)
+        assert part.late.shape[0] > 0 and 0 < part.keep.shape[0] < len(t)
+        sums = K.pass1(part, beta)
+        got[budget] = [*sums, K.pass2(part, beta, c, ee, want[0])]
+    for a, b in zip(got[0], got[RELAID], strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    for a, b in zip(got[RELAID], [*want, want2], strict=True):
+        close(a, b)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_relaid_fits_give_the_bytes_of_the_row_fits(monkeypatch, ties, case):
+    # weights, delayed entry, strata, clustered errors; both routes of pass 2 (one pass over
+    # X with buckets on the coarse grid, two passes on the fine one)
+    make, kw = CASES[case]
+    for df in (survival_frame(n=1501, seed=31, **make),
+               coarse(survival_frame(n=1501, seed=31, **make))):
+        df["person"] = np.arange(len(df)) // 2
+        monkeypatch.setenv("HPCSTUDY_NO_COMPILED", "1")
+        slow = fit(df, ties, **kw)
+        monkeypatch.delenv("HPCSTUDY_NO_COMPILED")
+        runs = {}
+        for budget in (0, RELAID):
+            monkeypatch.setattr(cox_cpu, "PACK_BYTES", budget)
+            seen = watch_copies(monkeypatch)
+            runs[budget] = fit(df, ties, **kw)
+            assert seen == {bool(budget)}
+        assert _fit_bytes(runs[0]) == _fit_bytes(runs[RELAID])
+        assert rel(runs[RELAID].coef_, slow.coef_) < 1e-12
+        assert rel(runs[RELAID].se_, slow.se_) < 1e-12
+
+
+def test_relaid_fit_agrees_with_lifelines(monkeypatch):
+    from lifelines import CoxPHFitter
+
+    df = survival_frame(n=1500, seed=32, entry=True, strata=3, weights=True)
+    cols = covariates(df)
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    monkeypatch.setattr(cox_cpu, "PACK_BYTES", RELAID)
+    seen = watch_copies(monkeypatch)
+    m = CoxPH("efron").fit(df[cols], df.time, df.event, entry=df.entry, strata=df.stratum,
+                           weights=df.w)
+    assert seen == {True}
+    ref = CoxPHFitter().fit(df.drop(columns=[c for c in df if c == "person"]), "time", "event",
+                            entry_col="entry", strata=["stratum"], weights_col="w",
+                            robust=False,
+                            fit_options={"precision": 1e-12, "step_size": 0.95,
+                                         "max_steps": 200})
+    assert rel(m.coef_, ref.params_[cols].values) < 1e-6
+    assert m.loglik_ == pytest.approx(ref.log_likelihood_, rel=1e-10)
+
+
+def test_relaid_same_bytes_on_one_or_two_threads(monkeypatch):
+    n = 2 * cox_cpu.CHUNKS * cox_cpu._MIN_CHUNK + 3   # chunks of rows not a multiple of 4
+    df = survival_frame(n=n, p=3, seed=33, entry=True, weights=True)
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    monkeypatch.setattr(cox_cpu, "ONE_PASS_P", 0)
+    runs = []
+    for budget, threads in ((RELAID, "2"), (RELAID, "1"), (0, "2")):
+        monkeypatch.setattr(cox_cpu, "PACK_BYTES", budget)
+        monkeypatch.setenv("HPCSTUDY_THREADS", threads)
+        runs.append(_fit_bytes(fit(df, "breslow", entry=True, weights=True)))
+    assert runs[0] == runs[1] == runs[2]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 2 * cox_cpu._MIN_CHUNK - 1,
+                                  2 * cox_cpu._MIN_CHUNK + 5])
+def test_the_copy_is_taken_by_its_size_alone(monkeypatch, rows):
+    for p in (1, 10):
+        # 4p values and 4 slots (8 bytes each) per block of four rows, blocks per chunk
+        blocks = sum(-(-(hi - lo) // 4) for lo, hi in cox_cpu._ranges(rows))
+        size = blocks * (4 * p + 4) * 8
+        assert cox_cpu.packed_bytes(rows, p) == size
+        for threads in ("1", "2"):   # never the thread count
+            monkeypatch.setenv("HPCSTUDY_THREADS", threads)
+            monkeypatch.setattr(cox_cpu, "PACK_BYTES", size)
+            assert cox_cpu.packs(rows, p)
+            monkeypatch.setattr(cox_cpu, "PACK_BYTES", size - 1)
+            assert not cox_cpu.packs(rows, p)
+    monkeypatch.setattr(cox_cpu, "PACK_BYTES", RELAID)
+    assert not cox_cpu.packs(0, 3)   # nothing to copy
+
+
+def test_prepare_keeps_a_copy_within_the_budget_only(monkeypatch):
+    df = survival_frame(n=999, seed=34, entry=True)
+    df.loc[df.index[:20], ["entry", "time", "event"]] = [0.0, 0.5, 0]   # never at risk
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    X = df[covariates(df)].to_numpy()
+    t, e = df.time.to_numpy(), df.event.to_numpy().astype(float)
+    s = np.zeros(len(df), np.int64)
+    grid = K.make_grid(*[[a] for a in K.event_pairs(t, e, s)])
+    kept = None
+    for extra in (0, -1):
+        monkeypatch.setattr(cox_cpu, "PACK_BYTES", RELAID)
+        part = K.prepare(X, t, e, df.entry.to_numpy(), s, np.ones(len(df)), grid, None)
+        kept = part.keep.shape[0]
+        assert 0 < kept < len(df)
+        monkeypatch.setattr(cox_cpu, "PACK_BYTES", cox_cpu.packed_bytes(kept, X.shape[1]) + extra)
+        part = K.prepare(X, t, e, df.entry.to_numpy(), s, np.ones(len(df)), grid, None)
+        if extra == 0:
+            assert sum(a.nbytes for a in part.packed) == cox_cpu.PACK_BYTES
+            # the copy holds the kept rows, centred (mean 0 here), four to a block
+            block = part.packed[0][:4 * X.shape[1]].reshape(X.shape[1], 4).T
+            assert np.array_equal(block, X[part.keep[:4]])
+        else:
+            assert part.packed is None
+
+
+def _relaid_part(monkeypatch, entry=True):
+    df = survival_frame(n=401, seed=35, entry=entry)
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    monkeypatch.setattr(cox_cpu, "PACK_BYTES", RELAID)
+    X = df[covariates(df)].to_numpy()
+    t, e = df.time.to_numpy(), df.event.to_numpy().astype(float)
+    s = np.zeros(len(df), np.int64)
+    grid = K.make_grid(*[[a] for a in K.event_pairs(t, e, s)])
+    part = K.prepare(X, t, e, df.entry.to_numpy() if entry else None, s, np.ones(len(df)),
+                     grid, X.mean(axis=0))
+    assert part.packed is not None and len(part.packed) == 1
+    return part
+
+
+@pytest.mark.parametrize("bad", ["slot past the grid", "negative slot", "late with a = 0",
+                                 "late with a = b", "copy too short"])
+def test_relaid_passes_refuse_what_would_go_out_of_bounds(monkeypatch, bad):
+    part = _relaid_part(monkeypatch)
+    p, G = part.mean.shape[0], part.grid_size
+    beta = np.zeros(p)
+    K.pass1(part, beta)   # the copy as made: fine
+    copy = part.packed[0]
+    slots = copy.reshape(-1, 4 * p + 4)[:, 4 * p:].view(np.int64)   # (blocks, 4), a view
+    late = int(part.late[0])
+    assert slots[late // 4, late % 4] >> 62 == 1   # the copy marks the late entry
+    if bad == "slot past the grid":
+        slots[1, 3] = 2 * G
+    elif bad == "negative slot":
+        slots[1, 3] = -2
+    elif bad == "late with a = 0":
+        part.a = part.a.copy()
+        part.a[late] = 0
+    elif bad == "late with a = b":
+        part.a = part.a.copy()
+        part.a[late] = part.b[late]
+    else:
+        part.packed = [copy[:-1]]
+    part._beta = None
+    with pytest.raises(ValueError):
+        K.pass1(part, beta)
+    c, e = np.ones(G), np.zeros(G)
+    with pytest.raises(ValueError):
+        cox_cpu._cox_c.pass2(part.packed[0], None, part.mean, np.ones(part.b.shape[0]),
+                             part.a, part.b, part.flags, np.zeros(G + 1), e, 1.0,
+                             np.empty((p, p)))
+    assert c.shape == (G,)
+
+
+def test_row_passes_refuse_a_late_row_entering_at_zero():
+    args = _pass1_args()
+    args["flags"][3] = cox_cpu.LATE   # a late entry …
+    args["a"][3] = 0                  # … at grid point 0: its entry bin would be at −1
+    with pytest.raises(ValueError, match="out of range"):
+        cox_cpu._cox_c.pass1(*args.values())
+    args["a"][3] = 1
+    assert cox_cpu._cox_c.pass1(*args.values()) == (0.0, 0.0)
