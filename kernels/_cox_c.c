@@ -9,7 +9,9 @@
  * x86-64 the loops are compiled twice, for AVX2 + FMA and for the baseline, and the CPU picks
  * one when the module loads; no multiply-add is fused and exp is this file's own, so both
  * give the same bits). Pass 1 may also keep per-grid-point buckets of r x xᵀ, from which
- * pass 2's sum is taken without reading X again (cox_cpu.one_pass says when).
+ * pass 2's sum is taken without reading X again (cox_cpu.one_pass says when). With keep None,
+ * X is instead the fit's re-laid copy (pack_rows; cox_cpu.packs says when): the same
+ * operations in the same order, so the same bits.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

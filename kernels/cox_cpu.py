@@ -9,7 +9,9 @@ per-grid-point bins (deaths, survivors and late entries apart); pass 2 adds r·v
 pass 1's per-grid-point buckets of r·x xᵀ where ``one_pass`` holds (one read of X per step),
 else by a second read of X. Everything that follows on the (small) grid is the NumPy code of
 ``kernels/cox.py``. Rows in fixed chunks (two threads), each summed in row order and the
-chunks added in order: the same inputs give the same bytes.
+chunks added in order: the same inputs give the same bytes. Where ``packs`` holds (never with
+the default budget, ``PACK_BYTES = 0``), the passes read a re-laid copy of the rows made once
+per fit (``pack``) instead, with the same operations in the same order: the same bits.
 
 Used when the extension was built and ``HPCSTUDY_NO_COMPILED`` is unset (or 0); otherwise
 the NumPy passes of ``kernels/cox.py`` run (the same estimates up to rounding).
