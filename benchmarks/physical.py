@@ -104,7 +104,7 @@ def cox_parts(n, p, frac, times, ties, repeats, relayout=("off",)) -> list[dict]
         steps = tuple(k for k in ("risk", "pass1", "grid_terms", "pass2") if k in out)
         step = sum(out[k]["median"] for k in steps)
         step_cpu = sum(out_cpu[k]["median"] for k in steps)
-        read = out["read_X"]["median"]
+        read = max(out["read_X"]["median"], 1e-9)   # (rounded to 0.1 ms: tiny sizes)
         read_cpu = max(out_cpu["read_X"]["median"], 1e-9)
         evaluations = fit.n_iter_ + 1  # β = 0 and one per Newton step (each with pass 2)
         # one pass over X per step (pass 2 from pass 1's buckets) or two (cox_cpu.one_pass)
@@ -130,13 +130,15 @@ def main() -> None:
     ap.add_argument("--p", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--shapes", nargs="+", default=["0.1:days", "0.9:few"])
+    ap.add_argument("--bandwidth-mib", type=int, default=1024,
+                    help="the array copied and summed for the memory bandwidth")
     ap.add_argument("--relayout", choices=["off", "on", "both"], default="off",
                     help="the passes over the caller's rows (off, the default route), over "
                          "the fit's re-laid copy (on), or both interleaved")
     a = ap.parse_args()
     routes = ("off", "on") if a.relayout == "both" else (a.relayout,)
     records.append("physical", {"benchmark": "physical", "what": "memory bandwidth",
-                                **bandwidth(a.repeats)})
+                                **bandwidth(a.repeats, a.bandwidth_mib)})
     for shape in a.shapes:
         frac, times = shape.split(":")
         for ties in ("efron", "breslow"):

@@ -45,7 +45,7 @@ def load(run: str | None) -> tuple[str, list[dict]]:
 
 
 IDENTITY = ("benchmark", "what", "model", "ties", "n", "p", "persons", "event_fraction",
-            "times", "outcome_mean", "device", "study")
+            "times", "outcome_mean", "device", "study", "relaid_copy")
 
 
 def identity(r) -> tuple:

@@ -9,6 +9,7 @@ out of bounds instead of crashing."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -873,3 +874,25 @@ def test_row_passes_refuse_a_late_row_entering_at_zero():
         cox_cpu._cox_c.pass1(*args.values())
     args["a"][3] = 1
     assert cox_cpu._cox_c.pass1(*args.values()) == (0.0, 0.0)
+
+
+def test_physical_benchmark_measures_both_routes_interleaved(tmp_path):
+    bench = Path(__file__).parents[2] / "benchmarks"
+    env = {**os.environ, "BENCH_RESULTS": str(tmp_path), "BENCH_RUN": "test-run"}
+    r = subprocess.run([sys.executable, "physical.py", "--n", "3001", "--p", "5", "--repeats",
+                        "2", "--shapes", "0.5:days", "--relayout", "both", "--bandwidth-mib",
+                        "8"], cwd=bench, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in (tmp_path / "physical.jsonl").read_text().splitlines()]
+    cox = [x for x in recs if x["what"] == "cox parts"]
+    assert [(x["ties"], x["relaid_copy"]) for x in cox] == [
+        ("efron", False), ("efron", True), ("breslow", False), ("breslow", True)]
+    for x in cox:
+        assert x["interleaved_routes"] == ["off", "on"] and x["parts_cpu_s"]["pass1"]["n"] == 2
+    r = subprocess.run([sys.executable, "summarize.py", "--out", str(tmp_path / "R.md")],
+                       cwd=bench, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "R.md").read_text()
+    assert text.count("two passes, re-laid copy)") == 2   # the goal line counts the others
+    worst = max(x["step_over_read_X"] for x in cox if not x["relaid_copy"])
+    assert f"by wall time: worst {worst}×" in text
