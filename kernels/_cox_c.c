@@ -675,6 +675,120 @@ CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum
     return 0;
 }
 
+/* The sorted copy (sort_rows): a chunk's kept rows in runs of one grid slot (2(b − 1) +
+ * dead), each run in row order and padded to whole blocks of four; a block holds column k's
+ * four values (centred) at 4k, then the four rows' weights at 4p (0 for padding). */
+#define SSTRIDE(p) (4 * (p) + 4)
+
+/* Rows lo … hi of the kept rows (keep empty: X's) into the sorted copy: row i goes to
+ * position pos[slot_i]++ (pos: each slot's first row in the copy, a multiple of 4). Returns 1
+ * at a row index past X or a slot past 2G. */
+CLONES static int sort_rows(const rows_t *s, Py_ssize_t lo, Py_ssize_t hi, int64_t *pos,
+                            Py_ssize_t total, double *out) {
+    Py_ssize_t p = s->p;
+    const uint64_t slots = 2 * (uint64_t)s->G;
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        if (s->nkeep && (uint64_t)s->keep[i] >= (uint64_t)s->rows) return 1;
+        uint64_t slot = 2 * (uint64_t)(s->b[i] - 1) + (s->flags[i] & DEAD);
+        if ((uint64_t)(s->b[i] - 1) >= (uint64_t)s->G || slot >= slots || (s->flags[i] & LATE))
+            return 1;
+        int64_t at = pos[slot]++;
+        if ((uint64_t)at >= (uint64_t)total) return 1;
+        double *blk = out + at / 4 * SSTRIDE(p) + (at & 3);
+        const double *x = row_of(s, i);
+        for (Py_ssize_t k = 0; k < p; k++) blk[4 * k] = x[k] - s->mean[k];
+        blk[4 * p] = s->w[i];
+    }
+    return 0;
+}
+
+/* Pass 1 with pass 2's sums over the sorted copy, one read per step: for each run (slot,
+ * first block, rows) the bucket of that slot (D2 for deaths, L2 else; bucket_cells(p)
+ * doubles, the layout of add_outer's rows) gets Σ r z zᵀ over the run, z = (1, x):
+ * row 0 (r, r x) summed in four lanes, rows 1 … p from T = √r·x by block_outer. r =
+ * w exp(xβ − shift) (xβ as packed_rows sums it). Min and max of xβ into lohi. T: p × BLOCK,
+ * acc: p × p. Returns 1 at a bad run. */
+CLONES static int fused_rows(const double *P, Py_ssize_t blocks, const int64_t *runs,
+                             Py_ssize_t nruns, Py_ssize_t p, Py_ssize_t G, const double *beta,
+                             double shift, double *D2, double *L2, Py_ssize_t nb, double *T,
+                             double *acc, double *lohi) {
+    Py_ssize_t p4 = p & ~(Py_ssize_t)3, qq = (p + 4) & ~(Py_ssize_t)3;
+    const v4 inf = {INFINITY, INFINITY, INFINITY, INFINITY}, zero = {0.0, 0.0, 0.0, 0.0};
+    const v4 sh = {shift, shift, shift, shift}, lane = {0.0, 1.0, 2.0, 3.0};
+    v4 lov = inf, hiv = -inf;
+    v4 S[64];
+    for (Py_ssize_t u = 0; u < nruns; u++) {
+        int64_t slot = runs[3 * u], first = runs[3 * u + 1], rows = runs[3 * u + 2];
+        Py_ssize_t nblk = (rows + 3) / 4;
+        if ((uint64_t)slot >= 2 * (uint64_t)G || first < 0 || rows < 1 ||
+            first > blocks - nblk)
+            return 1;
+        for (Py_ssize_t k = 0; k <= p; k++) S[k] = zero;
+        memset(acc, 0, sizeof(double) * p * p);
+        Py_ssize_t m = 0;
+        for (Py_ssize_t j = 0; j < nblk; j++) {
+            const double *blk = P + (first + j) * SSTRIDE(p);
+            v4 a[4] = {zero, zero, zero, zero}, x;
+            Py_ssize_t k = 0;
+            for (; k < p4; k += 4)
+                for (int l = 0; l < 4; l++) {
+                    LOAD4(x, blk + 4 * (k + l));
+                    a[l] += x * beta[k + l];
+                }
+            for (; k < p; k++) {
+                LOAD4(x, blk + 4 * k);
+                a[p >= 4 ? k - p + 4 : k] += x * beta[k];
+            }
+            v4 e = (a[0] + a[1]) + (a[2] + a[3]);
+            double real = (double)(rows - 4 * j);
+            v4i in = lane < real;
+            v4 big = (v4)(((v4i)e & in) | ((v4i)(-inf) & ~in));
+            v4 small = (v4)(((v4i)e & in) | ((v4i)inf & ~in));
+            v4i below = small < lov, above = big > hiv;
+            lov = (v4)(((v4i)small & below) | ((v4i)lov & ~below));
+            hiv = (v4)(((v4i)big & above) | ((v4i)hiv & ~above));
+            double eta[4];
+            e -= sh;
+            STORE4(eta, e);
+            exp4(eta);
+            v4 r, w;
+            LOAD4(r, eta);
+            LOAD4(w, blk + 4 * p);
+            r = (v4)((v4i)(r * w) & in);
+            S[0] += r;
+            v4 t = r;
+            for (int l = 0; l < 4; l++) t[l] = __builtin_sqrt(t[l]);
+            for (k = 0; k < p; k++) {
+                LOAD4(x, blk + 4 * k);
+                S[k + 1] += r * x;
+                x *= t;
+                STORE4(T + k * BLOCK + m, x);
+            }
+            m += 4;
+            if (m == BLOCK || j == nblk - 1) {
+                block_outer(T, p, m, acc);
+                m = 0;
+            }
+        }
+        double *u2 = ((slot & 1) ? D2 : L2) + (slot >> 1) * nb;
+        for (Py_ssize_t c = 0; c <= p; c++) u2[c] = TOTAL4(S[c]);
+        Py_ssize_t off = qq;   /* row 1 of the bucket */
+        for (Py_ssize_t k = 1; k <= p; k++) {
+            Py_ssize_t j0 = k & ~(Py_ssize_t)3;
+            for (Py_ssize_t j = k; j <= p; j++) u2[off + j - j0] = acc[(k - 1) * p + j - 1];
+            off += qq - j0;
+        }
+    }
+    double lo = INFINITY, hi = -INFINITY;
+    for (int l = 0; l < 4; l++) {
+        if (lov[l] < lo) lo = lov[l];
+        if (hiv[l] > hi) hi = hiv[l];
+    }
+    lohi[0] = lo;
+    lohi[1] = hi;
+    return 0;
+}
+
 /* Deaths per grid point (count and Σw) and Σ w x over the deaths. Returns 1 at a bad row. */
 CLONES static int fixed_rows(const rows_t *s, int unit, double *count, double *sw,
                              double *xd) {
@@ -1071,6 +1185,101 @@ done:
     return ret;
 }
 
+/* sort(X, keep, mean, w, b, flags, lo, hi, G, pos, out): rows lo … hi of the kept rows into
+ * the sorted copy out (see sort_rows; pos: int64 per slot, advanced) */
+static PyObject *sort_(PyObject *self, PyObject *args) {
+    PyObject *X, *keep, *mean, *w, *b, *flags, *pos, *out;
+    Py_ssize_t lo, hi, G, xn, nb, npos, total;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnnOO", &X, &keep, &mean, &w, &b, &flags, &lo, &hi, &G,
+                          &pos, &out))
+        return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    rows_t s = {.P = NULL, .a = NULL, .G = G};
+    if (!(s.mean = take(&B, mean, 8, -1, 0, "mean", &s.p))) goto done;
+    if (s.p == 0 || s.p > 63 || G < 1) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: 1 to 63 covariates, a grid");
+        goto done;
+    }
+    if (!(s.X = take(&B, X, 8 * s.p, -1, 0, "X", &xn)) ||
+        !(s.keep = take(&B, keep, 8, -1, 0, "keep", &s.nkeep)) ||
+        !(s.b = take(&B, b, 8, -1, 0, "b", &nb)) ||
+        !(s.flags = take(&B, flags, 1, nb, 0, "flags", NULL)) ||
+        !(s.w = take(&B, w, 8, nb, 0, "w", NULL)))
+        goto done;
+    s.rows = xn;
+    if (nb != (s.nkeep ? s.nkeep : xn) || lo < 0 || lo > hi || hi > nb) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: rows lo … hi must lie within the rows");
+        goto done;
+    }
+    int64_t *ps = take(&B, pos, 8, 2 * G, 1, "pos", &npos);
+    double *o = ps ? take(&B, out, 8, -1, 1, "out", &total) : NULL;
+    if (!o) goto done;
+    if (total % SSTRIDE(s.p)) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: out must be whole blocks");
+        goto done;
+    }
+    total = total / SSTRIDE(s.p) * 4;
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = sort_rows(&s, lo, hi, ps, total, o);
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        bad_index();
+        goto done;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    release_all(&B);
+    return ret;
+}
+
+/* fused(copy, runs, p, G, beta, shift, dead2, alive2) -> (lo, hi): see fused_rows */
+static PyObject *fused(PyObject *self, PyObject *args) {
+    PyObject *copy, *runs, *beta, *dead2, *alive2;
+    Py_ssize_t p, G, total, nr, nbeta;
+    double shift, lohi[2];
+    if (!PyArg_ParseTuple(args, "OOnnOdOO", &copy, &runs, &p, &G, &beta, &shift, &dead2,
+                          &alive2))
+        return NULL;
+    buffers_t B = {.used = 0};
+    PyObject *ret = NULL;
+    double *T = NULL, *acc = NULL;
+    if (p < 5 || p > 63 || G < 1) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: 5 to 63 covariates, a grid");
+        return NULL;
+    }
+    Py_ssize_t nb = bin_cells(p, p + 1);
+    const double *P = take(&B, copy, 8, -1, 0, "copy", &total);
+    const int64_t *R = P ? take(&B, runs, 8, -1, 0, "runs", &nr) : NULL;
+    const double *bt = R ? take(&B, beta, 8, -1, 0, "beta", &nbeta) : NULL;
+    double *D2 = bt ? take(&B, dead2, 8, G * nb, 1, "dead2", NULL) : NULL;
+    double *L2 = D2 ? take(&B, alive2, 8, G * nb, 1, "alive2", NULL) : NULL;
+    if (!L2) goto done;
+    if (total % SSTRIDE(p) || nr % 3 || nbeta != p) {
+        PyErr_SetString(PyExc_ValueError, "_cox_c: copy, runs or beta of the wrong size");
+        goto done;
+    }
+    T = PyMem_Calloc(p * BLOCK, sizeof(double));
+    acc = PyMem_Calloc(p * p, sizeof(double));
+    if (!T || !acc) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = fused_rows(P, total / SSTRIDE(p), R, nr / 3, p, G, bt, shift, D2, L2, nb, T, acc,
+                     lohi);
+    Py_END_ALLOW_THREADS
+    ret = bad ? bad_index() : Py_BuildValue("(dd)", lohi[0], lohi[1]);
+done:
+    PyMem_Free(T);
+    PyMem_Free(acc);
+    release_all(&B);
+    return ret;
+}
+
 /* exp(x, out): out = exp(x) as pass 1 computes it (exp4) */
 static PyObject *exp_(PyObject *self, PyObject *args) {
     PyObject *x, *out;
@@ -1314,6 +1523,8 @@ static PyMethodDef methods[] = {
     {"bucket_cells", bucket_cells_, METH_VARARGS, "Doubles per grid point in a bucket."},
     {"exp", exp_, METH_VARARGS, "exp as pass 1 computes it."},
     {"pack", pack, METH_VARARGS, "The re-laid copy of X that the passes may read."},
+    {"sort", sort_, METH_VARARGS, "The sorted copy of X that the fused pass reads."},
+    {"fused", fused, METH_VARARGS, "Pass 1 with pass 2's sums, one read of the sorted copy."},
     {"fixed", fixed, METH_VARARGS, "The deaths' sums of the Cox fit (kernels/cox_cpu.py)."},
     {"grid_products", grid_products, METH_VARARGS, "The grid parts of score and information."},
     {"row_flags", row_flags, METH_VARARGS, "Each row's flags (dead, late, not at risk)."},
