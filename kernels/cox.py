@@ -178,8 +178,6 @@ class CoxPart:
     buckets: object = None
     # the kept rows re-laid once for the passes (cox_cpu.pack), one array per chunk, or None
     packed: object = None
-    # the kept rows sorted by grid slot for one read per step (cox_cpu.sort_copy), or None
-    sorted: object = None
 
     @property
     def compiled(self) -> bool:
@@ -435,9 +433,7 @@ def _prepare_compiled(X, event, weights, a, b, a0, mean, unit, G, bounds):
                    a0=a0, bounds=bounds if bounds is not None and len(bounds) > 2 else None,
                    rows=rows, keep=keep, mean=mean, flags=flags)
     part._unit = unit
-    part.sorted = cox_cpu.sort_copy(part)
-    if part.sorted is None:
-        part.packed = cox_cpu.pack(part)
+    part.packed = cox_cpu.pack(part)
     return part
 
 

@@ -153,90 +153,6 @@ def pack(part):
     return out
 
 
-# One read of X per step where one_pass does not take the shape (``fuses``): the kept rows
-# copied once per fit, sorted by grid slot (exit grid point, death) within each chunk and
-# centred, in blocks of four rows (``sort_copy``); pass 1 (``_cox_c.fused``) then adds each
-# slot's run of rows into that slot's bucket of r z zᵀ, z = (1, x) — row 0 (r, r x) in four
-# lanes, the rest as pass 2's products of √r·x — with the sums in registers, and pass 2 is
-# the sum over the grid of the buckets (``_cox_c.buckets``). Another order of the sums than
-# the passes over the caller's rows. Taken where no row enters late, p ≥ FUSED_P, a chunk's
-# buckets fit in FUSED_BYTES, each chunk has FUSED_ROWS rows per slot (runs are padded to
-# whole blocks of four) and the copy fits FUSED_COPY_BYTES: a rule on the shape alone.
-FUSED_P = 5
-FUSED_BYTES = 0   # off: measured (docs/performance.md), a fit 13–48 ms more CPU
-FUSED_ROWS = 32
-FUSED_COPY_BYTES = 1 << 30
-
-
-def fused_copy_bytes(rows, grid_size, p):
-    """The sorted copy's bytes at most: 8·(p + 1) a row, runs padded to whole blocks."""
-    return 8 * (p + 1) * (rows + 3 * 2 * grid_size * len(_ranges(rows)))
-
-
-def fuses(rows, grid_size, p, late):
-    """Whether a partition of ``rows`` kept rows, a grid of ``grid_size`` points and ``p``
-    covariates (``late``: some row enters late) takes the one-read route over a sorted copy."""
-    chunk = rows // len(_ranges(rows)) if rows else 0
-    return (not late and FUSED_P <= p <= 63 and grid_size > 0
-            and 8 * 2 * grid_size * bucket_cells(p) <= FUSED_BYTES
-            and 2 * grid_size * FUSED_ROWS <= chunk
-            and fused_copy_bytes(rows, grid_size, p) <= FUSED_COPY_BYTES)
-
-
-def sort_copy(part):
-    """The sorted copy of the part's kept rows, (copy, runs) per chunk of ``_ranges`` (runs:
-    slot, first block, rows of each slot present, in slot order), or None where ``fuses``
-    does not hold."""
-    n, p, G = part.b.shape[0], part.mean.shape[0], part.grid_size
-    if not fuses(n, G, p, part.late.shape[0] > 0):
-        return None
-    ranges = _ranges(n)
-    jobs = []
-    for lo, hi in ranges:
-        slots = 2 * (part.b[lo:hi] - 1) + (part.flags[lo:hi] & DEAD)
-        counts = np.bincount(slots, minlength=2 * G)
-        blocks = (counts + 3) // 4
-        first = np.cumsum(blocks) - blocks
-        have = np.flatnonzero(counts)
-        runs = np.ascontiguousarray(np.stack([have, first[have], counts[have]], axis=1),
-                                    dtype=np.int64)
-        jobs.append((lo, hi, (first * 4).astype(np.int64),
-                     np.zeros(int(blocks.sum()) * (4 * p + 4)), runs))
-    _run([lambda job=job: _cox_c.sort(part.rows, part.keep, part.mean, part.w, part.b,
-                                      part.flags, job[0], job[1], G, job[2], job[3])
-          for job in jobs])
-    return [(job[3], job[4]) for job in jobs]
-
-
-def _fused_bins(part, beta, shift_above):
-    G, p = part.grid_size, part.mean.shape[0]
-    cells = bucket_cells(p)
-
-    def chunk(i, shift):
-        copy, runs = part.sorted[i]
-        buckets = _aligned_zeros((2, G, cells))
-        lohi = _cox_c.fused(copy, runs, p, G, beta, shift, buckets[0], buckets[1])
-        return buckets, lohi
-
-    shift = 0.0
-    while True:
-        out = _run([lambda i=i, shift=shift: chunk(i, shift) for i in range(len(part.sorted))])
-        lo = min(o[1][0] for o in out)
-        hi = max(o[1][1] for o in out)
-        if shift != 0.0 or max(hi, -lo) <= shift_above:
-            break
-        shift = hi
-    buckets = out[0][0]
-    for more, _ in out[1:]:   # in chunk order
-        buckets += more
-    part.shift = shift
-    part._beta = beta.copy()
-    part.buckets = buckets
-    part.r = None   # (not needed: pass 2 is the sum over the buckets)
-    return shift, buckets[0][:, :p + 1].copy(), buckets[1][:, :p + 1].copy(), \
-        np.zeros((G, p + 1))
-
-
 def _aligned_zeros(shape):
     """Zeros starting on a 64-byte boundary (the C loops' 4-vectors never straddle a cache
     line: bucket_cells is a multiple of 4)."""
@@ -270,11 +186,9 @@ def pass1_bins(part, beta, shift_above):
     ``one_pass`` holds, the buckets of r x xᵀ in ``part.buckets`` (else None)."""
     G, p = part.grid_size, part.mean.shape[0]
     n = part.b.shape[0]
-    beta = np.ascontiguousarray(beta, dtype=np.float64)
-    if part.sorted is not None and n:
-        return _fused_bins(part, beta, shift_above)
     if part.r is None:
         part.r = np.empty(n)
+    beta = np.ascontiguousarray(beta, dtype=np.float64)
     unit = part.unit_weights
     ranges = _ranges(n)
     late = part.late.shape[0] > 0
@@ -408,7 +322,6 @@ def efron_terms(s0, e0, m, dw, underflow):
     return (*out, ll, any(bad for _, bad in parts))
 
 
-__all__ = ["enabled", "one_pass", "fuses", "sort_copy", "packs", "packed_bytes", "pack",
-           "pass1_bins", "pass2_sum",
+__all__ = ["enabled", "one_pass", "packs", "packed_bytes", "pack", "pass1_bins", "pass2_sum",
            "fixed_sums", "efron_terms", "day_ranks", "row_flags", "grid_products", "DEAD", "LATE",
            "NOT_AT_RISK"]
