@@ -924,6 +924,17 @@ def _speaks() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    code = _main(argv)
+    if argv is None:   # this process's own command line: the process ends when main returns
+        import gc
+
+        # what is alive now is left to the exit, not collected on one core by the
+        # interpreter's teardown (about 0.05 s of CPU after a 1 M-person run)
+        gc.freeze()
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     _interrupt_on_sigterm()
     try:
         cli.main(args=argv, prog_name="hpcstudy", standalone_mode=False)
