@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -495,3 +496,38 @@ def test_the_command_line_leaves_its_heap_to_the_exit(monkeypatch):
         gc.unfreeze()
         for s, h in signals.items():
             __import__("signal").signal(s, h)
+
+
+def test_reads_ahead_shared_by_fewer_threads_read_each_partition_once_in_order(small_data,
+                                                                              monkeypatch):
+    """Two partitions a core (the run's): ``threads`` threads take the partitions in turn, each
+    in partition order, and every table is the partition's as read then."""
+    from hpcstudy.engines import partition, read_ahead
+
+    prep = prepare(EXAMPLES / "statins_mi.yaml", small_data)
+    root, reads = str(small_data), prep.plan.reads
+    seen: list[tuple[str, list[str]]] = []
+    reading = read_ahead._read
+
+    def recorded(jobs):
+        seen.append((threading.current_thread().name,
+                     [Path(path).name for (path, _), _ in jobs]))
+        reading(jobs)
+
+    monkeypatch.setattr(read_ahead, "_read", recorded)
+    read_ahead.start(root, reads, range(3), threads=2)
+    assert len(read_ahead._AHEAD) == 3 * len(reads)
+    try:
+        tables = {p: partition.read_host(root, p, reads) for p in (2, 0, 1)}
+    finally:
+        read_ahead.clear()
+    n = len(reads)
+    assert sorted(seen) == [
+        ("hpcstudy-read-ahead-0", ["part-00000.parquet"] * n + ["part-00002.parquet"] * n),
+        ("hpcstudy-read-ahead-1", ["part-00001.parquet"] * n)]
+    for p, got in tables.items():
+        again = partition.read_host(root, p, reads)   # nothing ahead now: read anew
+        for reg, cols in reads.items():
+            for c in cols:
+                assert np.array_equal(got[reg][c], again[reg][c],
+                                      equal_nan=got[reg][c].dtype.kind == "f")
