@@ -413,6 +413,16 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
         account: str | None, interface: str | None, resume: bool, device: str | None,
         variant: str | None, project: Path | None) -> None:
     """Run a study: results.json, tables/*.csv and the private per-person table in OUT."""
+    figures = None
+    if launcher == "local" and engine == "dask":
+        from .report.drawing import FigureProcess
+
+        # the report's figure process, started first: its Python and matplotlib import on the
+        # core that the run's own imports and checks leave idle (killed, unused, if the run
+        # stops before its report)
+        figures = FigureProcess.start()
+        if hasattr(figures, "close"):
+            click.get_current_context().call_on_close(figures.close)
     from . import api, pipeline
     from .cluster.launchers import client_for
 
@@ -456,7 +466,8 @@ def run(study: Path, data: Path, out: Path, engine: str, overwrite: bool, verify
         # stay where they were computed (gather=False)
         res = api.execute(prep, out, engine=engine, client=client, progress=progress,
                           overwrite=overwrite, resume=resume, report=done, checked=True,
-                          device=device if engine == "dask" else "cpu", gather=False).exported
+                          device=device if engine == "dask" else "cpu", gather=False,
+                          figures=figures).exported
     if resume:
         click.echo(f"resumed {done.get('resumed', 0)} of {ds.partitions} partitions from "
                    "checkpoints")

@@ -150,12 +150,16 @@ def choose_device(engine: str, device: str, client=None) -> str:
 
 def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", client=None,
             progress=None, overwrite: bool = False, resume: bool = False,
-            report: dict | None = None, device: str = "cpu", gather: bool = False) -> Executed:
+            report: dict | None = None, device: str = "cpu", gather: bool = False,
+            figures=None) -> Executed:
     """Run a prepared study (``check_run`` done). The dask engine checkpoints every finished
     partition next to OUT, in the private folder OUT.checkpoints/ (mode 0700); ``resume``
     reuses them; a finished run removes them. Without ``out`` nothing is written.
     ``gather``: bring the per-person table to this process (the Python API's); otherwise the
-    dask engine's tables are written where they were computed."""
+    dask engine's tables are written where they were computed. ``figures``: the report's
+    figure process (:class:`~hpcstudy.report.drawing.FigureProcess`) where the caller started
+    it earlier (the command line, before its imports); one is started here otherwise. It is
+    closed here either way."""
     # started first, beside this process's imports: the first partitions' reads and (for a
     # run that writes a report, computed here) the figure process
     here = engine == "dask" and client is None
@@ -167,8 +171,11 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
         cores = os.cpu_count() or 1
         read_ahead.start(prep.ds.root, prep.plan.reads,
                          range(min(prep.ds.partitions, 2 * cores)), threads=cores)
-    figures = None
-    if out is not None and here:
+    if not (out is not None and here):
+        if figures is not None and hasattr(figures, "close"):
+            figures.close()   # (a run that draws its figures in this process, if any)
+        figures = None
+    elif figures is None:
         from .report.drawing import FigureProcess
 
         figures = FigureProcess.start()   # imports matplotlib beside the partitions

@@ -531,3 +531,67 @@ def test_reads_ahead_shared_by_fewer_threads_read_each_partition_once_in_order(s
             for c in cols:
                 assert np.array_equal(got[reg][c], again[reg][c],
                                       equal_nan=got[reg][c].dtype.kind == "f")
+
+
+@pytest.fixture
+def cli_here(monkeypatch):
+    """hpcstudy.cli.main in this process, the figure processes it starts recorded; its signal
+    handlers are put back afterwards."""
+    import signal
+
+    from hpcstudy import cli, pipeline
+    from hpcstudy.report import drawing
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    events: list = []
+    starting, preparing = drawing.FigureProcess.start.__func__, pipeline.prepare
+
+    def start(cls):
+        f = starting(cls)
+        events.append(("figures", f))
+        return f
+
+    def prepare(*a, **kw):
+        events.append(("prepare", None))
+        return preparing(*a, **kw)
+
+    monkeypatch.setattr(drawing.FigureProcess, "start", classmethod(start))
+    monkeypatch.setattr(pipeline, "prepare", prepare)
+    yield cli, events
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+def test_the_command_line_starts_the_figure_process_before_its_imports_and_checks(
+        cli_here, small_data, tmp_path, statins_run):
+    cli, events = cli_here
+    out = tmp_path / "out"
+    code = cli.main(["run", str(EXAMPLES / "statins_mi.yaml"), "--data", str(small_data),
+                     "--out", str(out), "--quiet"])
+    assert code == 0
+    assert [e for e, _ in events] == ["figures", "prepare"]   # one process, the run's
+    figures = events[0][1]
+    assert isinstance(figures, FigureProcess) and figures.proc.returncode == 0
+    assert figures.answered == 4   # it drew the page's figures
+    for f in ("outputs.json", "results.json", "report.html"):
+        same_output(statins_run / f, out / f)
+
+
+@pytest.mark.parametrize("engine", ["dask", "reference"])
+def test_a_refused_run_ends_the_figure_process_it_started(cli_here, small_data, tmp_path,
+                                                           engine):
+    """A run refused after the figure process started (here its --out exists and is not a
+    run's) ends it, unused; the reference engine starts none."""
+    cli, events = cli_here
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code = cli.main(["run", str(EXAMPLES / "statins_mi.yaml"), "--data", str(small_data),
+                     "--out", str(out), "--quiet", "--engine", engine])
+    assert code == 2 and (out / "notes.txt").read_text() == "mine"
+    started = [f for e, f in events if e == "figures"]
+    if engine == "reference":
+        assert started == []
+        return
+    assert len(started) == 1 and started[0].proc.poll() is not None   # ended, not left behind
+    assert started[0].answered == 0
