@@ -163,12 +163,17 @@ class Phases:
 def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
     sampler = Runnable()
     ph = Phases(sampler)
-    R = ph("imports", _run_imports)
-    from hpcstudy.pipeline import AFTER_THE_PARTITIONS, warm_up
     try:
         from hpcstudy.report.drawing import FigureProcess
     except ImportError:   # an older hpcstudy, to compare with: figures drawn in its process
         FigureProcess = None
+    figures, more = None, {}
+    if FigureProcess is not None:   # as `hpcstudy run`: started before its imports
+        figures = FigureProcess.start()
+        sampler.pids.append(figures.proc.pid)
+        more = {"figures": figures}
+    R = ph("imports", _run_imports)
+    from hpcstudy.pipeline import AFTER_THE_PARTITIONS, warm_up
 
     out = Path(tempfile.mkdtemp(prefix="hpcstudy-profile-")) / "out"
     prof = cProfile.Profile() if profile else None
@@ -185,11 +190,6 @@ def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
 
     study_, plan, ds = maybe("plan", R.prepare, str(study), str(data))
     R.check_run(out, ds, study=study_, plan=plan)
-    figures, more = None, {}
-    if FigureProcess is not None:   # as pipeline.execute: matplotlib beside the partitions
-        figures = FigureProcess.start()
-        sampler.pids.append(figures.proc.pid)
-        more = {"figures": figures}
     warm_up(AFTER_THE_PARTITIONS)   # as pipeline.execute: beside the partitions
     tables, attrition, parts = maybe("cohort", R.person_table, plan, ds, "dask", None, None,
                                      None, False, {}, "cpu")
