@@ -65,10 +65,13 @@ BENCH_DATA ?= /tmp/hpcstudy-bench
 	PYTHON=$(PYTHON) bash scripts/bootstrap-venv.sh bench
 	touch $@
 
+# (hpcstudy's bytecode compiled first, as pip writes it for an installed package: under
+# PYTHONDONTWRITEBYTECODE an editable checkout would compile its source in every timed run)
 bench: .venv/.installed-bench
 	cd benchmarks && export BENCH_RUN=$$(date -u +%Y%m%dT%H%M%S) \
 	  BENCH_LOAD_BEFORE=$$(cut -d' ' -f1 /proc/loadavg) BENCH_SIZES=$(BENCH_SIZES) \
 	  BENCH_DATA=$(BENCH_DATA) && \
+	../$(BIN)/python -m compileall -q ../hpcstudy ../kernels > /dev/null && \
 	../$(BIN)/python physical.py && \
 	../$(BIN)/python cohort_peers.py && \
 	../$(BIN)/python cohort_peers.py --study diabetes_incidence --scaling-persons && \

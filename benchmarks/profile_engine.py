@@ -6,6 +6,8 @@ and optionally a cProfile of one phase or of one partition's work.
     python benchmarks/profile_engine.py DATA --profile partition --partition 0
     python benchmarks/profile_engine.py DATA --partition-parts    # one partition, step by step
     python benchmarks/profile_engine.py DATA --whole              # `hpcstudy run`, watched
+    python benchmarks/profile_engine.py DATA --whole --against SRC --repeat 6
+                                                   # interleaved with SRC/hpcstudy's runs
 
 Phases: imports (what a run loads before it reads data), plan (parse and compile), cohort
 (every partition's per-person table, with the run's launcher; the report's imports warm up
@@ -163,12 +165,17 @@ class Phases:
 def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
     sampler = Runnable()
     ph = Phases(sampler)
-    R = ph("imports", _run_imports)
-    from hpcstudy.pipeline import AFTER_THE_PARTITIONS, warm_up
     try:
         from hpcstudy.report.drawing import FigureProcess
     except ImportError:   # an older hpcstudy, to compare with: figures drawn in its process
         FigureProcess = None
+    figures, more = None, {}
+    if FigureProcess is not None:   # as `hpcstudy run`: started before its imports
+        figures = FigureProcess.start()
+        sampler.pids.append(figures.proc.pid)
+        more = {"figures": figures}
+    R = ph("imports", _run_imports)
+    from hpcstudy.pipeline import AFTER_THE_PARTITIONS, warm_up
 
     out = Path(tempfile.mkdtemp(prefix="hpcstudy-profile-")) / "out"
     prof = cProfile.Profile() if profile else None
@@ -185,11 +192,6 @@ def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
 
     study_, plan, ds = maybe("plan", R.prepare, str(study), str(data))
     R.check_run(out, ds, study=study_, plan=plan)
-    figures, more = None, {}
-    if FigureProcess is not None:   # as pipeline.execute: matplotlib beside the partitions
-        figures = FigureProcess.start()
-        sampler.pids.append(figures.proc.pid)
-        more = {"figures": figures}
     warm_up(AFTER_THE_PARTITIONS)   # as pipeline.execute: beside the partitions
     tables, attrition, parts = maybe("cohort", R.person_table, plan, ds, "dask", None, None,
                                      None, False, {}, "cpu")
@@ -208,13 +210,14 @@ def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
     return rec
 
 
-def whole(data: Path, study: Path) -> dict:
-    """``hpcstudy run`` of ``study`` on ``data`` in a child process, watched from outside."""
+def whole(data: Path, study: Path, env: dict | None = None) -> dict:
+    """``hpcstudy run`` of ``study`` on ``data`` in a child process (``env``: its environment),
+    watched from outside."""
     out = Path(tempfile.mkdtemp(prefix="hpcstudy-profile-")) / "out"
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "hpcstudy.cli", "run", str(study), "--data",
-                             str(data), "--out", str(out), "--quiet"])
+                             str(data), "--out", str(out), "--quiet"], env=env)
     sampler = Runnable(pids=[proc.pid], children=True)
     sampler.phase = "run"
     _, status, ru = os.wait4(proc.pid, 0)
@@ -228,6 +231,43 @@ def whole(data: Path, study: Path) -> dict:
            "cores_busy": round(cpu / wall, 2), **sampler.record("run")}
     return {"data": str(data), "whole": rec, "load_start": round(load0, 2),
             "load_end": round(os.getloadavg()[0], 2)}
+
+
+def compiled() -> None:
+    """hpcstudy's bytecode written beside its source, as ``pip install`` writes it for an
+    installed package: an editable checkout run under PYTHONDONTWRITEBYTECODE (as on the
+    benchmark machine) would otherwise compile its source again in every run (about 0.15 s of
+    CPU at the start of each, which no installed hpcstudy pays)."""
+    import compileall
+
+    import hpcstudy
+    import hpcstudy_kernels
+
+    for pkg in (hpcstudy, hpcstudy_kernels):
+        compileall.compile_dir(str(Path(pkg.__file__).parent), quiet=1)
+
+
+def against(data: Path, study: Path, other: Path, repeat: int) -> dict:
+    """``--whole`` runs of this hpcstudy and of the one whose package folder ``other`` holds
+    (``other``/hpcstudy, put first on PYTHONPATH; compiled too), interleaved ``repeat`` times
+    each (ABBA…): every run's record, and each side's median, min and max."""
+    import compileall
+    import statistics
+
+    compileall.compile_dir(str(Path(other) / "hpcstudy"), quiet=1)
+    envs = {"this": {k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+            "other": {**os.environ, "PYTHONPATH": str(other)}}
+    runs: dict[str, list] = {"this": [], "other": []}
+    for i in range(repeat):
+        for side in ("other", "this") if i % 2 == 0 else ("this", "other"):
+            r = whole(data, study, envs[side])
+            runs[side].append({**r["whole"], "load": r["load_start"]})
+    keys = ("wall_s", "cpu_s", "cores_busy", "serial_cpu_s", "two_core_wall_s",
+            "two_core_cores_busy", "load")
+    return {"data": str(data), "other": str(other), "runs": runs,
+            "summary": {side: {k: [round(statistics.median(x[k] for x in v), 3),
+                                   min(x[k] for x in v), max(x[k] for x in v)] for k in keys}
+                        for side, v in runs.items()}}
 
 
 def _run_imports():
@@ -284,8 +324,18 @@ def main() -> None:
     ap.add_argument("--partition-parts", action="store_true")
     ap.add_argument("--whole", action="store_true")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--against", type=Path, metavar="SRC",
+                    help="with --whole: interleave runs with the hpcstudy package in SRC "
+                         "(SRC/hpcstudy: another commit's, e.g. from git archive)")
+    ap.add_argument("--repeat", type=int, default=4)
+    ap.add_argument("--source", action="store_true",
+                    help="leave hpcstudy's bytecode uncompiled (see compiled())")
     a = ap.parse_args()
-    if a.whole:
+    if not a.source:
+        compiled()
+    if a.whole and a.against:
+        rec = against(a.data, a.study, a.against, a.repeat)
+    elif a.whole:
         rec = whole(a.data, a.study)
     elif a.partition_parts or a.profile == "partition":
         rec = partition_parts(a.data, a.study, a.partition, a.profile == "partition", a.top)

@@ -157,12 +157,13 @@ def _run(study, data, out, engine, project, client, overwrite, verify,
 def execute(prep, out=None, *, engine: str = "dask", client=None, progress=None,
             overwrite: bool = False, verify: bool = False, resume: bool = False,
             report: dict | None = None, checked: bool = False, device: str = "cpu",
-            gather: bool = True) -> StudyResult:
+            gather: bool = True, figures=None) -> StudyResult:
     """Run a prepared study (:func:`prepared`) and return its :class:`StudyResult`; with
     ``out``, write the output folder. The one code path of ``hpcstudy run`` and :func:`run`
     (neither audits here: their callers do). ``checked``: the output folder and the data were
     checked already. ``gather=False`` leaves the dask engine's per-person table where it was
-    computed (the result then has no ``person_table`` and no ``models``)."""
+    computed (the result then has no ``person_table`` and no ``models``). ``figures``: a
+    figure process started earlier (:func:`hpcstudy.pipeline.execute`)."""
     from . import pipeline
     from .models.partitions import LocalPartitions
 
@@ -173,7 +174,7 @@ def execute(prep, out=None, *, engine: str = "dask", client=None, progress=None,
             pipeline.check_data(prep, verify)
     done = pipeline.execute(prep, out, engine=engine, client=client, progress=progress,
                             overwrite=overwrite, resume=resume, report=report, device=device,
-                            gather=gather)
+                            gather=gather, figures=figures)
     models, table = {}, None
     if done.table is not None:
         local = LocalPartitions([done.table])

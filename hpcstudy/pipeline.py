@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -149,38 +150,49 @@ def choose_device(engine: str, device: str, client=None) -> str:
 
 def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", client=None,
             progress=None, overwrite: bool = False, resume: bool = False,
-            report: dict | None = None, device: str = "cpu", gather: bool = False) -> Executed:
+            report: dict | None = None, device: str = "cpu", gather: bool = False,
+            figures=None) -> Executed:
     """Run a prepared study (``check_run`` done). The dask engine checkpoints every finished
     partition next to OUT, in the private folder OUT.checkpoints/ (mode 0700); ``resume``
     reuses them; a finished run removes them. Without ``out`` nothing is written.
     ``gather``: bring the per-person table to this process (the Python API's); otherwise the
-    dask engine's tables are written where they were computed."""
+    dask engine's tables are written where they were computed. ``figures``: the report's
+    figure process (:class:`~hpcstudy.report.drawing.FigureProcess`) where the caller started
+    it earlier (the command line, before its imports); one is started here otherwise. It is
+    closed here either way."""
     # started first, beside this process's imports: the first partitions' reads and (for a
     # run that writes a report, computed here) the figure process
     here = engine == "dask" and client is None
     if here and device == "cpu" and not resume:
         from .engines import read_ahead
 
+        # two partitions a core: the reads outlast the imports (a partition's read is about
+        # 0.06 s of CPU at 1 M persons, the imports after them about 0.2 s)
+        cores = os.cpu_count() or 1
         read_ahead.start(prep.ds.root, prep.plan.reads,
-                         range(min(prep.ds.partitions, os.cpu_count() or 1)))
-    figures = None
-    if out is not None and here:
+                         range(min(prep.ds.partitions, 2 * cores)), threads=cores)
+    if not (out is not None and here):
+        if figures is not None and hasattr(figures, "close"):
+            figures.close()   # (a run that draws its figures in this process, if any)
+        figures = None
+    elif figures is None:
         from .report.drawing import FigureProcess
 
         figures = FigureProcess.start()   # imports matplotlib beside the partitions
+    persons = None
     try:
-        from . import demo
+        # only what the partitions need is imported before they start: the analyses', the
+        # outputs' and the report's modules import in the warm-up thread beside them
         from .engines import checkpoint
-        from .engines.results import analyse
-        from .engines.run import check_engine, combined, person_table
-        from .outputs.publish import exported
+        from .engines.run import check_engine, person_table
         from .outputs.run_record import begin
-        from .outputs.writers import write_run
 
         plan = prep.plan
         report = {} if report is None else report
         if out is not None:
             warm_up(AFTER_THE_PARTITIONS)
+            # who the data is about (outputs.json), read beside the partitions, not after them
+            persons = ahead(prep.ds.persons_sha256, "hpcstudy-persons")
         check_engine(plan, engine)          # "not supported by this engine": before the run
         begin(report, client)   # when and where the run started, for run.json
         device = choose_device(engine, device, client)
@@ -191,6 +203,12 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
                              device)
         if out is not None and not gather and hasattr(built.tables, "write_ahead"):
             built.tables.write_ahead(plan)   # the private table's bytes while the analyses run
+        from . import demo
+        from .engines.results import analyse
+        from .engines.run import combined
+        from .outputs.publish import exported
+        from .outputs.writers import write_run
+
         fitted: dict = {}
         results = analyse(plan, built.parts, built.attrition, fitted, ds=prep.ds,
                           design=built.design)
@@ -203,7 +221,7 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
                 res["planted_truth"] = truth
             write_run(Path(out), plan, res, table if table is not None else built.tables,
                       overwrite=overwrite, data_manifest_sha256=prep.manifest_sha256,
-                      data_persons_sha256=prep.ds.persons_sha256(),
+                      data_persons_sha256=persons.result(),
                       project=prep.approval.project if prep.approval is not None else None,
                       engine=engine, device=report.get("device"), run=report,
                       figures=figures)
@@ -234,15 +252,20 @@ def join_background(timeout: float = 60.0) -> None:
 
 
 BACKGROUND = ("hpcstudy-warm-up", "hpcstudy-read-ahead", "hpcstudy-person-table",
-              "hpcstudy-figures")
+              "hpcstudy-figures", "hpcstudy-persons")
 
 
-# what a run that writes its outputs imports only after the partitions: the report's page and
-# its template, compiled ("module:function" calls the function; about 0.1 s of CPU each);
-# matplotlib (about 0.6 s) only in the figure process (report/drawing.py)
-AFTER_THE_PARTITIONS = ("hpcstudy.report.build", "hpcstudy.report:template",
+# what a run that writes its outputs needs only after the partitions, imported (and, for
+# "module:function", called) beside them in the warm-up thread, in this order: the analyses and
+# the writers (execute imports them after the partitions), the report's page and its template,
+# compiled (about 0.1 s of CPU each), the code's version and hash (run.json, the report: about
+# 0.03 s). matplotlib (about 0.6 s) only in the figure process (report/drawing.py)
+AFTER_THE_PARTITIONS = ("hpcstudy.engines.results", "hpcstudy.outputs.publish",
+                        "hpcstudy.outputs.writers", "hpcstudy.demo",
+                        "hpcstudy.report.build", "hpcstudy.report:template",
                         "hpcstudy.measures.compute", "hpcstudy.outputs.run_record",
-                        "hpcstudy.secure.audit", "importlib.metadata")
+                        "hpcstudy.secure.audit", "importlib.metadata",
+                        "hpcstudy.outputs.run_record:code_version")
 
 
 def warm_up(modules) -> threading.Thread:
@@ -263,6 +286,21 @@ def warm_up(modules) -> threading.Thread:
     t = threading.Thread(target=load, name="hpcstudy-warm-up", daemon=True)
     t.start()
     return t
+
+
+def ahead(fn, name: str) -> Future:
+    """``fn()`` in a background thread (named ``name``, one of :data:`BACKGROUND`): its Future,
+    whose ``result()`` gives the value or raises what ``fn`` raised, in the caller's thread."""
+    f: Future = Future()
+
+    def work():
+        try:
+            f.set_result(fn())
+        except BaseException as e:   # noqa: BLE001 - raised where the value is asked for
+            f.set_exception(e)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return f
 
 
 def run(study, data, out, engine: str = "dask", client=None, progress=None,

@@ -13,12 +13,13 @@ import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLES, run_cli, same_files
+from conftest import EXAMPLES, run_cli, same_files, same_output
 
 from hpcstudy.engines import run as R
 from hpcstudy.engines.analyses import _distinct_rows
@@ -376,3 +377,221 @@ def test_a_damaged_partition_read_ahead_fails_the_run_as_any_read(small_data, tm
     assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: ") and \
         f"{victim}: partition file damaged" in lines[0], r.stderr
     assert not out.exists()
+
+
+# -- who the data is about, the analyses' imports, the end of the run (session 6) ---------------
+def test_who_the_data_is_about_is_read_beside_the_partitions(small_data, tmp_path, monkeypatch,
+                                                             statins_run):
+    """persons_sha256 (outputs.json's data_persons_sha256) runs in a background thread started
+    before the partitions, not after the analyses on the run's thread; the bytes are a run's."""
+    from hpcstudy import pipeline
+    from hpcstudy.engines import run as engine_run
+    from hpcstudy.registers.store import Dataset
+
+    events: list[tuple[str, str]] = []
+    hashed, computed = Dataset.persons_sha256, engine_run.person_table
+
+    def persons_sha256(self):
+        events.append(("persons", threading.current_thread().name))
+        return hashed(self)
+
+    def person_table(*a, **kw):
+        # the thread was started before: it runs, or has run, now
+        ahead = ("persons", "hpcstudy-persons") in events or \
+            any(t.name == "hpcstudy-persons" for t in threading.enumerate())
+        events.append(("partitions", ahead))
+        return computed(*a, **kw)
+
+    monkeypatch.setattr(Dataset, "persons_sha256", persons_sha256)
+    monkeypatch.setattr(engine_run, "person_table", person_table)
+    out = tmp_path / "out"
+    pipeline.execute(prepare(EXAMPLES / "statins_mi.yaml", small_data), out)
+    assert sorted(events) == [("partitions", True), ("persons", "hpcstudy-persons")]
+    started = [t for t in threading.enumerate() if t.name == "hpcstudy-persons"]
+    assert started == []   # joined with the run's other background threads
+    # the same outputs as the command line's run (which also writes its audit head)
+    for f in ("outputs.json", "results.json", "report.html", "tables/cohort.csv"):
+        same_output(statins_run / f, out / f)
+    doc = json.loads((out / "outputs.json").read_text())
+    assert doc["data_persons_sha256"] == hashed(Dataset.open(small_data))
+
+
+def test_a_failure_reading_who_the_data_is_about_stops_the_run_with_nothing_written(
+        small_data, tmp_path, monkeypatch):
+    from hpcstudy import pipeline
+    from hpcstudy.errors import UserError
+    from hpcstudy.registers.store import Dataset
+
+    def fails(self):
+        raise UserError(f"{self.root}/bef/part-00001.parquet: partition file missing")
+
+    monkeypatch.setattr(Dataset, "persons_sha256", fails)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="partition file missing"):
+        pipeline.execute(prepare(EXAMPLES / "statins_mi.yaml", small_data), out)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.checkpoints"]   # for --resume
+    assert [t for t in threading.enumerate() if t.name.startswith(pipeline.BACKGROUND)] == []
+
+
+def test_the_warm_up_imports_what_the_run_needs_after_its_partitions():
+    """What execute imports after the partitions (the analyses, disclosure, the writers) and the
+    code's hash (run.json, the report) are the warm-up's, beside the partitions; in a fresh
+    interpreter the warm-up alone imports them all, and imports no matplotlib."""
+    from hpcstudy import pipeline
+
+    names = [n.partition(":")[0] for n in pipeline.AFTER_THE_PARTITIONS]
+    assert {"hpcstudy.engines.results", "hpcstudy.outputs.publish", "hpcstudy.outputs.writers",
+            "hpcstudy.demo"} <= set(names)
+    assert "hpcstudy.outputs.run_record:code_version" in pipeline.AFTER_THE_PARTITIONS
+    code = ("import sys\nfrom hpcstudy import pipeline\n"
+            "before = set(sys.modules)\n"
+            "pipeline.warm_up(pipeline.AFTER_THE_PARTITIONS).join()\n"
+            "from hpcstudy.outputs import run_record\n"
+            "print(sorted(set(sys.modules) - before))\n"
+            "print(run_record.code_version.cache_info().currsize)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    new, cached = r.stdout.splitlines()
+    loaded = set(eval(new))   # noqa: S307 - our own subprocess's printed list
+    assert set(names) <= loaded | {"importlib.metadata"} and cached == "1"
+    assert not any(m.split(".")[0] == "matplotlib" for m in loaded)
+
+
+def test_run_record_needs_no_importlib_metadata_until_it_says_the_version():
+    code = ("import sys\nfrom hpcstudy.outputs import run_record\n"
+            "print('importlib.metadata' in sys.modules)\n"
+            "run_record.code_version()\nprint('importlib.metadata' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["False", "True"], r.stderr
+
+
+def test_the_figure_process_answers_every_figure_then_exits_at_once():
+    """At the end of its input it exits (os._exit, no teardown for the run to wait for) only
+    after every figure asked has been answered: none is lost to the quick exit."""
+    figures = FigureProcess.start()
+    try:
+        asked = [figures.submit("forest_plot", []) for _ in range(5)]
+    finally:
+        figures.close()
+    assert [f.result() for f in asked] == [None] * 5   # each answered (nothing to draw)
+    assert figures.proc.returncode == 0 and figures.answered == 5
+
+
+def test_the_command_line_leaves_its_heap_to_the_exit(monkeypatch):
+    """main() on the process's own command line (argv None: the console script, python -m)
+    freezes the collector's objects when it returns; main(argv), as tests call it in their own
+    process, does not."""
+    import gc
+
+    from hpcstudy import cli
+
+    monkeypatch.setattr(sys, "argv", ["hpcstudy", "--help"])
+    signals = {s: __import__("signal").getsignal(s) for s in (15, 10)}
+    try:
+        gc.unfreeze()
+        assert cli.main(["--help"]) == 0 and gc.get_freeze_count() == 0
+        assert cli.main() == 0 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        for s, h in signals.items():
+            __import__("signal").signal(s, h)
+
+
+def test_reads_ahead_shared_by_fewer_threads_read_each_partition_once_in_order(small_data,
+                                                                              monkeypatch):
+    """Two partitions a core (the run's): ``threads`` threads take the partitions in turn, each
+    in partition order, and every table is the partition's as read then."""
+    from hpcstudy.engines import partition, read_ahead
+
+    prep = prepare(EXAMPLES / "statins_mi.yaml", small_data)
+    root, reads = str(small_data), prep.plan.reads
+    seen: list[tuple[str, list[str]]] = []
+    reading = read_ahead._read
+
+    def recorded(jobs):
+        seen.append((threading.current_thread().name,
+                     [Path(path).name for (path, _), _ in jobs]))
+        reading(jobs)
+
+    monkeypatch.setattr(read_ahead, "_read", recorded)
+    read_ahead.start(root, reads, range(3), threads=2)
+    assert len(read_ahead._AHEAD) == 3 * len(reads)
+    try:
+        tables = {p: partition.read_host(root, p, reads) for p in (2, 0, 1)}
+    finally:
+        read_ahead.clear()
+    n = len(reads)
+    assert sorted(seen) == [
+        ("hpcstudy-read-ahead-0", ["part-00000.parquet"] * n + ["part-00002.parquet"] * n),
+        ("hpcstudy-read-ahead-1", ["part-00001.parquet"] * n)]
+    for p, got in tables.items():
+        again = partition.read_host(root, p, reads)   # nothing ahead now: read anew
+        for reg, cols in reads.items():
+            for c in cols:
+                assert np.array_equal(got[reg][c], again[reg][c],
+                                      equal_nan=got[reg][c].dtype.kind == "f")
+
+
+@pytest.fixture
+def cli_here(monkeypatch):
+    """hpcstudy.cli.main in this process, the figure processes it starts recorded; its signal
+    handlers are put back afterwards."""
+    import signal
+
+    from hpcstudy import cli, pipeline
+    from hpcstudy.report import drawing
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    events: list = []
+    starting, preparing = drawing.FigureProcess.start.__func__, pipeline.prepare
+
+    def start(cls):
+        f = starting(cls)
+        events.append(("figures", f))
+        return f
+
+    def prepare(*a, **kw):
+        events.append(("prepare", None))
+        return preparing(*a, **kw)
+
+    monkeypatch.setattr(drawing.FigureProcess, "start", classmethod(start))
+    monkeypatch.setattr(pipeline, "prepare", prepare)
+    yield cli, events
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+def test_the_command_line_starts_the_figure_process_before_its_imports_and_checks(
+        cli_here, small_data, tmp_path, statins_run):
+    cli, events = cli_here
+    out = tmp_path / "out"
+    code = cli.main(["run", str(EXAMPLES / "statins_mi.yaml"), "--data", str(small_data),
+                     "--out", str(out), "--quiet"])
+    assert code == 0
+    assert [e for e, _ in events] == ["figures", "prepare"]   # one process, the run's
+    figures = events[0][1]
+    assert isinstance(figures, FigureProcess) and figures.proc.returncode == 0
+    assert figures.answered == 4   # it drew the page's figures
+    for f in ("outputs.json", "results.json", "report.html"):
+        same_output(statins_run / f, out / f)
+
+
+@pytest.mark.parametrize("engine", ["dask", "reference"])
+def test_a_refused_run_ends_the_figure_process_it_started(cli_here, small_data, tmp_path,
+                                                           engine):
+    """A run refused after the figure process started (here its --out exists and is not a
+    run's) ends it, unused; the reference engine starts none."""
+    cli, events = cli_here
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code = cli.main(["run", str(EXAMPLES / "statins_mi.yaml"), "--data", str(small_data),
+                     "--out", str(out), "--quiet", "--engine", engine])
+    assert code == 2 and (out / "notes.txt").read_text() == "mine"
+    started = [f for e, f in events if e == "figures"]
+    if engine == "reference":
+        assert started == []
+        return
+    assert len(started) == 1 and started[0].proc.poll() is not None   # ended, not left behind
+    assert started[0].answered == 0

@@ -22,21 +22,25 @@ _LOCK = threading.Lock()
 _AHEAD: dict[tuple[str, tuple[str, ...]], Future] = {}
 
 
-def start(root, reads: dict[str, tuple[str, ...]], partitions) -> None:
-    """Read ``reads`` (register: columns) of each of ``partitions`` under ``root``, one thread
-    per partition, each table kept for the partition task that asks for it."""
+def start(root, reads: dict[str, tuple[str, ...]], partitions, threads: int | None = None) -> None:
+    """Read ``reads`` (register: columns) of each of ``partitions`` under ``root``, each table
+    kept for the partition task that asks for it: one thread per partition, or ``threads``
+    threads taking the partitions in turn (thread 0 partitions 0, k, 2k…), each in order."""
     from ..registers.store import part_name
 
-    for p in partitions:
+    partitions = list(partitions)
+    k = len(partitions) if threads is None else max(1, threads)
+    for i in range(min(k, len(partitions))):
         jobs = []
         with _LOCK:
-            for reg, cols in reads.items():
-                key = (str(Path(root) / reg / part_name(p)), tuple(cols))
-                if key not in _AHEAD:
-                    _AHEAD[key] = Future()
-                    jobs.append((key, _AHEAD[key]))
+            for p in partitions[i::k]:
+                for reg, cols in reads.items():
+                    key = (str(Path(root) / reg / part_name(p)), tuple(cols))
+                    if key not in _AHEAD:
+                        _AHEAD[key] = Future()
+                        jobs.append((key, _AHEAD[key]))
         if jobs:
-            threading.Thread(target=_read, args=(jobs,), name=f"hpcstudy-read-ahead-{p}",
+            threading.Thread(target=_read, args=(jobs,), name=f"hpcstudy-read-ahead-{i}",
                              daemon=True).start()
 
 

@@ -24,7 +24,6 @@ import re
 import shutil
 import subprocess
 import time
-from importlib import metadata
 from pathlib import Path
 
 from . import manifest as M
@@ -43,6 +42,9 @@ _WORDS.update(thirty="30", forty="40", fifty="50", sixty="60", seventy="70", eig
 @functools.cache
 def code_version() -> tuple[str, str]:
     """(hpcstudy's version, SHA-256 over its installed source and templates)."""
+    # (importlib.metadata: about 0.06 s to import; a run calls this beside its partitions)
+    from importlib import metadata
+
     import hpcstudy
     import hpcstudy_kernels
 
