@@ -90,11 +90,10 @@ def analyse(plan: Plan, parts, attrition, fitted: dict | None = None, ds=None,
 
 def _concurrent(node, parts) -> bool:
     """An analysis that may run beside the others: one that reads only the partitions and
-    writes only its own sections (a Lexis table: ``lexis`` and ``lexis_model``), on the dask
-    engine's partitions in this process's memory (not on a device or a cluster, whose
-    transfers and tasks are counted and ordered, nor on the reference engine's pandas
-    frame)."""
-    return isinstance(node, ModelPlan | CurvesPlan | RatesPlan | LexisPlan) and \
+    writes only its own sections, on the dask engine's partitions in this process's memory
+    (not on a device or a cluster, whose transfers and tasks are counted and ordered, nor on
+    the reference engine's pandas frame)."""
+    return isinstance(node, ModelPlan | CurvesPlan | RatesPlan) and \
         getattr(parts, "device", None) == "cpu" and getattr(parts, "client", True) is None \
         and getattr(parts, "frame", None) is None
 
