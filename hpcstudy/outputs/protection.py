@@ -84,19 +84,22 @@ def determined(hidden: Sequence[bool], groups: list[list[int]]) -> list[int]:
             rows.append(row)
     if not rows:
         return []
-    N = null_space(np.array(rows))  # directions the withheld cells can move in, totals kept
-    free = np.abs(N).max(axis=1) > 1e-9 if N.size else np.zeros(len(h), bool)
+    free = _outside_the_totals(np.array(rows)) > 1e-9
     return [c for c, f in zip(h, free, strict=True) if not f]
 
 
-def null_space(A: np.ndarray) -> np.ndarray:
-    """An orthonormal basis of A's null space (columns), from the SVD as
-    ``scipy.linalg.null_space`` computes it (the same LAPACK routine, the same rank tolerance)
-    without importing SciPy, which costs a run about half a second."""
-    u, s, vh = np.linalg.svd(A, full_matrices=True)
+def _outside_the_totals(A: np.ndarray) -> np.ndarray:
+    """Per column (withheld cell) of the margin matrix A: 1 − the squared length of its unit
+    vector's projection on A's row space, i.e. the squared length of its row in any
+    orthonormal basis of the null space (0: the cell is a fixed function of the totals).
+    From the thin SVD of Aᵀ (the rank tolerance of ``scipy.linalg.null_space``), without
+    SciPy's import and the full k × k factor: on 0/1 margin matrices the values are ≥ 1/16
+    or ≤ 1e-14 (tests/test_protection_moves.py), so a 1e-9 cut gives the verdicts of the
+    null space's entries above 1e-9, as before."""
+    u, s, _ = np.linalg.svd(A.T, full_matrices=False)
     tol = (s.max() if s.size else 0.0) * max(A.shape) * np.finfo(float).eps
-    rank = int((s > tol).sum())
-    return vh[rank:, :].T.conj()
+    span = u[:, :int((s > tol).sum())]
+    return 1.0 - (span * span).sum(axis=1)
 
 
 class _Problem:
@@ -127,8 +130,16 @@ class _Problem:
         # the withheld cells' true counts (ints; None where a count is missing) and which
         # totals each lies in: what a table that keeps every total is checked against
         self.true = {f: [values[f][i] for i in self.h] for f in self.fields}
-        self.member = np.array([[1 if i in g else 0 for i in self.h] for g in groups],
-                               dtype=np.int64).reshape(len(groups), k)
+        self.member = np.zeros((len(groups), k), dtype=np.int64)
+        self.masks = [0] * k   # the same as bits of a Python int (totals of every cell aside)
+        for gi, g in enumerate(groups):
+            at = [self.pos[i] for i in g if i in self.pos]
+            self.member[gi, at] = 1
+            if len(at) < k:
+                for j in at:
+                    self.masks[j] |= 1 << gi
+        self.counted = not any(v is None or v != int(v) for f in self.fields
+                               for v in self.true[f])
         self.A_ub = self.b_ub = None
         if set(self.fields) == {"persons", "events"} and k:
             ub = np.zeros((k, self.nvar))
@@ -157,34 +168,34 @@ class _Problem:
         same totals (one loses what the other gains), or a rectangle of four (the cell and z
         lose, a and b gain, where a's and b's totals are the cell's and z's together), as in
         the cycles of a two-way table; persons and events move by their own amounts."""
-        if any(v is None or v != int(v) for f in self.fields for v in self.true[f]):
+        if not self.counted:
             return False
         j = self.pos[cell]
         return all(any(self._reaches(j, field, goal, min_cell, loses, gains)
                        for loses, gains in self._moves(j)) for goal in ("zero", "min_cell"))
 
     def _moves(self, j: int):
-        """(cells that lose, cells that gain) of the small moves keeping every total, withheld
-        cell j among the losers (the reverse move has it gain); found lazily."""
-        if not hasattr(self, "_masks"):   # the totals each withheld cell lies in, as bits
-            self._masks = [int("".join("1" if x else "0" for x in self.member[:, c]) or "0",
-                               2) for c in range(self.member.shape[1])]
+        """(cells that lose, cells that gain) of small moves keeping every total, withheld
+        cell j among the losers (the reverse move has it gain), found lazily: a cell in
+        exactly j's totals; then rectangles j, a, b, z with a and b each sharing a total with
+        j (a total of every withheld cell aside), as in a two-way table."""
+        if not hasattr(self, "_with_mask"):
             self._with_mask: dict[int, list[int]] = {}
-            for c, mc in enumerate(self._masks):
+            for c, mc in enumerate(self.masks):
                 self._with_mask.setdefault(mc, []).append(c)
-        masks = self._masks
+        masks = self.masks
         mj = masks[j]
-        for a, ma in enumerate(masks):
-            if a != j and ma == mj:
+        for a in self._with_mask[mj]:
+            if a != j:
                 yield (j,), (a,)
-        for a, ma in enumerate(masks):
-            if a == j:
-                continue
-            for b in range(a + 1, len(masks)):
+        near = [a for a, ma in enumerate(masks) if a != j and ma & mj]
+        for x, a in enumerate(near):
+            ma = masks[a]
+            for b in near[x + 1:]:
                 mb = masks[b]
                 # a + b − j must be a 0/1 vector (z's totals): no total in a and b but not
                 # in j, none in j but in neither
-                if b == j or (ma & mb & ~mj) or (mj & ~ma & ~mb):
+                if (ma & mb & ~mj) or (mj & ~ma & ~mb):
                     continue
                 for z in self._with_mask.get(ma ^ mb ^ mj, ()):
                     if z not in (j, a, b):
