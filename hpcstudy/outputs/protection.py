@@ -252,6 +252,7 @@ class _Problem:
             new[f] = v
         return not ("persons" in new and "events" in new and
                     (new["events"] > new["persons"]).any())
+
     def interval(self, cell: int, field: str) -> tuple[float, float]:
         from scipy.optimize import linprog  # here: most tables withhold nothing
 
