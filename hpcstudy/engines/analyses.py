@@ -521,15 +521,20 @@ def _lexis_part(part, ages, periods, birth_col="age"):
         e_a = np.minimum(stop, birth + ages[ai + 1] * YEAR)
         who = np.nonzero(e_a > s_a)[0]
         s_a, e_a = s_a[who], e_a[who]
-        ev_who, day_who = event[who], ev_day[who]
+        # the band's persons with an event: a cell's events are looked for among them alone
+        had = np.nonzero(event[who])[0]
+        s_ev, e_ev, day_ev = s_a[had], e_a[had], ev_day[who[had]]
+        in_band = np.zeros(who.shape[0], bool)
         for pi in range(npd):
             lo = np.maximum(s_a, pbounds[pi])
             hi = np.minimum(e_a, pbounds[pi + 1])
             t = np.clip(hi - lo, 0, None) / YEAR
-            ev = ev_who & (day_who >= lo) & (day_who < hi)
+            ev = (day_ev >= np.maximum(s_ev, pbounds[pi])) & \
+                (day_ev < np.minimum(e_ev, pbounds[pi + 1]))
             py[who] = t   # (zero elsewhere: cleared below after each cell)
-            some = who[t > 0]
-            inside_a[some, ai] = True
+            some_t = t > 0
+            in_band |= some_t
+            some = who[some_t]
             inside_p[some, pi] = True
             k = float(ev.sum())
             ev_a[ai] += k
@@ -542,9 +547,10 @@ def _lexis_part(part, ages, periods, birth_col="age"):
                     continue
                 pyg = py[sel]
                 cells[key] = {"person_years": float(pyg.sum()),
-                              "events": float((ev & sel[who]).sum()),
+                              "events": float((ev & sel[who[had]]).sum()),
                               "persons": float((pyg > 0).sum())}
             py[who] = 0.0
+        inside_a[who[in_band], ai] = True
     margins = {}
     for name, inside, e in (("age", inside_a, ev_a), ("period", inside_p, ev_p)):
         count = inside.sum(axis=1)

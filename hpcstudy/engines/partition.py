@@ -422,8 +422,8 @@ def _row_bits(pp: Persons, register: str, group: list[EventStream], at=None) -> 
     code = pp.data[creg][ccol]
     if at is not None:
         code = code[at]
-    types = 1
-    if register == LINKED.name:
+    types = 1   # (the diagnosis type column is read only where a stream selects on it)
+    if register == LINKED.name and any(_by_type(s) for s in group):
         types = max(t for s in group for t in (*s.diagnosis_types, 0, 1)) + 1
     flat, size = _code_table(group, types)
     t = pp.dev.to_device(flat)
@@ -457,10 +457,14 @@ def _isin_small(xp, col, values):
     return m
 
 
+def _by_type(s: EventStream) -> bool:
+    """Whether a stream needs a diagnosis of certain types (lpr; not of every type)."""
+    return s.register == LINKED.name and tuple(s.diagnosis_types) != (0, 1)
+
+
 def _selects(s: EventStream) -> bool:
     """Whether a stream selects rows by code (lpr: or needs a diagnosis of certain types)."""
-    return s.codes is not None or (s.register == LINKED.name and
-                                    tuple(s.diagnosis_types) != (0, 1))
+    return s.codes is not None or _by_type(s)
 
 
 def event_streams(pp: Persons, streams: list[EventStream]) -> None:

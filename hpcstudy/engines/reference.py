@@ -91,7 +91,8 @@ class ReferenceData:
             types = {DIAGNOSIS_TYPES[k] for k in s.diagnosis_types}
             if prefixes is not None or types != set(DIAGNOSIS_TYPES):
                 d = self.t[src.code_table]
-                d = d[d[src.diagnosis_type].isin(types)]
+                if types != set(DIAGNOSIS_TYPES):   # (the column is read only then)
+                    d = d[d[src.diagnosis_type].isin(types)]
                 if prefixes is not None:
                     d = d[d[src.code].str.startswith(prefixes)]
                 t = t[t[src.link].isin(set(d[src.link]))]

@@ -19,11 +19,11 @@ def _gamma_p(a: float, x: float) -> float:
     if x < a + 1:
         term = total = 1.0 / a
         k = a
-        for _ in range(10_000):
+        for _ in range(10_000):   # (every term and sum is positive: no abs)
             k += 1
             term *= x / k
             total += term
-            if abs(term) < abs(total) * 1e-16:
+            if term < total * 1e-16:
                 break
         return total * math.exp(-x + a * math.log(x) - math.lgamma(a))
     # continued fraction for Q(a, x) (modified Lentz)
@@ -36,12 +36,13 @@ def _gamma_p(a: float, x: float) -> float:
         an = -i * (i - a)
         b += 2
         d = an * d + b
-        d = tiny if abs(d) < tiny else d
+        d = tiny if -tiny < d < tiny else d   # (abs(d) < tiny, without the call)
         c = b + an / c
-        c = tiny if abs(c) < tiny else c
+        c = tiny if -tiny < c < tiny else c
         d = 1 / d
-        h *= d * c
-        if abs(d * c - 1) < 1e-16:
+        dc = d * c
+        h *= dc
+        if -1e-16 < dc - 1 < 1e-16:
             break
     return 1.0 - math.exp(-x + a * math.log(x) - math.lgamma(a)) * h
 

@@ -26,6 +26,13 @@ itself below the threshold cannot protect its cells: it is withheld whole. The L
 those of the relaxation; for two-way tables (and one-way ones) they
 are the integer bounds, since the margin matrix is totally unimodular; for three or more keys
 the integer interval can be narrower, which this audit does not see.
+
+Most protected cells need no linear program: two tables that keep every total and the published
+cells, one with the cell's count at 0 and one at ``m`` or more, prove its interval reaches
+[0, m] (``_Problem.covered``: the true table after a small move of persons and events along a
+pair or rectangle of withheld cells, each table checked whole). Only a cell not shown covered
+so goes to the LP, whose verdict is the same (tests/test_protection_moves.py), and only then is
+SciPy imported (about half a second): example 2's Lexis table needs none.
 """
 
 from __future__ import annotations
@@ -77,12 +84,22 @@ def determined(hidden: Sequence[bool], groups: list[list[int]]) -> list[int]:
             rows.append(row)
     if not rows:
         return []
-    from scipy.linalg import null_space  # here: a run with nothing withheld never needs scipy
-
-    A = np.array(rows)
-    N = null_space(A)  # directions the withheld cells can move in without changing a total
-    free = np.abs(N).max(axis=1) > 1e-9 if N.size else np.zeros(len(h), bool)
+    free = _outside_the_totals(np.array(rows)) > 1e-9
     return [c for c, f in zip(h, free, strict=True) if not f]
+
+
+def _outside_the_totals(A: np.ndarray) -> np.ndarray:
+    """Per column (withheld cell) of the margin matrix A: 1 − the squared length of its unit
+    vector's projection on A's row space, i.e. the squared length of its row in any
+    orthonormal basis of the null space (0: the cell is a fixed function of the totals).
+    From the thin SVD of Aᵀ (the rank tolerance of ``scipy.linalg.null_space``), without
+    SciPy's import and the full k × k factor: on 0/1 margin matrices the values are ≥ 1/16
+    or ≤ 1e-14 (tests/test_protection_moves.py), so a 1e-9 cut gives the verdicts of the
+    null space's entries above 1e-9, as before."""
+    u, s, _ = np.linalg.svd(A.T, full_matrices=False)
+    tol = (s.max() if s.size else 0.0) * max(A.shape) * np.finfo(float).eps
+    span = u[:, :int((s > tol).sum())]
+    return 1.0 - (span * span).sum(axis=1)
 
 
 class _Problem:
@@ -110,6 +127,19 @@ class _Problem:
         # the totals are what they are: the right-hand side is the hidden cells' true sum
         self.A_eq = np.array(eq_rows) if eq_rows else None
         self.b_eq = np.array(eq_rhs) if eq_rhs else None
+        # the withheld cells' true counts (ints; None where a count is missing) and which
+        # totals each lies in: what a table that keeps every total is checked against
+        self.true = {f: [values[f][i] for i in self.h] for f in self.fields}
+        self.member = np.zeros((len(groups), k), dtype=np.int64)
+        self.masks = [0] * k   # the same as bits of a Python int (totals of every cell aside)
+        for gi, g in enumerate(groups):
+            at = [self.pos[i] for i in g if i in self.pos]
+            self.member[gi, at] = 1
+            if len(at) < k:
+                for j in at:
+                    self.masks[j] |= 1 << gi
+        self.counted = not any(v is None or v != int(v) for f in self.fields
+                               for v in self.true[f])
         self.A_ub = self.b_ub = None
         if set(self.fields) == {"persons", "events"} and k:
             ub = np.zeros((k, self.nvar))
@@ -128,6 +158,100 @@ class _Problem:
         else:
             c[self.fields.index(field) * k + j] = 1.0
         return c
+
+    def covered(self, cell: int, field: str, min_cell: int) -> bool:
+        """Whether two tables keeping every total and the published cells are found (and
+        checked) in which the cell's count is 0 and at least ``min_cell``: then its interval
+        reaches [0, min_cell] and no linear program is needed. False says nothing.
+
+        Each table is the true one after a small move: the cell and another in exactly the
+        same totals (one loses what the other gains), or a rectangle of four (the cell and z
+        lose, a and b gain, where a's and b's totals are the cell's and z's together), as in
+        the cycles of a two-way table; persons and events move by their own amounts."""
+        if not self.counted:
+            return False
+        j = self.pos[cell]
+        return all(any(self._reaches(j, field, goal, min_cell, loses, gains)
+                       for loses, gains in self._moves(j)) for goal in ("zero", "min_cell"))
+
+    def _moves(self, j: int):
+        """(cells that lose, cells that gain) of small moves keeping every total, withheld
+        cell j among the losers (the reverse move has it gain), found lazily: a cell in
+        exactly j's totals; then rectangles j, a, b, z with a and b each sharing a total with
+        j (a total of every withheld cell aside), as in a two-way table."""
+        if not hasattr(self, "_with_mask"):
+            self._with_mask: dict[int, list[int]] = {}
+            for c, mc in enumerate(self.masks):
+                self._with_mask.setdefault(mc, []).append(c)
+        masks = self.masks
+        mj = masks[j]
+        for a in self._with_mask[mj]:
+            if a != j:
+                yield (j,), (a,)
+        near = [a for a, ma in enumerate(masks) if a != j and ma & mj]
+        for x, a in enumerate(near):
+            ma = masks[a]
+            for b in near[x + 1:]:
+                mb = masks[b]
+                # a + b − j must be a 0/1 vector (z's totals): no total in a and b but not
+                # in j, none in j but in neither
+                if (ma & mb & ~mj) or (mj & ~ma & ~mb):
+                    continue
+                for z in self._with_mask.get(ma ^ mb ^ mj, ()):
+                    if z not in (j, a, b):
+                        yield (j, z), (a, b)
+
+    def _reaches(self, j: int, field: str, goal: str, m: int, loses, gains) -> bool:
+        """Whether moving persons and events along (loses, gains), or its reverse, gives a
+        table where the field of cell j is 0 (``goal`` zero) or at least m; the table found
+        is checked whole (totals kept, counts ≥ 0, events ≤ persons)."""
+        t = self.true
+        p = t["persons"][j] if "persons" in t else None
+        e = t["events"][j] if "events" in t else None
+        both = p is not None and e is not None
+        if field == "persons":
+            trials = [(-1, p, e if both else 0)] if goal == "zero" else \
+                [(1, m - p, 0), (1, m - p, m - p)]
+        elif field == "events":
+            trials = [(-1, 0, e), (-1, e, e)] if goal == "zero" else \
+                [(1, max(0, m - p) if both else 0, m - e), (1, m - e, m - e)]
+        else:   # the complement persons − events
+            d = p - e
+            trials = [(-1, d, 0), (1, 0, d)] if goal == "zero" else \
+                [(1, m - d, 0), (-1, 0, m - d)]
+        moved = (*loses, *gains)
+        for sign, sp, se in trials:   # sign −1: the losers (j among them) lose; +1: gain
+            if sp < 0 or se < 0:
+                continue
+            new = {}
+            for f, step in (("persons", sp), ("events", se)):
+                if f in t:
+                    new[f] = {x: t[f][x] + (sign if x in loses else -sign) * step
+                              for x in moved}
+            if any(v < 0 for vals in new.values() for v in vals.values()):
+                continue
+            if both and any(new["events"][x] > new["persons"][x] for x in moved):
+                continue
+            v = {f: new[f][j] for f in new}
+            got = v["persons"] - v["events"] if field == COMPLEMENT else v[field]
+            if (got == 0 if goal == "zero" else got >= m) and self._table_ok(new):
+                return True
+        return False
+
+    def _table_ok(self, moved: dict) -> bool:
+        """The true table with the ``moved`` cells' new counts keeps every total, and every
+        count is ≥ 0 with events ≤ persons (the check of a table found)."""
+        new = {}
+        for f, vals in moved.items():
+            v = np.array(self.true[f], dtype=np.int64)
+            for x, val in vals.items():
+                v[x] = val
+            if v.min() < 0 or not np.array_equal(self.member @ v, self.member @ np.array(
+                    self.true[f], dtype=np.int64)):
+                return False
+            new[f] = v
+        return not ("persons" in new and "events" in new and
+                    (new["events"] > new["persons"]).any())
 
     def interval(self, cell: int, field: str) -> tuple[float, float]:
         from scipy.optimize import linprog  # here: most tables withhold nothing
@@ -183,6 +307,8 @@ def _shortfall(prob: _Problem, rows, i: int, fields, min_cell: int, det: set[int
     for f in fields:
         if sensitive(rows[i], f, min_cell):
             primary = True
+            if prob.covered(i, f, min_cell):   # shown without a linear program
+                continue
             lo, hi = prob.interval(i, f)
             short += max(0.0, lo) + max(0.0, min_cell - hi)
     if not primary and i in det:
@@ -201,7 +327,7 @@ def exposed(rows: Sequence[dict], hidden: Sequence[bool], keys: Sequence[str],
     out = []
     for i in prob.h:
         for f in fields:
-            if sensitive(rows[i], f, min_cell):
+            if sensitive(rows[i], f, min_cell) and not prob.covered(i, f, min_cell):
                 lo, hi = prob.interval(i, f)
                 if lo > 1e-9 or hi < min_cell - 1e-9:
                     out.append((i, f"{f} lies in [{lo:g}, {hi:g}] given the totals, "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..registers import codes as C
 from ..registers.schema import day
-from ..registers.sources import SOURCES
+from ..registers.sources import DIAGNOSIS_TYPES, SOURCES
 from ..registers.store import Dataset
 from ..study import charlson
 from ..study.language import PATIENT_TYPES, Codelist, Events, IndexRule, Problem, Study, Window
@@ -73,7 +73,8 @@ class _Compiler:
 
     def stream(self, ev: Events, where: str) -> EventStream:
         source = SOURCES[ev.register]
-        for reg, cols in source.reads().items():
+        by_type = tuple(ev.diagnosis_types) != DIAGNOSIS_TYPES
+        for reg, cols in source.reads(by_type, bool(ev.patient_types)).items():
             self.reads.setdefault(reg, set()).update(cols)
         for col, _ in ev.filters:
             self.reads.setdefault(source.table, set()).add(col)
@@ -146,6 +147,9 @@ def compile_study(study: Study, data: Dataset | dict) -> tuple[Plan, list[Proble
                      for i, cr in enumerate(study.criteria))
     cols = []
     for cov in study.covariates:
+        if cov.kind == "index_contact":   # measures/contact.py matches the diagnosis types
+            src = SOURCES["lpr"]
+            c.reads.setdefault(src.code_table, set()).add(src.diagnosis_type)
         if cov.kind == "charlson":
             lpr = Events(None, "lpr")
             c.stream(lpr, "covariates")

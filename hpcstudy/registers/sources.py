@@ -52,14 +52,19 @@ class EventSource:
     def linked(self) -> bool:
         return self.code_table != self.table
 
-    def reads(self) -> dict[str, set[str]]:
-        """Columns read whenever the source is used (filters add theirs)."""
+    def reads(self, diagnosis_types: bool = False, patient_types: bool = False
+              ) -> dict[str, set[str]]:
+        """Columns read whenever the source is used (filters add theirs), with the diagnosis
+        or patient type column where a stream selects on it (``diagnosis_types``,
+        ``patient_types``): a stream of every type needs neither."""
         out = {self.table: {self.pnr, self.date}}
         out.setdefault(self.code_table, set()).add(self.code)
-        for col, where in ((self.link, self.table), (self.link, self.code_table),
-                           (self.tie, self.table), (self.diagnosis_type, self.code_table),
-                           (self.patient_type, self.table)):
-            if col is not None:
+        for col, where, needed in ((self.link, self.table, True),
+                                   (self.link, self.code_table, True),
+                                   (self.tie, self.table, True),
+                                   (self.diagnosis_type, self.code_table, diagnosis_types),
+                                   (self.patient_type, self.table, patient_types)):
+            if col is not None and needed:
                 out[where].add(col)
         return out
 
