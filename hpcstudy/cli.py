@@ -980,11 +980,27 @@ def _main(argv: list[str] | None) -> int:
         click.echo("hpcstudy: interrupted; nothing half-written was left in place", err=True)
         return 130
     except Exception as e:  # noqa: BLE001 - the last resort: a bug, said in one line
+        if _interrupted(e):
+            click.echo("hpcstudy: interrupted; nothing half-written was left in place", err=True)
+            return 130
         line = _bug(e)
         if _speaks():
             click.echo(line, err=True)
         return BUG_EXIT
     return 0
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether an error arose while an interrupt unwound the run: a SIGTERM raised inside a
+    lock's acquire or a condition's wait can leave ``release unlocked lock`` in the
+    KeyboardInterrupt's place. The run was interrupted, not broken (clean-up has run)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 BUG_EXIT = 70   # EX_SOFTWARE (sysexits.h): an internal error, not the user's input

@@ -69,3 +69,32 @@ def test_checkpoints_of_another_study_are_not_used(many_parts, tmp_path):
     r = run_cli("run", EXAMPLES / "diabetes_incidence.yaml", "--data", many_parts, "--out", out,
                 "--resume")
     assert r.returncode == 0 and "resumed 0 of 16 partitions" in r.stdout, r.stderr
+
+
+def test_an_interrupt_that_surfaces_as_a_lock_error_is_still_an_interrupt(tmp_path):
+    """SIGTERM raised inside a lock's acquire/release (a thread pool's wait) can leave
+    ``release unlocked lock`` in the KeyboardInterrupt's place: exit 130 and the interrupt's
+    line, not the internal-error exit 70."""
+    script = tmp_path / "lock_race.py"
+    script.write_text(
+        "import sys, threading, click\n"
+        "from hpcstudy import cli\n"
+        "@cli.cli.command('lock-race')\n"
+        "def lock_race():\n"
+        "    lock = threading.Lock()\n"
+        "    try:\n"
+        "        raise KeyboardInterrupt\n"
+        "    finally:\n"
+        "        lock.release()   # never acquired: RuntimeError, the interrupt its context\n"
+        "@cli.cli.command('plain-bug')\n"
+        "def plain_bug():\n"
+        "    threading.Lock().release()\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n")
+    race = subprocess.run([sys.executable, str(script), "lock-race"], capture_output=True,
+                          text=True, timeout=60)
+    assert race.returncode == 130, race.stderr
+    assert race.stderr.strip() == "hpcstudy: interrupted; nothing half-written was left in place"
+    bug = subprocess.run([sys.executable, str(script), "plain-bug"], capture_output=True,
+                         text=True, timeout=60)
+    assert bug.returncode == 70 and "Traceback" not in bug.stderr, bug.stderr
+    assert len(bug.stderr.strip().splitlines()) == 1
