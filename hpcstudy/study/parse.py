@@ -316,18 +316,47 @@ def _codelists(cx: _Ctx, doc) -> list[Codelist]:
         bad = False
         for c in codes:
             norm = c.replace(".", "").upper()
-            if not pattern.match(norm):
+            other = _other_system(system, norm)
+            if not pattern.match(norm) and other is None:
                 lines = spec["codes"] if isinstance(spec.get("codes"), Seq) else None
                 at = inline.index(c) if c in inline and lines is not None else None
                 cx.err(lines if at is not None else spec, at if at is not None else "codes",
                        f"{path}.codes", f"malformed {system} code {c!r}",
                        "ICD-10 like I21, I21.9, DI219 or I21*; ATC like C10AA or C10AA01")
                 bad = True
+            elif other is not None:
+                lines = spec["codes"] if isinstance(spec.get("codes"), Seq) else None
+                at = inline.index(c) if c in inline and lines is not None else None
+                cx.err(lines if at is not None else spec, at if at is not None else "codes",
+                       f"{path}.codes", f"{c!r} is an {OTHER_SYSTEM_NAME[other]} code, not "
+                       f"{OTHER_SYSTEM_NAME[system]}",
+                       f"write system: {other}, or give {OTHER_SYSTEM_NAME[system]} codes")
+                bad = True
         if bad:
             cx.broken.add(name)
         else:
             out.append(Codelist(name, system, tuple(codes), file))
     return out
+
+
+# ATC's anatomical main groups: a code under system: atc starting otherwise is no ATC code
+ATC_MAIN_GROUPS = frozenset("ABCDGHJLMNPRSV")
+# letter, two digits, two letters (C10AA, A10BK01): an ATC code; no ICD-10 code has that form
+ATC_LEVEL4 = re.compile(r"^[A-Z][0-9]{2}[A-Z]{2}([0-9]{2})?\*?$")
+# an ICD-10 category or subcode in digits (I21, I219, DI219): what an ATC slot never holds
+ICD10_PLAIN = re.compile(r"^D?[A-Z][0-9]{2}[0-9]*\*?$")
+OTHER_SYSTEM_NAME = {"icd10": "ICD-10", "atc": "ATC"}
+
+
+def _other_system(system: str, norm: str) -> str | None:
+    """The system a well-formed code evidently belongs to instead of ``system`` (an ATC code
+    written under icd10 matches no diagnosis, silently), or None."""
+    if system == "icd10" and ATC_LEVEL4.match(norm):
+        return "atc"
+    if system == "atc" and ICD10_PLAIN.match(norm) and (
+            norm[:1] not in ATC_MAIN_GROUPS or not ATC.match(norm)):
+        return "icd10"
+    return None
 
 
 def _codes_from_csv(cx: _Ctx, spec: Node, path: str, file: str) -> list[str]:

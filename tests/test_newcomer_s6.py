@@ -1,0 +1,80 @@
+"""What a newcomer working only from the docs tripped over (session 6), held in place.
+
+Each test names the mistake a user makes and the one line that must tell them how to fix it;
+real CLI runs through ``run_cli``.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import run_cli
+
+STUDY = """\
+name: sglt2_su
+codelists:
+  sglt2: {{system: {sglt2_system}, codes: [{sglt2_codes}]}}
+  su: {{system: atc, codes: [A10BB*]}}
+  hf: {{system: {hf_system}, codes: [{hf_codes}]}}
+exposure:
+  name: sglt2
+  first_event: {{codelist: sglt2}}
+  between: [2013-01-01, 2022-12-31]
+  washout_days: 365
+comparator: {{active: {{first_event: {{codelist: su}}, between: [2013-01-01, 2022-12-31]}}}}
+covariates: [age, sex]
+outcome: {{name: hf, codelist: hf}}
+analyses: {{cox: true}}
+"""
+
+
+def _study(tmp_path, sglt2_system="atc", sglt2_codes="A10BK*", hf_system="icd10",
+           hf_codes="I11.0"):
+    f = tmp_path / "s.yaml"
+    f.write_text(STUDY.format(sglt2_system=sglt2_system, sglt2_codes=sglt2_codes,
+                              hf_system=hf_system, hf_codes=hf_codes))
+    return f
+
+
+def test_the_study_as_written_is_valid(tmp_path):
+    r = run_cli("check", _study(tmp_path))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("kw, line, code, other", [
+    # ATC codes under icd10 matched no diagnosis: the index rule silently matched nobody
+    ({"sglt2_system": "icd10"}, 3, "A10BK*", "atc"),
+    ({"sglt2_system": "icd10", "sglt2_codes": "A10BK01"}, 3, "A10BK01", "atc"),
+    # ICD-10 codes under atc: WHO and Danish forms, with and without the dot
+    ({"hf_system": "atc"}, 5, "I11.0", "icd10"),
+    ({"hf_system": "atc", "hf_codes": "I21"}, 5, "I21", "icd10"),
+    ({"hf_system": "atc", "hf_codes": "DI110"}, 5, "DI110", "icd10"),
+])
+def test_a_code_under_the_wrong_system_is_named_with_the_fix(tmp_path, kw, line, code, other):
+    f = _study(tmp_path, **kw)
+    r = run_cli("check", f)
+    assert r.returncode == 2
+    errors = [x for x in r.stderr.splitlines() if x.startswith("hpcstudy: error:")]
+    assert len(errors) == 1, r.stderr
+    assert f"s.yaml:{line}:" in errors[0]
+    assert f"'{code}' is an" in errors[0]
+    assert f"write system: {other}" in errors[0]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("kw", [
+    {"sglt2_codes": "C10"},        # an ATC group that is also an ICD-10 category: ATC's reading
+    {"sglt2_codes": "N02BE01"},
+    {"hf_codes": "DI219"},
+    {"hf_codes": "C50"},
+])
+def test_codes_of_their_own_system_pass(tmp_path, kw):
+    r = run_cli("check", _study(tmp_path, **kw))
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_typo_in_an_atc_code_stays_malformed_not_icd10(tmp_path):
+    # C1O (letter O) reads as an ICD-10 subcode under the loose pattern: not a system mix-up
+    r = run_cli("check", _study(tmp_path, sglt2_codes="C1O"))
+    assert r.returncode == 2
+    assert "malformed atc code 'C1O'" in r.stderr
+    assert "is an ICD-10 code" not in r.stderr
