@@ -469,7 +469,13 @@ def run_summary(res: dict, out: Path) -> str:
 
     lines = [f"study {res['study']!r} ({res['run']['engine']} engine) -> {out}"]
     for c in res["cohort"]:
-        n = c["persons"] if c["persons"] is not None else f"<{res['run']['min_cell']}"
+        if c["persons"] is None:
+            # a withheld row is not "<5 persons": it may hold many, withheld for its events
+            # or so that another withheld cell cannot be worked out
+            lines.append(f"  {c['label']}: withheld (a count below {res['run']['min_cell']} "
+                         "here or in a row it would reveal)")
+            continue
+        n = c["persons"]
         ev = c["events"] if c["events"] is not None else f"<{res['run']['min_cell']}"
         rate = "" if c.get("rate_per_1000py") is None else (
             f", {c['rate_per_1000py']:.2f} per 1000 person-years "

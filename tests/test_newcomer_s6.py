@@ -78,3 +78,16 @@ def test_a_typo_in_an_atc_code_stays_malformed_not_icd10(tmp_path):
     assert r.returncode == 2
     assert "malformed atc code 'C1O'" in r.stderr
     assert "is an ICD-10 code" not in r.stderr
+
+
+def test_a_withheld_cohort_row_is_not_called_fewer_than_five_persons():
+    # a matched arm of 77 persons with 4 events is withheld whole: "<5 persons" was false
+    from hpcstudy.cli import run_summary
+
+    res = {"study": "s", "run": {"engine": "dask", "min_cell": 5},
+           "cohort": [{"label": "sglt2", "persons": None, "events": None},
+                      {"label": "comparator", "persons": 77, "events": None}]}
+    lines = run_summary(res, "out").splitlines()
+    assert lines[1] == "  sglt2: withheld (a count below 5 here or in a row it would reveal)"
+    assert "<5 persons" not in lines[1]
+    assert lines[2].startswith("  comparator: 77 persons, <5 events")
