@@ -91,3 +91,54 @@ def test_a_withheld_cohort_row_is_not_called_fewer_than_five_persons():
     assert lines[1] == "  sglt2: withheld (a count below 5 here or in a row it would reveal)"
     assert "<5 persons" not in lines[1]
     assert lines[2].startswith("  comparator: 77 persons, <5 events")
+
+
+def test_plan_states_the_comparative_design(tmp_path, small_data):
+    # `plan` is "what will run": it said nothing of the propensity score or of persons in
+    # both arms, so a weighted and an unweighted study printed the same plan
+    f = tmp_path / "s.yaml"
+    f.write_text(STUDY.format(sglt2_system="atc", sglt2_codes="A10BK*", hf_system="icd10",
+                              hf_codes="I11.0")
+                 + "propensity: {covariates: [age, sex], method: weighting,"
+                   " weighting: {estimand: overlap}}\n")
+    r = run_cli("plan", f, "--data", small_data)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    at = lines.index("comparative design (dimension: person, both arms):")
+    assert lines[at + 1:at + 4] == [
+        "  persons in both arms: removed from both",
+        "  propensity score (logistic) of age, sex",
+        "      weighting, estimand overlap"]
+    # the section sits after the covariates it is fitted on, before the outcome
+    assert lines.index("covariates at index (dimension: person):") < at
+    assert at < next(i for i, x in enumerate(lines) if x.startswith("outcome 'hf'"))
+    f.write_text(f.read_text().replace(
+        "method: weighting, weighting: {estimand: overlap}",
+        "method: matching, matching: {replace: true}, trim: true"))
+    r = run_cli("plan", f, "--data", small_data)
+    assert "      trimmed to the common support, then nearest-neighbour matching on its " \
+           "logit, with replacement" in r.stdout.splitlines()
+    # a study without a design prints no such section
+    f.write_text(STUDY.format(sglt2_system="atc", sglt2_codes="A10BK*", hf_system="icd10",
+                              hf_codes="I11.0").replace("{active: {first_event: {codelist: su},"
+                                                        " between: [2013-01-01, 2022-12-31]}}",
+                                                        "non_users"))
+    r = run_cli("plan", f, "--data", small_data)
+    assert r.returncode == 0, r.stderr
+    assert "comparative design" not in r.stdout
+
+
+def test_a_who_code_with_a_dot_does_not_withhold_the_plan(tmp_path, small_data):
+    # the study says I11.0, plan.txt says lpr[DI110*]: the export gate took 110 for a number
+    # the study never declared and withheld plan.txt from every such run
+    f = tmp_path / "s.yaml"
+    f.write_text("name: hf_dot\ncodelists:\n  hf: {system: icd10, codes: [I11.0, I50]}\n"
+                 "index: {date: 2015-01-01}\ncovariates: [age, sex]\n"
+                 "outcome: {name: hf, codelist: hf}\n")
+    out = tmp_path / "out"
+    r = run_cli("run", f, "--data", small_data, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "lpr[DI110, DI50*]" in (out / "plan.txt").read_text()
+    r = run_cli("check-outputs", out)
+    assert "plan.txt" not in r.stdout + r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
