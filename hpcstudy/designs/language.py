@@ -246,7 +246,7 @@ KEYS = {
         "covariates": ("list of covariate names, or all", "what the score is fitted on"),
         "method": (" | ".join(METHODS), "how the score is used (default matching; none: "
                    "diagnostics only)"),
-        "matching": ("{ratio, caliper, replace}", "1:k nearest-neighbour matching on the "
+        "matching": ("{ratio, caliper, replace, bootstrap}", "1:k nearest-neighbour matching on the "
                      "logit of the score"),
         "weighting": ("{estimand, stabilised, truncate}", "inverse probability weights"),
         "stratification": ("{strata}", "quantile strata of the score, as weights"),
