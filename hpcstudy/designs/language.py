@@ -246,8 +246,8 @@ KEYS = {
         "covariates": ("list of covariate names, or all", "what the score is fitted on"),
         "method": (" | ".join(METHODS), "how the score is used (default matching; none: "
                    "diagnostics only)"),
-        "matching": ("{ratio, caliper, replace, bootstrap}", "1:k nearest-neighbour matching on the "
-                     "logit of the score"),
+        "matching": ("{ratio, caliper, replace, bootstrap}",
+                     "1:k nearest-neighbour matching on the logit of the score"),
         "weighting": ("{estimand, stabilised, truncate}", "inverse probability weights"),
         "stratification": ("{strata}", "quantile strata of the score, as weights"),
         "trim": ("true | false", "keep only the common support of the arms' scores first"),
