@@ -142,3 +142,77 @@ def test_a_who_code_with_a_dot_does_not_withhold_the_plan(tmp_path, small_data):
     r = run_cli("check-outputs", out)
     assert "plan.txt" not in r.stdout + r.stderr
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- an operator's first profile, from docs/operators.md alone ----------------------------------
+NORDLYS = """\
+name: nordlys
+description: Nordlys A100 nodes (4 GPUs, 64 cores, 512 GB per node)
+partition: a100
+account: dst-epi
+nodes: 2
+gpus_per_node: 4
+cpus_per_gpu: 16
+mem_per_gpu: 120G
+walltime: "1-00:00:00"
+launcher: mpi
+workers_per_node: 4
+interface: ib0
+mpi_start: srun --mpi=pmix
+signal_before_end: 600
+max_requeues: 2
+device: gpu
+setup:
+  - module load GCC/12.3.0 OpenMPI/4.1.5 CUDA/12.1.1 Python/3.11.3
+"""
+
+
+def _profiles(tmp_path, text, file="nordlys.yaml"):
+    d = tmp_path / "profiles"
+    d.mkdir(exist_ok=True)
+    (d / file).write_text(text)
+    return {"HPCSTUDY_PROFILE_PATH": str(d)}
+
+
+def test_an_operators_profile_validates_and_renders(tmp_path, small_data):
+    env = _profiles(tmp_path, NORDLYS)
+    r = run_cli("profiles", env=env)
+    assert r.returncode == 0, r.stderr
+    assert any(x.startswith("nordlys ") and "2 node(s) x 4 GPU" in x and "8 worker(s)" in x
+               for x in r.stdout.splitlines()), r.stdout
+    r = run_cli("submit", _study(tmp_path), "--profile", "nordlys", "--data", small_data,
+                "--out", tmp_path / "o", "--dry-run", env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for want in ("#SBATCH --partition=a100", "#SBATCH --account=dst-epi", "#SBATCH --nodes=2",
+                 "#SBATCH --ntasks=10", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --mem-per-gpu=120G", "#SBATCH --signal=B:USR1@600",
+                 "module load GCC/12.3.0 OpenMPI/4.1.5 CUDA/12.1.1 Python/3.11.3"):
+        assert want in lines, want
+    assert any(x.startswith("srun --mpi=pmix ") and x.endswith("--device gpu &")
+               for x in lines), r.stdout
+
+
+def test_a_profile_named_unlike_its_file_is_refused_with_the_fix(tmp_path, small_data):
+    # name: nordlys2 in nordlys.yaml was listed as nordlys2, which --profile then refused
+    # ("no profile named 'nordlys2' — known profiles: …, nordlys2"), while --profile nordlys ran
+    env = _profiles(tmp_path, NORDLYS.replace("name: nordlys", "name: nordlys2"))
+    for args in (("profiles",), ("submit", _study(tmp_path), "--profile", "nordlys", "--data",
+                                 small_data, "--out", tmp_path / "o", "--dry-run")):
+        r = run_cli(*args, env=env)
+        assert r.returncode == 2
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        f = tmp_path / "profiles" / "nordlys.yaml"
+        assert r.stderr.startswith(f"hpcstudy: error: {f}:1: name: 'nordlys2' is not the "
+                                   "file's name 'nordlys'"), r.stderr
+        assert "write name: nordlys, or name the file nordlys2.yaml" in r.stderr
+
+
+def test_a_misspelt_profile_field_suggests_the_right_one(tmp_path):
+    env = _profiles(tmp_path, NORDLYS.replace("partition: a100", "partiton: a100"))
+    r = run_cli("profiles", env=env)
+    assert r.returncode == 2
+    f = tmp_path / "profiles" / "nordlys.yaml"
+    assert r.stderr.startswith(f"hpcstudy: error: {f}:3: partiton: unknown field — did you "
+                               "mean 'partition'?"), r.stderr
+    assert r.stderr.count("\n") == 1
