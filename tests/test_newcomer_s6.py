@@ -5,9 +5,14 @@ real CLI runs through ``run_cli``.
 """
 from __future__ import annotations
 
-import pytest
+import re
+import subprocess
+import sys
+from pathlib import Path
 
-from tests.conftest import run_cli
+import pytest
+import yaml
+from conftest import EXAMPLES, as_compared, run_cli
 
 STUDY = """\
 name: sglt2_su
@@ -216,3 +221,62 @@ def test_a_misspelt_profile_field_suggests_the_right_one(tmp_path):
     assert r.stderr.startswith(f"hpcstudy: error: {f}:3: partiton: unknown field — did you "
                                "mean 'partition'?"), r.stderr
     assert r.stderr.count("\n") == 1
+
+
+# -- the docs' examples run as written ---------------------------------------------------------
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _blocks(page: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", (DOCS / page).read_text(), re.DOTALL)
+
+
+def test_the_operators_page_profile_is_a_valid_profile(tmp_path):
+    # the field-by-field gefion profile of docs/operators.md, as an operator would copy it
+    doc = next(b for b in _blocks("operators.md", "yaml") if b.startswith("name: gefion"))
+    env = _profiles(tmp_path, doc, "gefion.yaml")
+    r = run_cli("profiles", env=env)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("gefion "))
+    assert str(tmp_path / "profiles" / "gefion.yaml") in line   # the copy, not the shipped one
+    shipped = yaml.safe_load((EXAMPLES.parent / "jobs/slurm/profiles/gefion.yaml").read_text())
+    assert yaml.safe_load(doc) == shipped     # the page shows the shipped profile, every field
+
+
+def test_the_python_api_page_example_runs(tmp_path, small_data):
+    code = _blocks("python-api.md", "python")[0]
+    code = code.replace('"examples/statins_mi.yaml"', repr(str(EXAMPLES / "statins_mi.yaml")))
+    code = code.replace('"data"', repr(str(small_data))).replace('"results"',
+                                                                  repr(str(tmp_path / "r")))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "r" / "results.json").is_file()
+
+
+def test_a_weighted_study_from_python_writes_the_clis_bytes(tmp_path, small_data):
+    # docs/python-api.md: with out=, the same outputs folder as `hpcstudy run --out`; what
+    # differs is only what each run records of itself (as_compared takes that out)
+    import hpcstudy
+
+    f = tmp_path / "weighted.yaml"
+    f.write_text((EXAMPLES / "statins_mi.yaml").read_text().split("\nvariants:")[0]
+                 + "\npropensity: {covariates: [age, sex, diabetes, charlson],"
+                   " method: weighting, weighting: {estimand: overlap}}\n")
+    cli, api = tmp_path / "cli", tmp_path / "api"
+    r = run_cli("run", f, "--data", small_data, "--out", cli, "--quiet")
+    assert r.returncode == 0, r.stderr
+    result = hpcstudy.run(f, small_data, out=api)
+    names = sorted(p.relative_to(cli).as_posix() for p in cli.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(api).as_posix() for p in api.rglob("*")
+                           if p.is_file())
+    assert "tables/balance.csv" in names and "tables/table1_adjusted.csv" in names
+    differ = [n for n in names if (cli / n).read_bytes() != (api / n).read_bytes()]
+    assert set(differ) <= {"audit.json", "run.json", "report.html", "outputs.json"}, differ
+    for n in differ:
+        if n != "audit.json":
+            assert as_compared(n, (cli / n).read_bytes()) == as_compared(n, (api / n)
+                                                                         .read_bytes()), n
+    # the design's sections, as the page says; weights other than 1: robust errors
+    assert result.exported["balance"] and result.exported["design"]["method"] == "weighting"
+    assert result.models["cox"].model.robust_ is True
