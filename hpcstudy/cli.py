@@ -343,7 +343,12 @@ def check(study: Path, data: Path | None, project: Path | None, variant: str | N
         try:
             _load_checked(study, data, project, v)
         except StudyErrors as e:
-            problems += [replace(p, field=f"variant {v}: {p.field}") for p in e.problems]
+            from .plan.compile import variant_line
+
+            # a variant's problem comes from its set: (the base study passed this check)
+            at = variant_line(str(study), v)
+            problems += [replace(p, where=at, field=f"variant {v}: {p.field}")
+                         for p in e.problems]
     if problems:
         raise StudyErrors(problems)
     _warn(s)

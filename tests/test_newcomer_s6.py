@@ -280,3 +280,19 @@ def test_a_weighted_study_from_python_writes_the_clis_bytes(tmp_path, small_data
     # the design's sections, as the page says; weights other than 1: robust errors
     assert result.exported["balance"] and result.exported["design"]["method"] == "weighting"
     assert result.models["cox"].model.robust_ is True
+
+
+def test_a_codelist_matching_nothing_in_the_data_names_its_line(tmp_path, small_data):
+    # check --data named the file alone ("s.yaml: outcome.codelist: …"): which of 50 lines?
+    r = run_cli("check", _study(tmp_path, hf_codes="Q99"), "--data", small_data)
+    assert r.returncode == 2
+    f = tmp_path / "s.yaml"
+    line = f.read_text().splitlines().index("outcome: {name: hf, codelist: hf}") + 1
+    assert r.stderr.splitlines() == [
+        f"hpcstudy: error: {f}:{line}: outcome.codelist: codelist 'hf' matches no code in the "
+        "data: no outcome can ever occur — check the codes"]
+    # a study built in Python has no lines to give: the problem still names its field
+    from hpcstudy.plan.compile import source_line
+
+    assert source_line("<python>", "outcome.codelist") == "<python>"
+    assert source_line(str(f), "outcome.nothing_here") == f"{f}:{line}"
