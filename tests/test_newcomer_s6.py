@@ -296,3 +296,21 @@ def test_a_codelist_matching_nothing_in_the_data_names_its_line(tmp_path, small_
 
     assert source_line("<python>", "outcome.codelist") == "<python>"
     assert source_line(str(f), "outcome.nothing_here") == f"{f}:{line}"
+
+
+def test_a_misspelt_design_method_is_one_error_not_two(tmp_path):
+    # method: weighted also said "weighting: is set but method is matching": the default a
+    # misspelling fell back to, which the user never wrote
+    f = _study(tmp_path)
+    f.write_text(f.read_text() + "propensity: {covariates: [age, sex], method: weighted,\n"
+                 "             weighting: {estimand: overlap}}\n")
+    r = run_cli("check", f)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        f"hpcstudy: error: {f}:15: propensity.method: must be one of matching | weighting | "
+        "stratification | none, not 'weighted' — did you mean 'weighting'?"]
+    # a method written right still refuses another method's settings
+    f.write_text(f.read_text().replace("method: weighted", "method: matching"))
+    r = run_cli("check", f)
+    assert r.returncode == 2 and "propensity.weighting: is set but method is matching" in \
+        r.stderr

@@ -85,7 +85,8 @@ def propensity(cx, doc, covariates: dict, has_comparator: bool,
             return None
     method = _choice(cx, node, "method", "propensity.method", METHODS, "matching")
     for other in ("matching", "weighting", "stratification"):
-        if other in node and other != method:
+        # a misspelt method is its own error: no second one about what it would have chosen
+        if other in node and other != method and node.get("method", method) in METHODS:
             cx.err(node, other, f"propensity.{other}", f"is set but method is {method}",
                    f"write method: {other}, or drop {other}:")
     matching, weighting, strata = Matching(), Weighting(), 5
