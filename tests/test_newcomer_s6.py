@@ -314,3 +314,36 @@ def test_a_misspelt_design_method_is_one_error_not_two(tmp_path):
     r = run_cli("check", f)
     assert r.returncode == 2 and "propensity.weighting: is set but method is matching" in \
         r.stderr
+
+
+def test_one_to_one_matching_has_the_models_own_errors(tmp_path, small_data):
+    # docs/comparative.md: 1:1 matching without replacement of an active comparison leaves
+    # every person one row of weight 1, so the Cox errors are model-based (the example once
+    # said "robust errors"); against non-users a person can be in both arms: robust
+    import hpcstudy
+
+    f = tmp_path / "matched.yaml"
+    f.write_text("""\
+name: simva_atorva
+codelists:
+  simva: {system: atc, codes: [C10AA01]}
+  atorva: {system: atc, codes: [C10AA05]}
+  mi: {system: icd10, codes: [I21]}
+exposure: {name: simva, first_event: {codelist: simva}, between: [2000-01-01, 2020-12-31]}
+comparator: {active: {first_event: {codelist: atorva}, between: [2000-01-01, 2020-12-31]}}
+covariates: [age, sex]
+outcome: {name: mi, codelist: mi}
+propensity: {covariates: [age, sex]}
+analyses: {cox: true}
+""")
+    result = hpcstudy.run(f, small_data)
+    assert result.exported["design"]["method"] == "matching"
+    table = result.person_table
+    assert set(table["weight"]) == {1.0} and not table["pnr"].duplicated().any()
+    cox = result.models["cox"].model
+    assert cox.robust_ is False
+    f.write_text((EXAMPLES / "statins_mi.yaml").read_text().split("\nvariants:")[0]
+                 + "\npropensity: {covariates: [age, sex, diabetes, charlson]}\n")
+    result = hpcstudy.run(f, small_data)
+    assert result.person_table["pnr"].duplicated().any()
+    assert result.models["cox"].model.robust_ is True
