@@ -721,10 +721,13 @@ def profiles() -> None:
     """List the site profiles (from $HPCSTUDY_PROFILE_PATH and jobs/slurm/profiles)."""
     from .cluster.slurm import list_profiles
 
-    for p in list_profiles():
+    found = list_profiles()
+    width = max([10, *(len(p.name) for p in found)])
+    for p in found:
         mem = f"{p.mem_per_gpu}/GPU" if p.mem_per_gpu else (p.mem or "-")
         net = f", interface {p.interface}" if p.interface else ""
-        click.echo(f"{p.name:<10} partition {p.partition:<8} {p.nodes} node(s) x "
+        net += f", account {p.account}" if p.account else ""
+        click.echo(f"{p.name:<{width}} partition {p.partition:<8} {p.nodes} node(s) x "
                    f"{p.gpus_per_node} GPU, mem {mem}, walltime {p.walltime}, {p.launcher} "
                    f"launcher, {p.workers} worker(s){net}, device {p.device}  {p.description}"
                    f"  ({p.source})")

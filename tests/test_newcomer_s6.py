@@ -184,7 +184,7 @@ def test_an_operators_profile_validates_and_renders(tmp_path, small_data):
     r = run_cli("profiles", env=env)
     assert r.returncode == 0, r.stderr
     assert any(x.startswith("nordlys ") and "2 node(s) x 4 GPU" in x and "8 worker(s)" in x
-               for x in r.stdout.splitlines()), r.stdout
+               and ", account dst-epi," in x for x in r.stdout.splitlines()), r.stdout
     r = run_cli("submit", _study(tmp_path), "--profile", "nordlys", "--data", small_data,
                 "--out", tmp_path / "o", "--dry-run", env=env)
     assert r.returncode == 0, r.stderr
