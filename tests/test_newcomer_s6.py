@@ -347,3 +347,16 @@ analyses: {cox: true}
     result = hpcstudy.run(f, small_data)
     assert result.person_table["pnr"].duplicated().any()
     assert result.models["cox"].model.robust_ is True
+
+
+def test_a_window_in_part_days_is_shown_as_written(tmp_path):
+    # "[null, -0.5]" was reported as "not a list", which it is
+    f = _study(tmp_path)
+    f.write_text(f.read_text().replace("covariates: [age, sex]", "covariates: [age, sex, "
+                                       "{name: prior_hf, codelist: hf, window: [null, -0.5]}]"))
+    r = run_cli("check", f)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        f"hpcstudy: error: {f}:12: covariates[2].window: must be [from, to] in whole days "
+        "relative to index, not [null, -0.5] — e.g. [-365, -1] for the year before; null "
+        "leaves an end open"]

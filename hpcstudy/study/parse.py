@@ -222,8 +222,12 @@ def _window(cx: _Ctx, node, key, path, default: Window | None = None) -> Window 
     value = node[key]
     if not (isinstance(value, list) and len(value) == 2 and
             all(v is None or is_int(v) for v in value)):
+        # a short list is shown as written: "[null, -0.5]", not "a list", which it is
+        shown = ("[" + ", ".join(show(v) for v in value) + "]" if isinstance(value, list)
+                 and len(value) <= 4 and not any(isinstance(v, list | dict) for v in value)
+                 else show(value))
         cx.err(node, key, path, f"must be [from, to] in whole days relative to index, not "
-               f"{show(value)}", "e.g. [-365, -1] for the year before; null leaves an end open")
+               f"{shown}", "e.g. [-365, -1] for the year before; null leaves an end open")
         return default
     lo, hi = value
     if any(v is not None and abs(v) > DAYS for v in value):
