@@ -360,3 +360,13 @@ def test_a_window_in_part_days_is_shown_as_written(tmp_path):
         f"hpcstudy: error: {f}:12: covariates[2].window: must be [from, to] in whole days "
         "relative to index, not [null, -0.5] — e.g. [-365, -1] for the year before; null "
         "leaves an end open"]
+
+
+@pytest.mark.parametrize("value, shown", [
+    (2018.63, "2018.6"), (2019.0, "2019.0"), (999.4, "999"), (61.449, "61.4"),
+    (12345.6, "12,346"), (-1500.04, "-1500.0"), (float("nan"), "–")])
+def test_a_mean_calendar_year_is_not_printed_as_a_count(value, shown):
+    # Table 1 of a comparative study showed the mean index year as "2,019"
+    from hpcstudy.report import formatting as fmt
+
+    assert fmt.measure(value) == shown

@@ -134,6 +134,8 @@ def _derived(name: str):
         return fmt.whole
     if name == "p":
         return fmt.p_value
+    if name in ("mean", "median", "q1", "q3"):
+        return fmt.measure
     return fmt.sig3
 
 
@@ -300,10 +302,11 @@ def table1_table(e: dict, rows: list[dict], m: int) -> Table:
             i, r = by_arm[a]
             if r.get("mean") is not None or (r.get("sd") is not None):
                 cells.append(value_cell(r, i, ("mean", "sd"),
-                                        lambda x, s: f"{fmt.sig3(x)} ({fmt.sig3(s)})", m))
+                                        lambda x, s: f"{fmt.measure(x)} ({fmt.sig3(s)})", m))
             elif r.get("median") is not None:
                 cells.append(value_cell(r, i, ("median", "q1", "q3"), lambda x, a, b:
-                                        f"{fmt.sig3(x)} ({fmt.sig3(a)}–{fmt.sig3(b)})", m))
+                                        f"{fmt.measure(x)} ({fmt.measure(a)}–{fmt.measure(b)})",
+                                        m))
             elif r.get("percent") is not None:
                 cells.append(value_cell(r, i, ("persons", "percent"),
                                         lambda n, p: f"{fmt.count(n)} ({fmt.one_decimal(p)})",
