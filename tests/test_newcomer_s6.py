@@ -5,6 +5,7 @@ real CLI runs through ``run_cli``.
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -370,3 +371,39 @@ def test_a_mean_calendar_year_is_not_printed_as_a_count(value, shown):
     from hpcstudy.report import formatting as fmt
 
     assert fmt.measure(value) == shown
+
+
+def test_a_curve_with_no_point_to_show_says_why(tmp_path, small_data):
+    # a small comparative study's report showed "Curve points" over an empty table, no word
+    f = tmp_path / "s.yaml"
+    f.write_text("name: short_mi\ncodelists:\n  mi: {system: icd10, codes: [I21]}\n"
+                 "index: {date: 2015-01-01}\npopulation: {age: [80, 90]}\n"
+                 "covariates: [age, sex]\noutcome: {name: mi, codelist: mi}\n"
+                 "follow_up: {max_days: 30}\nanalyses: {curves: true}\n")
+    out = tmp_path / "out"
+    r = run_cli("run", f, "--data", small_data, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "results.json").read_text())["curves"] == []
+    assert "No point can be shown: a point needs at least 5 persons at risk and 5 events " \
+           "since the one before" in (out / "report.html").read_text()
+    r = run_cli("check-outputs", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_name_the_export_gate_will_withhold_is_warned_about_at_check(tmp_path):
+    # a study named "few" ran, and only check-outputs said that every file was withheld
+    f = _study(tmp_path)
+    f.write_text(f.read_text().replace("name: sglt2_su", "name: few")
+                 .replace("covariates: [age, sex]", "covariates: [age, sex]\ncriteria:\n"
+                          "  - exclude: {codelist: hf}\n    label: no hf twice"))
+    r = run_cli("check", f)
+    assert r.returncode == 0, r.stderr
+    warnings = [x for x in r.stderr.splitlines() if "number word" in x]
+    assert warnings == [
+        f"hpcstudy: warning: {f}:1: name: 'few' holds the number word(s) ['few'], and the "
+        "export gate withholds every file that states a number in words — rename it",
+        f"hpcstudy: warning: {f}:15: criteria[0].label: 'no hf twice' holds the number "
+        "word(s) ['twice'], and the export gate withholds every file that states a number in "
+        "words — rename it"]
+    r = run_cli("check", _study(tmp_path))
+    assert "number word" not in r.stderr

@@ -132,17 +132,23 @@ def source_line(source: str, path: str) -> str:
     """``file:line`` of the deepest key along the dotted ``path`` that the study file writes
     (a problem found against the data is about what the file says there); the file alone
     where it cannot be read again, or for a study built in Python."""
-    from ..study.yamlio import Node, load
+    from ..study.yamlio import Node, Seq, load
 
     try:
         node = load(Path(source))
     except (OSError, UserError, ValueError):
         return source
     line = getattr(node, "line", 0)
-    for key in path.split("."):
+    for part in path.split("."):
+        key, _, index = part.partition("[")       # criteria[0]: a list's item
         if not isinstance(node, Node) or key not in node:
             break
         line, node = node.line_of(key), node[key]
+        if index:
+            i = int(index.rstrip("]"))
+            if not isinstance(node, Seq) or i >= len(node):
+                break
+            line, node = (node.lines[i] if i < len(node.lines) else line), node[i]
     return f"{source}:{line}" if line else source
 
 
