@@ -407,3 +407,31 @@ def test_a_name_the_export_gate_will_withhold_is_warned_about_at_check(tmp_path)
         "words — rename it"]
     r = run_cli("check", _study(tmp_path))
     assert "number word" not in r.stderr
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    text = re.sub(r"\[([^]]*)\]\([^)]*\)", r"\1", heading.strip().lower())   # a link: its text
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def test_every_link_between_the_docs_resolves():
+    # a newcomer follows the docs' links: a file that moved or a heading renamed is a dead end
+    root = DOCS.parent
+    pages = [root / "README.md", *sorted(DOCS.glob("*.md"))]
+    anchors = {p.resolve(): {_slug(h) for h in re.findall(r"^#+ (.+)$", p.read_text(), re.M)}
+               for p in pages}
+    dead = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            f = (page.parent / path).resolve() if path else page.resolve()
+            if not f.exists():
+                dead.append(f"{page.name}: {target} (no such file)")
+            elif anchor and f in anchors and anchor not in anchors[f]:
+                dead.append(f"{page.name}: {target} (no such heading)")
+    assert not dead, dead
