@@ -311,7 +311,9 @@ def _load_checked(study: Path, data: Path | None, project: Path | None = None,
 
 def _warn(s) -> None:
     """The study's warnings (harmless oddities), one line each on stderr."""
-    for w in s.warnings if _speaks() else ():
+    from .outputs.gate import number_word_problems
+
+    for w in [*s.warnings, *number_word_problems(s)] if _speaks() else ():
         click.echo(f"hpcstudy: warning: {w}", err=True)
 
 
@@ -343,7 +345,12 @@ def check(study: Path, data: Path | None, project: Path | None, variant: str | N
         try:
             _load_checked(study, data, project, v)
         except StudyErrors as e:
-            problems += [replace(p, field=f"variant {v}: {p.field}") for p in e.problems]
+            from .plan.compile import variant_line
+
+            # a variant's problem comes from its set: (the base study passed this check)
+            at = variant_line(str(study), v)
+            problems += [replace(p, where=at, field=f"variant {v}: {p.field}")
+                         for p in e.problems]
     if problems:
         raise StudyErrors(problems)
     _warn(s)
@@ -480,7 +487,13 @@ def run_summary(res: dict, out: Path) -> str:
 
     lines = [f"study {res['study']!r} ({res['run']['engine']} engine) -> {out}"]
     for c in res["cohort"]:
-        n = c["persons"] if c["persons"] is not None else f"<{res['run']['min_cell']}"
+        if c["persons"] is None:
+            # a withheld row is not "<5 persons": it may hold many, withheld for its events
+            # or so that another withheld cell cannot be worked out
+            lines.append(f"  {c['label']}: withheld (a count below {res['run']['min_cell']} "
+                         "here or in a row it would reveal)")
+            continue
+        n = c["persons"]
         ev = c["events"] if c["events"] is not None else f"<{res['run']['min_cell']}"
         rate = "" if c.get("rate_per_1000py") is None else (
             f", {c['rate_per_1000py']:.2f} per 1000 person-years "
@@ -721,10 +734,13 @@ def profiles() -> None:
     """List the site profiles (from $HPCSTUDY_PROFILE_PATH and jobs/slurm/profiles)."""
     from .cluster.slurm import list_profiles
 
-    for p in list_profiles():
+    found = list_profiles()
+    width = max([10, *(len(p.name) for p in found)])
+    for p in found:
         mem = f"{p.mem_per_gpu}/GPU" if p.mem_per_gpu else (p.mem or "-")
         net = f", interface {p.interface}" if p.interface else ""
-        click.echo(f"{p.name:<10} partition {p.partition:<8} {p.nodes} node(s) x "
+        net += f", account {p.account}" if p.account else ""
+        click.echo(f"{p.name:<{width}} partition {p.partition:<8} {p.nodes} node(s) x "
                    f"{p.gpus_per_node} GPU, mem {mem}, walltime {p.walltime}, {p.launcher} "
                    f"launcher, {p.workers} worker(s){net}, device {p.device}  {p.description}"
                    f"  ({p.source})")

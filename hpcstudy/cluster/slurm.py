@@ -12,6 +12,7 @@ package carries that folder as ``hpcstudy/slurm_jobs/`` (package data, see pypro
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
 import json
 import os
@@ -112,10 +113,17 @@ def read_profile(path: Path) -> Profile:
 
     for k in doc:
         if k not in PROFILE_KEYS:
-            bad(k, "unknown field", f"allowed: {', '.join(sorted(PROFILE_KEYS))}")
+            near = difflib.get_close_matches(str(k), sorted(PROFILE_KEYS), n=1)
+            bad(k, "unknown field" + (f" — did you mean {near[0]!r}?" if near else ""),
+                f"allowed: {', '.join(sorted(PROFILE_KEYS))}")
     for k in ("name", "partition", "walltime"):
         if not isinstance(doc.get(k), str) or not doc[k]:
             bad(k, "missing")
+    if doc["name"] != Path(path).stem:
+        # --profile finds a profile by its file's name, `profiles` lists it by name:
+        # two names would list one the other refuses
+        bad("name", f"{doc['name']!r} is not the file's name {Path(path).stem!r}",
+            f"write name: {Path(path).stem}, or name the file {doc['name']}.yaml")
     if not WALLTIME.match(doc["walltime"]) or any(  # [D-]HH:MM:SS
             int(x) > 59 for x in doc["walltime"].split(":")[1:]):
         bad("walltime", f"{doc['walltime']!r} is not [D-]HH:MM:SS")

@@ -85,7 +85,8 @@ def propensity(cx, doc, covariates: dict, has_comparator: bool,
             return None
     method = _choice(cx, node, "method", "propensity.method", METHODS, "matching")
     for other in ("matching", "weighting", "stratification"):
-        if other in node and other != method:
+        # a misspelt method is its own error: no second one about what it would have chosen
+        if other in node and other != method and node.get("method", method) in METHODS:
             cx.err(node, other, f"propensity.{other}", f"is set but method is {method}",
                    f"write method: {other}, or drop {other}:")
     matching, weighting, strata = Matching(), Weighting(), 5
@@ -246,8 +247,8 @@ KEYS = {
         "covariates": ("list of covariate names, or all", "what the score is fitted on"),
         "method": (" | ".join(METHODS), "how the score is used (default matching; none: "
                    "diagnostics only)"),
-        "matching": ("{ratio, caliper, replace}", "1:k nearest-neighbour matching on the "
-                     "logit of the score"),
+        "matching": ("{ratio, caliper, replace, bootstrap}",
+                     "1:k nearest-neighbour matching on the logit of the score"),
         "weighting": ("{estimand, stabilised, truncate}", "inverse probability weights"),
         "stratification": ("{strata}", "quantile strata of the score, as weights"),
         "trim": ("true | false", "keep only the common support of the arms' scores first"),

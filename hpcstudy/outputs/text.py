@@ -121,7 +121,9 @@ def vocabulary(doc, min_cell: int | None = None) -> Vocabulary:
             if "codes" in path or (path and path[-1] == "code"):
                 c = o.strip().rstrip("*").upper()
                 if c:
-                    codes.update({c, "D" + c})
+                    # the plan writes a WHO code's dot away (I11.0 is lpr[DI110*])
+                    bare = c.replace(".", "")
+                    codes.update({c, "D" + c, bare, "D" + bare})
             elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", o.strip()):   # a date given as text
                 y, m, d = o.strip().split("-")
                 numbers.update({y, m, d, str(int(m)), str(int(d))})

@@ -4,6 +4,9 @@ window outside the data) are reported here, with the study's file and field."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..errors import UserError
 from ..registers import codes as C
 from ..registers.schema import day
 from ..registers.sources import DIAGNOSIS_TYPES, SOURCES
@@ -107,7 +110,47 @@ class _Compiler:
         return FirstEventIndex(s, start, end, rule.nth, rule.washout_days)
 
     def problem(self, where, fld, message, fix=""):
-        self.problems.append(Problem(self.study.source, f"{where}.{fld}", message, fix))
+        self.problems.append(Problem(source_line(self.study.source, f"{where}.{fld}"),
+                                     f"{where}.{fld}", message, fix))
+
+
+def variant_line(source: str, name: str) -> str:
+    """``file:line`` of the ``set:`` of the variant ``name`` (what a variant's problem found
+    against the data comes from), else the file alone."""
+    from ..study.yamlio import Node, load
+
+    try:
+        doc = load(Path(source))
+    except (OSError, UserError, ValueError):
+        return source
+    for v in (doc.get("variants") if isinstance(doc, Node) else None) or []:
+        if isinstance(v, Node) and v.get("name") == name:
+            return f"{source}:{v.line_of('set')}"
+    return source
+
+
+def source_line(source: str, path: str) -> str:
+    """``file:line`` of the deepest key along the dotted ``path`` that the study file writes
+    (a problem found against the data is about what the file says there); the file alone
+    where it cannot be read again, or for a study built in Python."""
+    from ..study.yamlio import Node, Seq, load
+
+    try:
+        node = load(Path(source))
+    except (OSError, UserError, ValueError):
+        return source
+    line = getattr(node, "line", 0)
+    for part in path.split("."):
+        key, _, index = part.partition("[")       # criteria[0]: a list's item
+        if not isinstance(node, Node) or key not in node:
+            break
+        line, node = node.line_of(key), node[key]
+        if index:
+            i = int(index.rstrip("]"))
+            if not isinstance(node, Seq) or i >= len(node):
+                break
+            line, node = (node.lines[i] if i < len(node.lines) else line), node[i]
+    return f"{source}:{line}" if line else source
 
 
 def data_period(manifest: dict) -> DataPeriod:

@@ -53,6 +53,30 @@ def _w(w) -> str:
     return f"[{'…' if w.lo is None else w.lo}, {'…' if w.hi is None else w.hi}]"
 
 
+BOTH_ARMS = {"remove": "removed from both", "first": "kept in the arm entered first",
+             "keep": "kept in both (errors clustered by person)"}
+
+
+def _design(plan: Plan) -> list[str]:
+    """The steps over both arms' table: persons in both arms, the propensity-score design.
+    In words only: plan.txt may hold no number the study did not write (outputs/text.py)."""
+    out = []
+    if plan.both_arms is not None:
+        rule = plan.both_arms.rule
+        out.append(f"  persons in both arms: {BOTH_ARMS.get(rule, rule)}")
+    ps = plan.propensity
+    if ps is not None:
+        use = {"matching": "nearest-neighbour matching on its logit"
+                           + (", with replacement" if ps.matching.replace else ""),
+               "weighting": f"weighting, estimand {ps.weighting.estimand}"
+                            + (", stabilised" if ps.weighting.stabilised else ""),
+               "stratification": "quantile strata as weights",
+               "none": "diagnostics only (balance, preference score)"}[ps.method]
+        out.append(f"  propensity score (logistic) of {', '.join(ps.covariates)}")
+        out.append(f"      {'trimmed to the common support, then ' if ps.trim else ''}{use}")
+    return ["", "comparative design (dimension: person, both arms):", *out] if out else []
+
+
 def render(plan: Plan) -> str:
     out = [f"plan for study {plan.name!r} ({plan.source})", "", "groups (dimension: person):"]
     if plan.description:   # the report's subtitle: plan.txt is the exported place for it
@@ -89,6 +113,7 @@ def render(plan: Plan) -> str:
                     if c.attribute == "diagnoses" else f"the index contact's {c.attribute}")
         w = f" in days {_w(c.window)}" if c.window else ""
         out.append(f"  {c.name}: {desc}{w}")
+    out += _design(plan)
     o = plan.outcome
     what = "death" + (f" with cause {_stream(o.stream)}" if o.stream else "") if o.death \
         else f"first {_stream(o.stream)}"

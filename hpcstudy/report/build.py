@@ -134,6 +134,8 @@ def _derived(name: str):
         return fmt.whole
     if name == "p":
         return fmt.p_value
+    if name in ("mean", "median", "q1", "q3"):
+        return fmt.measure
     return fmt.sig3
 
 
@@ -300,10 +302,11 @@ def table1_table(e: dict, rows: list[dict], m: int) -> Table:
             i, r = by_arm[a]
             if r.get("mean") is not None or (r.get("sd") is not None):
                 cells.append(value_cell(r, i, ("mean", "sd"),
-                                        lambda x, s: f"{fmt.sig3(x)} ({fmt.sig3(s)})", m))
+                                        lambda x, s: f"{fmt.measure(x)} ({fmt.sig3(s)})", m))
             elif r.get("median") is not None:
                 cells.append(value_cell(r, i, ("median", "q1", "q3"), lambda x, a, b:
-                                        f"{fmt.sig3(x)} ({fmt.sig3(a)}–{fmt.sig3(b)})", m))
+                                        f"{fmt.measure(x)} ({fmt.measure(a)}–{fmt.measure(b)})",
+                                        m))
             elif r.get("percent") is not None:
                 cells.append(value_cell(r, i, ("persons", "percent"),
                                         lambda n, p: f"{fmt.count(n)} ({fmt.one_decimal(p)})",
@@ -354,11 +357,14 @@ def curves_section(o: Outputs) -> Section | None:
                                     lambda a, b, c: fmt.interval(fmt.sig3(a), fmt.sig3(b),
                                                                  fmt.sig3(c)), o.min_cell),
                          value_cell(r, i, ("cumulative_incidence",), fmt.sig3, o.min_cell)])
+        # an empty table without a word looked like a broken page
+        note = ("Events are summed over the days since the previous point." if body else
+                f"No point can be shown: a point needs at least {o.min_cell} persons at risk "
+                f"and {o.min_cell} events since the one before, and the events after the last "
+                f"point must be none or at least {o.min_cell} (docs/secure.md).")
         table = Table(_stem(e), "Curve points", e["path"],
                       ["Group", "Day", "At risk", "Events", "Survival (95 % CI)",
-                       "Cumulative incidence"], body,
-                      "Events are summed over the days since the previous point.",
-                      publish=False)
+                       "Cumulative incidence"], body, note, publish=False)
         km = o.draw("km_plot", rows, groups, "survival")
         cif = o.draw("km_plot", rows, groups, "cumulative_incidence")
         if km is not None or cif is None:

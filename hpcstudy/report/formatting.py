@@ -39,6 +39,14 @@ def sig3(v) -> str:
     return s
 
 
+def measure(v) -> str:
+    """A mean, median or quartile of a measurement: three significant digits, but from 1000
+    to 9999 one decimal and no separator — a mean calendar year is 2018.6, not "2,019"."""
+    if _finite(v) and 999.5 <= abs(v) < 9999.95:
+        return f"{v:.1f}"
+    return sig3(v)
+
+
 def p_value(v) -> str:
     """p as a paper prints it: < 0.001, else three significant digits."""
     if not _finite(v):

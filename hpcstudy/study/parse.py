@@ -222,8 +222,12 @@ def _window(cx: _Ctx, node, key, path, default: Window | None = None) -> Window 
     value = node[key]
     if not (isinstance(value, list) and len(value) == 2 and
             all(v is None or is_int(v) for v in value)):
+        # a short list is shown as written: "[null, -0.5]", not "a list", which it is
+        shown = ("[" + ", ".join(show(v) for v in value) + "]" if isinstance(value, list)
+                 and len(value) <= 4 and not any(isinstance(v, list | dict) for v in value)
+                 else show(value))
         cx.err(node, key, path, f"must be [from, to] in whole days relative to index, not "
-               f"{show(value)}", "e.g. [-365, -1] for the year before; null leaves an end open")
+               f"{shown}", "e.g. [-365, -1] for the year before; null leaves an end open")
         return default
     lo, hi = value
     if any(v is not None and abs(v) > DAYS for v in value):
@@ -316,18 +320,47 @@ def _codelists(cx: _Ctx, doc) -> list[Codelist]:
         bad = False
         for c in codes:
             norm = c.replace(".", "").upper()
-            if not pattern.match(norm):
+            other = _other_system(system, norm)
+            if not pattern.match(norm) and other is None:
                 lines = spec["codes"] if isinstance(spec.get("codes"), Seq) else None
                 at = inline.index(c) if c in inline and lines is not None else None
                 cx.err(lines if at is not None else spec, at if at is not None else "codes",
                        f"{path}.codes", f"malformed {system} code {c!r}",
                        "ICD-10 like I21, I21.9, DI219 or I21*; ATC like C10AA or C10AA01")
                 bad = True
+            elif other is not None:
+                lines = spec["codes"] if isinstance(spec.get("codes"), Seq) else None
+                at = inline.index(c) if c in inline and lines is not None else None
+                cx.err(lines if at is not None else spec, at if at is not None else "codes",
+                       f"{path}.codes", f"{c!r} is an {OTHER_SYSTEM_NAME[other]} code, not "
+                       f"{OTHER_SYSTEM_NAME[system]}",
+                       f"write system: {other}, or give {OTHER_SYSTEM_NAME[system]} codes")
+                bad = True
         if bad:
             cx.broken.add(name)
         else:
             out.append(Codelist(name, system, tuple(codes), file))
     return out
+
+
+# ATC's anatomical main groups: a code under system: atc starting otherwise is no ATC code
+ATC_MAIN_GROUPS = frozenset("ABCDGHJLMNPRSV")
+# letter, two digits, two letters (C10AA, A10BK01): an ATC code; no ICD-10 code has that form
+ATC_LEVEL4 = re.compile(r"^[A-Z][0-9]{2}[A-Z]{2}([0-9]{2})?\*?$")
+# an ICD-10 category or subcode in digits (I21, I219, DI219): what an ATC slot never holds
+ICD10_PLAIN = re.compile(r"^D?[A-Z][0-9]{2}[0-9]*\*?$")
+OTHER_SYSTEM_NAME = {"icd10": "ICD-10", "atc": "ATC"}
+
+
+def _other_system(system: str, norm: str) -> str | None:
+    """The system a well-formed code evidently belongs to instead of ``system`` (an ATC code
+    written under icd10 matches no diagnosis, silently), or None."""
+    if system == "icd10" and ATC_LEVEL4.match(norm):
+        return "atc"
+    if system == "atc" and ICD10_PLAIN.match(norm) and (
+            norm[:1] not in ATC_MAIN_GROUPS or not ATC.match(norm)):
+        return "icd10"
+    return None
 
 
 def _codes_from_csv(cx: _Ctx, spec: Node, path: str, file: str) -> list[str]:
