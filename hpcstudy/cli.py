@@ -783,7 +783,8 @@ def submit(study: Path, profile_name: str, data: Path, out: Path, account: str |
         click.echo(script, nl=False)
         return
     job = slurm.submit(script, Path(out).resolve(), array=bool(s.variants))
-    what = f"job array of {len(s.variants)} variants" if s.variants else "job"
+    what = f"job array of the study and its {len(s.variants)} variants ({s.name} and " \
+        f"{', '.join(s.variant_names)} under {out})" if s.variants else "job"
     click.echo(f"submitted {what} {job['job_id']} ({prof.name}, {launcher or prof.launcher} "
                f"launcher); log {job['log']}")
 

@@ -55,9 +55,44 @@ def test_array_script(study):
     text = slurm.render_sbatch(slurm.load_profile("ci"), study=study, data=Path("/d"),
                                out=Path("/o"), study_name=s.name, python="py",
                                variants=s.variant_names)
-    assert "#SBATCH --array=0-1" in text and "VARIANTS=(washout_2y age_50_80)" in text
-    assert '--out /o/"$VARIANT"' in text and '--variant "$VARIANT"' in text
+    # task 0 is the study as written (no --variant), in a folder named after the study
+    assert "#SBATCH --array=0-2" in text and "VARIANTS=('' washout_2y age_50_80)" in text
+    assert 'FOLDER="${VARIANT:-statins_mi}"' in text and '--out /o/"$FOLDER"' in text
+    assert '${VARIANT:+ --variant "$VARIANT"}' in text
     assert "--output=/o.slurm-%A_%a.out" in text
+
+
+def test_the_array_scripts_tasks_run_what_they_name(study, tmp_path):
+    """The rendered array lines, run by bash for each task id, give the study's own run
+    (no --variant) for task 0 and each variant for the others, each to its own folder."""
+    import subprocess
+
+    s = load_study(study)
+    text = slurm.render_sbatch(slurm.load_profile("ci"), study=study, data=Path("/d"),
+                               out=Path("/o"), study_name=s.name, python="py",
+                               variants=s.variant_names)
+    pick = [x for x in text.splitlines() if x.startswith(("VARIANTS=", "VARIANT=", "FOLDER="))]
+    run = next(x for x in text.splitlines() if " -m hpcstudy.cli run " in x)
+    cmd = run.split(" -m hpcstudy.cli ", 1)[1].rstrip(" &")
+    got = []
+    for task in range(3):
+        script = "\n".join([f"SLURM_ARRAY_TASK_ID={task}", *pick,
+                            f"printf '%s|' {cmd}"])
+        got.append(subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                                  check=True).stdout)
+    assert "--variant" not in got[0] and "|--out|/o/statins_mi|" in got[0]
+    assert "|--out|/o/washout_2y|" in got[1] and "|--variant|washout_2y|" in got[1]
+    assert "|--out|/o/age_50_80|" in got[2] and "|--variant|age_50_80|" in got[2]
+
+
+def test_a_variant_named_as_the_study_is_refused(tmp_path):
+    f = tmp_path / "clash.yaml"
+    f.write_text((EXAMPLES / "statins_mi.yaml").read_text() +
+                 "variants:\n  - {name: statins_mi, set: {exposure.washout_days: 730}}\n")
+    r = run_cli("check", f)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip().splitlines()[0]
+    assert "clash.yaml:" in line and "named as the study itself" in line, r.stderr
 
 
 @pytest.mark.slurm
@@ -65,10 +100,12 @@ def test_a_study_with_variants_runs_as_a_job_array(slurm_cluster, study, small_d
     env = slurm_cluster.env()
     out = tmp_path / "arr"
     r = run_cli("submit", study, "--profile", "ci", "--data", small_data, "--out", out, env=env)
-    assert r.returncode == 0 and "job array of 2 variants" in r.stdout, r.stderr
+    assert r.returncode == 0 and "job array of the study and its 2 variants" in r.stdout, \
+        r.stderr
     job = json.loads((tmp_path / "arr.job.json").read_text())["job_id"]
     deadline = time.monotonic() + 240
-    while not all((out / v / "results.json").exists() for v in ("washout_2y", "age_50_80")):
+    folders = ("statins_mi", "washout_2y", "age_50_80")
+    while not all((out / v / "results.json").exists() for v in folders):
         logs = "".join(p.read_text() for p in tmp_path.glob("arr.slurm-*.out"))
         assert "error" not in logs, logs
         assert time.monotonic() < deadline, slurm.status([job], env)
@@ -80,12 +117,13 @@ def test_a_study_with_variants_runs_as_a_job_array(slurm_cluster, study, small_d
         time.sleep(0.5)
         rows = slurm.status([job], env)
     # the array's id stands for its tasks, a row each
-    assert sorted(r["job_id"] for r in rows) == [f"{job}_0", f"{job}_1"]
+    assert sorted(r["job_id"] for r in rows) == [f"{job}_0", f"{job}_1", f"{job}_2"]
     r = run_cli("logs", out, env=env)               # every task's log, named
-    assert r.returncode == 0 and r.stdout.count("==> ") == 2, r.stderr
-    for v in ("washout_2y", "age_50_80"):
+    assert r.returncode == 0 and r.stdout.count("==> ") == 3, r.stderr
+    for v in folders:   # the study as written, then each variant, as run here
         local = tmp_path / f"local_{v}"
-        assert run_cli("run", study, "--variant", v, "--data", small_data, "--out", local,
+        which = () if v == "statins_mi" else ("--variant", v)
+        assert run_cli("run", study, *which, "--data", small_data, "--out", local,
                        "--quiet").returncode == 0
         for f in local.rglob("*"):
             if f.is_file():   # (but what each run records of itself)

@@ -225,8 +225,9 @@ def render_sbatch(profile: Profile, *, study: Path, data: Path, out: Path,
                   study_name: str, python: str | None = None, account: str | None = None,
                   project: Path | None = None, variants: tuple[str, ...] = (),
                   launcher: str | None = None, device: str | None = None) -> str:
-    """The batch script for one study run — or, for a study with variants, a job array with
-    one task per variant writing to OUT/VARIANT: a pure function of its inputs."""
+    """The batch script for one study run — or, for a study with variants, a job array: task
+    0 the study as written, writing to OUT/STUDY_NAME, then one task per variant writing to
+    OUT/VARIANT (the language keeps the names apart): a pure function of its inputs."""
     launcher = launcher or profile.launcher
     if launcher not in SUBMIT_LAUNCHERS:
         raise UserError(f"unknown launcher {launcher!r} for a submitted job",
@@ -237,11 +238,16 @@ def render_sbatch(profile: Profile, *, study: Path, data: Path, out: Path,
     header = sbatch_lines(profile, f"hpcstudy-{study_name}", log, account, launcher)
     pick, out_arg, args = "", q(str(out)), ""
     if variants:
-        header.append(f"#SBATCH --array=0-{len(variants) - 1}")
-        pick = (f"VARIANTS=({' '.join(q(v) for v in variants)})\n"
-                'VARIANT="${VARIANTS[$SLURM_ARRAY_TASK_ID]}"\n')
-        out_arg = f'{q(str(out))}/"$VARIANT"'
-        args = ' --variant "$VARIANT"'
+        if study_name in variants:
+            raise UserError(f"variant {study_name!r} is named as the study itself",
+                            where=str(study), fix="give the variant a name of its own")
+        header.append(f"#SBATCH --array=0-{len(variants)}")
+        # task 0: the study as written (no --variant); task k: variant k, each in its folder
+        pick = (f"VARIANTS=('' {' '.join(q(v) for v in variants)})\n"
+                'VARIANT="${VARIANTS[$SLURM_ARRAY_TASK_ID]}"\n'
+                f'FOLDER="${{VARIANT:-{study_name}}}"\n')
+        out_arg = f'{q(str(out))}/"$FOLDER"'
+        args = '${VARIANT:+ --variant "$VARIANT"}'
     if project:
         args += f" --project {q(str(project))}"
     start = ""

@@ -1248,6 +1248,10 @@ def variant_nodes(doc: Node, cx: _Ctx) -> list[tuple[int, Node]]:
         if any(x["name"] == name for _, x in out):
             cx.err(v, "name", f"{path}.name", f"variant {name!r} named twice", "rename one")
             continue
+        if name == doc.get("name"):   # submit writes the study as written to OUT/<its name>
+            cx.err(v, "name", f"{path}.name", f"variant {name!r} is named as the study itself",
+                   "give the variant a name of its own, e.g. what it changes")
+            continue
         s = v["set"]
         if not isinstance(s, dict) or not s:
             cx.err(v, "set", f"{path}.set", f"must be a mapping of dotted.path: value, not "
