@@ -39,3 +39,128 @@ def test_a_control_character_in_a_project_file_is_a_one_line_error(tmp_path):
     project.write_text("project: FSEID-1\x00\nregisters: {bef: '*'}\n")
     line = _one_error_line(run_cli("check", study, "--project", project))
     assert "project.yaml:1:" in line
+
+
+# -- a dataset whose files agree with its manifest but not with the registers' schema --------
+def _forged(small_data, tmp_path, register: str, change) -> Path:
+    """A copy of the dataset with one partition file rewritten by ``change`` (a pyarrow table
+    to a table) and the manifest's size, rows and SHA-256 of it recomputed, as a dataset
+    written by another tool would be: only the content disagrees with the registers."""
+    import hashlib
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    rel = f"{register}/part-00000.parquet"
+    pq.write_table(change(pq.read_table(data / rel)), data / rel)
+    m = json.loads((data / "manifest.json").read_text())
+    raw = (data / rel).read_bytes()
+    reg = m["registers"][register]
+    for f in reg["files"]:
+        if f["path"] == rel:
+            reg["rows"] += pq.read_metadata(data / rel).num_rows - f["rows"]
+            f.update(bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest(),
+                     rows=pq.read_metadata(data / rel).num_rows)
+    (data / "manifest.json").write_text(json.dumps(m, indent=1))
+    return data
+
+
+def _retyped(column, make):
+    def change(t):
+        return t.set_column(t.schema.get_field_index(column), column, make(t[column]))
+    return change
+
+
+def _wrong_types():
+    import pyarrow as pa
+
+    def nulls_every_third(col):
+        vals = col.to_pylist()
+        vals[::3] = [None] * len(vals[::3])
+        return pa.array(vals, type=col.type)
+
+    return {
+        "koen as text": ("bef", _retyped("koen", lambda c: pa.array(map(str, c.to_pylist()))),
+                         "column 'koen' is string, not int8"),
+        "eksd as a timestamp": ("lmdb", _retyped("eksd", lambda c: c.cast(pa.timestamp("us"))),
+                                "column 'eksd' is timestamp[us], not date32[day]"),
+        "pnr as text": ("vnds", _retyped("pnr", lambda c: pa.array(map(str, c.to_pylist()))),
+                        "column 'pnr' is string, not int64"),
+        "empty dates": ("lmdb", _retyped("eksd", nulls_every_third), "column 'eksd' has"),
+    }
+
+
+def test_a_register_column_of_another_type_is_one_line_on_both_engines(small_data, tmp_path):
+    # each ran the dask engine to other numbers without a word (eksd read as days: every cell
+    # withheld) or stopped both engines as "a bug in hpcstudy" (exit 70): a register file
+    # written by another tool passes the manifest's sizes, so the reader checks the types
+    for i, (why, (register, change, said)) in enumerate(_wrong_types().items()):
+        data = _forged(small_data, tmp_path / str(i), register, change)
+        for engine in ("dask", "reference"):
+            out = tmp_path / f"out{i}{engine}"
+            line = _one_error_line(run_cli("run", ROOT / "examples" / "statins_mi.yaml",
+                                           "--data", data, "--out", out, "--engine", engine,
+                                           "--quiet"))
+            assert f"{register}/part-00000.parquet" in line and said in line, (why, line)
+            assert not out.exists()
+
+
+def test_a_register_written_with_nullable_columns_runs_on_the_reference_engine(small_data,
+                                                                              tmp_path):
+    # pyarrow writes columns as nullable by default: one such file (no value empty) beside
+    # the others stopped the reference engine's concat ("Schema at index 1 was different")
+    import pyarrow as pa
+
+    data = _forged(small_data, tmp_path, "lpr_diag",
+                   lambda t: pa.table({c: t[c].combine_chunks() for c in t.column_names}))
+    for engine in ("reference", "dask"):
+        r = run_cli("run", ROOT / "examples" / "statins_mi.yaml", "--data", data,
+                    "--out", tmp_path / engine, "--engine", engine, "--quiet")
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "reference" / "results.json").read_bytes() != b""
+
+
+def _content_forgeries():
+    import datetime
+
+    import pyarrow as pa
+
+    def set_first(column, *values):
+        def change(t):
+            vals = t[column].to_pylist()
+            vals[:len(values)] = values
+            return t.set_column(t.schema.get_field_index(column), column,
+                                pa.array(vals, type=t.schema.field(column).type))
+        return change
+
+    return {
+        "a person twice in bef": ("bef", lambda t: pa.concat_tables([t, t.slice(0, 2)]),
+                                  "2 person(s) with more than one row"),
+        "a person in another's partition": (
+            "bef", set_first("pnr", 1, 2, 3, 4, 5, 6, 7, 8),
+            "row(s) of persons who belong to another partition"),
+        "an ATC code outside the dictionary": (
+            "lmdb", set_first("atc", 99999, -5), "holds codes outside the manifest's atc"),
+        "a dispensing in year 9999": (
+            "lmdb", set_first("eksd", datetime.date(9999, 12, 31)), "holds dates from"),
+    }
+
+
+def test_data_verify_finds_content_the_engines_would_misread(small_data, tmp_path):
+    # each of these ran the dask engine silently to other numbers (a person in another's
+    # partition loses the rows stored with their hash; a duplicate bef row is a second
+    # person) and stopped the reference engine as "a bug in hpcstudy"; `data verify` said
+    # "all files match the manifest" and `run --verify` ran
+    for i, (why, (register, change, said)) in enumerate(_content_forgeries().items()):
+        data = _forged(small_data, tmp_path / str(i), register, change)
+        r = run_cli("data", "verify", data)
+        assert r.returncode == 1 and said in r.stdout + r.stderr, (why, r.stdout, r.stderr)
+        assert "Traceback" not in r.stdout + r.stderr
+        out = tmp_path / f"out{i}"
+        line = _one_error_line(run_cli("run", ROOT / "examples" / "statins_mi.yaml",
+                                       "--data", data, "--out", out, "--verify", "--quiet"))
+        assert said in line, (why, line)
+        assert not out.exists()
