@@ -164,3 +164,21 @@ def test_data_verify_finds_content_the_engines_would_misread(small_data, tmp_pat
                                        "--data", data, "--out", out, "--verify", "--quiet"))
         assert said in line, (why, line)
         assert not out.exists()
+
+
+def test_a_manifest_period_that_is_no_calendar_day_is_one_line(small_data, tmp_path):
+    # "end": "2023-02-30" stopped check, run and data verify as "a bug in hpcstudy" (exit 70)
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    m = json.loads((data / "manifest.json").read_text())
+    m["period"]["end"] = "2023-02-30"
+    (data / "manifest.json").write_text(json.dumps(m))
+    study = ROOT / "examples" / "statins_mi.yaml"
+    for args in (("check", study, "--data", data), ("data", "verify", data),
+                 ("run", study, "--data", data, "--out", tmp_path / "out")):
+        line = _one_error_line(run_cli(*args))
+        assert "manifest.json: field period" in line, line
+    assert not (tmp_path / "out").exists()

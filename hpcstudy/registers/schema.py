@@ -128,3 +128,14 @@ def column_problem(register: str, table: pa.Table) -> str | None:
         if col.null_count:
             return f"column {name!r} has {col.null_count} empty value(s)"
     return None
+
+
+def is_iso_date(value) -> bool:
+    """A real calendar day written YYYY-MM-DD (a manifest's period: 2023-02-30 is not one)."""
+    import datetime
+
+    try:
+        return isinstance(value, str) and len(value) == 10 and \
+            datetime.date.fromisoformat(value).isoformat() == value
+    except ValueError:
+        return False

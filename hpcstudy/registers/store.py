@@ -35,7 +35,7 @@ from ..outputs.staging import (  # noqa: F401
     write_refusal,  # noqa: F401
 )
 from .arrow import to_numpy
-from .schema import HIDDEN_SORT_COLUMNS, REGISTERS, SCHEMA_VERSION, column_problem
+from .schema import HIDDEN_SORT_COLUMNS, REGISTERS, SCHEMA_VERSION, column_problem, is_iso_date
 
 MANIFEST = "manifest.json"
 FORMAT = "hpcstudy-registers"
@@ -179,9 +179,9 @@ def _manifest_shape(m: dict) -> str | None:
     if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 4096:
         return f"field partitions: {p!r} is not a whole number in 1..4096"
     period = m.get("period")
-    if not isinstance(period, dict) or not all(isinstance(period.get(k), str)
+    if not isinstance(period, dict) or not all(is_iso_date(period.get(k))
                                                for k in ("start", "end")):
-        return "field period: missing, or without start and end dates"
+        return "field period: missing, or its start and end are not YYYY-MM-DD days"
     words = m.get("dictionaries")
     if not isinstance(words, dict):
         return "field dictionaries (the code dictionaries) is missing"
