@@ -182,3 +182,23 @@ def test_a_manifest_period_that_is_no_calendar_day_is_one_line(small_data, tmp_p
         line = _one_error_line(run_cli(*args))
         assert "manifest.json: field period" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_both_engines_refuse_a_constant_propensity_covariate(small_data, tmp_path):
+    # prior MI excluded, so prior_mi is 0 for everyone: the dask engine refused the score
+    # model, the reference engine fitted it anyway (scikit-learn warning on stderr) and
+    # published results: the two engines disagreed on whether the study runs at all
+    src = (ROOT / "examples" / "sglt2_dpp4_hf.yaml").read_text()
+    src = src.replace("  - exclude: {codelist: hf_hospital, window: [null, 0]}\n",
+                      "  - exclude: {codelist: hf_hospital, window: [null, 0]}\n"
+                      "  - exclude: {codelist: mi, window: [null, 0]}\n")
+    assert "codelist: mi, window: [null, 0]}\n" in src
+    study = tmp_path / "s.yaml"
+    study.write_text(src)
+    lines = set()
+    for engine in ("dask", "reference"):
+        out = tmp_path / engine
+        lines.add(_one_error_line(run_cli("run", study, "--data", small_data, "--out", out,
+                                          "--engine", engine, "--quiet")))
+        assert not out.exists()
+    assert len(lines) == 1 and "['prior_mi'] are constant" in lines.pop()

@@ -51,6 +51,16 @@ def _score(plan, df: pd.DataFrame):
     pr = plan.propensity
     X = _design_matrix(plan, df)
     y = (df["group"] == 1).astype(int)
+    if not pr.penalty:   # as the partitioned fit: a constant or collinear column is refused
+        from ..models.base import ModelError, check_collinearity
+
+        Z = np.column_stack([np.ones(len(X)), X.to_numpy() - X.to_numpy().mean(axis=0)])
+        try:
+            check_collinearity(Z.T @ Z, ["intercept", *X.columns], "logistic model")
+        except ModelError as e:
+            raise UserError(f"propensity score model: {e}", where=plan.source,
+                            fix="drop or merge the covariate that separates the arms "
+                                "(propensity.covariates), or set propensity.penalty") from None
     # Newton's method to convergence, as the dask engine's partitioned fit (L2 on all but the
     # intercept, as there)
     m = LogisticRegression(C=1.0 / pr.penalty if pr.penalty else np.inf,
