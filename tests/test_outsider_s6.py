@@ -202,3 +202,57 @@ def test_both_engines_refuse_a_constant_propensity_covariate(small_data, tmp_pat
                                           "--engine", engine, "--quiet")))
         assert not out.exists()
     assert len(lines) == 1 and "['prior_mi'] are constant" in lines.pop()
+
+
+# -- differencing two exports of the same data ----------------------------------------------
+WOMEN_A = """name: mi_all
+codelists:
+  mi: {system: icd10, codes: [I21*]}
+population: {age: [40, 90]}
+index: {date: 2010-01-01}
+covariates: [age, sex]
+outcome: {name: mi, codelist: mi}
+analyses:
+  rates: {by: [sex]}
+"""
+WOMEN_B = """name: mi_women
+codelists:
+  mi: {system: icd10, codes: [I21*]}
+population: {age: [40, 90], sex: female}
+index: {date: 2010-01-01}
+covariates: [age, sex]
+outcome: {name: mi, codelist: mi}
+follow_up: {max_days: MAX_DAYS}
+"""
+
+
+def test_events_of_one_population_under_two_labels_are_compared(small_data, tmp_path):
+    # export 1: MIs among women as a rates row (rates[sex=1]); export 2: the same women as a
+    # one-cohort study (cohort[label=cohort]) followed a little less. Same persons, events k
+    # apart (1 <= k <= 4): k women had an MI in the days the second left out. The register
+    # paired persons whatever the label, but events only under the same name: both left.
+    import pandas as pd
+
+    (tmp_path / "a.yaml").write_text(WOMEN_A)
+    a = tmp_path / "a"
+    assert run_cli("run", tmp_path / "a.yaml", "--data", small_data, "--out", a,
+                   "--quiet").returncode == 0
+    # the attacker's choice of max_days: the latest MI times among women (the private table
+    # stands for what a researcher could learn by trying a few follow-up lengths)
+    people = pd.read_parquet(a / "private" / "person_table.parquet")
+    times = sorted(people.loc[(people["sex"] == 1) & (people["event"] == 1), "time"],
+                   reverse=True)
+    k = next(k for k in range(1, 5) if times[k - 1] > times[k])
+    (tmp_path / "b.yaml").write_text(WOMEN_B.replace("MAX_DAYS", str(times[k - 1] - 1)))
+    b = tmp_path / "b"
+    assert run_cli("run", tmp_path / "b.yaml", "--data", small_data, "--out", b,
+                   "--quiet").returncode == 0
+    women = pd.read_csv(a / "tables" / "rates.csv").set_index("sex").loc[1]
+    cohort = pd.read_csv(b / "tables" / "cohort.csv").iloc[0]
+    assert (women["persons"], women["events"] - cohort["events"]) == (cohort["persons"], k)
+
+    assert run_cli("export", a, tmp_path / "dest_a").returncode == 0
+    r = run_cli("export", b, tmp_path / "dest_b")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"the events among {int(cohort['persons'])} persons" in r.stdout + r.stderr
+    assert not (tmp_path / "dest_b").exists()
