@@ -256,3 +256,33 @@ def test_events_of_one_population_under_two_labels_are_compared(small_data, tmp_
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"the events among {int(cohort['persons'])} persons" in r.stdout + r.stderr
     assert not (tmp_path / "dest_b").exists()
+
+
+# -- nothing is lost that hpcstudy did not write ------------------------------------------------
+def test_overwrite_keeps_a_run_file_the_user_edited(small_data, tmp_path):
+    # a note added to tables/cohort.md (a file the run wrote, listed in its marker) was
+    # replaced by `run --overwrite` without a word: the user's text is something hpcstudy
+    # did not write
+    study = ROOT / "examples" / "statins_mi.yaml"
+    out = tmp_path / "out"
+    args = ("run", study, "--data", small_data, "--out", out, "--quiet")
+    assert run_cli(*args).returncode == 0
+    assert run_cli(*args, "--overwrite").returncode == 0   # untouched: replaced as before
+    note = "\nThe non-users here exclude my pilot patients (see notebook p. 12).\n"
+    with open(out / "tables" / "cohort.md", "a") as f:
+        f.write(note)
+    line = _one_error_line(run_cli(*args, "--overwrite"))
+    assert "tables/cohort.md, changed since the run wrote it" in line
+    assert (out / "tables" / "cohort.md").read_text().endswith(note)
+
+
+def test_synth_overwrite_keeps_a_dataset_file_that_was_changed(tmp_path):
+    data = tmp_path / "data"
+    args = ("synth", "--persons", 200, "--seed", 3, "--partitions", 1, "--out", data)
+    assert run_cli(*args).returncode == 0
+    part = data / "dod" / "part-00000.parquet"
+    part.write_bytes(part.read_bytes() + b"my appended rows")
+    before = part.read_bytes()
+    line = _one_error_line(run_cli(*args, "--overwrite"))
+    assert "dod/part-00000.parquet, changed since" in line
+    assert part.read_bytes() == before

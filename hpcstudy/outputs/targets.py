@@ -176,6 +176,43 @@ def _not_written_by_us(out: Path, kind: str) -> str | None:
             continue
         if rel not in listed:
             return f"holds {rel}, which hpcstudy did not write"
+    return _changed_since_written(out, kind)
+
+
+def _changed_since_written(out: Path, kind: str) -> str | None:
+    """The first file hpcstudy wrote that has been edited since: a run's exported files
+    against their SHA-256 in outputs.json (a note added to tables/cohort.md was replaced
+    without a word), a dataset's files against their recorded size (hashing a dataset on
+    every ingest would cost more than the edit it could find)."""
+    import hashlib
+
+    from .manifest import NAME, canonical
+
+    if kind == "run":
+        try:
+            doc = json.loads((out / NAME).read_text())
+            entries = [(e["path"], "sha256", e["sha256"]) for e in doc["files"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None   # no manifest: the marker alone vouches (an older or cut-short run)
+        if doc.get("manifest_sha256") != hashlib.sha256(canonical(doc)).hexdigest():
+            return f"holds {NAME}, changed since the run wrote it"
+    else:
+        from ..registers.store import MANIFEST
+
+        try:
+            doc = json.loads((out / MANIFEST).read_text())
+            entries = [(f["path"], "bytes", f["bytes"]) for r in doc["registers"].values()
+                       for f in r["files"] if "bytes" in f]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+    for rel, how, want in entries:
+        p = out / str(rel)
+        if not p.is_file() or p.is_symlink():
+            continue
+        got = p.stat().st_size if how == "bytes" else \
+            hashlib.sha256(p.read_bytes()).hexdigest()
+        if got != want:
+            return f"holds {rel}, changed since {'the run' if kind == 'run' else kind} wrote it"
     return None
 
 
