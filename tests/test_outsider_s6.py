@@ -286,3 +286,83 @@ def test_synth_overwrite_keeps_a_dataset_file_that_was_changed(tmp_path):
     line = _one_error_line(run_cli(*args, "--overwrite"))
     assert "dod/part-00000.parquet, changed since" in line
     assert part.read_bytes() == before
+
+
+# -- an SMD is a derived value of Table 1's cells ------------------------------------------------
+MATCHED = """name: ps_test
+seed: 3
+codelists:
+  statins: {system: atc, codes: [C10AA*]}
+  diabetes: {system: icd10, codes: [E11*]}
+  mi: {system: icd10, codes: [I21*]}
+population: {age: [40, 90]}
+exposure:
+  name: statin
+  first_event: {codelist: statins}
+  between: [2005-01-01, 2020-12-31]
+  washout_days: 365
+comparator: {non_users: true}
+covariates: [age, sex, {name: diabetes, codelist: diabetes, window: [null, 0]}, charlson]
+outcome: {name: mi, codelist: mi}
+propensity: {covariates: [age, sex, diabetes, charlson], method: matching}
+analyses: {cox: true}
+"""
+
+
+def _smd_leaks(out: Path) -> list[str]:
+    """SMDs after the design shown for a variable Table 1 after the design withholds, in
+    results.json and in tables/balance.csv, and withheld SMDs in the design's summary."""
+    import csv
+    import json
+
+    res = json.loads((out / "results.json").read_text())
+    hidden = {r["variable"] for r in res["table1_adjusted"] if r.get("suppressed")}
+    assert hidden, "the study no longer withholds a matched flag: the test needs another"
+    leaks = [f"results {r['variable']}" for r in res["balance"]
+             if r["variable"] in hidden and r["smd_after"] is not None]
+    with open(out / "tables" / "balance.csv") as f:
+        leaks += [f"csv {r['variable']}" for r in csv.DictReader(f)
+                  if r["variable"] in hidden and r["smd_after"] != ""]
+    shown = [abs(r["smd_after"]) for r in res["balance"] if r["smd_after"] is not None]
+    if res["design"]["max_abs_smd_after"] not in (max(shown, default=None),):
+        leaks.append("max_abs_smd_after is a withheld SMD")
+    leaks += [w for w in res["design"]["warnings"]
+              if any(f"|SMD| of {v} is 0" in w for v in hidden)]
+    return leaks
+
+
+def test_smd_after_matching_is_withheld_with_the_matched_table1_rows(small_data, tmp_path):
+    # matched Table 1 withholds sex and diabetes (the persons matching dropped would show by
+    # difference), but balance.smd_after showed them: a flag's SMD with the matched arms' sizes
+    # and the SMD's denominator (from the shown Table 1) gives the difference of the withheld
+    # matched counts exactly (0.0: the arms hold as many)
+    (tmp_path / "s.yaml").write_text(MATCHED)
+    for engine in ("dask", "reference"):
+        out = tmp_path / engine
+        r = run_cli("run", tmp_path / "s.yaml", "--data", small_data, "--out", out,
+                    "--engine", engine, "--quiet")
+        assert r.returncode == 0, r.stderr
+        assert _smd_leaks(out) == [], engine
+    assert run_cli("check-outputs", tmp_path / "dask").returncode == 0
+
+
+def test_the_gate_withholds_an_smd_of_a_withheld_variable_and_the_report(small_data, tmp_path,
+                                                                          monkeypatch):
+    # outputs written the old way (an SMD after matching for every variable Table 1 before
+    # shows): the gate withheld nothing of it, and the report page repeated the SMD
+    import hpcstudy
+    from hpcstudy.designs import balance
+
+    shown_after = balance.balance_rows
+    monkeypatch.setattr(balance, "balance_rows",
+                        lambda vars_, sb, sa, t1=(), t1_after=(): shown_after(vars_, sb, sa, t1))
+    (tmp_path / "s.yaml").write_text(MATCHED)
+    out = tmp_path / "old"
+    hpcstudy.run(hpcstudy.load_study(tmp_path / "s.yaml"), small_data, out=out)
+    assert _smd_leaks(out)   # the way the outputs were
+    r = run_cli("check-outputs", out)
+    assert r.returncode == 1
+    said = r.stdout + r.stderr
+    for path in ("results.json", "tables/balance.csv", "report.html", "tables/balance.md"):
+        assert f"withheld {path}" in said, (path, said)
+    assert "smd_after" in said and "shown for a variable Table 1 withholds" in said
