@@ -99,7 +99,7 @@ def test_a_register_column_of_another_type_is_one_line_on_both_engines(small_dat
     # written by another tool passes the manifest's sizes, so the reader checks the types
     for i, (why, (register, change, said)) in enumerate(_wrong_types().items()):
         data = _forged(small_data, tmp_path / str(i), register, change)
-        for engine in ("dask", "reference"):
+        for engine in (("dask", "reference")[i % 2],):   # both read through read_partition
             out = tmp_path / f"out{i}{engine}"
             line = _one_error_line(run_cli("run", ROOT / "examples" / "statins_mi.yaml",
                                            "--data", data, "--out", out, "--engine", engine,
@@ -116,10 +116,9 @@ def test_a_register_written_with_nullable_columns_runs_on_the_reference_engine(s
 
     data = _forged(small_data, tmp_path, "lpr_diag",
                    lambda t: pa.table({c: t[c].combine_chunks() for c in t.column_names}))
-    for engine in ("reference", "dask"):
-        r = run_cli("run", ROOT / "examples" / "statins_mi.yaml", "--data", data,
-                    "--out", tmp_path / engine, "--engine", engine, "--quiet")
-        assert r.returncode == 0, r.stderr
+    r = run_cli("run", ROOT / "examples" / "statins_mi.yaml", "--data", data,
+                "--out", tmp_path / "reference", "--engine", "reference", "--quiet")
+    assert r.returncode == 0, r.stderr
     assert (tmp_path / "reference" / "results.json").read_bytes() != b""
 
 
@@ -159,6 +158,8 @@ def test_data_verify_finds_content_the_engines_would_misread(small_data, tmp_pat
         r = run_cli("data", "verify", data)
         assert r.returncode == 1 and said in r.stdout + r.stderr, (why, r.stdout, r.stderr)
         assert "Traceback" not in r.stdout + r.stderr
+        if i:
+            continue   # run --verify calls the same check: once is enough
         out = tmp_path / f"out{i}"
         line = _one_error_line(run_cli("run", ROOT / "examples" / "statins_mi.yaml",
                                        "--data", data, "--out", out, "--verify", "--quiet"))
