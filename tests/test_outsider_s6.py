@@ -367,3 +367,18 @@ def test_the_gate_withholds_an_smd_of_a_withheld_variable_and_the_report(small_d
     for path in ("results.json", "tables/balance.csv", "report.html", "tables/balance.md"):
         assert f"withheld {path}" in said, (path, said)
     assert "smd_after" in said and "shown for a variable Table 1 withholds" in said
+
+
+def test_a_codelist_csv_with_two_code_columns_or_a_folder_is_refused(tmp_path):
+    # `code,code` took the second column without a word (the study then matched other codes
+    # than the file's first column says); a folder was reported as "does not exist"
+    study = tmp_path / "s.yaml"
+    study.write_text(STATINS.replace("{system: atc, codes: [C10AA*]}",
+                                     "{system: atc, file: statins.csv}"))
+    (tmp_path / "statins.csv").write_text("code,code\nC10AA,C10AB\n")
+    line = _one_error_line(run_cli("check", study))
+    assert "statins.csv has 2 columns named code" in line
+    (tmp_path / "statins.csv").unlink()
+    (tmp_path / "statins.csv").mkdir()
+    line = _one_error_line(run_cli("check", study))
+    assert "statins.csv is a folder, not a CSV file" in line

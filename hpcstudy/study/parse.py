@@ -332,13 +332,19 @@ def _codelists(cx: _Ctx, doc) -> list[Codelist]:
 
 def _codes_from_csv(cx: _Ctx, spec: Node, path: str, file: str) -> list[str]:
     f = cx.base_dir / file
+    if f.is_dir():
+        cx.err(spec, "file", f"{path}.file", f"{f} is a folder, not a CSV file",
+               "give a CSV path relative to the study file")
+        return []
     if not f.is_file():
         cx.err(spec, "file", f"{path}.file", f"{f} does not exist",
                "give a CSV path relative to the study file")
         return []
     try:
         with open(f, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = list(reader.fieldnames or ())
     except UnicodeDecodeError:
         cx.err(spec, "file", f"{path}.file", f"{f} is not UTF-8 text", "save it as UTF-8 CSV")
         return []
@@ -346,9 +352,13 @@ def _codes_from_csv(cx: _Ctx, spec: Node, path: str, file: str) -> list[str]:
         cx.err(spec, "file", f"{path}.file", f"{f} cannot be read as CSV ({e})",
                "give a CSV file with a header row and a code column")
         return []
-    if not rows or "code" not in rows[0]:
+    if "code" not in header:
         cx.err(spec, "file", f"{path}.file", f"{f} has no 'code' column",
                "the CSV needs a header row with a column named code")
+        return []
+    if header.count("code") > 1:   # DictReader would keep the last one without a word
+        cx.err(spec, "file", f"{path}.file", f"{f} has {header.count('code')} columns named "
+               "code", "keep one code column (rename the others)")
         return []
     out: list[str] = []
     for r in rows:
