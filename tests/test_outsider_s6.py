@@ -227,17 +227,17 @@ follow_up: {max_days: MAX_DAYS}
 """
 
 
-def test_events_of_one_population_under_two_labels_are_compared(small_data, tmp_path):
-    # export 1: MIs among women as a rates row (rates[sex=1]); export 2: the same women as a
-    # one-cohort study (cohort[label=cohort]) followed a little less. Same persons, events k
-    # apart (1 <= k <= 4): k women had an MI in the days the second left out. The register
-    # paired persons whatever the label, but events only under the same name: both left.
+def _women_runs(small_data, tmp_path, env=None) -> tuple[Path, Path, int, int]:
+    """Export 1's run: MIs among women as a rates row (rates[sex=1]); export 2's: the same
+    women as a one-cohort study (cohort[label=cohort]) followed a little less. Same persons,
+    events k apart (1 <= k <= 4): k women had an MI in the days the second left out.
+    Returns the two run folders, the persons and k."""
     import pandas as pd
 
     (tmp_path / "a.yaml").write_text(WOMEN_A)
     a = tmp_path / "a"
     assert run_cli("run", tmp_path / "a.yaml", "--data", small_data, "--out", a,
-                   "--quiet").returncode == 0
+                   "--quiet", env=env).returncode == 0
     # the attacker's choice of max_days: the latest MI times among women (the private table
     # stands for what a researcher could learn by trying a few follow-up lengths)
     people = pd.read_parquet(a / "private" / "person_table.parquet")
@@ -247,16 +247,43 @@ def test_events_of_one_population_under_two_labels_are_compared(small_data, tmp_
     (tmp_path / "b.yaml").write_text(WOMEN_B.replace("MAX_DAYS", str(times[k - 1] - 1)))
     b = tmp_path / "b"
     assert run_cli("run", tmp_path / "b.yaml", "--data", small_data, "--out", b,
-                   "--quiet").returncode == 0
+                   "--quiet", env=env).returncode == 0
     women = pd.read_csv(a / "tables" / "rates.csv").set_index("sex").loc[1]
     cohort = pd.read_csv(b / "tables" / "cohort.csv").iloc[0]
     assert (women["persons"], women["events"] - cohort["events"]) == (cohort["persons"], k)
+    return a, b, int(cohort["persons"]), k
 
+
+def test_events_of_one_population_under_two_labels_are_compared(small_data, tmp_path):
+    # the register paired persons whatever the label, but events only under the same name:
+    # both exports left, and k women's MIs with them
+    a, b, persons, _ = _women_runs(small_data, tmp_path)
     assert run_cli("export", a, tmp_path / "dest_a").returncode == 0
     r = run_cli("export", b, tmp_path / "dest_b")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert f"the events among {int(cohort['persons'])} persons" in r.stdout + r.stderr
+    assert f"the events among {persons} persons" in r.stdout + r.stderr
     assert not (tmp_path / "dest_b").exists()
+
+
+def test_a_site_that_names_the_audit_log_keeps_the_export_register_beside_it(small_data,
+                                                                            tmp_path):
+    # the site pins the audit log ($HPCSTUDY_AUDIT_LOG is ignored), but the register followed
+    # $HPCSTUDY_EXPORT_REGISTER: a fresh file for the second export, nothing to compare with
+    site = tmp_path / "site.yaml"
+    log = tmp_path / "site-audit" / "audit.jsonl"
+    log.parent.mkdir()
+    site.write_text(f"audit_log: {log}\n")
+    env = {"HPCSTUDY_SITE_CONFIG": str(site)}
+    a, b, persons, _ = _women_runs(small_data, tmp_path, env)
+    assert run_cli("export", a, tmp_path / "dest_a",
+                   env={**env, "HPCSTUDY_EXPORT_REGISTER": str(tmp_path / "r1.jsonl")}
+                   ).returncode == 0
+    r = run_cli("export", b, tmp_path / "dest_b",
+                env={**env, "HPCSTUDY_EXPORT_REGISTER": str(tmp_path / "fresh.jsonl")})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"the events among {persons} persons" in r.stdout + r.stderr
+    assert (log.parent / "exports.jsonl").is_file()
+    assert not (tmp_path / "r1.jsonl").exists() and not (tmp_path / "fresh.jsonl").exists()
 
 
 # -- nothing is lost that hpcstudy did not write ------------------------------------------------
@@ -382,3 +409,46 @@ def test_a_codelist_csv_with_two_code_columns_or_a_folder_is_refused(tmp_path):
     (tmp_path / "statins.csv").mkdir()
     line = _one_error_line(run_cli("check", study))
     assert "statins.csv is a folder, not a CSV file" in line
+
+
+def _equipoise_leak(out: Path, m: int = 5) -> int | None:
+    """What design.equipoise_share gives back: the share times the persons, less the shown
+    preference bins in 0.3–0.7, is the sum of the withheld bins there (None: not shown)."""
+    import json
+
+    res = json.loads((out / "results.json").read_text())
+    share = res["design"]["equipoise_share"]
+    if share is None:
+        return None
+    first = res["table1"][0]["variable"]
+    persons = sum(r["persons"] for r in res["table1"] if r["variable"] == first)
+    inside = round(share * persons)
+    assert abs(inside - share * persons) < 1e-6   # an exact count of persons
+    shown = sum(r["persons"] for r in res["preference"] if r["persons"] is not None and
+                0.3 <= float(r["bin"].split("-")[0]) < 0.7)
+    return inside - shown
+
+
+def test_equipoise_share_is_withheld_with_a_preference_bin_in_its_range(small_data, tmp_path,
+                                                                         monkeypatch):
+    # 50 bins: the bin 0.32-0.34 is withheld in both arms (a small cell and its secondary),
+    # but equipoise_share x persons minus the shown bins in 0.3-0.7 was their exact sum (the
+    # bin's total: a small cell itself where it is 1 to 4, else one equation more than the
+    # margins the suppression was audited against)
+    import hpcstudy
+    from hpcstudy.designs import disclosure
+
+    study = tmp_path / "s.yaml"
+    study.write_text(MATCHED.replace("method: matching}", "method: matching, bins: 50}"))
+    for engine in ("dask", "reference"):
+        out = tmp_path / engine
+        assert run_cli("run", study, "--data", small_data, "--out", out, "--engine", engine,
+                       "--quiet").returncode == 0
+        assert _equipoise_leak(out) is None, engine
+    monkeypatch.setattr(disclosure, "equipoise_shown", lambda pref, share: share)
+    old = tmp_path / "old"
+    hpcstudy.run(hpcstudy.load_study(study), small_data, out=old)
+    leaked = _equipoise_leak(old)
+    assert leaked is not None and leaked > 0   # the exact sum of withheld cells
+    r = run_cli("check-outputs", old)
+    assert r.returncode == 1 and "design.equipoise_share: shown while" in r.stdout + r.stderr

@@ -264,16 +264,14 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
     t1_after = D.secondary(B.table1_adjusted(plan, before, after, B.moments(
         parts, vars_, weighted=False), vars_, labels), D.TABLE1_ADJUSTED) if weighted else None
     s_before, s_after = B.smd(before, after)
-    design["equipoise_share"] = float(equipoise)
+    design["equipoise_share"] = D.equipoise_shown(pref, float(equipoise))
     hidden = D.withheld_variables(t1, t1_after if weighted else None)
     warnings, max_after = D.smd_summary(
         [n + ("" if lv is None else f"={lv}") for n, lv in vars_],
         s_after if s_after is not None else s_before,
         [(n, "-" if lv is None else str(lv)) not in hidden for n, lv in vars_],
         weighted, B.SMD_LIMIT)
-    if equipoise < 0.5:
-        warnings.append(f"only {100 * equipoise:.0f} % of persons are in equipoise "
-                        "(preference score 0.3–0.7): the arms differ much")
+    warnings += D.equipoise_warning(float(equipoise), design["equipoise_share"])
     design["max_abs_smd_after"] = None if s_after is None else max_after
     if pr.method == "matching" and pr.matching.bootstrap:
         from .bootstrap import cox_interval

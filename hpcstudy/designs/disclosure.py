@@ -62,3 +62,36 @@ def smd_summary(names: list[str], smds, shown: list[bool], weighted: bool,
                         f"adjustment: |SMD| of {names[i]} {how} (> {limit})")
     seen = [v for v, s in zip(vals, shown, strict=True) if s]
     return warnings, (max(seen) if weighted and seen else None)
+
+
+EQUIPOISE = (0.3, 0.7)
+
+
+def equipoise_shown(preference: list[dict], share: float) -> float | None:
+    """The share of persons in equipoise (preference score 0.3–0.7), unless a withheld bin of
+    the preference table lies (partly) in that range: the share times the persons is the sum of
+    those bins, which gives withheld bins back (two withheld cells of one bin: its small
+    total). Found by an outside tester, session 6."""
+    return None if equipoise_hides(preference) else share
+
+
+def equipoise_hides(preference: list[dict]) -> bool:
+    """Whether a withheld preference bin overlaps the equipoise range."""
+    for r in preference:
+        if r.get("suppressed") in (True, "True", "true") and isinstance(r.get("bin"), str):
+            try:
+                lo, hi = (float(x) for x in r["bin"].split("-"))
+            except ValueError:
+                return True
+            if hi > EQUIPOISE[0] and lo <= EQUIPOISE[1]:
+                return True
+    return False
+
+
+def equipoise_warning(share: float, shown: float | None) -> list[str]:
+    """The warning of few persons in equipoise, with its share only where the share is shown."""
+    if share >= 0.5:
+        return []
+    how = f"only {100 * share:.0f} %" if shown is not None else "fewer than half"
+    return [f"{how} of persons are in equipoise (preference score 0.3–0.7): the arms differ "
+            "much"]

@@ -182,7 +182,14 @@ def design(plan, df: pd.DataFrame, attrition: dict):
     import numpy as np
 
     from ..errors import UserError
-    from .disclosure import TABLE1, TABLE1_ADJUSTED, secondary, smd_summary
+    from .disclosure import (
+        TABLE1,
+        TABLE1_ADJUSTED,
+        equipoise_shown,
+        equipoise_warning,
+        secondary,
+        smd_summary,
+    )
 
     pr = plan.propensity
     k = plan.min_cell
@@ -350,15 +357,13 @@ def design(plan, df: pd.DataFrame, attrition: dict):
                       if (r["variable"], r["level"]) == (name, lv))
         bal.append({"variable": name, "level": lv, "smd_before": None if h else sb,
                     "smd_after": None if ha else sa, **_flag(h)})
-    out["equipoise_share"] = equipoise
+    out["equipoise_share"] = equipoise_shown(pref, equipoise)
     # a withheld variable's SMD is named without its value, and left out of the maximum
     seen = [r["smd_after" if weighted else "smd_before"] is not None for r in bal]
     warnings, max_after = smd_summary(
         [n + (f"={lv}" if lv != "-" else "") for n, lv, _, _ in _raw],
         [sa_ if weighted else sb_ for _, _, sa_, sb_ in _raw], seen, weighted, 0.1)
-    if equipoise < 0.5:
-        warnings.append(f"only {100 * equipoise:.0f} % of persons are in equipoise "
-                        "(preference score 0.3–0.7): the arms differ much")
+    warnings += equipoise_warning(equipoise, out["equipoise_share"])
     out["max_abs_smd_after"] = max_after if weighted else None
     if pr.method == "matching" and pr.matching.bootstrap:
         from .reference_bootstrap import cox_interval

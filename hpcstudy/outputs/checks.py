@@ -388,6 +388,13 @@ def smd_of_withheld(doc: dict, where: str) -> list[str]:
 
     before, after = hidden("table1"), hidden("table1") | hidden("table1_adjusted")
     out = []
+    design = doc.get("design")
+    if isinstance(design, dict) and design.get("equipoise_share") is not None:
+        from ..designs.disclosure import equipoise_hides
+
+        if equipoise_hides([r for r in doc.get("preference") or [] if isinstance(r, dict)]):
+            out.append(f"{where}:design.equipoise_share: shown while a preference bin in "
+                       "0.3–0.7 is withheld (the share times the persons gives the bins' sum)")
     for i, r in enumerate(doc.get("balance") or [], 1):
         if not isinstance(r, dict):
             continue

@@ -346,7 +346,7 @@ DESIGN_FIELDS = {"method": str, "covariates": list, "estimand": str, "ratio": in
                  "replace": bool, "caliper_sd": (float, int, type(None)),
                  "caliper_logit": (float, type(None)), "common_support": list,
                  "truncated_at": list, "stabilised": bool, "strata": int,
-                 "equipoise_share": float, "max_abs_smd_after": (float, type(None)),
+                 "equipoise_share": (float, type(None)), "max_abs_smd_after": (float, type(None)),
                  "both_arms": str, "warnings": list, "bootstrap": dict, "left_out": list}
 # the bootstrap interval's fields (designs/bootstrap.py): replicates, not persons
 BOOTSTRAP_FIELDS = {"replicates": int, "failed": int, "term": str,

@@ -37,12 +37,18 @@ SIZE_FIELDS = ("persons", "n")
 
 
 def default_path() -> Path:
-    env = os.environ.get("HPCSTUDY_EXPORT_REGISTER")
-    if env:
-        return Path(env)
+    """``$HPCSTUDY_EXPORT_REGISTER``, else exports.jsonl beside the audit log. Where the site
+    config names the audit log, the register lies beside it and the variable is ignored, as
+    ``$HPCSTUDY_AUDIT_LOG`` is: a researcher who pointed it at a new file exported a variant
+    4 persons apart with nothing to compare it with (an outside tester, session 6)."""
     from .audit import default_path as audit_log
+    from .site import load_site
 
-    return audit_log().parent / "exports.jsonl"
+    site = load_site()
+    env = os.environ.get("HPCSTUDY_EXPORT_REGISTER")
+    if env and site.audit_log is None:
+        return Path(env)
+    return audit_log(site).parent / "exports.jsonl"
 
 
 def _key(row: dict, keys: list[str]) -> str:
