@@ -452,3 +452,45 @@ def test_equipoise_share_is_withheld_with_a_preference_bin_in_its_range(small_da
     assert leaked is not None and leaked > 0   # the exact sum of withheld cells
     r = run_cli("check-outputs", old)
     assert r.returncode == 1 and "design.equipoise_share: shown while" in r.stdout + r.stderr
+
+
+def test_text_the_gate_would_hold_back_is_refused_by_check(tmp_path):
+    # a description with an emoji or a bidi override, or a step labelled "a handful died",
+    # passed check and ran; the gate then held back results.json, plan.txt and the report
+    cases = {
+        'description: "Statins \U0001F48A and MI"': "holds PILL (U+1F48A)",
+        'description: "Statins \u202ereversed"': "RIGHT-TO-LEFT OVERRIDE",
+        "description: three died": "number word(s) ['three']",
+    }
+    for text, said in cases.items():
+        study = tmp_path / "s.yaml"
+        study.write_text(STATINS.replace(
+            "description: Statin initiation and the hazard of a first myocardial infarction",
+            text))
+        line = _one_error_line(run_cli("check", study))
+        assert "s.yaml:6: description: " in line and said in line, line
+    study.write_text(STATINS.replace(
+        "  - exclude: {codelist: mi, window: [null, 0]}   # no MI before or on the index day",
+        "  - exclude: {codelist: mi, window: [null, 0]}\n    label: a handful died"))
+    line = _one_error_line(run_cli("check", study))
+    assert "criteria[0].label: " in line and "['handful']" in line
+    # what the gate lets leave still passes: Danish letters, dashes, a long description
+    study.write_text(STATINS.replace(
+        "description: Statin initiation and the hazard of a first myocardial infarction",
+        "description: Statiner og hjerteinfarkt — Århus, " + "x" * 200))
+    assert run_cli("check", study).returncode == 0
+
+
+def test_a_name_with_a_number_word_is_refused_by_check(tmp_path):
+    # a covariate `twice_diabetic` (or a codelist `three_mi`) ran; plan.txt, the model tables
+    # and the report then could not leave ("holds the number word(s) ['twice']")
+    study = tmp_path / "s.yaml"
+    study.write_text(STATINS.replace("{name: diabetes, codelist: diabetes",
+                                     "{name: twice_diabetic, codelist: diabetes")
+                     .replace("[age, sex, diabetes", "[age, sex, twice_diabetic"))
+    line = _one_error_line(run_cli("check", study))
+    assert "covariates[2].name: " in line and "['twice']" in line, line
+    study.write_text(STATINS.replace("  mi: {system: icd10", "  three_mi: {system: icd10")
+                     .replace("codelist: mi", "codelist: three_mi"))
+    r = run_cli("check", study)
+    assert r.returncode == 2 and "codelists.three_mi: " in r.stderr and "['three']" in r.stderr
