@@ -494,3 +494,17 @@ def test_a_name_with_a_number_word_is_refused_by_check(tmp_path):
                      .replace("codelist: mi", "codelist: three_mi"))
     r = run_cli("check", study)
     assert r.returncode == 2 and "codelists.three_mi: " in r.stderr and "['three']" in r.stderr
+
+
+def test_report_keeps_a_table_the_user_edited(statins_run, tmp_path):
+    # `hpcstudy report OUT` rewrote tables/cohort.md and report.html over the user's notes
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(statins_run, out)
+    assert run_cli("report", out).returncode == 0   # unedited: written again, as before
+    with open(out / "tables" / "cohort.md", "a") as f:
+        f.write("my notes\n")
+    line = _one_error_line(run_cli("report", out))
+    assert "tables/cohort.md, changed since the run wrote it" in line
+    assert (out / "tables" / "cohort.md").read_text().endswith("my notes\n")

@@ -176,14 +176,16 @@ def _not_written_by_us(out: Path, kind: str) -> str | None:
             continue
         if rel not in listed:
             return f"holds {rel}, which hpcstudy did not write"
-    return _changed_since_written(out, kind)
+    return changed_since_written(out, kind)
 
 
-def _changed_since_written(out: Path, kind: str) -> str | None:
+def changed_since_written(out: Path, kind: str, kinds: tuple[str, ...] | None = None
+                          ) -> str | None:
     """The first file hpcstudy wrote that has been edited since: a run's exported files
     against their SHA-256 in outputs.json (a note added to tables/cohort.md was replaced
     without a word), a dataset's files against their recorded size (hashing a dataset on
-    every ingest would cost more than the edit it could find)."""
+    every ingest would cost more than the edit it could find). ``kinds``: only a run's files
+    of those kinds (what ``hpcstudy report`` replaces)."""
     import hashlib
 
     from .manifest import NAME, canonical
@@ -191,7 +193,8 @@ def _changed_since_written(out: Path, kind: str) -> str | None:
     if kind == "run":
         try:
             doc = json.loads((out / NAME).read_text())
-            entries = [(e["path"], "sha256", e["sha256"]) for e in doc["files"]]
+            entries = [(e["path"], "sha256", e["sha256"]) for e in doc["files"]
+                       if kinds is None or e.get("kind") in kinds]
         except (OSError, ValueError, KeyError, TypeError):
             return None   # no manifest: the marker alone vouches (an older or cut-short run)
         if doc.get("manifest_sha256") != hashlib.sha256(canonical(doc)).hexdigest():
