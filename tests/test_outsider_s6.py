@@ -508,3 +508,24 @@ def test_report_keeps_a_table_the_user_edited(statins_run, tmp_path):
     line = _one_error_line(run_cli("report", out))
     assert "tables/cohort.md, changed since the run wrote it" in line
     assert (out / "tables" / "cohort.md").read_text().endswith("my notes\n")
+
+
+def test_a_new_folder_written_meanwhile_by_another_command_is_kept(tmp_path):
+    # two runs on one new --out both passed the "new folder" check; the one that finished
+    # second exchanged its outputs in, deleted the first's and both exited 0 (no --overwrite).
+    # Deterministic here: the other command's folder appears between the check and the commit
+    import pytest
+
+    from hpcstudy.errors import UserError
+    from hpcstudy.outputs.staging import staged_output
+
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as e:
+        with staged_output(out, False, kind="export") as staging:
+            (staging / "mine.txt").write_text("this command's")
+            out.mkdir()
+            (out / "theirs.txt").write_text("the other command's")
+    assert "another command wrote it while this one ran" in str(e.value)
+    assert e.value.exit_code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]   # no staging left

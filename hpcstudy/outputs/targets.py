@@ -357,29 +357,36 @@ def _sync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def commit(staging: Path, out: Path) -> None:
+def commit(staging: Path, out: Path, replace: bool = True) -> None:
     """Put the finished ``staging`` folder at ``out`` in one step, then remove the old state.
-    A rename the system refuses is one line and exit 1; ``out`` keeps its old state.
+    A rename the system refuses is one line and exit 1; ``out`` keeps its old state. Without
+    ``replace`` (no --overwrite) an ``out`` that appeared meanwhile is kept: two runs started
+    on one new --out both said done, and the first one's outputs were gone.
 
     Test hooks: ``HPCSTUDY_TEST_KILL_AT`` in staged, exchanged, moved-old, linked, removing;
     ``HPCSTUDY_TEST_NO_EXCHANGE`` takes the path of a file system without exchange."""
     try:
-        _commit(staging, Path(out))
+        _commit(staging, Path(out), replace)
     except OSError as e:
         err = UserError(f"cannot put {out} in place ({e.strerror or e}); it keeps its old state",
-                        fix="check the file system (space, permissions, a mount point) and "
-                            "run again")
+                        fix="choose a new folder, or pass --overwrite"
+                        if e.errno == errno.EEXIST and not replace else
+                        "check the file system (space, permissions, a mount point) and "
+                        "run again")
         err.exit_code = 1   # an I/O failure, not bad input
         raise err from e
 
 
-def _commit(staging: Path, out: Path) -> None:
+def _commit(staging: Path, out: Path, replace: bool = True) -> None:
     _fault("staged")
     if not os.path.lexists(out):
         if not _renameat2(staging, out, _RENAME_NOREPLACE):
             _link(staging, out)   # no rename flags here: a link the next commit can switch
         _sync_dir(out.parent)
         return
+    if not replace:
+        raise FileExistsError(errno.EEXIST, "another command wrote it while this one ran; "
+                              "--overwrite was not given", str(out))
     if _version_of(out) is not None:
         old = _version_of(out)
         _link(staging, out)
