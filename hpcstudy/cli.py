@@ -539,8 +539,12 @@ def report(out: Path) -> None:
     same outputs always give the same bytes."""
     if not Path(out).is_dir():   # (before loading the report's libraries)
         raise UserError(f"{out} is not a directory", fix="give the --out of a run")
+    from .outputs.targets import changed_since_written
     from .report import REPORT, write
 
+    if (edited := changed_since_written(Path(out), "run", ("report", "report_table"))):
+        raise UserError(f"{out} {edited}; the report would replace it",
+                        fix="move your edits into a file of your own, or run the study again")
     before = (Path(out) / "outputs.json").read_bytes() if (Path(out) / "outputs.json").is_file() \
         else None
     written = write(out)

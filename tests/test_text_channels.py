@@ -70,18 +70,32 @@ def test_the_vocabulary_comes_from_the_study_values_not_its_labels():
 
 
 # -- through the real CLI -------------------------------------------------------------------
-LABELS = {"3 died": "['3']", "three died": "number word", "３ died": "FULLWIDTH DIGIT THREE"}
+# a label with digits passes `check` (whether they are the study's numbers is the gate's to
+# judge); number words and other scripts' digits `check` refuses before anything runs
+LABELS = {"3 died": "['3']", "died 17": "['17']"}
+REFUSED = {"three died": "number word", "３ died": "FULLWIDTH DIGIT THREE"}
+
+
+def _labelled_study(tmp: Path, labels) -> Path:
+    text = (EXAMPLES / "diabetes_incidence.yaml").read_text()
+    extra = "".join(f"  - {{exclude: {{codelist: diabetes, window: [-{d}, -{d}]}}, "
+                    f"label: \"{lb}\"}}\n" for d, lb in zip((10, 20, 30), labels, strict=False))
+    study = tmp / "study.yaml"
+    study.write_text(text.replace("criteria:\n", "criteria:\n" + extra))
+    return study
+
+
+def test_a_criterion_label_the_gate_would_hold_is_refused_by_check(tmp_path):
+    for label, why in REFUSED.items():
+        r = run_cli("check", _labelled_study(tmp_path, [label]))
+        assert r.returncode == 2 and why in r.stderr and "criteria[" in r.stderr, r.stderr
 
 
 @pytest.fixture(scope="module")
 def labelled(small_data, tmp_path_factory) -> Path:
-    """Example 3 with three more criteria, each labelled with a count, run for real."""
+    """Example 3 with more criteria, each labelled with a count, run for real."""
     tmp = tmp_path_factory.mktemp("labels")
-    text = (EXAMPLES / "diabetes_incidence.yaml").read_text()
-    extra = "".join(f"  - {{exclude: {{codelist: diabetes, window: [-{d}, -{d}]}}, "
-                    f"label: \"{lb}\"}}\n" for d, lb in zip((10, 20, 30), LABELS, strict=True))
-    study = tmp / "study.yaml"
-    study.write_text(text.replace("criteria:\n", "criteria:\n" + extra))
+    study = _labelled_study(tmp, LABELS)
     out = tmp / "out"
     r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
     assert r.returncode == 0, r.stderr

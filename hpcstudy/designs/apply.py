@@ -264,24 +264,21 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
     t1_after = D.secondary(B.table1_adjusted(plan, before, after, B.moments(
         parts, vars_, weighted=False), vars_, labels), D.TABLE1_ADJUSTED) if weighted else None
     s_before, s_after = B.smd(before, after)
-    design["equipoise_share"] = float(equipoise)
-    warnings = []
-    worst = s_after if s_after is not None else s_before
-    if np.any(np.abs(worst) > B.SMD_LIMIT):
-        i = int(np.argmax(np.abs(worst)))
-        v = vars_[i][0] + ("" if vars_[i][1] is None else f"={vars_[i][1]}")
-        warnings.append(f"covariates are not balanced {'after' if weighted else 'without'} "
-                        f"adjustment: |SMD| of {v} is {abs(worst[i]):.3f} (> {B.SMD_LIMIT})")
-    if equipoise < 0.5:
-        warnings.append(f"only {100 * equipoise:.0f} % of persons are in equipoise "
-                        "(preference score 0.3–0.7): the arms differ much")
-    design["max_abs_smd_after"] = None if s_after is None else float(np.max(np.abs(s_after)))
+    design["equipoise_share"] = D.equipoise_shown(pref, float(equipoise))
+    hidden = D.withheld_variables(t1, t1_after if weighted else None)
+    warnings, max_after = D.smd_summary(
+        [n + ("" if lv is None else f"={lv}") for n, lv in vars_],
+        s_after if s_after is not None else s_before,
+        [(n, "-" if lv is None else str(lv)) not in hidden for n, lv in vars_],
+        weighted, B.SMD_LIMIT)
+    warnings += D.equipoise_warning(float(equipoise), design["equipoise_share"])
+    design["max_abs_smd_after"] = None if s_after is None else max_after
     if pr.method == "matching" and pr.matching.bootstrap:
         from .bootstrap import cox_interval
 
         design["bootstrap"] = cox_interval(plan, parts, *pairs)   # on the partitions
     design["warnings"] = warnings
-    results = {"table1": t1, "balance": B.balance_rows(vars_, s_before, s_after, t1),
+    results = {"table1": t1, "balance": B.balance_rows(vars_, s_before, s_after, t1, t1_after),
                "preference": pref, "design": design}
     if t1_after is not None:
         results["table1_adjusted"] = t1_after

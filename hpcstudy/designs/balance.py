@@ -199,16 +199,20 @@ def _few(dropped: int, k: int) -> bool:
     return 0 < dropped < k
 
 
-def balance_rows(vars_, s_before, s_after, t1=()) -> list[dict]:
+def balance_rows(vars_, s_before, s_after, t1=(), t1_after=()) -> list[dict]:
     """SMD rows; withheld where Table 1 withholds the variable (an SMD of a flag and the arms'
-    sizes give its counts back)."""
-    hidden = {(r["variable"], r["level"]) for r in t1 if r.get("suppressed")}
+    sizes give its counts back), and the SMD after the design where Table 1 after it does."""
+    from .disclosure import withheld_variables
+
+    hidden, hidden_after = withheld_variables(t1), withheld_variables(t1, t1_after)
     out = []
     for i, (name, level) in enumerate(vars_):
-        h = (name, _level_name(level)) in hidden
+        key = (name, _level_name(level))
+        h = key in hidden
         out.append({"variable": name, "level": _level_name(level),
                     "smd_before": None if h else float(s_before[i]),
-                    "smd_after": None if h or s_after is None else float(s_after[i]),
+                    "smd_after": None if key in hidden_after or s_after is None
+                    else float(s_after[i]),
                     **_flag(h)})
     return out
 

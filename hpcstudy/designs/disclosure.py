@@ -38,3 +38,60 @@ def secondary(rows: list[dict], derived: tuple[str, ...]) -> list[dict]:
             r = {**r, "persons": None, **dict.fromkeys(derived), "suppressed": True}
         out.append(r)
     return out
+
+
+def withheld_variables(*tables) -> set[tuple[str, str]]:
+    """(variable, level) of every Table 1 row withheld in any of ``tables`` (None: none)."""
+    return {(r["variable"], r["level"]) for t in tables for r in t or ()
+            if r.get("suppressed")}
+
+
+def smd_summary(names: list[str], smds, shown: list[bool], weighted: bool,
+                limit: float) -> tuple[list[str], float | None]:
+    """The imbalance warning and the largest |SMD| after the design, from SMDs a reader may
+    see only: an SMD of a flag and the arms' sizes give its counts back, so a variable whose
+    Table 1 rows are withheld is named without its value and left out of the maximum (an
+    outside tester read the withheld matched counts' difference off smd_after, session 6)."""
+    vals = [abs(float(s)) for s in smds]
+    warnings = []
+    if vals and max(vals) > limit:
+        i = max(range(len(vals)), key=lambda j: (vals[j], -j))
+        how = f"is {vals[i]:.3f}" if shown[i] else \
+            "is above the limit (its value is withheld with its Table 1 rows)"
+        warnings.append(f"covariates are not balanced {'after' if weighted else 'without'} "
+                        f"adjustment: |SMD| of {names[i]} {how} (> {limit})")
+    seen = [v for v, s in zip(vals, shown, strict=True) if s]
+    return warnings, (max(seen) if weighted and seen else None)
+
+
+EQUIPOISE = (0.3, 0.7)
+
+
+def equipoise_shown(preference: list[dict], share: float) -> float | None:
+    """The share of persons in equipoise (preference score 0.3–0.7), unless a withheld bin of
+    the preference table lies (partly) in that range: the share times the persons is the sum of
+    those bins, which gives withheld bins back (two withheld cells of one bin: its small
+    total). Found by an outside tester, session 6."""
+    return None if equipoise_hides(preference) else share
+
+
+def equipoise_hides(preference: list[dict]) -> bool:
+    """Whether a withheld preference bin overlaps the equipoise range."""
+    for r in preference:
+        if r.get("suppressed") in (True, "True", "true") and isinstance(r.get("bin"), str):
+            try:
+                lo, hi = (float(x) for x in r["bin"].split("-"))
+            except ValueError:
+                return True
+            if hi > EQUIPOISE[0] and lo <= EQUIPOISE[1]:
+                return True
+    return False
+
+
+def equipoise_warning(share: float, shown: float | None) -> list[str]:
+    """The warning of few persons in equipoise, with its share only where the share is shown."""
+    if share >= 0.5:
+        return []
+    how = f"only {100 * share:.0f} %" if shown is not None else "fewer than half"
+    return [f"{how} of persons are in equipoise (preference score 0.3–0.7): the arms differ "
+            "much"]

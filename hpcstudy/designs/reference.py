@@ -51,6 +51,16 @@ def _score(plan, df: pd.DataFrame):
     pr = plan.propensity
     X = _design_matrix(plan, df)
     y = (df["group"] == 1).astype(int)
+    if not pr.penalty:   # as the partitioned fit: a constant or collinear column is refused
+        from ..models.base import ModelError, check_collinearity
+
+        Z = np.column_stack([np.ones(len(X)), X.to_numpy() - X.to_numpy().mean(axis=0)])
+        try:
+            check_collinearity(Z.T @ Z, ["intercept", *X.columns], "logistic model")
+        except ModelError as e:
+            raise UserError(f"propensity score model: {e}", where=plan.source,
+                            fix="drop or merge the covariate that separates the arms "
+                                "(propensity.covariates), or set propensity.penalty") from None
     # Newton's method to convergence, as the dask engine's partitioned fit (L2 on all but the
     # intercept, as there)
     m = LogisticRegression(C=1.0 / pr.penalty if pr.penalty else np.inf,
@@ -172,7 +182,14 @@ def design(plan, df: pd.DataFrame, attrition: dict):
     import numpy as np
 
     from ..errors import UserError
-    from .disclosure import TABLE1, TABLE1_ADJUSTED, secondary
+    from .disclosure import (
+        TABLE1,
+        TABLE1_ADJUSTED,
+        equipoise_shown,
+        equipoise_warning,
+        secondary,
+        smd_summary,
+    )
 
     pr = plan.propensity
     k = plan.min_cell
@@ -336,21 +353,18 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         lv = "-" if level is None else str(level)
         _raw.append((name, lv, sa, sb))
         h = any(r.get("suppressed") for r in t1 if (r["variable"], r["level"]) == (name, lv))
+        ha = h or any(r.get("suppressed") for r in t1_after or ()
+                      if (r["variable"], r["level"]) == (name, lv))
         bal.append({"variable": name, "level": lv, "smd_before": None if h else sb,
-                    "smd_after": None if h else sa, **_flag(h)})
-    out["equipoise_share"] = equipoise
-    smds = {(n, lv): (sa_, sb_) for n, lv, sa_, sb_ in _raw}
-    worst = [abs(smds[(r["variable"], r["level"])][0 if weighted else 1]) for r in bal]
-    warnings = []
-    if max(worst) > 0.1:
-        r = bal[int(np.argmax(worst))]
-        v = r["variable"] + (f"={r['level']}" if r["level"] != "-" else "")
-        warnings.append(f"covariates are not balanced {'after' if weighted else 'without'} "
-                        f"adjustment: |SMD| of {v} is {max(worst):.3f} (> 0.1)")
-    if equipoise < 0.5:
-        warnings.append(f"only {100 * equipoise:.0f} % of persons are in equipoise "
-                        "(preference score 0.3–0.7): the arms differ much")
-    out["max_abs_smd_after"] = max(worst) if weighted else None
+                    "smd_after": None if ha else sa, **_flag(h)})
+    out["equipoise_share"] = equipoise_shown(pref, equipoise)
+    # a withheld variable's SMD is named without its value, and left out of the maximum
+    seen = [r["smd_after" if weighted else "smd_before"] is not None for r in bal]
+    warnings, max_after = smd_summary(
+        [n + (f"={lv}" if lv != "-" else "") for n, lv, _, _ in _raw],
+        [sa_ if weighted else sb_ for _, _, sa_, sb_ in _raw], seen, weighted, 0.1)
+    warnings += equipoise_warning(equipoise, out["equipoise_share"])
+    out["max_abs_smd_after"] = max_after if weighted else None
     if pr.method == "matching" and pr.matching.bootstrap:
         from .reference_bootstrap import cox_interval
 

@@ -378,6 +378,34 @@ def _adjusted_vs_before(doc: dict, m: int, where: str) -> list[str]:
     return out
 
 
+def smd_of_withheld(doc: dict, where: str) -> list[str]:
+    """An SMD shown for a variable whose Table 1 rows are withheld (before the design for
+    smd_before, before or after it for smd_after): a flag's SMD and the arms' sizes give the
+    withheld counts (or their difference) back."""
+    def hidden(table: str) -> set:
+        return {(r.get("variable"), r.get("level")) for r in doc.get(table) or []
+                if isinstance(r, dict) and r.get("suppressed") in (True, "True", "true")}
+
+    before, after = hidden("table1"), hidden("table1") | hidden("table1_adjusted")
+    out = []
+    design = doc.get("design")
+    if isinstance(design, dict) and design.get("equipoise_share") is not None:
+        from ..designs.disclosure import equipoise_hides
+
+        if equipoise_hides([r for r in doc.get("preference") or [] if isinstance(r, dict)]):
+            out.append(f"{where}:design.equipoise_share: shown while a preference bin in "
+                       "0.3–0.7 is withheld (the share times the persons gives the bins' sum)")
+    for i, r in enumerate(doc.get("balance") or [], 1):
+        if not isinstance(r, dict):
+            continue
+        key = (r.get("variable"), r.get("level"))
+        for col, withheld in (("smd_before", before), ("smd_after", after)):
+            if key in withheld and r.get(col) is not None:
+                out.append(f"{where}:balance: row {i}, column {col!r}: shown for a variable "
+                           "Table 1 withholds")
+    return out
+
+
 def _sections(doc: dict) -> list[tuple[str, str, object]]:
     """(kind, path, data) of every section of results.json."""
     out = []
@@ -400,6 +428,7 @@ def _results(doc: dict, m: int, where: str) -> list[str]:
     for kind, path, data in _sections(doc):
         out += check_kind(kind, data, m, f"{where}:{path}")
     out += _adjusted_vs_before(doc, m, where)
+    out += smd_of_withheld(doc, where)
     out += _across({f"{where}:{p}": (k, d) for k, p, d in _sections(doc)}, m)
     return out
 

@@ -144,6 +144,32 @@ def _across_files(verdict: Verdict) -> None:
         verdict.blobs.pop(p, None)
 
 
+def _reports_of_withheld(verdict: Verdict, manifest: dict) -> None:
+    """A report page (and the tables written from it) shows cells of the files it traces
+    (``data-source``): when one of them is withheld, so is the page. The page's own check
+    reads those files as they are, so it passed an SMD that the gate withholds in
+    tables/balance.csv (an outside tester, session 6)."""
+    import re
+
+    kinds = {e.get("path"): e.get("kind") for e in manifest.get("files", [])
+             if isinstance(e, dict)}
+    pages = [p for p in verdict.passed if kinds.get(p) == "report"]
+    for p in pages:
+        sources = set(re.findall(r'data-source="([^"]+)"', verdict.blobs[p].decode("utf-8",
+                                                                                   "replace")))
+        held = sorted(s for s in sources if s in verdict.held)
+        if held:
+            verdict.hold(p, f"{p}: shows cells of {held[0]}, which is withheld")
+    if any(p in verdict.held for p in pages):
+        for p in [p for p in verdict.passed if kinds.get(p) in M.REPORT_KINDS]:
+            if p not in verdict.held:
+                verdict.hold(p, f"{p}: the report page it comes from is withheld")
+    for p in [p for p in verdict.passed if p in verdict.held]:
+        verdict.passed.remove(p)
+        verdict.contents.pop(p, None)
+        verdict.blobs.pop(p, None)
+
+
 @dataclass
 class Verdict:
     """What the gate decided for one run folder."""
@@ -347,7 +373,7 @@ DESIGN_FIELDS = {"method": str, "covariates": list, "estimand": str, "ratio": in
                  "replace": bool, "caliper_sd": (float, int, type(None)),
                  "caliper_logit": (float, type(None)), "common_support": list,
                  "truncated_at": list, "stabilised": bool, "strata": int,
-                 "equipoise_share": float, "max_abs_smd_after": (float, type(None)),
+                 "equipoise_share": (float, type(None)), "max_abs_smd_after": (float, type(None)),
                  "both_arms": str, "warnings": list, "bootstrap": dict, "left_out": list}
 # the bootstrap interval's fields (designs/bootstrap.py): replicates, not persons
 BOOTSTRAP_FIELDS = {"replicates": int, "failed": int, "term": str,
@@ -683,6 +709,8 @@ def _check_csv(verdict: Verdict, entry: dict, text: str, res: dict | None) -> li
     out += _value_problems(kind, rows, cols, where, verdict.min_cell, _population(res))
     out += _cell_rules(kind, rows, verdict.min_cell,
                        where)
+    if kind == "balance" and res is not None:   # an SMD of a variable Table 1 withholds
+        out += C.smd_of_withheld({**res, "balance": rows}, where)
     section = entry.get("section")
     if res is not None and isinstance(section, str):
         src = _sections(res).get(section)
@@ -844,6 +872,7 @@ def check(out: str | Path, min_cell: int | None = None, approval=None) -> Verdic
                 verdict.contents[p] = (e["kind"], content)
             verdict.blobs[p] = data
     _across_files(verdict)
+    _reports_of_withheld(verdict, doc)
     text_problems = _manifest_text(verdict, doc)
     if text_problems:   # the manifest names what it lists: text that cannot leave holds them all
         for x in text_problems:

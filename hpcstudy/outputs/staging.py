@@ -65,14 +65,15 @@ def staged_output(out: Path, overwrite: bool, *, kind: str, reads=()):
         yield staging
         if kind == "run":
             targets.run_marker(staging)
-        commit_output(staging, out)
+        commit_output(staging, out, replace=overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def commit_output(staging: Path, out: Path) -> None:
-    """Swap a finished staging folder into place (no moment without ``out``), drop the old."""
+def commit_output(staging: Path, out: Path, replace: bool = True) -> None:
+    """Swap a finished staging folder into place (no moment without ``out``), drop the old;
+    without ``replace`` an ``out`` that appeared meanwhile stays and this is refused."""
     from . import targets
 
-    targets.commit(staging, Path(out))
+    targets.commit(staging, Path(out), replace)

@@ -176,6 +176,46 @@ def _not_written_by_us(out: Path, kind: str) -> str | None:
             continue
         if rel not in listed:
             return f"holds {rel}, which hpcstudy did not write"
+    return changed_since_written(out, kind)
+
+
+def changed_since_written(out: Path, kind: str, kinds: tuple[str, ...] | None = None
+                          ) -> str | None:
+    """The first file hpcstudy wrote that has been edited since: a run's exported files
+    against their SHA-256 in outputs.json (a note added to tables/cohort.md was replaced
+    without a word), a dataset's files against their recorded size (hashing a dataset on
+    every ingest would cost more than the edit it could find). ``kinds``: only a run's files
+    of those kinds (what ``hpcstudy report`` replaces)."""
+    import hashlib
+
+    from .manifest import NAME, canonical
+
+    if kind == "run":
+        try:
+            doc = json.loads((out / NAME).read_text())
+            entries = [(e["path"], "sha256", e["sha256"]) for e in doc["files"]
+                       if kinds is None or e.get("kind") in kinds]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None   # no manifest: the marker alone vouches (an older or cut-short run)
+        if doc.get("manifest_sha256") != hashlib.sha256(canonical(doc)).hexdigest():
+            return f"holds {NAME}, changed since the run wrote it"
+    else:
+        from ..registers.store import MANIFEST
+
+        try:
+            doc = json.loads((out / MANIFEST).read_text())
+            entries = [(f["path"], "bytes", f["bytes"]) for r in doc["registers"].values()
+                       for f in r["files"] if "bytes" in f]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+    for rel, how, want in entries:
+        p = out / str(rel)
+        if not p.is_file() or p.is_symlink():
+            continue
+        got = p.stat().st_size if how == "bytes" else \
+            hashlib.sha256(p.read_bytes()).hexdigest()
+        if got != want:
+            return f"holds {rel}, changed since {'the run' if kind == 'run' else kind} wrote it"
     return None
 
 
@@ -317,29 +357,36 @@ def _sync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def commit(staging: Path, out: Path) -> None:
+def commit(staging: Path, out: Path, replace: bool = True) -> None:
     """Put the finished ``staging`` folder at ``out`` in one step, then remove the old state.
-    A rename the system refuses is one line and exit 1; ``out`` keeps its old state.
+    A rename the system refuses is one line and exit 1; ``out`` keeps its old state. Without
+    ``replace`` (no --overwrite) an ``out`` that appeared meanwhile is kept: two runs started
+    on one new --out both said done, and the first one's outputs were gone.
 
     Test hooks: ``HPCSTUDY_TEST_KILL_AT`` in staged, exchanged, moved-old, linked, removing;
     ``HPCSTUDY_TEST_NO_EXCHANGE`` takes the path of a file system without exchange."""
     try:
-        _commit(staging, Path(out))
+        _commit(staging, Path(out), replace)
     except OSError as e:
         err = UserError(f"cannot put {out} in place ({e.strerror or e}); it keeps its old state",
-                        fix="check the file system (space, permissions, a mount point) and "
-                            "run again")
+                        fix="choose a new folder, or pass --overwrite"
+                        if e.errno == errno.EEXIST and not replace else
+                        "check the file system (space, permissions, a mount point) and "
+                        "run again")
         err.exit_code = 1   # an I/O failure, not bad input
         raise err from e
 
 
-def _commit(staging: Path, out: Path) -> None:
+def _commit(staging: Path, out: Path, replace: bool = True) -> None:
     _fault("staged")
     if not os.path.lexists(out):
         if not _renameat2(staging, out, _RENAME_NOREPLACE):
             _link(staging, out)   # no rename flags here: a link the next commit can switch
         _sync_dir(out.parent)
         return
+    if not replace:
+        raise FileExistsError(errno.EEXIST, "another command wrote it while this one ran; "
+                              "--overwrite was not given", str(out))
     if _version_of(out) is not None:
         old = _version_of(out)
         _link(staging, out)

@@ -110,3 +110,32 @@ REGISTERS: dict[str, Register] = {r.name: r for r in (
 
 # Columns used only to order rows inside a partition; never written.
 HIDDEN_SORT_COLUMNS = {"_pnr", "_d_inddto"}
+
+
+def column_problem(register: str, table: pa.Table) -> str | None:
+    """Why a partition's columns (those read) are not its register's: a column of another type
+    or with empty values (every register column is required). None when they are. A file
+    written by another tool can pass the manifest's sizes and still hold these, and the
+    engines would read a timestamp as days or a string pnr as a crash."""
+    reg = REGISTERS.get(register)
+    if reg is None:
+        return None
+    types = {c.name: c.type for c in reg.columns}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        want = types.get(name)
+        if want is not None and col.type != want:
+            return f"column {name!r} is {col.type}, not {want}"
+        if col.null_count:
+            return f"column {name!r} has {col.null_count} empty value(s)"
+    return None
+
+
+def is_iso_date(value) -> bool:
+    """A real calendar day written YYYY-MM-DD (a manifest's period: 2023-02-30 is not one)."""
+    import datetime
+
+    try:
+        return isinstance(value, str) and len(value) == 10 and \
+            datetime.date.fromisoformat(value).isoformat() == value
+    except ValueError:
+        return False

@@ -35,7 +35,7 @@ from ..outputs.staging import (  # noqa: F401
     write_refusal,  # noqa: F401
 )
 from .arrow import to_numpy
-from .schema import HIDDEN_SORT_COLUMNS, REGISTERS, SCHEMA_VERSION
+from .schema import HIDDEN_SORT_COLUMNS, REGISTERS, SCHEMA_VERSION, column_problem, is_iso_date
 
 MANIFEST = "manifest.json"
 FORMAT = "hpcstudy-registers"
@@ -153,6 +153,8 @@ def read_partition(path: Path, columns: Sequence[str] | None = None) -> pa.Table
         missing = [c for c in columns or () if c not in t.column_names]
         if missing:   # read_table refuses these; ParquetFile.read would leave them out
             raise ValueError(f"no column {missing[0]!r} in the file")
+        if (why := column_problem(Path(path).parent.name, t)) is not None:
+            raise ValueError(why)   # wrong types and empty values: one line, not a crash
         return t
     except (OSError, ValueError, pa.ArrowException) as e:
         if isinstance(e, OSError) and _disk_failure(e):
@@ -177,9 +179,9 @@ def _manifest_shape(m: dict) -> str | None:
     if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 4096:
         return f"field partitions: {p!r} is not a whole number in 1..4096"
     period = m.get("period")
-    if not isinstance(period, dict) or not all(isinstance(period.get(k), str)
+    if not isinstance(period, dict) or not all(is_iso_date(period.get(k))
                                                for k in ("start", "end")):
-        return "field period: missing, or without start and end dates"
+        return "field period: missing, or its start and end are not YYYY-MM-DD days"
     words = m.get("dictionaries")
     if not isinstance(words, dict):
         return "field dictionaries (the code dictionaries) is missing"
@@ -335,7 +337,7 @@ class Dataset:
         parts = range(self.partitions) if partitions is None else partitions
         cols = list(columns) if columns is not None else None
         tables = [read_partition(self.path(register, p), cols) for p in parts]
-        table = pa.concat_tables(tables) if tables else \
+        table = pa.concat_tables(tables, promote_options="default") if tables else \
             REGISTERS[register].arrow_schema().empty_table()
         return self.decode(register, table) if decode else table
 

@@ -186,6 +186,7 @@ class _Ctx:
         if not isinstance(v, str) or not rule.fullmatch(v):
             self.err(node, key, path, f"{show(v)} is not a plain {what}", NAME_RULES[rule])
             return None
+        _exportable(self, node, key, path, v)   # names are column names, terms, steps
         return v
 
 
@@ -272,6 +273,7 @@ def _codelists(cx: _Ctx, doc) -> list[Codelist]:
             cx.err(node, name, path, f"{show(name)} is not a plain codelist name",
                    "start with a letter; then letters, digits and _")
             continue
+        _exportable(cx, node, name, path, name)   # attrition steps name the codelist
         spec = cx.mapping(spec, "codelist", path, node, name, "{system: icd10, codes: [I21*]}")
         if spec is None:
             cx.broken.add(name)
@@ -365,13 +367,19 @@ def _other_system(system: str, norm: str) -> str | None:
 
 def _codes_from_csv(cx: _Ctx, spec: Node, path: str, file: str) -> list[str]:
     f = cx.base_dir / file
+    if f.is_dir():
+        cx.err(spec, "file", f"{path}.file", f"{f} is a folder, not a CSV file",
+               "give a CSV path relative to the study file")
+        return []
     if not f.is_file():
         cx.err(spec, "file", f"{path}.file", f"{f} does not exist",
                "give a CSV path relative to the study file")
         return []
     try:
         with open(f, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = list(reader.fieldnames or ())
     except UnicodeDecodeError:
         cx.err(spec, "file", f"{path}.file", f"{f} is not UTF-8 text", "save it as UTF-8 CSV")
         return []
@@ -379,9 +387,13 @@ def _codes_from_csv(cx: _Ctx, spec: Node, path: str, file: str) -> list[str]:
         cx.err(spec, "file", f"{path}.file", f"{f} cannot be read as CSV ({e})",
                "give a CSV file with a header row and a code column")
         return []
-    if not rows or "code" not in rows[0]:
+    if "code" not in header:
         cx.err(spec, "file", f"{path}.file", f"{f} has no 'code' column",
                "the CSV needs a header row with a column named code")
+        return []
+    if header.count("code") > 1:   # DictReader would keep the last one without a word
+        cx.err(spec, "file", f"{path}.file", f"{f} has {header.count('code')} columns named "
+               "code", "keep one code column (rename the others)")
         return []
     out: list[str] = []
     for r in rows:
@@ -389,6 +401,20 @@ def _codes_from_csv(cx: _Ctx, spec: Node, path: str, file: str) -> list[str]:
         if c and c not in out:
             out.append(c)
     return out
+
+
+def _exportable(cx: _Ctx, node: Node, key: str, path: str, text: str,
+                limit: int | None = None) -> None:
+    """Free text every output repeats (the description, a step's label) in the characters,
+    length and words the export gate lets leave: a description with an emoji ran, and then
+    held back results.json, plan.txt and the report at export (outputs/text.py's rules; its
+    digits are the gate's to judge against the study's numbers)."""
+    from ..outputs.text import MAX_VALUE, problems
+
+    for p in problems(text, None, "", MAX_VALUE if limit is None else limit):
+        cx.err(node, key, path, p.removeprefix(": "),
+               "the export gate would hold back every file that repeats it: write it in "
+               "letters, ASCII digits and punctuation, without number words")
 
 
 # -- events -----------------------------------------------------------------------------------
@@ -617,6 +643,7 @@ def _criteria(cx: _Ctx, doc, names, index: IndexRule | None) -> list[Criterion]:
                        f"{show(lb)}", "e.g. label: no MI before index")
             else:
                 label = lb.strip()
+                _exportable(cx, item, "label", f"{path}.label", label)
         p = f"{path}.{action}"
         spec = cx.mapping(item[action], "criterion_events", p, item, action,
                           "{codelist: mi, window: [null, 0]}")
@@ -1378,6 +1405,8 @@ def _parse(cx: _Ctx, doc: Node, check_variants: bool) -> tuple[Study | None, lis
         cx.err(doc, "description", "description", f"must be text, not {show(description)}",
                "quote it")
         description = ""
+    # (a line of plan.txt: "description: …", at most MAX_LINE characters)
+    _exportable(cx, doc, "description", "description", description, 300 - len("description: "))
     seed = cx.integer(doc, "seed", "seed", 0, 2**63 - 1, 1)
     codelists = _codelists(cx, doc)
     names = {c.name: c for c in codelists}

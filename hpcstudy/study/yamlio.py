@@ -151,7 +151,13 @@ def loads(text: str, name: str = "<study>", what: str = "study") -> Node:
     if len(text) > MAX_BYTES:
         raise UserError(f"more than {MAX_BYTES} characters: not a {what}", where=name,
                         fix="long codelists belong in a CSV file (codelists: {x: {file: ...}})")
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)   # the reader refuses control characters (a NUL) here
+    except yaml.reader.ReaderError as e:
+        line = text[:e.position].count("\n") + 1
+        raise UserError(f"not valid YAML: character #x{e.character:04x} is not allowed",
+                        where=f"{name}:{line}",
+                        fix="remove the control character (save the file as plain text)") from None
     try:
         root = loader.get_single_node()
         if root is not None:
