@@ -311,9 +311,7 @@ def _load_checked(study: Path, data: Path | None, project: Path | None = None,
 
 def _warn(s) -> None:
     """The study's warnings (harmless oddities), one line each on stderr."""
-    from .outputs.gate import number_word_problems
-
-    for w in [*s.warnings, *number_word_problems(s)] if _speaks() else ():
+    for w in s.warnings if _speaks() else ():
         click.echo(f"hpcstudy: warning: {w}", err=True)
 
 

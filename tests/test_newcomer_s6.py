@@ -390,23 +390,20 @@ def test_a_curve_with_no_point_to_show_says_why(tmp_path, small_data):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_a_name_the_export_gate_will_withhold_is_warned_about_at_check(tmp_path):
+def test_a_name_the_export_gate_will_withhold_is_refused_at_check(tmp_path):
     # a study named "few" ran, and only check-outputs said that every file was withheld
     f = _study(tmp_path)
     f.write_text(f.read_text().replace("name: sglt2_su", "name: few")
                  .replace("covariates: [age, sex]", "covariates: [age, sex]\ncriteria:\n"
                           "  - exclude: {codelist: hf}\n    label: no hf twice"))
     r = run_cli("check", f)
-    assert r.returncode == 0, r.stderr
-    warnings = [x for x in r.stderr.splitlines() if "number word" in x]
-    assert warnings == [
-        f"hpcstudy: warning: {f}:1: name: 'few' holds the number word(s) ['few'], and the "
-        "export gate withholds every file that states a number in words — rename it",
-        f"hpcstudy: warning: {f}:15: criteria[0].label: 'no hf twice' holds the number "
-        "word(s) ['twice'], and the export gate withholds every file that states a number in "
-        "words — rename it"]
+    assert r.returncode == 2, r.stderr
+    said = [x for x in r.stderr.splitlines() if "number word" in x]
+    assert len(said) == 2 and all(x.startswith("hpcstudy: error: ") for x in said), r.stderr
+    assert f"{f}:1: name: text 'few'" in said[0]
+    assert f"{f}:15: criteria[0].label: text 'no hf twice'" in said[1]
     r = run_cli("check", _study(tmp_path))
-    assert "number word" not in r.stderr
+    assert r.returncode == 0 and "number word" not in r.stderr
 
 
 def _slug(heading: str) -> str:

@@ -79,32 +79,6 @@ def key_name_problems(study) -> list:
     return out
 
 
-def number_word_problems(study) -> list:
-    """Names and labels that travel into the exported files and that the export gate would
-    withhold as stating a number (a study named ``few``, a label ``twice a year``): warned
-    about before the run (``check``, ``plan``, ``run``), not found only at export after it.
-    Not refused: the gate is what holds them, whatever wrote them."""
-    from ..plan.compile import source_line
-    from ..study.language import Problem
-    from .text import NUMBER_WORDS, _words
-
-    texts = [("name", study.name), ("exposure.name", study.exposure_name),
-             ("outcome.name", study.outcome.name),
-             *((f"covariates.{c.name}", c.name) for c in study.covariates),
-             *((f"criteria[{i}].label", c.label) for i, c in enumerate(study.criteria)
-               if c.label),
-             *((f"analyses.measures.{m.name}", m.name) for m in study.analyses.measures)]
-    out = []
-    for path, text in texts:
-        words = sorted({w for w in _words(text) if w in NUMBER_WORDS})
-        if words:
-            out.append(Problem(source_line(study.source, path), path,
-                               f"{text!r} holds the number word(s) {words}, and the export "
-                               "gate withholds every file that states a number in words",
-                               "rename it"))
-    return out
-
-
 def threshold(option: int | None = None, approval=None, declared: int | None = None) -> int:
     """The threshold the gate checks with: the floor, raised by the run's declared threshold
     and by ``--min-cell``; an option below the floor is refused."""

@@ -521,7 +521,7 @@ case("report-outputs-json-binary", "report", "{tmp}/out",
      setup=lambda c: _broken_run(c, "outputs.json", BINARY), says="outputs.json")
 case("report-outputs-json-edited", "report", "{tmp}/out",
      setup=lambda c: _edited_outputs(c, lambda d: d.update(min_cell=3)),
-     says="not the output manifest a run wrote")
+     says="outputs.json, changed since the run wrote it")
 for label, (rel, content) in OUTS.items():
     case(f"report-{label}", "report", "{tmp}/out",
          setup=lambda c, r=rel, x=content: _broken_run(c, r, x), says=f"{rel}: edited")
