@@ -279,6 +279,9 @@ def test_a_table_that_differs_from_results_json_is_refused(out):
     (lambda res: res["rates"][0].update(sex="2012-03-04"), "a date"),
     (lambda res: res["models"]["poisson"].update(persons=3), "results.json:models.poisson: "
                                                              "column 'persons': 3 is below 5"),
+    # which errors a model reports is a word from a fixed list, not a channel for text
+    (lambda res: res["models"]["poisson"].update(standard_errors="robust, 3 died"),
+     "standard_errors: 'robust, 3 died' is not one of"),
 ])
 def test_a_json_scalar_list_or_field_is_refused(out, plant, words):
     res = json.loads((out / "results.json").read_text())

@@ -281,6 +281,7 @@ def test_a_weighted_study_from_python_writes_the_clis_bytes(tmp_path, small_data
     # the design's sections, as the page says; weights other than 1: robust errors
     assert result.exported["balance"] and result.exported["design"]["method"] == "weighting"
     assert result.models["cox"].model.robust_ is True
+    assert result.exported["models"]["cox"]["standard_errors"] == "robust"   # and says so
 
 
 def test_a_codelist_matching_nothing_in_the_data_names_its_line(tmp_path, small_data):
@@ -343,11 +344,14 @@ analyses: {cox: true}
     assert set(table["weight"]) == {1.0} and not table["pnr"].duplicated().any()
     cox = result.models["cox"].model
     assert cox.robust_ is False
+    # results.json and the report say which errors these are
+    assert result.exported["models"]["cox"]["standard_errors"] == "model-based"
     f.write_text((EXAMPLES / "statins_mi.yaml").read_text().split("\nvariants:")[0]
                  + "\npropensity: {covariates: [age, sex, diabetes, charlson]}\n")
     result = hpcstudy.run(f, small_data)
     assert result.person_table["pnr"].duplicated().any()
     assert result.models["cox"].model.robust_ is True
+    assert result.exported["models"]["cox"]["standard_errors"] == "robust"
 
 
 def test_a_window_in_part_days_is_shown_as_written(tmp_path):

@@ -166,7 +166,9 @@ def model_result(m) -> dict:
     private ``_variables`` and ``_patterns`` feed the disclosure rules and never leave."""
     cells = getattr(m, "cells_", None)
     res = {"persons": m.n_obs_, "events": getattr(m, "n_events_", None), "loglik": m.loglik_,
-           "newton_steps": m.n_iter_, "terms": m.summary}
+           "newton_steps": m.n_iter_,
+           "standard_errors": "robust" if getattr(m, "robust_", False) else "model-based",
+           "terms": m.summary}
     if cells is None:
         return res
     res["persons"], res["events"] = cells["persons"], cells["events"]

@@ -427,6 +427,8 @@ def _check_model(verdict: Verdict, where: str, m, spec: dict, population) -> lis
         v = m[k]
         if r == "count" and v is not None and (isinstance(v, bool) or not isinstance(v, int)):
             out.append(f"{where}.{k}: {v!r} is not a count")
+        if r == "errors" and v not in M.STANDARD_ERRORS:
+            out.append(f"{where}.{k}: {str(v)[:40]!r} is not one of {list(M.STANDARD_ERRORS)}")
     cols = _declared(spec.get("columns", []))
     if isinstance(cols, str):
         return [*out, f"{where}: {cols}"]

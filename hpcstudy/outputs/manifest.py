@@ -107,7 +107,10 @@ def kind_of_section(path: str) -> str | None:
 
 # a model's single values, by role
 MODEL_SCALARS = {"n": "count", "persons": "count", "events": "count", "loglik": "derived",
-                 "newton_steps": "meta"}
+                 "newton_steps": "meta", "standard_errors": "errors"}
+# which standard errors a model reports: sandwich errors clustered by person, or the inverse
+# information (a word from this list, never free text)
+STANDARD_ERRORS = ("robust", "model-based")
 MODEL_NOTES = ("withheld", "error")        # a withheld or failed model: one reason, no numbers
 TEXT_KINDS = ("plan",)
 # the study report (hpcstudy/report): report.html and its tables as Markdown and formatted CSV,

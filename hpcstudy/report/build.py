@@ -424,6 +424,9 @@ def models_section(o: Outputs) -> Section | None:
         for c in ("persons", "events"):
             if isinstance(res.get(c), int):
                 totals.append(Fact(c, fmt.count(res[c]), "results.json", f"{field}.{c}"))
+        if isinstance(res.get("standard_errors"), str):   # robust (clustered by person) or not
+            totals.append(Fact("standard errors", res["standard_errors"], "results.json",
+                               f"{field}.standard_errors"))
         table.caption = title
         table.totals = totals
         _figure(sec, f"forest-{name}", f"{title}: forest plot", e["path"],
