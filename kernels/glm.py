@@ -35,9 +35,35 @@ def _weighted_gram(X, h, resid, xp):
     return info, score
 
 
+# Rows from which a NumPy step runs in blocks of BLOCK rows: each block's η, μ and weights
+# stay in cache (whole-array temporaries cost a fresh 8 MB array and its page faults apiece
+# per 1e6 rows), and the blocks' sums add in block order. Fewer rows (a study partition
+# at 1 M persons has ~62 500) run as whole arrays, as before: the same bits.
+BLOCKED_FROM = 1 << 17
+BLOCK = 1 << 14
+
+
+def _blocked(rows_step, X, *cols):
+    """``rows_step(X, *cols)`` summed over blocks of BLOCK rows, in block order."""
+    n = X.shape[0]
+    if n < BLOCKED_FROM:
+        return rows_step(X, *cols)
+    ll, score, info = 0.0, 0.0, 0.0
+    for i in range(0, n, BLOCK):
+        a, b, c = rows_step(X[i:i + BLOCK], *(v[i:i + BLOCK] for v in cols))
+        ll, score, info = ll + a, score + b, info + c
+    return ll, score, info
+
+
 def logistic_step(X, y, w, beta):
     """(log-likelihood, score, information) of a logistic model at β on these rows."""
     xp = array_namespace(X)
+    if xp is np:
+        return _blocked(lambda X, y, w: _logistic_rows(X, y, w, beta, np), X, y, w)
+    return _logistic_rows(X, y, w, beta, xp)
+
+
+def _logistic_rows(X, y, w, beta, xp):
     eta = X @ xp.asarray(beta)
     # log(1 + e^η) = max(η, 0) + log1p(e^−|η|), without overflow; μ from the same e^−|η|
     a = xp.exp(-xp.abs(eta))
@@ -53,6 +79,13 @@ def poisson_step(X, y, w, offset, beta):
     """(log-likelihood without the log(y!) constant, score, information) of a log-linear
     Poisson model with ``offset`` (log exposure) at β on these rows."""
     xp = array_namespace(X)
+    if xp is np:
+        return _blocked(lambda X, y, w, o: _poisson_rows(X, y, w, o, beta, np),
+                        X, y, w, offset)
+    return _poisson_rows(X, y, w, offset, beta, xp)
+
+
+def _poisson_rows(X, y, w, offset, beta, xp):
     eta = X @ xp.asarray(beta) + offset
     mu = xp.exp(eta)
     ll = (w * (y * eta - mu)).sum()

@@ -107,6 +107,44 @@ def test_glms_over_partitions_equal_single_array(binary, counts):
     assert rel(m.coef_, one.coef_) < 1e-8 and m.loglik_ == pytest.approx(one.loglik_, rel=1e-12)
 
 
+def test_blocked_steps_agree_with_whole_arrays_and_leave_small_fits_alone(monkeypatch):
+    """From BLOCKED_FROM rows a step runs in cache-sized blocks: the same fit as whole arrays
+    (to rounding), the same bytes on every call; below it, the very same bits as before."""
+    import hpcstudy_kernels.glm as K
+
+    rng = np.random.default_rng(5)
+    n = K.BLOCKED_FROM + 12_345            # not a multiple of the block
+    X = rng.normal(size=(n, 3))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(X @ [0.4, -0.2, 0.1])))).astype(float)
+    t = rng.uniform(0.5, 3, n)
+    ev = rng.poisson(t * np.exp(X @ [0.2, 0.1, -0.3] - 1)).astype(float)
+    fits = {}
+    for mode, start in (("blocked", K.BLOCKED_FROM), ("whole", 1 << 40)):
+        monkeypatch.setattr(K, "BLOCKED_FROM", start)
+        fits[mode] = (Logistic().fit(X, y), Poisson().fit(X, ev, t))
+    for b, w in zip(fits["blocked"], fits["whole"], strict=True):
+        assert rel(b.coef_, w.coef_) < 1e-12 and rel(b.se_, w.se_) < 1e-12
+        assert b.loglik_ == pytest.approx(w.loglik_, rel=1e-13)
+    monkeypatch.setattr(K, "BLOCKED_FROM", 1 << 17)
+    again = Logistic().fit(X, y)
+    assert again.coef_.tobytes() == fits["blocked"][0].coef_.tobytes()
+    # the blocked step is the sum of its blocks' steps, in block order
+    beta = np.array([0.1, 0.3, -0.2, 0.05])
+    Xi = np.c_[np.ones(n), X]
+    ll, score, info = K.logistic_step(Xi, y, np.ones(n), beta)
+    parts = [K._logistic_rows(Xi[i:i + K.BLOCK], y[i:i + K.BLOCK], np.ones(n)[i:i + K.BLOCK],
+                              beta, np) for i in range(0, n, K.BLOCK)]
+    assert ll == sum(p[0] for p in parts)
+    assert np.array_equal(score, sum(p[1] for p in parts))
+    assert np.array_equal(info, sum(p[2] for p in parts))
+    # below BLOCKED_FROM rows (a study partition): exactly the whole-array step
+    small = slice(0, 60_000)
+    got = K.logistic_step(Xi[small], y[small], np.ones(60_000), beta)
+    want = K._logistic_rows(Xi[small], y[small], np.ones(60_000), beta, np)
+    assert all(np.asarray(a).tobytes() == np.asarray(b).tobytes()
+               for a, b in zip(got, want, strict=True))
+
+
 def test_poisson_refuses_nonpositive_exposure():
     with pytest.raises(ModelError, match="exposure"):
         Poisson().fit(np.arange(3.0), [1, 0, 2], [1.0, 0.0, 2.0])
