@@ -233,11 +233,14 @@ def summary(manifest: dict, where: Path | str) -> str:
         lines.append(f"  {name:<11} {reg['rows']:>13,} rows  {size / 1e6:9.1f} MB  "
                      f"{reg.get('title', '')}")
     lines.append(f"  {'all':<11} {total:>13,} rows")
-    truth = manifest.get("truth", {}).get("mi", {}).get("log_hr")
-    if truth:
-        import math
-        lines.append("  planted truth (MI): " + ", ".join(
-            f"HR {k} {math.exp(v):.2f}" for k, v in truth.items()))
+    import math
+
+    # every outcome's planted hazard ratios (what a study on these data should recover)
+    for outcome, t in sorted((manifest.get("truth") or {}).items()):
+        hrs = t.get("log_hr") if isinstance(t, dict) else None
+        if isinstance(hrs, dict) and hrs:
+            lines.append(f"  planted truth ({outcome.replace('_', ' ')}): " + ", ".join(
+                f"HR {k} {math.exp(v):.2f}" for k, v in sorted(hrs.items())))
     return "\n".join(lines)
 
 

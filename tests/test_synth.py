@@ -192,3 +192,22 @@ def test_manifest_is_stable_json(small_data):
     text = (small_data / "manifest.json").read_text()
     m = json.loads(text)
     assert store.manifest_json(m) == text
+
+
+def test_the_summary_names_every_planted_effect(small_data):
+    """synth / data summary list each outcome's planted hazard ratios (the sglt2 effect on
+    heart failure too, not only MI's), from the manifest's truth."""
+    import math
+
+    from conftest import run_cli
+
+    truth = json.loads((small_data / "manifest.json").read_text())["truth"]
+    r = run_cli("data", "summary", small_data)
+    assert r.returncode == 0, r.stderr
+    shown = [x.strip() for x in r.stdout.splitlines() if "planted truth" in x]
+    want = [f"planted truth ({o.replace('_', ' ')}): " + ", ".join(
+        f"HR {k} {math.exp(v):.2f}" for k, v in sorted(t["log_hr"].items()))
+        for o, t in sorted(truth.items()) if isinstance(t, dict) and t.get("log_hr")]
+    assert shown == want and len(want) >= 5
+    assert any(x.startswith("planted truth (sglt2 hf): ") and "HR sglt2 0.60" in x
+               for x in shown), shown
