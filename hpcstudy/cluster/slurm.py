@@ -238,9 +238,6 @@ def render_sbatch(profile: Profile, *, study: Path, data: Path, out: Path,
     header = sbatch_lines(profile, f"hpcstudy-{study_name}", log, account, launcher)
     pick, out_arg, args = "", q(str(out)), ""
     if variants:
-        if study_name in variants:
-            raise UserError(f"variant {study_name!r} is named as the study itself",
-                            where=str(study), fix="give the variant a name of its own")
         header.append(f"#SBATCH --array=0-{len(variants)}")
         # task 0: the study as written (no --variant); task k: variant k, each in its folder
         pick = (f"VARIANTS=('' {' '.join(q(v) for v in variants)})\n"
