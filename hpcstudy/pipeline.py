@@ -224,7 +224,8 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
                       data_persons_sha256=persons.result(),
                       project=prep.approval.project if prep.approval is not None else None,
                       engine=engine, device=report.get("device"), run=report,
-                      figures=figures)
+                      figures=figures, sketches=_sketches(plan, built.parts, results,
+                                                          persons.result()))
             if ckpt is not None:
                 checkpoint.clear(ckpt)
     finally:
@@ -338,5 +339,16 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
               data_manifest_sha256=prep.manifest_sha256,
               data_persons_sha256=ds.persons_sha256(),
               project=approval.project if approval is not None else None,
-              engine=engine, device=device, run=run, figures=figures)
+              engine=engine, device=device, run=run, figures=figures,
+              sketches=_sketches(plan, table, results, ds.persons_sha256())
+              if isinstance(table, dict) else None)
     return res
+
+
+def _sketches(plan: Plan, parts, results: dict, persons_sha256: str | None) -> dict | None:
+    """The persons behind the run's counts, for the export register (secure/sketches.py)."""
+    if persons_sha256 is None:
+        return None
+    from .secure.sketches import of_run
+
+    return of_run(plan, parts, results, persons_sha256)

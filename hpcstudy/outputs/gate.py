@@ -157,6 +157,9 @@ class Verdict:
     # the numbers and codes the study kept with the run declares (text.py), else why not
     vocab: T.Vocabulary | None = None
     no_vocab: str | None = None
+    # the sketches of the persons behind its counts (secure/sketches.py), once the export
+    # register has read and checked them (secure/exports.py); never exported
+    person_sets: dict | None = None
 
     def hold(self, path: str, reason: str) -> None:
         self.held.setdefault(path, []).append(reason)

@@ -250,7 +250,8 @@ def keep_study(out: Path, study) -> None:
 
 
 def build(out: Path, entries: list[dict], *, study, data_manifest_sha256: str, min_cell: int,
-          round_to: int, project: str | None, data_persons_sha256: str | None = None) -> dict:
+          round_to: int, project: str | None, data_persons_sha256: str | None = None,
+          sketches_sha256: str | None = None) -> dict:
     """The manifest of the files ``entries`` (each path, kind and schema) under ``out``: each
     file's SHA-256 is taken from the bytes written."""
     files = []
@@ -271,6 +272,10 @@ def build(out: Path, entries: list[dict], *, study, data_manifest_sha256: str, m
            "data_manifest_sha256": data_manifest_sha256,
            "data_persons_sha256": data_persons_sha256, "min_cell": min_cell,
            "round_to": round_to, "project": project, "files": files}
+    if sketches_sha256 is not None:
+        # private/sketches.json (the persons behind the counts, for the export register):
+        # bound to the run here, since the run's audit record names this file's hash
+        doc["sketches_sha256"] = sketches_sha256
     doc["manifest_sha256"] = sha256(canonical(doc))
     return doc
 

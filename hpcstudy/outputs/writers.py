@@ -59,14 +59,16 @@ def free_keys(plan: Plan) -> dict[str, tuple[str, ...]]:
 def write_run(out: Path, plan: Plan, res: dict, table, *, overwrite: bool,
               data_manifest_sha256: str, data_persons_sha256: str,
               project: str | None = None, engine: str = "dask", device: dict | None = None,
-              run: dict | None = None, figures=None) -> None:
+              run: dict | None = None, figures=None, sketches: dict | None = None) -> None:
     """Write the exported results ``res`` (disclosure applied, the run section in), the private
     per-person table and the output manifest (``OUT/outputs.json``: every exported file with
     its kind, schema and SHA-256). ``table`` is a dict of arrays, or the dask engine's
     PartitionTables (written where its rows are). ``run``: the run's report dict, where
     :func:`hpcstudy.outputs.run_record.begin` noted when and where the run started (for
     ``run.json``). ``figures``: who draws the report's figures (hpcstudy.report.drawing; here
-    by default)."""
+    by default). ``sketches``: the persons behind the published counts
+    (:func:`hpcstudy.secure.sketches.of_run`), kept in ``OUT/private/sketches.json`` with its
+    SHA-256 in outputs.json."""
     from ..report import write as write_report
     from ..secure.audit import write_head
 
@@ -114,14 +116,19 @@ def write_run(out: Path, plan: Plan, res: dict, table, *, overwrite: bool,
         # run.json: launcher, device, hardware, times; apart from results.json (the same bytes
         # on every launcher and machine)
         entries.append(run_record.write(staging, run, engine=engine, device=device))
+        private = staging / "private"
+        private.mkdir(mode=0o700)
+        if sketches is not None:
+            from ..secure import sketches as S
+
+            sketched = S.write(staging, sketches)
         M.write(staging, M.build(staging, entries, study=plan.study,
                                  data_manifest_sha256=data_manifest_sha256,
                                  data_persons_sha256=data_persons_sha256,
                                  min_cell=plan.min_cell, round_to=plan.round_to,
-                                 project=project))
+                                 project=project,
+                                 sketches_sha256=sketched if sketches is not None else None))
         write_report(staging, figures)   # report.html and tables/*.md: a pure function of the above
-        private = staging / "private"
-        private.mkdir(mode=0o700)
         M.keep_study(staging, plan.study)
         if hasattr(table, "write"):
             table.write(plan, private / "person_table.parquet")

@@ -55,15 +55,22 @@ def _key(row: dict, keys: list[str]) -> str:
     return ",".join(f"{k}={row.get(k)}" for k in keys)
 
 
-def _table_counts(section: str, kind: str, rows: list[dict], out: dict[str, int]) -> None:
+def row_names(section: str, kind: str, rows: list[dict]) -> list[str]:
+    """Each row's name in the register: ``section[key=value,…]`` (a count's name adds
+    ``.persons``, ``.events`` …)."""
     k = M.KINDS[kind]
     cols = M.columns_of(rows)
     keys = [c for c in cols if c not in k.counts and c not in k.derived and c not in M.FLAGS]
-    for r in rows:
+    return [f"{section}[{_key(r, keys)}]" for r in rows]
+
+
+def _table_counts(section: str, kind: str, rows: list[dict], out: dict[str, int]) -> None:
+    k = M.KINDS[kind]
+    for name, r in zip(row_names(section, kind, rows), rows, strict=True):
         for c in k.counts:
             v = r.get(c)
             if isinstance(v, int) and not isinstance(v, bool):
-                out[f"{section}[{_key(r, keys)}].{c}"] = v
+                out[f"{name}.{c}"] = v
 
 
 def published(contents: dict[str, tuple[str, object]], manifest: dict) -> dict:
@@ -128,20 +135,56 @@ class Difference:
                 f"difference of {abs(self.here - self.there)} persons")
 
 
-def differences(mine: dict, theirs: dict, min_cell: int, other: str) -> list[Difference]:
+def _is_size(name: str) -> bool:
+    return name.endswith((".persons", ".persons_other")) or \
+        (name.startswith(("models.", "lexis_model")) and "[" not in name and
+         name.rsplit(".", 1)[1] in SIZE_FIELDS)
+
+
+def _only_sketched(counts: dict, sketched: set) -> tuple[set, set]:
+    """(sizes, populations) that only counts with sketches publish: the persons behind them
+    tell nested from unrelated (:func:`nested`), so the count rules leave them out."""
+    sizes: dict[int, bool] = {}
+    for k, v in counts.items():
+        if _is_size(k):
+            sizes[v] = sizes.get(v, True) and k in sketched
+    rows: dict[str, dict] = {}
+    for k, v in counts.items():
+        head, _, field = k.rpartition(".")
+        rows.setdefault(head, {})[field] = (v, k in sketched)
+    pops: dict[tuple, bool] = {}
+    for r in rows.values():
+        if "persons" in r and "events" in r:
+            key = (r["persons"][0], r["events"][0])
+            pops[key] = pops.get(key, True) and r["persons"][1] and r["events"][1]
+        if "persons_other" in r and "events_other" in r:
+            pops[(r["persons_other"][0], r["events_other"][0])] = False
+    return {v for v, ok in sizes.items() if ok}, {p for p, ok in pops.items() if ok}
+
+
+def differences(mine: dict, theirs: dict, min_cell: int, other: str,
+                sketched: tuple[set, set] | None = None) -> list[Difference]:
     """Counts (same name), sizes (any name) and the events of populations of one size (any
-    name) that differ by 1 to min_cell − 1."""
+    name) that differ by 1 to min_cell − 1. ``sketched``: the names of each side's counts
+    whose persons both sides' sketches hold; :func:`nested` compares those, not this."""
     out = []
     a, b = mine["counts"], theirs["counts"]
+    mine_sk, theirs_sk = sketched if sketched is not None else (set(), set())
     for name in sorted(set(a) & set(b)):
+        if name in mine_sk and name in theirs_sk:
+            continue
         if 0 < abs(a[name] - b[name]) < min_cell:
             out.append(Difference(name, a[name], b[name], other))
     named = {(d.here, d.there) for d in out}
+    sizes_a, pops_a = _only_sketched(a, mine_sk)
+    sizes_b, pops_b = _only_sketched(b, theirs_sk)
     # two numbers that both outputs publish are no new difference (a re-run by the other
     # engine, a variant that changed nothing: held 56 times over for its own counts)
     both = set(mine["sizes"]) & set(theirs["sizes"])
     for x in mine["sizes"]:
         for y in theirs["sizes"]:
+            if x in sizes_a and y in sizes_b:
+                continue
             if 0 < abs(x - y) < min_cell and (x, y) not in named and \
                     not (x in both and y in both):
                 out.append(Difference("a count of persons", x, y, other))
@@ -153,6 +196,8 @@ def differences(mine: dict, theirs: dict, min_cell: int, other: str) -> list[Dif
         theirs_events.setdefault(n, set()).add(e)
     for n, e in sorted(mine_pop):
         for f in sorted(theirs_events.get(n, ())):
+            if (n, e) in pops_a and (n, f) in pops_b:
+                continue   # their persons tell nested from unrelated (nested())
             if 0 < abs(e - f) < min_cell and (e, f) not in named and \
                     not ((n, e) in theirs_pop and (n, f) in mine_pop):
                 out.append(Difference(f"the events among {n} persons", e, f, other))
@@ -184,16 +229,26 @@ class Register:
         return next((r for r in self.records if r.get("event") == "release" and
                      r.get("manifest_sha256") == manifest_sha), None)
 
-    def compare(self, manifest: dict, mine: dict, min_cell: int) -> list[Difference]:
-        """Differences from every earlier export of the same data (other outputs only)."""
-        out = []
+    def compare(self, manifest: dict, mine: dict, min_cell: int,
+                mine_sets: dict | None = None) -> list:
+        """Differences from every earlier export of the same data (other outputs only): of
+        counts, and (:func:`nested`) of the persons behind them."""
+        out: list = []
         for r in self.exports_of(manifest):
             if r.get("manifest_sha256") == manifest["manifest_sha256"]:
                 continue   # the same outputs exported again
             other = (f"export #{r['seq']} of study {r['study']['name']!r} from {r['out']} "
                      f"to {r['dest']} ({r['time']}, {r['user']})")
-            out += differences(mine, r["published"], min_cell, other)
+            out += compare(mine, mine_sets, r["published"], r.get("sketches"), min_cell,
+                           other, manifest.get("data_persons_sha256"))
         return out
+
+    def sketches_of(self, manifest_sha: str) -> dict | None:
+        """The sketches an earlier export of exactly these outputs recorded (an exported
+        copy, which has no private folder)."""
+        return next((r.get("sketches") for r in reversed(self.records)
+                     if r.get("event") == "export" and r.get("manifest_sha256") == manifest_sha
+                     and r.get("sketches")), None)
 
     def append(self, entry: dict) -> dict:
         if self._f is None:
@@ -294,10 +349,14 @@ def held_by(verdict, register: Register) -> list[Difference]:
     from ..outputs import gate
 
     m = verdict.manifest
-    if m is None or register.released(m["manifest_sha256"]):
+    if m is None:
+        return []
+    # (before a release is looked at: an export with its sketches edited or deleted is refused)
+    mine_sets = verdict.person_sets = sketches_of(verdict.out, m, register)
+    if register.released(m["manifest_sha256"]):
         return []
     mine = published(verdict.contents, m)
-    found = register.compare(m, mine, verdict.min_cell)
+    found = register.compare(m, mine, verdict.min_cell, mine_sets)
     for d, doc in siblings(verdict.out, m):
         if doc.get("manifest_sha256") == m["manifest_sha256"]:
             continue
@@ -308,8 +367,14 @@ def held_by(verdict, register: Register) -> list[Difference]:
         if other.manifest is None:
             continue
         name = other.manifest["study"].get("name")
-        found += differences(mine, published(other.contents, other.manifest),
-                             verdict.min_cell, f"sibling run {name!r} in {d}")
+        where = f"sibling run {name!r} in {d}"
+        theirs = published(other.contents, other.manifest)
+        try:
+            their_sets = sketches_of(d, other.manifest, None)
+        except UserError:   # a sibling's sketches edited or gone: compared as if it had none
+            their_sets = None
+        found += compare(mine, mine_sets, theirs, their_sets, verdict.min_cell, where,
+                         m.get("data_persons_sha256"))
     return found
 
 
@@ -321,5 +386,166 @@ def export_record(verdict, dest: Path, files: list[str]) -> dict:
             "data_manifest_sha256": m["data_manifest_sha256"],
             "data_persons_sha256": m.get("data_persons_sha256"), "min_cell": verdict.min_cell,
             "project": m.get("project"), "files": files,
-            "published": published({p: c for p, c in verdict.contents.items() if p in files},
-                                   m)}
+            "published": (pub := published({p: c for p, c in verdict.contents.items()
+                                             if p in files}, m)),
+            "sketches": _recorded_sketches(verdict.person_sets, pub)}
+
+
+# -- the persons behind the counts (secure/sketches.py) -----------------------------------------
+def sketches_of(out: Path, manifest: dict, register: Register | None) -> dict | None:
+    """The sketches of the persons behind a run's counts, checked against the SHA-256 its
+    outputs.json records (which the run's audit record names), or None for a run that
+    recorded none (an hpcstudy before sketches). An exported copy (no private folder) uses
+    those the register recorded with an export of exactly its outputs. A recorded file missing
+    or changed is a one-line refusal: without it nested populations would pass."""
+    from . import sketches as S
+
+    want = manifest.get("sketches_sha256")
+    if want is None:
+        return None
+    path = Path(out) / S.NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        recorded = register.sketches_of(manifest["manifest_sha256"]) if register else None
+        if recorded is not None and not (Path(out) / "private").exists():
+            return recorded
+        raise UserError(f"{out}: {S.NAME} is missing: the run recorded the persons behind "
+                        "its counts there, and the export register needs them",
+                        fix="export only outputs as the run left them, or run the study "
+                            "again") from None
+    except OSError as e:
+        raise UserError(f"{out}: {S.NAME} cannot be read ({e.strerror})",
+                        fix="export only outputs as the run left them") from e
+    import hashlib
+
+    if hashlib.sha256(data).hexdigest() != want:
+        raise UserError(f"{out}: {S.NAME} is not the one its run wrote (its SHA-256 differs "
+                        f"from outputs.json's): the persons behind the counts were edited",
+                        fix="export only outputs as the run left them, or run the study "
+                            "again")
+    try:
+        doc = json.loads(data)
+        S.load(doc)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{out}: {S.NAME} is damaged ({e})",
+                        fix="run the study again") from e
+    return doc
+
+
+def _recorded_sketches(doc: dict | None, pub: dict) -> dict | None:
+    """What the register keeps of a run's sketches: those of the counts this export
+    published."""
+    if doc is None:
+        return None
+    return {**{k: v for k, v in doc.items() if k != "sets"},
+            "sets": {k: v for k, v in doc["sets"].items() if k in pub["counts"]}}
+
+
+@dataclass
+class Nested:
+    """Two counts whose persons differ, one set against the other, by a few persons."""
+    name: str
+    here: int
+    other_name: str
+    there: int
+    other: str
+    only_here: int | None     # None: the register could not tell how many
+    only_there: int | None
+
+    def __str__(self) -> str:
+        if self.only_here is None:
+            size = "may differ by a few persons (the register could not tell how many)"
+        else:
+            size = (f"differ by {self.only_here} person(s) only here and {self.only_there} "
+                    "only there")
+        there = "" if self.other_name == self.name else f"{self.other_name} is "
+        return (f"{self.name} is {self.here} here and {there}{self.there} in {self.other}: "
+                f"the persons behind them {size}")
+
+
+def _sets(counts: dict, doc: dict) -> list[tuple[str, int, object]]:
+    """(name, published count, sketch) for every sketched count a run published, and for
+    persons − events where a row publishes both (the persons without the event)."""
+    from . import sketches as S
+
+    _, sk = S.load(doc)
+    out = [(k, counts[k], s) for k, s in sorted(sk.items()) if isinstance(counts.get(k), int)]
+    for k, v, s in list(out):
+        if k.endswith(".persons"):
+            e = k[:-len(".persons")] + ".events"
+            if e in sk and isinstance(counts.get(e), int):
+                out.append((f"{k}-events", v - counts[e], s - sk[e]))
+    return out
+
+
+def _keyed(mine_sets: dict | None, their_sets: dict | None, key_text: str | None):
+    """The hashes both sides' sketches were made with, or None when they cannot be
+    subtracted (one has none, or another size or key)."""
+    from . import sketches as S
+
+    if mine_sets is None or their_sets is None or key_text is None or \
+            any(mine_sets.get(k) != their_sets.get(k) for k in ("format", "cells", "key_id")):
+        return None
+    keyed = S.Keyed(key_text, mine_sets["cells"])
+    return keyed if keyed.key_id == mine_sets["key_id"] else None
+
+
+def compare(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | None,
+            min_cell: int, other: str, key_text: str | None) -> list:
+    """Everything two outputs of the same data publish that differs by a few persons: their
+    counts (:func:`differences`) and the persons behind them (:func:`nested`)."""
+    keyed = _keyed(mine_sets, their_sets, key_text)
+    sketched = None if keyed is None else (set(mine_sets["sets"]), set(their_sets["sets"]))
+    found = differences(mine, theirs, min_cell, other, sketched)
+    return found + nested(mine, mine_sets, theirs, their_sets, min_cell, other, keyed, found)
+
+
+def nested(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | None,
+           min_cell: int, other: str, keyed, found: list) -> list:
+    """Counts of this export whose persons differ from those behind a count of the other
+    outputs by 1 to min_cell − 1 persons on one side (both sides together at most
+    2·(min_cell − 1)) while the two published counts differ. Where either has no sketches
+    (an older run: ``keyed`` is None), the events of every population are paired with those
+    of every other population whatever its size. ``found``: the differences already named
+    (not repeated)."""
+    from . import sketches as S
+
+    named = {(d.here, d.there) for d in found}
+    if keyed is None:
+        return _without_sketches(mine, theirs, min_cell, other, named)
+    most = S.limit(min_cell)
+    out = []
+    theirs_sets = _sets(theirs["counts"], their_sets)
+    pairs = [(a, b) for a in _sets(mine["counts"], mine_sets) for b in theirs_sets]
+    # the same count in both first: a pair of numbers is named once, by its own name if it can
+    pairs.sort(key=lambda p: p[0][0] != p[1][0])
+    for (na, va, sa), (nb, vb, sb) in pairs:
+        if va == vb or abs(sa.n - sb.n) > most or (va, vb) in named:
+            continue   # a swap of equal numbers publishes no difference
+        got = keyed.difference(sa, sb, most)
+        if got is None:
+            out.append(Nested(na, va, nb, vb, other, None, None))
+        elif got[0] >= 0 and sum(got) <= most and any(1 <= x <= min_cell - 1 for x in got):
+            out.append(Nested(na, va, nb, vb, other, *got))
+        else:
+            continue
+        named.add((va, vb))
+    return out
+
+
+def _without_sketches(mine: dict, theirs: dict, min_cell: int, other: str,
+                      named: set) -> list:
+    """Outputs without sketches: nested populations cannot be told from unrelated ones, so
+    every population's events (and persons without the event) are paired with every other's,
+    whatever their sizes."""
+    out = []
+    for n, e in sorted({tuple(p) for p in mine.get("populations", ())}):
+        for m_, f in sorted({tuple(p) for p in theirs.get("populations", ())}):
+            for what, x, y in (("events", e, f), ("persons without the event", n - e, m_ - f)):
+                if 0 < abs(x - y) < min_cell and (x, y) not in named:
+                    out.append(Difference(f"the {what} among {n} persons (here) and {m_} "
+                                          "(one of them has no sketches of its persons)",
+                                          x, y, other))
+                    named.add((x, y))
+    return out

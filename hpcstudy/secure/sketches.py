@@ -1,0 +1,249 @@
+"""Sketches of the persons behind a run's published counts, so that the export register can tell
+nested populations from unrelated ones.
+
+Two exports of 535 women (22 with an MI) and 530 women (21 with an MI) differ by 5 persons,
+which the threshold allows, but by one MI, which says that one of the five had one. The counts
+alone cannot tell these from two unrelated populations; the persons behind them can. A run
+therefore keeps, for each count of persons (and of persons with an event) it publishes, an
+*invertible Bloom lookup table* of the persons: ``3 × s`` cells (one sub-table of ``s`` cells
+per hash), each the number of persons hashed there, the sum of their 64-bit ids and the sum of
+a 64-bit check of each id, all modulo 2^64. A person's id is a keyed bijective mix of the pnr
+(:meth:`Keyed.ids`), so no two persons share one.
+
+The sketch is linear: the sketch of A minus the sketch of B is that of A \\ B (counted +1) and
+B \\ A (counted −1). Peeling the cells holding exactly one id (count ±1 and the check matching)
+recovers both sides when they are small, and only their sizes are used. A difference of d
+persons touches at most 3·d cells, so a difference that does not peel to nothing while at most
+3·D cells are non-zero (D = 2·(threshold − 1), the largest difference the rule looks at) may be
+small: it is reported as undecided and held, never passed. More non-zero cells prove d > D.
+
+Failure to peel a difference of d ≤ D ids: dominated by two ids sharing all three cells,
+probability about C(d, 2) / s³ (s = 64, d = 8: 1.1e-4); its only effect is a hold that an
+output checker releases. Building a sketch is three hashes and three ``np.add.at`` per set,
+about 40 ms of CPU for 1 M persons (``benchmarks`` figures in docs/secure.md).
+
+The sketches live in ``OUT/private/sketches.json`` (never exported; its SHA-256 is in
+``outputs.json``, which the run's audit record names) and in the export register.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = 1
+HASHES = 3
+NAME = "private/sketches.json"
+U64 = np.uint64
+
+
+def cells_for(min_cell: int) -> int:
+    """Cells per sub-table: 64 up to a threshold of 20, more above (D = 2·(m − 1) ≪ 3·s)."""
+    return 64 * -(-max(min_cell, 1) // 20)
+
+
+def limit(min_cell: int) -> int:
+    """D: the largest difference (both sides together) the disclosure rule looks at."""
+    return 2 * (min_cell - 1)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 that scatters every input bit."""
+    z = z ^ (z >> U64(30))
+    z = z * U64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> U64(27))
+    z = z * U64(0x94D049BB133111EB)
+    return z ^ (z >> U64(31))
+
+
+def _neg(x: np.ndarray) -> np.ndarray:
+    return np.zeros_like(x) - x   # modulo 2^64 (arrays wrap silently)
+
+
+@dataclass
+class Sketch:
+    """An IBLT of a set of person ids: ``count`` (int64), ``ids`` and ``checks`` (uint64 sums)."""
+
+    count: np.ndarray
+    ids: np.ndarray
+    checks: np.ndarray
+    n: int                 # persons in the set (exact; never exported)
+
+    def __sub__(self, other: Sketch) -> Sketch:
+        return Sketch(self.count - other.count, self.ids - other.ids,
+                      self.checks - other.checks, self.n - other.n)
+
+    def __add__(self, other: Sketch) -> Sketch:
+        return Sketch(self.count + other.count, self.ids + other.ids,
+                      self.checks + other.checks, self.n + other.n)
+
+    def to_text(self) -> str:
+        raw = (self.count.astype("<i8").tobytes() + self.ids.astype("<u8").tobytes() +
+               self.checks.astype("<u8").tobytes())
+        return base64.b64encode(raw).decode()
+
+    @classmethod
+    def from_text(cls, text: str, n: int, cells: int) -> Sketch:
+        raw = base64.b64decode(text.encode(), validate=True)
+        m = HASHES * cells
+        if len(raw) != 24 * m:
+            raise ValueError(f"a sketch of {len(raw)} bytes, not {24 * m}")
+        return cls(np.frombuffer(raw[:8 * m], "<i8").astype(np.int64),
+                   np.frombuffer(raw[8 * m:16 * m], "<u8").astype(U64),
+                   np.frombuffer(raw[16 * m:], "<u8").astype(U64), int(n))
+
+
+class Keyed:
+    """The hashes of one key: the same key (from the data's persons) for every run of the same
+    data, so that their sketches subtract."""
+
+    def __init__(self, key_text: str, cells: int):
+        d = hashlib.sha256(("hpcstudy person sketch\0" + key_text).encode()).digest()
+        w = np.frombuffer(d, "<u8").astype(U64)
+        self.k_id, self.k_check, self.k_cell = w[0], w[1], w[2]
+        self.cells = cells
+        self.key_id = hashlib.sha256(d).hexdigest()[:16]
+
+    def ids(self, pnr: np.ndarray) -> np.ndarray:
+        return _mix(np.asarray(pnr).astype(np.int64).view(U64) ^ self.k_id)
+
+    def check(self, x: np.ndarray) -> np.ndarray:
+        return _mix(x ^ self.k_check)
+
+    def where(self, x: np.ndarray) -> np.ndarray:
+        """(len(x), 3) cell numbers: one in each sub-table, so three distinct cells."""
+        h = _mix(x ^ self.k_cell)
+        s = U64(self.cells)
+        cols = [(((h >> U64(21 * i)) % s) + U64(i * self.cells)) for i in range(HASHES)]
+        return np.stack(cols, axis=1).astype(np.intp)
+
+    def empty(self) -> Sketch:
+        m = HASHES * self.cells
+        return Sketch(np.zeros(m, np.int64), np.zeros(m, U64), np.zeros(m, U64), 0)
+
+    def sketch(self, pnr: np.ndarray) -> Sketch:
+        """The sketch of a set of pnrs (a person twice counts twice: such a difference never
+        peels, and is held as undecided when small)."""
+        out = self.empty()
+        x = self.ids(pnr)
+        if x.size:
+            self._add(out, x, np.ones(x.size, np.int64))
+        out.n = int(x.size)
+        return out
+
+    def _add(self, s: Sketch, x: np.ndarray, sign: np.ndarray) -> None:
+        idx = self.where(x)
+        c = self.check(x)
+        neg = sign < 0
+        xs, cs = np.where(neg, _neg(x), x), np.where(neg, _neg(c), c)
+        for j in range(HASHES):
+            np.add.at(s.count, idx[:, j], sign)
+            np.add.at(s.ids, idx[:, j], xs)
+            np.add.at(s.checks, idx[:, j], cs)
+
+    def difference(self, a: Sketch, b: Sketch, most: int) -> tuple[int, int] | None:
+        """(|A \\ B|, |B \\ A|) exactly, or None when undecided: the difference did not peel
+        and touches at most 3·``most`` cells, so it may be ``most`` persons or fewer. A
+        difference that did not peel and touches more cells is larger than ``most``: returned
+        as ``(-1, -1)``."""
+        d = a - b
+        left, right = 0, 0
+        for _ in range(d.count.size + 1):
+            cand = np.nonzero((d.count == 1) | (d.count == -1))[0]
+            if cand.size == 0:
+                break
+            sign = d.count[cand]
+            x = np.where(sign > 0, d.ids[cand], _neg(d.ids[cand]))
+            c = self.check(x)
+            ok = np.where(sign > 0, c, _neg(c)) == d.checks[cand]
+            if not ok.any():
+                break
+            x, sign = x[ok], sign[ok]
+            x, first = np.unique(x, return_index=True)
+            sign = sign[first]
+            self._add(d, x, -sign)
+            left += int((sign > 0).sum())
+            right += int((sign < 0).sum())
+        if not (d.count.any() or d.ids.any() or d.checks.any()):
+            return left, right
+        touched = int(np.count_nonzero((d.count != 0) | (d.ids != 0) | (d.checks != 0)))
+        return None if touched <= HASHES * most else (-1, -1)
+
+
+# -- a run's sketches ---------------------------------------------------------------------------
+def _part_sketches(part: dict, keyed: Keyed, groups: list[tuple[int, str]]) -> dict:
+    """One partition's sketches: each group's persons and persons with the event, and the
+    whole table's (the models' populations: a person in both arms counts twice there, as in
+    the model). A person lies in one partition only."""
+    pnr = np.asarray(part["pnr"])
+    group = np.asarray(part["group"])
+    event = np.asarray(part["event"]) != 0
+    out = {}
+    for code, label in groups:
+        here = group == code
+        out[("group", label, "persons")] = keyed.sketch(pnr[here])
+        out[("group", label, "events")] = keyed.sketch(pnr[here & event])
+    out[("all", "", "persons")] = keyed.sketch(pnr)
+    out[("all", "", "events")] = keyed.sketch(pnr[event])
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    return {k: a[k] + b[k] for k in a}
+
+
+def of_run(plan, parts, results: dict, key_text: str) -> dict | None:
+    """The sketches of a run's published counts of persons: ``{"format", "cells", "hashes",
+    "key_id", "min_cell", "sets": {count name: {"n", "cells"}}}``, the count names as the
+    export register names them (:func:`hpcstudy.secure.exports.published`). A set is kept
+    only where its size is the raw count the run computed (so it is the set behind that
+    count). ``parts``: the run's Partitions, or its per-person table (a dict of arrays)."""
+    from ..models.partitions import LocalPartitions
+    from . import exports
+
+    if isinstance(parts, dict):
+        parts = LocalPartitions([parts])
+    keyed = Keyed(key_text, cells_for(plan.min_cell))
+    groups = [(g.code, g.label) for g in plan.groups]
+    got = parts.map_reduce(_part_sketches, keyed, groups, combine=_merge)
+    sets: dict[str, Sketch] = {}
+    rows = results.get("cohort") or []
+    for name, row in zip(exports.row_names("cohort", "cohort", rows), rows, strict=True):
+        for c in ("persons", "events"):
+            s = got.get(("group", row.get("label"), c))
+            if s is not None and row.get(c) == s.n:
+                sets[f"{name}.{c}"] = s
+    for g in plan.groups:   # the last step of attrition is the arm's persons
+        steps = (results.get("attrition") or {}).get(g.label) or []
+        s = got.get(("group", g.label, "persons"))
+        if steps and s is not None and steps[-1].get("persons") == s.n:
+            name = exports.row_names(f"attrition.{g.label}", "attrition", steps)[-1]
+            sets[f"{name}.persons"] = s
+    for k, m in sorted((results.get("models") or {}).items()):
+        for c in ("persons", "events"):
+            s = got[("all", "", c)]
+            if isinstance(m, dict) and m.get(c) == s.n:
+                sets[f"models.{k}.{c}"] = s
+    return {"format": FORMAT, "cells": keyed.cells, "hashes": HASHES, "key_id": keyed.key_id,
+            "sets": {k: {"n": s.n, "cells": s.to_text()} for k, s in sorted(sets.items())}}
+
+
+def write(out: Path, doc: dict) -> str:
+    """Write ``OUT/private/sketches.json``; its SHA-256 (for outputs.json)."""
+    data = (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    (Path(out) / NAME).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load(doc: dict) -> tuple[dict, dict[str, Sketch]]:
+    """(parameters, {name: Sketch}) of a sketches document (a file's or a register record's)."""
+    params = {k: doc[k] for k in ("format", "cells", "hashes", "key_id")}
+    if params["format"] != FORMAT or params["hashes"] != HASHES:
+        raise ValueError("sketches of another format")
+    return params, {k: Sketch.from_text(v["cells"], v["n"], params["cells"])
+                    for k, v in doc["sets"].items()}
