@@ -544,8 +544,8 @@ def _without_sketches(mine: dict, theirs: dict, min_cell: int, other: str,
         for m_, f in sorted({tuple(p) for p in theirs.get("populations", ())}):
             for what, x, y in (("events", e, f), ("persons without the event", n - e, m_ - f)):
                 if 0 < abs(x - y) < min_cell and (x, y) not in named:
-                    out.append(Difference(f"the {what} among {n} persons (here) and {m_} "
-                                          "(one of them has no sketches of its persons)",
+                    out.append(Difference(f"the {what} among {n} persons here and {m_} "
+                                          "there (no sketches to tell nested from unrelated)",
                                           x, y, other))
                     named.add((x, y))
     return out

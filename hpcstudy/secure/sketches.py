@@ -148,9 +148,9 @@ class Keyed:
 
     def difference(self, a: Sketch, b: Sketch, most: int) -> tuple[int, int] | None:
         """(|A \\ B|, |B \\ A|) exactly, or None when undecided: the difference did not peel
-        and touches at most 3·``most`` cells, so it may be ``most`` persons or fewer. A
-        difference that did not peel and touches more cells is larger than ``most``: returned
-        as ``(-1, -1)``."""
+        to nothing and what is left touches at most 3·(``most`` − peeled) cells, so it may be
+        ``most`` persons or fewer. One that did not peel and touches more cells is larger
+        than ``most``: returned as ``(-1, -1)``."""
         d = a - b
         left, right = 0, 0
         for _ in range(d.count.size + 1):
@@ -171,8 +171,10 @@ class Keyed:
             right += int((sign < 0).sum())
         if not (d.count.any() or d.ids.any() or d.checks.any()):
             return left, right
+        # had A and B differed by ``most`` or fewer, what is left after peeling p of them
+        # would be most − p or fewer, touching at most 3·(most − p) cells
         touched = int(np.count_nonzero((d.count != 0) | (d.ids != 0) | (d.checks != 0)))
-        return None if touched <= HASHES * most else (-1, -1)
+        return None if touched <= HASHES * (most - left - right) else (-1, -1)
 
 
 # -- a run's sketches ---------------------------------------------------------------------------
