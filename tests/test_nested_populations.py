@@ -97,7 +97,7 @@ def test_the_pairs_are_what_the_tests_say(alone):
     (pn, en), (pw, ew), (pr, er) = p["narrow"], p["wide"], p["wider"]
     assert pn < pw and len(pw - pn) == 8                    # 8 persons: allowed
     assert en < ew and len(ew - en) == 1                    # 1 MI: one of the 8 had one
-    assert en < er and len(er - en) == 5                    # 5 MIs: the threshold
+    assert pn < pr and en < er and len(er - en) == 5        # 5 MIs: the threshold
     (py, ey), (po, eo) = p["young"], p["old"]
     assert not py & po and len(py) == len(po) and abs(len(ey) - len(eo)) == 1
     assert _cohort(alone["narrow"])["events"] == len(en)   # the published counts are these

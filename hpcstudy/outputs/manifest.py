@@ -21,7 +21,9 @@ A run writes ``OUT/outputs.json``::
      "manifest_sha256": "…"}
 
 ``manifest_sha256`` is the SHA-256 of the canonical JSON of everything else: a hand edit that
-does not recompute it is caught. ``private/`` is never listed. The kinds and the columns each
+does not recompute it is caught. ``private/`` is never listed; ``sketches_sha256`` (where the
+run kept ``private/sketches.json``, the persons behind its counts for the export register)
+binds that private file to the run without exporting it. The kinds and the columns each
 may hold are fixed here (``KINDS``): a run can only declare what this catalogue allows, and the
 gate (``gate.py``) accepts nothing else.
 """

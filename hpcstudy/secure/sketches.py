@@ -118,9 +118,11 @@ class Keyed:
     def where(self, x: np.ndarray) -> np.ndarray:
         """(len(x), 3) cell numbers: one in each sub-table, so three distinct cells."""
         h = _mix(x ^ self.k_cell)
-        s = U64(self.cells)
-        cols = [(((h >> U64(21 * i)) % s) + U64(i * self.cells)) for i in range(HASHES)]
-        return np.stack(cols, axis=1).astype(np.intp)
+        out = np.empty((x.size, HASHES), np.int64)
+        for i in range(HASHES):   # 21 bits of h each, scaled to the sub-table (no division)
+            part = ((h >> U64(21 * i)) & U64(0x1FFFFF)) * U64(self.cells)
+            out[:, i] = (part >> U64(21)).view(np.int64) + i * self.cells
+        return out
 
     def empty(self) -> Sketch:
         m = HASHES * self.cells
@@ -129,11 +131,23 @@ class Keyed:
     def sketch(self, pnr: np.ndarray) -> Sketch:
         """The sketch of a set of pnrs (a person twice counts twice: such a difference never
         peels, and is held as undecided when small)."""
-        out = self.empty()
+        return self.sketches(pnr, [np.ones(len(pnr), bool)])[0]
+
+    def sketches(self, pnr: np.ndarray, masks: list[np.ndarray]) -> list[Sketch]:
+        """The sketch of ``pnr[mask]`` for each mask: the hashes computed once."""
         x = self.ids(pnr)
-        if x.size:
-            self._add(out, x, np.ones(x.size, np.int64))
-        out.n = int(x.size)
+        idx, c = self.where(x), self.check(x)
+        m = HASHES * self.cells
+        out = []
+        for mask in masks:
+            s = self.empty()
+            i, xi, ci = idx[mask], x[mask], c[mask]
+            s.count += np.bincount(i.ravel(), minlength=m)
+            for j in range(HASHES):
+                np.add.at(s.ids, i[:, j], xi)
+                np.add.at(s.checks, i[:, j], ci)
+            s.n = int(xi.size)
+            out.append(s)
         return out
 
     def _add(self, s: Sketch, x: np.ndarray, sign: np.ndarray) -> None:
@@ -185,14 +199,14 @@ def _part_sketches(part: dict, keyed: Keyed, groups: list[tuple[int, str]]) -> d
     pnr = np.asarray(part["pnr"])
     group = np.asarray(part["group"])
     event = np.asarray(part["event"]) != 0
-    out = {}
+    names, masks = [], []
     for code, label in groups:
         here = group == code
-        out[("group", label, "persons")] = keyed.sketch(pnr[here])
-        out[("group", label, "events")] = keyed.sketch(pnr[here & event])
-    out[("all", "", "persons")] = keyed.sketch(pnr)
-    out[("all", "", "events")] = keyed.sketch(pnr[event])
-    return out
+        names += [("group", label, "persons"), ("group", label, "events")]
+        masks += [here, here & event]
+    names += [("all", "", "persons"), ("all", "", "events")]
+    masks += [np.ones(pnr.shape[0], bool), event]
+    return dict(zip(names, keyed.sketches(pnr, masks), strict=True))
 
 
 def _merge(a: dict, b: dict) -> dict:
