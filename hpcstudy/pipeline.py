@@ -335,12 +335,13 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
     truth = demo.planted_truth(plan, ds.manifest)
     if truth is not None:
         res["planted_truth"] = truth
+    persons = ds.persons_sha256()
     write_run(Path(out), plan, res, table, overwrite=overwrite,
               data_manifest_sha256=prep.manifest_sha256,
-              data_persons_sha256=ds.persons_sha256(),
+              data_persons_sha256=persons,
               project=approval.project if approval is not None else None,
               engine=engine, device=device, run=run, figures=figures,
-              sketches=_sketches(plan, table, results, ds.persons_sha256())
+              sketches=_sketches(plan, table, results, persons)
               if isinstance(table, dict) else None)
     return res
 

@@ -411,9 +411,10 @@ def sketches_of(out: Path, manifest: dict, register: Register | None) -> dict | 
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        recorded = register.sketches_of(manifest["manifest_sha256"]) if register else None
-        if recorded is not None and not (Path(out) / "private").exists():
-            return recorded
+        if not (Path(out) / "private").exists():
+            # an exported copy: what the register recorded for exactly these outputs (a run
+            # whose private folder is gone has no kept study either, so the gate holds it all)
+            return register.sketches_of(manifest["manifest_sha256"]) if register else None
         raise UserError(f"{out}: {S.NAME} is missing: the run recorded the persons behind "
                         "its counts there, and the export register needs them",
                         fix="export only outputs as the run left them, or run the study "
