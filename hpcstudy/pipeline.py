@@ -346,10 +346,11 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
     return res
 
 
-def _sketches(plan: Plan, parts, results: dict, persons_sha256: str | None) -> dict | None:
-    """The persons behind the run's counts, for the export register (secure/sketches.py)."""
+def _sketches(plan: Plan, parts, results: dict, persons_sha256: str | None):
+    """Who writes the persons behind the run's counts, for the export register
+    (secure/sketches.py)."""
     if persons_sha256 is None:
         return None
-    from .secure.sketches import of_run
+    from .secure.sketches import writer
 
-    return of_run(plan, parts, results, persons_sha256)
+    return writer(plan, parts, results, persons_sha256)

@@ -128,6 +128,38 @@ def test_nested_populations_one_event_apart_are_held(alone, register, tmp_path):
     assert run_cli("export", alone["wide"], tmp_path / "second").returncode == 0
 
 
+# the attack as the brief of this check put it: women as a rates row of one study, and as the
+# cohort of another study whose age limit is a year lower
+ALL_BY_SEX = STUDY.split("variants:")[0].replace(
+    "outcome:", "covariates: [sex]\noutcome:") + "analyses:\n  rates: {by: [sex]}\n"
+WOMEN = STUDY.split("variants:")[0].replace("age: [40, 71]", "age: [40, 70]\n  sex: female")
+
+
+def test_women_as_a_rates_row_and_fewer_women_as_a_cohort_one_event_apart_are_held(
+        small_data, register, tmp_path):
+    outs = {}
+    for name, text in (("by_sex", ALL_BY_SEX), ("women", WOMEN)):
+        (tmp_path / f"{name}.yaml").write_text(text)
+        outs[name] = tmp_path / name / "out"
+        r = run_cli("run", tmp_path / f"{name}.yaml", "--data", small_data, "--out",
+                    outs[name], "--quiet")
+        assert r.returncode == 0, r.stderr
+    # the truth, from the person tables: 12 women apart, one MI
+    t = pd.read_parquet(outs["by_sex"] / "private" / "person_table.parquet")
+    women = set(t.loc[t["sex"] == 1, "pnr"])
+    mi = set(t.loc[(t["sex"] == 1) & (t["event"] == 1), "pnr"])
+    w, wmi = _people(outs["women"])
+    assert w < women and len(women - w) == 12 and wmi < mi and len(mi - wmi) == 1
+    assert run_cli("export", outs["by_sex"], tmp_path / "a").returncode == 0
+    r = run_cli("export", outs["women"], tmp_path / "b")
+    assert r.returncode == 1, r.stderr
+    held = _held(r.stderr)
+    assert len(held) == 1, r.stderr   # only the persons can tell: no count rule pairs them
+    assert "cohort[label=cohort].events is 39 here and rates[sex=1].events is 40 in export " \
+           "#1" in held[0]
+    assert "differ by 0 person(s) only here and 1 only there" in held[0]
+
+
 def test_a_sibling_variant_nested_inside_is_held(array, register):
     r = run_cli("check-outputs", array / "wide")
     assert r.returncode == 1

@@ -59,16 +59,16 @@ def free_keys(plan: Plan) -> dict[str, tuple[str, ...]]:
 def write_run(out: Path, plan: Plan, res: dict, table, *, overwrite: bool,
               data_manifest_sha256: str, data_persons_sha256: str,
               project: str | None = None, engine: str = "dask", device: dict | None = None,
-              run: dict | None = None, figures=None, sketches: dict | None = None) -> None:
+              run: dict | None = None, figures=None, sketches=None) -> None:
     """Write the exported results ``res`` (disclosure applied, the run section in), the private
     per-person table and the output manifest (``OUT/outputs.json``: every exported file with
     its kind, schema and SHA-256). ``table`` is a dict of arrays, or the dask engine's
     PartitionTables (written where its rows are). ``run``: the run's report dict, where
     :func:`hpcstudy.outputs.run_record.begin` noted when and where the run started (for
     ``run.json``). ``figures``: who draws the report's figures (hpcstudy.report.drawing; here
-    by default). ``sketches``: the persons behind the published counts
-    (:func:`hpcstudy.secure.sketches.of_run`), kept in ``OUT/private/sketches.json`` with its
-    SHA-256 in outputs.json."""
+    by default). ``sketches``: who writes the persons behind the published counts
+    (:func:`hpcstudy.secure.sketches.writer`) to ``OUT/private/sketches.json``; its SHA-256
+    goes in outputs.json."""
     from ..report import write as write_report
     from ..secure.audit import write_head
 
@@ -119,9 +119,7 @@ def write_run(out: Path, plan: Plan, res: dict, table, *, overwrite: bool,
         private = staging / "private"
         private.mkdir(mode=0o700)
         if sketches is not None:
-            from ..secure import sketches as S
-
-            sketched = S.write(staging, sketches)
+            sketched = sketches(staging)
         M.write(staging, M.build(staging, entries, study=plan.study,
                                  data_manifest_sha256=data_manifest_sha256,
                                  data_persons_sha256=data_persons_sha256,

@@ -192,10 +192,11 @@ class Keyed:
 
 
 # -- a run's sketches ---------------------------------------------------------------------------
-def _part_sketches(part: dict, keyed: Keyed, groups: list[tuple[int, str]]) -> dict:
-    """One partition's sketches: each group's persons and persons with the event, and the
-    whole table's (the models' populations: a person in both arms counts twice there, as in
-    the model). A person lies in one partition only."""
+def _part_sketches(part: dict, keyed: Keyed, groups: list[tuple[int, str]],
+                   rates_by: tuple[str, ...] = (), rates_keys: tuple = ()) -> dict:
+    """One partition's sketches: each group's persons and persons with the event, and each
+    rates row's (its key values ``rates_keys`` of the columns ``rates_by``). A person lies in
+    one partition only."""
     pnr = np.asarray(part["pnr"])
     group = np.asarray(part["group"])
     event = np.asarray(part["event"]) != 0
@@ -204,8 +205,23 @@ def _part_sketches(part: dict, keyed: Keyed, groups: list[tuple[int, str]]) -> d
         here = group == code
         names += [("group", label, "persons"), ("group", label, "events")]
         masks += [here, here & event]
-    names += [("all", "", "persons"), ("all", "", "events")]
-    masks += [np.ones(pnr.shape[0], bool), event]
+    if rates_by and pnr.shape[0]:
+        from ..engines.analyses import _distinct_rows, _key_columns
+
+        uniq, inv = _distinct_rows(_key_columns(part, rates_by), pnr.shape[0])
+        order = np.argsort(inv, kind="stable")
+        bounds = np.searchsorted(inv[order], np.arange(len(uniq) + 1))
+        at = {tuple(int(x) if float(x).is_integer() else float(x) for x in u): i
+              for i, u in enumerate(uniq)}
+        for key in rates_keys:
+            i = at.get(key)
+            rows = order[bounds[i]:bounds[i + 1]] if i is not None else order[:0]
+            names += [("rates", key, "persons"), ("rates", key, "events")]
+            masks += [rows, rows[event[rows]]]
+    else:
+        for key in rates_keys:
+            names += [("rates", key, "persons"), ("rates", key, "events")]
+            masks += [np.zeros(pnr.shape[0], bool)] * 2
     return dict(zip(names, keyed.sketches(pnr, masks), strict=True))
 
 
@@ -213,40 +229,93 @@ def _merge(a: dict, b: dict) -> dict:
     return {k: a[k] + b[k] for k in a}
 
 
-def of_run(plan, parts, results: dict, key_text: str) -> dict | None:
-    """The sketches of a run's published counts of persons: ``{"format", "cells", "hashes",
-    "key_id", "min_cell", "sets": {count name: {"n", "cells"}}}``, the count names as the
-    export register names them (:func:`hpcstudy.secure.exports.published`). A set is kept
+def _wanted(plan, results: dict) -> tuple:
+    """What to sketch, from the plan and the raw results: (groups, rates_by, rates_keys,
+    expected), ``expected`` being [(count name, sketch key, the raw count)]: a set is kept
     only where its size is the raw count the run computed (so it is the set behind that
-    count). ``parts``: the run's Partitions, or its per-person table (a dict of arrays)."""
-    from ..models.partitions import LocalPartitions
+    count)."""
+    from ..engines.analyses import RATE_COLUMNS, key_names
+    from ..plan.nodes import RatesPlan
     from . import exports
+
+    groups = [(g.code, g.label) for g in plan.groups]
+    expected = []
+    # the rates table's rows (by covariates of the per-person table; or a proportion's)
+    by = next((n.by for n in plan.analyses if isinstance(n, RatesPlan) and
+               n.by != ("group",)), ())
+    rates = (results.get("rates") or []) if by else []
+    cols = key_names(by, RATE_COLUMNS)
+    keys = tuple(tuple(r.get(c) for c in cols) for r in rates)
+    for name, row, key in zip(exports.row_names("rates", "rates", rates), rates, keys,
+                              strict=True):
+        expected += [(f"{name}.{c}", ("rates", key, c), row.get(c))
+                     for c in ("persons", "events")]
+    rows = results.get("cohort") or []
+    for name, row in zip(exports.row_names("cohort", "cohort", rows), rows, strict=True):
+        expected += [(f"{name}.{c}", ("group", row.get("label"), c), row.get(c))
+                     for c in ("persons", "events")]
+    for g in plan.groups:   # the last step of attrition is the arm's persons
+        steps = (results.get("attrition") or {}).get(g.label) or []
+        if steps:
+            name = exports.row_names(f"attrition.{g.label}", "attrition", steps)[-1]
+            expected.append((f"{name}.persons", ("group", g.label, "persons"),
+                             steps[-1].get("persons")))
+    for k, m in sorted((results.get("models") or {}).items()):
+        if isinstance(m, dict):
+            expected += [(f"models.{k}.{c}", ("all", "", c), m.get(c))
+                         for c in ("persons", "events")]
+    return groups, by, keys, expected
+
+
+def _doc(got: dict, groups: list, expected: list, keyed: Keyed) -> dict:
+    """The sketches document from the summed partition sketches."""
+    for c in ("persons", "events"):   # every row is in one arm: the models' rows are theirs
+        got[("all", "", c)] = sum((got[("group", label, c)] for _, label in groups),
+                                  keyed.empty())
+    sets = {name: got[key] for name, key, n in expected
+            if key in got and isinstance(n, int) and got[key].n == n}
+    return {"format": FORMAT, "cells": keyed.cells, "hashes": HASHES, "key_id": keyed.key_id,
+            "sets": {k: {"n": s.n, "cells": s.to_text()} for k, s in sorted(sets.items())}}
+
+
+def of_run(plan, parts, results: dict, key_text: str) -> dict:
+    """The sketches of a run's published counts of persons, in this process: ``{"format",
+    "cells", "hashes", "key_id", "sets": {count name: {"n", "cells"}}}``, the count names as
+    the export register names them (:func:`hpcstudy.secure.exports.published`). ``parts``:
+    the run's Partitions, or its per-person table (a dict of arrays)."""
+    from ..models.partitions import LocalPartitions
 
     if isinstance(parts, dict):
         parts = LocalPartitions([parts])
     keyed = Keyed(key_text, cells_for(plan.min_cell))
-    groups = [(g.code, g.label) for g in plan.groups]
-    got = parts.map_reduce(_part_sketches, keyed, groups, combine=_merge)
-    sets: dict[str, Sketch] = {}
-    rows = results.get("cohort") or []
-    for name, row in zip(exports.row_names("cohort", "cohort", rows), rows, strict=True):
-        for c in ("persons", "events"):
-            s = got.get(("group", row.get("label"), c))
-            if s is not None and row.get(c) == s.n:
-                sets[f"{name}.{c}"] = s
-    for g in plan.groups:   # the last step of attrition is the arm's persons
-        steps = (results.get("attrition") or {}).get(g.label) or []
-        s = got.get(("group", g.label, "persons"))
-        if steps and s is not None and steps[-1].get("persons") == s.n:
-            name = exports.row_names(f"attrition.{g.label}", "attrition", steps)[-1]
-            sets[f"{name}.persons"] = s
-    for k, m in sorted((results.get("models") or {}).items()):
-        for c in ("persons", "events"):
-            s = got[("all", "", c)]
-            if isinstance(m, dict) and m.get(c) == s.n:
-                sets[f"models.{k}.{c}"] = s
-    return {"format": FORMAT, "cells": keyed.cells, "hashes": HASHES, "key_id": keyed.key_id,
-            "sets": {k: {"n": s.n, "cells": s.to_text()} for k, s in sorted(sets.items())}}
+    groups, by, keys, expected = _wanted(plan, results)
+    got = parts.map_reduce(_part_sketches, keyed, groups, by, keys, combine=_merge)
+    return _doc(got, groups, expected, keyed)
+
+
+def writer(plan, parts, results: dict, key_text: str):
+    """``write(OUT) -> SHA-256``, which writes ``OUT/private/sketches.json``: from this
+    process, or under a client from a worker, the partitions' sketches summed on the workers,
+    so that no sketch (a hash of persons, like the person table) passes through the client."""
+    client = getattr(parts, "client", None)
+    if client is None:
+        doc = of_run(plan, parts, results, key_text)
+        return lambda out: write(out, doc)
+    keyed = Keyed(key_text, cells_for(plan.min_cell))
+    groups, by, keys, expected = _wanted(plan, results)
+    futures = parts.map(_part_sketches, keyed, groups, by, keys).parts
+    while len(futures) > 1:   # summed pairwise where they are
+        futures = [client.submit(_merge, *futures[i:i + 2], pure=False)
+                   if i + 1 < len(futures) else futures[i] for i in range(0, len(futures), 2)]
+
+    def on_a_worker(out):
+        return client.submit(_write_doc, futures[0], groups, expected, keyed, str(out),
+                             pure=False).result()
+    return on_a_worker
+
+
+def _write_doc(got: dict, groups: list, expected: list, keyed: Keyed, out: str) -> str:
+    return write(Path(out), _doc(got, groups, expected, keyed))
 
 
 def write(out: Path, doc: dict) -> str:
