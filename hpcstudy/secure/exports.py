@@ -12,8 +12,8 @@ releases it with ``hpcstudy exports release OUT --reason TEXT``; the release is 
 Comparable counts: the same count in the same table at the same key (``cohort[label=statin]
 .persons``, ``attrition.statin[step=…].persons``, ``models.cox.events``, a term's persons …),
 and, whatever their labels, the sizes of the cohorts' arms and of the models' populations.
-Counts whose persons the runs sketched (secure/sketches.py: the cohort's arms, the last
-attrition step, the models) are compared by those persons instead (:func:`nested`): a
+Counts whose persons the runs sketched (secure/sketches.py: the cohort's arms, the rates
+rows, the last attrition step, the models) are compared by those persons instead (:func:`nested`): a
 population nested in another but for 1 to threshold − 1 persons is held whatever the sizes,
 unrelated populations are not.
 
