@@ -20,7 +20,7 @@ small: it is reported as undecided and held, never passed. More non-zero cells p
 Failure to peel a difference of d ≤ D ids: dominated by two ids sharing all three cells,
 probability about C(d, 2) / s³ (s = 64, d = 8: 1.1e-4); its only effect is a hold that an
 output checker releases. The ids are hashed once per partition; each set is a ``bincount``
-and six ``np.add.at`` over its rows: 0.085 s of CPU for example 1 at 1 M persons (figures in
+and six ``np.add.at`` over its rows: 0.03 s of CPU for example 1 at 1 M persons (figures in
 docs/secure.md).
 
 The sketches live in ``OUT/private/sketches.json`` (never exported; its SHA-256 is in
