@@ -187,6 +187,7 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         TABLE1_ADJUSTED,
         equipoise_shown,
         equipoise_warning,
+        preference_hidden,
         secondary,
         smd_summary,
     )
@@ -248,22 +249,12 @@ def design(plan, df: pd.DataFrame, attrition: dict):
     edges = np.linspace(0, 1, pr.bins + 1)
     b = pd.cut(f.clip(upper=np.nextafter(1, 0)), edges, right=False, labels=False)
     pref = []
-    cells, hide = {}, {}
+    cells = {}
     for arm in (1, 0):
         counts = b[df["group"] == arm].value_counts()
         cells[arm] = [int(counts.get(j, 0)) for j in range(pr.bins)]
-        hide[arm] = [0 < c < k for c in cells[arm]]
-    changed = True
-    while changed:   # secondary: no withheld cell may follow from a bin's or an arm's total
-        changed = False
-        for j in range(pr.bins):
-            if hide[0][j] != hide[1][j]:
-                hide[0][j] = hide[1][j] = changed = True
-        for arm in (1, 0):
-            if sum(hide[arm]) == 1:
-                visible = [(c, j) for j, c in enumerate(cells[arm]) if not hide[arm][j]]
-                if visible:
-                    hide[arm][min(visible)[1]] = changed = True
+    hidden = preference_hidden([cells[1], cells[0]], k)
+    hide = {1: hidden[0], 0: hidden[1]}
     for arm in (1, 0):
         for j, c in enumerate(cells[arm]):
             pref.append({"arm": labels[arm], "bin": f"{j / pr.bins:g}-{(j + 1) / pr.bins:g}",

@@ -378,6 +378,46 @@ def _adjusted_vs_before(doc: dict, m: int, where: str) -> list[str]:
     return out
 
 
+# the attrition steps a comparative design adds (designs/apply.py): the preference table counts
+# the persons of the step before the first of them
+DESIGN_STEPS = ("propensity score in the common support", "matched on the propensity score",
+                "propensity stratum holds both arms")
+
+
+def _preference_vs_arms(doc: dict, m: int, where: str) -> list[str]:
+    """An arm's withheld preference bins against the arm's persons (the attrition step before
+    the design, or the cohort table where the design drops nobody): together they hold the
+    arm's persons minus its shown bins, which must be 0 or at least min_cell (180 of 181 shown
+    gave 1 person in the withheld bins; outside tester, session 7)."""
+    totals: dict = {}
+    cohort = {r.get("label"): r.get("persons") for r in doc.get("cohort") or []
+              if isinstance(r, dict)}
+    for arm, steps in (doc.get("attrition") or {}).items():
+        names = [r.get("step") for r in steps if isinstance(r, dict)]
+        cut = next((i for i, n in enumerate(names) if n in DESIGN_STEPS), None)
+        if cut is None:
+            totals[arm] = cohort.get(arm)
+        elif cut > 0 and isinstance(steps[cut - 1], dict):
+            totals[arm] = steps[cut - 1].get("persons")
+    shown: dict = {}
+    withheld: dict = {}
+    for r in doc.get("preference") or []:
+        if isinstance(r, dict):
+            a = r.get("arm")
+            if _num(r.get("persons")):
+                shown[a] = shown.get(a, 0) + r["persons"]
+            else:
+                withheld[a] = True
+    out = []
+    for a in withheld:
+        t = totals.get(a)
+        if _num(t) and 0 < t - shown.get(a, 0) < m:
+            out.append(f"{where}:preference: the withheld bins of arm {a!r} hold "
+                       f"{t - shown.get(a, 0)} persons (the arm's persons minus its shown "
+                       "bins): a small cell")
+    return out
+
+
 def smd_of_withheld(doc: dict, where: str) -> list[str]:
     """An SMD shown for a variable whose Table 1 rows are withheld (before the design for
     smd_before, before or after it for smd_after): a flag's SMD and the arms' sizes give the
@@ -428,6 +468,7 @@ def _results(doc: dict, m: int, where: str) -> list[str]:
     for kind, path, data in _sections(doc):
         out += check_kind(kind, data, m, f"{where}:{path}")
     out += _adjusted_vs_before(doc, m, where)
+    out += _preference_vs_arms(doc, m, where)
     out += smd_of_withheld(doc, where)
     out += _across({f"{where}:{p}": (k, d) for k, p, d in _sections(doc)}, m)
     return out

@@ -108,7 +108,16 @@ def _disclosed(results: dict, min_cell: int) -> dict:
         r["models"][k] = D.model(m, min_cell)
     if "lexis_model" in r:
         r["lexis_model"] = D.model(r["lexis_model"], min_cell)
+    if isinstance(r.get("design"), dict):
+        for k in SCORE_VALUES:
+            r["design"].pop(k, None)
     return r
+
+
+# values of persons' propensity scores or weights (a percentile, the arms' extremes, the SD
+# of the logit): with a score of one rare flag they are ratios of counts, so the truncation
+# point 957/180 gave the 1 exposed person with the flag back (outside tester, session 7)
+SCORE_VALUES = ("truncated_at", "common_support", "caliper_logit")
 
 
 def _keys(rows: list[dict], columns: tuple[str, ...]) -> tuple[str, ...]:

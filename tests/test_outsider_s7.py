@@ -1,0 +1,100 @@
+"""An outsider's attacks on the project's promises (session 7): each test is a break found by
+running the real CLI, kept so it stays fixed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+STATINS = (ROOT / "examples" / "statins_mi.yaml").read_text()
+
+
+def _one_error_line(r, exit_code: int = 2) -> str:
+    """The promise for bad input: exit 2, one line ``hpcstudy: error: …``, no traceback."""
+    assert r.returncode == exit_code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: "), r.stderr
+    return lines[0]
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- a propensity score of one rare flag ---------------------------------------------------
+# On small_data a diabetes diagnosis in the 10 days before index is held by 1 statin user and
+# 1 non-user: Table 1 withholds the flag, but the preference table and the design's truncation
+# point gave both back.
+def _rare_flag_study(tmp_path: Path, design: str) -> Path:
+    study = tmp_path / "rare.yaml"
+    study.write_text(STATINS.replace(
+        "  - charlson\n",
+        "  - charlson\n  - {name: recent_dm, codelist: diabetes, window: [-10, 0]}\n").replace(
+        "analyses:", f"propensity:\n  covariates: [recent_dm]\n{design}\nanalyses:"))
+    return study
+
+
+@pytest.fixture(scope="module")
+def rare_flag_run(small_data, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rare")
+    out = root / "out"
+    study = _rare_flag_study(root, "  method: weighting\n"
+                                   "  weighting: {estimand: ate, truncate: [1, 99]}\n")
+    r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_withheld_preference_bins_do_not_sum_to_a_small_count(rare_flag_run):
+    # 180 of the 181 statin users were shown in one bin; the withheld bins (the 1 person's
+    # and an empty one withheld beside it) then held 181 - 180 = 1 person
+    arms = {r["label"]: int(r["persons"]) for r in _rows(rare_flag_run / "tables/cohort.csv")}
+    pref = _rows(rare_flag_run / "tables/preference.csv")
+    assert any(r["suppressed"] == "True" for r in pref)
+    for arm, persons in arms.items():
+        shown = sum(int(r["persons"]) for r in pref if r["arm"] == arm and r["persons"])
+        assert persons - shown == 0 or persons - shown >= 5, (arm, persons, shown)
+    assert run_cli("check-outputs", rare_flag_run).returncode == 0
+
+
+def test_the_checker_finds_withheld_preference_bins_that_sum_to_a_small_count(rare_flag_run):
+    from hpcstudy.outputs import checks
+
+    doc = json.loads((rare_flag_run / "results.json").read_text())
+    arms = {r["label"]: r["persons"] for r in doc["cohort"]}
+    # what the writer published before: all but one person of each arm in one bin, the small
+    # bin and an empty one withheld
+    for r in doc["preference"]:
+        r.pop("suppressed", None)
+        r["persons"] = {"0.45-0.5": arms[r["arm"]] - 1}.get(r["bin"], 0)
+        if r["bin"] in ("0-0.05", "0.8-0.85"):
+            r.update(persons=None, suppressed=True)
+    problems = checks._results(doc, 5, "results.json")
+    assert sum("withheld bins of arm" in p and "hold 1 persons" in p for p in problems) == 2
+
+
+def test_the_design_publishes_no_value_of_a_persons_score_or_weight(rare_flag_run):
+    # truncated_at was [1.23, 5.3166…] = the weight 957/180 of the exposed without the flag:
+    # 180 of 181 statin users and 957 of 959 persons lack it, so 1 and 1 have it
+    design = json.loads((rare_flag_run / "results.json").read_text())["design"]
+    assert not {"truncated_at", "common_support", "caliper_logit"} & set(design)
+    text = (rare_flag_run / "results.json").read_text()
+    assert "5.3166" not in text and "1.2316" not in text
+
+
+def test_the_gate_refuses_a_design_that_shows_a_weight(rare_flag_run):
+    from hpcstudy.outputs import gate
+
+    doc = json.loads((rare_flag_run / "results.json").read_text())
+    for field, value in (("truncated_at", [1.2316602316602308, 5.316666666666683]),
+                         ("common_support", [0.0, 0.5]), ("caliper_logit", 0.01)):
+        design = {**doc["design"], field: value}
+        assert any(field in p for p in gate._design_problems(design, "d")), field
