@@ -98,3 +98,28 @@ def test_the_gate_refuses_a_design_that_shows_a_weight(rare_flag_run):
                          ("common_support", [0.0, 0.5]), ("caliper_logit", 0.01)):
         design = {**doc["design"], field: value}
         assert any(field in p for p in gate._design_problems(design, "d")), field
+
+
+# -- a matched analysis with a bootstrap interval ------------------------------------------
+def test_the_bootstrap_interval_goes_with_a_withheld_exposure_term(small_data, tmp_path):
+    # 178 matched pairs with 4 MIs in each arm within 700 days: the Cox model withholds the
+    # statin term, but design.bootstrap showed its SE and interval, and 12 of 50 replicates
+    # "failed" (a replicate fails when an arm draws no event: about e^-k of them for k events)
+    study = tmp_path / "bs.yaml"
+    study.write_text(STATINS.replace("max_days: 3650", "max_days: 700").replace(
+        "analyses:", "propensity:\n  covariates: [age, sex, diabetes]\n  method: matching\n"
+                     "  matching: {ratio: 1, caliper: 0.2, bootstrap: 20}\n\nanalyses:"))
+    out = tmp_path / "out"
+    r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "results.json").read_text())
+    statin = next(t for t in doc["models"]["cox"]["terms"] if t["term"] == "statin")
+    assert statin["coef"] is None   # the premise: the term is withheld
+    assert "bootstrap" not in doc["design"]
+    assert run_cli("check-outputs", out).returncode == 0
+    # the checker, independently: a bootstrap beside the withheld term is a problem
+    from hpcstudy.outputs import checks
+
+    doc["design"]["bootstrap"] = {"replicates": 50, "failed": 12, "term": "statin",
+                                  "se": 0.48, "lower_95": 0.38, "upper_95": 1.89}
+    assert any("design.bootstrap" in p for p in checks._results(doc, 5, "r"))

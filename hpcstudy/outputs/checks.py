@@ -469,6 +469,14 @@ def _results(doc: dict, m: int, where: str) -> list[str]:
         out += check_kind(kind, data, m, f"{where}:{path}")
     out += _adjusted_vs_before(doc, m, where)
     out += _preference_vs_arms(doc, m, where)
+    design = doc.get("design")
+    if isinstance(design, dict) and "bootstrap" in design:
+        from .publish import bootstrap_shown
+
+        if not bootstrap_shown(doc):
+            out.append(f"{where}:design.bootstrap: shown while the Cox model's estimate of its "
+                       "term is withheld (its SE, interval and failed replicates rest on the "
+                       "same counts)")
     out += smd_of_withheld(doc, where)
     out += _across({f"{where}:{p}": (k, d) for k, p, d in _sections(doc)}, m)
     return out

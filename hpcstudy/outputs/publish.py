@@ -111,7 +111,23 @@ def _disclosed(results: dict, min_cell: int) -> dict:
     if isinstance(r.get("design"), dict):
         for k in SCORE_VALUES:
             r["design"].pop(k, None)
+        if "bootstrap" in r["design"] and not bootstrap_shown(r):
+            r["design"].pop("bootstrap")
     return r
+
+
+def bootstrap_shown(results: dict) -> bool:
+    """Whether the bootstrap interval of the exposure's HR may be shown: only beside the Cox
+    model's own estimate of that term. Its SE, interval and failed replicates (those with no
+    event in an arm: e^−k of them for k events) rest on the same counts, and a matched arm with
+    3 events showed 12 of 50 replicates failed and an interval while the term was withheld
+    (outside tester, session 7)."""
+    b = results.get("design", {}).get("bootstrap")
+    cox = (results.get("models") or {}).get("cox")
+    if not isinstance(b, dict) or not isinstance(cox, dict):
+        return False
+    return any(isinstance(t, dict) and t.get("term") == b.get("term") and t.get("coef") is not None
+               for t in cox.get("terms") or [])
 
 
 # values of persons' propensity scores or weights (a percentile, the arms' extremes, the SD
