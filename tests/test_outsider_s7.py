@@ -123,3 +123,21 @@ def test_the_bootstrap_interval_goes_with_a_withheld_exposure_term(small_data, t
     doc["design"]["bootstrap"] = {"replicates": 50, "failed": 12, "term": "statin",
                                   "se": 0.48, "lower_95": 0.38, "upper_95": 1.89}
     assert any("design.bootstrap" in p for p in checks._results(doc, 5, "r"))
+
+
+def test_a_failed_match_names_no_small_count(small_data, tmp_path, audit_log):
+    # "matched 1 of the 181 exposed persons, fewer than min_cell (5)": a small cell in the
+    # error line and in the audit log, which keeps each refusal's message
+    import re
+
+    study = tmp_path / "m.yaml"
+    study.write_text(STATINS.replace(
+        "analyses:", "propensity:\n  covariates: [age, charlson]\n  method: matching\n"
+                     "  matching: {ratio: 1, caliper: 0.000005}\n\nanalyses:"))
+    r = run_cli("run", study, "--data", small_data, "--out", tmp_path / "out", "--quiet")
+    line = _one_error_line(r)
+    assert "fewer than min_cell (5)" in line
+    assert not re.search(r"matched \d|SD = ", line), line
+    last = json.loads(audit_log.read_text().splitlines()[-1])
+    assert last["event"] == "finished" and not re.search(r"matched \d", last["status"])
+    assert not (tmp_path / "out").exists()

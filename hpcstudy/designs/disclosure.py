@@ -69,6 +69,13 @@ def smd_summary(names: list[str], smds, shown: list[bool], weighted: bool,
 EQUIPOISE = (0.3, 0.7)
 
 
+def persons_text(n: int, min_cell: int) -> str:
+    """A count of persons for an error message (which the audit log keeps): itself when 0 or
+    at least ``min_cell``, else "fewer than min_cell" ("matched 4 of the 181 exposed persons"
+    was a small cell in the log; outside tester, session 7)."""
+    return str(n) if n == 0 or n >= min_cell else f"fewer than {min_cell}"
+
+
 def preference_hidden(cells, min_cell: int) -> list[list[bool]]:
     """Which (arm, bin) cells of the preference table to withhold, ``cells`` being the persons
     per arm (rows: exposed, comparator) and bin: the small ones; while a withheld cell is alone
