@@ -141,3 +141,29 @@ def test_a_failed_match_names_no_small_count(small_data, tmp_path, audit_log):
     last = json.loads(audit_log.read_text().splitlines()[-1])
     assert last["event"] == "finished" and not re.search(r"matched \d", last["status"])
     assert not (tmp_path / "out").exists()
+
+
+# -- I/O failures ---------------------------------------------------------------------------
+def test_a_run_that_hits_the_file_size_limit_names_out_and_resumes(small_data, tmp_path):
+    # the report (83 kB) passes a 40 kB limit no more than a full disk would: the line was
+    # "hpcstudy: error: .out.partial-PID@HOST: cannot write the report … then run `hpcstudy
+    # report` again", naming a hidden folder already removed and a command that cannot help
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "hpcstudy.cli", "run", str(ROOT / "examples/statins_mi.yaml"),
+            "--data", str(small_data), "--out", str(out), "--quiet"]
+    r = subprocess.run(args, capture_output=True, text=True, preexec_fn=limit)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == (f"hpcstudy: cannot write {out}: a file would exceed the size "
+                                "limit; nothing half-written was kept — free some space or "
+                                "choose another location")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.checkpoints"]
+    r = run_cli(*args[3:], "--resume")
+    assert r.returncode == 0, r.stderr
+    assert (out / "report.html").is_file()
