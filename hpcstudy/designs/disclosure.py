@@ -78,14 +78,16 @@ def persons_text(n: int, min_cell: int) -> str:
 
 def preference_hidden(cells, min_cell: int) -> list[list[bool]]:
     """Which (arm, bin) cells of the preference table to withhold, ``cells`` being the persons
-    per arm (rows: exposed, comparator) and bin: the small ones; while a withheld cell is alone
+    per arm (rows: exposed, comparator) and bin. The small ones; while a withheld cell is alone
     in its bin, the bin's other cell, and while one is alone in its arm, the arm's next
-    smallest; then more until no withheld count can be narrowed below [0, min_cell] by the
-    arms' totals (the cohort table's) and the bins' totals (protection.protect). The second
-    step closes what the first misses: withholding an empty bin protects nothing, and an arm
-    of 181 with 180 shown left 1 person in its two withheld bins (outside tester, session 7)."""
-    from ..outputs.protection import protect
-
+    smallest. Then, as ``protection.protect`` would for any table, more until no withheld count
+    can be narrowed below [0, min_cell] by the arms' totals (the cohort table's) and the bins'
+    totals: the second step closes what the first misses, for an empty bin withheld beside a
+    small one protects nothing (an arm of 181 with 180 shown left 1 person in its two withheld
+    bins; outside tester, session 7). The withheld cells are then whole bins J, and with the
+    withheld persons S_a of each arm and T_j of each bin, the exposed count of bin j can be
+    anything in [max(0, S_1 − Σ_{k≠j} T_k), min(T_j, S_1)] (the comparator's is T_j minus it):
+    closed-form, so 1 000 bins cost no linear programs."""
     c = np.asarray(cells, dtype=np.int64)
     hidden = (c > 0) & (c < min_cell)
     while True:
@@ -97,11 +99,28 @@ def preference_hidden(cells, min_cell: int) -> list[list[bool]]:
                 hidden[arm, shown[np.argmin(c[arm][shown])]] = True
         if (hidden == before).all():
             break
-    rows = [{"arm": arm, "bin": j, "persons": int(n)}
-            for arm, row in enumerate(c.tolist()) for j, n in enumerate(row)]
-    flat = protect(rows, hidden.ravel().tolist(), ("arm", "bin"), min_cell)
-    n = c.shape[1]
-    return [flat[a * n:(a + 1) * n] for a in range(c.shape[0])]
+    small = (c > 0) & (c < min_cell)
+    total = c.sum(axis=0)
+    while hidden.any() and not _bins_protected(c, hidden[0], small, total, min_cell):
+        rest = np.flatnonzero(~hidden[0] & (total > 0))
+        if rest.size == 0 or (small & hidden).any(axis=0)[total < min_cell].any():
+            hidden[:] = True    # nothing can protect it (a bin's own total is small)
+            break
+        hidden[:, rest[np.argmin(total[rest])]] = True
+    return hidden.tolist()
+
+
+def _bins_protected(c, bins, small, total, m: int) -> bool:
+    """Whether every small cell of the withheld bins can be 0 and can be m, and no withheld
+    cell is pinned, given the arms' and bins' totals (see :func:`preference_hidden`)."""
+    t = total[bins]
+    s1 = int(c[0][bins].sum())
+    rest = t.sum() - t
+    lo1, hi1 = np.maximum(0, s1 - rest), np.minimum(t, s1)
+    lo0, hi0 = t - hi1, t - lo1
+    ok = ((~small[0][bins]) | ((lo1 <= 0) & (hi1 >= m))) & \
+        ((~small[1][bins]) | ((lo0 <= 0) & (hi0 >= m)))
+    return bool(ok.all()) and bool(((hi1 > lo1) | (t == 0)).all())
 
 
 def equipoise_shown(preference: list[dict], share: float) -> float | None:
