@@ -167,3 +167,47 @@ def test_a_run_that_hits_the_file_size_limit_names_out_and_resumes(small_data, t
     r = run_cli(*args[3:], "--resume")
     assert r.returncode == 0, r.stderr
     assert (out / "report.html").is_file()
+
+
+# -- rows that split persons: a time-varying state -------------------------------------------
+VARYING = """name: varying
+codelists:
+  statins: {system: atc, codes: [C10AA*]}
+  circulatory: {system: icd10, codes: [I*, C*, E*, J*]}
+index: {date: 2010-01-01}
+population: {age: [40, 90]}
+covariates:
+  - age
+  - {name: statin, codelist: statins, time_varying: true}
+outcome: {name: circulatory, codelist: circulatory}
+follow_up: {end_date: 2010-02-10}
+analyses:
+  measures:
+    - {name: by_statin, by: [statin]}
+"""
+
+
+def test_a_measure_by_a_time_varying_state_hides_the_persons_who_switched(small_data, tmp_path):
+    # a person who starts a statin has time in both rows: 874 + 246 persons beside a cohort of
+    # 1 118 gave the 2 who started one in the first 41 days
+    study = tmp_path / "varying.yaml"
+    study.write_text(VARYING)
+    out = tmp_path / "out"
+    r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    cohort = sum(int(r["persons"]) for r in _rows(out / "tables/cohort.csv"))
+    rows = _rows(out / "tables/measure_by_statin.csv")
+    if all(r["persons"] for r in rows):
+        extra = sum(int(r["persons"]) for r in rows) - cohort
+        assert extra == 0 or extra >= 5, extra
+    assert run_cli("check-outputs", out).returncode == 0
+    # the checker, from the published numbers alone (results.json and the CSVs)
+    from hpcstudy.outputs import checks
+
+    doc = {"cohort": [{"label": "cohort", "persons": 1118, "events": 63}],
+           "measures": {"by_statin": [{"statin": 0, "persons": 874, "events": 44},
+                                      {"statin": 1, "persons": 246, "events": 19}]}}
+    assert checks.split_overlaps(doc, 5) == [("measures.by_statin", (), 2)]
+    files = {"tables/cohort.csv": ("cohort", doc["cohort"]),
+             "tables/measure_by_statin.csv": ("measure", doc["measures"]["by_statin"])}
+    assert any("hold 2 persons more" in p for p in checks.check_run(files, 5))

@@ -108,12 +108,33 @@ def _disclosed(results: dict, min_cell: int) -> dict:
         r["models"][k] = D.model(m, min_cell)
     if "lexis_model" in r:
         r["lexis_model"] = D.model(r["lexis_model"], min_cell)
+    _withhold_split_overlaps(r, min_cell)
     if isinstance(r.get("design"), dict):
         for k in SCORE_VALUES:
             r["design"].pop(k, None)
         if "bootstrap" in r["design"] and not bootstrap_shown(r):
             r["design"].pop("bootstrap")
     return r
+
+
+def _withhold_split_overlaps(r: dict, min_cell: int) -> None:
+    """Withhold every row of a group of a measure, Lexis or rates table whose persons add up
+    to 1 to min_cell − 1 more than the population they split (checks.split_overlaps): with its
+    rows withheld the sum, and so the persons with time in two rows, is unknown."""
+    from .checks import _split_tables, split_overlaps
+
+    while True:
+        found = split_overlaps(r, min_cell)
+        if not found:
+            return
+        section, shared, _ = found[0]
+        keys, rows = next((k, rows) for s, k, rows in _split_tables(r) if s == section)
+        for row in rows:
+            if all(str(row.get(k)) == v for k, v in shared):
+                for f in row:
+                    if f not in keys and f != "suppressed":
+                        row[f] = None
+                row["suppressed"] = True
 
 
 def bootstrap_shown(results: dict) -> bool:
