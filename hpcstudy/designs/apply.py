@@ -182,7 +182,7 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
     attrition = {g: list(s) for g, s in attrition.items()}
     parts = as_partitions(tables)
     n_arm = parts.map_reduce(_arm_counts)
-    _need_both(n_arm, labels, "before the propensity score", src)
+    _need_both(n_arm, labels, "before the propensity score", src, plan.min_cell)
     left_out = []
     if pr.added:   # flags the design added: those too rare in an arm are left out
         from .components import keep_common
@@ -206,7 +206,7 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
         lo, hi = max(r[0, 0], r[1, 0]), min(r[0, 1], r[1, 1])
         parts = parts.map(_trim, lo, hi)
         counts = _step(attrition, labels, STEP_TRIM, parts)
-        _need_both(counts, labels, f"trimming to the common support [{lo:.4g}, {hi:.4g}]", src)
+        _need_both(counts, labels, "trimming to the common support", src, plan.min_cell)
         design["common_support"] = [float(lo), float(hi)]
     weighted = pr.method != "none"
     if pr.method == "matching":
@@ -228,11 +228,10 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
             (rows[a:b] - o, weights[a:b]) for a, b, o in zip(starts, cut, offsets, strict=True)])
         counts = _step(attrition, labels, STEP_MATCH, parts)
         if min(counts) < plan.min_cell:   # nothing a table could show
-            cal = "no caliper" if caliper is None else \
-                f"caliper {mt.caliper:g} SD = {caliper:.4g} on the logit"
-            raise UserError(f"matching on the propensity score ({cal}) matched "
-                            f"{int(counts[1])} of the {int(exposed.sum())} exposed persons, "
-                            f"fewer than min_cell ({plan.min_cell})", where=src,
+            # no counts below min_cell nor the logit's SD: the message goes to the audit log
+            cal = "no caliper" if caliper is None else f"caliper {mt.caliper:g} SD"
+            raise UserError(f"matching on the propensity score ({cal}) matched fewer than "
+                            f"min_cell ({plan.min_cell}) persons in an arm", where=src,
                             fix="widen propensity.matching.caliper, or use method: weighting")
         design.update(estimand="att", ratio=mt.ratio, replace=mt.replace,
                       caliper_sd=mt.caliper, caliper_logit=caliper)
@@ -258,7 +257,7 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
         counts = parts.map_reduce(_strata_counts, edges, pr.strata)
         parts = parts.map(_strata_weight, edges, counts, share)
         c = _step(attrition, labels, STEP_STRATA, parts)
-        _need_both(c, labels, "stratification", src)
+        _need_both(c, labels, "stratification", src, plan.min_cell)
         design.update(estimand="ate", strata=pr.strata)
     after = B.moments(parts, vars_, weighted=True) if weighted else None
     t1_after = D.secondary(B.table1_adjusted(plan, before, after, B.moments(
@@ -314,9 +313,10 @@ def matched_weights(m, pnr, exposed) -> tuple[np.ndarray, np.ndarray]:
     return keys[order], w[rows][order]
 
 
-def _need_both(counts, labels, step, src):
+def _need_both(counts, labels, step, src, min_cell):
     for code in (1, 0):
         if counts[code] == 0:
             raise UserError(f"comparative design: the {labels[code]} arm is empty {step} "
-                            f"({int(counts[1])} exposed, {int(counts[0])} comparator persons)",
+                            f"({D.persons_text(int(counts[1]), min_cell)} exposed, "
+                            f"{D.persons_text(int(counts[0]), min_cell)} comparator persons)",
                             where=src, fix="widen the cohort or relax the design")

@@ -20,6 +20,7 @@ import numpy as np
 
 from hpcstudy_kernels._namespace import array_namespace
 
+from .disclosure import preference_hidden
 from .quantiles import smooth_positions, smooth_quantiles
 
 SMD_LIMIT = 0.1
@@ -236,18 +237,7 @@ def preference(plan, parts, share: float, labels: dict[int, str]) -> tuple[list[
     total = counts.sum()
     k = plan.min_cell
     c = counts.astype(np.int64)
-    hidden = (c > 0) & (c < k)
-    while True:
-        # a lone withheld cell of a bin (or of an arm) would follow from the bin's total over
-        # the arms (the arm's total): withhold the bin's other cell (the arm's next smallest)
-        before = hidden.copy()
-        hidden[:, hidden.sum(axis=0) == 1] = True
-        for arm in (1, 0):
-            shown = np.flatnonzero(~hidden[arm])
-            if hidden[arm].sum() == 1 and shown.size:
-                hidden[arm, shown[np.argmin(c[arm][shown])]] = True
-        if (hidden == before).all():
-            break
+    hidden = np.asarray(preference_hidden(c[::-1].tolist(), k))[::-1]
     rows = []
     for arm in (1, 0):
         for j in range(bins):

@@ -187,6 +187,8 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         TABLE1_ADJUSTED,
         equipoise_shown,
         equipoise_warning,
+        persons_text,
+        preference_hidden,
         secondary,
         smd_summary,
     )
@@ -200,7 +202,8 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         n1, n0 = int((d["group"] == 1).sum()), int((d["group"] == 0).sum())
         if n1 == 0 or n0 == 0:
             raise UserError(f"comparative design: the {labels[1 if n1 == 0 else 0]} arm is "
-                            f"empty {step} ({n1} exposed, {n0} comparator persons)",
+                            f"empty {step} ({persons_text(n1, k)} exposed, "
+                            f"{persons_text(n0, k)} comparator persons)",
                             where=src, fix="widen the cohort or relax the design")
 
     df = df.sort_values(["group", "pnr"], ascending=[False, True]).reset_index(drop=True)
@@ -248,22 +251,12 @@ def design(plan, df: pd.DataFrame, attrition: dict):
     edges = np.linspace(0, 1, pr.bins + 1)
     b = pd.cut(f.clip(upper=np.nextafter(1, 0)), edges, right=False, labels=False)
     pref = []
-    cells, hide = {}, {}
+    cells = {}
     for arm in (1, 0):
         counts = b[df["group"] == arm].value_counts()
         cells[arm] = [int(counts.get(j, 0)) for j in range(pr.bins)]
-        hide[arm] = [0 < c < k for c in cells[arm]]
-    changed = True
-    while changed:   # secondary: no withheld cell may follow from a bin's or an arm's total
-        changed = False
-        for j in range(pr.bins):
-            if hide[0][j] != hide[1][j]:
-                hide[0][j] = hide[1][j] = changed = True
-        for arm in (1, 0):
-            if sum(hide[arm]) == 1:
-                visible = [(c, j) for j, c in enumerate(cells[arm]) if not hide[arm][j]]
-                if visible:
-                    hide[arm][min(visible)[1]] = changed = True
+    hidden = preference_hidden([cells[1], cells[0]], k)
+    hide = {1: hidden[0], 0: hidden[1]}
     for arm in (1, 0):
         for j, c in enumerate(cells[arm]):
             pref.append({"arm": labels[arm], "bin": f"{j / pr.bins:g}-{(j + 1) / pr.bins:g}",
@@ -277,13 +270,12 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         hi = min(df.loc[df["group"] == a, "ps"].max() for a in (0, 1))
         df = df[(df["ps"] >= lo) & (df["ps"] <= hi)]
         _append(attrition, labels, "propensity score in the common support", df)
-        need_both(df, f"trimming to the common support [{lo:.4g}, {hi:.4g}]")
+        need_both(df, "trimming to the common support")
         out["common_support"] = [float(lo), float(hi)]
     if pr.method == "matching":
         mt = pr.matching
         sd = float(df["logit"].round(7).std(ddof=1))
         caliper = None if mt.caliper is None else mt.caliper * sd
-        exposed_n = int((df["group"] == 1).sum())
         w, pairs = _match(df, mt, caliper, plan.seed)
         key = df["pnr"] * 2 + df["group"].astype("int64")
         df = df[key.isin(w.index)].copy()
@@ -291,10 +283,9 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         _append(attrition, labels, "matched on the propensity score", df)
         n1, n0 = int((df["group"] == 1).sum()), int((df["group"] == 0).sum())
         if min(n1, n0) < k:
-            cal = "no caliper" if caliper is None else \
-                f"caliper {mt.caliper:g} SD = {caliper:.4g} on the logit"
-            raise UserError(f"matching on the propensity score ({cal}) matched {n1} of the "
-                            f"{exposed_n} exposed persons, fewer than min_cell ({k})",
+            cal = "no caliper" if caliper is None else f"caliper {mt.caliper:g} SD"
+            raise UserError(f"matching on the propensity score ({cal}) matched fewer than "
+                            f"min_cell ({k}) persons in an arm",
                             where=src,
                             fix="widen propensity.matching.caliper, or use method: weighting")
         out.update(estimand="att", ratio=mt.ratio, replace=mt.replace, caliper_sd=mt.caliper,

@@ -378,6 +378,95 @@ def _adjusted_vs_before(doc: dict, m: int, where: str) -> list[str]:
     return out
 
 
+def _split_tables(doc: dict) -> list[tuple[str, list[str], list[dict]]]:
+    """(section, key columns, rows) of the tables whose rows may split one person's time:
+    measures, Lexis rows, rates."""
+    out = []
+    named = [(f"measures.{k}", "measure", rows) for k, rows in (doc.get("measures") or {}).items()]
+    for section, kind, rows in [*named, ("lexis", "lexis", doc.get("lexis")),
+                                ("rates", "rates", doc.get("rates"))]:
+        if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+            k = M.KINDS[kind]
+            keys = [c for c in M.columns_of(rows)
+                    if c not in k.counts and c not in k.derived and c not in M.FLAGS]
+            out.append((section, keys, rows))
+    return out
+
+
+def split_overlaps(doc: dict, m: int) -> list[tuple[str, tuple, int]]:
+    """(section, the shared (key, value) pairs, n) where a table's shown rows sharing some key
+    values hold n persons more than another table's shown row of those key values (or the
+    whole cohort, for all rows), 0 < n < m. Rows of a time-varying state or a band split persons:
+    one who starts a statin has time in both rows, so a measure by statin with 874 and 246
+    persons beside a cohort of 1 118 gave 2 persons who started one during follow-up
+    (outside tester, session 7). Rows that partition persons (sex, region) hold exactly the
+    population, n = 0."""
+    tables = _split_tables(doc)
+    cohort = [r.get("persons") for r in doc.get("cohort") or [] if isinstance(r, dict)]
+    refs: list[tuple[tuple[str, ...], dict]] = []
+    if cohort and all(_num(p) for p in cohort):
+        refs.append(((), {(): sum(cohort)}))
+    for _section, keys, rows in tables:
+        refs.append((tuple(keys), {tuple(str(r.get(k)) for k in keys): r.get("persons")
+                                   for r in rows}))
+    out = []
+    for section, keys, rows in tables:
+        for ref_keys, ref in refs:
+            if not set(ref_keys) < set(keys):
+                continue
+            groups: dict[tuple, list] = {}
+            for r in rows:
+                groups.setdefault(tuple(str(r.get(k)) for k in ref_keys), []).append(
+                    r.get("persons"))
+            for values, persons in groups.items():
+                total = ref.get(values)
+                if _num(total) and all(_num(p) for p in persons) and \
+                        0 < sum(persons) - total < m:
+                    out.append((section, tuple(zip(ref_keys, values, strict=True)),
+                                int(sum(persons) - total)))
+    return out
+
+
+# the attrition steps a comparative design adds (designs/apply.py): the preference table counts
+# the persons of the step before the first of them
+DESIGN_STEPS = ("propensity score in the common support", "matched on the propensity score",
+                "propensity stratum holds both arms")
+
+
+def _preference_vs_arms(doc: dict, m: int, where: str) -> list[str]:
+    """An arm's withheld preference bins against the arm's persons (the attrition step before
+    the design, or the cohort table where the design drops nobody): together they hold the
+    arm's persons minus its shown bins, which must be 0 or at least min_cell (180 of 181 shown
+    gave 1 person in the withheld bins; outside tester, session 7)."""
+    totals: dict = {}
+    cohort = {r.get("label"): r.get("persons") for r in doc.get("cohort") or []
+              if isinstance(r, dict)}
+    for arm, steps in (doc.get("attrition") or {}).items():
+        names = [r.get("step") for r in steps if isinstance(r, dict)]
+        cut = next((i for i, n in enumerate(names) if n in DESIGN_STEPS), None)
+        if cut is None:
+            totals[arm] = cohort.get(arm)
+        elif cut > 0 and isinstance(steps[cut - 1], dict):
+            totals[arm] = steps[cut - 1].get("persons")
+    shown: dict = {}
+    withheld: dict = {}
+    for r in doc.get("preference") or []:
+        if isinstance(r, dict):
+            a = r.get("arm")
+            if _num(r.get("persons")):
+                shown[a] = shown.get(a, 0) + r["persons"]
+            else:
+                withheld[a] = True
+    out = []
+    for a in withheld:
+        t = totals.get(a)
+        if _num(t) and 0 < t - shown.get(a, 0) < m:
+            out.append(f"{where}:preference: the withheld bins of arm {a!r} hold "
+                       f"{t - shown.get(a, 0)} persons (the arm's persons minus its shown "
+                       "bins): a small cell")
+    return out
+
+
 def smd_of_withheld(doc: dict, where: str) -> list[str]:
     """An SMD shown for a variable whose Table 1 rows are withheld (before the design for
     smd_before, before or after it for smd_after): a flag's SMD and the arms' sizes give the
@@ -428,6 +517,20 @@ def _results(doc: dict, m: int, where: str) -> list[str]:
     for kind, path, data in _sections(doc):
         out += check_kind(kind, data, m, f"{where}:{path}")
     out += _adjusted_vs_before(doc, m, where)
+    out += _preference_vs_arms(doc, m, where)
+    for section, shared, n in split_overlaps(doc, m):
+        rows = ", ".join(f"{k}={v}" for k, v in shared) or "of the table"
+        out.append(f"{where}:{section}: the rows {rows} hold {n} persons "
+                   "more than the population they split (persons with time in two rows, a "
+                   "time-varying state or a band): a small cell")
+    design = doc.get("design")
+    if isinstance(design, dict) and "bootstrap" in design:
+        from .publish import bootstrap_shown
+
+        if not bootstrap_shown(doc):
+            out.append(f"{where}:design.bootstrap: shown while the Cox model's estimate of its "
+                       "term is withheld (its SE, interval and failed replicates rest on the "
+                       "same counts)")
     out += smd_of_withheld(doc, where)
     out += _across({f"{where}:{p}": (k, d) for k, p, d in _sections(doc)}, m)
     return out
@@ -511,8 +614,31 @@ def check_run(files: dict[str, tuple[str, object]], min_cell: int) -> list[str]:
                                f"{hidden} withholds")
                 seen.setdefault(cell, (w, v))
     out += _across(sections, min_cell)
+    out += _split_across(sections, min_cell)
     out += _curve_tails(sections, files, min_cell)
     return out
+
+
+def _split_across(sections: dict[str, tuple[str, object]], m: int) -> list[str]:
+    """:func:`split_overlaps` between the CSV tables of a run (results.json's own sections are
+    checked with it): a cohort.csv and a measure CSV leave together."""
+    doc: dict = {"measures": {}}
+    names = {}
+    for w, (k, d) in sections.items():
+        if not isinstance(d, list):
+            continue
+        if k == "cohort":
+            doc["cohort"] = d
+        elif k == "measure":
+            doc["measures"][w] = d
+            names[f"measures.{w}"] = w
+        elif k in ("lexis", "rates"):
+            doc[k] = d
+            names[k] = w
+    return [f"{names.get(section, section)}: the rows "
+            f"{', '.join(f'{k}={v}' for k, v in shared) or 'of the table'} hold {n} persons "
+            "more than the population they split (persons with time in two rows): a small cell"
+            for section, shared, n in split_overlaps(doc, m)]
 
 
 PLAN_GROUP = re.compile(r"^\s*group=(-?\d+) (\S+?):", re.MULTILINE)

@@ -345,11 +345,11 @@ def _meta_problems(res: dict, manifest: dict, where: str) -> list[str]:
     return out
 
 
-# a comparative design's settings and diagnostics: no field is a count of persons
+# a comparative design's settings and diagnostics: no field is a count of persons, nor a
+# value of persons' scores or weights (publish.SCORE_VALUES)
 DESIGN_FIELDS = {"method": str, "covariates": list, "estimand": str, "ratio": int,
                  "replace": bool, "caliper_sd": (float, int, type(None)),
-                 "caliper_logit": (float, type(None)), "common_support": list,
-                 "truncated_at": list, "stabilised": bool, "strata": int,
+                 "stabilised": bool, "strata": int,
                  "equipoise_share": (float, type(None)), "max_abs_smd_after": (float, type(None)),
                  "both_arms": str, "warnings": list, "bootstrap": dict, "left_out": list}
 # the bootstrap interval's fields (designs/bootstrap.py): replicates, not persons

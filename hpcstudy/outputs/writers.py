@@ -21,7 +21,7 @@ import json
 import math
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import CannotWrite, UserError
 from ..plan import render
 from ..plan.nodes import Plan
 from . import manifest as M
@@ -126,7 +126,15 @@ def write_run(out: Path, plan: Plan, res: dict, table, *, overwrite: bool,
                                  min_cell=plan.min_cell, round_to=plan.round_to,
                                  project=project,
                                  sketches_sha256=sketched if sketches is not None else None))
-        write_report(staging, figures)   # report.html and tables/*.md: a pure function of the above
+        try:
+            write_report(staging, figures)   # report.html, tables/*.md: a function of the above
+        except CannotWrite as e:
+            # the report's own advice ("run `hpcstudy report` again", naming the hidden
+            # staging folder) is wrong here: no OUT was made; the run's I/O line names OUT
+            if isinstance(e.__cause__, OSError):
+                e.__cause__.filename = str(out)
+                raise e.__cause__ from None
+            raise
         M.keep_study(staging, plan.study)
         if hasattr(table, "write"):
             table.write(plan, private / "person_table.parquet")

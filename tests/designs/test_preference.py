@@ -26,12 +26,13 @@ def table(arm1: list[int], arm0: list[int]) -> dict:
 
 
 @pytest.mark.parametrize("arm1,arm0,withheld", [
-    # a small cell in each arm, in different bins: each bin's other cell goes too
-    ([2, 10, 10, 10], [20, 10, 8, 3], {("a", 0), ("b", 0), ("a", 3), ("b", 3)}),
-    # one small cell: its bin's other cell (a zero); then each arm holds one withheld cell,
-    # so each arm's next smallest goes (a: the first 10, b: the 8), then those bins' other cells
-    ([2, 10, 10, 10], [0, 10, 8, 12],
-     {("a", 0), ("b", 0), ("a", 1), ("b", 2), ("b", 1), ("a", 2)}),
+    # a small cell in each arm, in different bins: each bin's other cell goes too; then the
+    # 3 would lie in [1, 13] given the totals (never 0: someone is there), so bin 2 goes too
+    ([2, 10, 10, 10], [20, 10, 8, 3],
+     {("a", 0), ("b", 0), ("a", 2), ("b", 2), ("a", 3), ("b", 3)}),
+    # one small cell in a bin of 2 persons: the bin's total (2) bounds it below 5 whatever else
+    # is withheld, so the whole table goes (protection.protect, as for any table)
+    ([2, 10, 10, 10], [0, 10, 8, 12], {(a, j) for a in "ab" for j in range(4)}),
     # nothing small: nothing withheld
     ([5, 10, 10, 10], [0, 10, 8, 12], set()),
 ])
