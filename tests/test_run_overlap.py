@@ -695,3 +695,53 @@ def test_a_figure_process_that_dies_at_an_early_figure_stops_the_run_with_one_li
                 "--quiet", env={"HPCSTUDY_TEST_FIGURES_EXIT": "2",
                                 "HPCSTUDY_AUDIT_LOG": str(log)})
     _one_line_no_output(r, tmp_path, out, log, "the report's figure process stopped")
+
+
+# -- the page's table rows written in Python ------------------------------------------------------
+# the page's macros as they were (templates/report.html.j2 before report/cells.py): the reference
+MACROS = """{%- macro trace(c) -%}
+{% if c.columns %} data-columns="{{ c.columns|join(' ') }}"{% endif %}
+{%- if c.row %} data-row="{{ c.row }}"{% endif %}
+{%- if c.scale != 1 %} data-scale="{{ c.scale }}"{% endif %}
+{%- if c.difference %} data-difference="{{ c.difference|join(' ') }}"{% endif %}
+{%- if c.suppressed %} class="suppressed" title="{{ c.suppressed }}"{% endif %}
+{%- endmacro -%}
+{%- macro cell(c) -%}
+{% set tag = 'th' if c.header else 'td' %}<{{ tag }}{% if c.header %} scope="row"{% endif %}\
+{{ trace(c) }}>{{ c.text }}</{{ tag }}>
+{%- endmacro -%}
+<tbody>
+{% for row in rows %}<tr>{% for c in row %}{{ cell(c) }}{% endfor %}</tr>
+{% endfor %}</tbody>"""
+
+
+def test_table_rows_written_in_python_are_the_macros_bytes():
+    from jinja2 import Environment, StrictUndefined
+    from markupsafe import Markup
+
+    from hpcstudy.report.cells import body_rows
+    from hpcstudy.report.model import Cell
+
+    env = Environment(autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True)
+    macros = env.from_string(MACROS)
+    ours = env.from_string("<tbody>\n{{ body_rows(rows) }}</tbody>")
+    rng = np.random.default_rng(7)
+    texts = ["12", "0.5 (0.1–0.9)", "<5", "a & b", "\"q\" 'x'", "", "—", "1,234",
+             Markup("<b>x</b>"), "suppressed", "é ü"]
+    for trial in range(300):
+        rows = []
+        for _ in range(int(rng.integers(0, 4))):
+            row = []
+            for _ in range(int(rng.integers(0, 5))):
+                k = int(rng.integers(0, 3))
+                row.append(Cell(
+                    texts[int(rng.integers(len(texts)))],
+                    columns=tuple(["at_risk", "lower_95", "a<b", "x&y"][:k]),
+                    row=[None, 0, 1, 17][int(rng.integers(4))],
+                    scale=[1, 100][int(rng.integers(2))],
+                    suppressed=[None, "", "fewer than 5 <persons>", "withheld: \"x\""][
+                        int(rng.integers(4))],
+                    header=bool(rng.integers(2)),
+                    difference=[None, (1, 2), (3, 10)][int(rng.integers(3))]))
+            rows.append(row)
+        assert ours.render(rows=rows, body_rows=body_rows) == macros.render(rows=rows), trial
