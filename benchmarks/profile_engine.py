@@ -233,6 +233,118 @@ def whole(data: Path, study: Path, env: dict | None = None) -> dict:
             "load_end": round(os.getloadavg()[0], 2)}
 
 
+def timeline(data: Path, study: Path, every: float = 0.005, bucket: float = 0.1) -> dict:
+    """``hpcstudy run`` by the command line's code (``hpcstudy.cli._main``) in this
+    process's main thread, watched by a sampler thread: every ``every`` seconds, which threads
+    of the run (and of its figure process) are runnable, the CPU each accrued, and where each
+    Python thread is (its innermost frame in hpcstudy). CPU accrued while at most one thread
+    was runnable is charged to where that thread was (``serial_by_place``: the run's serial
+    parts by name), beside a ``bucket``-second timeline of cores busy and where the run's main
+    thread was."""
+    import collections
+
+    out = Path(tempfile.mkdtemp(prefix="hpcstudy-profile-")) / "out"
+    argv = ["run", str(study), "--data", str(data), "--out", str(out), "--quiet"]
+    load0 = os.getloadavg()[0]
+    done = threading.Event()
+    result: dict = {}
+    me = os.getpid()
+    main = threading.get_native_id()
+    samples = []
+    t0 = time.perf_counter()
+
+    def sample():
+        sampler_id = threading.get_native_id()
+        pids = [me]
+        last: dict = {}
+        k = 0
+        while not done.is_set():
+            time.sleep(every)
+            k += 1
+            if k % 10 == 1:   # the figure process
+                try:
+                    for tid in os.listdir(f"/proc/{me}/task"):
+                        with open(f"/proc/{me}/task/{tid}/children") as f:
+                            pids += [int(c) for c in f.read().split() if int(c) not in pids]
+                except OSError:
+                    pass
+            now = {}
+            for pid in pids:
+                try:
+                    tids = os.listdir(f"/proc/{pid}/task")
+                except OSError:
+                    continue
+                for tid in tids:
+                    if int(tid) == sampler_id:
+                        continue
+                    try:
+                        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                            st = f.read().rsplit(b")", 1)[1].split()
+                    except OSError:
+                        continue
+                    now[(pid, int(tid))] = (st[0] == b"R", int(st[11]) + int(st[12]))
+            names = {t.native_id: t.name for t in threading.enumerate()}
+            by_ident = {t.ident: t.native_id for t in threading.enumerate()}
+            where = {}
+            for ident, fr in sys._current_frames().items():
+                f, place = fr, None
+                while f is not None:
+                    fn = f.f_code.co_filename
+                    if "hpcstudy" in fn and "profile_engine" not in fn:
+                        place = f"{fn.split('/hpcstudy')[-1]}:{f.f_code.co_name}"
+                        break
+                    f = f.f_back
+                where[by_ident.get(ident)] = place
+            dt = {key: max(0, c - last.get(key, (False, c))[1]) for key, (_, c) in now.items()}
+            running = sum(r for r, _ in now.values())
+            samples.append((time.perf_counter() - t0, running, dt,
+                            {key: (names.get(key[1], "figures" if key[0] != me else "native"),
+                                   where.get(key[1])) for key in now}))
+            last = now
+
+    watcher = threading.Thread(target=sample, name="profile-sampler", daemon=True)
+    watcher.start()
+    from hpcstudy.cli import _main as cli
+
+    try:
+        result["code"] = cli(argv)
+    except BaseException as e:   # noqa: BLE001 - said in the record
+        result["error"] = repr(e)
+    done.set()
+    watcher.join()
+    wall = time.perf_counter() - t0
+    shutil.rmtree(out.parent, ignore_errors=True)
+    serial = collections.Counter()
+    buckets: dict[int, dict] = {}
+    t_last = 0.0
+    for t, running, dt, who in samples:
+        b = buckets.setdefault(int(t / bucket), {"ticks": 0, "n": 0, "run": 0, "span": 0.0,
+                                                  "main": collections.Counter()})
+        b["ticks"] += sum(dt.values())
+        b["span"] += t - t_last
+        t_last = t
+        b["n"] += 1
+        b["run"] += running
+        b["main"][who.get((me, main), (None, None))[1]] += 1
+        if running <= 1:
+            for key, d in dt.items():
+                if d:
+                    name, place = who[key]
+                    serial[f"{name.split('_')[0]} {place}"] += d
+    line = []
+    for i in sorted(buckets):
+        b = buckets[i]
+        line.append(f"{i * bucket:5.1f}s cores {b['ticks'] / TICK / max(b['span'], 1e-9):4.2f} "
+                    f"runnable {b['run'] / max(b['n'], 1):4.2f} main "
+                    f"{b['main'].most_common(1)[0][0]}")
+    return {"data": str(data), "wall_s": round(wall, 3), "error": result.get("error"),
+            "exit_code": result.get("code"),
+            "serial_cpu_s": round(sum(serial.values()) / TICK, 3),
+            "serial_by_place": {k: round(v / TICK, 3) for k, v in serial.most_common(25)},
+            "timeline": line, "load_start": round(load0, 2),
+            "load_end": round(os.getloadavg()[0], 2)}
+
+
 def compiled() -> None:
     """hpcstudy's bytecode written beside its source, as ``pip install`` writes it for an
     installed package: an editable checkout run under PYTHONDONTWRITEBYTECODE (as on the
@@ -323,6 +435,9 @@ def main() -> None:
     ap.add_argument("--partition", type=int, default=0)
     ap.add_argument("--partition-parts", action="store_true")
     ap.add_argument("--whole", action="store_true")
+    ap.add_argument("--timeline", action="store_true",
+                    help="the command line's run in this process, sampled: its serial CPU by "
+                         "place and a timeline of cores busy")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--against", type=Path, metavar="SRC",
                     help="with --whole: interleave runs with the hpcstudy package in SRC "
@@ -333,7 +448,9 @@ def main() -> None:
     a = ap.parse_args()
     if not a.source:
         compiled()
-    if a.whole and a.against:
+    if a.timeline:
+        rec = timeline(a.data, a.study)
+    elif a.whole and a.against:
         rec = against(a.data, a.study, a.against, a.repeat)
     elif a.whole:
         rec = whole(a.data, a.study)

@@ -210,8 +210,13 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
         from .outputs.writers import write_run
 
         fitted: dict = {}
+        early = None
+        if figures is not None and hasattr(figures, "early"):
+            from .report.ahead import Early
+
+            early = Early(figures, plan)   # each figure drawn once its analysis is done
         results = analyse(plan, built.parts, built.attrition, fitted, ds=prep.ds,
-                          design=built.design)
+                          design=built.design, finished=early)
         table = combined(plan, built.tables) if gather or engine != "dask" else None
         res = exported(results, plan.min_cell, plan.round_to)
         if out is not None:
@@ -263,7 +268,8 @@ BACKGROUND = ("hpcstudy-warm-up", "hpcstudy-read-ahead", "hpcstudy-person-table"
 # 0.03 s). matplotlib (about 0.6 s) only in the figure process (report/drawing.py)
 AFTER_THE_PARTITIONS = ("hpcstudy.engines.results", "hpcstudy.outputs.publish",
                         "hpcstudy.outputs.writers", "hpcstudy.demo",
-                        "hpcstudy.report.build", "hpcstudy.report:template",
+                        "hpcstudy.report.build", "hpcstudy.report.ahead",
+                        "hpcstudy.report:template",
                         "hpcstudy.measures.compute", "hpcstudy.outputs.run_record",
                         "hpcstudy.secure.audit", "importlib.metadata",
                         "hpcstudy.outputs.run_record:code_version")

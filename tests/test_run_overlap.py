@@ -595,3 +595,153 @@ def test_a_refused_run_ends_the_figure_process_it_started(cli_here, small_data, 
         return
     assert len(started) == 1 and started[0].proc.poll() is not None   # ended, not left behind
     assert started[0].answered == 0
+
+
+# -- figures asked as soon as their analysis is done --------------------------------------------
+class Watched(FigureProcess):
+    """A figure process that notes each figure asked early (with the run's folder's contents
+    then) and each one the page took."""
+
+    def __init__(self, proc):
+        super().__init__(proc)
+        self.folder, self.asked, self.used = None, [], []
+
+    def early(self, name, *args, **kw):
+        self.asked.append((name, sorted(p.name for p in self.folder.iterdir())))
+        super().early(name, *args, **kw)
+
+    def taken(self, key):
+        got = super().taken(key)
+        self.used.append(got is not None)
+        return got
+
+
+def _watched(folder: Path) -> Watched:
+    started = Watched.start()
+    assert isinstance(started, Watched)
+    started.folder = folder
+    return started
+
+
+def test_figures_asked_as_their_analyses_finish_are_the_ones_the_page_draws(
+        small_data, statins_run, tmp_path):
+    from hpcstudy import pipeline
+
+    out = tmp_path / "out"
+    figures = _watched(tmp_path)
+    pipeline.execute(prepare(EXAMPLES / "statins_mi.yaml", small_data), out, figures=figures)
+    # the curves' two figures and both models' forest plots, each asked before the writers had
+    # staged anything (only the checkpoints were there), and each taken by the page: no figure
+    # was drawn twice, nor one the page did not ask for
+    assert sorted(name for name, _ in figures.asked) == \
+        ["forest_plot", "forest_plot", "km_plot", "km_plot"]
+    assert all(seen == ["out.checkpoints"] for _, seen in figures.asked), figures.asked
+    assert figures.used == [True] * 4 and figures._early == {}
+    assert figures.proc.returncode == 0
+    for f in ("results.json", "report.html", "tables/curves.csv", "tables/model_cox.csv"):
+        same_output(statins_run / f, out / f)
+
+
+def test_a_figure_asked_early_that_the_page_does_not_draw_changes_nothing(statins_run):
+    """The page takes a figure asked early only for the very same call; any other is drawn
+    when the page asks for it, and a figure asked early that the page never asks for is not
+    shown."""
+    figures = FigureProcess.start()
+    try:
+        rows = [{"term": "x", "HR": 2.0, "lower_95": 1.5, "upper_95": 3.0}]
+        figures.early("forest_plot", rows)
+        figures.early("forest_plot", rows)   # asked twice: drawn once
+        figures.early("km_plot", [], {}, "survival")
+        page = Placeholders(figures)
+        other = page.draw("forest_plot", [{**rows[0], "HR": 2.5}])
+        same = page.draw("forest_plot", rows)
+        svgs = page.drawn()
+        assert svgs[same] == Here().draw("forest_plot", rows)
+        assert svgs[other] == Here().draw("forest_plot", [{**rows[0], "HR": 2.5}])
+        assert figures._next == 3   # (two early, one asked by the page)
+        there = render(statins_run, figures)   # a whole page, with a stale early figure left
+    finally:
+        figures.close()
+    assert there == render(statins_run)
+
+
+def test_a_section_the_early_figures_cannot_read_is_left_to_the_page():
+    from hpcstudy.plan.nodes import CurvesPlan, ModelPlan
+    from hpcstudy.report.ahead import Early
+
+    class Asked:
+        calls: list = []
+
+        def early(self, *a, **kw):
+            self.calls.append(a)
+
+    class Plan:
+        name, min_cell, round_to = "x", 5, 0
+
+    early = Early(Asked(), Plan())
+    # not what an analysis fills: nothing asked, nothing raised (the page says any error)
+    early(object.__new__(CurvesPlan), {"curves": "not rows"})
+    early(object.__new__(ModelPlan), {"models": {"cox": {"terms": [{"coef": object()}]}}})
+    early(object.__new__(ModelPlan), {"models": {"cox": {"withheld": "too few events"}}})
+    assert Asked.calls == []
+
+
+def test_a_figure_process_that_dies_at_an_early_figure_stops_the_run_with_one_line(
+        tmp_path, small_data):
+    # the figure numbered 1 is now asked during the analyses: the run still ends in one line
+    # with nothing written (the page raises it)
+    log, out = tmp_path / "audit.jsonl", tmp_path / "out"
+    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", small_data, "--out", out,
+                "--quiet", env={"HPCSTUDY_TEST_FIGURES_EXIT": "2",
+                                "HPCSTUDY_AUDIT_LOG": str(log)})
+    _one_line_no_output(r, tmp_path, out, log, "the report's figure process stopped")
+
+
+# -- the page's table rows written in Python ------------------------------------------------------
+# the page's macros as they were (templates/report.html.j2 before report/cells.py): the reference
+MACROS = """{%- macro trace(c) -%}
+{% if c.columns %} data-columns="{{ c.columns|join(' ') }}"{% endif %}
+{%- if c.row %} data-row="{{ c.row }}"{% endif %}
+{%- if c.scale != 1 %} data-scale="{{ c.scale }}"{% endif %}
+{%- if c.difference %} data-difference="{{ c.difference|join(' ') }}"{% endif %}
+{%- if c.suppressed %} class="suppressed" title="{{ c.suppressed }}"{% endif %}
+{%- endmacro -%}
+{%- macro cell(c) -%}
+{% set tag = 'th' if c.header else 'td' %}<{{ tag }}{% if c.header %} scope="row"{% endif %}\
+{{ trace(c) }}>{{ c.text }}</{{ tag }}>
+{%- endmacro -%}
+<tbody>
+{% for row in rows %}<tr>{% for c in row %}{{ cell(c) }}{% endfor %}</tr>
+{% endfor %}</tbody>"""
+
+
+def test_table_rows_written_in_python_are_the_macros_bytes():
+    from jinja2 import Environment, StrictUndefined
+    from markupsafe import Markup
+
+    from hpcstudy.report.cells import body_rows
+    from hpcstudy.report.model import Cell
+
+    env = Environment(autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True)
+    macros = env.from_string(MACROS)
+    ours = env.from_string("<tbody>\n{{ body_rows(rows) }}</tbody>")
+    rng = np.random.default_rng(7)
+    texts = ["12", "0.5 (0.1–0.9)", "<5", "a & b", "\"q\" 'x'", "", "—", "1,234",
+             Markup("<b>x</b>"), "suppressed", "é ü"]
+    for trial in range(300):
+        rows = []
+        for _ in range(int(rng.integers(0, 4))):
+            row = []
+            for _ in range(int(rng.integers(0, 5))):
+                k = int(rng.integers(0, 3))
+                row.append(Cell(
+                    texts[int(rng.integers(len(texts)))],
+                    columns=tuple(["at_risk", "lower_95", "a<b", "x&y"][:k]),
+                    row=[None, 0, 1, 17][int(rng.integers(4))],
+                    scale=[1, 100][int(rng.integers(2))],
+                    suppressed=[None, "", "fewer than 5 <persons>", "withheld: \"x\""][
+                        int(rng.integers(4))],
+                    header=bool(rng.integers(2)),
+                    difference=[None, (1, 2), (3, 10)][int(rng.integers(3))]))
+            rows.append(row)
+        assert ours.render(rows=rows, body_rows=body_rows) == macros.render(rows=rows), trial

@@ -51,11 +51,13 @@ class Context:
 
 
 def analyse(plan: Plan, parts, attrition, fitted: dict | None = None, ds=None,
-            design: dict | None = None) -> dict:
+            design: dict | None = None, finished=None) -> dict:
     """The results dict; ``fitted``, when given, receives the fitted model objects by the
     results' model names (and ``lexis_poisson``): what the Python API hands a notebook.
     ``design``: the comparative design's sections (table1, balance, preference), when the plan
-    has one (hpcstudy/designs)."""
+    has one (hpcstudy/designs). ``finished(node, sections)``: called with each analysis that
+    runs beside the others and the raw sections it filled, as soon as it has (from its thread;
+    the run's early figures, hpcstudy/report/ahead.py)."""
     res: dict = {"study": plan.name,
                  "attrition": {g: [{"step": k, "persons": n} for k, n in st]
                                for g, st in attrition.items()}}
@@ -66,7 +68,7 @@ def analyse(plan: Plan, parts, attrition, fitted: dict | None = None, ds=None,
         # partition tasks keep the cores busy while another's Newton step runs on one. Each
         # fills its own results, taken in the plan's order: the same dict, key for key.
         alone = [node for node in plan.analyses if _concurrent(node, parts)]
-        running = {id(node): pool.submit(_on_its_own, node, ctx) for node in alone}
+        running = {id(node): pool.submit(_on_its_own, node, ctx, finished) for node in alone}
         res["cohort"] = [{"group": g.code, "label": g.label, **r} for g in plan.groups
                          for r in A.rates(parts, ("group",), ctx.share)
                          if r["group"] == g.code]
@@ -98,9 +100,11 @@ def _concurrent(node, parts) -> bool:
         and getattr(parts, "frame", None) is None
 
 
-def _on_its_own(node, ctx: Context) -> Context:
+def _on_its_own(node, ctx: Context, finished=None) -> Context:
     own = replace(ctx, res={}, fitted=None if ctx.fitted is None else {})
     ANALYSES(node, own)
+    if finished is not None:
+        finished(node, own.res)
     return own
 
 

@@ -43,10 +43,15 @@ def _environment():
     page's template, while its partitions compute (pipeline.AFTER_THE_PARTITIONS)."""
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-    return Environment(loader=PackageLoader("hpcstudy.report", "templates"),
-                       autoescape=select_autoescape(["html", "j2"], default=True),
-                       undefined=StrictUndefined, keep_trailing_newline=True,
-                       trim_blocks=False, lstrip_blocks=False)
+    from .cells import body_rows
+
+    env = Environment(loader=PackageLoader("hpcstudy.report", "templates"),
+                      autoescape=select_autoescape(["html", "j2"], default=True),
+                      undefined=StrictUndefined, keep_trailing_newline=True,
+                      trim_blocks=False, lstrip_blocks=False)
+    # a table's rows in Python: one call per table, not a macro call per cell
+    env.globals["body_rows"] = body_rows
+    return env
 
 
 def template():

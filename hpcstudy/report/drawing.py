@@ -65,6 +65,7 @@ class FigureProcess:
         self._stopped: str | None = None
         self._stderr: list[bytes] = []
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._early: dict[bytes, Future] = {}   # figures asked before the page: by call
         self._threads = [threading.Thread(target=self._read, name="hpcstudy-figures",
                                           daemon=True),
                          threading.Thread(target=self._drain, name="hpcstudy-figures-stderr",
@@ -103,6 +104,23 @@ class FigureProcess:
         # draws the one before, and the page is laid out meanwhile
         self._outbox.put(pickle.dumps((seq, job), pickle.HIGHEST_PROTOCOL))
         return f
+
+    def early(self, name: str, *args, **kw) -> None:
+        """Ask now for a figure the page is expected to draw later with exactly this call
+        (:mod:`.ahead`); :meth:`taken` gives it to the page that makes the call."""
+        key = call_key(name, args, kw)
+        with self._lock:
+            if key in self._early:
+                return
+        f = self.submit(name, *args, **kw)
+        with self._lock:
+            self._early.setdefault(key, f)
+
+    def taken(self, key: bytes) -> Future | None:
+        """The figure asked early by the call ``key`` (:func:`call_key`), once; None if none
+        was."""
+        with self._lock:
+            return self._early.pop(key, None)
 
     def _write(self) -> None:
         while (job := self._outbox.get()) is not None:
@@ -204,11 +222,12 @@ class Placeholders:
         self.keys: dict[bytes, str] = {}
 
     def draw(self, name: str, *args, **kw) -> str:
-        key = pickle.dumps((name, args, sorted(kw.items())), pickle.HIGHEST_PROTOCOL)
+        key = call_key(name, args, kw)
         if key not in self.keys:
             token = f"<!--hpcstudy-figure {self.nonce} {len(self.futures)}-->"
             self.keys[key] = token
-            self.futures[token] = self.figures.submit(name, *args, **kw)
+            self.futures[token] = self.figures.taken(key) or \
+                self.figures.submit(name, *args, **kw)
         return self.keys[key]
 
     def drawn(self) -> dict[str, str | None]:
@@ -220,12 +239,17 @@ class Placeholders:
         by_key = {k: svgs[t] for k, t in self.keys.items()}
 
         def draw(name: str, *args, **kw):
-            key = pickle.dumps((name, args, sorted(kw.items())), pickle.HIGHEST_PROTOCOL)
+            key = call_key(name, args, kw)
             if key in by_key:
                 return by_key[key]
             return self.figures.draw(name, *args, **kw)
 
         return draw
+
+
+def call_key(name: str, args: tuple, kw: dict) -> bytes:
+    """One figure call, as bytes: two calls with the same key draw the same figure."""
+    return pickle.dumps((name, args, sorted(kw.items())), pickle.HIGHEST_PROTOCOL)
 
 
 def inline(svg: str, prefix: str, label: str) -> str:
