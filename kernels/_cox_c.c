@@ -318,6 +318,10 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
     int tail = p4 < p && p >= 4;
     for (Py_ssize_t l = 0; l < 4 && tail; l++) last[l] = p - 4 + l >= p4 ? bp[p - 4 + l] : 0.0;
     for (Py_ssize_t i = 0; i < RB; i++) z[i * qq] = 1.0;
+    /* β = 0 (a fit's first evaluation), unshifted: xβ is ±0 for finite x and exp(±0) is 1, so
+     * r = w exactly without xβ's lanes or exp (the same bits) */
+    int zero = shift == 0.0 && !s->P;
+    for (Py_ssize_t k = 0; k < p && zero; k++) zero = bp[k] == 0.0;
     for (Py_ssize_t start = 0; start < s->n; start += RB) {
         Py_ssize_t m = s->n - start < RB ? s->n - start : RB;
         if (s->P) {   /* the re-laid copy: centred, four rows per block, no shuffles for xβ */
@@ -358,6 +362,10 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             }
             /* xβ of four rows at a time: their lanes transposed, then added in order */
             Py_ssize_t i = 0;
+            if (zero) {
+                for (; i < m; i++) eta[i] = 1.0;   /* exp(0): no exp below */
+                if (m) lo = hi = 0.0;   /* (every xβ is +0) */
+            }
             for (; i + 4 <= m; i += 4) {
                 v4 t[4], sh = {shift, shift, shift, shift};
                 transpose4((const double *)(accs + i), (const double *)(accs + i + 1),
@@ -377,7 +385,7 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             }
             for (i = m; i < RB; i++) eta[i] = 0.0;
         }
-        for (Py_ssize_t i = 0; i < m; i += 4) exp4(eta + i);
+        for (Py_ssize_t i = 0; i < m && !zero; i += 4) exp4(eta + i);
         for (Py_ssize_t i = 0; i < m; i++) {
             Py_ssize_t row = start + i;
             double ri = unit ? eta[i] : eta[i] * s->w[row];

@@ -290,6 +290,36 @@ def test_pass2_from_the_slots_gives_the_bytes_of_b_and_flags(monkeypatch):
     assert with_slots.tobytes() == K.pass2(part, beta, c, ee).tobytes()
 
 
+@pytest.mark.parametrize("zero", [0.0, -0.0])
+def test_pass1_at_beta_zero_takes_r_as_the_weights_with_the_same_bytes(monkeypatch, zero):
+    # a fit's first evaluation (β = 0) skips xβ and exp (r = w exactly); its sums must be the
+    # bytes of the route that computes them (the re-laid copy: xβ, exp(0) = 1) and equal an
+    # independent NumPy sum over the risk sets
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    df = survival_frame(n=2500, seed=23, entry=True, weights=True)
+    X = df[covariates(df)].to_numpy()
+    t, e, entry = df.time.to_numpy(), df.event.to_numpy().astype(float), df.entry.to_numpy()
+    w = df.w.to_numpy()
+    s = np.zeros(len(df), np.int64)
+    grid = K.make_grid(*[[a] for a in K.event_pairs(t, e, s)])
+    beta = np.full(X.shape[1], zero)
+    got = {}
+    for budget in (0, 1 << 40):   # the row route, then the re-laid copy
+        monkeypatch.setattr(cox_cpu, "PACK_BYTES", budget)
+        part = K.prepare(X, t, e, entry, s, w, grid, X.mean(axis=0))
+        assert (part.packed is not None) == bool(budget)
+        got[budget] = K.pass1(part, beta)
+        if not budget:
+            assert part.r.tobytes() == w.tobytes()
+    for a, b in zip(got[0], got[1 << 40], strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    times = np.asarray(grid.times)
+    at_risk = (entry[None, :] < times[:, None]) & (times[:, None] <= t[None, :])
+    Xc = X - X.mean(axis=0)
+    close(got[0][1], at_risk.astype(float) @ w)
+    close(got[0][2], (at_risk * w) @ Xc)
+
+
 @pytest.mark.parametrize("bad", ["slot past the grid", "no slot", "late without entries",
                                  "late entering at zero", "int64 slot", "short slot"])
 def test_pass2_refuses_a_slot_that_would_read_out_of_bounds(bad):
