@@ -33,6 +33,11 @@
 #endif
 
 enum { DEAD = 1, LATE = 2, NOT_AT_RISK = 4 };
+/* A row's grid slot (row_flags): 2(b − 1) + dead as one int32, SLOT_LATE added for a late
+ * entry; pass 2 reads it in place of b and flags (4 bytes a row, not 9, and one bounds check).
+ * A slot at or past 2G (with b ≥ 2^30, or b < 1: SLOT_NONE) is refused where it is read. */
+#define SLOT_LATE ((uint32_t)1 << 31)
+#define SLOT_NONE ((uint32_t)0x7fffffff)
 
 #define RB 64 /* rows per block of pass 1 */
 /* The re-laid copy (pack_rows): per block of four rows, column k's four values at 4k, then the
@@ -42,6 +47,7 @@ enum { DEAD = 1, LATE = 2, NOT_AT_RISK = 4 };
 #define BLOCK 128 /* rows per block of pass 2: a (p, BLOCK) array stays in L1 */
 
 typedef struct {
+    const uint32_t *slot; /* each row's slot (pass 2), or NULL: b and flags */
     const double *X, *mean, *w;
     const double *P; /* the re-laid copy (pack_rows) in place of X and keep, or NULL */
     const int64_t *keep, *a, *b;
@@ -312,6 +318,10 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
     int tail = p4 < p && p >= 4;
     for (Py_ssize_t l = 0; l < 4 && tail; l++) last[l] = p - 4 + l >= p4 ? bp[p - 4 + l] : 0.0;
     for (Py_ssize_t i = 0; i < RB; i++) z[i * qq] = 1.0;
+    /* β = 0 (a fit's first evaluation), unshifted: xβ is ±0 for finite x and exp(±0) is 1, so
+     * r = w exactly without xβ's lanes or exp (the same bits) */
+    int zero = shift == 0.0 && !s->P;
+    for (Py_ssize_t k = 0; k < p && zero; k++) zero = bp[k] == 0.0;
     for (Py_ssize_t start = 0; start < s->n; start += RB) {
         Py_ssize_t m = s->n - start < RB ? s->n - start : RB;
         if (s->P) {   /* the re-laid copy: centred, four rows per block, no shuffles for xβ */
@@ -352,6 +362,10 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             }
             /* xβ of four rows at a time: their lanes transposed, then added in order */
             Py_ssize_t i = 0;
+            if (zero) {
+                for (; i < m; i++) eta[i] = 1.0;   /* exp(0): no exp below */
+                if (m) lo = hi = 0.0;   /* (every xβ is +0) */
+            }
             for (; i + 4 <= m; i += 4) {
                 v4 t[4], sh = {shift, shift, shift, shift};
                 transpose4((const double *)(accs + i), (const double *)(accs + i + 1),
@@ -371,7 +385,7 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             }
             for (i = m; i < RB; i++) eta[i] = 0.0;
         }
-        for (Py_ssize_t i = 0; i < m; i += 4) exp4(eta + i);
+        for (Py_ssize_t i = 0; i < m && !zero; i += 4) exp4(eta + i);
         for (Py_ssize_t i = 0; i < m; i++) {
             Py_ssize_t row = start + i;
             double ri = unit ? eta[i] : eta[i] * s->w[row];
@@ -618,6 +632,7 @@ CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum
     Py_ssize_t p = s->p, p4 = p & ~(Py_ssize_t)3;
     double tt[BLOCK];
     const double *xs[BLOCK];
+    Py_ssize_t ix[BLOCK];
     for (Py_ssize_t lo = 0; lo < s->n; lo += BLOCK) {
         Py_ssize_t m = 0, end = lo + BLOCK < s->n ? lo + BLOCK : s->n;
         if (s->P) {
@@ -625,6 +640,35 @@ CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum
             block_outer(T, p, m, acc);
             continue;
         }
+        if (s->slot) {   /* the same t from the slot: W[2b + dead] is W[slot + 2] */
+            const uint64_t slots = 2 * (uint64_t)s->G;
+            for (Py_ssize_t i = lo; i < end; i++) {
+                uint32_t sl = s->slot[i], at = sl & ~SLOT_LATE;
+                if (at >= slots) return 1;
+                double t;
+                if (sl & SLOT_LATE) {   /* 1 ≤ a < b */
+                    int64_t a = s->a ? s->a[i] : 0, b = (int64_t)(at >> 1) + 1;
+                    if ((uint64_t)(a - 1) >= (uint64_t)(b - 1)) return 1;
+                    double v = cum[b] - cum[a];
+                    if (at & 1) v -= e[b - 1];
+                    t = r[i] * (v * scale);
+                } else {
+                    t = r[i] * W[at + 2];
+                }
+                if (t <= 0.0) continue;
+                tt[m] = t;
+                ix[m++] = i;
+            }
+            if (s->nkeep) {   /* the kept rows' rows of X, checked */
+                for (Py_ssize_t j = 0; j < m; j++) {
+                    int64_t k = s->keep[ix[j]];
+                    if ((uint64_t)k >= (uint64_t)s->rows) return 1;
+                    xs[j] = s->X + k * p;
+                }
+            } else {
+                for (Py_ssize_t j = 0; j < m; j++) xs[j] = s->X + ix[j] * p;
+            }
+        } else
         for (Py_ssize_t i = lo; i < end; i++) {
             if (bad_row(s, i)) return 1;
             uint8_t f = s->flags[i];
@@ -866,6 +910,7 @@ static int take_rows(buffers_t *B, rows_t *s, PyObject *X, PyObject *keep, PyObj
     Py_ssize_t xn;
     s->G = G;
     s->P = NULL;
+    s->slot = NULL;
     if (!(s->mean = take(B, mean, 8, -1, 0, "mean", &s->p))) return -1;
     if (!(s->b = take(B, b, 8, -1, 0, "b", &s->n))) return -1;
     if (s->p == 0) {
@@ -1102,12 +1147,14 @@ static PyObject *bucket_cells_(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(bin_cells(p, p + 1));
 }
 
-/* pass2(X, keep, mean, r, a, b, flags, cum, e, scale, out): out (p, p) = Σ r v x xᵀ */
+/* pass2(X, keep, mean, r, a, b, flags, cum, e, scale, out[, slot]): out (p, p) = Σ r v x xᵀ;
+ * with slot (int32 per row, row_flags) the rows' grid points are read from it, not b and
+ * flags: the same sums */
 static PyObject *pass2(PyObject *self, PyObject *args) {
-    PyObject *X, *keep, *mean, *r, *a, *b, *flags, *cum, *e, *out;
+    PyObject *X, *keep, *mean, *r, *a, *b, *flags, *cum, *e, *out, *slot = Py_None;
     double scale;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOdO", &X, &keep, &mean, &r, &a, &b, &flags, &cum, &e,
-                          &scale, &out))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOdO|O", &X, &keep, &mean, &r, &a, &b, &flags, &cum,
+                          &e, &scale, &out, &slot))
         return NULL;
     buffers_t B = {.used = 0};
     rows_t s;
@@ -1120,6 +1167,8 @@ static PyObject *pass2(PyObject *self, PyObject *args) {
     const double *C = rr ? take(&B, cum, 8, G + 1, 0, "cum", NULL) : NULL;
     double *o = C ? take(&B, out, 8, s.p * s.p, 1, "out", NULL) : NULL;
     if (!o) goto done;
+    if (slot != Py_None && !s.P && !(s.slot = take(&B, slot, 4, s.n, 0, "slot", NULL)))
+        goto done;
     T = PyMem_Calloc(s.p * BLOCK, sizeof(double));
     acc = PyMem_Calloc(s.p * s.p, sizeof(double));
     W = PyMem_Calloc(2 * (G + 1), sizeof(double));
@@ -1276,11 +1325,13 @@ done:
     return ret;
 }
 
-/* row_flags(b, a or None, a0 or None, event, flags) -> rows at risk somewhere (b > a):
- * flags[i] = DEAD (event ≠ 0) | LATE (a > a0, or a > 0 without a0) | NOT_AT_RISK (b ≤ a). */
+/* row_flags(b, a or None, a0 or None, event, flags[, slot]) -> rows at risk somewhere (b > a):
+ * flags[i] = DEAD (event ≠ 0) | LATE (a > a0, or a > 0 without a0) | NOT_AT_RISK (b ≤ a); with
+ * slot (int32), slot[i] = 2(b − 1) + dead, SLOT_LATE added for LATE (SLOT_NONE where b < 1 or
+ * b > 2^30, which pass 2 refuses). */
 static PyObject *row_flags(PyObject *self, PyObject *args) {
-    PyObject *b, *a, *a0, *event, *flags;
-    if (!PyArg_ParseTuple(args, "OOOOO", &b, &a, &a0, &event, &flags)) return NULL;
+    PyObject *b, *a, *a0, *event, *flags, *slot = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOOO|O", &b, &a, &a0, &event, &flags, &slot)) return NULL;
     buffers_t B = {.used = 0};
     PyObject *ret = NULL;
     Py_ssize_t n = 0, kept = 0;
@@ -1291,6 +1342,8 @@ static PyObject *row_flags(PyObject *self, PyObject *args) {
     const int64_t *aa = NULL, *a00 = NULL;
     if (a != Py_None && !(aa = take(&B, a, 8, n, 0, "a", NULL))) goto done;
     if (a0 != Py_None && !(a00 = take(&B, a0, 8, n, 0, "a0", NULL))) goto done;
+    uint32_t *sl = NULL;
+    if (slot != Py_None && !(sl = take(&B, slot, 4, n, 1, "slot", NULL))) goto done;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t ai = aa ? aa[i] : 0;
@@ -1299,6 +1352,11 @@ static PyObject *row_flags(PyObject *self, PyObject *args) {
         if (bb[i] <= ai) f |= NOT_AT_RISK;
         else kept++;
         fl[i] = f;
+        if (sl) {
+            uint64_t at = 2 * (uint64_t)(bb[i] - 1) + (f & DEAD);
+            sl[i] = bb[i] < 1 || at >= SLOT_NONE ? SLOT_NONE
+                                                 : (uint32_t)at | ((f & LATE) ? SLOT_LATE : 0);
+        }
     }
     Py_END_ALLOW_THREADS
     ret = PyLong_FromSsize_t(kept);

@@ -178,6 +178,8 @@ class CoxPart:
     buckets: object = None
     # the kept rows re-laid once for the passes (cox_cpu.pack), one array per chunk, or None
     packed: object = None
+    # each kept row's grid slot for pass 2 (cox_cpu.row_flags), or None: b and flags
+    slot: object = None
 
     @property
     def compiled(self) -> bool:
@@ -413,12 +415,12 @@ def _prepare_compiled(X, event, weights, a, b, a0, mean, unit, G, bounds):
     """A CoxPart for the compiled passes: no sort and no copy of X (see CoxPart.rows).
     ``a`` None: everyone is at risk from the first grid point."""
     rows = np.ascontiguousarray(X, dtype=np.float64)
-    flags, kept = cox_cpu.row_flags(b, a, a0, event)
+    flags, kept, slot = cox_cpu.row_flags(b, a, a0, event, slots=True)
     everyone = kept == b.shape[0]
     keep = np.zeros(0, np.int64)
     if not everyone:   # people never at risk at an event time add nothing
         keep = np.flatnonzero((flags & cox_cpu.NOT_AT_RISK) == 0)
-        flags, b = flags[keep], b[keep]
+        flags, b, slot = flags[keep], b[keep], slot[keep]
         a = a[keep] if a is not None else None
         a0 = a0[keep] if a0 is not None else None
     if unit is None:
@@ -431,7 +433,7 @@ def _prepare_compiled(X, event, weights, a, b, a0, mean, unit, G, bounds):
                    b.astype(np.int64, copy=False), None, None, None, late, None, None,
                    (flags & cox_cpu.DEAD).view(bool), G, order=None if everyone else keep,
                    a0=a0, bounds=bounds if bounds is not None and len(bounds) > 2 else None,
-                   rows=rows, keep=keep, mean=mean, flags=flags)
+                   rows=rows, keep=keep, mean=mean, flags=flags, slot=slot)
     part._unit = unit
     part.packed = cox_cpu.pack(part)
     return part

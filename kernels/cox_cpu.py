@@ -244,8 +244,9 @@ def pass2_sum(part, cum, e, scale):
     def chunk(lo, hi, i):
         X, keep = _rows(part, lo, hi, i)
         out = np.empty((p, p))
+        more = () if part.slot is None else (part.slot[lo:hi],)
         _cox_c.pass2(X, keep, part.mean, part.r[lo:hi], _cut(part.a, lo, hi), part.b[lo:hi],
-                     part.flags[lo:hi], cum, e, float(scale), out)
+                     part.flags[lo:hi], cum, e, float(scale), out, *more)
         return out
 
     out = _run([lambda lo=lo, hi=hi, i=i: chunk(lo, hi, i)
@@ -265,13 +266,17 @@ def fixed_sums(part):
     return count, sw, xd
 
 
-def row_flags(b, a, a0, event):
+def row_flags(b, a, a0, event, slots=False):
     """(flags, rows at risk somewhere): each row's DEAD | LATE | NOT_AT_RISK, in one pass.
-    ``a`` None: everyone at risk from the first grid point; ``a0`` None: one stratum."""
+    ``a`` None: everyone at risk from the first grid point; ``a0`` None: one stratum. With
+    ``slots``, (flags, kept, slot): each row's grid slot too, int32 2(b − 1) + dead (+ 2^31
+    entering late), which pass 2 reads in place of b and flags (4 bytes a row, not 9)."""
     flags = np.empty(b.shape[0], dtype=np.uint8)
     args = [None if v is None else np.ascontiguousarray(v, dtype=np.int64) for v in (b, a, a0)]
-    kept = _cox_c.row_flags(*args, np.ascontiguousarray(event, dtype=np.float64), flags)
-    return flags, kept
+    slot = np.empty(b.shape[0], dtype=np.uint32) if slots else None
+    kept = _cox_c.row_flags(*args, np.ascontiguousarray(event, dtype=np.float64), flags,
+                            *(() if slot is None else (slot,)))
+    return (flags, kept, slot) if slots else (flags, kept)
 
 
 def day_ranks(t, first, table, size):

@@ -260,6 +260,95 @@ def test_row_flags_equal_their_definition(with_a0):
     flags, kept = cox_cpu.row_flags(b, None, None, event)
     np.testing.assert_array_equal(flags, (event != 0) * cox_cpu.DEAD +
                                   (b <= 0) * cox_cpu.NOT_AT_RISK)
+    # each row's grid slot: 2(b − 1) + dead, 2^31 added for a late entry; b < 1 none (2^31 − 1)
+    flags, kept, slot = cox_cpu.row_flags(b, a, a0, event, slots=True)
+    assert slot.dtype == np.uint32 and kept == int((b > a).sum())
+    want = np.where(b >= 1, 2 * (b - 1) + (event != 0) + late * 2**31, 2**31 - 1)
+    np.testing.assert_array_equal(slot, want)
+
+
+def test_pass2_from_the_slots_gives_the_bytes_of_b_and_flags(monkeypatch):
+    # pass 2 reads each row's slot in place of b and flags: the same sums, bit for bit, with
+    # late entries, rows never at risk (keep) and strata
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    monkeypatch.setattr(cox_cpu, "_MIN_CHUNK", 200)   # two chunks
+    df = survival_frame(n=3000, seed=21, entry=True, strata=3)
+    X = df[covariates(df)].to_numpy()
+    t, e, entry = df.time.to_numpy(), df.event.to_numpy().astype(float), df.entry.to_numpy()
+    s = df.stratum.to_numpy().astype(np.int64)
+    after = t > t[e > 0].max() + 1   # entering after the last event time: never at risk
+    entry[after] = t[after] - 1
+    grid = K.make_grid(*[[a] for a in K.event_pairs(t, e, s)])
+    part = K.prepare(X, t, e, entry, s, np.ones(len(df)), grid, X.mean(axis=0))
+    assert part.slot is not None and part.late.shape[0] > 0 and part.keep.shape[0] > 0
+    beta = np.linspace(0.2, -0.2, X.shape[1])
+    rng = np.random.default_rng(2)
+    c, ee = rng.random(grid.size), rng.random(grid.size) * 0.1
+    K.pass1(part, beta)
+    with_slots = K.pass2(part, beta, c, ee)
+    part.slot = None
+    assert with_slots.tobytes() == K.pass2(part, beta, c, ee).tobytes()
+
+
+@pytest.mark.parametrize("zero", [0.0, -0.0])
+def test_pass1_at_beta_zero_takes_r_as_the_weights_with_the_same_bytes(monkeypatch, zero):
+    # a fit's first evaluation (β = 0) skips xβ and exp (r = w exactly); its sums must be the
+    # bytes of the route that computes them (the re-laid copy: xβ, exp(0) = 1) and equal an
+    # independent NumPy sum over the risk sets
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    df = survival_frame(n=2500, seed=23, entry=True, weights=True)
+    X = df[covariates(df)].to_numpy()
+    t, e, entry = df.time.to_numpy(), df.event.to_numpy().astype(float), df.entry.to_numpy()
+    w = df.w.to_numpy()
+    s = np.zeros(len(df), np.int64)
+    grid = K.make_grid(*[[a] for a in K.event_pairs(t, e, s)])
+    beta = np.full(X.shape[1], zero)
+    got = {}
+    for budget in (0, 1 << 40):   # the row route, then the re-laid copy
+        monkeypatch.setattr(cox_cpu, "PACK_BYTES", budget)
+        part = K.prepare(X, t, e, entry, s, w, grid, X.mean(axis=0))
+        assert (part.packed is not None) == bool(budget)
+        got[budget] = K.pass1(part, beta)
+        if not budget:
+            assert part.r.tobytes() == w.tobytes()
+    for a, b in zip(got[0], got[1 << 40], strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    times = np.asarray(grid.times)
+    at_risk = (entry[None, :] < times[:, None]) & (times[:, None] <= t[None, :])
+    Xc = X - X.mean(axis=0)
+    close(got[0][1], at_risk.astype(float) @ w)
+    close(got[0][2], (at_risk * w) @ Xc)
+
+
+@pytest.mark.parametrize("bad", ["slot past the grid", "no slot", "late without entries",
+                                 "late entering at zero", "int64 slot", "short slot"])
+def test_pass2_refuses_a_slot_that_would_read_out_of_bounds(bad):
+    n, p, G = 100, 3, 5
+    X, mean, r = np.ones((n, p)), np.zeros(p), np.ones(n)
+    b = np.full(n, G, np.int64)
+    a = np.zeros(n, np.int64)
+    flags = np.zeros(n, np.uint8)
+    slot = np.full(n, 2 * (G - 1), np.uint32)
+    cum, e, out = np.linspace(0.0, 1.0, G + 1), np.zeros(G), np.empty((p, p))
+    entries = None
+    if bad == "slot past the grid":
+        slot[7] = 2 * G
+    elif bad == "no slot":
+        slot[7] = 2**31 - 1
+    elif bad == "late without entries":
+        slot[7] |= np.uint32(2**31)
+    elif bad == "late entering at zero":
+        slot[7] |= np.uint32(2**31)
+        entries = a
+    elif bad == "int64 slot":
+        slot = slot.astype(np.int64)
+    elif bad == "short slot":
+        slot = slot[:-1]
+    args = (X, np.zeros(0, np.int64), mean, r, entries, b, flags, cum, e, 1.0, out)
+    with pytest.raises(ValueError):
+        cox_cpu._cox_c.pass2(*args, slot)
+    cox_cpu._cox_c.pass2(*args, np.full(n, 2 * (G - 1), np.uint32))
+    np.testing.assert_array_equal(out, n * 1.0 * np.ones((p, p)))   # Σ r v x xᵀ, v = cum[G]
 
 
 @pytest.mark.parametrize("ties", ["efron", "breslow"])
