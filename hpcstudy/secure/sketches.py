@@ -12,10 +12,11 @@ a 64-bit check of each id, all modulo 2^64. A person's id is a keyed bijective m
 
 The sketch is linear: the sketch of A minus the sketch of B is that of A \\ B (counted +1) and
 B \\ A (counted −1). Peeling the cells holding exactly one id (count ±1 and the check matching)
-recovers both sides when they are small, and only their sizes are used. A difference of d
-persons touches at most 3·d cells, so a difference that does not peel to nothing while at most
-3·D cells are non-zero (D = 2·(threshold − 1), the largest difference the rule looks at) may be
-small: it is reported as undecided and held, never passed. More non-zero cells prove d > D.
+recovers both sides when they are small (up to about 100 ids in all with 3 × 64 cells), and
+only their sizes are used. A difference of d persons touches at most 3·d cells, so a
+difference that does not peel to nothing while what is left touches at most 3·(D − peeled)
+cells (D = 2·(threshold − 1): up to D persons in all the rule is certain) may be small: it is
+reported as undecided and held, never passed. More non-zero cells prove d > D.
 
 Failure to peel a difference of d ≤ D ids: dominated by two ids sharing all three cells,
 probability about C(d, 2) / s³ (s = 64, d = 8: 1.1e-4); its only effect is a hold that an
@@ -49,7 +50,7 @@ def cells_for(min_cell: int) -> int:
 
 
 def limit(min_cell: int) -> int:
-    """D: the largest difference (both sides together) the disclosure rule looks at."""
+    """D: the largest difference (both sides together) that is always told or held."""
     return 2 * (min_cell - 1)
 
 
