@@ -225,7 +225,7 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
                       project=prep.approval.project if prep.approval is not None else None,
                       engine=engine, device=report.get("device"), run=report,
                       figures=figures, sketches=_sketches(plan, built.parts, results,
-                                                          persons.result()))
+                                                          persons.result(), prep.ds))
             if ckpt is not None:
                 checkpoint.clear(ckpt)
     finally:
@@ -341,16 +341,16 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
               data_persons_sha256=persons,
               project=approval.project if approval is not None else None,
               engine=engine, device=device, run=run, figures=figures,
-              sketches=_sketches(plan, table, results, persons)
+              sketches=_sketches(plan, table, results, persons, ds)
               if isinstance(table, dict) else None)
     return res
 
 
-def _sketches(plan: Plan, parts, results: dict, persons_sha256: str | None):
+def _sketches(plan: Plan, parts, results: dict, persons_sha256: str | None, ds: Dataset):
     """Who writes the persons behind the run's counts, for the export register
     (secure/sketches.py)."""
     if persons_sha256 is None:
         return None
-    from .secure.sketches import writer
+    from .secure.sketches import data_secret, writer
 
-    return writer(plan, parts, results, persons_sha256)
+    return writer(plan, parts, results, persons_sha256, data_secret(ds))

@@ -307,7 +307,7 @@ def _doc(**rows) -> dict:
         sets[f"cohort[label={label}].persons"] = _sk(KEYED, persons)
         sets[f"cohort[label={label}].events"] = _sk(KEYED, events)
     return {"format": S.FORMAT, "cells": KEYED.cells, "hashes": S.HASHES,
-            "key_id": KEYED.key_id,
+            "key_id": KEYED.key_id, "hash_id": KEYED.hash_id,
             "sets": {k: {"n": s.n, "cells": s.to_text()} for k, s in sets.items()}}
 
 

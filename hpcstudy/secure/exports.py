@@ -490,10 +490,11 @@ def _keyed(mine_sets: dict | None, their_sets: dict | None, key_text: str | None
     from . import sketches as S
 
     if mine_sets is None or their_sets is None or key_text is None or \
-            any(mine_sets.get(k) != their_sets.get(k) for k in ("format", "cells", "key_id")):
+            any(mine_sets.get(k) != their_sets.get(k)
+                for k in ("format", "cells", "key_id", "hash_id")):
         return None
-    keyed = S.Keyed(key_text, mine_sets["cells"])
-    return keyed if keyed.key_id == mine_sets["key_id"] else None
+    keyed = S.Keyed(key_text, mine_sets["cells"])   # (the cells and checks: no ids' key)
+    return keyed if keyed.hash_id == mine_sets["hash_id"] else None
 
 
 def compare(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | None,
