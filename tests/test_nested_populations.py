@@ -236,6 +236,26 @@ def test_the_sketches_never_leave(alone, register, tmp_path):
     assert run_cli("check-outputs", alone["narrow"]).returncode == 0
 
 
+def test_the_ids_in_a_sketch_lead_to_no_pnr_without_the_data(alone, small_data):
+    """The register holds the sketches: one of a few persons peels to their ids, which are
+    keyed by what only the data gives; with the public key alone they are not the pnrs'."""
+    from hpcstudy.registers.store import Dataset
+
+    out = alone["young"]
+    doc = json.loads((out / S.NAME).read_text())
+    public = json.loads((out / "outputs.json").read_text())["data_persons_sha256"]
+    _, sk = S.load(doc)
+    events = sk["cohort[label=cohort].events"]
+    pnr = np.array(sorted(_people(out)[1]), dtype=np.int64)
+    assert len(pnr) == events.n == 34
+    without = S.Keyed(public, doc["cells"])
+    assert without.difference(events, without.empty(), 8) == (34, 0)   # it peels, but
+    assert not np.array_equal(without.sketch(pnr).ids, events.ids)     # to other ids
+    keyed = S.Keyed(public, doc["cells"], S.data_secret(Dataset.open(small_data)))
+    assert np.array_equal(keyed.sketch(pnr).ids, events.ids)
+    assert "secret" not in json.dumps(doc) and keyed.key_id == doc["key_id"]
+
+
 # -- the sketches themselves, against Python's set arithmetic ----------------------------------
 KEYED = S.Keyed("a data set's persons", S.cells_for(5))
 IDS = st.integers(1, 2**62 - 1)
