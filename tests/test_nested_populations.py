@@ -281,6 +281,15 @@ def test_a_difference_decodes_to_python_set_arithmetic(common, only_a, only_b):
     assert KEYED.difference(_sk(KEYED, a), _sk(KEYED, a), most) == (0, 0)
 
 
+def test_every_threshold_gives_sketches_that_subtract():
+    # sketches of other sizes could not be compared: a study raising min_cell would slip by
+    assert {S.cells_for(m) for m in (5, 10, 25, 100)} == {64}
+    keyed = S.Keyed("k", S.cells_for(25))
+    base = np.arange(1, 400, dtype=np.int64)
+    a, b = keyed.sketch(base), keyed.sketch(base[:-30])
+    assert keyed.difference(a, b, S.limit(25)) == (30, 0)
+
+
 def test_a_small_difference_is_never_taken_for_a_large_one():
     """With tables far too small (4 cells a hash), many small differences fail to peel: every
     one is undecided (held), none passes as large; what decodes is exact."""

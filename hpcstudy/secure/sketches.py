@@ -47,8 +47,11 @@ U64 = np.uint64
 
 
 def cells_for(min_cell: int) -> int:
-    """Cells per sub-table: 64 up to a threshold of 20, more above (D = 2·(m − 1) ≪ 3·s)."""
-    return 64 * -(-max(min_cell, 1) // 20)
+    """Cells per sub-table: 64 whatever the threshold, so that every run's sketches subtract
+    (one of other sizes could not be compared: a study's higher ``min_cell`` would slip past).
+    With a threshold above about 30 more differences are held as undecided (3·D nears the
+    192 cells), never passed."""
+    return 64
 
 
 def limit(min_cell: int) -> int:
