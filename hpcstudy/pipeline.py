@@ -18,6 +18,7 @@ import os
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from .errors import UserError
@@ -193,6 +194,8 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
             warm_up(AFTER_THE_PARTITIONS)
             # who the data is about (outputs.json), read beside the partitions, not after them
             persons = ahead(prep.ds.persons_sha256, "hpcstudy-persons")
+            # the key of the sketches' ids (secure/sketches.py), read beside them too
+            sketch_key = ahead(partial(_sketch_key, prep.ds), "hpcstudy-persons-key")
         check_engine(plan, engine)          # "not supported by this engine": before the run
         begin(report, client)   # when and where the run started, for run.json
         device = choose_device(engine, device, client)
@@ -230,7 +233,8 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
                       project=prep.approval.project if prep.approval is not None else None,
                       engine=engine, device=report.get("device"), run=report,
                       figures=figures, sketches=_sketches(plan, built.parts, results,
-                                                          persons.result()))
+                                                          persons.result(),
+                                                          sketch_key.result()))
             if ckpt is not None:
                 checkpoint.clear(ckpt)
     finally:
@@ -347,16 +351,22 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
               data_persons_sha256=persons,
               project=approval.project if approval is not None else None,
               engine=engine, device=device, run=run, figures=figures,
-              sketches=_sketches(plan, table, results, persons)
+              sketches=_sketches(plan, table, results, persons, _sketch_key(ds))
               if isinstance(table, dict) else None)
     return res
 
 
-def _sketches(plan: Plan, parts, results: dict, persons_sha256: str | None):
+def _sketch_key(ds: Dataset) -> bytes:
+    from .secure.sketches import data_secret
+
+    return data_secret(ds)
+
+
+def _sketches(plan: Plan, parts, results: dict, persons_sha256: str | None, key: bytes):
     """Who writes the persons behind the run's counts, for the export register
     (secure/sketches.py)."""
     if persons_sha256 is None:
         return None
     from .secure.sketches import writer
 
-    return writer(plan, parts, results, persons_sha256)
+    return writer(plan, parts, results, persons_sha256, key)

@@ -385,6 +385,9 @@ def test_a_run_on_the_stand_in_device_under_a_client_gives_the_cpu_bytes(small_d
     assert res["run"]["device"]["name"] == "standin"
     private = Path("private") / "person_table.parquet"
     assert (out / private).read_bytes() == (local_run / private).read_bytes()
+    # the persons behind the counts, summed and written on the workers: the same sketches
+    sketches = Path("private") / "sketches.json"
+    assert (out / sketches).read_bytes() == (local_run / sketches).read_bytes()
     want = json.loads((local_run / "results.json").read_text())
     got = json.loads((out / "results.json").read_text())
     want["run"].pop("device"), got["run"].pop("device")
@@ -574,6 +577,9 @@ def failing_gpu(tmp_path, **env) -> dict:
 def _same_as_cpu(out, local_run):
     private = Path("private") / "person_table.parquet"
     assert (out / private).read_bytes() == (local_run / private).read_bytes()
+    # the persons behind the counts, summed and written on the workers: the same sketches
+    sketches = Path("private") / "sketches.json"
+    assert (out / sketches).read_bytes() == (local_run / sketches).read_bytes()
     want = json.loads((local_run / "results.json").read_text())
     got = json.loads((out / "results.json").read_text())
     assert got["run"].pop("device")["name"] == "gpu"

@@ -82,6 +82,13 @@ def test_an_export_four_persons_away_from_an_earlier_one_is_held(two_runs, regis
     assert first[0]["published"]["counts"]["cohort[label=cohort].persons"] == _cohort(wider)
     assert first[0]["data_manifest_sha256"] == json.loads(
         (wider / "outputs.json").read_text())["data_manifest_sha256"]
+    # with the sketches of the persons behind the counts it published (secure/sketches.py),
+    # those of the run's private folder, and no others
+    sets = first[0]["sketches"]["sets"]
+    assert "cohort[label=cohort].persons" in sets and "cohort[label=cohort].events" in sets
+    assert set(sets) <= set(first[0]["published"]["counts"])
+    kept = json.loads((wider / "private" / "sketches.json").read_text())["sets"]
+    assert all(kept[k] == v for k, v in sets.items())
 
     r = run_cli("export", narrower, tmp_path / "second")
     assert r.returncode == 1, r.stdout + r.stderr

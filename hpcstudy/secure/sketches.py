@@ -8,14 +8,17 @@ therefore keeps, for each count of persons (and of persons with an event) it pub
 *invertible Bloom lookup table* of the persons: ``3 × s`` cells (one sub-table of ``s`` cells
 per hash), each the number of persons hashed there, the sum of their 64-bit ids and the sum of
 a 64-bit check of each id, all modulo 2^64. A person's id is a keyed bijective mix of the pnr
-(:meth:`Keyed.ids`), so no two persons share one.
+(:meth:`Keyed.ids`), so no two persons share one; its key comes from the data
+(:func:`data_secret`) and is recorded nowhere, so ids peeled from the register's sketches
+lead to no pnr without the data.
 
 The sketch is linear: the sketch of A minus the sketch of B is that of A \\ B (counted +1) and
 B \\ A (counted −1). Peeling the cells holding exactly one id (count ±1 and the check matching)
-recovers both sides when they are small, and only their sizes are used. A difference of d
-persons touches at most 3·d cells, so a difference that does not peel to nothing while at most
-3·D cells are non-zero (D = 2·(threshold − 1), the largest difference the rule looks at) may be
-small: it is reported as undecided and held, never passed. More non-zero cells prove d > D.
+recovers both sides when they are small (up to about 100 ids in all with 3 × 64 cells), and
+only their sizes are used. A difference of d persons touches at most 3·d cells, so a
+difference that does not peel to nothing while what is left touches at most 3·(D − peeled)
+cells (D = 2·(threshold − 1): up to D persons in all the rule is certain) may be small: it is
+reported as undecided and held, never passed. More non-zero cells prove d > D.
 
 Failure to peel a difference of d ≤ D ids: dominated by two ids sharing all three cells,
 probability about C(d, 2) / s³ (s = 64, d = 8: 1.1e-4); its only effect is a hold that an
@@ -44,12 +47,15 @@ U64 = np.uint64
 
 
 def cells_for(min_cell: int) -> int:
-    """Cells per sub-table: 64 up to a threshold of 20, more above (D = 2·(m − 1) ≪ 3·s)."""
-    return 64 * -(-max(min_cell, 1) // 20)
+    """Cells per sub-table: 64 whatever the threshold, so that every run's sketches subtract
+    (one of other sizes could not be compared: a study's higher ``min_cell`` would slip past).
+    With a threshold above about 30 more differences are held as undecided (3·D nears the
+    192 cells), never passed."""
+    return 64
 
 
 def limit(min_cell: int) -> int:
-    """D: the largest difference (both sides together) the disclosure rule looks at."""
+    """D: the largest difference (both sides together) that is always told or held."""
     return 2 * (min_cell - 1)
 
 
@@ -101,14 +107,20 @@ class Sketch:
 
 class Keyed:
     """The hashes of one key: the same key (from the data's persons) for every run of the same
-    data, so that their sketches subtract."""
+    data, so that their sketches subtract. ``secret`` (:func:`data_secret`, from the data
+    itself, recorded nowhere) keys the ids, so that ids peeled from a sketch in the register
+    lead back to no pnr without the data; the cells and checks need only ``key_text`` (public:
+    the data's ``data_persons_sha256``), so the register subtracts and peels without it."""
 
-    def __init__(self, key_text: str, cells: int):
+    def __init__(self, key_text: str, cells: int, secret: bytes = b""):
         d = hashlib.sha256(("hpcstudy person sketch\0" + key_text).encode()).digest()
         w = np.frombuffer(d, "<u8").astype(U64)
-        self.k_id, self.k_check, self.k_cell = w[0], w[1], w[2]
+        self.k_check, self.k_cell = w[1], w[2]
+        ids = hashlib.sha256(d + b"ids\0" + secret).digest()
+        self.k_id = np.frombuffer(ids, "<u8").astype(U64)[0]
         self.cells = cells
-        self.key_id = hashlib.sha256(d).hexdigest()[:16]
+        self.hash_id = hashlib.sha256(d).hexdigest()[:16]          # cells and checks
+        self.key_id = hashlib.sha256(ids).hexdigest()[:16]         # and the ids' key
 
     def ids(self, pnr: np.ndarray) -> np.ndarray:
         return _mix(np.asarray(pnr).astype(np.int64).view(U64) ^ self.k_id)
@@ -268,6 +280,22 @@ def _wanted(plan, results: dict) -> tuple:
     return groups, by, keys, expected
 
 
+def data_secret(ds) -> bytes:
+    """A key only the data gives: an order-free sum of a keyed mix of every ``bef`` pnr (two
+    64-bit lanes). Every run of the same persons computes the same; the register never holds
+    it."""
+    from ..registers.arrow import to_numpy
+    from ..registers.store import read_partition
+
+    total = np.zeros(2, U64)
+    for p in range(ds.partitions):
+        x = to_numpy(read_partition(ds.path("bef", p), ["pnr"]).column("pnr"))
+        x = np.asarray(x).astype(np.int64).view(U64)
+        for lane, k in enumerate((U64(0x6A09E667F3BCC908), U64(0xBB67AE8584CAA73B))):
+            total[lane:lane + 1] += np.sum(_mix(x ^ k), dtype=U64, keepdims=True)
+    return hashlib.sha256(b"hpcstudy sketch ids\0" + total.astype("<u8").tobytes()).digest()
+
+
 def _doc(got: dict, groups: list, expected: list, keyed: Keyed) -> dict:
     """The sketches document from the summed partition sketches."""
     for c in ("persons", "events"):   # every row is in one arm: the models' rows are theirs
@@ -276,10 +304,11 @@ def _doc(got: dict, groups: list, expected: list, keyed: Keyed) -> dict:
     sets = {name: got[key] for name, key, n in expected
             if key in got and isinstance(n, int) and got[key].n == n}
     return {"format": FORMAT, "cells": keyed.cells, "hashes": HASHES, "key_id": keyed.key_id,
+            "hash_id": keyed.hash_id,
             "sets": {k: {"n": s.n, "cells": s.to_text()} for k, s in sorted(sets.items())}}
 
 
-def of_run(plan, parts, results: dict, key_text: str) -> dict:
+def of_run(plan, parts, results: dict, key_text: str, secret: bytes = b"") -> dict:
     """The sketches of a run's published counts of persons, in this process: ``{"format",
     "cells", "hashes", "key_id", "sets": {count name: {"n", "cells"}}}``, the count names as
     the export register names them (:func:`hpcstudy.secure.exports.published`). ``parts``:
@@ -288,21 +317,21 @@ def of_run(plan, parts, results: dict, key_text: str) -> dict:
 
     if isinstance(parts, dict):
         parts = LocalPartitions([parts])
-    keyed = Keyed(key_text, cells_for(plan.min_cell))
+    keyed = Keyed(key_text, cells_for(plan.min_cell), secret)
     groups, by, keys, expected = _wanted(plan, results)
     got = parts.map_reduce(_part_sketches, keyed, groups, by, keys, combine=_merge)
     return _doc(got, groups, expected, keyed)
 
 
-def writer(plan, parts, results: dict, key_text: str):
+def writer(plan, parts, results: dict, key_text: str, secret: bytes = b""):
     """``write(OUT) -> SHA-256``, which writes ``OUT/private/sketches.json``: from this
     process, or under a client from a worker, the partitions' sketches summed on the workers,
     so that no sketch (a hash of persons, like the person table) passes through the client."""
     client = getattr(parts, "client", None)
     if client is None:
-        doc = of_run(plan, parts, results, key_text)
+        doc = of_run(plan, parts, results, key_text, secret)
         return lambda out: write(out, doc)
-    keyed = Keyed(key_text, cells_for(plan.min_cell))
+    keyed = Keyed(key_text, cells_for(plan.min_cell), secret)
     groups, by, keys, expected = _wanted(plan, results)
     futures = parts.map(_part_sketches, keyed, groups, by, keys).parts
     while len(futures) > 1:   # summed pairwise where they are
@@ -328,7 +357,7 @@ def write(out: Path, doc: dict) -> str:
 
 def load(doc: dict) -> tuple[dict, dict[str, Sketch]]:
     """(parameters, {name: Sketch}) of a sketches document (a file's or a register record's)."""
-    params = {k: doc[k] for k in ("format", "cells", "hashes", "key_id")}
+    params = {k: doc[k] for k in ("format", "cells", "hashes", "key_id", "hash_id")}
     if params["format"] != FORMAT or params["hashes"] != HASHES:
         raise ValueError("sketches of another format")
     return params, {k: Sketch.from_text(v["cells"], v["n"], params["cells"])
