@@ -225,7 +225,8 @@ def pass1_bins(part, beta, shift_above):
     part.shift = shift
     part._beta = beta.copy()
     part.buckets = buckets
-    return shift, bins[0], bins[1], bins[2]
+    part.bins = (shift, bins[0], bins[1], bins[2])
+    return part.bins
 
 
 def pass2_sum(part, cum, e, scale):
@@ -258,11 +259,17 @@ def pass2_sum(part, cum, e, scale):
 
 
 def fixed_sums(part):
-    """Deaths per grid point (count, Σw) and Σ w·x over the deaths."""
-    G, p = part.grid_size, part.mean.shape[0]
-    count, sw, xd = np.zeros(G), np.zeros(G), np.zeros(p)
-    _cox_c.fixed(part.rows, part.keep, part.mean, part.w, part.unit_weights, part.b,
-                 part.flags, count, sw, xd)
+    """Deaths per grid point (count, Σw) and Σ w·x over the deaths, from pass 1 at β = 0:
+    there r = w, so the deaths' bins hold (Σw, Σ w x) per grid point. Pass 1's bins stay in
+    the part for the fit's first evaluation, at β = 0, which then reads X no more (one read
+    of X a fit less; Σ w x is summed by grid point, not row by row)."""
+    G = part.grid_size
+    _, dead, _, _ = pass1_bins(part, np.zeros(part.mean.shape[0]), np.inf)
+    sw = dead[:, 0].copy()
+    xd = dead[:, 1:].sum(axis=0)
+    if part.unit_weights:   # a count of deaths is their Σw (whole numbers: exact)
+        return sw.copy(), sw, xd
+    count = np.bincount(part.b[part.dead] - 1, minlength=G).astype(np.float64)
     return count, sw, xd
 
 
