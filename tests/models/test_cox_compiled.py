@@ -624,6 +624,9 @@ x = np.random.default_rng(0).uniform(-750, 712, 100_003)
 out = np.empty_like(x)
 mod.exp(x, out)
 h.update(out.tobytes())
+ranks = np.empty(x.shape[0], np.int64)   # below, inside and past a table of 1 000 days
+mod.day_ranks(x, -700.0, np.arange(1000, dtype=np.int64), 1000, ranks)
+h.update(ranks.tobytes())
 for coarse, budget, p in ((False, 0, 4), (True, 0, 4), (False, 1 << 40, 4), (True, 1 << 40, 4),
                           (False, 1 << 40, 7)):
     cox_cpu.PACK_BYTES = budget   # the caller's rows, then the re-laid copy
