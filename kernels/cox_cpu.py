@@ -5,9 +5,11 @@ a C extension rather than a JIT so that the first fit in a process pays no compi
 JIT start-up). Each pass reads the caller's row-major covariates once, in their own row order,
 centring each row as it goes: no sort and no copy of X. Pass 1 computes r = w·exp(xβ − shift)
 (its own exp: the same bits from the AVX2 and the baseline build) and adds r and r·x into
-per-grid-point bins (deaths, survivors and late entries apart); pass 2 adds r·v·x xᵀ — from
-pass 1's per-grid-point buckets of r·x xᵀ where ``one_pass`` holds (one read of X per step),
-else by a second read of X. Everything that follows on the (small) grid is the NumPy code of
+per-grid-point bins (deaths, survivors and late entries apart; at β = 0 r = w without exp, and
+the bins at β = 0 give the deaths' fixed sums, ``fixed_sums``, and serve the first evaluation);
+pass 2 adds r·v·x xᵀ — from pass 1's per-grid-point buckets of r·x xᵀ where ``one_pass`` holds
+(one read of X per step), else by a second read of X, each row's grid point from its int32 slot
+(``row_flags``). Everything that follows on the (small) grid is the NumPy code of
 ``kernels/cox.py``. Rows in fixed chunks (two threads), each summed in row order and the
 chunks added in order: the same inputs give the same bytes. Where ``packs`` holds (never with
 the default budget, ``PACK_BYTES = 0``), the passes read a re-laid copy of the rows made once
