@@ -977,12 +977,13 @@ static PyObject *pass1(PyObject *self, PyObject *args) {
             !(L2 = take(&B, alive2, 8, s.G * nb, 1, "alive2", NULL)) ||
             !(E2 = take(&B, late2, 8, s.G * nb, 1, "late2", NULL)))
             goto done;
-    } else {   /* the bins padded to whole 4-vectors, aligned */
-        if (!(own = aligned_zeros(3 * s.G * qq))) {
+    } else {   /* the bins padded to whole 4-vectors, aligned; no late entries without a (a
+                * row flagged LATE is refused), so then no late bins to clear or add */
+        if (!(own = aligned_zeros((s.a ? 3 : 2) * s.G * qq))) {
             PyErr_NoMemory();
             goto done;
         }
-        D2 = own, L2 = own + s.G * qq, E2 = own + 2 * s.G * qq;
+        D2 = own, L2 = own + s.G * qq, E2 = s.a ? own + 2 * s.G * qq : L2;
     }
     if (!(z = PyMem_Calloc((RB + 1) * qq, sizeof(double)))) {
         PyErr_NoMemory();
