@@ -719,23 +719,6 @@ CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum
     return 0;
 }
 
-/* Deaths per grid point (count and Σw) and Σ w x over the deaths. Returns 1 at a bad row. */
-CLONES static int fixed_rows(const rows_t *s, int unit, double *count, double *sw,
-                             double *xd) {
-    for (Py_ssize_t i = 0; i < s->n; i++) {
-        if (!(s->flags[i] & DEAD)) continue;
-        if ((uint64_t)(s->b[i] - 1) >= (uint64_t)s->G ||   /* (a is not read here) */
-            (s->nkeep && (uint64_t)s->keep[i] >= (uint64_t)s->rows))
-            return 1;
-        const double *x = row_of(s, i);
-        double wi = unit ? 1.0 : s->w[i];
-        count[s->b[i] - 1] += 1.0;
-        sw[s->b[i] - 1] += wi;
-        for (Py_ssize_t k = 0; k < s->p; k++) xd[k] += wi * (x[k] - s->mean[k]);
-    }
-    return 0;
-}
-
 /* Efron's terms per grid point j with m_j deaths of total weight dw_j: the k-th of them
  * (k = 0 … m_j − 1, f = k / m_j) sees den = S0_j − f E0_j and weighs dw_j / m_j. Into c, e,
  * alpha, beta, gamma: Σ w/den, Σ w f/den, Σ w/den², Σ w f/den², Σ w f²/den²; returns
@@ -866,6 +849,16 @@ CLONES static void exp_rows(Py_ssize_t n, const double *x, double *out) {
     }
 }
 
+/* out[i] = the number of grid times ≤ t[i] (see day_ranks below); floor inlined where the clone
+ * has it (exact in every clone, so the same ranks) */
+CLONES static void day_rows(Py_ssize_t n, const double *t, double first, const int64_t *tab,
+                            Py_ssize_t span, int64_t T, int64_t *o) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double d = __builtin_floor(t[i]) - first;
+        o[i] = !(d >= 0.0) ? 0 : d >= (double)span ? T : tab[(Py_ssize_t)d];
+    }
+}
+
 /* -- the Python functions ------------------------------------------------------------------ */
 
 #define MAXBUF 16
@@ -984,12 +977,13 @@ static PyObject *pass1(PyObject *self, PyObject *args) {
             !(L2 = take(&B, alive2, 8, s.G * nb, 1, "alive2", NULL)) ||
             !(E2 = take(&B, late2, 8, s.G * nb, 1, "late2", NULL)))
             goto done;
-    } else {   /* the bins padded to whole 4-vectors, aligned */
-        if (!(own = aligned_zeros(3 * s.G * qq))) {
+    } else {   /* the bins padded to whole 4-vectors, aligned; no late entries without a (a
+                * row flagged LATE is refused), so then no late bins to clear or add */
+        if (!(own = aligned_zeros((s.a ? 3 : 2) * s.G * qq))) {
             PyErr_NoMemory();
             goto done;
         }
-        D2 = own, L2 = own + s.G * qq, E2 = own + 2 * s.G * qq;
+        D2 = own, L2 = own + s.G * qq, E2 = s.a ? own + 2 * s.G * qq : L2;
     }
     if (!(z = PyMem_Calloc((RB + 1) * qq, sizeof(double)))) {
         PyErr_NoMemory();
@@ -1196,38 +1190,6 @@ done:
     return ret;
 }
 
-/* fixed(X, keep, mean, w, unit, b, flags, count, sw, xd) */
-static PyObject *fixed(PyObject *self, PyObject *args) {
-    PyObject *X, *keep, *mean, *w, *b, *flags, *count, *sw, *xd;
-    int unit;
-    if (!PyArg_ParseTuple(args, "OOOOpOOOOO", &X, &keep, &mean, &w, &unit, &b, &flags, &count,
-                          &sw, &xd))
-        return NULL;
-    buffers_t B = {.used = 0};
-    rows_t s;
-    PyObject *ret = NULL;
-    Py_ssize_t G;
-    double *cnt = take(&B, count, 8, -1, 1, "count", &G);
-    if (!cnt || take_rows(&B, &s, X, keep, mean, w, Py_None, b, flags, G, 0) < 0)
-        goto done;
-    double *sws = take(&B, sw, 8, G, 1, "sw", NULL);
-    double *xs = sws ? take(&B, xd, 8, s.p, 1, "xd", NULL) : NULL;
-    if (!xs) goto done;
-    int bad;
-    Py_BEGIN_ALLOW_THREADS
-    bad = fixed_rows(&s, unit, cnt, sws, xs);
-    Py_END_ALLOW_THREADS
-    if (bad) {
-        bad_index();
-        goto done;
-    }
-    ret = Py_None;
-    Py_INCREF(ret);
-done:
-    release_all(&B);
-    return ret;
-}
-
 /* efron(s0, e0, m, dw, under, c, e, alpha, beta, gamma) -> (Σ w log den, bad) */
 static PyObject *efron(PyObject *self, PyObject *args) {
     PyObject *s0, *e0, *m, *dw, *c, *e, *al, *be, *ga;
@@ -1278,10 +1240,7 @@ static PyObject *day_ranks(PyObject *self, PyObject *args) {
     int64_t *o = tab ? take(&B, out, 8, n, 1, "out", NULL) : NULL;
     if (!o) goto done;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double d = floor(tt[i]) - first;
-        o[i] = !(d >= 0.0) ? 0 : d >= (double)span ? (int64_t)T : tab[(Py_ssize_t)d];
-    }
+    day_rows(n, tt, first, tab, span, (int64_t)T, o);
     Py_END_ALLOW_THREADS
     ret = Py_None;
     Py_INCREF(ret);
@@ -1372,7 +1331,6 @@ static PyMethodDef methods[] = {
     {"bucket_cells", bucket_cells_, METH_VARARGS, "Doubles per grid point in a bucket."},
     {"exp", exp_, METH_VARARGS, "exp as pass 1 computes it."},
     {"pack", pack, METH_VARARGS, "The re-laid copy of X that the passes may read."},
-    {"fixed", fixed, METH_VARARGS, "The deaths' sums of the Cox fit (kernels/cox_cpu.py)."},
     {"grid_products", grid_products, METH_VARARGS, "The grid parts of score and information."},
     {"row_flags", row_flags, METH_VARARGS, "Each row's flags (dead, late, not at risk)."},
     {"day_ranks", day_ranks, METH_VARARGS, "Ranks of times on a grid of whole days."},

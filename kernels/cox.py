@@ -176,6 +176,8 @@ class CoxPart:
     flags: object = None
     # pass 1's buckets of r x xᵀ at the last β when it takes one pass per step (cox_cpu)
     buckets: object = None
+    # pass 1's (shift, dead, alive, late) bins at the last β (cox_cpu.pass1_bins)
+    bins: object = None
     # the kept rows re-laid once for the passes (cox_cpu.pack), one array per chunk, or None
     packed: object = None
     # each kept row's grid slot for pass 2 (cox_cpu.row_flags), or None: b and flags
@@ -548,7 +550,11 @@ def pass1(part: CoxPart, beta, key=None):
     multiplied by exp(−shift) (see ``CoxPart.risk``; off the CPU ``shift`` is a 0-d device
     array). Combine partitions' results with ``add_shifted``."""
     if part.compiled:
-        shift, dead, alive, late = _compiled().pass1_bins(part, beta, SHIFT_ABOVE)
+        if part.bins is not None and part._beta is not None and \
+                np.array_equal(part._beta, beta):   # (fixed_sums left them at β = 0)
+            shift, dead, alive, late = part.bins
+        else:
+            shift, dead, alive, late = _compiled().pass1_bins(part, beta, SHIFT_ABOVE)
         e = np.ascontiguousarray(dead.T)   # (1 + p, G), as below
         s = _leaving_after(e + alive.T, np, part.bounds)
         if part.late.shape[0]:

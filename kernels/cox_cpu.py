@@ -5,9 +5,11 @@ a C extension rather than a JIT so that the first fit in a process pays no compi
 JIT start-up). Each pass reads the caller's row-major covariates once, in their own row order,
 centring each row as it goes: no sort and no copy of X. Pass 1 computes r = w·exp(xβ − shift)
 (its own exp: the same bits from the AVX2 and the baseline build) and adds r and r·x into
-per-grid-point bins (deaths, survivors and late entries apart); pass 2 adds r·v·x xᵀ — from
-pass 1's per-grid-point buckets of r·x xᵀ where ``one_pass`` holds (one read of X per step),
-else by a second read of X. Everything that follows on the (small) grid is the NumPy code of
+per-grid-point bins (deaths, survivors and late entries apart; at β = 0 r = w without exp, and
+the bins at β = 0 give the deaths' fixed sums, ``fixed_sums``, and serve the first evaluation);
+pass 2 adds r·v·x xᵀ — from pass 1's per-grid-point buckets of r·x xᵀ where ``one_pass`` holds
+(one read of X per step), else by a second read of X, each row's grid point from its int32 slot
+(``row_flags``). Everything that follows on the (small) grid is the NumPy code of
 ``kernels/cox.py``. Rows in fixed chunks (two threads), each summed in row order and the
 chunks added in order: the same inputs give the same bytes. Where ``packs`` holds (never with
 the default budget, ``PACK_BYTES = 0``), the passes read a re-laid copy of the rows made once
@@ -225,7 +227,8 @@ def pass1_bins(part, beta, shift_above):
     part.shift = shift
     part._beta = beta.copy()
     part.buckets = buckets
-    return shift, bins[0], bins[1], bins[2]
+    part.bins = (shift, bins[0], bins[1], bins[2])
+    return part.bins
 
 
 def pass2_sum(part, cum, e, scale):
@@ -258,11 +261,17 @@ def pass2_sum(part, cum, e, scale):
 
 
 def fixed_sums(part):
-    """Deaths per grid point (count, Σw) and Σ w·x over the deaths."""
-    G, p = part.grid_size, part.mean.shape[0]
-    count, sw, xd = np.zeros(G), np.zeros(G), np.zeros(p)
-    _cox_c.fixed(part.rows, part.keep, part.mean, part.w, part.unit_weights, part.b,
-                 part.flags, count, sw, xd)
+    """Deaths per grid point (count, Σw) and Σ w·x over the deaths, from pass 1 at β = 0:
+    there r = w, so the deaths' bins hold (Σw, Σ w x) per grid point. Pass 1's bins stay in
+    the part for the fit's first evaluation, at β = 0, which then reads X no more (one read
+    of X a fit less; Σ w x is summed by grid point, not row by row)."""
+    G = part.grid_size
+    _, dead, _, _ = pass1_bins(part, np.zeros(part.mean.shape[0]), np.inf)
+    sw = dead[:, 0].copy()
+    xd = dead[:, 1:].sum(axis=0)
+    if part.unit_weights:   # a count of deaths is their Σw (whole numbers: exact)
+        return sw.copy(), sw, xd
+    count = np.bincount(part.b[part.dead] - 1, minlength=G).astype(np.float64)
     return count, sw, xd
 
 

@@ -320,6 +320,34 @@ def test_pass1_at_beta_zero_takes_r_as_the_weights_with_the_same_bytes(monkeypat
     close(got[0][2], (at_risk * w) @ Xc)
 
 
+@pytest.mark.parametrize("weights", [False, True])
+def test_fixed_sums_from_pass1_at_zero_equal_the_deaths_sums(monkeypatch, weights):
+    # the deaths' count, Σw and Σ w (x − mean) per grid point now come from pass 1's bins at
+    # β = 0; against a direct NumPy sum, with late entries, strata, rows never at risk, and the
+    # first evaluation at β = 0 reusing those bins (no second pass: the same bytes as one)
+    monkeypatch.delenv("HPCSTUDY_NO_COMPILED", raising=False)
+    df = survival_frame(n=2000, seed=29, entry=True, strata=2, weights=weights)
+    X = df[covariates(df)].to_numpy()
+    t, e, entry = df.time.to_numpy(), df.event.to_numpy().astype(float), df.entry.to_numpy()
+    w = df.w.to_numpy() if weights else np.ones(len(df))
+    s = df.stratum.to_numpy().astype(np.int64)
+    grid = K.make_grid(*[[a] for a in K.event_pairs(t, e, s)])
+    mean = X.mean(axis=0)
+    part = K.prepare(X, t, e, entry, s, w, grid, mean)
+    count, sw, xd = K.fixed_sums(part)
+    keys = np.asarray(grid.keys)
+    d = e == 1
+    at = np.searchsorted(keys, np.asarray(grid.key(s, t))[d], side="right") - 1
+    np.testing.assert_array_equal(count, np.bincount(at, minlength=grid.size))
+    close(sw, np.bincount(at, weights=w[d], minlength=grid.size))
+    close(xd, ((X[d] - mean) * w[d, None]).sum(axis=0), rtol=1e-11)
+    reused = K.pass1(part, np.zeros(X.shape[1]))
+    part.bins = None   # the same evaluation computed afresh
+    again = K.pass1(part, np.zeros(X.shape[1]))
+    for a, b in zip(reused, again, strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
 @pytest.mark.parametrize("bad", ["slot past the grid", "no slot", "late without entries",
                                  "late entering at zero", "int64 slot", "short slot"])
 def test_pass2_refuses_a_slot_that_would_read_out_of_bounds(bad):
@@ -596,6 +624,9 @@ x = np.random.default_rng(0).uniform(-750, 712, 100_003)
 out = np.empty_like(x)
 mod.exp(x, out)
 h.update(out.tobytes())
+ranks = np.empty(x.shape[0], np.int64)   # below, inside and past a table of 1 000 days
+mod.day_ranks(x, -700.0, np.arange(1000, dtype=np.int64), 1000, ranks)
+h.update(ranks.tobytes())
 for coarse, budget, p in ((False, 0, 4), (True, 0, 4), (False, 1 << 40, 4), (True, 1 << 40, 4),
                           (False, 1 << 40, 7)):
     cox_cpu.PACK_BYTES = budget   # the caller's rows, then the re-laid copy
