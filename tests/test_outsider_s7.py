@@ -238,3 +238,31 @@ def test_a_model_term_of_a_time_varying_state_hides_the_persons_who_switched(sma
               "events_other": 44}]
     doc = {"persons": 1118, "events": 63, "terms": terms}
     assert any("exceed the model's by 2" in p for p in checks._model(doc, 5, "m"))
+
+
+# -- a directly standardised proportion ---------------------------------------------------
+def test_a_standardised_interval_shown_only_where_every_age_band_passes(small_data, tmp_path):
+    # 30-day mortality by hospital, standardised to the ESP 2013: a row of 8 persons and 0
+    # deaths showed an upper limit of 2.2743 = 3.689 · max(w_a / persons_a), the weight of
+    # ages 30-60 over 1 person: the one person aged 30-60 with an MI at hospital 1301
+    import numpy as np
+    import pandas as pd
+
+    study = tmp_path / "hs.yaml"
+    study.write_text((ROOT / "examples/mi_hospitals.yaml").read_text().replace(
+        "age: [18, 120]", "age: [30, 120]").replace(
+        "{name: mortality_by_hospital, by: [hospital]}",
+        "{name: mortality_by_hospital, by: [hospital], standardise: esp2013, "
+        "age_bands: [30, 60, 80, 150]}"))
+    out = tmp_path / "out"
+    r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    people = pd.read_parquet(out / "private/person_table.parquet")
+    people["band"] = np.digitize(people["age"], [60, 80])
+    table = _rows(out / "tables/measure_mortality_by_hospital.csv")
+    assert any(r["persons"] for r in table)   # the premise: rows shown (1301: 8 persons)
+    for row in (r for r in table if r["standardised_upper_95"]):
+        here = people[people["hospital"] == int(row["hospital"])]
+        for _, band in here.groupby("band"):
+            n, d = len(band), int(band["event"].sum())
+            assert all(x == 0 or x >= 5 for x in (n, d, n - d)), (row, n, d)
