@@ -187,11 +187,12 @@ analyses:
 """
 
 
-def test_a_measure_by_a_time_varying_state_hides_the_persons_who_switched(small_data, tmp_path):
-    # a person who starts a statin has time in both rows: 874 + 246 persons beside a cohort of
-    # 1 118 gave the 2 who started one in the first 41 days
+def test_a_time_varying_state_hides_the_persons_who_switched(small_data, tmp_path):
+    # a person who starts a statin has time in both states: a measure by statin with 874 and
+    # 246 persons beside a cohort of 1 118, and the Poisson model's statin term with persons
+    # 246 and persons_other 874 of its 1 118, gave the 2 who started one in the first 41 days
     study = tmp_path / "varying.yaml"
-    study.write_text(VARYING)
+    study.write_text(VARYING + "  poisson: {adjust: [age, statin]}\n")
     out = tmp_path / "out"
     r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
     assert r.returncode == 0, r.stderr
@@ -200,6 +201,13 @@ def test_a_measure_by_a_time_varying_state_hides_the_persons_who_switched(small_
     if all(r["persons"] for r in rows):
         extra = sum(int(r["persons"]) for r in rows) - cohort
         assert extra == 0 or extra >= 5, extra
+    model = json.loads((out / "results.json").read_text())["models"]["poisson"]
+    for t in model.get("terms", []):
+        if t["persons"] is not None:
+            both = t["persons"] + t["persons_other"] - model["persons"]
+            assert both == 0 or both >= 5, (t, model["persons"])
+    statin = next(t for t in _rows(out / "tables/model_poisson.csv") if t["term"] == "statin")
+    assert statin["coef"] == "" and "both with and without statin" in statin["withheld"]
     assert run_cli("check-outputs", out).returncode == 0
     # the checker, from the published numbers alone (results.json and the CSVs)
     from hpcstudy.outputs import checks
@@ -208,36 +216,18 @@ def test_a_measure_by_a_time_varying_state_hides_the_persons_who_switched(small_
            "measures": {"by_statin": [{"statin": 0, "persons": 874, "events": 44},
                                       {"statin": 1, "persons": 246, "events": 19}]}}
     assert checks.split_overlaps(doc, 5) == [("measures.by_statin", (), 2)]
-    files = {"tables/cohort.csv": ("cohort", doc["cohort"]),
-             "tables/measure_by_statin.csv": ("measure", doc["measures"]["by_statin"])}
-    assert any("hold 2 persons more" in p for p in checks.check_run(files, 5))
-
-
-def test_a_model_term_of_a_time_varying_state_hides_the_persons_who_switched(small_data,
-                                                                              tmp_path):
-    # the same 2 persons from a model's statin term: persons 246 and persons_other 874 of the
-    # model's 1 118 (Poisson and Cox of counting-process rows)
-    study = tmp_path / "varying.yaml"
-    study.write_text(VARYING.replace("  measures:\n    - {name: by_statin, by: [statin]}\n",
-                                     "  poisson: {adjust: [age, statin]}\n"))
-    out = tmp_path / "out"
-    r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
-    assert r.returncode == 0, r.stderr
-    model = json.loads((out / "results.json").read_text())["models"]["poisson"]
-    for t in model.get("terms", []):
-        if t["persons"] is not None:
-            both = t["persons"] + t["persons_other"] - model["persons"]
-            assert both == 0 or both >= 5, (t, model["persons"])
-    statin = next(t for t in _rows(out / "tables/model_poisson.csv") if t["term"] == "statin")
-    assert statin["coef"] == "" and "both with and without statin" in statin["withheld"]
-    from hpcstudy.outputs import checks
-
     terms = [{"term": "age", "persons": None, "events": None, "persons_other": None,
               "events_other": None},
              {"term": "statin", "persons": 246, "events": 19, "persons_other": 874,
               "events_other": 44}]
-    doc = {"persons": 1118, "events": 63, "terms": terms}
-    assert any("exceed the model's by 2" in p for p in checks._model(doc, 5, "m"))
+    files = {"tables/cohort.csv": ("cohort", doc["cohort"]),
+             "tables/measure_by_statin.csv": ("measure", doc["measures"]["by_statin"]),
+             "tables/model_poisson.csv": ("model", terms)}
+    problems = checks.check_run(files, 5)
+    assert any("hold 2 persons more" in p for p in problems)
+    assert any("model_poisson.csv" in p and "by 2" in p for p in problems)
+    model = {"persons": 1118, "events": 63, "terms": terms}
+    assert any("exceed the model's by 2" in p for p in checks._model(model, 5, "m"))
 
 
 # -- a directly standardised proportion ---------------------------------------------------
