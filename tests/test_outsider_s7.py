@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,28 @@ def test_a_standardised_interval_shown_only_where_every_age_band_passes(small_da
         for _, band in here.groupby("band"):
             n, d = len(band), int(band["event"].sum())
             assert all(x == 0 or x >= 5 for x in (n, d, n - d)), (row, n, d)
+
+
+def test_a_report_that_hits_the_file_size_limit_leaves_no_half_written_file(statins_run,
+                                                                             tmp_path):
+    # `hpcstudy report` stopped by a full disk left OUT/.report.html.tmp, which then held every
+    # export of the run ("not declared in outputs.json")
+    import resource
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    shutil.copytree(statins_run, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    r = subprocess.run([sys.executable, "-m", "hpcstudy.cli", "report", str(out)],
+                       capture_output=True, text=True, preexec_fn=limit,
+                       env={**os.environ, "HPCSTUDY_AUDIT_LOG": str(tmp_path / "audit.jsonl")})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert run_cli("check-outputs", out).returncode == 0
