@@ -282,3 +282,24 @@ def test_a_report_that_hits_the_file_size_limit_leaves_no_half_written_file(stat
     assert len(r.stderr.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert run_cli("check-outputs", out).returncode == 0
+
+
+# -- writing inside what hpcstudy wrote ------------------------------------------------------
+def test_no_folder_is_written_inside_a_dataset_or_a_run(statins_run, tmp_path):
+    # `synth --out data/bef/x` wrote a second dataset into the first one's register folder:
+    # `data verify` then failed on 56 files and ingest refused the dataset; a dataset (or a run)
+    # under a run's tables/ held every later export of that run
+    import shutil
+
+    data = tmp_path / "data"
+    assert run_cli("synth", "--persons", 50, "--partitions", 1, "--out", data).returncode == 0
+    run = tmp_path / "run"
+    shutil.copytree(statins_run, run)
+    for args in (("synth", "--persons", 50, "--out", data / "bef" / "x"),
+                 ("synth", "--persons", 50, "--out", run / "tables" / "x"),
+                 ("run", ROOT / "examples/statins_mi.yaml", "--data", data, "--out",
+                  run / "again", "--quiet")):
+        line = _one_error_line(run_cli(*args))
+        assert "lies inside the" in line, line
+    assert run_cli("data", "verify", data).returncode == 0
+    assert run_cli("check-outputs", run).returncode == 0
