@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -187,11 +188,12 @@ analyses:
 """
 
 
-def test_a_measure_by_a_time_varying_state_hides_the_persons_who_switched(small_data, tmp_path):
-    # a person who starts a statin has time in both rows: 874 + 246 persons beside a cohort of
-    # 1 118 gave the 2 who started one in the first 41 days
+def test_a_time_varying_state_hides_the_persons_who_switched(small_data, tmp_path):
+    # a person who starts a statin has time in both states: a measure by statin with 874 and
+    # 246 persons beside a cohort of 1 118, and the Poisson model's statin term with persons
+    # 246 and persons_other 874 of its 1 118, gave the 2 who started one in the first 41 days
     study = tmp_path / "varying.yaml"
-    study.write_text(VARYING)
+    study.write_text(VARYING + "  poisson: {adjust: [age, statin]}\n")
     out = tmp_path / "out"
     r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
     assert r.returncode == 0, r.stderr
@@ -200,6 +202,13 @@ def test_a_measure_by_a_time_varying_state_hides_the_persons_who_switched(small_
     if all(r["persons"] for r in rows):
         extra = sum(int(r["persons"]) for r in rows) - cohort
         assert extra == 0 or extra >= 5, extra
+    model = json.loads((out / "results.json").read_text())["models"]["poisson"]
+    for t in model.get("terms", []):
+        if t["persons"] is not None:
+            both = t["persons"] + t["persons_other"] - model["persons"]
+            assert both == 0 or both >= 5, (t, model["persons"])
+    statin = next(t for t in _rows(out / "tables/model_poisson.csv") if t["term"] == "statin")
+    assert statin["coef"] == "" and "both with and without statin" in statin["withheld"]
     assert run_cli("check-outputs", out).returncode == 0
     # the checker, from the published numbers alone (results.json and the CSVs)
     from hpcstudy.outputs import checks
@@ -208,6 +217,89 @@ def test_a_measure_by_a_time_varying_state_hides_the_persons_who_switched(small_
            "measures": {"by_statin": [{"statin": 0, "persons": 874, "events": 44},
                                       {"statin": 1, "persons": 246, "events": 19}]}}
     assert checks.split_overlaps(doc, 5) == [("measures.by_statin", (), 2)]
+    terms = [{"term": "age", "persons": None, "events": None, "persons_other": None,
+              "events_other": None},
+             {"term": "statin", "persons": 246, "events": 19, "persons_other": 874,
+              "events_other": 44}]
     files = {"tables/cohort.csv": ("cohort", doc["cohort"]),
-             "tables/measure_by_statin.csv": ("measure", doc["measures"]["by_statin"])}
-    assert any("hold 2 persons more" in p for p in checks.check_run(files, 5))
+             "tables/measure_by_statin.csv": ("measure", doc["measures"]["by_statin"]),
+             "tables/model_poisson.csv": ("model", terms)}
+    problems = checks.check_run(files, 5)
+    assert any("hold 2 persons more" in p for p in problems)
+    assert any("model_poisson.csv" in p and "by 2" in p for p in problems)
+    model = {"persons": 1118, "events": 63, "terms": terms}
+    assert any("exceed the model's by 2" in p for p in checks._model(model, 5, "m"))
+
+
+# -- a directly standardised proportion ---------------------------------------------------
+def test_a_standardised_interval_shown_only_where_every_age_band_passes(small_data, tmp_path):
+    # 30-day mortality by hospital, standardised to the ESP 2013: a row of 8 persons and 0
+    # deaths showed an upper limit of 2.2743 = 3.689 · max(w_a / persons_a), the weight of
+    # ages 30-60 over 1 person: the one person aged 30-60 with an MI at hospital 1301
+    import numpy as np
+    import pandas as pd
+
+    study = tmp_path / "hs.yaml"
+    study.write_text((ROOT / "examples/mi_hospitals.yaml").read_text().replace(
+        "age: [18, 120]", "age: [30, 120]").replace(
+        "{name: mortality_by_hospital, by: [hospital]}",
+        "{name: mortality_by_hospital, by: [hospital], standardise: esp2013, "
+        "age_bands: [30, 60, 80, 150]}"))
+    out = tmp_path / "out"
+    r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    people = pd.read_parquet(out / "private/person_table.parquet")
+    people["band"] = np.digitize(people["age"], [60, 80])
+    table = _rows(out / "tables/measure_mortality_by_hospital.csv")
+    assert any(r["persons"] for r in table)   # the premise: rows shown (1301: 8 persons)
+    for row in (r for r in table if r["standardised_upper_95"]):
+        here = people[people["hospital"] == int(row["hospital"])]
+        for _, band in here.groupby("band"):
+            n, d = len(band), int(band["event"].sum())
+            assert all(x == 0 or x >= 5 for x in (n, d, n - d)), (row, n, d)
+
+
+def test_a_report_that_hits_the_file_size_limit_leaves_no_half_written_file(statins_run,
+                                                                             tmp_path):
+    # `hpcstudy report` stopped by a full disk left OUT/.report.html.tmp, which then held every
+    # export of the run ("not declared in outputs.json")
+    import resource
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    shutil.copytree(statins_run, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    r = subprocess.run([sys.executable, "-m", "hpcstudy.cli", "report", str(out)],
+                       capture_output=True, text=True, preexec_fn=limit,
+                       env={**os.environ, "HPCSTUDY_AUDIT_LOG": str(tmp_path / "audit.jsonl")})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert run_cli("check-outputs", out).returncode == 0
+
+
+# -- writing inside what hpcstudy wrote ------------------------------------------------------
+def test_no_folder_is_written_inside_a_dataset_or_a_run(statins_run, tmp_path):
+    # `synth --out data/bef/x` wrote a second dataset into the first one's register folder:
+    # `data verify` then failed on 56 files and ingest refused the dataset; a dataset (or a run)
+    # under a run's tables/ held every later export of that run
+    import shutil
+
+    data = tmp_path / "data"
+    assert run_cli("synth", "--persons", 50, "--partitions", 1, "--out", data).returncode == 0
+    run = tmp_path / "run"
+    shutil.copytree(statins_run, run)
+    for args in (("synth", "--persons", 50, "--out", data / "bef" / "x"),
+                 ("synth", "--persons", 50, "--out", run / "tables" / "x"),
+                 ("run", ROOT / "examples/statins_mi.yaml", "--data", data, "--out",
+                  run / "again", "--quiet")):
+        line = _one_error_line(run_cli(*args))
+        assert "lies inside the" in line, line
+    assert not (data / "bef" / "x").exists() and not (run / "tables" / "x").exists()
+    assert not (run / "again").exists()

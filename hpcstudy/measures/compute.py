@@ -248,11 +248,17 @@ def estimates(row: dict, events, n_persons, days, by_band: dict, nb: int, propor
                 counts.append(e)
                 ws.append(weights[a] / x)
         y, lo, hi = fay_feuer(counts, ws)
+        # each band's persons and events, for disclosure control (outputs.publish): the
+        # interval's ends give Σ wᵢkᵢ, Σ wᵢ²kᵢ and max wᵢ, so a band's count comes back
+        row["_bands"] = [[int(round(by_band.get(a, (0.0, 0.0, 0.0))[0])),
+                          int(round(by_band.get(a, (0.0, 0.0, 0.0))[1]))] for a in range(nb)]
         scale = 1.0 if proportion else 1000.0
         name = "standardised_proportion" if proportion else "standardised_rate"
         row.update({name: scale * y, "standardised_lower_95": scale * lo,
                     "standardised_upper_95": scale * hi})
     if reference is not None:
+        row["_bands"] = [[int(round(by_band.get(a, (0.0, 0.0, 0.0))[0])),
+                          int(round(by_band.get(a, (0.0, 0.0, 0.0))[1]))] for a in range(nb)]
         expected = sum(reference[a] * (v[0] if proportion else v[2])
                        for a, v in by_band.items() if 0 <= a < nb)
         row["expected"] = expected

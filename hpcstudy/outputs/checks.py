@@ -181,7 +181,21 @@ def _model(doc: dict, m: int, where: str) -> list[str]:
     why = _pair(doc.get("persons"), doc.get("events"), m)
     if why:
         out.append(f"{where}: columns 'persons'/'events': {why}")
-    return out + _model_terms(doc["terms"], m, f"{where}.terms")
+    return out + _model_terms(doc["terms"], m, f"{where}.terms") + \
+        _terms_both_levels(doc["terms"], doc.get("persons"), m, f"{where}.terms")
+
+
+def _terms_both_levels(rows, persons, m: int, where: str) -> list[str]:
+    """A term's persons and persons_other may exceed the model's persons (a time-varying
+    state, a band: persons with time in both) by 0 or at least the threshold."""
+    from .disclosure import both_levels
+
+    if not isinstance(rows, list):
+        return []
+    return [f"{where}: row {i}: the persons with and without {r.get('term')!r} exceed the "
+            f"model's by {both_levels(r, persons)}: a small cell"
+            for i, r in enumerate(rows, 1)
+            if isinstance(r, dict) and 0 < both_levels(r, persons) < m]
 
 
 def undeclared_table(rows: list[dict], m: int, where: str) -> list[str]:
@@ -635,7 +649,13 @@ def _split_across(sections: dict[str, tuple[str, object]], m: int) -> list[str]:
         elif k in ("lexis", "rates"):
             doc[k] = d
             names[k] = w
-    return [f"{names.get(section, section)}: the rows "
+    cohort = [r.get("persons") for r in doc.get("cohort") or [] if isinstance(r, dict)]
+    terms = []
+    if cohort and all(_num(p) for p in cohort):
+        for w, (k, d) in sections.items():
+            if k == "model" and isinstance(d, list):
+                terms += _terms_both_levels(d, int(sum(cohort)), m, w)
+    return terms + [f"{names.get(section, section)}: the rows "
             f"{', '.join(f'{k}={v}' for k, v in shared) or 'of the table'} hold {n} persons "
             "more than the population they split (persons with time in two rows): a small cell"
             for section, shared, n in split_overlaps(doc, m)]

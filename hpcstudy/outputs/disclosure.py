@@ -170,13 +170,25 @@ def count_problem(persons, events, min_cell: int, what: str = "") -> str | None:
     return None
 
 
+def both_levels(term: dict, persons) -> int:
+    """Persons with time both in a term's level and in the rest: its persons and persons_other
+    minus the model's. 0 for a term fixed at index; for a time-varying state or a band, those
+    who switched or crossed it (246 + 874 of 1 118: the 2 who started a statin; outside
+    tester, session 7)."""
+    p, o = term.get("persons"), term.get("persons_other")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (p, o, persons)):
+        return 0
+    return p + o - persons
+
+
 def model(m: dict, min_cell: int) -> dict:
     """A model result with the disclosure rules applied (see docs/secure.md):
 
     1. the model's persons, events and persons without the event pass ``count_problem``, else
        the model is withheld whole;
     2. an indicator term (exposure, binary covariate, a level of a categorical) passes on the
-       persons and events in its level and in the rest, else it is withheld: estimates and
+       persons and events in its level and in the rest, and on the persons with time in both
+       (``both_levels``), else it is withheld: estimates and
        counts null, ``withheld`` says why; the other levels of the same categorical go with it
        (the levels and the total would give it back);
     3. when a term is withheld the intercept goes too (with the totals its estimate and SE give
@@ -204,6 +216,9 @@ def model(m: dict, min_cell: int) -> dict:
                              f"without {t['term']}"))
         if why:
             withheld[t["term"]] = why
+        elif 0 < both_levels(t, m.get("persons")) < min_cell:
+            withheld[t["term"]] = f"fewer than {min_cell} persons with time both with and " \
+                                  f"without {t['term']}"
     for t in terms:
         var = variables.get(t["term"])
         if var and t["term"] not in withheld and any(variables.get(w) == var for w in withheld):

@@ -95,6 +95,7 @@ def _disclosed(results: dict, min_cell: int) -> dict:
     from ..measures.compute import COLUMNS as MEASURE_COLUMNS
 
     for k in r.get("measures", {}):
+        r["measures"][k] = [_standardised_shown(row, min_cell) for row in r["measures"][k]]
         r["measures"][k] = D.suppress(r["measures"][k], min_cell, MEASURE_COLUMNS[2:-1],
                                       keys=_keys(r["measures"][k], MEASURE_COLUMNS))
     if "curves" in r:
@@ -155,6 +156,28 @@ def bootstrap_shown(results: dict) -> bool:
 # of the logit): with a score of one rare flag they are ratios of counts, so the truncation
 # point 957/180 gave the 1 exposed person with the flag back (outside tester, session 7)
 SCORE_VALUES = ("truncated_at", "common_support", "caliper_logit")
+
+
+# a measure row's estimates built from its age bands' counts (direct and indirect
+# standardisation)
+BAND_ESTIMATES = ("standardised_rate", "standardised_proportion", "standardised_lower_95",
+                  "standardised_upper_95", "expected", "sir", "sir_lower_95", "sir_upper_95")
+
+
+def _standardised_shown(row: dict, min_cell: int) -> dict:
+    """The row without its age bands' counts, and without the standardised estimates when a
+    band's persons, events or persons without the event are 1 to min_cell − 1: the Fay–Feuer
+    interval's ends give Σ wᵢkᵢ, Σ wᵢ²kᵢ and max wᵢ (wᵢ = the standard's weight over the
+    band's persons), and the expected count Σ rᵢ·persons, so a band's count comes back (the
+    upper end of a row of 25 persons, 0 deaths gave its 4 persons aged 30–60; outside tester,
+    session 7)."""
+    row = dict(row)
+    bands = row.pop("_bands", None) or []
+    if any(D.count_problem(p, e, min_cell) for p, e in bands if p):
+        for f in BAND_ESTIMATES:
+            if f in row:
+                row[f] = None
+    return row
 
 
 def _keys(rows: list[dict], columns: tuple[str, ...]) -> tuple[str, ...]:

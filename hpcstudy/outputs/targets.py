@@ -103,6 +103,11 @@ def check_target(out: str | os.PathLike, *, kind: str, overwrite: bool = False,
         if folder and place in real.parents:
             raise UserError(f"{opt} {out} lies inside {what} {place}",
                             fix=f"choose a folder for {opt} outside {place}")
+    holder = _inside_ours(real)
+    if holder:
+        raise UserError(f"{opt} {out} lies inside {holder[0]} {holder[1]}: its files would no "
+                        "longer match what hpcstudy wrote there",
+                        fix=f"choose a folder for {opt} outside {holder[1]}")
     tidy(out)
     if not os.path.lexists(out):
         return out
@@ -119,6 +124,25 @@ def check_target(out: str | os.PathLike, *, kind: str, overwrite: bool = False,
         raise UserError(f"{opt} {out} {foreign}; --overwrite replaces only what hpcstudy wrote",
                         fix=f"choose a new {opt}, or move your files out of {out}")
     return out
+
+
+def _inside_ours(real: Path) -> tuple[str, Path] | None:
+    """(what, folder) when ``real`` lies inside a run's folder or a dataset hpcstudy wrote:
+    `synth --out data/bef/x` made the dataset fail `data verify` and refuse `ingest`, and a
+    dataset under a run's tables/ held that run's export (outside tester, session 7)."""
+    from ..registers.store import FORMAT, MANIFEST
+
+    for folder in real.parents:
+        if (folder / RUN_MARKER).is_file():
+            return "the run", folder
+        manifest = folder / MANIFEST
+        if manifest.is_file():
+            try:
+                if json.loads(manifest.read_text()).get("format") == FORMAT:
+                    return "the dataset", folder
+            except (OSError, ValueError, AttributeError):
+                pass
+    return None
 
 
 def _protected(reads) -> list[tuple[str, Path, bool]]:

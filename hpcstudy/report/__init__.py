@@ -12,6 +12,7 @@ it shows, so the export gate can check the page by itself (``verify.py``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -220,6 +221,11 @@ def write(out: str | Path, figures=None) -> list[str]:
         tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
         os.replace(tmp, out / M.NAME)
     except OSError as e:
+        # no half-written file stays behind (it would hold every later export)
+        for tmp in [out / f".{M.NAME}.tmp",
+                    *((out / p).with_name(f".{(out / p).name}.tmp") for p in files)]:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         raise CannotWrite(f"{out}: cannot write the report ({e.strerror or e})",
                           fix="free space or give write permission, then run "
                               "`hpcstudy report` again") from e
