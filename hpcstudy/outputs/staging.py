@@ -66,8 +66,12 @@ def staged_output(out: Path, overwrite: bool, *, kind: str, reads=()):
         if kind == "run":
             targets.run_marker(staging)
         commit_output(staging, out, replace=overwrite)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        # a failed write names OUT, not the hidden staging folder just removed (or nothing)
+        if isinstance(e, OSError) and (e.filename is None or
+                                       str(e.filename).startswith(str(staging))):
+            e.filename = str(out)
         raise
 
 
