@@ -196,7 +196,15 @@ def phases(data: Path, study: Path, profile: str | None, top: int) -> dict:
     tables, attrition, parts = maybe("cohort", R.person_table, plan, ds, "dask", None, None,
                                      None, False, {}, "cpu")
     tables.write_ahead(plan)        # as pipeline.execute: beside the analyses
-    results = maybe("analyses", R.analyse, plan, parts, attrition, ds=ds)
+    early = {}
+    if figures is not None:   # as pipeline.execute: each figure asked once its analysis is done
+        try:
+            from hpcstudy.report.ahead import Early
+        except ImportError:   # an older hpcstudy: figures asked by the page
+            Early = None
+        if Early is not None:
+            early = {"finished": Early(figures, plan)}
+    results = maybe("analyses", R.analyse, plan, parts, attrition, ds=ds, **early)
     maybe("outputs", R.write_outputs, out, plan, results, tables, engine="dask", ds=ds,
           overwrite=False, approval=None, device=None, **more)
     if figures is not None:

@@ -745,3 +745,56 @@ def test_table_rows_written_in_python_are_the_macros_bytes():
                     difference=[None, (1, 2), (3, 10)][int(rng.integers(3))]))
             rows.append(row)
         assert ours.render(rows=rows, body_rows=body_rows) == macros.render(rows=rows), trial
+
+
+# -- the last partition read while the ones before it compute ------------------------------------
+def test_the_last_partition_read_ahead_gives_the_tables_read_in_turn(many_parts, monkeypatch):
+    from hpcstudy.engines import dask_engine, read_ahead
+
+    prep = prepare(EXAMPLES / "statins_mi.yaml", many_parts)
+    monkeypatch.setattr(dask_engine.os, "cpu_count", lambda: 2)
+    events: list = []
+    start, run_partition = read_ahead.start, dask_engine.run_partition
+
+    def spy_start(root, reads, partitions, threads=None):
+        events.append(("read ahead", list(partitions)))
+        return start(root, reads, partitions, threads)
+
+    def spy_run(root, p, *a, **kw):
+        events.append(("partition", p))
+        return run_partition(root, p, *a, **kw)
+
+    monkeypatch.setattr(read_ahead, "start", spy_start)
+    monkeypatch.setattr(dask_engine, "run_partition", spy_run)
+    ahead, attrition = dask_engine.DaskEngine().person_tables(prep.ds, prep.plan)
+    # asked once, for partition 15, by the task of partition 13 (16 - 1 - 2 threads) before it
+    # computes, while the other thread computes partition 12 (or 11, its last)
+    asked = [e for e in events if e[0] == "read ahead"]
+    assert asked == [("read ahead", [15])]
+    at = events.index(asked[0])
+    assert events.index(("partition", 12)) < at < events.index(("partition", 13))
+    assert read_ahead._AHEAD == {}   # taken by partition 15's task
+    monkeypatch.setattr(dask_engine, "LAST_READ_AHEAD", False)
+    alone, attrition_alone = dask_engine.DaskEngine().person_tables(prep.ds, prep.plan)
+    assert [e for e in events if e[0] == "read ahead"] == asked and attrition == attrition_alone
+    for a, b in zip(ahead, alone, strict=True):
+        assert list(a) == list(b) and all(np.array_equal(a[c], b[c]) for c in a)
+
+
+def test_a_damaged_last_partition_read_ahead_fails_the_run_as_any_read(many_parts, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(many_parts, data)
+    victim = data / "lmdb" / "part-00015.parquet"   # the last partition: read ahead (2 cores)
+    raw = bytearray(victim.read_bytes())
+    raw[-4:] = b"PAR0"   # not Parquet's magic; the same size: the manifest agrees
+    victim.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", data, "--out", out, "--quiet")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: ") and \
+        f"{victim}: partition file damaged" in lines[0], r.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out.checkpoints"]
