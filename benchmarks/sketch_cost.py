@@ -50,8 +50,8 @@ def main() -> None:
                                for _ in range(8)])
     per_million = [timed(lambda: S.of_run(prep.plan, million, res, "bench"))
                    for _ in range(a.repeat)]
-    append("sketch_cost", {"study": str(a.study), "data": str(a.data), "rows": len(t),
-                           "partitions": p, "sets": len(runs[-1][2]["sets"]),
+    append("sketch_cost", {"benchmark": "sketch_cost", "study": str(a.study),
+                           "data": str(a.data), "rows": len(t), "partitions": p, "sets": len(runs[-1][2]["sets"]),
                            "cpu_s": summary([c for _, c, _ in runs]),
                            "wall_s": summary([w for w, _, _ in runs]),
                            "cpu_s_per_million_rows": summary([c for _, c, _ in per_million])})

@@ -22,8 +22,8 @@ def load(run: str | None) -> tuple[str, list[dict]]:
     recs = []
     for f in sorted(records.RESULTS_DIR.glob("*.jsonl")):
         for line in f.read_text().splitlines():
-            if line.strip():
-                recs.append(json.loads(line))
+            if line.strip():   # a record without its benchmark's name is its file's
+                recs.append({"benchmark": f.stem, **json.loads(line)})
     runs = sorted({r["run"] for r in recs if "run" in r})
     if not runs:
         raise SystemExit("summarize: no records with a run id in " + str(records.RESULTS_DIR))
