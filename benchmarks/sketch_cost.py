@@ -51,7 +51,8 @@ def main() -> None:
     per_million = [timed(lambda: S.of_run(prep.plan, million, res, "bench"))
                    for _ in range(a.repeat)]
     append("sketch_cost", {"benchmark": "sketch_cost", "study": str(a.study),
-                           "data": str(a.data), "rows": len(t), "partitions": p, "sets": len(runs[-1][2]["sets"]),
+                           "data": str(a.data), "rows": len(t), "partitions": p,
+                           "sets": len(runs[-1][2]["sets"]),
                            "cpu_s": summary([c for _, c, _ in runs]),
                            "wall_s": summary([w for w, _, _ in runs]),
                            "cpu_s_per_million_rows": summary([c for _, c, _ in per_million])})
