@@ -145,7 +145,8 @@ def test_a_failed_match_names_no_small_count(small_data, tmp_path, audit_log):
 
 
 # -- I/O failures ---------------------------------------------------------------------------
-def test_a_run_that_hits_the_file_size_limit_names_out_and_resumes(small_data, tmp_path):
+def test_a_run_that_hits_the_file_size_limit_names_out_and_resumes(small_data, tmp_path,
+                                                                   monkeypatch):
     # the report (83 kB) passes a 40 kB limit no more than a full disk would: the line was
     # "hpcstudy: error: .out.partial-PID@HOST: cannot write the report … then run `hpcstudy
     # report` again", naming a hidden folder already removed and a command that cannot help
@@ -156,6 +157,8 @@ def test_a_run_that_hits_the_file_size_limit_names_out_and_resumes(small_data, t
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
 
+    # an audit log of its own: the session's shared one outgrows the limit after other tests
+    monkeypatch.setenv("HPCSTUDY_AUDIT_LOG", str(tmp_path / "log" / "audit.jsonl"))
     out = tmp_path / "out"
     args = [sys.executable, "-m", "hpcstudy.cli", "run", str(ROOT / "examples/statins_mi.yaml"),
             "--data", str(small_data), "--out", str(out), "--quiet"]
@@ -164,7 +167,7 @@ def test_a_run_that_hits_the_file_size_limit_names_out_and_resumes(small_data, t
     assert r.stderr.strip() == (f"hpcstudy: cannot write {out}: a file would exceed the size "
                                 "limit; nothing half-written was kept — free some space or "
                                 "choose another location")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.checkpoints"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log", "out.checkpoints"]
     r = run_cli(*args[3:], "--resume")
     assert r.returncode == 0, r.stderr
     assert (out / "report.html").is_file()

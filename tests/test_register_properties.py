@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hpcstudy.engines.run import run
@@ -88,6 +88,8 @@ def run_once(root: Path, s: dict, data: Path) -> Path:
                                   st.sampled_from(["death", "mi"])),
                         min_size=2, max_size=3, unique=True),
        min_cell=st.sampled_from([5, 10]))
+# all but one of the 87-89-year-old women died: held by the persons behind the counts
+@example(studies=[(89, False, "death"), (86, False, "death")], min_cell=5)
 def test_exports_a_few_persons_apart_are_held_and_never_both_leave(
         studies, min_cell, small_data, tmp_path_factory):
     root = tmp_path_factory.getbasetemp() / "register_properties"
@@ -107,7 +109,8 @@ def test_exports_a_few_persons_apart_are_held_and_never_both_leave(
             else:
                 reg.append(X.export_record(verdict, Path(f"/dest/{n}"), list(verdict.passed)))
         should_hold = any(close(mine, theirs, min_cell) for _, theirs in left)
-        assert bool(found) == should_hold or (found and not should_hold and _events_only(found)), \
+        assert bool(found) == should_hold or \
+            (found and not should_hold and _stricter(found, min_cell)), \
             (studies, [str(d) for d in found])
         if not found:
             left.append((verdict.manifest, mine))
@@ -116,6 +119,16 @@ def test_exports_a_few_persons_apart_are_held_and_never_both_leave(
         assert not close(a, b, min_cell)
     # and the register never releases on its own: no release record was written
     assert all(r["event"] != "release" for r in X.read(register).records)
+
+
+def _stricter(found, m: int) -> bool:
+    """Holds beyond this test's reading of person counts: events of one cell, or the persons
+    behind two counts differing on one side by 1 to m - 1 while the counts differ (the
+    sketches' rule, docs/secure.md; their sizes are checked against real sets in
+    tests/test_nested_populations.py): 87-89-year-olds of whom all but one died."""
+    return all(_events_only([d]) or (
+        isinstance(d, X.Nested) and d.here != d.there and d.only_here is not None and
+        (0 < d.only_here < m or 0 < d.only_there < m)) for d in found)
 
 
 def _events_only(found) -> bool:
