@@ -55,6 +55,27 @@ def _clock():
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def thread_states(pids, skip: int) -> dict:
+    """{(pid, thread id): (running, CPU ticks so far)} of every thread of ``pids`` but ``skip``
+    (the sampler's own), from /proc; a process or thread gone meanwhile is left out."""
+    got = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in map(int, tids):
+            if tid == skip:
+                continue
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                    st = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            got[(pid, tid)] = (st[0] == b"R", int(st[11]) + int(st[12]))
+    return got
+
+
 class Runnable:
     """A thread sampling which of this process's threads (and of ``pids``' too) are runnable,
     and the CPU time each accrued since the last sample, every ``every`` seconds: CPU time
@@ -70,22 +91,7 @@ class Runnable:
         self._t.start()
 
     def _tasks(self, me: int) -> dict:
-        got = {}
-        for pid in self.pids:
-            try:
-                tids = os.listdir(f"/proc/{pid}/task")
-            except OSError:
-                continue
-            for tid in tids:
-                if int(tid) == me:
-                    continue
-                try:
-                    with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                        st = f.read().rsplit(b")", 1)[1].split()
-                except OSError:
-                    continue
-                got[(pid, tid)] = (st[0] == b"R", int(st[11]) + int(st[12]))
-        return got
+        return thread_states(self.pids, me)
 
     def _follow(self) -> None:
         for pid in list(self.pids):
@@ -276,21 +282,7 @@ def timeline(data: Path, study: Path, every: float = 0.005, bucket: float = 0.1)
                             pids += [int(c) for c in f.read().split() if int(c) not in pids]
                 except OSError:
                     pass
-            now = {}
-            for pid in pids:
-                try:
-                    tids = os.listdir(f"/proc/{pid}/task")
-                except OSError:
-                    continue
-                for tid in tids:
-                    if int(tid) == sampler_id:
-                        continue
-                    try:
-                        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                            st = f.read().rsplit(b")", 1)[1].split()
-                    except OSError:
-                        continue
-                    now[(pid, int(tid))] = (st[0] == b"R", int(st[11]) + int(st[12]))
+            now = thread_states(pids, sampler_id)
             names = {t.native_id: t.name for t in threading.enumerate()}
             by_ident = {t.ident: t.native_id for t in threading.enumerate()}
             where = {}

@@ -361,14 +361,16 @@ def test_a_partition_read_ahead_is_the_partition_read_then(small_data):
     assert read_ahead.take(small_data / "lpr_diag" / "part-00000.parquet", ("pnr",)) is None
 
 
-def test_a_damaged_partition_read_ahead_fails_the_run_as_any_read(small_data, tmp_path):
+def _damaged_run_fails_in_one_line(source, part: str, tmp_path) -> None:
+    """Copy ``source``, damage its file ``part`` (same size: the manifest agrees), run example
+    1 on it: exit 2, one line naming the file, no OUT."""
     import shutil
 
     data = tmp_path / "data"
-    shutil.copytree(small_data, data)
-    victim = data / "lpr_diag" / "part-00000.parquet"   # read ahead: the run's first partition
+    shutil.copytree(source, data)
+    victim = data / part
     raw = bytearray(victim.read_bytes())
-    raw[-4:] = b"PAR0"   # not Parquet's magic; the same size: the manifest agrees
+    raw[-4:] = b"PAR0"   # not Parquet's magic
     victim.write_bytes(bytes(raw))
     out = tmp_path / "out"
     r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", data, "--out", out, "--quiet")
@@ -377,6 +379,11 @@ def test_a_damaged_partition_read_ahead_fails_the_run_as_any_read(small_data, tm
     assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: ") and \
         f"{victim}: partition file damaged" in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_a_damaged_partition_read_ahead_fails_the_run_as_any_read(small_data, tmp_path):
+    # read ahead: the run's first partition
+    _damaged_run_fails_in_one_line(small_data, "lpr_diag/part-00000.parquet", tmp_path)
 
 
 # -- who the data is about, the analyses' imports, the end of the run (session 6) ---------------
@@ -782,19 +789,6 @@ def test_the_last_partition_read_ahead_gives_the_tables_read_in_turn(many_parts,
 
 
 def test_a_damaged_last_partition_read_ahead_fails_the_run_as_any_read(many_parts, tmp_path):
-    import shutil
-
-    data = tmp_path / "data"
-    shutil.copytree(many_parts, data)
-    victim = data / "lmdb" / "part-00015.parquet"   # the last partition: read ahead (2 cores)
-    raw = bytearray(victim.read_bytes())
-    raw[-4:] = b"PAR0"   # not Parquet's magic; the same size: the manifest agrees
-    victim.write_bytes(bytes(raw))
-    out = tmp_path / "out"
-    r = run_cli("run", EXAMPLES / "statins_mi.yaml", "--data", data, "--out", out, "--quiet")
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: ") and \
-        f"{victim}: partition file damaged" in lines[0], r.stderr
-    assert not out.exists()
+    # the last partition: read ahead (2 cores)
+    _damaged_run_fails_in_one_line(many_parts, "lmdb/part-00015.parquet", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out.checkpoints"]
