@@ -398,7 +398,7 @@ def _check_table(verdict: Verdict, where: str, kind: str, rows, cols, population
                  rules: bool = True) -> list[str]:
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return [f"{where}: not a table of rows"]
-    actual = M.columns_of(rows)
+    actual = M.columns_of(rows, kind)
     names = [n for n, _ in cols]
     if actual != names:
         extra = [c for c in actual if c not in names]

@@ -159,13 +159,22 @@ def role(kind: str, column: str, keys: tuple[str, ...] = ()) -> str:
     raise ManifestError(f"column {column!r} is not one a {kind} table may hold")
 
 
-def columns_of(rows: list[dict]) -> list[str]:
-    """Column names in the order the CSV writer uses (first appearance)."""
+# the header an empty table of these kinds still gets: every row of theirs holds all of these
+# columns, so a reader of a table with nothing shown gets its columns, not an empty file
+EMPTY_HEADER = {"curves": ("group", "day", "at_risk", "events", "survival", "lower_95",
+                           "upper_95", "cumulative_incidence")}
+
+
+def columns_of(rows: list[dict], kind: str | None = None) -> list[str]:
+    """Column names in the order the CSV writer uses (first appearance); for an empty table of
+    a kind in EMPTY_HEADER, that kind's columns."""
+    if not rows and kind in EMPTY_HEADER:
+        return list(EMPTY_HEADER[kind])
     return list(dict.fromkeys(k for r in rows for k in r))
 
 
 def table_schema(kind: str, rows: list[dict], keys: tuple[str, ...] = ()) -> list[dict]:
-    return [{"name": c, "role": role(kind, c, keys)} for c in columns_of(rows)]
+    return [{"name": c, "role": role(kind, c, keys)} for c in columns_of(rows, kind)]
 
 
 def model_schema(m: dict) -> dict:

@@ -38,10 +38,12 @@ def fmt(v) -> str:
     return str(v)
 
 
-def csv_text(rows: list[dict]) -> str:
-    if not rows:
+def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
+    """The CSV of ``rows``; ``columns``: the header (declared in outputs.json), else the
+    rows' keys in order of first appearance. No header and no rows: the empty file."""
+    keys = columns if columns is not None else M.columns_of(rows)
+    if not keys:
         return ""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(keys)
@@ -90,7 +92,8 @@ def write_run(out: Path, plan: Plan, res: dict, table, *, overwrite: bool,
         tables.mkdir()
 
         def declared_table(name: str, section: str, rows: list[dict]) -> None:
-            (tables / name).write_text(csv_text(rows))
+            (tables / name).write_text(csv_text(rows, [c["name"] for c in
+                                                       sections[section]["columns"]]))
             entries.append({"path": f"tables/{name}", "kind": sections[section]["kind"],
                             "section": section, "columns": sections[section]["columns"]})
 
