@@ -75,6 +75,16 @@ static inline const double *row_ahead(const rows_t *s, Py_ssize_t i) {
     return s->X + ((uint64_t)k < (uint64_t)s->rows ? k : 0) * s->p;
 }
 
+/* Fetch row i (i < n) of the pass's rows ahead of use, its first and last doubles: where they
+ * are X's own rows in order (no keep: take_rows checks X has n rows), X + i p directly, with
+ * no index to read or check. */
+static inline __attribute__((always_inline)) void fetch_row(const rows_t *s, int own,
+                                                            Py_ssize_t i, Py_ssize_t p) {
+    const double *x = own ? s->X + i * p : row_ahead(s, i);
+    __builtin_prefetch(x, 0, 3);
+    __builtin_prefetch(x + p - 1, 0, 3);
+}
+
 /* 64-byte aligned zeros (bins whose 4-vectors never straddle a cache line) */
 static double *aligned_zeros(Py_ssize_t count) {
     size_t bytes = ((size_t)(count > 0 ? count : 1) * sizeof(double) + 63) & ~(size_t)63;
@@ -306,13 +316,12 @@ static inline __attribute__((always_inline)) int centre_rows(
     Py_ssize_t p4, Py_ssize_t p, int tail, const v4 *last, v4 *accs, double **bins,
     double **lates, double *D, double *L, double *E, Py_ssize_t cells) {
     Py_ssize_t qq = p4 + 4;   /* (p + 4) & ~3 */
+    const int own = !s->nkeep;
     for (Py_ssize_t i = 0; i < m; i++) {
         if (bad_row(s, start + i)) return 1;
         const double *x = row_of(s, start + i);
-        if (start + i + RB < s->n) {   /* the next block's row, fetched meanwhile */
-            __builtin_prefetch(row_ahead(s, start + i + RB), 0, 3);
-            __builtin_prefetch(row_ahead(s, start + i + RB) + p - 1, 0, 3);
-        }
+        if (start + i + RB < s->n)   /* the next block's row, fetched meanwhile */
+            fetch_row(s, own, start + i + RB, p);
         /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
         bins[i] = ((s->flags[start + i] & DEAD) ? D : L) + (s->b[start + i] - 1) * cells;
         __builtin_prefetch(bins[i], 1, 3);
