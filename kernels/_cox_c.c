@@ -8,8 +8,11 @@
  * is compiled with fast-math: the same inputs give the same bytes on a given machine (on
  * x86-64 the loops are compiled twice, for AVX2 + FMA and for the baseline, and the CPU picks
  * one when the module loads; no multiply-add is fused and exp is this file's own, so both
- * give the same bits). Pass 1 may also keep per-grid-point buckets of r x xᵀ, from which
- * pass 2's sum is taken without reading X again (cox_cpu.one_pass says when). With keep None,
+ * give the same bits: fused ones, explicit in both clones, were measured slower on the AMD
+ * EPYC this was tuned on, and the baseline's software fma() is ~30x a hardware one; see
+ * docs/performance.md, session 8). Built with -fno-math-errno: square roots four at a time,
+ * correctly rounded either way. Pass 1 may also keep per-grid-point buckets of r x xᵀ, from
+ * which pass 2's sum is taken without reading X again (cox_cpu.one_pass says when). With keep None,
  * X is instead the fit's re-laid copy (pack_rows; cox_cpu.packs says when): the same
  * operations in the same order, so the same bits.
  */
