@@ -531,6 +531,25 @@ static inline __attribute__((always_inline)) void block_outer(const double *T, P
             acc[(k + 1) * p + j + 2] += TOTAL4(b2);
             acc[(k + 1) * p + j + 3] += TOTAL4(b3);
         }
+        if (j + 1 < p) {   /* two rows j left: four sums, each load used twice */
+            const double *t0 = T + j * BLOCK;
+            v4 a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, x, u, y;
+            for (Py_ssize_t i = 0; i < m; i += 4) {
+                LOAD4(x, tk + i);
+                LOAD4(u, tl + i);
+                LOAD4(y, t0 + i);
+                a0 += x * y;
+                b0 += u * y;
+                LOAD4(y, t0 + BLOCK + i);
+                a1 += x * y;
+                b1 += u * y;
+            }
+            acc[k * p + j] += TOTAL4(a0);
+            acc[k * p + j + 1] += TOTAL4(a1);
+            acc[(k + 1) * p + j] += TOTAL4(b0);
+            acc[(k + 1) * p + j + 1] += TOTAL4(b1);
+            j += 2;
+        }
         for (; j < p; j++) {
             const double *t0 = T + j * BLOCK;
             v4 a0 = {0}, b0 = {0}, x, u, y;
