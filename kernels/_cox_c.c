@@ -8,9 +8,9 @@
  * is compiled with fast-math: the same inputs give the same bytes on a given machine (on
  * x86-64 the loops are compiled twice, for AVX2 + FMA and for the baseline, and the CPU picks
  * one when the module loads; no multiply-add is fused and exp is this file's own, so both
- * give the same bits: fused ones, explicit in both clones, were measured slower on the AMD
- * EPYC this was tuned on, and the baseline's software fma() is ~30x a hardware one; see
- * docs/performance.md, session 8). Built with -fno-math-errno: square roots four at a time,
+ * give the same bits: fused ones, explicit in both clones, were slower in the passes on the
+ * AMD EPYC this was tuned on and gained 1–4 % in exp only, where the baseline clone's software
+ * fma(), ~30x a hardware one, would cost far more; docs/performance.md, session 8). Built with -fno-math-errno: square roots four at a time,
  * correctly rounded either way. Pass 1 may also keep per-grid-point buckets of r x xᵀ, from
  * which pass 2's sum is taken without reading X again (cox_cpu.one_pass says when). With keep None,
  * X is instead the fit's re-laid copy (pack_rows; cox_cpu.packs says when): the same
@@ -334,8 +334,8 @@ static inline __attribute__((always_inline)) int centre_rows(
     return 0;
 }
 
-/* r = exp(xβ − shift) (times w unless unit) of the block's m rows into r, and r z zᵀ of each
- * (add_outer: `rows` rows; 1, the bins (r, r x)) into its bins. */
+/* r = w exp(xβ − shift) of the block's m rows into r (eta holds the exps; w = 1 where unit),
+ * and r z zᵀ of each (add_outer: `rows` rows; 1, the bins (r, r x)) into its bins. */
 static inline __attribute__((always_inline)) void add_bins(const rows_t *s, Py_ssize_t start,
                                                            Py_ssize_t m, int unit,
                                                            const double *eta, double *r,
