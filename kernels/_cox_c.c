@@ -10,11 +10,12 @@
  * one when the module loads; no multiply-add is fused and exp is this file's own, so both
  * give the same bits: fused ones, explicit in both clones, were slower in the passes on the
  * AMD EPYC this was tuned on and gained 1–4 % in exp only, where the baseline clone's software
- * fma(), ~30x a hardware one, would cost far more; docs/performance.md, session 8). Built with -fno-math-errno: square roots four at a time,
- * correctly rounded either way. Pass 1 may also keep per-grid-point buckets of r x xᵀ, from
- * which pass 2's sum is taken without reading X again (cox_cpu.one_pass says when). With keep None,
- * X is instead the fit's re-laid copy (pack_rows; cox_cpu.packs says when): the same
- * operations in the same order, so the same bits.
+ * fma(), ~30x a hardware one, would cost far more; docs/performance.md, session 8). Built
+ * with -fno-math-errno: square roots four at a time, correctly rounded either way. Pass 1 may
+ * also keep per-grid-point buckets of r x xᵀ, from which pass 2's sum is taken without reading
+ * X again (cox_cpu.one_pass says when). With keep None, X is instead the fit's re-laid copy
+ * (pack_rows; cox_cpu.packs says when): the same operations in the same order, so the same
+ * bits.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
