@@ -8,10 +8,14 @@
  * is compiled with fast-math: the same inputs give the same bytes on a given machine (on
  * x86-64 the loops are compiled twice, for AVX2 + FMA and for the baseline, and the CPU picks
  * one when the module loads; no multiply-add is fused and exp is this file's own, so both
- * give the same bits). Pass 1 may also keep per-grid-point buckets of r x xᵀ, from which
- * pass 2's sum is taken without reading X again (cox_cpu.one_pass says when). With keep None,
- * X is instead the fit's re-laid copy (pack_rows; cox_cpu.packs says when): the same
- * operations in the same order, so the same bits.
+ * give the same bits: fused ones, explicit in both clones, were slower in the passes on the
+ * AMD EPYC this was tuned on and gained 1–4 % in exp only, where the baseline clone's software
+ * fma(), ~30x a hardware one, would cost far more; docs/performance.md, session 8). Built
+ * with -fno-math-errno: square roots four at a time, correctly rounded either way. Pass 1 may
+ * also keep per-grid-point buckets of r x xᵀ, from which pass 2's sum is taken without reading
+ * X again (cox_cpu.one_pass says when). With keep None, X is instead the fit's re-laid copy
+ * (pack_rows; cox_cpu.packs says when): the same operations in the same order, so the same
+ * bits.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -39,7 +43,7 @@ enum { DEAD = 1, LATE = 2, NOT_AT_RISK = 4 };
 #define SLOT_LATE ((uint32_t)1 << 31)
 #define SLOT_NONE ((uint32_t)0x7fffffff)
 
-#define RB 64 /* rows per block of pass 1 */
+#define RB 32 /* rows per block of pass 1 (32: 3–4 % less CPU than 64, interleaved; 16 no better) */
 /* The re-laid copy (pack_rows): per block of four rows, column k's four values at 4k, then the
  * rows' slots at 4p (int64: 2(b − 1) + dead, LATE_SLOT added for a late entry). */
 #define STRIDE(p) (4 * (p) + 4)
@@ -73,6 +77,16 @@ static inline const double *row_of(const rows_t *s, Py_ssize_t i) {
 static inline const double *row_ahead(const rows_t *s, Py_ssize_t i) {
     int64_t k = s->nkeep ? s->keep[i] : i;
     return s->X + ((uint64_t)k < (uint64_t)s->rows ? k : 0) * s->p;
+}
+
+/* Fetch row i (i < n) of the pass's rows ahead of use, its first and last doubles: where they
+ * are X's own rows in order (no keep: take_rows checks X has n rows), X + i p directly, with
+ * no index to read or check. */
+static inline __attribute__((always_inline)) void fetch_row(const rows_t *s, int own,
+                                                            Py_ssize_t i, Py_ssize_t p) {
+    const double *x = own ? s->X + i * p : row_ahead(s, i);
+    __builtin_prefetch(x, 0, 3);
+    __builtin_prefetch(x + p - 1, 0, 3);
 }
 
 /* 64-byte aligned zeros (bins whose 4-vectors never straddle a cache line) */
@@ -297,6 +311,58 @@ static Py_ssize_t bin_cells(Py_ssize_t p, Py_ssize_t rows) {
 }
 
 
+/* Rows start … start + m − 1 of a block of pass 1 (the caller's rows): each checked, its bin
+ * (D for deaths, else L, at b − 1) and, entering late, its bin in E at a − 1 (else NULL), the
+ * centred row into z (after its leading 1) and the lanes of its xβ into accs (centre_row).
+ * Returns 1 at a bad row. */
+static inline __attribute__((always_inline)) int centre_rows(
+    const rows_t *s, Py_ssize_t start, Py_ssize_t m, const double *bp, double *z,
+    Py_ssize_t p4, Py_ssize_t p, int tail, const v4 *last, v4 *accs, double **bins,
+    double **lates, double *D, double *L, double *E, Py_ssize_t cells) {
+    Py_ssize_t qq = p4 + 4;   /* (p + 4) & ~3 */
+    const int own = !s->nkeep;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        if (bad_row(s, start + i)) return 1;
+        const double *x = row_of(s, start + i);
+        if (start + i + RB < s->n)   /* the next block's row, fetched meanwhile */
+            fetch_row(s, own, start + i + RB, p);
+        /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
+        bins[i] = ((s->flags[start + i] & DEAD) ? D : L) + (s->b[start + i] - 1) * cells;
+        __builtin_prefetch(bins[i], 1, 3);
+        lates[i] = (s->flags[start + i] & LATE) ? E + (s->a[start + i] - 1) * cells : NULL;
+        centre_row(x, s->mean, bp, z + i * qq + 1, p4, p, tail, last, accs + i);
+    }
+    return 0;
+}
+
+/* r = w exp(xβ − shift) of the block's m rows into r (eta holds the exps; w = 1 where unit),
+ * and r z zᵀ of each (add_outer: `rows` rows; 1, the bins (r, r x)) into its bins. */
+static inline __attribute__((always_inline)) void add_bins(const rows_t *s, Py_ssize_t start,
+                                                           Py_ssize_t m, int unit,
+                                                           const double *eta, double *r,
+                                                           const double *z, Py_ssize_t qq,
+                                                           Py_ssize_t rows, double **bins,
+                                                           double **lates) {
+    for (Py_ssize_t i = 0; i < m; i++) {
+        Py_ssize_t row = start + i;
+        double ri = unit ? eta[i] : eta[i] * s->w[row];
+        r[row] = ri;
+        double *bin = bins[i];
+        if (rows == 1) {   /* the bins: (r, r x), r times z's first entry 1 */
+            v4 rv = {ri, ri, ri, ri}, y, w;
+            for (Py_ssize_t j = 0; j < qq; j += 4) {
+                LOAD4(y, z + i * qq + j);
+                LOAD4(w, bin + j);
+                w += rv * y;
+                STORE4(bin + j, w);
+            }
+        } else {
+            add_outer(bin, z + i * qq, ri, rows, qq);
+        }
+        if (lates[i]) add_outer(lates[i], z + i * qq, ri, rows, qq);
+    }
+}
+
 /* Rows i: r_i = w_i exp(x_i β − shift) into r; r z zᵀ (add_outer, `rows` rows: 1 for the
  * bins (r, r x), 1 + p for buckets that hold r x xᵀ too) added into grid point b−1 of D
  * (deaths) or L and, for late entries, grid point a−1 of E (each G × `cells`). Min and max of
@@ -341,25 +407,17 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             }
             if (bad) return 1;
         } else {
-            for (Py_ssize_t i = 0; i < m; i++) {
-                if (bad_row(s, start + i)) return 1;
-                const double *x = row_of(s, start + i);
-                double *c = z + i * qq + 1;
-                if (start + i + RB < s->n) {   /* the next block's row, fetched meanwhile */
-                    __builtin_prefetch(row_ahead(s, start + i + RB), 0, 3);
-                    __builtin_prefetch(row_ahead(s, start + i + RB) + p - 1, 0, 3);
-                }
-                /* the row's bin, wanted again after the block's exp: fetched into L1 meanwhile */
-                bins[i] = ((s->flags[start + i] & DEAD) ? D : L) + (s->b[start + i] - 1) * cells;
-                __builtin_prefetch(bins[i], 1, 3);
-                lates[i] = (s->flags[start + i] & LATE) ? E + (s->a[start + i] - 1) * cells : NULL;
-                switch (p4) {   /* the usual widths with their loop unrolled */
-                case 4: centre_row(x, s->mean, bp, c, 4, p, tail, &last, accs + i); break;
-                case 8: centre_row(x, s->mean, bp, c, 8, p, tail, &last, accs + i); break;
-                case 12: centre_row(x, s->mean, bp, c, 12, p, tail, &last, accs + i); break;
-                default: centre_row(x, s->mean, bp, c, p4, p, tail, &last, accs + i);
-                }
+            int bad;
+            switch (p4) {   /* the usual widths with their loops unrolled */
+#define ROWS(width) centre_rows(s, start, m, bp, z, width, p, tail, &last, accs, bins, lates, \
+                                D, L, E, cells)
+            case 4: bad = ROWS(4); break;
+            case 8: bad = ROWS(8); break;
+            case 12: bad = ROWS(12); break;
+            default: bad = ROWS(p4);
+#undef ROWS
             }
+            if (bad) return 1;
             /* xβ of four rows at a time: their lanes transposed, then added in order */
             Py_ssize_t i = 0;
             if (zero) {
@@ -386,23 +444,13 @@ CLONES static int pass1_rows(const rows_t *s, const double *beta, int unit, doub
             for (i = m; i < RB; i++) eta[i] = 0.0;
         }
         for (Py_ssize_t i = 0; i < m && !zero; i += 4) exp4(eta + i);
-        for (Py_ssize_t i = 0; i < m; i++) {
-            Py_ssize_t row = start + i;
-            double ri = unit ? eta[i] : eta[i] * s->w[row];
-            r[row] = ri;
-            double *bin = bins[i];
-            if (rows == 1) {   /* the bins: (r, r x), r times z's first entry 1 */
-                v4 rv = {ri, ri, ri, ri}, y, w;
-                for (Py_ssize_t j = 0; j < qq; j += 4) {
-                    LOAD4(y, z + i * qq + j);
-                    LOAD4(w, bin + j);
-                    w += rv * y;
-                    STORE4(bin + j, w);
-                }
-            } else {
-                add_outer(bin, z + i * qq, ri, rows, qq);
-            }
-            if (lates[i]) add_outer(lates[i], z + i * qq, ri, rows, qq);
+        switch (qq) {   /* the usual widths with their loops unrolled */
+#define BINS(width) add_bins(s, start, m, unit, eta, r, z, width, rows, bins, lates)
+        case 8: BINS(8); break;
+        case 12: BINS(12); break;
+        case 16: BINS(16); break;
+        default: BINS(qq);
+#undef BINS
         }
     }
     for (int l = 0; l < 4; l++) {
@@ -484,6 +532,25 @@ static inline __attribute__((always_inline)) void block_outer(const double *T, P
             acc[(k + 1) * p + j + 2] += TOTAL4(b2);
             acc[(k + 1) * p + j + 3] += TOTAL4(b3);
         }
+        if (j + 1 < p) {   /* two rows j left: four sums, each load used twice */
+            const double *t0 = T + j * BLOCK;
+            v4 a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, x, u, y;
+            for (Py_ssize_t i = 0; i < m; i += 4) {
+                LOAD4(x, tk + i);
+                LOAD4(u, tl + i);
+                LOAD4(y, t0 + i);
+                a0 += x * y;
+                b0 += u * y;
+                LOAD4(y, t0 + BLOCK + i);
+                a1 += x * y;
+                b1 += u * y;
+            }
+            acc[k * p + j] += TOTAL4(a0);
+            acc[k * p + j + 1] += TOTAL4(a1);
+            acc[(k + 1) * p + j] += TOTAL4(b0);
+            acc[(k + 1) * p + j + 1] += TOTAL4(b1);
+            j += 2;
+        }
         for (; j < p; j++) {
             const double *t0 = T + j * BLOCK;
             v4 a0 = {0}, b0 = {0}, x, u, y;
@@ -509,6 +576,29 @@ static inline __attribute__((always_inline)) void block_outer(const double *T, P
     }
 }
 
+/* Row i's weight t = r_i v·scale in pass 2 from its grid slot `at` (2(b − 1) + dead) and
+ * whether it enters late: v = cum[b] − cum[a] (less e[b − 1] for a death) for a late entry,
+ * else the table W[at + 2] (W[2b + dead], the same operations done once per grid point).
+ * Returns 1 at a slot past the grid (at ≥ slots = 2G) or a late entry outside 1 ≤ a < b. */
+static inline __attribute__((always_inline)) int slot_weight(const rows_t *s, Py_ssize_t i,
+                                                             uint64_t at, int late,
+                                                             uint64_t slots, const double *r,
+                                                             const double *cum,
+                                                             const double *e, double scale,
+                                                             const double *W, double *t) {
+    if (at >= slots) return 1;
+    if (late) {   /* 1 ≤ a < b */
+        int64_t a = s->a ? s->a[i] : 0, b = (int64_t)(at >> 1) + 1;
+        if ((uint64_t)(a - 1) >= (uint64_t)(b - 1)) return 1;
+        double v = cum[b] - cum[a];
+        if (at & 1) v -= e[b - 1];
+        *t = r[i] * (v * scale);
+    } else {
+        *t = r[i] * W[at + 2];
+    }
+    return 0;
+}
+
 /* T (p, BLOCK) = √t·(x − mean) of the rows lo … end of the re-laid copy with t > 0 (a NaN
  * kept), in order, zero rows to whole 4-vectors, and their count (so padded) in *m: the T
  * that pass2_rows forms from the caller's rows, but where every row is kept (the usual case)
@@ -524,18 +614,10 @@ static inline __attribute__((always_inline)) int packed_block(const rows_t *s, P
     for (Py_ssize_t i = lo; i < end; i++) {
         int64_t slot;
         memcpy(&slot, s->P + i / 4 * STRIDE(p) + 4 * p + i % 4, sizeof slot);
-        uint64_t at = (uint64_t)(slot & ~LATE_SLOT);
-        if (at >= slots) return 1;
         double t;
-        if (slot & LATE_SLOT) {   /* 1 ≤ a < b */
-            int64_t a = s->a ? s->a[i] : 0, b = (int64_t)(at >> 1) + 1;
-            if ((uint64_t)(a - 1) >= (uint64_t)(b - 1)) return 1;
-            double v = cum[b] - cum[a];
-            if (at & 1) v -= e[b - 1];
-            t = r[i] * (v * scale);
-        } else {
-            t = r[i] * W[at + 2];
-        }
+        if (slot_weight(s, i, (uint64_t)(slot & ~LATE_SLOT), (slot & LATE_SLOT) != 0, slots, r,
+                        cum, e, scale, W, &t))
+            return 1;
         all &= !(t <= 0.0);
         tt[i - lo] = t;
     }
@@ -643,18 +725,11 @@ CLONES static int pass2_rows(const rows_t *s, const double *r, const double *cum
         if (s->slot) {   /* the same t from the slot: W[2b + dead] is W[slot + 2] */
             const uint64_t slots = 2 * (uint64_t)s->G;
             for (Py_ssize_t i = lo; i < end; i++) {
-                uint32_t sl = s->slot[i], at = sl & ~SLOT_LATE;
-                if (at >= slots) return 1;
+                uint32_t sl = s->slot[i];
                 double t;
-                if (sl & SLOT_LATE) {   /* 1 ≤ a < b */
-                    int64_t a = s->a ? s->a[i] : 0, b = (int64_t)(at >> 1) + 1;
-                    if ((uint64_t)(a - 1) >= (uint64_t)(b - 1)) return 1;
-                    double v = cum[b] - cum[a];
-                    if (at & 1) v -= e[b - 1];
-                    t = r[i] * (v * scale);
-                } else {
-                    t = r[i] * W[at + 2];
-                }
+                if (slot_weight(s, i, sl & ~SLOT_LATE, (sl & SLOT_LATE) != 0, slots, r, cum, e,
+                                scale, W, &t))
+                    return 1;
                 if (t <= 0.0) continue;
                 tt[m] = t;
                 ix[m++] = i;

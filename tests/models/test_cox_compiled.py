@@ -627,8 +627,9 @@ h.update(out.tobytes())
 ranks = np.empty(x.shape[0], np.int64)   # below, inside and past a table of 1 000 days
 mod.day_ranks(x, -700.0, np.arange(1000, dtype=np.int64), 1000, ranks)
 h.update(ranks.tobytes())
+# widths with each unrolled loop of the passes (p // 4 * 4 of 4, 8, 12, and past them)
 for coarse, budget, p in ((False, 0, 4), (True, 0, 4), (False, 1 << 40, 4), (True, 1 << 40, 4),
-                          (False, 1 << 40, 7)):
+                          (False, 1 << 40, 7), (False, 0, 10), (False, 0, 13), (False, 0, 17)):
     cox_cpu.PACK_BYTES = budget   # the caller's rows, then the re-laid copy
     df = survival_frame(n=3001, seed=3, entry=True, strata=2, weights=True, p=p)
     if coarse:   # one pass per step
@@ -640,6 +641,14 @@ for coarse, budget, p in ((False, 0, 4), (True, 0, 4), (False, 1 << 40, 4), (Tru
         h.update(m.coef_.tobytes() + m.se_.tobytes() + np.float64(m.loglik_).tobytes())
 print(h.hexdigest())
 """
+
+
+def _extension_flags():
+    """The compiler flags setup builds the extension with (pyproject.toml)."""
+    import tomllib
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    (ext,) = pyproject["tool"]["setuptools"]["ext-modules"]
+    return ext["extra-compile-args"]
 
 
 def _has_avx2():
@@ -666,7 +675,7 @@ def test_avx2_and_baseline_clones_give_the_same_bytes(tmp_path):
         folder.mkdir()
         libs.append(folder / f"_cox_c{suffix}")
         builds.append(subprocess.Popen(
-            [cc, "-O3", "-ffp-contract=off", "-fPIC", "-shared", "-pthread",
+            [cc, *_extension_flags(), "-fPIC", "-shared", "-pthread",
              f"-DCOX_ONE_TARGET={target}", f"-I{include}", str(source), "-o", str(libs[-1]),
              "-lm"], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     for b in builds:
@@ -1016,3 +1025,29 @@ def test_physical_benchmark_measures_both_routes_interleaved(tmp_path):
     assert text.count("two passes, re-laid copy)") == 2   # the goal line counts the others
     worst = max(x["step_over_read_X"] for x in cox if not x["relaid_copy"])
     assert f"by wall time: worst {worst}×" in text
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
+                    reason="the builds are compared on x86-64 Linux")
+def test_builds_benchmark_sees_whether_two_builds_give_the_same_bits(tmp_path):
+    if shutil.which("gcc") is None or not _has_avx2():
+        pytest.skip("needs gcc and a CPU with AVX2 and FMA")
+    bench = Path(__file__).parents[2] / "benchmarks"
+    source = str(Path(cox_cpu.__file__).with_name("_cox_c.c"))
+    built = str(Path(cox_cpu._cox_c.__file__))
+    env = {**os.environ, "BENCH_RESULTS": str(tmp_path), "BENCH_RUN": "test-run"}
+    # the installed build twice, then against its source built with multiply-adds fused where
+    # the compiler likes (the AVX2 clone's sums then move in their last bits)
+    for new, more in ((built, ""), (source, "-ffp-contract=fast")):
+        r = subprocess.run([sys.executable, "cox_builds.py", built, new, "--n", "5003",
+                            "--p", "10", "--repeats", "2", "--shapes", "0.5:days",
+                            f"--new-flags={more}"], cwd=bench, env=env, capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in (tmp_path / "cox_builds.jsonl").read_text().splitlines()]
+    assert [x["new_flags"] for x in recs] == ["", "-ffp-contract=fast"]
+    assert recs[0]["agree"] == {"pass1": "same bits", "pass2": "same bits"}
+    assert all(isinstance(v, float) and 0 < v < 1e-12 for v in recs[1]["agree"].values())
+    for x in recs:
+        for build in ("old", "new"):
+            assert x["cpu_ms"][build]["pass2"]["n"] == 2 and x["threads"] == "1"
