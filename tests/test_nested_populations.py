@@ -202,8 +202,8 @@ def test_edited_or_deleted_sketches_refuse_the_export(alone, register, tmp_path,
     if damage == "edit":
         doc = json.loads(path.read_text())
         name = "cohort[label=cohort].events"
-        doc["sets"][name]["cells"] = json.loads(
-            (alone["young"] / S.NAME).read_text())["sets"][name]["cells"]
+        doc["sets"][name]["z"] = json.loads(
+            (alone["young"] / S.NAME).read_text())["sets"][name]["z"]
         path.write_text(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
     elif damage == "delete":
         path.unlink()
@@ -230,7 +230,9 @@ def test_the_sketches_never_leave(alone, register, tmp_path):
     files = [p for p in dest.rglob("*") if p.is_file()]
     assert files and not any("sketch" in p.name or "private" in p.parts for p in files)
     sets = json.loads((alone["narrow"] / S.NAME).read_text())["sets"]
-    pieces = [v["cells"][i:i + 24].encode() for v in sets.values() for i in (0, 400, 4000)]
+    # (past the deflated data's header, which every set shares)
+    pieces = [v["z"][i:i + 24].encode() for v in sets.values()
+              for i in (16, len(v["z"]) // 2, len(v["z"]) - 30)]
     assert not any(x in p.read_bytes() for p in files for x in pieces)
     # only the file's hash travels (in outputs.json, which the audit record names)
     assert run_cli("check-outputs", alone["narrow"]).returncode == 0
@@ -355,20 +357,24 @@ def test_a_swap_publishes_nothing_and_is_not_held():
     a = {"x": (persons, set(people[:10]))}
     b = {"x": (persons, set(people[3:13]))}
     assert _compare(a, b) == []
-    # 3 swapped out, 2 in: 10 and 9 published, 3 persons only on one side: held
+    # 3 swapped out, 2 in: 10 and 9 published. The reader learns 10 − 9 = 3 − 2, neither
+    # side: not held (session 7 held it; with the rows, sums and curves sketched now, that
+    # held any small set beside any other that shared most of it)
     c = {"x": (persons, set(people[3:12]))}
-    found = sorted(map(str, _compare(a, c)))
-    assert [d.split(":")[0] for d in found] == [
-        "cohort[label=x].events is 10 here and 9 in the other",
-        "cohort[label=x].persons-events is 90 here and 91 in the other"]   # the complement
+    assert _compare(a, c) == []
+    # but beside an arm of the 2 swapped in, published: 10, 9 and 2 give the 3 away
+    c2 = {"x": (persons, set(people[3:12])), "in": (set(people[10:12]), set())}
+    found = sorted(map(str, _compare(a, c2)))
+    assert found and found[0].startswith("cohort[label=x].events is 10 here and 9 in the other")
     assert "3 person(s) only here and 2 only there" in found[0]
-    assert "2 person(s) only here and 3 only there" in found[1]
     # 5 persons only on one side (nested), counts 15 and 10: the threshold, not held
     d = {"x": (persons, set(people[:15]))}
     assert _compare(d, a) == []
-    # 1 only here and 20 only there (10 and 29): beside a count of the 20 published
-    # elsewhere, the 1 is given away: held, though the counts differ by 19
+    # 1 only here and 20 only there (10 and 29): alone, 29 − 10 tells neither side; beside a
+    # count of the 20 published (here an arm of the other outputs), the 1 is given away
     f = {"x": (persons, set(people[1:10]) | set(people[20:40]))}
+    assert _compare(a, f) == []
+    f["new"] = (set(people[20:40]), set())
     found = sorted(map(str, _compare(a, f)))
     assert found[0].startswith("cohort[label=x].events is 10 here and 29 in the other")
     assert "1 person(s) only here and 20 only there" in found[0]

@@ -68,18 +68,51 @@ def row_names(section: str, kind: str, rows: list[dict]) -> list[str]:
     return [f"{section}[{_key(r, keys)}]" for r in rows]
 
 
-def _table_counts(section: str, kind: str, rows: list[dict], out: dict[str, int]) -> None:
+# tables whose rows the runs sketch, so that sums of their rows are sets of persons too
+SUMMED = ("cohort", "rates", "lexis", "measure", "curves")
+
+
+def _table_counts(section: str, kind: str, rows: list[dict], out: dict[str, int],
+                  sums: dict[str, list[str]] | None = None) -> None:
     k = M.KINDS[kind]
-    for name, r in zip(row_names(section, kind, rows), rows, strict=True):
+    names = row_names(section, kind, rows)
+    for name, r in zip(names, rows, strict=True):
         for c in k.counts:
             v = r.get(c)
             if isinstance(v, int) and not isinstance(v, bool):
                 out[f"{name}.{c}"] = v
+    if sums is not None and kind in SUMMED and len(rows) > 1:
+        _sums_of(section, kind, rows, names, sums)
+
+
+def _sums_of(section: str, kind: str, rows: list[dict], names: list[str],
+             sums: dict[str, list[str]]) -> None:
+    """The sums a reader forms of a table's rows: over the rows sharing the values of a
+    proper subset of its keys (protection.margin_groups: a measure by sex and statin summed
+    over statin is the women, plus those who switched), and along a curve its events up to
+    each shown day. Sketches are linear: the sum of the rows' sketches is the sketch of the
+    persons behind the sum (a person in two rows twice)."""
+    from ..outputs.protection import margin_groups
+
+    k = M.KINDS[kind]
+    cols = M.columns_of(rows)
+    keys = [c for c in cols if c not in k.counts and c not in k.derived and c not in M.FLAGS]
+    labelled = [(",".join(f"{c}={rows[m[0]].get(c)}" if len({rows[i].get(c) for i in m}) == 1
+                          else f"{c}=*" for c in keys), m) for m in margin_groups(rows, keys)]
+    if kind == "curves":   # the events to each shown day but the last (the group's sum)
+        for g in sorted({r.get("group") for r in rows}, key=str):
+            at = [i for i, r in enumerate(rows) if r.get("group") == g]
+            labelled += [(f"group={g},day<={rows[at[j - 1]].get('day')}", at[:j])
+                         for j in range(2, len(at))]
+    for label, members in labelled:
+        for c in ("persons", "events") if kind != "curves" else ("events",):
+            sums[f"{section}[{label}].{c}"] = [f"{names[i]}.{c}" for i in members]
 
 
 def published(contents: dict[str, tuple[str, object]], manifest: dict) -> dict:
     """The counts a set of passed files publishes: ``{"counts": {name: n}, "sizes": [n…]}``."""
     counts: dict[str, int] = {}
+    sums: dict[str, list[str]] = {}
     sections = {e["path"]: e.get("section") for e in manifest.get("files", [])}
     for path, (kind, data) in sorted(contents.items()):
         if kind == "results":
@@ -90,11 +123,11 @@ def published(contents: dict[str, tuple[str, object]], manifest: dict) -> dict:
                 if spec["kind"] == "model":
                     _model_counts(sec, part, counts)
                 elif isinstance(part, list):
-                    _table_counts(sec, spec["kind"], part, counts)
+                    _table_counts(sec, spec["kind"], part, counts, sums)
         elif kind == "model":
             _model_counts(sections[path], {"terms": data}, counts)
         elif kind in M.KINDS and isinstance(data, list):
-            _table_counts(sections[path], kind, data, counts)
+            _table_counts(sections[path], kind, data, counts, sums)
     # every count of persons, whatever table, key or label publishes it: a population shown as
     # a rates row in one export and as a cohort in another is one population (an outside
     # tester recovered 3 women with a prior MI from 226 and 223)
@@ -112,7 +145,10 @@ def published(contents: dict[str, tuple[str, object]], manifest: dict) -> dict:
     populations = sorted({(r[p], r[e]) for r in rows.values()
                           for p, e in (("persons", "events"), ("persons_other", "events_other"))
                           if p in r and e in r})
-    return {"counts": counts, "sizes": sizes, "populations": [list(x) for x in populations]}
+    # sums of rows whose counts are all shown (a withheld row leaves its sum unknown)
+    sums = {k: v for k, v in sorted(sums.items()) if all(m in counts for m in v)}
+    return {"counts": counts, "sizes": sizes, "populations": [list(x) for x in populations],
+            "sums": sums}
 
 
 def _model_counts(section: str, m, out: dict[str, int]) -> None:
@@ -469,18 +505,56 @@ class Nested:
                 f"the persons behind them {size}")
 
 
-def _sets(counts: dict, doc: dict) -> list[tuple[str, int, object]]:
-    """(name, published count, sketch) for every sketched count a run published, and for
-    persons − events where a row publishes both (the persons without the event)."""
+def _sets(pub: dict, doc: dict) -> list[tuple[str, int, object]]:
+    """(name, published count, sketch) for every sketched count a run published, for every
+    sum of rows it publishes whose rows are all sketched (``pub["sums"]``: the sum of their
+    sketches), and for persons − events where a row or sum has both (the persons without the
+    event)."""
     from . import sketches as S
 
+    counts = pub["counts"]
     _, sk = S.load(doc)
     out = [(k, counts[k], s) for k, s in sorted(sk.items()) if isinstance(counts.get(k), int)]
+    have = {k: (v, s) for k, v, s in out}
+    for name, members in sorted((pub.get("sums") or {}).items()):
+        if members and all(m in have for m in members):
+            total = sum((have[m][1] for m in members[1:]), have[members[0]][1])
+            out.append((name, sum(have[m][0] for m in members), total))
+            have[name] = out[-1][1:]
     for k, v, s in list(out):
         if k.endswith(".persons"):
             e = k[:-len(".persons")] + ".events"
-            if e in sk and isinstance(counts.get(e), int):
-                out.append((f"{k}-events", v - counts[e], s - sk[e]))
+            if e in have:
+                out.append((f"{k}-events", v - have[e][0], s - have[e][1]))
+    return out
+
+
+def _candidates(mine: list, theirs: list, min_cell: int) -> list[tuple[int, int]]:
+    """The pairs (i, j) whose persons may differ by 1 to min_cell − 1 on one side while their
+    published counts differ. A difference with ``a`` persons only on one side raises its
+    cells' counts by at most 3·a in all, so a pair whose counts differ by more than
+    3·(min_cell − 1) both ways has at least min_cell persons on each side: never held (and
+    never peeled). Vectorised, so that thousands of rows and sums compare in a second."""
+    import numpy as np
+
+    if not mine or not theirs:
+        return []
+    a = np.stack([s.count for _, _, s in mine])
+    b = np.stack([s.count for _, _, s in theirs])
+    va = np.array([v for _, v, _ in mine])
+    vb = np.array([v for _, v, _ in theirs])
+    na = np.array([s.n for _, _, s in mine])
+    nb = np.array([s.n for _, _, s in theirs])
+    out: list[tuple[int, int]] = []
+    step = max(1, 20_000 // len(theirs))
+    for lo in range(0, len(mine), step):
+        d = a[lo:lo + step, None, :] - b[None, :, :]
+        pos = np.clip(d, 0, None).sum(axis=2)
+        neg = pos - d.sum(axis=2)
+        ok = (np.minimum(pos, neg) <= 3 * (min_cell - 1)) & \
+            (va[lo:lo + step, None] != vb[None, :]) & \
+            (np.abs(na[lo:lo + step, None] - nb[None, :]) <= a.shape[1])
+        out += [(int(i) + lo, int(j)) for i, j in zip(*np.nonzero(ok), strict=True)]
     return out
 
 
@@ -523,21 +597,29 @@ def nested(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | 
         return _without_sketches(mine, theirs, min_cell, other, named)
     most = S.limit(min_cell)
     out = []
-    theirs_sets = _sets(theirs["counts"], their_sets)
-    pairs = [(a, b) for a in _sets(mine["counts"], mine_sets) for b in theirs_sets]
+    mine_l = _sets(mine, mine_sets)
+    theirs_l = _sets(theirs, their_sets)
+    pairs = [(mine_l[i], theirs_l[j]) for i, j in _candidates(mine_l, theirs_l, min_cell)]
     # the same count in both first: a pair of numbers is named once, by its own name if it can
     pairs.sort(key=lambda p: p[0][0] != p[1][0])
+    shown = None   # the persons of every count either publishes (their sketches' digests)
     for (na, va, sa), (nb, vb, sb) in pairs:
-        # a swap of equal numbers publishes no difference; more than the cells never peels
-        if va == vb or abs(sa.n - sb.n) > sa.count.size or (va, vb) in named:
+        if (va, vb) in named:
             continue
-        got = keyed.difference(sa, sb, most)
+        got = keyed.sides(sa, sb, most)
         if got is None:
             out.append(Nested(na, va, nb, vb, other, None, None))
-        elif got[0] >= 0 and any(1 <= x <= min_cell - 1 for x in got):
-            # (beyond 2·(min_cell − 1) in all, wherever it peels: 1 only here and 20 only
-            # there gives the 1 away beside a count of the 20 published elsewhere)
-            out.append(Nested(na, va, nb, vb, other, *got))
+        elif not isinstance(got[0], int):
+            a, b = got[0].n, got[1].n
+            if shown is None:
+                shown = {s.digest() for _, _, s in (*mine_l, *theirs_l)}
+            # a side of 1 to min_cell − 1 is given away when the other side is empty (one
+            # population nested in the other) or is itself a published count's persons (1 only
+            # here and 20 only there, beside the 20 published: 10 and 29 give the 1)
+            if not any(1 <= x <= min_cell - 1 and (y == 0 or side.digest() in shown)
+                       for x, y, side in ((a, b, got[1]), (b, a, got[0]))):
+                continue
+            out.append(Nested(na, va, nb, vb, other, a, b))
         else:
             continue
         named.add((va, vb))
