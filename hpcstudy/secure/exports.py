@@ -254,6 +254,11 @@ def same_data(a: dict, b: dict) -> bool:
     return persons is not None and persons == b.get("data_persons_sha256")
 
 
+def _named(r: dict) -> str:
+    return (f"export #{r['seq']} of study {r['study']['name']!r} from {r['out']} "
+            f"to {r['dest']} ({r['time']}, {r['user']})")
+
+
 class Register:
     """The records of an export register, read under its lock."""
 
@@ -277,11 +282,15 @@ class Register:
         for r in self.exports_of(manifest):
             if r.get("manifest_sha256") == manifest["manifest_sha256"]:
                 continue   # the same outputs exported again
-            other = (f"export #{r['seq']} of study {r['study']['name']!r} from {r['out']} "
-                     f"to {r['dest']} ({r['time']}, {r['user']})")
             out += compare(mine, mine_sets, r["published"], r.get("sketches"), min_cell,
-                           other, manifest.get("data_persons_sha256"))
+                           _named(r), manifest.get("data_persons_sha256"))
         return out
+
+    def others(self, manifest: dict) -> list[tuple[dict, dict | None, str]]:
+        """(published, sketches, in words) of every earlier export of the same data but of
+        other outputs."""
+        return [(r["published"], r.get("sketches"), _named(r)) for r in self.exports_of(manifest)
+                if r.get("manifest_sha256") != manifest["manifest_sha256"]]
 
     def sketches_of(self, manifest_sha: str) -> dict | None:
         """The sketches an earlier export of exactly these outputs recorded (an exported
@@ -396,7 +405,7 @@ def held_by(verdict, register: Register) -> list[Difference]:
     if register.released(m["manifest_sha256"]):
         return []
     mine = published(verdict.contents, m)
-    found = register.compare(m, mine, verdict.min_cell, mine_sets)
+    others = register.others(m)
     for d, doc in siblings(verdict.out, m):
         if doc.get("manifest_sha256") == m["manifest_sha256"]:
             continue
@@ -407,15 +416,81 @@ def held_by(verdict, register: Register) -> list[Difference]:
         if other.manifest is None:
             continue
         name = other.manifest["study"].get("name")
-        where = f"sibling run {name!r} in {d}"
-        theirs = published(other.contents, other.manifest)
         try:
             their_sets = sketches_of(d, other.manifest, None)
         except UserError:   # a sibling's sketches edited or gone: compared as if it had none
             their_sets = None
+        others.append((published(other.contents, other.manifest), their_sets,
+                       f"sibling run {name!r} in {d}"))
+    key_text = m.get("data_persons_sha256")
+    cache: dict = {}
+    # the persons of every count any of them publishes: a side of a difference that is one
+    # of these gives the other side away, whichever output published it (three exports)
+    pool = set()
+    for pub, doc, _ in [(mine, mine_sets, ""), *others]:
+        if _keyed(mine_sets, doc, key_text) is not None:
+            pool |= {s.digest() for _, _, s in _sets(pub, doc, cache)}
+    found = []
+    for theirs, their_sets, where in others:
         found += compare(mine, mine_sets, theirs, their_sets, verdict.min_cell, where,
-                         m.get("data_persons_sha256"))
-    return found
+                         key_text, pool, cache)
+    return found + combined(mine, mine_sets, others, verdict.min_cell, key_text, pool, cache,
+                            found)
+
+
+# the populations of an output, which three outputs combine: its arms, its rates rows, the
+# models' persons and events (not every row and sum: their pairs would be too many)
+POPULATIONS = ("cohort[", "rates[", "models.")
+
+
+def _populations(pub: dict, doc: dict, cache: dict) -> list:
+    return [x for x in _sets(pub, doc, cache) if x[0].startswith(POPULATIONS) and
+            (not x[0].startswith("models.") or "[" not in x[0]) and "=*" not in x[0]]
+
+
+def combined(mine: dict, mine_sets: dict | None, others: list, min_cell: int,
+             key_text: str | None, pool: set, cache: dict, found: list) -> list:
+    """Three outputs together: a population of this export against the sum or difference
+    of two populations of other outputs (all aged 40-90 in one, the men in another and the
+    women aged 40-89 here give the 3 women aged 89), by the linearity of the sketches: the
+    sketch of Y + Z or of Z − Y is the sum or difference of theirs."""
+    from . import sketches as S
+
+    keyed = None
+    theirs = []
+    for o, (pub, doc, where) in enumerate(others):
+        k = _keyed(mine_sets, doc, key_text)
+        if k is not None:
+            keyed = k
+            theirs += [(f"{n} in {where}", v, sk, o) for n, v, sk in
+                       _populations(pub, doc, cache)]
+    if keyed is None or len(theirs) < 2:
+        return []
+    mine_l = _populations(mine, mine_sets, cache)
+    combos = []
+    for i, (ny, vy, sy, oy) in enumerate(theirs):
+        for nz, vz, sz, oz in theirs[i + 1:]:
+            if oy == oz:
+                continue   # (two of one output: a pair of outputs, compared already)
+            combos += [(f"{ny} plus {nz}", vy + vz, sy + sz),
+                       (f"{nz} minus {ny}", vz - vy, sz - sy),
+                       (f"{ny} minus {nz}", vy - vz, sy - sz)]
+    named = {(d.here, d.there) for d in found}
+    most = S.limit(min_cell)
+    out = []
+    for i, j in _candidates(mine_l, combos, min_cell):
+        (na, va, sa), (nb, vb, sb) = mine_l[i], combos[j]
+        if (va, vb) in named:
+            continue
+        got = keyed.sides(sa, sb, most)
+        if got is None or isinstance(got[0], int):
+            continue   # (undecided here is a sum's persons counted twice: not a few persons)
+        a, b = got[0].n, got[1].n
+        if any(1 <= x <= min_cell - 1 and (y == 0 or side.digest() in pool)
+               for x, y, side in ((a, b, got[1]), (b, a, got[0]))):
+            out.append(Nested(na, va, nb, vb, "those outputs together", a, b))
+            named.add((va, vb))
+    return out
 
 
 def export_record(verdict, dest: Path, files: list[str]) -> dict:
@@ -505,13 +580,15 @@ class Nested:
                 f"the persons behind them {size}")
 
 
-def _sets(pub: dict, doc: dict) -> list[tuple[str, int, object]]:
+def _sets(pub: dict, doc: dict, cache: dict | None = None) -> list[tuple[str, int, object]]:
     """(name, published count, sketch) for every sketched count a run published, for every
     sum of rows it publishes whose rows are all sketched (``pub["sums"]``: the sum of their
     sketches), and for persons − events where a row or sum has both (the persons without the
     event)."""
     from . import sketches as S
 
+    if cache is not None and id(doc) in cache:
+        return cache[id(doc)][1]
     counts = pub["counts"]
     _, sk = S.load(doc)
     out = [(k, counts[k], s) for k, s in sorted(sk.items()) if isinstance(counts.get(k), int)]
@@ -526,6 +603,8 @@ def _sets(pub: dict, doc: dict) -> list[tuple[str, int, object]]:
             e = k[:-len(".persons")] + ".events"
             if e in have:
                 out.append((f"{k}-events", v - have[e][0], s - have[e][1]))
+    if cache is not None:
+        cache[id(doc)] = (doc, out)   # (the document kept: its id stays its own)
     return out
 
 
@@ -572,17 +651,21 @@ def _keyed(mine_sets: dict | None, their_sets: dict | None, key_text: str | None
 
 
 def compare(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | None,
-            min_cell: int, other: str, key_text: str | None) -> list:
+            min_cell: int, other: str, key_text: str | None, pool: set | None = None,
+            cache: dict | None = None) -> list:
     """Everything two outputs of the same data publish that differs by a few persons: their
-    counts (:func:`differences`) and the persons behind them (:func:`nested`)."""
+    counts (:func:`differences`) and the persons behind them (:func:`nested`). ``pool``: the
+    digests of the persons of counts other outputs publish (:func:`held_by`)."""
     keyed = _keyed(mine_sets, their_sets, key_text)
     sketched = None if keyed is None else (set(mine_sets["sets"]), set(their_sets["sets"]))
     found = differences(mine, theirs, min_cell, other, sketched)
-    return found + nested(mine, mine_sets, theirs, their_sets, min_cell, other, keyed, found)
+    return found + nested(mine, mine_sets, theirs, their_sets, min_cell, other, keyed, found,
+                          pool, cache)
 
 
 def nested(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | None,
-           min_cell: int, other: str, keyed, found: list) -> list:
+           min_cell: int, other: str, keyed, found: list, pool: set | None = None,
+           cache: dict | None = None) -> list:
     """Counts of this export whose persons differ from those behind a count of the other
     outputs by 1 to min_cell − 1 persons on one side while the two published counts differ
     (always found up to 2·(min_cell − 1) persons in all, or held as undecided; beyond, where
@@ -597,8 +680,8 @@ def nested(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | 
         return _without_sketches(mine, theirs, min_cell, other, named)
     most = S.limit(min_cell)
     out = []
-    mine_l = _sets(mine, mine_sets)
-    theirs_l = _sets(theirs, their_sets)
+    mine_l = _sets(mine, mine_sets, cache)
+    theirs_l = _sets(theirs, their_sets, cache)
     pairs = [(mine_l[i], theirs_l[j]) for i, j in _candidates(mine_l, theirs_l, min_cell)]
     # the same count in both first: a pair of numbers is named once, by its own name if it can
     pairs.sort(key=lambda p: p[0][0] != p[1][0])
@@ -612,7 +695,7 @@ def nested(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | 
         elif not isinstance(got[0], int):
             a, b = got[0].n, got[1].n
             if shown is None:
-                shown = {s.digest() for _, _, s in (*mine_l, *theirs_l)}
+                shown = (pool or set()) | {s.digest() for _, _, s in (*mine_l, *theirs_l)}
             # a side of 1 to min_cell − 1 is given away when the other side is empty (one
             # population nested in the other) or is itself a published count's persons (1 only
             # here and 20 only there, beside the 20 published: 10 and 29 give the 1)
