@@ -443,9 +443,16 @@ def held_by(verdict, register: Register) -> list[Difference]:
 POPULATIONS = ("cohort[", "rates[", "models.")
 
 
+def _population(name: str) -> bool:
+    """A count of a population (an arm, a rates row, a model's persons or events, the last
+    attrition step: what session 7 sketched), not a row, sum, curve point or term."""
+    return (name.startswith(POPULATIONS) or name.startswith("attrition.")) and \
+        (not name.startswith("models.") or "[" not in name) and "=*" not in name
+
+
 def _populations(pub: dict, doc: dict, cache: dict) -> list:
-    return [x for x in _sets(pub, doc, cache) if x[0].startswith(POPULATIONS) and
-            (not x[0].startswith("models.") or "[" not in x[0]) and "=*" not in x[0]]
+    return [x for x in _sets(pub, doc, cache) if _population(x[0]) and
+            not x[0].startswith("attrition.")]
 
 
 def combined(mine: dict, mine_sets: dict | None, others: list, min_cell: int,
@@ -698,8 +705,13 @@ def nested(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | 
                 shown = (pool or set()) | {s.digest() for _, _, s in (*mine_l, *theirs_l)}
             # a side of 1 to min_cell − 1 is given away when the other side is empty (one
             # population nested in the other) or is itself a published count's persons (1 only
-            # here and 20 only there, beside the 20 published: 10 and 29 give the 1)
-            if not any(1 <= x <= min_cell - 1 and (y == 0 or side.digest() in shown)
+            # here and 20 only there, beside the 20 published: 10 and 29 give the 1). Two
+            # populations are held on a small side alone (session 7's rule): the other side
+            # may be published later, and their few combinations are checked three at a time
+            # (combined()); rows, sums and curve points are many and small, and on a small side
+            # alone any of them beside any other that shares most of it would be held
+            broad = _population(na) and _population(nb)
+            if not any(1 <= x <= min_cell - 1 and (broad or y == 0 or side.digest() in shown)
                        for x, y, side in ((a, b, got[1]), (b, a, got[0]))):
                 continue
             out.append(Nested(na, va, nb, vb, other, a, b))
