@@ -424,18 +424,11 @@ def held_by(verdict, register: Register) -> list[Difference]:
                        f"sibling run {name!r} in {d}"))
     key_text = m.get("data_persons_sha256")
     cache: dict = {}
-    # the persons of every count any of them publishes: a side of a difference that is one
-    # of these gives the other side away, whichever output published it (three exports)
-    pool = set()
-    for pub, doc, _ in [(mine, mine_sets, ""), *others]:
-        if _keyed(mine_sets, doc, key_text) is not None:
-            pool |= {s.digest() for _, _, s in _sets(pub, doc, cache)}
     found = []
     for theirs, their_sets, where in others:
         found += compare(mine, mine_sets, theirs, their_sets, verdict.min_cell, where,
-                         key_text, pool, cache)
-    return found + combined(mine, mine_sets, others, verdict.min_cell, key_text, pool, cache,
-                            found)
+                         key_text, cache)
+    return found + combined(mine, mine_sets, others, verdict.min_cell, key_text, cache, found)
 
 
 # the populations of an output, which three outputs combine: its arms, its rates rows, the
@@ -456,7 +449,7 @@ def _populations(pub: dict, doc: dict, cache: dict) -> list:
 
 
 def combined(mine: dict, mine_sets: dict | None, others: list, min_cell: int,
-             key_text: str | None, pool: set, cache: dict, found: list) -> list:
+             key_text: str | None, cache: dict, found: list) -> list:
     """Three outputs together: a population of this export against the sum or difference
     of two populations of other outputs (all aged 40-90 in one, the men in another and the
     women aged 40-89 here give the 3 women aged 89), by the linearity of the sketches: the
@@ -485,19 +478,22 @@ def combined(mine: dict, mine_sets: dict | None, others: list, min_cell: int,
     named = {(d.here, d.there) for d in found}
     most = S.limit(min_cell)
     out = []
-    for i, j in _candidates(mine_l, combos, min_cell):
+    for i, j in _nested_candidates(mine_l, combos, min_cell):
         (na, va, sa), (nb, vb, sb) = mine_l[i], combos[j]
         if (va, vb) in named:
             continue
-        got = keyed.sides(sa, sb, most)
-        if got is None or isinstance(got[0], int):
+        got = keyed.difference(sa, sb, most)
+        if got is None or got[0] < 0:
             continue   # (undecided here is a sum's persons counted twice: not a few persons)
-        a, b = got[0].n, got[1].n
-        if any(1 <= x <= min_cell - 1 and (y == 0 or side.digest() in pool)
-               for x, y, side in ((a, b, got[1]), (b, a, got[0]))):
-            out.append(Nested(na, va, nb, vb, "those outputs together", a, b))
+        if _nested(got, min_cell):
+            out.append(Nested(na, va, nb, vb, "those outputs together", *got))
             named.add((va, vb))
     return out
+
+
+def _nested(got: tuple[int, int], min_cell: int) -> bool:
+    """One side empty, the other 1 to min_cell − 1 persons."""
+    return min(got) == 0 and 1 <= max(got) <= min_cell - 1
 
 
 def export_record(verdict, dest: Path, files: list[str]) -> dict:
@@ -600,9 +596,13 @@ def _sets(pub: dict, doc: dict, cache: dict | None = None) -> list[tuple[str, in
     _, sk = S.load(doc)
     out = [(k, counts[k], s) for k, s in sorted(sk.items()) if isinstance(counts.get(k), int)]
     have = {k: (v, s) for k, v, s in out}
-    for name, members in sorted((pub.get("sums") or {}).items()):
+    done: dict[tuple, object] = {}   # a curve's sum to a day is its sum to the day before + 1
+    for name, members in sorted((pub.get("sums") or {}).items(), key=lambda x: len(x[1])):
         if members and all(m in have for m in members):
-            total = sum((have[m][1] for m in members[1:]), have[members[0]][1])
+            before = done.get(tuple(members[:-1]))
+            total = before + have[members[-1]][1] if before is not None else \
+                sum((have[m][1] for m in members[1:]), have[members[0]][1])
+            done[tuple(members)] = total
             out.append((name, sum(have[m][0] for m in members), total))
             have[name] = out[-1][1:]
     for k, v, s in list(out):
@@ -658,21 +658,18 @@ def _keyed(mine_sets: dict | None, their_sets: dict | None, key_text: str | None
 
 
 def compare(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | None,
-            min_cell: int, other: str, key_text: str | None, pool: set | None = None,
-            cache: dict | None = None) -> list:
+            min_cell: int, other: str, key_text: str | None, cache: dict | None = None) -> list:
     """Everything two outputs of the same data publish that differs by a few persons: their
-    counts (:func:`differences`) and the persons behind them (:func:`nested`). ``pool``: the
-    digests of the persons of counts other outputs publish (:func:`held_by`)."""
+    counts (:func:`differences`) and the persons behind them (:func:`nested`)."""
     keyed = _keyed(mine_sets, their_sets, key_text)
     sketched = None if keyed is None else (set(mine_sets["sets"]), set(their_sets["sets"]))
     found = differences(mine, theirs, min_cell, other, sketched)
     return found + nested(mine, mine_sets, theirs, their_sets, min_cell, other, keyed, found,
-                          pool, cache)
+                          cache)
 
 
 def nested(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | None,
-           min_cell: int, other: str, keyed, found: list, pool: set | None = None,
-           cache: dict | None = None) -> list:
+           min_cell: int, other: str, keyed, found: list, cache: dict | None = None) -> list:
     """Counts of this export whose persons differ from those behind a count of the other
     outputs by 1 to min_cell − 1 persons on one side while the two published counts differ
     (always found up to 2·(min_cell − 1) persons in all, or held as undecided; beyond, where
@@ -689,36 +686,82 @@ def nested(mine: dict, mine_sets: dict | None, theirs: dict, their_sets: dict | 
     out = []
     mine_l = _sets(mine, mine_sets, cache)
     theirs_l = _sets(theirs, their_sets, cache)
-    pairs = [(mine_l[i], theirs_l[j]) for i, j in _candidates(mine_l, theirs_l, min_cell)]
+    # two populations: held on a small side alone (session 7's rule: the other side may be
+    # published later, and populations are few); every other pair (rows, sums, curve points,
+    # terms: many and often small, so that on a small side alone nearly any two would be
+    # held) when one is nested in the other but for 1 to min_cell − 1 persons
+    pop_a = [x for x in mine_l if _population(x[0])]
+    pop_b = [x for x in theirs_l if _population(x[0])]
+    pairs = [(pop_a[i], pop_b[j], True) for i, j in _candidates(pop_a, pop_b, min_cell)]
+    pairs += [(mine_l[i], theirs_l[j], False)
+              for i, j in _nested_candidates(mine_l, theirs_l, min_cell)
+              if not (_population(mine_l[i][0]) and _population(theirs_l[j][0]))]
     # the same count in both first: a pair of numbers is named once, by its own name if it can
     pairs.sort(key=lambda p: p[0][0] != p[1][0])
-    shown = None   # the persons of every count either publishes (their sketches' digests)
-    for (na, va, sa), (nb, vb, sb) in pairs:
+    for (na, va, sa), (nb, vb, sb), broad in pairs:
         if (va, vb) in named:
             continue
-        got = keyed.sides(sa, sb, most)
+        got = keyed.difference(sa, sb, most)
         if got is None:
             out.append(Nested(na, va, nb, vb, other, None, None))
-        elif not isinstance(got[0], int):
-            a, b = got[0].n, got[1].n
-            if shown is None:
-                shown = (pool or set()) | {s.digest() for _, _, s in (*mine_l, *theirs_l)}
-            # a side of 1 to min_cell − 1 is given away when the other side is empty (one
-            # population nested in the other) or is itself a published count's persons (1 only
-            # here and 20 only there, beside the 20 published: 10 and 29 give the 1). Two
-            # populations are held on a small side alone (session 7's rule): the other side
-            # may be published later, and their few combinations are checked three at a time
-            # (combined()); rows, sums and curve points are many and small, and on a small side
-            # alone any of them beside any other that shares most of it would be held
-            broad = _population(na) and _population(nb)
-            if not any(1 <= x <= min_cell - 1 and (broad or y == 0 or side.digest() in shown)
-                       for x, y, side in ((a, b, got[1]), (b, a, got[0]))):
-                continue
-            out.append(Nested(na, va, nb, vb, other, a, b))
+        elif got[0] >= 0 and (any(1 <= x <= min_cell - 1 for x in got) if broad
+                              else _nested(got, min_cell)):
+            # (beyond 2·(min_cell − 1) in all, wherever it peels: 1 only here and 20 only
+            # there gives the 1 away beside a count of the 20 published elsewhere)
+            out.append(Nested(na, va, nb, vb, other, *got))
         else:
             continue
         named.add((va, vb))
     return out
+
+
+def _support(sets: list):
+    """Each set's cells with anybody in them, as bits (192 cells: three 64-bit words)."""
+    import numpy as np
+
+    on = np.stack([s.count > 0 for _, _, s in sets])
+    words = on.shape[1] // 64 + (on.shape[1] % 64 > 0)
+    on = np.pad(on, ((0, 0), (0, 64 * words - on.shape[1])))
+    return np.packbits(on.reshape(len(sets), words, 64), axis=2,
+                      bitorder="little").view(np.uint64).reshape(len(sets), words)
+
+
+def _nested_candidates(mine: list, theirs: list, min_cell: int) -> list[tuple[int, int]]:
+    """The pairs (i, j) that may be one set inside the other but for 1 to min_cell − 1
+    persons, with different published counts: their sizes 1 to min_cell − 1 apart, the
+    smaller's cells among the larger's (as bits, then as counts: a set inside another adds
+    nothing to any cell). Sorted by size and screened with NumPy, so that thousands of rows,
+    sums and curve points compare in a fraction of a second."""
+    import numpy as np
+
+    if not mine or not theirs:
+        return []
+    na = np.array([s.n for _, _, s in mine])
+    nb = np.array([s.n for _, _, s in theirs])
+    order = np.argsort(nb, kind="stable")
+    lo = np.searchsorted(nb[order], na - (min_cell - 1), side="left")
+    hi = np.searchsorted(nb[order], na + (min_cell - 1), side="right")
+    i = np.repeat(np.arange(len(mine)), hi - lo)
+    if i.size == 0:
+        return []
+    j = order[np.arange(i.size) - np.repeat(np.cumsum(hi - lo) - (hi - lo), hi - lo) +
+              np.repeat(lo, hi - lo)]
+    va = np.array([v for _, v, _ in mine])
+    vb = np.array([v for _, v, _ in theirs])
+    keep = (na[i] != nb[j]) & (va[i] != vb[j])
+    i, j = i[keep], j[keep]
+    sa, sb = _support(mine), _support(theirs)
+    big_a = na[i] > nb[j]
+    inside = np.where(big_a[:, None], sb[j] & ~sa[i], sa[i] & ~sb[j])
+    keep = ~inside.any(axis=1)
+    i, j, big_a = i[keep], j[keep], big_a[keep]
+    if i.size == 0:
+        return []
+    ca = np.stack([s.count for _, _, s in mine])
+    cb = np.stack([s.count for _, _, s in theirs])
+    d = ca[i] - cb[j]
+    keep = np.where(big_a, (d >= 0).all(axis=1), (d <= 0).all(axis=1))
+    return list(zip(i[keep].tolist(), j[keep].tolist(), strict=True))
 
 
 def _without_sketches(mine: dict, theirs: dict, min_cell: int, other: str,

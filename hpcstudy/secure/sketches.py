@@ -91,13 +91,6 @@ class Sketch:
         return Sketch(self.count + other.count, self.ids + other.ids,
                       self.checks + other.checks, self.n + other.n)
 
-    def digest(self) -> bytes:
-        """Equal for sketches of the same persons (each as often), else different (but for a
-        collision of 192 sums of 64-bit hashes)."""
-        return hashlib.sha256(self.count.astype("<i8").tobytes() +
-                              self.ids.astype("<u8").tobytes() +
-                              self.checks.astype("<u8").tobytes()).digest()
-
     def to_text(self) -> str:
         raw = (self.count.astype("<i8").tobytes() + self.ids.astype("<u8").tobytes() +
                self.checks.astype("<u8").tobytes())
@@ -116,12 +109,15 @@ class Sketch:
             want = 24 * HASHES * cells   # (no more: a damaged record inflates no further)
             raw = zlib.decompressobj().decompress(
                 base64.b64decode(doc["z"].encode(), validate=True), want + 1)
-            return cls.from_text(base64.b64encode(raw).decode(), doc["n"], cells)
+            return cls._from_raw(raw, doc["n"], cells)
         return cls.from_text(doc["cells"], doc["n"], cells)
 
     @classmethod
     def from_text(cls, text: str, n: int, cells: int) -> Sketch:
-        raw = base64.b64decode(text.encode(), validate=True)
+        return cls._from_raw(base64.b64decode(text.encode(), validate=True), n, cells)
+
+    @classmethod
+    def _from_raw(cls, raw: bytes, n: int, cells: int) -> Sketch:
         m = HASHES * cells
         if len(raw) != 24 * m:
             raise ValueError(f"a sketch of {len(raw)} bytes, not {24 * m}")
