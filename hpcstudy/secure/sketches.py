@@ -97,10 +97,10 @@ class Sketch:
         return base64.b64encode(raw).decode()
 
     def to_doc(self) -> dict:
-        """``{"n", "z"}``: the cells deflated (a small set's sketch is mostly zeros: 2 kB
-        instead of 6 kB for one of a few persons)."""
+        """``{"n", "z"}``: the cells deflated (a small set's are mostly zeros: under 0.5 kB
+        instead of 6 kB for a curve point's few persons; a large set's counts' high bytes)."""
         raw = base64.b64decode(self.to_text())
-        return {"n": self.n, "z": base64.b64encode(zlib.compress(raw, 9)).decode()}
+        return {"n": self.n, "z": base64.b64encode(zlib.compress(raw, 1)).decode()}
 
     @classmethod
     def from_doc(cls, doc: dict, cells: int) -> Sketch:
@@ -124,6 +124,39 @@ class Sketch:
         return cls(np.frombuffer(raw[:8 * m], "<i8").astype(np.int64),
                    np.frombuffer(raw[8 * m:16 * m], "<u8").astype(U64),
                    np.frombuffer(raw[16 * m:], "<u8").astype(U64), int(n))
+
+
+@dataclass
+class Stack:
+    """Many sketches as rows of arrays, by key: what a partition computes and partitions sum
+    (as arrays, not one sketch at a time)."""
+
+    keys: list
+    count: np.ndarray
+    ids: np.ndarray
+    checks: np.ndarray
+    n: np.ndarray
+
+    def sketch(self, i: int) -> Sketch:
+        return Sketch(self.count[i].copy(), self.ids[i].copy(), self.checks[i].copy(),
+                      int(self.n[i]))
+
+    def __add__(self, other: Stack) -> Stack:
+        if self.keys == other.keys:
+            return Stack(self.keys, self.count + other.count, self.ids + other.ids,
+                         self.checks + other.checks, self.n + other.n)
+        at = {k: i for i, k in enumerate(self.keys)}
+        keys = self.keys + [k for k in other.keys if k not in at]
+        at.update({k: i for i, k in enumerate(keys)})
+        where = np.array([at[k] for k in other.keys], np.int64)
+        out = []
+        for mine, theirs in ((self.count, other.count), (self.ids, other.ids),
+                             (self.checks, other.checks), (self.n, other.n)):
+            a = np.zeros((len(keys), *mine.shape[1:]), mine.dtype)
+            a[:len(self.keys)] = mine
+            a[where] += theirs    # (each key once in ``where``)
+            out.append(a)
+        return Stack(keys, *out)
 
 
 class Keyed:
@@ -173,11 +206,14 @@ class Keyed:
 
     def grouped(self, pnr: np.ndarray, members: list[np.ndarray]) -> list[Sketch]:
         """The sketch of ``pnr[rows]`` for each ``rows`` of ``members`` (arrays of row
-        numbers; a row twice counts twice): the hashes computed once, every set's cells
-        added in one pass."""
+        numbers; a row twice counts twice)."""
+        st = self.stacked(pnr, list(range(len(members))), members)
+        return [st.sketch(i) for i in range(len(members))]
+
+    def stacked(self, pnr: np.ndarray, keys: list, members: list[np.ndarray]) -> Stack:
+        """The sketches of ``pnr[rows]`` for each ``rows`` of ``members``, by ``keys``: the
+        hashes computed once, every set's cells added in one pass, kept as arrays."""
         k, m = len(members), HASHES * self.cells
-        if k == 0:
-            return []
         x = self.ids(pnr)
         idx, c = self.where(x), self.check(x)
         sizes = np.array([r.shape[0] for r in members], np.int64)
@@ -187,10 +223,12 @@ class Keyed:
         flat = (code[:, None] * m + idx[rows]).ravel()
         count = np.bincount(flat, minlength=k * m).astype(np.int64)
         ids, checks = np.zeros(k * m, U64), np.zeros(k * m, U64)
-        np.add.at(ids, flat, np.repeat(x[rows], HASHES))
-        np.add.at(checks, flat, np.repeat(c[rows], HASHES))
-        return [Sketch(count[i * m:(i + 1) * m], ids[i * m:(i + 1) * m],
-                       checks[i * m:(i + 1) * m], int(sizes[i])) for i in range(k)]
+        for j in range(HASHES):   # (per hash: no repeated copies of the rows' ids)
+            f = code * m + idx[rows, j]
+            np.add.at(ids, f, x[rows])
+            np.add.at(checks, f, c[rows])
+        return Stack(list(keys), count.reshape(k, m), ids.reshape(k, m),
+                     checks.reshape(k, m), sizes)
 
     def _add(self, s: Sketch, x: np.ndarray, sign: np.ndarray) -> None:
         idx = self.where(x)
@@ -363,6 +401,10 @@ def _model_members(part, name, varying, bands, age_col, terms) -> list:
     for j, col, level in terms:
         v = np.asarray(part[col], float)
         on = v == level if level is not None else v == 1
+        if not (varying or bands):   # each row once: the rest are the model's rows minus these
+            out += [(("term", name, j, "persons"), np.nonzero(on)[0]),
+                    (("term", name, j, "events"), np.nonzero(on & event)[0])]
+            continue
         off = v != level if level is not None else v == 0
         out += [(("term", name, j, "persons"), np.unique(rows[on])),
                 (("term", name, j, "persons_other"), np.unique(rows[off])),
@@ -411,15 +453,11 @@ def _part_sketches(part: dict, keyed: Keyed, want: Wanted) -> dict:
     for spec in want.models:
         if n:
             members += _model_members(part, *spec)
-    return dict(zip([k for k, _ in members], keyed.grouped(pnr, [r for _, r in members]),
-                    strict=True))
+    return keyed.stacked(pnr, [k for k, _ in members], [r for _, r in members])
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = out[k] + v if k in out else v
-    return out
+def _merge(a: Stack, b: Stack) -> Stack:
+    return a + b
 
 
 def _names(section: str, kind: str, rows: list[dict]) -> list[str]:
@@ -572,21 +610,39 @@ def data_secret(ds) -> bytes:
     return hashlib.sha256(b"hpcstudy sketch ids\0" + total.astype("<u8").tobytes()).digest()
 
 
-def _doc(got: dict, want: Wanted, keyed: Keyed) -> dict:
+def _doc(stack: Stack, want: Wanted, keyed: Keyed) -> dict:
     """The sketches document from the summed partition sketches."""
-    for c in ("persons", "events"):   # every row is in one arm: the models' rows are theirs
-        got[("all", "", c)] = sum((got[("group", label, c)] for _, label in want.groups),
-                                  keyed.empty())
+    at = {k: i for i, k in enumerate(stack.keys)}
     # a measure's rows are its raw keys in order (measures.compute.measure_rows)
     for name, *_ in want.measures:
-        raw = sorted({k[2] for k in got if k[0] == "measure" and k[1] == name})
+        raw = sorted({k[2] for k in at if k[0] == "measure" and k[1] == name})
         for i, key in enumerate(raw):
             for c in ("persons", "events"):
-                if ("measure", name, key, c) in got:
-                    got[("measure", name, i, c)] = got.pop(("measure", name, key, c))
+                if ("measure", name, key, c) in at:
+                    at[("measure", name, i, c)] = at.pop(("measure", name, key, c))
+    made: dict = {}
+
+    def get(key):
+        if key not in made:
+            if key[0] == "all":   # every row is in one arm: the models' rows are theirs
+                made[key] = sum((get(("group", label, key[2])) for _, label in want.groups),
+                                keyed.empty())
+            elif key[0] == "term" and key[3].endswith("_other") and key not in at:
+                # a model that does not split follow-up: its rows at 0 are the rest
+                on = get(key[:3] + (key[3][:-len("_other")],))
+                made[key] = None if on is None else get(("all", "", on_what(key))) - on
+            else:
+                made[key] = stack.sketch(at[key]) if key in at else None
+        return made[key]
+
+    def on_what(key):
+        return "persons" if key[3].startswith("persons") else "events"
+
     sets = {}
     for name, key, n in want.expected:
-        s = got.get(key, keyed.empty() if n == 0 else None)
+        s = get(key)
+        if s is None and n == 0:
+            s = keyed.empty()
         if s is not None and isinstance(n, int) and not isinstance(n, bool) and s.n == n:
             sets[name] = s
     return {"format": FORMAT, "cells": keyed.cells, "hashes": HASHES, "key_id": keyed.key_id,
@@ -644,7 +700,7 @@ def writer(plan, parts, results: dict, key_text: str, secret: bytes = b"",
     return on_a_worker
 
 
-def _write_doc(got: dict, want: Wanted, keyed: Keyed, out: str) -> str:
+def _write_doc(got: Stack, want: Wanted, keyed: Keyed, out: str) -> str:
     return write(Path(out), _doc(got, want, keyed))
 
 
