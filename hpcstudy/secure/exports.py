@@ -12,10 +12,12 @@ releases it with ``hpcstudy exports release OUT --reason TEXT``; the release is 
 Comparable counts: the same count in the same table at the same key (``cohort[label=statin]
 .persons``, ``attrition.statin[step=…].persons``, ``models.cox.events``, a term's persons …),
 and, whatever their labels, the sizes of the cohorts' arms and of the models' populations.
-Counts whose persons the runs sketched (secure/sketches.py: the cohort's arms, the rates
-rows, the last attrition step, the models) are compared by those persons instead (:func:`nested`): a
-population nested in another but for 1 to threshold − 1 persons is held whatever the sizes,
-unrelated populations are not.
+Counts whose persons the runs sketched (secure/sketches.py: the cohort's arms, the rates,
+Lexis and measure rows, the curves' events, the models and their terms, the last attrition
+step), and the sums of rows a reader forms from them (:func:`_sums_of`), are compared by those
+persons instead (:func:`nested`): a population nested in another but for 1 to threshold − 1
+persons is held whatever the sizes, unrelated populations are not; the populations of two
+other outputs are summed and subtracted against this one's (:func:`combined`).
 
 The register is ``$HPCSTUDY_EXPORT_REGISTER``, else ``exports.jsonl`` next to the audit log
 (``$HPCSTUDY_AUDIT_LOG``'s folder, default ``~/.local/share/hpcstudy/``): one JSON record a
