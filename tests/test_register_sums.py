@@ -54,6 +54,10 @@ STUDIES = {
            "circulatory, codelist: circulatory}\nfollow_up: {end_date: 2010-03-01}\n",
     "women_89": "population: {age: [40, 89], sex: female}\ncovariates: [age]\noutcome: {name: "
                 "circulatory, codelist: circulatory}\nfollow_up: {end_date: 2010-03-01}\n",
+    # a curve of a year's follow-up: its events to each shown day
+    "curves": "population: {age: [40, 90]}\ncovariates: [age]\noutcome: {name: circulatory, "
+              "codelist: circulatory}\nfollow_up: {end_date: 2010-12-31}\nanalyses:\n"
+              "  curves: true\n",
     # unrelated: another outcome of the same persons; two age groups of one size
     "diabetes": "population: {age: [40, 90]}\ncovariates: [age, region]\noutcome: {name: "
                 "diabetes, codelist: diabetes}\nfollow_up: {end_date: 2010-03-01}\n"
@@ -194,3 +198,26 @@ def test_unrelated_studies_pass(runs, register, tmp_path):
     for i, name in enumerate(("region_90", "diabetes", "men", "lexis_90")):
         r = run_cli("export", runs[name], tmp_path / str(i))
         assert r.returncode == 0, r.stderr
+
+
+def test_a_curve_to_a_day_beside_a_shorter_follow_up_is_held(runs, register, tmp_path):
+    """The persons with the event in 59 days of follow-up (rates by sex's cohort), and a
+    curve of a year's: its events to its last shown day before day 59 are theirs but for the
+    few after that day."""
+    short = _table(runs["by_sex"])
+    events = set(short.loc[short["event"] == 1, "pnr"])
+    long = _table(runs["curves"])
+    cases = []
+    for row in _rows(runs["curves"], "curves"):
+        before = set(long.loc[(long["status"] == 1) & (long["time"] <= row["day"]), "pnr"])
+        if before < events and 1 <= len(events - before) <= 4:
+            cases.append((row["day"], len(before), len(events - before)))
+    assert cases   # the planted situation
+    assert run_cli("export", runs["curves"], tmp_path / "a").returncode == 0
+    r = run_cli("export", runs["by_sex"], tmp_path / "b")
+    assert r.returncode == 1, r.stderr
+    for day, n, k in cases:
+        line = (f"cohort[label=cohort].events is {len(events)} here and "
+                f"curves[group=1,day<={day}].events is {n} in export #1")
+        assert any(line in x and f"differ by {k} person(s) only here and 0 only there" in x
+                   for x in _held(r.stderr)), r.stderr

@@ -101,11 +101,15 @@ def _sums_of(section: str, kind: str, rows: list[dict], names: list[str],
     keys = [c for c in cols if c not in k.counts and c not in k.derived and c not in M.FLAGS]
     labelled = [(",".join(f"{c}={rows[m[0]].get(c)}" if len({rows[i].get(c) for i in m}) == 1
                           else f"{c}=*" for c in keys), m) for m in margin_groups(rows, keys)]
-    if kind == "curves":   # the events to each shown day but the last (the group's sum)
+    if kind == "curves":   # the events to each shown day but the first and the last
         for g in sorted({r.get("group") for r in rows}, key=str):
             at = [i for i, r in enumerate(rows) if r.get("group") == g]
-            labelled += [(f"group={g},day<={rows[at[j - 1]].get('day')}", at[:j])
-                         for j in range(2, len(at))]
+            # (a run: each sum is the one before plus a row; listed whole, they would grow
+            # as the square of the curve's points, 27 MB a record at 1 M persons)
+            sums[f"{section}[group={g},day<=*].events"] = [
+                [f"{section}[group={g},day<={rows[i].get('day')}].events"
+                 if 0 < k < len(at) - 1 else None, f"{names[i]}.events"]
+                for k, i in enumerate(at)]
     for label, members in labelled:
         for c in ("persons", "events") if kind != "curves" else ("events",):
             sums[f"{section}[{label}].{c}"] = [f"{names[i]}.{c}" for i in members]
@@ -147,8 +151,10 @@ def published(contents: dict[str, tuple[str, object]], manifest: dict) -> dict:
     populations = sorted({(r[p], r[e]) for r in rows.values()
                           for p, e in (("persons", "events"), ("persons_other", "events_other"))
                           if p in r and e in r})
-    # sums of rows whose counts are all shown (a withheld row leaves its sum unknown)
-    sums = {k: v for k, v in sorted(sums.items()) if all(m in counts for m in v)}
+    # sums of rows whose counts are all shown (a withheld row leaves its sum unknown); a
+    # curve's run of sums to each day: [[sum's name or None, row], …]
+    sums = {k: v for k, v in sorted(sums.items())
+            if all((m[1] if isinstance(m, list) else m) in counts for m in v)}
     return {"counts": counts, "sizes": sizes, "populations": [list(x) for x in populations],
             "sums": sums}
 
@@ -598,13 +604,18 @@ def _sets(pub: dict, doc: dict, cache: dict | None = None) -> list[tuple[str, in
     _, sk = S.load(doc)
     out = [(k, counts[k], s) for k, s in sorted(sk.items()) if isinstance(counts.get(k), int)]
     have = {k: (v, s) for k, v, s in out}
-    done: dict[tuple, object] = {}   # a curve's sum to a day is its sum to the day before + 1
-    for name, members in sorted((pub.get("sums") or {}).items(), key=lambda x: len(x[1])):
-        if members and all(m in have for m in members):
-            before = done.get(tuple(members[:-1]))
-            total = before + have[members[-1]][1] if before is not None else \
-                sum((have[m][1] for m in members[1:]), have[members[0]][1])
-            done[tuple(members)] = total
+    for name, members in sorted((pub.get("sums") or {}).items()):
+        if members and isinstance(members[0], list):   # a curve's sums to each day, a run
+            if all(m in have for _, m in members):
+                v, total = 0, None
+                for sum_name, m in members:
+                    v, total = v + have[m][0], have[m][1] if total is None else \
+                        total + have[m][1]
+                    if sum_name is not None:
+                        out.append((sum_name, v, total))
+                        have[sum_name] = (v, total)
+        elif members and all(m in have for m in members):
+            total = sum((have[m][1] for m in members[1:]), have[members[0]][1])
             out.append((name, sum(have[m][0] for m in members), total))
             have[name] = out[-1][1:]
     for k, v, s in list(out):
