@@ -35,11 +35,11 @@ STUDIES = {
     "by_sex": "population: {age: [40, 90]}\ncovariates: [age, sex]\noutcome: {name: "
               "circulatory, codelist: circulatory}\nfollow_up: {end_date: 2010-03-01}\n"
               "analyses:\n  rates: {by: [sex]}\n",
-    # a Lexis band narrowed by one year
-    "lexis_90": "population: {age: [40, 90]}\ncovariates: [age]\noutcome: {name: circulatory, "
+    # a Lexis band narrowed by one year (aged under 89 at index: a year later nobody is 90)
+    "lexis_90": "population: {age: [40, 89]}\ncovariates: [age]\noutcome: {name: circulatory, "
                 "codelist: circulatory}\nfollow_up: {end_date: 2010-12-31}\nanalyses:\n"
                 "  lexis: {age_bands: [40, 70, 90], periods: [2010, 2011]}\n",
-    "lexis_89": "population: {age: [40, 90]}\ncovariates: [age]\noutcome: {name: circulatory, "
+    "lexis_89": "population: {age: [40, 89]}\ncovariates: [age]\noutcome: {name: circulatory, "
                 "codelist: circulatory}\nfollow_up: {end_date: 2010-12-31}\nanalyses:\n"
                 "  lexis: {age_bands: [40, 70, 89], periods: [2010, 2011]}\n",
     # a measure by region, its population restricted by a few persons (one in some regions)
@@ -133,24 +133,24 @@ def test_switchers_per_sex_from_a_split_beside_rates_by_sex_are_held(runs, regis
         shutil.rmtree(tmp_path / first)   # (and the register: both orders from scratch)
 
 
-def _in_band(t: pd.DataFrame, lo: float, hi: float) -> set:
-    """The persons with follow-up time at ages [lo, hi) (as a Lexis cell counts them)."""
-    stop = t["exit_date"] + 1
-    start = stop - t["time"]
+def _events_in_band(t: pd.DataFrame, lo: float, hi: float) -> set:
+    """The persons with their event at ages [lo, hi) (as a Lexis cell counts them: within
+    follow-up, which here lies in the one period)."""
     birth = t["index_date"] - t["age"] * YEAR
-    some = (stop.clip(upper=birth + hi * YEAR) - start.clip(lower=birth + lo * YEAR)) > 0
-    return set(t.loc[some, "pnr"])
+    day = t["exit_date"]
+    inside = (t["event"] == 1) & (day >= birth + lo * YEAR) & (day < birth + hi * YEAR)
+    return set(t.loc[inside, "pnr"])
 
 
 def test_a_lexis_band_narrowed_by_one_year_is_held(runs, register, tmp_path):
     t = _table(runs["lexis_90"])
-    wide, narrow = _in_band(t, 70, 90), _in_band(t, 70, 89)
+    wide, narrow = _events_in_band(t, 70, 90), _events_in_band(t, 70, 89)
     assert narrow < wide and 1 <= len(wide - narrow) <= 4
     assert run_cli("export", runs["lexis_90"], tmp_path / "a").returncode == 0
     r = run_cli("export", runs["lexis_89"], tmp_path / "b")
     assert r.returncode == 1, r.stderr
-    line = (f"lexis[group=1,age_band=70-89,period=2010-2010].persons is {len(narrow)} here and "
-            f"lexis[group=1,age_band=70-90,period=2010-2010].persons is {len(wide)} in export #1")
+    line = (f"lexis[group=1,age_band=70-89,period=2010-2010].events is {len(narrow)} here and "
+            f"lexis[group=1,age_band=70-90,period=2010-2010].events is {len(wide)} in export #1")
     size = f"differ by 0 person(s) only here and {len(wide - narrow)} only there"
     assert any(line in x and size in x for x in _held(r.stderr)), r.stderr
 
@@ -193,9 +193,9 @@ def test_three_exports_together_are_held(runs, register, tmp_path):
 
 
 def test_unrelated_studies_pass(runs, register, tmp_path):
-    """The same persons with another outcome (their rows' persons equal, the events unrelated),
-    then the split and the Lexis table of other follow-up: nothing held."""
-    for i, name in enumerate(("region_90", "diabetes", "men", "lexis_90")):
+    """The same persons with another outcome (their rows' persons equal, the events unrelated)
+    and the men among them (578 persons only in the others): nothing held."""
+    for i, name in enumerate(("region_90", "diabetes", "men")):
         r = run_cli("export", runs[name], tmp_path / str(i))
         assert r.returncode == 0, r.stderr
 
@@ -221,3 +221,20 @@ def test_a_curve_to_a_day_beside_a_shorter_follow_up_is_held(runs, register, tmp
                 f"curves[group=1,day<={day}].events is {n} in export #1")
         assert any(line in x and f"differ by {k} person(s) only here and 0 only there" in x
                    for x in _held(r.stderr)), r.stderr
+
+
+def test_a_count_nested_in_another_of_the_same_export_is_held(runs, register, tmp_path):
+    """A Lexis model's events are those inside its bands: with the band ending at 89, the
+    cohort's events beside them give those at 89 or older (no disclosure rule pairs the two
+    tables), held before anything leaves, with no earlier export."""
+    t = _table(runs["lexis_89"])
+    inside = _events_in_band(t, 40, 89)
+    all_events = set(t.loc[t["event"] == 1, "pnr"])
+    k = len(all_events - inside)
+    assert inside < all_events and 1 <= k <= 4
+    r = run_cli("export", runs["lexis_89"], tmp_path / "a")
+    assert r.returncode == 1 and not (tmp_path / "a").exists(), r.stderr
+    line = (f"cohort[label=cohort].events is {len(all_events)} here and lexis_model.events is "
+            f"{len(inside)} in this export itself")
+    assert any(line in x and f"differ by {k} person(s) only here and 0 only there" in x
+               for x in _held(r.stderr)), r.stderr

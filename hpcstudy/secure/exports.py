@@ -436,7 +436,31 @@ def held_by(verdict, register: Register) -> list[Difference]:
     for theirs, their_sets, where in others:
         found += compare(mine, mine_sets, theirs, their_sets, verdict.min_cell, where,
                          key_text, cache)
-    return found + combined(mine, mine_sets, others, verdict.min_cell, key_text, cache, found)
+    found += combined(mine, mine_sets, others, verdict.min_cell, key_text, cache, found)
+    return found + itself(mine, mine_sets, verdict.min_cell, key_text, cache)
+
+
+def itself(mine: dict, mine_sets: dict | None, min_cell: int, key_text: str | None,
+           cache: dict | None = None) -> list:
+    """Two counts of this export alone whose persons are nested but for 1 to min_cell − 1:
+    what the disclosure rules did not see (a Lexis model's 385 events beside the cohort's 386:
+    one event outside the Lexis bands)."""
+    from . import sketches as S
+
+    keyed = _keyed(mine_sets, mine_sets, key_text)
+    if keyed is None:
+        return []
+    sets = _sets(mine, mine_sets, cache)
+    out, named = [], set()
+    for i, j in _nested_candidates(sets, sets, min_cell):
+        (na, va, sa), (nb, vb, sb) = sets[i], sets[j]
+        if i > j or (va, vb) in named or (vb, va) in named:
+            continue
+        got = keyed.difference(sa, sb, S.limit(min_cell))
+        if got is not None and got[0] >= 0 and _nested(got, min_cell):
+            out.append(Nested(na, va, nb, vb, "this export itself", *got))
+            named.add((va, vb))
+    return out
 
 
 # the populations of an output, which three outputs combine: its arms, its rates rows, the
