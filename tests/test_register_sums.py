@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
@@ -238,3 +239,40 @@ def test_a_count_nested_in_another_of_the_same_export_is_held(runs, register, tm
             f"{len(inside)} in this export itself")
     assert any(line in x and f"differ by {k} person(s) only here and 0 only there" in x
                for x in _held(r.stderr)), r.stderr
+
+
+def test_the_sketches_are_of_the_persons_behind_the_rows(runs, small_data):
+    """Not only of as many persons: each row's sketch is the sketch of the persons the person
+    table says are behind it (pandas), made again here with the data's key."""
+    from hpcstudy.registers.store import Dataset
+    from hpcstudy.secure import sketches as S
+
+    secret = S.data_secret(Dataset.open(small_data))
+
+    def check(out: Path, truths: dict) -> None:
+        doc = json.loads((out / S.NAME).read_text())
+        public = json.loads((out / "outputs.json").read_text())["data_persons_sha256"]
+        keyed = S.Keyed(public, doc["cells"], secret)
+        _, sets = S.load(doc)
+        for name, pnr in truths.items():
+            want = keyed.sketch(np.array(sorted(pnr), dtype=np.int64))
+            assert sets[name].n == len(pnr) and np.array_equal(sets[name].ids, want.ids) \
+                and np.array_equal(sets[name].count, want.count), name
+
+    t = _table(runs["split"])
+    start = t["exit_date"] - t["time"] + 1
+    on = (t["statin"] == 1) | ((t["statin@from"] > start) & (t["statin@from"] <= t["exit_date"]))
+    off = t["statin"] == 0
+    check(runs["split"], {f"measures.by_statin[sex={s},statin={v}].persons":
+                          set(t.loc[(t["sex"] == s) & m, "pnr"])
+                          for s in (0, 1) for v, m in ((0, off), (1, on))})
+    t = _table(runs["lexis_90"])
+    check(runs["lexis_90"], {
+        "lexis[group=1,age_band=70-90,period=2010-2010].events": _events_in_band(t, 70, 90),
+        "lexis[group=1,age_band=40-70,period=2010-2010].events": _events_in_band(t, 40, 70)})
+    t = _table(runs["curves"])
+    rows = _rows(runs["curves"], "curves")[:3]
+    days = [0] + [r["day"] for r in rows]
+    check(runs["curves"], {f"curves[group=1,day={days[i + 1]}].events": set(
+        t.loc[(t["status"] == 1) & (t["time"] > days[i]) & (t["time"] <= days[i + 1]), "pnr"])
+        for i in range(len(rows))})
