@@ -46,10 +46,12 @@ STUDIES = {
     # a measure by region, its population restricted by a few persons (one in some regions)
     "region_90": "population: {age: [40, 90]}\ncovariates: [age, region]\noutcome: {name: "
                  "circulatory, codelist: circulatory}\nfollow_up: {end_date: 2010-03-01}\n"
-                 "analyses:\n  measures:\n    - {name: by_region, by: [region]}\n",
+                 "analyses:\n  measures:\n    - {name: by_region, by: [region]}\n"
+                 "  cox: {adjust: [age, region]}\n",
     "region_89": "population: {age: [40, 89]}\ncovariates: [age, region]\noutcome: {name: "
                  "circulatory, codelist: circulatory}\nfollow_up: {end_date: 2010-03-01}\n"
-                 "analyses:\n  measures:\n    - {name: by_region, by: [region]}\n",
+                 "analyses:\n  measures:\n    - {name: by_region, by: [region]}\n"
+                 "  cox: {adjust: [age, region]}\n",
     # three exports: all aged 40-90 (region_90), the men, the women aged 40-89
     "men": "population: {age: [40, 90], sex: male}\ncovariates: [age]\noutcome: {name: "
            "circulatory, codelist: circulatory}\nfollow_up: {end_date: 2010-03-01}\n",
@@ -166,11 +168,20 @@ def test_a_measure_restricted_by_one_person_is_held(runs, register, tmp_path):
     assert run_cli("export", runs["region_90"], tmp_path / "a").returncode == 0
     r = run_cli("export", runs["region_89"], tmp_path / "b")
     assert r.returncode == 1, r.stderr
-    for g in ones:
+    for g in ones:   # (the Cox model's term of that region: the same two numbers, named once)
         n = int((wide["region"] == g).sum())
         line = f"measures.by_region[region={g}].persons is {n - 1} here and {n} in export #1"
         assert any(line in x and "differ by 0 person(s) only here and 1 only there" in x
                    for x in _held(r.stderr)), r.stderr
+    # the persons in the other regions, by the model's terms alone (no table shows them)
+    for g, k in by_region.items():
+        rest = int((wide["region"] != g).sum())
+        if 1 <= len(gone) - k <= 4 and f"region={g}" in {
+                t["term"] for t in _rows(runs["region_89"], "models")["cox"]["terms"]
+                if t["persons"] is not None}:
+            line = (f"models.cox[term=region={g}].persons_other is "
+                    f"{rest - (len(gone) - k)} here and {rest} in export #1")
+            assert any(line in x for x in _held(r.stderr)), r.stderr
 
 
 def test_three_exports_together_are_held(runs, register, tmp_path):
@@ -270,6 +281,15 @@ def test_the_sketches_are_of_the_persons_behind_the_rows(runs, small_data):
     check(runs["lexis_90"], {
         "lexis[group=1,age_band=70-90,period=2010-2010].events": _events_in_band(t, 70, 90),
         "lexis[group=1,age_band=40-70,period=2010-2010].events": _events_in_band(t, 40, 70)})
+    t = _table(runs["region_90"])
+    terms = [x["term"] for x in _rows(runs["region_90"], "models")["cox"]["terms"]
+             if x["term"].startswith("region=") and x["persons"] is not None]
+    assert terms
+    check(runs["region_90"], {
+        **{f"models.cox[term={x}].persons": set(t.loc[t["region"] == int(x[7:]), "pnr"])
+           for x in terms},
+        **{f"models.cox[term={x}].persons_other": set(t.loc[t["region"] != int(x[7:]), "pnr"])
+           for x in terms}})
     t = _table(runs["curves"])
     rows = _rows(runs["curves"], "curves")[:3]
     days = [0] + [r["day"] for r in rows]
