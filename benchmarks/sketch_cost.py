@@ -36,23 +36,24 @@ def main() -> None:
     from hpcstudy.secure import sketches as S
 
     prep = prepare(a.study, a.data)
-    t = pq.read_table(a.run / "private" / "person_table.parquet",
-                      columns=["pnr", "group", "event"])
-    cols = {c: t.column(c).to_numpy() for c in ("pnr", "group", "event")}
+    t = pq.read_table(a.run / "private" / "person_table.parquet")
+    cols = {c: t.column(c).to_numpy() for c in t.column_names}
     p = prep.ds.partitions
     parts = LocalPartitions([{k: v[i::p] for k, v in cols.items()} for i in range(p)])
     res = json.loads((a.run / "results.json").read_text())
     runs = [timed(lambda: S.of_run(prep.plan, parts, res, "bench")) for _ in range(a.repeat)]
     rng = np.random.default_rng(0)
-    million = LocalPartitions([{"pnr": rng.integers(1, 2**62, 125_000),
-                                "group": rng.integers(0, 2, 125_000).astype(np.int8),
-                                "event": (rng.random(125_000) < 0.03).astype(np.int8)}
-                               for _ in range(8)])
+    # a million rows drawn from the run's (its columns, so every family of rows is sketched)
+    pick = [rng.integers(0, len(t), 125_000) for _ in range(8)]
+    million = LocalPartitions([{**{k: v[i] for k, v in cols.items()},
+                                "pnr": rng.integers(1, 2**62, 125_000)} for i in pick])
     per_million = [timed(lambda: S.of_run(prep.plan, million, res, "bench"))
                    for _ in range(a.repeat)]
     append("sketch_cost", {"benchmark": "sketch_cost", "study": str(a.study),
                            "data": str(a.data), "rows": len(t), "partitions": p,
                            "sets": len(runs[-1][2]["sets"]),
+                           "sketch_bytes": len(json.dumps(runs[-1][2], sort_keys=True,
+                                                          separators=(",", ":"))) + 1,
                            "cpu_s": summary([c for _, c, _ in runs]),
                            "wall_s": summary([w for w, _, _ in runs]),
                            "cpu_s_per_million_rows": summary([c for _, c, _ in per_million])})

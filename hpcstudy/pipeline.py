@@ -234,7 +234,7 @@ def execute(prep: Prepared, out: str | Path | None, *, engine: str = "dask", cli
                       engine=engine, device=report.get("device"), run=report,
                       figures=figures, sketches=_sketches(plan, built.parts, results,
                                                           persons.result(),
-                                                          sketch_key.result()))
+                                                          sketch_key.result(), res))
             if ckpt is not None:
                 checkpoint.clear(ckpt)
     finally:
@@ -351,7 +351,7 @@ def write_outputs(out: Path, plan: Plan, results: dict, table, *, engine: str,
               data_persons_sha256=persons,
               project=approval.project if approval is not None else None,
               engine=engine, device=device, run=run, figures=figures,
-              sketches=_sketches(plan, table, results, persons, _sketch_key(ds))
+              sketches=_sketches(plan, table, results, persons, _sketch_key(ds), res)
               if isinstance(table, dict) else None)
     return res
 
@@ -362,11 +362,12 @@ def _sketch_key(ds: Dataset) -> bytes:
     return data_secret(ds)
 
 
-def _sketches(plan: Plan, parts, results: dict, persons_sha256: str | None, key: bytes):
-    """Who writes the persons behind the run's counts, for the export register
-    (secure/sketches.py)."""
+def _sketches(plan: Plan, parts, results: dict, persons_sha256: str | None, key: bytes,
+              shown: dict | None = None):
+    """Who writes the persons behind the run's published counts (``shown``: the exported
+    results), for the export register (secure/sketches.py)."""
     if persons_sha256 is None:
         return None
     from .secure.sketches import writer
 
-    return writer(plan, parts, results, persons_sha256, key)
+    return writer(plan, parts, results, persons_sha256, key, shown)

@@ -45,9 +45,10 @@ def _keys(part, by, rows, xp, switched):
     return cols
 
 
-def _sums(part, m: Measure, proportion: bool, age_col: str | None, varying=()):
-    """{cell: [persons, events, days]} with cell = (by values…, interval, age band), and
-    {(by values…, interval): persons} for the rows without the age band."""
+def pieces(part, m: Measure, proportion: bool, age_col: str | None, varying=()):
+    """The partition's follow-up cut into the measure's cells: (key columns (by values…,
+    interval, age band), the person's row of each piece, its days, its events). The persons
+    behind a row (secure/sketches.py) are found from these as its counts are."""
     xp = array_namespace(part["exit_date"])
     exit_ = part["exit_date"].astype(xp.int64)
     index = part["index_date"].astype(xp.int64)
@@ -95,7 +96,14 @@ def _sums(part, m: Measure, proportion: bool, age_col: str | None, varying=()):
         iv = ep["bands"][k] if m.interval else xp.zeros(row.shape[0], dtype=xp.int64)
         k += bool(m.interval)
         ag = ep["bands"][k] if m.by_age else xp.zeros(row.shape[0], dtype=xp.int64)
-    key = [*_keys(part, m.by, row, xp, switched), iv, ag]
+    return [*_keys(part, m.by, row, xp, switched), iv, ag], row, days, ev
+
+
+def _sums(part, m: Measure, proportion: bool, age_col: str | None, varying=()):
+    """{cell: [persons, events, days]} with cell = (by values…, interval, age band), and
+    {(by values…, interval): persons} for the rows without the age band."""
+    xp = array_namespace(part["exit_date"])
+    key, row, days, ev = pieces(part, m, proportion, age_col, varying)
     cells: dict = {}
     persons: dict = {}
     if row.shape[0] == 0:
