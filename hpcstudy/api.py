@@ -21,6 +21,7 @@ requires one here too (``project=``).
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,7 +57,32 @@ else:
 def load_study(path: str | Path, variant: str | None = None) -> Study:
     """Read and check a study (and each of its variants); with ``variant``, that variant.
     A study with problems raises :class:`StudyErrors` (``.lines()``: one per problem)."""
+    _path_arg(path, "path", "the study's YAML file")
     return _load_study(path, variant)
+
+
+def _path_arg(value, name: str, what: str) -> None:
+    """A path argument of the API: a str or a path, else a one-line UserError (a None or a
+    number went on to a TypeError; outside tester, session 8)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise UserError(f"{name} is the path of {what}, not {type(value).__name__}",
+                        fix=f"give {name} as a str or a pathlib.Path")
+
+
+def _arguments(data, out, project, client, overwrite, verify) -> None:
+    """The arguments of :func:`run`, checked before the audit record names them."""
+    _path_arg(data, "data", "a register folder")
+    for name, value, what in (("out", out, "the outputs folder"),
+                              ("project", project, "the project's approval file")):
+        if value is not None:
+            _path_arg(value, name, what)
+    for name, value in (("overwrite", overwrite), ("verify", verify)):
+        if not isinstance(value, bool):   # overwrite="no" replaced an earlier run's folder
+            raise UserError(f"{name} is True or False, not {value!r}",
+                            fix=f"write {name}=True or {name}=False")
+    if client is not None and not callable(getattr(client, "submit", None)):
+        raise UserError(f"client is a dask.distributed Client, not {type(client).__name__}",
+                        fix="give client=dask.distributed.Client(...), or leave it out")
 
 
 def run(study: Study | str | Path, data: str | Path, out: str | Path | None = None,
@@ -78,6 +104,7 @@ def run(study: Study | str | Path, data: str | Path, out: str | Path | None = No
     """
     from .secure import audit
 
+    _arguments(data, out, project, client, overwrite, verify)
     study = _study(study, variant)
     entry = {"command": "run", "args": ["(python api)", str(study.source), "--data", str(data),
                                         *(["--out", str(out)] if out is not None else []),

@@ -54,3 +54,72 @@ def test_the_equipoise_share_counts_no_persons_the_bins_do_not(small_data, tmp_p
 
     doc["design"]["equipoise_share"] = 0.9979144942648592
     assert any("equipoise_share" in p for p in checks.smd_of_withheld(doc, "r"))
+
+
+# -- Table 1 counts the arms before the design, the cohort table after it ---------------------
+@pytest.mark.parametrize("design", [
+    # 1:2 matching with a caliper of 0.15 SD: 178 of the 181 statin users matched
+    "  covariates: [age, sex, charlson]\n  method: matching\n"
+    "  matching: {ratio: 2, caliper: 0.15}\n",
+    # trimming to the common support: 177 of 181 kept
+    "  covariates: [age, sex, charlson]\n  method: weighting\n  trim: true\n"
+    "  weighting: {estimand: overlap}\n"], ids=["matching", "trimming"])
+def test_table1_and_the_cohort_do_not_differ_by_a_few_persons(small_data, tmp_path, design):
+    # the attrition table withheld the step before the design (181), and Table 1's persons of
+    # age and the preference table's bins showed it beside the cohort table's 178 (177)
+    out = _design_run(tmp_path, small_data, design)
+    cohort = {r["label"]: int(r["persons"]) for r in _rows(out / "tables/cohort.csv")}
+    before: dict = {}
+    for r in _rows(out / "tables/table1.csv"):
+        if r["persons"] and not r["percent"]:
+            before[r["arm"]] = int(r["persons"])
+    pref: dict = {}
+    for r in _rows(out / "tables/preference.csv"):
+        pref.setdefault(r["arm"], []).append(r["persons"])
+    for arm, ns in pref.items():
+        if all(ns):
+            assert before.setdefault(arm, sum(map(int, ns))) == sum(map(int, ns))
+    assert before.keys() <= cohort.keys()
+    for arm, n in before.items():
+        assert not _small(n - cohort[arm]), (arm, n, cohort[arm])
+    assert run_cli("check-outputs", out).returncode == 0
+    # the checker, from the published numbers: Table 1's 181 beside the cohort's 178
+    from hpcstudy.outputs import checks
+
+    doc = {"cohort": [{"label": "statin", "persons": 178}, {"label": "non_users", "persons": 336}],
+           "table1": [{"variable": "age", "level": "-", "arm": "statin", "persons": 181,
+                       "percent": None},
+                      {"variable": "sex", "level": "-", "arm": "non_users", "persons": 403,
+                       "percent": 51.7994858612}],
+           "preference": [{"arm": "non_users", "bin": "0-0.5", "persons": 700},
+                          {"arm": "non_users", "bin": "0.5-1", "persons": 78}]}
+    problems = checks.design_arms_vs_cohort(doc, M, "r")
+    assert len(problems) == 1 and "'statin'" in problems[0] and "dropped 3" in problems[0]
+
+
+# -- the Python API: bad arguments are a UserError, never another exception -------------------
+@pytest.mark.parametrize("call", [
+    "run(STUDY, None)", "run(STUDY, 5)", "run(STUDY, DATA, out=7)",
+    "run(STUDY, DATA, project=3)", "run(STUDY, DATA, client='tcp://host:8786')",
+    "run(STUDY, DATA, out=OUT, overwrite='no')", "run(STUDY, DATA, verify='yes')",
+    "load_study(None)", "load_study(3)", "load_study(bytes(STUDY, 'utf-8'))"])
+def test_the_python_api_refuses_bad_arguments_in_one_line(small_data, tmp_path, call):
+    # TypeError (data=None, out=7, load_study(None)), AttributeError (client as a string);
+    # overwrite="no" was taken for True
+    import hpcstudy
+
+    env = {"STUDY": str(ROOT / "examples/statins_mi.yaml"), "DATA": small_data,
+           "OUT": tmp_path / "out", "run": hpcstudy.run, "load_study": hpcstudy.load_study}
+    with pytest.raises(hpcstudy.UserError) as e:
+        eval(call, env)
+    assert "\n" not in str(e.value) and str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_project_file_is_named_a_project_file(small_data, tmp_path):
+    # "nope.yaml: no such study file — give the path of a .yaml study" for --project nope.yaml
+    r = run_cli("check", ROOT / "examples/statins_mi.yaml", "--data", small_data,
+                "--project", tmp_path / "nope.yaml")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (f"hpcstudy: error: {tmp_path / 'nope.yaml'}: no such project "
+                                "file — give the path of a .yaml project")
