@@ -123,3 +123,22 @@ def test_a_missing_project_file_is_named_a_project_file(small_data, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == (f"hpcstudy: error: {tmp_path / 'nope.yaml'}: no such project "
                                 "file — give the path of a .yaml project")
+
+
+# -- the study language: a value of the wrong shape is an error line, not a crash -------------
+@pytest.mark.parametrize("old,new,field", [
+    ("hospitals: {by: hospital,", "hospitals: {by: [],", "analyses.hospitals.by"),
+    ("{name: mortality_by_hospital, by: [hospital]}", "{name: mortality_by_hospital, by: -1}",
+     "analyses.measures[0].by")], ids=["hospitals-by-list", "measure-by-number"])
+def test_a_by_of_the_wrong_shape_is_one_error_line(tmp_path, old, new, field):
+    # exit 70, "internal error (TypeError: unhashable type: 'Seq')" and "argument of type
+    # 'int' is not iterable" (found by mutating the examples' values)
+    text = (ROOT / "examples/mi_hospitals.yaml").read_text()
+    assert old in text
+    study = tmp_path / "s.yaml"
+    study.write_text(text.replace(old, new))
+    r = run_cli("check", study)
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hpcstudy: error: {study}:"), r.stderr
+    assert f": {field}: " in lines[0]
