@@ -142,3 +142,32 @@ def test_a_by_of_the_wrong_shape_is_one_error_line(tmp_path, old, new, field):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"hpcstudy: error: {study}:"), r.stderr
     assert f": {field}: " in lines[0]
+
+
+# -- hospitals numbered by rank or size: a withheld unit's place bounds its counts --------------
+@pytest.mark.parametrize("identify", ["rank", "none"])
+def test_withheld_hospitals_are_numbered_after_the_shown_ones(small_data, tmp_path, identify):
+    # ranked by O/E, a withheld unit after a shown O/E of 2.49 had at least one death (it had
+    # 4); numbered by size between two shown units of 28 persons, a withheld one had 28
+    text = (ROOT / "examples/mi_hospitals.yaml").read_text()
+    study = tmp_path / "h.yaml"
+    study.write_text(text.replace("adjust: [age, sex, charlson]}",
+                                  f"adjust: [age, sex, charlson], identify: {identify}}}"))
+    out = tmp_path / "out"
+    r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    rows = _rows(out / "tables/hospitals.csv")
+    assert [int(x["hospital"]) for x in rows] == list(range(1, len(rows) + 1))
+    withheld = [not x["persons"] for x in rows]
+    assert any(withheld) and not all(withheld)   # the premise
+    assert withheld == sorted(withheld), withheld   # every withheld unit after the shown ones
+    assert run_cli("check-outputs", out).returncode == 0
+    # the checker, from the published rows: a withheld unit between two shown ones
+    from hpcstudy.outputs import checks
+
+    cols = ("persons", "events", "expected", "oe")
+    table = [{"hospital": 1, **dict(zip(cols, (28, 0, 1.9, 0.0), strict=True))},
+             {"hospital": 2, **dict.fromkeys(cols), "suppressed": True},
+             {"hospital": 3, **dict(zip(cols, (28, 0, 1.2, 0.0), strict=True))}]
+    assert any("numbered before a shown one" in p
+               for p in checks.check_kind("hospitals", table, M, "h"))

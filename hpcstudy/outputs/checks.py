@@ -94,6 +94,14 @@ def _counts(rows, m, where, columns=COUNTS) -> list[str]:
     return out
 
 
+def _numbered(rows: list[dict]) -> bool:
+    """Whether a hospitals table (results.json's or its CSV's) numbers its units 1…n."""
+    try:
+        return [int(r.get("hospital")) for r in rows] == list(range(1, len(rows) + 1))
+    except (TypeError, ValueError):
+        return False
+
+
 def _table(kind: str, rows: list[dict], m: int, where: str) -> list[str]:
     out = _counts(rows, m, where)
     own = OWN_COLUMNS[kind]
@@ -108,6 +116,10 @@ def _table(kind: str, rows: list[dict], m: int, where: str) -> list[str]:
             if shown:
                 out.append(f"{where}: row {i}, column {shown[0]!r}: shown for a withheld row "
                            "(it gives the withheld counts back)")
+    if kind == "hospitals" and _numbered(rows) and any(
+            h and not later for h, later in zip(hidden, hidden[1:], strict=False)):
+        out.append(f"{where}: a withheld unit is numbered before a shown one: its rank or size "
+                   "lies between its shown neighbours' (number the withheld units last)")
     # a table withheld whole publishes no count: its totals are other tables' cells, checked there
     for i in [] if all(hidden) else determined(hidden, margin_groups(rows, keys)):
         out.append(f"{where}: row {i + 1}: withheld, but recoverable exactly from the totals "
