@@ -453,6 +453,40 @@ def split_overlaps(doc: dict, m: int) -> list[tuple[str, tuple, int]]:
     return out
 
 
+# keys of time that follow persons through their follow-up: a row holds the persons with time
+# in it, so those of consecutive rows are (for one index date, or always for time since index)
+# nested like attrition steps
+TIME_KEYS = ("interval", "time_band", "period")
+
+
+def band_steps(doc: dict, m: int) -> list[tuple[str, tuple, int]]:
+    """(section, (), n) where consecutive shown rows of a measure
+    or Lexis table along a key of time (interval, time_band, period; the cohort's persons
+    before the first) differ by 0 < n < m persons: for an index date of 20 December, 1 115
+    persons with time in 2010 and 1 113 in 2011 gave the 2 who died or left in the last days
+    of 2010 (outside tester, session 8). Rows with person-time only (a fixed horizon's rows
+    count persons by index date: they partition them)."""
+    cohort = [r.get("persons") for r in doc.get("cohort") or [] if isinstance(r, dict)]
+    head = sum(cohort) if cohort and all(_num(p) for p in cohort) else None
+    out = []
+    for section, keys, rows in _split_tables(doc):
+        if section == "rates" or not any("person_years" in r for r in rows):
+            continue
+        for key in (k for k in TIME_KEYS if k in keys):
+            other = [k for k in keys if k != key and len({str(r.get(k)) for r in rows}) > 1]
+            groups: dict[tuple, list] = {}
+            for r in rows:
+                groups.setdefault(tuple(str(r.get(k)) for k in other), []).append(
+                    r.get("persons"))
+            for persons in groups.values():
+                seq = [p for p in ([head] if not other else []) + persons if _num(p)]
+                for a, b in zip(seq, seq[1:], strict=False):
+                    if 0 < abs(a - b) < m:   # the whole table: its other rows would
+                        out.append((section, (), int(abs(a - b))))   # give a group's back
+                        break
+    return out
+
+
 # the attrition steps a comparative design adds (designs/apply.py): the preference table counts
 # the persons of the step before the first of them
 DESIGN_STEPS = ("propensity score in the common support", "matched on the propensity score",
@@ -578,6 +612,10 @@ def _results(doc: dict, m: int, where: str) -> list[str]:
         out.append(f"{where}:{section}: the rows {rows} hold {n} persons "
                    "more than the population they split (persons with time in two rows, a "
                    "time-varying state or a band): a small cell")
+    for section, shared, n in band_steps(doc, m):
+        rows = ", ".join(f"{k}={v}" for k, v in shared) or "of the table"
+        out.append(f"{where}:{section}: consecutive rows {rows} in time differ by {n} "
+                   "persons (those whose follow-up ended in between): a small cell")
     design = doc.get("design")
     if isinstance(design, dict) and "bootstrap" in design:
         from .publish import bootstrap_shown

@@ -139,12 +139,13 @@ def _disclosed(results: dict, min_cell: int) -> dict:
 
 def _withhold_split_overlaps(r: dict, min_cell: int) -> None:
     """Withhold every row of a group of a measure, Lexis or rates table whose persons add up
-    to 1 to min_cell − 1 more than the population they split (checks.split_overlaps): with its
+    to 1 to min_cell − 1 more than the population they split (checks.split_overlaps), or
+    whose consecutive rows in time differ by 1 to min_cell − 1 (checks.band_steps): with its
     rows withheld the sum, and so the persons with time in two rows, is unknown."""
-    from .checks import _split_tables, split_overlaps
+    from .checks import _split_tables, band_steps, split_overlaps
 
     while True:
-        found = split_overlaps(r, min_cell)
+        found = split_overlaps(r, min_cell) or band_steps(r, min_cell)
         if not found:
             return
         section, shared, _ = found[0]
