@@ -217,3 +217,26 @@ def test_consecutive_rows_in_time_do_not_differ_by_a_few_persons(small_data, tmp
                             ("0-11", "12-399"), strict=True)]}}
     problems = checks._results(doc, M, "r")
     assert sum("in time differ by 2 persons" in p for p in problems) == 2, problems
+
+
+# -- the gate refused what hpcstudy itself writes: measures by month, quarter or time band -----
+def test_measures_in_months_quarters_and_time_bands_can_be_exported(small_data, tmp_path):
+    # "text '2010-Q4' holds the number(s) ['4'], which the study does not declare", the same
+    # for '2010-02' and the time band '30-399', and "its persons add up to more than the 3000
+    # persons of the cohort": every measure by month or quarter of an open outcome, and every
+    # one by time_band, was held back at export
+    study = tmp_path / "q.yaml"
+    study.write_text(ONE_DATE.replace("2010-12-20", "2010-01-01").replace(
+        "  lexis: {age_bands: [0, 150], periods: [2010, 2011, 2012]}\n", "").replace(
+        "    - {name: by_year, interval: year}\n",
+        "    - {name: by_quarter, interval: quarter}\n    - {name: by_month, interval: month}\n"
+        "    - {name: by_time, by: [time_band], time_bands: [0, 30, 400]}\n").replace(
+        "outcome: {name: mi, codelist: mi}", "outcome: {name: death, death: true}").replace(
+        "codelists:\n  mi: {system: icd10, codes: [I21*]}\n", ""))
+    out = tmp_path / "out"
+    r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert _rows(out / "tables/measure_by_quarter.csv")[0]["interval"] == "2010-Q1"
+    assert _rows(out / "tables/measure_by_time.csv")[1]["time_band"] == "30-399"
+    r = run_cli("check-outputs", out)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -270,7 +270,11 @@ def _value_problems(kind: str, rows: list[dict], cols: list[tuple[str, str]], wh
     if population and kind != "attrition" and len(shown) * min_cell > population:
         out.append(f"{where}: {len(shown)} rows with counts for {population} persons: a table "
                    f"of cells of at least {min_cell} cannot have that many (per-person shaped)")
-    if population and kind in ("rates", "measure") and all(
+    # rows in time or attained age (with person-time) count a person in each row they have
+    # time in: a measure by year of 7 400 persons over 3 years adds up to 22 000
+    in_time = kind == "measure" and any("person_years" in r and any(
+        k in r for k in ("interval", "time_band", "age_band")) for r in rows)
+    if population and kind in ("rates", "measure") and not in_time and all(
             isinstance(r.get("persons"), int) for r in rows) and \
             sum(r.get("persons") or 0 for r in rows) > population:
         out.append(f"{where}: its persons add up to more than the {population} persons of the "
