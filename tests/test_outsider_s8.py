@@ -240,3 +240,24 @@ def test_measures_in_months_quarters_and_time_bands_can_be_exported(small_data, 
     assert _rows(out / "tables/measure_by_time.csv")[1]["time_band"] == "30-399"
     r = run_cli("check-outputs", out)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- rounding: "rounds every shown count" left the design's tables exact ----------------------
+@pytest.mark.xfail(strict=True, reason="publish.exported rounds attrition, cohort, rates, Lexis, "
+                   "measures, curves, hospitals and models, not table1, table1_adjusted, "
+                   "preference (nor balance's SMDs, exact ratios of counts): Table 1's 181 and "
+                   "46.4088% (84/181) stand beside the cohort's rounded 180")
+def test_round_to_rounds_the_design_tables_too(small_data, tmp_path):
+    out = _design_run(tmp_path, small_data, "  covariates: [age, sex, charlson]\n"
+                      "  method: matching\n  matching: {ratio: 2, caliper: 0.2}\n",
+                      extra="  round_to: 5\n")
+    assert all(int(r["persons"]) % 5 == 0 for r in _rows(out / "tables/cohort.csv"))
+    for table in ("table1", "table1_adjusted", "preference"):
+        for r in _rows(out / f"tables/{table}.csv"):
+            assert not r["persons"] or int(r["persons"]) % 5 == 0, (table, r)
+    # a flag's percent is its rounded persons over the arm's rounded persons
+    rows = _rows(out / "tables/table1.csv")
+    arms = {r["arm"]: int(r["persons"]) for r in rows if r["persons"] and not r["percent"]}
+    for r in rows:
+        if r["percent"]:
+            assert float(r["percent"]) == pytest.approx(100 * int(r["persons"]) / arms[r["arm"]])
