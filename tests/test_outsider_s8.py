@@ -261,3 +261,38 @@ def test_round_to_rounds_the_design_tables_too(small_data, tmp_path):
     for r in rows:
         if r["percent"]:
             assert float(r["percent"]) == pytest.approx(100 * int(r["persons"]) / arms[r["arm"]])
+
+
+# -- a model's bands: the persons who left before a band, the reference band's events ---------
+def test_a_models_time_bands_give_no_count_back(small_data, tmp_path):
+    # everyone enters on 1 January 2010; Poisson by time since index: the band 30-364 held
+    # 1 115 persons of the model's 1 118 (3 left in the first 30 days), and the reference band's
+    # deaths were 86 - 19 - 38 - 27 = 2
+    study = tmp_path / "b.yaml"
+    study.write_text(ONE_DATE.replace("2010-12-20", "2010-01-01").replace(
+        "2011-12-31", "2013-12-31").replace(
+        "codelists:\n  mi: {system: icd10, codes: [I21*]}\n", "").replace(
+        "outcome: {name: mi, codelist: mi}", "outcome: {name: death, death: true}").split(
+        "analyses:")[0] + "analyses:\n  poisson: {adjust: [age, sex, time_band], "
+        "time_bands: [0, 30, 365, 1000]}\n")
+    out = tmp_path / "out"
+    r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    model = json.loads((out / "results.json").read_text())["models"]["poisson"]
+    bands = [t for t in model["terms"] if t["term"].startswith("time_band")]
+    assert len(bands) == 3
+    shown = [t for t in bands if t["persons"] is not None]
+    for t in shown:
+        assert not _small(model["persons"] - t["persons"]), t
+    if len(shown) == len(bands):
+        assert not _small(model["events"] - sum(t["events"] for t in bands))
+    assert run_cli("check-outputs", out).returncode == 0
+    # the checker, from the published numbers
+    from hpcstudy.outputs import checks
+
+    terms = [{"term": f"time_band {b}", "persons": p, "events": e, "persons_other": 1118,
+              "events_other": 86 - e}
+             for b, p, e in (("30-364", 1115, 19), ("365-999", 1093, 38), ("1000+", 1047, 27))]
+    problems = checks._model({"persons": 1118, "events": 86, "terms": terms}, M, "m")
+    assert any("no time with this band" in p for p in problems)
+    assert any("reference level of time_band" in p for p in problems)

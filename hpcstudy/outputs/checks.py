@@ -193,6 +193,12 @@ def _model(doc: dict, m: int, where: str) -> list[str]:
     why = _pair(doc.get("persons"), doc.get("events"), m)
     if why:
         out.append(f"{where}: columns 'persons'/'events': {why}")
+    from .disclosure import level_problems, variable_of
+
+    terms = [t for t in doc["terms"] if isinstance(t, dict)] if isinstance(doc["terms"], list) \
+        else []
+    out += [f"{where}.terms: term {t!r}: {why}" for t, why in level_problems(
+        terms, variable_of, doc.get("persons"), doc.get("events"), m).items()]
     return out + _model_terms(doc["terms"], m, f"{where}.terms") + \
         _terms_both_levels(doc["terms"], doc.get("persons"), m, f"{where}.terms")
 
