@@ -296,3 +296,30 @@ def test_a_models_time_bands_give_no_count_back(small_data, tmp_path):
     problems = checks._model({"persons": 1118, "events": 86, "terms": terms}, M, "m")
     assert any("no time with this band" in p for p in problems)
     assert any("reference level of time_band" in p for p in problems)
+
+
+# -- the slurm launcher where no Slurm answers -------------------------------------------------
+def test_the_slurm_launcher_without_slurm_is_one_line_at_once(small_data, tmp_path):
+    # sbatch failed in the background: tornado printed a traceback per attempt, and after 3
+    # minutes "hpcstudy: cannot read or write 180: Only 0/2 workers arrived after 180"
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("scontrol") is None:
+        pytest.skip("Slurm's commands are not installed here")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+    if subprocess.run(["scontrol", "ping"], capture_output=True, env=env,
+                      timeout=30).returncode == 0:
+        pytest.skip("a Slurm controller answers here")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "hpcstudy.cli", "run",
+                        str(ROOT / "examples/statins_mi.yaml"), "--data", str(small_data),
+                        "--out", str(out), "--quiet", "--launcher", "slurm"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: Slurm does not answer"), \
+        lines[:3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
