@@ -363,6 +363,12 @@ class FittedModel:
         if not isinstance(df, pd.DataFrame):
             raise UserError(f"predict takes a pandas DataFrame, not {type(df).__name__}",
                             fix="pass rows of result.person_table, or a DataFrame of the terms")
+        used = set(terms) | {c for c, _ in self._spec or ()}
+        bad = [c for c in df.columns if c in used and not (
+            pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
+        if bad:   # age="old" was a ValueError from NumPy
+            raise UserError(f"model {self.name}: column(s) {bad} are not numbers",
+                            fix="pass rows of result.person_table, whose columns are numbers")
         if all(t in df.columns for t in terms):
             return df[terms].astype(float)
         if self._spec is None:
@@ -396,7 +402,7 @@ class FittedModel:
         else:
             out = np.exp(eta)
             if self.kind == "poisson" and exposure is not None:
-                out = out * np.asarray(exposure, float)
+                out = out * _exposure(exposure, len(out))
         return pd.Series(out, index=df.index, name="prediction")
 
     @property
@@ -440,9 +446,31 @@ class FittedModel:
         if self.kind != "cox" or self._strata:
             raise UserError(f"model {self.name}: survival is predicted from an unstratified "
                             "Cox model only", fix="use baseline_hazard per stratum")
+        if isinstance(day, bool) or not isinstance(day, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(day) or day < 0:
+            # day="x" or nan gave the survival at the last event day, silently
+            raise UserError(f"model {self.name}: day is a number of days ≥ 0, not {day!r}",
+                            fix="e.g. predict_survival(people, day=365)")
         bh = self.baseline_hazard
         i = np.searchsorted(bh["day"].to_numpy(), day, side="right")
         h0 = float(bh["cumulative_hazard"].iloc[i - 1]) if i > 0 else 0.0
         return pd.Series(np.exp(-h0 * np.exp(self._linear(df))), index=df.index,
                          name="survival")
 
+
+
+def _exposure(exposure, n: int) -> np.ndarray:
+    """Person-years for a Poisson prediction: a number, or one per row (a list of the wrong
+    length was broadcast, a string was a ValueError)."""
+    try:
+        e = np.asarray(exposure, dtype=float)
+    except (TypeError, ValueError):
+        raise UserError(f"exposure is person-years (a number, or one per row), not "
+                        f"{type(exposure).__name__}",
+                        fix="e.g. exposure=people['time'] / 365.25") from None
+    if e.ndim > 1 or (e.ndim == 1 and e.shape[0] != n) or not np.isfinite(e).all() or \
+            (e < 0).any():
+        raise UserError(f"exposure must be a number ≥ 0 or one per row ({n}), not "
+                        f"{e.shape[0] if e.ndim == 1 else 'a table'} values",
+                        fix="e.g. exposure=people['time'] / 365.25")
+    return e

@@ -323,3 +323,27 @@ def test_the_slurm_launcher_without_slurm_is_one_line_at_once(small_data, tmp_pa
     assert len(lines) == 1 and lines[0].startswith("hpcstudy: error: Slurm does not answer"), \
         lines[:3]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def fitted(small_data):
+    import hpcstudy
+
+    return hpcstudy.run(ROOT / "examples/statins_mi.yaml", small_data)
+
+
+@pytest.mark.parametrize("call", [
+    "cox.predict_survival(people, day='x')", "cox.predict_survival(people, day=float('nan'))",
+    "cox.predict_survival(people, day=None)", "cox.predict_survival(people, day=[1, 2])",
+    "poisson.predict(people, exposure='x')", "poisson.predict(people, exposure=[1.0])",
+    "cox.predict(people.assign(age='old'))"])
+def test_a_fitted_models_bad_arguments_are_a_user_error(fitted, call):
+    # day='x' and day=nan gave the survival at the last event day, and exposure=[1.0] was
+    # broadcast over five persons, silently; day=None a TypeError, age='old' a ValueError
+    import hpcstudy
+
+    env = {"cox": fitted.models["cox"], "poisson": fitted.models["poisson"],
+           "people": fitted.person_table.head()}
+    with pytest.raises(hpcstudy.UserError) as e:
+        eval(call, env)
+    assert "\n" not in str(e.value)
