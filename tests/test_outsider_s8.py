@@ -347,3 +347,19 @@ def test_a_fitted_models_bad_arguments_are_a_user_error(fitted, call):
     with pytest.raises(hpcstudy.UserError) as e:
         eval(call, env)
     assert "\n" not in str(e.value)
+
+
+# -- a name with digits in a file's path --------------------------------------------------------
+def test_an_arm_named_with_digits_can_be_exported(small_data, tmp_path):
+    # an arm named like example 4's (sglt2) is written to tables/attrition_sglt2.csv, and the
+    # gate held outputs.json, so every file: "text 'tables/attrition_sglt2.csv' holds the
+    # number(s) ['2'], which the study does not declare"
+    assert "  name: statin\n" in STATINS and "7" not in STATINS   # 7: no number of the study
+    study = tmp_path / "s.yaml"
+    study.write_text(STATINS.replace("  name: statin\n", "  name: statin7\n"))
+    out = tmp_path / "out"
+    r = run_cli("run", study, "--data", small_data, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (out / "tables/attrition_statin7.csv").is_file()
+    r = run_cli("check-outputs", out)
+    assert r.returncode == 0, r.stdout[-3000:]
