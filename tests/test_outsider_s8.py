@@ -351,9 +351,10 @@ def test_a_fitted_models_bad_arguments_are_a_user_error(fitted, call):
 
 # -- a name with digits in a file's path --------------------------------------------------------
 def test_an_arm_named_with_digits_can_be_exported(small_data, tmp_path):
-    # an arm named like example 4's (sglt2) is written to tables/attrition_sglt2.csv, and the
-    # gate held outputs.json, so every file: "text 'tables/attrition_sglt2.csv' holds the
-    # number(s) ['2'], which the study does not declare"
+    # an arm named like example 4's (sglt2; without the caliper 0.2, which declares 2) is
+    # written to tables/attrition_sglt2.csv, and the gate held outputs.json, so every file:
+    # "text 'tables/attrition_sglt2.csv' holds the number(s) ['2'], which the study does not
+    # declare"
     assert "  name: statin\n" in STATINS and "7" not in STATINS   # 7: no number of the study
     study = tmp_path / "s.yaml"
     study.write_text(STATINS.replace("  name: statin\n", "  name: statin7\n"))
