@@ -21,6 +21,7 @@ requires one here too (``project=``).
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,7 +57,32 @@ else:
 def load_study(path: str | Path, variant: str | None = None) -> Study:
     """Read and check a study (and each of its variants); with ``variant``, that variant.
     A study with problems raises :class:`StudyErrors` (``.lines()``: one per problem)."""
+    _path_arg(path, "path", "the study's YAML file")
     return _load_study(path, variant)
+
+
+def _path_arg(value, name: str, what: str) -> None:
+    """A path argument of the API: a str or a path, else a one-line UserError (a None or a
+    number went on to a TypeError; outside tester, session 8)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise UserError(f"{name} is the path of {what}, not {type(value).__name__}",
+                        fix=f"give {name} as a str or a pathlib.Path")
+
+
+def _arguments(data, out, project, client, overwrite, verify) -> None:
+    """The arguments of :func:`run`, checked before the audit record names them."""
+    _path_arg(data, "data", "a register folder")
+    for name, value, what in (("out", out, "the outputs folder"),
+                              ("project", project, "the project's approval file")):
+        if value is not None:
+            _path_arg(value, name, what)
+    for name, value in (("overwrite", overwrite), ("verify", verify)):
+        if not isinstance(value, bool):   # overwrite="no" replaced an earlier run's folder
+            raise UserError(f"{name} is True or False, not {value!r}",
+                            fix=f"write {name}=True or {name}=False")
+    if client is not None and not callable(getattr(client, "submit", None)):
+        raise UserError(f"client is a dask.distributed Client, not {type(client).__name__}",
+                        fix="give client=dask.distributed.Client(...), or leave it out")
 
 
 def run(study: Study | str | Path, data: str | Path, out: str | Path | None = None,
@@ -78,6 +104,7 @@ def run(study: Study | str | Path, data: str | Path, out: str | Path | None = No
     """
     from .secure import audit
 
+    _arguments(data, out, project, client, overwrite, verify)
     study = _study(study, variant)
     entry = {"command": "run", "args": ["(python api)", str(study.source), "--data", str(data),
                                         *(["--out", str(out)] if out is not None else []),
@@ -336,6 +363,12 @@ class FittedModel:
         if not isinstance(df, pd.DataFrame):
             raise UserError(f"predict takes a pandas DataFrame, not {type(df).__name__}",
                             fix="pass rows of result.person_table, or a DataFrame of the terms")
+        used = set(terms) | {c for c, _ in self._spec or ()}
+        bad = [c for c in df.columns if c in used and not (
+            pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
+        if bad:   # age="old" was a ValueError from NumPy
+            raise UserError(f"model {self.name}: column(s) {bad} are not numbers",
+                            fix="pass rows of result.person_table, whose columns are numbers")
         if all(t in df.columns for t in terms):
             return df[terms].astype(float)
         if self._spec is None:
@@ -369,7 +402,7 @@ class FittedModel:
         else:
             out = np.exp(eta)
             if self.kind == "poisson" and exposure is not None:
-                out = out * np.asarray(exposure, float)
+                out = out * _exposure(exposure, len(out))
         return pd.Series(out, index=df.index, name="prediction")
 
     @property
@@ -413,9 +446,31 @@ class FittedModel:
         if self.kind != "cox" or self._strata:
             raise UserError(f"model {self.name}: survival is predicted from an unstratified "
                             "Cox model only", fix="use baseline_hazard per stratum")
+        if isinstance(day, bool) or not isinstance(day, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(day) or day < 0:
+            # day="x" or nan gave the survival at the last event day, silently
+            raise UserError(f"model {self.name}: day is a number of days ≥ 0, not {day!r}",
+                            fix="e.g. predict_survival(people, day=365)")
         bh = self.baseline_hazard
         i = np.searchsorted(bh["day"].to_numpy(), day, side="right")
         h0 = float(bh["cumulative_hazard"].iloc[i - 1]) if i > 0 else 0.0
         return pd.Series(np.exp(-h0 * np.exp(self._linear(df))), index=df.index,
                          name="survival")
 
+
+
+def _exposure(exposure, n: int) -> np.ndarray:
+    """Person-years for a Poisson prediction: a number, or one per row (a list of the wrong
+    length was broadcast, a string was a ValueError)."""
+    try:
+        e = np.asarray(exposure, dtype=float)
+    except (TypeError, ValueError):
+        raise UserError(f"exposure is person-years (a number, or one per row), not "
+                        f"{type(exposure).__name__}",
+                        fix="e.g. exposure=people['time'] / 365.25") from None
+    if e.ndim > 1 or (e.ndim == 1 and e.shape[0] != n) or not np.isfinite(e).all() or \
+            (e < 0).any():
+        raise UserError(f"exposure must be a number ≥ 0 or one per row ({n}), not "
+                        f"{e.shape[0] if e.ndim == 1 else 'a table'} values",
+                        fix="e.g. exposure=people['time'] / 365.25")
+    return e

@@ -70,6 +70,7 @@ def client_for(launcher: str, workers: int = 1, gpus: int = 0, profile=None,
             memory = profile.mem_per_gpu
         interface = interface or profile.interface
         check_interface(interface)   # the scheduler listens here: a clear error, not a trace
+        _slurm_answers()
         cluster = SLURMCluster(
             queue=profile.partition, account=account or profile.account,
             cores=profile.cpus_per_gpu or 1, processes=1, memory=memory or "2GB",
@@ -80,13 +81,58 @@ def client_for(launcher: str, workers: int = 1, gpus: int = 0, profile=None,
             log_directory=str(log_directory) if log_directory else None,
             scheduler_options={"dashboard_address": ":0"})   # interface: scheduler and workers
         with cluster:
+            _worker_job_accepted(cluster.job_script())
             # adapt, not scale: a worker job that reaches its lifetime is replaced by a new one
             cluster.adapt(minimum=workers, maximum=workers)
             with Client(cluster) as client:
-                client.wait_for_workers(workers, timeout=timeout)
+                try:
+                    client.wait_for_workers(workers, timeout=timeout)
+                except TimeoutError:   # was "cannot read or write 180: Only 0/2 workers …"
+                    from .slurm import SlurmUnreachable
+
+                    raise SlurmUnreachable(
+                        f"the worker jobs did not all start within {timeout:g} s",
+                        fix=f"see squeue --me and the worker logs in {log_directory}; try "
+                        "again when the queue is shorter, or use --launcher mpi") from None
                 yield client
         return
     raise UserError(f"unknown launcher {launcher!r}", fix=f"use one of {', '.join(LAUNCHERS)}")
+
+
+def _worker_job_accepted(script: str) -> None:
+    """Ask Slurm, before any worker job is submitted, whether it would take the worker job
+    (``sbatch --test-only``), else one line, exit 2: a refused worker job was seen only as
+    tornado's traceback of each failed sbatch, and a timeout 3 minutes later (outside tester,
+    session 8)."""
+    import subprocess
+    import tempfile
+
+    from .slurm import _one_line
+
+    with tempfile.NamedTemporaryFile("w", suffix=".sh") as f:
+        f.write(script)
+        f.flush()
+        r = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise UserError(f"sbatch refused the worker job: {_one_line(r.stderr or r.stdout)}",
+                        fix="check the profile (partition, account, memory) against the site")
+
+
+def _slurm_answers() -> None:
+    """The Slurm controller answers (``scontrol ping``), else one line, exit 1."""
+    import subprocess
+
+    from .slurm import SlurmUnreachable, _one_line
+
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("the slurm launcher needs Slurm, and scontrol is not installed here",
+                        fix="run on a login or compute node of the cluster, or use "
+                        "--launcher local") from None
+    if ping.returncode != 0:
+        raise SlurmUnreachable(f"Slurm does not answer: {_one_line(ping.stderr or ping.stdout)}",
+                               fix="is the Slurm controller up? try again, or ask the operators")
 
 
 def check_interface(interface: str | None) -> None:

@@ -104,7 +104,7 @@ def load_profile(name: str) -> Profile:
 
 
 def read_profile(path: Path) -> Profile:
-    doc = load(path)
+    doc = load(path, "profile")
 
     def bad(key, message, fix=""):
         line = doc.line_of(key) if isinstance(doc, Node) else 0

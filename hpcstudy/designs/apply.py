@@ -259,6 +259,8 @@ def run(plan, tables, attrition: dict) -> tuple[list, dict, dict]:
         c = _step(attrition, labels, STEP_STRATA, parts)
         _need_both(c, labels, "stratification", src, plan.min_cell)
         design.update(estimand="ate", strata=pr.strata)
+    if D.dropped_few(n_arm, parts.map_reduce(_arm_counts), plan.min_cell):
+        t1, pref = D.withhold_all(t1, D.TABLE1), D.withhold_all(pref, ())
     after = B.moments(parts, vars_, weighted=True) if weighted else None
     t1_after = D.secondary(B.table1_adjusted(plan, before, after, B.moments(
         parts, vars_, weighted=False), vars_, labels), D.TABLE1_ADJUSTED) if weighted else None

@@ -185,12 +185,14 @@ def design(plan, df: pd.DataFrame, attrition: dict):
     from .disclosure import (
         TABLE1,
         TABLE1_ADJUSTED,
+        dropped_few,
         equipoise_shown,
         equipoise_warning,
         persons_text,
         preference_hidden,
         secondary,
         smd_summary,
+        withhold_all,
     )
 
     pr = plan.propensity
@@ -329,6 +331,9 @@ def design(plan, df: pd.DataFrame, attrition: dict):
         need_both(df, "stratification")
         out.update(estimand="ate", strata=pr.strata)
     weighted = pr.method != "none"
+    if dropped_few([(df0["group"] == a).sum() for a in (0, 1)],
+                   [(df["group"] == a).sum() for a in (0, 1)], k):
+        t1, pref = withhold_all(t1, TABLE1), withhold_all(pref, ())
     after = _stats(df, vars_, df["weight"]) if weighted else None
     t1_after = secondary(_table1_adjusted(df, df0, vars_, before, labels, k),
                          TABLE1_ADJUSTED) if weighted else None

@@ -94,6 +94,14 @@ def _counts(rows, m, where, columns=COUNTS) -> list[str]:
     return out
 
 
+def _numbered(rows: list[dict]) -> bool:
+    """Whether a hospitals table (results.json's or its CSV's) numbers its units 1…n."""
+    try:
+        return [int(r.get("hospital")) for r in rows] == list(range(1, len(rows) + 1))
+    except (TypeError, ValueError):
+        return False
+
+
 def _table(kind: str, rows: list[dict], m: int, where: str) -> list[str]:
     out = _counts(rows, m, where)
     own = OWN_COLUMNS[kind]
@@ -108,6 +116,10 @@ def _table(kind: str, rows: list[dict], m: int, where: str) -> list[str]:
             if shown:
                 out.append(f"{where}: row {i}, column {shown[0]!r}: shown for a withheld row "
                            "(it gives the withheld counts back)")
+    if kind == "hospitals" and _numbered(rows) and any(
+            h and not later for h, later in zip(hidden, hidden[1:], strict=False)):
+        out.append(f"{where}: a withheld unit is numbered before a shown one: its rank or size "
+                   "lies between its shown neighbours' (number the withheld units last)")
     # a table withheld whole publishes no count: its totals are other tables' cells, checked there
     for i in [] if all(hidden) else determined(hidden, margin_groups(rows, keys)):
         out.append(f"{where}: row {i + 1}: withheld, but recoverable exactly from the totals "
@@ -181,6 +193,12 @@ def _model(doc: dict, m: int, where: str) -> list[str]:
     why = _pair(doc.get("persons"), doc.get("events"), m)
     if why:
         out.append(f"{where}: columns 'persons'/'events': {why}")
+    from .disclosure import level_problems, variable_of
+
+    terms = [t for t in doc["terms"] if isinstance(t, dict)] if isinstance(doc["terms"], list) \
+        else []
+    out += [f"{where}.terms: term {t!r}: {why}" for t, why in level_problems(
+        terms, variable_of, doc.get("persons"), doc.get("events"), m).items()]
     return out + _model_terms(doc["terms"], m, f"{where}.terms") + \
         _terms_both_levels(doc["terms"], doc.get("persons"), m, f"{where}.terms")
 
@@ -441,6 +459,40 @@ def split_overlaps(doc: dict, m: int) -> list[tuple[str, tuple, int]]:
     return out
 
 
+# keys of time that follow persons through their follow-up: a row holds the persons with time
+# in it, so those of consecutive rows are (for one index date, or always for time since index)
+# nested like attrition steps
+TIME_KEYS = ("interval", "time_band", "period")
+
+
+def band_steps(doc: dict, m: int) -> list[tuple[str, tuple, int]]:
+    """(section, (), n) where consecutive shown rows of a measure
+    or Lexis table along a key of time (interval, time_band, period; the cohort's persons
+    before the first) differ by 0 < n < m persons: for an index date of 20 December, 1 115
+    persons with time in 2010 and 1 113 in 2011 gave the 2 who died or left in the last days
+    of 2010 (outside tester, session 8). Rows with person-time only (a fixed horizon's rows
+    count persons by index date: they partition them)."""
+    cohort = [r.get("persons") for r in doc.get("cohort") or [] if isinstance(r, dict)]
+    head = sum(cohort) if cohort and all(_num(p) for p in cohort) else None
+    out = []
+    for section, keys, rows in _split_tables(doc):
+        if section == "rates" or not any("person_years" in r for r in rows):
+            continue
+        for key in (k for k in TIME_KEYS if k in keys):
+            other = [k for k in keys if k != key and len({str(r.get(k)) for r in rows}) > 1]
+            groups: dict[tuple, list] = {}
+            for r in rows:
+                groups.setdefault(tuple(str(r.get(k)) for k in other), []).append(
+                    r.get("persons"))
+            for persons in groups.values():
+                seq = [p for p in ([head] if not other else []) + persons if _num(p)]
+                for a, b in zip(seq, seq[1:], strict=False):
+                    if 0 < abs(a - b) < m:   # the whole table: its other rows would
+                        out.append((section, (), int(abs(a - b))))   # give a group's back
+                        break
+    return out
+
+
 # the attrition steps a comparative design adds (designs/apply.py): the preference table counts
 # the persons of the step before the first of them
 DESIGN_STEPS = ("propensity score in the common support", "matched on the propensity score",
@@ -479,6 +531,34 @@ def _preference_vs_arms(doc: dict, m: int, where: str) -> list[str]:
                        f"{t - shown.get(a, 0)} persons (the arm's persons minus its shown "
                        "bins): a small cell")
     return out
+
+
+def design_arms_vs_cohort(doc: dict, m: int, where: str) -> list[str]:
+    """Table 1 and the preference table count each arm before the design (a number's persons,
+    a flag's persons over its percent, all bins when none is withheld); the cohort table after
+    it. The two may differ by 0 or at least min_cell (181 in Table 1 and 178 matched gave the
+    3 unmatched exposed persons; outside tester, session 8)."""
+    before: dict = {}
+    for r in doc.get("table1") or []:
+        if not isinstance(r, dict) or not _num(r.get("persons")):
+            continue
+        pct = r.get("percent")
+        if _num(pct) and pct > 0:
+            before.setdefault(r.get("arm"), round(r["persons"] * 100 / pct))
+        elif not _num(pct):
+            before.setdefault(r.get("arm"), r["persons"])
+    bins: dict = {}
+    for r in doc.get("preference") or []:
+        if isinstance(r, dict):
+            bins.setdefault(r.get("arm"), []).append(r.get("persons"))
+    for a, ns in bins.items():
+        if all(_num(n) for n in ns):   # else _preference_vs_arms
+            before.setdefault(a, sum(ns))
+    cohort = {r.get("label"): r.get("persons") for r in doc.get("cohort") or []
+              if isinstance(r, dict)}
+    return [f"{where}:table1: arm {a!r} holds {n} persons before the design and {cohort[a]} in "
+            f"the cohort table: the design dropped {n - cohort[a]} persons, a small cell"
+            for a, n in before.items() if _num(cohort.get(a)) and _small(n - cohort[a], m)]
 
 
 def smd_of_withheld(doc: dict, where: str) -> list[str]:
@@ -532,11 +612,16 @@ def _results(doc: dict, m: int, where: str) -> list[str]:
         out += check_kind(kind, data, m, f"{where}:{path}")
     out += _adjusted_vs_before(doc, m, where)
     out += _preference_vs_arms(doc, m, where)
+    out += design_arms_vs_cohort(doc, m, where)
     for section, shared, n in split_overlaps(doc, m):
         rows = ", ".join(f"{k}={v}" for k, v in shared) or "of the table"
         out.append(f"{where}:{section}: the rows {rows} hold {n} persons "
                    "more than the population they split (persons with time in two rows, a "
                    "time-varying state or a band): a small cell")
+    for section, shared, n in band_steps(doc, m):
+        rows = ", ".join(f"{k}={v}" for k, v in shared) or "of the table"
+        out.append(f"{where}:{section}: consecutive rows {rows} in time differ by {n} "
+                   "persons (those whose follow-up ended in between): a small cell")
     design = doc.get("design")
     if isinstance(design, dict) and "bootstrap" in design:
         from .publish import bootstrap_shown

@@ -77,7 +77,8 @@ KINDS: dict[str, Kind] = {
     "measure": Kind(None, ("persons", "events"), (
         "proportion", "lower_95", "upper_95", "person_years", "rate", "standardised_rate",
         "standardised_proportion", "standardised_lower_95", "standardised_upper_95",
-        "expected", "sir", "sir_lower_95", "sir_upper_95")),
+        "expected", "sir", "sir_lower_95", "sir_upper_95"),
+                    bands=("age_band", "time_band", "interval")),
     # comparative designs (hpcstudy/designs): Table 1, balance, preference-score distribution
     "table1": Kind(("variable", "level", "arm"), ("persons",),
                    ("percent", "mean", "sd", "median", "q1", "q3")),

@@ -78,6 +78,25 @@ def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
     return r
 
 
+def numbered(rows: list[dict]) -> bool:
+    """Whether a hospitals table numbers its units 1…n (identify: rank or none) instead of
+    showing their codes."""
+    return [r.get("hospital") for r in rows] == list(range(1, len(rows) + 1))
+
+
+def withheld_last(rows: list[dict]) -> list[dict]:
+    """A numbered hospitals table with its withheld units after the shown ones (renumbered):
+    numbered by O/E or by size among the shown ones, a withheld unit's place bounded its
+    withheld counts (ranked after a shown O/E of 2.49, a unit of 4 deaths had at least one;
+    numbered between two units of 28 persons, one had 28; outside tester, session 8). The
+    withheld rows hold no value, so their order among themselves says nothing."""
+    if not numbered(rows):
+        return rows
+    order = [x for x in rows if not x.get("suppressed")] + \
+        [x for x in rows if x.get("suppressed")]
+    return [{**x, "hospital": i} for i, x in enumerate(order, 1)]
+
+
 def _disclosed(results: dict, min_cell: int) -> dict:
     r = json.loads(json.dumps(results, default=jsonable))
     rate = ("person_years", "rate_per_1000py", "proportion", "lower_95", "upper_95")
@@ -103,8 +122,8 @@ def _disclosed(results: dict, min_cell: int) -> dict:
     if "hospitals" in r:
         from ..measures.hospitals import COLUMNS as HOSPITAL_COLUMNS
 
-        r["hospitals"] = D.suppress(r["hospitals"], min_cell, HOSPITAL_COLUMNS[2:-1],
-                                    keys=("hospital",))
+        r["hospitals"] = withheld_last(D.suppress(r["hospitals"], min_cell,
+                                                  HOSPITAL_COLUMNS[2:-1], keys=("hospital",)))
     for k, m in list(r.get("models", {}).items()):
         r["models"][k] = D.model(m, min_cell)
     if "lexis_model" in r:
@@ -120,12 +139,13 @@ def _disclosed(results: dict, min_cell: int) -> dict:
 
 def _withhold_split_overlaps(r: dict, min_cell: int) -> None:
     """Withhold every row of a group of a measure, Lexis or rates table whose persons add up
-    to 1 to min_cell − 1 more than the population they split (checks.split_overlaps): with its
+    to 1 to min_cell − 1 more than the population they split (checks.split_overlaps), or
+    whose consecutive rows in time differ by 1 to min_cell − 1 (checks.band_steps): with its
     rows withheld the sum, and so the persons with time in two rows, is unknown."""
-    from .checks import _split_tables, split_overlaps
+    from .checks import _split_tables, band_steps, split_overlaps
 
     while True:
-        found = split_overlaps(r, min_cell)
+        found = split_overlaps(r, min_cell) or band_steps(r, min_cell)
         if not found:
             return
         section, shared, _ = found[0]

@@ -66,6 +66,7 @@ FRAGMENTS = (re.compile(r"\(Danish ICD-10\), 19 categories"), re.compile(r"\(0/1
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FREE_FIELDS = {"label", "description"}
 INTERVAL = re.compile(r"\d{1,4}(\.\d+)?(-\d{1,4}(\.\d+)?|\+)?")
+QUARTER = re.compile(r"\d{4}-Q[1-4]")   # a measure's interval: quarter (2010-Q4)
 _WORD = re.compile(r"[^\W\d_]+")
 _DIGITS = re.compile(r"\d+")
 _CODE = re.compile(r"[A-Za-z0-9]*[0-9][A-Za-z0-9]*")
@@ -231,7 +232,7 @@ def interval_problems(value, where: str) -> list[str]:
     """A numeric band key (``40-49``, ``80+``, an integer): nothing else."""
     if isinstance(value, int) and not isinstance(value, bool):
         return []
-    if isinstance(value, str) and INTERVAL.fullmatch(value):
+    if isinstance(value, str) and (INTERVAL.fullmatch(value) or QUARTER.fullmatch(value)):
         return []
     return [f"{where}: {value!r} is not a band of numbers (such as 40-49 or 80+)"]
 

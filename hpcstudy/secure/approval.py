@@ -75,7 +75,7 @@ def _iso(d: int) -> str:
 
 def load_approval(path: str | Path) -> Approval:
     """Read a project file; every problem at once, each with file:line."""
-    doc = load(path)
+    doc = load(path, "project")
     f = str(path)
     problems: list[Problem] = []
 

@@ -51,7 +51,7 @@ def load_site() -> Site:
     if not path.is_file():
         raise UserError(f"the site config {path} does not exist",
                         fix="fix or unset HPCSTUDY_SITE_CONFIG")
-    doc = load(path)
+    doc = load(path, "site config")
     if doc is None:
         return Site(str(path))
     if not isinstance(doc, Node):

@@ -1052,7 +1052,7 @@ def _hospitals(cx: _Ctx, node, covariates: dict[str, Covariate]) -> Hospitals | 
         cx.err(h, None, "analyses.hospitals.by", "missing", "e.g. by: hospital, with the "
                "covariate {name: hospital, index_contact: c_sgh}")
         return None
-    if by not in units:
+    if not isinstance(by, str) or by not in units:   # by: [] crashed (unhashable)
         cx.err(h, "by", "analyses.hospitals.by", f"{show(by)} is not a covariate of units",
                f"use one of {', '.join(sorted(units))}" if units else
                "add the covariate {name: hospital, index_contact: c_sgh} and write by: hospital")
@@ -1083,6 +1083,8 @@ STANDARDS = re.compile(r"esp2013|danish_(19[6-9][0-9]|20[0-9][0-9])")
 def _measure_time(cx: _Ctx, m, path: str, name: str, has_age: bool) -> Measure | None:
     """A measure's interval, standardisation and age bands (``by`` is filled in after)."""
     ok = True
+    # by: -1 is an error of its own (below); here it crashed ("int is not iterable")
+    by_keys = m.get("by") if isinstance(m.get("by"), list) else ()
     interval = m.get("interval")
     if "interval" in m and interval not in ("month", "quarter", "year"):
         cx.err(m, "interval", f"{path}.interval", f"{show(interval)} is not month, quarter "
@@ -1123,10 +1125,10 @@ def _measure_time(cx: _Ctx, m, path: str, name: str, has_age: bool) -> Measure |
             ok = False
         else:
             times = tuple(v)
-            if "time_band" not in (m.get("by") or ()):
+            if "time_band" not in by_keys:
                 cx.warn(m, "time_bands", f"{path}.time_bands", "changes nothing without "
                         "by: [time_band]", "add time_band to by:, or drop it")
-    uses_age = bool(std or indirect) or "age_band" in (m.get("by") or ())
+    uses_age = bool(std or indirect) or "age_band" in by_keys
     if uses_age and not has_age:
         key = "standardise" if std else "indirect" if indirect else "by"
         cx.err(m, key, f"{path}.{key}", "age bands need the age covariate (age at index gives "
