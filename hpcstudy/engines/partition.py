@@ -189,21 +189,22 @@ def run_partition(ds_root: str, partition: int, plan: Plan, device: Device | str
 
 # -- the partition's persons and registers, checked once --------------------------------------
 def _sorted_check(xp, cols: dict, keys: tuple[str, ...]):
-    """Device bool: rows are in nondecreasing lexicographic order of ``keys``."""
+    """Device bool: rows are in nondecreasing lexicographic order of ``keys``: the first key
+    never decreases, and a later key decreases only where an earlier one changes (a quarter
+    fewer passes over the rows than building the order key by key)."""
     n = cols[keys[0]].shape[0]
     if n < 2:
         return xp.ones((), dtype=bool)
-    ok = tied = None   # strictly before on some key so far; equal on every key so far
-    for i, k in enumerate(keys):
+    first = cols[keys[0]]
+    ok = xp.all(first[1:] >= first[:-1])
+    tied = None   # equal on every key before this one
+    for before, k in zip(keys, keys[1:], strict=False):
+        b = cols[before]
+        eq = b[1:] == b[:-1]
+        tied = eq if tied is None else tied & eq
         a = cols[k]
-        last = i == len(keys) - 1
-        # on the last key, equal is in order too
-        step = a[1:] >= a[:-1] if last else a[1:] > a[:-1]
-        ok = step if tied is None else ok | (tied & step)
-        if not last:
-            eq = a[1:] == a[:-1]
-            tied = eq if tied is None else tied & eq
-    return xp.all(ok)
+        ok = ok & ~xp.any(tied & (a[1:] < a[:-1]))
+    return ok
 
 
 def _sort_rows(xp, cols: dict, keys: tuple[str, ...]) -> dict:
@@ -309,7 +310,6 @@ class Persons:
         m = rec.shape[0]
         change = xp.ones(m, dtype=bool)
         change[1:] = rec[1:] != rec[:-1]
-        self.diag_change = change
         # (nonzero, then a gather: several times faster than selecting by the mask)
         self.diag_starts = xp.nonzero(change)[0]
         if self.diag_starts.shape[0] == adm_rec.shape[0]:
@@ -557,7 +557,7 @@ def _matching_rows(pp: Persons, register: str, group: list[EventStream]):
         return at, bits, None
     if not pp.diag_aligned:
         return None, None, _contact_bits(pp, group, _scatter(xp, at, bits, _n_rows(pp, DIAG)))
-    return (*_contacts_of(xp, _contact_index(xp, pp.diag_change, at), bits), None)
+    return (*_contacts_of(xp, _contact_index(xp, pp.diag_starts, at), bits), None)
 
 
 def _n_rows(pp: Persons, table: str) -> int:
@@ -599,12 +599,12 @@ def _scatter(xp, at, bits: list, n: int) -> list:
     return out
 
 
-def _contact_index(xp, change, at):
-    """The contact of each diagnosis row ``at``: the number of contacts begun by then, less
-    one (``change``: a row begins a contact)."""
-    # summed in int32 (several times faster than int64 from bool), widened for the gathers
-    run = xp.cumsum(change, dtype=xp.int32 if change.shape[0] < 2**31 else xp.int64)
-    return run[at].astype(xp.int64) - 1
+def _contact_index(xp, starts, at):
+    """The contact of each diagnosis row ``at`` (ascending): the number of contacts begun by
+    then, less one (``starts``: the rows that begin a contact, ascending, the first row
+    first). A search per row: the matching rows are a few percent of the diagnoses, cheaper
+    than a running count over all of them."""
+    return xp.searchsorted(starts, at, side="right") - 1
 
 
 def _contacts_of(xp, contact, bits: list):
