@@ -548,10 +548,11 @@ def _matching_rows(pp: Persons, register: str, group: list[EventStream]):
     else:
         creg, ccol = CODE_COLUMN[register]
         code = pp.data[creg][ccol]
-        hit = xp.zeros(code.shape[0], dtype=bool)
+        hit = None
         for lo, hi in ranges:
-            hit |= (code >= lo) & (code < hi)
-        at = xp.nonzero(hit)[0]
+            h = (code >= lo) & (code < hi)
+            hit = h if hit is None else hit | h
+        at = xp.nonzero(hit)[0] if hit is not None else xp.zeros(0, dtype=xp.int64)
         bits = _row_bits(pp, register, group, at)
     if register != LINKED.name:
         return at, bits, None
