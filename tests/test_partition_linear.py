@@ -166,7 +166,9 @@ def test_diagnoses_link_to_their_own_contact_when_a_contact_has_several(device):
     m = int(per.sum())
     bits = rng.choice(np.array([0, 0, 0, 1, 2, 3], np.uint8), m)
     at = np.nonzero(bits)[0]
-    index = partition._contact_index(dev.xp, dev.to_device(starts), dev.to_device(at))
+    change = np.zeros(m, dtype=bool)
+    change[starts] = True
+    index = partition._contact_index(dev.xp, dev.to_device(change), dev.to_device(at))
     got_c, got_b = partition._contacts_of(dev.xp, index, [dev.to_device(bits[at])])
     contact = np.repeat(np.arange(n_contacts), per)
     want = {}
@@ -180,9 +182,10 @@ def test_diagnoses_link_to_their_own_contact_when_a_contact_has_several(device):
 def test_a_diagnosis_finds_its_contact_at_the_edges(device):
     """The first row, a contact's first and last rows, a one-row contact and the last row."""
     dev = get_device(device)
-    starts = np.array([0, 3, 4, 9], np.int64)   # contacts of rows 0-2, 3, 4-8, 9
+    change = np.zeros(10, dtype=bool)
+    change[[0, 3, 4, 9]] = True   # contacts of rows 0-2, 3, 4-8, 9
     at = np.array([0, 2, 3, 4, 8, 9], np.int64)
-    got = dev.to_host(partition._contact_index(dev.xp, dev.to_device(starts),
+    got = dev.to_host(partition._contact_index(dev.xp, dev.to_device(change),
                                                dev.to_device(at)))
     assert got.tolist() == [0, 0, 1, 2, 2, 3]
 
