@@ -73,7 +73,7 @@ def _distinct_rows(keys: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarr
         stacked = np.stack(keys, axis=1) if n else np.zeros((0, len(keys)))
         uniq, inv = np.unique(stacked, axis=0, return_inverse=True)
         return uniq, inv.reshape(-1)
-    ranked = [np.unique(k, return_inverse=True) for k in keys]
+    ranked = [_unique_ints(k) for k in keys]
     levels = [lv for lv, _ in ranked]
     if math.prod(len(lv) for lv in levels) >= 2 ** 62:   # the codes would overflow
         uniq, inv = np.unique(np.stack(keys, axis=1), axis=0, return_inverse=True)
@@ -81,13 +81,33 @@ def _distinct_rows(keys: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarr
     code = np.zeros(n, np.int64)
     for lv, rank in ranked:
         code = code * len(lv) + rank.reshape(-1)
-    used, inv = np.unique(code, return_inverse=True)
+    used, inv = _unique_ints(code)
     cols = []
     for lv in reversed(levels):
         cols.append(lv[used % len(lv)])
         used = used // len(lv)
     dtype = np.result_type(*keys)
     return np.stack(cols[::-1], axis=1).astype(dtype), inv.reshape(-1)
+
+
+# Whole numbers spanning at most this many values are ranked by counting, not by sorting
+COUNTED_SPAN = 1 << 16
+
+
+def _unique_ints(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(k, return_inverse=True)`` of a non-empty integer or bool column; where its
+    values span few numbers (sex, a group, a year, a key's codes), from a count of each value
+    (two passes, no sort)."""
+    lo, hi = int(k.min()), int(k.max())
+    if hi - lo >= COUNTED_SPAN or hi >= 2 ** 63:   # (uint64 beyond int64: not counted)
+        uniq, inv = np.unique(k, return_inverse=True)
+        return uniq, inv.reshape(-1)
+    at = k.astype(np.intp)
+    if lo:
+        at -= lo
+    present = np.bincount(at, minlength=hi - lo + 1) > 0
+    rank = np.cumsum(present) - 1
+    return (np.nonzero(present)[0] + lo).astype(k.dtype), rank[at]
 
 
 def _merge(a: dict, b: dict) -> dict:
