@@ -517,12 +517,12 @@ def _lexis_part(part, ages, periods, birth_col="age"):
     ``ages`` and ``periods`` are increasing (the study language checks it).
 
     A person's time in a cell is their follow-up [start, stop) cut to the age band (from
-    fractional ages) and to the period, in days over 365.25. Each band's persons are found
-    once, and a cell's time is worked out for them alone; a cell's person-years are the sum
-    over a per-person array (zeros for the rest), summed as one NumPy sum of the whole array
-    so the bits do not depend on how the persons were found. Whether a person has time in a
-    band (in a period) at all is one comparison of their follow-up cut to the union of the
-    periods (of the bands), which are contiguous: no cell-by-cell bookkeeping."""
+    fractional ages) and to the period, in days over 365.25. A band's periods are worked out
+    at once for everyone (a row per period, zero outside the cell: no person is gathered or
+    scattered per cell); a cell's person-years are the NumPy sum of its row, the per-person
+    array of the whole partition, so the bits are those of summing that array. Whether a
+    person has time in a band (in a period) at all is one comparison of their follow-up cut
+    to the union of the periods (of the bands), which are contiguous."""
     if any(ages[i + 1] <= ages[i] for i in range(len(ages) - 1)) or \
             any(periods[i + 1] <= periods[i] for i in range(len(periods) - 1)):
         raise ValueError("Lexis age bands and periods must be increasing")

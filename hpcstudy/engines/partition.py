@@ -310,8 +310,8 @@ class Persons:
         m = rec.shape[0]
         change = xp.ones(m, dtype=bool)
         change[1:] = rec[1:] != rec[:-1]
-        # (nonzero, then a gather: several times faster than selecting by the mask)
         self.diag_change = change
+        # (nonzero, then a gather: several times faster than selecting by the mask)
         self.diag_starts = xp.nonzero(change)[0]
         if self.diag_starts.shape[0] == adm_rec.shape[0]:
             self._aligned = xp.all(rec[self.diag_starts] == adm_rec)
