@@ -85,7 +85,9 @@ def scanned_bytes(data: Path, study: str = "statins_mi") -> dict:
 
 
 def run_hpcstudy(data: Path, out: Path, study: str = "statins_mi") -> tuple[dict, Path]:
-    res = records.run_child([sys.executable, "-m", "hpcstudy.cli", "run", str(STUDIES[study][0]),
+    # -P: the current folder is not put first on the path (PYTHONPATH picks the hpcstudy timed)
+    res = records.run_child([sys.executable, "-P", "-m", "hpcstudy.cli", "run",
+                             str(STUDIES[study][0]),
                              "--data", str(data), "--out", str(out), "--overwrite", "--quiet"])
     return res, out / "private" / "person_table.parquet"
 

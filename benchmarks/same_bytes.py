@@ -33,7 +33,7 @@ RUNS = [(f"{ex}-200000", EXAMPLES / f"{ex}.yaml", 200_000) for ex in
         ("statins_mi", "diabetes_incidence", "mi_mortality", "mi_hospitals", "sglt2_dpp4_hf")]
 RUNS.append(("diabetes_incidence-1000000", EXAMPLES / "diabetes_incidence.yaml", 1_000_000))
 SKIP = {"run.json", "audit.json"}
-RUN_LINE = re.compile(r'(<span data-source="run\.json"[^>]*>)[^<]*(</span>)')
+RUN_LINE = re.compile(r'(<span data-source="run\.json"[^>]*>).*?(</span>)', re.S)
 
 
 def _bytes(p: Path) -> bytes:
@@ -60,7 +60,7 @@ def hashes(folder: Path) -> dict[str, str]:
     return out
 
 
-def run(study: Path, data: Path, out: Path, src: Path | None) -> None:
+def _env(src: Path | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if src is not None:
         # the other commit's packages first on the path; its kernels under their import name
@@ -68,8 +68,23 @@ def run(study: Path, data: Path, out: Path, src: Path | None) -> None:
         if not link.exists():
             link.symlink_to("kernels")
         env["PYTHONPATH"] = str(src)
-    subprocess.run([sys.executable, "-m", "hpcstudy.cli", "run", str(study), "--data",
-                    str(data), "--out", str(out), "--overwrite", "--quiet"], env=env,
+    return env
+
+
+def imported_from(src: Path | None) -> list[str]:
+    """Where the runs of one side import hpcstudy and its kernels from (checked before any
+    run: a checkout's own hpcstudy must not shadow the other commit's)."""
+    got = subprocess.run([sys.executable, "-P", "-c", "import hpcstudy, hpcstudy_kernels; "
+                          "print(hpcstudy.__file__); print(hpcstudy_kernels.__file__)"],
+                         env=_env(src), check=True, capture_output=True, text=True)
+    return got.stdout.split()
+
+
+def run(study: Path, data: Path, out: Path, src: Path | None) -> None:
+    # -P: the current folder is not put first on the path, where a checkout's hpcstudy would
+    # shadow the other commit's on PYTHONPATH
+    subprocess.run([sys.executable, "-P", "-m", "hpcstudy.cli", "run", str(study), "--data",
+                    str(data), "--out", str(out), "--overwrite", "--quiet"], env=_env(src),
                    check=True)
 
 
@@ -81,6 +96,13 @@ def main() -> int:
     ap.add_argument("--data-2e5", type=Path, default=None,
                     help="the 2e5-person dataset (default: DATA_ROOT/persons-200000)")
     a = ap.parse_args()
+    before = imported_from(a.before.resolve())
+    after = imported_from(None)
+    print(f"before: {before[0]}\nafter: {after[0]}")
+    if not all(Path(f).resolve().is_relative_to(a.before.resolve()) for f in before) or \
+            any(Path(f).resolve().is_relative_to(a.before.resolve()) for f in after):
+        print("the two sides do not import their own hpcstudy", file=sys.stderr)
+        return 2
     bad = 0
     for name, study, persons in RUNS:
         data = a.data_root / f"persons-{persons}"

@@ -81,6 +81,13 @@ def _bracket(p: float, a: float) -> tuple[float, float] | None:
     Wilson-Hilferty approximation finds x; the margin sets the bracket's width."""
     if not (0 < a <= BRACKET_MAX_A and 1e-6 < p < 1 - 1e-6):
         return None
+    try:
+        return _newton_bracket(p, a)
+    except (ArithmeticError, ValueError):   # (an extreme a or p: the plain bisection's way)
+        return None
+
+
+def _newton_bracket(p: float, a: float) -> tuple[float, float] | None:
     df = 2 * a
     z = NormalDist().inv_cdf(p)
     c = 2 / (9 * df)
@@ -98,6 +105,8 @@ def _bracket(p: float, a: float) -> tuple[float, float] | None:
             * min(p, 1 - p)
 
     for _ in range(8):   # Newton's steps, until a step is within the bracket's width
+        if not x > 0:
+            return None
         f = density(x)
         if not (f > 0 and math.isfinite(f)):
             return None
