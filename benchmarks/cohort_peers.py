@@ -16,17 +16,20 @@ time (user + system; CPU / wall says how many cores were busy) and peak resident
 asserts that every peer's per-person table equals hpcstudy's (private/person_table.parquet)
 row for row — so the same cohort size, events and person-years. hpcstudy's run includes the
 analyses (Cox, Poisson, curves) and writing its outputs; the peers build the table only.
-Datasets are made once with `hpcstudy synth` under --data-root and reused.
+Datasets are made once with `hpcstudy synth` under --data-root and reused; the runs write
+their outputs in a temporary folder of their own, removed at the end.
 Appends to results/cohort_peers.jsonl and results/scaling.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +85,9 @@ def scanned_bytes(data: Path, study: str = "statins_mi") -> dict:
 
 
 def run_hpcstudy(data: Path, out: Path, study: str = "statins_mi") -> tuple[dict, Path]:
-    res = records.run_child([sys.executable, "-m", "hpcstudy.cli", "run", str(STUDIES[study][0]),
+    # -P: the current folder is not put first on the path (PYTHONPATH picks the hpcstudy timed)
+    res = records.run_child([sys.executable, "-P", "-m", "hpcstudy.cli", "run",
+                             str(STUDIES[study][0]),
                              "--data", str(data), "--out", str(out), "--overwrite", "--quiet"])
     return res, out / "private" / "person_table.parquet"
 
@@ -169,7 +174,10 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path,
                     default=Path(os.environ.get("BENCH_DATA", "/tmp/hpcstudy-bench")))
     a = ap.parse_args()
-    work = a.data_root / "work"
+    # the runs' outputs in a folder of this run's own: the data root may be read-only, and
+    # two benchmarks running at once must not write (or remove) each other's outputs
+    work = Path(tempfile.mkdtemp(prefix="hpcstudy-bench-work-"))
+    atexit.register(shutil.rmtree, work, True)   # (also where a peer's table disagrees)
     peers = STUDIES[a.study][1]
     if a.peers is None:
         a.peers = list(peers)

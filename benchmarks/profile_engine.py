@@ -230,8 +230,10 @@ def whole(data: Path, study: Path, env: dict | None = None) -> dict:
     out = Path(tempfile.mkdtemp(prefix="hpcstudy-profile-")) / "out"
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "hpcstudy.cli", "run", str(study), "--data",
-                             str(data), "--out", str(out), "--quiet"], env=env)
+    # -P: the current folder is not put first on the path, where a checkout's hpcstudy would
+    # shadow the one --against put on PYTHONPATH
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "hpcstudy.cli", "run", str(study),
+                             "--data", str(data), "--out", str(out), "--quiet"], env=env)
     sampler = Runnable(pids=[proc.pid], children=True)
     sampler.phase = "run"
     _, status, ru = os.wait4(proc.pid, 0)

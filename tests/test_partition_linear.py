@@ -178,6 +178,18 @@ def test_diagnoses_link_to_their_own_contact_when_a_contact_has_several(device):
     assert dev.to_host(got_b[0]).tolist() == [want[c] for c in sorted(want)]
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_diagnosis_finds_its_contact_at_the_edges(device):
+    """The first row, a contact's first and last rows, a one-row contact and the last row."""
+    dev = get_device(device)
+    change = np.zeros(10, dtype=bool)
+    change[[0, 3, 4, 9]] = True   # contacts of rows 0-2, 3, 4-8, 9
+    at = np.array([0, 2, 3, 4, 8, 9], np.int64)
+    got = dev.to_host(partition._contact_index(dev.xp, dev.to_device(change),
+                                               dev.to_device(at)))
+    assert got.tolist() == [0, 0, 1, 2, 2, 3]
+
+
 def _tables(engine, ds, plan):
     tables, attrition = engine.person_tables(ds, plan)
     return list(tables), attrition

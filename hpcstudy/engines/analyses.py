@@ -73,7 +73,7 @@ def _distinct_rows(keys: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarr
         stacked = np.stack(keys, axis=1) if n else np.zeros((0, len(keys)))
         uniq, inv = np.unique(stacked, axis=0, return_inverse=True)
         return uniq, inv.reshape(-1)
-    ranked = [np.unique(k, return_inverse=True) for k in keys]
+    ranked = [_unique_ints(k) for k in keys]
     levels = [lv for lv, _ in ranked]
     if math.prod(len(lv) for lv in levels) >= 2 ** 62:   # the codes would overflow
         uniq, inv = np.unique(np.stack(keys, axis=1), axis=0, return_inverse=True)
@@ -81,13 +81,33 @@ def _distinct_rows(keys: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarr
     code = np.zeros(n, np.int64)
     for lv, rank in ranked:
         code = code * len(lv) + rank.reshape(-1)
-    used, inv = np.unique(code, return_inverse=True)
+    used, inv = _unique_ints(code)
     cols = []
     for lv in reversed(levels):
         cols.append(lv[used % len(lv)])
         used = used // len(lv)
     dtype = np.result_type(*keys)
     return np.stack(cols[::-1], axis=1).astype(dtype), inv.reshape(-1)
+
+
+# Whole numbers spanning at most this many values are ranked by counting, not by sorting
+COUNTED_SPAN = 1 << 16
+
+
+def _unique_ints(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(k, return_inverse=True)`` of a non-empty integer or bool column; where its
+    values span few numbers (sex, a group, a year, a key's codes), from a count of each value
+    (two passes, no sort)."""
+    lo, hi = int(k.min()), int(k.max())
+    if hi - lo >= COUNTED_SPAN or hi >= 2 ** 63:   # (uint64 beyond int64: not counted)
+        uniq, inv = np.unique(k, return_inverse=True)
+        return uniq, inv.reshape(-1)
+    at = k.astype(np.intp)
+    if lo:
+        at -= lo
+    present = np.bincount(at, minlength=hi - lo + 1) > 0
+    rank = np.cumsum(present) - 1
+    return (np.nonzero(present)[0] + lo).astype(k.dtype), rank[at]
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -494,72 +514,89 @@ def _lexis_part(part, ages, periods, birth_col="age"):
     """Person-years, events and persons per (group, age band, period) cell of this partition,
     and per age band and per period over all groups (what the Lexis model's terms rest on):
     persons with time in the band, persons with time outside it, events in and outside it.
+    ``ages`` and ``periods`` are increasing (the study language checks it).
 
     A person's time in a cell is their follow-up [start, stop) cut to the age band (from
-    fractional ages) and to the period, in days over 365.25. Each band's persons are found
-    once, and a cell's time is worked out for them alone; a cell's person-years are the sum
-    over a per-person array (zeros for the rest), summed as one NumPy sum of the whole array
-    so the bits do not depend on how the persons were found."""
+    fractional ages) and to the period, in days over 365.25. A band's periods are worked out
+    at once for everyone (a row per period, zero outside the cell: no person is gathered or
+    scattered per cell); a cell's person-years are the NumPy sum of its row, the per-person
+    array of the whole partition, so the bits are those of summing that array. Whether a
+    person has time in a band (in a period) at all is one comparison of their follow-up cut
+    to the union of the periods (of the bands), which are contiguous."""
+    if any(ages[i + 1] <= ages[i] for i in range(len(ages) - 1)) or \
+            any(periods[i + 1] <= periods[i] for i in range(len(periods) - 1)):
+        raise ValueError("Lexis age bands and periods must be increasing")
     cells: dict = {}
-    stop = part["exit_date"].astype(np.int64) + 1  # exclusive
-    start = stop - part["time"].astype(np.int64)   # index day, or later after a lag
+    stop_day = part["exit_date"].astype(np.int64) + 1  # exclusive
+    # (as floats once: every comparison below is with fractional band edges)
+    start = (stop_day - part["time"].astype(np.int64)).astype(np.float64)   # index day, or later
+    stop = stop_day.astype(np.float64)
     age0 = np.asarray(part[birth_col], float)
     birth = part["index_date"].astype(np.int64) - age0 * YEAR
+    edges = [birth + a * YEAR for a in ages]   # per person: the day each band begins
     pbounds = [int(np.datetime64(f"{y}-01-01", "D").astype(np.int64)) for y in periods]
     n = start.shape[0]
     na, npd = len(ages) - 1, len(periods) - 1
-    inside_a, inside_p = np.zeros((n, na), bool), np.zeros((n, npd), bool)
     ev_a, ev_p = np.zeros(na), np.zeros(npd)
-    event = part["event"] == 1
-    ev_day = part["exit_date"].astype(np.int64)
+    ev_rows = np.nonzero(part["event"] == 1)[0]   # the persons with an event, and its day
+    ev_day = part["exit_date"][ev_rows].astype(np.int64)
     group = part["group"]
     sels = [(int(g), None if (group == g).all() else group == g) for g in np.unique(group)]
-    py = np.zeros(n)
+    p_lo = np.array(pbounds[:-1], np.float64)[:, None]
+    p_hi = np.array(pbounds[1:], np.float64)[:, None]
+    # (buffers reused band after band: fresh ones would be fresh pages for the kernel to zero)
+    s_a, e_a = np.empty(n), np.empty(n)
+    span, lo = np.empty((npd, n)), np.empty((npd, n))
     for ai in range(na):
-        # the band's part of each follow-up; only persons with some time in it go on
-        s_a = np.maximum(start, birth + ages[ai] * YEAR)
-        e_a = np.minimum(stop, birth + ages[ai + 1] * YEAR)
-        who = np.nonzero(e_a > s_a)[0]
-        s_a, e_a = s_a[who], e_a[who]
-        # the band's persons with an event: a cell's events are looked for among them alone
-        had = np.nonzero(event[who])[0]
-        s_ev, e_ev, day_ev = s_a[had], e_a[had], ev_day[who[had]]
-        in_band = np.zeros(who.shape[0], bool)
+        # the band's part of each follow-up, then its part in each period (a row each): the
+        # time of everyone, zero outside the cell, so each row is the per-person array whose
+        # sum is the cell's person-years
+        np.maximum(start, edges[ai], out=s_a)
+        np.minimum(stop, edges[ai + 1], out=e_a)
+        np.minimum(e_a, p_hi, out=span)
+        np.maximum(s_a, p_lo, out=lo)
+        span -= lo
+        np.maximum(span, 0.0, out=span)
+        span /= YEAR
+        persons = np.count_nonzero(span, axis=1)
+        s_ev, e_ev = s_a[ev_rows], e_a[ev_rows]
         for pi in range(npd):
-            lo = np.maximum(s_a, pbounds[pi])
-            hi = np.minimum(e_a, pbounds[pi + 1])
-            t = np.clip(hi - lo, 0, None) / YEAR
-            ev = (day_ev >= np.maximum(s_ev, pbounds[pi])) & \
-                (day_ev < np.minimum(e_ev, pbounds[pi + 1]))
-            py[who] = t   # (zero elsewhere: cleared below after each cell)
-            some_t = t > 0
-            in_band |= some_t
-            some = who[some_t]
-            inside_p[some, pi] = True
-            k = float(ev.sum())
+            py = span[pi]
+            ev = (ev_day >= np.maximum(s_ev, pbounds[pi])) & \
+                (ev_day < np.minimum(e_ev, pbounds[pi + 1]))
+            k = float(np.count_nonzero(ev))
             ev_a[ai] += k
             ev_p[pi] += k
             for g, sel in sels:
                 key = (g, ages[ai], periods[pi])
                 if sel is None:
                     cells[key] = {"person_years": float(py.sum()), "events": k,
-                                  "persons": float(some.shape[0])}
+                                  "persons": float(persons[pi])}
                     continue
                 pyg = py[sel]
                 cells[key] = {"person_years": float(pyg.sum()),
-                              "events": float((ev & sel[who[had]]).sum()),
-                              "persons": float((pyg > 0).sum())}
-            py[who] = 0.0
-        inside_a[who[in_band], ai] = True
+                              "events": float(np.count_nonzero(ev & sel[ev_rows])),
+                              "persons": float(np.count_nonzero(pyg))}
+    # Time in band j within the periods: the follow-up cut to the periods' union [first,
+    # last) overlaps the band (and in period j within the bands, the other way round)
+    in_periods = (np.maximum(start, pbounds[0]), np.minimum(stop, pbounds[-1]))
+    in_bands = (np.maximum(start, edges[0]), np.minimum(stop, edges[-1]))
+    inside_a = [np.minimum(in_periods[1], edges[j + 1]) > np.maximum(in_periods[0], edges[j])
+                for j in range(na)]
+    inside_p = [np.minimum(in_bands[1], pbounds[j + 1]) > np.maximum(in_bands[0], pbounds[j])
+                for j in range(npd)]
     margins = {}
     for name, inside, e in (("age", inside_a, ev_a), ("period", inside_p, ev_p)):
-        count = inside.sum(axis=1)
-        for j in range(inside.shape[1]):
-            margins[(name, j)] = {"persons": float(inside[:, j].sum()),
+        count = np.zeros(n, np.int16)   # bands (periods) a person has time in
+        for col in inside:
+            count += col
+        for j, col in enumerate(inside):
+            margins[(name, j)] = {"persons": float(np.count_nonzero(col)),
                                   "events": float(e[j]),
-                                  "persons_other": float((count - inside[:, j] > 0).sum()),
+                                  "persons_other": float(np.count_nonzero(count > col)),
                                   "events_other": float(e.sum() - e[j])}
-    margins[("all", 0)] = {"persons": float(inside_a.any(axis=1).sum()),
+    anyone = np.minimum(in_periods[1], edges[-1]) > np.maximum(in_periods[0], edges[0])
+    margins[("all", 0)] = {"persons": float(np.count_nonzero(anyone)),
                            "events": float(ev_a.sum()),
                            "persons_other": 0.0, "events_other": 0.0}
     return {"cells": cells, "margins": margins}

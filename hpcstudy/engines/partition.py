@@ -189,21 +189,22 @@ def run_partition(ds_root: str, partition: int, plan: Plan, device: Device | str
 
 # -- the partition's persons and registers, checked once --------------------------------------
 def _sorted_check(xp, cols: dict, keys: tuple[str, ...]):
-    """Device bool: rows are in nondecreasing lexicographic order of ``keys``."""
+    """Device bool: rows are in nondecreasing lexicographic order of ``keys``: the first key
+    never decreases, and a later key decreases only where an earlier one changes (a quarter
+    fewer passes over the rows than building the order key by key)."""
     n = cols[keys[0]].shape[0]
     if n < 2:
         return xp.ones((), dtype=bool)
-    ok = tied = None   # strictly before on some key so far; equal on every key so far
-    for i, k in enumerate(keys):
+    first = cols[keys[0]]
+    ok = xp.all(first[1:] >= first[:-1])
+    tied = None   # equal on every key before this one
+    for before, k in zip(keys, keys[1:], strict=False):
+        b = cols[before]
+        eq = b[1:] == b[:-1]
+        tied = eq if tied is None else tied & eq
         a = cols[k]
-        last = i == len(keys) - 1
-        # on the last key, equal is in order too
-        step = a[1:] >= a[:-1] if last else a[1:] > a[:-1]
-        ok = step if tied is None else ok | (tied & step)
-        if not last:
-            eq = a[1:] == a[:-1]
-            tied = eq if tied is None else tied & eq
-    return xp.all(ok)
+        ok = ok & ~xp.any(tied & (a[1:] < a[:-1]))
+    return ok
 
 
 def _sort_rows(xp, cols: dict, keys: tuple[str, ...]) -> dict:
@@ -548,10 +549,11 @@ def _matching_rows(pp: Persons, register: str, group: list[EventStream]):
     else:
         creg, ccol = CODE_COLUMN[register]
         code = pp.data[creg][ccol]
-        hit = xp.zeros(code.shape[0], dtype=bool)
+        hit = None
         for lo, hi in ranges:
-            hit |= (code >= lo) & (code < hi)
-        at = xp.nonzero(hit)[0]
+            h = (code >= lo) & (code < hi)
+            hit = h if hit is None else hit | h
+        at = xp.nonzero(hit)[0] if hit is not None else xp.zeros(0, dtype=xp.int64)
         bits = _row_bits(pp, register, group, at)
     if register != LINKED.name:
         return at, bits, None
@@ -601,7 +603,8 @@ def _scatter(xp, at, bits: list, n: int) -> list:
 
 def _contact_index(xp, change, at):
     """The contact of each diagnosis row ``at``: the number of contacts begun by then, less
-    one (``change``: a row begins a contact)."""
+    one (``change``: a row begins a contact). (A search per row among the contacts' first rows
+    was measured slower inside a partition task, though not alone.)"""
     # summed in int32 (several times faster than int64 from bool), widened for the gathers
     run = xp.cumsum(change, dtype=xp.int32 if change.shape[0] < 2**31 else xp.int64)
     return run[at].astype(xp.int64) - 1

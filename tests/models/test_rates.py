@@ -72,3 +72,45 @@ def test_the_incomplete_gamma_keeps_its_bits():
 def test_the_quantile_is_monotone_in_its_probability():
     qs = [rates.chi2_quantile(p, 50.0) for p in (0.001, 0.025, 0.5, 0.975, 0.999)]
     assert qs == sorted(qs) and len(set(qs)) == len(qs)
+
+
+def former_chi2_quantile(p: float, df: float) -> float:
+    """The quantile as it was computed before: P evaluated at every step of the bisection."""
+    a = df / 2
+    lo, hi = 0.0, max(1.0, df)
+    while rates._gamma_p(a, hi / 2) < p:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if rates._gamma_p(a, mid / 2) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-14 * max(1.0, hi):
+            break
+    return (lo + hi) / 2
+
+
+def test_the_quantile_keeps_its_bits_where_it_skips_evaluations():
+    # the exact intervals' quantiles for 0 to 60 events and some large counts, and quantiles
+    # of other probabilities and fractional degrees of freedom (the measures' gamma
+    # intervals): every one the same bits as the bisection that evaluated P at every step
+    rng = random.Random(11)
+    cases = [(0.025, 2 * k) for k in range(1, 61)] + [(0.975, 2 * k + 2) for k in range(61)]
+    cases += [(p, 2 * k + (p > 0.5) * 2) for k in (194, 2489, 9158, 45641) for p in (.025, .975)]
+    cases += [(rng.choice([0.001, 0.025, 0.3, 0.5, 0.975, 0.999]), 10 ** rng.uniform(-1.5, 4))
+              for _ in range(80)]
+    skipped = 0
+    for p, df in cases:
+        assert rates.chi2_quantile(p, df) == former_chi2_quantile(p, df), (p, df)
+        skipped += rates._bracket(p, df / 2) is not None
+    assert skipped >= 0.95 * len(cases)   # (mostly by the bracket: the fast path is tested)
+
+
+def test_the_bracket_holds_the_quantile_and_is_refused_where_p_is_extreme():
+    for p, df in ((0.025, 2.0), (0.975, 4.0), (0.025, 91282.0), (0.5, 0.2)):
+        lo, hi = rates._bracket(p, df / 2)
+        x = rates.chi2_quantile(p, df)
+        assert lo < x < hi and (hi - lo) < 1e-6 * x
+        assert rates._gamma_p(df / 2, lo / 2) < p <= rates._gamma_p(df / 2, hi / 2)
+    assert rates._bracket(1e-9, 10.0) is None and rates._bracket(0.975, 4e6) is None
