@@ -75,7 +75,44 @@ def exported(results: dict, min_cell: int, round_to: int = 0) -> dict:
                 for f in D.TERM_COUNTS:
                     if isinstance(row.get(f), int):
                         row[f] = int(round_to * round(row[f] / round_to))
+        _design_rounded(r, round_to)
     return r
+
+
+def _nearest(v: float, base: int) -> int:
+    return int(base * round(v / base))
+
+
+def _design_rounded(r: dict, base: int) -> None:
+    """The comparative design's tables under ``round_to``: Table 1's and the preference
+    table's persons rounded, a flag's percent recomputed from its rounded persons over its
+    arm's rounded persons; the adjusted Table 1's persons and weighted persons rounded, a
+    flag's percent their ratio again; balance SMDs to two decimals. Exact percents or SMDs
+    beside rounded counts would give the exact counts back (46.4088 % = 84/181 beside 180;
+    outside tester, session 8)."""
+    if "preference" in r:
+        r["preference"] = D.rounded(r["preference"], base)
+    for key, count in (("table1", "persons"), ("table1_adjusted", "weighted_persons")):
+        rows = []
+        for row in r.get(key, []):
+            row = dict(row)
+            if not row.get("suppressed"):
+                pct, ones = row.get("percent"), row.get(count)
+                if pct and ones:   # a flag: its arm's (weighted) persons from its percent
+                    arm = ones * 100 / pct
+                    row["percent"] = 100 * _nearest(ones, base) / _nearest(arm, base) \
+                        if _nearest(arm, base) else None
+                for f in ("persons", "weighted_persons"):
+                    if isinstance(row.get(f), int | float):
+                        row[f] = _nearest(row[f], base) if f == "persons" else \
+                            float(_nearest(row[f], base))
+            rows.append(row)
+        if key in r:
+            r[key] = rows
+    for row in r.get("balance", []):
+        for f in ("smd_before", "smd_after"):
+            if isinstance(row.get(f), float):
+                row[f] = round(row[f], 2)
 
 
 def numbered(rows: list[dict]) -> bool:
